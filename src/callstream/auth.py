@@ -1,0 +1,185 @@
+"""Credentials: API keys (hashed at rest), browser JWTs (HS256), and the Principal a request acts as.
+
+A key is looked up by the SHA-256 of its secret, cached for a second or two so that hot paths do
+not hit the database, and a revocation reaches every node within `revocation_poll_s` plus that
+cache lifetime. A JWT is minted by a key and names it (`key` claim), so revoking the key also
+ends the browser sessions it minted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jwt
+
+from callstream.store.sql import KeyRecord, SqlStore
+
+SCOPES: Final = frozenset({"publish", "subscribe", "admin"})
+ALGORITHM: Final = "HS256"
+LEEWAY_S: Final = 5
+_CACHE_TTL_S: Final = 2.0
+
+
+class AuthError(Exception):
+    """The credential is missing, unknown, revoked, malformed or expired."""
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request or connection acts as."""
+
+    account: str
+    scopes: frozenset[str]
+    key_id: str
+    kind: str  # "key" or "jwt"
+    calls: frozenset[str] | None = None  # None: every call of the account
+    expires_at: float | None = None  # unix seconds, JWTs only
+
+    def may(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    def may_see(self, call_id: str) -> bool:
+        return self.calls is None or call_id in self.calls
+
+
+def parse_scopes(text: str) -> frozenset[str]:
+    scopes = frozenset(s.strip() for s in text.split(",") if s.strip())
+    unknown = scopes - SCOPES
+    if not scopes or unknown:
+        raise ValueError(f"scopes must be a comma-separated subset of {', '.join(sorted(SCOPES))}")
+    return scopes
+
+
+def key_id_of(secret: str) -> str:
+    """A short, stable, non-secret id for a signing secret (the JWT `kid`)."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+class TokenSigner:
+    """Mints and verifies browser JWTs. The algorithm is pinned: no `none`, no key confusion."""
+
+    def __init__(self, secret: str, *, default_ttl_s: int = 900, max_ttl_s: int = 86_400) -> None:
+        self._secret = secret
+        self.kid = key_id_of(secret)
+        self.default_ttl_s = default_ttl_s
+        self.max_ttl_s = max_ttl_s
+
+    def mint(
+        self,
+        account: str,
+        key_id: str,
+        *,
+        ttl_s: int | None = None,
+        calls: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> tuple[str, int]:
+        ttl = self.default_ttl_s if ttl_s is None else ttl_s
+        if not 1 <= ttl <= self.max_ttl_s:
+            raise ValueError(f"ttl_s must be between 1 and {self.max_ttl_s}")
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "sub": account,
+            "iat": now,
+            "exp": now + ttl,
+            "jti": uuid.uuid4().hex,
+            "scope": "subscribe",
+            "key": key_id,
+        }
+        if calls is not None:
+            claims["calls"] = calls
+        claims.update(extra or {})
+        token = jwt.encode(claims, self._secret, algorithm=ALGORITHM, headers={"kid": self.kid})
+        return token, now + ttl
+
+    def verify(self, token: str) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["exp", "iat", "sub", "scope", "key"]},
+                leeway=LEEWAY_S,
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired", expired=True) from None
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"invalid token: {exc}") from None
+        calls = claims.get("calls")
+        if claims.get("scope") != "subscribe" or not isinstance(claims.get("sub"), str):
+            raise AuthError("invalid token: wrong scope or subject")
+        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, str) for c in calls)):
+            raise AuthError("invalid token: calls must be a list of call ids")
+        return claims
+
+
+def looks_like_jwt(credential: str) -> bool:
+    return credential.count(".") == 2 and credential.startswith("eyJ")
+
+
+class Authenticator:
+    """Turns a credential into a Principal, caching key look-ups briefly."""
+
+    def __init__(self, store: SqlStore, signer: TokenSigner) -> None:
+        self.store = store
+        self.signer = signer
+        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+
+    async def key(self, secret: str) -> KeyRecord | None:
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        record = await self.store.key_by_secret(secret)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (time.monotonic() + _CACHE_TTL_S, record)
+        return record
+
+    async def key_by_id(self, key_id: str) -> KeyRecord | None:
+        hit = self._cache.get("id:" + key_id)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        record = await self.store.key_by_id(key_id)
+        self._cache["id:" + key_id] = (time.monotonic() + _CACHE_TTL_S, record)
+        return record
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+    async def authenticate(self, credential: str | None) -> Principal:
+        if not credential:
+            raise AuthError("a credential is required: ?token=, Authorization: Bearer, or subprotocol")
+        if looks_like_jwt(credential):
+            return await self._from_jwt(credential)
+        record = await self.key(credential)
+        if record is None or record.revoked_at is not None:
+            raise AuthError("unknown or revoked API key")
+        return Principal(record.account, record.scopes, record.id, "key")
+
+    async def _from_jwt(self, token: str) -> Principal:
+        claims = self.signer.verify(token)
+        minted_by = await self.key_by_id(str(claims["key"]))
+        if minted_by is None or minted_by.revoked_at is not None or minted_by.account != claims["sub"]:
+            raise AuthError("the key that minted this token was revoked")
+        calls = claims.get("calls")
+        return Principal(
+            claims["sub"],
+            frozenset({"subscribe"}),
+            minted_by.id,
+            "jwt",
+            None if calls is None else frozenset(calls),
+            float(claims["exp"]),
+        )
+
+
+def new_signing_secret() -> str:
+    return secrets.token_urlsafe(48)

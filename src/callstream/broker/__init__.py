@@ -1,0 +1,32 @@
+"""Brokers, chosen by URL scheme: none → in-process, `redis://` → Redis (imported lazily)."""
+
+from __future__ import annotations
+
+from callstream.broker.base import (
+    Broker,
+    BrokerUnavailableError,
+    CallEndedError,
+    CallState,
+    HeldHistory,
+)
+
+__all__ = [
+    "Broker",
+    "BrokerUnavailableError",
+    "CallEndedError",
+    "CallState",
+    "HeldHistory",
+    "create_broker",
+]
+
+
+def create_broker(url: str | None, *, history_ttl_s: float) -> Broker:
+    if not url or url.startswith("memory:"):
+        from callstream.broker.memory import MemoryBroker
+
+        return MemoryBroker(history_ttl_s=history_ttl_s)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from callstream.broker.redis import RedisBroker  # type: ignore[import-not-found,unused-ignore]
+
+        return RedisBroker(url, history_ttl_s=history_ttl_s)  # type: ignore[no-any-return,unused-ignore]
+    raise ValueError(f"unsupported broker URL scheme in {url.split('://')[0]!r}: use redis:// or leave unset")

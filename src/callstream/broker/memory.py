@@ -1,0 +1,160 @@
+"""The in-process broker: the embedded default, and the reference the Redis broker is tested against.
+
+Sequencing is a counter per call, advanced without an await between the state check and the
+delivery, so a batch is atomic and per-call order is the order of acceptance. The replay log
+keeps every event of a call but partials a newer transcript superseded, for the call's life
+and `history_ttl_s` after it ended; older history comes from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+
+from callstream.broker.base import (
+    Broker,
+    CallEndedError,
+    CallLoader,
+    CallState,
+    Deliver,
+    HeldHistory,
+)
+from callstream.events import ENDED, Event, NewEvent
+
+_SWEEP_INTERVAL_S = 30.0
+
+
+class _Call:
+    __slots__ = ("ended_at", "first_seq", "last_seq", "latest", "log", "started_at", "status", "superseded")
+
+    def __init__(self, state: CallState) -> None:
+        self.status = state.status
+        self.last_seq = state.last_seq
+        self.started_at = state.started_at
+        self.first_seq = state.last_seq + 1  # the log is complete from here on
+        self.log: list[Event] = []
+        self.latest: dict[str, Event] = {}  # supersede key → newest partial of that key
+        self.superseded = 0
+        self.ended_at: float | None = None
+
+    def append(self, event: Event) -> None:
+        key = event.key
+        if key is not None:
+            older = self.latest.pop(key, None)
+            if older is not None:
+                older.superseded = True
+                self.superseded += 1
+            if event.is_partial:
+                self.latest[key] = event
+        self.log.append(event)
+        if self.superseded > 256 and self.superseded * 2 > len(self.log):
+            self.log = [e for e in self.log if not e.superseded]
+            self.superseded = 0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class MemoryBroker(Broker):
+    def __init__(self, *, history_ttl_s: float = 3600.0) -> None:
+        self._calls: dict[tuple[str, str], _Call] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[_Call]] = {}
+        self._history_ttl_s = history_ttl_s
+        self._deliver: Deliver | None = None
+        self._load_call: CallLoader | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, deliver: Deliver, load_call: CallLoader) -> None:
+        self._deliver = deliver
+        self._load_call = load_call
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-broker-sweeper")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def publish(self, account: str, events: Sequence[NewEvent]) -> list[Event]:
+        calls = {cid: await self._call(account, cid) for cid in {e.call_id for e in events}}
+        # From here on no await: the check and the sequencing are one atomic step.
+        ended = {cid: call.status == "ended" for cid, call in calls.items()}
+        for index, new in enumerate(events):
+            if ended[new.call_id]:
+                raise CallEndedError(new.call_id, index)
+            ended[new.call_id] = new.type == ENDED
+        ts = now_ms()
+        out: list[Event] = []
+        for new in events:
+            call = calls[new.call_id]
+            call.last_seq += 1
+            if call.started_at is None:
+                call.started_at = ts
+            event = Event(account, new.call_id, call.last_seq, ts, new.type, new.data)
+            call.append(event)
+            if new.type == ENDED:
+                call.status, call.ended_at = "ended", time.monotonic()
+            else:
+                call.status = "live"
+            out.append(event)
+        assert self._deliver is not None
+        for event in out:
+            self._deliver(event)
+        return out
+
+    async def state(self, account: str, call_id: str) -> CallState:
+        call = self._calls.get((account, call_id))
+        if call is not None:
+            return CallState(call.status, call.last_seq, call.started_at)
+        return await self._load(account, call_id)
+
+    async def history(self, account: str, call_id: str, since: int) -> HeldHistory:
+        call = self._calls.get((account, call_id))
+        if call is None:
+            state = await self._load(account, call_id)
+            return HeldHistory([], state.last_seq + 1)
+        held = [e for e in call.log if e.seq > since and not e.superseded]
+        return HeldHistory(held, call.first_seq)
+
+    async def _load(self, account: str, call_id: str) -> CallState:
+        assert self._load_call is not None
+        return await self._load_call(account, call_id) or CallState("pending", 0)
+
+    async def _call(self, account: str, call_id: str) -> _Call:
+        """The call's in-memory state, loaded once from the store (single flight) if unknown."""
+        key = (account, call_id)
+        call = self._calls.get(key)
+        if call is not None:
+            return call
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_future()
+            self._loading[key] = loading
+            try:
+                state = await self._load(account, call_id)
+                call = self._calls.setdefault(key, _Call(state))
+                loading.set_result(call)
+            except BaseException as exc:
+                loading.set_exception(exc)
+                loading.exception()  # retrieved: waiters, if any, re-raise it
+                raise
+            finally:
+                del self._loading[key]
+            return call
+        return await asyncio.shield(loading)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL_S)
+            self.sweep()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Forget calls that ended more than the history TTL ago; the store still has them."""
+        deadline = (time.monotonic() if now is None else now) - self._history_ttl_s
+        expired = [k for k, c in self._calls.items() if c.ended_at is not None and c.ended_at < deadline]
+        for key in expired:
+            del self._calls[key]
+        return len(expired)

@@ -1,0 +1,538 @@
+"""The Redis broker: several nodes share one sequencer, one replay log and one fan-out.
+
+Why this shape:
+
+- **One Lua script per batch.** Checking that no call has ended, incrementing `seq`, appending
+  to the call's stream and publishing the frame happen in one atomic script, so producers on
+  different nodes can never interleave a call's `seq` nor publish it out of order: a node's
+  pub/sub connection receives a call's frames in the order Redis executed the scripts.
+- **Seeding from the store.** A call Redis does not know (new, expired, or lost in a Redis
+  restart) is loaded from the store and seeded before its first `seq` is assigned, which keeps
+  `seq` gap-free across a restart that lost every key.
+- **Fan-out by subscription.** A node SUBSCRIBEs only the channels of the calls (and, for `*`,
+  the accounts) its clients watch, on one connection that this module owns end to end:
+  redis-py's PubSub reconnects and resubscribes silently, which would hide the messages lost
+  while it was away (encode/broadcaster#144). Here a lost connection makes the node unhealthy,
+  and the reconnect calls `on_reconnect` so the server can make its subscribers resume with
+  `since`.
+- **The frame is encoded once.** The script builds the wire frame from JSON fragments the
+  publishing node encoded; every node forwards those bytes unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from callstream.broker.base import (
+    Broker,
+    BrokerUnavailableError,
+    CallEndedError,
+    CallLoader,
+    CallState,
+    Deliver,
+    HeldHistory,
+)
+from callstream.events import PARTIAL, Event, NewEvent
+
+__all__ = ["RedisBroker"]
+
+log = logging.getLogger("callstream.broker.redis")
+
+T = TypeVar("T")
+
+# KEYS: state hash and log stream of each call of the batch, in pairs.
+# ARGV: ncalls, maxlen, live ttl, ended ttl, account channel,
+#       per call: its channel, its call_id as JSON,
+#       per event: call index (1-based), type, type as JSON, data as JSON.
+_PUBLISH: Final = """
+local ncalls = tonumber(ARGV[1])
+local maxlen, live_ttl, ended_ttl, account_channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local ev = 6 + 2 * ncalls
+local nevents = (#ARGV - ev + 1) / 4
+local ended = {}
+for c = 1, ncalls do
+  local status = redis.call('HGET', KEYS[2 * c - 1], 'status')
+  if not status then return {'unknown', c} end
+  ended[c] = status == 'ended'
+end
+for j = 0, nevents - 1 do
+  local c = tonumber(ARGV[ev + 4 * j])
+  if ended[c] then return {'ended', j} end
+  if ARGV[ev + 4 * j + 1] == 'call.ended' then ended[c] = true end
+end
+local now = redis.call('TIME')
+local ts = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+local out = {'ok', ts}
+for j = 0, nevents - 1 do
+  local c = tonumber(ARGV[ev + 4 * j])
+  local state, stream = KEYS[2 * c - 1], KEYS[2 * c]
+  local seq = string.format('%d', redis.call('HINCRBY', state, 'last_seq', 1))
+  redis.call('HSETNX', state, 'started_at', ts)
+  local frame = '{"type":' .. ARGV[ev + 4 * j + 2] .. ',"call_id":' .. ARGV[5 + 2 * c]
+    .. ',"seq":' .. seq .. ',"ts":' .. ts .. ',"data":' .. ARGV[ev + 4 * j + 3] .. '}'
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
+  redis.call('PUBLISH', ARGV[4 + 2 * c], frame)
+  redis.call('PUBLISH', account_channel, frame)
+  if ARGV[ev + 4 * j + 1] == 'call.ended' then
+    redis.call('HSET', state, 'status', 'ended')
+  else
+    redis.call('HSET', state, 'status', 'live')
+  end
+  out[#out + 1] = seq
+end
+for c = 1, ncalls do
+  local ttl = live_ttl
+  if ended[c] then ttl = ended_ttl end
+  redis.call('EXPIRE', KEYS[2 * c - 1], ttl)
+  redis.call('EXPIRE', KEYS[2 * c], ttl)
+end
+return out
+"""
+
+# KEYS: state hash, log stream. ARGV: status, last_seq, started_at ('' if none), live, ended ttl.
+# The log wins over the store when it holds a later seq (the store writes behind the broker).
+_SEED: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local last = tonumber(ARGV[2])
+local tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #tail > 0 then
+  local held = tonumber(string.match(tail[1][1], '^(%d+)'))
+  if held > last then last = held end
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'last_seq', string.format('%d', last))
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
+local ttl = ARGV[4]
+if ARGV[1] == 'ended' then ttl = ARGV[5] end
+redis.call('EXPIRE', KEYS[1], ttl)
+return 1
+"""
+
+_LIVE_TTL_S: Final = 7 * 86_400
+_DEDUPE_CALLS: Final = 100_000
+
+
+class _Watch:
+    """One subscribed channel: whose it is, how many local watchers, and whether it is live."""
+
+    __slots__ = ("account", "confirmed", "refs", "skip")
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+        self.refs = 1
+        self.confirmed = asyncio.Event()
+        self.skip = 0  # confirmations owed to SUBSCRIBEs sent before this watch existed
+
+
+class _StaleConnectionError(Exception):
+    """The pub/sub connection stopped answering PING: treat it as lost."""
+
+
+def _escape(account: str) -> str:
+    """Accounts may contain ':'; escaping keeps `prefix:account:call_id:suffix` unambiguous."""
+    return account.replace("%", "%25").replace(":", "%3A")
+
+
+class RedisBroker(Broker):
+    """Sequencer on Lua scripts, replay log on streams, fan-out on pub/sub. One per node.
+
+    `on_reconnect`, when set, is awaited (in a task) every time the pub/sub connection comes
+    back after a loss: frames published meanwhile never reached this node, so the server must
+    make its subscribers resume with `since` (closing their sockets with 1013 does that).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_ttl_s: float,
+        prefix: str = "cs:",
+        maxlen: int = 100_000,
+        live_ttl_s: float = _LIVE_TTL_S,
+        ping_interval_s: float = 1.0,
+        ping_timeout_s: float = 3.0,
+        watch_timeout_s: float = 5.0,
+    ) -> None:
+        no_retry = Retry(NoBackoff(), 0)  # a retried EVALSHA could apply a batch twice
+        options: dict[str, Any] = {
+            "retry": no_retry,
+            "socket_connect_timeout": 3.0,
+            "socket_keepalive": True,
+        }
+        self.url = url
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=5.0, **options)
+        self._sub_pool = ConnectionPool.from_url(url, **options)
+        self._prefix = prefix
+        self._maxlen = maxlen
+        self._ended_ttl = max(1, math.ceil(history_ttl_s))
+        self._live_ttl = max(self._ended_ttl, math.ceil(live_ttl_s))
+        self._ping_interval_s = ping_interval_s
+        self._ping_timeout_s = ping_timeout_s
+        self._watch_timeout_s = watch_timeout_s
+        self._publish_script = self._redis.register_script(_PUBLISH)
+        self._seed_script = self._redis.register_script(_SEED)
+        self._deliver: Deliver | None = None
+        self._load_call: CallLoader | None = None
+        self._watches: dict[str, _Watch] = {}
+        self._inflight: dict[str, int] = {}  # SUBSCRIBEs sent, confirmation not read yet
+        self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._conn: AbstractConnection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connected = asyncio.Event()
+        self._sub_ok = False
+        self._cmd_ok = True
+        self._sessions = 0
+        self._last_pong = 0.0
+        self.on_reconnect: Callable[[], Awaitable[None]] | None = None
+        self.reconnects = 0
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    async def start(self, deliver: Deliver, load_call: CallLoader) -> None:
+        """Connect, or fail fast with a clear error: a node that cannot reach Redis cannot serve."""
+        self._deliver = deliver
+        self._load_call = load_call
+        await self._command(self._redis.ping())
+        self._tasks = [
+            asyncio.create_task(self._subscriber_forever(), name="redis-broker-subscriber"),
+            asyncio.create_task(self._ping_forever(), name="redis-broker-ping"),
+        ]
+        try:
+            await asyncio.wait_for(self._connected.wait(), self._watch_timeout_s)
+        except TimeoutError as exc:
+            await self.close()
+            raise BrokerUnavailableError(f"cannot subscribe on Redis at {self._safe_url()}") from exc
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._redis.aclose()
+        await self._sub_pool.disconnect()
+
+    @property
+    def healthy(self) -> bool:
+        """False while either connection fails: a node deaf to Redis must not look healthy."""
+        return self._sub_ok and self._cmd_ok
+
+    def _safe_url(self) -> str:
+        """The URL without its password, for messages and logs."""
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+    # ---- keys ----------------------------------------------------------------------------
+
+    def _call_key(self, account: str, call_id: str, suffix: str) -> str:
+        return f"{self._prefix}{_escape(account)}:{call_id}:{suffix}"
+
+    def _account_channel(self, account: str) -> str:
+        return f"{self._prefix}{_escape(account)}:*:ev"  # '*' is never a call id
+
+    def _channel(self, account: str, call_id: str) -> str:
+        if call_id == "*":
+            return self._account_channel(account)
+        return self._call_key(account, call_id, "ev")
+
+    async def _command(self, awaitable: Awaitable[T]) -> T:
+        """Run one Redis command, mapping driver errors to BrokerUnavailableError at the boundary."""
+        try:
+            result = await awaitable
+        except (RedisError, OSError) as exc:
+            self._cmd_ok = False
+            raise BrokerUnavailableError(f"Redis failed: {exc.__class__.__name__}") from exc
+        self._cmd_ok = True
+        return result
+
+    # ---- publish -------------------------------------------------------------------------
+
+    async def publish(self, account: str, events: Sequence[NewEvent]) -> list[Event]:
+        if not events:
+            return []
+        call_ids = list(dict.fromkeys(e.call_id for e in events))
+        position = {cid: i for i, cid in enumerate(call_ids, 1)}
+        keys = [self._call_key(account, cid, suffix) for cid in call_ids for suffix in ("state", "log")]
+        args: list[str | int] = [
+            len(call_ids),
+            self._maxlen,
+            self._live_ttl,
+            self._ended_ttl,
+            self._account_channel(account),
+        ]
+        call_json = {cid: orjson.dumps(cid).decode() for cid in call_ids}
+        for cid in call_ids:
+            args += [self._call_key(account, cid, "ev"), call_json[cid]]
+        fragments = [(orjson.dumps(e.type).decode(), orjson.dumps(e.data).decode()) for e in events]
+        for new, (type_json, data_json) in zip(events, fragments, strict=True):
+            args += [position[new.call_id], new.type, type_json, data_json]
+        for _ in range(len(call_ids) + 2):
+            reply = await self._command(self._publish_script(keys=keys, args=args))
+            outcome = reply[0].decode()
+            if outcome == "unknown":
+                await self._seed(account, call_ids[int(reply[1]) - 1])
+                continue
+            if outcome == "ended":
+                index = int(reply[1])
+                raise CallEndedError(events[index].call_id, index)
+            ts = int(reply[1])
+            return [
+                Event(
+                    account,
+                    new.call_id,
+                    int(seq),
+                    ts,
+                    new.type,
+                    new.data,
+                    frame=f'{{"type":{tj},"call_id":{call_json[new.call_id]},'
+                    f'"seq":{int(seq)},"ts":{ts},"data":{dj}}}',
+                )
+                for new, (tj, dj), seq in zip(events, fragments, reply[2:], strict=True)
+            ]
+        raise BrokerUnavailableError("Redis keeps losing the calls' state; is it evicting keys?")
+
+    async def _seed(self, account: str, call_id: str) -> None:
+        """Give Redis the store's view of a call it does not know, unless another node just did."""
+        assert self._load_call is not None
+        state = await self._load_call(account, call_id) or CallState("pending", 0)
+        keys = [self._call_key(account, call_id, "state"), self._call_key(account, call_id, "log")]
+        started = "" if state.started_at is None else str(state.started_at)
+        args: list[str | int] = [state.status, state.last_seq, started, self._live_ttl, self._ended_ttl]
+        await self._command(self._seed_script(keys=keys, args=args))
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    async def state(self, account: str, call_id: str) -> CallState:
+        key = self._call_key(account, call_id, "state")
+        status, last_seq, started = await self._command(
+            self._redis.hmget(key, ["status", "last_seq", "started_at"])
+        )
+        if status is None:
+            assert self._load_call is not None
+            return await self._load_call(account, call_id) or CallState("pending", 0)
+        status = status.decode() if isinstance(status, bytes) else status
+        return CallState(status, int(last_seq or 0), None if started is None else int(started))
+
+    async def history(self, account: str, call_id: str, since: int) -> HeldHistory:
+        """The stream's entries after `since`, superseded partials left out, read atomically."""
+        stream = self._call_key(account, call_id, "log")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xrange(stream, min=str(since + 1), max="+")
+        pipe.xrange(stream, min="-", max="+", count=1)
+        pipe.hget(self._call_key(account, call_id, "state"), "last_seq")
+        entries, head, last_seq = await self._command(pipe.execute())
+        if head:
+            first_seq = int(head[0][0].split(b"-")[0])
+        elif last_seq is not None:
+            first_seq = int(last_seq) + 1
+        else:
+            assert self._load_call is not None
+            stored = await self._load_call(account, call_id)
+            first_seq = (stored.last_seq if stored else 0) + 1
+        events = [self._event(account, fields[b"f"].decode()) for _, fields in entries]
+        return HeldHistory(_drop_superseded(events), first_seq)
+
+    @staticmethod
+    def _event(account: str, frame: str) -> Event:
+        """Rebuild an Event around its frame, keeping the frame's bytes as they are."""
+        body = orjson.loads(frame)
+        return Event(
+            account, body["call_id"], body["seq"], body["ts"], body["type"], body["data"], frame=frame
+        )
+
+    # ---- fan-out -------------------------------------------------------------------------
+
+    async def watch(self, account: str, call_id: str) -> None:
+        """Subscribe the call's (or, for '*', the account's) channel; return once Redis confirmed.
+
+        The watch is counted even when this raises BrokerUnavailableError (it is resubscribed
+        when Redis is back), so the caller balances it with `unwatch` as usual.
+        """
+        channel = self._channel(account, call_id)
+        watch = self._watches.get(channel)
+        if watch is not None:
+            watch.refs += 1
+        else:
+            watch = self._watches[channel] = _Watch(account)
+            watch.skip = self._inflight.get(channel, 0)
+            await self._send_subscription("SUBSCRIBE", channel)
+        try:
+            await asyncio.wait_for(watch.confirmed.wait(), self._watch_timeout_s)
+        except TimeoutError as exc:
+            raise BrokerUnavailableError("Redis did not confirm the subscription in time") from exc
+
+    async def unwatch(self, account: str, call_id: str) -> None:
+        channel = self._channel(account, call_id)
+        watch = self._watches.get(channel)
+        if watch is None:
+            return
+        watch.refs -= 1
+        if watch.refs <= 0:
+            del self._watches[channel]
+            await self._send_subscription("UNSUBSCRIBE", channel)
+
+    async def _send_subscription(self, command: str, channel: str) -> None:
+        """Send on the pub/sub connection if it is up; a reconnect resubscribes what is watched."""
+        conn = self._conn
+        if conn is None:
+            return
+        if command == "SUBSCRIBE":
+            self._inflight[channel] = self._inflight.get(channel, 0) + 1
+        try:
+            await conn.send_command(command, channel, check_health=False)
+        except (RedisError, OSError):
+            log.warning("pub/sub %s failed; the reconnect will resubscribe", command)
+
+    async def _subscriber_forever(self) -> None:
+        """Own the pub/sub connection: (re)connect, resubscribe, read until it breaks, repeat."""
+        backoff = 0.05
+        while True:
+            conn: AbstractConnection = self._sub_pool.make_connection()  # type: ignore[no-untyped-call]
+            try:
+                await conn.connect()  # type: ignore[no-untyped-call]
+                await self._session(conn)
+            except (RedisError, OSError, _StaleConnectionError) as exc:
+                if self._sub_ok:
+                    log.warning("lost the Redis pub/sub connection: %s", exc.__class__.__name__)
+            except Exception:  # a bug must not leave the node deaf: log it, reconnect, resubscribe
+                log.exception("the Redis pub/sub session failed")
+                backoff = 0.05 if self._sub_ok else min(backoff * 2, 2.0)
+            finally:
+                self._sub_ok = False
+                self._conn = None
+                self._inflight.clear()
+                for watch in self._watches.values():
+                    watch.confirmed.clear()
+                    watch.skip = 0
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+            await asyncio.sleep(backoff)
+
+    async def _session(self, conn: AbstractConnection) -> None:
+        self._conn = conn
+        self._last_seq.clear()  # after a restart Redis may restart seq from the store's view
+        channels = list(self._watches)
+        if channels:
+            for channel in channels:
+                self._inflight[channel] = self._inflight.get(channel, 0) + 1
+            await conn.send_command("SUBSCRIBE", *channels, check_health=False)
+        self._sub_ok = True
+        self._sessions += 1
+        self._connected.set()
+        if self._sessions > 1:
+            self.reconnects += 1
+            log.warning("Redis pub/sub reconnected; subscribers must resume with since")
+            self._notify_reconnect()
+        tasks = [asyncio.create_task(self._read(conn)), asyncio.create_task(self._keepalive(conn))]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()  # re-raise why the session ended
+
+    def _notify_reconnect(self) -> None:
+        hook = self.on_reconnect
+        if hook is None:
+            return
+
+        async def run() -> None:
+            try:
+                await hook()
+            except Exception:
+                log.exception("on_reconnect hook failed")
+
+        self._tasks.append(asyncio.create_task(run(), name="redis-broker-on-reconnect"))
+        self._tasks = [t for t in self._tasks if not t.done()]
+
+    async def _keepalive(self, conn: AbstractConnection) -> None:
+        """PING on the pub/sub connection: a half-open socket otherwise looks like silence."""
+        while True:
+            sent = time.monotonic()
+            await conn.send_command("PING", check_health=False)
+            await asyncio.sleep(self._ping_interval_s)
+            while self._last_pong < sent:
+                if time.monotonic() - sent > self._ping_timeout_s:
+                    raise _StaleConnectionError
+                await asyncio.sleep(0.05)
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        while True:
+            reply = await conn.read_response(timeout=math.inf)
+            if not isinstance(reply, list) or not reply:
+                continue
+            kind = reply[0]
+            if kind == b"message":
+                self._on_message(reply[1].decode(), reply[2].decode())
+            elif kind == b"subscribe":
+                self._on_subscribed(reply[1].decode())
+            elif kind == b"pong":
+                self._last_pong = time.monotonic()
+
+    def _on_subscribed(self, channel: str) -> None:
+        self._inflight[channel] = max(0, self._inflight.get(channel, 0) - 1)
+        watch = self._watches.get(channel)
+        if watch is None:
+            return
+        if watch.skip > 0:
+            watch.skip -= 1  # the confirmation of an earlier SUBSCRIBE, before an UNSUBSCRIBE
+        else:
+            watch.confirmed.set()
+
+    def _on_message(self, channel: str, frame: str) -> None:
+        """Deliver each (account, call, seq) once: a node watching a call and its account hears
+        it on both channels, always back to back (the script publishes them together)."""
+        watch = self._watches.get(channel)
+        if watch is None or self._deliver is None:
+            return
+        event = self._event(watch.account, frame)
+        key = (event.account, event.call_id)
+        last = self._last_seq.get(key)
+        if last is not None and event.seq <= last:
+            return
+        self._last_seq[key] = event.seq
+        self._last_seq.move_to_end(key)
+        if len(self._last_seq) > _DEDUPE_CALLS:
+            self._last_seq.popitem(last=False)
+        try:
+            self._deliver(event)
+        except Exception:
+            log.exception("deliver failed for %s seq %d", event.call_id, event.seq)
+
+    async def _ping_forever(self) -> None:
+        """Check the command connection too, so `healthy` turns false without traffic."""
+        while True:
+            with contextlib.suppress(BrokerUnavailableError):
+                await self._command(self._redis.ping())
+            await asyncio.sleep(self._ping_interval_s)
+
+
+def _drop_superseded(events: list[Event]) -> list[Event]:
+    """Leave out each partial a later partial or final of the same key replaced in this range."""
+    seen: set[str] = set()
+    kept: list[Event] = []
+    for event in reversed(events):
+        key = event.key
+        if key is not None:
+            if event.type == PARTIAL and key in seen:
+                continue
+            seen.add(key)
+        kept.append(event)
+    kept.reverse()
+    return kept

@@ -1,0 +1,154 @@
+"""The event model: what a producer may publish, and the sequenced event every node passes around.
+
+An event is validated once at ingest and encoded to its wire frame once; every subscriber of every
+node then receives the same bytes. Nothing downstream re-encodes or re-validates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+CALL_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+
+PUBLISHABLE_TYPES: Final = frozenset(
+    {
+        "transcript.partial",
+        "transcript.final",
+        "agent.state",
+        "function.call",
+        "function.result",
+        "call.ended",
+    }
+)
+SPEAKERS: Final = frozenset({"user", "agent"})
+AGENT_STATES: Final = frozenset({"listening", "thinking", "speaking"})
+END_STATUSES: Final = frozenset({"completed", "failed", "no_answer", "busy", "canceled", "transferred"})
+
+PARTIAL: Final = "transcript.partial"
+FINAL: Final = "transcript.final"
+ENDED: Final = "call.ended"
+
+
+class EventInvalidError(ValueError):
+    """A producer's event breaks the contract; the message says which field and why."""
+
+
+def is_valid_call_id(value: object) -> bool:
+    return isinstance(value, str) and CALL_ID_PATTERN.fullmatch(value) is not None
+
+
+def _require_str(data: dict[str, Any], name: str, allowed: frozenset[str] | None = None) -> None:
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise EventInvalidError(f"data.{name} must be a string")
+    if allowed is not None and value not in allowed:
+        raise EventInvalidError(f"data.{name} must be one of {', '.join(sorted(allowed))}")
+
+
+def _optional_str(data: dict[str, Any], name: str) -> None:
+    if name in data and not isinstance(data[name], str):
+        raise EventInvalidError(f"data.{name} must be a string when given")
+
+
+def _check_transcript(data: dict[str, Any], is_final: bool) -> None:
+    _require_str(data, "speaker", SPEAKERS)
+    _require_str(data, "text")
+    _optional_str(data, "utterance_id")
+    given = data.setdefault("is_final", is_final)
+    if given is not is_final:
+        raise EventInvalidError(f"data.is_final must be {str(is_final).lower()} for this type")
+
+
+def _check_function(data: dict[str, Any], payload: str) -> None:
+    _require_str(data, "name")
+    _optional_str(data, "tool_call_id")
+    if payload not in data:
+        raise EventInvalidError(f"data.{payload} is required")
+
+
+def _check_ended(data: dict[str, Any]) -> None:
+    _require_str(data, "status", END_STATUSES)
+    duration = data.get("duration_ms")
+    if isinstance(duration, bool) or not isinstance(duration, int) or duration < 0:
+        raise EventInvalidError("data.duration_ms must be a non-negative integer")
+    _optional_str(data, "reason")
+
+
+def check_payload(event_type: str, data: dict[str, Any]) -> None:
+    """Validate (and complete `is_final` on) one event's data; raises EventInvalidError."""
+    if event_type == PARTIAL:
+        _check_transcript(data, is_final=False)
+    elif event_type == FINAL:
+        _check_transcript(data, is_final=True)
+    elif event_type == "agent.state":
+        _require_str(data, "state", AGENT_STATES)
+    elif event_type == "function.call":
+        _check_function(data, "args")
+    elif event_type == "function.result":
+        _check_function(data, "result")
+    elif event_type == ENDED:
+        _check_ended(data)
+    else:
+        raise EventInvalidError(
+            f"type {event_type!r} cannot be published; one of {', '.join(sorted(PUBLISHABLE_TYPES))}"
+        )
+
+
+def supersede_key(call_id: str, event_type: str, data: dict[str, Any]) -> str | None:
+    """The key under which a newer transcript replaces an older partial.
+
+    A partial is superseded by a later partial or final of the same utterance (when the producer
+    names utterances) or else of the same speaker. Only partials are ever dropped by key.
+    """
+    if event_type not in (PARTIAL, FINAL):
+        return None
+    utterance = data.get("utterance_id")
+    if isinstance(utterance, str):
+        return f"{call_id}\x00u\x00{utterance}"
+    return f"{call_id}\x00s\x00{data.get('speaker')}"
+
+
+@dataclass(slots=True)
+class NewEvent:
+    """A validated producer event, not sequenced yet."""
+
+    call_id: str
+    type: str
+    data: dict[str, Any]
+    ref: Any = None
+
+
+@dataclass(slots=True)
+class Event:
+    """A sequenced event: its place in the call (`seq`), when it was accepted, and its wire frame."""
+
+    account: str
+    call_id: str
+    seq: int
+    ts: int
+    type: str
+    data: dict[str, Any]
+    frame: str = field(default="", repr=False)
+    superseded: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.frame:
+            self.frame = encode_event(self.type, self.call_id, self.seq, self.ts, self.data)
+
+    @property
+    def is_partial(self) -> bool:
+        return self.type == PARTIAL
+
+    @property
+    def key(self) -> str | None:
+        return supersede_key(self.call_id, self.type, self.data)
+
+
+def encode_event(event_type: str, call_id: str, seq: int, ts: int, data: dict[str, Any]) -> str:
+    """The wire frame, as text: browsers receive text frames as strings, binary ones as Blobs."""
+    body = {"type": event_type, "call_id": call_id, "seq": seq, "ts": ts, "data": data}
+    return orjson.dumps(body).decode()

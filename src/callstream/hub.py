@@ -1,0 +1,125 @@
+"""One node's subscriptions index and fan-out.
+
+The broker hands every event it receives for this node to `Hub.deliver`, in per-call `seq`
+order. Fan-out is a dictionary lookup and, per subscriber, one filter check and one append to
+that connection's outbox: no encoding, no awaits, no per-subscriber I/O on this path.
+
+A subscription starts *pending*: while the server replays history (or reads the call's state
+for `subscribed`), live events are parked on the subscription; once the replay is sent they
+are flushed with every `seq` the replay already covered skipped. That is what makes `since`
+gap-free and duplicate-free without locking the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from callstream.events import Event
+from callstream.protocol import WILDCARD
+
+
+class Subscriber(Protocol):
+    """What the hub needs of a connection: a non-blocking append."""
+
+    def enqueue_event(self, event: Event) -> None: ...
+
+
+class Subscription:
+    __slots__ = ("account", "call_id", "conn", "last_seq", "parked", "types")
+
+    def __init__(self, conn: Subscriber, account: str, call_id: str, types: frozenset[str] | None) -> None:
+        self.conn = conn
+        self.account = account
+        self.call_id = call_id
+        self.types = types
+        self.parked: list[Event] | None = []  # None once live
+        self.last_seq = 0  # highest seq sent; explicit calls only (a wildcard spans many calls)
+
+    def offer(self, event: Event) -> None:
+        if self.types is not None and event.type not in self.types:
+            return
+        if self.parked is not None:
+            self.parked.append(event)
+            return
+        if self.call_id != WILDCARD:
+            if event.seq <= self.last_seq:
+                return  # already sent by the replay (or delivered twice by the broker)
+            self.last_seq = event.seq
+        self.conn.enqueue_event(event)
+
+    def go_live(self, covered_seq: int) -> list[Event]:
+        """End the pending phase: return parked events newer than what the replay covered."""
+        parked, self.parked = self.parked or [], None
+        if self.call_id != WILDCARD:
+            self.last_seq = covered_seq
+        return [e for e in parked if e.seq > covered_seq or self.call_id == WILDCARD]
+
+
+class Hub:
+    """Index of (account, call) → subscriptions, and account → wildcard subscriptions."""
+
+    def __init__(self) -> None:
+        self._calls: dict[tuple[str, str], dict[Subscriber, Subscription]] = {}
+        self._wildcards: dict[str, dict[Subscriber, Subscription]] = {}
+        self.delivered = 0
+
+    def add(self, sub: Subscription) -> Subscription | None:
+        """Register `sub`, replacing (and returning) the connection's earlier one for that call."""
+        index = self._index_for(sub.account, sub.call_id, create=True)
+        assert index is not None
+        previous = index.get(sub.conn)
+        index[sub.conn] = sub
+        return previous
+
+    def remove(self, conn: Subscriber, account: str, call_id: str) -> Subscription | None:
+        index = self._index_for(account, call_id, create=False)
+        if index is None:
+            return None
+        sub = index.pop(conn, None)
+        if not index:
+            self._drop_index(account, call_id)
+        return sub
+
+    def get(self, conn: Subscriber, account: str, call_id: str) -> Subscription | None:
+        index = self._index_for(account, call_id, create=False)
+        return None if index is None else index.get(conn)
+
+    def deliver(self, event: Event) -> None:
+        """Fan one event out to this node's subscribers; each connection gets it at most once."""
+        explicit = self._calls.get((event.account, event.call_id))
+        if explicit:
+            for sub in explicit.values():
+                sub.offer(event)
+            self.delivered += len(explicit)
+        wildcard = self._wildcards.get(event.account)
+        if wildcard:
+            for conn, sub in wildcard.items():
+                if explicit is None or conn not in explicit:
+                    sub.offer(event)
+                    self.delivered += 1
+
+    def watched(self) -> Iterator[tuple[str, str]]:
+        """Every (account, call_id or '*') some connection of this node subscribes to."""
+        yield from self._calls
+        yield from ((account, WILDCARD) for account in self._wildcards)
+
+    def subscription_count(self) -> int:
+        return sum(map(len, self._calls.values())) + sum(map(len, self._wildcards.values()))
+
+    def _index_for(
+        self, account: str, call_id: str, *, create: bool
+    ) -> dict[Subscriber, Subscription] | None:
+        if call_id == WILDCARD:
+            if create:
+                return self._wildcards.setdefault(account, {})
+            return self._wildcards.get(account)
+        if create:
+            return self._calls.setdefault((account, call_id), {})
+        return self._calls.get((account, call_id))
+
+    def _drop_index(self, account: str, call_id: str) -> None:
+        if call_id == WILDCARD:
+            self._wildcards.pop(account, None)
+        else:
+            self._calls.pop((account, call_id), None)

@@ -1,0 +1,81 @@
+"""The per-connection outbound buffer and its slow-consumer policy, without I/O.
+
+A connection's writer drains this buffer at the speed of its socket; fan-out only appends. When
+the buffered bytes pass the high-water mark, partials that a newer transcript of the same key
+already supersedes are dropped (they carry nothing the client still needs); if that is not
+enough the buffer reports overflow and the connection is closed with `slow_consumer`. Nothing
+else is ever dropped, so a client that resumes with `since` loses only superseded partials.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class _Item(NamedTuple):
+    frame: str
+    key: str | None
+    partial: bool
+
+
+@dataclass(slots=True)
+class OutboxStatistics:
+    queued: int
+    queued_bytes: int
+    dropped_partials: int
+    high_water: int
+    overflowed: bool
+
+
+class Outbox:
+    """Bounded FIFO of text frames; `push` returns False once the consumer is too slow."""
+
+    def __init__(self, high_water_bytes: int) -> None:
+        self._items: deque[_Item] = deque()
+        self._bytes = 0
+        self._high_water = high_water_bytes
+        self._dropped = 0
+        self.overflowed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, frame: str, key: str | None = None, partial: bool = False) -> bool:
+        if self.overflowed:
+            return False
+        self._items.append(_Item(frame, key, partial))
+        self._bytes += len(frame)
+        if self._bytes > self._high_water:
+            self._drop_superseded_partials()
+            if self._bytes > self._high_water:
+                self.overflowed = True
+                return False
+        return True
+
+    def pop(self) -> str | None:
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        self._bytes -= len(item.frame)
+        return item.frame
+
+    def _drop_superseded_partials(self) -> None:
+        """Keep, per key, only transcripts newer than every other of that key; O(n), rare."""
+        seen: set[str] = set()
+        kept: deque[_Item] = deque()
+        for item in reversed(self._items):
+            if item.key is not None:
+                if item.partial and item.key in seen:
+                    self._bytes -= len(item.frame)
+                    self._dropped += 1
+                    continue
+                seen.add(item.key)
+            kept.appendleft(item)
+        self._items = kept
+
+    def statistics(self) -> OutboxStatistics:
+        return OutboxStatistics(
+            len(self._items), self._bytes, self._dropped, self._high_water, self.overflowed
+        )

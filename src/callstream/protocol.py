@@ -1,0 +1,240 @@
+"""Sans-I/O protocol: parse what clients and producers send, build what the server answers.
+
+No sockets, no awaits. Every function either returns a typed message or raises `ProtocolError`
+carrying a documented error code, so the socket layers only move bytes and tests can feed this
+module any input without a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from callstream.events import (
+    PUBLISHABLE_TYPES,
+    EventInvalidError,
+    NewEvent,
+    check_payload,
+    is_valid_call_id,
+)
+
+# Error codes a client can receive (PROTOCOL.md §3).
+INVALID_MESSAGE: Final = "invalid_message"
+UNKNOWN_TYPE: Final = "unknown_type"
+FORBIDDEN: Final = "forbidden"
+TOO_MANY_SUBSCRIPTIONS: Final = "too_many_subscriptions"
+RATE_LIMITED: Final = "rate_limited"
+MESSAGE_TOO_LARGE: Final = "message_too_large"
+TOKEN_EXPIRED: Final = "token_expired"  # noqa: S105 - an error code
+HISTORY_UNAVAILABLE: Final = "history_unavailable"
+SLOW_CONSUMER: Final = "slow_consumer"
+CALL_ENDED: Final = "call_ended"
+INTERNAL: Final = "internal"
+UNAUTHORIZED: Final = "unauthorized"
+
+ERROR_CODES: Final = frozenset(
+    {
+        INVALID_MESSAGE,
+        UNKNOWN_TYPE,
+        FORBIDDEN,
+        TOO_MANY_SUBSCRIPTIONS,
+        RATE_LIMITED,
+        MESSAGE_TOO_LARGE,
+        TOKEN_EXPIRED,
+        HISTORY_UNAVAILABLE,
+        SLOW_CONSUMER,
+        CALL_ENDED,
+        INTERNAL,
+        UNAUTHORIZED,
+    }
+)
+
+# Close codes (PROTOCOL.md §3).
+CLOSE_AUTH: Final = 4001
+CLOSE_POLICY: Final = 4008
+CLOSE_TOO_LARGE: Final = 1009
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_TRY_AGAIN: Final = 1013
+
+WILDCARD: Final = "*"
+CLIENT_TYPES: Final = frozenset({"subscribe", "unsubscribe", "auth", "ping"})
+
+
+class ProtocolError(Exception):
+    """A message the server refuses; `code` is one of ERROR_CODES."""
+
+    def __init__(self, code: str, message: str, call_id: str | None = None, ref: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.call_id = call_id
+        self.ref = ref
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    call_id: str
+    since: int | None = None
+    types: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+ClientMessage = Subscribe | Unsubscribe | Auth | Ping
+
+
+def decode_json(raw: str | bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(INVALID_MESSAGE, f"not valid JSON: {exc.msg}") from None
+
+
+def _call_id_of(obj: dict[str, Any], allow_wildcard: bool) -> str:
+    call_id = obj.get("call_id")
+    if allow_wildcard and call_id == WILDCARD:
+        return WILDCARD
+    if not is_valid_call_id(call_id):
+        raise ProtocolError(INVALID_MESSAGE, "call_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    return str(call_id)
+
+
+def _types_of(obj: dict[str, Any], call_id: str) -> frozenset[str] | None:
+    types = obj.get("types")
+    if types is None:
+        return None
+    if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
+        raise ProtocolError(INVALID_MESSAGE, "types must be a non-empty list of event types", call_id)
+    unknown = sorted(set(types) - PUBLISHABLE_TYPES)
+    if unknown:
+        raise ProtocolError(INVALID_MESSAGE, f"unknown event types in types: {unknown}", call_id)
+    return frozenset(types)
+
+
+def _since_of(obj: dict[str, Any], call_id: str) -> int | None:
+    if "since" not in obj or obj["since"] is None:
+        return None
+    since = obj["since"]
+    if call_id == WILDCARD:
+        raise ProtocolError(INVALID_MESSAGE, "since is not allowed with call_id '*'", call_id)
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+        raise ProtocolError(INVALID_MESSAGE, "since must be a non-negative integer", call_id)
+    return since
+
+
+def parse_client_message(raw: str | bytes) -> ClientMessage:
+    """Parse one frame from an /v1/events client."""
+    obj = decode_json(raw)
+    if not isinstance(obj, dict):
+        raise ProtocolError(INVALID_MESSAGE, "a message must be a JSON object")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(INVALID_MESSAGE, "a message needs a string field 'type'")
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError(
+            UNKNOWN_TYPE, f"unknown message type {kind!r}; one of {', '.join(sorted(CLIENT_TYPES))}"
+        )
+    if kind == "ping":
+        return Ping()
+    if kind == "auth":
+        token = obj.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError(INVALID_MESSAGE, "auth needs a non-empty string 'token'")
+        return Auth(token)
+    if kind == "unsubscribe":
+        return Unsubscribe(_call_id_of(obj, allow_wildcard=True))
+    call_id = _call_id_of(obj, allow_wildcard=True)
+    return Subscribe(call_id, _since_of(obj, call_id), _types_of(obj, call_id))
+
+
+def parse_event(obj: Any, call_id: str | None = None) -> NewEvent:
+    """Validate one producer event. `call_id` comes from the URL for REST, from the object for ingest."""
+    ref = obj.get("ref") if isinstance(obj, dict) else None
+    try:
+        if not isinstance(obj, dict):
+            raise EventInvalidError("an event must be a JSON object")
+        if call_id is None:
+            if not is_valid_call_id(obj.get("call_id")):
+                raise EventInvalidError("call_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+            call_id = obj["call_id"]
+        event_type = obj.get("type")
+        if not isinstance(event_type, str):
+            raise EventInvalidError("an event needs a string field 'type'")
+        data = obj.get("data")
+        if not isinstance(data, dict):
+            raise EventInvalidError("an event needs an object field 'data'")
+        check_payload(event_type, data)
+    except EventInvalidError as exc:
+        cid = call_id if is_valid_call_id(call_id) else None
+        raise ProtocolError(INVALID_MESSAGE, str(exc), cid, ref) from None
+    assert call_id is not None
+    return NewEvent(call_id, event_type, data, ref)
+
+
+def parse_event_batch(obj: Any, call_id: str | None = None) -> list[NewEvent]:
+    """One event or an array of them; all-or-nothing. The error names the failing index."""
+    items = obj if isinstance(obj, list) else [obj]
+    if not items:
+        raise ProtocolError(INVALID_MESSAGE, "an empty batch publishes nothing")
+    events: list[NewEvent] = []
+    for index, item in enumerate(items):
+        try:
+            events.append(parse_event(item, call_id))
+        except ProtocolError as exc:
+            exc.message = f"event {index}: {exc.message}"
+            exc.args = (exc.message,)
+            exc.index = index  # type: ignore[attr-defined]
+            raise
+    return events
+
+
+# ---- server → client messages -------------------------------------------------------------
+
+
+def server_message(kind: str, call_id: str | None, data: dict[str, Any]) -> bytes:
+    return orjson.dumps({"type": kind, "call_id": call_id, "data": data})
+
+
+def error_message(code: str, message: str, call_id: str | None = None, ref: Any = None) -> bytes:
+    body: dict[str, Any] = {"type": "error", "call_id": call_id, "data": {"code": code, "message": message}}
+    if call_id is not None:
+        body["data"]["call_id"] = call_id
+    if ref is not None:
+        body["ref"] = ref
+    return orjson.dumps(body)
+
+
+def error_from(exc: ProtocolError) -> bytes:
+    return error_message(exc.code, exc.message, exc.call_id, exc.ref)
+
+
+def subscribed_message(call_id: str, status: str, seq: int, replayed: int) -> bytes:
+    return server_message(
+        "subscribed", call_id, {"call_id": call_id, "status": status, "seq": seq, "replayed": replayed}
+    )
+
+
+def unsubscribed_message(call_id: str) -> bytes:
+    return server_message("unsubscribed", call_id, {"call_id": call_id})
+
+
+PONG: Final = orjson.dumps({"type": "pong"})
+
+
+def ack_message(ref: Any, seq: int) -> bytes:
+    return orjson.dumps({"type": "ack", "ref": ref, "seq": seq})

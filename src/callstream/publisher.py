@@ -1,0 +1,400 @@
+"""Publisher: the producer side of the ``/v1/ingest`` socket (PROTOCOL.md §4).
+
+A voice-agent runtime emits events faster than a request per event allows, and it must not stall
+its audio loop on a network hiccup. So the publisher keeps one WebSocket open, tags every event
+with a ``ref``, and keeps each event until the server's cumulative ack says it is durably stored.
+If the socket drops, it reconnects with capped exponential backoff and jitter and re-sends every
+event not acked yet, in the original order.
+
+Delivery is therefore **at least once**: an event the server stored just before the connection
+dropped, but whose ack was lost, is sent again and stored twice (with a new ``seq``). Consumers
+that need exactly-once can de-duplicate on a producer-chosen id in ``data`` (for example
+``utterance_id`` plus ``is_final``); a re-sent ``call.ended`` that was already stored is refused
+by the server, so its future fails even though the call did end.
+
+Backpressure is bounded (DESIGN.md: no unbounded buffers): at most ``max_in_flight`` events wait
+for an ack. :meth:`Publisher.send` raises ``PublishError("backpressure")`` beyond that;
+:meth:`Publisher.send_wait` and :meth:`Publisher.publish` wait for room instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import urllib.parse
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from callstream import __version__
+from callstream.errors import PublishError
+
+__all__ = ["Publisher", "PublisherStats", "ingest_url"]
+
+logger = logging.getLogger("callstream.publisher")
+
+AUTH_STATUSES: Final = frozenset({401, 403})
+CLOSE_AUTH: Final = 4001  # the server ends sockets of a revoked key with this code
+INITIAL_DELAY: Final = 0.1
+
+
+def ingest_url(base_url: str) -> str:
+    """Map the server's base URL (``http://host:8080``) to its ingest socket URL.
+
+    Users configure one URL for REST and sockets alike; the scheme mapping lives here so nobody
+    hand-writes ``ws://`` URLs. A ``ws``/``wss`` base is accepted as is.
+    """
+    parts = urllib.parse.urlsplit(base_url)
+    schemes = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+    if parts.scheme not in schemes or not parts.netloc:
+        msg = f"expected an http(s):// or ws(s):// URL, got {base_url!r}"
+        raise ValueError(msg)
+    path = parts.path.rstrip("/") + "/v1/ingest"
+    return urllib.parse.urlunsplit((schemes[parts.scheme], parts.netloc, path, "", ""))
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An event sent (or about to be) and not acknowledged yet; kept for re-sending."""
+
+    ref: int
+    frame: bytes
+    future: asyncio.Future[int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherStats:
+    """A snapshot of the publisher's queues, for live views and health checks."""
+
+    in_flight: int  # events sent or queued, not acked yet
+    unsent: int  # of those, not yet written to the current socket
+    connected: bool
+    connections: int  # successful handshakes so far (reconnects = connections - 1)
+    acked: int
+    errors: int
+
+
+class Publisher:
+    """Publish events of live calls through the ingest socket, with acks and reconnects.
+
+    Use it as ``async with Publisher(url, key) as pub:``. Leaving the block normally waits until
+    every event is acked (:meth:`flush`); leaving it with an exception does not.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        max_in_flight: int = 10_000,
+        reconnect_max_delay: float = 10.0,
+    ) -> None:
+        if max_in_flight < 1:
+            msg = "max_in_flight must be at least 1"
+            raise ValueError(msg)
+        self._url = ingest_url(url)
+        self._headers = {"Authorization": f"Bearer {key}"}  # never in the URL: URLs get logged
+        self._max_in_flight = max_in_flight
+        self._max_delay = reconnect_max_delay
+        self._next_ref = 1
+        self._pending: dict[int, _Pending] = {}  # insertion order == ref order
+        self._outbox: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._first_attempt = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._failure: PublishError | None = None
+        self._closed = False
+        self._attempts = 0
+        self._connections = 0
+        self._acked = 0
+        self._errors = 0
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                # Not flush(): a permanent failure was already raised on the events' futures.
+                await self._drained.wait()
+        finally:
+            await self.close()
+
+    async def start(self) -> None:
+        """Connect in the background and wait for the first handshake's outcome.
+
+        A refused key raises ``PublishError("unauthorized")`` here, so a misconfigured producer
+        fails at start-up. An unreachable server does not raise: the publisher keeps retrying
+        and buffers up to ``max_in_flight`` events meanwhile, because a producer should ride
+        out a server restart.
+        """
+        if self._task is not None:
+            return
+        self._task = asyncio.create_task(self._run(), name="callstream-publisher")
+        await self._first_attempt.wait()
+        self._raise_if_failed()
+
+    def send(self, call_id: str, type: str, data: dict[str, Any]) -> asyncio.Future[int | None]:
+        """Queue one event without waiting; the future resolves to its ``seq`` once stored.
+
+        Raises ``PublishError("backpressure")`` when ``max_in_flight`` events are waiting for an
+        ack (use :meth:`send_wait` to wait for room instead). The future fails with
+        ``PublishError`` when the server refuses the event. It resolves to ``None`` only if the
+        server's cumulative ack skipped this event's ref (callstream's server acks every ref).
+        """
+        self._raise_if_failed()
+        if self._task is None:
+            msg = "start the publisher first: `async with Publisher(...)` or `await pub.start()`"
+            raise RuntimeError(msg)
+        if len(self._pending) >= self._max_in_flight:
+            msg = f"{len(self._pending)} events are waiting for an ack (max_in_flight)"
+            raise PublishError("backpressure", msg)
+        ref = self._next_ref
+        frame = orjson.dumps({"call_id": call_id, "type": type, "data": data, "ref": ref})
+        self._next_ref += 1
+        pending = _Pending(ref, frame, asyncio.get_running_loop().create_future())
+        self._pending[ref] = pending
+        self._outbox.append(pending)
+        self._drained.clear()
+        if len(self._pending) >= self._max_in_flight:
+            self._room.clear()
+        self._wakeup.set()
+        return pending.future
+
+    async def send_wait(
+        self,
+        call_id: str,
+        type: str,
+        data: dict[str, Any],
+    ) -> asyncio.Future[int | None]:
+        """Like :meth:`send`, but wait for room instead of raising on backpressure.
+
+        Returns as soon as the event is queued, not when it is acked, so a producer can keep
+        many events in flight and still be slowed down when the server falls behind.
+        """
+        while len(self._pending) >= self._max_in_flight:
+            self._raise_if_failed()
+            await self._room.wait()
+        return self.send(call_id, type, data)
+
+    async def publish(self, call_id: str, type: str, data: dict[str, Any]) -> int | None:
+        """Send one event and wait until the server has durably stored it; return its ``seq``."""
+        return await (await self.send_wait(call_id, type, data))
+
+    async def flush(self) -> None:
+        """Wait until every event sent so far is acked (or refused).
+
+        Raises the publisher's permanent failure (``unauthorized``, ``closed``) if events were
+        dropped because of it; per-event refusals stay on their own futures.
+        """
+        await self._drained.wait()
+        self._raise_if_failed()
+
+    async def close(self) -> None:
+        """Close the socket and stop reconnecting; events still unacked fail with ``closed``.
+
+        Call :meth:`flush` first to wait for them (``async with`` does).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+        self._fail_pending(PublishError("closed", "the publisher was closed before the ack"))
+        self._first_attempt.set()
+
+    def statistics(self) -> PublisherStats:
+        """Return counters and queue sizes (trio's ``statistics()`` habit)."""
+        return PublisherStats(
+            in_flight=len(self._pending),
+            unsent=len(self._outbox) if self._ws is not None else len(self._pending),
+            connected=self._ws is not None,
+            connections=self._connections,
+            acked=self._acked,
+            errors=self._errors,
+        )
+
+    # -- connection loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Connect, serve, and reconnect until closed or the key is refused."""
+        try:
+            while not self._closed and self._failure is None:
+                if await self._attempt():
+                    return
+                self._first_attempt.set()
+                await asyncio.sleep(self._next_delay())
+        except Exception as exc:  # a bug here must not leave futures hanging forever
+            logger.exception("publisher loop failed")
+            self._fail_permanently(PublishError("internal", f"publisher loop failed: {exc!r}"))
+
+    async def _attempt(self) -> bool:
+        """Run one connection to its end; return True when reconnecting would be pointless."""
+        try:
+            await self._connect_and_serve()
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in AUTH_STATUSES:
+                reason = _error_message(exc.response.body) or f"HTTP {status} at the handshake"
+                self._fail_permanently(PublishError("unauthorized", reason))
+                return True
+            logger.warning("ingest handshake refused with HTTP %d; retrying", status)
+        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+            logger.warning("ingest connection lost (%s); reconnecting", exc)
+        return False
+
+    async def _connect_and_serve(self) -> None:
+        # compression=None: frames are small JSON; deflate costs more CPU than it saves here.
+        async with connect(
+            self._url,
+            additional_headers=self._headers,
+            user_agent_header=f"callstream-publisher/{__version__}",
+            compression=None,
+        ) as ws:
+            self._ws = ws
+            self._attempts = 0
+            self._connections += 1
+            self._first_attempt.set()
+            try:
+                await self._serve(ws)
+            except ConnectionClosed:
+                if ws.close_code != CLOSE_AUTH:
+                    raise
+            finally:
+                self._ws = None
+            if ws.close_code == CLOSE_AUTH:
+                self._fail_permanently(PublishError("unauthorized", "the server revoked the key"))
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        """Re-send what is unacked, then read acks while a writer task sends new events."""
+        self._outbox = deque(self._pending.values())
+        self._wakeup.set()
+        writer = asyncio.create_task(self._write(ws))
+        try:
+            async for raw in ws:
+                self._on_message(raw)
+        finally:
+            writer.cancel()
+            await asyncio.wait([writer])
+        if not writer.cancelled() and (error := writer.exception()) is not None:
+            raise error
+
+    async def _write(self, ws: ClientConnection) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._outbox:
+                    await ws.send(self._outbox.popleft().frame, text=True)
+        except ConnectionClosed:
+            return  # the reader sees the close too and ends the connection
+        except Exception:
+            await ws.close(1011)  # unblock the reader so the loop reports this
+            raise
+
+    def _next_delay(self) -> float:
+        """Capped exponential backoff, equal jitter: many producers must not reconnect in step."""
+        base = min(self._max_delay, INITIAL_DELAY * 2.0 ** min(self._attempts, 32))
+        self._attempts += 1
+        return base / 2 + random.random() * base / 2
+
+    # -- messages from the server ----------------------------------------------------------------
+
+    def _on_message(self, raw: str | bytes) -> None:
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            logger.warning("ignoring a non-JSON frame from the server")
+            return
+        if not isinstance(msg, dict):
+            logger.warning("ignoring a non-object frame from the server")
+        elif msg.get("type") == "ack":
+            self._on_ack(msg.get("ref"), msg.get("seq"))
+        elif msg.get("type") == "error":
+            self._on_error(msg)
+
+    def _on_ack(self, ref: object, seq: object) -> None:
+        """Resolve ``ref`` and, since acks are cumulative, every earlier pending event."""
+        if not isinstance(ref, int):
+            return
+        while self._pending:
+            first = next(iter(self._pending))
+            if first > ref:
+                break
+            done = self._pending.pop(first)
+            self._acked += 1
+            if not done.future.done():
+                done.future.set_result(seq if first == ref and isinstance(seq, int) else None)
+        self._after_removal()
+
+    def _on_error(self, msg: dict[str, Any]) -> None:
+        data = msg.get("data")
+        data = data if isinstance(data, dict) else {}
+        code, message = str(data.get("code", "internal")), str(data.get("message", ""))
+        pending = self._pending.pop(msg["ref"], None) if isinstance(msg.get("ref"), int) else None
+        if pending is None:
+            logger.warning("ingest error not tied to a pending event: %s: %s", code, message)
+            return
+        self._errors += 1
+        if not pending.future.done():
+            pending.future.set_exception(PublishError(code, message))
+        self._after_removal()
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def _after_removal(self) -> None:
+        if len(self._pending) < self._max_in_flight:
+            self._room.set()
+        if not self._pending:
+            self._drained.set()
+
+    def _fail_pending(self, error: PublishError) -> None:
+        pending, self._pending = self._pending, {}
+        self._outbox.clear()
+        for p in pending.values():
+            if not p.future.done():
+                p.future.set_exception(PublishError(error.code, error.message))
+        self._room.set()
+        self._drained.set()
+
+    def _fail_permanently(self, error: PublishError) -> None:
+        self._failure = error
+        self._fail_pending(error)
+        self._first_attempt.set()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise PublishError(self._failure.code, self._failure.message)
+        if self._closed:
+            raise PublishError("closed", "the publisher is closed")
+
+
+def _error_message(body: bytes | bytearray | None) -> str | None:
+    """Pull ``error.message`` out of the server's JSON refusal body, if there is one."""
+    try:
+        parsed = orjson.loads(bytes(body or b""))
+    except orjson.JSONDecodeError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else None

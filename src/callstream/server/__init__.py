@@ -1,0 +1,1 @@
+"""The HTTP and WebSocket edge: the only layer that touches sockets."""

@@ -1,0 +1,76 @@
+"""Request plumbing shared by the REST routes: the error shape, credentials, scopes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import Request
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+
+from callstream.auth import AuthError, Principal
+from callstream.server.runtime import Runtime
+
+
+class ApiError(Exception):
+    """Answered as `{"error": {"code", "message", ...}}` with `status`."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+
+def not_found(what: str = "call") -> ApiError:
+    """The one answer for 'missing' and 'another account's': nothing leaks across tenants."""
+    return ApiError(404, "not_found", f"no such {what}")
+
+
+def runtime_of(conn: HTTPConnection) -> Runtime:
+    runtime: Runtime = conn.app.state.runtime
+    return runtime
+
+
+def credential_of(conn: HTTPConnection) -> tuple[str | None, bool]:
+    """The credential and whether it came as the `bearer, <token>` subprotocol pair."""
+    header = conn.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None, False
+    protocols = [p.strip() for p in conn.headers.get("sec-websocket-protocol", "").split(",")]
+    if len(protocols) >= 2 and protocols[0].lower() == "bearer":
+        return protocols[1] or None, True
+    return conn.query_params.get("token") or None, False
+
+
+async def authenticate(conn: HTTPConnection) -> Principal:
+    runtime = runtime_of(conn)
+    assert runtime.auth is not None
+    credential, _ = credential_of(conn)
+    try:
+        return await runtime.auth.authenticate(credential)
+    except AuthError as exc:
+        raise ApiError(401, "unauthorized", str(exc)) from None
+
+
+def require(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency: the caller's Principal, which must hold one of `scopes`."""
+
+    async def dependency(request: Request) -> Principal:
+        principal = await authenticate(request)
+        if not any(principal.may(s) for s in scopes):
+            raise ApiError(403, "forbidden", f"this credential lacks the scope: {' or '.join(scopes)}")
+        return principal
+
+    return dependency
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """JSON encoded with orjson (the same encoder as the sockets)."""
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")

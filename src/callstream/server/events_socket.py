@@ -1,0 +1,297 @@
+"""`GET /v1/events`: the subscriber socket (PROTOCOL.md §3).
+
+One reader loop handles client messages in order; one writer task drains the connection's
+outbox at the socket's pace. Fan-out never waits for this socket: it appends to the outbox,
+and the outbox's policy decides when the client is too slow to keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from callstream import metrics
+from callstream import protocol as p
+from callstream.auth import AuthError, Principal
+from callstream.events import ENDED, Event
+from callstream.hub import Subscription
+from callstream.outbox import Outbox
+from callstream.ratelimit import TokenBucket
+from callstream.server.deps import credential_of, runtime_of
+from callstream.server.runtime import Runtime
+
+log = logging.getLogger("callstream.events")
+
+
+def denial(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def origin_allowed(ws: WebSocket, allowed: list[str]) -> bool:
+    origin = ws.headers.get("origin")
+    return not allowed or origin is None or origin.rstrip("/") in allowed or "*" in allowed
+
+
+async def handshake(ws: WebSocket, scope: str) -> tuple[Principal, bool] | None:
+    """Authenticate before upgrading; on failure answer with HTTP and no upgrade."""
+    runtime = runtime_of(ws)
+    if not origin_allowed(ws, runtime.settings.allowed_origins):
+        await ws.send_denial_response(denial(403, "forbidden", "this Origin is not allowed"))
+        return None
+    if runtime.draining:
+        await ws.send_denial_response(denial(503, "unavailable", "this node is shutting down"))
+        return None
+    credential, via_subprotocol = credential_of(ws)
+    assert runtime.auth is not None
+    try:
+        principal = await runtime.auth.authenticate(credential)
+    except AuthError as exc:
+        await ws.send_denial_response(denial(401, "unauthorized", str(exc)))
+        return None
+    if not principal.may(scope):
+        await ws.send_denial_response(denial(403, "forbidden", f"this credential lacks the {scope} scope"))
+        return None
+    return principal, via_subprotocol
+
+
+async def events_endpoint(ws: WebSocket) -> None:
+    admitted = await handshake(ws, "subscribe")
+    if admitted is None:
+        return
+    principal, via_subprotocol = admitted
+    await ws.accept(subprotocol="bearer" if via_subprotocol else None)
+    await EventsConnection(ws, runtime_of(ws), principal).run()
+
+
+class EventsConnection:
+    def __init__(self, ws: WebSocket, runtime: Runtime, principal: Principal) -> None:
+        settings = runtime.settings
+        self.ws = ws
+        self.runtime = runtime
+        self.principal = principal
+        self.key_id = principal.key_id
+        self.outbox = Outbox(settings.outbox_high_water)
+        self.bucket = TokenBucket(settings.client_rate, settings.client_burst)
+        self.subs: dict[str, Subscription] = {}
+        self.closed = False
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._max_bytes = settings.max_message_bytes
+
+    # ---- the hub's side: never blocks ------------------------------------------------------
+
+    def enqueue_event(self, event: Event) -> None:
+        if self.outbox.push(event.frame, event.key, event.is_partial):
+            self._wakeup.set()
+        else:
+            self._too_slow()
+
+    def send(self, frame: bytes | str) -> None:
+        text = frame.decode() if isinstance(frame, bytes) else frame
+        if self.outbox.push(text):
+            self._wakeup.set()
+        else:
+            self._too_slow()
+
+    def _too_slow(self) -> None:
+        if not self.closed:
+            metrics.SLOW_CONSUMERS.inc()
+            self._unsubscribe_all()  # stop fan-out to this socket right away
+            asyncio.get_running_loop().create_task(
+                self.terminate(
+                    p.CLOSE_POLICY, p.SLOW_CONSUMER, "outbound buffer full: resubscribe with since"
+                )
+            )
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.runtime.connections.add(self)
+        metrics.CONNECTIONS.labels("events").inc()
+        self._writer = asyncio.create_task(self._write_forever())
+        self._arm_expiry()
+        try:
+            await self._read_forever()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.closed = True
+            self._unsubscribe_all()
+            if self._expiry is not None:
+                self._expiry.cancel()
+            self._writer.cancel()
+            self.runtime.connections.discard(self)
+            metrics.CONNECTIONS.labels("events").dec()
+
+    async def terminate(self, code: int, error_code: str | None, message: str) -> None:
+        """End the connection: an `error` first when there is one to give, then the close code."""
+        if self.closed:
+            return
+        self.closed = True
+        self._unsubscribe_all()
+        if self._writer is not None:
+            self._writer.cancel()
+        with contextlib.suppress(Exception):
+            if error_code is not None:
+                frame = p.error_message(error_code, message)
+                await asyncio.wait_for(self.ws.send_text(frame.decode()), 1.0)
+            await asyncio.wait_for(self.ws.close(code, message[:120]), 2.0)
+
+    async def _write_forever(self) -> None:
+        send = self.ws.send_text
+        with contextlib.suppress(Exception):
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while (frame := self.outbox.pop()) is not None:
+                    await send(frame)
+                    metrics.EVENTS_DELIVERED.inc()
+
+    async def _read_forever(self) -> None:
+        while not self.closed:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                self._error(p.INVALID_MESSAGE, "binary frames are not accepted: send JSON as text")
+                continue
+            if len(text) > self._max_bytes and len(text.encode()) > self._max_bytes:
+                await self.terminate(
+                    p.CLOSE_TOO_LARGE, p.MESSAGE_TOO_LARGE, f"messages are limited to {self._max_bytes} bytes"
+                )
+                return
+            await self._handle(text)
+
+    # ---- client messages -------------------------------------------------------------------
+
+    def _error(self, code: str, message: str, call_id: str | None = None) -> None:
+        metrics.CLIENT_ERRORS.labels(code).inc()
+        self.send(p.error_message(code, message, call_id))
+
+    async def _handle(self, text: str) -> None:
+        if not self.bucket.allow():
+            if self.bucket.refused_in_a_row > self.bucket.burst:
+                await self.terminate(p.CLOSE_POLICY, p.RATE_LIMITED, "too many messages: closing")
+                return
+            wait_ms = int(self.bucket.retry_after_s() * 1000) + 1
+            self._error(p.RATE_LIMITED, f"too many messages; retry in {wait_ms} ms")
+            return
+        try:
+            message = p.parse_client_message(text)
+        except p.ProtocolError as exc:
+            self._error(exc.code, exc.message, exc.call_id)
+            return
+        if isinstance(message, p.Ping):
+            self.send(p.PONG)
+        elif isinstance(message, p.Subscribe):
+            await self._subscribe(message)
+        elif isinstance(message, p.Unsubscribe):
+            await self._unsubscribe(message.call_id)
+            self.send(p.unsubscribed_message(message.call_id))
+        else:
+            await self._reauthenticate(message.token)
+
+    async def _subscribe(self, message: p.Subscribe) -> None:
+        call_id, account = message.call_id, self.principal.account
+        if call_id == p.WILDCARD and self.principal.calls is not None:
+            self._error(p.FORBIDDEN, "this token is limited to named calls; '*' is not allowed", call_id)
+            return
+        if not self.principal.may_see(call_id):
+            self._error(p.FORBIDDEN, "this token may not subscribe to that call", call_id)
+            return
+        if call_id not in self.subs and len(self.subs) >= self.runtime.settings.max_subscriptions:
+            limit = self.runtime.settings.max_subscriptions
+            self._error(p.TOO_MANY_SUBSCRIPTIONS, f"at most {limit} subscriptions per connection", call_id)
+            return
+        sub = Subscription(self, account, call_id, message.types)
+        previous = self.runtime.hub.add(sub)
+        self.subs[call_id] = sub
+        try:
+            if previous is None:
+                await self.runtime.broker.watch(account, call_id)
+            if call_id == p.WILDCARD:
+                self.send(p.subscribed_message(call_id, "live", 0, 0))
+                for event in sub.go_live(0):
+                    self.enqueue_event(event)
+            else:
+                await self._catch_up(sub, message.since)
+        except Exception:
+            log.exception("subscribe failed")
+            await self._unsubscribe(call_id)
+            self._error(p.INTERNAL, "the subscription could not be set up; try again", call_id)
+
+    async def _catch_up(self, sub: Subscription, since: int | None) -> None:
+        """Replay (if asked), announce, then release what arrived meanwhile: no gap, no duplicate."""
+        account, call_id = self.principal.account, sub.call_id
+        state = await self.runtime.broker.state(account, call_id)
+        replay: list[Event] = []
+        if since is not None:
+            replay = [e for e in await self.runtime.replay(account, call_id, since) if e.seq > since]
+        last_seq = max(state.last_seq, replay[-1].seq if replay else 0)
+        status = state.status
+        if any(e.type == ENDED for e in replay):
+            status = "ended"
+        elif status == "pending" and last_seq > 0:
+            status = "live"
+        if sub.types is not None:
+            replay = [e for e in replay if e.type in sub.types]
+        if self.subs.get(call_id) is not sub or self.closed:
+            return  # replaced or unsubscribed while we were reading history
+        for event in replay:
+            self.enqueue_event(event)
+        self.send(p.subscribed_message(call_id, status, last_seq, len(replay)))
+        for event in sub.go_live(max(last_seq, since or 0)):
+            self.enqueue_event(event)
+
+    async def _unsubscribe(self, call_id: str) -> None:
+        sub = self.subs.pop(call_id, None)
+        if sub is not None and self.runtime.hub.remove(self, sub.account, call_id) is sub:
+            await self.runtime.broker.unwatch(sub.account, call_id)
+
+    def _unsubscribe_all(self) -> None:
+        hub, broker = self.runtime.hub, self.runtime.broker
+        for call_id, sub in self.subs.items():
+            if hub.remove(self, sub.account, call_id) is sub:
+                asyncio.get_running_loop().create_task(broker.unwatch(sub.account, call_id))
+        self.subs.clear()
+
+    async def _reauthenticate(self, token: str) -> None:
+        assert self.runtime.auth is not None
+        try:
+            principal = await self.runtime.auth.authenticate(token)
+        except AuthError as exc:
+            self._error(p.TOKEN_EXPIRED if exc.expired else p.FORBIDDEN, f"auth refused: {exc}")
+            return
+        if principal.account != self.principal.account or not principal.may("subscribe"):
+            self._error(p.FORBIDDEN, "auth refused: the new credential is for another account or scope")
+            return
+        self.principal, self.key_id = principal, principal.key_id
+        self._arm_expiry()
+        for call_id in [c for c in self.subs if c != p.WILDCARD and not principal.may_see(c)]:
+            await self._unsubscribe(call_id)
+            self._error(p.FORBIDDEN, "the new token does not cover this call: unsubscribed", call_id)
+        if principal.calls is not None and p.WILDCARD in self.subs:
+            await self._unsubscribe(p.WILDCARD)
+            self._error(p.FORBIDDEN, "the new token does not allow '*': unsubscribed", p.WILDCARD)
+
+    def _arm_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.principal.expires_at is None:
+            return
+        delay = max(0.0, self.principal.expires_at - time.time())
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        asyncio.get_running_loop().create_task(
+            self.terminate(p.CLOSE_AUTH, p.TOKEN_EXPIRED, "the token expired: reconnect with a fresh one")
+        )

@@ -1,0 +1,143 @@
+"""`GET /v1/ingest`: the producer socket, with cumulative acks (PROTOCOL.md §4).
+
+Frames are sequenced in the order they arrive; acks are sent in that same order, each only once
+the store has committed its event (and so every event before it). A bad event gets an `error`
+with its `ref` and is skipped; the others of the frame still go through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from callstream import metrics
+from callstream import protocol as p
+from callstream.broker import BrokerUnavailableError, CallEndedError
+from callstream.events import NewEvent
+from callstream.server.deps import runtime_of
+from callstream.server.events_socket import handshake
+from callstream.server.runtime import Runtime
+
+log = logging.getLogger("callstream.ingest")
+
+_AckItem = tuple[Any, int, "asyncio.Future[None]"]
+
+
+async def ingest_endpoint(ws: WebSocket) -> None:
+    admitted = await handshake(ws, "publish")
+    if admitted is None:
+        return
+    principal, via_subprotocol = admitted
+    await ws.accept(subprotocol="bearer" if via_subprotocol else None)
+    await IngestConnection(ws, runtime_of(ws), principal.account, principal.key_id).run()
+
+
+class IngestConnection:
+    def __init__(self, ws: WebSocket, runtime: Runtime, account: str, key_id: str) -> None:
+        self.ws = ws
+        self.runtime = runtime
+        self.account = account
+        self.key_id = key_id
+        self._acks: asyncio.Queue[_AckItem | None] = asyncio.Queue()
+        self._send_lock = asyncio.Lock()
+        self.closed = False
+
+    async def run(self) -> None:
+        self.runtime.connections.add(self)
+        metrics.CONNECTIONS.labels("ingest").inc()
+        acker = asyncio.create_task(self._ack_forever())
+        try:
+            await self._read_forever()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.closed = True
+            acker.cancel()
+            self.runtime.connections.discard(self)
+            metrics.CONNECTIONS.labels("ingest").dec()
+
+    async def terminate(self, code: int, error_code: str | None, message: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            if code == p.CLOSE_GOING_AWAY:  # send the acks we owe before going away
+                await asyncio.wait_for(self._acks.join(), 5.0)
+            if error_code is not None:
+                await self._send(p.error_message(error_code, message))
+            await asyncio.wait_for(self.ws.close(code, message[:120]), 2.0)
+
+    async def _send(self, frame: bytes) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(frame.decode())
+
+    async def _read_forever(self) -> None:
+        limit = self.runtime.settings.max_ingest_message_bytes
+        while not self.closed:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                await self._send(p.error_message(p.INVALID_MESSAGE, "send events as JSON text frames"))
+                continue
+            if len(text) > limit and len(text.encode()) > limit:
+                await self._send(p.error_message(p.MESSAGE_TOO_LARGE, f"frames are limited to {limit} bytes"))
+                continue
+            await self._handle(text)
+
+    async def _handle(self, text: str) -> None:
+        try:
+            obj = p.decode_json(text)
+        except p.ProtocolError as exc:
+            await self._send(p.error_from(exc))
+            return
+        items = obj if isinstance(obj, list) else [obj]
+        valid: list[NewEvent] = []
+        for item in items:
+            try:
+                valid.append(p.parse_event(item))
+            except p.ProtocolError as exc:
+                await self._send(p.error_from(exc))
+        if valid:
+            await self._publish(valid)
+
+    async def _publish(self, events: list[NewEvent]) -> None:
+        try:
+            sequenced, durable = await self.runtime.publish(self.account, events)
+        except CallEndedError:
+            if len(events) > 1:  # apply the others one by one; only the late ones are refused
+                for event in events:
+                    await self._publish([event])
+                return
+            event = events[0]
+            message = f"call {event.call_id} has ended; no events are accepted after call.ended"
+            await self._send(p.error_message(p.INVALID_MESSAGE, message, event.call_id, event.ref))
+            return
+        except BrokerUnavailableError as exc:
+            for event in events:
+                await self._send(p.error_message(p.INTERNAL, str(exc), event.call_id, event.ref))
+            return
+        for new, accepted in zip(events, sequenced, strict=True):
+            if new.ref is not None:
+                self._acks.put_nowait((new.ref, accepted.seq, durable))
+
+    async def _ack_forever(self) -> None:
+        while True:
+            item = await self._acks.get()
+            try:
+                if item is None:
+                    return
+                ref, seq, durable = item
+                try:
+                    await durable
+                except Exception as exc:  # not stored: the producer must know, and may retry
+                    await self._send(p.error_message(p.INTERNAL, f"not stored: {exc}", None, ref))
+                    continue
+                await self._send(p.ack_message(ref, seq))
+            finally:
+                self._acks.task_done()

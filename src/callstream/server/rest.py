@@ -1,0 +1,236 @@
+"""REST (PROTOCOL.md §4–§5): publish over HTTP, tokens, calls, transcripts, events, login."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.responses import Response
+
+from callstream import protocol as p
+from callstream.auth import AuthError, Principal
+from callstream.broker import BrokerUnavailableError, CallEndedError
+from callstream.events import FINAL, PARTIAL, is_valid_call_id
+from callstream.server.deps import ApiError, json_response, not_found, require, runtime_of
+from callstream.store import StoreUnavailableError
+
+router = APIRouter()
+Reader = Annotated[Principal, Depends(require("subscribe", "admin"))]
+Producer = Annotated[Principal, Depends(require("publish"))]
+
+
+class TokenRequest(BaseModel):
+    ttl_s: int | None = Field(None, ge=1, le=86_400, description="lifetime; default 900")
+    calls: list[str] | None = Field(None, description="call ids the token may see; absent: all")
+
+
+class TokenResponse(BaseModel):
+    token: str
+    expires_at: int = Field(description="unix seconds")
+
+
+class LoginRequest(BaseModel):
+    code: str = Field(min_length=1, max_length=200)
+
+
+class PublishResponse(BaseModel):
+    accepted: int
+    seq: list[int]
+
+
+async def _model_from(request: Request, model: type[TokenRequest]) -> TokenRequest:
+    raw = await request.body()
+    try:
+        return model.model_validate(p.decode_json(raw) if raw.strip() else {})
+    except p.ProtocolError as exc:
+        raise ApiError(422, "invalid_request", exc.message) from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ApiError(422, "invalid_request", problems) from None
+
+
+def _checked_call_id(principal: Principal, call_id: str) -> str:
+    """A call the principal may not see answers exactly like one that does not exist."""
+    if not is_valid_call_id(call_id) or not principal.may_see(call_id):
+        raise not_found()
+    return call_id
+
+
+@router.post(
+    "/v1/calls/{call_id}/events",
+    status_code=202,
+    response_model=PublishResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "description": "one event {type, data} or an array of them",
+                        "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}],
+                    },
+                    "example": {"type": "transcript.final", "data": {"speaker": "user", "text": "Hi"}},
+                }
+            },
+        }
+    },
+    tags=["produce"],
+)
+async def publish_events(call_id: str, request: Request, principal: Producer) -> Response:
+    runtime = runtime_of(request)
+    if not is_valid_call_id(call_id):
+        raise ApiError(422, "invalid_message", "call_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    body = await request.body()
+    if len(body) > runtime.settings.max_ingest_message_bytes:
+        raise ApiError(413, "message_too_large", "request body too large")
+    try:
+        events = p.parse_event_batch(p.decode_json(body), call_id)
+    except p.ProtocolError as exc:
+        raise ApiError(422, exc.code, exc.message, index=getattr(exc, "index", 0)) from None
+    try:
+        sequenced, durable = await runtime.publish(principal.account, events)
+        await durable
+    except CallEndedError as exc:
+        raise ApiError(422, "call_ended", str(exc), index=exc.index) from None
+    except (BrokerUnavailableError, StoreUnavailableError) as exc:
+        raise ApiError(503, "unavailable", str(exc)) from None
+    return json_response({"accepted": len(sequenced), "seq": [e.seq for e in sequenced]}, 202)
+
+
+@router.post(
+    "/v1/tokens",
+    response_model=TokenResponse,
+    tags=["auth"],
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": TokenRequest.model_json_schema()}},
+        }
+    },
+)
+async def mint_token(request: Request, principal: Reader) -> dict[str, Any]:
+    """A short-lived browser JWT (subscribe only), minted with an API key.
+
+    The body is optional and read whatever its content type, so `fetch` without headers works.
+    """
+    body = await _model_from(request, TokenRequest)
+    if principal.kind != "key":
+        raise ApiError(403, "forbidden", "tokens are minted with an API key, not with a token")
+    if body.calls is not None and not all(is_valid_call_id(c) for c in body.calls):
+        raise ApiError(422, "invalid_request", "calls must be a list of valid call ids")
+    signer = runtime_of(request).signer
+    assert signer is not None
+    try:
+        token, expires_at = signer.mint(
+            principal.account, principal.key_id, ttl_s=body.ttl_s, calls=body.calls
+        )
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
+    return {"token": token, "expires_at": expires_at}
+
+
+@router.get("/v1/calls", tags=["calls"])
+async def list_calls(
+    request: Request,
+    principal: Reader,
+    status: Literal["live", "ended"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> Response:
+    store = runtime_of(request).store
+    try:
+        rows, next_cursor = await store.list_calls(
+            principal.account, status=status, limit=limit, cursor=cursor, call_ids=principal.calls
+        )
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
+    return json_response({"calls": [r.to_json() for r in rows], "next_cursor": next_cursor})
+
+
+@router.get("/v1/calls/{call_id}", tags=["calls"])
+async def get_call(call_id: str, request: Request, principal: Reader) -> Response:
+    call = await runtime_of(request).store.get_call(principal.account, _checked_call_id(principal, call_id))
+    if call is None:
+        raise not_found()
+    return json_response(call.to_json())
+
+
+@router.get("/v1/calls/{call_id}/transcript", tags=["calls"])
+async def get_transcript(call_id: str, request: Request, principal: Reader) -> Response:
+    store = runtime_of(request).store
+    call_id = _checked_call_id(principal, call_id)
+    if await store.get_call(principal.account, call_id) is None:
+        raise not_found()
+    finals = await store.events(principal.account, call_id, types=[FINAL])
+    utterances = [
+        {"seq": e.seq, "ts": e.ts, "speaker": e.data.get("speaker"), "text": e.data.get("text")}
+        | ({"sentiment": e.data["sentiment"]} if "sentiment" in e.data else {})
+        for e in finals
+    ]
+    return json_response({"call_id": call_id, "utterances": utterances})
+
+
+@router.get("/v1/calls/{call_id}/events", tags=["calls"])
+async def get_events(
+    call_id: str, request: Request, principal: Reader, since: Annotated[int, Query(ge=0)] = 0
+) -> Response:
+    """Stored events (every type but partials) with seq > since, in seq order."""
+    store = runtime_of(request).store
+    call_id = _checked_call_id(principal, call_id)
+    if await store.get_call(principal.account, call_id) is None:
+        raise not_found()
+    events = await store.events(principal.account, call_id, since)
+    body = [
+        {"type": e.type, "call_id": call_id, "seq": e.seq, "ts": e.ts, "data": e.data}
+        for e in events
+        if e.type != PARTIAL
+    ]
+    return json_response({"call_id": call_id, "events": body})
+
+
+@router.post("/v1/login", response_model=TokenResponse, tags=["auth"])
+async def login(request: Request, body: LoginRequest) -> dict[str, Any]:
+    """Exchange a one-time dashboard login code (printed by `serve`/`demo`) for a JWT."""
+    runtime = runtime_of(request)
+    account = await runtime.store.use_login_code(body.code)
+    if account is None:
+        raise ApiError(401, "unauthorized", "this login link is unknown, used or expired")
+    return await _dashboard_token(request, account)
+
+
+@router.post("/v1/login/refresh", response_model=TokenResponse, tags=["auth"])
+async def refresh_login(request: Request) -> dict[str, Any]:
+    """A dashboard session renews its JWT while the session (12 h from login) lasts."""
+    runtime = runtime_of(request)
+    header = request.headers.get("authorization", "")
+    assert runtime.signer is not None
+    try:
+        claims = runtime.signer.verify(header[7:].strip() if header[:7].lower() == "bearer " else "")
+    except AuthError as exc:
+        raise ApiError(401, "unauthorized", str(exc)) from None
+    session_end = claims.get("session_exp")
+    if not isinstance(session_end, int):
+        raise ApiError(401, "unauthorized", "only dashboard sessions refresh this way")
+    return await _dashboard_token(request, claims["sub"], session_end)
+
+
+async def _dashboard_token(request: Request, account: str, session_end: int | None = None) -> dict[str, Any]:
+    import time
+
+    runtime = runtime_of(request)
+    assert runtime.signer is not None
+    now = int(time.time())
+    session_end = session_end or now + 12 * 3600
+    ttl = min(runtime.settings.token_ttl_s, session_end - now)
+    if ttl <= 0:
+        raise ApiError(401, "unauthorized", "the dashboard session ended; open a new login link")
+    # Dashboard tokens hang off a subscribe-only key of their own: revoking it ends the sessions.
+    keys = [k for k in await runtime.store.list_keys(account) if k.name == "dashboard" and not k.revoked_at]
+    if keys:
+        key_id = keys[0].id
+    else:
+        record, _ = await runtime.store.create_key(account, frozenset({"subscribe"}), name="dashboard")
+        key_id = record.id
+    token, expires_at = runtime.signer.mint(account, key_id, ttl_s=ttl, extra={"session_exp": session_end})
+    return {"token": token, "expires_at": expires_at}

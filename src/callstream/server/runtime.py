@@ -1,0 +1,142 @@
+"""Everything one node runs, wired together: store, broker, hub, auth, and the publish path.
+
+The publish path is the one place an event enters the system (REST, the ingest socket and
+therefore `Publisher` all call `Runtime.publish`): enrich, sequence and fan out through the
+broker, then queue for the store; the returned future resolves when the events are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
+
+from callstream import metrics
+from callstream.auth import Authenticator, TokenSigner, new_signing_secret
+from callstream.broker import Broker, create_broker
+from callstream.events import ENDED, FINAL, Event, NewEvent
+from callstream.hub import Hub
+from callstream.settings import Settings
+from callstream.store import SqlStore, database_url
+
+log = logging.getLogger("callstream")
+
+
+class Closable(Protocol):
+    """A live socket the runtime may end: on revocation, on shutdown."""
+
+    key_id: str
+
+    async def terminate(self, code: int, error_code: str | None, message: str) -> None: ...
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = SqlStore(database_url(settings.database, settings.data_dir))
+        self.broker: Broker = create_broker(settings.broker, history_ttl_s=settings.history_ttl_s)
+        self.hub = Hub()
+        self.connections: set[Closable] = set()
+        self.signer: TokenSigner | None = None
+        self.auth: Authenticator | None = None
+        self.draining = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sentiment_enabled = settings.sentiment
+        # Background workers (the webhook deliverer) that run for the node's life.
+        self.start_hooks: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.start()
+        secret = self.settings.secret or await self.store.meta_value("jwt_secret", new_signing_secret)
+        self.signer = TokenSigner(
+            secret,
+            default_ttl_s=self.settings.token_ttl_s,
+            max_ttl_s=self.settings.token_max_ttl_s,
+        )
+        self.auth = Authenticator(self.store, self.signer)
+        await self.broker.start(self._deliver, self.store.call_state)
+        self._tasks.append(asyncio.create_task(self._watch_revocations(), name="revocations"))
+        for start_hook in self.start_hooks:
+            self._tasks.append(asyncio.create_task(start_hook(self), name="start-hook"))
+
+    async def stop(self) -> None:
+        await self.drain()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.broker.close()
+        await self.store.close()
+
+    async def drain(self, code: int = 1001) -> None:
+        """Close every socket with 1001 so clients reconnect (to another node) and resume."""
+        self.draining = True
+        conns = list(self.connections)
+        await asyncio.gather(
+            *(c.terminate(code, None, "server going away") for c in conns), return_exceptions=True
+        )
+
+    @property
+    def healthy(self) -> bool:
+        return self.broker.healthy and self.store.healthy
+
+    # ---- publish and replay --------------------------------------------------------------
+
+    async def publish(
+        self, account: str, events: Sequence[NewEvent]
+    ) -> tuple[list[Event], asyncio.Future[None]]:
+        if self._sentiment_enabled:
+            self._enrich(events)
+        sequenced = await self.broker.publish(account, events)
+        metrics.EVENTS_PUBLISHED.inc(len(sequenced))
+        if any(e.type == ENDED for e in sequenced):
+            metrics.CALLS_ENDED.inc(sum(e.type == ENDED for e in sequenced))
+        return sequenced, self.store.append(sequenced)
+
+    @staticmethod
+    def _enrich(events: Sequence[NewEvent]) -> None:
+        from callstream.sentiment import score_text
+
+        for event in events:
+            if event.type == FINAL and "sentiment" not in event.data:
+                event.data["sentiment"] = score_text(str(event.data.get("text", "")))
+
+    async def replay(self, account: str, call_id: str, since: int) -> list[Event]:
+        """Every held event with seq > since: older ones from the store, the rest from the log."""
+        held = await self.broker.history(account, call_id, since)
+        if held.first_seq <= since + 1:
+            return held.events
+        stored = await self.store.events(account, call_id, since, held.first_seq - 1)
+        older = [Event(account, call_id, s.seq, s.ts, s.type, s.data) for s in stored]
+        return older + held.events
+
+    def _deliver(self, event: Event) -> None:
+        self.hub.deliver(event)
+
+    # ---- revocation ----------------------------------------------------------------------
+
+    async def _watch_revocations(self) -> None:
+        """Poll the store for revoked keys and end their sockets (every node does this)."""
+        since = int(time.time() * 1000) - 1000
+        while True:
+            await asyncio.sleep(self.settings.revocation_poll_s)
+            now = int(time.time() * 1000)
+            try:
+                revoked = set(await self.store.revoked_since(since - 1000))
+            except Exception:  # the store is down: /healthz says so; try again next tick
+                log.warning("revocation poll failed", exc_info=True)
+                continue
+            since = now
+            if not revoked:
+                continue
+            assert self.auth is not None
+            self.auth.forget()
+            doomed = [c for c in self.connections if c.key_id in revoked]
+            for conn in doomed:
+                await conn.terminate(4001, "unauthorized", "the API key was revoked")

@@ -1,0 +1,70 @@
+"""One validated configuration object; every option also comes from a `CALLSTREAM_*` variable."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "ValidationError", "describe_errors"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CALLSTREAM_", extra="forbid", validate_default=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    data_dir: str = "./callstream-data"
+    broker: str | None = Field(None, description="redis://… for several nodes; unset: in-process")
+    database: str | None = Field(None, description="postgresql://…; unset: SQLite under data_dir")
+    secret: str | None = Field(
+        None, min_length=32, description="JWT signing secret; unset: kept in the store"
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    public_url: str | None = Field(None, description="the URL users reach this node at, for printed links")
+
+    max_message_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
+    max_ingest_message_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_subscriptions: int = Field(10_000, ge=1)
+    client_rate: float = Field(50.0, gt=0, description="client messages per second per connection")
+    client_burst: int = Field(100, ge=1)
+    outbox_high_water: int = Field(1024 * 1024, ge=4096, description="bytes buffered per connection")
+    history_ttl_s: float = Field(3600.0, ge=3600.0, description="replay log kept after a call ends")
+    token_ttl_s: int = Field(900, ge=10, le=86_400)
+    token_max_ttl_s: int = Field(86_400, ge=10, le=86_400)
+    revocation_poll_s: float = Field(1.0, gt=0, le=4.0)
+    sentiment: bool = True
+    log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
+    webhooks_allow_private: bool = False
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://", "memory:")):
+            raise ValueError("must be a redis:// URL (or unset for the in-process broker)")
+        return value or None
+
+    @field_validator("database")
+    @classmethod
+    def _database_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql", "postgres://", "sqlite")):
+            raise ValueError("must be a postgresql:// or sqlite:/// URL (or unset for SQLite in data_dir)")
+        return value or None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per bad option, naming the flag and the environment variable."""
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        flag = "--" + name.replace("_", "-")
+        lines.append(f"{flag} / CALLSTREAM_{name.upper()}: {error['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,21 @@
+"""The durable store: SQLite under --data-dir by default, PostgreSQL with --database."""
+
+from __future__ import annotations
+
+from callstream.store.sql import (
+    CallRecord,
+    KeyRecord,
+    SqlStore,
+    StoredEvent,
+    StoreUnavailableError,
+    database_url,
+)
+
+__all__ = [
+    "CallRecord",
+    "KeyRecord",
+    "SqlStore",
+    "StoreUnavailableError",
+    "StoredEvent",
+    "database_url",
+]

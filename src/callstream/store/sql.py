@@ -1,0 +1,487 @@
+"""The durable store on SQLAlchemy: SQLite (embedded default, WAL) or PostgreSQL (asyncpg).
+
+Events are written by one batching writer: whatever accumulated while the previous commit ran
+goes into the next transaction, so the commit rate, not the event rate, bounds the database
+work. A producer's ack waits for the commit that holds its event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from callstream.broker.base import CallState
+from callstream.events import ENDED, FINAL, PARTIAL, Event
+from callstream.store import tables as t
+
+log = logging.getLogger("callstream.store")
+
+EndedHook = Callable[[AsyncConnection, Event], Awaitable[None]]
+
+
+class StoreUnavailableError(Exception):
+    """The database cannot be reached or refused the write; the caller answers 503 / `internal`."""
+
+
+def database_url(url: str | None, data_dir: str) -> str:
+    """Map the user's URL to the async driver SQLAlchemy needs; the default is SQLite in data_dir."""
+    if not url:
+        os.makedirs(data_dir, exist_ok=True)
+        return f"sqlite+aiosqlite:///{os.path.join(data_dir, 'callstream.db')}"
+    for prefix, driver in (
+        ("postgresql+asyncpg://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite+aiosqlite://", "sqlite+aiosqlite://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(prefix):
+            return driver + url[len(prefix) :]
+    raise ValueError("unsupported database URL: use postgresql://… or sqlite:///path, or leave unset")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    id: str
+    account: str
+    name: str | None
+    scopes: frozenset[str]
+    created_at: int
+    revoked_at: int | None
+
+
+@dataclass(slots=True)
+class CallRecord:
+    call_id: str
+    status: str
+    started_at: int
+    ended_at: int | None
+    duration_ms: int | None
+    end_status: str | None
+    reason: str | None
+    last_seq: int
+    sentiment: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "status": self.status,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "duration_ms": self.duration_ms,
+            "end_status": self.end_status,
+            "reason": self.reason,
+            "last_seq": self.last_seq,
+            "sentiment": self.sentiment,
+        }
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    seq: int
+    ts: int
+    type: str
+    data: dict[str, Any]
+
+
+def hash_secret(secret: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class SqlStore:
+    def __init__(self, url: str, *, batch_max: int = 5000) -> None:
+        self.url = url
+        self.dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
+        self.engine: AsyncEngine = self._make_engine(url)
+        self._pending: list[tuple[list[Event], asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._batch_max = batch_max
+        self.ended_hooks: list[EndedHook] = []
+        self.healthy = True
+        self.commits = 0
+
+    def _make_engine(self, url: str) -> AsyncEngine:
+        if self.dialect == "sqlite":
+            engine = create_async_engine(url, connect_args={"timeout": 30})
+
+            @sa.event.listens_for(engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cursor = dbapi_conn.cursor()
+                # WAL + NORMAL: a committed transaction survives a process crash (SIGKILL);
+                # only an OS crash may lose the last commits.
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.close()
+
+            return engine
+        return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    async def start(self, *, writer: bool = True) -> None:
+        from callstream.store.migrate import upgrade
+
+        await upgrade(self.engine)
+        if writer:
+            self._writer = asyncio.create_task(self._write_forever(), name="store-writer")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self.flush()
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        await self.engine.dispose()
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception:  # any driver error means "cannot serve"
+            self.healthy = False
+            return False
+        self.healthy = True
+        return True
+
+    # ---- meta, accounts and keys ---------------------------------------------------------
+
+    async def meta_value(self, key: str, default: Callable[[], str]) -> str:
+        """Read a server-wide value, creating it once; nodes sharing the database share it."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == key))).first()
+            if row is not None:
+                return str(row[0])
+            value = default()
+            await conn.execute(self._insert_ignore(t.meta, ["key"]).values(key=key, value=value))
+            row = (await conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == key))).one()
+            return str(row[0])
+
+    def _insert(self, table: sa.Table) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    def _insert_ignore(self, table: sa.Table, keys: list[str]) -> Any:
+        return self._insert(table).on_conflict_do_nothing(index_elements=keys)
+
+    async def create_key(
+        self, account: str, scopes: frozenset[str], name: str | None = None
+    ) -> tuple[KeyRecord, str]:
+        """Create a key and return it with its secret, which is never stored or shown again."""
+        key_id = "key_" + secrets.token_hex(8)
+        secret = "cs_" + secrets.token_urlsafe(32)
+        record = KeyRecord(key_id, account, name, scopes, now_ms(), None)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                self._insert_ignore(t.accounts, ["id"]).values(id=account, created_at=record.created_at)
+            )
+            await conn.execute(
+                t.api_keys.insert().values(
+                    id=key_id,
+                    account=account,
+                    name=name,
+                    key_hash=hash_secret(secret),
+                    scopes=",".join(sorted(scopes)),
+                    created_at=record.created_at,
+                )
+            )
+        return record, secret
+
+    @staticmethod
+    def _key_record(row: Any) -> KeyRecord:
+        scopes = frozenset(s for s in row.scopes.split(",") if s)
+        return KeyRecord(row.id, row.account, row.name, scopes, row.created_at, row.revoked_at)
+
+    async def key_by_secret(self, secret: str) -> KeyRecord | None:
+        query = sa.select(t.api_keys).where(t.api_keys.c.key_hash == hash_secret(secret))
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else self._key_record(row)
+
+    async def key_by_id(self, key_id: str) -> KeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(t.api_keys).where(t.api_keys.c.id == key_id))).first()
+        return None if row is None else self._key_record(row)
+
+    async def list_keys(self, account: str | None = None) -> list[KeyRecord]:
+        query = sa.select(t.api_keys).order_by(t.api_keys.c.created_at)
+        if account is not None:
+            query = query.where(t.api_keys.c.account == account)
+        async with self.engine.connect() as conn:
+            return [self._key_record(r) for r in await conn.execute(query)]
+
+    async def revoke_key(self, key_id: str) -> bool:
+        query = (
+            t.api_keys.update()
+            .where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=now_ms())
+        )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(query)
+        return bool(result.rowcount)
+
+    async def revoked_since(self, since_ms: int) -> list[str]:
+        query = sa.select(t.api_keys.c.id).where(t.api_keys.c.revoked_at >= since_ms)
+        async with self.engine.connect() as conn:
+            return [r[0] for r in await conn.execute(query)]
+
+    async def create_login_code(self, account: str, ttl_s: int = 600) -> str:
+        code = secrets.token_urlsafe(24)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                t.login_codes.insert().values(
+                    code_hash=hash_secret(code), account=account, expires_at=now_ms() + ttl_s * 1000
+                )
+            )
+        return code
+
+    async def use_login_code(self, code: str) -> str | None:
+        """Spend a one-time login code; returns its account, or None if unknown, used or expired."""
+        table = t.login_codes
+        query = (
+            table.update()
+            .where(
+                table.c.code_hash == hash_secret(code),
+                table.c.used_at.is_(None),
+                table.c.expires_at > now_ms(),
+            )
+            .values(used_at=now_ms())
+            .returning(table.c.account)
+        )
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else str(row[0])
+
+    # ---- calls and events (read) ---------------------------------------------------------
+
+    async def call_state(self, account: str, call_id: str) -> CallState | None:
+        query = sa.select(t.calls.c.status, t.calls.c.last_seq, t.calls.c.started_at).where(
+            t.calls.c.account == account, t.calls.c.call_id == call_id
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else CallState(row.status, row.last_seq, row.started_at)
+
+    @staticmethod
+    def _call_record(row: Any) -> CallRecord:
+        sentiment = round(row.sentiment_sum / row.sentiment_n, 3) if row.sentiment_n else None
+        return CallRecord(
+            row.call_id,
+            row.status,
+            row.started_at,
+            row.ended_at,
+            row.duration_ms,
+            row.end_status,
+            row.reason,
+            row.last_seq,
+            sentiment,
+        )
+
+    async def get_call(self, account: str, call_id: str) -> CallRecord | None:
+        query = sa.select(t.calls).where(t.calls.c.account == account, t.calls.c.call_id == call_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else self._call_record(row)
+
+    async def list_calls(
+        self,
+        account: str,
+        *,
+        status: str | None,
+        limit: int,
+        cursor: str | None,
+        call_ids: frozenset[str] | None = None,
+    ) -> tuple[list[CallRecord], str | None]:
+        """Newest first; the cursor is opaque to users and names the last row returned."""
+        c = t.calls.c
+        query = sa.select(t.calls).where(c.account == account)
+        if status is not None:
+            query = query.where(c.status == status)
+        if call_ids is not None:
+            query = query.where(c.call_id.in_(sorted(call_ids)))
+        if cursor is not None:
+            started, last_id = decode_cursor(cursor)
+            query = query.where(
+                sa.or_(c.started_at < started, sa.and_(c.started_at == started, c.call_id < last_id))
+            )
+        query = query.order_by(c.started_at.desc(), c.call_id.desc()).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = [self._call_record(r) for r in await conn.execute(query)]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].started_at, rows[-1].call_id) if more else None
+        return rows, next_cursor
+
+    async def events(
+        self,
+        account: str,
+        call_id: str,
+        since: int = 0,
+        until: int | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[StoredEvent]:
+        c = t.events.c
+        query = sa.select(c.seq, c.ts, c.type, c.data).where(
+            c.account == account, c.call_id == call_id, c.seq > since
+        )
+        if until is not None:
+            query = query.where(c.seq <= until)
+        if types is not None:
+            query = query.where(c.type.in_(list(types)))
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(query.order_by(c.seq))
+            return [StoredEvent(r.seq, r.ts, r.type, orjson.loads(r.data)) for r in rows]
+
+    # ---- the batching writer -------------------------------------------------------------
+
+    def append(self, events: list[Event]) -> asyncio.Future[None]:
+        """Queue events for the next commit; the future resolves once they are durable."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((events, future))
+        self._wakeup.set()
+        return future
+
+    async def flush(self) -> None:
+        """Wait until everything appended so far is committed (or failed)."""
+        if self._pending:
+            last = self._pending[-1][1]
+            with contextlib.suppress(Exception):
+                await asyncio.shield(last)
+
+    async def _write_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._take_batch()
+                try:
+                    await self._commit([e for events, _ in batch for e in events])
+                except Exception as exc:  # the database refused: producers get a clear error
+                    log.error("store write failed: %s", exc.__class__.__name__, exc_info=exc)
+                    self.healthy = False
+                    error = StoreUnavailableError(f"the store could not commit: {exc.__class__.__name__}")
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                            future.exception()  # a producer that went away must not warn
+                    continue
+                self.healthy = True
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    def _take_batch(self) -> list[tuple[list[Event], asyncio.Future[None]]]:
+        taken, count = 0, 0
+        for events, _ in self._pending:
+            taken += 1
+            count += len(events)
+            if count >= self._batch_max:
+                break
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        return batch
+
+    async def _commit(self, events: list[Event]) -> None:
+        rows = [
+            {
+                "account": e.account,
+                "call_id": e.call_id,
+                "seq": e.seq,
+                "ts": e.ts,
+                "type": e.type,
+                "data": orjson.dumps(e.data).decode(),
+            }
+            for e in events
+            if e.type != PARTIAL
+        ]
+        async with self.engine.begin() as conn:
+            if rows:
+                await conn.execute(self._insert_ignore(t.events, ["account", "call_id", "seq"]), rows)
+            await self._upsert_calls(conn, events)
+            for event in events:
+                if event.type == ENDED:
+                    for hook in self.ended_hooks:
+                        await hook(conn, event)
+        self.commits += 1
+
+    async def _upsert_calls(self, conn: AsyncConnection, events: list[Event]) -> None:
+        calls: dict[tuple[str, str], dict[str, Any]] = {}
+        for e in events:
+            row = calls.get((e.account, e.call_id))
+            if row is None:
+                row = calls[(e.account, e.call_id)] = {
+                    "account": e.account,
+                    "call_id": e.call_id,
+                    "status": "live",
+                    "started_at": e.ts,
+                    "ended_at": None,
+                    "duration_ms": None,
+                    "end_status": None,
+                    "reason": None,
+                    "sentiment_sum": 0.0,
+                    "sentiment_n": 0,
+                }
+            row["last_seq"] = e.seq
+            if e.type == ENDED:
+                row.update(
+                    status="ended",
+                    ended_at=e.ts,
+                    duration_ms=e.data["duration_ms"],
+                    end_status=e.data["status"],
+                    reason=e.data.get("reason"),
+                )
+            elif e.type == FINAL and isinstance(e.data.get("sentiment"), dict):
+                score = e.data["sentiment"].get("score")
+                if isinstance(score, int | float):
+                    row["sentiment_sum"] += float(score)
+                    row["sentiment_n"] += 1
+        insert = self._insert(t.calls)
+        ex, c = insert.excluded, t.calls.c
+        upsert = insert.on_conflict_do_update(
+            index_elements=["account", "call_id"],
+            set_={
+                "last_seq": sa.func.max(c.last_seq, ex.last_seq)
+                if self.dialect == "sqlite"
+                else sa.func.greatest(c.last_seq, ex.last_seq),
+                "status": sa.case((ex.status == "ended", "ended"), else_=c.status),
+                "ended_at": sa.func.coalesce(ex.ended_at, c.ended_at),
+                "duration_ms": sa.func.coalesce(ex.duration_ms, c.duration_ms),
+                "end_status": sa.func.coalesce(ex.end_status, c.end_status),
+                "reason": sa.func.coalesce(ex.reason, c.reason),
+                "sentiment_sum": c.sentiment_sum + ex.sentiment_sum,
+                "sentiment_n": c.sentiment_n + ex.sentiment_n,
+            },
+        )
+        await conn.execute(upsert, list(calls.values()))
+
+
+def encode_cursor(started_at: int, call_id: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([started_at, call_id])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        started, call_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(started, int) or not isinstance(call_id, str):
+            raise TypeError
+    except Exception as exc:
+        raise ValueError("cursor is not one this server issued") from exc
+    return started, call_id

@@ -1,0 +1,70 @@
+"""Tables, shared by SQLite and PostgreSQL. Every row that belongs to a tenant carries `account`."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("account", sa.String(128), nullable=False, index=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("scopes", sa.String(100), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("revoked_at", sa.BigInteger, index=True),
+)
+
+calls = sa.Table(
+    "calls",
+    metadata,
+    sa.Column("account", sa.String(128), primary_key=True),
+    sa.Column("call_id", sa.String(128), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=False),
+    sa.Column("ended_at", sa.BigInteger),
+    sa.Column("duration_ms", sa.BigInteger),
+    sa.Column("end_status", sa.String(32)),
+    sa.Column("reason", sa.Text),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("sentiment_sum", sa.Float, nullable=False, server_default="0"),
+    sa.Column("sentiment_n", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("ix_calls_account_started", "account", "started_at", "call_id"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("account", sa.String(128), primary_key=True),
+    sa.Column("call_id", sa.String(128), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+)
+
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+login_codes = sa.Table(
+    "login_codes",
+    metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("account", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("used_at", sa.BigInteger),
+)

@@ -1,0 +1,181 @@
+"""Shared test helpers: a real `callstream serve` process, keys, and socket conveniences."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+ALL_SCOPES = "publish,subscribe,admin"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_async(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+class ServerProcess:
+    """A real server process on a loopback port; the tests talk to it only over the network."""
+
+    def __init__(self, data_dir: Path, *args: str, port: int | None = None, env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.args = list(args)
+        self.port = port or free_port()
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def database_args(self) -> list[str]:
+        if "--database" in self.args:
+            i = self.args.index("--database")
+            return ["--database", self.args[i + 1]]
+        return ["--data-dir", str(self.data_dir)]
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        env = {**os.environ, "CALLSTREAM_LOG_LEVEL": "info", **self.env}
+        command = [sys.executable, "-m", "callstream", "serve", "--port", str(self.port)]
+        command += ["--data-dir", str(self.data_dir), "--webhooks-allow-private", *self.args]
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not become healthy: {self.log()}")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM: graceful shutdown (sockets closed with 1001)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> ServerProcess:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def cli(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "callstream", *args]
+        return subprocess.run(
+            command, capture_output=True, text=True, check=check, env={**os.environ, **(env or {})}, timeout=60
+        )
+
+    def create_key(self, account: str, scopes: str = ALL_SCOPES) -> str:
+        out = self.cli("keys", "create", "--account", account, "--scope", scopes, "--json", *self.database_args())
+        return str(orjson.loads(out.stdout)["key"])
+
+    def login_url(self, account: str) -> str:
+        out = self.cli("login", "--account", account, "--url", self.url, *self.database_args())
+        return out.stdout.strip()
+
+
+async def open_events(server: ServerProcess, credential: str, **kwargs: Any) -> ClientConnection:
+    return await connect(f"{server.ws_url}/v1/events?token={credential}", **kwargs)
+
+
+async def send(ws: ClientConnection, message: dict[str, Any]) -> None:
+    await ws.send(orjson.dumps(message).decode())
+
+
+async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
+    raw = await asyncio.wait_for(ws.recv(), timeout)
+    message: dict[str, Any] = orjson.loads(raw)
+    return message
+
+
+async def recv_until(ws: ClientConnection, kind: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Every message up to and including the first of type `kind`."""
+    seen: list[dict[str, Any]] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        message = await recv(ws, max(left, 0.01))
+        seen.append(message)
+        if message.get("type") == kind:
+            return seen
+
+
+async def no_message(ws: ClientConnection, within: float = 0.3) -> bool:
+    try:
+        await asyncio.wait_for(ws.recv(), within)
+    except TimeoutError:
+        return True
+    return False
+
+
+def publish(server: ServerProcess, key: str, call_id: str, events: list[dict[str, Any]] | dict[str, Any]) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/v1/calls/{call_id}/events",
+        content=orjson.dumps(events),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        timeout=10,
+    )
+
+
+def final(text: str, speaker: str = "user", **extra: Any) -> dict[str, Any]:
+    return {"type": "transcript.final", "data": {"speaker": speaker, "text": text, **extra}}
+
+
+def partial(text: str, speaker: str = "user", **extra: Any) -> dict[str, Any]:
+    return {"type": "transcript.partial", "data": {"speaker": speaker, "text": text, **extra}}
+
+
+def ended(status: str = "completed", duration_ms: int = 1000) -> dict[str, Any]:
+    return {"type": "call.ended", "data": {"status": status, "duration_ms": duration_ms}}

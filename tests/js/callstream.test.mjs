@@ -1,0 +1,377 @@
+// Unit tests for the browser client's reconnect/resubscribe logic.
+// Run: node --test tests/js/callstream.test.mjs   (Node 20, no npm packages)
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  CallStream, States, backoffDelay, tokenExpiry, isAuthError,
+} from "../../src/callstream/server/dashboard/callstream.js";
+
+// ---- fakes -------------------------------------------------------------------
+
+class FakeWebSocket {
+  static all = [];
+  constructor(url, protocols) {
+    this.url = url;
+    this.protocols = protocols;
+    this.readyState = 0;
+    this.sent = [];
+    this.closedWith = null;
+    FakeWebSocket.all.push(this);
+  }
+  send(data) { this.sent.push(JSON.parse(data)); }
+  close(code = 1000) { this.readyState = 3; this.closedWith = code; }
+  // the "server" side
+  accept() { this.readyState = 1; this.onopen?.({}); }
+  push(msg) { this.onmessage?.({ data: JSON.stringify(msg) }); }
+  drop(code = 1006) { this.readyState = 3; this.onclose?.({ code }); }
+  take() { const out = this.sent; this.sent = []; return out; }
+}
+
+class FakeClock {
+  constructor() { this.t = 1_700_000_000_000; this.timers = new Map(); this.next = 1; }
+  now = () => this.t;
+  setTimeout = (fn, ms) => { const id = this.next++; this.timers.set(id, { at: this.t + ms, fn }); return id; };
+  clearTimeout = (id) => { this.timers.delete(id); };
+  pendingDelays() { return [...this.timers.values()].map((x) => x.at - this.t).sort((a, b) => a - b); }
+  async advance(ms) {
+    const end = this.t + ms;
+    for (;;) {
+      const due = [...this.timers.entries()].filter(([, x]) => x.at <= end).sort((a, b) => a[1].at - b[1].at)[0];
+      if (!due) break;
+      this.timers.delete(due[0]);
+      this.t = due[1].at;
+      due[1].fn();
+      await flush();
+    }
+    this.t = end;
+    await flush();
+  }
+}
+
+const flush = () => new Promise((resolve) => setImmediate(resolve));
+const b64url = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+const jwt = (expSeconds, id = "t") => `${b64url({ alg: "HS256" })}.${b64url({ sub: "acct", exp: expSeconds, jti: id })}.sig`;
+const ev = (callId, seq, type = "transcript.final", data = { speaker: "user", text: `line ${seq}`, is_final: true }) =>
+  ({ type, call_id: callId, seq, ts: 1, data });
+const subscribed = (callId, seq, status = "live", replayed = 0) =>
+  ({ type: "subscribed", call_id: callId, data: { call_id: callId, status, seq, replayed } });
+
+function setup(opts = {}) {
+  FakeWebSocket.all = [];
+  const clock = new FakeClock();
+  const tokenExp = Math.floor(clock.t / 1000) + 900;
+  const stream = new CallStream({
+    url: "ws://test/v1/events",
+    token: jwt(tokenExp),
+    WebSocket: FakeWebSocket,
+    timers: clock,
+    now: clock.now,
+    random: () => 0.5,
+    pingIntervalMs: 0,
+    ...opts,
+  });
+  const states = [];
+  stream.on("state", ({ state }) => states.push(state));
+  const received = [];
+  stream.on("event", (m) => received.push(`${m.call_id}#${m.seq}`));
+  const sock = () => FakeWebSocket.all.at(-1);
+  return { stream, clock, states, received, sock };
+}
+
+// ---- tests -------------------------------------------------------------------
+
+test("connects with the JWT as the bearer subprotocol pair and subscribes on open", async () => {
+  const { stream, states, sock } = setup();
+  stream.subscribe("call_a");
+  stream.connect();
+  await flush();
+  assert.equal(sock().url, "ws://test/v1/events");
+  assert.deepEqual(sock().protocols, ["bearer", stream.token]);
+  assert.ok(!sock().url.includes("token"), "the token stays out of the URL");
+  sock().accept();
+  assert.deepEqual(sock().take(), [{ type: "subscribe", call_id: "call_a" }]);
+  assert.deepEqual(states, [States.CONNECTING, States.OPEN]);
+});
+
+test("dispatches typed events and tracks the last seq per call", async () => {
+  const { stream, sock } = setup();
+  const finals = [];
+  stream.on("transcript.final", (m) => finals.push(m.data.text));
+  stream.subscribe("call_a").connect();
+  await flush();
+  sock().accept();
+  sock().push(ev("call_a", 1));
+  sock().push(ev("call_a", 2, "transcript.partial", { speaker: "user", text: "hel", is_final: false }));
+  sock().push(ev("call_a", 3));
+  assert.deepEqual(finals, ["line 1", "line 3"]);
+  assert.equal(stream.lastSeq("call_a"), 3);
+});
+
+test("reconnects and resubscribes explicit calls with since = last seq, types kept", async () => {
+  const { stream, clock, states, received, sock } = setup();
+  stream.subscribe("call_a", { types: ["transcript.final"] }).connect();
+  await flush();
+  const first = sock();
+  first.accept();
+  first.take();
+  first.push(ev("call_a", 1));
+  first.push(ev("call_a", 4));
+  first.drop(1001);
+  assert.equal(stream.state, States.RECONNECTING);
+  await clock.advance(60_000);
+  const second = sock();
+  assert.notEqual(second, first);
+  second.accept();
+  assert.deepEqual(second.take(), [{ type: "subscribe", call_id: "call_a", since: 4, types: ["transcript.final"] }]);
+  second.push(ev("call_a", 4)); // overlap: dropped
+  second.push(ev("call_a", 5));
+  assert.deepEqual(received, ["call_a#1", "call_a#4", "call_a#5"]);
+  assert.deepEqual(states, [States.CONNECTING, States.OPEN, States.RECONNECTING, States.OPEN]);
+});
+
+test("a replay interrupted by another drop is asked for again from its since", async () => {
+  const { stream, clock, sock } = setup();
+  stream.subscribe("call_a", { since: 0 }).connect();
+  await flush();
+  sock().accept();
+  assert.deepEqual(sock().take(), [{ type: "subscribe", call_id: "call_a", since: 0 }]);
+  sock().push(ev("call_a", 1));
+  sock().push(ev("call_a", 2));
+  sock().push(subscribed("call_a", 2, "live", 2));
+  sock().push(ev("call_a", 3));
+  sock().drop();
+  await clock.advance(60_000);
+  sock().accept();
+  assert.deepEqual(sock().take(), [{ type: "subscribe", call_id: "call_a", since: 3 }]);
+  sock().push(ev("call_a", 4)); // replay in flight …
+  sock().drop(); // … and the socket drops before "subscribed"
+  await clock.advance(60_000);
+  sock().accept();
+  assert.deepEqual(sock().take(), [{ type: "subscribe", call_id: "call_a", since: 3 }]);
+});
+
+test("a live-only subscription resumes from the seq announced by subscribed", async () => {
+  const { stream, clock, sock } = setup();
+  stream.subscribe("call_a").connect();
+  await flush();
+  sock().accept();
+  sock().push(subscribed("call_a", 17));
+  sock().drop();
+  await clock.advance(60_000);
+  sock().accept();
+  assert.deepEqual(sock().take(), [{ type: "subscribe", call_id: "call_a", since: 17 }]);
+});
+
+test('"*" is resubscribed without since; live calls it saw are caught up, then released', async () => {
+  const { stream, clock, received, sock } = setup();
+  stream.subscribe("*", { types: ["transcript.final", "call.ended"] });
+  stream.subscribe("call_x");
+  stream.connect();
+  await flush();
+  sock().accept();
+  assert.throws(() => stream.subscribe("*", { since: 3 }));
+  sock().take();
+  sock().push(ev("call_x", 2));
+  sock().push(ev("call_b", 7));
+  sock().push(ev("call_c", 3));
+  sock().push(ev("call_c", 4, "call.ended", { status: "completed", duration_ms: 1000 }));
+  sock().drop();
+  await clock.advance(60_000);
+  sock().accept();
+  const types = ["transcript.final", "call.ended"];
+  assert.deepEqual(sock().take(), [
+    { type: "subscribe", call_id: "call_x", since: 2 }, // explicit: gapless
+    { type: "subscribe", call_id: "call_b", since: 7, types }, // catch-up of a live call seen through "*"
+    { type: "subscribe", call_id: "*", types }, // call_c ended: nothing to catch up
+  ]);
+  sock().push(ev("call_b", 8));
+  sock().push(subscribed("call_b", 8, "live", 1));
+  assert.deepEqual(sock().take(), [{ type: "unsubscribe", call_id: "call_b" }]);
+  sock().push(subscribed("*", 0));
+  assert.deepEqual(sock().take(), [], "an explicit call is never released");
+  assert.ok(received.includes("call_b#8"));
+});
+
+test("catchUp() fetches a call's history without staying subscribed", async () => {
+  const { stream, sock } = setup();
+  stream.subscribe("*").connect();
+  await flush();
+  sock().accept();
+  sock().take();
+  stream.catchUp("call_q", 0);
+  assert.deepEqual(sock().take(), [{ type: "subscribe", call_id: "call_q", since: 0 }]);
+  sock().push(ev("call_q", 1));
+  sock().push(subscribed("call_q", 1));
+  assert.deepEqual(sock().take(), [{ type: "unsubscribe", call_id: "call_q" }]);
+});
+
+test("events delivered twice (replay overlap, '*' plus explicit) are dispatched once", async () => {
+  const { stream, received, sock } = setup();
+  stream.subscribe("*").subscribe("call_a", { since: 0 }).connect();
+  await flush();
+  sock().accept();
+  for (const seq of [3, 1, 2, 3, 2, 4]) sock().push(ev("call_a", seq));
+  assert.deepEqual(received, ["call_a#3", "call_a#1", "call_a#2", "call_a#4"]);
+  assert.equal(stream.lastSeq("call_a"), 4);
+});
+
+test("history_unavailable is emitted and the subscription goes on live", async () => {
+  const { stream, clock, sock } = setup();
+  const gaps = [];
+  stream.on("history_unavailable", (d) => gaps.push(d));
+  stream.subscribe("call_a").connect();
+  await flush();
+  sock().accept();
+  sock().push(ev("call_a", 10));
+  sock().drop();
+  await clock.advance(60_000);
+  sock().accept();
+  sock().take();
+  sock().push({ type: "error", call_id: "call_a", data: { code: "history_unavailable", message: "too old" } });
+  assert.deepEqual(gaps, [{ call_id: "call_a", since: 10, message: "too old" }]);
+  assert.deepEqual(sock().take(), [{ type: "subscribe", call_id: "call_a" }]);
+  // events fetched over REST go through the same de-duplication
+  stream.ingest(ev("call_a", 11));
+  stream.ingest(ev("call_a", 11));
+  assert.equal(stream.lastSeq("call_a"), 11);
+});
+
+test("backoff is exponential, capped, and jittered", () => {
+  const cfg = { initialMs: 500, maxMs: 8000, factor: 2 };
+  assert.equal(backoffDelay(0, cfg, () => 1), 500);
+  assert.equal(backoffDelay(0, cfg, () => 0), 250);
+  assert.equal(backoffDelay(3, cfg, () => 1), 4000);
+  assert.equal(backoffDelay(10, cfg, () => 1), 8000);
+  assert.equal(backoffDelay(10, cfg, () => 0), 4000);
+});
+
+test("consecutive failed connects back off further; a successful open resets it", async () => {
+  const { stream, clock, sock } = setup({ backoff: { initialMs: 1000, maxMs: 8000 } });
+  stream.connect();
+  await flush();
+  const delays = [];
+  for (let i = 0; i < 6; i += 1) {
+    sock().drop(1006); // refused: server down
+    delays.push(clock.pendingDelays()[0]);
+    await clock.advance(delays.at(-1));
+  }
+  assert.deepEqual(delays, [750, 1500, 3000, 6000, 6000, 6000]); // random() = 0.5: 3/4 of the cap
+  sock().accept();
+  sock().drop(1001);
+  assert.equal(clock.pendingDelays()[0], 750);
+});
+
+test("refreshes the JWT before it expires and sends it as auth on the open socket", async () => {
+  let n = 0;
+  const clock0 = new FakeClock();
+  const exp = Math.floor(clock0.t / 1000) + 120;
+  const { stream, clock, sock } = setup({
+    token: jwt(exp),
+    getToken: async () => jwt(exp + 900 * ++n, `r${n}`),
+  });
+  const refreshed = [];
+  stream.on("token_refreshed", (d) => refreshed.push(d.expiresAt));
+  stream.connect();
+  await flush();
+  sock().accept();
+  sock().take();
+  assert.equal(clock.pendingDelays()[0], 90_000); // 120 s left: refresh with a quarter to spare
+  await clock.advance(90_000);
+  const [auth] = sock().take();
+  assert.equal(auth.type, "auth");
+  assert.equal(tokenExpiry(auth.token), exp + 900);
+  assert.equal(stream.token, auth.token);
+  assert.deepEqual(refreshed, [exp + 900]);
+  assert.equal(FakeWebSocket.all.length, 1, "no reconnect needed");
+});
+
+test("an expired token at connect time is replaced through getToken first", async () => {
+  const fresh = jwt(Math.floor(Date.now() / 1000) + 10_000_000_000);
+  const { stream, sock } = setup({ token: jwt(1), getToken: async () => fresh });
+  stream.connect();
+  await flush();
+  assert.deepEqual(sock().protocols, ["bearer", fresh]);
+});
+
+test("close 4001 gets a fresh token and reconnects", async () => {
+  let n = 0;
+  const { stream, clock, sock } = setup({ getToken: async () => jwt(Math.floor(Date.now() / 1000) + 10_000_000_000, `n${++n}`) });
+  stream.subscribe("call_a").connect();
+  await flush();
+  const first = sock();
+  first.accept();
+  first.push({ type: "error", call_id: null, data: { code: "token_expired", message: "expired" } });
+  first.drop(4001);
+  await clock.advance(60_000);
+  assert.equal(n, 1);
+  assert.notEqual(sock(), first);
+  assert.deepEqual(sock().protocols, ["bearer", stream.token]);
+  sock().accept();
+  assert.equal(stream.state, States.OPEN);
+});
+
+test("when getToken says the session is over, the state is token_expired and reconnecting stops", async () => {
+  const { stream, clock, states, sock } = setup({
+    getToken: async () => { throw Object.assign(new Error("401"), { status: 401 }); },
+  });
+  let expired = 0;
+  stream.on("token_expired", () => { expired += 1; });
+  stream.connect();
+  await flush();
+  sock().accept();
+  sock().drop(4001);
+  await clock.advance(60_000);
+  assert.equal(stream.state, States.TOKEN_EXPIRED);
+  assert.equal(expired, 1);
+  assert.equal(states.at(-1), States.TOKEN_EXPIRED);
+  const count = FakeWebSocket.all.length;
+  await clock.advance(600_000);
+  assert.equal(FakeWebSocket.all.length, count);
+});
+
+test("a network error while refreshing is retried, not taken for expiry", async () => {
+  let calls = 0;
+  const exp = Math.floor(new FakeClock().t / 1000) + 120;
+  const { stream, clock, sock } = setup({
+    token: jwt(exp),
+    getToken: async () => { calls += 1; if (calls === 1) throw new TypeError("Failed to fetch"); return jwt(exp + 900); },
+  });
+  stream.connect();
+  await flush();
+  sock().accept();
+  sock().take();
+  await clock.advance(90_000);
+  assert.equal(stream.state, States.OPEN);
+  await clock.advance(5_000);
+  assert.equal(calls, 2);
+  assert.equal(sock().take()[0].type, "auth");
+  assert.ok(isAuthError({ status: 401 }) && !isAuthError(new TypeError("x")));
+});
+
+test("close() stops for good", async () => {
+  const { stream, clock, sock } = setup();
+  stream.connect();
+  await flush();
+  sock().accept();
+  stream.close();
+  assert.equal(stream.state, States.CLOSED);
+  assert.equal(sock().closedWith, 1000);
+  await clock.advance(600_000);
+  assert.equal(FakeWebSocket.all.length, 1);
+});
+
+test("keepalive: a socket silent for two ping intervals is replaced", async () => {
+  const { stream, clock, sock } = setup({ pingIntervalMs: 10_000 });
+  stream.connect();
+  await flush();
+  const first = sock();
+  first.accept();
+  await clock.advance(10_000);
+  assert.deepEqual(first.take(), [{ type: "ping" }]);
+  first.push({ type: "pong" });
+  await clock.advance(30_000); // silence
+  assert.equal(first.closedWith, 4000);
+  assert.equal(stream.state, States.RECONNECTING);
+  await clock.advance(60_000);
+  assert.notEqual(sock(), first);
+});
