@@ -19,6 +19,7 @@ from websockets.http11 import Request, Response
 
 from callstream.errors import PublishError
 from callstream.publisher import Publisher, ingest_url
+from tests.helpers import ServerProcess, open_events, recv_until, send
 
 KEY = "good-key"
 TYPES = {"transcript.partial", "transcript.final", "agent.state", "call.ended"}
@@ -251,3 +252,58 @@ async def test_buffers_while_server_is_unreachable() -> None:
     await pub.close()
     with pytest.raises(PublishError, match="closed"):
         await future
+
+
+# -- against the real server ---------------------------------------------------------------------
+
+
+async def test_real_server_stores_what_the_publisher_sends(
+    server: ServerProcess, api_key: str, call_id: str
+) -> None:
+    lines = ["Hi, I'd like to book a table.", "For four, please.", "Thanks!"]
+    async with Publisher(server.url, api_key) as pub:
+        seqs = [
+            await pub.publish(call_id, "transcript.final", {"speaker": "user", "text": line})
+            for line in lines
+        ]
+        futures = [pub.send(call_id, "agent.state", {"state": "thinking"}),
+                   pub.send(call_id, "call.ended", {"status": "completed", "duration_ms": 900})]
+        await pub.flush()
+    assert [*seqs, *[f.result() for f in futures]] == [1, 2, 3, 4, 5]
+    async with await open_events(server, api_key) as ws:
+        await send(ws, {"type": "subscribe", "call_id": call_id, "since": 0})
+        messages = await recv_until(ws, "subscribed")
+    replayed, subscribed = messages[:-1], messages[-1]
+    assert [m["seq"] for m in replayed] == [1, 2, 3, 4, 5]
+    assert [m["data"]["text"] for m in replayed[:3]] == lines
+    assert replayed[-1]["type"] == "call.ended"
+    assert subscribed["data"]["status"] == "ended"
+
+
+async def test_real_server_refusals_reach_the_right_future(
+    server: ServerProcess, api_key: str, call_id: str
+) -> None:
+    async with Publisher(server.url, api_key) as pub:
+        bad = pub.send(call_id, "agent.state", {"state": "dancing"})
+        good = pub.send(call_id, "agent.state", {"state": "speaking"})
+        with pytest.raises(PublishError) as refused:
+            await bad
+        assert refused.value.code == "invalid_message"
+        assert await good == 1
+    with pytest.raises(PublishError) as unauthorized:
+        await Publisher(server.url, "cs_not_a_real_key").start()
+    assert unauthorized.value.code == "unauthorized"
+
+
+async def test_real_server_restart_loses_nothing(fresh_server: ServerProcess, call_id: str) -> None:
+    fresh_server.start()
+    key = fresh_server.create_key("acme")
+    async with Publisher(fresh_server.url, key, reconnect_max_delay=0.5) as pub:
+        for n in range(5):
+            await pub.publish(call_id, "agent.state", {"state": "listening", "n": n})
+        await asyncio.to_thread(fresh_server.stop)
+        pending = [pub.send(call_id, "agent.state", {"state": "listening", "n": n})
+                   for n in range(5, 10)]
+        await asyncio.to_thread(fresh_server.start)
+        seqs = await asyncio.gather(*pending)
+    assert seqs == [6, 7, 8, 9, 10]

@@ -1,3 +1,8 @@
 """callstream: live events of voice calls, streamed while the call is going."""
 
 __version__ = "0.1.0"
+
+from callstream.errors import CallstreamError, PublishError  # noqa: E402 - after __version__
+from callstream.publisher import Publisher  # noqa: E402
+
+__all__ = ["CallstreamError", "PublishError", "Publisher", "__version__"]

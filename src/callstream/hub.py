@@ -51,9 +51,11 @@ class Subscription:
     def go_live(self, covered_seq: int) -> list[Event]:
         """End the pending phase: return parked events newer than what the replay covered."""
         parked, self.parked = self.parked or [], None
-        if self.call_id != WILDCARD:
-            self.last_seq = covered_seq
-        return [e for e in parked if e.seq > covered_seq or self.call_id == WILDCARD]
+        if self.call_id == WILDCARD:
+            return parked
+        released = [e for e in parked if e.seq > covered_seq]
+        self.last_seq = released[-1].seq if released else covered_seq
+        return released
 
 
 class Hub:

@@ -42,6 +42,15 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def has_room(self) -> bool:
+        """Below half the high-water mark: a replay may add more without risking overflow."""
+        return self._bytes * 2 < self._high_water
+
     def push(self, frame: str, key: str | None = None, partial: bool = False) -> bool:
         if self.overflowed:
             return False

@@ -37,6 +37,25 @@ class Settings(BaseSettings):
     sentiment: bool = True
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
     webhooks_allow_private: bool = False
+    webhook_retry_schedule: str = Field(
+        "5s,30s,2m,10m,30m,1h", description="delays after the 1st, 2nd, … failed webhook attempt"
+    )
+    webhook_retry_repeat_s: float = Field(10_800.0, gt=0, description="retry delay once the schedule is exhausted")
+    webhook_retry_jitter: float = Field(0.2, ge=0, lt=1, description="± fraction applied to each retry delay")
+    webhook_give_up_s: float = Field(86_400.0, gt=0, description="fail a webhook message this long after queued")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="per webhook attempt")
+    webhook_concurrency: int = Field(16, ge=1, le=1000, description="webhook attempts in flight per node")
+    webhook_poll_s: float = Field(1.0, gt=0, le=60)
+    webhook_max_endpoints: int = Field(20, ge=1, description="webhook endpoints per account")
+    webhook_secret_overlap_s: float = Field(86_400.0, ge=0, description="a rotated-out secret keeps signing")
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _retry_schedule(cls, value: str) -> str:
+        from callstream.webhooks.schedule import parse_delays
+
+        parse_delays(value)  # raises ValueError with a clear message
+        return value
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -684,14 +684,16 @@ class _View:
 async def _show(console: Console, task: asyncio.Task[SimulationStats],
                 stats_box: list[SimulationStats]) -> None:
     view: _View | None = None
-    with Live(console=console, refresh_per_second=4) as live:
-        while not task.done():
-            await asyncio.wait([task], timeout=0.25)
-            if stats_box:
-                view = view or _View(stats_box[0])
-                live.update(view.render())
-    if not console.is_terminal:
-        console.line()  # a non-terminal Live leaves its last frame without a newline
+    try:
+        with Live(console=console, refresh_per_second=4) as live:
+            while not task.done():
+                await asyncio.wait([task], timeout=0.25)
+                if stats_box:
+                    view = view or _View(stats_box[0])
+                    live.update(view.render())
+    finally:
+        if not console.is_terminal:
+            console.line()  # a non-terminal Live leaves its last frame without a newline
 
 
 def simulate_command(

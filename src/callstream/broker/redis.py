@@ -168,6 +168,7 @@ class RedisBroker(Broker):
     ) -> None:
         no_retry = Retry(NoBackoff(), 0)  # a retried EVALSHA could apply a batch twice
         options: dict[str, Any] = {
+            "protocol": 2,  # pub/sub frames as plain replies we read ourselves; stable shapes
             "retry": no_retry,
             "socket_connect_timeout": 3.0,
             "socket_keepalive": True,
@@ -475,6 +476,9 @@ class RedisBroker(Broker):
     async def _read(self, conn: AbstractConnection) -> None:
         while True:
             reply = await conn.read_response(timeout=math.inf)
+            if reply == b"PONG":  # a PING answered while nothing is subscribed
+                self._last_pong = time.monotonic()
+                continue
             if not isinstance(reply, list) or not reply:
                 continue
             kind = reply[0]

@@ -24,8 +24,19 @@ from callstream.outbox import Outbox
 from callstream.ratelimit import TokenBucket
 from callstream.server.deps import credential_of, runtime_of
 from callstream.server.runtime import Runtime
+from callstream.server.transport import URGENT
 
 log = logging.getLogger("callstream.events")
+
+
+async def close_urgently(ws: WebSocket, code: int, error_code: str | None, message: str) -> None:
+    """Send the final `error` (if any) and the close without waiting behind a stalled reader."""
+    with contextlib.suppress(Exception):
+        if error_code is not None:
+            text = p.error_message(error_code, message).decode()
+            await asyncio.wait_for(ws.send({"type": "websocket.send", "text": text, URGENT: True}), 2.0)
+        close = {"type": "websocket.close", "code": code, "reason": message[:120], URGENT: True}
+        await asyncio.wait_for(ws.send(close), 2.0)
 
 
 def denial(status: int, code: str, message: str) -> JSONResponse:
@@ -79,7 +90,10 @@ class EventsConnection:
         self.bucket = TokenBucket(settings.client_rate, settings.client_burst)
         self.subs: dict[str, Subscription] = {}
         self.closed = False
+        self._cut_off = False
         self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()  # set while the outbox is below half its high-water mark
+        self._room.set()
         self._writer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._max_bytes = settings.max_message_bytes
@@ -100,9 +114,11 @@ class EventsConnection:
             self._too_slow()
 
     def _too_slow(self) -> None:
-        if not self.closed:
+        # Called from inside the hub's fan-out loop: the hub's index must not change here. The
+        # overflowed outbox refuses every later push, and `terminate` unsubscribes next tick.
+        if not self.closed and not self._cut_off:
+            self._cut_off = True
             metrics.SLOW_CONSUMERS.inc()
-            self._unsubscribe_all()  # stop fan-out to this socket right away
             asyncio.get_running_loop().create_task(
                 self.terminate(
                     p.CLOSE_POLICY, p.SLOW_CONSUMER, "outbound buffer full: resubscribe with since"
@@ -134,14 +150,11 @@ class EventsConnection:
         if self.closed:
             return
         self.closed = True
+        self._room.set()  # release a replay waiting for room
         self._unsubscribe_all()
         if self._writer is not None:
             self._writer.cancel()
-        with contextlib.suppress(Exception):
-            if error_code is not None:
-                frame = p.error_message(error_code, message)
-                await asyncio.wait_for(self.ws.send_text(frame.decode()), 1.0)
-            await asyncio.wait_for(self.ws.close(code, message[:120]), 2.0)
+        await close_urgently(self.ws, code, error_code, message)
 
     async def _write_forever(self) -> None:
         send = self.ws.send_text
@@ -152,6 +165,8 @@ class EventsConnection:
                 while (frame := self.outbox.pop()) is not None:
                     await send(frame)
                     metrics.EVENTS_DELIVERED.inc()
+                    if self.outbox.has_room:
+                        self._room.set()
 
     async def _read_forever(self) -> None:
         while not self.closed:
@@ -245,10 +260,17 @@ class EventsConnection:
         if self.subs.get(call_id) is not sub or self.closed:
             return  # replaced or unsubscribed while we were reading history
         for event in replay:
+            await self._wait_for_room()
             self.enqueue_event(event)
         self.send(p.subscribed_message(call_id, status, last_seq, len(replay)))
         for event in sub.go_live(max(last_seq, since or 0)):
             self.enqueue_event(event)
+
+    async def _wait_for_room(self) -> None:
+        """Pace a replay by the socket: history may be far larger than the outbox."""
+        while not self.outbox.has_room and not self.closed:
+            self._room.clear()
+            await self._room.wait()
 
     async def _unsubscribe(self, call_id: str) -> None:
         sub = self.subs.pop(call_id, None)

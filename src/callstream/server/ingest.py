@@ -19,7 +19,7 @@ from callstream import protocol as p
 from callstream.broker import BrokerUnavailableError, CallEndedError
 from callstream.events import NewEvent
 from callstream.server.deps import runtime_of
-from callstream.server.events_socket import handshake
+from callstream.server.events_socket import close_urgently, handshake
 from callstream.server.runtime import Runtime
 
 log = logging.getLogger("callstream.ingest")
@@ -67,9 +67,7 @@ class IngestConnection:
         with contextlib.suppress(Exception):
             if code == p.CLOSE_GOING_AWAY:  # send the acks we owe before going away
                 await asyncio.wait_for(self._acks.join(), 5.0)
-            if error_code is not None:
-                await self._send(p.error_message(error_code, message))
-            await asyncio.wait_for(self.ws.close(code, message[:120]), 2.0)
+        await close_urgently(self.ws, code, error_code, message)
 
     async def _send(self, frame: bytes) -> None:
         async with self._send_lock:

@@ -15,6 +15,7 @@ import uvicorn
 
 from callstream.server.app import RedactCredentials, create_app
 from callstream.server.runtime import Runtime
+from callstream.server.transport import CallstreamWebSocketProtocol
 from callstream.settings import Settings
 
 log = logging.getLogger("callstream")
@@ -43,7 +44,7 @@ def build_server(settings: Settings) -> DrainingServer:
         app,
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        ws=CallstreamWebSocketProtocol,
         http="httptools",
         loop="uvloop",
         lifespan="on",

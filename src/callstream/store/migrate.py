@@ -1,13 +1,61 @@
-"""Bring a database's schema up to date at start (and with `callstream migrate`)."""
+"""Bring a database's schema up to date at start (and with `callstream migrate`): Alembic head.
+
+Every node runs this when it starts. On PostgreSQL the upgrade runs in one transaction that
+first takes a transaction-level advisory lock, so nodes starting together migrate one after
+the other (the later ones find nothing left to do), and a failed migration leaves nothing
+half-applied: PostgreSQL's DDL is transactional. SQLite is one file on one machine; its
+database lock does the same job.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from callstream.store.tables import metadata
+__all__ = ["current_revision", "head_revision", "upgrade"]
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# pg_advisory_xact_lock key: "callstream" in ASCII, so other apps' locks do not collide.
+_LOCK_KEY = 0x63616C6C73747265
+
+
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str | None:
+    """The newest revision this code ships."""
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    command.upgrade(_config(connection), "head")
 
 
 async def upgrade(engine: AsyncEngine) -> None:
-    """Create what is missing. Idempotent, so every node may run it on start."""
+    """Migrate to head. Idempotent and safe to run from several nodes at once."""
     async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
+        await conn.run_sync(_upgrade)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at (None before the first migration)."""
+
+    def read(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(read)

@@ -94,8 +94,13 @@ class WebhookWorker:
             for task in list(self.inflight):
                 task.cancel()
             await asyncio.gather(*self.inflight, return_exceptions=True)
-            if self._own_client and self._client is not None:
-                await self._client.aclose()
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client this worker created (not one it was given)."""
+        if self._own_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     async def _claim(self, limit: int) -> list[ClaimedMessage]:
         try:

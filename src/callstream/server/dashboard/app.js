@@ -684,7 +684,7 @@ function showConn(state) {
   el.dataset.state = state;
   $("conn-label").textContent = CONN_TEXT[state] || state;
   if (state === "reconnecting") {
-    banner("Connection lost — reconnecting. Nothing is lost: missed events are caught up on reconnect.", "warn", "Retry now", () => stream?.reconnectNow());
+    banner("Connection lost — reconnecting… Events of the calls on screen are caught up when it is back.", "warn", "Retry now", () => stream?.reconnectNow());
   } else if (state === "offline") {
     banner("You are offline. The dashboard reconnects when the network is back.", "warn");
   } else if (state === "token_expired") {

@@ -1,0 +1,1 @@
+"""Alembic migrations for SQLite and PostgreSQL; `callstream.store.migrate.upgrade` runs them."""

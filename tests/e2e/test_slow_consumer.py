@@ -1,0 +1,110 @@
+"""The slow-consumer promise: one stalled socket never holds up the others, and loses nothing
+but superseded partials once it resumes with `since`."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import orjson
+from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from tests.helpers import ServerProcess, final, partial, publish, recv, recv_until, send
+
+FINALS = 400  # x 20 KB: more than the kernel buffers (4 MB) hold, so the outbox must act
+
+
+class StalledClient:
+    """A real WebSocket client that stops reading from its socket: websockets' sans-I/O
+    protocol over a raw socket, so no library reads on its behalf."""
+
+    def __init__(self, server: ServerProcess, key: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", server.port))
+        self.protocol = ClientProtocol(parse_uri(f"{server.ws_url}/v1/events?token={key}"))
+        self.protocol.send_request(self.protocol.connect())
+        self.sock.sendall(b"".join(self.protocol.data_to_send()))
+        while not any(isinstance(e, Response) for e in self.protocol.events_received()):
+            self.protocol.receive_data(self.sock.recv(4096))
+
+    def send(self, message: dict[str, object]) -> None:
+        self.protocol.send_text(orjson.dumps(message))
+        self.sock.sendall(b"".join(self.protocol.data_to_send()))
+
+    def read_all(self, timeout: float = 20.0) -> tuple[list[dict[str, object]], int | None]:
+        """Resume reading: every message the server queued, then its close code."""
+        self.sock.settimeout(timeout)
+        messages: list[dict[str, object]] = []
+        while True:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                self.protocol.receive_eof()
+            else:
+                self.protocol.receive_data(data)
+            for frame in self.protocol.events_received():
+                if isinstance(frame, Frame) and frame.opcode == Opcode.TEXT:
+                    messages.append(orjson.loads(frame.data))
+                elif isinstance(frame, Frame) and frame.opcode == Opcode.CLOSE:
+                    close = self.protocol.close_rcvd
+                    self.sock.close()
+                    return messages, None if close is None else close.code
+            if not data:
+                self.sock.close()
+                return messages, None
+
+
+async def read_after_cut_off(server: ServerProcess, client: StalledClient) -> tuple[list[dict[str, object]], int | None]:
+    while "callstream_slow_consumers_total 1.0" not in httpx.get(server.url + "/metrics").text:
+        await asyncio.sleep(0.2)
+    return await asyncio.to_thread(client.read_all)
+
+
+async def test_a_stalled_reader_does_not_delay_others_and_since_recovers_every_final(
+    fresh_server: ServerProcess, call_id: str
+) -> None:
+    fresh_server.env["CALLSTREAM_OUTBOX_HIGH_WATER"] = "262144"
+    fresh_server.start()
+    key = fresh_server.create_key("acme")
+    slow = StalledClient(fresh_server, key)
+    slow.send({"type": "subscribe", "call_id": call_id})
+    async with await connect(f"{fresh_server.ws_url}/v1/events?token={key}") as fast:
+        await send(fast, {"type": "subscribe", "call_id": call_id})
+        assert (await recv(fast))["type"] == "subscribed"
+
+        async def produce() -> None:
+            for i in range(0, FINALS, 5):
+                batch = []
+                for j in range(i, i + 5):
+                    batch += [partial(f"word {j}", utterance_id=f"u{j}"), final(f"{j} " + "x" * 20_000, utterance_id=f"u{j}")]
+                await asyncio.to_thread(publish, fresh_server, key, call_id, batch)
+
+        producer = asyncio.create_task(produce())
+        # The stalled client resumes reading once the server has cut it off (as a real client
+        # would after a pause), well within the grace the server gives it to read its backlog.
+        stalled = asyncio.create_task(read_after_cut_off(fresh_server, slow))
+        finals_seen = 0
+        while finals_seen < FINALS:
+            message = await recv(fast, timeout=10)
+            finals_seen += message["type"] == "transcript.final"
+        await producer
+
+    # The stalled client was cut off as a slow consumer, after everything queued before that.
+    messages, close_code = await stalled
+    assert close_code == 4008
+    assert messages[-1]["type"] == "error"
+    assert messages[-1]["data"]["code"] == "slow_consumer"  # type: ignore[index]
+    seqs = [int(m["seq"]) for m in messages if "seq" in m]  # type: ignore[call-overload]
+    assert seqs == sorted(seqs) and len(seqs) < 2 * FINALS  # in order; it did not get everything
+
+    # Resuming with since loses nothing but superseded partials.
+    last_seen = max(seqs, default=0)
+    async with await connect(f"{fresh_server.ws_url}/v1/events?token={key}") as again:
+        await send(again, {"type": "subscribe", "call_id": call_id, "since": last_seen})
+        replay = await recv_until(again, "subscribed", timeout=20)
+    texts = [m["data"]["text"] for m in messages + replay if m.get("type") == "transcript.final"]  # type: ignore[index]
+    numbers = sorted({int(str(t).split()[0]) for t in texts})
+    assert numbers == list(range(FINALS))

@@ -1,0 +1,56 @@
+"""Store fixtures: the same contract runs over SQLite (a temporary file) and PostgreSQL.
+
+PostgreSQL gets one fresh database per test session (`callstream_test_<hex>`), dropped at the
+end; each test then works under accounts of its own, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from callstream.store import SqlStore
+from callstream.webhooks import tables as _webhook_tables  # noqa: F401 - the full schema
+from tests.broker.services import (
+    PG_HOST,
+    PG_PORT,
+    create_database,
+    database_name,
+    drop_database,
+    require,
+)
+from tests.helpers import run_async
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test session's own."""
+    require("PostgreSQL", PG_HOST, PG_PORT)
+    name = database_name()
+    url: str = run_async(create_database(name))
+    yield url
+    run_async(drop_database(name))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[SqlStore]:
+    store = SqlStore(store_url)
+    await store.start()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def account() -> str:
+    return f"acct_{secrets.token_hex(6)}"
