@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from callstream.errors import CallstreamError, PublishError  # noqa: E402 - after __version__
-from callstream.publisher import Publisher  # noqa: E402
+from callstream.errors import CallstreamError, PublishError
+from callstream.publisher import Publisher
 
 __all__ = ["CallstreamError", "PublishError", "Publisher", "__version__"]

@@ -24,7 +24,7 @@ def create_broker(url: str | None, *, history_ttl_s: float) -> Broker:
     if not url or url.startswith("memory:"):
         from callstream.broker.memory import MemoryBroker
 
-        return MemoryBroker(history_ttl_s=history_ttl_s)
+        return MemoryBroker(history_ttl_s=history_ttl_s, deliver_after_store=True)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from callstream.broker.redis import RedisBroker  # type: ignore[import-not-found,unused-ignore]
 

@@ -70,6 +70,14 @@ class Broker(abc.ABC):
     async def history(self, account: str, call_id: str, since: int) -> HeldHistory:
         """Events of the call with seq > since that the log holds (superseded partials left out)."""
 
+    @property
+    def fans_out_on_publish(self) -> bool:
+        """False when the runtime must call `deliver_stored` once the store committed the events."""
+        return True
+
+    def deliver_stored(self, events: Sequence[Event]) -> None:  # noqa: B027 - optional hook
+        """The store committed these events (in seq order); a broker that waits for that fans out now."""
+
     async def watch(self, account: str, call_id: str) -> None:  # noqa: B027 - optional hook
         """This node has a subscriber for the call (or '*' for the account); returns once live."""
 

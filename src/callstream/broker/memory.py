@@ -1,7 +1,8 @@
 """The in-process broker: the embedded default, and the reference the Redis broker is tested against.
 
 Sequencing is a counter per call, advanced without an await between the state check and the
-delivery, so a batch is atomic and per-call order is the order of acceptance. The replay log
+delivery, so a batch is atomic and per-call order is the order of acceptance. On a node the
+events fan out once stored (see `deliver_after_store`). The replay log
 keeps every event of a call but partials a newer transcript superseded, for the call's life
 and `history_ttl_s` after it ended; older history comes from the store.
 """
@@ -59,7 +60,14 @@ def now_ms() -> int:
 
 
 class MemoryBroker(Broker):
-    def __init__(self, *, history_ttl_s: float = 3600.0) -> None:
+    def __init__(self, *, history_ttl_s: float = 3600.0, deliver_after_store: bool = False) -> None:
+        """`deliver_after_store`: fan out only from `deliver_stored`, i.e. after the commit.
+
+        The sequence counter lives in this process: were a subscriber to see an event before it
+        is stored, a crash would make the restarted node hand the same seq out again (it resumes
+        from the store's last seq). The node runs with it on; the contract tests exercise both.
+        """
+        self._deliver_after_store = deliver_after_store
         self._calls: dict[tuple[str, str], _Call] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[_Call]] = {}
         self._history_ttl_s = history_ttl_s
@@ -100,10 +108,18 @@ class MemoryBroker(Broker):
             else:
                 call.status = "live"
             out.append(event)
-        assert self._deliver is not None
-        for event in out:
-            self._deliver(event)
+        if not self._deliver_after_store:
+            self.deliver_stored(out)
         return out
+
+    @property
+    def fans_out_on_publish(self) -> bool:
+        return not self._deliver_after_store
+
+    def deliver_stored(self, events: Sequence[Event]) -> None:
+        assert self._deliver is not None
+        for event in events:
+            self._deliver(event)
 
     async def state(self, account: str, call_id: str) -> CallState:
         call = self._calls.get((account, call_id))

@@ -246,6 +246,13 @@ class EventsConnection:
         """Replay (if asked), announce, then release what arrived meanwhile: no gap, no duplicate."""
         account, call_id = self.principal.account, sub.call_id
         state = await self.runtime.broker.state(account, call_id)
+        if since is not None and since > state.last_seq:
+            # The client claims events this server never had (say, a store restored from a
+            # backup): resuming here would silently skip everything up to `since`.
+            await self._unsubscribe(call_id)
+            message = f"since={since} is ahead of this call's last seq {state.last_seq}: fetch it over REST"
+            self._error(p.HISTORY_UNAVAILABLE, message, call_id)
+            return
         replay: list[Event] = []
         if since is not None:
             replay = [e for e in await self.runtime.replay(account, call_id, since) if e.seq > since]

@@ -97,7 +97,8 @@ class Runtime:
         metrics.EVENTS_PUBLISHED.inc(len(sequenced))
         if any(e.type == ENDED for e in sequenced):
             metrics.CALLS_ENDED.inc(sum(e.type == ENDED for e in sequenced))
-        return sequenced, self.store.append(sequenced)
+        after = None if self.broker.fans_out_on_publish else self.broker.deliver_stored
+        return sequenced, self.store.append(sequenced, after)
 
     @staticmethod
     def _enrich(events: Sequence[NewEvent]) -> None:

@@ -58,6 +58,13 @@ def now_ms() -> int:
 
 
 @dataclass(slots=True)
+class _Pending:
+    events: list[Event]
+    future: asyncio.Future[None]
+    then: Callable[[list[Event]], None] | None
+
+
+@dataclass(slots=True)
 class KeyRecord:
     id: str
     account: str
@@ -112,7 +119,7 @@ class SqlStore:
         self.url = url
         self.dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
         self.engine: AsyncEngine = self._make_engine(url)
-        self._pending: list[tuple[list[Event], asyncio.Future[None]]] = []
+        self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._batch_max = batch_max
@@ -353,17 +360,21 @@ class SqlStore:
 
     # ---- the batching writer -------------------------------------------------------------
 
-    def append(self, events: list[Event]) -> asyncio.Future[None]:
-        """Queue events for the next commit; the future resolves once they are durable."""
+    def append(self, events: list[Event], then: Callable[[list[Event]], None] | None = None) -> asyncio.Future[None]:
+        """Queue events for the next commit; the future resolves once they are durable.
+
+        `then(events)` runs right after that commit (or its failure), in append order: the
+        embedded node fans out from there, so subscribers only ever see stored events.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((events, future))
+        self._pending.append(_Pending(events, future, then))
         self._wakeup.set()
         return future
 
     async def flush(self) -> None:
         """Wait until everything appended so far is committed (or failed)."""
         if self._pending:
-            last = self._pending[-1][1]
+            last = self._pending[-1].future
             with contextlib.suppress(Exception):
                 await asyncio.shield(last)
 
@@ -373,27 +384,39 @@ class SqlStore:
             self._wakeup.clear()
             while self._pending:
                 batch = self._take_batch()
+                error: StoreUnavailableError | None = None
                 try:
-                    await self._commit([e for events, _ in batch for e in events])
+                    await self._commit([e for item in batch for e in item.events])
+                    self.healthy = True
                 except Exception as exc:  # the database refused: producers get a clear error
                     log.error("store write failed: %s", exc.__class__.__name__, exc_info=exc)
                     self.healthy = False
                     error = StoreUnavailableError(f"the store could not commit: {exc.__class__.__name__}")
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                            future.exception()  # a producer that went away must not warn
-                    continue
-                self.healthy = True
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                self._settle(batch, error)
 
-    def _take_batch(self) -> list[tuple[list[Event], asyncio.Future[None]]]:
+    @staticmethod
+    def _settle(batch: list[_Pending], error: StoreUnavailableError | None) -> None:
+        for item in batch:
+            if item.then is not None:
+                try:
+                    # Fan out even when the commit failed: the seqs are taken, and a subscriber
+                    # must not see a gap; the producer learns from the future it was not stored.
+                    item.then(item.events)
+                except Exception:  # a fan-out bug must not stop the writer
+                    log.exception("delivery after commit failed")
+            if item.future.done():
+                continue
+            if error is None:
+                item.future.set_result(None)
+            else:
+                item.future.set_exception(error)
+                item.future.exception()  # a producer that went away must not warn
+
+    def _take_batch(self) -> list[_Pending]:
         taken, count = 0, 0
-        for events, _ in self._pending:
+        for item in self._pending:
             taken += 1
-            count += len(events)
+            count += len(item.events)
             if count >= self._batch_max:
                 break
         batch, self._pending = self._pending[:taken], self._pending[taken:]
