@@ -49,6 +49,25 @@ class Settings(BaseSettings):
     webhook_max_endpoints: int = Field(20, ge=1, description="webhook endpoints per account")
     webhook_secret_overlap_s: float = Field(86_400.0, ge=0, description="a rotated-out secret keeps signing")
 
+    # ---- abuse limits and key rotation (docs/security.md) ----------------------------------
+    previous_secrets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated earlier JWT signing secrets: their tokens stay valid until they expire",
+    )
+    max_connections_per_key: int = Field(
+        10_000, ge=0, description="open /v1/events + /v1/ingest sockets per API key on this node; 0: no limit"
+    )
+    max_connections_per_account: int = Field(
+        25_000, ge=0, description="open /v1/events + /v1/ingest sockets per account on this node; 0: no limit"
+    )
+    ingest_rate: float = Field(
+        10_000.0, ge=0, description="events per second per API key, REST and /v1/ingest together; 0: no limit"
+    )
+    ingest_burst: int = Field(20_000, ge=1, description="events a key may send at once above ingest_rate")
+    store_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="how long a publish waits for the store's commit before an error"
+    )
+
     @field_validator("webhook_retry_schedule")
     @classmethod
     def _retry_schedule(cls, value: str) -> str:
@@ -62,6 +81,20 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("previous_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [s.strip() for s in value.split(",") if s.strip()]
+        return value
+
+    @field_validator("previous_secrets")
+    @classmethod
+    def _long_secrets(cls, value: list[str]) -> list[str]:
+        if any(len(s) < 32 for s in value):
+            raise ValueError("every previous secret must be at least 32 characters long")
         return value
 
     @field_validator("broker")
