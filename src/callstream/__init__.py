@@ -2,7 +2,18 @@
 
 __version__ = "0.1.0"
 
-from callstream.errors import CallstreamError, PublishError
+from callstream.client import Client, SyncClient, iter_events
+from callstream.errors import AuthError, CallstreamError, ClientError, PublishError
 from callstream.publisher import Publisher
 
-__all__ = ["CallstreamError", "PublishError", "Publisher", "__version__"]
+__all__ = [
+    "AuthError",
+    "CallstreamError",
+    "Client",
+    "ClientError",
+    "PublishError",
+    "Publisher",
+    "SyncClient",
+    "__version__",
+    "iter_events",
+]

@@ -12,6 +12,7 @@ import hashlib
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -65,13 +66,37 @@ def key_id_of(secret: str) -> str:
 
 
 class TokenSigner:
-    """Mints and verifies browser JWTs. The algorithm is pinned: no `none`, no key confusion."""
+    """Mints and verifies browser JWTs. The algorithm is pinned: no `none`, no key confusion.
 
-    def __init__(self, secret: str, *, default_ttl_s: int = 900, max_ttl_s: int = 86_400) -> None:
+    A keyring: tokens are signed with the current secret and carry its `kid`; verification picks
+    the secret by `kid` among the current one and `previous` ones, so rotating the secret (the
+    old one moves to `previous`) leaves tokens already handed out valid until they expire. A
+    token without a `kid`, or with one the ring does not hold, is refused.
+    """
+
+    def __init__(
+        self,
+        secret: str,
+        *,
+        default_ttl_s: int = 900,
+        max_ttl_s: int = 86_400,
+        previous: Sequence[str] = (),
+    ) -> None:
         self._secret = secret
         self.kid = key_id_of(secret)
+        self._ring: dict[str, str] = {self.kid: secret}
+        self.trust(previous)
         self.default_ttl_s = default_ttl_s
         self.max_ttl_s = max_ttl_s
+
+    def trust(self, previous: Sequence[str]) -> None:
+        """Accept tokens signed by these earlier secrets too (never mint with them)."""
+        for old in previous:
+            self._ring.setdefault(key_id_of(old), old)
+
+    @property
+    def kids(self) -> list[str]:
+        return list(self._ring)
 
     def mint(
         self,
@@ -100,11 +125,25 @@ class TokenSigner:
         token = jwt.encode(claims, self._secret, algorithm=ALGORITHM, headers={"kid": self.kid})
         return token, now + ttl
 
+    def _secret_for(self, token: str) -> str:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"invalid token: {exc}") from None
+        if header.get("alg") != ALGORITHM:
+            raise AuthError(f"invalid token: the algorithm must be {ALGORITHM}")
+        kid = header.get("kid")
+        secret = self._ring.get(kid) if isinstance(kid, str) else None
+        if secret is None:
+            raise AuthError("invalid token: unknown signing key (kid)")
+        return secret
+
     def verify(self, token: str) -> dict[str, Any]:
+        secret = self._secret_for(token)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                self._secret,
+                secret,
                 algorithms=[ALGORITHM],
                 options={"require": ["exp", "iat", "sub", "scope", "key"]},
                 leeway=LEEWAY_S,

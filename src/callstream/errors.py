@@ -27,3 +27,32 @@ class PublishError(CallstreamError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class ClientError(CallstreamError):
+    """The subscriber client (:class:`callstream.Client`) cannot go on.
+
+    Raised from ``async with Client(...)`` or from the ``events()`` iterator when retrying would
+    not help. Transient trouble (a dropped socket, a restarting server, a slow-consumer close) is
+    never raised: the client reconnects and resumes with ``since`` by itself.
+
+    ``code`` is a server error code or one of the client-side codes:
+
+    - ``closed``: the client was closed; make a new one.
+    - ``internal``: the client itself failed; the message says why.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class AuthError(ClientError):
+    """The server refused the credential, and a fresh one could not be had.
+
+    ``code`` is ``unauthorized`` (HTTP 401 at the handshake, or the key was revoked: close code
+    4001 with no ``token_provider`` to ask), ``forbidden`` (HTTP 403: the credential lacks the
+    ``subscribe`` scope, or the ``Origin`` is not allowed), or ``token_expired`` (the JWT expired
+    and no ``token_provider`` was given, or it kept returning refused tokens).
+    """

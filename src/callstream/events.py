@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import orjson
 
+MAX_INT64: Final = 2**63 - 1
 CALL_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
 PUBLISHABLE_TYPES: Final = frozenset(
@@ -73,8 +74,9 @@ def _check_function(data: dict[str, Any], payload: str) -> None:
 def _check_ended(data: dict[str, Any]) -> None:
     _require_str(data, "status", END_STATUSES)
     duration = data.get("duration_ms")
-    if isinstance(duration, bool) or not isinstance(duration, int) or duration < 0:
-        raise EventInvalidError("data.duration_ms must be a non-negative integer")
+    # Bounded to what every store column holds: one oversized value must not fail a whole commit.
+    if isinstance(duration, bool) or not isinstance(duration, int) or not 0 <= duration <= MAX_INT64:
+        raise EventInvalidError("data.duration_ms must be a non-negative 64-bit integer")
     _optional_str(data, "reason")
 
 

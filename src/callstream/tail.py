@@ -1,74 +1,222 @@
-"""`callstream tail`: follow calls in the terminal, or print NDJSON for jq."""
+"""``callstream tail``: live calls in the terminal, or NDJSON for ``jq``.
+
+Built on :class:`callstream.Client`, so a tail survives server restarts and slow-consumer closes
+and resumes each call where it left off: what a human watches (or a pipe receives) has no gaps
+and no repeats.
+
+The live view keeps one panel per call. A partial is shown dimmed until the final of the same
+utterance (``utterance_id``, else the same speaker) replaces it, because that is how a person
+reads speech being recognised. ``--json`` prints exactly the server's event messages, one per
+line, flushed as they arrive, so ``callstream tail --json … | jq`` works in real time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
-from typing import Any
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Final
 
 import orjson
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.live import Live
+from rich.panel import Panel
 from rich.text import Text
 
-console = Console()
+from callstream.client import (
+    AgentState,
+    CallEnded,
+    Client,
+    ErrorEvent,
+    Event,
+    FunctionCall,
+    FunctionResult,
+    Subscribed,
+    TranscriptFinal,
+    TranscriptPartial,
+)
+from callstream.errors import AuthError
 
-STYLE = {"user": "cyan", "agent": "green"}
+__all__ = ["CallView", "TailView", "describe", "tail_command"]
+
+SPEAKER_STYLES: Final = {"user": "bold cyan", "agent": "bold green"}
+STATE_STYLES: Final = {"listening": "cyan", "thinking": "yellow", "speaking": "green"}
+END_STYLES: Final = {"completed": "green", "failed": "red", "canceled": "yellow"}
+SENTIMENT_STYLES: Final = {"positive": ("▲", "green"), "negative": ("▼", "red"), "neutral": ("·", "dim")}
+MAX_LINES: Final = 200  # per call: a tail shows the recent conversation, not the whole call
+SHOWN_CHARS: Final = 160
 
 
-def ws_url(base: str, path: str) -> str:
-    return base.rstrip("/").replace("https://", "wss://").replace("http://", "ws://") + path
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
 
 
-def render(message: dict[str, Any]) -> Text | None:
-    kind, data, call = message.get("type"), message.get("data") or {}, message.get("call_id")
-    prefix = Text(f"{call} #{message.get('seq', '-')} ", style="dim")
-    if kind == "transcript.final":
-        sentiment = data.get("sentiment", {}).get("label", "")
-        speaker = data.get("speaker", "?")
-        return (
-            prefix
-            + Text(f"{speaker}: ", style=f"bold {STYLE.get(speaker, '')}")
-            + Text(f"{data.get('text', '')}  " + (f"[{sentiment}]" if sentiment else ""))
-        )
-    if kind == "agent.state":
-        return prefix + Text(f"agent is {data.get('state')}", style="yellow")
-    if kind == "function.call":
-        return prefix + Text(
-            f"→ {data.get('name')}({orjson.dumps(data.get('args')).decode()})", style="magenta"
-        )
-    if kind == "function.result":
-        return prefix + Text(
-            f"← {data.get('name')}: {orjson.dumps(data.get('result')).decode()}", style="magenta"
-        )
-    if kind == "call.ended":
-        return prefix + Text(
-            f"call ended: {data.get('status')} after {data.get('duration_ms')} ms", style="bold"
-        )
-    if kind == "error":
-        return prefix + Text(f"error {data.get('code')}: {data.get('message')}", style="red")
+def _speaker(speaker: str) -> Text:
+    return Text(f"{speaker:>5} ", style=SPEAKER_STYLES.get(speaker, "bold"))
+
+
+def _sentiment(event: TranscriptFinal) -> Text:
+    sentiment = event.sentiment or {}
+    label, score = sentiment.get("label"), sentiment.get("score")
+    if not isinstance(label, str) or not isinstance(score, int | float):
+        return Text()
+    mark, style = SENTIMENT_STYLES.get(label, ("·", "dim"))
+    return Text(f"  {mark} {score:+.2f}", style=style)
+
+
+def describe(event: Event) -> Text | None:
+    """One line for an event in the transcript, or None for events shown elsewhere (state)."""
+    if isinstance(event, TranscriptFinal):
+        return Text.assemble(_speaker(event.speaker), event.text, _sentiment(event))
+    if isinstance(event, FunctionCall):
+        return Text.assemble(("    ƒ ", "yellow"), (event.name, "bold yellow"), f"({_short(event.args)})")
+    if isinstance(event, FunctionResult):
+        return Text.assemble(("    ↳ ", "yellow"), (event.name, "yellow"), f" → {_short(event.result)}")
+    if isinstance(event, CallEnded):
+        seconds = f" · {event.duration_ms / 1000:.1f} s" if event.duration_ms is not None else ""
+        reason = f" ({event.reason})" if event.reason else ""
+        style = END_STYLES.get(event.status, "magenta")
+        return Text(f"■ call ended: {event.status}{seconds}{reason}", style=f"bold {style}")
+    if isinstance(event, ErrorEvent):
+        return Text(f"! {event.code}: {event.message}", style="red")
     return None
 
 
-async def follow(url: str, key: str, call_ids: list[str], as_json: bool) -> None:
-    from websockets.asyncio.client import connect
+@dataclass
+class CallView:
+    """What the view holds of one call."""
 
-    headers = {"Authorization": f"Bearer {key}"}
-    async with connect(ws_url(url, "/v1/events"), additional_headers=headers) as ws:
-        for call_id in call_ids:
-            await ws.send(orjson.dumps({"type": "subscribe", "call_id": call_id}).decode())
-        async for raw in ws:
-            message = orjson.loads(raw)
-            if as_json:
-                if message.get("type") not in ("subscribed", "unsubscribed", "pong"):
-                    sys.stdout.write(orjson.dumps(message).decode() + "\n")
-                    sys.stdout.flush()
-                continue
-            line = render(message)
-            if line is not None:
-                console.print(line)
+    call_id: str
+    lines: deque[Text] = field(default_factory=lambda: deque(maxlen=MAX_LINES))
+    partials: dict[str, Text] = field(default_factory=dict)  # utterance (or speaker) → in progress
+    agent_state: str | None = None
+    ended: str | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def apply(self, event: Event) -> None:
+        self.last_activity = time.monotonic()
+        if isinstance(event, TranscriptPartial | TranscriptFinal):
+            key = event.utterance_id or f"speaker:{event.speaker}"
+            self.partials.pop(key, None)
+            if isinstance(event, TranscriptPartial):
+                self.partials[key] = Text.assemble(_speaker(event.speaker), (f"{event.text}…", "dim italic"))
+                return
+        if isinstance(event, AgentState):
+            self.agent_state = event.state
+        elif isinstance(event, CallEnded):
+            self.ended, self.agent_state = event.status, None
+            self.partials.clear()
+        elif isinstance(event, Subscribed) and event.status == "ended" and self.ended is None:
+            self.ended = "ended"
+        if (line := describe(event)) is not None:
+            self.lines.append(line)
+
+    def panel(self, height: int) -> Panel:
+        body = [*self.lines, *self.partials.values()][-max(1, height) :] or [Text("waiting…", style="dim")]
+        for line in body:  # one row each, so the panels fit the height they were given
+            line.no_wrap, line.overflow = True, "ellipsis"
+        title = Text.assemble((self.call_id, "bold"), "  ", self._badge())
+        return Panel(Group(*body), title=title, title_align="left", border_style="dim" if self.ended else "blue")
+
+    def _badge(self) -> Text:
+        if self.ended:
+            return Text(f"■ {self.ended}", style=END_STYLES.get(self.ended, "magenta"))
+        state = self.agent_state or "live"
+        return Text(f"● agent {state}" if self.agent_state else "● live", style=STATE_STYLES.get(state, "blue"))
+
+
+class TailView:
+    """Every call seen, rendered to fit the terminal: live calls first, most recent first."""
+
+    def __init__(self, client: Client | None = None) -> None:
+        self.client = client
+        self.calls: dict[str, CallView] = {}
+        self.notices: deque[Text] = deque(maxlen=3)
+
+    def apply(self, event: Event) -> None:
+        if not event.call_id or event.call_id == "*":
+            if (line := describe(event)) is not None:
+                self.notices.append(line)
+            return
+        view = self.calls.get(event.call_id)
+        if view is None:
+            view = self.calls[event.call_id] = CallView(event.call_id)
+        view.apply(event)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        height = options.height or console.height
+        yield self._header()
+        yield from self.notices
+        room = height - 1 - len(self.notices)
+        ordered = sorted(self.calls.values(), key=lambda c: (c.ended is not None, -c.last_activity))
+        shown = ordered[: max(1, room // 5)]
+        if len(shown) < len(ordered):
+            room -= 1
+        per_call = max(1, room // max(1, len(shown)) - 2)  # two border lines per panel
+        for view in shown:
+            yield view.panel(per_call)
+        if len(shown) < len(ordered):
+            yield Text(f"… and {len(ordered) - len(shown)} more calls (widen the terminal)", style="dim")
+
+    def _header(self) -> Text:
+        live = sum(1 for c in self.calls.values() if not c.ended)
+        link = "waiting for events"
+        if self.client is not None:
+            link = "connected" if self.client.connected else "reconnecting…"
+        return Text.assemble(
+            ("callstream tail", "bold"), f"  {live} live / {len(self.calls)} calls  ", (link, "dim")
+        )
+
+
+async def follow_json(client: Client, call_ids: Iterable[str], out: BinaryIO, err: Console) -> None:
+    """Print each call event as one JSON line, flushed, exactly as the server sent it."""
+    async for event in client.events(*call_ids):
+        if event.seq is not None:
+            out.write(orjson.dumps(event.raw) + b"\n")
+            out.flush()
+        elif isinstance(event, ErrorEvent):
+            err.print(f"[red]error:[/] {event.code}: {event.message}", highlight=False)
+
+
+async def follow_live(client: Client, call_ids: Iterable[str], console: Console) -> None:
+    """The rich live view, or plain lines when stdout is not a terminal."""
+    view = TailView(client)
+    if not console.is_terminal:
+        async for event in client.events(*call_ids):
+            if (line := describe(event)) is not None:
+                console.print(Text.assemble((f"{event.call_id} ", "bold"), line))
+        return
+    with Live(view, console=console, refresh_per_second=8, vertical_overflow="crop"):
+        async for event in client.events(*call_ids):
+            view.apply(event)
+
+
+async def follow(url: str, key: str, call_ids: list[str], as_json: bool) -> None:
+    err = Console(stderr=True, soft_wrap=True)
+    async with Client(url, key) as client:
+        if as_json:
+            await follow_json(client, call_ids, sys.stdout.buffer, err)
+        else:
+            await follow_live(client, call_ids, Console(soft_wrap=False))
 
 
 def tail_command(url: str, key: str, call_ids: list[str], as_json: bool) -> None:
-    with contextlib.suppress(KeyboardInterrupt):
+    """Run the tail until Ctrl-C (exit 0), a refused key (exit 1) or a closed pipe (exit 0)."""
+    try:
         asyncio.run(follow(url, key, call_ids, as_json))
+    except KeyboardInterrupt:
+        return
+    except AuthError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        raise SystemExit(1) from None
+    except BrokenPipeError:
+        # `tail --json | head`: the reader left. Point stdout at /dev/null so the interpreter's
+        # final flush does not complain, and exit quietly like other Unix tools.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

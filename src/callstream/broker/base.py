@@ -52,6 +52,10 @@ class HeldHistory:
 class Broker(abc.ABC):
     """Sequencer + replay log + cross-node fan-out. One per node."""
 
+    #: Called after the broker lost and regained its link to the backing service: events
+    #: published meanwhile never reached this node, so the node makes its subscribers resume.
+    on_reconnect: Callable[[], Awaitable[None]] | None = None
+
     @abc.abstractmethod
     async def start(self, deliver: Deliver, load_call: CallLoader) -> None:
         """Begin delivering events to `deliver`; `load_call` seeds calls the log does not know."""

@@ -2,28 +2,69 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.dialects import postgresql, sqlite
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from callstream import __version__
+from callstream.limits import Limits
 from callstream.server import rest
 from callstream.server.deps import ApiError, runtime_of
 from callstream.server.events_socket import events_endpoint
 from callstream.server.ingest import ingest_endpoint
 from callstream.server.runtime import Runtime
 from callstream.settings import Settings
+from callstream.store import SqlStore
+from callstream.store.tables import meta
 
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
+HEALTH_TIMEOUT_S = 3.0
+TASKS = Gauge("callstream_tasks", "asyncio tasks alive on this node (a leak shows as growth)")
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")  # e.g. `index`, `retry_after_s`
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: `{"error": {"code", "message", ...}}`."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "bad request",
+        401: "missing, invalid or expired credential",
+        403: "the credential lacks the scope",
+        404: "no such resource (or another account's)",
+        409: "conflict (a limit, a disabled endpoint)",
+        413: "body too large",
+        422: "invalid request",
+        429: "rate limited (`Retry-After`, `error.retry_after_s`)",
+        503: "the node cannot reach its store or broker",
+    }.items()
+}
+
 _TOKEN_IN_QUERY = re.compile(r"((?:^|[?&])(?:token|key|code|login)=)[^&\s\"]*")
 
 
@@ -49,6 +90,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        assert runtime.signer is not None
+        runtime.signer.trust(settings.previous_secrets)  # rotated-out secrets still verify (by kid)
         try:
             yield
         finally:
@@ -61,17 +104,45 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
-    app.include_router(rest.router)
+    app.state.limits = Limits(
+        per_key=settings.max_connections_per_key,
+        per_account=settings.max_connections_per_account,
+        ingest_rate=settings.ingest_rate,
+        ingest_burst=settings.ingest_burst,
+    )
+    app.include_router(rest.router, responses=ERROR_RESPONSES)
     _include_optional_routers(app)
     app.add_api_websocket_route("/v1/events", events_endpoint)
     app.add_api_websocket_route("/v1/ingest", ingest_endpoint)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["operations"])
-    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], tags=["operations"])
+    app.add_api_route(
+        "/metrics", metrics_endpoint, methods=["GET"], tags=["operations"], response_class=PlainTextResponse
+    )
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.mount("/", StaticFiles(directory=DASHBOARD_DIR, html=True, check_dir=False), name="dashboard")
+    _add_cors(app, settings.allowed_origins)
     return app
+
+
+def _add_cors(app: FastAPI, origins: list[str]) -> None:
+    """CORS for REST from the same allow-list as the sockets' Origin check; none without a list.
+
+    Credentials travel in the `Authorization` header, never in cookies, so CORS never allows
+    credentials (which also keeps a `*` entry from turning into "any site, with cookies").
+    """
+    if not origins:
+        return
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"] if "*" in origins else origins,
+        allow_credentials=False,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=["Retry-After"],
+        max_age=600,
+    )
 
 
 def _install_extensions(runtime: Runtime) -> None:
@@ -88,26 +159,54 @@ def _include_optional_routers(app: FastAPI) -> None:
         from callstream.server.webhooks_api import router
     except ImportError:
         return
-    app.include_router(router)
+    app.include_router(router, responses=ERROR_RESPONSES)
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """200 when this node can serve; 503 while its broker or store link is down."""
+    """200 when this node can serve; 503 while its broker or store link is down.
+
+    "Store up" means it answers *and* takes writes: after a failed commit (a full disk, a lost
+    connection) the node stays unhealthy until a probe write (or an event's commit) succeeds.
+    """
     runtime = runtime_of(request)
-    store_ok = await runtime.store.ping()
+    store_ok = await _store_ok(runtime)
     broker_ok = runtime.broker.healthy
     ok = store_ok and broker_ok and not runtime.draining
     body = {"status": "ok" if ok else "unavailable", "store": store_ok, "broker": broker_ok}
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+async def _store_ok(runtime: Runtime) -> bool:
+    store = runtime.store
+    try:
+        if store.healthy:
+            return await asyncio.wait_for(store.ping(), HEALTH_TIMEOUT_S)
+        await asyncio.wait_for(_probe_write(store), HEALTH_TIMEOUT_S)
+    except Exception:  # a timeout or a driver error: not healthy (yet)
+        return False
+    store.healthy = True
+    return True
+
+
+async def _probe_write(store: SqlStore) -> None:
+    """One tiny committed write: proves the store takes writes again."""
+    insert = (postgresql.insert if store.dialect == "postgresql" else sqlite.insert)(meta)
+    value = str(time.time_ns())
+    upsert = insert.values(key="health_probe", value=value).on_conflict_do_update(
+        index_elements=["key"], set_={"value": value}
+    )
+    async with store.engine.begin() as conn:
+        await conn.execute(upsert)
+
+
 async def metrics_endpoint() -> Response:
+    TASKS.set(len(asyncio.all_tasks()))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -120,4 +219,5 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
+    body = {"error": {"code": code, "message": str(exc.detail)}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)  # e.g. 405's `Allow`

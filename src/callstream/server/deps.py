@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from callstream.auth import AuthError, Principal
+from callstream.limits import Limits, Refusal
 from callstream.server.runtime import Runtime
 
 
@@ -27,6 +28,10 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
 
+    def headers(self) -> dict[str, str] | None:
+        retry = self.extra.get("retry_after_s")
+        return retry_after_header(float(retry)) if isinstance(retry, int | float) else None
+
 
 def not_found(what: str = "call") -> ApiError:
     """The one answer for 'missing' and 'another account's': nothing leaks across tenants."""
@@ -36,6 +41,22 @@ def not_found(what: str = "call") -> ApiError:
 def runtime_of(conn: HTTPConnection) -> Runtime:
     runtime: Runtime = conn.app.state.runtime
     return runtime
+
+
+def limits_of(conn: HTTPConnection) -> Limits:
+    """The node's abuse limiters (built by `create_app` from Settings)."""
+    limits: Limits = conn.app.state.limits
+    return limits
+
+
+def rate_limited(refusal: Refusal) -> ApiError:
+    """429 `rate_limited` with the retry hint in the body (`retry_after_s`) and `Retry-After`."""
+    return ApiError(429, "rate_limited", refusal.message, retry_after_s=refusal.retry_after_s)
+
+
+def retry_after_header(seconds: float) -> dict[str, str]:
+    """`Retry-After` takes whole seconds: round up, never 0."""
+    return {"Retry-After": str(max(1, int(-(-seconds // 1))))}
 
 
 def credential_of(conn: HTTPConnection) -> tuple[str | None, bool]:

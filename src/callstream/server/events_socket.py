@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
+import orjson
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -22,7 +24,7 @@ from callstream.events import ENDED, Event
 from callstream.hub import Subscription
 from callstream.outbox import Outbox
 from callstream.ratelimit import TokenBucket
-from callstream.server.deps import credential_of, runtime_of
+from callstream.server.deps import credential_of, limits_of, retry_after_header, runtime_of
 from callstream.server.runtime import Runtime
 from callstream.server.transport import URGENT
 
@@ -39,8 +41,11 @@ async def close_urgently(ws: WebSocket, code: int, error_code: str | None, messa
         await asyncio.wait_for(ws.send(close), 2.0)
 
 
-def denial(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def denial(status: int, code: str, message: str, retry_after_s: float | None = None) -> JSONResponse:
+    if retry_after_s is None:
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+    body = {"error": {"code": code, "message": message, "retry_after_s": retry_after_s}}
+    return JSONResponse(body, status_code=status, headers=retry_after_header(retry_after_s))
 
 
 def origin_allowed(ws: WebSocket, allowed: list[str]) -> bool:
@@ -48,8 +53,26 @@ def origin_allowed(ws: WebSocket, allowed: list[str]) -> bool:
     return not allowed or origin is None or origin.rstrip("/") in allowed or "*" in allowed
 
 
+def rate_limited_message(message: str, retry_after_s: float, ref: Any = None, call_id: str | None = None) -> bytes:
+    """A `rate_limited` error with its retry hint: `data.retry_after_s` (seconds)."""
+    body: dict[str, Any] = {
+        "type": "error",
+        "call_id": call_id,
+        "data": {"code": p.RATE_LIMITED, "message": message, "retry_after_s": round(retry_after_s, 3)},
+    }
+    if call_id is not None:
+        body["data"]["call_id"] = call_id
+    if ref is not None:
+        body["ref"] = ref
+    return orjson.dumps(body)
+
+
 async def handshake(ws: WebSocket, scope: str) -> tuple[Principal, bool] | None:
-    """Authenticate before upgrading; on failure answer with HTTP and no upgrade."""
+    """Authenticate before upgrading; on failure answer with HTTP and no upgrade.
+
+    On success the socket holds a connection slot of its key and account: the caller must
+    `release_slot` when the socket ends (see `admitted`).
+    """
     runtime = runtime_of(ws)
     if not origin_allowed(ws, runtime.settings.allowed_origins):
         await ws.send_denial_response(denial(403, "forbidden", "this Origin is not allowed"))
@@ -67,7 +90,16 @@ async def handshake(ws: WebSocket, scope: str) -> tuple[Principal, bool] | None:
     if not principal.may(scope):
         await ws.send_denial_response(denial(403, "forbidden", f"this credential lacks the {scope} scope"))
         return None
+    refusal = limits_of(ws).connections.acquire(principal.account, principal.key_id)
+    if refusal is not None:
+        metrics.CLIENT_ERRORS.labels(p.RATE_LIMITED).inc()
+        await ws.send_denial_response(denial(429, p.RATE_LIMITED, refusal.message, refusal.retry_after_s))
+        return None
     return principal, via_subprotocol
+
+
+def release_slot(ws: WebSocket, principal: Principal) -> None:
+    limits_of(ws).connections.release(principal.account, principal.key_id)
 
 
 async def events_endpoint(ws: WebSocket) -> None:
@@ -75,8 +107,11 @@ async def events_endpoint(ws: WebSocket) -> None:
     if admitted is None:
         return
     principal, via_subprotocol = admitted
-    await ws.accept(subprotocol="bearer" if via_subprotocol else None)
-    await EventsConnection(ws, runtime_of(ws), principal).run()
+    try:
+        await ws.accept(subprotocol="bearer" if via_subprotocol else None)
+        await EventsConnection(ws, runtime_of(ws), principal).run()
+    finally:
+        release_slot(ws, principal)
 
 
 class EventsConnection:
@@ -195,8 +230,9 @@ class EventsConnection:
             if self.bucket.refused_in_a_row > self.bucket.burst:
                 await self.terminate(p.CLOSE_POLICY, p.RATE_LIMITED, "too many messages: closing")
                 return
-            wait_ms = int(self.bucket.retry_after_s() * 1000) + 1
-            self._error(p.RATE_LIMITED, f"too many messages; retry in {wait_ms} ms")
+            wait_s = self.bucket.retry_after_s()
+            metrics.CLIENT_ERRORS.labels(p.RATE_LIMITED).inc()
+            self.send(rate_limited_message(f"too many messages; retry in {int(wait_s * 1000) + 1} ms", wait_s))
             return
         try:
             message = p.parse_client_message(text)

@@ -18,8 +18,9 @@ from callstream import metrics
 from callstream import protocol as p
 from callstream.broker import BrokerUnavailableError, CallEndedError
 from callstream.events import NewEvent
-from callstream.server.deps import runtime_of
-from callstream.server.events_socket import close_urgently, handshake
+from callstream.limits import IngestLimiter
+from callstream.server.deps import limits_of, runtime_of
+from callstream.server.events_socket import close_urgently, handshake, rate_limited_message, release_slot
 from callstream.server.runtime import Runtime
 
 log = logging.getLogger("callstream.ingest")
@@ -32,8 +33,13 @@ async def ingest_endpoint(ws: WebSocket) -> None:
     if admitted is None:
         return
     principal, via_subprotocol = admitted
-    await ws.accept(subprotocol="bearer" if via_subprotocol else None)
-    await IngestConnection(ws, runtime_of(ws), principal.account, principal.key_id).run()
+    try:
+        await ws.accept(subprotocol="bearer" if via_subprotocol else None)
+        connection = IngestConnection(ws, runtime_of(ws), principal.account, principal.key_id)
+        connection.limiter = limits_of(ws).ingest
+        await connection.run()
+    finally:
+        release_slot(ws, principal)
 
 
 class IngestConnection:
@@ -45,6 +51,8 @@ class IngestConnection:
         self._acks: asyncio.Queue[_AckItem | None] = asyncio.Queue()
         self._send_lock = asyncio.Lock()
         self.closed = False
+        self.limiter: IngestLimiter | None = None
+        self._store_timeout_s = runtime.settings.store_timeout_s
 
     async def run(self) -> None:
         self.runtime.connections.add(self)
@@ -101,8 +109,24 @@ class IngestConnection:
                 valid.append(p.parse_event(item))
             except p.ProtocolError as exc:
                 await self._send(p.error_from(exc))
-        if valid:
+        if valid and await self._admitted(valid):
             await self._publish(valid)
+
+    async def _admitted(self, events: list[NewEvent]) -> bool:
+        """The key's events/s budget (shared with REST and its other sockets); refused: not applied."""
+        refusal = None if self.limiter is None else self.limiter.take(self.key_id, len(events))
+        if refusal is None:
+            return True
+        metrics.CLIENT_ERRORS.labels(p.RATE_LIMITED).inc()
+        message = f"not applied: {refusal.message}"
+        unreferenced = [e for e in events if e.ref is None]
+        for event in events:
+            if event.ref is not None:
+                await self._send(rate_limited_message(message, refusal.retry_after_s, event.ref, event.call_id))
+        if unreferenced:
+            note = f"{len(unreferenced)} event(s) without ref {message}"
+            await self._send(rate_limited_message(note, refusal.retry_after_s))
+        return False
 
     async def _publish(self, events: list[NewEvent]) -> None:
         try:
@@ -120,6 +144,12 @@ class IngestConnection:
             for event in events:
                 await self._send(p.error_message(p.INTERNAL, str(exc), event.call_id, event.ref))
             return
+        except Exception as exc:  # e.g. the store is unreachable while loading a call: say so, stay open
+            log.warning("publish failed: %s", exc.__class__.__name__, exc_info=True)
+            message = f"not applied: the node cannot reach its store ({exc.__class__.__name__}); retry"
+            for event in events:
+                await self._send(p.error_message(p.INTERNAL, message, event.call_id, event.ref))
+            return
         for new, accepted in zip(events, sequenced, strict=True):
             if new.ref is not None:
                 self._acks.put_nowait((new.ref, accepted.seq, durable))
@@ -132,7 +162,11 @@ class IngestConnection:
                     return
                 ref, seq, durable = item
                 try:
-                    await durable
+                    await asyncio.wait_for(asyncio.shield(durable), self._store_timeout_s)
+                except TimeoutError:  # a hung database must not hang the producer: say so
+                    message = f"not confirmed: the store did not commit within {self._store_timeout_s:g} s"
+                    await self._send(p.error_message(p.INTERNAL, message, None, ref))
+                    continue
                 except Exception as exc:  # not stored: the producer must know, and may retry
                     await self._send(p.error_message(p.INTERNAL, f"not stored: {exc}", None, ref))
                     continue

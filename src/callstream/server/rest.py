@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from callstream import protocol as p
 from callstream.auth import AuthError, Principal
 from callstream.broker import BrokerUnavailableError, CallEndedError
-from callstream.events import FINAL, PARTIAL, is_valid_call_id
-from callstream.server.deps import ApiError, json_response, not_found, require, runtime_of
+from callstream.events import FINAL, MAX_INT64, PARTIAL, is_valid_call_id
+from callstream.server.deps import (
+    ApiError,
+    json_response,
+    limits_of,
+    not_found,
+    rate_limited,
+    require,
+    runtime_of,
+)
 from callstream.store import StoreUnavailableError
 
 router = APIRouter()
@@ -20,9 +30,12 @@ Reader = Annotated[Principal, Depends(require("subscribe", "admin"))]
 Producer = Annotated[Principal, Depends(require("publish"))]
 
 
+CallId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$", description="a call id")]
+
+
 class TokenRequest(BaseModel):
     ttl_s: int | None = Field(None, ge=1, le=86_400, description="lifetime; default 900")
-    calls: list[str] | None = Field(None, description="call ids the token may see; absent: all")
+    calls: list[CallId] | None = Field(None, description="call ids the token may see; absent: all")
 
 
 class TokenResponse(BaseModel):
@@ -92,13 +105,22 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
         events = p.parse_event_batch(p.decode_json(body), call_id)
     except p.ProtocolError as exc:
         raise ApiError(422, exc.code, exc.message, index=getattr(exc, "index", 0)) from None
+    refusal = limits_of(request).ingest.take(principal.key_id, len(events))
+    if refusal is not None:  # the key's events/s, shared with its ingest sockets; nothing applied
+        raise rate_limited(refusal)
+    timeout = runtime.settings.store_timeout_s
     try:
         sequenced, durable = await runtime.publish(principal.account, events)
-        await durable
+        await asyncio.wait_for(asyncio.shield(durable), timeout)
     except CallEndedError as exc:
         raise ApiError(422, "call_ended", str(exc), index=exc.index) from None
     except (BrokerUnavailableError, StoreUnavailableError) as exc:
         raise ApiError(503, "unavailable", str(exc)) from None
+    except TimeoutError:
+        message = f"the store did not confirm within {timeout:g} s: the events may or may not be stored"
+        raise ApiError(503, "unavailable", message) from None
+    except SQLAlchemyError as exc:  # the store cannot be reached (say, while loading the call)
+        raise ApiError(503, "unavailable", f"the store is unavailable: {exc.__class__.__name__}") from None
     return json_response({"accepted": len(sequenced), "seq": [e.seq for e in sequenced]}, 202)
 
 
@@ -145,7 +167,7 @@ async def list_calls(
     store = runtime_of(request).store
     try:
         rows, next_cursor = await store.list_calls(
-            principal.account, status=status, limit=limit, cursor=cursor, call_ids=principal.calls
+            principal.account, status=status, limit=limit, cursor=cursor or None, call_ids=principal.calls
         )
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
@@ -177,7 +199,7 @@ async def get_transcript(call_id: str, request: Request, principal: Reader) -> R
 
 @router.get("/v1/calls/{call_id}/events", tags=["calls"])
 async def get_events(
-    call_id: str, request: Request, principal: Reader, since: Annotated[int, Query(ge=0)] = 0
+    call_id: str, request: Request, principal: Reader, since: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0
 ) -> Response:
     """Stored events (every type but partials) with seq > since, in seq order."""
     store = runtime_of(request).store

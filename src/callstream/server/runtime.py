@@ -60,6 +60,7 @@ class Runtime:
         )
         self.auth = Authenticator(self.store, self.signer)
         await self.broker.start(self._deliver, self.store.call_state)
+        self.broker.on_reconnect = self._resync_subscribers
         self._tasks.append(asyncio.create_task(self._watch_revocations(), name="revocations"))
         for start_hook in self.start_hooks:
             self._tasks.append(asyncio.create_task(start_hook(self), name="start-hook"))
@@ -119,6 +120,15 @@ class Runtime:
 
     def _deliver(self, event: Event) -> None:
         self.hub.deliver(event)
+
+    async def _resync_subscribers(self) -> None:
+        """The broker's pub/sub link was down for a while: frames published meanwhile never
+        reached this node. Its subscribers reconnect and resume with `since` (1013: try again)."""
+        doomed = [c for c in self.connections if getattr(c, "subs", None)]
+        await asyncio.gather(
+            *(c.terminate(1013, None, "broker reconnected; resume with since") for c in doomed),
+            return_exceptions=True,
+        )
 
     # ---- revocation ----------------------------------------------------------------------
 

@@ -3,8 +3,8 @@
 Every node runs this when it starts. On PostgreSQL the upgrade runs in one transaction that
 first takes a transaction-level advisory lock, so nodes starting together migrate one after
 the other (the later ones find nothing left to do), and a failed migration leaves nothing
-half-applied: PostgreSQL's DDL is transactional. SQLite is one file on one machine; its
-database lock does the same job.
+half-applied: PostgreSQL's DDL is transactional. On SQLite, `BEGIN IMMEDIATE` (the file's
+write lock) does the same job.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ def head_revision() -> str | None:
 def _upgrade(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    elif connection.dialect.name == "sqlite":
+        # The driver begins transactions lazily (DDL runs outside one); take the write lock
+        # now so nodes sharing the file migrate one after the other.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
     command.upgrade(_config(connection), "head")
 
 

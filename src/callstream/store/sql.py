@@ -360,7 +360,9 @@ class SqlStore:
 
     # ---- the batching writer -------------------------------------------------------------
 
-    def append(self, events: list[Event], then: Callable[[list[Event]], None] | None = None) -> asyncio.Future[None]:
+    def append(
+        self, events: list[Event], then: Callable[[list[Event]], None] | None = None
+    ) -> asyncio.Future[None]:
         """Queue events for the next commit; the future resolves once they are durable.
 
         `then(events)` runs right after that commit (or its failure), in append order: the

@@ -1,0 +1,1 @@
+"""callstream's benchmark suite: `python -m bench.run [scenario…] [--quick]` (see bench/README.md)."""

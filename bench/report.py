@@ -1,0 +1,400 @@
+"""Markdown tables, PNG plots and bench/results/README.md from a run's results (last-run.json).
+
+Rows of repeated runs are reduced to medians per (target, step). `python -m bench.report` rewrites
+the tables and plots from bench/results/last-run.json without running anything.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+P99_BOUND_MS = 25.0
+
+
+def med(values: list[Any]) -> Any:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return statistics.median(vals)
+
+
+def fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in rows:
+        out.append("| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |")
+    return "\n".join(out)
+
+
+# ---- fan-out ------------------------------------------------------------------------------------
+
+
+def fanout_medians(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        grouped[(r["target"], r["offered_s"])].append(r)
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (target, offered), rs in sorted(grouped.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        out[target].append({
+            "offered_s": offered,
+            "runs": len(rs),
+            "delivered_s": med([r["delivered_s"] for r in rs]),
+            "p50_ms": med([r["p50_ms"] for r in rs]),
+            "p99_ms": med([r["p99_ms"] for r in rs]),
+            "p999_ms": med([r["p999_ms"] for r in rs]),
+            "loss": med([r["loss"] for r in rs]),
+            "partials_dropped": med([r.get("partials_dropped", 0) for r in rs]),
+            "cpu_pct": med([r["cpu_pct"] for r in rs]),
+            "load_cpu_pct": med([r["load_cpu_pct"] for r in rs]),
+            "rss_mib": med([r["rss_mib"] for r in rs]),
+            "closes": sum(sum(r["closes"].values()) for r in rs),
+        })
+    return out
+
+
+def best_rate(steps: list[dict[str, Any]]) -> float:
+    """Highest delivered rate with p99 ≤ 25 ms and no loss (medians over runs)."""
+    ok = [s["delivered_s"] for s in steps
+          if s["p99_ms"] is not None and s["p99_ms"] <= P99_BOUND_MS and (s["loss"] or 0) == 0 and not s["closes"]]
+    return max(ok) if ok else 0.0
+
+
+def best_rates_per_run(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    per: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        per[(r["target"], r.get("run", 0))].append({**r, "closes": sum(r["closes"].values())})
+    out: dict[str, list[float]] = defaultdict(list)
+    for (target, _), steps in sorted(per.items()):
+        out[target].append(best_rate(steps))
+    return out
+
+
+def fanout_section(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
+    meds = fanout_medians(rows)
+    per_run = best_rates_per_run(rows)
+    parts = ["## Fan-out: 1,000 subscribers, 100 live calls, 10 subscribers a call\n",
+             "Offered = deliveries/s asked of the producer (events/s × 10). Delivered = deliveries received "
+             "per second inside the window. Latency: producer `sent_ns` → subscriber receive. Loss: non-partial "
+             "events sent in the window and never delivered. Medians over runs.\n"]
+    best: dict[str, float] = {}
+    for target, steps in meds.items():
+        parts.append(f"### {target}\n")
+        parts.append(table(
+            ["offered/s", "delivered/s", "p50 ms", "p99 ms", "p99.9 ms", "loss", "partials dropped", "server CPU %",
+             "load CPU %", "RSS MiB", "closes", "runs"],
+            [[s["offered_s"], s["delivered_s"], s["p50_ms"], s["p99_ms"], s["p999_ms"], f"{s['loss']:.4f}",
+              s["partials_dropped"], s["cpu_pct"], s["load_cpu_pct"], s["rss_mib"], s["closes"], s["runs"]]
+             for s in steps]))
+        parts.append("")
+        best[target] = med(per_run.get(target, [0.0])) or 0.0
+    parts.append("### Highest rate with p99 ≤ 25 ms and no loss (median of runs' best)\n")
+    ref = best.get("bare-websockets") or 0
+    sio = best.get("python-socketio") or 0
+    rows_out = []
+    for target, rate in best.items():
+        runs = per_run.get(target, [])
+        rows_out.append([target, rate, ", ".join(f"{r:,.0f}" for r in runs),
+                         f"{rate / ref:.2f}×" if ref else "–", f"{rate / sio:.2f}×" if sio else "–"])
+    parts.append(table(["target", "deliveries/s", "per run", "vs bare-websockets", "vs python-socketio"], rows_out))
+    parts.append("")
+    return "\n".join(parts), best
+
+
+def plot_fanout(rows: list[dict[str, Any]], out: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    meds = fanout_medians(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, key, title in ((axes[0], "p50_ms", "p50"), (axes[1], "p99_ms", "p99")):
+        for target, steps in meds.items():
+            xs = [s["delivered_s"] / 1000 for s in steps if s[key] is not None]
+            ys = [max(s[key], 0.05) for s in steps if s[key] is not None]
+            ax.plot(xs, ys, marker="o", label=target)
+        ax.axhline(P99_BOUND_MS, color="grey", linestyle="--", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("deliveries/s (thousands)")
+        ax.set_title(f"fan-out {title} latency vs throughput")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("latency, ms (log)")
+    axes[1].legend()
+    fig.tight_layout()
+    path = out / "fanout-latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def plot_connections(rows: list[dict[str, Any]], out: Path) -> str | None:
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        by[r["target"]].append(r["kib_per_idle_conn"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = list(by)
+    ax.bar(names, [med(by[n]) for n in names], color=["C0", "C1", "C2", "C3"][: len(names)])
+    ax.axhline(20, color="grey", linestyle="--", linewidth=1, label="target 20 KiB")
+    ax.set_ylabel("RSS per idle connection, KiB")
+    ax.set_title(f"idle connections ({rows[0]['requested']:,} sockets)")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "connections-rss.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+# ---- the other scenarios ---------------------------------------------------------------------------
+
+
+def connections_section(rows: list[dict[str, Any]]) -> str:
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by[r["target"]].append(r)
+    body = []
+    for target, rs in by.items():
+        body.append([target, med([r["connected"] for r in rs]), med([r["connect_s"] for r in rs]),
+                     med([r["conn_per_s"] for r in rs]), med([r["rss_base_mib"] for r in rs]),
+                     med([r["rss_idle_mib"] for r in rs]), med([r["kib_per_idle_conn"] for r in rs]),
+                     med([r["idle_cpu_pct"] for r in rs]), med([r["active_delivered_s"] for r in rs]),
+                     med([r["active_p50_ms"] for r in rs]), med([r["active_p99_ms"] for r in rs]),
+                     med([r["active_p999_ms"] for r in rs]),
+                     f"{med([r['active_loss'] for r in rs]) or 0:.4f}", med([r["active_cpu_pct"] for r in rs]),
+                     med([r["kib_per_active_conn"] for r in rs]), len(rs)])
+    n = rows[0]["requested"] if rows else 0
+    return (f"## Connections: {n:,} sockets on one node, each subscribed to one call (10 a call)\n\n"
+            "Idle: RSS growth over the warmed-up server divided by the sockets. Active: one event per call per "
+            "second (= one delivery per socket per second).\n\n"
+            + table(["target", "connected", "connect s", "conn/s", "RSS base MiB", "RSS idle MiB", "KiB/idle conn",
+                     "idle CPU %", "active deliveries/s", "p50 ms", "p99 ms", "p99.9 ms", "loss", "active CPU %",
+                     "KiB/active conn", "runs"], body) + "\n")
+
+
+def campaign_section(rows: list[dict[str, Any]]) -> str:
+    by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by[(r["target"], r["variant"])].append(r)
+    body = [[t, v, med([r["subscribe_s"] for r in rs]), med([r["delivered_s"] for r in rs]),
+             med([r["p50_ms"] for r in rs]), med([r["p99_ms"] for r in rs]), med([r["p999_ms"] for r in rs]),
+             f"{med([r['loss'] for r in rs]):.4f}", med([r["cpu_pct"] for r in rs]), len(rs)]
+            for (t, v), rs in by.items()]
+    return ("## Campaign: one socket subscribed to 10,000 calls, 2,000 events/s spread over them\n\n"
+            "callstream runs with `CALLSTREAM_CLIENT_RATE=100000` here: at the default 50 messages/s the "
+            "10,000 subscribes alone take 200 s.\n\n"
+            + table(["target", "subscriptions", "subscribe s", "deliveries/s", "p50 ms", "p99 ms", "p99.9 ms", "loss",
+                     "server CPU %", "runs"], body) + "\n")
+
+
+def storm_section(rows: list[dict[str, Any]]) -> str:
+    body = [[r["target"], r["clients"], r["calls"], r["events_s"], r["reconnected"], r["failed"], r["p50_caught_up_s"],
+             r["p99_caught_up_s"], r["all_caught_up_s"], r["gaps"], r["dups"], r["missing_tail"],
+             json.dumps(r["close_codes"])] for r in rows]
+    return ("## Reconnect storm: every client drops at once and resumes with `since`\n\n"
+            "Each client is subscribed to one call (10 a call) while a producer publishes durable events "
+            "(no partials). All sockets are aborted at once and reopened at once; a client is caught up when its "
+            "`subscribed` (sent after the replay) arrives. Gaps/dups: per-client seq continuity across the drop; "
+            "missing: events the producer sent that a client never got.\n\n"
+            + table(["target", "clients", "calls", "events/s", "reconnected", "failed", "p50 caught up s",
+                     "p99 s", "all caught up s", "gaps", "dups", "missing", "closes"], body) + "\n")
+
+
+def ingest_section(rows: list[dict[str, Any]]) -> str:
+    by: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by[(r["target"], r["batch"])].append(r)
+    body = [[t, b, rs[0]["window_frames"], med([r["acked_s"] for r in rs]), med([r["cpu_pct"] for r in rs]),
+             med([r["rss_mib"] for r in rs]), sum(r["errors"] for r in rs), len(rs)] for (t, b), rs in by.items()]
+    return ("## Ingest: events/s through /v1/ingest, acknowledged (= sequenced and durably stored)\n\n"
+            "4 producer sockets (2 processes × 2), each keeping `window` frames of `batch` events in flight; "
+            "the call mix is 40 % partials (not stored), 60 % stored. `callstream+bench-no-store` is the same "
+            "server with bench/patches/bench-no-store.diff (the commit writes nothing).\n\n"
+            + table(["target", "events/frame", "frames in flight", "events/s acked", "server CPU %", "RSS MiB",
+                     "errors", "runs"], body) + "\n")
+
+
+def twonode_section(rows: list[dict[str, Any]]) -> str:
+    pending = [r for r in rows if r.get("status", "ok") != "ok"]
+    if pending:
+        return "## Two nodes on Redis + PostgreSQL\n\n" + "\n".join(f"- {r['status']}" for r in pending) + "\n"
+    body = [[r["offered_s"], r["delivered_s"], r["p50_ms"], r["p99_ms"], r["p999_ms"], f"{r['loss']:.4f}",
+             r["cpu_pct"], sum(r["closes"].values())] for r in rows]
+    return ("## Two nodes on Redis + PostgreSQL\n\n500 subscribers on each node, the producer on node 0.\n\n"
+            + table(["offered/s", "delivered/s", "p50 ms", "p99 ms", "p99.9 ms", "loss", "node-0 CPU %", "closes"],
+                    body) + "\n")
+
+
+def profile_section(prof: dict[str, Any] | None) -> str:
+    if not prof:
+        return ""
+    lines = [f"## Profile: callstream under fan-out at {prof['rate']:,} deliveries/s (py-spy, {prof['seconds']} s)\n",
+             "`profile-fanout.svg` is the flame graph; `profile-fanout.txt` the collapsed stacks.\n",
+             "Inclusive (share of samples with the function on the stack):\n"]
+    lines.append(table(["%", "function"], [[f"{p:.1f}", f"`{f}`"] for f, p in prof["inclusive"]]))
+    lines.append("\nSelf (share of samples where the function is the leaf):\n")
+    lines.append(table(["%", "function"], [[f"{p:.1f}", f"`{f}`"] for f, p in prof["self"]]))
+    return "\n".join(lines) + "\n"
+
+
+def top_frames(raw: str, n: int = 25) -> dict[str, Any]:
+    """Inclusive and self shares per function from py-spy's collapsed stacks (`a;b;c count`)."""
+    inclusive: dict[str, int] = defaultdict(int)
+    self_: dict[str, int] = defaultdict(int)
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        total += c
+        frames = [_name(f) for f in stack.split(";")]
+        for f in set(frames):
+            inclusive[f] += c
+        self_[frames[-1]] += c
+    if not total:
+        return {"inclusive": [], "self": [], "samples": 0}
+
+    def top(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(f, c * 100 / total) for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:n]]
+
+    return {"inclusive": top(inclusive), "self": top(self_), "samples": total}
+
+
+def _name(frame: str) -> str:
+    # py-spy: "function (path/to/module.py:123)" → "function (module.py)"
+    func, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = path.split("/")
+    short = "/".join(parts[-2:]) if len(parts) > 1 else path
+    return f"{func} ({short})" if where else func
+
+
+# ---- the whole report ------------------------------------------------------------------------------
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    sc = results.get("scenarios", {})
+    meta = results.get("meta", {})
+    sections: list[str] = []
+    plots: list[str] = []
+    best: dict[str, float] = {}
+    if sc.get("fanout"):
+        text, best = fanout_section(sc["fanout"])
+        sections.append(text)
+        p = plot_fanout(sc["fanout"], out)
+        if p:
+            plots.append(p)
+    if sc.get("connections"):
+        sections.append(connections_section(sc["connections"]))
+        p = plot_connections(sc["connections"], out)
+        if p:
+            plots.append(p)
+    if sc.get("campaign"):
+        sections.append(campaign_section(sc["campaign"]))
+    if sc.get("storm"):
+        sections.append(storm_section(sc["storm"]))
+    if sc.get("ingest"):
+        sections.append(ingest_section(sc["ingest"]))
+    if sc.get("twonode"):
+        sections.append(twonode_section(sc["twonode"]))
+    sections.append(profile_section(results.get("profile")))
+    for key, fn in (("connections", connections_section), ("campaign", campaign_section), ("storm", storm_section),
+                    ("ingest", ingest_section), ("twonode", twonode_section)):
+        if sc.get(key):
+            (out / f"{key}.md").write_text(fn(sc[key]))
+    if sc.get("fanout"):
+        (out / "fanout.md").write_text(fanout_section(sc["fanout"])[0])
+    targets = targets_section(results, best)
+    head = [
+        "# Benchmark results (last run)\n",
+        f"- command: `{meta.get('argv', 'python -m bench.run')}` — {meta.get('date')}, "
+        f"{meta.get('elapsed_s', '?')} s; {'quick (1 run, short steps)' if meta.get('quick') else 'full'}",
+        f"- machine: {meta.get('cpus')} cores shared with other work (load average at start "
+        f"{' '.join(meta.get('loadavg_at_start', []))}); servers pinned to CPU {meta.get('server_cpus')!r}, "
+        f"load generator to CPU {meta.get('load_cpus')!r}",
+        f"- versions: Python {meta.get('python')}, "
+        + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) + f", {meta.get('nginx')}",
+        "",
+    ]
+    head += [f"![{p}]({p})" for p in plots]
+    (out / "README.md").write_text("\n".join(head) + "\n\n" + targets + "\n" + "\n".join(sections))
+
+
+def targets_section(results: dict[str, Any], best: dict[str, float]) -> str:
+    sc = results.get("scenarios", {})
+    lines = ["## Targets (issue 6)\n", "| target | measured | met? |", "|---|---|---|"]
+    cs = best.get("callstream")
+    ref = best.get("bare-websockets")
+    sio = best.get("python-socketio")
+    if cs is not None and ref:
+        lines.append(f"| fan-out ≥ 1.2× bare-websockets at p99 ≤ 25 ms | {cs:,.0f} vs {ref:,.0f}/s = "
+                     f"{cs / ref:.2f}× | {'met' if cs >= 1.2 * ref else 'not met'} |")
+    if cs is not None and sio:
+        lines.append(f"| fan-out ≥ 3× python-socketio | {cs:,.0f} vs {sio:,.0f}/s = {cs / sio:.2f}× | "
+                     f"{'met' if cs >= 3 * sio else 'not met'} |")
+    for r in [r for r in sc.get("connections", []) if r["target"] == "callstream"][:1]:
+        ok = r["connected"] >= 15000 and r["kib_per_idle_conn"] <= 20
+        lines.append(f"| 15,000 connections ≤ 20 KiB RSS each | {r['connected']:,} sockets, "
+                     f"{r['kib_per_idle_conn']:.1f} KiB each | {'met' if ok else 'not met'}"
+                     f"{'' if r['connected'] >= 15000 else ' (fewer sockets in this run)'} |")
+    camp = [r for r in sc.get("campaign", []) if r["target"] == "callstream" and r["variant"].startswith("10")]
+    if camp:
+        p99 = med([r["p99_ms"] for r in camp])
+        loss = med([r["loss"] for r in camp])
+        ok = p99 is not None and p99 <= 50 and not loss
+        lines.append(f"| campaign p99 ≤ 50 ms at 2,000 events/s | p99 {fmt(p99)} ms, loss {loss:.4f} | "
+                     f"{'met' if ok else 'not met'} |")
+    storm = [r for r in sc.get("storm", []) if r["target"] == "callstream"]
+    if storm:
+        r = storm[0]
+        ok = (r["clients"] >= 10000 and r["all_caught_up_s"] is not None and r["all_caught_up_s"] <= 10
+              and not (r["gaps"] or r["dups"] or r["missing_tail"] or r["failed"]))
+        lines.append(f"| reconnect storm: 10,000 back and caught up ≤ 10 s, nothing missing | {r['clients']:,} "
+                     f"clients in {fmt(r['all_caught_up_s'])} s, gaps {r['gaps']}, missing {r['missing_tail']}, "
+                     f"failed {r['failed']} | {'met' if ok else 'not met'} |")
+    ing = sc.get("ingest", [])
+    stored = med([r["acked_s"] for r in ing if r["target"] == "callstream" and r["batch"] == 100])
+    bare = med([r["acked_s"] for r in ing if r["target"].endswith("no-store") and r["batch"] == 100])
+    if stored is not None:
+        lines.append(f"| ingest ≥ 30,000 events/s stored | {stored:,.0f} events/s (100 a frame) | "
+                     f"{'met' if stored >= 30000 else 'not met'} |")
+    if stored is not None and bare:
+        lines.append(f"| ingest stored ≥ 0.8× store disabled | {stored:,.0f} / {bare:,.0f} = {stored / bare:.2f}× | "
+                     f"{'met' if stored >= 0.8 * bare else 'not met'} |")
+    two = [r for r in sc.get("twonode", []) if r.get("status") == "ok"]
+    if two:
+        lines.append("| two nodes p99 ≤ 2× single node at the same load | see the two-node table | compare rows |")
+    elif sc.get("twonode"):
+        lines.append("| two nodes on Redis + PostgreSQL | pending | – |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results"
+    write(json.loads((folder / "last-run.json").read_text()), folder)

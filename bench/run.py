@@ -1,0 +1,595 @@
+"""Run the benchmark suite: `python -m bench.run [scenario…] [--quick] [--runs N] [--targets …]`.
+
+Scenarios: fanout, connections, campaign, storm, ingest, twonode (default: all). Every scenario
+starts its servers fresh (pinned to `--server-cpus`, default core 0), drives them from load
+processes pinned to `--load-cpus` (default core 1), and appends rows to `bench/results/`. See
+bench/README.md for what each scenario measures and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.loadgen import worker_main
+from bench.targets import ROOT, Target, make, nchan_available
+
+RESULTS = ROOT / "bench/results"
+ALL = ["fanout", "connections", "campaign", "storm", "ingest", "twonode"]
+time_ns = time.time_ns
+
+
+def log(*parts: Any) -> None:
+    print(time.strftime("%H:%M:%S"), *parts, flush=True)
+
+
+# ---- load processes ------------------------------------------------------------------------------
+
+
+class Load:
+    """A set of load-generator processes, each driven by (command, kwargs) over a pipe."""
+
+    def __init__(self, n: int, cpus: list[int] | None) -> None:
+        ctx = mp.get_context("spawn")
+        self.pipes = []
+        self.procs = []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(child, cpus), daemon=True)
+            proc.start()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+
+    def __len__(self) -> int:
+        return len(self.pipes)
+
+    def send(self, i: int, cmd: str, **kwargs: Any) -> None:
+        self.pipes[i].send((cmd, kwargs))
+
+    def recv(self, i: int, timeout: float = 600) -> Any:
+        if not self.pipes[i].poll(timeout):
+            raise TimeoutError(f"load process {i} did not answer")
+        status, value = self.pipes[i].recv()
+        if status != "ok":
+            raise RuntimeError(f"load process {i}: {value}")
+        return value
+
+    def call(self, i: int, cmd: str, **kwargs: Any) -> Any:
+        self.send(i, cmd, **kwargs)
+        return self.recv(i)
+
+    def each(self, idx: list[int], cmd: str, kw: Callable[[int], dict[str, Any]] | None = None,
+             **kwargs: Any) -> list[Any]:
+        for n, i in enumerate(idx):
+            self.send(i, cmd, **(kw(n) if kw else kwargs))
+        return [self.recv(i) for i in idx]
+
+    def close(self) -> None:
+        for i, pipe in enumerate(self.pipes):
+            try:
+                pipe.send(("exit", {}))
+                self.recv(i, 5)
+            except Exception:  # noqa: S110 - a dead worker is terminated below
+                pass
+        for proc in self.procs:
+            proc.join(3)
+            if proc.is_alive():
+                proc.terminate()
+
+
+def merge(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    lat = array.array("q")
+    for s in stats:
+        chunk = array.array("q")
+        chunk.frombytes(s["lat"])
+        lat.extend(chunk)
+    codes: dict[str, int] = {}
+    for s in stats:
+        for k, v in s["close_codes"].items():
+            codes[k] = codes.get(k, 0) + v
+    return {
+        "lat": sorted(lat),
+        "n": sum(s["n"] for s in stats),
+        "n_partial": sum(s["n_partial"] for s in stats),
+        "rx": sum(s["rx"] for s in stats),
+        "total": sum(s["total"] for s in stats),
+        "errors": sum(s["errors"] for s in stats),
+        "error_samples": [e for s in stats for e in s["error_samples"]][:5],
+        "close_codes": codes,
+        "cpu_s": sum(s["cpu_s"] for s in stats),
+    }
+
+
+def pct(sorted_lat: list[int], q: float) -> float | None:
+    if not sorted_lat:
+        return None
+    k = min(len(sorted_lat) - 1, int(q * len(sorted_lat)))
+    return sorted_lat[k] / 1000.0  # µs → ms
+
+
+def split(items: list[Any], n: int) -> list[list[Any]]:
+    return [items[i::n] for i in range(n)]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick = args.quick
+        self.server_cpus = args.server_cpus
+        self.load_cpus = [int(c) for c in args.load_cpus.split(",")] if args.load_cpus else None
+        self.results: dict[str, Any] = {"meta": self.meta(), "scenarios": {}}
+        self.run_tag = time.strftime("%H%M%S")
+
+    def meta(self) -> dict[str, Any]:
+        def version(mod: str) -> str:
+            try:
+                from importlib.metadata import version as v
+
+                return v(mod)
+            except Exception:
+                return "?"
+
+        nginx = "absent"
+        if nchan_available():
+            out = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
+            nginx = out.stderr.strip()
+        with open("/proc/loadavg") as fh:
+            loadavg = fh.read().split()[:3]
+        return {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "argv": " ".join(["python -m bench.run", *sys.argv[1:]]),
+            "quick": self.args.quick,
+            "cpus": os.cpu_count(),
+            "server_cpus": self.args.server_cpus,
+            "load_cpus": self.args.load_cpus,
+            "loadavg_at_start": loadavg,
+            "versions": {m: version(m) for m in ("picows", "websockets", "uvicorn", "starlette", "fastapi",
+                                                 "python-socketio", "python-engineio", "matplotlib", "py-spy",
+                                                 "orjson", "uvloop")},
+            "nginx": nginx,
+            "python": sys.version.split()[0],
+        }
+
+    def start(self, target: Target, extra_env: dict[str, str] | None = None) -> Target:
+        log(f"start {target.name}")
+        return target.start(self.server_cpus, extra_env)
+
+    def add(self, scenario: str, row: dict[str, Any]) -> None:
+        self.results["scenarios"].setdefault(scenario, []).append(row)
+        self.save()
+
+    def save(self) -> None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "last-run.json").write_text(json.dumps(self.results, indent=1))
+
+    # ---- fan-out ------------------------------------------------------------------------------
+
+    def fanout_targets(self) -> list[str]:
+        if self.args.targets:
+            return self.args.targets.split(",")
+        names = ["callstream", "bare", "socketio"]
+        if nchan_available():
+            names.append("nchan")
+        return names
+
+    def ladder(self) -> list[int]:
+        steps = [10_000, 20_000, 40_000, 60_000, 80_000, 100_000, 125_000, 150_000, 200_000, 250_000]
+        if self.args.max_rate:
+            steps = [s for s in steps if s <= self.args.max_rate]
+        return steps
+
+    def fanout(self, run: int) -> None:
+        subs_n, calls_n, per_call = 1000, 100, 10
+        warm, window = (1.0, 3.0) if self.quick else (1.5, 5.0)
+        for name in self.fanout_targets():
+            target = make(name)
+            self.start(target)
+            load = Load(self.args.sub_procs + 1, self.load_cpus)
+            producer = len(load) - 1
+            sub_idx = list(range(self.args.sub_procs))
+            try:
+                calls = [f"fo{self.run_tag}r{run}c{c:03d}" for c in range(calls_n)]
+                groups = [[calls[k % calls_n]] for k in range(subs_n)]
+                opened = load.each(sub_idx, "open_subscribers",
+                                   kw=lambda n: {"dialect": target.dialect, "base": target.base, "token": target.token,
+                                                 "groups": split(groups, len(sub_idx))[n]})
+                connected = sum(o["connected"] for o in opened)
+                log(f"{target.name}: {connected} subscribers in {max(o['elapsed'] for o in opened):.1f}s")
+                load.call(producer, "start_producer", dialect=target.dialect, base=target.base, token=target.token,
+                          calls=calls, conns=10, mix="call", rate=0.0)
+                if self.args.profile and name == "callstream" and run == 0:
+                    self.profile(target, load, producer, sub_idx, per_call)
+                for offered in self.ladder():
+                    row = self.fanout_step(target, load, producer, sub_idx, offered, per_call, warm, window)
+                    row.update(run=run, subscribers=connected)
+                    self.add("fanout", row)
+                    log(f"{target.name} {offered:>7,}/s → {row['delivered_s']:>9,.0f}/s p50 {row['p50_ms']} "
+                        f"p99 {row['p99_ms']} p99.9 {row['p999_ms']} loss {row['loss']:.4f} "
+                        f"cpu {row['cpu_pct']:.0f}% load-cpu {row['load_cpu_pct']:.0f}%")
+                    if row["saturated"]:
+                        break
+            finally:
+                load.close()
+                target.stop()
+
+    def fanout_step(self, target: Target, load: Load, producer: int, sub_idx: list[int], offered: int,
+                    per_call: int, warm: float, window: float) -> dict[str, Any]:
+        load.call(producer, "set_rate", rate=offered / per_call)
+        time.sleep(warm)
+        t0 = time_ns() + 100_000_000
+        t1 = t0 + int(window * 1e9)
+        load.each(sub_idx, "window", t0=t0, t1=t1)
+        time.sleep(max(0.0, (t0 - time_ns()) / 1e9))
+        cpu0, lcpu0 = target.cpu_s(), sum(s["cpu_s"] for s in load.each(sub_idx, "stats"))
+        time.sleep(max(0.0, (t1 - time_ns()) / 1e9))
+        cpu1, lcpu1 = target.cpu_s(), sum(s["cpu_s"] for s in load.each(sub_idx, "stats"))
+        rss = target.rss_kib()
+        load.call(producer, "set_rate", rate=0.0)
+        merged = self.drain(load, sub_idx)
+        sent = load.call(producer, "producer_counts", t0=t0, t1=t1)
+        expected = sent["sent_nonpartial"] * per_call
+        loss = 1.0 - merged["n"] / expected if expected else 0.0
+        lat = merged["lat"]
+        p99 = pct(lat, 0.99)
+        delivered = merged["rx"] / window
+        saturated = (p99 is None or p99 > 500 or loss > 0.01 or delivered < 0.85 * offered
+                     or bool(merged["close_codes"]))
+        return {
+            "target": target.name,
+            "offered_s": offered,
+            "delivered_s": round(delivered),
+            "p50_ms": pct(lat, 0.50),
+            "p99_ms": p99,
+            "p999_ms": pct(lat, 0.999),
+            "loss": max(0.0, loss),
+            "partials_dropped": max(0, (sent["sent"] - sent["sent_nonpartial"]) * per_call - merged["n_partial"]),
+            "cpu_pct": (cpu1 - cpu0) / window * 100,
+            "load_cpu_pct": (lcpu1 - lcpu0) / window * 100,
+            "rss_mib": rss / 1024,
+            "closes": merged["close_codes"],
+            "errors": merged["errors"],
+            "error_samples": merged["error_samples"],
+            "saturated": saturated,
+        }
+
+    def drain(self, load: Load, sub_idx: list[int], limit: float = 4.0) -> dict[str, Any]:
+        """Wait until deliveries stop arriving (or `limit` s), then merge the workers' statistics."""
+        deadline = time.monotonic() + limit
+        last = -1
+        while True:
+            time.sleep(0.3)
+            merged = merge(load.each(sub_idx, "stats"))
+            if merged["total"] == last or time.monotonic() > deadline:
+                return merged
+            last = merged["total"]
+
+    def profile(self, target: Target, load: Load, producer: int, sub_idx: list[int], per_call: int) -> None:
+        rate = self.args.profile_rate
+        seconds = 8 if self.quick else 15
+        log(f"profiling {target.name} at {rate:,} deliveries/s for {seconds}s (py-spy)")
+        load.call(producer, "set_rate", rate=rate / per_call)
+        time.sleep(1.0)
+        spy = str(Path(sys.executable).parent / "py-spy")
+        svg = RESULTS / "profile-fanout.svg"
+        raw = RESULTS / "profile-fanout.txt"
+        common = ["--pid", str(target.pid), "--duration", str(seconds), "--rate", "200", "--nonblocking"]
+        procs = [subprocess.Popen([spy, "record", *common, "-o", str(svg)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL),
+                 subprocess.Popen([spy, "record", *common, "--format", "raw", "-o", str(raw)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        for proc in procs:
+            proc.wait(seconds + 60)
+        load.call(producer, "set_rate", rate=0.0)
+        self.drain(load, sub_idx)
+        if raw.exists():
+            top = report.top_frames(raw.read_text())
+            self.results["profile"] = {"rate": rate, "seconds": seconds, **top}
+            self.save()
+
+    # ---- connections ----------------------------------------------------------------------------
+
+    def connections(self, run: int) -> None:
+        n = self.args.connections or (5000 if self.quick else 15000)
+        names = self.args.targets.split(",") if self.args.targets else (
+            ["callstream", "bare"] + (["nchan"] if nchan_available() and not self.quick else []))
+        for name in names:
+            target = self.start(make(name))
+            procs = max(2, min(4, n // 5000 + 1))
+            load = Load(procs + 1, self.load_cpus)
+            sub_idx = list(range(procs))
+            producer = procs
+            try:
+                calls = [f"cn{self.run_tag}r{run}c{c:05d}" for c in range(max(1, n // 10))]
+                # Warm the server (imports, first allocations) before taking the baseline.
+                load.call(0, "open_subscribers", dialect=target.dialect, base=target.base, token=target.token,
+                          groups=[[calls[0]]] * 20)
+                load.call(0, "close_subscribers")
+                time.sleep(1.5)
+                rss0 = target.rss_kib()
+                groups = [[calls[k % len(calls)]] for k in range(n)]
+                t = time.monotonic()
+                opened = load.each(sub_idx, "open_subscribers",
+                                   kw=lambda k: {"dialect": target.dialect, "base": target.base,
+                                                 "token": target.token, "groups": split(groups, procs)[k],
+                                                 "concurrency": 100})
+                elapsed = time.monotonic() - t
+                connected = sum(o["connected"] for o in opened)
+                time.sleep(3.0)
+                rss1 = target.rss_kib()
+                cpu_idle0 = target.cpu_s()
+                time.sleep(3.0)
+                idle_cpu = (target.cpu_s() - cpu_idle0) / 3.0 * 100
+                per_conn = (rss1 - rss0) / max(1, connected)
+                log(f"{target.name}: {connected}/{n} idle sockets in {elapsed:.1f}s, RSS {rss0 / 1024:.0f} → "
+                    f"{rss1 / 1024:.0f} MiB = {per_conn:.1f} KiB/conn, idle cpu {idle_cpu:.0f}%")
+                active = {}
+                if connected:
+                    rate = len(calls) * 1.0  # one event per call per second → n deliveries/s
+                    load.call(producer, "start_producer", dialect=target.dialect, base=target.base,
+                              token=target.token, calls=calls, conns=10, mix="call", rate=0.0)
+                    active = self.fanout_step(target, load, producer, sub_idx, int(rate * 10), 10,
+                                              2.0 if self.quick else 3.0, 4.0 if self.quick else 6.0)
+                    log(f"{target.name}: active {active['delivered_s']:,}/s p50 {active['p50_ms']} p99 "
+                        f"{active['p99_ms']} loss {active['loss']:.4f} rss {active['rss_mib']:.0f} MiB")
+                self.add("connections", {
+                    "target": target.name, "run": run, "requested": n, "connected": connected,
+                    "failed": sum(o["failed"] for o in opened), "connect_s": elapsed,
+                    "conn_per_s": connected / elapsed if elapsed else None,
+                    "rss_base_mib": rss0 / 1024, "rss_idle_mib": rss1 / 1024, "kib_per_idle_conn": per_conn,
+                    "idle_cpu_pct": idle_cpu,
+                    "active_delivered_s": active.get("delivered_s"), "active_p50_ms": active.get("p50_ms"),
+                    "active_p99_ms": active.get("p99_ms"), "active_p999_ms": active.get("p999_ms"),
+                    "active_loss": active.get("loss"), "active_cpu_pct": active.get("cpu_pct"),
+                    "active_rss_mib": active.get("rss_mib"),
+                    "kib_per_active_conn": (active["rss_mib"] * 1024 - rss0) / max(1, connected) if active else None,
+                    "errors": sum(1 for _ in opened) and active.get("error_samples"),
+                })
+            finally:
+                load.close()
+                target.stop()
+
+    # ---- campaign -------------------------------------------------------------------------------
+
+    def campaign(self, run: int) -> None:
+        ncalls, rate = 10_000, 2_000
+        warm, window = (6.0, 5.0) if self.quick else (6.0, 10.0)
+        variants = [("callstream", False), ("callstream", True), ("bare", False)]
+        if self.args.targets:
+            variants = [(t, False) for t in self.args.targets.split(",")]
+        # The default limit (50 client messages/s) would take 200 s to send 10,000 subscribes.
+        env = {"CALLSTREAM_CLIENT_RATE": "100000", "CALLSTREAM_CLIENT_BURST": "100000"}
+        for name, wildcard in variants:
+            target = self.start(make(name), env)
+            load = Load(2, self.load_cpus)
+            try:
+                calls = [f"cp{self.run_tag}r{run}c{c:05d}" for c in range(ncalls)]
+                subscribe = ["*"] if wildcard else calls
+                t = time.monotonic()
+                opened = load.call(0, "open_subscribers", dialect=target.dialect, base=target.base,
+                                   token=target.token, groups=[subscribe])
+                sub_s = time.monotonic() - t
+                log(f"{target.name}{' *' if wildcard else ''}: 1 socket, {len(subscribe)} subscriptions in "
+                    f"{sub_s:.1f}s ({opened})")
+                load.call(1, "start_producer", dialect=target.dialect, base=target.base, token=target.token,
+                          calls=calls, conns=10, mix="call", rate=0.0)
+                row = self.fanout_step(target, load, 1, [0], rate, 1, warm, window)
+                row.update(run=run, subscriptions=len(subscribe), subscribe_s=sub_s,
+                           variant="'*' (wildcard)" if wildcard else "10,000 explicit")
+                self.add("campaign", row)
+                log(f"{target.name}: {row['delivered_s']:,}/s p50 {row['p50_ms']} p99 {row['p99_ms']} "
+                    f"p99.9 {row['p999_ms']} loss {row['loss']:.4f}")
+            finally:
+                load.close()
+                target.stop()
+
+    # ---- reconnect storm ------------------------------------------------------------------------
+
+    def storm(self, run: int) -> None:
+        n = self.args.storm or (5000 if self.quick else 10_000)
+        rate = 1000.0
+        names = self.args.targets.split(",") if self.args.targets else ["callstream"]
+        for name in names:
+            target = self.start(make(name))
+            procs = 2
+            load = Load(procs + 1, self.load_cpus)
+            sub_idx, producer = list(range(procs)), procs
+            try:
+                calls = [f"st{self.run_tag}r{run}c{c:05d}" for c in range(n // 10)]
+                groups = [[calls[k % len(calls)]] for k in range(n)]
+                opened = load.each(sub_idx, "open_subscribers",
+                                   kw=lambda k: {"dialect": target.dialect, "base": target.base,
+                                                 "token": target.token, "groups": split(groups, procs)[k],
+                                                 "concurrency": 200, "track": True})
+                connected = sum(o["connected"] for o in opened)
+                load.call(producer, "start_producer", dialect=target.dialect, base=target.base, token=target.token,
+                          calls=calls, conns=10, mix="durable", rate=rate)
+                time.sleep(3.0)
+                log(f"{target.name}: storm of {connected} sockets (producer at {rate:.0f} events/s)")
+                results = load.each(sub_idx, "storm")
+                caught = sorted(t for r in results for t in r["caught_up_ns"])
+                time.sleep(2.0)
+                load.call(producer, "set_rate", rate=0.0)
+                time.sleep(1.0)
+                self.drain(load, sub_idx)
+                per_call = load.call(producer, "producer_counts")["per_call"]
+                seq = load.each(sub_idx, "seq_report", expected=per_call)
+                merged = merge(load.each(sub_idx, "stats"))
+                row = {
+                    "target": target.name, "run": run, "clients": connected, "calls": len(calls),
+                    "events_s": rate, "reconnected": sum(r["reconnected"] for r in results),
+                    "failed": sum(r["failed"] for r in results),
+                    "p50_caught_up_s": caught[len(caught) // 2] / 1e9 if caught else None,
+                    "p99_caught_up_s": caught[int(len(caught) * 0.99)] / 1e9 if caught else None,
+                    "all_caught_up_s": caught[-1] / 1e9 if caught else None,
+                    "gaps": sum(s["gaps"] for s in seq), "dups": sum(s["dups"] for s in seq),
+                    "missing_tail": sum(s["missing_tail"] for s in seq),
+                    "close_codes": merged["close_codes"], "errors": merged["errors"],
+                    "error_samples": merged["error_samples"],
+                }
+                self.add("storm", row)
+                log(f"{target.name}: all {row['reconnected']} back in {row['all_caught_up_s']}s "
+                    f"(p50 {row['p50_caught_up_s']}), gaps {row['gaps']} dups {row['dups']} "
+                    f"missing {row['missing_tail']} failed {row['failed']}")
+            finally:
+                load.close()
+                target.stop()
+
+    # ---- ingest ---------------------------------------------------------------------------------
+
+    def ingest(self, run: int) -> None:
+        window = 5.0 if self.quick else 8.0
+        names = self.args.targets.split(",") if self.args.targets else ["callstream", "callstream+bench-no-store"]
+        for name in names:
+            for batch, win in ((100, 4), (1, 64)):
+                target = self.start(make(name))
+                load = Load(2, self.load_cpus)
+                try:
+                    idx = [0, 1]
+                    load.each(idx, "start_producer", kw=lambda k: {
+                        "dialect": target.dialect, "base": target.base, "token": target.token,
+                        "calls": [f"in{self.run_tag}r{run}b{batch}w{k}c{c:03d}" for c in range(100)],
+                        "conns": 2, "mix": "call", "batch": batch, "window": win})
+                    time.sleep(2.0)
+                    a0 = sum(c["acked_total"] for c in load.each(idx, "producer_counts"))
+                    cpu0 = target.cpu_s()
+                    time.sleep(window)
+                    a1 = sum(c["acked_total"] for c in load.each(idx, "producer_counts"))
+                    cpu1 = target.cpu_s()
+                    counts = load.each(idx, "producer_counts")
+                    stats = merge(load.each(idx, "stats"))
+                    row = {"target": target.name, "run": run, "batch": batch, "window_frames": win,
+                           "producer_sockets": 4, "acked_s": (a1 - a0) / window,
+                           "cpu_pct": (cpu1 - cpu0) / window * 100, "rss_mib": target.rss_kib() / 1024,
+                           "errors": sum(c["errors"] for c in counts) + stats["errors"],
+                           "error_samples": stats["error_samples"]}
+                    self.add("ingest", row)
+                    log(f"{target.name} batch {batch}: {row['acked_s']:,.0f} events/s acked, "
+                        f"cpu {row['cpu_pct']:.0f}%")
+                    load.each(idx, "stop_producer")
+                finally:
+                    load.close()
+                    target.stop()
+
+    # ---- two nodes ------------------------------------------------------------------------------
+
+    def twonode(self, run: int) -> None:
+        redis_url = self.args.redis
+        pg_url = self.args.postgres
+        rates = [10_000, 20_000, 40_000] if self.quick else [10_000, 20_000, 40_000, 60_000]
+        warm, window = (1.0, 3.0) if self.quick else (1.5, 5.0)
+        db = f"bench_{self.run_tag}_{run}"
+        made = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {db}"],
+                              capture_output=True, text=True)
+        if made.returncode:
+            self.add("twonode", {"target": "callstream", "status": f"pending: {made.stderr.strip()[:200]}"})
+            return
+        url = f"{pg_url.rstrip('/')}/{db}"
+        nodes: list[Target] = []
+        try:
+            for _ in range(2):
+                node = make("callstream")
+                node.args = ["--broker", redis_url, "--database", url]
+                nodes.append(node)
+            try:
+                self.start(nodes[0])
+                nodes[1].token = nodes[0].token
+                nodes[1].args = nodes[0].args
+                self.start(nodes[1])
+            except Exception as exc:
+                log_tail = ""
+                for node in nodes:
+                    if node.log_path and node.log_path.exists():
+                        log_tail += node.log_path.read_text()[-600:]
+                self.add("twonode", {"target": "callstream", "status": f"pending: {exc}; {log_tail[-400:]}"})
+                return
+            nodes[1].token = nodes[0].token
+            self.twonode_ladder(nodes, rates, warm, window, run)
+        finally:
+            for node in nodes:
+                node.stop()
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {db}"],
+                           capture_output=True)
+
+    def twonode_ladder(self, nodes: list[Target], rates: list[int], warm: float, window: float, run: int) -> None:
+        load = Load(3, self.load_cpus)
+        try:
+            calls = [f"tn{self.run_tag}r{run}c{c:03d}" for c in range(100)]
+            groups = [[calls[k % 100]] for k in range(1000)]
+            # Half the subscribers on each node; the producer publishes to node 0 only.
+            load.each([0, 1], "open_subscribers", kw=lambda k: {
+                "dialect": "callstream", "base": nodes[k].base, "token": nodes[0].token,
+                "groups": split(groups, 2)[k]})
+            load.call(2, "start_producer", dialect="callstream", base=nodes[0].base, token=nodes[0].token,
+                      calls=calls, conns=10, mix="call", rate=0.0)
+            for offered in rates:
+                row = self.fanout_step(nodes[0], load, 2, [0, 1], offered, 10, warm, window)
+                row["cpu_pct"] = row["cpu_pct"]  # node 0 only
+                row.update(run=run, target="callstream ×2 (redis+postgres)", status="ok")
+                self.add("twonode", row)
+                log(f"two nodes {offered:,}/s → {row['delivered_s']:,}/s p50 {row['p50_ms']} p99 {row['p99_ms']} "
+                    f"loss {row['loss']:.4f}")
+                if row["saturated"]:
+                    break
+        finally:
+            load.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", help=f"any of {', '.join(ALL)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="1 run, shorter steps, smaller N")
+    parser.add_argument("--runs", type=int, default=None, help="fan-out repetitions (default 3, --quick 1)")
+    parser.add_argument("--targets", default=None,
+                        help="comma-separated: callstream, callstream+<patch>, bare, socketio, nchan")
+    parser.add_argument("--server-cpus", default="0", help="taskset list for servers ('' = no pinning)")
+    parser.add_argument("--load-cpus", default="1", help="cores for the load processes ('' = no pinning)")
+    parser.add_argument("--sub-procs", type=int, default=2, help="subscriber load processes in fan-out")
+    parser.add_argument("--max-rate", type=int, default=None, help="highest fan-out step (deliveries/s)")
+    parser.add_argument("--connections", type=int, default=None, help="sockets in 'connections'")
+    parser.add_argument("--storm", type=int, default=None, help="clients in 'storm'")
+    parser.add_argument("--profile", action="store_true", help="py-spy callstream during fan-out")
+    parser.add_argument("--profile-rate", type=int, default=30_000, help="deliveries/s while profiling")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument("--out", default=None, help="results subfolder name (default: bench/results)")
+    args = parser.parse_args(argv)
+    scenarios = args.scenarios or ALL
+    unknown = [s for s in scenarios if s not in ALL]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(ALL)}")
+    runs = args.runs or (1 if args.quick else 3)
+    global RESULTS
+    if args.out:
+        RESULTS = ROOT / "bench/results" / args.out
+    bench = Bench(args)
+    started = time.monotonic()
+    try:
+        for scenario in scenarios:
+            reps = runs if scenario in ("fanout", "connections", "storm", "ingest", "campaign") else 1
+            if scenario in ("connections", "storm", "campaign", "ingest") and not args.quick:
+                reps = min(reps, int(os.environ.get("BENCH_RUNS_SLOW", "1")))
+            for run in range(reps):
+                log(f"== {scenario} run {run + 1}/{reps}")
+                getattr(bench, scenario)(run)
+    finally:
+        bench.results["meta"]["elapsed_s"] = round(time.monotonic() - started)
+        bench.save()
+        report.write(bench.results, RESULTS)
+        log(f"results in {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

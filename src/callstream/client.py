@@ -1,0 +1,993 @@
+"""Client: the subscriber side of ``/v1/events`` (PROTOCOL.md §3), for Python programs.
+
+A dashboard backend, a supervisor bot or a pipeline wants the events of some calls, in order,
+and does not want to write reconnect logic. So the client keeps one WebSocket open, remembers the
+last ``seq`` of every call it has seen, and after any drop (a restarted server, a network blip,
+a ``slow_consumer`` close) reconnects with capped exponential backoff and full jitter and
+resubscribes each call with ``since=<last seq>``. The server then replays what was missed, so
+nothing but superseded partials is lost, and the client drops the duplicates a replay can
+overlap with (by ``seq``), so nothing is yielded twice.
+
+``*`` cannot take ``since``: on reconnect the client resubscribes ``*`` and, for every live call
+it had seen through ``*``, briefly subscribes that call with ``since`` to catch up, then drops
+that subscription again (the browser client, ``callstream.js``, does the same).
+
+Delivery to the program is through one bounded queue read by :meth:`Client.events`. A program
+that stops reading makes the client stop reading the socket; the server then closes it as a
+slow consumer and the client resumes with ``since``: backpressure without unbounded buffers and
+without loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import time
+import urllib.parse
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar, Final, Self
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from callstream import __version__
+from callstream.errors import AuthError, ClientError
+
+__all__ = [
+    "AgentState",
+    "CallEnded",
+    "Client",
+    "ClientStats",
+    "ErrorEvent",
+    "Event",
+    "FunctionCall",
+    "FunctionResult",
+    "Subscribed",
+    "SyncClient",
+    "TranscriptFinal",
+    "TranscriptPartial",
+    "UnknownEvent",
+    "Unsubscribed",
+    "events_url",
+    "iter_events",
+    "parse_message",
+]
+
+logger = logging.getLogger("callstream.client")
+
+WILDCARD: Final = "*"
+CLOSE_AUTH: Final = 4001
+SEEN_WINDOW: Final = 2048  # seqs remembered per call to drop replay overlaps
+STABLE_AFTER_S: Final = 5.0  # a connection that lived this long resets the backoff
+TokenProvider = Callable[[], Awaitable[str]]
+
+
+# -- typed events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One message from the server. ``raw`` is the message exactly as decoded from the wire.
+
+    ``seq`` and ``ts`` are set on the events of a call (the types a producer publishes) and
+    ``None`` on control messages (``subscribed``, ``unsubscribed``, ``error``).
+    """
+
+    type: ClassVar[str] = ""
+    call_id: str
+    seq: int | None
+    ts: int | None
+    data: dict[str, Any]
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def is_call_event(self) -> bool:
+        """True for the events of a call (they carry a ``seq``), False for control messages."""
+        return self.seq is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _Transcript(Event):
+
+    @property
+    def speaker(self) -> str:
+        return str(self.data.get("speaker", ""))
+
+    @property
+    def text(self) -> str:
+        return str(self.data.get("text", ""))
+
+    @property
+    def utterance_id(self) -> str | None:
+        value = self.data.get("utterance_id")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptPartial(_Transcript):
+    """``transcript.partial``: words heard so far; a later partial or final replaces it."""
+
+    type: ClassVar[str] = "transcript.partial"
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptFinal(_Transcript):
+    """``transcript.final``: a completed sentence; ``sentiment`` is set by the server if enabled."""
+
+    type: ClassVar[str] = "transcript.final"
+
+    @property
+    def sentiment(self) -> dict[str, Any] | None:
+        value = self.data.get("sentiment")
+        return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState(Event):
+    """``agent.state``: the agent is ``listening``, ``thinking`` or ``speaking``."""
+
+    type: ClassVar[str] = "agent.state"
+
+    @property
+    def state(self) -> str:
+        return str(self.data.get("state", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall(Event):
+    """``function.call``: the agent invoked a tool; ``tool_call_id`` pairs it with its result."""
+
+    type: ClassVar[str] = "function.call"
+
+    @property
+    def name(self) -> str:
+        return str(self.data.get("name", ""))
+
+    @property
+    def args(self) -> Any:
+        return self.data.get("args")
+
+    @property
+    def tool_call_id(self) -> str | None:
+        value = self.data.get("tool_call_id")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionResult(Event):
+    """``function.result``: a tool returned."""
+
+    type: ClassVar[str] = "function.result"
+
+    @property
+    def name(self) -> str:
+        return str(self.data.get("name", ""))
+
+    @property
+    def result(self) -> Any:
+        return self.data.get("result")
+
+    @property
+    def tool_call_id(self) -> str | None:
+        value = self.data.get("tool_call_id")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded(Event):
+    """``call.ended``: the last event of a call."""
+
+    type: ClassVar[str] = "call.ended"
+
+    @property
+    def status(self) -> str:
+        return str(self.data.get("status", ""))
+
+    @property
+    def duration_ms(self) -> int | None:
+        value = self.data.get("duration_ms")
+        return value if isinstance(value, int) else None
+
+    @property
+    def reason(self) -> str | None:
+        value = self.data.get("reason")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed(Event):
+    """``subscribed``: the replay asked for (if any) is done; live events follow.
+
+    Sent again after every reconnect, for each resubscribed call and for ``*``.
+    """
+
+    type: ClassVar[str] = "subscribed"
+
+    @property
+    def status(self) -> str:
+        """``live``, ``ended`` or ``pending`` (no event yet)."""
+        return str(self.data.get("status", ""))
+
+    @property
+    def last_seq(self) -> int:
+        value = self.data.get("seq")
+        return value if isinstance(value, int) else 0
+
+    @property
+    def replayed(self) -> int:
+        value = self.data.get("replayed")
+        return value if isinstance(value, int) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribed(Event):
+    """``unsubscribed``: the answer to :meth:`Client.unsubscribe`."""
+
+    type: ClassVar[str] = "unsubscribed"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent(Event):
+    """``error``: a stream-level error. ``call_id`` is ``""`` when it concerns no call.
+
+    The client already acts on ``history_unavailable`` (REST fallback), ``slow_consumer`` and
+    ``token_expired`` (reconnect); they are yielded so a program can see what happened.
+    """
+
+    type: ClassVar[str] = "error"
+
+    @property
+    def code(self) -> str:
+        return str(self.data.get("code", ""))
+
+    @property
+    def message(self) -> str:
+        return str(self.data.get("message", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownEvent(Event):
+    """A message type this client version does not know; ``raw["type"]`` names it."""
+
+    type: ClassVar[str] = "unknown"
+
+
+EVENT_CLASSES: Final[dict[str, type[Event]]] = {
+    cls.type: cls
+    for cls in (
+        TranscriptPartial,
+        TranscriptFinal,
+        AgentState,
+        FunctionCall,
+        FunctionResult,
+        CallEnded,
+        Subscribed,
+        Unsubscribed,
+        ErrorEvent,
+    )
+}
+
+
+def parse_message(message: dict[str, Any]) -> Event:
+    """Turn one decoded server message into its typed :class:`Event` (never raises)."""
+    data = message.get("data")
+    data = data if isinstance(data, dict) else {}
+    call_id = message.get("call_id") or data.get("call_id") or ""
+    seq, ts = message.get("seq"), message.get("ts")
+    cls = EVENT_CLASSES.get(str(message.get("type")), UnknownEvent)
+    return cls(
+        call_id=str(call_id),
+        seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+        ts=ts if isinstance(ts, int) and not isinstance(ts, bool) else None,
+        data=data,
+        raw=message,
+    )
+
+
+# -- bookkeeping ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Subscription:
+    types: list[str] | None
+    pending_since: int | None = None  # a replay asked for and not yet confirmed by `subscribed`
+
+
+@dataclass(slots=True)
+class _Track:
+    """What the client knows of one call: the resume point and a window of seen seqs."""
+
+    last_seq: int = 0
+    floor: int = 0
+    seen: set[int] = field(default_factory=set)
+    ended: bool = False
+
+    def accept(self, seq: int) -> bool:
+        """Record ``seq``; False when it was already yielded (a replay overlap, or ``*`` twice)."""
+        if seq <= self.floor or seq in self.seen:
+            return False
+        self.seen.add(seq)
+        if len(self.seen) > SEEN_WINDOW:
+            oldest = min(self.seen)
+            self.seen.discard(oldest)
+            self.floor = oldest
+        self.last_seq = max(self.last_seq, seq)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """A snapshot of the client's state, for live views and health checks."""
+
+    connected: bool
+    connections: int  # successful handshakes so far (reconnects = connections - 1)
+    subscriptions: int
+    queued: int  # events received and not yet read by events()
+    duplicates: int  # events dropped because they had already been yielded
+    fetched: int  # events fetched over REST after history_unavailable
+
+
+def events_url(base_url: str) -> str:
+    """Map the server's base URL (``http://host:8080``) to its events socket URL."""
+    return _with_scheme(base_url, "/v1/events", {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"})
+
+
+def _rest_url(base_url: str) -> str:
+    return _with_scheme(base_url, "", {"http": "http", "https": "https", "ws": "http", "wss": "https"})
+
+
+def _with_scheme(base_url: str, path: str, schemes: dict[str, str]) -> str:
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in schemes or not parts.netloc:
+        msg = f"expected an http(s):// or ws(s):// URL, got {base_url!r}"
+        raise ValueError(msg)
+    return urllib.parse.urlunsplit((schemes[parts.scheme], parts.netloc, parts.path.rstrip("/") + path, "", ""))
+
+
+def token_expiry(token: str) -> float | None:
+    """A JWT's ``exp`` (unix seconds), read without verifying; None for API keys and junk."""
+    try:
+        part = token.split(".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (IndexError, ValueError, orjson.JSONDecodeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+
+class Client:
+    """Subscribe to live call events, with reconnects that lose nothing.
+
+    ::
+
+        async with Client("http://127.0.0.1:8080", key) as client:
+            async for event in client.events("call_a", "call_b"):
+                if isinstance(event, TranscriptFinal):
+                    print(event.call_id, event.speaker, event.text)
+
+    ``credential`` is an API key (``subscribe`` scope) or a JWT; it travels in the
+    ``Authorization`` header, never in the URL. With ``token_provider`` (an async function that
+    returns a fresh JWT) the client refreshes the token before it expires and after a 4001 close.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        credential: str | None = None,
+        *,
+        token_provider: TokenProvider | None = None,
+        refresh_margin: float | None = 60.0,
+        reconnect_initial_delay: float = 0.25,
+        reconnect_max_delay: float = 30.0,
+        max_queue: int = 10_000,
+        open_timeout: float = 10.0,
+        ping_interval: float | None = 20.0,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        if credential is None and token_provider is None:
+            msg = "give a credential (API key or JWT) or a token_provider"
+            raise ValueError(msg)
+        self._url = events_url(url)
+        self._rest = _rest_url(url)
+        self._token = credential
+        self._provider = token_provider
+        self._refresh_margin = refresh_margin
+        self._initial_delay = reconnect_initial_delay
+        self._max_delay = reconnect_max_delay
+        self._open_timeout = open_timeout
+        self._ping_interval = ping_interval
+        self._max_size = max_message_bytes
+        self._queue: asyncio.Queue[Event | ClientError] = asyncio.Queue(max_queue)
+        self._subs: dict[str, _Subscription] = {}
+        self._calls: dict[str, _Track] = {}
+        self._catch_ups: dict[str, int] = {}  # call id → since: temporary, for `*` after a drop
+        self._internal_unsubs: set[str] = set()
+        self._rebase: set[str] = set()  # calls whose server history went backwards
+        self._ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._first_attempt = asyncio.Event()
+        self._failure: ClientError | None = None
+        self._closed = False
+        self._force_refresh = False
+        self._auth_failures = 0
+        self._attempts = 0
+        self._connections = 0
+        self._duplicates = 0
+        self._fetched = 0
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect in the background and wait for the first handshake's outcome.
+
+        A refused credential raises :class:`~callstream.errors.AuthError` here, so a
+        misconfigured program fails at start-up. An unreachable server does not raise: the client
+        keeps retrying, because a subscriber should ride out a server restart.
+        """
+        if self._task is not None:
+            return
+        self._http = httpx.AsyncClient(base_url=self._rest, timeout=10.0)
+        self._task = asyncio.create_task(self._run(), name="callstream-client")
+        await self._first_attempt.wait()
+        if self._failure is not None:
+            await self.close()
+            raise self._failure
+
+    async def close(self) -> None:
+        """Close the socket and stop reconnecting; a waiting ``events()`` iterator ends."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+        if self._http is not None:
+            await self._http.aclose()
+        self._first_attempt.set()
+        self._offer_nowait(ClientError("closed", "the client was closed"))
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    def statistics(self) -> ClientStats:
+        """Counters and queue sizes (trio's ``statistics()`` habit)."""
+        return ClientStats(
+            connected=self.connected,
+            connections=self._connections,
+            subscriptions=len(self._subs),
+            queued=self._queue.qsize(),
+            duplicates=self._duplicates,
+            fetched=self._fetched,
+        )
+
+    def last_seq(self, call_id: str) -> int:
+        """The highest ``seq`` received for a call (0 if none): where a resume starts."""
+        track = self._calls.get(call_id)
+        return track.last_seq if track else 0
+
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    async def subscribe(
+        self, call_id: str, since: int | None = None, types: Iterable[str] | None = None
+    ) -> None:
+        """Subscribe to a call (or ``"*"``), now or whenever the socket opens.
+
+        ``since``: first replay every event the server holds with a greater ``seq`` (0 = all).
+        Without it, a call this client has already seen resumes from its last ``seq``.
+        ``types``: only these event types. Subscribing again replaces the earlier subscription.
+        Returns once the request is sent; a :class:`Subscribed` event follows in ``events()``.
+        """
+        if call_id == WILDCARD and since is not None:
+            msg = '"*" does not take since: subscribe to a call id to replay it'
+            raise ValueError(msg)
+        sub = _Subscription(list(types) if types else None, since)
+        self._subs[call_id] = sub
+        self._catch_ups.pop(call_id, None)
+        track = self._calls.get(call_id)
+        if track is not None and since is not None and since < track.floor:
+            track.floor = since  # an explicit replay wants those seqs again
+            track.seen = {s for s in track.seen if s > since}
+        if self._ws is not None:
+            await self._send_subscribe(call_id, sub, since if since is not None else self._resume(call_id))
+
+    async def unsubscribe(self, call_id: str) -> None:
+        """Stop receiving a call (or ``"*"``); an :class:`Unsubscribed` event follows."""
+        self._subs.pop(call_id, None)
+        self._catch_ups.pop(call_id, None)
+        self._internal_unsubs.discard(call_id)
+        if self._ws is not None:
+            await self._send({"type": "unsubscribe", "call_id": call_id})
+
+    async def events(self, *call_ids: str, types: Iterable[str] | None = None) -> AsyncGenerator[Event, None]:
+        """Subscribe to ``call_ids`` (if any), then yield every event this client receives.
+
+        That includes calls subscribed before or later with :meth:`subscribe`. Events of one call
+        come in ``seq`` order, each once. Raises :class:`~callstream.errors.AuthError` when the
+        credential is refused for good; ends quietly when the client is closed. Read it from one
+        task: events are delivered once, to whichever iterator takes them.
+        """
+        type_list = list(types) if types else None
+        for call_id in call_ids:
+            await self.subscribe(call_id, types=type_list)
+        while True:
+            if self._queue.empty() and (self._closed or self._failure is not None):
+                if self._failure is not None:
+                    raise self._failure
+                return
+            item = await self._queue.get()
+            if isinstance(item, ClientError):
+                self._offer_nowait(item)  # later iterators see the end too
+                if item.code == "closed":
+                    return
+                raise item
+            yield item
+
+    # -- connection loop -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while not self._closed and self._failure is None:
+                started = time.monotonic()
+                await self._attempt()
+                if self._failure is not None:
+                    break
+                self._first_attempt.set()
+                if time.monotonic() - started >= STABLE_AFTER_S:
+                    self._attempts = 0
+                await asyncio.sleep(self._next_delay())
+        except Exception as exc:  # a bug here must not leave the iterator hanging forever
+            logger.exception("client loop failed")
+            self._fail(ClientError("internal", f"client loop failed: {exc!r}"))
+        if self._failure is not None:
+            self._offer_nowait(self._failure)
+        self._first_attempt.set()
+
+    async def _attempt(self) -> None:
+        """One connection, from credential to close; decides how the next one must differ."""
+        try:
+            token = await self._credential()
+        except Exception as exc:
+            if isinstance(exc, AuthError):
+                self._fail(exc)
+            else:
+                logger.warning("token_provider failed (%r); retrying", exc)
+            return
+        try:
+            await self._connect_and_serve(token)
+        except InvalidStatus as exc:
+            self._on_refused(exc.response.status_code, exc.response.body)
+        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+            logger.info("events connection lost (%s); reconnecting", exc)
+
+    async def _credential(self) -> str:
+        """The token to connect with, fresh from the provider when it is missing or stale."""
+        token = self._token
+        exp = token_expiry(token) if token else None
+        left = exp - time.time() if exp is not None else None
+        if self._provider is None:
+            if token is None or (left is not None and left <= 0) or self._force_refresh:
+                raise AuthError("token_expired", "the token expired and there is no token_provider")
+            return token
+        if token is not None and not self._force_refresh and (left is None or left >= 5):
+            return token
+        self._token = await self._provider()
+        self._force_refresh = False
+        return self._token
+
+    async def _connect_and_serve(self, token: str) -> None:
+        async with connect(
+            self._url,
+            additional_headers={"Authorization": f"Bearer {token}"},  # never in the URL: URLs get logged
+            user_agent_header=f"callstream-client/{__version__}",
+            compression=None,
+            open_timeout=self._open_timeout,
+            ping_interval=self._ping_interval,
+            max_size=self._max_size,
+        ) as ws:
+            self._ws = ws
+            self._connections += 1
+            self._first_attempt.set()
+            refresher = asyncio.create_task(self._refresh_forever(ws))
+            try:
+                await self._resubscribe_all()
+                async for raw in ws:
+                    await self._on_message(raw)
+            except ConnectionClosed:
+                pass  # abnormal closes raise, normal ones end the loop: both resume below
+            finally:
+                self._ws = None
+                refresher.cancel()
+            self._on_closed(ws.close_code, ws.close_reason)
+
+    def _on_closed(self, code: int | None, reason: str | None) -> None:
+        """A server close: 4001 means get a fresh credential first; everything else resumes."""
+        logger.info("events socket closed by the server (%s %s); reconnecting", code, reason or "")
+        if code != CLOSE_AUTH:
+            return
+        self._auth_failures += 1
+        if self._provider is None:
+            why = "token_expired" if self._force_refresh else "unauthorized"
+            self._fail(AuthError(why, f"the server closed the socket with 4001: {reason}"))
+        elif self._auth_failures > 2:
+            self._fail(AuthError("token_expired", "fresh tokens from token_provider were refused"))
+        else:
+            self._force_refresh = True
+
+    def _on_refused(self, status: int, body: bytes | bytearray | None) -> None:
+        """An HTTP answer instead of an upgrade: 401/403 end it unless a fresh token may help."""
+        reason = _error_message(body) or f"HTTP {status} at the handshake"
+        if status not in (401, 403):
+            logger.warning("events handshake refused with HTTP %d (%s); retrying", status, reason)
+            return
+        self._auth_failures += 1
+        if status == 401 and self._provider is not None and self._auth_failures <= 2:
+            self._force_refresh = True
+            return
+        self._fail(AuthError("unauthorized" if status == 401 else "forbidden", reason))
+
+    def _fail(self, error: ClientError) -> None:
+        self._failure = error
+        self._first_attempt.set()
+
+    def _next_delay(self) -> float:
+        """Capped exponential backoff with full jitter: subscribers must not return in step."""
+        cap = min(self._max_delay, self._initial_delay * 2.0 ** min(self._attempts, 32))
+        self._attempts += 1
+        return random.uniform(0, cap)
+
+    # -- token refresh ---------------------------------------------------------------------------
+
+    async def _refresh_forever(self, ws: ClientConnection) -> None:
+        """Send ``{"type": "auth"}`` with a fresh JWT before the current one expires."""
+        if self._provider is None or self._refresh_margin is None:
+            return
+        while True:
+            exp = token_expiry(self._token or "")
+            if exp is None:
+                return
+            remaining = exp - time.time()
+            await asyncio.sleep(max(0.5, remaining - min(self._refresh_margin, max(remaining, 0) / 4)))
+            try:
+                token = await self._provider()
+            except Exception as exc:
+                logger.warning("token_provider failed (%r); retrying in 5 s", exc)
+                await asyncio.sleep(5)
+                continue
+            self._token = token
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
+
+    # -- subscriptions on the wire ---------------------------------------------------------------
+
+    def _resume(self, call_id: str) -> int | None:
+        track = self._calls.get(call_id)
+        return track.last_seq if track else None
+
+    async def _resubscribe_all(self) -> None:
+        """Explicit calls first (gapless), then catch-ups, then ``*`` (mirrors callstream.js)."""
+        for call_id, sub in list(self._subs.items()):
+            if call_id != WILDCARD:
+                since = sub.pending_since if sub.pending_since is not None else self._resume(call_id)
+                await self._send_subscribe(call_id, sub, since)
+        if WILDCARD in self._subs:
+            for call_id, track in self._calls.items():
+                if not track.ended and call_id not in self._subs:
+                    self._catch_ups.setdefault(call_id, track.last_seq)
+        for call_id, since in list(self._catch_ups.items()):
+            await self._send_catch_up(call_id, since)
+        if (all_calls := self._subs.get(WILDCARD)) is not None:
+            await self._send_subscribe(WILDCARD, all_calls, None)
+
+    async def _send_subscribe(self, call_id: str, sub: _Subscription, since: int | None) -> None:
+        message: dict[str, Any] = {"type": "subscribe", "call_id": call_id}
+        if since is not None and call_id != WILDCARD:
+            message["since"] = since
+            # Kept until `subscribed`: a drop mid-replay asks again from here (dups are dropped).
+            sub.pending_since = sub.pending_since if sub.pending_since is not None else since
+        if sub.types:
+            message["types"] = sub.types
+        await self._send(message)
+
+    async def _send_catch_up(self, call_id: str, since: int) -> None:
+        message: dict[str, Any] = {"type": "subscribe", "call_id": call_id, "since": since}
+        all_calls = self._subs.get(WILDCARD)
+        if all_calls is not None and all_calls.types:
+            message["types"] = all_calls.types
+        await self._send(message)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        ws = self._ws
+        if ws is None:
+            return  # sent on the next connection by _resubscribe_all
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(orjson.dumps(message).decode())
+
+    # -- messages from the server ----------------------------------------------------------------
+
+    async def _on_message(self, raw: str | bytes) -> None:
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            logger.warning("ignoring a non-JSON frame from the server")
+            return
+        if not isinstance(message, dict) or message.get("type") == "pong":
+            return
+        self._auth_failures = 0
+        event = parse_message(message)
+        if event.seq is not None and event.call_id:
+            await self._on_call_event(event)
+        elif isinstance(event, Subscribed):
+            await self._on_subscribed(event)
+        elif isinstance(event, Unsubscribed):
+            if event.call_id in self._internal_unsubs:
+                self._internal_unsubs.discard(event.call_id)
+            else:
+                await self._offer(event)
+        elif isinstance(event, ErrorEvent):
+            await self._on_error(event)
+        else:
+            await self._offer(event)
+
+    async def _on_call_event(self, event: Event) -> None:
+        assert event.seq is not None
+        track = self._calls.setdefault(event.call_id, _Track())
+        if not track.accept(event.seq):
+            self._duplicates += 1
+            return
+        if isinstance(event, CallEnded):
+            track.ended = True
+            track.floor, track.seen = track.last_seq, set()  # nothing follows: free the window
+        await self._offer(event)
+
+    async def _on_subscribed(self, event: Subscribed) -> None:
+        call_id = event.call_id
+        if call_id == WILDCARD:
+            await self._offer(event)
+            return
+        sub = self._subs.get(call_id)
+        if sub is not None:
+            sub.pending_since = None
+        track = self._calls.setdefault(call_id, _Track())
+        if call_id in self._rebase:
+            # The server lost history we had seen: its seqs are the truth from here on.
+            self._rebase.discard(call_id)
+            self._calls[call_id] = track = _Track(last_seq=event.last_seq, floor=event.last_seq)
+        # Everything up to data.seq has been sent (or filtered by types): resume from there.
+        track.last_seq = max(track.last_seq, event.last_seq)
+        track.ended = track.ended or event.status == "ended"
+        if call_id in self._catch_ups:
+            del self._catch_ups[call_id]
+            if sub is None:
+                self._internal_unsubs.add(call_id)
+                await self._send({"type": "unsubscribe", "call_id": call_id})
+                return
+        if sub is not None:
+            await self._offer(event)
+
+    async def _on_error(self, event: ErrorEvent) -> None:
+        call_id = event.call_id
+        if event.code == "history_unavailable" and call_id:
+            await self._offer(event)
+            await self._recover_history(call_id)
+            return
+        if event.code == "forbidden" and call_id:
+            self._subs.pop(call_id, None)  # never resubscribed: it would only be refused again
+            self._catch_ups.pop(call_id, None)
+        elif event.code == "token_expired":
+            self._force_refresh = True  # the server closes with 4001 next
+        await self._offer(event)
+
+    async def _recover_history(self, call_id: str) -> None:
+        """``since`` could not be served from the replay log: fetch over REST, then go live.
+
+        The REST answer holds every stored event but partials; after it the call is resubscribed
+        from the last fetched seq, so the replay log covers the rest without a gap. If REST has
+        nothing after ``since`` either, the server lost history this client had seen (a store
+        restored from a backup): the call is resubscribed live and its seqs are taken afresh.
+        """
+        sub = self._subs.get(call_id)
+        since = sub.pending_since if sub and sub.pending_since is not None else self._catch_ups.get(call_id)
+        since = since if since is not None else self.last_seq(call_id)
+        fetched = await self._fetch_events(call_id, since)
+        for message in fetched:
+            await self._on_call_event(parse_message(message))
+        self._fetched += len(fetched)
+        resume = max((int(m["seq"]) for m in fetched), default=None)
+        if resume is None:
+            self._rebase.add(call_id)
+        if sub is not None:
+            sub.pending_since = None
+            await self._send_subscribe(call_id, sub, resume)
+        elif call_id in self._catch_ups:
+            if resume is None:
+                del self._catch_ups[call_id]  # `*` carries it live from here
+            else:
+                self._catch_ups[call_id] = resume
+                await self._send_catch_up(call_id, resume)
+
+    async def _fetch_events(self, call_id: str, since: int) -> list[dict[str, Any]]:
+        assert self._http is not None
+        path = f"/v1/calls/{urllib.parse.quote(call_id, safe='')}/events"
+        try:
+            response = await self._http.get(
+                path, params={"since": since}, headers={"Authorization": f"Bearer {self._token}"}
+            )
+        except httpx.HTTPError as exc:
+            logger.warning("REST fallback for %s failed: %r", call_id, exc)
+            return []
+        if response.status_code != 200:
+            logger.warning("REST fallback for %s answered HTTP %d", call_id, response.status_code)
+            return []
+        events = response.json().get("events", [])
+        return [e for e in events if isinstance(e, dict) and isinstance(e.get("seq"), int)]
+
+    async def _offer(self, item: Event | ClientError) -> None:
+        """Queue for events(); waits when the program is behind (the server sees backpressure)."""
+        await self._queue.put(item)
+
+    def _offer_nowait(self, item: ClientError) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(item)
+
+
+def _error_message(body: bytes | bytearray | None) -> str | None:
+    """Pull ``error.message`` out of the server's JSON refusal body, if there is one."""
+    try:
+        parsed = orjson.loads(bytes(body or b""))
+    except orjson.JSONDecodeError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else None
+
+
+# -- the sync wrapper ----------------------------------------------------------------------------
+
+
+class SyncClient:
+    """:class:`Client` for scripts without asyncio: the event loop runs in a background thread.
+
+    ::
+
+        with SyncClient("http://127.0.0.1:8080", key) as client:
+            for event in client.events("call_a"):
+                print(event.type, event.data)
+
+    Every method is safe to call from any thread; Ctrl-C interrupts a waiting ``events()``.
+    """
+
+    def __init__(self, url: str, credential: str | None = None, **options: Any) -> None:
+        self._url = url
+        self._credential = credential
+        self._options = options
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: Any = None
+        self._client: Client | None = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the loop thread and connect; raises AuthError like ``Client.start``."""
+        import threading
+
+        if self._loop is not None:
+            return
+        loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="callstream-client", daemon=True)
+        self._thread.start()
+        self._loop = loop
+
+        async def make() -> Client:
+            client = Client(self._url, self._credential, **self._options)
+            await client.start()
+            return client
+
+        try:
+            self._client = self._call(make())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def close(self) -> None:
+        if self._loop is None:
+            return
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._call(self._client.close())
+        self._stop_loop()
+
+    def subscribe(self, call_id: str, since: int | None = None, types: Iterable[str] | None = None) -> None:
+        self._call(self._running().subscribe(call_id, since, types))
+
+    def unsubscribe(self, call_id: str) -> None:
+        self._call(self._running().unsubscribe(call_id))
+
+    def last_seq(self, call_id: str) -> int:
+        return self._running().last_seq(call_id)
+
+    def statistics(self) -> ClientStats:
+        return self._running().statistics()
+
+    def events(self, *call_ids: str, types: Iterable[str] | None = None) -> Iterator[Event]:
+        """Like :meth:`Client.events`, as a plain iterator."""
+        iterator = self._running().events(*call_ids, types=types)
+        try:
+            while True:
+                try:
+                    yield self._call(iterator.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            if self._loop is not None and self._loop.is_running():
+                with contextlib.suppress(Exception):
+                    self._call(iterator.aclose(), timeout=5)
+
+    def _running(self) -> Client:
+        if self._client is None:
+            msg = "start the client first: `with SyncClient(...) as client:`"
+            raise RuntimeError(msg)
+        return self._client
+
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
+
+    def _stop_loop(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(10)
+        loop.close()
+
+
+def iter_events(
+    url: str, credential: str, call_ids: Iterable[str], *, types: Iterable[str] | None = None, **options: Any
+) -> Iterator[Event]:
+    """Yield the events of ``call_ids`` (``["*"]`` for all) forever, from plain synchronous code.
+
+    A generator around :class:`SyncClient`: breaking out of the loop closes the connection.
+    """
+    with SyncClient(url, credential, **options) as client:
+        yield from client.events(*call_ids, types=types)

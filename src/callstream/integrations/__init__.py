@@ -1,0 +1,169 @@
+"""Adapters from voice-agent frameworks to callstream events.
+
+- :mod:`callstream.integrations.pipecat`: ``CallstreamObserver`` for a Pipecat pipeline
+  (``pip install 'callstream[pipecat]'``).
+- :mod:`callstream.integrations.livekit`: ``CallstreamSession`` for a LiveKit Agents
+  ``AgentSession`` (``pip install 'callstream[livekit]'``).
+
+Importing ``callstream`` never imports a framework: each adapter module imports its framework
+when it is imported itself. What the adapters share lives here, framework-free: :class:`CallEvents`
+turns "the user said", "the agent is thinking", "a tool returned" into the events of one call
+and hands them to a :class:`~callstream.Publisher`. An adapter for another framework can use it
+the same way.
+
+A monitoring feed must never take a live call down: every failure here (server unreachable,
+event refused, buffer full) is logged and counted, never raised into the framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Final
+
+import orjson
+
+from callstream.errors import PublishError
+from callstream.publisher import Publisher
+
+__all__ = ["CallEvents", "jsonable"]
+
+logger = logging.getLogger("callstream.integrations")
+
+AGENT_STATES: Final = frozenset({"listening", "thinking", "speaking"})
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: tool arguments and results are whatever a framework holds.
+
+    Pydantic models are dumped, anything else orjson cannot encode becomes its ``str()``, so a
+    tool returning a custom object still shows up instead of failing the event.
+    """
+
+    def fallback(obj: Any) -> Any:
+        dump = getattr(obj, "model_dump", None)
+        return dump(mode="json") if callable(dump) else str(obj)
+
+    try:
+        return orjson.loads(orjson.dumps(value, default=fallback, option=orjson.OPT_NON_STR_KEYS))
+    except (TypeError, orjson.JSONEncodeError):
+        return str(value)
+
+
+def parse_json_text(text: str) -> Any:
+    """Tool arguments often arrive as a JSON string: decode it, or keep the string."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+class CallEvents:
+    """The events of one call, published in order through a :class:`~callstream.Publisher`.
+
+    Keeps the little state every adapter needs: when the call started (for ``duration_ms``),
+    the last agent state (only changes are published), utterance ids that pair partials with
+    their final, and whether the call has ended (nothing is published after ``call.ended``).
+    """
+
+    def __init__(self, publisher: Publisher, call_id: str, *, owns_publisher: bool = False) -> None:
+        self.publisher = publisher
+        self.call_id = call_id
+        self.owns_publisher = owns_publisher
+        self.started = time.monotonic()
+        self.agent_state: str | None = None
+        self.ended = False
+        self.published = 0
+        self.dropped = 0
+        self.refused = 0
+        self._utterances: dict[str, int] = {}
+
+    @classmethod
+    async def connect(cls, url: str, key: str, call_id: str) -> CallEvents | None:
+        """A :class:`CallEvents` with a publisher of its own, or None if the key is refused.
+
+        An unreachable server is not an error: the publisher buffers and retries.
+        """
+        publisher = Publisher(url, key)
+        try:
+            await publisher.start()
+        except PublishError as exc:
+            logger.error("callstream: not publishing call %s: %s", call_id, exc)
+            await publisher.close()
+            return None
+        return cls(publisher, call_id, owns_publisher=True)
+
+    # -- what a call is made of ----------------------------------------------------------------
+
+    def next_utterance(self, speaker: str) -> str:
+        """A fresh utterance id for ``speaker`` (``user-1``, ``agent-3``, …)."""
+        self._utterances[speaker] = self._utterances.get(speaker, 0) + 1
+        return f"{speaker}-{self._utterances[speaker]}"
+
+    def transcript(self, speaker: str, text: str, *, final: bool, utterance_id: str, **extra: Any) -> None:
+        """A partial or final transcript; empty text is not an utterance and is skipped."""
+        if not text.strip():
+            return
+        data = {"speaker": speaker, "text": text, "utterance_id": utterance_id}
+        data.update({k: jsonable(v) for k, v in extra.items() if v is not None})
+        self.emit("transcript.final" if final else "transcript.partial", data)
+
+    def state(self, state: str) -> None:
+        """``agent.state``, published only when it changes (and only the contract's states)."""
+        if state in AGENT_STATES and state != self.agent_state and not self.ended:
+            self.agent_state = state
+            self.emit("agent.state", {"state": state})
+
+    def function_call(self, name: str, args: Any, tool_call_id: str | None, **extra: Any) -> None:
+        data = {"name": name, "args": jsonable(args if args is not None else {}), **extra}
+        if tool_call_id:
+            data["tool_call_id"] = tool_call_id
+        self.emit("function.call", data)
+
+    def function_result(self, name: str, result: Any, tool_call_id: str | None, **extra: Any) -> None:
+        data = {"name": name, "result": jsonable(result), **{k: v for k, v in extra.items() if v is not None}}
+        if tool_call_id:
+            data["tool_call_id"] = tool_call_id
+        self.emit("function.result", data)
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """``call.ended`` with the time since this object was made; only the first call counts."""
+        if self.ended:
+            return
+        data: dict[str, Any] = {"status": status, "duration_ms": int((time.monotonic() - self.started) * 1000)}
+        if reason:
+            data["reason"] = reason[:500]
+        self.emit("call.ended", data)
+        self.ended = True
+
+    # -- publishing --------------------------------------------------------------------------------
+
+    def emit(self, type: str, data: dict[str, Any]) -> None:
+        """Queue one event now (framework callbacks are often synchronous); never raises."""
+        if self.ended:
+            return
+        try:
+            future = self.publisher.send(self.call_id, type, data)
+        except PublishError as exc:
+            self.dropped += 1
+            logger.warning("callstream: dropped a %s event of call %s: %s", type, self.call_id, exc)
+            return
+        self.published += 1
+        future.add_done_callback(self._settled)
+
+    def _settled(self, future: asyncio.Future[int | None]) -> None:
+        if future.cancelled():
+            return
+        if (exc := future.exception()) is not None:
+            self.refused += 1
+            logger.warning("callstream: an event of call %s was not stored: %s", self.call_id, exc)
+
+    async def aclose(self, flush_within: float = 5.0) -> None:
+        """Wait (up to ``flush_within`` s) for what was sent to be stored; close an owned publisher."""
+        try:
+            await asyncio.wait_for(self.publisher.flush(), flush_within)
+        except (TimeoutError, PublishError) as exc:
+            logger.warning("callstream: call %s closed with events unconfirmed: %r", self.call_id, exc)
+        if self.owns_publisher:
+            await self.publisher.close()

@@ -1,0 +1,262 @@
+"""Pipecat → callstream: publish a running pipeline's conversation as live call events.
+
+Add one observer to the pipeline's worker and every dashboard subscribed to the call sees it::
+
+    from callstream.integrations.pipecat import CallstreamObserver
+
+    observer = CallstreamObserver("call_42", url="http://127.0.0.1:8080", key=key)
+    worker = PipelineWorker(pipeline, observers=[observer])
+
+An observer, not a frame processor, because it sees every frame wherever it is pushed without
+changing the pipeline, and Pipecat runs observers off the frame path (each on its own queue), so
+publishing never delays audio. Frames become events like this:
+
+=============================================  ====================================================
+``InterimTranscriptionFrame``                  ``transcript.partial`` (user)
+``TranscriptionFrame``                         ``transcript.final`` (user; the partials before it
+                                               share its ``utterance_id``)
+``TTSTextFrame`` between ``TTSStartedFrame``   agent ``transcript.partial`` as words are spoken,
+and ``TTSStoppedFrame``                        ``transcript.final`` at the end (``agent_text="tts"``)
+``LLMTextFrame`` between ``LLMFullResponse*``  the same from the LLM's text (``agent_text="llm"``:
+                                               for pipelines without TTS)
+``LLMFullResponseStartFrame``                  ``agent.state`` thinking
+``BotStartedSpeakingFrame``                    ``agent.state`` speaking
+``BotStoppedSpeakingFrame``,                   ``agent.state`` listening (thinking while the LLM or a
+``UserStartedSpeakingFrame``                   tool is still working)
+``FunctionCallInProgressFrame``                ``function.call`` (``tool_call_id``)
+``FunctionCallResultFrame``,                   ``function.result`` (``tool_call_id``; ``error`` or
+``FunctionCallCancelFrame``                    ``cancelled`` when it did not return)
+``EndFrame`` / ``CancelFrame``                 ``call.ended`` completed / canceled
+``InterruptionFrame``                          the agent's words so far as a final, ``interrupted``
+=============================================  ====================================================
+
+Tested with pipecat-ai 1.14 (``PipelineWorker``; ``PipelineTask`` is its deprecated alias).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+try:
+    from pipecat.frames.frames import (
+        BotStartedSpeakingFrame,
+        BotStoppedSpeakingFrame,
+        CancelFrame,
+        EndFrame,
+        Frame,
+        FunctionCallCancelFrame,
+        FunctionCallInProgressFrame,
+        FunctionCallResultFrame,
+        FunctionCallsStartedFrame,
+        InterimTranscriptionFrame,
+        InterruptionFrame,
+        LLMFullResponseEndFrame,
+        LLMFullResponseStartFrame,
+        LLMTextFrame,
+        StartFrame,
+        TextFrame,
+        TranscriptionFrame,
+        TTSStartedFrame,
+        TTSStoppedFrame,
+        TTSTextFrame,
+        UserStartedSpeakingFrame,
+    )
+    from pipecat.observers.base_observer import BaseObserver, FramePushed
+    from pipecat.processors.frame_processor import FrameDirection
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    msg = "the Pipecat integration needs pipecat-ai: pip install 'callstream[pipecat]'"
+    raise ImportError(msg) from exc
+
+from callstream.integrations import CallEvents
+
+if TYPE_CHECKING:
+    from pipecat.utils.asyncio.task_manager import BaseTaskManager
+
+    from callstream.publisher import Publisher
+
+__all__ = ["CallstreamObserver"]
+
+logger = logging.getLogger("callstream.integrations.pipecat")
+
+AgentText = Literal["tts", "llm", "none"]
+
+
+class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
+    """A Pipecat observer that publishes one pipeline's call to callstream.
+
+    Give it either a started :class:`~callstream.Publisher` (shared by many calls) or ``url`` and
+    ``key`` (it then runs a publisher of its own for the pipeline's life). ``agent_text`` picks
+    where the agent's words come from: ``"tts"`` (what was actually spoken, the default),
+    ``"llm"`` (what the LLM wrote: for text-only pipelines) or ``"none"``.
+    """
+
+    def __init__(
+        self,
+        call_id: str,
+        *,
+        publisher: Publisher | None = None,
+        url: str | None = None,
+        key: str | None = None,
+        agent_text: AgentText = "tts",
+        agent_partials: bool = True,
+        announce_start: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if publisher is None and (url is None or key is None):
+            msg = "give a started Publisher, or url and key"
+            raise ValueError(msg)
+        super().__init__(observe_every_push=False, **kwargs)
+        self.call_id = call_id
+        self._url, self._key = url, key
+        self._calls = CallEvents(publisher, call_id) if publisher is not None else None
+        self._agent_text = agent_text
+        self._agent_partials = agent_partials
+        self._announce_start = announce_start
+        self._user_utterance: str | None = None
+        self._agent_utterance: str | None = None
+        self._agent_words = ""
+        self._llm_active = False
+        self._tts_active = False
+        self._bot_speaking = False
+        self._tools_pending: set[str] = set()  # asked for by the LLM, not running yet
+        self._tools_running: set[str] = set()
+
+    @property
+    def events(self) -> CallEvents | None:
+        """The call's :class:`~callstream.integrations.CallEvents` (None until set up)."""
+        return self._calls
+
+    async def setup(self, task_manager: BaseTaskManager) -> None:
+        await super().setup(task_manager)
+        if self._calls is None and self._url is not None and self._key is not None:
+            self._calls = await CallEvents.connect(self._url, self._key, self.call_id)
+
+    async def cleanup(self) -> None:
+        """The pipeline is done: make sure the call is ended and what was sent is stored.
+
+        Pipecat may tear observers down before one has read the ``EndFrame``, so the call is
+        ended here if it was not yet.
+        """
+        await super().cleanup()  # type: ignore[no-untyped-call,unused-ignore]
+        if self._calls is None:
+            return
+        self._flush_agent_words()
+        self._calls.end("completed", "pipeline finished")
+        await self._calls.aclose()
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        # Broadcast frames (bot speaking, function calls) come as an upstream and a downstream
+        # twin: read the downstream one only, as Pipecat's own observers do.
+        if data.frame.broadcast_sibling_id is not None and data.direction != FrameDirection.DOWNSTREAM:
+            return
+        if self._calls is not None and not self._calls.ended:
+            self._on_frame(data.frame, self._calls)
+
+    # -- frames → events ------------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame, calls: CallEvents) -> None:
+        if isinstance(frame, StartFrame):
+            if self._announce_start:
+                calls.state("listening")
+        elif isinstance(frame, InterimTranscriptionFrame | TranscriptionFrame):
+            self._user_speech(frame, calls)
+        elif isinstance(frame, TextFrame):
+            self._agent_speech(frame, calls)
+        elif isinstance(frame, FunctionCallsStartedFrame):
+            self._tools_pending.update(call.tool_call_id for call in frame.function_calls)
+        elif isinstance(frame, FunctionCallInProgressFrame | FunctionCallResultFrame | FunctionCallCancelFrame):
+            self._tool(frame, calls)
+        elif isinstance(frame, EndFrame | CancelFrame):
+            self._flush_agent_words()
+            reason = str(frame.reason) if frame.reason is not None else None
+            calls.end("completed" if isinstance(frame, EndFrame) else "canceled", reason)
+        else:
+            self._turn(frame, calls)
+
+    def _user_speech(self, frame: InterimTranscriptionFrame | TranscriptionFrame, calls: CallEvents) -> None:
+        final = isinstance(frame, TranscriptionFrame)
+        utterance = self._user_utterance or calls.next_utterance("user")
+        self._user_utterance = None if final else utterance
+        extra = {"user_id": frame.user_id or None, "language": frame.language}
+        calls.transcript("user", frame.text, final=final, utterance_id=utterance, **extra)
+
+    def _agent_speech(self, frame: TextFrame, calls: CallEvents) -> None:
+        source = TTSTextFrame if self._agent_text == "tts" else LLMTextFrame
+        if self._agent_text == "none" or not isinstance(frame, source) or not frame.text:
+            return
+        if self._agent_utterance is None:
+            self._agent_utterance = calls.next_utterance("agent")
+        if frame.includes_inter_frame_spaces:
+            self._agent_words += frame.text
+        else:
+            self._agent_words = f"{self._agent_words} {frame.text.strip()}".lstrip()
+        if self._agent_partials:
+            calls.transcript("agent", self._agent_words.strip(), final=False, utterance_id=self._agent_utterance)
+
+    def _flush_agent_words(self, **extra: Any) -> None:
+        """The agent's utterance is over (or cut off): publish its final."""
+        if self._calls is not None and self._agent_utterance is not None:
+            words = self._agent_words.strip()
+            self._calls.transcript("agent", words, final=True, utterance_id=self._agent_utterance, **extra)
+        self._agent_utterance, self._agent_words = None, ""
+
+    def _tool(
+        self,
+        frame: FunctionCallInProgressFrame | FunctionCallResultFrame | FunctionCallCancelFrame,
+        calls: CallEvents,
+    ) -> None:
+        self._tools_pending.discard(frame.tool_call_id)
+        if isinstance(frame, FunctionCallInProgressFrame):
+            self._tools_running.add(frame.tool_call_id)
+            calls.function_call(frame.function_name, frame.arguments, frame.tool_call_id)
+            if not self._bot_speaking:
+                calls.state("thinking")
+            return
+        extra: dict[str, Any]
+        if isinstance(frame, FunctionCallResultFrame):
+            if frame.properties is not None and not frame.properties.is_final:
+                return  # an async tool's progress update: the call is not settled yet
+            result, extra = frame.result, {"error": frame.error}
+        else:
+            result, extra = None, {"cancelled": True}
+        self._tools_running.discard(frame.tool_call_id)
+        calls.function_result(frame.function_name, result, frame.tool_call_id, **extra)
+
+    def _turn(self, frame: Frame, calls: CallEvents) -> None:
+        """Who has the floor: agent.state, and where the agent's utterances begin and end."""
+        if isinstance(frame, LLMFullResponseStartFrame):
+            self._llm_active = True
+            if self._agent_text == "llm":
+                self._flush_agent_words()
+            if not self._bot_speaking:
+                calls.state("thinking")
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            self._llm_active = False
+            if self._agent_text == "llm":
+                self._flush_agent_words()
+            self._settle(calls)
+        elif isinstance(frame, TTSStartedFrame | TTSStoppedFrame):
+            self._tts_active = isinstance(frame, TTSStartedFrame)
+            if self._agent_text == "tts":
+                self._flush_agent_words()
+            self._settle(calls)
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+            calls.state("speaking")
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+            self._settle(calls)
+        elif isinstance(frame, InterruptionFrame):
+            self._tools_pending.clear()  # calls not started yet are dropped by an interruption
+            self._flush_agent_words(interrupted=True)
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            self._bot_speaking = False
+            calls.state("listening")
+
+    def _settle(self, calls: CallEvents) -> None:
+        """After a turn-ending frame: thinking while anything is still working, else listening."""
+        if self._bot_speaking:
+            return
+        busy = self._llm_active or self._tts_active or bool(self._tools_pending or self._tools_running)
+        calls.state("thinking" if busy else "listening")

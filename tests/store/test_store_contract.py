@@ -1,0 +1,167 @@
+"""The store contract, run over SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from callstream.events import Event
+from callstream.store import SqlStore
+from callstream.store.sql import decode_cursor
+
+FULL = frozenset({"publish", "subscribe", "admin"})
+
+
+def event(account: str, call_id: str, seq: int, event_type: str = "agent.state", **data: Any) -> Event:
+    defaults: dict[str, dict[str, Any]] = {
+        "agent.state": {"state": "thinking"},
+        "transcript.partial": {"speaker": "user", "text": "hel", "is_final": False},
+        "transcript.final": {"speaker": "user", "text": "hello", "is_final": True},
+        "call.ended": {"status": "completed", "duration_ms": 4200, "reason": "hung up"},
+    }
+    return Event(account, call_id, seq, 1_000 * seq, event_type, {**defaults[event_type], **data})
+
+
+# ---- keys and login codes --------------------------------------------------------------
+
+
+async def test_keys_create_lookup_revoke(store: SqlStore, account: str) -> None:
+    record, secret = await store.create_key(account, frozenset({"subscribe"}), name="dash")
+    assert secret not in repr(record)
+    found = await store.key_by_secret(secret)
+    assert found is not None
+    assert (found.id, found.account, found.scopes, found.name) == (record.id, account, {"subscribe"}, "dash")
+    assert await store.key_by_secret(secret + "x") is None
+    assert (await store.key_by_id(record.id)) == found
+    assert [k.id for k in await store.list_keys(account)] == [record.id]
+    assert await store.revoke_key(record.id) is True
+    assert await store.revoke_key(record.id) is False  # once
+    revoked = await store.key_by_secret(secret)
+    assert revoked is not None
+    assert revoked.revoked_at is not None
+    assert record.id in await store.revoked_since(revoked.revoked_at)
+
+
+async def test_login_codes_are_single_use(store: SqlStore, account: str) -> None:
+    code = await store.create_login_code(account)
+    assert await store.use_login_code(code) == account
+    assert await store.use_login_code(code) is None
+    assert await store.use_login_code("never-issued") is None
+    expired = await store.create_login_code(account, ttl_s=-1)
+    assert await store.use_login_code(expired) is None
+
+
+async def test_meta_value_is_created_once(store: SqlStore) -> None:
+    first = await store.meta_value("contract_test_value", lambda: "one")
+    assert await store.meta_value("contract_test_value", lambda: "two") == first == "one"
+
+
+# ---- calls and events ------------------------------------------------------------------
+
+
+async def test_append_is_durable_when_the_future_resolves(store: SqlStore, account: str) -> None:
+    batch = [
+        event(account, "c1", 1, "transcript.partial"),
+        event(account, "c1", 2, "transcript.final", sentiment={"score": 0.5}),
+        event(account, "c1", 3),
+    ]
+    await store.append(batch)
+    call = await store.get_call(account, "c1")
+    assert call is not None
+    assert (call.status, call.started_at, call.last_seq, call.ended_at, call.sentiment) == (
+        "live",
+        1000,
+        3,
+        None,
+        0.5,
+    )
+    stored = await store.events(account, "c1")
+    assert [(e.seq, e.type) for e in stored] == [(2, "transcript.final"), (3, "agent.state")]  # no partials
+    assert stored[0].data["text"] == "hello"
+    state = await store.call_state(account, "c1")
+    assert state is not None
+    assert (state.status, state.last_seq, state.started_at) == ("live", 3, 1000)
+
+
+async def test_call_upsert_across_batches_and_end(store: SqlStore, account: str) -> None:
+    futures = [
+        store.append([event(account, "c1", 1, "transcript.final", sentiment={"score": 1.0})]),
+        store.append([event(account, "c1", 2, "transcript.final", sentiment={"score": 0.0})]),
+    ]
+    await asyncio.gather(*futures)
+    await store.append([event(account, "c1", 3, "call.ended")])
+    call = await store.get_call(account, "c1")
+    assert call is not None
+    assert call.to_json() == {
+        "call_id": "c1",
+        "status": "ended",
+        "started_at": 1000,
+        "ended_at": 3000,
+        "duration_ms": 4200,
+        "end_status": "completed",
+        "reason": "hung up",
+        "last_seq": 3,
+        "sentiment": 0.5,
+    }
+    # A late duplicate of an earlier batch (a retried write) never rewinds the call.
+    await store.append([event(account, "c1", 2)])
+    again = await store.get_call(account, "c1")
+    assert again is not None
+    assert (again.status, again.last_seq) == ("ended", 3)
+
+
+async def test_events_since_until_and_types(store: SqlStore, account: str) -> None:
+    await store.append([event(account, "c1", seq) for seq in range(1, 11)])
+    await store.append([event(account, "c1", 11, "transcript.final")])
+    assert [e.seq for e in await store.events(account, "c1", since=7)] == [8, 9, 10, 11]
+    assert [e.seq for e in await store.events(account, "c1", since=2, until=5)] == [3, 4, 5]
+    assert [e.seq for e in await store.events(account, "c1", types=["transcript.final"])] == [11]
+    assert await store.events(account, "nope") == []
+
+
+async def test_list_calls_pages_newest_first(store: SqlStore, account: str) -> None:
+    # Two calls share a start time: the cursor must still neither skip nor repeat one.
+    starts = {"a": 1, "b": 2, "c": 2, "d": 3, "e": 4}
+    for call_id, seq in starts.items():
+        await store.append([Event(account, call_id, 1, seq * 1000, "agent.state", {"state": "thinking"})])
+    await store.append([event(account, "d", 2, "call.ended")])
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = await store.list_calls(account, status=None, limit=2, cursor=cursor)
+        seen += [c.call_id for c in page]
+        if cursor is None:
+            break
+        decode_cursor(cursor)
+    assert seen == ["e", "d", "c", "b", "a"]
+    live, _ = await store.list_calls(account, status="live", limit=10, cursor=None)
+    assert [c.call_id for c in live] == ["e", "c", "b", "a"]
+    ended, _ = await store.list_calls(account, status="ended", limit=10, cursor=None)
+    assert [c.call_id for c in ended] == ["d"]
+    some, _ = await store.list_calls(
+        account, status=None, limit=10, cursor=None, call_ids=frozenset({"a", "e"})
+    )
+    assert [c.call_id for c in some] == ["e", "a"]
+    with pytest.raises(ValueError, match="cursor"):
+        await store.list_calls(account, status=None, limit=2, cursor="garbage!")
+
+
+async def test_another_account_never_sees_a_call(store: SqlStore, account: str) -> None:
+    other = account + "_other"
+    await store.append([event(account, "shared", 1), event(account, "shared", 2)])
+    assert await store.get_call(other, "shared") is None
+    assert await store.call_state(other, "shared") is None
+    assert await store.events(other, "shared") == []
+    assert (await store.list_calls(other, status=None, limit=10, cursor=None))[0] == []
+    # The same call id in the other account is a different call.
+    await store.append([event(other, "shared", 1, "call.ended")])
+    mine = await store.get_call(account, "shared")
+    assert mine is not None
+    assert (mine.status, mine.last_seq) == ("live", 2)
+    _, secret = await store.create_key(other, FULL)
+    key = await store.key_by_secret(secret)
+    assert key is not None
+    assert key.account == other
+    assert all(k.account == account for k in await store.list_keys(account))
