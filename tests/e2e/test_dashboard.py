@@ -1,13 +1,14 @@
 """The dashboard in headless Chromium against a real server.
 
 Debian's chromium driven by Playwright (``executable_path``; no browser download).
-Screenshots go to docs/screenshots/ (kept in the repo) and tests/artifacts/.
+Screenshots go to tests/artifacts/ (and to docs/screenshots/ with CALLSTREAM_UPDATE_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import threading
 import time
@@ -75,10 +76,13 @@ def new_call() -> str:
 
 
 def screenshot(pg: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    """Into tests/artifacts/; with CALLSTREAM_UPDATE_SCREENSHOTS=1 also into docs/screenshots/,
+    so an ordinary test run leaves the checkout clean."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    pg.screenshot(path=str(SHOTS / name))
-    shutil.copy(SHOTS / name, ARTIFACTS / name)
+    pg.screenshot(path=str(ARTIFACTS / name))
+    if os.environ.get("CALLSTREAM_UPDATE_SCREENSHOTS") == "1":
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ARTIFACTS / name, SHOTS / name)
 
 
 def open_dashboard(pg: Any, server: ServerProcess, acct: str) -> None:
