@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,pipecat,livekit]'
 	touch $(STAMP)
 
 demo: $(STAMP)  ## the service with live simulated calls and the dashboard (embedded: no Redis, no PostgreSQL)

@@ -30,6 +30,7 @@ import os
 import resource
 import time
 import traceback
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -144,7 +145,8 @@ class Subscriber(WSListener):  # type: ignore[misc]
     dialect = "callstream"
 
     def __init__(self, calls: list[str], since: dict[str, int] | None = None, track: bool = False,
-                 prev: Subscriber | None = None) -> None:
+                 prev: Subscriber | None = None, inflate: bool = False) -> None:
+        self.inflater = zlib.decompressobj(-15) if inflate else None
         self.calls = calls
         self.since = since
         self.track = track
@@ -175,6 +177,8 @@ class Subscriber(WSListener):  # type: ignore[misc]
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type is TEXT:
             p = frame.get_payload_as_bytes()
+            if frame.rsv1 and self.inflater is not None:  # permessage-deflate, as browsers negotiate it
+                p = self.inflater.decompress(p + b"\x00\x00\xff\xff")
             i = p.find(SENT_KEY)
             if i >= 0:
                 record(p, i)
@@ -475,7 +479,7 @@ class Producer:
     def start(self) -> None:
         if self.window:
             tasks = [asyncio.ensure_future(self.run_closed_loop(k)) for k in range(len(self.sockets))]
-            self.task = asyncio.ensure_future(asyncio.gather(*tasks))
+            self.task = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
         else:
             self.task = asyncio.ensure_future(self.run_open_loop())
 
@@ -509,20 +513,22 @@ class Worker:
         self.dialect = "callstream"
 
     async def open_subscribers(self, dialect: str, base: str, token: str, groups: list[list[str]],
-                               concurrency: int = 200, track: bool = False) -> dict[str, Any]:
+                               concurrency: int = 200, track: bool = False, deflate: bool = False) -> dict[str, Any]:
         self.dialect, self.base, self.token = dialect, base, token
         cls = SUBSCRIBERS[dialect]
         sem = asyncio.Semaphore(concurrency)
         failed = 0
         started = time.monotonic()
+        headers = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"} if deflate else None
 
         async def one(calls: list[str]) -> None:
             nonlocal failed
             async with sem:
                 for attempt in range(3):
                     try:
-                        _, sub = await ws_connect(lambda: cls(calls, track=track), sub_url(dialect, base, token, calls),
-                                                  websocket_handshake_timeout=30, max_frame_size=1 << 24)
+                        _, sub = await ws_connect(lambda: cls(calls, track=track, inflate=deflate),
+                                                  sub_url(dialect, base, token, calls), websocket_handshake_timeout=30,
+                                                  max_frame_size=1 << 24, extra_headers=headers)
                         await asyncio.wait_for(sub.ready, 60)
                         self.subs.append(sub)
                         return
@@ -622,6 +628,10 @@ class Worker:
         assert self.producer is not None
         return self.producer.counts(t0, t1)
 
+    def cpu(self) -> dict[str, Any]:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return {"cpu_s": ru.ru_utime + ru.ru_stime, "total": S.total}
+
     def stats(self) -> dict[str, Any]:
         out = S.snapshot()
         ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -642,10 +652,29 @@ def worker_main(conn: Any, cpus: list[int] | None) -> None:
 
 
 async def _serve(conn: Any) -> None:
+    """Commands arrive on a reader thread; replies leave through a thread too (the pipe blocks)."""
+    import threading
+
     loop = asyncio.get_running_loop()
     worker = Worker()
     inbox: asyncio.Queue[Any] = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
+    send_lock = threading.Lock()
+
+    def read_forever() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                message = ("exit", {})
+            loop.call_soon_threadsafe(inbox.put_nowait, message)
+            if message[0] == "exit":
+                return
+
+    def send(message: Any) -> None:
+        with send_lock:
+            conn.send(message)
+
+    threading.Thread(target=read_forever, daemon=True).start()
 
     async def handle(cmd: str, kwargs: dict[str, Any]) -> None:
         try:
@@ -653,15 +682,17 @@ async def _serve(conn: Any) -> None:
             result = fn(**kwargs)
             if asyncio.iscoroutine(result):
                 result = await result
-            conn.send(("ok", result))
+            reply = ("ok", result)
         except Exception:
-            conn.send(("error", traceback.format_exc()))
+            reply = ("error", traceback.format_exc())
+        await loop.run_in_executor(None, send, reply)
 
     tasks: set[asyncio.Task[None]] = set()
     while True:
         cmd, kwargs = await inbox.get()
         if cmd == "exit":
-            conn.send(("ok", {}))
+            with contextlib.suppress(Exception):
+                send(("ok", {}))
             return
         task = asyncio.ensure_future(handle(cmd, kwargs))
         tasks.add(task)

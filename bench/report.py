@@ -62,6 +62,7 @@ def fanout_medians(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
             "partials_dropped": med([r.get("partials_dropped", 0) for r in rs]),
             "cpu_pct": med([r["cpu_pct"] for r in rs]),
             "load_cpu_pct": med([r["load_cpu_pct"] for r in rs]),
+            "runq_wait_pct": med([r.get("runq_wait_pct") for r in rs]),
             "rss_mib": med([r["rss_mib"] for r in rs]),
             "closes": sum(sum(r["closes"].values()) for r in rs),
         })
@@ -91,15 +92,17 @@ def fanout_section(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
     parts = ["## Fan-out: 1,000 subscribers, 100 live calls, 10 subscribers a call\n",
              "Offered = deliveries/s asked of the producer (events/s × 10). Delivered = deliveries received "
              "per second inside the window. Latency: producer `sent_ns` → subscriber receive. Loss: non-partial "
-             "events sent in the window and never delivered. Medians over runs.\n"]
+             "events sent in the window and never delivered. Server waited %: time the server's threads were runnable "
+             "but waiting for the (shared) core: other work on the machine. Medians over runs.\n"]
     best: dict[str, float] = {}
     for target, steps in meds.items():
         parts.append(f"### {target}\n")
         parts.append(table(
             ["offered/s", "delivered/s", "p50 ms", "p99 ms", "p99.9 ms", "loss", "partials dropped", "server CPU %",
-             "load CPU %", "RSS MiB", "closes", "runs"],
+             "server waited %", "load CPU %", "RSS MiB", "closes", "runs"],
             [[s["offered_s"], s["delivered_s"], s["p50_ms"], s["p99_ms"], s["p999_ms"], f"{s['loss']:.4f}",
-              s["partials_dropped"], s["cpu_pct"], s["load_cpu_pct"], s["rss_mib"], s["closes"], s["runs"]]
+              s["partials_dropped"], s["cpu_pct"], s["runq_wait_pct"], s["load_cpu_pct"], s["rss_mib"], s["closes"],
+              s["runs"]]
              for s in steps]))
         parts.append("")
         best[target] = med(per_run.get(target, [0.0])) or 0.0
@@ -249,44 +252,79 @@ def twonode_section(rows: list[dict[str, Any]]) -> str:
                     body) + "\n")
 
 
-def profile_section(prof: dict[str, Any] | None) -> str:
-    if not prof:
+def profile_section(profiles: dict[str, Any] | None) -> str:
+    if not profiles:
         return ""
-    lines = [f"## Profile: callstream under fan-out at {prof['rate']:,} deliveries/s (py-spy, {prof['seconds']} s)\n",
-             "`profile-fanout.svg` is the flame graph; `profile-fanout.txt` the collapsed stacks.\n",
-             "Inclusive (share of samples with the function on the stack):\n"]
-    lines.append(table(["%", "function"], [[f"{p:.1f}", f"`{f}`"] for f, p in prof["inclusive"]]))
-    lines.append("\nSelf (share of samples where the function is the leaf):\n")
-    lines.append(table(["%", "function"], [[f"{p:.1f}", f"`{f}`"] for f, p in prof["self"]]))
-    return "\n".join(lines) + "\n"
+    out = ["## Profiles (py-spy, 200 Hz, all threads; idle helper threads left out)\n"]
+    for name, prof in profiles.items():
+        if not prof.get("samples"):
+            continue
+        out.append(f"### {prof['label']}\n")
+        out.append(f"`profile-{name}.svg` (flame graph), `profile-{name}.txt` (collapsed stacks); "
+                   f"{prof['samples']:,} busy samples.\n")
+        out.append("By task (outermost callstream frame):\n")
+        out.append(table(["%", "task"], [[f"{p:.1f}", f"`{f}`"] for f, p in prof.get("tasks", [])]))
+        out.append("\nInclusive (function anywhere on the stack; loop and CLI frames left out):\n")
+        out.append(table(["%", "function"], [[f"{p:.1f}", f"`{f}`"] for f, p in prof["inclusive"][:20]]))
+        out.append("\nSelf (the leaf):\n")
+        out.append(table(["%", "function"], [[f"{p:.1f}", f"`{f}`"] for f, p in prof["self"][:15]]))
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+_BORING = ("runpy", "typer/", "_click/", "click/", "asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py",
+           "uvloop/", "callstream/cli.py", "callstream/__main__.py", "threading.py", "<frozen", "server/serve.py")
+_IDLE_LEAVES = ("_connection_worker_thread", "_worker (concurrent/futures/thread.py)", "SimpleQueue.get", "select (")
 
 
 def top_frames(raw: str, n: int = 25) -> dict[str, Any]:
-    """Inclusive and self shares per function from py-spy's collapsed stacks (`a;b;c count`)."""
+    """Shares per function and per task from py-spy's collapsed stacks (`a;b;c count`, --threads).
+
+    Samples of idle helper threads (aiosqlite's and the executor's workers waiting on their queue)
+    are dropped. `tasks`: each sample is charged to its outermost callstream frame (the coroutine a
+    task runs: the writer task, the store writer, the ingest reader, the handshake, …).
+    """
     inclusive: dict[str, int] = defaultdict(int)
     self_: dict[str, int] = defaultdict(int)
-    total = 0
+    tasks: dict[str, int] = defaultdict(int)
+    threads: dict[str, int] = defaultdict(int)
+    total = idle = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         c = int(count)
+        raw_frames = stack.split(";")
+        thread = "main"
+        if raw_frames and raw_frames[0].startswith(("thread (", "process ")):
+            thread = raw_frames.pop(0)
+        frames = [_name(f) for f in raw_frames]
+        if not frames or frames[-1].startswith(_IDLE_LEAVES) or any(f.startswith("_connection_worker_thread")
+                                                                      for f in frames[-1:]):
+            idle += c
+            continue
         total += c
-        frames = [_name(f) for f in stack.split(";")]
+        threads[thread] += c
         for f in set(frames):
-            inclusive[f] += c
+            if not any(b in f for b in _BORING):
+                inclusive[f] += c
         self_[frames[-1]] += c
+        task = next((_name(f) for f in raw_frames if "/callstream/" in f and not any(b in f for b in _BORING)), None)
+        if task is None:
+            task = next((f for f in frames if not any(b in f for b in _BORING)), frames[-1])
+        tasks[task] += c
     if not total:
-        return {"inclusive": [], "self": [], "samples": 0}
+        return {"inclusive": [], "self": [], "tasks": [], "samples": 0}
 
-    def top(d: dict[str, int]) -> list[tuple[str, float]]:
-        return [(f, c * 100 / total) for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:n]]
+    def top(d: dict[str, int], k: int = n) -> list[tuple[str, float]]:
+        return [(f, c * 100 / total) for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:k]]
 
-    return {"inclusive": top(inclusive), "self": top(self_), "samples": total}
+    return {"inclusive": top(inclusive), "self": top(self_), "tasks": top(tasks, 15), "samples": total,
+            "idle_samples": idle, "threads": top(threads, 6)}
 
 
 def _name(frame: str) -> str:
-    # py-spy: "function (path/to/module.py:123)" → "function (module.py)"
+    # py-spy: "function (path/to/module.py:123)" → "function (pkg/module.py)"
     func, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
     parts = path.split("/")
@@ -323,7 +361,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         sections.append(ingest_section(sc["ingest"]))
     if sc.get("twonode"):
         sections.append(twonode_section(sc["twonode"]))
-    sections.append(profile_section(results.get("profile")))
+    sections.append(profile_section(results.get("profiles")))
     for key, fn in (("connections", connections_section), ("campaign", campaign_section), ("storm", storm_section),
                     ("ingest", ingest_section), ("twonode", twonode_section)):
         if sc.get(key):

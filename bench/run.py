@@ -13,7 +13,7 @@ import array
 import json
 import multiprocessing as mp
 import os
-import statistics
+import signal
 import subprocess
 import sys
 import time
@@ -208,7 +208,7 @@ class Bench:
                 log(f"{target.name}: {connected} subscribers in {max(o['elapsed'] for o in opened):.1f}s")
                 load.call(producer, "start_producer", dialect=target.dialect, base=target.base, token=target.token,
                           calls=calls, conns=10, mix="call", rate=0.0)
-                if self.args.profile and name == "callstream" and run == 0:
+                if self.args.profile and name == self.args.profile_target and run == 0:
                     self.profile(target, load, producer, sub_idx, per_call)
                 for offered in self.ladder():
                     row = self.fanout_step(target, load, producer, sub_idx, offered, per_call, warm, window)
@@ -216,7 +216,7 @@ class Bench:
                     self.add("fanout", row)
                     log(f"{target.name} {offered:>7,}/s → {row['delivered_s']:>9,.0f}/s p50 {row['p50_ms']} "
                         f"p99 {row['p99_ms']} p99.9 {row['p999_ms']} loss {row['loss']:.4f} "
-                        f"cpu {row['cpu_pct']:.0f}% load-cpu {row['load_cpu_pct']:.0f}%")
+                        f"cpu {row['cpu_pct']:.0f}% (waited {row['runq_wait_pct']:.0f}%) load-cpu {row['load_cpu_pct']:.0f}%")
                     if row["saturated"]:
                         break
             finally:
@@ -231,9 +231,11 @@ class Bench:
         t1 = t0 + int(window * 1e9)
         load.each(sub_idx, "window", t0=t0, t1=t1)
         time.sleep(max(0.0, (t0 - time_ns()) / 1e9))
-        cpu0, lcpu0 = target.cpu_s(), sum(s["cpu_s"] for s in load.each(sub_idx, "stats"))
+        cpu0, lcpu0 = target.cpu_s(), sum(s["cpu_s"] for s in load.each(sub_idx, "cpu"))
+        wait0 = target.runq_wait_s()
         time.sleep(max(0.0, (t1 - time_ns()) / 1e9))
-        cpu1, lcpu1 = target.cpu_s(), sum(s["cpu_s"] for s in load.each(sub_idx, "stats"))
+        cpu1, lcpu1 = target.cpu_s(), sum(s["cpu_s"] for s in load.each(sub_idx, "cpu"))
+        wait1 = target.runq_wait_s()
         rss = target.rss_kib()
         load.call(producer, "set_rate", rate=0.0)
         merged = self.drain(load, sub_idx)
@@ -256,6 +258,7 @@ class Bench:
             "partials_dropped": max(0, (sent["sent"] - sent["sent_nonpartial"]) * per_call - merged["n_partial"]),
             "cpu_pct": (cpu1 - cpu0) / window * 100,
             "load_cpu_pct": (lcpu1 - lcpu0) / window * 100,
+            "runq_wait_pct": (wait1 - wait0) / window * 100,
             "rss_mib": rss / 1024,
             "closes": merged["close_codes"],
             "errors": merged["errors"],
@@ -269,10 +272,34 @@ class Bench:
         last = -1
         while True:
             time.sleep(0.3)
-            merged = merge(load.each(sub_idx, "stats"))
-            if merged["total"] == last or time.monotonic() > deadline:
-                return merged
-            last = merged["total"]
+            total = sum(s["total"] for s in load.each(sub_idx, "cpu"))
+            if total == last or time.monotonic() > deadline:
+                return merge(load.each(sub_idx, "stats"))
+            last = total
+
+    def spy(self, target: Target, name: str, seconds: float) -> list[subprocess.Popen[bytes]]:
+        """Start py-spy on the server for `seconds` (flame graph + collapsed stacks), when --profile."""
+        if not self.args.profile or not target.name.startswith("callstream"):
+            return []
+        spy = str(Path(sys.executable).parent / "py-spy")
+        common = ["--pid", str(target.pid), "--duration", str(int(seconds)), "--rate", "200", "--nonblocking",
+                  "--threads"]
+        out = RESULTS / f"profile-{name}"
+        return [subprocess.Popen([spy, "record", *common, "-o", f"{out}.svg"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL),
+                subprocess.Popen([spy, "record", *common, "--format", "raw", "-o", f"{out}.txt"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+
+    def spied(self, procs: list[subprocess.Popen[bytes]], name: str, label: str) -> None:
+        for proc in procs:
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raw = RESULTS / f"profile-{name}.txt"
+        if procs and raw.exists():
+            self.results.setdefault("profiles", {})[name] = {"label": label, **report.top_frames(raw.read_text())}
+            self.save()
 
     def profile(self, target: Target, load: Load, producer: int, sub_idx: list[int], per_call: int) -> None:
         rate = self.args.profile_rate
@@ -280,31 +307,23 @@ class Bench:
         log(f"profiling {target.name} at {rate:,} deliveries/s for {seconds}s (py-spy)")
         load.call(producer, "set_rate", rate=rate / per_call)
         time.sleep(1.0)
-        spy = str(Path(sys.executable).parent / "py-spy")
-        svg = RESULTS / "profile-fanout.svg"
-        raw = RESULTS / "profile-fanout.txt"
-        common = ["--pid", str(target.pid), "--duration", str(seconds), "--rate", "200", "--nonblocking"]
-        procs = [subprocess.Popen([spy, "record", *common, "-o", str(svg)], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL),
-                 subprocess.Popen([spy, "record", *common, "--format", "raw", "-o", str(raw)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-        for proc in procs:
-            proc.wait(seconds + 60)
+        spies = self.spy(target, "fanout", seconds)
+        self.spied(spies, "fanout", f"{target.name}: fan-out at {rate:,} deliveries/s ({seconds} s)")
         load.call(producer, "set_rate", rate=0.0)
         self.drain(load, sub_idx)
-        if raw.exists():
-            top = report.top_frames(raw.read_text())
-            self.results["profile"] = {"rate": rate, "seconds": seconds, **top}
-            self.save()
 
     # ---- connections ----------------------------------------------------------------------------
 
     def connections(self, run: int) -> None:
         n = self.args.connections or (5000 if self.quick else 15000)
         names = self.args.targets.split(",") if self.args.targets else (
-            ["callstream", "bare"] + (["nchan"] if nchan_available() and not self.quick else []))
+            ["callstream", "callstream~deflate", "bare"] + (["nchan"] if nchan_available() and not self.quick else []))
         for name in names:
-            target = self.start(make(name))
+            # `~deflate`: the clients offer permessage-deflate, as browsers do (uvicorn accepts it by default).
+            deflate = name.endswith("~deflate")
+            target = self.start(make(name.removesuffix("~deflate")))
+            if deflate:
+                target.name += " (clients offer permessage-deflate)"
             procs = max(2, min(4, n // 5000 + 1))
             load = Load(procs + 1, self.load_cpus)
             sub_idx = list(range(procs))
@@ -318,13 +337,15 @@ class Bench:
                 time.sleep(1.5)
                 rss0 = target.rss_kib()
                 groups = [[calls[k % len(calls)]] for k in range(n)]
+                spies = self.spy(target, "connect", 8) if run == 0 and not deflate else []
                 t = time.monotonic()
                 opened = load.each(sub_idx, "open_subscribers",
                                    kw=lambda k: {"dialect": target.dialect, "base": target.base,
                                                  "token": target.token, "groups": split(groups, procs)[k],
-                                                 "concurrency": 100})
+                                                 "concurrency": 100, "deflate": deflate})
                 elapsed = time.monotonic() - t
                 connected = sum(o["connected"] for o in opened)
+                self.spied(spies, "connect", f"{target.name}: opening {n:,} subscriber sockets (first 8 s)")
                 time.sleep(3.0)
                 rss1 = target.rss_kib()
                 cpu_idle0 = target.cpu_s()
@@ -383,7 +404,11 @@ class Bench:
                     f"{sub_s:.1f}s ({opened})")
                 load.call(1, "start_producer", dialect=target.dialect, base=target.base, token=target.token,
                           calls=calls, conns=10, mix="call", rate=0.0)
+                key = "campaign-wildcard" if wildcard else "campaign"
+                spies = self.spy(target, key, warm + window) if run == 0 else []
                 row = self.fanout_step(target, load, 1, [0], rate, 1, warm, window)
+                self.spied(spies, key, f"{target.name}: campaign, {len(subscribe):,} subscriptions on one socket, "
+                           f"{rate:,} events/s (warm-up + window)")
                 row.update(run=run, subscriptions=len(subscribe), subscribe_s=sub_s,
                            variant="'*' (wildcard)" if wildcard else "10,000 explicit")
                 self.add("campaign", row)
@@ -416,7 +441,9 @@ class Bench:
                           calls=calls, conns=10, mix="durable", rate=rate)
                 time.sleep(3.0)
                 log(f"{target.name}: storm of {connected} sockets (producer at {rate:.0f} events/s)")
+                spies = self.spy(target, "storm", 10) if run == 0 else []
                 results = load.each(sub_idx, "storm")
+                self.spied(spies, "storm", f"{target.name}: reconnect storm of {connected:,} sockets (first 10 s)")
                 caught = sorted(t for r in results for t in r["caught_up_ns"])
                 time.sleep(2.0)
                 load.call(producer, "set_rate", rate=0.0)
@@ -560,11 +587,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=None, help="sockets in 'connections'")
     parser.add_argument("--storm", type=int, default=None, help="clients in 'storm'")
     parser.add_argument("--profile", action="store_true", help="py-spy callstream during fan-out")
+    parser.add_argument("--profile-target", default="callstream", help="which target --profile samples")
     parser.add_argument("--profile-rate", type=int, default=30_000, help="deliveries/s while profiling")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--out", default=None, help="results subfolder name (default: bench/results)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the servers
     scenarios = args.scenarios or ALL
     unknown = [s for s in scenarios if s not in ALL]
     if unknown:

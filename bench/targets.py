@@ -74,6 +74,17 @@ def cpu_s(pid: int) -> float:
     return total
 
 
+def runq_wait_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (other work on the core)."""
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{p}/task/{task}/schedstat") as fh:
+                    total += int(fh.read().split()[1])
+    return total / 1e9
+
+
 def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -134,6 +145,8 @@ class Target:
             return self._callstream(env)
         if self.kind == "bare":
             return [PY, "-m", "bench.references.bare_websockets", "--port", str(self.port)]
+        if self.kind == "picows":
+            return [PY, "-m", "bench.references.picows_server", "--port", str(self.port)]
         if self.kind == "socketio":
             return [PY, "-m", "bench.references.socketio_server", "--port", str(self.port), *self.args]
         if self.kind == "nchan":
@@ -180,6 +193,9 @@ class Target:
     def cpu_s(self) -> float:
         return cpu_s(self.pid)
 
+    def runq_wait_s(self) -> float:
+        return runq_wait_s(self.pid)
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -196,15 +212,26 @@ class Target:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+# The benchmark measures capacity, not policy: the per-key/per-account socket caps and the per-key
+# ingest rate (defaults 10,000 sockets and 10,000 events/s) are lifted for every callstream target.
+CALLSTREAM_BENCH_ENV = {
+    "CALLSTREAM_MAX_CONNECTIONS_PER_KEY": "0",
+    "CALLSTREAM_MAX_CONNECTIONS_PER_ACCOUNT": "0",
+    "CALLSTREAM_INGEST_RATE": "0",
+}
+
+
 def make(name: str) -> Target:
     """`callstream`, `callstream+<patch>[+<patch>…]` (bench/patches/<patch>.diff), `bare`, `socketio`, `nchan`."""
     if name.startswith("callstream"):
         patches = [p + ".diff" for p in name.split("+")[1:]]
-        return Target(name, "callstream", "callstream", patches=patches)
+        return Target(name, "callstream", "callstream", patches=patches, env=dict(CALLSTREAM_BENCH_ENV))
     if name == "bare":
         return Target("bare-websockets", "bare", "bare")
     if name == "socketio":
         return Target("python-socketio", "socketio", "socketio")
+    if name == "picows":
+        return Target("picows-server", "bare", "picows")
     if name == "nchan":
         return Target("nchan", "nchan", "nchan")
     raise ValueError(f"unknown target {name}")

@@ -30,7 +30,13 @@ class Frame:
 
 
 def encode(
-    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True, length: int | None = None
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: bool = True,
+    length: int | None = None,
 ) -> bytes:
     """One frame. `length` lies about the payload length when given (for huge-frame headers)."""
     size = len(payload) if length is None else length

@@ -24,7 +24,9 @@ def b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def hand_signed(header: dict[str, Any], claims: dict[str, Any], key: bytes, digest: Any = hashlib.sha256) -> str:
+def hand_signed(
+    header: dict[str, Any], claims: dict[str, Any], key: bytes, digest: Any = hashlib.sha256
+) -> str:
     """A JWT built by hand, so any header can be paired with any HMAC signature."""
     signing_input = f"{b64(orjson.dumps(header))}.{b64(orjson.dumps(claims))}"
     signature = hmac.new(key, signing_input.encode(), digest).digest()
@@ -66,7 +68,11 @@ def test_hs512_with_the_right_secret_is_refused(signer: TokenSigner) -> None:
 def test_rs256_confusion_is_refused(signer: TokenSigner) -> None:
     # The classic confusion: header says RS256, "signed" with HMAC over a public key; or the
     # header says HS256 and the public key is the HMAC secret. Neither is our secret or algorithm.
-    for alg, key in (("RS256", PUBLIC_PEM.encode()), ("RS256", SECRET.encode()), ("HS256", PUBLIC_PEM.encode())):
+    for alg, key in (
+        ("RS256", PUBLIC_PEM.encode()),
+        ("RS256", SECRET.encode()),
+        ("HS256", PUBLIC_PEM.encode()),
+    ):
         token = hand_signed({"alg": alg, "typ": "JWT", "kid": signer.kid}, claims(), key)
         with pytest.raises(AuthError):
             signer.verify(token)
@@ -113,7 +119,7 @@ def test_rotation_keeps_old_tokens_until_they_expire() -> None:
 def test_unknown_or_missing_kid_is_refused(signer: TokenSigner) -> None:
     for header in ({"alg": "HS256", "kid": "deadbeef0000"}, {"alg": "HS256"}, {"alg": "HS256", "kid": 7}):
         token = hand_signed(header, claims(), SECRET.encode())
-        with pytest.raises(AuthError, match="(?i)kid|key id"):
+        with pytest.raises(AuthError, match=r"(?i)kid|key id"):
             signer.verify(token)
 
 
@@ -121,7 +127,7 @@ def test_a_kid_cannot_select_another_secret() -> None:
     # A token signed with the old secret but naming the current kid fails the signature check.
     ring = TokenSigner(SECRET, previous=[OLD])
     token = jwt.encode(claims(), OLD, algorithm="HS256", headers={"kid": key_id_of(SECRET)})
-    with pytest.raises(AuthError, match="(?i)signature"):
+    with pytest.raises(AuthError, match=r"(?i)signature"):
         ring.verify(token)
 
 

@@ -9,6 +9,7 @@ sans-I/O validator (`callstream.protocol`), which the server must agree with.
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -48,9 +49,11 @@ data_strategy = st.fixed_dictionaries(
         "args": json_values,
         "result": json_values,
         "tool_call_id": st.text(max_size=8) | json_scalars,
-        "status": st.sampled_from(["completed", "failed", "no_answer", "busy", "canceled", "transferred", "x"])
+        "status": st.sampled_from(
+            ["completed", "failed", "no_answer", "busy", "canceled", "transferred", "x"]
+        )
         | json_scalars,
-        "duration_ms": st.integers(-5, 10**12) | json_scalars,
+        "duration_ms": st.integers(-5, 10**12) | st.integers(2**63 - 2, 2**64 - 1) | json_scalars,
         "reason": st.text(max_size=20) | json_scalars,
         "extra": json_values,
     },
@@ -196,7 +199,7 @@ def replies(ws: ClientConnection, last: Any) -> list[dict[str, Any]]:
 def test_any_client_messages(server: ServerProcess, key: str, messages: list[Any]) -> None:
     with connect(f"{server.ws_url}/v1/events?token={key}") as ws:
         for message in messages:
-            ws.send(orjson.dumps(message).decode())
+            ws.send(json.dumps(message))  # stdlib json: integers beyond 64 bits too
         ws.send('{"type":"ping"}')
         got = replies(ws, lambda r: r == {"type": "pong"})  # still open after every bad message
     for reply in got:
@@ -217,7 +220,11 @@ def test_any_producer_frames(server: ServerProcess, key: str, frames: list[Any])
                 if isinstance(event, dict):
                     event["call_id"] = call_id
             ws.send(orjson.dumps(frame).decode())
-        ws.send(orjson.dumps({"call_id": call_id, "type": "agent.state", "data": {"state": "listening"}, "ref": "end"}).decode())
+        ws.send(
+            orjson.dumps(
+                {"call_id": call_id, "type": "agent.state", "data": {"state": "listening"}, "ref": "end"}
+            ).decode()
+        )
         got = replies(ws, lambda r: r.get("ref") == "end")
     for reply in got:
         assert reply["type"] in {"ack", "error"}, reply

@@ -844,8 +844,13 @@ class Client:
         if response.status_code != 200:
             logger.warning("REST fallback for %s answered HTTP %d", call_id, response.status_code)
             return []
-        events = response.json().get("events", [])
-        return [e for e in events if isinstance(e, dict) and isinstance(e.get("seq"), int)]
+        try:
+            body = response.json()
+        except ValueError:
+            logger.warning("REST fallback for %s answered with something other than JSON", call_id)
+            return []
+        events = body.get("events") if isinstance(body, dict) else None
+        return [e for e in events or [] if isinstance(e, dict) and isinstance(e.get("seq"), int)]
 
     async def _offer(self, item: Event | ClientError) -> None:
         """Queue for events(); waits when the program is behind (the server sees backpressure)."""

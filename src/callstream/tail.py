@@ -6,7 +6,8 @@ and no repeats.
 
 The live view keeps one panel per call. A partial is shown dimmed until the final of the same
 utterance (``utterance_id``, else the same speaker) replaces it, because that is how a person
-reads speech being recognised. ``--json`` prints exactly the server's event messages, one per
+reads speech being recognised. Named calls start with what the server holds of them (the
+call so far), then follow live; ``--all`` starts live. ``--json`` prints exactly the server's event messages, one per
 line, flushed as they arrive, so ``callstream tail --json … | jq`` works in real time.
 """
 
@@ -67,13 +68,14 @@ def _sentiment(event: TranscriptFinal) -> Text:
     if not isinstance(label, str) or not isinstance(score, int | float):
         return Text()
     mark, style = SENTIMENT_STYLES.get(label, ("·", "dim"))
-    return Text(f"  {mark} {score:+.2f}", style=style)
+    return Text(f"{mark}{score:+.2f} ", style=style)
 
 
 def describe(event: Event) -> Text | None:
     """One line for an event in the transcript, or None for events shown elsewhere (state)."""
     if isinstance(event, TranscriptFinal):
-        return Text.assemble(_speaker(event.speaker), event.text, _sentiment(event))
+        # Sentiment before the text: a long sentence is cut at the panel's edge, the score is not.
+        return Text.assemble(_speaker(event.speaker), _sentiment(event), event.text)
     if isinstance(event, FunctionCall):
         return Text.assemble(("    ƒ ", "yellow"), (event.name, "bold yellow"), f"({_short(event.args)})")
     if isinstance(event, FunctionResult):
@@ -190,7 +192,7 @@ async def follow_live(client: Client, call_ids: Iterable[str], console: Console)
     if not console.is_terminal:
         async for event in client.events(*call_ids):
             if (line := describe(event)) is not None:
-                console.print(Text.assemble((f"{event.call_id} ", "bold"), line))
+                console.print(Text.assemble((f"{event.call_id} ", "bold"), line), soft_wrap=True)
         return
     with Live(view, console=console, refresh_per_second=8, vertical_overflow="crop"):
         async for event in client.events(*call_ids):
@@ -198,12 +200,16 @@ async def follow_live(client: Client, call_ids: Iterable[str], console: Console)
 
 
 async def follow(url: str, key: str, call_ids: list[str], as_json: bool) -> None:
+    """Named calls start from what the server holds of them (the call so far), then go live:
+    ``tail call_42`` on a call in progress shows what was already said. ``*`` starts live."""
     err = Console(stderr=True, soft_wrap=True)
     async with Client(url, key) as client:
+        for call_id in call_ids:
+            await client.subscribe(call_id, since=None if call_id == "*" else 0)
         if as_json:
-            await follow_json(client, call_ids, sys.stdout.buffer, err)
+            await follow_json(client, (), sys.stdout.buffer, err)
         else:
-            await follow_live(client, call_ids, Console(soft_wrap=False))
+            await follow_live(client, (), Console(soft_wrap=False))
 
 
 def tail_command(url: str, key: str, call_ids: list[str], as_json: bool) -> None:

@@ -105,9 +105,10 @@ async def test_a_full_disk_gives_clear_errors_and_recovers(
             ack = await recv(ws, timeout=15)
             assert (ack["type"], ack["ref"]) == ("ack", "back")
         assert publish(server, key, call_id, final("and over REST")).status_code == 202
-        texts = [e["data"]["text"] for e in httpx.get(
-            f"{server.url}/v1/calls/{call_id}/events", headers={"Authorization": f"Bearer {key}"}
-        ).json()["events"]]
+        response = await asyncio.to_thread(
+            httpx.get, f"{server.url}/v1/calls/{call_id}/events", headers={"Authorization": f"Bearer {key}"}
+        )
+        texts = [e["data"]["text"] for e in response.json()["events"]]
         assert texts[0] == "before"
         assert texts[-2:] == ["back", "and over REST"]
     finally:

@@ -134,6 +134,17 @@ def test_tail_json_prints_exactly_the_published_events(
     assert [m for m in printed if m["type"] != "transcript.partial"] == stored
 
 
+def test_tail_of_a_named_call_starts_with_the_call_so_far(
+    server: ServerProcess, other_key: str, call_id: str, tails: list[Tail]
+) -> None:
+    publish(server, other_key, call_id, [final("said before tail started"), final("and this")])
+    tail = Tail(server, other_key, "--json", call_id)
+    tails.append(tail)
+    assert [m["data"]["text"] for m in tail.messages_of(call_id, 2)] == ["said before tail started", "and this"]
+    publish(server, other_key, call_id, final("live now"))
+    assert [m["seq"] for m in tail.messages_of(call_id, 1)] == [3]
+
+
 def test_tail_sigint_exits_0_quietly(server: ServerProcess, other_key: str, call_id: str, tails: list[Tail]) -> None:
     tail = Tail(server, other_key, "--json", call_id)
     tails.append(tail)
@@ -151,9 +162,13 @@ def test_tail_plain_lines_when_stdout_is_not_a_terminal(
     tails.append(tail)
     tail.wait_until_printing(server, other_key, call_id)
     publish(server, other_key, call_id, [final("bye now"), ended("completed", 4200)])
-    lines = [tail.next(10) for _ in range(2)]
-    assert any(line and "bye now" in line for line in lines), lines
-    assert any(line and "call ended: completed · 4.2 s" in line for line in lines), lines
+    lines: list[str] = []
+    while not lines or "call ended" not in lines[-1]:
+        line = tail.next(10)
+        assert line is not None, lines
+        lines.append(line)
+    assert f"{call_id}  user ·+0.00 bye now" in lines[-2]
+    assert f"{call_id} ■ call ended: completed · 4.2 s" in lines[-1]
 
 
 def test_tail_with_a_refused_key_exits_1(server: ServerProcess) -> None:
@@ -189,7 +204,7 @@ def test_live_view_replaces_partials_with_finals_and_shows_state_tools_and_end()
     assert "I need to reschedule" in screen
     assert "I need to…" not in screen
     assert "One mom…" in screen  # still in progress
-    assert "▼ -0.42" in screen
+    assert "▼-0.42 I need to reschedule" in screen
     assert "agent thinking" in screen
     assert 'find_booking({"id":3})' in screen
     assert "call ended: failed · 1.5 s" in screen

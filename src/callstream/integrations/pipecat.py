@@ -36,6 +36,7 @@ Tested with pipecat-ai 1.14 (``PipelineWorker``; ``PipelineTask`` is its depreca
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 try:
@@ -157,6 +158,7 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
 
     def _on_frame(self, frame: Frame, calls: CallEvents) -> None:
         if isinstance(frame, StartFrame):
+            calls.started = time.monotonic()  # duration_ms counts from the pipeline's start
             if self._announce_start:
                 calls.state("listening")
         elif isinstance(frame, InterimTranscriptionFrame | TranscriptionFrame):

@@ -176,6 +176,20 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+def _methods_for(request: Request) -> set[str]:
+    """The methods the API serves at this request's path, per its OpenAPI paths (empty: none)."""
+    app = request.app
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "method_table", None)
+    if table is None:
+        table = [
+            (re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path))), {m.upper() for m in ops})
+            for path, ops in app.openapi().get("paths", {}).items()
+        ]
+        app.state.method_table = table
+    path = request.url.path
+    return {m for pattern, methods in table if pattern.fullmatch(path) for m in methods}
+
+
 async def _store_ok(runtime: Runtime) -> bool:
     store = runtime.store
     try:
@@ -216,8 +230,12 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code in (404, 405) and (allowed := _methods_for(request)):
+        # A known path with another method (it may have fallen through to the dashboard's
+        # files): 405 with every method the path serves.
+        exc = StarletteHTTPException(405, "Method Not Allowed", {"Allow": ", ".join(sorted(allowed))})
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     body = {"error": {"code": code, "message": str(exc.detail)}}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)  # e.g. 405's `Allow`

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.responses import Response
 
 from callstream.auth import Principal
@@ -91,7 +91,7 @@ class DeliveryList(BaseModel):
 
 
 class ReplayRequest(BaseModel):
-    since: str | int = Field(description="ISO 8601 time, or ms since the epoch")
+    since: StrictStr | StrictInt = Field(description="ISO 8601 time, or ms since the epoch")
     status: Literal["failed"] = "failed"
     endpoint_id: str | None = Field(None, description="only this endpoint's messages")
 

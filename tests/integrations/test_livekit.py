@@ -1,0 +1,167 @@
+"""A real LiveKit Agents `AgentSession`, publishing through CallstreamSession to a real server.
+
+No LiveKit server is needed for what is tested here: the session runs in-process in text mode
+with a scripted LLM (a real `llm.LLM` subclass streaming fixed chunks, including a tool call
+that runs a real `@function_tool`), and the voice-only events (interim transcripts) are emitted
+through the session's own EventEmitter with the package's event classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+pytest.importorskip("livekit.agents")
+
+from livekit.agents import Agent, AgentSession, function_tool, llm
+from livekit.agents.llm import ChatChunk, ChoiceDelta, FunctionToolCall
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+from livekit.agents.voice.events import (
+    AgentStateChangedEvent,
+    CloseEvent,
+    CloseReason,
+    ConversationItemAddedEvent,
+    UserInputTranscribedEvent,
+)
+
+from callstream import Publisher
+from callstream.integrations.livekit import CallstreamSession, tool_output
+from tests.helpers import ServerProcess, open_events, recv_until, send
+
+
+class ScriptedStream(llm.LLMStream):
+    def __init__(self, model: ScriptedLLM, chunks: list[ChatChunk], **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self._chunks = chunks
+
+    async def _run(self) -> None:
+        for chunk in self._chunks:
+            self._event_ch.send_nowait(chunk)
+
+
+class ScriptedLLM(llm.LLM):
+    """Answers each turn with the next scripted list of chunks: no model, no network."""
+
+    def __init__(self, replies: list[list[ChatChunk]]) -> None:
+        super().__init__()
+        self._replies = replies
+
+    def chat(
+        self,
+        *,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool] | None = None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        **_: Any,
+    ) -> ScriptedStream:
+        return ScriptedStream(self, self._replies.pop(0), chat_ctx=chat_ctx, tools=tools or [],
+                              conn_options=conn_options)
+
+
+@function_tool
+async def check_availability(party: int) -> dict[str, Any]:
+    """Free tables for a party of this size."""
+    return {"free": ["20:00"], "party": party}
+
+
+async def subscribed(server: ServerProcess, key: str, call_id: str) -> Any:
+    ws = await open_events(server, key)
+    await send(ws, {"type": "subscribe", "call_id": call_id})
+    await recv_until(ws, "subscribed")
+    return ws
+
+
+def brief(message: dict[str, Any]) -> tuple[Any, ...]:
+    data, kind = message["data"], message["type"]
+    if kind.startswith("transcript."):
+        return (kind, data["speaker"], data["text"], data["utterance_id"])
+    if kind == "agent.state":
+        return (kind, data["state"])
+    if kind == "function.call":
+        return (kind, data["name"], data["args"], data["tool_call_id"])
+    if kind == "function.result":
+        return (kind, data["name"], data["result"], data["tool_call_id"])
+    return (kind, data["status"], data.get("reason"))
+
+
+async def test_a_running_agent_session_arrives_as_callstream_events_in_order(
+    server: ServerProcess, api_key: str, call_id: str
+) -> None:
+    ws = await subscribed(server, api_key, call_id)
+    tool_call = FunctionToolCall(name="check_availability", arguments=json.dumps({"party": 2}), call_id="call_1")
+    model = ScriptedLLM([
+        [ChatChunk(id="r1", delta=ChoiceDelta(role="assistant", tool_calls=[tool_call]))],
+        [ChatChunk(id="r2", delta=ChoiceDelta(role="assistant", content="We have a table at eight."))],
+    ])
+    session: AgentSession[Any] = AgentSession(llm=model)
+    bridge = await CallstreamSession.attach(session, call_id, url=server.url, key=api_key)
+    assert bridge is not None
+    await session.start(Agent(instructions="Book tables.", tools=[check_availability]))
+    await session.run(user_input="A table for two, please.")
+    await session.aclose()
+    await bridge.wait_closed()
+    messages = [m for m in await recv_until(ws, "call.ended", timeout=15) if "seq" in m]
+    await ws.close()
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+    assert [brief(m) for m in messages] == [
+        ("agent.state", "listening"),
+        ("transcript.final", "user", "A table for two, please.", "user-1"),
+        ("agent.state", "thinking"),
+        ("function.call", "check_availability", {"party": 2}, "call_1"),
+        ("function.result", "check_availability", {"free": ["20:00"], "party": 2}, "call_1"),
+        ("agent.state", "speaking"),
+        ("transcript.final", "agent", "We have a table at eight.", "agent-1"),
+        ("agent.state", "listening"),
+        ("call.ended", "completed", "user_initiated"),
+    ]
+
+
+async def test_voice_events_interims_interruption_and_a_failed_close(
+    server: ServerProcess, api_key: str, call_id: str
+) -> None:
+    ws = await subscribed(server, api_key, call_id)
+    session: AgentSession[Any] = AgentSession()
+    async with Publisher(server.url, api_key) as publisher:
+        bridge = await CallstreamSession.attach(session, call_id, publisher=publisher)
+        assert bridge is not None
+        for text, final in [("I'd", False), ("I'd like to", False), ("I'd like to cancel.", True)]:
+            session.emit("user_input_transcribed",
+                         UserInputTranscribedEvent(transcript=text, is_final=final, speaker_id="spk_1"))
+        user_turn = llm.ChatMessage(role="user", content=["I'd like to cancel."])
+        session.emit("conversation_item_added", ConversationItemAddedEvent(item=user_turn))  # no duplicate
+        session.emit("agent_state_changed", AgentStateChangedEvent(old_state="listening", new_state="speaking"))
+        reply = llm.ChatMessage(role="assistant", content=["Sure, which book"], interrupted=True)
+        session.emit("conversation_item_added", ConversationItemAddedEvent(item=reply))
+        session.emit("agent_state_changed", AgentStateChangedEvent(old_state="speaking", new_state="idle"))
+        error = llm.LLMError(timestamp=time.time(), label="scripted", error=RuntimeError("model down"),
+                             recoverable=False)
+        session.emit("close", CloseEvent(reason=CloseReason.ERROR, error=error))
+        await bridge.wait_closed()
+    messages = [m for m in await recv_until(ws, "call.ended", timeout=15) if "seq" in m]
+    await ws.close()
+    assert [brief(m) for m in messages] == [
+        ("transcript.partial", "user", "I'd", "user-1"),
+        ("transcript.partial", "user", "I'd like to", "user-1"),
+        ("transcript.final", "user", "I'd like to cancel.", "user-1"),
+        ("agent.state", "speaking"),  # LiveKit's "idle" has no callstream state: not published
+        ("transcript.final", "agent", "Sure, which book", "agent-1"),
+        ("call.ended", "failed", "error: RuntimeError('model down')"),
+    ]
+    assert messages[0]["data"]["speaker_id"] == "spk_1"
+    assert messages[4]["data"]["interrupted"] is True
+
+
+async def test_a_refused_key_is_logged_not_raised(server: ServerProcess, call_id: str) -> None:
+    assert await CallstreamSession.attach(AgentSession(), call_id, url=server.url, key="cs_wrong") is None
+    await asyncio.sleep(0)
+
+
+def test_tool_output_reads_json_python_literals_or_keeps_text() -> None:
+    assert tool_output('{"a": [1, 2]}') == {"a": [1, 2]}
+    assert tool_output("{'a': (1, None)}") == {"a": (1, None)}
+    assert tool_output("__import__('os')") == "__import__('os')"  # literals only, never code
+    assert tool_output("booked for 8 pm") == "booked for 8 pm"

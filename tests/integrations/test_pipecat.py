@@ -1,0 +1,194 @@
+"""A real Pipecat pipeline, fed frames, publishing through CallstreamObserver to a real server.
+
+No speech service is involved: the frames an STT, an LLM, a TTS and a transport would push are
+queued into a real `Pipeline` run by a real `PipelineWorker`, and the test reads what a
+subscriber of `/v1/events` receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from typing import Any
+
+import pytest
+
+# pipecat imports the deprecated `audioop` module; the suite turns warnings into errors.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    pytest.importorskip("pipecat")
+    from pipecat.frames.frames import (
+        BotStartedSpeakingFrame,
+        BotStoppedSpeakingFrame,
+        EndFrame,
+        Frame,
+        FunctionCallFromLLM,
+        FunctionCallInProgressFrame,
+        FunctionCallResultFrame,
+        FunctionCallsStartedFrame,
+        InterimTranscriptionFrame,
+        InterruptionFrame,
+        LLMFullResponseEndFrame,
+        LLMFullResponseStartFrame,
+        LLMTextFrame,
+        TranscriptionFrame,
+        TTSStartedFrame,
+        TTSStoppedFrame,
+        TTSTextFrame,
+    )
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineWorker
+    from pipecat.processors.filters.identity_filter import IdentityFilter
+    from pipecat.workers.runner import WorkerRunner
+
+    from callstream import Publisher
+    from callstream.integrations.pipecat import CallstreamObserver
+
+from tests.helpers import ServerProcess, open_events, recv_until, send
+
+
+async def run_pipeline(observer: CallstreamObserver, frames: list[Frame], *, cancel: bool = False) -> None:
+    """Run a real pipeline with the observer, queue `frames` one by one, then end or cancel it."""
+    worker = PipelineWorker(
+        Pipeline([IdentityFilter()]),
+        observers=[observer],
+        enable_rtvi=False,
+        enable_turn_tracking=False,
+        idle_timeout_secs=None,
+        cancel_on_idle_timeout=False,
+    )
+    started = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")
+    async def _started(_worker: Any, _frame: Any) -> None:
+        started.set()
+
+    async def feed() -> None:
+        await asyncio.wait_for(started.wait(), 10)
+        for frame in frames:
+            await worker.queue_frame(frame)
+            await asyncio.sleep(0.02)  # system frames overtake queued ones: keep the script's order
+        if cancel:
+            await worker.cancel(reason="caller hung up")
+        else:
+            await worker.queue_frame(EndFrame(reason="goodbye said"))
+
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    await asyncio.wait_for(asyncio.gather(runner.run(), feed()), 30)
+
+
+async def subscribed(server: ServerProcess, key: str, call_id: str) -> Any:
+    ws = await open_events(server, key)
+    await send(ws, {"type": "subscribe", "call_id": call_id})
+    await recv_until(ws, "subscribed")
+    return ws
+
+
+def brief(message: dict[str, Any]) -> tuple[Any, ...]:
+    data = message["data"]
+    kind = message["type"]
+    if kind.startswith("transcript."):
+        return (kind, data["speaker"], data["text"], data["utterance_id"])
+    if kind == "agent.state":
+        return (kind, data["state"])
+    if kind == "function.call":
+        return (kind, data["name"], data["args"], data["tool_call_id"])
+    if kind == "function.result":
+        return (kind, data["name"], data["result"], data["tool_call_id"])
+    return (kind, data["status"], data.get("reason"))
+
+
+def word(text: str) -> TTSTextFrame:
+    return TTSTextFrame(text=text, text_type="word", context_id="ctx-1")
+
+
+CALL = [
+    InterimTranscriptionFrame(text="I'd like", user_id="caller", timestamp="t1"),
+    InterimTranscriptionFrame(text="I'd like to book", user_id="caller", timestamp="t2"),
+    TranscriptionFrame(text="I'd like to book a table for two.", user_id="caller", timestamp="t3"),
+    LLMFullResponseStartFrame(),
+    FunctionCallsStartedFrame(function_calls=[
+        FunctionCallFromLLM(function_name="check_availability", tool_call_id="call_1",
+                            arguments={"party": 2}, context=None)]),
+    LLMFullResponseEndFrame(),
+    FunctionCallInProgressFrame(function_name="check_availability", tool_call_id="call_1",
+                                arguments={"party": 2}),
+    FunctionCallResultFrame(function_name="check_availability", tool_call_id="call_1",
+                            arguments={"party": 2}, result={"free": ["20:00"]}),
+    LLMFullResponseStartFrame(),
+    TTSStartedFrame(context_id="ctx-1"),
+    LLMTextFrame(text="We have a table at eight."),  # spoken text comes from the TTS frames
+    word("We"),
+    word("have"),
+    BotStartedSpeakingFrame(),
+    word("a table at eight."),
+    LLMFullResponseEndFrame(),
+    TTSStoppedFrame(context_id="ctx-1"),
+    BotStoppedSpeakingFrame(),
+]
+
+
+async def test_pipeline_frames_arrive_as_callstream_events_in_order(
+    server: ServerProcess, api_key: str, call_id: str
+) -> None:
+    ws = await subscribed(server, api_key, call_id)
+    observer = CallstreamObserver(call_id, url=server.url, key=api_key)
+    await run_pipeline(observer, CALL)
+    messages = [m for m in await recv_until(ws, "call.ended", timeout=15) if "seq" in m]
+    await ws.close()
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+    assert [brief(m) for m in messages] == [
+        ("agent.state", "listening"),
+        ("transcript.partial", "user", "I'd like", "user-1"),
+        ("transcript.partial", "user", "I'd like to book", "user-1"),
+        ("transcript.final", "user", "I'd like to book a table for two.", "user-1"),
+        ("agent.state", "thinking"),
+        ("function.call", "check_availability", {"party": 2}, "call_1"),
+        ("function.result", "check_availability", {"free": ["20:00"]}, "call_1"),
+        ("transcript.partial", "agent", "We", "agent-1"),
+        ("transcript.partial", "agent", "We have", "agent-1"),
+        ("agent.state", "speaking"),
+        ("transcript.partial", "agent", "We have a table at eight.", "agent-1"),
+        ("transcript.final", "agent", "We have a table at eight.", "agent-1"),
+        ("agent.state", "listening"),
+        ("call.ended", "completed", "goodbye said"),
+    ]
+    final = messages[3]["data"]
+    assert final["user_id"] == "caller"
+    assert "sentiment" in final  # the server enriched the final: it is a real one
+    assert messages[-1]["data"]["duration_ms"] > 0
+
+
+async def test_llm_text_interruption_and_cancel_with_a_shared_publisher(
+    server: ServerProcess, api_key: str, call_id: str
+) -> None:
+    ws = await subscribed(server, api_key, call_id)
+    async with Publisher(server.url, api_key) as publisher:
+        observer = CallstreamObserver(call_id, publisher=publisher, agent_text="llm",
+                                      agent_partials=False, announce_start=False)
+        await run_pipeline(observer, [
+            TranscriptionFrame(text="Hi there", user_id="", timestamp="t1"),
+            LLMFullResponseStartFrame(),
+            LLMTextFrame(text="Hello"),
+            LLMTextFrame(text=", how can"),
+            InterruptionFrame(),
+            TranscriptionFrame(text="Actually, never mind.", user_id="", timestamp="t2"),
+        ], cancel=True)
+    messages = [m for m in await recv_until(ws, "call.ended", timeout=15) if "seq" in m]
+    await ws.close()
+    assert [brief(m) for m in messages] == [
+        ("transcript.final", "user", "Hi there", "user-1"),
+        ("agent.state", "thinking"),
+        ("transcript.final", "agent", "Hello, how can", "agent-1"),
+        ("transcript.final", "user", "Actually, never mind.", "user-2"),
+        ("call.ended", "canceled", "caller hung up"),
+    ]
+    assert messages[2]["data"]["interrupted"] is True
+    assert "user_id" not in messages[0]["data"]  # empty ids are left out
+
+
+async def test_a_refused_key_never_breaks_the_pipeline(server: ServerProcess, call_id: str) -> None:
+    observer = CallstreamObserver(call_id, url=server.url, key="cs_wrong")
+    await run_pipeline(observer, CALL[:3])  # runs to its end; the observer only logs
+    assert observer.events is None
