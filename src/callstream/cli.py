@@ -79,7 +79,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the service (embedded default: in-process broker + SQLite under --data-dir)."""
-    from callstream.server.serve import DrainingServer, bound_port, configure_logging
+    from callstream.server.serve import DrainingServer, bound_port, configure_logging, run_forever
     from callstream.server.serve import serve as run
 
     settings = load_settings(
@@ -102,7 +102,7 @@ def serve(
             code = await server.runtime.store.create_login_code(dashboard_account)
             console.print(f"dashboard for {dashboard_account}: {base}/?login={code}", soft_wrap=True)
 
-    asyncio.run(run(settings, ready))
+    run_forever(run(settings, ready))
 
 
 @app.command()
@@ -114,7 +114,7 @@ def demo(
     speed: Annotated[float, typer.Option(help="speaking pace; 2 = twice as fast")] = 1.0,
 ) -> None:
     """`serve` plus a demo account, simulated live calls, and the dashboard's URL."""
-    from callstream.server.serve import DrainingServer, bound_port, configure_logging
+    from callstream.server.serve import DrainingServer, bound_port, configure_logging, run_forever
     from callstream.server.serve import serve as run
     from callstream.simulate import run_simulation
 
@@ -145,7 +145,7 @@ def demo(
         )
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(settings, ready))
+        run_forever(run(settings, ready))
 
 
 def _store(data_dir: str | None, database: str | None) -> Any:
