@@ -7,6 +7,7 @@ node then receives the same bytes. Nothing downstream re-encodes or re-validates
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -136,10 +137,18 @@ class Event:
     data: dict[str, Any]
     frame: str = field(default="", repr=False)
     superseded: bool = field(default=False, repr=False)
+    _wire: bytes | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.frame:
             self.frame = encode_event(self.type, self.call_id, self.seq, self.ts, self.data)
+
+    @property
+    def wire(self) -> bytes:
+        """The complete WebSocket frame, built once and written as is to every subscriber."""
+        if self._wire is None:
+            self._wire = text_frame(self.frame.encode())
+        return self._wire
 
     @property
     def is_partial(self) -> bool:
@@ -148,6 +157,16 @@ class Event:
     @property
     def key(self) -> str | None:
         return supersede_key(self.call_id, self.type, self.data)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented TEXT frame (RFC 6455 §5.2): what a server sends."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length) + payload
+    return struct.pack("!BBQ", 0x81, 127, length) + payload
 
 
 def encode_event(event_type: str, call_id: str, seq: int, ts: int, data: dict[str, Any]) -> str:

@@ -54,6 +54,7 @@ def build_server(settings: Settings) -> DrainingServer:
         # The transport's hard limit sits above ours, so an oversized message gets a clear
         # `message_too_large` error from callstream before the close.
         ws_max_size=max(settings.max_message_bytes, settings.max_ingest_message_bytes) * 4,
+        ws_per_message_deflate=False,  # frames are pre-encoded once for every subscriber
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=10,

@@ -1,21 +1,47 @@
-"""uvicorn's sans-I/O WebSocket protocol, with one change: urgent frames skip the write wait.
+"""uvicorn's sans-I/O WebSocket protocol, with two additions for a fan-out server.
 
-uvicorn makes every `send` wait while the socket's write buffer is over its high-water mark,
-which is right for data and wrong for the last words to a slow consumer: the `slow_consumer`
-error and the 4008 close would wait forever behind the very backlog they are about. An urgent
-frame is appended to the transport buffer at once (one small frame; the client reads it after
-the backlog, in order), and a peer that never drains is aborted after a grace period instead
-of holding the connection open.
+1. Urgent frames skip the write wait. uvicorn makes every `send` wait while the socket's write
+   buffer is over its high-water mark, which is right for data and wrong for the last words to a
+   slow consumer: the `slow_consumer` error and the 4008 close would wait forever behind the very
+   backlog they are about. An urgent frame is appended to the transport buffer at once (one small
+   frame; the client reads it after the backlog, in order), and a peer that never drains is
+   aborted after a grace period instead of holding the connection open.
+
+2. Pre-encoded frames. A server's frames are unmasked, so the bytes of one event's frame are the
+   same for every subscriber (compression is off: `ws_per_message_deflate=False`). After the
+   handshake the protocol puts itself in the ASGI scope under `FRAME_WRITER`; the events socket
+   then writes a batch of frames with one `transport.write`, instead of one ASGI message, one
+   encode and one write per frame per subscriber. This is websockets' `broadcast()` idea behind
+   the same ASGI app; without this transport (tests, other servers) the socket falls back to
+   plain ASGI sends.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 URGENT = "callstream.urgent"
+FRAME_WRITER = "callstream.frame_writer"
 ABORT_AFTER_CLOSE_S = 30.0
+
+
+class FrameWriter(Protocol):
+    """What the events socket needs to write pre-encoded frames."""
+
+    writable: asyncio.Event
+
+    def write_frames(self, data: bytes) -> bool: ...
+
+
+def frame_payload(frame: bytes) -> str:
+    """The text inside a frame built by `events.text_frame` (for the plain-ASGI fallback)."""
+    marker = frame[1]
+    offset = 2 if marker < 126 else 4 if marker == 126 else 10
+    return frame[offset:].decode()
 
 
 class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -28,8 +54,17 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
                 await super().send(message)
             finally:
                 self.writable.clear()
-        if message.get(URGENT) and message["type"] == "websocket.close":
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            self.scope[FRAME_WRITER] = self  # type: ignore[literal-required]
+        elif message.get(URGENT) and message["type"] == "websocket.close":
             self.loop.call_later(ABORT_AFTER_CLOSE_S, self._abort_if_open)
+
+    def write_frames(self, data: bytes) -> bool:
+        """Append complete frames to the socket; False once the connection is closing."""
+        if self.close_sent or self.conn.state is not State.OPEN or self.transport.is_closing():
+            return False
+        self.transport.write(data)
+        return True
 
     def _abort_if_open(self) -> None:
         if not self.transport.is_closing() or self.transport.get_write_buffer_size():
