@@ -234,7 +234,8 @@ class SocketIOSubscriber(Subscriber):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type is not TEXT:
-            return super().on_ws_frame(transport, frame)
+            super().on_ws_frame(transport, frame)
+            return
         p = frame.get_payload_as_bytes()
         i = p.find(SENT_KEY)
         if i >= 0:

@@ -7,6 +7,7 @@ the tables and plots from bench/results/last-run.json without running anything.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -69,20 +70,21 @@ def fanout_medians(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     return out
 
 
-def best_rate(steps: list[dict[str, Any]]) -> float:
-    """Highest delivered rate with p99 ≤ 25 ms and no loss (medians over runs)."""
+def best_rate(steps: list[dict[str, Any]], bound: float | None = P99_BOUND_MS) -> float:
+    """Highest delivered rate with p99 ≤ bound and no loss; bound None: keeping up (≥ 95 % of offered)."""
     ok = [s["delivered_s"] for s in steps
-          if s["p99_ms"] is not None and s["p99_ms"] <= P99_BOUND_MS and (s["loss"] or 0) == 0 and not s["closes"]]
+          if s["p99_ms"] is not None and (s["loss"] or 0) == 0 and not s["closes"]
+          and (s["p99_ms"] <= bound if bound is not None else s["delivered_s"] >= 0.95 * s["offered_s"])]
     return max(ok) if ok else 0.0
 
 
-def best_rates_per_run(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+def best_rates_per_run(rows: list[dict[str, Any]], bound: float | None = P99_BOUND_MS) -> dict[str, list[float]]:
     per: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         per[(r["target"], r.get("run", 0))].append({**r, "closes": sum(r["closes"].values())})
     out: dict[str, list[float]] = defaultdict(list)
     for (target, _), steps in sorted(per.items()):
-        out[target].append(best_rate(steps))
+        out[target].append(best_rate(steps, bound))
     return out
 
 
@@ -107,14 +109,26 @@ def fanout_section(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
         parts.append("")
         best[target] = med(per_run.get(target, [0.0])) or 0.0
     parts.append("### Highest rate with p99 ≤ 25 ms and no loss (median of runs' best)\n")
+    parts.append("The 25 ms bound is the issue's; on a shared 2-core machine it is often broken by other work, so "
+                 "the same ratio at p99 ≤ 100 ms and the rate each server keeps up with (≥ 95 % of offered, no loss, "
+                 "any latency) are given too.\n")
+    at100 = {t: med(v) or 0.0 for t, v in best_rates_per_run(rows, 100.0).items()}
+    cap = {t: med(v) or 0.0 for t, v in best_rates_per_run(rows, None).items()}
     ref = best.get("bare-websockets") or 0
     sio = best.get("python-socketio") or 0
+    ref100, cap_ref = at100.get("bare-websockets") or 0, cap.get("bare-websockets") or 0
+
+    def x(a: float, b: float) -> str:
+        return f"{a / b:.2f}×" if b else "–"
+
     rows_out = []
     for target, rate in best.items():
         runs = per_run.get(target, [])
-        rows_out.append([target, rate, ", ".join(f"{r:,.0f}" for r in runs),
-                         f"{rate / ref:.2f}×" if ref else "–", f"{rate / sio:.2f}×" if sio else "–"])
-    parts.append(table(["target", "deliveries/s", "per run", "vs bare-websockets", "vs python-socketio"], rows_out))
+        rows_out.append([target, rate, ", ".join(f"{r:,.0f}" for r in runs), x(rate, ref), x(rate, sio),
+                         at100.get(target, 0.0), x(at100.get(target, 0.0), ref100), cap.get(target, 0.0),
+                         x(cap.get(target, 0.0), cap_ref)])
+    parts.append(table(["target", "p99 ≤ 25 ms: deliveries/s", "per run", "vs bare-websockets", "vs python-socketio",
+                        "p99 ≤ 100 ms", "vs bare", "keeps up with", "vs bare"], rows_out))
     parts.append("")
     return "\n".join(parts), best
 
@@ -274,6 +288,7 @@ def profile_section(profiles: dict[str, Any] | None) -> str:
 
 _BORING = ("runpy", "typer/", "_click/", "click/", "asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py",
            "uvloop/", "callstream/cli.py", "callstream/__main__.py", "threading.py", "<frozen", "server/serve.py")
+_OURS = re.compile(r"[(/]callstream/")
 _IDLE_LEAVES = ("_connection_worker_thread", "_worker (concurrent/futures/thread.py)", "SimpleQueue.get", "select (")
 
 
@@ -309,7 +324,7 @@ def top_frames(raw: str, n: int = 25) -> dict[str, Any]:
             if not any(b in f for b in _BORING):
                 inclusive[f] += c
         self_[frames[-1]] += c
-        task = next((_name(f) for f in raw_frames if "/callstream/" in f and not any(b in f for b in _BORING)), None)
+        task = next((_name(f) for f in raw_frames if _OURS.search(f) and not any(b in f for b in _BORING)), None)
         if task is None:
             task = next((f for f in frames if not any(b in f for b in _BORING)), frames[-1])
         tasks[task] += c
@@ -387,44 +402,54 @@ def write(results: dict[str, Any], out: Path) -> None:
 def targets_section(results: dict[str, Any], best: dict[str, float]) -> str:
     sc = results.get("scenarios", {})
     lines = ["## Targets (issue 6)\n", "| target | measured | met? |", "|---|---|---|"]
-    cs = best.get("callstream")
     ref = best.get("bare-websockets")
     sio = best.get("python-socketio")
-    if cs is not None and ref:
-        lines.append(f"| fan-out ≥ 1.2× bare-websockets at p99 ≤ 25 ms | {cs:,.0f} vs {ref:,.0f}/s = "
-                     f"{cs / ref:.2f}× | {'met' if cs >= 1.2 * ref else 'not met'} |")
-    if cs is not None and sio:
-        lines.append(f"| fan-out ≥ 3× python-socketio | {cs:,.0f} vs {sio:,.0f}/s = {cs / sio:.2f}× | "
-                     f"{'met' if cs >= 3 * sio else 'not met'} |")
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}×" if a is not None and b else "– (reference met no step)"
+
+    for name, rate in best.items():
+        if not name.startswith("callstream"):
+            continue
+        if ref is not None:
+            ok = bool(ref) and rate >= 1.2 * ref
+            lines.append(f"| fan-out ≥ 1.2× bare-websockets at p99 ≤ 25 ms ({name}) | {rate:,.0f} vs {ref:,.0f}/s "
+                         f"= {ratio(rate, ref)} | {'met' if ok else 'not met'} |")
+        if sio is not None:
+            ok = bool(sio) and rate >= 3 * sio
+            lines.append(f"| fan-out ≥ 3× python-socketio at p99 ≤ 25 ms ({name}) | {rate:,.0f} vs {sio:,.0f}/s = "
+                         f"{ratio(rate, sio)} | {'met' if ok else 'not met'} |")
     for r in [r for r in sc.get("connections", []) if r["target"] == "callstream"][:1]:
         ok = r["connected"] >= 15000 and r["kib_per_idle_conn"] <= 20
         lines.append(f"| 15,000 connections ≤ 20 KiB RSS each | {r['connected']:,} sockets, "
                      f"{r['kib_per_idle_conn']:.1f} KiB each | {'met' if ok else 'not met'}"
                      f"{'' if r['connected'] >= 15000 else ' (fewer sockets in this run)'} |")
-    camp = [r for r in sc.get("campaign", []) if r["target"] == "callstream" and r["variant"].startswith("10")]
-    if camp:
+    for name in sorted({r["target"] for r in sc.get("campaign", []) if r["target"].startswith("callstream")}):
+        camp = [r for r in sc["campaign"] if r["target"] == name and r["variant"].startswith("10")]
+        if not camp:
+            continue
         p99 = med([r["p99_ms"] for r in camp])
         loss = med([r["loss"] for r in camp])
         ok = p99 is not None and p99 <= 50 and not loss
-        lines.append(f"| campaign p99 ≤ 50 ms at 2,000 events/s | p99 {fmt(p99)} ms, loss {loss:.4f} | "
+        lines.append(f"| campaign p99 ≤ 50 ms at 2,000 events/s ({name}) | p99 {fmt(p99)} ms, loss {loss:.4f} | "
                      f"{'met' if ok else 'not met'} |")
-    storm = [r for r in sc.get("storm", []) if r["target"] == "callstream"]
-    if storm:
-        r = storm[0]
+    for r in sc.get("storm", []):
+        if not r["target"].startswith("callstream"):
+            continue
         ok = (r["clients"] >= 10000 and r["all_caught_up_s"] is not None and r["all_caught_up_s"] <= 10
               and not (r["gaps"] or r["dups"] or r["missing_tail"] or r["failed"]))
-        lines.append(f"| reconnect storm: 10,000 back and caught up ≤ 10 s, nothing missing | {r['clients']:,} "
+        lines.append(f"| reconnect storm: 10,000 back and caught up ≤ 10 s, nothing missing ({r['target']}) | {r['clients']:,} "
                      f"clients in {fmt(r['all_caught_up_s'])} s, gaps {r['gaps']}, missing {r['missing_tail']}, "
                      f"failed {r['failed']} | {'met' if ok else 'not met'} |")
     ing = sc.get("ingest", [])
-    stored = med([r["acked_s"] for r in ing if r["target"] == "callstream" and r["batch"] == 100])
-    bare = med([r["acked_s"] for r in ing if r["target"].endswith("no-store") and r["batch"] == 100])
-    if stored is not None:
-        lines.append(f"| ingest ≥ 30,000 events/s stored | {stored:,.0f} events/s (100 a frame) | "
-                     f"{'met' if stored >= 30000 else 'not met'} |")
-    if stored is not None and bare:
-        lines.append(f"| ingest stored ≥ 0.8× store disabled | {stored:,.0f} / {bare:,.0f} = {stored / bare:.2f}× | "
-                     f"{'met' if stored >= 0.8 * bare else 'not met'} |")
+    for name in sorted({r["target"] for r in ing if not r["target"].endswith("+bench-no-store")}):
+        stored = med([r["acked_s"] for r in ing if r["target"] == name and r["batch"] == 100])
+        bare = med([r["acked_s"] for r in ing if r["target"] == name + "+bench-no-store" and r["batch"] == 100])
+        if stored is not None:
+            lines.append(f"| ingest ≥ 30,000 events/s stored ({name}) | {stored:,.0f} events/s (100 a frame) | "
+                         f"{'met' if stored >= 30000 else 'not met'} |")
+        if stored is not None and bare:
+            lines.append(f"| ingest stored ≥ 0.8× store disabled ({name}) | {stored:,.0f} / {bare:,.0f} = "
+                         f"{stored / bare:.2f}× | {'met' if stored >= 0.8 * bare else 'not met'} |")
     two = [r for r in sc.get("twonode", []) if r.get("status") == "ok"]
     if two:
         lines.append("| two nodes p99 ≤ 2× single node at the same load | see the two-node table | compare rows |")

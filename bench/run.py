@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from bench.targets import ROOT, Target, make, nchan_available
 
 RESULTS = ROOT / "bench/results"
 ALL = ["fanout", "connections", "campaign", "storm", "ingest", "twonode"]
+ANCHORS = {"nchan", "picows"}
 time_ns = time.time_ns
 
 
@@ -69,10 +69,10 @@ class Load:
         self.send(i, cmd, **kwargs)
         return self.recv(i)
 
-    def each(self, idx: list[int], cmd: str, kw: Callable[[int], dict[str, Any]] | None = None,
-             **kwargs: Any) -> list[Any]:
+    def each(self, idx: list[int], cmd: str, kws: list[dict[str, Any]] | None = None, **kwargs: Any) -> list[Any]:
+        """Send `cmd` to every process in `idx` (with kws[n] or kwargs), then collect the answers."""
         for n, i in enumerate(idx):
-            self.send(i, cmd, **(kw(n) if kw else kwargs))
+            self.send(i, cmd, **(kws[n] if kws else kwargs))
         return [self.recv(i) for i in idx]
 
     def close(self) -> None:
@@ -178,7 +178,7 @@ class Bench:
     def fanout_targets(self) -> list[str]:
         if self.args.targets:
             return self.args.targets.split(",")
-        names = ["callstream", "bare", "socketio"]
+        names = ["callstream", "callstream+proposed", "bare", "socketio", "picows"]
         if nchan_available():
             names.append("nchan")
         return names
@@ -191,8 +191,10 @@ class Bench:
 
     def fanout(self, run: int) -> None:
         subs_n, calls_n, per_call = 1000, 100, 10
-        warm, window = (1.0, 3.0) if self.quick else (1.5, 5.0)
+        warm, window = (1.0, 3.0) if self.quick else (1.0, 4.0)
         for name in self.fanout_targets():
+            if run > 0 and name in ANCHORS and not self.args.targets:
+                continue  # the anchors (nchan, picows) run once: they frame the scale, not the ratios
             target = make(name)
             self.start(target)
             load = Load(self.args.sub_procs + 1, self.load_cpus)
@@ -202,8 +204,8 @@ class Bench:
                 calls = [f"fo{self.run_tag}r{run}c{c:03d}" for c in range(calls_n)]
                 groups = [[calls[k % calls_n]] for k in range(subs_n)]
                 opened = load.each(sub_idx, "open_subscribers",
-                                   kw=lambda n: {"dialect": target.dialect, "base": target.base, "token": target.token,
-                                                 "groups": split(groups, len(sub_idx))[n]})
+                                   kws=[{"dialect": target.dialect, "base": target.base, "token": target.token,
+                                                 "groups": split(groups, len(sub_idx))[n]} for n in range(len(sub_idx))])
                 connected = sum(o["connected"] for o in opened)
                 log(f"{target.name}: {connected} subscribers in {max(o['elapsed'] for o in opened):.1f}s")
                 load.call(producer, "start_producer", dialect=target.dialect, base=target.base, token=target.token,
@@ -340,9 +342,9 @@ class Bench:
                 spies = self.spy(target, "connect", 8) if run == 0 and not deflate else []
                 t = time.monotonic()
                 opened = load.each(sub_idx, "open_subscribers",
-                                   kw=lambda k: {"dialect": target.dialect, "base": target.base,
+                                   kws=[{"dialect": target.dialect, "base": target.base,
                                                  "token": target.token, "groups": split(groups, procs)[k],
-                                                 "concurrency": 100, "deflate": deflate})
+                                                 "concurrency": 100, "deflate": deflate} for k in range(len(sub_idx))])
                 elapsed = time.monotonic() - t
                 connected = sum(o["connected"] for o in opened)
                 self.spied(spies, "connect", f"{target.name}: opening {n:,} subscriber sockets (first 8 s)")
@@ -360,7 +362,7 @@ class Bench:
                     load.call(producer, "start_producer", dialect=target.dialect, base=target.base,
                               token=target.token, calls=calls, conns=10, mix="call", rate=0.0)
                     active = self.fanout_step(target, load, producer, sub_idx, int(rate * 10), 10,
-                                              2.0 if self.quick else 3.0, 4.0 if self.quick else 6.0)
+                                              2.0 if self.quick else 3.0, 4.0)
                     log(f"{target.name}: active {active['delivered_s']:,}/s p50 {active['p50_ms']} p99 "
                         f"{active['p99_ms']} loss {active['loss']:.4f} rss {active['rss_mib']:.0f} MiB")
                 self.add("connections", {
@@ -385,7 +387,7 @@ class Bench:
     def campaign(self, run: int) -> None:
         ncalls, rate = 10_000, 2_000
         warm, window = (6.0, 5.0) if self.quick else (6.0, 10.0)
-        variants = [("callstream", False), ("callstream", True), ("bare", False)]
+        variants = [("callstream", False), ("callstream", True), ("callstream+proposed", False), ("bare", False)]
         if self.args.targets:
             variants = [(t, False) for t in self.args.targets.split(",")]
         # The default limit (50 client messages/s) would take 200 s to send 10,000 subscribes.
@@ -423,7 +425,7 @@ class Bench:
     def storm(self, run: int) -> None:
         n = self.args.storm or (5000 if self.quick else 10_000)
         rate = 1000.0
-        names = self.args.targets.split(",") if self.args.targets else ["callstream"]
+        names = self.args.targets.split(",") if self.args.targets else ["callstream", "callstream+proposed"]
         for name in names:
             target = self.start(make(name))
             procs = 2
@@ -433,9 +435,9 @@ class Bench:
                 calls = [f"st{self.run_tag}r{run}c{c:05d}" for c in range(n // 10)]
                 groups = [[calls[k % len(calls)]] for k in range(n)]
                 opened = load.each(sub_idx, "open_subscribers",
-                                   kw=lambda k: {"dialect": target.dialect, "base": target.base,
+                                   kws=[{"dialect": target.dialect, "base": target.base,
                                                  "token": target.token, "groups": split(groups, procs)[k],
-                                                 "concurrency": 200, "track": True})
+                                                 "concurrency": 200, "track": True} for k in range(len(sub_idx))])
                 connected = sum(o["connected"] for o in opened)
                 load.call(producer, "start_producer", dialect=target.dialect, base=target.base, token=target.token,
                           calls=calls, conns=10, mix="durable", rate=rate)
@@ -476,17 +478,18 @@ class Bench:
 
     def ingest(self, run: int) -> None:
         window = 5.0 if self.quick else 8.0
-        names = self.args.targets.split(",") if self.args.targets else ["callstream", "callstream+bench-no-store"]
+        names = self.args.targets.split(",") if self.args.targets else [
+            "callstream", "callstream+bench-no-store", "callstream+proposed", "callstream+proposed+bench-no-store"]
         for name in names:
             for batch, win in ((100, 4), (1, 64)):
                 target = self.start(make(name))
                 load = Load(2, self.load_cpus)
                 try:
                     idx = [0, 1]
-                    load.each(idx, "start_producer", kw=lambda k: {
+                    load.each(idx, "start_producer", kws=[{
                         "dialect": target.dialect, "base": target.base, "token": target.token,
                         "calls": [f"in{self.run_tag}r{run}b{batch}w{k}c{c:03d}" for c in range(100)],
-                        "conns": 2, "mix": "call", "batch": batch, "window": win})
+                        "conns": 2, "mix": "call", "batch": batch, "window": win} for k in range(len(idx))])
                     time.sleep(2.0)
                     a0 = sum(c["acked_total"] for c in load.each(idx, "producer_counts"))
                     cpu0 = target.cpu_s()
@@ -554,9 +557,9 @@ class Bench:
             calls = [f"tn{self.run_tag}r{run}c{c:03d}" for c in range(100)]
             groups = [[calls[k % 100]] for k in range(1000)]
             # Half the subscribers on each node; the producer publishes to node 0 only.
-            load.each([0, 1], "open_subscribers", kw=lambda k: {
+            load.each([0, 1], "open_subscribers", kws=[{
                 "dialect": "callstream", "base": nodes[k].base, "token": nodes[0].token,
-                "groups": split(groups, 2)[k]})
+                "groups": split(groups, 2)[k]} for k in range(len([0, 1]))])
             load.call(2, "start_producer", dialect="callstream", base=nodes[0].base, token=nodes[0].token,
                       calls=calls, conns=10, mix="call", rate=0.0)
             for offered in rates:

@@ -286,6 +286,9 @@ class Soak:
         self.open_sockets += 1
         following: dict[str, dict[int, str]] = {}  # call_id → finals received (seq → text)
         started: set[str] = set()  # followed from since=0
+        # Unsubscribed, `unsubscribed` not seen yet: frames of the old subscription still in
+        # flight are not the new one's (the wire order is old frames, `unsubscribed`, new ones).
+        draining: set[str] = set()
         # a few percent of the connections reconnect now and then; the rest stay to the end
         lifetime = self.rng.uniform(30, 120) if self.rng.random() < self.args.reconnect_share else 1e9
         leave_at = min(self.stop_at, time.monotonic() + lifetime)
@@ -307,12 +310,18 @@ class Soak:
                         raw = await asyncio.wait_for(ws.recv(), max(0.05, churn_at - time.monotonic()))
                     except TimeoutError:
                         break
-                    self.on_message(orjson.loads(raw), following, started)
+                    message = orjson.loads(raw)
+                    if message.get("call_id") in draining:
+                        if message.get("type") == "unsubscribed":
+                            draining.discard(message["call_id"])
+                        continue
+                    self.on_message(message, following, started)
                 if following and self.rng.random() < 0.5:  # move to another call
                     call_id = self.rng.choice(list(following))
                     await ws.send(orjson.dumps({"type": "unsubscribe", "call_id": call_id}).decode())
                     following.pop(call_id)
                     started.discard(call_id)
+                    draining.add(call_id)
                     self.subscriptions -= 1
         finally:
             self.subscriptions -= len(following)
@@ -519,8 +528,8 @@ def write_report(soak: Soak, baseline: Sample, final: Sample) -> None:
         f"| replay log kept per ended call by design (1 h), measured | {'-' if per_call_kb is None else f'{per_call_kb:.0f} KiB'} |",
         f"| RSS growth after warm-up, net of the replay log | {'-' if net is None else f'{net:+.1f} %'} |",
         f"| open fds, before load → after every socket closed | {delta(baseline.fds, final.fds)} |",
-        f"| open fds while loaded (after warm-up), min – max | {span([s.fds for s in warm])} |",
-        f"| asyncio tasks while loaded (after warm-up), min – max | {span([s.tasks for s in warm])} |",
+        f"| open fds while loaded (after warm-up), min – max | {span([s.fds for s in warm if s.sockets])} |",
+        f"| asyncio tasks while loaded (after warm-up), min – max | {span([s.tasks for s in warm if s.sockets])} |",
         f"| asyncio tasks, before load → after every socket closed | {delta(baseline.tasks, final.tasks)} |",
         f"| client-side errors | {len(st.errors)} |",
         "",

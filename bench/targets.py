@@ -180,10 +180,10 @@ class Target:
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        return
+            url = f"http://127.0.0.1:{self.port}/healthz"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} is not healthy")
 
@@ -221,10 +221,16 @@ CALLSTREAM_BENCH_ENV = {
 }
 
 
+# `callstream+proposed`: every change bench/patches proposes for src/ (see bench/README.md).
+PROPOSED = ["batch-writes", "log-untracked", "gc-tune", "sqlite-writer"]
+
+
 def make(name: str) -> Target:
-    """`callstream`, `callstream+<patch>[+<patch>…]` (bench/patches/<patch>.diff), `bare`, `socketio`, `nchan`."""
+    """`callstream`, `callstream+<patch>[+<patch>…]` (bench/patches/<patch>.diff; `proposed` = PROPOSED),
+    `bare`, `socketio`, `nchan`, `picows`."""
     if name.startswith("callstream"):
-        patches = [p + ".diff" for p in name.split("+")[1:]]
+        names = [q for p in name.split("+")[1:] for q in (PROPOSED if p == "proposed" else [p])]
+        patches = [p + ".diff" for p in names]
         return Target(name, "callstream", "callstream", patches=patches, env=dict(CALLSTREAM_BENCH_ENV))
     if name == "bare":
         return Target("bare-websockets", "bare", "bare")

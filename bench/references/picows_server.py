@@ -11,7 +11,6 @@ ingest arrays → per-call seq, one encoding per event, acks).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from collections import defaultdict
 from typing import Any

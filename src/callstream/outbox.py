@@ -1,5 +1,7 @@
 """The per-connection outbound buffer and its slow-consumer policy, without I/O.
 
+It holds complete WebSocket frames (bytes), so draining it is a join and one socket write.
+
 A connection's writer drains this buffer at the speed of its socket; fan-out only appends. When
 the buffered bytes pass the high-water mark, partials that a newer transcript of the same key
 already supersedes are dropped (they carry nothing the client still needs); if that is not
@@ -15,7 +17,7 @@ from typing import NamedTuple
 
 
 class _Item(NamedTuple):
-    frame: str
+    frame: bytes
     key: str | None
     partial: bool
 
@@ -51,7 +53,7 @@ class Outbox:
         """Below half the high-water mark: a replay may add more without risking overflow."""
         return self._bytes * 2 < self._high_water
 
-    def push(self, frame: str, key: str | None = None, partial: bool = False) -> bool:
+    def push(self, frame: bytes, key: str | None = None, partial: bool = False) -> bool:
         if self.overflowed:
             return False
         self._items.append(_Item(frame, key, partial))
@@ -63,12 +65,22 @@ class Outbox:
                 return False
         return True
 
-    def pop(self) -> str | None:
+    def pop(self) -> bytes | None:
         if not self._items:
             return None
         item = self._items.popleft()
         self._bytes -= len(item.frame)
         return item.frame
+
+    def pop_batch(self, max_bytes: int) -> list[bytes]:
+        """Oldest frames up to about `max_bytes` (at least one): what one socket write carries."""
+        items, batch, size = self._items, [], 0
+        while items and size < max_bytes:
+            frame = items.popleft().frame
+            size += len(frame)
+            batch.append(frame)
+        self._bytes -= size
+        return batch
 
     def _drop_superseded_partials(self) -> None:
         """Keep, per key, only transcripts newer than every other of that key; O(n), rare."""

@@ -38,7 +38,8 @@ async def test_subscribe_then_live_events_in_order(server: ServerProcess, api_ke
     assert [m["seq"] for m in got] == [1, 2, 3, 4]
     assert [m["type"] for m in got] == ["transcript.partial"] * 2 + ["transcript.final", "call.ended"]
     assert all(m["call_id"] == call_id and isinstance(m["ts"], int) for m in got)
-    assert got[2]["data"]["is_final"] is True and got[0]["data"]["is_final"] is False
+    assert got[2]["data"]["is_final"] is True
+    assert got[0]["data"]["is_final"] is False
     assert got[2]["data"]["sentiment"]["label"] in {"positive", "neutral", "negative"}
 
 
@@ -261,7 +262,8 @@ async def test_expired_token_closes_4001_and_auth_refresh_keeps_it(
         assert message["data"]["code"] == "token_expired"
         with pytest.raises(ConnectionClosed) as closed:
             await recv(lapsed)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4001
         await asyncio.sleep(1.0)
         publish(server, api_key, call_id, final("still here"))
         assert (await recv(refreshed))["data"]["text"] == "still here"
@@ -281,7 +283,8 @@ async def test_revoking_a_key_ends_its_sockets_within_5s(server: ServerProcess) 
             while True:
                 await recv(ws, timeout=6)
         assert asyncio.get_running_loop().time() - started < 5
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4001
 
 
 async def test_message_too_large_closes_1009(server: ServerProcess, api_key: str) -> None:
@@ -291,7 +294,8 @@ async def test_message_too_large_closes_1009(server: ServerProcess, api_key: str
         assert message["data"]["code"] == "message_too_large"
         with pytest.raises(ConnectionClosed) as closed:
             await recv(ws)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009
 
 
 async def test_rate_limit_answers_rate_limited_and_keeps_serving(server: ServerProcess, api_key: str) -> None:
@@ -300,7 +304,8 @@ async def test_rate_limit_answers_rate_limited_and_keeps_serving(server: ServerP
             await send(ws, {"type": "ping"})
         replies = [await recv(ws) for _ in range(130)]
         limited = [r for r in replies if r.get("type") == "error"]
-        assert limited and all(r["data"]["code"] == "rate_limited" for r in limited)
+        assert limited
+        assert all(r["data"]["code"] == "rate_limited" for r in limited)
         assert sum(r == {"type": "pong"} for r in replies) >= 100
         await asyncio.sleep(0.5)
         await send(ws, {"type": "ping"})

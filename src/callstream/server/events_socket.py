@@ -20,15 +20,17 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from callstream import metrics
 from callstream import protocol as p
 from callstream.auth import AuthError, Principal
-from callstream.events import ENDED, Event
+from callstream.events import ENDED, Event, text_frame
 from callstream.hub import Subscription
 from callstream.outbox import Outbox
 from callstream.ratelimit import TokenBucket
 from callstream.server.deps import credential_of, limits_of, retry_after_header, runtime_of
 from callstream.server.runtime import Runtime
-from callstream.server.transport import URGENT
+from callstream.server.transport import FRAME_WRITER, URGENT, FrameWriter, frame_payload
 
 log = logging.getLogger("callstream.events")
+
+_WRITE_BATCH_BYTES = 256 * 1024  # bounds one write, so one busy socket cannot hog the loop
 
 
 async def close_urgently(ws: WebSocket, code: int, error_code: str | None, message: str) -> None:
@@ -136,14 +138,15 @@ class EventsConnection:
     # ---- the hub's side: never blocks ------------------------------------------------------
 
     def enqueue_event(self, event: Event) -> None:
-        if self.outbox.push(event.frame, event.key, event.is_partial):
+        if self.outbox.push(event.wire, event.key, event.is_partial):
             self._wakeup.set()
         else:
             self._too_slow()
 
-    def send(self, frame: bytes | str) -> None:
-        text = frame.decode() if isinstance(frame, bytes) else frame
-        if self.outbox.push(text):
+    def send(self, message: bytes | str) -> None:
+        """Queue a control message (subscribed, error, pong) behind the events already queued."""
+        payload = message if isinstance(message, bytes) else message.encode()
+        if self.outbox.push(text_frame(payload)):
             self._wakeup.set()
         else:
             self._too_slow()
@@ -192,14 +195,24 @@ class EventsConnection:
         await close_urgently(self.ws, code, error_code, message)
 
     async def _write_forever(self) -> None:
-        send = self.ws.send_text
+        """Drain the outbox at the socket's pace: a batch of pre-encoded frames per write."""
+        writer: FrameWriter | None = self.ws.scope.get(FRAME_WRITER)
         with contextlib.suppress(Exception):
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                while (frame := self.outbox.pop()) is not None:
-                    await send(frame)
-                    metrics.EVENTS_DELIVERED.inc()
+                while self.outbox:
+                    if writer is None:  # another ASGI server: one message at a time
+                        await self.ws.send_text(frame_payload(self.outbox.pop() or b""))
+                        sent = 1
+                    else:
+                        if not writer.writable.is_set():
+                            await writer.writable.wait()  # the socket's own backpressure
+                        batch = self.outbox.pop_batch(_WRITE_BATCH_BYTES)
+                        if not writer.write_frames(b"".join(batch)):
+                            return
+                        sent = len(batch)
+                    metrics.EVENTS_DELIVERED.inc(sent)
                     if self.outbox.has_room:
                         self._room.set()
 

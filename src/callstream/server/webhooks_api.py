@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.responses import Response
 
 from callstream.auth import Principal
+from callstream.events import MAX_INT64
 from callstream.server.deps import ApiError, not_found, require, runtime_of
 from callstream.webhooks.hooks import repo_of
 from callstream.webhooks.payloads import EVENT_TYPES
@@ -91,7 +92,9 @@ class DeliveryList(BaseModel):
 
 
 class ReplayRequest(BaseModel):
-    since: StrictStr | StrictInt = Field(description="ISO 8601 time, or ms since the epoch")
+    since: StrictStr | Annotated[StrictInt, Field(ge=0, le=MAX_INT64)] = Field(
+        description="ISO 8601 time, or ms since the epoch"
+    )
     status: Literal["failed"] = "failed"
     endpoint_id: str | None = Field(None, description="only this endpoint's messages")
 
