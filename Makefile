@@ -26,7 +26,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP)  ## the benchmark suite (not part of CI): bench/README.md
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run
 
 clean:

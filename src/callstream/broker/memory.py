@@ -51,6 +51,11 @@ class _Call:
                 self.latest[key] = event
         self.log.append(event)
         if self.superseded > 256 and self.superseded * 2 > len(self.log):
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop superseded partials from the log (history already leaves them out)."""
+        if self.superseded:
             self.log = [e for e in self.log if not e.superseded]
             self.superseded = 0
 
@@ -105,6 +110,7 @@ class MemoryBroker(Broker):
             call.append(event)
             if new.type == ENDED:
                 call.status, call.ended_at = "ended", time.monotonic()
+                call.compact()  # kept for an hour: without what nobody can replay any more
             else:
                 call.status = "live"
             out.append(event)
