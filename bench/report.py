@@ -395,6 +395,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) + f", {meta.get('nginx')}",
         "",
     ]
+    head += [f"- failed: {f}" for f in results.get("failures", [])]
     head += [f"![{p}]({p})" for p in plots]
     (out / "README.md").write_text("\n".join(head) + "\n\n" + targets + "\n" + "\n".join(sections))
 

@@ -196,7 +196,12 @@ class Bench:
             if run > 0 and name in ANCHORS and not self.args.targets:
                 continue  # the anchors (nchan, picows) run once: they frame the scale, not the ratios
             target = make(name)
-            self.start(target)
+            try:
+                self.start(target)
+            except Exception as exc:
+                log(f"!! {name} did not start: {exc!r}")
+                self.results.setdefault("failures", []).append(f"fanout {name}: {exc!r}")
+                continue
             load = Load(self.args.sub_procs + 1, self.load_cpus)
             producer = len(load) - 1
             sub_idx = list(range(self.args.sub_procs))
@@ -614,7 +619,11 @@ def main(argv: list[str] | None = None) -> int:
                 reps = min(reps, int(os.environ.get("BENCH_RUNS_SLOW", "1")))
             for run in range(reps):
                 log(f"== {scenario} run {run + 1}/{reps}")
-                getattr(bench, scenario)(run)
+                try:
+                    getattr(bench, scenario)(run)
+                except Exception as exc:  # e.g. a patch that no longer applies: report it, go on
+                    log(f"!! {scenario} run {run + 1} failed: {exc!r}")
+                    bench.results.setdefault("failures", []).append(f"{scenario} run {run + 1}: {exc!r}")
     finally:
         bench.results["meta"]["elapsed_s"] = round(time.monotonic() - started)
         bench.save()

@@ -222,7 +222,7 @@ CALLSTREAM_BENCH_ENV = {
 
 
 # `callstream+proposed`: every change bench/patches proposes for src/ (see bench/README.md).
-PROPOSED = ["batch-writes", "log-untracked", "gc-tune", "sqlite-writer"]
+PROPOSED = ["log-untracked", "gc-tune", "sqlite-writer"]
 
 
 def make(name: str) -> Target:

@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
@@ -34,6 +34,9 @@ CallId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$", description=
 
 
 class TokenRequest(BaseModel):
+    # Strict: `"ttl_s": true` or `"ttl_s": "60"` is a mistake to report, not a value to coerce.
+    model_config = ConfigDict(strict=True)
+
     ttl_s: int | None = Field(None, ge=1, le=86_400, description="lifetime; default 900")
     calls: list[CallId] | None = Field(None, description="call ids the token may see; absent: all")
 
@@ -44,6 +47,8 @@ class TokenResponse(BaseModel):
 
 
 class LoginRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     code: str = Field(min_length=1, max_length=200)
 
 
