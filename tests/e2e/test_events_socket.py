@@ -310,3 +310,23 @@ async def test_rate_limit_answers_rate_limited_and_keeps_serving(server: ServerP
         await asyncio.sleep(0.5)
         await send(ws, {"type": "ping"})
         assert await recv(ws) == {"type": "pong"}
+
+
+async def test_an_ended_call_replays_completely_from_the_store(
+    server: ServerProcess, api_key: str, call_id: str
+) -> None:
+    """Once a call ended, the node keeps its history in the store only: since still works."""
+    batch = [partial("he", utterance_id="u1"), final("hello", utterance_id="u1")]
+    batch += [{"type": "function.call", "data": {"name": "f", "args": {}}}, final("bye", speaker="agent")]
+    publish(server, api_key, call_id, [*batch, ended()])
+    async with await open_events(server, api_key) as ws:
+        await send(ws, {"type": "subscribe", "call_id": call_id, "since": 1})
+        replay = await recv_until(ws, "subscribed")
+    assert [(m["type"], m.get("seq")) for m in replay] == [
+        ("transcript.final", 2),
+        ("function.call", 3),
+        ("transcript.final", 4),
+        ("call.ended", 5),
+        ("subscribed", None),
+    ]
+    assert replay[-1]["data"] == {"call_id": call_id, "status": "ended", "seq": 5, "replayed": 4}

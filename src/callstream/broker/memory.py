@@ -126,6 +126,20 @@ class MemoryBroker(Broker):
         assert self._deliver is not None
         for event in events:
             self._deliver(event)
+            if event.type == ENDED and self._deliver_after_store:
+                self._release_log(event.account, event.call_id)
+
+    def _release_log(self, account: str, call_id: str) -> None:
+        """An ended call whose events are all committed: the store now answers `since` for it.
+
+        Everything replayable of an ended call is in the store (every non-partial event; its
+        partials are superseded by then), so keeping the log in memory for the retention hour
+        would only make the node's memory grow with call churn.
+        """
+        call = self._calls.get((account, call_id))
+        if call is not None:
+            call.log, call.latest, call.superseded = [], {}, 0
+            call.first_seq = call.last_seq + 1
 
     async def state(self, account: str, call_id: str) -> CallState:
         call = self._calls.get((account, call_id))
