@@ -123,7 +123,6 @@ def demo(
     )
     settings = load_settings(host=host, port=port, data_dir=data_dir, webhooks_allow_private=True)
     configure_logging("warning")
-    background: list[asyncio.Task[Any]] = []  # the simulator, kept referenced while it runs
 
     async def ready(server: DrainingServer) -> None:
         base = f"http://{settings.host}:{bound_port(server)}"
@@ -136,7 +135,7 @@ def demo(
         console.print(f"demo API key (account 'demo'): {key}")
         console.print(f"try: callstream tail --url {base} --key {key} --all")
         console.print(f"simulating {calls} concurrent calls; Ctrl-C to stop")
-        background.append(
+        server.companions.append(
             asyncio.create_task(
                 run_simulation(
                     base, key, calls=calls, rate=None, speed=speed, duration=None, seed=None, on_progress=None

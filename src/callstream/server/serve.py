@@ -28,8 +28,12 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
         super().__init__(config)
         self.runtime = runtime
+        self.companions: list[asyncio.Task[Any]] = []  # in-process clients (the demo's simulator)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for task in self.companions:  # stop our own clients first: they would only reconnect
+            task.cancel()
+        await asyncio.gather(*self.companions, return_exceptions=True)
         await self.runtime.drain(1001)
         await super().shutdown(sockets)
 
