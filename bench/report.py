@@ -248,7 +248,8 @@ def ingest_section(rows: list[dict[str, Any]]) -> str:
     body = [[t, b, rs[0]["window_frames"], med([r["acked_s"] for r in rs]), med([r["cpu_pct"] for r in rs]),
              med([r["rss_mib"] for r in rs]), sum(r["errors"] for r in rs), len(rs)] for (t, b), rs in by.items()]
     return ("## Ingest: events/s through /v1/ingest, acknowledged (= sequenced and durably stored)\n\n"
-            "4 producer sockets (2 processes × 2), each keeping `window` frames of `batch` events in flight; "
+            "4 producer sockets (2 processes × 2), each keeping `frames in flight` frames of `events/frame` events "
+            "unacknowledged (a closed loop: with too few in flight, the commit latency, not the server, bounds it); "
             "the call mix is 40 % partials (not stored), 60 % stored. `callstream+bench-no-store` is the same "
             "server with bench/patches/bench-no-store.diff (the commit writes nothing).\n\n"
             + table(["target", "events/frame", "frames in flight", "events/s acked", "server CPU %", "RSS MiB",
@@ -396,7 +397,12 @@ def write(results: dict[str, Any], out: Path) -> None:
         "",
     ]
     head += [f"- failed: {f}" for f in results.get("failures", [])]
+    head += [f"- note: {n}" for n in meta.get("notes", [])]
     head += [f"![{p}]({p})" for p in plots]
+    others = sorted(d.name for d in out.iterdir() if d.is_dir() and (d / "README.md").exists())
+    if others:
+        head += ["", "Other runs kept beside this one (each folder has its own README.md): "
+                 + ", ".join(f"[{d}]({d}/README.md)" for d in others)]
     (out / "README.md").write_text("\n".join(head) + "\n\n" + targets + "\n" + "\n".join(sections))
 
 

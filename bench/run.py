@@ -486,7 +486,7 @@ class Bench:
         names = self.args.targets.split(",") if self.args.targets else [
             "callstream", "callstream+bench-no-store", "callstream+proposed", "callstream+proposed+bench-no-store"]
         for name in names:
-            for batch, win in ((100, 4), (1, 64)):
+            for batch, win in ((100, self.args.ingest_window), (1, 64)):
                 target = self.start(make(name))
                 load = Load(2, self.load_cpus)
                 try:
@@ -597,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy callstream during fan-out")
     parser.add_argument("--profile-target", default="callstream", help="which target --profile samples")
     parser.add_argument("--profile-rate", type=int, default=30_000, help="deliveries/s while profiling")
+    parser.add_argument("--ingest-window", type=int, default=16, help="frames of 100 events in flight per socket")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--out", default=None, help="results subfolder name (default: bench/results)")
