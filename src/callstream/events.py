@@ -136,12 +136,15 @@ class Event:
     type: str
     data: dict[str, Any]
     frame: str = field(default="", repr=False)
-    superseded: bool = field(default=False, repr=False)
     _wire: bytes | None = field(default=None, repr=False, compare=False)
+    # The supersede key, computed once here rather than once per subscriber on the fan-out path.
+    key: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.frame:
             self.frame = encode_event(self.type, self.call_id, self.seq, self.ts, self.data)
+        if self.key is None:
+            self.key = supersede_key(self.call_id, self.type, self.data)
 
     @property
     def wire(self) -> bytes:
@@ -153,10 +156,6 @@ class Event:
     @property
     def is_partial(self) -> bool:
         return self.type == PARTIAL
-
-    @property
-    def key(self) -> str | None:
-        return supersede_key(self.call_id, self.type, self.data)
 
 
 def text_frame(payload: bytes) -> bytes:
