@@ -98,9 +98,12 @@ def serve(
     async def ready(server: DrainingServer) -> None:
         base = settings.public_url or f"http://{settings.host}:{bound_port(server)}"
         console.print(f"callstream listening on {base}  (docs: {base}/docs)", soft_wrap=True)
-        if dashboard_account:
-            code = await server.runtime.store.create_login_code(dashboard_account)
-            console.print(f"dashboard for {dashboard_account}: {base}/?login={code}", soft_wrap=True)
+        account = dashboard_account or await _only_account(server.runtime.store)
+        if account:  # as Jupyter does: a one-time link, so the browser never sees an API key
+            code = await server.runtime.store.create_login_code(account)
+            console.print(f"dashboard for {account} (one-time link): {base}/?login={code}", soft_wrap=True)
+        else:
+            console.print(f"dashboard: {base}/ (a login link: callstream login --account A)", soft_wrap=True)
 
     run_forever(run(settings, ready))
 
@@ -145,6 +148,12 @@ def demo(
 
     with contextlib.suppress(KeyboardInterrupt):
         run_forever(run(settings, ready))
+
+
+async def _only_account(store: Any) -> str | None:
+    """The account to open the dashboard for when there is no doubt: the store has just one."""
+    accounts = {k.account for k in await store.list_keys() if k.revoked_at is None}
+    return accounts.pop() if len(accounts) == 1 else None
 
 
 def _store(data_dir: str | None, database: str | None) -> Any:

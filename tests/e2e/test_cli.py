@@ -341,3 +341,31 @@ async def test_access_logs_never_contain_a_credential(server: ServerProcess, cal
     assert wrong not in log
     assert re.search(r"/v1/events\?token=\[redacted\]", log), log[-2000:]
     assert re.search(r"/v1/calls\?token=\[redacted\]", log), log[-2000:]
+
+
+def test_serve_prints_a_one_time_dashboard_link_for_its_only_account(fresh_server: ServerProcess) -> None:
+    """As Jupyter does: the operator opens the printed link; the browser never sees an API key."""
+    fresh_server.create_key("solo")
+    fresh_server.start()
+    deadline = time.monotonic() + 10
+    while "?login=" not in fresh_server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    line = next(x for x in fresh_server.log().splitlines() if "?login=" in x)
+    assert "dashboard for solo" in line
+    code = line.split("?login=")[1].split()[0]
+    first = httpx.post(f"{fresh_server.url}/v1/login", json={"code": code}, timeout=10)
+    assert first.status_code == 200
+    assert first.json()["token"].startswith("eyJ")
+    again = httpx.post(f"{fresh_server.url}/v1/login", json={"code": code}, timeout=10)
+    assert again.status_code == 401  # one time only
+
+
+def test_serve_with_several_accounts_says_how_to_get_a_link(fresh_server: ServerProcess) -> None:
+    fresh_server.create_key("one")
+    fresh_server.create_key("two")
+    fresh_server.start()
+    deadline = time.monotonic() + 10
+    while "dashboard:" not in fresh_server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "callstream login --account" in fresh_server.log()
+    assert "?login=" not in fresh_server.log()
