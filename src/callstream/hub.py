@@ -64,7 +64,6 @@ class Hub:
     def __init__(self) -> None:
         self._calls: dict[tuple[str, str], dict[Subscriber, Subscription]] = {}
         self._wildcards: dict[str, dict[Subscriber, Subscription]] = {}
-        self.delivered = 0
 
     def add(self, sub: Subscription) -> Subscription | None:
         """Register `sub`, replacing (and returning) the connection's earlier one for that call."""
@@ -93,13 +92,11 @@ class Hub:
         if explicit:
             for sub in explicit.values():
                 sub.offer(event)
-            self.delivered += len(explicit)
         wildcard = self._wildcards.get(event.account)
         if wildcard:
             for conn, sub in wildcard.items():
                 if explicit is None or conn not in explicit:
                     sub.offer(event)
-                    self.delivered += 1
 
     def watched(self) -> Iterator[tuple[str, str]]:
         """Every (account, call_id or '*') some connection of this node subscribes to."""

@@ -96,8 +96,8 @@ class Runtime:
             self._enrich(events)
         sequenced = await self.broker.publish(account, events)
         metrics.EVENTS_PUBLISHED.inc(len(sequenced))
-        if any(e.type == ENDED for e in sequenced):
-            metrics.CALLS_ENDED.inc(sum(e.type == ENDED for e in sequenced))
+        if ended := sum(e.type == ENDED for e in sequenced):
+            metrics.CALLS_ENDED.inc(ended)
         after = None if self.broker.fans_out_on_publish else self.broker.deliver_stored
         return sequenced, self.store.append(sequenced, after)
 
