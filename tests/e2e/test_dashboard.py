@@ -330,7 +330,12 @@ def test_expiring_token_is_refreshed(tmp_path: Path, page: Any) -> None:
 
         # 2. A token that does expire on the socket (the refresh was missed, e.g. a suspended tab):
         #    the server closes with 4001, the page gets a fresh token and reconnects by itself.
-        page.evaluate("window.callstream._clearTimer('_refreshTimer')")
+        #    Stop refreshes at the source: a refresh already in flight would otherwise schedule the
+        #    next one when it completes, and the token would never expire.
+        page.evaluate(
+            "(() => { const cs = window.callstream; cs._scheduleRefresh = () => {};"
+            " cs._clearTimer('_refreshTimer'); })()"
+        )
         deadline = time.monotonic() + 30
         while len(sockets) < 2 and time.monotonic() < deadline:
             page.wait_for_timeout(250)
