@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import report
 from bench.loadgen import worker_main
-from bench.targets import ROOT, Target, make, nchan_available
+from bench.targets import PROPOSED, ROOT, Target, make, nchan_available
 
 RESULTS = ROOT / "bench/results"
 ALL = ["fanout", "connections", "campaign", "storm", "ingest", "twonode"]
@@ -178,7 +178,7 @@ class Bench:
     def fanout_targets(self) -> list[str]:
         if self.args.targets:
             return self.args.targets.split(",")
-        names = ["callstream", "callstream+proposed", "bare", "socketio", "picows"]
+        names = ["callstream", *(["callstream+proposed"] if PROPOSED else []), "bare", "socketio", "picows"]
         if nchan_available():
             names.append("nchan")
         return names
@@ -392,7 +392,9 @@ class Bench:
     def campaign(self, run: int) -> None:
         ncalls, rate = 10_000, 2_000
         warm, window = (6.0, 5.0) if self.quick else (6.0, 10.0)
-        variants = [("callstream", False), ("callstream", True), ("callstream+proposed", False), ("bare", False)]
+        variants = [("callstream", False), ("callstream", True), ("bare", False)]
+        if PROPOSED:
+            variants.insert(2, ("callstream+proposed", False))
         if self.args.targets:
             variants = [(t, False) for t in self.args.targets.split(",")]
         # The default limit (50 client messages/s) would take 200 s to send 10,000 subscribes.
@@ -430,7 +432,7 @@ class Bench:
     def storm(self, run: int) -> None:
         n = self.args.storm or (5000 if self.quick else 10_000)
         rate = 1000.0
-        names = self.args.targets.split(",") if self.args.targets else ["callstream", "callstream+proposed"]
+        names = self.args.targets.split(",") if self.args.targets else ["callstream", *(["callstream+proposed"] if PROPOSED else [])]
         for name in names:
             target = self.start(make(name))
             procs = 2
@@ -483,8 +485,8 @@ class Bench:
 
     def ingest(self, run: int) -> None:
         window = 5.0 if self.quick else 8.0
-        names = self.args.targets.split(",") if self.args.targets else [
-            "callstream", "callstream+bench-no-store", "callstream+proposed", "callstream+proposed+bench-no-store"]
+        names = self.args.targets.split(",") if self.args.targets else ["callstream", "callstream+bench-no-store"] + (
+            ["callstream+proposed", "callstream+proposed+bench-no-store"] if PROPOSED else [])
         for name in names:
             for batch, win in ((100, self.args.ingest_window), (1, 64)):
                 target = self.start(make(name))

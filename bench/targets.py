@@ -222,7 +222,7 @@ CALLSTREAM_BENCH_ENV = {
 
 
 # `callstream+proposed`: every change bench/patches proposes for src/ (see bench/README.md).
-PROPOSED = ["log-untracked", "gc-tune", "sqlite-writer", "direct-flush", "state-cache"]  # in this order
+PROPOSED: list[str] = []  # in the order they apply; empty: everything proposed so far has landed
 
 
 def make(name: str) -> Target:

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple
 
-
-class _Item(NamedTuple):
-    frame: bytes
-    key: str | None
-    partial: bool
+# (frame, supersede key, is partial): a plain tuple, built without a Python-level constructor
+# (a NamedTuple's __new__ cost about 4 % of the node's CPU at 30k deliveries/s) and untracked by the
+# garbage collector.
+_Item = tuple[bytes, str | None, bool]
 
 
 @dataclass(slots=True)
@@ -56,7 +54,7 @@ class Outbox:
     def push(self, frame: bytes, key: str | None = None, partial: bool = False) -> bool:
         if self.overflowed:
             return False
-        self._items.append(_Item(frame, key, partial))
+        self._items.append((frame, key, partial))
         self._bytes += len(frame)
         if self._bytes > self._high_water:
             self._drop_superseded_partials()
@@ -69,14 +67,14 @@ class Outbox:
         if not self._items:
             return None
         item = self._items.popleft()
-        self._bytes -= len(item.frame)
-        return item.frame
+        self._bytes -= len(item[0])
+        return item[0]
 
     def pop_batch(self, max_bytes: int) -> list[bytes]:
         """Oldest frames up to about `max_bytes` (at least one): what one socket write carries."""
         items, batch, size = self._items, [], 0
         while items and size < max_bytes:
-            frame = items.popleft().frame
+            frame = items.popleft()[0]
             size += len(frame)
             batch.append(frame)
         self._bytes -= size
@@ -87,12 +85,13 @@ class Outbox:
         seen: set[str] = set()
         kept: deque[_Item] = deque()
         for item in reversed(self._items):
-            if item.key is not None:
-                if item.partial and item.key in seen:
-                    self._bytes -= len(item.frame)
+            frame, key, partial = item
+            if key is not None:
+                if partial and key in seen:
+                    self._bytes -= len(frame)
                     self._dropped += 1
                     continue
-                seen.add(item.key)
+                seen.add(key)
             kept.appendleft(item)
         self._items = kept
 

@@ -60,7 +60,7 @@ class PublishResponse(BaseModel):
 async def _model_from(request: Request, model: type[TokenRequest]) -> TokenRequest:
     raw = await request.body()
     try:
-        return model.model_validate(p.decode_json(raw) if raw.strip() else {})
+        return model.model_validate(p.decode_json(raw) if raw else {})
     except p.ProtocolError as exc:
         raise ApiError(422, "invalid_request", exc.message) from None
     except ValidationError as exc:

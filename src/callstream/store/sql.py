@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from callstream.broker.base import CallState
 from callstream.events import ENDED, FINAL, PARTIAL, Event
 from callstream.store import tables as t
+from callstream.store.sqlite_writer import SqliteEventWriter
 
 log = logging.getLogger("callstream.store")
 
@@ -126,6 +127,10 @@ class SqlStore:
         self.ended_hooks: list[EndedHook] = []
         self.healthy = True
         self.commits = 0
+        # SQLite: the event writer's batches go through one thread hop each (SqliteEventWriter);
+        # batches that end a call keep the SQLAlchemy path, whose hooks write the webhook outbox.
+        path = url.split(":///", 1)[1] if self.dialect == "sqlite" and ":///" in url else ""
+        self._direct = SqliteEventWriter(path) if path and path != ":memory:" else None
 
     def _make_engine(self, url: str) -> AsyncEngine:
         if self.dialect == "sqlite":
@@ -159,6 +164,8 @@ class SqlStore:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        if self._direct is not None:
+            self._direct.close()
         await self.engine.dispose()
 
     async def ping(self) -> bool:
@@ -425,6 +432,14 @@ class SqlStore:
         return batch
 
     async def _commit(self, events: list[Event]) -> None:
+        if self._direct is not None and not any(e.type == ENDED for e in events):
+            await self._direct.commit(
+                [(e.account, e.call_id, e.seq, e.ts, e.type, orjson.dumps(e.data).decode())
+                 for e in events if e.type != PARTIAL],
+                self._call_rows(events),
+            )
+            self.commits += 1
+            return
         rows = [
             {
                 "account": e.account,
@@ -447,7 +462,9 @@ class SqlStore:
                         await hook(conn, event)
         self.commits += 1
 
-    async def _upsert_calls(self, conn: AsyncConnection, events: list[Event]) -> None:
+    @staticmethod
+    def _call_rows(events: list[Event]) -> list[dict[str, Any]]:
+        """One row per call of the batch: what the upsert merges into `calls`."""
         calls: dict[tuple[str, str], dict[str, Any]] = {}
         for e in events:
             row = calls.get((e.account, e.call_id))
@@ -478,6 +495,9 @@ class SqlStore:
                 if isinstance(score, int | float):
                     row["sentiment_sum"] += float(score)
                     row["sentiment_n"] += 1
+        return list(calls.values())
+
+    async def _upsert_calls(self, conn: AsyncConnection, events: list[Event]) -> None:
         insert = self._insert(t.calls)
         ex, c = insert.excluded, t.calls.c
         upsert = insert.on_conflict_do_update(
@@ -495,7 +515,7 @@ class SqlStore:
                 "sentiment_n": c.sentiment_n + ex.sentiment_n,
             },
         )
-        await conn.execute(upsert, list(calls.values()))
+        await conn.execute(upsert, self._call_rows(events))
 
 
 def encode_cursor(started_at: int, call_id: str) -> str:
@@ -510,3 +530,4 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     except Exception as exc:
         raise ValueError("cursor is not one this server issued") from exc
     return started, call_id
+
