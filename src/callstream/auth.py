@@ -8,11 +8,12 @@ ends the browser sessions it minted.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -165,34 +166,62 @@ def looks_like_jwt(credential: str) -> bool:
 
 
 class Authenticator:
-    """Turns a credential into a Principal, caching key look-ups briefly."""
+    """Turns a credential into a Principal, caching key look-ups briefly.
+
+    Look-ups are single-flight: when many sockets present the same key at once (every client of
+    a node reconnecting after it restarts), one store read answers all of them, instead of one
+    read each queueing behind the others on the store's connections.
+    """
 
     def __init__(self, store: SqlStore, signer: TokenSigner) -> None:
         self.store = store
         self.signer = signer
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}  # reads under way
+        self._generation = 0  # bumped by forget(): a read begun before must not fill the cache
 
     async def key(self, secret: str) -> KeyRecord | None:
         digest = hashlib.sha256(secret.encode()).hexdigest()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        record = await self.store.key_by_secret(secret)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (time.monotonic() + _CACHE_TTL_S, record)
-        return record
+        return await self._cached(digest, lambda: self.store.key_by_secret(secret))
 
     async def key_by_id(self, key_id: str) -> KeyRecord | None:
-        hit = self._cache.get("id:" + key_id)
+        return await self._cached("id:" + key_id, lambda: self.store.key_by_id(key_id))
+
+    async def _cached(
+        self, cache_key: str, load: Callable[[], Awaitable[KeyRecord | None]]
+    ) -> KeyRecord | None:
+        hit = self._cache.get(cache_key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        record = await self.store.key_by_id(key_id)
-        self._cache["id:" + key_id] = (time.monotonic() + _CACHE_TTL_S, record)
+        task = self._inflight.get(cache_key)
+        if task is None:
+            # A task of its own: a handshake cancelled meanwhile must not cancel the others' read.
+            task = asyncio.ensure_future(self._load(cache_key, load, self._generation))
+            self._inflight[cache_key] = task
+            task.add_done_callback(lambda done: self._settled(cache_key, done))
+        return await asyncio.shield(task)
+
+    async def _load(
+        self, cache_key: str, load: Callable[[], Awaitable[KeyRecord | None]], generation: int
+    ) -> KeyRecord | None:
+        record = await load()
+        if generation == self._generation:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[cache_key] = (time.monotonic() + _CACHE_TTL_S, record)
         return record
 
+    def _settled(self, cache_key: str, task: asyncio.Future[KeyRecord | None]) -> None:
+        if self._inflight.get(cache_key) is task:
+            del self._inflight[cache_key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter has it raised; none may be left to
+
     def forget(self) -> None:
+        """Drop what is cached (a key was revoked); reads in flight answer but are not kept."""
         self._cache.clear()
+        self._inflight.clear()
+        self._generation += 1
 
     async def authenticate(self, credential: str | None) -> Principal:
         if not credential:
