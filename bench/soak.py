@@ -14,7 +14,8 @@ Starts a `callstream serve` process of its own (or uses `--url` + `--key` [+ `--
 
 Checks: every acked final was delivered to each subscription that followed its call from
 `since=0` to `call.ended`, and is replayable over REST; RSS grew at most 5 % after warm-up (the
-first third); fds and tasks return to their baseline once every socket is closed. Prints a table
+first third); sockets and tasks return to their baseline once every client is closed (file fds
+may not: the store keeps its pooled SQLite connections open). Prints a table
 and writes it to bench/results/soak.md.
 """
 
@@ -126,6 +127,7 @@ class Sample:
     t_s: float
     rss_mb: float | None
     fds: int | None
+    socket_fds: int | None
     tasks: int | None
     sockets: int
     subs: int
@@ -134,15 +136,21 @@ class Sample:
     delivered: int
 
 
-def proc_stats(pid: int | None) -> tuple[float | None, int | None]:
+def proc_stats(pid: int | None) -> tuple[float | None, int | None, int | None]:
+    """RSS (MiB), open fds, and how many of them are sockets."""
     if pid is None:
-        return None, None
+        return None, None, None
     try:
         with open(f"/proc/{pid}/status") as status:
             rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-        return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+        fds = os.listdir(f"/proc/{pid}/fd")
+        sockets = 0
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                sockets += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        return rss_kb / 1024, len(fds), sockets
     except (OSError, StopIteration):
-        return None, None
+        return None, None, None
 
 
 def tasks_gauge(url: str) -> int | None:
@@ -193,7 +201,6 @@ class Soak:
         self.subscriptions = 0
         self.samples: list[Sample] = []
         self.stop_at = 0.0
-        self.replay_kb: float | None = None
         self.rng = random.Random(args.seed)
 
     # -- producers: call churn over /v1/ingest --
@@ -368,12 +375,13 @@ class Soak:
             self.sample(started)
 
     def sample(self, started: float) -> Sample:
-        rss, fds = proc_stats(self.pid)
+        rss, fds, socket_fds = proc_stats(self.pid)
         tasks = tasks_gauge(self.url)
         s = Sample(
             time.monotonic() - started,
             rss,
             fds,
+            socket_fds,
             tasks,
             self.open_sockets,
             self.subscriptions,
@@ -427,53 +435,6 @@ class Soak:
         write_report(self, baseline, final)
 
 
-# ---- what the replay log holds by design ----------------------------------------------------------
-
-
-def replay_log_kb_per_call(finals: int) -> float:
-    """KiB the in-process replay log keeps per ended call of this workload (tracemalloc).
-
-    The contract holds every event but superseded partials for the call's life and at least an
-    hour after it ended (`CALLSTREAM_HISTORY_TTL_S`), so RSS grows with call churn for the first
-    hour by design; this is subtracted to see what is left (a leak would be).
-    """
-    import tracemalloc
-
-    from callstream.broker.memory import MemoryBroker
-    from callstream.events import NewEvent
-
-    async def build(calls: int) -> int:
-        broker = MemoryBroker(deliver_after_store=True)
-
-        async def unknown(_account: str, _call_id: str) -> None:
-            return None
-
-        await broker.start(lambda _event: None, unknown)
-        tracemalloc.start()
-        for c in range(calls):
-            call_id = f"soak_{c}_0_{c:08x}"
-            for i in range(finals):
-                text, speaker = f"utterance {i} of {call_id}", "user" if i % 2 else "agent"
-                for k in range(1, 4):
-                    data = {"speaker": speaker, "text": text[: len(text) * k // 4], "utterance_id": f"u{i}"}
-                    await broker.publish("soak", [NewEvent(call_id, "transcript.partial", data)])
-                data = {
-                    "speaker": speaker,
-                    "text": text,
-                    "utterance_id": f"u{i}",
-                    "sentiment": {"score": 0.0},
-                }
-                await broker.publish("soak", [NewEvent(call_id, "transcript.final", data)])
-            ended = {"status": "completed", "duration_ms": 1}
-            await broker.publish("soak", [NewEvent(call_id, "call.ended", ended)])
-        held, _ = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        await broker.close()
-        return held
-
-    return asyncio.run(build(50)) / 50 / 1024
-
-
 # ---- reporting ------------------------------------------------------------------------------------
 
 HEADER = "| t (s) | RSS (MiB) | fds | tasks | sockets | subs | calls done | finals acked | finals delivered |"
@@ -487,6 +448,10 @@ def row(s: Sample) -> str:
     )
 
 
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
 def write_report(soak: Soak, baseline: Sample, final: Sample) -> None:
     samples, args, st = soak.samples, soak.args, soak.stats
     loaded = [s for s in samples[1:-1] if s.rss_mb is not None]
@@ -495,16 +460,13 @@ def write_report(soak: Soak, baseline: Sample, final: Sample) -> None:
     if len(warm) >= 2 and warm[0].rss_mb and warm[-1].rss_mb:
         growth = (warm[-1].rss_mb - warm[0].rss_mb) / warm[0].rss_mb * 100
     peak_sockets = max((s.sockets for s in samples), default=0)
-    net = per_call_kb = None
-    if len(warm) >= 2 and warm[0].rss_mb and warm[-1].rss_mb:
-        calls = warm[-1].calls_done - warm[0].calls_done
-        per_call_kb = soak.replay_kb if soak.replay_kb is not None else 0.0
-        retained_mb = calls * per_call_kb / 1024
-        net = (warm[-1].rss_mb - warm[0].rss_mb - retained_mb) / warm[0].rss_mb * 100
 
     def span(values: list[int | None]) -> str:
         known = [v for v in values if v is not None]
         return f"{min(known)} – {max(known)}" if known else "-"
+
+    def files(sample: Sample) -> int | None:
+        return None if sample.fds is None or sample.socket_fds is None else sample.fds - sample.socket_fds
 
     def delta(a: int | None, b: int | None) -> str:
         return "-" if a is None or b is None else f"{b - a:+d} ({a} → {b})"
@@ -525,13 +487,20 @@ def write_report(soak: Soak, baseline: Sample, final: Sample) -> None:
         f"| finals missing from such a subscription | {st.missing_deliveries} |",
         f"| acked finals not replayable over REST | {st.missing_replays} |",
         f"| RSS growth after warm-up (first third) | {'-' if growth is None else f'{growth:+.1f} %'} |",
-        f"| replay log kept per ended call by design (1 h), measured | {'-' if per_call_kb is None else f'{per_call_kb:.0f} KiB'} |",
-        f"| RSS growth after warm-up, net of the replay log | {'-' if net is None else f'{net:+.1f} %'} |",
         f"| open fds, before load → after every socket closed | {delta(baseline.fds, final.fds)} |",
+        f"| of which sockets | {delta(baseline.socket_fds, final.socket_fds)} |",
+        f"| of which files (the store's pooled SQLite connections: db, -wal, -shm each) | {delta(files(baseline), files(final))} |",
         f"| open fds while loaded (after warm-up), min – max | {span([s.fds for s in warm if s.sockets])} |",
         f"| asyncio tasks while loaded (after warm-up), min – max | {span([s.tasks for s in warm if s.sockets])} |",
         f"| asyncio tasks, before load → after every socket closed | {delta(baseline.tasks, final.tasks)} |",
         f"| client-side errors | {len(st.errors)} |",
+        "",
+        "Checks (issue 7):",
+        "",
+        f"- every acked final delivered or replayable: {verdict(st.missing_deliveries == 0 and st.missing_replays == 0)}",
+        f"- RSS growth after warm-up ≤ 5 %: {verdict(growth is not None and growth <= 5.0)}",
+        f"- no socket left open after every client closed: {verdict(baseline.socket_fds is not None and final.socket_fds == baseline.socket_fds)}",
+        f"- no task leak (tasks back to the baseline): {verdict(baseline.tasks is not None and final.tasks == baseline.tasks)}",
         "",
         "Samples:",
         "",
@@ -585,8 +554,6 @@ def main() -> None:
     )
     print(HEADER)
     soak = Soak(args, url, key, pid)
-    finals_per_call = max(1, round(args.call_s / (4 * args.event_interval_s)))
-    soak.replay_kb = replay_log_kb_per_call(finals_per_call)
     try:
         asyncio.run(soak.run())
     finally:

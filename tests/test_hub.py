@@ -10,8 +10,13 @@ class Recorder:
     def __init__(self) -> None:
         self.seqs: list[tuple[str, int]] = []
 
+        self.over: list[Subscription] = []
+
     def enqueue_event(self, event: Event) -> None:
         self.seqs.append((event.call_id, event.seq))
+
+    def subscription_over(self, sub: Subscription) -> None:
+        self.over.append(sub)
 
 
 def ev(call_id: str, seq: int, account: str = "acme", kind: str = "transcript.final") -> Event:
@@ -76,3 +81,26 @@ def test_remove_cleans_the_index() -> None:
     assert list(hub.watched()) == []
     hub.deliver(ev("c1", 1))
     assert conn.seqs == []
+
+
+def test_call_ended_ends_the_calls_subscriptions_and_no_other() -> None:
+    hub, a, b, watcher = Hub(), Recorder(), Recorder(), Recorder()
+    sub_a = live(hub, a, "c1")
+    pending = Subscription(b, "acme", "c1", None)  # still replaying
+    hub.add(pending)
+    keep = live(hub, a, "c2")
+    live(hub, watcher, "*")
+    hub.deliver(ev("c1", 9, kind="call.ended"))
+
+    over = hub.end_call("acme", "c1")
+
+    assert set(over) == {sub_a, pending}
+    assert sub_a.over
+    assert pending.over
+    assert not keep.over
+    assert (a.over, b.over, watcher.over) == ([sub_a], [pending], [])
+    assert [e.seq for e in pending.go_live(0)] == [9]  # the pending one still gets call.ended
+    assert hub.get(a, "acme", "c1") is None
+    assert hub.get(a, "acme", "c2") is keep
+    assert sorted(hub.watched()) == [("acme", "*"), ("acme", "c2")]
+    assert hub.end_call("acme", "c1") == []  # nothing left to end

@@ -20,13 +20,16 @@ from callstream.protocol import WILDCARD
 
 
 class Subscriber(Protocol):
-    """What the hub needs of a connection: a non-blocking append."""
+    """What the hub needs of a connection: a non-blocking append, and word that a subscription
+    is over (its call ended)."""
 
     def enqueue_event(self, event: Event) -> None: ...
 
+    def subscription_over(self, sub: Subscription) -> None: ...
+
 
 class Subscription:
-    __slots__ = ("account", "call_id", "conn", "last_seq", "parked", "types")
+    __slots__ = ("account", "call_id", "conn", "last_seq", "over", "parked", "types")
 
     def __init__(self, conn: Subscriber, account: str, call_id: str, types: frozenset[str] | None) -> None:
         self.conn = conn
@@ -35,6 +38,7 @@ class Subscription:
         self.types = types
         self.parked: list[Event] | None = []  # None once live
         self.last_seq = 0  # highest seq sent; explicit calls only (a wildcard spans many calls)
+        self.over = False  # the call ended: the hub no longer holds this subscription
 
     def offer(self, event: Event) -> None:
         if self.types is not None and event.type not in self.types:
@@ -97,6 +101,21 @@ class Hub:
             for conn, sub in wildcard.items():
                 if explicit is None or conn not in explicit:
                     sub.offer(event)
+
+    def end_call(self, account: str, call_id: str) -> list[Subscription]:
+        """`call.ended` was fanned out: nothing can follow it, so the call's subscriptions are over.
+
+        Kept, they would pile up on long-lived sockets (a dashboard follows call after call and
+        never unsubscribes from the ended ones): memory that grows with call churn, and slots
+        that count against the per-connection limit. Returns them (each one the broker watches).
+        """
+        index = self._calls.pop((account, call_id), None)
+        if not index:
+            return []
+        for sub in index.values():
+            sub.over = True
+            sub.conn.subscription_over(sub)
+        return list(index.values())
 
     def watched(self) -> Iterator[tuple[str, str]]:
         """Every (account, call_id or '*') some connection of this node subscribes to."""

@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from callstream.auth import key_id_of
-from tests.helpers import ServerProcess, final, open_events, publish, recv, send
+from tests.helpers import ServerProcess, ended, final, open_events, publish, recv, recv_until, send
 
 APP = "https://app.example.com"
 SECRET_A = "rotation-secret-A-" + "a" * 40
@@ -130,6 +130,46 @@ async def test_ingest_rate_limit_is_per_key_across_rest_and_sockets(
     assert [e["data"]["text"] for e in stored(fresh_server, key, call_id)][-1] == "c"
     # another key of the same account has its own budget
     assert (await asyncio.to_thread(publish, fresh_server, other, call_id, final("x"))).status_code == 202
+
+
+async def test_subscriptions_per_connection_are_capped_and_ended_calls_free_their_slot(
+    fresh_server: ServerProcess,
+) -> None:
+    """A dashboard follows call after call on one socket without unsubscribing: once a call has
+    ended its subscription is over, so it neither counts against the cap nor stays in memory."""
+    fresh_server.env["CALLSTREAM_MAX_SUBSCRIPTIONS"] = "2"
+    await asyncio.to_thread(fresh_server.start)
+    key = await asyncio.to_thread(fresh_server.create_key, "acme")
+    done = "call_done_before"
+    await asyncio.to_thread(publish, fresh_server, key, done, [final("hi"), ended()])
+    ws = await open_events(fresh_server, key)
+    try:
+        for call_id in ("call_one", "call_two"):
+            await send(ws, {"type": "subscribe", "call_id": call_id})
+            assert (await recv(ws))["type"] == "subscribed"
+        await send(ws, {"type": "subscribe", "call_id": "call_three"})
+        refused = await recv(ws)
+        assert refused["type"] == "error"
+        assert refused["data"]["code"] == "too_many_subscriptions"
+
+        for call_id in ("call_one", "call_two"):
+            await asyncio.to_thread(publish, fresh_server, key, call_id, [final("bye"), ended()])
+            await recv_until(ws, "call.ended")
+        # an ended call, replayed: `subscribed` says so, and no slot is held afterwards
+        await send(ws, {"type": "subscribe", "call_id": done, "since": 0})
+        replay = await recv_until(ws, "subscribed")
+        assert [m["type"] for m in replay] == ["transcript.final", "call.ended", "subscribed"]
+        assert replay[-1]["data"]["status"] == "ended"
+        for call_id in ("call_three", "call_four"):
+            await send(ws, {"type": "subscribe", "call_id": call_id})
+            assert (await recv(ws))["type"] == "subscribed"
+        await asyncio.to_thread(publish, fresh_server, key, "call_four", final("live"))
+        assert (await recv(ws))["data"]["text"] == "live"
+        # unsubscribing from a call that ended is still answered (idempotent)
+        await send(ws, {"type": "unsubscribe", "call_id": "call_one"})
+        assert await recv(ws) == {"type": "unsubscribed", "call_id": "call_one", "data": {"call_id": "call_one"}}
+    finally:
+        await ws.close()
 
 
 # ---- browsers: Origin allow-list on both sockets, CORS on REST ----------------------------------

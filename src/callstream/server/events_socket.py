@@ -184,6 +184,11 @@ class EventsConnection:
         else:
             self._too_slow()
 
+    def subscription_over(self, sub: Subscription) -> None:
+        """The call ended and the hub dropped `sub` (a pending one is settled by `_catch_up`)."""
+        if sub.parked is None and self.subs.get(sub.call_id) is sub:
+            del self.subs[sub.call_id]
+
     def flush_now(self) -> None:
         """Write what fan-out queued, straight to the socket; hand over to the writer task when
         the socket pushes back (or this server has no frame writer)."""
@@ -382,6 +387,11 @@ class EventsConnection:
         self.send(p.subscribed_message(call_id, status, last_seq, len(replay)))
         for event in sub.go_live(max(last_seq, since or 0)):
             self.enqueue_event(event)
+        if sub.over:  # the call ended while we replayed: the hub has let go of it already
+            if self.subs.get(call_id) is sub:
+                del self.subs[call_id]
+        elif status == "ended":  # nothing can follow: hold no subscription (see Hub.end_call)
+            await self._unsubscribe(call_id)
 
     async def _wait_for_room(self) -> None:
         """Pace a replay by the socket: history may be far larger than the outbox."""

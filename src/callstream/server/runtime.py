@@ -120,6 +120,13 @@ class Runtime:
 
     def _deliver(self, event: Event) -> None:
         self.hub.deliver(event)
+        if event.type == ENDED and (over := self.hub.end_call(event.account, event.call_id)):
+            asyncio.get_running_loop().create_task(self._unwatch(event.account, event.call_id, len(over)))
+
+    async def _unwatch(self, account: str, call_id: str, times: int) -> None:
+        """Balance the broker's watches of subscriptions the hub ended (one per subscription)."""
+        for _ in range(times):
+            await self.broker.unwatch(account, call_id)
 
     async def _resync_subscribers(self) -> None:
         """The broker's pub/sub link was down for a while: frames published meanwhile never
