@@ -11,7 +11,6 @@ else is ever dropped, so a client that resumes with `since` loses only supersede
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 # (frame, supersede key, is partial): a plain tuple, built without a Python-level constructor
@@ -33,7 +32,9 @@ class Outbox:
     """Bounded FIFO of text frames; `push` returns False once the consumer is too slow."""
 
     def __init__(self, high_water_bytes: int) -> None:
-        self._items: deque[_Item] = deque()
+        # A list, replaced by a fresh one whenever a write takes everything (the common case): an
+        # idle connection's outbox costs an empty list, where a deque keeps a 64-slot block.
+        self._items: list[_Item] = []
         self._bytes = 0
         self._high_water = high_water_bytes
         self._dropped = 0
@@ -66,24 +67,31 @@ class Outbox:
     def pop(self) -> bytes | None:
         if not self._items:
             return None
-        item = self._items.popleft()
+        item = self._items.pop(0)
         self._bytes -= len(item[0])
         return item[0]
 
     def pop_batch(self, max_bytes: int) -> list[bytes]:
         """Oldest frames up to about `max_bytes` (at least one): what one socket write carries."""
-        items, batch, size = self._items, [], 0
-        while items and size < max_bytes:
-            frame = items.popleft()[0]
-            size += len(frame)
-            batch.append(frame)
+        items = self._items
+        if self._bytes <= max_bytes:  # everything: hand the frames over, keep nothing
+            self._items, self._bytes = [], 0
+            return [item[0] for item in items]
+        batch, size, taken = [], 0, 0
+        for item in items:
+            if size >= max_bytes:
+                break
+            size += len(item[0])
+            batch.append(item[0])
+            taken += 1
+        del items[:taken]
         self._bytes -= size
         return batch
 
     def _drop_superseded_partials(self) -> None:
         """Keep, per key, only transcripts newer than every other of that key; O(n), rare."""
         seen: set[str] = set()
-        kept: deque[_Item] = deque()
+        kept: list[_Item] = []
         for item in reversed(self._items):
             frame, key, partial = item
             if key is not None:
@@ -92,7 +100,8 @@ class Outbox:
                     self._dropped += 1
                     continue
                 seen.add(key)
-            kept.appendleft(item)
+            kept.append(item)
+        kept.reverse()
         self._items = kept
 
     def statistics(self) -> OutboxStatistics:

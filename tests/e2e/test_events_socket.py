@@ -254,17 +254,20 @@ async def test_expired_token_closes_4001_and_auth_refresh_keeps_it(
         )
         return str(response.json()["token"])
 
-    async with await open_events(server, mint(1)) as refreshed, await open_events(server, mint(1)) as lapsed:
+    # `refreshed` gets a few seconds: exp is in whole seconds, and a loaded machine must still get
+    # its `auth` in before the first token runs out
+    async with await open_events(server, mint(3)) as refreshed, await open_events(server, mint(1)) as lapsed:
         await send(refreshed, {"type": "auth", "token": mint(60)})
         await send(refreshed, {"type": "subscribe", "call_id": call_id})
-        assert (await recv(refreshed))["type"] == "subscribed"
+        got = await recv(refreshed)
+        assert got["type"] == "subscribed", got
         message = await recv(lapsed, timeout=10)
         assert message["data"]["code"] == "token_expired"
         with pytest.raises(ConnectionClosed) as closed:
             await recv(lapsed)
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 4001
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(3.0)  # past the first token of `refreshed`
         publish(server, api_key, call_id, final("still here"))
         assert (await recv(refreshed))["data"]["text"] == "still here"
 

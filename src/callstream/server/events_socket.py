@@ -164,10 +164,11 @@ class EventsConnection:
         self.subs: dict[str, Subscription] = {}
         self.closed = False
         self._cut_off = False
-        self._wakeup = asyncio.Event()
-        self._room = asyncio.Event()  # set while the outbox is below half its high-water mark
-        self._room.set()
-        self._writer: asyncio.Task[None] | None = None
+        # An idle subscriber holds no task and no Event of its own: fan-out writes its socket
+        # directly (`flush_now`); a drain task exists only while the socket pushes back, and
+        # the room event only while a replay waits for the outbox to empty.
+        self._drainer: asyncio.Task[None] | None = None
+        self._room: asyncio.Event | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._max_bytes = settings.max_message_bytes
         self._frame_writer: FrameWriter | None = ws.scope.get(FRAME_WRITER)
@@ -178,11 +179,14 @@ class EventsConnection:
 
     def enqueue_event(self, event: Event) -> None:
         if self.outbox.push(event.wire, event.key, event.is_partial):
-            if not self._dirty:
-                self._dirty = True
-                self._flusher.add(self)
+            self._queued()
         else:
             self._too_slow()
+
+    def _queued(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            self._flusher.add(self)
 
     def subscription_over(self, sub: Subscription) -> None:
         """The call ended and the hub dropped `sub` (a pending one is settled by `_catch_up`)."""
@@ -190,12 +194,14 @@ class EventsConnection:
             del self.subs[sub.call_id]
 
     def flush_now(self) -> None:
-        """Write what fan-out queued, straight to the socket; hand over to the writer task when
-        the socket pushes back (or this server has no frame writer)."""
+        """Write what was queued straight to the socket; hand the rest to a drain task when the
+        socket pushes back (or this server has no frame writer)."""
         self._dirty = False
         writer = self._frame_writer
-        if writer is None or self.closed or not writer.writable.is_set():
-            self._wakeup.set()
+        if self.closed:
+            return
+        if writer is None or not writer.writable.is_set():
+            self._drain_later()
             return
         sent = 0
         while self.outbox and writer.writable.is_set():
@@ -204,16 +210,23 @@ class EventsConnection:
                 return
             sent += len(batch)
         if self.outbox:
-            self._wakeup.set()
+            self._drain_later()
         metrics.EVENTS_DELIVERED.inc(sent)
-        if self.outbox.has_room:
+        self._made_room()
+
+    def _drain_later(self) -> None:
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+
+    def _made_room(self) -> None:
+        if self._room is not None and self.outbox.has_room:
             self._room.set()
 
     def send(self, message: bytes | str) -> None:
         """Queue a control message (subscribed, error, pong) behind the events already queued."""
         payload = message if isinstance(message, bytes) else message.encode()
         if self.outbox.push(text_frame(payload)):
-            self._wakeup.set()
+            self._queued()
         else:
             self._too_slow()
 
@@ -234,7 +247,6 @@ class EventsConnection:
     async def run(self) -> None:
         self.runtime.connections.add(self)
         metrics.CONNECTIONS.labels("events").inc()
-        self._writer = asyncio.create_task(self._write_forever())
         self._arm_expiry()
         try:
             await self._read_forever()
@@ -245,7 +257,8 @@ class EventsConnection:
             self._unsubscribe_all()
             if self._expiry is not None:
                 self._expiry.cancel()
-            self._writer.cancel()
+            if self._drainer is not None:
+                self._drainer.cancel()
             self.runtime.connections.discard(self)
             metrics.CONNECTIONS.labels("events").dec()
 
@@ -254,33 +267,34 @@ class EventsConnection:
         if self.closed:
             return
         self.closed = True
-        self._room.set()  # release a replay waiting for room
+        if self._room is not None:
+            self._room.set()  # release a replay waiting for room
         self._unsubscribe_all()
-        if self._writer is not None:
-            self._writer.cancel()
+        if self._drainer is not None:
+            self._drainer.cancel()
         await close_urgently(self.ws, code, error_code, message)
 
-    async def _write_forever(self) -> None:
-        """Drain the outbox at the socket's pace: a batch of pre-encoded frames per write."""
-        writer: FrameWriter | None = self.ws.scope.get(FRAME_WRITER)
+    async def _drain(self) -> None:
+        """Empty the outbox at the socket's pace (a batch of pre-encoded frames per write), then end."""
+        writer = self._frame_writer
         with contextlib.suppress(Exception):
-            while True:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                while self.outbox:
-                    if writer is None:  # another ASGI server: one message at a time
-                        await self.ws.send_text(frame_payload(self.outbox.pop() or b""))
-                        sent = 1
-                    else:
-                        if not writer.writable.is_set():
-                            await writer.writable.wait()  # the socket's own backpressure
-                        batch = self.outbox.pop_batch(_WRITE_BATCH_BYTES)
-                        if not writer.write_frames(b"".join(batch)):
-                            return
-                        sent = len(batch)
-                    metrics.EVENTS_DELIVERED.inc(sent)
-                    if self.outbox.has_room:
-                        self._room.set()
+            while self.outbox and not self.closed:
+                if writer is None:  # another ASGI server: one message at a time
+                    batch = self.outbox.pop_batch(_WRITE_BATCH_BYTES)
+                    for frame in batch:
+                        await self.ws.send_text(frame_payload(frame))
+                    sent = len(batch)
+                else:
+                    if not writer.writable.is_set():
+                        await writer.writable.wait()  # the socket's own backpressure
+                    batch = self.outbox.pop_batch(_WRITE_BATCH_BYTES)
+                    if not batch:
+                        continue  # a direct flush emptied it meanwhile
+                    if not writer.write_frames(b"".join(batch)):
+                        return
+                    sent = len(batch)
+                metrics.EVENTS_DELIVERED.inc(sent)
+                self._made_room()
 
     async def _read_forever(self) -> None:
         while not self.closed:
@@ -396,6 +410,8 @@ class EventsConnection:
     async def _wait_for_room(self) -> None:
         """Pace a replay by the socket: history may be far larger than the outbox."""
         while not self.outbox.has_room and not self.closed:
+            if self._room is None:
+                self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
 
