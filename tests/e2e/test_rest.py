@@ -11,7 +11,7 @@ import jwt
 import orjson
 import pytest
 
-from tests.helpers import ServerProcess, ended, final, partial, publish
+from tests.helpers import ServerProcess, ended, final, open_events, partial, publish, recv, recv_until, send
 
 
 def get(server: ServerProcess, path: str, credential: str | None, **params: Any) -> httpx.Response:
@@ -490,23 +490,24 @@ def test_healthz_is_200(server: ServerProcess) -> None:
     assert response.json()["status"] == "ok"
 
 
-def test_metrics_expose_callstream_counters(server: ServerProcess, api_key: str, call_id: str) -> None:
-    def published() -> float:
+async def test_metrics_expose_callstream_counters(server: ServerProcess, api_key: str, call_id: str) -> None:
+    def counter(name: str) -> float:
         text = httpx.get(server.url + "/metrics").text
-        line = next(ln for ln in text.splitlines() if ln.startswith("callstream_events_published_total "))
+        line = next(ln for ln in text.splitlines() if ln.startswith(name + " "))
         return float(line.split()[1])
 
-    before = published()
-    publish(server, api_key, call_id, [final("a"), final("b")])
-    assert published() >= before + 2
+    published, delivered = counter("callstream_events_published_total"), counter("callstream_events_delivered_total")
+    async with await open_events(server, api_key) as ws:
+        await send(ws, {"type": "subscribe", "call_id": call_id})
+        await recv_until(ws, "subscribed")
+        publish(server, api_key, call_id, [final("a"), final("b")])
+        assert [(await recv(ws))["data"]["text"] for _ in range(2)] == ["a", "b"]
+    assert counter("callstream_events_published_total") >= published + 2
+    assert counter("callstream_events_delivered_total") >= delivered + 2
     response = httpx.get(server.url + "/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    for name in (
-        "callstream_calls_ended_total",
-        "callstream_events_delivered_total",
-        "callstream_connections",
-    ):
+    for name in ("callstream_calls_ended_total", "callstream_connections"):
         assert name in response.text
 
 

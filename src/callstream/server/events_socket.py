@@ -137,8 +137,11 @@ class _Flusher:
 
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, []
+        sent = 0
         for conn in dirty:
-            conn.flush_now()
+            sent += conn.flush_now()
+        if sent:
+            metrics.EVENTS_DELIVERED.inc(sent)  # once per fan-out, not once per socket
 
 
 _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = weakref.WeakKeyDictionary()
@@ -193,26 +196,27 @@ class EventsConnection:
         if sub.parked is None and self.subs.get(sub.call_id) is sub:
             del self.subs[sub.call_id]
 
-    def flush_now(self) -> None:
+    def flush_now(self) -> int:
         """Write what was queued straight to the socket; hand the rest to a drain task when the
-        socket pushes back (or this server has no frame writer)."""
+        socket pushes back (or this server has no frame writer). Returns the frames written."""
         self._dirty = False
         writer = self._frame_writer
         if self.closed:
-            return
+            return 0
         if writer is None or not writer.writable.is_set():
             self._drain_later()
-            return
+            return 0
         sent = 0
         while self.outbox and writer.writable.is_set():
             batch = self.outbox.pop_batch(_WRITE_BATCH_BYTES)
             if not writer.write_frames(b"".join(batch)):
-                return
+                return sent
             sent += len(batch)
         if self.outbox:
             self._drain_later()
-        metrics.EVENTS_DELIVERED.inc(sent)
-        self._made_room()
+        if self._room is not None:
+            self._made_room()
+        return sent
 
     def _drain_later(self) -> None:
         if self._drainer is None or self._drainer.done():
