@@ -3,8 +3,36 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from vaderSentiment.vaderSentiment import BOOSTER_DICT, NEGATE, SentimentIntensityAnalyzer
 
-from callstream.sentiment import CallSentiment, label_for, score_text
+from callstream.sentiment import CallSentiment, _analyzer, label_for, score_text
+
+UPSTREAM = SentimentIntensityAnalyzer()
+# Words that steer VADER's rules (negations, boosters, idioms, "but", "least", "kind of"), a
+# sample of its lexicon, plain words, punctuation, caps and emojis: what its branches look at.
+_RULE_WORDS = sorted(NEGATE) + sorted(BOOSTER_DICT)[:40] + [
+    "never", "so", "this", "without", "doubt", "but", "BUT", "least", "at", "kind", "of", "no", "nor",
+    "or", "yeah", "right", "the", "shit", "bomb", "bad", "ass", "kiss", "death", "to", "die", "for",
+]
+_LEXICON_WORDS = [*sorted(UPSTREAM.lexicon)[::40], "good", "GOOD", "great", "terrible", "hate", "love", ":)", ":("]
+_PLAIN = ["I", "want", "a", "table", "call", "me", "tomorrow", "please", "hold", "agent", "refund", "42"]
+# the multi-word patterns VADER's rules look for right before a sentiment word
+_LEADS = ["never so", "never this", "so", "this", "without doubt", "without the doubt", "not", "isn't", "oughtn't've",
+          "no", "never", "at least", "least", "kind of", "not very", "no or", "very"]
+_WORD = st.one_of(
+    st.sampled_from([*_RULE_WORDS, *_LEXICON_WORDS, *_PLAIN, "!", "?", "!!!", "...", "😀", "😡", "👍"]),
+    st.builds("{} {}".format, st.sampled_from(_LEADS), st.sampled_from(_LEXICON_WORDS)),
+)
+_SEPARATOR = st.sampled_from([" ", " ", " ", ", ", ". ", "! ", "? ", "  "])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.tuples(_WORD, _SEPARATOR), min_size=1, max_size=25))
+def test_the_fast_analyzer_scores_exactly_as_upstream_vader(parts: list[tuple[str, str]]) -> None:
+    text = "".join(word + sep for word, sep in parts)
+    assert _analyzer().polarity_scores(text) == UPSTREAM.polarity_scores(text)
 
 
 @pytest.mark.parametrize(
