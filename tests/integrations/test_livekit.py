@@ -30,7 +30,8 @@ from livekit.agents.voice.events import (
 
 from callstream import Publisher
 from callstream.integrations.livekit import CallstreamSession, tool_output
-from tests.helpers import ServerProcess, open_events, recv_until, send
+from tests.helpers import ServerProcess, recv_until
+from tests.integrations.events import brief, subscribed
 
 
 class ScriptedStream(llm.LLMStream):
@@ -66,26 +67,6 @@ class ScriptedLLM(llm.LLM):
 async def check_availability(party: int) -> dict[str, Any]:
     """Free tables for a party of this size."""
     return {"free": ["20:00"], "party": party}
-
-
-async def subscribed(server: ServerProcess, key: str, call_id: str) -> Any:
-    ws = await open_events(server, key)
-    await send(ws, {"type": "subscribe", "call_id": call_id})
-    await recv_until(ws, "subscribed")
-    return ws
-
-
-def brief(message: dict[str, Any]) -> tuple[Any, ...]:
-    data, kind = message["data"], message["type"]
-    if kind.startswith("transcript."):
-        return (kind, data["speaker"], data["text"], data["utterance_id"])
-    if kind == "agent.state":
-        return (kind, data["state"])
-    if kind == "function.call":
-        return (kind, data["name"], data["args"], data["tool_call_id"])
-    if kind == "function.result":
-        return (kind, data["name"], data["result"], data["tool_call_id"])
-    return (kind, data["status"], data.get("reason"))
 
 
 async def test_a_running_agent_session_arrives_as_callstream_events_in_order(

@@ -44,7 +44,8 @@ with warnings.catch_warnings():
     from callstream import Publisher
     from callstream.integrations.pipecat import CallstreamObserver
 
-from tests.helpers import ServerProcess, open_events, recv_until, send
+from tests.helpers import ServerProcess, recv_until
+from tests.integrations.events import brief, subscribed
 
 
 async def run_pipeline(observer: CallstreamObserver, frames: list[Frame], *, cancel: bool = False) -> None:
@@ -76,27 +77,6 @@ async def run_pipeline(observer: CallstreamObserver, frames: list[Frame], *, can
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
     await asyncio.wait_for(asyncio.gather(runner.run(), feed()), 30)
-
-
-async def subscribed(server: ServerProcess, key: str, call_id: str) -> Any:
-    ws = await open_events(server, key)
-    await send(ws, {"type": "subscribe", "call_id": call_id})
-    await recv_until(ws, "subscribed")
-    return ws
-
-
-def brief(message: dict[str, Any]) -> tuple[Any, ...]:
-    data = message["data"]
-    kind = message["type"]
-    if kind.startswith("transcript."):
-        return (kind, data["speaker"], data["text"], data["utterance_id"])
-    if kind == "agent.state":
-        return (kind, data["state"])
-    if kind == "function.call":
-        return (kind, data["name"], data["args"], data["tool_call_id"])
-    if kind == "function.result":
-        return (kind, data["name"], data["result"], data["tool_call_id"])
-    return (kind, data["status"], data.get("reason"))
 
 
 def word(text: str) -> TTSTextFrame:
