@@ -122,8 +122,8 @@ class _Flusher:
 
     Waking one writer task per socket per fan-out (an asyncio.Event.set, a task switch, an
     Event.wait) cost more than the write itself: about a quarter of the node's CPU at 30k
-    deliveries/s. The writer task stays for what needs waiting: backpressure, and servers
-    without the frame writer.
+    deliveries/s. A connection starts a drain task only for what needs waiting: a socket that
+    pushes back, or a server without the frame writer.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:

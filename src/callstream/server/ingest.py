@@ -55,6 +55,7 @@ class IngestConnection:
         self.closed = False
         self.limiter: IngestLimiter | None = None
         self._store_timeout_s = runtime.settings.store_timeout_s
+        self._frame_writer: FrameWriter | None = ws.scope.get(FRAME_WRITER)  # set by the accept
 
     async def run(self) -> None:
         self.runtime.connections.add(self)
@@ -198,7 +199,7 @@ class IngestConnection:
     async def _send_frames(self, messages: list[bytes]) -> None:
         if not messages:
             return
-        writer: FrameWriter | None = self.ws.scope.get(FRAME_WRITER)
+        writer = self._frame_writer
         if writer is None:  # another ASGI server: one message at a time
             for message in messages:
                 await self._send(message)

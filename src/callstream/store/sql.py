@@ -432,14 +432,6 @@ class SqlStore:
         return batch
 
     async def _commit(self, events: list[Event]) -> None:
-        if self._direct is not None and not any(e.type == ENDED for e in events):
-            await self._direct.commit(
-                [(e.account, e.call_id, e.seq, e.ts, e.type, orjson.dumps(e.data).decode())
-                 for e in events if e.type != PARTIAL],
-                self._call_rows(events),
-            )
-            self.commits += 1
-            return
         rows = [
             {
                 "account": e.account,
@@ -452,6 +444,10 @@ class SqlStore:
             for e in events
             if e.type != PARTIAL
         ]
+        if self._direct is not None and not any(e.type == ENDED for e in events):
+            await self._direct.commit(rows, self._call_rows(events))
+            self.commits += 1
+            return
         async with self.engine.begin() as conn:
             if rows:
                 await conn.execute(self._insert_ignore(t.events, ["account", "call_id", "seq"]), rows)
@@ -530,4 +526,3 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     except Exception as exc:
         raise ValueError("cursor is not one this server issued") from exc
     return started, call_id
-

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 _INSERT_EVENTS = (
-    "INSERT INTO events (account, call_id, seq, ts, type, data) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (account, call_id, seq, ts, type, data) VALUES (:account, :call_id, :seq, :ts, :type, :data)"
     " ON CONFLICT (account, call_id, seq) DO NOTHING"
 )
 _UPSERT_CALLS = (
@@ -48,10 +48,10 @@ class SqliteEventWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._db: sqlite3.Connection | None = None
 
-    async def commit(self, events: list[tuple[Any, ...]], calls: list[dict[str, Any]]) -> None:
+    async def commit(self, events: list[dict[str, Any]], calls: list[dict[str, Any]]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._commit_sync, events, calls)
 
-    def _commit_sync(self, events: list[tuple[Any, ...]], calls: list[dict[str, Any]]) -> None:
+    def _commit_sync(self, events: list[dict[str, Any]], calls: list[dict[str, Any]]) -> None:
         if self._db is None:
             self._db = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
