@@ -233,9 +233,11 @@ class Bench:
                 load.close()
                 target.stop()
 
-    def fanout_step(self, target: Target, load: Load, producer: int, sub_idx: list[int], offered: int,
+    def fanout_step(self, target: Target, load: Load, producer: int | list[int], sub_idx: list[int], offered: int,
                     per_call: int, warm: float, window: float) -> dict[str, Any]:
-        load.call(producer, "set_rate", rate=offered / per_call)
+        """One step of a ladder. `producer`: the load process publishing, or several splitting the rate."""
+        producers = producer if isinstance(producer, list) else [producer]
+        load.each(producers, "set_rate", rate=offered / per_call / len(producers))
         time.sleep(warm)
         t0 = time_ns() + 100_000_000
         t1 = t0 + int(window * 1e9)
@@ -247,9 +249,10 @@ class Bench:
         cpu1, lcpu1 = target.cpu_s(), sum(s["cpu_s"] for s in load.each(sub_idx, "cpu"))
         wait1 = target.runq_wait_s()
         rss = target.rss_kib()
-        load.call(producer, "set_rate", rate=0.0)
+        load.each(producers, "set_rate", rate=0.0)
         merged = self.drain(load, sub_idx)
-        sent = load.call(producer, "producer_counts", t0=t0, t1=t1)
+        counts = load.each(producers, "producer_counts", t0=t0, t1=t1)
+        sent = {k: sum(c[k] for c in counts) for k in ("sent", "sent_nonpartial")}
         expected = sent["sent_nonpartial"] * per_call
         loss = 1.0 - merged["n"] / expected if expected else 0.0
         lat = merged["lat"]
@@ -295,10 +298,12 @@ class Bench:
         common = ["--pid", str(target.pid), "--duration", str(int(seconds)), "--rate", "200", "--nonblocking",
                   "--threads"]
         out = RESULTS / f"profile-{name}"
-        return [subprocess.Popen([spy, "record", *common, "-o", f"{out}.svg"], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL),
-                subprocess.Popen([spy, "record", *common, "--format", "raw", "-o", f"{out}.txt"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        with open(f"{out}.log", "wb") as errors:  # py-spy's own complaints (permissions, a lost pid)
+            return [subprocess.Popen([spy, "record", *common, "-o", f"{out}.svg"], stdout=subprocess.DEVNULL,
+                                     stderr=errors),
+                    subprocess.Popen([spy, "record", *common, "--format", "raw", "-o", f"{out}.txt"],
+                                     stdout=subprocess.DEVNULL, stderr=errors)]
 
     def spied(self, procs: list[subprocess.Popen[bytes]], name: str, label: str) -> None:
         for proc in procs:
@@ -471,6 +476,10 @@ class Bench:
                     "p50_caught_up_s": caught[len(caught) // 2] / 1e9 if caught else None,
                     "p99_caught_up_s": caught[int(len(caught) * 0.99)] / 1e9 if caught else None,
                     "all_caught_up_s": caught[-1] / 1e9 if caught else None,
+                    # When the clients got back, decile by decile: a queue shows as a steady climb,
+                    # a stall (everyone waiting on one thing) as a cliff.
+                    "caught_up_deciles_s": [round(caught[min(len(caught) - 1, len(caught) * k // 10)] / 1e9, 2)
+                                            for k in range(1, 10)] if caught else [],
                     "gaps": sum(s["gaps"] for s in seq), "dups": sum(s["dups"] for s in seq),
                     "missing_tail": sum(s["missing_tail"] for s in seq),
                     "close_codes": merged["close_codes"], "errors": merged["errors"],
@@ -524,61 +533,87 @@ class Bench:
     # ---- two nodes ------------------------------------------------------------------------------
 
     def twonode(self, run: int) -> None:
+        """One node, then two, on Redis + PostgreSQL, under the same ladder in the same run.
+
+        The one-node row is the reference the target names ("p99 ≤ 2× the single-node p99 at the
+        same load"): same broker, same database, same 1,000 subscribers, so the ratio is the cost
+        of a second node and nothing else. The nodes are not pinned by default (`--node-cpus`):
+        two nodes, Redis, PostgreSQL and the load share two cores, and any pinning measures the
+        pinning (both nodes on core 0: one core for two nodes; node 1 on the load's core: node 1
+        starved, and with it every call its producer publishes).
+        """
         redis_url = self.args.redis
         pg_url = self.args.postgres
-        rates = [10_000, 20_000, 40_000] if self.quick else [10_000, 20_000, 40_000, 60_000]
+        rates = [10_000, 20_000, 40_000] if self.quick else [10_000, 20_000, 30_000, 40_000, 60_000]
         warm, window = (1.0, 3.0) if self.quick else (1.5, 5.0)
-        db = f"bench_{self.run_tag}_{run}"
-        made = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {db}"],
-                              capture_output=True, text=True)
-        if made.returncode:
-            self.add("twonode", {"target": "callstream", "status": f"pending: {made.stderr.strip()[:200]}"})
-            return
-        url = f"{pg_url.rstrip('/')}/{db}"
-        nodes: list[Target] = []
-        try:
-            for _ in range(2):
-                node = make("callstream")
-                node.args = ["--broker", redis_url, "--database", url]
-                nodes.append(node)
-            try:
-                self.start(nodes[0])
-                nodes[1].token = nodes[0].token
-                nodes[1].args = nodes[0].args
-                self.start(nodes[1])
-            except Exception as exc:
-                log_tail = ""
-                for node in nodes:
-                    if node.log_path and node.log_path.exists():
-                        log_tail += node.log_path.read_text()[-600:]
-                self.add("twonode", {"target": "callstream", "status": f"pending: {exc}; {log_tail[-400:]}"})
+        cpus = [c.strip() for c in self.args.node_cpus.split(",")]
+        for count in (1, 2):
+            db = f"bench_{self.run_tag}_{run}_{count}"
+            made = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {db}"],
+                                  capture_output=True, text=True)
+            if made.returncode:
+                self.add("twonode", {"target": "callstream", "status": f"pending: {made.stderr.strip()[:200]}"})
                 return
-            nodes[1].token = nodes[0].token
-            self.twonode_ladder(nodes, rates, warm, window, run)
-        finally:
-            for node in nodes:
-                node.stop()
-            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {db}"],
-                           capture_output=True)
+            url = f"{pg_url.rstrip('/')}/{db}"
+            nodes: list[Target] = []
+            try:
+                for _ in range(count):
+                    node = make("callstream")
+                    node.args = ["--broker", redis_url, "--database", url]
+                    nodes.append(node)
+                try:
+                    for k, node in enumerate(nodes):
+                        log(f"start node {k} of {count} on CPU {cpus[k % len(cpus)]}")
+                        node.start(cpus[k % len(cpus)] if self.server_cpus else None)
+                except Exception as exc:
+                    log_tail = ""
+                    for node in nodes:
+                        if node.log_path and node.log_path.exists():
+                            log_tail += node.log_path.read_text()[-600:]
+                    self.add("twonode", {"target": "callstream", "status": f"pending: {exc}; {log_tail[-400:]}"})
+                    return
+                for node in nodes[1:]:
+                    node.token = nodes[0].token
+                self.twonode_ladder(nodes, rates, warm, window, run)
+            finally:
+                for node in nodes:
+                    node.stop()
+                subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {db}"],
+                               capture_output=True)
 
     def twonode_ladder(self, nodes: list[Target], rates: list[int], warm: float, window: float, run: int) -> None:
-        load = Load(3, self.load_cpus)
+        load = Load(4, self.load_cpus)
+        count = len(nodes)
         try:
-            calls = [f"tn{self.run_tag}r{run}c{c:03d}" for c in range(100)]
+            calls = [f"tn{self.run_tag}r{run}n{count}c{c:03d}" for c in range(100)]
             groups = [[calls[k % 100]] for k in range(1000)]
-            # Half the subscribers on each node; the producer publishes to node 0 only.
+            # Load processes 0 and 1 hold 500 subscribers each, 2 and 3 a producer of 5 sockets for
+            # half of the calls each: all on the one node, or process k on node k, as a load
+            # balancer would spread them. Every call has subscribers on both nodes, so half of
+            # each call's deliveries cross Redis from the other node.
             load.each([0, 1], "open_subscribers", kws=[{
-                "dialect": "callstream", "base": nodes[k].base, "token": nodes[0].token,
-                "groups": split(groups, 2)[k]} for k in range(len([0, 1]))])
-            load.call(2, "start_producer", dialect="callstream", base=nodes[0].base, token=nodes[0].token,
-                      calls=calls, conns=10, mix="call", rate=0.0)
+                "dialect": "callstream", "base": nodes[k % count].base, "token": nodes[0].token,
+                "groups": groups[500 * k:500 * (k + 1)]} for k in range(2)])  # every call, 5 a call
+            load.each([2, 3], "start_producer", kws=[{
+                "dialect": "callstream", "base": nodes[k % count].base, "token": nodes[0].token,
+                "calls": split(calls, 2)[k], "conns": 5, "mix": "call", "rate": 0.0} for k in range(2)])
+            name = f"callstream ×{count} (redis+postgres)"
             for offered in rates:
-                row = self.fanout_step(nodes[0], load, 2, [0, 1], offered, 10, warm, window)
-                row["cpu_pct"] = row["cpu_pct"]  # node 0 only
-                row.update(run=run, target="callstream ×2 (redis+postgres)", status="ok")
+                other0 = [n.cpu_s() for n in nodes[1:]]
+                t0 = time.monotonic()
+                spies = self.spy(nodes[0], f"twonode-{count}", warm + window) if offered == rates[0] and not run else []
+                row = self.fanout_step(nodes[0], load, [2, 3], [0, 1], offered, 10, warm, window)
+                self.spied(spies, f"twonode-{count}", f"node 0 of {count} (redis+postgres) at {offered:,} deliveries/s")
+                elapsed = time.monotonic() - t0
+                # fanout_step measures node 0 over the window; the other node over the whole step.
+                row["node1_cpu_pct"] = ((nodes[1].cpu_s() - other0[0]) / elapsed * 100) if count > 1 else None
+                # Where the tail is: load process k holds the subscribers of node k (two nodes).
+                row["p99_ms_by_proc"] = [pct(merge([st])["lat"], 0.99) for st in load.each([0, 1], "stats")]
+                row.update(run=run, target=name, nodes=count, status="ok")
                 self.add("twonode", row)
-                log(f"two nodes {offered:,}/s → {row['delivered_s']:,}/s p50 {row['p50_ms']} p99 {row['p99_ms']} "
-                    f"loss {row['loss']:.4f}")
+                log(f"{name} {offered:,}/s → {row['delivered_s']:,}/s p50 {row['p50_ms']} p99 {row['p99_ms']} "
+                    f"(by load process {row['p99_ms_by_proc']}) loss {row['loss']:.4f} cpu {row['cpu_pct']:.0f}% "
+                    f"node 1 {row['node1_cpu_pct']}")
                 if row["saturated"]:
                     break
         finally:
@@ -595,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated: callstream, callstream+<patch>, bare, socketio, nchan")
     parser.add_argument("--server-cpus", default="0", help="taskset list for servers ('' = no pinning)")
     parser.add_argument("--load-cpus", default="1", help="cores for the load processes ('' = no pinning)")
+    parser.add_argument("--node-cpus", default="",
+                        help="twonode: taskset list of node 0, node 1 (default '': not pinned; see bench/README.md)")
     parser.add_argument("--sub-procs", type=int, default=2, help="subscriber load processes in fan-out")
     parser.add_argument("--max-rate", type=int, default=None, help="highest fan-out step (deliveries/s)")
     parser.add_argument("--steps", default=None, help="fan-out steps, comma-separated deliveries/s (default: the ladder)")

@@ -49,7 +49,7 @@ def load_settings(**given: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
-        raise fail("invalid configuration:\n" + describe_errors(exc)) from None
+        raise fail("invalid configuration:\n" + describe_errors(exc, flags=given.keys())) from None
 
 
 def _allowed_origins(value: str | None) -> list[str] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator
@@ -64,6 +65,12 @@ class Settings(BaseSettings):
         10_000.0, ge=0, description="events per second per API key, REST and /v1/ingest together; 0: no limit"
     )
     ingest_burst: int = Field(20_000, ge=1, description="events a key may send at once above ingest_rate")
+    listen_backlog: int = Field(
+        16_384,
+        ge=1,
+        le=1_000_000,
+        description="connections the kernel queues before accept(); capped by net.core.somaxconn",
+    )
     store_timeout_s: float = Field(
         10.0, gt=0, le=300, description="how long a publish waits for the store's commit before an error"
     )
@@ -112,11 +119,13 @@ class Settings(BaseSettings):
         return value or None
 
 
-def describe_errors(exc: ValidationError) -> str:
-    """One line per bad option, naming the flag and the environment variable."""
+def describe_errors(exc: ValidationError, flags: Collection[str] = ()) -> str:
+    """One line per bad option, naming its environment variable and, when the command has one
+    (`flags`: the options it takes as flags), its flag."""
     lines = []
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else "?"
-        flag = "--" + name.replace("_", "-")
-        lines.append(f"{flag} / CALLSTREAM_{name.upper()}: {error['msg']}")
+        variable = f"CALLSTREAM_{name.upper()}"
+        where = f"--{name.replace('_', '-')} / {variable}" if name in flags else variable
+        lines.append(f"{where}: {error['msg']}")
     return "\n".join(lines)

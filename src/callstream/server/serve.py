@@ -61,6 +61,9 @@ def build_server(settings: Settings) -> DrainingServer:
         ws_per_message_deflate=False,  # frames are pre-encoded once for every subscriber
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
+        # A reconnect storm opens thousands of sockets at once: a short accept queue drops SYNs, and
+        # each dropped client waits out TCP's 1 s, 3 s, 7 s … retransmit timers (uvicorn's 2,048).
+        backlog=settings.listen_backlog,
         timeout_graceful_shutdown=10,
         log_config=None,
         access_log=True,

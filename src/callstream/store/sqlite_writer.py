@@ -2,7 +2,7 @@
 
 Only the hot path lives here (event batches that do not end a call); everything else, including
 the batches whose `call.ended` hooks write the webhook outbox in the same transaction, keeps the
-SQLAlchemy path in `sql.py`. The statements mirror `SqlStore._commit` and `_upsert_calls`; the
+SQLAlchemy path in `sql.py`. The statements mirror `SqlStore._commit` and `_calls_upsert`; the
 store contract tests run both.
 """
 
