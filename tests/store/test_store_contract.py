@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from callstream.events import Event
 from callstream.store import SqlStore
@@ -83,6 +84,36 @@ async def test_append_is_durable_when_the_future_resolves(store: SqlStore, accou
     state = await store.call_state(account, "c1")
     assert state is not None
     assert (state.status, state.last_seq, state.started_at) == ("live", 3, 1000)
+
+
+async def test_concurrent_call_look_ups_share_one_query(store: SqlStore, account: str) -> None:
+    """A campaign's first events ask for hundreds of new calls' states at once: each gets its own
+    answer (a known call's state, None for an unknown one, per account), from one query per account."""
+    other = f"{account}_other"
+    await store.append([event(account, f"known{n}", 1) for n in range(3)] + [event(other, "known0", 1)])
+    await store.append([event(account, "known1", 2, "call.ended")])
+    selects: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM calls" in statement:
+            selects.append(statement)
+
+    sa.event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        wanted = [(account, f"known{n}") for n in range(3)] + [(account, f"new{n}") for n in range(600)]
+        wanted += [(other, "known0"), (other, "known1")]
+        states = await asyncio.gather(*(store.call_state(a, c) for a, c in wanted))
+    finally:
+        sa.event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+    got = {key: None if s is None else (s.status, s.last_seq) for key, s in zip(wanted, states, strict=True)}
+    assert got[(account, "known0")] == ("live", 1)
+    assert got[(account, "known1")] == ("ended", 2)
+    assert got[(account, "known2")] == ("live", 1)
+    assert got[(other, "known0")] == ("live", 1)
+    assert got[(other, "known1")] is None  # another account's call of that name is not this one
+    assert all(got[(account, f"new{n}")] is None for n in range(600))
+    # 603 call ids of one account (500 a query) and 2 of another, in one loop iteration
+    assert len(selects) == 3, selects
 
 
 async def test_call_upsert_across_batches_and_end(store: SqlStore, account: str) -> None:

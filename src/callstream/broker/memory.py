@@ -113,7 +113,12 @@ class MemoryBroker(Broker):
                 await self._sweeper
 
     async def publish(self, account: str, events: Sequence[NewEvent]) -> list[Event]:
-        calls = {cid: await self._call(account, cid) for cid in {e.call_id for e in events}}
+        call_ids = list(dict.fromkeys(e.call_id for e in events))
+        if all((account, cid) in self._calls for cid in call_ids):
+            calls = {cid: self._calls[(account, cid)] for cid in call_ids}
+        else:  # new calls: their look-ups run together (the store answers them in one query)
+            loaded = await asyncio.gather(*(self._call(account, cid) for cid in call_ids))
+            calls = dict(zip(call_ids, loaded, strict=True))
         # From here on no await: the check and the sequencing are one atomic step.
         ended = {cid: call.status == "ended" for cid, call in calls.items()}
         for index, new in enumerate(events):

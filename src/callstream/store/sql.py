@@ -34,6 +34,9 @@ log = logging.getLogger("callstream.store")
 EndedHook = Callable[[AsyncConnection, Event], Awaitable[None]]
 
 
+_LOOK_UP_CHUNK = 500  # call ids per look-up query (SQLite allows 32,766 parameters; stay far below)
+
+
 class StoreUnavailableError(Exception):
     """The database cannot be reached or refused the write; the caller answers 503 / `internal`."""
 
@@ -132,6 +135,9 @@ class SqlStore:
         # batches that end a call keep the SQLAlchemy path, whose hooks write the webhook outbox.
         path = url.split(":///", 1)[1] if self.dialect == "sqlite" and ":///" in url else ""
         self._direct = SqliteEventWriter(path) if path and path != ":memory:" else None
+        # Call look-ups asked for in one loop iteration, answered by one query (`call_state`).
+        self._wanted: dict[tuple[str, str], asyncio.Future[CallState | None]] = {}
+        self._look_ups: set[asyncio.Task[None]] = set()
 
     def _make_engine(self, url: str) -> AsyncEngine:
         if self.dialect == "sqlite":
@@ -289,12 +295,58 @@ class SqlStore:
     # ---- calls and events (read) ---------------------------------------------------------
 
     async def call_state(self, account: str, call_id: str) -> CallState | None:
-        query = sa.select(t.calls.c.status, t.calls.c.last_seq, t.calls.c.started_at).where(
-            t.calls.c.account == account, t.calls.c.call_id == call_id
+        """The stored state of a call, for the broker to sequence or replay it from.
+
+        Every look-up asked for in the same loop iteration shares one query. A campaign that
+        starts thousands of calls at once makes the broker ask for each new call's state on its
+        first event; one query each (a connection check-out, a thread hop for SQLite) put seconds
+        of queueing in front of those first events (bench: `*` subscriber p99 5.6 s at 2,000
+        events/s over 10,000 new calls).
+        """
+        key = (account, call_id)
+        wanted = self._wanted.get(key)
+        if wanted is None:
+            loop = asyncio.get_running_loop()
+            if not self._wanted:
+                loop.call_soon(self._look_up_wanted)
+            wanted = self._wanted[key] = loop.create_future()
+        return await asyncio.shield(wanted)
+
+    def _look_up_wanted(self) -> None:
+        wanted, self._wanted = self._wanted, {}
+        task = asyncio.get_running_loop().create_task(self._look_up(wanted))
+        self._look_ups.add(task)
+        task.add_done_callback(self._look_ups.discard)
+
+    async def _look_up(self, wanted: dict[tuple[str, str], asyncio.Future[CallState | None]]) -> None:
+        by_account: dict[str, list[str]] = {}
+        for account, call_id in wanted:
+            by_account.setdefault(account, []).append(call_id)
+        for account, call_ids in by_account.items():
+            for start in range(0, len(call_ids), _LOOK_UP_CHUNK):
+                chunk = call_ids[start : start + _LOOK_UP_CHUNK]
+                try:
+                    async with self.engine.connect() as conn:
+                        rows = (await conn.execute(self._call_states, {"account": account, "ids": chunk})).all()
+                except Exception as exc:
+                    for call_id in chunk:
+                        future = wanted[(account, call_id)]
+                        if not future.done():
+                            future.set_exception(exc)
+                            future.exception()  # retrieved: each waiter re-raises it
+                    continue
+                found = {row.call_id: CallState(row.status, row.last_seq, row.started_at) for row in rows}
+                for call_id in chunk:
+                    future = wanted[(account, call_id)]
+                    if not future.done():
+                        future.set_result(found.get(call_id))
+
+    @functools.cached_property
+    def _call_states(self) -> Any:
+        c = t.calls.c
+        return sa.select(c.call_id, c.status, c.last_seq, c.started_at).where(
+            c.account == sa.bindparam("account"), c.call_id.in_(sa.bindparam("ids", expanding=True))
         )
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        return None if row is None else CallState(row.status, row.last_seq, row.started_at)
 
     @staticmethod
     def _call_record(row: Any) -> CallRecord:
