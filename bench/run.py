@@ -458,9 +458,9 @@ class Bench:
                           calls=calls, conns=10, mix="durable", rate=rate)
                 time.sleep(3.0)
                 log(f"{target.name}: storm of {connected} sockets (producer at {rate:.0f} events/s)")
-                spies = self.spy(target, "storm", 10) if run == 0 else []
+                spies = self.spy(target, "storm", 16) if run == 0 else []
                 results = load.each(sub_idx, "storm")
-                self.spied(spies, "storm", f"{target.name}: reconnect storm of {connected:,} sockets (first 10 s)")
+                self.spied(spies, "storm", f"{target.name}: reconnect storm of {connected:,} sockets (first 16 s)")
                 caught = sorted(t for r in results for t in r["caught_up_ns"])
                 time.sleep(2.0)
                 load.call(producer, "set_rate", rate=0.0)
@@ -658,8 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         for scenario in scenarios:
-            reps = runs if scenario in ("fanout", "connections", "storm", "ingest", "campaign") else 1
-            if scenario in ("connections", "storm", "campaign", "ingest") and not args.quick:
+            reps = runs
+            if scenario != "fanout" and not args.quick:
                 reps = min(reps, int(os.environ.get("BENCH_RUNS_SLOW", "1")))
             for run in range(reps):
                 log(f"== {scenario} run {run + 1}/{reps}")
