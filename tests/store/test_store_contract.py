@@ -86,6 +86,25 @@ async def test_append_is_durable_when_the_future_resolves(store: SqlStore, accou
     assert (state.status, state.last_seq, state.started_at) == ("live", 3, 1000)
 
 
+async def test_event_data_comes_back_exactly_as_published(store: SqlStore, account: str) -> None:
+    awkward = {
+        "text": 'she said "hi" \\ then \u00e9\u2028 and 😀',
+        "big": 2**53 + 1,
+        "small": -(2**62),
+        "ratio": 0.1,
+        "nested": {"list": [1, None, True, "x"], "empty": {}},
+        "key with spaces": "",
+    }
+    await store.append([event(account, "odd", 1, "agent.state", **awkward)])
+    await store.append([event(account, "odd", 2, "transcript.final", reason="ü", sentiment={"score": -0.25})])
+    stored = await store.events(account, "odd")
+    assert [e.seq for e in stored] == [1, 2]
+    assert stored[0].data == {"state": "thinking", **awkward}
+    call = await store.get_call(account, "odd")
+    assert call is not None
+    assert (call.last_seq, call.sentiment) == (2, -0.25)
+
+
 async def test_concurrent_call_look_ups_share_one_query(store: SqlStore, account: str) -> None:
     """A campaign's first events ask for hundreds of new calls' states at once: each gets its own
     answer (a known call's state, None for an unknown one, per account), from one query per account."""

@@ -485,6 +485,12 @@ class SqlStore:
         return batch
 
     async def _commit(self, events: list[Event]) -> None:
+        if self._direct is not None and not any(e.type == ENDED for e in events):
+            await self._direct.commit(
+                [e for e in events if e.type != PARTIAL], self._call_rows(events)
+            )
+            self.commits += 1
+            return
         rows = [
             {
                 "account": e.account,
@@ -497,10 +503,6 @@ class SqlStore:
             for e in events
             if e.type != PARTIAL
         ]
-        if self._direct is not None and not any(e.type == ENDED for e in events):
-            await self._direct.commit(rows, self._call_rows(events))
-            self.commits += 1
-            return
         async with self.engine.begin() as conn:
             if rows:
                 await conn.execute(self._events_insert, rows)
