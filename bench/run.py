@@ -311,6 +311,9 @@ class Bench:
                 proc.wait(120)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        errors = RESULTS / f"profile-{name}.log"
+        if errors.exists() and not errors.stat().st_size:
+            errors.unlink()  # py-spy had nothing to complain about
         raw = RESULTS / f"profile-{name}.txt"
         if procs and raw.exists():
             self.results.setdefault("profiles", {})[name] = {"label": label, **report.top_frames(raw.read_text())}
