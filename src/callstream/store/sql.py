@@ -173,6 +173,8 @@ class SqlStore:
                 await self._writer
         if self._direct is not None:
             self._direct.close()
+        # Let look-ups in flight answer their waiters before the engine goes.
+        await asyncio.gather(*self._look_ups, return_exceptions=True)
         await self.engine.dispose()
 
     async def ping(self) -> bool:
