@@ -54,22 +54,27 @@ def encode(
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+def upgrade_request(port: int, path: str, *extra: str, key: str | None = None) -> tuple[bytes, str]:
+    """An RFC 6455 opening handshake request (and its Sec-WebSocket-Key); `extra`: header lines."""
+    key = key if key is not None else base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode(), key
+
+
 class RawWebSocket:
     def __init__(self, port: int, path: str, timeout: float = 5.0, origin: str | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buffer = b""
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            f"GET {path} HTTP/1.1",
-            f"Host: 127.0.0.1:{port}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-        ]
-        if origin:
-            lines.append(f"Origin: {origin}")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        request, _ = upgrade_request(port, path, *([f"Origin: {origin}"] if origin else []))
+        self.sock.sendall(request)
         while b"\r\n\r\n" not in self.buffer:
             chunk = self.sock.recv(65536)
             if not chunk:

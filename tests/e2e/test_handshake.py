@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import socket
 
 from tests.helpers import ServerProcess
+from tests.rawws import upgrade_request
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -29,20 +29,6 @@ def exchange(port: int, request: bytes, wait_s: float = 5.0) -> bytes:
         return got
 
 
-def upgrade(path: str, *extra: str, key: str | None = None) -> tuple[bytes, str]:
-    key = key if key is not None else base64.b64encode(os.urandom(16)).decode()
-    lines = [
-        f"GET {path} HTTP/1.1",
-        "Host: 127.0.0.1",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        *extra,
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode(), key
-
-
 def status_of(response: bytes) -> int | None:
     if not response.startswith(b"HTTP/1."):
         return None
@@ -54,7 +40,7 @@ def accept_of(key: str) -> str:
 
 
 def test_a_plain_handshake_is_switched_with_the_rfc_accept_key(server: ServerProcess, api_key: str) -> None:
-    request, key = upgrade(f"/v1/events?token={api_key}")
+    request, key = upgrade_request(server.port, f"/v1/events?token={api_key}")
     response = exchange(server.port, request)
     assert status_of(response) == 101, response
     headers = response.lower()
@@ -63,21 +49,21 @@ def test_a_plain_handshake_is_switched_with_the_rfc_accept_key(server: ServerPro
 
 
 def test_a_bad_key_or_version_is_answered_400(server: ServerProcess, api_key: str) -> None:
-    bad_key, _ = upgrade(f"/v1/events?token={api_key}", key="not-a-key")
+    bad_key, _ = upgrade_request(server.port, f"/v1/events?token={api_key}", key="not-a-key")
     assert status_of(exchange(server.port, bad_key)) == 400
-    request, _ = upgrade(f"/v1/events?token={api_key}")
+    request, _ = upgrade_request(server.port, f"/v1/events?token={api_key}")
     bad_version = request.replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8")
     response = exchange(server.port, bad_version)
     assert status_of(response) == 400, response
 
 
 def test_an_upgrade_with_a_body_is_refused(server: ServerProcess, api_key: str) -> None:
-    request, _ = upgrade(f"/v1/events?token={api_key}", "Content-Length: 5")
+    request, _ = upgrade_request(server.port, f"/v1/events?token={api_key}", "Content-Length: 5")
     assert status_of(exchange(server.port, request + b"hello")) != 101
 
 
 def test_a_bad_credential_is_answered_401_without_an_upgrade(server: ServerProcess) -> None:
-    request, _ = upgrade("/v1/events?token=cs_wrong")
+    request, _ = upgrade_request(server.port, "/v1/events?token=cs_wrong")
     response = exchange(server.port, request)
     assert status_of(response) == 401, response
     assert b"upgrade: websocket" not in response.lower()
