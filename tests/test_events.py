@@ -31,6 +31,23 @@ def test_an_event_is_encoded_once_and_its_frame_carries_the_envelope() -> None:
     }
 
 
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(max_size=12), _json_values, max_size=6), st.sampled_from(["c1", 'c"data":1']))
+def test_the_stored_data_json_is_the_data_as_encoded(data: dict[str, object], call_id: str) -> None:
+    """The store writes `data_json` (cut from the frame): it must be exactly `data`'s JSON, even
+    when a key, a string or the call id spells `,"data":`."""
+    data = {**data, "text": ',"data":{"x":1}}'}
+    event = Event("acme", call_id, 3, 1234, "transcript.final", data)
+    assert event.data_json == orjson.dumps(data).decode()
+    assert orjson.loads(event.data_json) == data
+
+
 @pytest.mark.parametrize(
     ("kind", "data", "problem"),
     [

@@ -172,7 +172,7 @@ class SqlStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
         if self._direct is not None:
-            self._direct.close()
+            await self._direct.close()
         # Let look-ups in flight answer their waiters before the engine goes.
         await asyncio.gather(*self._look_ups, return_exceptions=True)
         await self.engine.dispose()
@@ -500,7 +500,7 @@ class SqlStore:
                 "seq": e.seq,
                 "ts": e.ts,
                 "type": e.type,
-                "data": orjson.dumps(e.data).decode(),
+                "data": e.data_json,
             }
             for e in events
             if e.type != PARTIAL

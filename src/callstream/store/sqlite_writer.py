@@ -1,4 +1,4 @@
-"""The embedded store's event writer: its own SQLite connection on its own thread.
+"""The embedded store's event writer: its own SQLite connection, in a process of its own.
 
 Only the hot path lives here (event batches that do not end a call); everything else, including
 the batches whose `call.ended` hooks write the webhook outbox in the same transaction, keeps the
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import sqlite3
+import pickle
+import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from typing import Any
 
-import orjson
-
 from callstream.events import Event
+from callstream.store import sqlite_process
+from callstream.store.sqlite_process import Statement
 
 # Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step with the GIL released
 # per chunk of rows. `executemany` released the GIL around each row's step and took it back to
@@ -46,8 +47,6 @@ _UPSERT_CALLS = (
 )
 _CHUNKS = (256, 16, 1)
 
-Statement = tuple[str, list[Any]]
-
 
 @functools.cache
 def _sql(template: str, columns: tuple[str, ...], size: int) -> str:
@@ -62,61 +61,85 @@ def _statements(template: str, columns: tuple[str, ...], rows: list[tuple[Any, .
     for size in _CHUNKS:
         sql = _sql(template, columns, size)
         while len(rows) - start >= size:
-            out.append((sql, [value for row in rows[start : start + size] for value in row]))
+            out.append((sql, list(chain.from_iterable(rows[start : start + size]))))
             start += size
     return out
 
 
+class StoreWriterError(Exception):
+    """The writer process refused a transaction (its SQLite error, as text) or went away."""
+
+
 class SqliteEventWriter:
-    """The event writer's own SQLite connection on its own thread: one hop per batch.
+    """The event writer: a process of its own (`sqlite_process`), one pipe round trip a batch.
 
     Through SQLAlchemy + aiosqlite a commit took about six thread round trips (begin, insert,
     upsert, commit, …), each waiting for the event loop and for the GIL behind the fan-out, and
     SQLAlchemy's per-statement Python work: the store cost half a core at 1,000 events/s and
-    delayed every fan-out (which waits for the commit). Here the whole transaction is one call
-    into the stdlib `sqlite3` module: a few statements of up to 256 rows, each one step with the
-    GIL released.
+    delayed every fan-out (which waits for the commit). Then a thread of its own ran the whole
+    transaction in one call into `sqlite3`, but it still took turns with the event loop for the
+    GIL (binding, the statement cache, every step's return): the store ran serialised with the
+    fan-out even with a second core idle. Now the node builds and pickles the statements and the
+    event loop's pipe transports carry them (no thread, so no GIL hand-off per pipe-full); SQLite's
+    work is the writer process's, on whichever core is free. A writer that dies fails the
+    transaction in flight (producers get `store_unavailable`) and is started again for the next.
     """
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._db: sqlite3.Connection | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
 
     async def commit(self, events: Sequence[Event], calls: list[dict[str, Any]]) -> None:
         """Store `events` (none of them partial) and merge `calls` (`SqlStore._call_rows`)."""
-        statements = self.statements(events, calls)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._commit_sync, statements)
+        body = pickle.dumps(self.statements(events, calls), pickle.HIGHEST_PROTOCOL)
+        async with self._lock:
+            reply = await self._round_trip(body)
+        if reply:
+            raise StoreWriterError(reply.decode(errors="replace"))
 
     @staticmethod
     def statements(events: Sequence[Event], calls: list[dict[str, Any]]) -> list[Statement]:
-        """The transaction's statements, built on the event loop: the writer thread then holds
-        the GIL only to hand each statement to SQLite."""
-        rows = [(e.account, e.call_id, e.seq, e.ts, e.type, orjson.dumps(e.data).decode()) for e in events]
+        """The transaction's statements, built on the event loop: the writer process then only
+        hands each statement to SQLite."""
+        rows = [(e.account, e.call_id, e.seq, e.ts, e.type, e.data_json) for e in events]
         merged = [tuple(c[k] for k in _CALL_COLUMNS) for c in calls]
         return _statements(_INSERT_EVENTS, _EVENT_COLUMNS, rows) + _statements(_UPSERT_CALLS, _CALL_COLUMNS, merged)
 
-    def _commit_sync(self, statements: list[Statement]) -> None:
-        if self._db is None:
-            self._db = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=30000")
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+    async def _round_trip(self, body: bytes) -> bytes:
+        process = self._process
+        if process is None or process.returncode is not None:
+            # A plain script with -I (isolated): the standard library only, none of the node's
+            # environment.
+            process = self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-B", sqlite_process.__file__, self._path,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )
+        assert process.stdin is not None
+        assert process.stdout is not None
         try:
-            for sql, parameters in statements:
-                db.execute(sql, parameters)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:  # SQLite may have rolled back already (a full disk does)
-                db.execute("ROLLBACK")
-            raise
+            process.stdin.write(sqlite_process.HEADER.pack(len(body)))
+            process.stdin.write(body)
+            await process.stdin.drain()
+            (size,) = sqlite_process.HEADER.unpack(await process.stdout.readexactly(sqlite_process.HEADER.size))
+            return await process.stdout.readexactly(size) if size else b""
+        except (OSError, asyncio.IncompleteReadError) as exc:  # the writer died
+            await self._stop(grace_s=1)
+            raise StoreWriterError("the writer process exited") from exc
 
-    def close(self) -> None:
-        def shut() -> None:
-            if self._db is not None:
-                self._db.close()
+    async def _stop(self, grace_s: float) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), grace_s)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
-        self._executor.submit(shut).result()
-        self._executor.shutdown()
+    async def close(self) -> None:
+        """Let the writer finish what it was sent: it exits when its pipe closes."""
+        async with self._lock:
+            await self._stop(grace_s=10)

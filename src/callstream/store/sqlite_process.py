@@ -1,0 +1,82 @@
+"""The embedded store's writer process: SQLite's work off the event loop's GIL.
+
+SQLite releases the GIL only inside each statement's step; binding parameters, the statement
+cache and the transaction's bookkeeping hold it. A writer *thread* therefore takes turns with the
+event loop for the GIL, and on a 2-core node the store ran serialised with the fan-out instead of
+beside it. This process owns the database's event writes; the node sends it a transaction (its
+statements, pickled) over a pipe and waits for one reply. Only the standard library is imported,
+so the process starts in a few milliseconds, and it runs as a plain script (not `-m callstream…`)
+so that the package, SQLAlchemy and the web stack are never loaded into it.
+
+Wire: each message is a 4-byte big-endian length, then the body. Request body: a pickled
+`list[tuple[str, list]]` (SQL text, flattened parameters). Reply body: empty when the transaction
+committed, else the error as text (`"OperationalError: database is locked"`). The process exits
+when its stdin closes (the node ended or closed the store).
+"""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import struct
+import sys
+from typing import Any, BinaryIO
+
+Statement = tuple[str, list[Any]]
+HEADER = struct.Struct("!I")
+
+
+def open_db(path: str) -> sqlite3.Connection:
+    """The writer's connection, with the same pragmas as the node's own (see `SqlStore`)."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=30000")
+    return db
+
+
+def run_transaction(db: sqlite3.Connection, statements: list[Statement]) -> None:
+    """Every statement or none (BEGIN IMMEDIATE … COMMIT)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, parameters in statements:
+            db.execute(sql, parameters)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # SQLite may have rolled back already (a full disk does)
+            db.execute("ROLLBACK")
+        raise
+
+
+def read_message(stream: BinaryIO) -> bytes | None:
+    """One length-prefixed body, or None at the end of the stream."""
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    (size,) = HEADER.unpack(header)
+    body = stream.read(size)
+    return body if len(body) == size else None
+
+
+def write_message(stream: BinaryIO, body: bytes) -> None:
+    stream.write(HEADER.pack(len(body)) + body)
+    stream.flush()
+
+
+def serve(path: str, requests: BinaryIO, replies: BinaryIO) -> None:
+    db: sqlite3.Connection | None = None
+    while (body := read_message(requests)) is not None:
+        try:
+            if db is None:
+                db = open_db(path)
+            run_transaction(db, pickle.loads(body))  # noqa: S301 - the node's own pipe, nobody else's
+            reply = b""
+        except Exception as exc:  # the node reports it; this process keeps serving
+            reply = f"{type(exc).__name__}: {exc}".encode()
+        write_message(replies, reply)
+    if db is not None:
+        db.close()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer)

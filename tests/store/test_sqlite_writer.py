@@ -1,0 +1,112 @@
+"""The embedded store's writer process, seen from the node: failures are the batch's, not the node's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from callstream.store import SqlStore, StoreUnavailableError, sqlite_process
+from tests.store.test_store_contract import event
+
+
+def writer_processes() -> list[int]:
+    """This test process's children that run the store's writer script."""
+    pids: list[int] = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as fh:
+            pids += [int(pid) for pid in fh.read().split()]
+    found = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"sqlite_process.py" in fh.read():
+                    found.append(pid)
+        except FileNotFoundError:  # already reaped
+            continue
+    return found
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "store.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SqlStore]:
+    store = SqlStore(f"sqlite+aiosqlite:///{db_path}")
+    await store.start()
+    yield store
+    await store.close()
+
+
+async def test_a_killed_writer_loses_nothing_silently_and_is_replaced(store: SqlStore) -> None:
+    await store.append([event("acme", "c1", 1)])
+    [pid] = writer_processes()
+    os.kill(pid, signal.SIGKILL)
+
+    # Whether the node notices the death before it sends (a new writer stores the batch) or on
+    # the pipe (the batch fails), the producer is told which: nothing is lost silently.
+    try:
+        await store.append([event("acme", "c1", 2)])
+        expected = [1, 2, 3]
+    except StoreUnavailableError:
+        expected = [1, 3]
+    await store.append([event("acme", "c1", 3)])
+    assert store.healthy
+    assert [e.seq for e in await store.events("acme", "c1")] == expected
+    assert pid not in writer_processes()
+
+
+async def test_a_writer_that_exits_mid_batch_fails_that_batch_only(
+    store: SqlStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.append([event("acme", "c1", 1)])
+    for pid in writer_processes():  # the next writer started is one that reads a batch and exits
+        os.kill(pid, signal.SIGKILL)
+    quitter = tmp_path / "quitter.py"
+    quitter.write_text("import sys\nsys.stdin.buffer.read(1)\n")
+    monkeypatch.setattr(sqlite_process, "__file__", str(quitter))
+
+    with pytest.raises(StoreUnavailableError, match="could not commit"):
+        await store.append([event("acme", "c1", 2)])
+    assert not store.healthy
+
+    monkeypatch.undo()
+    await store.append([event("acme", "c1", 3)])
+    assert store.healthy
+    assert [e.seq for e in await store.events("acme", "c1")] == [1, 3]
+
+
+async def test_a_refused_transaction_changes_nothing_and_the_writer_keeps_serving(
+    store: SqlStore, db_path: Path
+) -> None:
+    await store.append([event("acme", "c1", 1)])
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TRIGGER no BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+
+    with pytest.raises(StoreUnavailableError):
+        await store.append([event("acme", "c1", 2), event("acme", "c2", 1)])
+    assert [e.seq for e in await store.events("acme", "c1")] == [1]
+    assert await store.get_call("acme", "c2") is None  # the calls upsert was rolled back with it
+    call = await store.get_call("acme", "c1")
+    assert call is not None
+    assert call.last_seq == 1
+
+    with sqlite3.connect(db_path) as db:
+        db.execute("DROP TRIGGER no")
+    await store.append([event("acme", "c1", 2)])
+    assert [e.seq for e in await store.events("acme", "c1")] == [1, 2]
+
+
+async def test_the_writer_process_ends_with_the_store(db_path: Path) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{db_path}")
+    await store.start()
+    await store.append([event("acme", "c1", 1)])
+    assert len(writer_processes()) == 1
+    await store.close()
+    assert writer_processes() == []
