@@ -371,7 +371,7 @@ class Producer:
         self.per_call: dict[str, int] = {}
         self.sent = 0
         self.ref = 0
-        self.task: asyncio.Task[None] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
         self.i = 0
 
     def url(self, k: int) -> str:
@@ -479,10 +479,9 @@ class Producer:
 
     def start(self) -> None:
         if self.window:
-            tasks = [asyncio.ensure_future(self.run_closed_loop(k)) for k in range(len(self.sockets))]
-            self.task = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
+            self.tasks = [asyncio.ensure_future(self.run_closed_loop(k)) for k in range(len(self.sockets))]
         else:
-            self.task = asyncio.ensure_future(self.run_open_loop())
+            self.tasks = [asyncio.ensure_future(self.run_open_loop())]
 
     def counts(self, t0: int, t1: int) -> dict[str, Any]:
         n = sum(e[1] for e in self.log if t0 <= e[0] < t1)
@@ -497,9 +496,9 @@ class Producer:
         }
 
     def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
+        for task in self.tasks:  # cancelled one by one: a cancelled gather() logs "never retrieved"
+            task.cancel()
+        self.tasks = []
 
 
 # ---- the worker process ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -502,36 +503,42 @@ class Bench:
         window = 5.0 if self.quick else 8.0
         names = self.args.targets.split(",") if self.args.targets else ["callstream", "callstream+bench-no-store"] + (
             ["callstream+proposed", "callstream+proposed+bench-no-store"] if PROPOSED else [])
-        for name in names:
-            for batch, win in ((100, self.args.ingest_window), (1, 64)):
-                target = self.start(make(name))
-                load = Load(2, self.load_cpus)
-                try:
-                    idx = [0, 1]
-                    load.each(idx, "start_producer", kws=[{
-                        "dialect": target.dialect, "base": target.base, "token": target.token,
-                        "calls": [f"in{self.run_tag}r{run}b{batch}w{k}c{c:03d}" for c in range(100)],
-                        "conns": 2, "mix": "call", "batch": batch, "window": win} for k in range(len(idx))])
-                    time.sleep(2.0)
-                    a0 = sum(c["acked_total"] for c in load.each(idx, "producer_counts"))
-                    cpu0 = target.cpu_s()
-                    time.sleep(window)
-                    a1 = sum(c["acked_total"] for c in load.each(idx, "producer_counts"))
-                    cpu1 = target.cpu_s()
-                    counts = load.each(idx, "producer_counts")
-                    stats = merge(load.each(idx, "stats"))
-                    row = {"target": target.name, "run": run, "batch": batch, "window_frames": win,
-                           "producer_sockets": 4, "acked_s": (a1 - a0) / window,
-                           "cpu_pct": (cpu1 - cpu0) / window * 100, "rss_mib": target.rss_kib() / 1024,
-                           "errors": sum(c["errors"] for c in counts) + stats["errors"],
-                           "error_samples": stats["error_samples"]}
-                    self.add("ingest", row)
-                    log(f"{target.name} batch {batch}: {row['acked_s']:,.0f} events/s acked, "
-                        f"cpu {row['cpu_pct']:.0f}%")
-                    load.each(idx, "stop_producer")
-                finally:
-                    load.close()
-                    target.stop()
+        # Pinned to one core (as every other scenario), then not pinned: the embedded store's writer is a
+        # process of its own, and a node deployed on this 2-core machine has both cores (the load keeps
+        # its own pinning either way).
+        pinnings = [self.server_cpus, ""] if self.server_cpus else [""]
+        for name, cpus, (batch, win) in itertools.product(names, pinnings,
+                                                          ((100, self.args.ingest_window), (1, 64))):
+            log(f"start {name} (CPUs {cpus or 'any'})")
+            target = make(name).start(cpus or None)
+            load = Load(2, self.load_cpus)
+            try:
+                idx = [0, 1]
+                load.each(idx, "start_producer", kws=[{
+                    "dialect": target.dialect, "base": target.base, "token": target.token,
+                    "calls": [f"in{self.run_tag}r{run}b{batch}w{k}c{c:03d}" for c in range(100)],
+                    "conns": 2, "mix": "call", "batch": batch, "window": win} for k in range(len(idx))])
+                time.sleep(2.0)
+                a0 = sum(c["acked_total"] for c in load.each(idx, "producer_counts"))
+                cpu0 = target.cpu_s()
+                time.sleep(window)
+                a1 = sum(c["acked_total"] for c in load.each(idx, "producer_counts"))
+                cpu1 = target.cpu_s()
+                counts = load.each(idx, "producer_counts")
+                stats = merge(load.each(idx, "stats"))
+                row = {"target": target.name, "run": run, "batch": batch, "window_frames": win,
+                       "node_cpus": cpus or "any",
+                       "producer_sockets": 4, "acked_s": (a1 - a0) / window,
+                       "cpu_pct": (cpu1 - cpu0) / window * 100, "rss_mib": target.rss_kib() / 1024,
+                       "errors": sum(c["errors"] for c in counts) + stats["errors"],
+                       "error_samples": stats["error_samples"]}
+                self.add("ingest", row)
+                log(f"{target.name} batch {batch}, CPUs {cpus or 'any'}: {row['acked_s']:,.0f} events/s acked, "
+                    f"cpu {row['cpu_pct']:.0f}%")
+                load.each(idx, "stop_producer")
+            finally:
+                load.close()
+                target.stop()
 
     # ---- two nodes ------------------------------------------------------------------------------
 
