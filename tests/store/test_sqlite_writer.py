@@ -110,3 +110,15 @@ async def test_the_writer_process_ends_with_the_store(db_path: Path) -> None:
     assert len(writer_processes()) == 1
     await store.close()
     assert writer_processes() == []
+
+
+async def test_the_writer_outlives_the_signals_that_drain_the_node(store: SqlStore) -> None:
+    """Ctrl-C (the terminal's process group) or a service manager's SIGTERM must not kill the
+    writer while the node drains into it: it ends when the node closes its pipe."""
+    await store.append([event("acme", "c1", 1)])
+    [pid] = writer_processes()
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    await store.append([event("acme", "c1", 2)])
+    assert writer_processes() == [pid]
+    assert [e.seq for e in await store.events("acme", "c1")] == [1, 2]

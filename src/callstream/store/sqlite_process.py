@@ -11,12 +11,15 @@ so that the package, SQLAlchemy and the web stack are never loaded into it.
 Wire: each message is a 4-byte big-endian length, then the body. Request body: a pickled
 `list[tuple[str, list]]` (SQL text, flattened parameters). Reply body: empty when the transaction
 committed, else the error as text (`"OperationalError: database is locked"`). The process exits
-when its stdin closes (the node ended or closed the store).
+when its stdin closes (the node ended or closed the store), and only then: it ignores SIGINT and
+SIGTERM, which are the node's to act on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import signal
 import sqlite3
 import struct
 import sys
@@ -78,5 +81,15 @@ def serve(path: str, requests: BinaryIO, replies: BinaryIO) -> None:
         db.close()
 
 
+def main() -> None:
+    # The node decides when this process ends (it closes the pipe after its last commit). Ctrl-C
+    # reaches the terminal's whole process group, and a service manager's SIGTERM may reach the
+    # whole service: either would kill the writer while the node drains into it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(BrokenPipeError):  # the node was killed before reading the last reply
+        serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer)
+
+
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer)
+    main()

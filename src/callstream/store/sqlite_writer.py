@@ -126,6 +126,12 @@ class SqliteEventWriter:
         except (OSError, asyncio.IncompleteReadError) as exc:  # the writer died
             await self._stop(grace_s=1)
             raise StoreWriterError("the writer process exited") from exc
+        except BaseException:
+            # Cancelled between request and reply: the next round trip would read this one's
+            # reply, so this writer cannot be trusted again (its transaction commits or not).
+            self._process = None
+            process.kill()
+            raise
 
     async def _stop(self, grace_s: float) -> None:
         process, self._process = self._process, None
