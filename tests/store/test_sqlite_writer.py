@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
@@ -122,3 +125,23 @@ async def test_the_writer_outlives_the_signals_that_drain_the_node(store: SqlSto
     await store.append([event("acme", "c1", 2)])
     assert writer_processes() == [pid]
     assert [e.seq for e in await store.events("acme", "c1")] == [1, 2]
+
+
+async def test_the_database_file_itself_holds_the_events_within_seconds(store: SqlStore, db_path: Path) -> None:
+    """Checkpoints run beside the writer (not inside a commit), and often: a copy of the database
+    file alone, without its write-ahead log, soon has what was committed."""
+    await store.append([event("acme", "c1", seq) for seq in range(1, 51)])
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        copy = db_path.with_name("copy.db")
+        shutil.copyfile(db_path, copy)  # the main file only: no -wal beside the copy
+        with contextlib.closing(sqlite3.connect(copy)) as db:
+            try:
+                count = db.execute("SELECT count(*) FROM events WHERE call_id = 'c1'").fetchone()[0]
+            except sqlite3.DatabaseError:  # the copy caught a page mid-write: try again
+                count = 0
+        copy.unlink()
+        if count == 50 or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.25)
+    assert count == 50
