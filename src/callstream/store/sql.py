@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from callstream.broker.base import CallState
 from callstream.events import ENDED, FINAL, PARTIAL, Event
+from callstream.store import sqlite_process
 from callstream.store import tables as t
 from callstream.store.sqlite_writer import SqliteEventWriter
 
@@ -146,11 +147,8 @@ class SqlStore:
             @sa.event.listens_for(engine.sync_engine, "connect")
             def _pragmas(dbapi_conn: Any, _record: Any) -> None:
                 cursor = dbapi_conn.cursor()
-                # WAL + NORMAL: a committed transaction survives a process crash (SIGKILL);
-                # only an OS crash may lose the last commits.
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL")
-                cursor.execute("PRAGMA busy_timeout=30000")
+                for pragma in sqlite_process.PRAGMAS:
+                    cursor.execute(pragma)
                 cursor.close()
 
             return engine

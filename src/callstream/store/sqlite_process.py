@@ -40,12 +40,16 @@ CHECKPOINT_EVERY_S = 1.0
 WRITER_CHECKPOINT_PAGES = 16_384
 
 
+# Every connection to the embedded database, the node's (`SqlStore`) and this process's alike.
+# WAL + NORMAL: a committed transaction survives a process crash (SIGKILL); only an OS crash may
+# lose the last commits.
+PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=30000")
+
+
 def open_db(path: str, *, autocheckpoint_pages: int = 1000) -> sqlite3.Connection:
-    """A connection with the same pragmas as the node's own (see `SqlStore`)."""
     db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=30000")
+    for pragma in PRAGMAS:
+        db.execute(pragma)
     db.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint_pages)}")
     return db
 
