@@ -20,13 +20,11 @@ from callstream.events import Event
 from callstream.store import sqlite_process
 from callstream.store.sqlite_process import Statement
 
-# Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step with the GIL released
-# per chunk of rows. `executemany` released the GIL around each row's step and took it back to
-# bind the next row: a thousand GIL hand-offs per commit, each waiting behind the event loop on
-# the same core, and the commit's latency is the fan-out's (fan-out waits for it). Chunks of
-# 256, 16 and 1 rows keep the statement cache to three texts per table. Same CPU per row as
-# executemany (bench/sqlite_floor.py measures it); SQLite's json_each, the other way to one step
-# per batch, measured 14.7 µs a row against 8–9 when tried.
+# Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step per chunk of rows,
+# where `executemany` stepped (and, in the writer thread this replaced, handed the GIL back and
+# forth) once per row. Chunks of 256, 16 and 1 rows keep the statement cache to three texts per
+# table. Same CPU per row as executemany (bench/sqlite_floor.py measures it); SQLite's json_each,
+# the other way to one step per batch, measured 14.7 µs a row against 8–9 when tried.
 _EVENT_COLUMNS = ("account", "call_id", "seq", "ts", "type", "data")
 _CALL_COLUMNS = (
     "account", "call_id", "status", "started_at", "ended_at", "duration_ms", "end_status", "reason",
@@ -82,7 +80,8 @@ class SqliteEventWriter:
     fan-out even with a second core idle. Now the node builds and pickles the statements and the
     event loop's pipe transports carry them (no thread, so no GIL hand-off per pipe-full); SQLite's
     work is the writer process's, on whichever core is free. A writer that dies fails the
-    transaction in flight (producers get `store_unavailable`) and is started again for the next.
+    transaction in flight (its producers get the store's error: REST 503 `unavailable`, ingest
+    `internal`) and is started again for the next.
     """
 
     def __init__(self, path: str) -> None:
