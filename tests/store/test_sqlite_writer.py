@@ -90,7 +90,7 @@ async def test_a_refused_transaction_changes_nothing_and_the_writer_keeps_servin
 ) -> None:
     await store.append([event("acme", "c1", 1)])
     with sqlite3.connect(db_path) as db:
-        db.execute("CREATE TRIGGER no BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+        db.execute("CREATE TRIGGER no BEFORE INSERT ON event_chunks BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
 
     with pytest.raises(StoreUnavailableError):
         await store.append([event("acme", "c1", 2), event("acme", "c2", 1)])
@@ -137,7 +137,9 @@ async def test_the_database_file_itself_holds_the_events_within_seconds(store: S
         shutil.copyfile(db_path, copy)  # the main file only: no -wal beside the copy
         with contextlib.closing(sqlite3.connect(copy)) as db:
             try:
-                count = db.execute("SELECT count(*) FROM events WHERE call_id = 'c1'").fetchone()[0]
+                count = db.execute(
+                    "SELECT sum(json_array_length(events)) FROM event_chunks WHERE call_id = 'c1'"
+                ).fetchone()[0]
             except sqlite3.DatabaseError:  # the copy caught a page mid-write: try again
                 count = 0
         copy.unlink()

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from callstream.events import Event
 from callstream.store import SqlStore
+from callstream.store.chunks import MAX_CHUNK_EVENTS
 from callstream.store.sql import decode_cursor
 
 FULL = frozenset({"publish", "subscribe", "admin"})
@@ -169,6 +170,30 @@ async def test_events_since_until_and_types(store: SqlStore, account: str) -> No
     assert [e.seq for e in await store.events(account, "c1", since=2, until=5)] == [3, 4, 5]
     assert [e.seq for e in await store.events(account, "c1", types=["transcript.final"])] == [11]
     assert await store.events(account, "nope") == []
+
+
+async def test_a_call_fed_through_two_nodes_reads_back_in_seq_order(store: SqlStore, account: str) -> None:
+    """Producers of one call on two nodes: each node's commits hold alternate seqs of the call
+    (the broker sequences them), yet a read returns one run in `seq` order, cut to the range."""
+    await store.append([event(account, "c1", seq) for seq in (1, 3, 5, 7)])  # node A's commit
+    await store.append([event(account, "c1", seq) for seq in (2, 4, 6)])  # node B's
+    assert [e.seq for e in await store.events(account, "c1")] == [1, 2, 3, 4, 5, 6, 7]
+    assert [e.seq for e in await store.events(account, "c1", since=2, until=5)] == [3, 4, 5]
+    # Two publishes racing on one node (the Redis broker sequences, then each appends) may
+    # append their events out of seq order; the read does not care.
+    await asyncio.gather(store.append([event(account, "c2", 2)]), store.append([event(account, "c2", 1)]))
+    assert [e.seq for e in await store.events(account, "c2", since=1)] == [2]
+    assert [e.seq for e in await store.events(account, "c2", until=1)] == [1]
+
+
+async def test_a_long_commit_of_one_call_reads_back_whole_and_by_range(store: SqlStore, account: str) -> None:
+    """More events of one call than one stored chunk holds (`chunks.MAX_CHUNK_EVENTS`)."""
+    count = 2 * MAX_CHUNK_EVENTS + 10
+    await store.append([event(account, "c1", seq, text=f"s{seq}") for seq in range(1, count + 1)])
+    stored = await store.events(account, "c1")
+    assert [(e.seq, e.data["text"]) for e in stored] == [(s, f"s{s}") for s in range(1, count + 1)]
+    middle = await store.events(account, "c1", since=MAX_CHUNK_EVENTS - 2, until=MAX_CHUNK_EVENTS + 2)
+    assert [e.seq for e in middle] == list(range(MAX_CHUNK_EVENTS - 1, MAX_CHUNK_EVENTS + 3))
 
 
 async def test_list_calls_pages_newest_first(store: SqlStore, account: str) -> None:

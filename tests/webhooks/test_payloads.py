@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from callstream.store.sql import StoredEvent
+from callstream.store.chunks import StoredEvent
 from callstream.webhooks.payloads import build_payload, function_calls, iso_ms
 
 CALL = {

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from callstream.store.chunks import StoredEvent
 from callstream.store.sql import (
     CallRecord,
     KeyRecord,
     SqlStore,
-    StoredEvent,
     StoreUnavailableError,
     database_url,
 )

@@ -25,9 +25,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from callstream.broker.base import CallState
-from callstream.events import ENDED, FINAL, PARTIAL, Event
+from callstream.events import ENDED, FINAL, Event
 from callstream.store import sqlite_process
 from callstream.store import tables as t
+from callstream.store.chunks import StoredEvent, chunk_rows, events_in
 from callstream.store.sqlite_writer import SqliteEventWriter
 
 log = logging.getLogger("callstream.store")
@@ -35,6 +36,7 @@ log = logging.getLogger("callstream.store")
 EndedHook = Callable[[AsyncConnection, Event], Awaitable[None]]
 
 
+_CHUNK_COLUMNS = ("account", "call_id", "first_seq", "last_seq", "events")  # chunks.ChunkRow's fields
 _LOOK_UP_CHUNK = 500  # call ids per look-up query (SQLite allows 32,766 parameters; stay far below)
 
 
@@ -106,12 +108,25 @@ class CallRecord:
         }
 
 
-@dataclass(slots=True)
-class StoredEvent:
-    seq: int
-    ts: int
-    type: str
-    data: dict[str, Any]
+async def read_events(
+    conn: AsyncConnection,
+    account: str,
+    call_id: str,
+    since: int = 0,
+    until: int | None = None,
+    types: Sequence[str] | None = None,
+) -> list[StoredEvent]:
+    """A call's stored events with since < seq ≤ until (of `types`), in `seq` order.
+
+    Every chunk whose last seq is past `since` and whose first is not past `until` may hold some:
+    the primary key's order (last_seq) finds them, `events_in` cuts them to the range.
+    """
+    c = t.event_chunks.c
+    query = sa.select(c.events).where(c.account == account, c.call_id == call_id, c.last_seq > since)
+    if until is not None:
+        query = query.where(c.first_seq <= until)
+    rows = await conn.execute(query.order_by(c.last_seq))
+    return events_in(rows.scalars(), since, until, types)
 
 
 def hash_secret(secret: str) -> str:
@@ -132,7 +147,7 @@ class SqlStore:
         self.ended_hooks: list[EndedHook] = []
         self.healthy = True
         self.commits = 0
-        # SQLite: the event writer's batches go through one thread hop each (SqliteEventWriter);
+        # SQLite: the event writer's batches go to its writer process (SqliteEventWriter);
         # batches that end a call keep the SQLAlchemy path, whose hooks write the webhook outbox.
         path = url.split(":///", 1)[1] if self.dialect == "sqlite" and ":///" in url else ""
         self._direct = SqliteEventWriter(path) if path and path != ":memory:" else None
@@ -406,17 +421,8 @@ class SqlStore:
         until: int | None = None,
         types: Sequence[str] | None = None,
     ) -> list[StoredEvent]:
-        c = t.events.c
-        query = sa.select(c.seq, c.ts, c.type, c.data).where(
-            c.account == account, c.call_id == call_id, c.seq > since
-        )
-        if until is not None:
-            query = query.where(c.seq <= until)
-        if types is not None:
-            query = query.where(c.type.in_(list(types)))
         async with self.engine.connect() as conn:
-            rows = await conn.execute(query.order_by(c.seq))
-            return [StoredEvent(r.seq, r.ts, r.type, orjson.loads(r.data)) for r in rows]
+            return await read_events(conn, account, call_id, since, until, types)
 
     # ---- the batching writer -------------------------------------------------------------
 
@@ -486,23 +492,10 @@ class SqlStore:
 
     async def _commit(self, events: list[Event]) -> None:
         if self._direct is not None and not any(e.type == ENDED for e in events):
-            await self._direct.commit(
-                [e for e in events if e.type != PARTIAL], self._call_rows(events)
-            )
+            await self._direct.commit(chunk_rows(events), self._call_rows(events))
             self.commits += 1
             return
-        rows = [
-            {
-                "account": e.account,
-                "call_id": e.call_id,
-                "seq": e.seq,
-                "ts": e.ts,
-                "type": e.type,
-                "data": e.data_json,
-            }
-            for e in events
-            if e.type != PARTIAL
-        ]
+        rows = [dict(zip(_CHUNK_COLUMNS, row, strict=True)) for row in chunk_rows(events)]
         async with self.engine.begin() as conn:
             if rows:
                 await conn.execute(self._events_insert, rows)
@@ -553,7 +546,7 @@ class SqlStore:
     # time; with PostgreSQL that was most of the store's share of a busy node's CPU.
     @functools.cached_property
     def _events_insert(self) -> Any:
-        return self._insert_ignore(t.events, ["account", "call_id", "seq"])
+        return self._insert_ignore(t.event_chunks, ["account", "call_id", "last_seq"])
 
     @functools.cached_property
     def _calls_upsert(self) -> Any:

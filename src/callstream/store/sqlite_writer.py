@@ -16,21 +16,23 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
-from callstream.events import Event
 from callstream.store import sqlite_process
+from callstream.store.chunks import ChunkRow
 from callstream.store.sqlite_process import Statement
 
-# Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step per chunk of rows,
+# Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step per statement,
 # where `executemany` stepped (and, in the writer thread this replaced, handed the GIL back and
-# forth) once per row. Chunks of 256, 16 and 1 rows keep the statement cache to three texts per
-# table. Same CPU per row as executemany (bench/sqlite_floor.py measures it); SQLite's json_each,
+# forth) once per row. Statements of 256, 16 and 1 rows keep the statement cache to three texts
+# per table. Same CPU per row as executemany (bench/sqlite_floor.py measures it); SQLite's json_each,
 # the other way to one step per batch, measured 14.7 µs a row against 8–9 when tried.
-_EVENT_COLUMNS = ("account", "call_id", "seq", "ts", "type", "data")
+_CHUNK_COLUMNS = ("account", "call_id", "first_seq", "last_seq", "events")
 _CALL_COLUMNS = (
     "account", "call_id", "status", "started_at", "ended_at", "duration_ms", "end_status", "reason",
     "last_seq", "sentiment_sum", "sentiment_n",
 )
-_INSERT_EVENTS = "INSERT INTO events ({columns}) VALUES {rows} ON CONFLICT (account, call_id, seq) DO NOTHING"
+_INSERT_CHUNKS = (
+    "INSERT INTO event_chunks ({columns}) VALUES {rows} ON CONFLICT (account, call_id, last_seq) DO NOTHING"
+)
 _UPSERT_CALLS = (
     "INSERT INTO calls ({columns}) VALUES {rows}"
     " ON CONFLICT (account, call_id) DO UPDATE SET"
@@ -52,7 +54,7 @@ def _sql(template: str, columns: tuple[str, ...], size: int) -> str:
     return template.format(columns=", ".join(columns), rows=", ".join([one] * size))
 
 
-def _statements(template: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[Statement]:
+def _statements(template: str, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> list[Statement]:
     """`rows` as statements of 256, 16 or 1 rows each, with their parameters flattened."""
     out: list[Statement] = []
     start = 0
@@ -89,21 +91,20 @@ class SqliteEventWriter:
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
-    async def commit(self, events: Sequence[Event], calls: list[dict[str, Any]]) -> None:
-        """Store `events` (none of them partial) and merge `calls` (`SqlStore._call_rows`)."""
-        body = pickle.dumps(self.statements(events, calls), pickle.HIGHEST_PROTOCOL)
+    async def commit(self, chunks: list[ChunkRow], calls: list[dict[str, Any]]) -> None:
+        """Store `chunks` (`chunks.chunk_rows`) and merge `calls` (`SqlStore._call_rows`)."""
+        body = pickle.dumps(self.statements(chunks, calls), pickle.HIGHEST_PROTOCOL)
         async with self._lock:
             reply = await self._round_trip(body)
         if reply:
             raise StoreWriterError(reply.decode(errors="replace"))
 
     @staticmethod
-    def statements(events: Sequence[Event], calls: list[dict[str, Any]]) -> list[Statement]:
+    def statements(chunks: list[ChunkRow], calls: list[dict[str, Any]]) -> list[Statement]:
         """The transaction's statements, built on the event loop: the writer process then only
         hands each statement to SQLite."""
-        rows = [(e.account, e.call_id, e.seq, e.ts, e.type, e.data_json) for e in events]
         merged = [tuple(c[k] for k in _CALL_COLUMNS) for c in calls]
-        return _statements(_INSERT_EVENTS, _EVENT_COLUMNS, rows) + _statements(_UPSERT_CALLS, _CALL_COLUMNS, merged)
+        return _statements(_INSERT_CHUNKS, _CHUNK_COLUMNS, chunks) + _statements(_UPSERT_CALLS, _CALL_COLUMNS, merged)
 
     async def _round_trip(self, body: bytes) -> bytes:
         process = self._process

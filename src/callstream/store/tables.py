@@ -42,15 +42,15 @@ calls = sa.Table(
     sa.Index("ix_calls_account_started", "account", "started_at", "call_id"),
 )
 
-events = sa.Table(
-    "events",
+# A call's events of one commit in one row: a JSON array of their wire frames (store/chunks.py).
+event_chunks = sa.Table(
+    "event_chunks",
     metadata,
     sa.Column("account", sa.String(128), primary_key=True),
     sa.Column("call_id", sa.String(128), primary_key=True),
-    sa.Column("seq", sa.BigInteger, primary_key=True),
-    sa.Column("ts", sa.BigInteger, nullable=False),
-    sa.Column("type", sa.String(32), nullable=False),
-    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("last_seq", sa.BigInteger, primary_key=True),
+    sa.Column("first_seq", sa.BigInteger, nullable=False),
+    sa.Column("events", sa.Text, nullable=False),
 )
 
 meta = sa.Table(

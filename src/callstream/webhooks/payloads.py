@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from callstream.events import ENDED, FINAL
 from callstream.sentiment import label_for
-from callstream.store.sql import StoredEvent
+from callstream.store.chunks import StoredEvent
 
 __all__ = [
     "EVENT_TYPES",

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from callstream.events import Event
 from callstream.store import tables as st
-from callstream.store.sql import StoredEvent
+from callstream.store.chunks import StoredEvent
+from callstream.store.sql import read_events
 from callstream.webhooks import tables as wt
 from callstream.webhooks.config import WebhookConfig
 from callstream.webhooks.payloads import EVENT_TYPES, build_payload
@@ -263,14 +264,7 @@ class WebhookRepo:
 
     @staticmethod
     async def _call_events(conn: AsyncConnection, event: Event) -> list[StoredEvent]:
-        c = st.events.c
-        query = (
-            sa.select(c.seq, c.ts, c.type, c.data)
-            .where(c.account == event.account, c.call_id == event.call_id)
-            .order_by(c.seq)
-        )
-        rows = await conn.execute(query)
-        return [StoredEvent(r.seq, r.ts, r.type, orjson.loads(r.data)) for r in rows]
+        return await read_events(conn, event.account, event.call_id)
 
     # ---- the worker's side ---------------------------------------------------------------
 
