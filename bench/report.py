@@ -257,14 +257,16 @@ def storm_section(rows: list[dict[str, Any]]) -> str:
 
 
 def ingest_section(rows: list[dict[str, Any]]) -> str:
-    by: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    by: dict[tuple[str, str, int, int], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        by[(r["target"], cores(r), r["batch"])].append(r)
-    body = [[t, c, b, rs[0]["window_frames"], med([r["acked_s"] for r in rs]), med([r["cpu_pct"] for r in rs]),
-             med([r["rss_mib"] for r in rs]), sum(r["errors"] for r in rs), len(rs)] for (t, c, b), rs in by.items()]
+        by[(r["target"], cores(r), r["batch"], r["window_frames"])].append(r)
+    body = [[t, c, b, w, med([r["acked_s"] for r in rs]), med([r["cpu_pct"] for r in rs]),
+             med([r["rss_mib"] for r in rs]), sum(r["errors"] for r in rs), len(rs)] for (t, c, b, w), rs in by.items()]
     return ("## Ingest: events/s through /v1/ingest, acknowledged (= sequenced and durably stored)\n\n"
             "4 producer sockets (2 processes × 2), each keeping `frames in flight` frames of `events/frame` events "
-            "unacknowledged (a closed loop: with too few in flight, the commit latency, not the server, bounds it); "
+            "unacknowledged (a closed loop: with too few in flight, the commit latency, not the server, bounds it, "
+            "so frames of 100 run at each `--ingest-window` and the targets take each target's best; the "
+            "publisher's own default allows 10,000 events in flight a socket); "
             "the call mix is 40 % partials (not stored), 60 % stored. `callstream+bench-no-store` is the same "
             "server with bench/patches/bench-no-store.diff (the commit writes nothing). Each target runs pinned to "
             "one core, as in the other scenarios, and not pinned (both cores, shared with the load generator, "
@@ -507,16 +509,21 @@ def targets_section(results: dict[str, Any], best: dict[str, float]) -> str:
     for name, cpus in sorted({(r["target"], cores(r)) for r in ing if not r["target"].endswith("+bench-no-store")}):
         node = "node not pinned" if cpus == "any" else f"node pinned to CPU {cpus}"
 
-        def acked(target: str, node_cpus: str = cpus) -> Any:
-            return med([r["acked_s"] for r in ing if r["target"] == target and cores(r) == node_cpus
-                        and r["batch"] == 100])
+        def acked(target: str, node_cpus: str = cpus) -> tuple[Any, Any]:
+            """(median events/s, frames in flight) at the window where the target took the most."""
+            per_window = {w: med([r["acked_s"] for r in ing if r["target"] == target and cores(r) == node_cpus
+                                  and r["batch"] == 100 and r["window_frames"] == w])
+                          for w in {r["window_frames"] for r in ing if r["batch"] == 100}}
+            found = [(v, w) for w, v in per_window.items() if v is not None]
+            return max(found) if found else (None, None)
 
-        stored, bare = acked(name), acked(name + "+bench-no-store")
+        (stored, w_stored), (bare, w_bare) = acked(name), acked(name + "+bench-no-store")
         if stored is not None:
             lines.append(f"| ingest ≥ 30,000 events/s stored ({name}, {node}) | {stored:,.0f} events/s "
-                         f"(100 a frame) | {'met' if stored >= 30000 else 'not met'} |")
+                         f"(100 a frame, {w_stored} in flight) | {'met' if stored >= 30000 else 'not met'} |")
         if stored is not None and bare:
-            lines.append(f"| ingest stored ≥ 0.8× store disabled ({name}, {node}) | {stored:,.0f} / {bare:,.0f} = "
+            lines.append(f"| ingest stored ≥ 0.8× store disabled ({name}, {node}; each at its best window) | "
+                         f"{stored:,.0f} ({w_stored} in flight) / {bare:,.0f} ({w_bare}) = "
                          f"{stored / bare:.2f}× | {'met' if stored >= 0.8 * bare else 'not met'} |")
     two = [r for r in sc.get("twonode", []) if r.get("status") == "ok"]
     ratios = twonode_ratios(two)

@@ -184,6 +184,9 @@ async def test_a_call_fed_through_two_nodes_reads_back_in_seq_order(store: SqlSt
     await asyncio.gather(store.append([event(account, "c2", 2)]), store.append([event(account, "c2", 1)]))
     assert [e.seq for e in await store.events(account, "c2", since=1)] == [2]
     assert [e.seq for e in await store.events(account, "c2", until=1)] == [1]
+    call = await store.get_call(account, "c2")
+    assert call is not None
+    assert call.last_seq == 2
 
 
 async def test_a_long_commit_of_one_call_reads_back_whole_and_by_range(store: SqlStore, account: str) -> None:

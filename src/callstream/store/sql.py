@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -454,7 +455,7 @@ class SqlStore:
                 batch = self._take_batch()
                 error: StoreUnavailableError | None = None
                 try:
-                    await self._commit([e for item in batch for e in item.events])
+                    await self._commit(list(chain.from_iterable(item.events for item in batch)))
                     self.healthy = True
                 except Exception as exc:  # the database refused: producers get a clear error
                     log.error("store write failed: %s", exc.__class__.__name__, exc_info=exc)
@@ -491,15 +492,16 @@ class SqlStore:
         return batch
 
     async def _commit(self, events: list[Event]) -> None:
-        if self._direct is not None and not any(e.type == ENDED for e in events):
-            await self._direct.commit(chunk_rows(events), self._call_rows(events))
+        calls = self._call_rows(events)
+        if self._direct is not None and not any(c["status"] == "ended" for c in calls):
+            await self._direct.commit(chunk_rows(events), calls)
             self.commits += 1
             return
         rows = [dict(zip(_CHUNK_COLUMNS, row, strict=True)) for row in chunk_rows(events)]
         async with self.engine.begin() as conn:
             if rows:
                 await conn.execute(self._events_insert, rows)
-            await conn.execute(self._calls_upsert, self._call_rows(events))
+            await conn.execute(self._calls_upsert, calls)
             for event in events:
                 if event.type == ENDED:
                     for hook in self.ended_hooks:
@@ -524,8 +526,10 @@ class SqlStore:
                     "reason": None,
                     "sentiment_sum": 0.0,
                     "sentiment_n": 0,
+                    "last_seq": e.seq,
                 }
-            row["last_seq"] = e.seq
+            elif e.seq > row["last_seq"]:  # two publishes racing on one node may append out of order
+                row["last_seq"] = e.seq
             if e.type == ENDED:
                 row.update(
                     status="ended",
