@@ -2,8 +2,8 @@
 
 A row per event made SQLite's per-row work (a B-tree insert in the table and its primary key,
 the statement's per-row binding) most of what storing an event cost: 7.4 µs of the writer's time
-per event against 1.6 µs for chunks of 50 (`bench/sqlite_floor.py`), and on PostgreSQL it was
-a row's worth of executemany per event on the node. A chunk is one row per call per commit: the
+per event against 2.8 µs in chunks (`bench/sqlite_floor.py`: batches of 1,000 events over 100
+calls), and on PostgreSQL it was a row's worth of executemany per event on the node. A chunk is one row per call per commit: the
 call's events of that batch as a JSON array of their wire frames (already encoded once for the
 subscribers, so storing them is a join), keyed by the last `seq` it holds.
 
