@@ -157,15 +157,6 @@ class Event:
     def is_partial(self) -> bool:
         return self.type == PARTIAL
 
-    @property
-    def data_json(self) -> str:
-        """`data` as JSON, cut from the frame instead of encoded again (the store's hot path).
-
-        `data` is the frame's last member, and `,"data":` cannot occur earlier: inside a JSON
-        string every quote is escaped.
-        """
-        return self.frame[self.frame.index(',"data":') + 8 : -1]
-
 
 def text_frame(payload: bytes) -> bytes:
     """One unmasked, unfragmented TEXT frame (RFC 6455 §5.2): what a server sends."""

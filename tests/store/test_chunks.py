@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
+from callstream.events import Event
 from callstream.store.chunks import MAX_CHUNK_EVENTS, chunk_rows, events_in
 from tests.store.test_store_contract import event
 
@@ -38,3 +41,21 @@ def test_events_come_back_as_published_in_range_and_in_seq_order() -> None:
     assert [e.seq for e in events_in([one, other], since=1, until=4)] == [2, 3, 4]
     assert [e.seq for e in events_in([one, other], types=["agent.state"])] == [2, 4]
     assert [e.seq for e in events_in([one, one])] == [1, 3, 5]  # a chunk read twice: each event once
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(max_size=12), _json_values, max_size=6), st.sampled_from(["c1", "c.2:x"]))
+def test_stored_data_comes_back_exactly_as_published(data: dict[str, object], call_id: str) -> None:
+    """Whatever JSON a producer puts in `data` (keys and strings that spell `]`, `,` or `"data":`
+    included) reads back equal from the stored chunk."""
+    data = {**data, "text": '"],[{"data":{"x":1}}'}
+    published = Event("acme", call_id, 3, 1234, "transcript.final", data)
+    (row,) = chunk_rows([published])
+    (stored,) = events_in([row[4]])
+    assert (stored.seq, stored.ts, stored.type, stored.data) == (3, 1234, "transcript.final", data)

@@ -23,13 +23,14 @@ import orjson
 
 from callstream.events import PARTIAL, Event
 
-__all__ = ["MAX_CHUNK_EVENTS", "ChunkRow", "StoredEvent", "chunk_rows", "events_in"]
+__all__ = ["CHUNK_COLUMNS", "MAX_CHUNK_EVENTS", "ChunkRow", "StoredEvent", "chunk_rows", "events_in"]
 
 # A read that wants one event decodes its whole chunk; 256 frames (~64 KB) bound that, and a
 # commit of more than 256 events of one call is rare (5,000-event batches over 100 calls are 50).
 MAX_CHUNK_EVENTS: Final = 256
 
-ChunkRow = tuple[str, str, int, int, str]  # account, call_id, first_seq, last_seq, events
+ChunkRow = tuple[str, str, int, int, str]
+CHUNK_COLUMNS: Final = ("account", "call_id", "first_seq", "last_seq", "events")  # a ChunkRow's fields
 
 
 @dataclass(slots=True)

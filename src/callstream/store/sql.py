@@ -29,7 +29,7 @@ from callstream.broker.base import CallState
 from callstream.events import ENDED, FINAL, Event
 from callstream.store import sqlite_process
 from callstream.store import tables as t
-from callstream.store.chunks import StoredEvent, chunk_rows, events_in
+from callstream.store.chunks import CHUNK_COLUMNS, StoredEvent, chunk_rows, events_in
 from callstream.store.sqlite_writer import SqliteEventWriter
 
 log = logging.getLogger("callstream.store")
@@ -37,7 +37,6 @@ log = logging.getLogger("callstream.store")
 EndedHook = Callable[[AsyncConnection, Event], Awaitable[None]]
 
 
-_CHUNK_COLUMNS = ("account", "call_id", "first_seq", "last_seq", "events")  # chunks.ChunkRow's fields
 _LOOK_UP_CHUNK = 500  # call ids per look-up query (SQLite allows 32,766 parameters; stay far below)
 
 
@@ -497,7 +496,7 @@ class SqlStore:
             await self._direct.commit(chunk_rows(events), calls)
             self.commits += 1
             return
-        rows = [dict(zip(_CHUNK_COLUMNS, row, strict=True)) for row in chunk_rows(events)]
+        rows = [dict(zip(CHUNK_COLUMNS, row, strict=True)) for row in chunk_rows(events)]
         async with self.engine.begin() as conn:
             if rows:
                 await conn.execute(self._events_insert, rows)

@@ -17,7 +17,7 @@ from itertools import chain
 from typing import Any
 
 from callstream.store import sqlite_process
-from callstream.store.chunks import ChunkRow
+from callstream.store.chunks import CHUNK_COLUMNS, ChunkRow
 from callstream.store.sqlite_process import Statement
 
 # Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step per statement,
@@ -25,7 +25,6 @@ from callstream.store.sqlite_process import Statement
 # forth) once per row. Statements of 256, 16 and 1 rows keep the statement cache to three texts
 # per table. Same CPU per row as executemany (bench/sqlite_floor.py measures it); SQLite's json_each,
 # the other way to one step per batch, measured 14.7 µs a row against 8–9 when tried.
-_CHUNK_COLUMNS = ("account", "call_id", "first_seq", "last_seq", "events")
 _CALL_COLUMNS = (
     "account", "call_id", "status", "started_at", "ended_at", "duration_ms", "end_status", "reason",
     "last_seq", "sentiment_sum", "sentiment_n",
@@ -104,7 +103,7 @@ class SqliteEventWriter:
         """The transaction's statements, built on the event loop: the writer process then only
         hands each statement to SQLite."""
         merged = [tuple(c[k] for k in _CALL_COLUMNS) for c in calls]
-        return _statements(_INSERT_CHUNKS, _CHUNK_COLUMNS, chunks) + _statements(_UPSERT_CALLS, _CALL_COLUMNS, merged)
+        return _statements(_INSERT_CHUNKS, CHUNK_COLUMNS, chunks) + _statements(_UPSERT_CALLS, _CALL_COLUMNS, merged)
 
     async def _round_trip(self, body: bytes) -> bytes:
         process = self._process
