@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
-from callstream.events import Event, text_frame
+from callstream.events import Event, EventInvalidError, check_payload, text_frame
 from callstream.server.transport import frame_payload
 
 
@@ -28,3 +29,26 @@ def test_an_event_is_encoded_once_and_its_frame_carries_the_envelope() -> None:
         "ts": 1234,
         "data": {"state": "thinking"},
     }
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "problem"),
+    [
+        ("transcript.final", {"speaker": "bot", "text": "x"}, "speaker"),
+        ("transcript.partial", {"speaker": "user", "text": "x", "is_final": True}, "is_final"),
+        ("agent.state", {"state": "sleeping"}, "state"),
+        ("function.call", {"name": "f"}, "args"),
+        ("call.ended", {"status": "completed", "duration_ms": -1}, "duration_ms"),
+        ("call.ended", {"status": "exploded", "duration_ms": 1}, "status"),
+        ("error", {}, "cannot be published"),
+    ],
+)
+def test_invalid_payloads_name_the_field(kind: str, data: dict[str, object], problem: str) -> None:
+    with pytest.raises(EventInvalidError, match=problem):
+        check_payload(kind, data)
+
+
+def test_is_final_is_completed_and_extra_fields_pass_through() -> None:
+    data: dict[str, object] = {"speaker": "user", "text": "hi", "confidence": 0.93}
+    check_payload("transcript.final", data)
+    assert data == {"speaker": "user", "text": "hi", "confidence": 0.93, "is_final": True}
