@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from callstream.events import Event
 from callstream.store import SqlStore, tables
-from callstream.store.chunks import chunk_rows
+from callstream.store.chunks import by_call, chunk_rows
 from callstream.store.sqlite_process import open_db, run_transaction
 from callstream.store.sqlite_writer import SqliteEventWriter
 
@@ -50,7 +50,8 @@ def one_run(path: Path, batches: int, calls: int, per_call: int) -> tuple[float,
                 seqs[c] += 1
                 events.append(Event("bench", f"floor{c:05d}", seqs[c], 1_795_644_460_123, "transcript.final", DATA))
         t0 = time.perf_counter()
-        statements = SqliteEventWriter.statements(chunk_rows(events), SqlStore._call_rows(events))
+        grouped = by_call(events)
+        statements = SqliteEventWriter.statements(chunk_rows(grouped), SqlStore._call_rows(grouped))
         pickle.dumps(statements, pickle.HIGHEST_PROTOCOL)  # what the node sends the writer process
         t1 = time.perf_counter()
         run_transaction(db, statements)

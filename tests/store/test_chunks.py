@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from callstream.events import Event
-from callstream.store.chunks import MAX_CHUNK_EVENTS, chunk_rows, events_in
+from callstream.store.chunks import MAX_CHUNK_EVENTS, by_call, chunk_rows, events_in
 from tests.store.test_store_contract import event
 
 
@@ -19,19 +19,19 @@ def test_a_commit_stores_one_row_per_call_and_no_partials() -> None:
         event("acme", "c1", 3, "transcript.final"),
         event("other", "c1", 1),
     ]
-    rows = chunk_rows(batch)
+    rows = chunk_rows(by_call(batch))
     assert [row[:4] for row in rows] == [("acme", "c1", 1, 3), ("acme", "c2", 1, 1), ("other", "c1", 1, 1)]
     assert orjson.loads(rows[0][4]) == [orjson.loads(batch[0].frame), orjson.loads(batch[3].frame)]
 
 
 def test_a_call_with_more_events_than_a_chunk_holds_gets_several() -> None:
-    rows = chunk_rows([event("acme", "c1", seq) for seq in range(1, MAX_CHUNK_EVENTS + 2)])
+    rows = chunk_rows(by_call([event("acme", "c1", seq) for seq in range(1, MAX_CHUNK_EVENTS + 2)]))
     assert [row[2:4] for row in rows] == [(1, MAX_CHUNK_EVENTS), (MAX_CHUNK_EVENTS + 1, MAX_CHUNK_EVENTS + 1)]
 
 
 def test_events_come_back_as_published_in_range_and_in_seq_order() -> None:
-    one = chunk_rows([event("acme", "c1", s, "transcript.final", text=f"t{s}") for s in (1, 3, 5)])[0][4]
-    other = chunk_rows([event("acme", "c1", s) for s in (2, 4)])[0][4]
+    one = chunk_rows(by_call([event("acme", "c1", s, "transcript.final", text=f"t{s}") for s in (1, 3, 5)]))[0][4]
+    other = chunk_rows(by_call([event("acme", "c1", s) for s in (2, 4)]))[0][4]
     got = events_in([one, other])
     assert [(e.seq, e.ts, e.type) for e in got] == [
         (1, 1_000, "transcript.final"), (2, 2_000, "agent.state"), (3, 3_000, "transcript.final"),
@@ -56,6 +56,6 @@ def test_stored_data_comes_back_exactly_as_published(data: dict[str, object], ca
     included) reads back equal from the stored chunk."""
     data = {**data, "text": '"],[{"data":{"x":1}}'}
     published = Event("acme", call_id, 3, 1234, "transcript.final", data)
-    (row,) = chunk_rows([published])
+    (row,) = chunk_rows(by_call([published]))
     (stored,) = events_in([row[4]])
     assert (stored.seq, stored.ts, stored.type, stored.data) == (3, 1234, "transcript.final", data)

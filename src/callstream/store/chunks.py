@@ -3,9 +3,10 @@
 A row per event made SQLite's per-row work (a B-tree insert in the table and its primary key,
 the statement's per-row binding) most of what storing an event cost: 7.4 µs of the writer's time
 per event against 2.8 µs in chunks (`bench/sqlite_floor.py`: batches of 1,000 events over 100
-calls), and on PostgreSQL it was a row's worth of executemany per event on the node. A chunk is one row per call per commit: the
-call's events of that batch as a JSON array of their wire frames (already encoded once for the
-subscribers, so storing them is a join), keyed by the last `seq` it holds.
+calls), and on PostgreSQL it was a row's worth of executemany per event on the node. A chunk is
+one row per call per commit: the call's events of that batch as a JSON array of their wire
+frames (already encoded once for the subscribers, so storing them is a join), keyed by the last
+`seq` it holds.
 
 Reads get whole chunks and cut them to the range asked for. Chunks of one call do not overlap
 when one node sequences it; when producers on two nodes feed one call, each node's chunks hold
@@ -23,7 +24,9 @@ import orjson
 
 from callstream.events import PARTIAL, Event
 
-__all__ = ["CHUNK_COLUMNS", "MAX_CHUNK_EVENTS", "ChunkRow", "StoredEvent", "chunk_rows", "events_in"]
+__all__ = [
+    "CHUNK_COLUMNS", "MAX_CHUNK_EVENTS", "CallEvents", "ChunkRow", "StoredEvent", "by_call", "chunk_rows", "events_in",
+]
 
 # A read that wants one event decodes its whole chunk; 256 frames (~64 KB) bound that, and a
 # commit of more than 256 events of one call is rare (5,000-event batches over 100 calls are 50).
@@ -44,19 +47,29 @@ class StoredEvent:
 _seq = attrgetter("seq")
 
 
-def chunk_rows(events: Iterable[Event]) -> list[ChunkRow]:
-    """The rows that store `events` (partials are not stored): per call, in the order given."""
-    by_call: dict[tuple[str, str], list[Event]] = {}
+CallEvents = dict[tuple[str, str], list[Event]]
+
+
+def by_call(events: Iterable[Event]) -> CallEvents:
+    """A batch's events per (account, call), each call's in `seq` order: grouped once, for both
+    the chunks and the calls rows (`SqlStore._call_rows`)."""
+    calls: CallEvents = {}
     for event in events:
-        if event.type != PARTIAL:
-            by_call.setdefault((event.account, event.call_id), []).append(event)
-    rows: list[ChunkRow] = []
-    for (account, call_id), held in by_call.items():
+        calls.setdefault((event.account, event.call_id), []).append(event)
+    for held in calls.values():
         # Already in seq order from one publish; two publishes racing on one node (the Redis
         # broker sequences before the store appends) may not be. A sorted run costs one pass.
         held.sort(key=_seq)
-        for start in range(0, len(held), MAX_CHUNK_EVENTS):
-            part = held[start : start + MAX_CHUNK_EVENTS]
+    return calls
+
+
+def chunk_rows(calls: CallEvents) -> list[ChunkRow]:
+    """The rows that store a batch (`by_call`); partials are not stored."""
+    rows: list[ChunkRow] = []
+    for (account, call_id), held in calls.items():
+        stored = [e for e in held if e.type != PARTIAL]
+        for start in range(0, len(stored), MAX_CHUNK_EVENTS):
+            part = stored[start : start + MAX_CHUNK_EVENTS]
             frames = ",".join([e.frame for e in part])
             rows.append((account, call_id, part[0].seq, part[-1].seq, f"[{frames}]"))
     return rows

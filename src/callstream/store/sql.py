@@ -29,7 +29,7 @@ from callstream.broker.base import CallState
 from callstream.events import ENDED, FINAL, Event
 from callstream.store import sqlite_process
 from callstream.store import tables as t
-from callstream.store.chunks import CHUNK_COLUMNS, StoredEvent, chunk_rows, events_in
+from callstream.store.chunks import CHUNK_COLUMNS, CallEvents, StoredEvent, by_call, chunk_rows, events_in
 from callstream.store.sqlite_writer import SqliteEventWriter
 
 log = logging.getLogger("callstream.store")
@@ -491,12 +491,13 @@ class SqlStore:
         return batch
 
     async def _commit(self, events: list[Event]) -> None:
-        calls = self._call_rows(events)
+        grouped = by_call(events)
+        calls = self._call_rows(grouped)
         if self._direct is not None and not any(c["status"] == "ended" for c in calls):
-            await self._direct.commit(chunk_rows(events), calls)
+            await self._direct.commit(chunk_rows(grouped), calls)
             self.commits += 1
             return
-        rows = [dict(zip(CHUNK_COLUMNS, row, strict=True)) for row in chunk_rows(events)]
+        rows = [dict(zip(CHUNK_COLUMNS, row, strict=True)) for row in chunk_rows(grouped)]
         async with self.engine.begin() as conn:
             if rows:
                 await conn.execute(self._events_insert, rows)
@@ -508,41 +509,39 @@ class SqlStore:
         self.commits += 1
 
     @staticmethod
-    def _call_rows(events: list[Event]) -> list[dict[str, Any]]:
-        """One row per call of the batch: what the upsert merges into `calls`."""
-        calls: dict[tuple[str, str], dict[str, Any]] = {}
-        for e in events:
-            row = calls.get((e.account, e.call_id))
-            if row is None:
-                row = calls[(e.account, e.call_id)] = {
-                    "account": e.account,
-                    "call_id": e.call_id,
-                    "status": "live",
-                    "started_at": e.ts,
-                    "ended_at": None,
-                    "duration_ms": None,
-                    "end_status": None,
-                    "reason": None,
-                    "sentiment_sum": 0.0,
-                    "sentiment_n": 0,
-                    "last_seq": e.seq,
-                }
-            elif e.seq > row["last_seq"]:  # two publishes racing on one node may append out of order
-                row["last_seq"] = e.seq
-            if e.type == ENDED:
-                row.update(
-                    status="ended",
-                    ended_at=e.ts,
-                    duration_ms=e.data["duration_ms"],
-                    end_status=e.data["status"],
-                    reason=e.data.get("reason"),
-                )
-            elif e.type == FINAL and isinstance(e.data.get("sentiment"), dict):
-                score = e.data["sentiment"].get("score")
-                if isinstance(score, int | float):
-                    row["sentiment_sum"] += float(score)
-                    row["sentiment_n"] += 1
-        return list(calls.values())
+    def _call_rows(grouped: CallEvents) -> list[dict[str, Any]]:
+        """One row per call of the batch (`chunks.by_call`): what the upsert merges into `calls`."""
+        rows: list[dict[str, Any]] = []
+        for (account, call_id), held in grouped.items():
+            row: dict[str, Any] = {
+                "account": account,
+                "call_id": call_id,
+                "status": "live",
+                "started_at": held[0].ts,
+                "ended_at": None,
+                "duration_ms": None,
+                "end_status": None,
+                "reason": None,
+                "sentiment_sum": 0.0,
+                "sentiment_n": 0,
+                "last_seq": held[-1].seq,
+            }
+            for e in held:
+                if e.type == ENDED:
+                    row.update(
+                        status="ended",
+                        ended_at=e.ts,
+                        duration_ms=e.data["duration_ms"],
+                        end_status=e.data["status"],
+                        reason=e.data.get("reason"),
+                    )
+                elif e.type == FINAL and isinstance(e.data.get("sentiment"), dict):
+                    score = e.data["sentiment"].get("score")
+                    if isinstance(score, int | float):
+                        row["sentiment_sum"] += float(score)
+                        row["sentiment_n"] += 1
+            rows.append(row)
+        return rows
 
     # Built once: SQLAlchemy memoizes a statement's cache key on the statement object, so a
     # statement rebuilt for every commit paid for its cache key (and the Python around it) every

@@ -44,7 +44,7 @@ _UPSERT_CALLS = (
     " sentiment_sum = calls.sentiment_sum + excluded.sentiment_sum,"
     " sentiment_n = calls.sentiment_n + excluded.sentiment_n"
 )
-_CHUNKS = (256, 16, 1)
+_STATEMENT_ROWS = (256, 16, 1)
 
 
 @functools.cache
@@ -57,7 +57,7 @@ def _statements(template: str, columns: tuple[str, ...], rows: Sequence[tuple[An
     """`rows` as statements of 256, 16 or 1 rows each, with their parameters flattened."""
     out: list[Statement] = []
     start = 0
-    for size in _CHUNKS:
+    for size in _STATEMENT_ROWS:
         sql = _sql(template, columns, size)
         while len(rows) - start >= size:
             out.append((sql, list(chain.from_iterable(rows[start : start + size]))))
