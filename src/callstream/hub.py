@@ -1,8 +1,11 @@
 """One node's subscriptions index and fan-out.
 
-The broker hands every event it receives for this node to `Hub.deliver`, in per-call `seq`
-order. Fan-out is a dictionary lookup and, per subscriber, one filter check and one append to
-that connection's outbox: no encoding, no awaits, no per-subscriber I/O on this path.
+The broker hands the events it receives for this node to `Hub.deliver` a batch at a time (a
+commit's worth on one node, one event from Redis), in per-call `seq` order. Fan-out is a
+dictionary lookup per call of the batch; the call's frames of the batch are joined once into one
+block, and each live subscriber that takes every event of the call gets that block handed over
+whole (`Subscriber.enqueue_block`): no encoding, no awaits, no per-event work per subscriber.
+Filtered, pending and wildcard subscriptions take the events one at a time (`offer`).
 
 A subscription starts *pending*: while the server replays history (or reads the call's state
 for `subscribed`), live events are parked on the subscription; once the replay is sent they
@@ -12,7 +15,7 @@ gap-free and duplicate-free without locking the broker.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from callstream.events import Event
@@ -20,10 +23,15 @@ from callstream.protocol import WILDCARD
 
 
 class Subscriber(Protocol):
-    """What the hub needs of a connection: a non-blocking append, and word that a subscription
+    """What the hub needs of a connection: non-blocking appends, and word that a subscription
     is over (its call ended)."""
 
     def enqueue_event(self, event: Event) -> None: ...
+
+    def enqueue_block(self, block: bytes, events: Sequence[Event]) -> int:
+        """`events` (one call's, in seq order) and `block`, their frames joined. Returns how many
+        were written to the socket at once (the rest is queued)."""
+        ...
 
     def subscription_over(self, sub: Subscription) -> None: ...
 
@@ -62,6 +70,44 @@ class Subscription:
         return released
 
 
+def _by_call(events: Sequence[Event]) -> Iterable[tuple[tuple[str, str], Sequence[Event]]]:
+    """The batch's events per (account, call), in order; a batch of one needs no grouping."""
+    if len(events) == 1:
+        event = events[0]
+        return (((event.account, event.call_id), events),)
+    groups: dict[tuple[str, str], list[Event]] = {}
+    for event in events:
+        key = (event.account, event.call_id)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [event]
+        else:
+            group.append(event)
+    return groups.items()
+
+
+def _fan_out(subs: Iterable[Subscription], group: Sequence[Event]) -> int:
+    """One call's events of a batch to its explicit subscriptions.
+
+    A live subscription without a type filter, that has sent none of these seqs yet, takes the
+    whole group as one block of frames, joined once for all of them; any other goes event by
+    event (`offer`: parking, filtering, duplicates).
+    """
+    first, last = group[0].seq, group[-1].seq
+    block: bytes | None = None
+    written = 0
+    for sub in subs:
+        if sub.parked is None and sub.types is None and first > sub.last_seq:
+            sub.last_seq = last
+            if block is None:
+                block = group[0].wire if len(group) == 1 else b"".join([e.wire for e in group])
+            written += sub.conn.enqueue_block(block, group)
+        else:
+            for event in group:
+                sub.offer(event)
+    return written
+
+
 class Hub:
     """Index of (account, call) → subscriptions, and account → wildcard subscriptions."""
 
@@ -90,17 +136,24 @@ class Hub:
         index = self._index_for(account, call_id, create=False)
         return None if index is None else index.get(conn)
 
-    def deliver(self, event: Event) -> None:
-        """Fan one event out to this node's subscribers; each connection gets it at most once."""
-        explicit = self._calls.get((event.account, event.call_id))
-        if explicit:
-            for sub in explicit.values():
-                sub.offer(event)
-        wildcard = self._wildcards.get(event.account)
-        if wildcard:
-            for conn, sub in wildcard.items():
-                if explicit is None or conn not in explicit:
-                    sub.offer(event)
+    def deliver(self, events: Sequence[Event]) -> int:
+        """Fan a batch out to this node's subscribers; each connection gets each event at most
+        once. Returns the deliveries written to sockets at once (`enqueue_block`)."""
+        written = 0
+        calls = self._calls
+        for key, group in _by_call(events):
+            explicit = calls.get(key)
+            if explicit:
+                written += _fan_out(explicit.values(), group)
+        if self._wildcards:
+            for event in events:
+                wildcard = self._wildcards.get(event.account)
+                if wildcard:
+                    explicit = calls.get((event.account, event.call_id))
+                    for conn, sub in wildcard.items():
+                        if explicit is None or conn not in explicit:
+                            sub.offer(event)
+        return written
 
     def end_call(self, account: str, call_id: str) -> list[Subscription]:
         """`call.ended` was fanned out: nothing can follow it, so the call's subscriptions are over.

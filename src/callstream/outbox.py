@@ -35,7 +35,10 @@ class Outbox:
         # A list, replaced by a fresh one whenever a write takes everything (the common case): an
         # idle connection's outbox costs an empty list, where a deque keeps a 64-slot block.
         self._items: list[_Item] = []
-        self._bytes = 0
+        # A plain attribute, not a property: fan-out asks "is anything queued?" once per delivery
+        # (frames are never empty, so 0 bytes means nothing queued), and a Python-level call
+        # (`__len__`) there cost about 5 % of the node's CPU at 40k deliveries/s.
+        self.queued_bytes = 0
         self._high_water = high_water_bytes
         self._dropped = 0
         self.overflowed = False
@@ -44,22 +47,18 @@ class Outbox:
         return len(self._items)
 
     @property
-    def queued_bytes(self) -> int:
-        return self._bytes
-
-    @property
     def has_room(self) -> bool:
         """Below half the high-water mark: a replay may add more without risking overflow."""
-        return self._bytes * 2 < self._high_water
+        return self.queued_bytes * 2 < self._high_water
 
     def push(self, frame: bytes, key: str | None = None, partial: bool = False) -> bool:
         if self.overflowed:
             return False
         self._items.append((frame, key, partial))
-        self._bytes += len(frame)
-        if self._bytes > self._high_water:
+        self.queued_bytes += len(frame)
+        if self.queued_bytes > self._high_water:
             self._drop_superseded_partials()
-            if self._bytes > self._high_water:
+            if self.queued_bytes > self._high_water:
                 self.overflowed = True
                 return False
         return True
@@ -68,14 +67,14 @@ class Outbox:
         if not self._items:
             return None
         item = self._items.pop(0)
-        self._bytes -= len(item[0])
+        self.queued_bytes -= len(item[0])
         return item[0]
 
     def pop_batch(self, max_bytes: int) -> list[bytes]:
         """Oldest frames up to about `max_bytes` (at least one): what one socket write carries."""
         items = self._items
-        if self._bytes <= max_bytes:  # everything: hand the frames over, keep nothing
-            self._items, self._bytes = [], 0
+        if self.queued_bytes <= max_bytes:  # everything: hand the frames over, keep nothing
+            self._items, self.queued_bytes = [], 0
             return [item[0] for item in items]
         batch, size, taken = [], 0, 0
         for item in items:
@@ -85,7 +84,7 @@ class Outbox:
             batch.append(item[0])
             taken += 1
         del items[:taken]
-        self._bytes -= size
+        self.queued_bytes -= size
         return batch
 
     def _drop_superseded_partials(self) -> None:
@@ -96,7 +95,7 @@ class Outbox:
             frame, key, partial = item
             if key is not None:
                 if partial and key in seen:
-                    self._bytes -= len(frame)
+                    self.queued_bytes -= len(frame)
                     self._dropped += 1
                     continue
                 seen.add(key)
@@ -106,5 +105,5 @@ class Outbox:
 
     def statistics(self) -> OutboxStatistics:
         return OutboxStatistics(
-            len(self._items), self._bytes, self._dropped, self._high_water, self.overflowed
+            len(self._items), self.queued_bytes, self._dropped, self._high_water, self.overflowed
         )

@@ -74,7 +74,7 @@ class Nodes:
     async def add(self) -> Node:
         broker = self.make()
         node = Node(broker)
-        await broker.start(node.got.append, self.calls.load)
+        await broker.start(node.got.extend, self.calls.load)
         self.started.append(node)
         return node
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from callstream.events import Event, NewEvent
 
-Deliver = Callable[[Event], None]
+Deliver = Callable[[Sequence[Event]], None]  # a batch, in per-call seq order
 
 
 @dataclass(slots=True)

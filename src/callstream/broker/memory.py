@@ -150,10 +150,11 @@ class MemoryBroker(Broker):
 
     def deliver_stored(self, events: Sequence[Event]) -> None:
         assert self._deliver is not None
-        for event in events:
-            self._deliver(event)
-            if event.type == ENDED and self._deliver_after_store:
-                self._release_log(event.account, event.call_id)
+        self._deliver(events)
+        if self._deliver_after_store:
+            for event in events:
+                if event.type == ENDED:
+                    self._release_log(event.account, event.call_id)
 
     def _release_log(self, account: str, call_id: str) -> None:
         """An ended call whose events are all committed: the store now answers `since` for it.

@@ -535,7 +535,7 @@ class RedisBroker(Broker):
         if len(self._last_seq) > _DEDUPE_CALLS:
             self._last_seq.popitem(last=False)
         try:
-            self._deliver(event)
+            self._deliver((event,))
         except Exception:
             log.exception("deliver failed for %s seq %d", event.call_id, event.seq)
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -186,6 +187,29 @@ class EventsConnection:
         else:
             self._too_slow()
 
+    def enqueue_block(self, block: bytes, events: Sequence[Event]) -> int:
+        """A call's events of one fan-out, their frames joined (`Hub.deliver`).
+
+        A socket that follows this one call only and has nothing queued gets the block written
+        at once: nothing else can be due to it in the same fan-out, so waiting for the flush
+        after it would only cost the bookkeeping (`flush_now`). A socket with other calls waits
+        for the flush, which writes everything this fan-out brought it together; a socket with
+        a backlog, or one that pushes back, takes the events into its outbox one by one, where
+        the slow-consumer policy applies.
+        """
+        writer = self._frame_writer
+        if (
+            not self.outbox.queued_bytes
+            and len(self.subs) == 1
+            and writer is not None
+            and writer.writable.is_set()
+            and not self.closed
+        ):
+            return len(events) if writer.write_frames(block) else 0
+        for event in events:
+            self.enqueue_event(event)
+        return 0
+
     def _queued(self) -> None:
         if not self._dirty:
             self._dirty = True
@@ -207,12 +231,12 @@ class EventsConnection:
             self._drain_later()
             return 0
         sent = 0
-        while self.outbox and writer.writable.is_set():
+        while self.outbox.queued_bytes and writer.writable.is_set():
             batch = self.outbox.pop_batch(_WRITE_BATCH_BYTES)
             if not writer.write_frames(b"".join(batch)):
                 return sent
             sent += len(batch)
-        if self.outbox:
+        if self.outbox.queued_bytes:
             self._drain_later()
         if self._room is not None:
             self._made_room()

@@ -118,10 +118,13 @@ class Runtime:
         older = [Event(account, call_id, s.seq, s.ts, s.type, s.data) for s in stored]
         return older + held.events
 
-    def _deliver(self, event: Event) -> None:
-        self.hub.deliver(event)
-        if event.type == ENDED and (over := self.hub.end_call(event.account, event.call_id)):
-            asyncio.get_running_loop().create_task(self._unwatch(event.account, event.call_id, len(over)))
+    def _deliver(self, events: Sequence[Event]) -> None:
+        written = self.hub.deliver(events)
+        if written:
+            metrics.EVENTS_DELIVERED.inc(written)  # the rest is counted as its socket is written
+        for event in events:
+            if event.type == ENDED and (over := self.hub.end_call(event.account, event.call_id)):
+                asyncio.get_running_loop().create_task(self._unwatch(event.account, event.call_id, len(over)))
 
     async def _unwatch(self, account: str, call_id: str, times: int) -> None:
         """Balance the broker's watches of subscriptions the hub ended (one per subscription)."""
