@@ -296,14 +296,16 @@ class Bench:
         if not self.args.profile or not target.name.startswith("callstream"):
             return []
         spy = str(Path(sys.executable).parent / "py-spy")
+        # py-spy on the load's cores: on the server's it would take a tenth of that core from it.
+        pin = ["taskset", "-c", self.args.load_cpus] if self.args.load_cpus else []
         common = ["--pid", str(target.pid), "--duration", str(int(seconds)), "--rate", "200", "--nonblocking",
                   "--threads"]
         out = RESULTS / f"profile-{name}"
         RESULTS.mkdir(parents=True, exist_ok=True)
         with open(f"{out}.log", "wb") as errors:  # py-spy's own complaints (permissions, a lost pid)
-            return [subprocess.Popen([spy, "record", *common, "-o", f"{out}.svg"], stdout=subprocess.DEVNULL,
+            return [subprocess.Popen([*pin, spy, "record", *common, "-o", f"{out}.svg"], stdout=subprocess.DEVNULL,
                                      stderr=errors),
-                    subprocess.Popen([spy, "record", *common, "--format", "raw", "-o", f"{out}.txt"],
+                    subprocess.Popen([*pin, spy, "record", *common, "--format", "raw", "-o", f"{out}.txt"],
                                      stdout=subprocess.DEVNULL, stderr=errors)]
 
     def spied(self, procs: list[subprocess.Popen[bytes]], name: str, label: str) -> None:

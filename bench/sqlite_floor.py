@@ -9,7 +9,11 @@ schema and pragmas), in batches shaped like the ingest scenario's, with no serve
 node's share (build and pickle) is what stays on the event loop's core; the rest is the writer
 process's, on the other core when the node is not pinned to one.
 
-    .venv/bin/python -m bench.sqlite_floor [--batches 150] [--calls 100] [--per-call 10]
+    .venv/bin/python -m bench.sqlite_floor [--batches 150] [--calls 100] [--per-call 10] [--fold-every 200]
+
+Batches with fewer than `event_log.DENSE_EVENTS_PER_CALL` stored events per call go to the log, as
+in the store, and every `--fold-every` such batches (about a second of a live fan-out's commits)
+the fold's transaction runs and counts in the write column; `--path chunks|log` forces one path.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import sqlalchemy as sa
 from callstream.events import Event
 from callstream.store import SqlStore, tables
 from callstream.store.chunks import by_call, chunk_rows
+from callstream.store.event_log import FOLD, is_sparse
 from callstream.store.sqlite_process import open_db, run_transaction
 from callstream.store.sqlite_writer import SqliteEventWriter
 
@@ -33,7 +38,8 @@ DATA = {"speaker": "user", "text": "I would like to move my booking to next Tues
         "sent_ns": 1_795_644_460_123_456_789, "sentiment": {"score": 0.318, "label": "positive"}}
 
 
-def one_run(path: Path, batches: int, calls: int, per_call: int) -> tuple[float, float]:
+def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int, force: str | None
+            ) -> tuple[float, float, bool]:
     """µs per stored event: building the statements (the event loop's share), then the writer process's
     transaction (`sqlite_process.run_transaction`: both statements and the commit), here in one process."""
     engine = sa.create_engine(f"sqlite:///{path}")
@@ -42,7 +48,8 @@ def one_run(path: Path, batches: int, calls: int, per_call: int) -> tuple[float,
     db = open_db(str(path))
     seqs = dict.fromkeys(range(calls), 0)
     encode = write = 0.0
-    rows = 0
+    rows = logged_batches = 0
+    logged = False
     for _ in range(batches):
         events: list[Event] = []
         for c in range(calls):
@@ -51,15 +58,24 @@ def one_run(path: Path, batches: int, calls: int, per_call: int) -> tuple[float,
                 events.append(Event("bench", f"floor{c:05d}", seqs[c], 1_795_644_460_123, "transcript.final", DATA))
         t0 = time.perf_counter()
         grouped = by_call(events)
-        statements = SqliteEventWriter.statements(chunk_rows(grouped), SqlStore._call_rows(grouped))
+        chunks, call_rows = chunk_rows(grouped), SqlStore._call_rows(grouped)
+        logged = is_sparse(chunks, call_rows) if force is None else force == "log"
+        statements = SqliteEventWriter.statements(chunks, call_rows, logged=logged)
         pickle.dumps(statements, pickle.HIGHEST_PROTOCOL)  # what the node sends the writer process
         t1 = time.perf_counter()
         run_transaction(db, statements)
+        if logged:
+            logged_batches += 1
+            if logged_batches % fold_every == 0:
+                run_transaction(db, [(statement, []) for statement in FOLD])
         t2 = time.perf_counter()
         encode, write = encode + t1 - t0, write + t2 - t1
         rows += len(events)
+    if logged_batches % fold_every:
+        run_transaction(db, [(statement, []) for statement in FOLD])  # what is left in the log
+        write += time.perf_counter() - t2
     db.close()
-    return encode / rows * 1e6, write / rows * 1e6
+    return encode / rows * 1e6, write / rows * 1e6, logged
 
 
 def main() -> None:
@@ -69,15 +85,19 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100, help="calls a batch spans")
     parser.add_argument("--per-call", type=int, default=10, help="events a call has in a batch")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--fold-every", type=int, default=200, help="logged batches per fold")
+    parser.add_argument("--path", choices=("chunks", "log"), help="force one path (default: the store's choice)")
     args = parser.parse_args()
     results = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="sqlite-floor-") as tmp:
-            results.append(one_run(Path(tmp) / "floor.db", args.batches, args.calls, args.per_call))
+            results.append(one_run(Path(tmp) / "floor.db", args.batches, args.calls, args.per_call,
+                                   args.fold_every, args.path))
     encode, write = (statistics.median(r[k] for r in results) for k in range(2))
     total = encode + write
+    path = f"the log, folded every {args.fold_every} batches" if results[0][2] else "chunks"
     print(f"{args.runs} runs of {args.batches} batches of {args.calls * args.per_call} events "
-          f"({args.calls} calls); medians, µs per stored event:")
+          f"({args.calls} calls), written to {path}; medians, µs per stored event:")
     print(f"  build and pickle the statements (the node) {encode:.2f}   write it (insert, upsert, commit) {write:.2f}   total {total:.2f}")
     print(f"  → the store alone keeps up with at most {1e6 / total:,.0f} stored events/s on one core;"
           f" the node's own share caps it at {1e6 / encode:,.0f}/s when the writer has a core of its own")

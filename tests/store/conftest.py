@@ -54,3 +54,17 @@ async def store(store_url: str) -> AsyncIterator[SqlStore]:
 @pytest.fixture
 def account() -> str:
     return f"acct_{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "store.db"
+
+
+@pytest.fixture
+async def embedded_store(db_path: Path) -> AsyncIterator[SqlStore]:
+    """The embedded store, on a file (so with its writer process and its event log)."""
+    store = SqlStore(f"sqlite+aiosqlite:///{db_path}")
+    await store.start()
+    yield store
+    await store.close()

@@ -8,11 +8,11 @@ import os
 import shutil
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from callstream.events import Event
 from callstream.store import SqlStore, StoreUnavailableError, sqlite_process
 from tests.store.test_store_contract import event
 
@@ -35,16 +35,8 @@ def writer_processes() -> list[int]:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "store.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SqlStore]:
-    store = SqlStore(f"sqlite+aiosqlite:///{db_path}")
-    await store.start()
-    yield store
-    await store.close()
+def store(embedded_store: SqlStore) -> SqlStore:
+    return embedded_store
 
 
 async def test_a_killed_writer_loses_nothing_silently_and_is_replaced(store: SqlStore) -> None:
@@ -85,15 +77,22 @@ async def test_a_writer_that_exits_mid_batch_fails_that_batch_only(
     assert [e.seq for e in await store.events("acme", "c1")] == [1, 3]
 
 
+# A commit with one event per call goes to the log; one with several per call, straight to chunks.
+SPARSE = [event("acme", "c1", 2), event("acme", "c2", 1)]
+DENSE = [*(event("acme", "c1", seq) for seq in range(2, 7)), *(event("acme", "c2", seq) for seq in range(1, 5))]
+
+
+@pytest.mark.parametrize(("table", "batch"), [("event_log", SPARSE), ("event_chunks", DENSE)])
 async def test_a_refused_transaction_changes_nothing_and_the_writer_keeps_serving(
-    store: SqlStore, db_path: Path
+    store: SqlStore, db_path: Path, table: str, batch: list[Event]
 ) -> None:
     await store.append([event("acme", "c1", 1)])
+    assert [e.seq for e in await store.events("acme", "c1")] == [1]  # folded: the log is empty
     with sqlite3.connect(db_path) as db:
-        db.execute("CREATE TRIGGER no BEFORE INSERT ON event_chunks BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+        db.execute(f"CREATE TRIGGER no BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
 
     with pytest.raises(StoreUnavailableError):
-        await store.append([event("acme", "c1", 2), event("acme", "c2", 1)])
+        await store.append(batch)
     assert [e.seq for e in await store.events("acme", "c1")] == [1]
     assert await store.get_call("acme", "c2") is None  # the calls upsert was rolled back with it
     call = await store.get_call("acme", "c1")
@@ -102,8 +101,21 @@ async def test_a_refused_transaction_changes_nothing_and_the_writer_keeps_servin
 
     with sqlite3.connect(db_path) as db:
         db.execute("DROP TRIGGER no")
-    await store.append([event("acme", "c1", 2)])
-    assert [e.seq for e in await store.events("acme", "c1")] == [1, 2]
+    await store.append(batch)
+    assert [e.seq for e in await store.events("acme", "c1")] == [1, *(e.seq for e in batch if e.call_id == "c1")]
+    assert [e.seq for e in await store.events("acme", "c2")] == [e.seq for e in batch if e.call_id == "c2"]
+
+
+async def test_a_fold_the_database_refuses_fails_the_read_and_loses_nothing(store: SqlStore, db_path: Path) -> None:
+    await store.append([event("acme", "c1", 1), event("acme", "c2", 1)])  # logged, not folded yet
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TRIGGER no BEFORE INSERT ON event_chunks BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    with pytest.raises(StoreUnavailableError, match="fold"):
+        await store.events("acme", "c1")
+    with sqlite3.connect(db_path) as db:
+        db.execute("DROP TRIGGER no")
+    assert [e.seq for e in await store.events("acme", "c1")] == [1]
+    assert [e.seq for e in await store.events("acme", "c2")] == [1]
 
 
 async def test_the_writer_process_ends_with_the_store(db_path: Path) -> None:

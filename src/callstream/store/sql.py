@@ -30,7 +30,8 @@ from callstream.events import ENDED, FINAL, Event
 from callstream.store import sqlite_process
 from callstream.store import tables as t
 from callstream.store.chunks import CHUNK_COLUMNS, CallEvents, StoredEvent, by_call, chunk_rows, events_in
-from callstream.store.sqlite_writer import SqliteEventWriter
+from callstream.store.event_log import FOLD_EVERY_S, is_sparse
+from callstream.store.sqlite_writer import SqliteEventWriter, StoreWriterError
 
 log = logging.getLogger("callstream.store")
 
@@ -151,6 +152,11 @@ class SqlStore:
         # batches that end a call keep the SQLAlchemy path, whose hooks write the webhook outbox.
         path = url.split(":///", 1)[1] if self.dialect == "sqlite" and ":///" in url else ""
         self._direct = SqliteEventWriter(path) if path and path != ":memory:" else None
+        # Sparse commits go to the log (store/event_log.py) until a fold files them. Its state at
+        # start is unknown (a crash may have left rows), hence dirty until the first fold.
+        self._log_dirty = self._direct is not None
+        self._log_commits = 0
+        self._folder: asyncio.Task[None] | None = None
         # Call look-ups asked for in one loop iteration, answered by one query (`call_state`).
         self._wanted: dict[tuple[str, str], asyncio.Future[CallState | None]] = {}
         self._look_ups: set[asyncio.Task[None]] = set()
@@ -177,13 +183,21 @@ class SqlStore:
         await upgrade(self.engine)
         if writer:
             self._writer = asyncio.create_task(self._write_forever(), name="store-writer")
+            if self._direct is not None:
+                self._folder = asyncio.create_task(self._fold_forever(), name="store-folder")
 
     async def close(self) -> None:
+        if self._folder is not None:
+            self._folder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._folder
         if self._writer is not None:
             await self.flush()
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        with contextlib.suppress(Exception):  # else the next start folds it
+            await self._fold_log()
         if self._direct is not None:
             await self._direct.close()
         # Let look-ups in flight answer their waiters before the engine goes.
@@ -334,6 +348,14 @@ class SqlStore:
         task.add_done_callback(self._look_ups.discard)
 
     async def _look_up(self, wanted: dict[tuple[str, str], asyncio.Future[CallState | None]]) -> None:
+        try:
+            await self._fold_log()  # a call's last seq may be in the log (a restart must not reuse it)
+        except Exception as exc:
+            for future in wanted.values():
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()
+            return
         by_account: dict[str, list[str]] = {}
         for account, call_id in wanted:
             by_account.setdefault(account, []).append(call_id)
@@ -379,6 +401,7 @@ class SqlStore:
         )
 
     async def get_call(self, account: str, call_id: str) -> CallRecord | None:
+        await self._fold_log()
         query = sa.select(t.calls).where(t.calls.c.account == account, t.calls.c.call_id == call_id)
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
@@ -394,6 +417,7 @@ class SqlStore:
         call_ids: frozenset[str] | None = None,
     ) -> tuple[list[CallRecord], str | None]:
         """Newest first; the cursor is opaque to users and names the last row returned."""
+        await self._fold_log()
         c = t.calls.c
         query = sa.select(t.calls).where(c.account == account)
         if status is not None:
@@ -421,6 +445,7 @@ class SqlStore:
         until: int | None = None,
         types: Sequence[str] | None = None,
     ) -> list[StoredEvent]:
+        await self._fold_log()
         async with self.engine.connect() as conn:
             return await read_events(conn, account, call_id, since, until, types)
 
@@ -462,6 +487,27 @@ class SqlStore:
                     error = StoreUnavailableError(f"the store could not commit: {exc.__class__.__name__}")
                 self._settle(batch, error)
 
+    async def _fold_log(self) -> None:
+        """File the log (`event_log.FOLD`), if anything may be in it: before every read, so reads
+        see every committed event, and about once a second (`_fold_forever`)."""
+        if not self._log_dirty or self._direct is None:
+            return
+        seen = self._log_commits
+        try:
+            await self._direct.fold()
+        except StoreWriterError as exc:  # the log keeps its rows; the next fold tries again
+            raise StoreUnavailableError(f"the store could not fold its event log: {exc}") from exc
+        if self._log_commits == seen:  # no commit logged more meanwhile
+            self._log_dirty = False
+
+    async def _fold_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FOLD_EVERY_S)
+            try:
+                await self._fold_log()
+            except Exception as exc:  # the next read or tick tries again; the log keeps its rows
+                log.warning("folding the event log failed: %s", exc.__class__.__name__)
+
     @staticmethod
     def _settle(batch: list[_Pending], error: StoreUnavailableError | None) -> None:
         for item in batch:
@@ -494,9 +540,15 @@ class SqlStore:
         grouped = by_call(events)
         calls = self._call_rows(grouped)
         if self._direct is not None and not any(c["status"] == "ended" for c in calls):
-            await self._direct.commit(chunk_rows(grouped), calls)
+            chunks = chunk_rows(grouped)
+            logged = is_sparse(chunks, calls)
+            if logged:
+                self._log_dirty = True
+                self._log_commits += 1
+            await self._direct.commit(chunks, calls, logged=logged)
             self.commits += 1
             return
+        await self._fold_log()  # the hooks below read the call's events and its calls row
         rows = [dict(zip(CHUNK_COLUMNS, row, strict=True)) for row in chunk_rows(grouped)]
         async with self.engine.begin() as conn:
             if rows:

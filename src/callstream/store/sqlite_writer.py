@@ -1,9 +1,9 @@
 """The embedded store's event writer: its own SQLite connection, in a process of its own.
 
-Only the hot path lives here (event batches that do not end a call); everything else, including
-the batches whose `call.ended` hooks write the webhook outbox in the same transaction, keeps the
-SQLAlchemy path in `sql.py`. The statements mirror `SqlStore._commit` and `_calls_upsert`; the
-store contract tests run both.
+Only the hot path lives here (event batches that do not end a call, as chunks or into the log,
+and the log's folds); everything else, including the batches whose `call.ended` hooks write the
+webhook outbox in the same transaction, keeps the SQLAlchemy path in `sql.py`. The statements
+mirror `SqlStore._commit` and `_calls_upsert`; the store contract tests run both.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from callstream.store import sqlite_process
 from callstream.store.chunks import CHUNK_COLUMNS, ChunkRow
+from callstream.store.event_log import FOLD, LOG_COLUMNS, log_rows
 from callstream.store.sqlite_process import Statement
 
 # Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step per statement,
@@ -44,7 +45,9 @@ _UPSERT_CALLS = (
     " sentiment_sum = calls.sentiment_sum + excluded.sentiment_sum,"
     " sentiment_n = calls.sentiment_n + excluded.sentiment_n"
 )
+_INSERT_LOG = "INSERT INTO event_log ({columns}) VALUES {rows}"
 _STATEMENT_ROWS = (256, 16, 1)
+_FOLD: list[Statement] = [(statement, []) for statement in FOLD]
 
 
 @functools.cache
@@ -90,18 +93,28 @@ class SqliteEventWriter:
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
-    async def commit(self, chunks: list[ChunkRow], calls: list[dict[str, Any]]) -> None:
-        """Store `chunks` (`chunks.chunk_rows`) and merge `calls` (`SqlStore._call_rows`)."""
-        body = pickle.dumps(self.statements(chunks, calls), pickle.HIGHEST_PROTOCOL)
+    async def commit(self, chunks: list[ChunkRow], calls: list[dict[str, Any]], *, logged: bool = False) -> None:
+        """Store `chunks` (`chunks.chunk_rows`) and merge `calls` (`SqlStore._call_rows`), or with
+        `logged`, append both to the log for the next fold (`event_log`)."""
+        await self._transaction(self.statements(chunks, calls, logged=logged))
+
+    async def fold(self) -> None:
+        """File the log into event_chunks and calls (`event_log.FOLD`)."""
+        await self._transaction(_FOLD)
+
+    async def _transaction(self, statements: list[Statement]) -> None:
+        body = pickle.dumps(statements, pickle.HIGHEST_PROTOCOL)
         async with self._lock:
             reply = await self._round_trip(body)
         if reply:
             raise StoreWriterError(reply.decode(errors="replace"))
 
     @staticmethod
-    def statements(chunks: list[ChunkRow], calls: list[dict[str, Any]]) -> list[Statement]:
+    def statements(chunks: list[ChunkRow], calls: list[dict[str, Any]], *, logged: bool = False) -> list[Statement]:
         """The transaction's statements, built on the event loop: the writer process then only
         hands each statement to SQLite."""
+        if logged:
+            return _statements(_INSERT_LOG, LOG_COLUMNS, log_rows(chunks, calls))
         merged = [tuple(c[k] for k in _CALL_COLUMNS) for c in calls]
         return _statements(_INSERT_CHUNKS, CHUNK_COLUMNS, chunks) + _statements(_UPSERT_CALLS, _CALL_COLUMNS, merged)
 

@@ -1,0 +1,160 @@
+"""The log of sparse commits and its fold (store/event_log.py): which commits go there, what a row
+holds, and that every read, restart and downgrade sees the logged events as if they were chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import orjson
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from callstream.events import Event
+from callstream.store import SqlStore, migrate
+from callstream.store.chunks import by_call, chunk_rows
+from callstream.store.event_log import DENSE_EVENTS_PER_CALL, LOG_COLUMNS, is_sparse, log_rows
+from tests.store.test_store_contract import event
+
+
+def rows_of(batch: list[Event]) -> tuple[list[tuple[str, str, int, int, str]], list[dict[str, object]]]:
+    grouped = by_call(batch)
+    return chunk_rows(grouped), SqlStore._call_rows(grouped)
+
+
+def test_a_commit_with_few_stored_events_per_call_is_logged_and_a_dense_one_is_not() -> None:
+    one_each = [event("acme", f"c{n}", 1) for n in range(40)]
+    assert is_sparse(*rows_of(one_each))
+    partials_only = [event("acme", "c1", seq, "transcript.partial") for seq in range(1, 30)]
+    assert is_sparse(*rows_of(partials_only))  # nothing to file as chunks; the log is cheaper
+    dense = [event("acme", f"c{n}", seq) for n in range(3) for seq in range(1, DENSE_EVENTS_PER_CALL + 1)]
+    assert not is_sparse(*rows_of(dense))
+
+
+def test_a_log_row_holds_a_calls_stored_frames_and_what_its_calls_row_needs() -> None:
+    batch = [
+        event("acme", "c1", 7, "transcript.final", sentiment={"score": 0.5}),
+        event("acme", "c2", 3, "transcript.partial"),
+        event("acme", "c1", 8, "transcript.partial"),
+    ]
+    rows = [dict(zip(LOG_COLUMNS, row, strict=True)) for row in log_rows(*rows_of(batch))]
+    assert rows == [
+        {"account": "acme", "call_id": "c1", "first_seq": 7, "last_seq": 7, "events": f"[{batch[0].frame}]",
+         "call_last_seq": 8, "started_at": 7_000, "sentiment_sum": 0.5, "sentiment_n": 1},
+        # partials only: no frames, but the call's seq moved on (a restart must not reuse 3)
+        {"account": "acme", "call_id": "c2", "first_seq": None, "last_seq": None, "events": "[]",
+         "call_last_seq": 3, "started_at": 3_000, "sentiment_sum": 0.0, "sentiment_n": 0},
+    ]
+
+
+def test_a_call_split_over_several_chunks_is_one_log_row() -> None:
+    batch = [event("acme", "c1", seq) for seq in range(1, 600)]
+    chunks, calls = rows_of(batch)
+    assert len(chunks) == 3
+    [row] = log_rows(chunks, calls)
+    assert row[2:4] == (1, 599)
+    assert [f["seq"] for f in orjson.loads(row[4])] == list(range(1, 600))
+
+
+@pytest.fixture
+def store(embedded_store: SqlStore) -> SqlStore:
+    return embedded_store
+
+
+def leave_in_log(db_path: Path, batch: list[Event]) -> None:
+    """Rows in the log that no fold has filed, written behind the store's back."""
+    insert = f"INSERT INTO event_log ({', '.join(LOG_COLUMNS)}) VALUES ({', '.join('?' * len(LOG_COLUMNS))})"  # noqa: S608
+    with sqlite3.connect(db_path) as db:
+        db.executemany(insert, log_rows(*rows_of(batch)))
+
+
+def logged_rows(db_path: Path) -> int:
+    with sqlite3.connect(db_path) as db:
+        count: int = db.execute("SELECT count(*) FROM event_log").fetchone()[0]
+    return count
+
+
+async def test_sparse_and_dense_commits_of_one_call_read_back_as_one_history(store: SqlStore, db_path: Path) -> None:
+    await store.append([event("acme", "c1", 2, "transcript.final", sentiment={"score": 1.0}), event("acme", "c2", 1)])
+    await store.append([event("acme", "c1", seq) for seq in range(3, 3 + 2 * DENSE_EVENTS_PER_CALL)])  # dense
+    await store.append([event("acme", "c1", 20, "transcript.partial"), event("acme", "c3", 1)])
+    assert logged_rows(db_path) == 4  # c1 and c2, then c1 and c3: nothing folded yet
+
+    got = await store.events("acme", "c1")  # a read folds first
+
+    assert logged_rows(db_path) == 0
+    assert [e.seq for e in got] == list(range(2, 3 + 2 * DENSE_EVENTS_PER_CALL))
+    call = await store.get_call("acme", "c1")
+    assert call is not None
+    # the earliest event's time, though the dense commit made the calls row; the partial's seq
+    assert (call.started_at, call.last_seq, call.sentiment) == (2_000, 20, 1.0)
+    calls, _ = await store.list_calls("acme", status="live", limit=10, cursor=None)
+    assert sorted(c.call_id for c in calls) == ["c1", "c2", "c3"]
+
+
+async def test_the_log_is_folded_within_seconds_without_a_read(store: SqlStore, db_path: Path) -> None:
+    await store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
+    assert logged_rows(db_path) == 2
+    for _ in range(50):
+        if not logged_rows(db_path):
+            break
+        await asyncio.sleep(0.1)
+    assert logged_rows(db_path) == 0
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT call_id, last_seq FROM calls ORDER BY call_id").fetchall() == [("c1", 1), ("c2", 1)]
+
+
+async def test_a_node_that_died_with_rows_in_the_log_resumes_from_them(db_path: Path) -> None:
+    """The rows a crash left in the log count from the first read on: the call's last seq (a
+    partial's, here) is not handed out again, and its events replay."""
+    first = SqlStore(f"sqlite+aiosqlite:///{db_path}")
+    await first.start(writer=False)
+    await first.close()
+    batch = [event("acme", "c1", 1, "transcript.final"), event("acme", "c1", 2, "transcript.partial")]
+    leave_in_log(db_path, batch)  # what the writer process had committed when the node died
+
+    node = SqlStore(f"sqlite+aiosqlite:///{db_path}")
+    await node.start()
+    try:
+        state = await node.call_state("acme", "c1")
+        assert state is not None
+        assert (state.status, state.last_seq, state.started_at) == ("live", 2, 1_000)
+        assert [e.seq for e in await node.events("acme", "c1")] == [1]
+    finally:
+        await node.close()
+
+
+async def test_a_call_ended_commit_files_the_log_first(store: SqlStore) -> None:
+    """The `call.ended` commit runs the webhook hooks, which read the call's events and row."""
+    seen: list[list[int]] = []
+
+    async def hook(conn: object, ended: Event) -> None:
+        from callstream.store.sql import read_events
+
+        seen.append([e.seq for e in await read_events(conn, ended.account, ended.call_id)])  # type: ignore[arg-type]
+
+    store.ended_hooks.append(hook)
+    await store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
+    await store.append([event("acme", "c1", 2, "call.ended")])
+    assert seen == [[1, 2]]
+
+
+async def test_downgrading_past_the_log_files_what_it_holds(db_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{db_path}"
+    store = SqlStore(url)
+    await store.start(writer=False)
+    await store.close()
+    leave_in_log(db_path, [event("acme", "c1", 1), event("acme", "c1", 2)])
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda sync: command.downgrade(migrate._config(sync), "0003"))
+            tables = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+            chunks = (await conn.execute(sa.text("SELECT first_seq, last_seq FROM event_chunks"))).all()
+    finally:
+        await engine.dispose()
+    assert "event_log" not in tables
+    assert [tuple(r) for r in chunks] == [(1, 2)]
