@@ -185,8 +185,9 @@ class Bench:
         return names
 
     def ladder(self) -> list[int]:
-        # finer around the bound: 1.2× a ~20k reference is 24k
-        steps = [10_000, 20_000, 24_000, 30_000, 40_000, 60_000, 80_000, 100_000, 125_000, 150_000, 200_000, 250_000]
+        # finer around the bounds: 1.2× a ~20k reference was 24k; the bare reference now holds 60–80k
+        steps = [10_000, 20_000, 24_000, 30_000, 40_000, 60_000, 70_000, 80_000, 90_000, 100_000, 125_000, 150_000,
+                 200_000, 250_000]
         if self.args.steps:
             steps = sorted(int(x) for x in self.args.steps.split(","))
         if self.args.max_rate:
@@ -560,6 +561,8 @@ class Bench:
         redis_url = self.args.redis
         pg_url = self.args.postgres
         rates = [10_000, 20_000, 40_000] if self.quick else [10_000, 20_000, 30_000, 40_000, 60_000]
+        if self.args.steps:
+            rates = [int(x) for x in self.args.steps.split(",")]
         warm, window = (1.0, 3.0) if self.quick else (1.5, 5.0)
         cpus = [c.strip() for c in self.args.node_cpus.split(",")]
         for count in (1, 2):

@@ -31,6 +31,7 @@ from callstream.store import sqlite_process
 from callstream.store import tables as t
 from callstream.store.chunks import CHUNK_COLUMNS, CallEvents, StoredEvent, by_call, chunk_rows, events_in
 from callstream.store.event_log import FOLD_EVERY_S, is_sparse
+from callstream.store.pg_writer import PgEventWriter
 from callstream.store.sqlite_writer import SqliteEventWriter, StoreWriterError
 
 log = logging.getLogger("callstream.store")
@@ -152,6 +153,8 @@ class SqlStore:
         # batches that end a call keep the SQLAlchemy path, whose hooks write the webhook outbox.
         path = url.split(":///", 1)[1] if self.dialect == "sqlite" and ":///" in url else ""
         self._direct = SqliteEventWriter(path) if path and path != ":memory:" else None
+        # PostgreSQL: those batches go out as one statement on a connection of the writer's own.
+        self._pg = PgEventWriter(self.engine) if self.dialect == "postgresql" else None
         # Sparse commits go to the log (store/event_log.py) until a fold files them. Its state at
         # start is unknown (a crash may have left rows), hence dirty until the first fold.
         self._log_dirty = self._direct is not None
@@ -200,6 +203,8 @@ class SqlStore:
             await self._fold_log()
         if self._direct is not None:
             await self._direct.close()
+        if self._pg is not None:
+            await self._pg.close()
         # Let look-ups in flight answer their waiters before the engine goes.
         await asyncio.gather(*self._look_ups, return_exceptions=True)
         await self.engine.dispose()
@@ -546,6 +551,10 @@ class SqlStore:
                 self._log_dirty = True
                 self._log_commits += 1
             await self._direct.commit(chunks, calls, logged=logged)
+            self.commits += 1
+            return
+        if self._pg is not None and not any(c["status"] == "ended" for c in calls):
+            await self._pg.commit(chunk_rows(grouped), calls)
             self.commits += 1
             return
         await self._fold_log()  # the hooks below read the call's events and its calls row

@@ -1,0 +1,75 @@
+"""PostgreSQL's one-statement event writer (store/pg_writer.py): all or nothing, and it outlives a
+refused statement and a dropped connection."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+
+from callstream.store import SqlStore, StoreUnavailableError
+from callstream.store.chunks import by_call, chunk_rows
+from callstream.store.pg_writer import columns
+from tests.store.test_store_contract import event
+
+
+def test_the_statement_gets_each_column_as_one_array() -> None:
+    grouped = by_call([event("acme", "c1", 1, "transcript.final", sentiment={"score": 0.5}), event("acme", "c2", 4)])
+    got = columns(chunk_rows(grouped), SqlStore._call_rows(grouped))
+    assert got[:4] == [["acme", "acme"], ["c1", "c2"], [1, 4], [1, 4]]
+    assert got[5:] == [["acme", "acme"], ["c1", "c2"], [1_000, 4_000], [1, 4], [0.5, 0.0], [1, 0]]
+    partials_only = by_call([event("acme", "c1", 2, "transcript.partial")])
+    assert columns(chunk_rows(partials_only), SqlStore._call_rows(partials_only))[:5] == [[]] * 5
+
+
+@pytest.fixture
+async def pg_store(pg_url: str) -> AsyncIterator[SqlStore]:
+    store = SqlStore(pg_url)
+    await store.start()
+    yield store
+    await store.close()
+
+
+async def test_a_refused_statement_changes_nothing_and_the_writer_keeps_serving(pg_store: SqlStore, account: str) -> None:
+    await pg_store.append([event(account, "c1", 1)])
+    async with pg_store.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            f"CREATE FUNCTION refuse_{account}() RETURNS trigger AS $$ BEGIN IF NEW.account = '{account}'"
+            " THEN RAISE EXCEPTION 'disk says no'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        await conn.exec_driver_sql(
+            f"CREATE TRIGGER refuse_{account} BEFORE INSERT ON event_chunks FOR EACH ROW EXECUTE FUNCTION refuse_{account}()"
+        )
+    try:
+        with pytest.raises(StoreUnavailableError):
+            await pg_store.append([event(account, "c1", 2), event(account, "c2", 1)])
+        assert [e.seq for e in await pg_store.events(account, "c1")] == [1]
+        assert await pg_store.get_call(account, "c2") is None  # the calls upsert is the same statement
+        call = await pg_store.get_call(account, "c1")
+        assert call is not None
+        assert call.last_seq == 1
+    finally:
+        async with pg_store.engine.begin() as conn:
+            await conn.exec_driver_sql(f"DROP TRIGGER refuse_{account} ON event_chunks")
+            await conn.exec_driver_sql(f"DROP FUNCTION refuse_{account}()")
+    await pg_store.append([event(account, "c1", 2), event(account, "c2", 1)])
+    assert [e.seq for e in await pg_store.events(account, "c1")] == [1, 2]
+    assert [e.seq for e in await pg_store.events(account, "c2")] == [1]
+
+
+async def test_a_dropped_connection_fails_at_most_one_batch(pg_store: SqlStore, account: str) -> None:
+    await pg_store.append([event(account, "c1", 1)])
+    async with pg_store.engine.begin() as conn:  # the writer's connection: the one idle in no transaction
+        killed = (await conn.execute(sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE '%unnest%'"
+        ))).scalars().all()
+    assert killed == [True]
+    try:
+        await pg_store.append([event(account, "c1", 2)])
+        expected = [1, 2, 3]
+    except StoreUnavailableError:  # the batch on the dead connection; the producer is told
+        expected = [1, 3]
+    await pg_store.append([event(account, "c1", 3)])
+    assert [e.seq for e in await pg_store.events(account, "c1")] == expected
