@@ -3,8 +3,6 @@ refused statement and a dropped connection."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import sqlalchemy as sa
 
@@ -24,16 +22,14 @@ def test_the_statement_gets_each_column_as_one_array() -> None:
 
 
 @pytest.fixture
-async def pg_store(pg_url: str) -> AsyncIterator[SqlStore]:
-    store = SqlStore(pg_url)
-    await store.start()
-    yield store
-    await store.close()
+def store_url(pg_url: str) -> str:
+    """PostgreSQL only: `store` (conftest) is then a PostgreSQL store."""
+    return pg_url
 
 
-async def test_a_refused_statement_changes_nothing_and_the_writer_keeps_serving(pg_store: SqlStore, account: str) -> None:
-    await pg_store.append([event(account, "c1", 1)])
-    async with pg_store.engine.begin() as conn:
+async def test_a_refused_statement_changes_nothing_and_the_writer_keeps_serving(store: SqlStore, account: str) -> None:
+    await store.append([event(account, "c1", 1)])
+    async with store.engine.begin() as conn:
         await conn.exec_driver_sql(
             f"CREATE FUNCTION refuse_{account}() RETURNS trigger AS $$ BEGIN IF NEW.account = '{account}'"
             " THEN RAISE EXCEPTION 'disk says no'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
@@ -43,33 +39,33 @@ async def test_a_refused_statement_changes_nothing_and_the_writer_keeps_serving(
         )
     try:
         with pytest.raises(StoreUnavailableError):
-            await pg_store.append([event(account, "c1", 2), event(account, "c2", 1)])
-        assert [e.seq for e in await pg_store.events(account, "c1")] == [1]
-        assert await pg_store.get_call(account, "c2") is None  # the calls upsert is the same statement
-        call = await pg_store.get_call(account, "c1")
+            await store.append([event(account, "c1", 2), event(account, "c2", 1)])
+        assert [e.seq for e in await store.events(account, "c1")] == [1]
+        assert await store.get_call(account, "c2") is None  # the calls upsert is the same statement
+        call = await store.get_call(account, "c1")
         assert call is not None
         assert call.last_seq == 1
     finally:
-        async with pg_store.engine.begin() as conn:
+        async with store.engine.begin() as conn:
             await conn.exec_driver_sql(f"DROP TRIGGER refuse_{account} ON event_chunks")
             await conn.exec_driver_sql(f"DROP FUNCTION refuse_{account}()")
-    await pg_store.append([event(account, "c1", 2), event(account, "c2", 1)])
-    assert [e.seq for e in await pg_store.events(account, "c1")] == [1, 2]
-    assert [e.seq for e in await pg_store.events(account, "c2")] == [1]
+    await store.append([event(account, "c1", 2), event(account, "c2", 1)])
+    assert [e.seq for e in await store.events(account, "c1")] == [1, 2]
+    assert [e.seq for e in await store.events(account, "c2")] == [1]
 
 
-async def test_a_dropped_connection_fails_at_most_one_batch(pg_store: SqlStore, account: str) -> None:
-    await pg_store.append([event(account, "c1", 1)])
-    async with pg_store.engine.begin() as conn:  # the writer's connection: the one idle in no transaction
+async def test_a_dropped_connection_fails_at_most_one_batch(store: SqlStore, account: str) -> None:
+    await store.append([event(account, "c1", 1)])
+    async with store.engine.begin() as conn:  # the writer's connection: the one idle in no transaction
         killed = (await conn.execute(sa.text(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE '%unnest%'"
         ))).scalars().all()
     assert killed == [True]
     try:
-        await pg_store.append([event(account, "c1", 2)])
+        await store.append([event(account, "c1", 2)])
         expected = [1, 2, 3]
     except StoreUnavailableError:  # the batch on the dead connection; the producer is told
         expected = [1, 3]
-    await pg_store.append([event(account, "c1", 3)])
-    assert [e.seq for e in await pg_store.events(account, "c1")] == expected
+    await store.append([event(account, "c1", 3)])
+    assert [e.seq for e in await store.events(account, "c1")] == expected
