@@ -481,7 +481,9 @@ class RedisBroker(Broker):
         redis-py's `read_response` costs an await chain per message, which at a few thousand
         messages a second was a busy node's largest Redis cost. This connection only ever
         receives pub/sub pushes and PONGs after the handshake, so it reads the socket itself
-        into hiredis' parser (commands still go out through redis-py).
+        into hiredis' parser (commands still go out through redis-py). The events of one read are
+        fanned out together: the hub joins each call's frames of a batch once, and a subscriber
+        gets them in one socket write.
         """
         stream = conn._reader  # redis-py ran its handshake on it; from here on it is ours
         if stream is None:
@@ -492,10 +494,16 @@ class RedisBroker(Broker):
             if not data:
                 raise ConnectionError("Redis closed the pub/sub connection")
             parser.feed(data)
+            batch: list[Event] = []
             while (reply := parser.gets()) is not False:
-                self._on_reply(reply)
+                self._on_reply(reply, batch)
+            if batch and self._deliver is not None:
+                try:
+                    self._deliver(batch)
+                except Exception:
+                    log.exception("deliver failed for a batch of %d events", len(batch))
 
-    def _on_reply(self, reply: object) -> None:
+    def _on_reply(self, reply: object, batch: list[Event]) -> None:
         if reply == b"PONG":  # a PING answered while nothing is subscribed
             self._last_pong = time.monotonic()
             return
@@ -503,7 +511,7 @@ class RedisBroker(Broker):
             return  # an error reply (a hiredis.ReplyError object): nothing to route
         kind = reply[0]
         if kind == b"message":
-            self._on_message(reply[1].decode(), reply[2].decode())
+            self._on_message(reply[1].decode(), reply[2].decode(), batch)
         elif kind == b"subscribe":
             self._on_subscribed(reply[1].decode())
         elif kind == b"pong":
@@ -519,11 +527,11 @@ class RedisBroker(Broker):
         else:
             watch.confirmed.set()
 
-    def _on_message(self, channel: str, frame: str) -> None:
-        """Deliver each (account, call, seq) once: a node watching a call and its account hears
-        it on both channels, always back to back (the script publishes them together)."""
+    def _on_message(self, channel: str, frame: str, batch: list[Event]) -> None:
+        """Add each (account, call, seq) to the batch once: a node watching a call and its account
+        hears it on both channels, always back to back (the script publishes them together)."""
         watch = self._watches.get(channel)
-        if watch is None or self._deliver is None:
+        if watch is None:
             return
         event = self._event(watch.account, frame)
         key = (event.account, event.call_id)
@@ -534,10 +542,7 @@ class RedisBroker(Broker):
         self._last_seq.move_to_end(key)
         if len(self._last_seq) > _DEDUPE_CALLS:
             self._last_seq.popitem(last=False)
-        try:
-            self._deliver((event,))
-        except Exception:
-            log.exception("deliver failed for %s seq %d", event.call_id, event.seq)
+        batch.append(event)
 
     async def _ping_forever(self) -> None:
         """Check the command connection too, so `healthy` turns false without traffic."""
