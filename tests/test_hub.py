@@ -11,6 +11,8 @@ from callstream.hub import Hub, Subscription
 class Recorder:
     """A connection that records what it was handed: events one by one, and blocks."""
 
+    direct_write = None
+
     def __init__(self) -> None:
         self.seqs: list[tuple[str, int]] = []
         self.blocks: list[bytes] = []
@@ -151,3 +153,18 @@ def test_wildcard_keeps_the_batch_order_across_calls() -> None:
     hub.deliver([ev("c1", 1), ev("c2", 1), ev("c1", 2), ev("c3", 1, account="globex")])
     assert watcher.seqs == [("c1", 1), ("c2", 1), ("c1", 2)]
     assert watcher.blocks == []
+
+
+def test_a_connection_offering_its_write_gets_the_block_straight_from_the_fan_out() -> None:
+    hub, direct, queued = Hub(), Recorder(), Recorder()
+    written: list[bytes] = []
+    direct.direct_write = written.append  # type: ignore[assignment]
+    live(hub, direct, "c1")
+    live(hub, queued, "c1")
+    batch = [ev("c1", 1), ev("c1", 2)]
+    assert hub.deliver(batch) == 4
+    assert written == [batch[0].wire + batch[1].wire]
+    assert direct.blocks == []  # not asked to queue
+    assert queued.blocks == written
+    hub.deliver([ev("c1", 2)])  # already sent: neither path sends it again
+    assert written == [batch[0].wire + batch[1].wire]

@@ -15,7 +15,7 @@ gap-free and duplicate-free without locking the broker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from callstream.events import Event
@@ -24,7 +24,10 @@ from callstream.protocol import WILDCARD
 
 class Subscriber(Protocol):
     """What the hub needs of a connection: non-blocking appends, and word that a subscription
-    is over (its call ended)."""
+    is over (its call ended). `direct_write`, when not None, takes a block as is: the socket's own
+    write, offered only while nothing may come before it (`EventsConnection._refresh_direct`)."""
+
+    direct_write: Callable[[bytes], None] | None
 
     def enqueue_event(self, event: Event) -> None: ...
 
@@ -101,7 +104,13 @@ def _fan_out(subs: Iterable[Subscription], group: Sequence[Event]) -> int:
             sub.last_seq = last
             if block is None:
                 block = group[0].wire if len(group) == 1 else b"".join([e.wire for e in group])
-            written += sub.conn.enqueue_block(block, group)
+            conn = sub.conn
+            write = conn.direct_write
+            if write is not None:
+                write(block)
+                written += len(group)
+            else:
+                written += conn.enqueue_block(block, group)
         else:
             for event in group:
                 sub.offer(event)

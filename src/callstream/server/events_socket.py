@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -178,6 +178,11 @@ class EventsConnection:
         self._frame_writer: FrameWriter | None = ws.scope.get(FRAME_WRITER)
         self._dirty = False
         self._flusher = _flusher()
+        # The socket's transport.write while a block may go straight out (one live subscription,
+        # nothing queued, the socket open and writable), else None: the hub calls it directly.
+        self.direct_write: Callable[[bytes], None] | None = None
+        if self._frame_writer is not None:
+            self._frame_writer.on_change = self._refresh_direct
 
     # ---- the hub's side: never blocks ------------------------------------------------------
 
@@ -210,7 +215,22 @@ class EventsConnection:
             self.enqueue_event(event)
         return 0
 
+    def _refresh_direct(self) -> None:
+        """Offer the hub the socket's write exactly while nothing may come between: called on
+        every change of the subscriptions, the outbox emptying and the socket's state."""
+        writer = self._frame_writer
+        direct = (
+            writer is not None
+            and not self.closed
+            and not self._cut_off
+            and len(self.subs) == 1
+            and not self.outbox.queued_bytes
+            and writer.frames_open
+        )
+        self.direct_write = writer.transport.write if direct and writer is not None else None
+
     def _queued(self) -> None:
+        self.direct_write = None  # queued frames go first
         if not self._dirty:
             self._dirty = True
             self._flusher.add(self)
@@ -219,6 +239,7 @@ class EventsConnection:
         """The call ended and the hub dropped `sub` (a pending one is settled by `_catch_up`)."""
         if sub.parked is None and self.subs.get(sub.call_id) is sub:
             del self.subs[sub.call_id]
+            self._refresh_direct()
 
     def flush_now(self) -> int:
         """Write what was queued straight to the socket; hand the rest to a drain task when the
@@ -238,6 +259,8 @@ class EventsConnection:
             sent += len(batch)
         if self.outbox.queued_bytes:
             self._drain_later()
+        else:
+            self._refresh_direct()
         if self._room is not None:
             self._made_room()
         return sent
@@ -261,6 +284,7 @@ class EventsConnection:
     def _too_slow(self) -> None:
         # Called from inside the hub's fan-out loop: the hub's index must not change here. The
         # overflowed outbox refuses every later push, and `terminate` unsubscribes next tick.
+        self.direct_write = None
         if not self.closed and not self._cut_off:
             self._cut_off = True
             metrics.SLOW_CONSUMERS.inc()
@@ -282,6 +306,9 @@ class EventsConnection:
             pass
         finally:
             self.closed = True
+            self.direct_write = None
+            if self._frame_writer is not None:
+                self._frame_writer.on_change = None
             self._unsubscribe_all()
             if self._expiry is not None:
                 self._expiry.cancel()
@@ -295,6 +322,7 @@ class EventsConnection:
         if self.closed:
             return
         self.closed = True
+        self.direct_write = None
         if self._room is not None:
             self._room.set()  # release a replay waiting for room
         self._unsubscribe_all()
@@ -323,6 +351,7 @@ class EventsConnection:
                     sent = len(batch)
                 metrics.EVENTS_DELIVERED.inc(sent)
                 self._made_room()
+            self._refresh_direct()
 
     async def _read_forever(self) -> None:
         while not self.closed:
@@ -385,6 +414,7 @@ class EventsConnection:
         sub = Subscription(self, account, call_id, message.types)
         previous = self.runtime.hub.add(sub)
         self.subs[call_id] = sub
+        self._refresh_direct()
         try:
             if previous is None:
                 await self.runtime.broker.watch(account, call_id)
@@ -432,6 +462,7 @@ class EventsConnection:
         if sub.over:  # the call ended while we replayed: the hub has let go of it already
             if self.subs.get(call_id) is sub:
                 del self.subs[call_id]
+                self._refresh_direct()
         elif status == "ended":  # nothing can follow: hold no subscription (see Hub.end_call)
             await self._unsubscribe(call_id)
 
@@ -445,6 +476,7 @@ class EventsConnection:
 
     async def _unsubscribe(self, call_id: str) -> None:
         sub = self.subs.pop(call_id, None)
+        self._refresh_direct()
         if sub is not None and self.runtime.hub.remove(self, sub.account, call_id) is sub:
             await self.runtime.broker.unwatch(sub.account, call_id)
 

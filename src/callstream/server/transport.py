@@ -18,11 +18,18 @@
    encode and one write per frame per subscriber. This is websockets' `broadcast()` idea behind
    the same ASGI app; without this transport (tests, other servers) the socket falls back to
    plain ASGI sends.
+
+4. Word of every change that decides whether frames may go straight to the socket (written out:
+   `frames_open`): the write buffer passed its high-water mark or drained, a close was sent or
+   received, the connection ended. The events socket keeps the socket's `transport.write` at
+   hand for the hub while that holds (`EventsConnection.direct_write`) and drops it at once when
+   it stops holding, so fan-out writes a live single-call subscriber with no Python call between.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -37,8 +44,13 @@ class FrameWriter(Protocol):
     """What the events socket needs to write pre-encoded frames."""
 
     writable: asyncio.Event
+    transport: asyncio.Transport
+    on_change: Callable[[], None] | None
 
     def write_frames(self, data: bytes) -> bool: ...
+
+    @property
+    def frames_open(self) -> bool: ...
 
 
 def frame_payload(frame: bytes) -> str:
@@ -81,8 +93,57 @@ class _ReceiveQueue(Generic[T]):
 
 class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.on_change: Callable[[], None] | None = None
+        self._close_sent = False
         super().__init__(*args, **kwargs)
         self.queue = _ReceiveQueue()  # type: ignore[assignment]
+
+    # ---- word of changes to `frames_open` (4.) ---------------------------------------------------
+
+    @property
+    def close_sent(self) -> bool:
+        return self._close_sent
+
+    @close_sent.setter
+    def close_sent(self, value: bool) -> None:  # uvicorn sets it wherever it sends a close
+        self._close_sent = value
+        self._changed()
+
+    @property
+    def frames_open(self) -> bool:
+        """Frames may be written now: open, no close either way, the write buffer below its mark."""
+        return (
+            not self._close_sent
+            and self.conn.state is State.OPEN
+            and not self.transport.is_closing()
+            and self.writable.is_set()
+        )
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._changed()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._changed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._changed()
+
+    def handle_close(self, event: Any) -> None:
+        super().handle_close(event)
+        self._changed()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._changed()
+
+    # ---- frames ------------------------------------------------------------------------------
 
     async def send(self, message: Any) -> None:
         if not message.get(URGENT) or self.writable.is_set():
@@ -100,7 +161,7 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def write_frames(self, data: bytes) -> bool:
         """Append complete frames to the socket; False once the connection is closing."""
-        if self.close_sent or self.conn.state is not State.OPEN or self.transport.is_closing():
+        if self._close_sent or self.conn.state is not State.OPEN or self.transport.is_closing():
             return False
         self.transport.write(data)
         return True
@@ -108,3 +169,4 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
     def _abort_if_open(self) -> None:
         if not self.transport.is_closing() or self.transport.get_write_buffer_size():
             self.transport.abort()
+            self._changed()
