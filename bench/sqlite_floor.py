@@ -59,7 +59,8 @@ def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int
         t0 = time.perf_counter()
         grouped = by_call(events)
         chunks, call_rows = chunk_rows(grouped), SqlStore._call_rows(grouped)
-        logged = is_sparse(chunks, call_rows) if force is None else force == "log"
+        stored = sum(e.type != "transcript.partial" for e in events)
+        logged = is_sparse(stored, len(call_rows)) if force is None else force == "log"
         statements = SqliteEventWriter.statements(chunks, call_rows, logged=logged)
         pickle.dumps(statements, pickle.HIGHEST_PROTOCOL)  # what the node sends the writer process
         t1 = time.perf_counter()

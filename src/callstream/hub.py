@@ -73,20 +73,27 @@ class Subscription:
         return released
 
 
-def _by_call(events: Sequence[Event]) -> Iterable[tuple[tuple[str, str], Sequence[Event]]]:
-    """The batch's events per (account, call), in order; a batch of one needs no grouping."""
+_Index = dict[Subscriber, Subscription]
+
+
+def _by_call(
+    events: Sequence[Event], calls: dict[tuple[str, str], _Index]
+) -> Iterable[tuple[_Index, Sequence[Event]]]:
+    """The batch's events of subscribed calls, per call and in order, with the call's index.
+    Events nobody here follows cost one look-up (an ingest-only node groups nothing)."""
     if len(events) == 1:
         event = events[0]
-        return (((event.account, event.call_id), events),)
-    groups: dict[tuple[str, str], list[Event]] = {}
+        index = calls.get((event.account, event.call_id))
+        return ((index, events),) if index else ()
+    groups: dict[tuple[str, str], tuple[_Index, list[Event]]] = {}
     for event in events:
         key = (event.account, event.call_id)
-        group = groups.get(key)
-        if group is None:
-            groups[key] = [event]
-        else:
-            group.append(event)
-    return groups.items()
+        found = groups.get(key)
+        if found is not None:
+            found[1].append(event)
+        elif index := calls.get(key):
+            groups[key] = (index, [event])
+    return groups.values()
 
 
 def _fan_out(subs: Iterable[Subscription], group: Sequence[Event]) -> int:
@@ -150,17 +157,15 @@ class Hub:
         once. Returns the deliveries written to sockets at once (`enqueue_block`)."""
         written = 0
         calls = self._calls
-        for key, group in _by_call(events):
-            explicit = calls.get(key)
-            if explicit:
-                written += _fan_out(explicit.values(), group)
+        for explicit, group in _by_call(events, calls):
+            written += _fan_out(explicit.values(), group)
         if self._wildcards:
             for event in events:
                 wildcard = self._wildcards.get(event.account)
                 if wildcard:
-                    explicit = calls.get((event.account, event.call_id))
+                    followed = calls.get((event.account, event.call_id))
                     for conn, sub in wildcard.items():
-                        if explicit is None or conn not in explicit:
+                        if followed is None or conn not in followed:
                             sub.offer(event)
         return written
 

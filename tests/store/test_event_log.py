@@ -26,12 +26,19 @@ def rows_of(batch: list[Event]) -> tuple[list[tuple[str, str, int, int, str]], l
 
 
 def test_a_commit_with_few_stored_events_per_call_is_logged_and_a_dense_one_is_not() -> None:
-    one_each = [event("acme", f"c{n}", 1) for n in range(40)]
-    assert is_sparse(*rows_of(one_each))
-    partials_only = [event("acme", "c1", seq, "transcript.partial") for seq in range(1, 30)]
-    assert is_sparse(*rows_of(partials_only))  # nothing to file as chunks; the log is cheaper
-    dense = [event("acme", f"c{n}", seq) for n in range(3) for seq in range(1, DENSE_EVENTS_PER_CALL + 1)]
-    assert not is_sparse(*rows_of(dense))
+    assert is_sparse(stored=40, calls=40)  # one each
+    assert is_sparse(stored=0, calls=1)  # partials only: nothing to file as chunks
+    assert is_sparse(stored=DENSE_EVENTS_PER_CALL * 3 - 1, calls=3)
+    assert not is_sparse(stored=DENSE_EVENTS_PER_CALL * 3, calls=3)
+
+
+async def test_partials_do_not_count_towards_a_dense_commit(store: SqlStore, db_path: Path) -> None:
+    """Seqs 1–7 of one call, every other one a partial: 4 stored events, 7 seqs; logged."""
+    kinds = ["agent.state", "transcript.partial"] * 3 + ["agent.state"]
+    await store.append([event("acme", "c1", seq, kind) for seq, kind in enumerate(kinds, start=1)])
+    assert logged_rows(db_path) == 0  # 4 stored events for one call: dense, straight to chunks
+    await store.append([event("acme", "c1", seq, kind) for seq, kind in enumerate(kinds[:6], start=8)])
+    assert logged_rows(db_path) == 1  # 3 stored of 6: the log
 
 
 def test_a_log_row_holds_a_calls_stored_frames_and_what_its_calls_row_needs() -> None:

@@ -60,10 +60,10 @@ FOLD: Final = (
 )
 
 
-def is_sparse(chunks: Sequence[ChunkRow], calls: Sequence[dict[str, Any]]) -> bool:
-    """Whether a commit (no `call.ended` in it) is cheaper logged than written as chunks."""
-    stored = sum(row[3] - row[2] + 1 for row in chunks)  # an upper bound; exact for one node
-    return stored < DENSE_EVENTS_PER_CALL * len(calls)
+def is_sparse(stored: int, calls: int) -> bool:
+    """Whether a commit (no `call.ended` in it) of `stored` non-partial events over `calls` calls
+    is cheaper logged than written as chunks."""
+    return stored < DENSE_EVENTS_PER_CALL * calls
 
 
 def log_rows(chunks: Sequence[ChunkRow], calls: Sequence[dict[str, Any]]) -> list[LogRow]:

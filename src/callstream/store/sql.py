@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from callstream.broker.base import CallState
-from callstream.events import ENDED, FINAL, Event
+from callstream.events import ENDED, FINAL, PARTIAL, Event
 from callstream.store import sqlite_process
 from callstream.store import tables as t
 from callstream.store.chunks import CHUNK_COLUMNS, CallEvents, StoredEvent, by_call, chunk_rows, events_in
@@ -546,7 +546,7 @@ class SqlStore:
         calls = self._call_rows(grouped)
         if self._direct is not None and not any(c["status"] == "ended" for c in calls):
             chunks = chunk_rows(grouped)
-            logged = is_sparse(chunks, calls)
+            logged = is_sparse(sum(e.type != PARTIAL for e in events), len(calls))
             if logged:
                 self._log_dirty = True
                 self._log_commits += 1
