@@ -168,3 +168,17 @@ def test_a_connection_offering_its_write_gets_the_block_straight_from_the_fan_ou
     assert queued.blocks == written
     hub.deliver([ev("c1", 2)])  # already sent: neither path sends it again
     assert written == [batch[0].wire + batch[1].wire]
+
+
+def test_a_socket_that_fails_its_write_misses_the_block_and_nobody_else_does() -> None:
+    hub, broken, other = Hub(), Recorder(), Recorder()
+
+    def closed_under_us(block: bytes) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    broken.direct_write = closed_under_us  # type: ignore[assignment]
+    live(hub, broken, "c1")
+    live(hub, other, "c1")
+    assert hub.deliver([ev("c1", 1)]) == 1
+    assert other.seqs == [("c1", 1)]
+    assert broken.direct_write is None  # its connection is ending; the fan-out stops offering it

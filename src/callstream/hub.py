@@ -1,10 +1,11 @@
 """One node's subscriptions index and fan-out.
 
 The broker hands the events it receives for this node to `Hub.deliver` a batch at a time (a
-commit's worth on one node, one event from Redis), in per-call `seq` order. Fan-out is a
+commit's worth on one node, one socket read's worth from Redis), in per-call `seq` order. Fan-out is a
 dictionary lookup per call of the batch; the call's frames of the batch are joined once into one
 block, and each live subscriber that takes every event of the call gets that block handed over
-whole (`Subscriber.enqueue_block`): no encoding, no awaits, no per-event work per subscriber.
+whole (its socket's own write, or `Subscriber.enqueue_block`): no encoding, no awaits, no
+per-event work per subscriber.
 Filtered, pending and wildcard subscriptions take the events one at a time (`offer`).
 
 A subscription starts *pending*: while the server replays history (or reads the call's state
@@ -113,11 +114,15 @@ def _fan_out(subs: Iterable[Subscription], group: Sequence[Event]) -> int:
                 block = group[0].wire if len(group) == 1 else b"".join([e.wire for e in group])
             conn = sub.conn
             write = conn.direct_write
-            if write is not None:
-                write(block)
-                written += len(group)
-            else:
+            if write is None:
                 written += conn.enqueue_block(block, group)
+                continue
+            try:
+                write(block)
+            except Exception:  # closed under us (its end is on its way): the others still get theirs
+                conn.direct_write = None
+                continue
+            written += len(group)
         else:
             for event in group:
                 sub.offer(event)
