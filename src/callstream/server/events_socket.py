@@ -193,24 +193,10 @@ class EventsConnection:
             self._too_slow()
 
     def enqueue_block(self, block: bytes, events: Sequence[Event]) -> int:
-        """A call's events of one fan-out, their frames joined (`Hub.deliver`).
-
-        A socket that follows this one call only and has nothing queued gets the block written
-        at once: nothing else can be due to it in the same fan-out, so waiting for the flush
-        after it would only cost the bookkeeping (`flush_now`). A socket with other calls waits
-        for the flush, which writes everything this fan-out brought it together; a socket with
-        a backlog, or one that pushes back, takes the events into its outbox one by one, where
-        the slow-consumer policy applies.
-        """
-        writer = self._frame_writer
-        if (
-            not self.outbox.queued_bytes
-            and len(self.subs) == 1
-            and writer is not None
-            and writer.writable.is_set()
-            and not self.closed
-        ):
-            return len(events) if writer.write_frames(block) else 0
+        """A call's events of one fan-out when this socket offers no direct write
+        (`_refresh_direct`): other calls, a backlog or a socket that pushes back. They go into the
+        outbox one by one, where the slow-consumer policy applies, and the flush after the
+        fan-out writes everything it brought this socket together."""
         for event in events:
             self.enqueue_event(event)
         return 0
