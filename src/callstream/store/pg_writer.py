@@ -38,7 +38,7 @@ ON CONFLICT (account, call_id) DO UPDATE SET
 
 def columns(chunks: list[ChunkRow], calls: list[dict[str, Any]]) -> list[list[Any]]:
     """The statement's eleven parameters: the chunks' five columns, then the calls' six."""
-    out: list[list[Any]] = [list(column) for column in zip(*chunks, strict=True)] if chunks else [[]] * 5
+    out: list[list[Any]] = [list(column) for column in zip(*chunks, strict=True)] if chunks else [[] for _ in range(5)]
     for key in ("account", "call_id", "started_at", "last_seq", "sentiment_sum", "sentiment_n"):
         out.append([call[key] for call in calls])
     return out

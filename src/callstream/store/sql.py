@@ -544,7 +544,8 @@ class SqlStore:
     async def _commit(self, events: list[Event]) -> None:
         grouped = by_call(events)
         calls = self._call_rows(grouped)
-        if self._direct is not None and not any(c["status"] == "ended" for c in calls):
+        ends_a_call = any(c["status"] == "ended" for c in calls)
+        if self._direct is not None and not ends_a_call:
             chunks = chunk_rows(grouped)
             logged = is_sparse(sum(e.type != PARTIAL for e in events), len(calls))
             if logged:
@@ -553,7 +554,7 @@ class SqlStore:
             await self._direct.commit(chunks, calls, logged=logged)
             self.commits += 1
             return
-        if self._pg is not None and not any(c["status"] == "ended" for c in calls):
+        if self._pg is not None and not ends_a_call:
             await self._pg.commit(chunk_rows(grouped), calls)
             self.commits += 1
             return
