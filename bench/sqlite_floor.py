@@ -11,9 +11,10 @@ process's, on the other core when the node is not pinned to one.
 
     .venv/bin/python -m bench.sqlite_floor [--batches 150] [--calls 100] [--per-call 10] [--fold-every 200]
 
-Batches with fewer than `event_log.DENSE_EVENTS_PER_CALL` stored events per call go to the log, as
-in the store, and every `--fold-every` such batches (about a second of a live fan-out's commits)
-the fold's transaction runs and counts in the write column; `--path chunks|log` forces one path.
+Batches with fewer than `event_log.DENSE_EVENTS_PER_CALL` stored events per call go to the journal,
+as in the store (a file append, the node's share), and every `--fold-every` such batches (about a
+second of a live fan-out's commits) the fold's transaction runs and counts in the write column;
+`--path chunks|log` forces one path.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import sqlalchemy as sa
 from callstream.events import Event
 from callstream.store import SqlStore, tables
 from callstream.store.chunks import by_call, chunk_rows
-from callstream.store.event_log import FOLD, is_sparse
+from callstream.store.event_log import is_sparse, log_rows
+from callstream.store.journal import EventJournal
 from callstream.store.sqlite_process import open_db, run_transaction
-from callstream.store.sqlite_writer import SqliteEventWriter
+from callstream.store.sqlite_writer import Fold, SqliteEventWriter
 
 DATA = {"speaker": "user", "text": "I would like to move my booking to next Tuesday, please", "is_final": True,
         "sent_ns": 1_795_644_460_123_456_789, "sentiment": {"score": 0.318, "label": "positive"}}
@@ -50,6 +52,14 @@ def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int
     encode = write = 0.0
     rows = logged_batches = 0
     logged = False
+    journal = EventJournal(str(path))
+
+    def fold() -> None:
+        taken, files = journal.take()
+        statements = Fold(taken, [f.marker for f in files]).statements()
+        pickle.dumps(statements, pickle.HIGHEST_PROTOCOL)
+        run_transaction(db, statements)
+        journal.folded(files)
     for _ in range(batches):
         events: list[Event] = []
         for c in range(calls):
@@ -61,20 +71,24 @@ def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int
         chunks, call_rows = chunk_rows(grouped), SqlStore._call_rows(grouped)
         stored = sum(e.type != "transcript.partial" for e in events)
         logged = is_sparse(stored, len(call_rows)) if force is None else force == "log"
-        statements = SqliteEventWriter.statements(chunks, call_rows, logged=logged)
-        pickle.dumps(statements, pickle.HIGHEST_PROTOCOL)  # what the node sends the writer process
-        t1 = time.perf_counter()
-        run_transaction(db, statements)
         if logged:
+            journal.append(log_rows(chunks, call_rows))  # the node's whole share of a sparse commit
+            t1 = time.perf_counter()
             logged_batches += 1
             if logged_batches % fold_every == 0:
-                run_transaction(db, [(statement, []) for statement in FOLD])
+                fold()
+        else:
+            statements = SqliteEventWriter.statements(chunks, call_rows)
+            pickle.dumps(statements, pickle.HIGHEST_PROTOCOL)  # what the node sends the writer process
+            t1 = time.perf_counter()
+            run_transaction(db, statements)
         t2 = time.perf_counter()
         encode, write = encode + t1 - t0, write + t2 - t1
         rows += len(events)
     if logged_batches % fold_every:
-        run_transaction(db, [(statement, []) for statement in FOLD])  # what is left in the log
+        fold()  # what is left in the journal
         write += time.perf_counter() - t2
+    journal.close()
     db.close()
     return encode / rows * 1e6, write / rows * 1e6, logged
 
@@ -96,7 +110,7 @@ def main() -> None:
                                    args.fold_every, args.path))
     encode, write = (statistics.median(r[k] for r in results) for k in range(2))
     total = encode + write
-    path = f"the log, folded every {args.fold_every} batches" if results[0][2] else "chunks"
+    path = f"the journal, folded every {args.fold_every} batches" if results[0][2] else "chunks"
     print(f"{args.runs} runs of {args.batches} batches of {args.calls * args.per_call} events "
           f"({args.calls} calls), written to {path}; medians, µs per stored event:")
     print(f"  build and pickle the statements (the node) {encode:.2f}   write it (insert, upsert, commit) {write:.2f}   total {total:.2f}")

@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from callstream.events import Event
 from callstream.store import SqlStore, migrate
 from callstream.store.chunks import by_call, chunk_rows
-from callstream.store.event_log import DENSE_EVENTS_PER_CALL, LOG_COLUMNS, is_sparse, log_rows
+from callstream.store.event_log import DENSE_EVENTS_PER_CALL, LOG_COLUMNS, is_sparse, log_rows, merge_log_rows
+from callstream.store.journal import read_records
 from tests.store.test_store_contract import event
 
 
@@ -79,16 +80,21 @@ def leave_in_log(db_path: Path, batch: list[Event]) -> None:
 
 
 def logged_rows(db_path: Path) -> int:
+    """Rows not folded yet: in the node's journal files and in the log table."""
+    journaled = sum(len(read_records(str(path))) for path in db_path.parent.glob(db_path.name + "-events.*"))
     with sqlite3.connect(db_path) as db:
         count: int = db.execute("SELECT count(*) FROM event_log").fetchone()[0]
-    return count
+    return journaled + count
 
 
 async def test_sparse_and_dense_commits_of_one_call_read_back_as_one_history(store: SqlStore, db_path: Path) -> None:
     await store.append([event("acme", "c1", 2, "transcript.final", sentiment={"score": 1.0}), event("acme", "c2", 1)])
-    await store.append([event("acme", "c1", seq) for seq in range(3, 3 + 2 * DENSE_EVENTS_PER_CALL)])  # dense
+    assert logged_rows(db_path) == 2  # c1 and c2
+    # dense: straight to chunks, with the journal's rows folded first in the same transaction
+    await store.append([event("acme", "c1", seq) for seq in range(3, 3 + 2 * DENSE_EVENTS_PER_CALL)])
+    assert logged_rows(db_path) == 0
     await store.append([event("acme", "c1", 20, "transcript.partial"), event("acme", "c3", 1)])
-    assert logged_rows(db_path) == 4  # c1 and c2, then c1 and c3: nothing folded yet
+    assert logged_rows(db_path) == 2  # c1 and c3: not folded yet
 
     got = await store.events("acme", "c1")  # a read folds first
 
@@ -165,3 +171,27 @@ async def test_downgrading_past_the_log_files_what_it_holds(db_path: Path) -> No
         await engine.dispose()
     assert "event_log" not in tables
     assert [tuple(r) for r in chunks] == [(1, 2)]
+
+
+def test_journaled_rows_of_one_call_fold_into_one_chunk_and_one_calls_row() -> None:
+    first = [event("acme", "c1", 3, "transcript.final", sentiment={"score": 0.5}), event("acme", "c2", 1)]
+    second = [event("acme", "c1", 4, "transcript.partial")]
+    third = [event("acme", "c1", 5, "transcript.final", sentiment={"score": -0.25})]
+    rows = [row for batch in (first, second, third) for row in log_rows(*rows_of(batch))]
+
+    chunks, calls = merge_log_rows(rows)
+
+    assert [(c[0], c[1], c[2], c[3]) for c in chunks] == [("acme", "c1", 3, 5), ("acme", "c2", 1, 1)]
+    assert [f["seq"] for f in orjson.loads(chunks[0][4])] == [3, 5]  # the partial is not stored
+    by_id = {c["call_id"]: c for c in calls}
+    assert {k: by_id["c1"][k] for k in ("last_seq", "started_at", "sentiment_sum", "sentiment_n", "status")} == {
+        "last_seq": 5, "started_at": 3_000, "sentiment_sum": 0.25, "sentiment_n": 2, "status": "live",
+    }
+    assert by_id["c2"]["last_seq"] == 1
+
+
+def test_a_call_with_only_partials_journaled_gets_no_chunk_but_its_last_seq() -> None:
+    rows = log_rows(*rows_of([event("acme", "c1", 7, "transcript.partial")]))
+    chunks, calls = merge_log_rows(rows)
+    assert chunks == []
+    assert [(c["call_id"], c["last_seq"]) for c in calls] == [("c1", 7)]

@@ -1,21 +1,21 @@
-"""The embedded store's log of sparse commits, and the fold that files it (SQLite only).
+"""The embedded store's sparse commits, and the fold that files them (SQLite only).
 
 A commit that brings one or two events for each of many calls (a live fan-out: every ingest frame
 touches a few dozen calls once each) cost SQLite most of its time in pages, not rows: each call's
 chunk lands on its own leaf of the primary key's index and its `calls` row is rewritten, so a
 commit of 15 events wrote 18 pages to the log (73 KiB), 14 µs of the writer's time per event.
-Those commits now append one row per call to `event_log`, a table with no index but its rowid:
-its pages fill in order, 6.6 µs per event (`bench/sqlite_floor.py --calls 15 --per-call 1`).
+Those commits are journaled instead (store/journal.py): one row per call (`log_rows`) appended to
+a file, with no SQLite work and no round trip to the writer process at all.
 
-About once a second, and before anything reads calls or events, the log is folded: one
-transaction files every logged call's events as one chunk and merges its `calls` row, then
-empties the log. A call's pages are then written once per fold instead of once per commit.
+About once a second, and before anything reads calls or events, the journal is folded: one
+transaction files each journaled call's events as one chunk and merges its `calls` row
+(`merge_log_rows`). A call's pages are then written once per fold instead of once per commit.
 Commits with several events per call (ingest's batches) are cheaper written straight as chunks,
-and still are: the per-call pages are shared by many events there, and folding would write their
-events twice.
+and still are: the per-call pages are shared by many events there. The `event_log` table held
+these rows before the journal did; `FOLD` files what an earlier version left in it.
 
 Reads see every committed event either way: `SqlStore` folds before it reads, and a node that
-crashed with rows in the log folds them before its first read.
+crashed with rows in the journal folds them before its first read.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from callstream.store.chunks import ChunkRow
 DENSE_EVENTS_PER_CALL: Final = 4
 
 FOLD_EVERY_S: Final = 1.0
+# Or sooner, once the journal holds this many rows: a fold's transaction grows with its rows, and
+# a node pinned to one core waits for it (bench.sqlite_floor --calls 4 --per-call 1: ~2 µs a row).
+FOLD_AT_ROWS: Final = 2000
 
 LOG_COLUMNS: Final = (
     "account", "call_id", "first_seq", "last_seq", "events", "call_last_seq", "started_at", "sentiment_sum",
@@ -88,3 +91,33 @@ def log_rows(chunks: Sequence[ChunkRow], calls: Sequence[dict[str, Any]]) -> lis
             call["sentiment_sum"], call["sentiment_n"],
         ))
     return rows
+
+
+def merge_log_rows(rows: Sequence[LogRow]) -> tuple[list[ChunkRow], list[dict[str, Any]]]:
+    """Rows of the journal as one commit: per call one chunk (its frames joined; reads sort a
+    chunk's events by seq) and one calls row (`SqlStore._call_rows`'s shape), as `FOLD` does in
+    SQL for the log table. Built on the event loop, so the writer process only inserts."""
+    merged: dict[tuple[str, str], list[Any]] = {}
+    for account, call_id, first_seq, last_seq, events, call_last_seq, started_at, score_sum, score_n in rows:
+        into = merged.get((account, call_id))
+        if into is None:
+            into = merged[(account, call_id)] = [None, None, [], call_last_seq, started_at, 0.0, 0]
+        if first_seq is not None and last_seq is not None:
+            into[0] = first_seq if into[0] is None else min(into[0], first_seq)
+            into[1] = last_seq if into[1] is None else max(into[1], last_seq)
+            into[2].append(events[1:-1])
+        into[3] = max(into[3], call_last_seq)
+        into[4] = min(into[4], started_at)
+        into[5] += score_sum
+        into[6] += score_n
+    chunks: list[ChunkRow] = []
+    calls: list[dict[str, Any]] = []
+    for (account, call_id), (first, last, frames, call_last_seq, started_at, score_sum, score_n) in merged.items():
+        if first is not None:
+            chunks.append((account, call_id, first, last, "[" + ",".join(frames) + "]"))
+        calls.append({
+            "account": account, "call_id": call_id, "status": "live", "started_at": started_at, "ended_at": None,
+            "duration_ms": None, "end_status": None, "reason": None, "last_seq": call_last_seq,
+            "sentiment_sum": score_sum, "sentiment_n": score_n,
+        })
+    return chunks, calls

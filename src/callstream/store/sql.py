@@ -29,10 +29,19 @@ from callstream.broker.base import CallState
 from callstream.events import ENDED, FINAL, PARTIAL, Event
 from callstream.store import sqlite_process
 from callstream.store import tables as t
-from callstream.store.chunks import CHUNK_COLUMNS, CallEvents, StoredEvent, by_call, chunk_rows, events_in
-from callstream.store.event_log import FOLD_EVERY_S, is_sparse
+from callstream.store.chunks import (
+    CHUNK_COLUMNS,
+    CallEvents,
+    ChunkRow,
+    StoredEvent,
+    by_call,
+    chunk_rows,
+    events_in,
+)
+from callstream.store.event_log import FOLD_AT_ROWS, FOLD_EVERY_S, is_sparse, log_rows
+from callstream.store.journal import MARKER_PREFIX, EventJournal
 from callstream.store.pg_writer import PgEventWriter
-from callstream.store.sqlite_writer import SqliteEventWriter, StoreWriterError
+from callstream.store.sqlite_writer import Fold, SqliteEventWriter, StoreWriterError
 
 log = logging.getLogger("callstream.store")
 
@@ -155,10 +164,14 @@ class SqlStore:
         self._direct = SqliteEventWriter(path) if path and path != ":memory:" else None
         # PostgreSQL: those batches go out as one statement on a connection of the writer's own.
         self._pg = PgEventWriter(self.engine) if self.dialect == "postgresql" else None
-        # Sparse commits go to the log (store/event_log.py) until a fold files them. Its state at
-        # start is unknown (a crash may have left rows), hence dirty until the first fold.
+        # Sparse commits go to the node's journal (store/journal.py, opened by `start` for a node's
+        # writer) until a fold files them. The log table's state at start is unknown (a crash of
+        # an earlier version may have left rows), hence dirty until the first fold.
+        self._journal: EventJournal | None = None
         self._log_dirty = self._direct is not None
-        self._log_commits = 0
+        self._fold_due = False
+        self._fold_waiters: list[asyncio.Future[None]] = []
+        self._forget: list[str] = []  # markers of folded journal files since deleted
         self._folder: asyncio.Task[None] | None = None
         # Call look-ups asked for in one loop iteration, answered by one query (`call_state`).
         self._wanted: dict[tuple[str, str], asyncio.Future[CallState | None]] = {}
@@ -185,9 +198,23 @@ class SqlStore:
 
         await upgrade(self.engine)
         if writer:
+            if self._direct is not None:
+                await self._open_journal()
             self._writer = asyncio.create_task(self._write_forever(), name="store-writer")
             if self._direct is not None:
                 self._folder = asyncio.create_task(self._fold_forever(), name="store-folder")
+
+    async def _open_journal(self) -> None:
+        """The node's journal, with the files nodes that died before left (folded before the
+        first read); markers of folds whose files are gone are forgotten by the next fold."""
+        assert self._direct is not None
+        async with self.engine.connect() as conn:
+            query = sa.select(t.meta.c.key).where(t.meta.c.key.startswith(MARKER_PREFIX))
+            markers = set((await conn.execute(query)).scalars())
+        journal = self._journal = EventJournal(self._direct.path)
+        if recovered := journal.recover(markers):
+            log.info("the event journal holds %d rows a node left behind; they are folded first", recovered)
+        self._forget.extend(markers - journal.markers_on_disk())
 
     async def close(self) -> None:
         if self._folder is not None:
@@ -201,6 +228,8 @@ class SqlStore:
                 await self._writer
         with contextlib.suppress(Exception):  # else the next start folds it
             await self._fold_log()
+        if self._journal is not None:
+            self._journal.close()
         if self._direct is not None:
             await self._direct.close()
         if self._pg is not None:
@@ -480,7 +509,11 @@ class SqlStore:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending:
+            while self._pending or self._fold_waiters or self._fold_due:
+                if self._fold_waiters or self._fold_due:
+                    await self._run_fold()
+                if not self._pending:
+                    continue
                 batch = self._take_batch()
                 error: StoreUnavailableError | None = None
                 try:
@@ -492,26 +525,77 @@ class SqlStore:
                     error = StoreUnavailableError(f"the store could not commit: {exc.__class__.__name__}")
                 self._settle(batch, error)
 
+    def _fold_needed(self) -> bool:
+        return self._log_dirty or (self._journal is not None and self._journal.holds_any)
+
     async def _fold_log(self) -> None:
-        """File the log (`event_log.FOLD`), if anything may be in it: before every read, so reads
-        see every committed event, and about once a second (`_fold_forever`)."""
-        if not self._log_dirty or self._direct is None:
+        """File the journal and the log (`event_log.FOLD`), if anything may be in them: before
+        every read, so reads see every committed event, and about once a second (`_fold_forever`).
+
+        While the writer runs, the fold is its to do, between two commits: a commit that moves a
+        call's last seq on must never pass journal rows of that call that are still unfolded
+        (the fold's idempotence rests on it, `sqlite_writer._INSERT_LOG`)."""
+        if self._direct is None or not self._fold_needed():
             return
-        seen = self._log_commits
+        if self._writer is None or self._writer.done():
+            await self._fold_now()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._fold_waiters.append(waiter)
+        self._wakeup.set()
+        await waiter
+
+    async def _run_fold(self) -> None:
+        """The writer's fold, for the reads waiting on it and the once-a-second tick."""
+        waiters, self._fold_waiters = self._fold_waiters, []
+        self._fold_due = False
+        error: Exception | None = None
         try:
-            await self._direct.fold()
-        except StoreWriterError as exc:  # the log keeps its rows; the next fold tries again
+            await self._fold_now()
+        except Exception as exc:  # the journal keeps its rows; the next fold tries again
+            error = exc
+            log.warning("folding the event journal failed: %s", exc.__class__.__name__)
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    async def _fold_now(self) -> None:
+        assert self._direct is not None
+        if not self._fold_needed():
+            return
+        try:
+            await self._folding(self._direct.fold)
+        except StoreWriterError as exc:
             raise StoreUnavailableError(f"the store could not fold its event log: {exc}") from exc
-        if self._log_commits == seen:  # no commit logged more meanwhile
-            self._log_dirty = False
+
+    async def _folding(self, transaction: Callable[[Fold], Awaitable[None]]) -> None:
+        """Run a transaction that folds the journal's rows (and the log): if it fails, the rows
+        wait in the journal for the next; once it commits, their files go."""
+        journal = self._journal
+        rows, files = journal.take() if journal is not None else ([], [])
+        forget, self._forget = self._forget, []
+        try:
+            await transaction(Fold(rows, [found.marker for found in files], forget, log_table=self._log_dirty))
+        except BaseException:
+            if journal is not None:
+                journal.give_back(rows, files)
+            self._forget[:0] = forget
+            raise
+        if journal is not None:
+            journal.folded(files)
+        self._forget.extend(found.marker for found in files)
+        self._log_dirty = False
 
     async def _fold_forever(self) -> None:
         while True:
             await asyncio.sleep(FOLD_EVERY_S)
-            try:
-                await self._fold_log()
-            except Exception as exc:  # the next read or tick tries again; the log keeps its rows
-                log.warning("folding the event log failed: %s", exc.__class__.__name__)
+            if self._fold_needed():
+                self._fold_due = True
+                self._wakeup.set()
 
     @staticmethod
     def _settle(batch: list[_Pending], error: StoreUnavailableError | None) -> None:
@@ -547,18 +631,22 @@ class SqlStore:
         ends_a_call = any(c["status"] == "ended" for c in calls)
         if self._direct is not None and not ends_a_call:
             chunks = chunk_rows(grouped)
-            logged = is_sparse(sum(e.type != PARTIAL for e in events), len(calls))
-            if logged:
-                self._log_dirty = True
-                self._log_commits += 1
-            await self._direct.commit(chunks, calls, logged=logged)
+            journal = self._journal
+            if journal is not None and is_sparse(sum(e.type != PARTIAL for e in events), len(calls)):
+                journal.append(log_rows(chunks, calls))  # durable on return: no round trip
+                if len(journal.rows) >= FOLD_AT_ROWS:
+                    self._fold_due = True  # the writer folds before its next batch
+                self.commits += 1
+                return
+            await self._commit_dense(chunks, calls)
             self.commits += 1
             return
         if self._pg is not None and not ends_a_call:
             await self._pg.commit(chunk_rows(grouped), calls)
             self.commits += 1
             return
-        await self._fold_log()  # the hooks below read the call's events and its calls row
+        if self._direct is not None:
+            await self._fold_now()  # the hooks below read the call's events and its calls row
         rows = [dict(zip(CHUNK_COLUMNS, row, strict=True)) for row in chunk_rows(grouped)]
         async with self.engine.begin() as conn:
             if rows:
@@ -569,6 +657,16 @@ class SqlStore:
                     for hook in self.ended_hooks:
                         await hook(conn, event)
         self.commits += 1
+
+    async def _commit_dense(self, chunks: list[ChunkRow], calls: list[dict[str, Any]]) -> None:
+        """Chunks straight to the database, with the journal's unfolded rows folded first in the
+        same transaction (they may be of the same calls: see `_fold_log`)."""
+        direct = self._direct
+        assert direct is not None
+        if not self._fold_needed():
+            await direct.commit(chunks, calls)
+            return
+        await self._folding(lambda rows: direct.commit(chunks, calls, fold=rows))
 
     @staticmethod
     def _call_rows(grouped: CallEvents) -> list[dict[str, Any]]:

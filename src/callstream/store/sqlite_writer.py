@@ -1,7 +1,7 @@
 """The embedded store's event writer: its own SQLite connection, in a process of its own.
 
-Only the hot path lives here (event batches that do not end a call, as chunks or into the log,
-and the log's folds); everything else, including the batches whose `call.ended` hooks write the
+Only the hot path lives here (dense event batches that do not end a call, as chunks, and the
+folds of the journal, store/journal.py, which holds the sparse ones); everything else, including the batches whose `call.ended` hooks write the
 webhook outbox in the same transaction, keeps the SQLAlchemy path in `sql.py`. The statements
 mirror `SqlStore._commit` and `_calls_upsert`; the store contract tests run both.
 """
@@ -13,12 +13,13 @@ import functools
 import pickle
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 from callstream.store import sqlite_process
 from callstream.store.chunks import CHUNK_COLUMNS, ChunkRow
-from callstream.store.event_log import FOLD, LOG_COLUMNS, log_rows
+from callstream.store.event_log import FOLD, LogRow, merge_log_rows
 from callstream.store.sqlite_process import Statement
 
 # Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step per statement,
@@ -37,6 +38,7 @@ _UPSERT_CALLS = (
     "INSERT INTO calls ({columns}) VALUES {rows}"
     " ON CONFLICT (account, call_id) DO UPDATE SET"
     " last_seq = max(calls.last_seq, excluded.last_seq),"
+    " started_at = min(calls.started_at, excluded.started_at),"
     " status = CASE WHEN excluded.status = 'ended' THEN 'ended' ELSE calls.status END,"
     " ended_at = coalesce(excluded.ended_at, calls.ended_at),"
     " duration_ms = coalesce(excluded.duration_ms, calls.duration_ms),"
@@ -45,7 +47,9 @@ _UPSERT_CALLS = (
     " sentiment_sum = calls.sentiment_sum + excluded.sentiment_sum,"
     " sentiment_n = calls.sentiment_n + excluded.sentiment_n"
 )
-_INSERT_LOG = "INSERT INTO event_log ({columns}) VALUES {rows}"
+# A fold commits which journal files it filed (store/journal.py), and forgets files long deleted.
+_MARK_FOLDED = "INSERT INTO meta (key, value) VALUES (?, '') ON CONFLICT (key) DO NOTHING"
+_FORGET_FOLDED = "DELETE FROM meta WHERE key = ?"
 _STATEMENT_ROWS = (256, 16, 1)
 _FOLD: list[Statement] = [(statement, []) for statement in FOLD]
 
@@ -66,6 +70,28 @@ def _statements(template: str, columns: tuple[str, ...], rows: Sequence[tuple[An
             out.append((sql, list(chain.from_iterable(rows[start : start + size]))))
             start += size
     return out
+
+
+@dataclass(slots=True)
+class Fold:
+    """What a fold files: the journal's `rows`, the `markers` of the files that hold them, the
+    `forget` markers of files deleted since (`journal.JournalFile.marker`), and with `log_table`
+    whatever an earlier version left in the `event_log` table."""
+
+    rows: Sequence[LogRow] = ()
+    markers: Sequence[str] = ()
+    forget: Sequence[str] = ()
+    log_table: bool = False
+
+    def statements(self) -> list[Statement]:
+        """The journal's rows merged into one chunk and one calls row per call, then the log table."""
+        chunks, calls = merge_log_rows(self.rows)
+        return [
+            *SqliteEventWriter.statements(chunks, calls),
+            *(_FOLD if self.log_table else ()),
+            *((_MARK_FOLDED, [marker]) for marker in self.markers),
+            *((_FORGET_FOLDED, [marker]) for marker in self.forget),
+        ]
 
 
 class StoreWriterError(Exception):
@@ -89,18 +115,21 @@ class SqliteEventWriter:
     """
 
     def __init__(self, path: str) -> None:
-        self._path = path
+        self.path = path
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
-    async def commit(self, chunks: list[ChunkRow], calls: list[dict[str, Any]], *, logged: bool = False) -> None:
-        """Store `chunks` (`chunks.chunk_rows`) and merge `calls` (`SqlStore._call_rows`), or with
-        `logged`, append both to the log for the next fold (`event_log`)."""
-        await self._transaction(self.statements(chunks, calls, logged=logged))
+    async def commit(
+        self, chunks: list[ChunkRow], calls: list[dict[str, Any]], *, fold: Fold | None = None
+    ) -> None:
+        """Store `chunks` (`chunks.chunk_rows`) and merge `calls` (`SqlStore._call_rows`); with
+        `fold`, in the same transaction after the fold."""
+        head = [] if fold is None else fold.statements()
+        await self._transaction(head + self.statements(chunks, calls))
 
-    async def fold(self) -> None:
-        """File the log into event_chunks and calls (`event_log.FOLD`)."""
-        await self._transaction(_FOLD)
+    async def fold(self, fold: Fold) -> None:
+        """File the journal's rows and the log into event_chunks and calls (`event_log.FOLD`)."""
+        await self._transaction(fold.statements())
 
     async def _transaction(self, statements: list[Statement]) -> None:
         body = pickle.dumps(statements, pickle.HIGHEST_PROTOCOL)
@@ -110,11 +139,9 @@ class SqliteEventWriter:
             raise StoreWriterError(reply.decode(errors="replace"))
 
     @staticmethod
-    def statements(chunks: list[ChunkRow], calls: list[dict[str, Any]], *, logged: bool = False) -> list[Statement]:
+    def statements(chunks: list[ChunkRow], calls: list[dict[str, Any]]) -> list[Statement]:
         """The transaction's statements, built on the event loop: the writer process then only
         hands each statement to SQLite."""
-        if logged:
-            return _statements(_INSERT_LOG, LOG_COLUMNS, log_rows(chunks, calls))
         merged = [tuple(c[k] for k in _CALL_COLUMNS) for c in calls]
         return _statements(_INSERT_CHUNKS, CHUNK_COLUMNS, chunks) + _statements(_UPSERT_CALLS, _CALL_COLUMNS, merged)
 
@@ -124,7 +151,7 @@ class SqliteEventWriter:
             # A plain script with -I (isolated): the standard library only, none of the node's
             # environment.
             process = self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-B", sqlite_process.__file__, self._path,
+                sys.executable, "-I", "-B", sqlite_process.__file__, self.path,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             )
         assert process.stdin is not None

@@ -1,0 +1,163 @@
+"""The embedded store's journal: sparse commits as appends to a file of the node's own.
+
+A live fan-out commits a few events for each of dozens of calls many times a second, and every
+subscriber waits for that commit. Through the writer process each such commit cost two pipe
+round trips, a SQLite transaction and the context switches between them, on the core the
+fan-out runs on (results/diag-no-store-fanout: the store was a fifth of that core at 60k
+deliveries/s). Here a sparse commit is one `write` of its rows (`event_log.log_rows`) to an
+append-only file next to the database: the events are in the OS's page cache when it returns,
+which is what SQLite's WAL with `synchronous=NORMAL` promises too (a process crash loses
+nothing; an OS crash may lose the last commits, and a torn last record is dropped by its CRC).
+
+About once a second, and before anything reads calls or events, `SqlStore` folds the journal's
+rows into the database in one transaction of the writer process (`sqlite_writer.fold_statements`),
+then deletes the files that held them. A fold starts a new file first, so commits go on while it
+runs. A node that died leaves its files behind; the next node folds them before its first read.
+The fold's transaction records each file it folded (`meta`: `journal:<file>`), so a crash between
+that commit and the deletion of the files double-counts nothing: the next node deletes them unread.
+Each node's files carry a name of their own and stay locked (`flock`) while it holds them, so a node
+started beside a live one (two nodes on one database file) never takes that one's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import struct
+import zlib
+from collections.abc import Container, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from callstream.store.event_log import LogRow
+
+# A record: the body's length and CRC-32, then the body (the rows as a JSON array of arrays).
+_RECORD = struct.Struct("!II")
+MARKER_PREFIX = "journal:"  # + the file's name after `<database>-events.`: a `meta` key
+
+
+@dataclass(slots=True)
+class JournalFile:
+    path: str
+    fd: int  # open, and locked, until the file is deleted
+
+    @property
+    def marker(self) -> str:
+        """The `meta` key a fold of this file commits with it."""
+        return MARKER_PREFIX + self.path.rsplit("-events.", 1)[1]
+
+
+class EventJournal:
+    """A node's journal files (`<database>-events.<node>.<n>`) and the rows they hold, not yet
+    folded. `SqlStore` opens one for a node's writer, never for the CLI's short-lived stores."""
+
+    def __init__(self, database_path: str) -> None:
+        self._prefix = database_path + "-events."
+        self._node = secrets.token_hex(4)
+        self._generation = 0
+        self._current: JournalFile | None = None
+        self.rows: list[LogRow] = []  # appended, not folded yet
+        self._files: list[JournalFile] = []  # the files holding `rows`
+
+    def recover(self, folded: Container[str]) -> int:
+        """Take over the files nodes that died left behind (a live node's stay locked): those a
+        fold already filed (their marker is in `folded`) are deleted, the others' rows (each
+        record up to the first torn one) wait for the next fold. Returns how many rows."""
+        prefix = Path(self._prefix)
+        for path in sorted(prefix.parent.glob(prefix.name + "*")):
+            if "." not in path.name.rsplit("-events.", 1)[1]:  # not a journal's (`<node>.<n>`)
+                continue
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live node's
+                os.close(fd)
+                continue
+            found = JournalFile(str(path), fd)
+            if found.marker in folded:
+                self.folded([found])
+                continue
+            self.rows.extend(read_records(found.path))
+            self._files.append(found)
+        return len(self.rows)
+
+    @property
+    def holds_any(self) -> bool:
+        """Whether a fold has anything to do: rows, or files (even of torn records only)."""
+        return bool(self._files)
+
+    def markers_on_disk(self) -> set[str]:
+        """The markers of every journal file there is, this node's or another's."""
+        prefix = Path(self._prefix)
+        return {JournalFile(str(path), -1).marker for path in prefix.parent.glob(prefix.name + "*")}
+
+    def append(self, rows: Sequence[LogRow]) -> None:
+        """Journal a commit's rows: once this returns they survive the node's crash. Raises
+        OSError (the disk is full, …) and then holds none of them."""
+        body = orjson.dumps(rows)
+        record = _RECORD.pack(len(body), zlib.crc32(body)) + body
+        current = self._current
+        if current is None:
+            current = self._current = self._open()
+        try:
+            view = memoryview(record)
+            while view:
+                view = view[os.write(current.fd, view) :]
+        except OSError:
+            self._current = None  # a torn record ends its file: later records go to a new one
+            raise
+        self.rows.extend(rows)
+
+    def take(self) -> tuple[list[LogRow], list[JournalFile]]:
+        """The rows to fold and the files that hold them; appends go on in a new file."""
+        self._current = None
+        taken = self.rows, self._files
+        self.rows, self._files = [], []
+        return taken
+
+    @staticmethod
+    def folded(files: Sequence[JournalFile]) -> None:
+        """Their rows are in the database: the files go."""
+        for found in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(found.path)
+            os.close(found.fd)
+
+    def give_back(self, rows: list[LogRow], files: list[JournalFile]) -> None:
+        """A fold failed: its rows (still in their files) wait for the next one."""
+        self.rows[:0] = rows
+        self._files[:0] = files
+
+    def close(self) -> None:
+        """The node ends: what is not folded stays on disk for the next node."""
+        for found in self._files:
+            os.close(found.fd)
+        self._files, self._current = [], None
+
+    def _open(self) -> JournalFile:
+        path = f"{self._prefix}{self._node}.{self._generation}"
+        self._generation += 1
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        found = JournalFile(path, fd)
+        self._files.append(found)
+        return found
+
+
+def read_records(path: str) -> list[LogRow]:
+    """A journal file's rows, record by record, up to the end or the first torn record."""
+    data = Path(path).read_bytes()
+    rows: list[LogRow] = []
+    at = 0
+    while at + _RECORD.size <= len(data):
+        size, crc = _RECORD.unpack_from(data, at)
+        body = data[at + _RECORD.size : at + _RECORD.size + size]
+        if len(body) < size or zlib.crc32(body) != crc:
+            break
+        rows.extend(tuple(row) for row in orjson.loads(body))
+        at += _RECORD.size + size
+    return rows

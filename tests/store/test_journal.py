@@ -1,0 +1,158 @@
+"""The embedded store's journal (store/journal.py): a sparse commit is durable when `append`
+returns, a crashed node's journal is read back by the next one, exactly once, and a live node's
+journal is never another node's to take."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+from callstream.store import SqlStore
+from callstream.store.chunks import by_call, chunk_rows
+from callstream.store.event_log import log_rows
+from callstream.store.journal import EventJournal, read_records
+from tests.store.test_event_log import logged_rows
+from tests.store.test_store_contract import event
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def journal_files(db_path: Path) -> list[Path]:
+    return sorted(db_path.parent.glob(db_path.name + "-events.*"))
+
+
+def rows_for(*seqs: int) -> list[tuple]:  # type: ignore[type-arg]
+    grouped = by_call([event("acme", "c1", seq) for seq in seqs])
+    return list(log_rows(chunk_rows(grouped), SqlStore._call_rows(grouped)))
+
+
+def test_a_torn_last_record_is_dropped_and_the_records_before_it_kept(tmp_path: Path) -> None:
+    journal = EventJournal(str(tmp_path / "db"))
+    journal.append(rows_for(1))
+    journal.append(rows_for(2))
+    [path] = journal_files(tmp_path / "db")
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-3])  # the OS crashed mid-write of the second record
+    assert read_records(str(path)) == rows_for(1)
+    journal.close()
+
+
+def test_a_record_whose_bytes_changed_ends_the_file(tmp_path: Path) -> None:
+    journal = EventJournal(str(tmp_path / "db"))
+    journal.append(rows_for(1))
+    journal.append(rows_for(2))
+    journal.close()
+    [path] = journal_files(tmp_path / "db")
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert read_records(str(path)) == rows_for(1)
+
+
+async def test_a_sparse_commit_is_in_the_journal_when_it_returns(embedded_store: SqlStore, db_path: Path) -> None:
+    await embedded_store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
+    assert logged_rows(db_path) == 2
+    assert [e.seq for e in await embedded_store.events("acme", "c1")] == [1]  # the read folded it
+    assert journal_files(db_path) == []
+
+
+NODE = """
+import asyncio, sys
+from callstream.events import Event
+from callstream.store import SqlStore
+
+async def main() -> None:
+    store = SqlStore("sqlite+aiosqlite:///" + sys.argv[1])
+    await store.start()
+    final = {"speaker": "user", "text": "great", "is_final": True, "sentiment": {"score": 0.5}}
+    await store.append([Event("acme", "c1", 1, 1000, "transcript.final", final),
+                        Event("acme", "c2", 1, 1000, "agent.state", {"state": "thinking"})])
+    await store.append([Event("acme", "c1", 2, 2000, "transcript.partial",
+                              {"speaker": "user", "text": "he", "is_final": False})])
+    print("appended", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_node_killed_before_any_fold_loses_no_acknowledged_event(db_path: Path) -> None:
+    node = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", NODE, str(db_path), cwd=REPO, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert node.stdout is not None
+        assert (await asyncio.wait_for(node.stdout.readline(), 30)).strip() == b"appended"
+    finally:
+        node.send_signal(signal.SIGKILL)
+        await node.wait()
+    assert logged_rows(db_path) == 3  # journaled, never folded
+
+    store = SqlStore(f"sqlite+aiosqlite:///{db_path}")
+    await store.start()
+    try:
+        state = await store.call_state("acme", "c1")
+        assert state is not None
+        assert state.last_seq == 2  # the partial's seq is not handed out again
+        assert [e.seq for e in await store.events("acme", "c1")] == [1]
+        assert [e.seq for e in await store.events("acme", "c2")] == [1]
+        call = await store.get_call("acme", "c1")
+        assert call is not None
+        assert call.sentiment == 0.5
+    finally:
+        await store.close()
+    assert journal_files(db_path) == []
+
+
+async def test_a_journal_folded_but_not_deleted_before_a_crash_is_not_counted_twice(db_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{db_path}"
+    store = SqlStore(url)
+    await store.start()
+    await store.append([event("acme", "c1", 1, "transcript.final", sentiment={"score": 0.5}), event("acme", "c2", 1)])
+    [path] = journal_files(db_path)
+    kept = path.with_suffix(".kept")
+    shutil.copyfile(path, kept)
+    assert [e.seq for e in await store.events("acme", "c1")] == [1]  # folded, file deleted
+    await store.close()
+    kept.rename(path)  # as if the node had died between the fold's commit and the deletion
+
+    again = SqlStore(url)
+    await again.start()
+    try:
+        call = await again.get_call("acme", "c1")
+        assert call is not None
+        assert (call.last_seq, call.sentiment) == (1, 0.5)  # not 1.0: the file was not folded twice
+        assert [e.seq for e in await again.events("acme", "c1")] == [1]
+        assert journal_files(db_path) == []
+    finally:
+        await again.close()
+
+
+async def test_a_node_started_beside_a_live_one_leaves_its_journal_alone(db_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{db_path}"
+    first = SqlStore(url)
+    await first.start()
+    await first.append([event("acme", "c1", 1), event("acme", "c2", 1)])
+    second = SqlStore(url)
+    await second.start()
+    try:
+        assert [e.seq for e in await second.events("acme", "c1")] == []  # not folded by the second
+        assert len(journal_files(db_path)) == 1
+        assert [e.seq for e in await first.events("acme", "c1")] == [1]
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_a_node_that_ends_cleanly_leaves_no_journal(db_path: Path) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{db_path}")
+    await store.start()
+    await store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
+    await store.close()
+    assert journal_files(db_path) == []
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT call_id, last_seq FROM calls ORDER BY call_id").fetchall() == [("c1", 1), ("c2", 1)]
