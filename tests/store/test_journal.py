@@ -5,13 +5,16 @@ journal is never another node's to take."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import sqlite3
 import sys
 from pathlib import Path
 
-from callstream.store import SqlStore
+import pytest
+
+from callstream.store import SqlStore, StoreUnavailableError
 from callstream.store.chunks import by_call, chunk_rows
 from callstream.store.event_log import log_rows
 from callstream.store.journal import EventJournal, read_records
@@ -63,7 +66,7 @@ async def test_a_sparse_commit_is_in_the_journal_when_it_returns(embedded_store:
 NODE = """
 import asyncio, sys
 from callstream.events import Event
-from callstream.store import SqlStore
+from callstream.store import SqlStore, StoreUnavailableError
 
 async def main() -> None:
     store = SqlStore("sqlite+aiosqlite:///" + sys.argv[1])
@@ -156,3 +159,32 @@ async def test_a_node_that_ends_cleanly_leaves_no_journal(db_path: Path) -> None
     assert journal_files(db_path) == []
     with sqlite3.connect(db_path) as db:
         assert db.execute("SELECT call_id, last_seq FROM calls ORDER BY call_id").fetchall() == [("c1", 1), ("c2", 1)]
+
+
+async def test_a_journal_write_the_disk_refuses_fails_that_commit_only(embedded_store: SqlStore, db_path: Path) -> None:
+    """A full disk (here /dev/full under the journal's next file name): the producer is told its
+    events were not stored, the node keeps serving, and later commits go to a new file."""
+    journal = embedded_store._journal
+    assert journal is not None
+    os.symlink("/dev/full", f"{db_path}-events.{journal._node}.{journal._generation}")
+
+    with pytest.raises(StoreUnavailableError, match="could not commit"):
+        await embedded_store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
+    await embedded_store.append([event("acme", "c1", 2), event("acme", "c2", 2)])
+
+    assert embedded_store.healthy
+    assert [e.seq for e in await embedded_store.events("acme", "c1")] == [2]
+
+
+async def test_a_read_waiting_for_a_fold_still_gets_its_events_when_the_writer_stops(
+    embedded_store: SqlStore,
+) -> None:
+    """Reads ask the writer to fold; if the writer ends first (the store is closing), the read
+    folds by itself instead of waiting forever."""
+    await embedded_store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
+    read = asyncio.create_task(embedded_store.events("acme", "c1"))
+    await asyncio.sleep(0)  # the read has asked the writer for a fold
+    writer = embedded_store._writer
+    assert writer is not None
+    writer.cancel()
+    assert [e.seq for e in await asyncio.wait_for(read, 10)] == [1]

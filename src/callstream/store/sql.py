@@ -540,10 +540,16 @@ class SqlStore:
         if self._writer is None or self._writer.done():
             await self._fold_now()
             return
+        writer = self._writer
         waiter = asyncio.get_running_loop().create_future()
         self._fold_waiters.append(waiter)
         self._wakeup.set()
-        await waiter
+        await asyncio.wait((waiter, writer), return_when=asyncio.FIRST_COMPLETED)
+        if waiter.done():
+            waiter.result()
+        else:  # the writer ended first (the store is closing): nothing else folds now
+            waiter.cancel()
+            await self._fold_now()
 
     async def _run_fold(self) -> None:
         """The writer's fold, for the reads waiting on it and the once-a-second tick."""
