@@ -179,12 +179,29 @@ async def test_a_journal_write_the_disk_refuses_fails_that_commit_only(embedded_
 async def test_a_read_waiting_for_a_fold_still_gets_its_events_when_the_writer_stops(
     embedded_store: SqlStore,
 ) -> None:
-    """Reads ask the writer to fold; if the writer ends first (the store is closing), the read
-    folds by itself instead of waiting forever."""
+    """Reads fold by themselves, beside the writer: a read gets its events even when the writer
+    has stopped (the store is closing)."""
     await embedded_store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
     read = asyncio.create_task(embedded_store.events("acme", "c1"))
-    await asyncio.sleep(0)  # the read has asked the writer for a fold
+    await asyncio.sleep(0)
     writer = embedded_store._writer
     assert writer is not None
     writer.cancel()
     assert [e.seq for e in await asyncio.wait_for(read, 10)] == [1]
+
+
+async def test_commits_to_the_journal_do_not_wait_for_a_fold_in_flight(embedded_store: SqlStore, db_path: Path) -> None:
+    """The fan-out waits for its commit; a fold held up by the database must not hold it up too."""
+    await embedded_store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # the database's write lock, held elsewhere
+        read = asyncio.create_task(embedded_store.events("acme", "c1"))  # its fold waits for the lock
+        await asyncio.sleep(0.2)
+        assert not read.done()
+        await asyncio.wait_for(embedded_store.append([event("acme", "c1", 2), event("acme", "c2", 2)]), 2)
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+    assert [e.seq for e in await read] == [1]
+    assert [e.seq for e in await embedded_store.events("acme", "c1")] == [1, 2]

@@ -169,8 +169,7 @@ class SqlStore:
         # an earlier version may have left rows), hence dirty until the first fold.
         self._journal: EventJournal | None = None
         self._log_dirty = self._direct is not None
-        self._fold_due = False
-        self._fold_waiters: list[asyncio.Future[None]] = []
+        self._background_fold: asyncio.Task[None] | None = None
         self._forget: list[str] = []  # markers of folded journal files since deleted
         self._folder: asyncio.Task[None] | None = None
         # Call look-ups asked for in one loop iteration, answered by one query (`call_state`).
@@ -226,6 +225,8 @@ class SqlStore:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        if self._background_fold is not None:
+            await self._background_fold  # it logs its own failure
         with contextlib.suppress(Exception):  # else the next start folds it
             await self._fold_log()
         if self._journal is not None:
@@ -509,11 +510,7 @@ class SqlStore:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending or self._fold_waiters or self._fold_due:
-                if self._fold_waiters or self._fold_due:
-                    await self._run_fold()
-                if not self._pending:
-                    continue
+            while self._pending:
                 batch = self._take_batch()
                 error: StoreUnavailableError | None = None
                 try:
@@ -530,44 +527,27 @@ class SqlStore:
 
     async def _fold_log(self) -> None:
         """File the journal and the log (`event_log.FOLD`), if anything may be in them: before
-        every read, so reads see every committed event, and about once a second (`_fold_forever`).
+        every read, so reads see every committed event.
 
-        While the writer runs, the fold is its to do, between two commits: a commit that moves a
-        call's last seq on must never pass journal rows of that call that are still unfolded
-        (the fold's idempotence rests on it, `sqlite_writer._INSERT_LOG`)."""
+        Folds run beside the writer's commits: the journal takes appends in a new file meanwhile,
+        so the fan-out never waits for a fold, and the writer process runs transactions one at a
+        time in the order they were asked for, so a read's fold also waits for any fold in
+        flight before it."""
         if self._direct is None or not self._fold_needed():
             return
-        if self._writer is None or self._writer.done():
-            await self._fold_now()
-            return
-        writer = self._writer
-        waiter = asyncio.get_running_loop().create_future()
-        self._fold_waiters.append(waiter)
-        self._wakeup.set()
-        await asyncio.wait((waiter, writer), return_when=asyncio.FIRST_COMPLETED)
-        if waiter.done():
-            waiter.result()
-        else:  # the writer ended first (the store is closing): nothing else folds now
-            waiter.cancel()
-            await self._fold_now()
+        await self._fold_now()
 
-    async def _run_fold(self) -> None:
-        """The writer's fold, for the reads waiting on it and the once-a-second tick."""
-        waiters, self._fold_waiters = self._fold_waiters, []
-        self._fold_due = False
-        error: Exception | None = None
+    def _fold_soon(self) -> None:
+        """Start a fold unless one started this way is still running (every second, and when the
+        journal holds `FOLD_AT_ROWS` rows)."""
+        if self._background_fold is None or self._background_fold.done():
+            self._background_fold = asyncio.get_running_loop().create_task(self._fold_quietly(), name="store-fold")
+
+    async def _fold_quietly(self) -> None:
         try:
-            await self._fold_now()
+            await self._fold_log()
         except Exception as exc:  # the journal keeps its rows; the next fold tries again
-            error = exc
             log.warning("folding the event journal failed: %s", exc.__class__.__name__)
-        for waiter in waiters:
-            if waiter.done():
-                continue
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
 
     async def _fold_now(self) -> None:
         assert self._direct is not None
@@ -600,8 +580,7 @@ class SqlStore:
         while True:
             await asyncio.sleep(FOLD_EVERY_S)
             if self._fold_needed():
-                self._fold_due = True
-                self._wakeup.set()
+                self._fold_soon()
 
     @staticmethod
     def _settle(batch: list[_Pending], error: StoreUnavailableError | None) -> None:
@@ -641,7 +620,7 @@ class SqlStore:
             if journal is not None and is_sparse(sum(e.type != PARTIAL for e in events), len(calls)):
                 journal.append(log_rows(chunks, calls))  # durable on return: no round trip
                 if len(journal.rows) >= FOLD_AT_ROWS:
-                    self._fold_due = True  # the writer folds before its next batch
+                    self._fold_soon()
                 self.commits += 1
                 return
             await self._commit_dense(chunks, calls)
@@ -666,7 +645,7 @@ class SqlStore:
 
     async def _commit_dense(self, chunks: list[ChunkRow], calls: list[dict[str, Any]]) -> None:
         """Chunks straight to the database, with the journal's unfolded rows folded first in the
-        same transaction (they may be of the same calls: see `_fold_log`)."""
+        same transaction (one transaction where a fold would take a second)."""
         direct = self._direct
         assert direct is not None
         if not self._fold_needed():
