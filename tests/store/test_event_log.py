@@ -195,3 +195,12 @@ def test_a_call_with_only_partials_journaled_gets_no_chunk_but_its_last_seq() ->
     chunks, calls = merge_log_rows(rows)
     assert chunks == []
     assert [(c["call_id"], c["last_seq"]) for c in calls] == [("c1", 7)]
+
+
+def test_a_fold_cuts_a_busy_calls_journaled_events_into_bounded_chunks() -> None:
+    """Reads decode whole chunks: a fold keeps each chunk's seqs within `MAX_CHUNK_EVENTS`."""
+    rows = [row for seq in range(1, 601) for row in log_rows(*rows_of([event("acme", "c1", seq)]))]
+    chunks, calls = merge_log_rows(rows)
+    assert [(c[2], c[3]) for c in chunks] == [(1, 256), (257, 512), (513, 600)]
+    assert [f["seq"] for c in chunks for f in orjson.loads(c[4])] == list(range(1, 601))
+    assert [c["last_seq"] for c in calls] == [600]

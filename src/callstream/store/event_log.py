@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from callstream.store.chunks import ChunkRow
+from callstream.store.chunks import MAX_CHUNK_EVENTS, ChunkRow
 
 # Below this many stored events per call of a commit, the log is cheaper (bench.sqlite_floor:
 # 1 a call 6.6 against 13.1 µs an event, 2 a call 4.9 against 5.7; 10 a call 3.0 against 1.4).
@@ -94,30 +94,40 @@ def log_rows(chunks: Sequence[ChunkRow], calls: Sequence[dict[str, Any]]) -> lis
 
 
 def merge_log_rows(rows: Sequence[LogRow]) -> tuple[list[ChunkRow], list[dict[str, Any]]]:
-    """Rows of the journal as one commit: per call one chunk (its frames joined; reads sort a
-    chunk's events by seq) and one calls row (`SqlStore._call_rows`'s shape), as `FOLD` does in
-    SQL for the log table. Built on the event loop, so the writer process only inserts."""
-    merged: dict[tuple[str, str], list[Any]] = {}
-    for account, call_id, first_seq, last_seq, events, call_last_seq, started_at, score_sum, score_n in rows:
-        into = merged.get((account, call_id))
-        if into is None:
-            into = merged[(account, call_id)] = [None, None, [], call_last_seq, started_at, 0.0, 0]
-        if first_seq is not None and last_seq is not None:
-            into[0] = first_seq if into[0] is None else min(into[0], first_seq)
-            into[1] = last_seq if into[1] is None else max(into[1], last_seq)
-            into[2].append(events[1:-1])
-        into[3] = max(into[3], call_last_seq)
-        into[4] = min(into[4], started_at)
-        into[5] += score_sum
-        into[6] += score_n
+    """Rows of the journal as one commit: per call its chunks (frames joined, a new chunk once a
+    chunk's seqs would span more than `MAX_CHUNK_EVENTS`; reads sort a chunk's events by seq) and
+    one calls row (`SqlStore._call_rows`'s shape), as `FOLD` does in SQL for the log table. Built on
+    the event loop, so the writer process only inserts."""
     chunks: list[ChunkRow] = []
-    calls: list[dict[str, Any]] = []
-    for (account, call_id), (first, last, frames, call_last_seq, started_at, score_sum, score_n) in merged.items():
-        if first is not None:
-            chunks.append((account, call_id, first, last, "[" + ",".join(frames) + "]"))
-        calls.append({
-            "account": account, "call_id": call_id, "status": "live", "started_at": started_at, "ended_at": None,
-            "duration_ms": None, "end_status": None, "reason": None, "last_seq": call_last_seq,
-            "sentiment_sum": score_sum, "sentiment_n": score_n,
-        })
+    open_chunks: dict[tuple[str, str], list[Any]] = {}  # first, last, frames of the call's chunk being filled
+    merged: dict[tuple[str, str], list[Any]] = {}  # call last seq, started at, score sum, score n
+    for account, call_id, first_seq, last_seq, events, call_last_seq, started_at, score_sum, score_n in rows:
+        key = (account, call_id)
+        call = merged.get(key)
+        if call is None:
+            merged[key] = [call_last_seq, started_at, score_sum, score_n]
+        else:
+            call[0] = max(call[0], call_last_seq)
+            call[1] = min(call[1], started_at)
+            call[2] += score_sum
+            call[3] += score_n
+        if first_seq is None or last_seq is None:
+            continue
+        chunk = open_chunks.get(key)
+        if chunk is not None and max(chunk[1], last_seq) - min(chunk[0], first_seq) >= MAX_CHUNK_EVENTS:
+            chunks.append((account, call_id, chunk[0], chunk[1], "[" + ",".join(chunk[2]) + "]"))
+            chunk = None
+        if chunk is None:
+            open_chunks[key] = [first_seq, last_seq, [events[1:-1]]]
+        else:
+            chunk[0], chunk[1] = min(chunk[0], first_seq), max(chunk[1], last_seq)
+            chunk[2].append(events[1:-1])
+    for (account, call_id), (first, last, frames) in open_chunks.items():
+        chunks.append((account, call_id, first, last, "[" + ",".join(frames) + "]"))
+    calls = [
+        {"account": account, "call_id": call_id, "status": "live", "started_at": started_at, "ended_at": None,
+         "duration_ms": None, "end_status": None, "reason": None, "last_seq": call_last_seq,
+         "sentiment_sum": score_sum, "sentiment_n": score_n}
+        for (account, call_id), (call_last_seq, started_at, score_sum, score_n) in merged.items()
+    ]
     return chunks, calls

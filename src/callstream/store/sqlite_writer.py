@@ -1,8 +1,9 @@
 """The embedded store's event writer: its own SQLite connection, in a process of its own.
 
 Only the hot path lives here (dense event batches that do not end a call, as chunks, and the
-folds of the journal, store/journal.py, which holds the sparse ones); everything else, including the batches whose `call.ended` hooks write the
-webhook outbox in the same transaction, keeps the SQLAlchemy path in `sql.py`. The statements
+folds of the journal, store/journal.py, which holds the sparse ones); everything else, including
+the batches whose `call.ended` hooks write the webhook outbox in the same transaction, keeps the
+SQLAlchemy path in `sql.py`. The statements
 mirror `SqlStore._commit` and `_calls_upsert`; the store contract tests run both.
 """
 
