@@ -535,7 +535,10 @@ class SqlStore:
         flight before it."""
         if self._direct is None or not self._fold_needed():
             return
-        await self._fold_now()
+        try:
+            await self._folding(self._direct.fold)
+        except StoreWriterError as exc:
+            raise StoreUnavailableError(f"the store could not fold its event log: {exc}") from exc
 
     def _fold_soon(self) -> None:
         """Start a fold unless one started this way is still running (every second, and when the
@@ -548,15 +551,6 @@ class SqlStore:
             await self._fold_log()
         except Exception as exc:  # the journal keeps its rows; the next fold tries again
             log.warning("folding the event journal failed: %s", exc.__class__.__name__)
-
-    async def _fold_now(self) -> None:
-        assert self._direct is not None
-        if not self._fold_needed():
-            return
-        try:
-            await self._folding(self._direct.fold)
-        except StoreWriterError as exc:
-            raise StoreUnavailableError(f"the store could not fold its event log: {exc}") from exc
 
     async def _folding(self, transaction: Callable[[Fold], Awaitable[None]]) -> None:
         """Run a transaction that folds the journal's rows (and the log): if it fails, the rows
@@ -630,8 +624,7 @@ class SqlStore:
             await self._pg.commit(chunk_rows(grouped), calls)
             self.commits += 1
             return
-        if self._direct is not None:
-            await self._fold_now()  # the hooks below read the call's events and its calls row
+        await self._fold_log()  # the hooks below read the call's events and its calls row
         rows = [dict(zip(CHUNK_COLUMNS, row, strict=True)) for row in chunk_rows(grouped)]
         async with self.engine.begin() as conn:
             if rows:
@@ -651,7 +644,7 @@ class SqlStore:
         if not self._fold_needed():
             await direct.commit(chunks, calls)
             return
-        await self._folding(lambda rows: direct.commit(chunks, calls, fold=rows))
+        await self._folding(lambda fold: direct.commit(chunks, calls, fold=fold))
 
     @staticmethod
     def _call_rows(grouped: CallEvents) -> list[dict[str, Any]]:
