@@ -16,7 +16,7 @@ import pytest
 
 from callstream.store import SqlStore, StoreUnavailableError
 from callstream.store.chunks import by_call, chunk_rows
-from callstream.store.event_log import log_rows
+from callstream.store.event_log import LogRow, log_rows
 from callstream.store.journal import EventJournal, read_records
 from tests.store.test_event_log import logged_rows
 from tests.store.test_store_contract import event
@@ -28,7 +28,7 @@ def journal_files(db_path: Path) -> list[Path]:
     return sorted(db_path.parent.glob(db_path.name + "-events.*"))
 
 
-def rows_for(*seqs: int) -> list[tuple]:  # type: ignore[type-arg]
+def rows_for(*seqs: int) -> list[LogRow]:
     grouped = by_call([event("acme", "c1", seq) for seq in seqs])
     return list(log_rows(chunk_rows(grouped), SqlStore._call_rows(grouped)))
 

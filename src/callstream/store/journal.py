@@ -40,6 +40,11 @@ _RECORD = struct.Struct("!II")
 MARKER_PREFIX = "journal:"  # + the file's name after `<database>-events.`: a `meta` key
 
 
+def marker_of(path: str) -> str:
+    """The `meta` key a fold of the journal file at `path` commits with it."""
+    return MARKER_PREFIX + path.rsplit("-events.", 1)[1]
+
+
 @dataclass(slots=True)
 class JournalFile:
     path: str
@@ -47,8 +52,7 @@ class JournalFile:
 
     @property
     def marker(self) -> str:
-        """The `meta` key a fold of this file commits with it."""
-        return MARKER_PREFIX + self.path.rsplit("-events.", 1)[1]
+        return marker_of(self.path)
 
 
 class EventJournal:
@@ -67,17 +71,14 @@ class EventJournal:
         """Take over the files nodes that died left behind (a live node's stay locked): those a
         fold already filed (their marker is in `folded`) are deleted, the others' rows (each
         record up to the first torn one) wait for the next fold. Returns how many rows."""
-        prefix = Path(self._prefix)
-        for path in sorted(prefix.parent.glob(prefix.name + "*")):
-            if "." not in path.name.rsplit("-events.", 1)[1]:  # not a journal's (`<node>.<n>`)
-                continue
+        for path in self._on_disk():
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # a live node's
                 os.close(fd)
                 continue
-            found = JournalFile(str(path), fd)
+            found = JournalFile(path, fd)
             if found.marker in folded:
                 self.folded([found])
                 continue
@@ -92,8 +93,13 @@ class EventJournal:
 
     def markers_on_disk(self) -> set[str]:
         """The markers of every journal file there is, this node's or another's."""
+        return {marker_of(path) for path in self._on_disk()}
+
+    def _on_disk(self) -> list[str]:
+        """Every journal file (`<database>-events.<node>.<n>`) beside the database, in name order."""
         prefix = Path(self._prefix)
-        return {JournalFile(str(path), -1).marker for path in prefix.parent.glob(prefix.name + "*")}
+        found = prefix.parent.glob(prefix.name + "*.*")
+        return sorted(str(path) for path in found if path.name.rsplit("-events.", 1)[1].count(".") == 1)
 
     def append(self, rows: Sequence[LogRow]) -> None:
         """Journal a commit's rows: once this returns they survive the node's crash. Raises
