@@ -262,6 +262,7 @@ def ingest_section(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         by[(r["target"], cores(r), r["batch"], r["window_frames"])].append(r)
     body = [[t, c, b, w, med([r["acked_s"] for r in rs]), med([r["cpu_pct"] for r in rs]),
+             med([r.get("runq_wait_pct") for r in rs]), med([r.get("load_cpu_pct") for r in rs]),
              med([r["rss_mib"] for r in rs]), sum(r["errors"] for r in rs), len(rs)] for (t, c, b, w), rs in by.items()]
     return ("## Ingest: events/s through /v1/ingest, acknowledged (= sequenced and durably stored)\n\n"
             "4 producer sockets (2 processes × 2), each keeping `frames in flight` frames of `events/frame` events "
@@ -272,9 +273,12 @@ def ingest_section(rows: list[dict[str, Any]]) -> str:
             "server with bench/patches/bench-no-store.diff (the commit writes nothing). Each target runs pinned to "
             "one core, as in the other scenarios, and not pinned (both cores, shared with the load generator, "
             "which stays on its core): the embedded store's writer is a process of its own, which only the "
-            "second reading lets run beside the node. Server CPU % includes that process.\n\n"
+            "second reading lets run beside the node. Server CPU % includes that process; waited % is the "
+            "time the server's threads were runnable but another process had the core (run-queue wait); load CPU % "
+            "is the producers' processes' (both on the load's core: near 100 % there means the load, not the "
+            "server, sets the rate).\n\n"
             + table(["target", "node CPUs", "events/frame", "frames in flight", "events/s acked", "server CPU %",
-                     "RSS MiB", "errors", "runs"], body) + "\n")
+                     "waited %", "load CPU %", "RSS MiB", "errors", "runs"], body) + "\n")
 
 
 def cores(row: dict[str, Any]) -> str:

@@ -195,43 +195,68 @@ class Bench:
         return steps
 
     def fanout(self, run: int) -> None:
+        """Every target's ladder, interleaved: all targets are up at once (idle ones cost their core nothing),
+        and each step is measured on every target in turn before the next step. This machine's speed drifts
+        by tens of percent over minutes (other tenants): a target's whole ladder run after another's put
+        them in different phases, and the ratio moved with the phase (results/final-fanout-journal against
+        the full run); a step's targets are now seconds apart. Each run starts the rotation at another
+        target, so none is always first. `--sequential` runs one target's ladder after another's."""
+        names = [n for n in self.fanout_targets()
+                 if not (run > 0 and n in ANCHORS and not self.args.targets)]  # anchors run once: they frame the scale
+        if self.args.sequential:
+            for name in names:
+                self.fanout_ladders(run, [name])
+            return
+        turn = run % len(names) if names else 0
+        self.fanout_ladders(run, names[turn:] + names[:turn])
+
+    def fanout_ladders(self, run: int, names: list[str]) -> None:
         subs_n, calls_n, per_call = 1000, 100, 10
         warm, window = (1.0, 3.0) if self.quick else (1.0, 4.0)
-        for name in self.fanout_targets():
-            if run > 0 and name in ANCHORS and not self.args.targets:
-                continue  # the anchors (nchan, picows) run once: they frame the scale, not the ratios
-            target = make(name)
-            try:
-                self.start(target)
-            except Exception as exc:
-                log(f"!! {name} did not start: {exc!r}")
-                self.results.setdefault("failures", []).append(f"fanout {name}: {exc!r}")
-                continue
-            load = Load(self.args.sub_procs + 1, self.load_cpus)
-            producer = len(load) - 1
-            sub_idx = list(range(self.args.sub_procs))
-            try:
+        live: list[tuple[Target, Load, int, list[int], int]] = []
+        try:
+            for name in names:
+                target = make(name)
+                try:
+                    self.start(target)
+                except Exception as exc:
+                    log(f"!! {name} did not start: {exc!r}")
+                    self.results.setdefault("failures", []).append(f"fanout {name}: {exc!r}")
+                    continue
+                load = Load(self.args.sub_procs + 1, self.load_cpus)
+                producer = len(load) - 1
+                sub_idx = list(range(self.args.sub_procs))
+                live.append((target, load, producer, sub_idx, 0))
                 calls = [f"fo{self.run_tag}r{run}c{c:03d}" for c in range(calls_n)]
                 groups = [[calls[k % calls_n]] for k in range(subs_n)]
                 opened = load.each(sub_idx, "open_subscribers",
                                    kws=[{"dialect": target.dialect, "base": target.base, "token": target.token,
-                                                 "groups": split(groups, len(sub_idx))[n]} for n in range(len(sub_idx))])
+                                         "groups": split(groups, len(sub_idx))[n]} for n in range(len(sub_idx))])
                 connected = sum(o["connected"] for o in opened)
+                live[-1] = (target, load, producer, sub_idx, connected)
                 log(f"{target.name}: {connected} subscribers in {max(o['elapsed'] for o in opened):.1f}s")
                 load.call(producer, "start_producer", dialect=target.dialect, base=target.base, token=target.token,
                           calls=calls, conns=10, mix="call", rate=0.0)
                 if self.args.profile and name == self.args.profile_target and run == 0:
                     self.profile(target, load, producer, sub_idx, per_call)
-                for offered in self.ladder():
+            for offered in self.ladder():
+                if not live:
+                    break
+                for entry in list(live):
+                    target, load, producer, sub_idx, connected = entry
                     row = self.fanout_step(target, load, producer, sub_idx, offered, per_call, warm, window)
                     row.update(run=run, subscribers=connected)
                     self.add("fanout", row)
                     log(f"{target.name} {offered:>7,}/s → {row['delivered_s']:>9,.0f}/s p50 {row['p50_ms']} "
                         f"p99 {row['p99_ms']} p99.9 {row['p999_ms']} loss {row['loss']:.4f} "
-                        f"cpu {row['cpu_pct']:.0f}% (waited {row['runq_wait_pct']:.0f}%) load-cpu {row['load_cpu_pct']:.0f}%")
-                    if row["saturated"]:
-                        break
-            finally:
+                        f"cpu {row['cpu_pct']:.0f}% (waited {row['runq_wait_pct']:.0f}%) "
+                        f"load-cpu {row['load_cpu_pct']:.0f}%")
+                    if row["saturated"]:  # its ladder ends; a backlog must not burn the next target's core
+                        live.remove(entry)
+                        load.close()
+                        target.stop()
+        finally:
+            for target, load, *_ in live:
                 load.close()
                 target.stop()
 
@@ -514,7 +539,9 @@ class Bench:
         # window / latency: with the store, an ack waits for its commit, and too small a window measures
         # that latency instead of the node. Each window is a row; the targets use each target's best.
         shapes = [(100, w) for w in self.args.ingest_window] + [(1, 64)]
-        for name, cpus, (batch, win) in itertools.product(names, pinnings, shapes):
+        # Targets interleaved (each shape on every target in turn, a fresh server each), so that a target and
+        # its store-disabled reference are measured seconds apart, in the same phase of this machine's drift.
+        for cpus, (batch, win), name in itertools.product(pinnings, shapes, names):
             log(f"start {name} (CPUs {cpus or 'any'})")
             target = make(name).start(cpus or None)
             load = Load(2, self.load_cpus)
@@ -526,21 +553,24 @@ class Bench:
                     "conns": 2, "mix": "call", "batch": batch, "window": win} for k in range(len(idx))])
                 time.sleep(2.0)
                 a0 = sum(c["acked_total"] for c in load.each(idx, "producer_counts"))
-                cpu0 = target.cpu_s()
+                cpu0, wait0 = target.cpu_s(), target.runq_wait_s()
+                lcpu0 = sum(s["cpu_s"] for s in load.each(idx, "cpu"))
                 time.sleep(window)
                 a1 = sum(c["acked_total"] for c in load.each(idx, "producer_counts"))
-                cpu1 = target.cpu_s()
+                cpu1, wait1 = target.cpu_s(), target.runq_wait_s()
+                lcpu1 = sum(s["cpu_s"] for s in load.each(idx, "cpu"))
                 counts = load.each(idx, "producer_counts")
                 stats = merge(load.each(idx, "stats"))
                 row = {"target": target.name, "run": run, "batch": batch, "window_frames": win,
                        "node_cpus": cpus or "any",
                        "producer_sockets": 4, "acked_s": (a1 - a0) / window,
-                       "cpu_pct": (cpu1 - cpu0) / window * 100, "rss_mib": target.rss_kib() / 1024,
+                       "cpu_pct": (cpu1 - cpu0) / window * 100, "runq_wait_pct": (wait1 - wait0) / window * 100,
+                       "load_cpu_pct": (lcpu1 - lcpu0) / window * 100, "rss_mib": target.rss_kib() / 1024,
                        "errors": sum(c["errors"] for c in counts) + stats["errors"],
                        "error_samples": stats["error_samples"]}
                 self.add("ingest", row)
                 log(f"{target.name} batch {batch} x{win}, CPUs {cpus or 'any'}: {row['acked_s']:,.0f} events/s acked, "
-                    f"cpu {row['cpu_pct']:.0f}%")
+                    f"cpu {row['cpu_pct']:.0f}% (waited {row['runq_wait_pct']:.0f}%) load-cpu {row['load_cpu_pct']:.0f}%")
                 load.each(idx, "stop_producer")
             finally:
                 load.close()
@@ -661,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-cpus", default="1", help="cores for the load processes ('' = no pinning)")
     parser.add_argument("--node-cpus", default="",
                         help="twonode: taskset list of node 0, node 1 (default '': not pinned; see bench/README.md)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="fan-out: one target's whole ladder after another's (default: interleaved, step by step)")
     parser.add_argument("--sub-procs", type=int, default=2, help="subscriber load processes in fan-out")
     parser.add_argument("--max-rate", type=int, default=None, help="highest fan-out step (deliveries/s)")
     parser.add_argument("--steps", default=None, help="fan-out steps, comma-separated deliveries/s (default: the ladder)")
