@@ -16,14 +16,22 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from callstream.events import Event
 from callstream.store import SqlStore, migrate
 from callstream.store.chunks import by_call, chunk_rows
-from callstream.store.event_log import DENSE_EVENTS_PER_CALL, LOG_COLUMNS, is_sparse, log_rows, merge_log_rows
+from callstream.store.event_log import (
+    DENSE_EVENTS_PER_CALL,
+    LOG_COLUMNS,
+    LogRow,
+    is_sparse,
+    log_rows,
+    merge_log_rows,
+)
 from callstream.store.journal import read_records
 from tests.store.test_store_contract import event
 
 
-def rows_of(batch: list[Event]) -> tuple[list[tuple[str, str, int, int, str]], list[dict[str, object]]]:
-    grouped = by_call(batch)
-    return chunk_rows(grouped), SqlStore._call_rows(grouped)
+def journaled(batch: list[Event]) -> list[LogRow]:
+    rows = log_rows(by_call(batch))
+    assert rows is not None
+    return rows
 
 
 def test_a_commit_with_few_stored_events_per_call_is_logged_and_a_dense_one_is_not() -> None:
@@ -48,7 +56,7 @@ def test_a_log_row_holds_a_calls_stored_frames_and_what_its_calls_row_needs() ->
         event("acme", "c2", 3, "transcript.partial"),
         event("acme", "c1", 8, "transcript.partial"),
     ]
-    rows = [dict(zip(LOG_COLUMNS, row, strict=True)) for row in log_rows(*rows_of(batch))]
+    rows = [dict(zip(LOG_COLUMNS, row, strict=True)) for row in journaled(batch)]
     assert rows == [
         {"account": "acme", "call_id": "c1", "first_seq": 7, "last_seq": 7, "events": f"[{batch[0].frame}]",
          "call_last_seq": 8, "started_at": 7_000, "sentiment_sum": 0.5, "sentiment_n": 1},
@@ -58,13 +66,31 @@ def test_a_log_row_holds_a_calls_stored_frames_and_what_its_calls_row_needs() ->
     ]
 
 
-def test_a_call_split_over_several_chunks_is_one_log_row() -> None:
-    batch = [event("acme", "c1", seq) for seq in range(1, 600)]
-    chunks, calls = rows_of(batch)
-    assert len(chunks) == 3
-    [row] = log_rows(chunks, calls)
-    assert row[2:4] == (1, 599)
-    assert [f["seq"] for f in orjson.loads(row[4])] == list(range(1, 600))
+def test_a_log_row_carries_what_the_calls_row_needs_exactly_as_a_dense_commit_does() -> None:
+    """The journal's rows are built apart from the chunks and calls rows of a dense commit; a fold
+    of them must give the same chunks and the same calls rows, or a call's summary would depend
+    on which path its events took."""
+    batch = [
+        event("acme", "c1", 1, "agent.state"),
+        event("acme", "c1", 2, "transcript.final", sentiment={"score": 0.5}),
+        event("acme", "c2", 1, "transcript.partial"),
+        event("acme", "c1", 3, "transcript.final", sentiment={"score": -1}),
+        event("acme", "c1", 4, "transcript.final", sentiment="unknown"),
+        event("acme", "c1", 5, "transcript.partial"),
+        event("beta", "c1", 9, "transcript.final"),
+    ]
+    grouped = by_call(batch)
+
+    chunks, calls = merge_log_rows(journaled(batch))
+
+    assert chunks == chunk_rows(grouped)
+    assert calls == SqlStore._call_rows(grouped)
+
+
+def test_a_commit_that_ends_a_call_is_not_journaled() -> None:
+    """Its `call.ended` hooks (webhooks, the outbox) run in the SQLAlchemy transaction."""
+    ended = event("acme", "c2", 4, "call.ended", duration_ms=1_000, status="completed")
+    assert log_rows(by_call([event("acme", "c1", 1), ended])) is None
 
 
 @pytest.fixture
@@ -76,7 +102,7 @@ def leave_in_log(db_path: Path, batch: list[Event]) -> None:
     """Rows in the log that no fold has filed, written behind the store's back."""
     insert = f"INSERT INTO event_log ({', '.join(LOG_COLUMNS)}) VALUES ({', '.join('?' * len(LOG_COLUMNS))})"  # noqa: S608
     with sqlite3.connect(db_path) as db:
-        db.executemany(insert, log_rows(*rows_of(batch)))
+        db.executemany(insert, journaled(batch))
 
 
 def logged_rows(db_path: Path) -> int:
@@ -177,7 +203,7 @@ def test_journaled_rows_of_one_call_fold_into_one_chunk_and_one_calls_row() -> N
     first = [event("acme", "c1", 3, "transcript.final", sentiment={"score": 0.5}), event("acme", "c2", 1)]
     second = [event("acme", "c1", 4, "transcript.partial")]
     third = [event("acme", "c1", 5, "transcript.final", sentiment={"score": -0.25})]
-    rows = [row for batch in (first, second, third) for row in log_rows(*rows_of(batch))]
+    rows = [row for batch in (first, second, third) for row in journaled(batch)]
 
     chunks, calls = merge_log_rows(rows)
 
@@ -191,7 +217,7 @@ def test_journaled_rows_of_one_call_fold_into_one_chunk_and_one_calls_row() -> N
 
 
 def test_a_call_with_only_partials_journaled_gets_no_chunk_but_its_last_seq() -> None:
-    rows = log_rows(*rows_of([event("acme", "c1", 7, "transcript.partial")]))
+    rows = journaled([event("acme", "c1", 7, "transcript.partial")])
     chunks, calls = merge_log_rows(rows)
     assert chunks == []
     assert [(c["call_id"], c["last_seq"]) for c in calls] == [("c1", 7)]
@@ -199,7 +225,7 @@ def test_a_call_with_only_partials_journaled_gets_no_chunk_but_its_last_seq() ->
 
 def test_a_fold_cuts_a_busy_calls_journaled_events_into_bounded_chunks() -> None:
     """Reads decode whole chunks: a fold keeps each chunk's seqs within `MAX_CHUNK_EVENTS`."""
-    rows = [row for seq in range(1, 601) for row in log_rows(*rows_of([event("acme", "c1", seq)]))]
+    rows = [row for seq in range(1, 601) for row in journaled([event("acme", "c1", seq)])]
     chunks, calls = merge_log_rows(rows)
     assert [(c[2], c[3]) for c in chunks] == [(1, 256), (257, 512), (513, 600)]
     assert [f["seq"] for c in chunks for f in orjson.loads(c[4])] == list(range(1, 601))

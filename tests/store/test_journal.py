@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from callstream.store import SqlStore, StoreUnavailableError
-from callstream.store.chunks import by_call, chunk_rows
+from callstream.store.chunks import by_call
 from callstream.store.event_log import LogRow, log_rows
 from callstream.store.journal import EventJournal, read_records
 from tests.store.test_event_log import logged_rows
@@ -29,8 +29,9 @@ def journal_files(db_path: Path) -> list[Path]:
 
 
 def rows_for(*seqs: int) -> list[LogRow]:
-    grouped = by_call([event("acme", "c1", seq) for seq in seqs])
-    return list(log_rows(chunk_rows(grouped), SqlStore._call_rows(grouped)))
+    rows = log_rows(by_call([event("acme", "c1", seq) for seq in seqs]))
+    assert rows is not None
+    return rows
 
 
 def test_a_torn_last_record_is_dropped_and_the_records_before_it_kept(tmp_path: Path) -> None:

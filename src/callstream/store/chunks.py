@@ -22,10 +22,11 @@ from typing import Any, Final
 
 import orjson
 
-from callstream.events import PARTIAL, Event
+from callstream.events import FINAL, PARTIAL, Event
 
 __all__ = [
     "CHUNK_COLUMNS", "MAX_CHUNK_EVENTS", "CallEvents", "ChunkRow", "StoredEvent", "by_call", "chunk_rows", "events_in",
+    "sentiment_score",
 ]
 
 # A read that wants one event decodes its whole chunk; 256 frames (~64 KB) bound that, and a
@@ -54,13 +55,30 @@ def by_call(events: Iterable[Event]) -> CallEvents:
     """A batch's events per (account, call), each call's in `seq` order: grouped once, for both
     the chunks and the calls rows (`SqlStore._call_rows`)."""
     calls: CallEvents = {}
+    held_for = calls.get  # not setdefault: that builds a list per event to throw away
     for event in events:
-        calls.setdefault((event.account, event.call_id), []).append(event)
+        key = (event.account, event.call_id)
+        held = held_for(key)
+        if held is None:
+            calls[key] = [event]
+        else:
+            held.append(event)
     for held in calls.values():
         # Already in seq order from one publish; two publishes racing on one node (the Redis
         # broker sequences before the store appends) may not be. A sorted run costs one pass.
-        held.sort(key=_seq)
+        if len(held) > 1:
+            held.sort(key=_seq)
     return calls
+
+
+def sentiment_score(event: Event) -> float | None:
+    """A final transcript's sentiment score (`callstream.sentiment`), which its call's row sums."""
+    sentiment = event.data.get("sentiment") if event.type == FINAL else None
+    if isinstance(sentiment, dict):
+        score = sentiment.get("score")
+        if isinstance(score, int | float):
+            return float(score)
+    return None
 
 
 def chunk_rows(calls: CallEvents) -> list[ChunkRow]:

@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from callstream.store.chunks import MAX_CHUNK_EVENTS, ChunkRow
+from callstream.events import ENDED, FINAL, PARTIAL
+from callstream.store.chunks import MAX_CHUNK_EVENTS, CallEvents, ChunkRow, sentiment_score
 
 # Below this many stored events per call of a commit, the log is cheaper (bench.sqlite_floor:
 # 1 a call 6.6 against 13.1 µs an event, 2 a call 4.9 against 5.7; 10 a call 3.0 against 1.4).
@@ -69,26 +70,31 @@ def is_sparse(stored: int, calls: int) -> bool:
     return stored < DENSE_EVENTS_PER_CALL * calls
 
 
-def log_rows(chunks: Sequence[ChunkRow], calls: Sequence[dict[str, Any]]) -> list[LogRow]:
-    """One row per call of the commit: its stored frames (`chunks.chunk_rows`, joined back into
-    one array) and what the fold merges into its calls row (`SqlStore._call_rows`)."""
-    stored: dict[tuple[str, str], list[ChunkRow]] = {}
-    for chunk in chunks:
-        stored.setdefault((chunk[0], chunk[1]), []).append(chunk)
+def log_rows(grouped: CallEvents) -> list[LogRow] | None:
+    """One row per call of the commit (`chunks.by_call`): its stored frames as one array and what
+    the fold merges into its calls row (`SqlStore._call_rows`'s fields), built in one pass over the
+    events. None if an event ends a call: such commits take the SQLAlchemy path, whose hooks write
+    the webhook outbox in the same transaction."""
     rows: list[LogRow] = []
-    for call in calls:
-        account, call_id = call["account"], call["call_id"]
-        parts = stored.get((account, call_id))
-        if not parts:  # partials only: nothing to store, but the call's last seq moved on
-            first_seq, last_seq, events = None, None, "[]"
-        elif len(parts) == 1:
-            first_seq, last_seq, events = parts[0][2], parts[0][3], parts[0][4]
-        else:
-            first_seq, last_seq = parts[0][2], parts[-1][3]
-            events = "[" + ",".join(part[4][1:-1] for part in parts) + "]"
+    for (account, call_id), held in grouped.items():
+        frames: list[str] = []
+        first_seq = last_seq = None  # of the stored events; None for partials only (the seq still moved on)
+        score_sum, score_n = 0.0, 0
+        for event in held:
+            kind = event.type
+            if kind == PARTIAL:
+                continue
+            if kind == ENDED:
+                return None
+            if first_seq is None:
+                first_seq = event.seq
+            last_seq = event.seq
+            frames.append(event.frame)
+            if kind == FINAL and (score := sentiment_score(event)) is not None:
+                score_sum += score
+                score_n += 1
         rows.append((
-            account, call_id, first_seq, last_seq, events, call["last_seq"], call["started_at"],
-            call["sentiment_sum"], call["sentiment_n"],
+            account, call_id, first_seq, last_seq, f"[{','.join(frames)}]", held[-1].seq, held[0].ts, score_sum, score_n,
         ))
     return rows
 

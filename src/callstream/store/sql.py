@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from callstream.broker.base import CallState
-from callstream.events import ENDED, FINAL, PARTIAL, Event
+from callstream.events import ENDED, PARTIAL, Event
 from callstream.store import sqlite_process
 from callstream.store import tables as t
 from callstream.store.chunks import (
@@ -37,6 +37,7 @@ from callstream.store.chunks import (
     by_call,
     chunk_rows,
     events_in,
+    sentiment_score,
 )
 from callstream.store.event_log import FOLD_AT_ROWS, FOLD_EVERY_S, is_sparse, log_rows
 from callstream.store.journal import MARKER_PREFIX, EventJournal
@@ -606,18 +607,19 @@ class SqlStore:
 
     async def _commit(self, events: list[Event]) -> None:
         grouped = by_call(events)
-        calls = self._call_rows(grouped)
-        ends_a_call = any(c["status"] == "ended" for c in calls)
-        if self._direct is not None and not ends_a_call:
-            chunks = chunk_rows(grouped)
-            journal = self._journal
-            if journal is not None and is_sparse(sum(e.type != PARTIAL for e in events), len(calls)):
-                journal.append(log_rows(chunks, calls))  # durable on return: no round trip
+        journal = self._journal
+        if journal is not None and is_sparse(sum(e.type != PARTIAL for e in events), len(grouped)):
+            logged = log_rows(grouped)
+            if logged is not None:  # no call ends in it
+                journal.append(logged)  # durable on return: no round trip
                 if len(journal.rows) >= FOLD_AT_ROWS:
                     self._fold_soon()
                 self.commits += 1
                 return
-            await self._commit_dense(chunks, calls)
+        calls = self._call_rows(grouped)
+        ends_a_call = any(c["status"] == "ended" for c in calls)
+        if self._direct is not None and not ends_a_call:
+            await self._commit_dense(chunk_rows(grouped), calls)
             self.commits += 1
             return
         if self._pg is not None and not ends_a_call:
@@ -673,11 +675,9 @@ class SqlStore:
                         end_status=e.data["status"],
                         reason=e.data.get("reason"),
                     )
-                elif e.type == FINAL and isinstance(e.data.get("sentiment"), dict):
-                    score = e.data["sentiment"].get("score")
-                    if isinstance(score, int | float):
-                        row["sentiment_sum"] += float(score)
-                        row["sentiment_n"] += 1
+                elif (score := sentiment_score(e)) is not None:
+                    row["sentiment_sum"] += score
+                    row["sentiment_n"] += 1
             rows.append(row)
         return rows
 
