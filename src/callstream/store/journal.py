@@ -10,7 +10,7 @@ which is what SQLite's WAL with `synchronous=NORMAL` promises too (a process cra
 nothing; an OS crash may lose the last commits, and a torn last record is dropped by its CRC).
 
 About once a second, and before anything reads calls or events, `SqlStore` folds the journal's
-rows into the database in one transaction of the writer process (`sqlite_writer.fold_statements`),
+rows into the database in one transaction of the writer process (`sqlite_writer.Fold`),
 then deletes the files that held them. A fold starts a new file first, so commits go on while it
 runs. A node that died leaves its files behind; the next node folds them before its first read.
 The fold's transaction records each file it folded (`meta`: `journal:<file>`), so a crash between
