@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,21 @@ def split(items: list[Any], n: int) -> list[list[Any]]:
     return [items[i::n] for i in range(n)]
 
 
+@dataclass
+class _Ladder:
+    """A fan-out target that is up, with its load processes, while its ladder runs."""
+
+    target: Target
+    load: Load
+    producer: int  # the load process publishing
+    sub_idx: list[int]  # the load processes subscribing
+    connected: int = 0
+
+    def close(self) -> None:
+        self.load.close()
+        self.target.stop()
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -213,7 +229,7 @@ class Bench:
     def fanout_ladders(self, run: int, names: list[str]) -> None:
         subs_n, calls_n, per_call = 1000, 100, 10
         warm, window = (1.0, 3.0) if self.quick else (1.0, 4.0)
-        live: list[tuple[Target, Load, int, list[int], int]] = []
+        live: list[_Ladder] = []
         try:
             for name in names:
                 target = make(name)
@@ -226,14 +242,14 @@ class Bench:
                 load = Load(self.args.sub_procs + 1, self.load_cpus)
                 producer = len(load) - 1
                 sub_idx = list(range(self.args.sub_procs))
-                live.append((target, load, producer, sub_idx, 0))
+                ladder = _Ladder(target, load, producer, sub_idx)
+                live.append(ladder)  # from here on, the finally below closes it
                 calls = [f"fo{self.run_tag}r{run}c{c:03d}" for c in range(calls_n)]
                 groups = [[calls[k % calls_n]] for k in range(subs_n)]
                 opened = load.each(sub_idx, "open_subscribers",
                                    kws=[{"dialect": target.dialect, "base": target.base, "token": target.token,
                                          "groups": split(groups, len(sub_idx))[n]} for n in range(len(sub_idx))])
-                connected = sum(o["connected"] for o in opened)
-                live[-1] = (target, load, producer, sub_idx, connected)
+                ladder.connected = connected = sum(o["connected"] for o in opened)
                 log(f"{target.name}: {connected} subscribers in {max(o['elapsed'] for o in opened):.1f}s")
                 load.call(producer, "start_producer", dialect=target.dialect, base=target.base, token=target.token,
                           calls=calls, conns=10, mix="call", rate=0.0)
@@ -242,23 +258,22 @@ class Bench:
             for offered in self.ladder():
                 if not live:
                     break
-                for entry in list(live):
-                    target, load, producer, sub_idx, connected = entry
-                    row = self.fanout_step(target, load, producer, sub_idx, offered, per_call, warm, window)
-                    row.update(run=run, subscribers=connected)
+                for ladder in list(live):
+                    target = ladder.target
+                    row = self.fanout_step(target, ladder.load, ladder.producer, ladder.sub_idx, offered, per_call, warm,
+                                           window)
+                    row.update(run=run, subscribers=ladder.connected)
                     self.add("fanout", row)
                     log(f"{target.name} {offered:>7,}/s → {row['delivered_s']:>9,.0f}/s p50 {row['p50_ms']} "
                         f"p99 {row['p99_ms']} p99.9 {row['p999_ms']} loss {row['loss']:.4f} "
                         f"cpu {row['cpu_pct']:.0f}% (waited {row['runq_wait_pct']:.0f}%) "
                         f"load-cpu {row['load_cpu_pct']:.0f}%")
                     if row["saturated"]:  # its ladder ends; a backlog must not burn the next target's core
-                        live.remove(entry)
-                        load.close()
-                        target.stop()
+                        live.remove(ladder)
+                        ladder.close()
         finally:
-            for target, load, *_ in live:
-                load.close()
-                target.stop()
+            for ladder in live:
+                ladder.close()
 
     def fanout_step(self, target: Target, load: Load, producer: int | list[int], sub_idx: list[int], offered: int,
                     per_call: int, warm: float, window: float) -> dict[str, Any]:
