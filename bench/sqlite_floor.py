@@ -11,10 +11,11 @@ process's, on the other core when the node is not pinned to one.
 
     .venv/bin/python -m bench.sqlite_floor [--batches 150] [--calls 100] [--per-call 10] [--fold-every 200]
 
-Batches with fewer than `event_log.DENSE_EVENTS_PER_CALL` stored events per call go to the journal,
-as in the store (a file append, the node's share), and every `--fold-every` such batches (about a
-second of a live fan-out's commits) the fold's transaction runs and counts in the write column;
-`--path chunks|log` forces one path.
+Batches go to the journal, as in the store (a file append: the node's share), and every
+`--fold-every` batches (about a second of a live fan-out's commits) the fold runs and counts in the
+write column: the writer process's share (it reads the files, merges their rows and runs the
+transaction). `--path chunks` writes each batch straight as chunks instead (the store's path for
+dense batches until the fold moved to the writer process), for comparison.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ import sqlalchemy as sa
 from callstream.events import Event
 from callstream.store import SqlStore, tables
 from callstream.store.chunks import by_call, chunk_rows
-from callstream.store.event_log import is_sparse, log_rows
+from callstream.store.event_log import log_rows
 from callstream.store.journal import EventJournal
-from callstream.store.sqlite_process import open_db, run_transaction
-from callstream.store.sqlite_writer import Fold, SqliteEventWriter
+from callstream.store.sqlite_process import fold_statements, open_db, row_statements, run_transaction
+from callstream.store.sqlite_writer import Fold
 
 DATA = {"speaker": "user", "text": "I would like to move my booking to next Tuesday, please", "is_final": True,
         "sent_ns": 1_795_644_460_123_456_789, "sentiment": {"score": 0.318, "label": "positive"}}
@@ -42,8 +43,9 @@ DATA = {"speaker": "user", "text": "I would like to move my booking to next Tues
 
 def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int, force: str | None
             ) -> tuple[float, float, bool]:
-    """µs per stored event: building the statements (the event loop's share), then the writer process's
-    transaction (`sqlite_process.run_transaction`: both statements and the commit), here in one process."""
+    """µs per stored event: the event loop's share (a journal append, or building and pickling the
+    chunks' statements), then the writer process's (the fold, or the chunks' transaction), here in
+    one process."""
     engine = sa.create_engine(f"sqlite:///{path}")
     tables.metadata.create_all(engine)
     engine.dispose()
@@ -55,10 +57,9 @@ def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int
     journal = EventJournal(str(path))
 
     def fold() -> None:
-        taken, files = journal.take()
-        statements = Fold(taken, [f.marker for f in files]).statements()
-        pickle.dumps(statements, pickle.HIGHEST_PROTOCOL)
-        run_transaction(db, statements)
+        files = journal.take()
+        fold = Fold([(f.path, f.size) for f in files], [f.marker for f in files])
+        run_transaction(db, fold_statements(fold.files) + fold.statements())  # the writer process's work
         journal.folded(files)
     for _ in range(batches):
         events: list[Event] = []
@@ -68,8 +69,7 @@ def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int
                 events.append(Event("bench", f"floor{c:05d}", seqs[c], 1_795_644_460_123, "transcript.final", DATA))
         t0 = time.perf_counter()
         grouped = by_call(events)
-        stored = sum(e.type != "transcript.partial" for e in events)
-        logged = is_sparse(stored, len(grouped)) if force is None else force == "log"
+        logged = force != "chunks"
         if logged:
             journaled = log_rows(grouped)
             assert journaled is not None  # no call ends here
@@ -79,7 +79,7 @@ def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int
             if logged_batches % fold_every == 0:
                 fold()
         else:
-            statements = SqliteEventWriter.statements(chunk_rows(grouped), SqlStore._call_rows(grouped))
+            statements = row_statements(chunk_rows(grouped), SqlStore._call_rows(grouped))
             pickle.dumps(statements, pickle.HIGHEST_PROTOCOL)  # what the node sends the writer process
             t1 = time.perf_counter()
             run_transaction(db, statements)
@@ -102,7 +102,8 @@ def main() -> None:
     parser.add_argument("--per-call", type=int, default=10, help="events a call has in a batch")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--fold-every", type=int, default=200, help="logged batches per fold")
-    parser.add_argument("--path", choices=("chunks", "log"), help="force one path (default: the store's choice)")
+    parser.add_argument("--path", choices=("chunks", "log"), default="log",
+                        help="the journal and its folds (the store's path), or chunks straight")
     args = parser.parse_args()
     results = []
     for _ in range(args.runs):
@@ -114,7 +115,7 @@ def main() -> None:
     path = f"the journal, folded every {args.fold_every} batches" if results[0][2] else "chunks"
     print(f"{args.runs} runs of {args.batches} batches of {args.calls * args.per_call} events "
           f"({args.calls} calls), written to {path}; medians, µs per stored event:")
-    print(f"  build and pickle the statements (the node) {encode:.2f}   write it (insert, upsert, commit) {write:.2f}   total {total:.2f}")
+    print(f"  the node's share {encode:.2f}   the writer's (insert, upsert, commit) {write:.2f}   total {total:.2f}")
     print(f"  → the store alone keeps up with at most {1e6 / total:,.0f} stored events/s on one core;"
           f" the node's own share caps it at {1e6 / encode:,.0f}/s when the writer has a core of its own")
 

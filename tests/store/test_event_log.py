@@ -1,4 +1,4 @@
-"""The log of sparse commits and its fold (store/event_log.py): which commits go there, what a row
+"""The journal's rows and their fold (store/event_log.py): which commits go there, what a row
 holds, and that every read, restart and downgrade sees the logged events as if they were chunks."""
 
 from __future__ import annotations
@@ -16,15 +16,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from callstream.events import Event
 from callstream.store import SqlStore, migrate
 from callstream.store.chunks import by_call, chunk_rows
-from callstream.store.event_log import (
-    DENSE_EVENTS_PER_CALL,
-    LOG_COLUMNS,
-    LogRow,
-    is_sparse,
-    log_rows,
-    merge_log_rows,
-)
-from callstream.store.journal import read_records
+from callstream.store.event_log import LOG_COLUMNS, LogRow, log_rows
+from callstream.store.sqlite_process import merge_log_rows, read_records
 from tests.store.test_store_contract import event
 
 
@@ -34,20 +27,18 @@ def journaled(batch: list[Event]) -> list[LogRow]:
     return rows
 
 
-def test_a_commit_with_few_stored_events_per_call_is_logged_and_a_dense_one_is_not() -> None:
-    assert is_sparse(stored=40, calls=40)  # one each
-    assert is_sparse(stored=0, calls=1)  # partials only: nothing to file as chunks
-    assert is_sparse(stored=DENSE_EVENTS_PER_CALL * 3 - 1, calls=3)
-    assert not is_sparse(stored=DENSE_EVENTS_PER_CALL * 3, calls=3)
-
-
-async def test_partials_do_not_count_towards_a_dense_commit(store: SqlStore, db_path: Path) -> None:
-    """Seqs 1–7 of one call, every other one a partial: 4 stored events, 7 seqs; logged."""
-    kinds = ["agent.state", "transcript.partial"] * 3 + ["agent.state"]
-    await store.append([event("acme", "c1", seq, kind) for seq, kind in enumerate(kinds, start=1)])
-    assert logged_rows(db_path) == 0  # 4 stored events for one call: dense, straight to chunks
-    await store.append([event("acme", "c1", seq, kind) for seq, kind in enumerate(kinds[:6], start=8)])
-    assert logged_rows(db_path) == 1  # 3 stored of 6: the log
+async def test_every_commit_that_ends_no_call_is_journaled_however_dense(store: SqlStore, db_path: Path) -> None:
+    """One row per call of each commit, whether it brings one event per call or hundreds; a
+    commit that ends a call takes the SQLAlchemy path (its webhook hooks) and folds the rest."""
+    await store.append([event("acme", f"c{k}", 1) for k in range(40)])  # one each
+    assert logged_rows(db_path) == 40
+    await store.append([event("acme", "c1", seq) for seq in range(2, 502)])  # 500 of one call
+    assert logged_rows(db_path) == 41
+    await store.append([event("acme", "c2", 2, "transcript.partial")])  # a partial: its seq still counts
+    assert logged_rows(db_path) == 42
+    await store.append([event("acme", "c3", 2, "call.ended", status="completed", duration_ms=1)])
+    assert logged_rows(db_path) == 0
+    assert len(await store.events("acme", "c1")) == 501
 
 
 def test_a_log_row_holds_a_calls_stored_frames_and_what_its_calls_row_needs() -> None:
@@ -113,22 +104,23 @@ def logged_rows(db_path: Path) -> int:
     return journaled + count
 
 
-async def test_sparse_and_dense_commits_of_one_call_read_back_as_one_history(store: SqlStore, db_path: Path) -> None:
+async def test_commits_of_one_call_read_back_as_one_history(store: SqlStore, db_path: Path) -> None:
     await store.append([event("acme", "c1", 2, "transcript.final", sentiment={"score": 1.0}), event("acme", "c2", 1)])
     assert logged_rows(db_path) == 2  # c1 and c2
-    # dense: straight to chunks, with the journal's rows folded first in the same transaction
-    await store.append([event("acme", "c1", seq) for seq in range(3, 3 + 2 * DENSE_EVENTS_PER_CALL)])
+    await store.append([event("acme", "c1", seq) for seq in range(3, 11)])
+    assert logged_rows(db_path) == 3
+    await store.events("acme", "c2")  # a read folds first
     assert logged_rows(db_path) == 0
     await store.append([event("acme", "c1", 20, "transcript.partial"), event("acme", "c3", 1)])
     assert logged_rows(db_path) == 2  # c1 and c3: not folded yet
 
-    got = await store.events("acme", "c1")  # a read folds first
+    got = await store.events("acme", "c1")
 
     assert logged_rows(db_path) == 0
-    assert [e.seq for e in got] == list(range(2, 3 + 2 * DENSE_EVENTS_PER_CALL))
+    assert [e.seq for e in got] == list(range(2, 11))
     call = await store.get_call("acme", "c1")
     assert call is not None
-    # the earliest event's time, though the dense commit made the calls row; the partial's seq
+    # the earliest event's time over two folds; the partial's seq
     assert (call.started_at, call.last_seq, call.sentiment) == (2_000, 20, 1.0)
     calls, _ = await store.list_calls("acme", status="live", limit=10, cursor=None)
     assert sorted(c.call_id for c in calls) == ["c1", "c2", "c3"]

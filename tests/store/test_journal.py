@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from callstream.store import SqlStore, StoreUnavailableError
+from callstream.store import sql as sql_module
 from callstream.store.chunks import by_call
 from callstream.store.event_log import LogRow, log_rows
-from callstream.store.journal import EventJournal, read_records
+from callstream.store.journal import EventJournal
+from callstream.store.sqlite_process import read_records
 from tests.store.test_event_log import logged_rows
 from tests.store.test_store_contract import event
 
@@ -41,7 +43,7 @@ def test_a_torn_last_record_is_dropped_and_the_records_before_it_kept(tmp_path: 
     [path] = journal_files(tmp_path / "db")
     whole = path.read_bytes()
     path.write_bytes(whole[:-3])  # the OS crashed mid-write of the second record
-    assert read_records(str(path)) == rows_for(1)
+    assert [tuple(row) for row in read_records(str(path))] == rows_for(1)
     journal.close()
 
 
@@ -54,7 +56,7 @@ def test_a_record_whose_bytes_changed_ends_the_file(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert read_records(str(path)) == rows_for(1)
+    assert [tuple(row) for row in read_records(str(path))] == rows_for(1)
 
 
 async def test_a_sparse_commit_is_in_the_journal_when_it_returns(embedded_store: SqlStore, db_path: Path) -> None:
@@ -68,6 +70,7 @@ NODE = """
 import asyncio, sys
 from callstream.events import Event
 from callstream.store import SqlStore, StoreUnavailableError
+from callstream.store import sql as sql_module
 
 async def main() -> None:
     store = SqlStore("sqlite+aiosqlite:///" + sys.argv[1])
@@ -206,3 +209,24 @@ async def test_commits_to_the_journal_do_not_wait_for_a_fold_in_flight(embedded_
         blocker.close()
     assert [e.seq for e in await read] == [1]
     assert [e.seq for e in await embedded_store.events("acme", "c1")] == [1, 2]
+
+
+async def test_a_journal_the_writer_has_not_folded_for_a_while_makes_commits_wait(
+    embedded_store: SqlStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node taking events faster than its writer files them slows its producers down (their
+    acks wait for the fold) instead of growing a journal every read would then wait for."""
+    monkeypatch.setattr(sql_module, "JOURNAL_MAX_BYTES", 4096)
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # folds wait for the database's write lock
+        await embedded_store.append([event("acme", "c1", 1)])  # below the bound: no wait
+        big = [event("acme", "c1", seq, "transcript.final", text="x" * 100) for seq in range(2, 60)]
+        commit = embedded_store.append(big)
+        await asyncio.sleep(0.5)
+        assert not commit.done()  # over the bound: this commit waits for the fold it started
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+    await asyncio.wait_for(commit, 10)
+    assert [e.seq for e in await embedded_store.events("acme", "c1")] == list(range(1, 60))

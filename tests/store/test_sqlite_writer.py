@@ -1,4 +1,5 @@
-"""The embedded store's writer process, seen from the node: failures are the batch's, not the node's."""
+"""The embedded store's writer process, seen from the node: a failed fold is that read's failure, not
+the node's, and loses nothing."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import pytest
 
 from callstream.events import Event
 from callstream.store import SqlStore, StoreUnavailableError, sqlite_process
-from callstream.store.event_log import DENSE_EVENTS_PER_CALL
 from tests.store.test_store_contract import event
 
 
@@ -41,91 +41,81 @@ def store(embedded_store: SqlStore) -> SqlStore:
 
 
 def block(call_id: str, k: int) -> list[Event]:
-    """The k-th commit of a call, dense enough to go to the writer process (seqs 4k-3 … 4k):
-    sparse commits are journaled (store/journal.py) and reach the writer only with a fold."""
-    n = DENSE_EVENTS_PER_CALL
-    return [event("acme", call_id, seq) for seq in range((k - 1) * n + 1, k * n + 1)]
+    """The k-th commit of a call (seqs 4k-3 … 4k): journaled, it reaches the writer process with
+    the next fold (a read, the periodic one, or a full journal)."""
+    return [event("acme", call_id, seq) for seq in range((k - 1) * 4 + 1, k * 4 + 1)]
 
 
 def seqs_of(*ks: int) -> list[int]:
     return [e.seq for k in ks for e in block("c", k)]
 
 
-async def test_a_killed_writer_loses_nothing_silently_and_is_replaced(store: SqlStore) -> None:
-    await store.append(block("c1", 1))
+async def started_writer(store: SqlStore) -> int:
+    """The writer process's pid, once a fold (here a read's) has started it."""
+    await store.events("acme", "c1")
     [pid] = writer_processes()
+    return pid
+
+
+async def test_a_killed_writer_loses_nothing_and_is_replaced(store: SqlStore) -> None:
+    await store.append(block("c1", 1))
+    pid = await started_writer(store)
     os.kill(pid, signal.SIGKILL)
 
-    # Whether the node notices the death before it sends (a new writer stores the batch) or on
-    # the pipe (the batch fails), the producer is told which: nothing is lost silently.
-    try:
-        await store.append(block("c1", 2))
-        expected = seqs_of(1, 2, 3)
-    except StoreUnavailableError:
-        expected = seqs_of(1, 3)
+    await store.append(block("c1", 2))  # journaled: the writer's death does not concern it
+    # Whether the node notices the death before it sends (a new writer folds) or on the pipe (the
+    # read fails, the rows stay in the journal), nothing is lost.
+    with contextlib.suppress(StoreUnavailableError):
+        await store.events("acme", "c1")
     await store.append(block("c1", 3))
     assert store.healthy
-    assert [e.seq for e in await store.events("acme", "c1")] == expected
+    assert [e.seq for e in await store.events("acme", "c1")] == seqs_of(1, 2, 3)
     assert pid not in writer_processes()
 
 
-async def test_a_writer_that_exits_mid_batch_fails_that_batch_only(
+async def test_a_writer_that_exits_mid_fold_fails_that_read_only(
     store: SqlStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store.append(block("c1", 1))
-    for pid in writer_processes():  # the next writer started is one that reads a batch and exits
+    await started_writer(store)
+    for pid in writer_processes():  # the next writer started is one that reads a request and exits
         os.kill(pid, signal.SIGKILL)
     quitter = tmp_path / "quitter.py"
     quitter.write_text("import sys\nsys.stdin.buffer.read(1)\n")
     monkeypatch.setattr(sqlite_process, "__file__", str(quitter))
 
-    with pytest.raises(StoreUnavailableError, match="could not commit"):
-        await store.append(block("c1", 2))
-    assert not store.healthy
+    await store.append(block("c1", 2))
+    with pytest.raises(StoreUnavailableError, match="fold"):
+        await store.events("acme", "c1")
 
     monkeypatch.undo()
     await store.append(block("c1", 3))
     assert store.healthy
-    assert [e.seq for e in await store.events("acme", "c1")] == seqs_of(1, 3)
+    assert [e.seq for e in await store.events("acme", "c1")] == seqs_of(1, 2, 3)
 
 
-# Dense: several events per call, straight to chunks through the writer process.
-DENSE = [*(event("acme", "c1", seq) for seq in range(5, 10)), *(event("acme", "c2", seq) for seq in range(1, 5))]
-
-
-async def test_a_refused_transaction_changes_nothing_and_the_writer_keeps_serving(store: SqlStore, db_path: Path) -> None:
+async def test_a_fold_the_database_refuses_changes_nothing_and_the_writer_keeps_serving(
+    store: SqlStore, db_path: Path
+) -> None:
     await store.append(block("c1", 1))
     assert [e.seq for e in await store.events("acme", "c1")] == seqs_of(1)
-    with sqlite3.connect(db_path) as db:
-        db.execute("CREATE TRIGGER no BEFORE INSERT ON event_chunks BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    await store.append([event("acme", "c3", 1, "transcript.final", sentiment={"score": 0.5})])
+    await store.append([*(event("acme", "c1", seq) for seq in range(5, 10)), *block("c2", 1)])
+    with sqlite3.connect(db_path) as db:  # refuses the fold's last statement: its calls upsert
+        db.execute("CREATE TRIGGER no BEFORE INSERT ON calls WHEN NEW.call_id = 'c2' BEGIN SELECT RAISE(ABORT, 'no'); END")
 
-    with pytest.raises(StoreUnavailableError):
-        await store.append(DENSE)
-    with sqlite3.connect(db_path) as db:
-        assert db.execute("SELECT call_id, last_seq FROM calls").fetchall() == [("c1", 4)]  # the upsert rolled back
-
-    with sqlite3.connect(db_path) as db:
+    with pytest.raises(StoreUnavailableError, match="fold"):
+        await store.events("acme", "c1")
+    with sqlite3.connect(db_path) as db:  # the chunks and the other calls rows rolled back with it
+        assert db.execute("SELECT call_id, last_seq FROM calls").fetchall() == [("c1", 4)]
+        assert db.execute("SELECT count(*) FROM event_chunks").fetchone() == (1,)
         db.execute("DROP TRIGGER no")
-    await store.append(DENSE)
+
     assert [e.seq for e in await store.events("acme", "c1")] == [*seqs_of(1), 5, 6, 7, 8, 9]
     assert [e.seq for e in await store.events("acme", "c2")] == [1, 2, 3, 4]
-
-
-async def test_journaled_rows_outlive_a_refused_dense_commit_that_carried_them(store: SqlStore, db_path: Path) -> None:
-    """A dense commit folds the journal's rows in its own transaction: refused, it keeps them."""
-    await store.append([event("acme", "c3", 1, "transcript.final", sentiment={"score": 0.5})])  # journaled
-    with sqlite3.connect(db_path) as db:
-        db.execute("CREATE TRIGGER no BEFORE INSERT ON calls WHEN NEW.call_id = 'c2' BEGIN SELECT RAISE(ABORT, 'no'); END")
-    with pytest.raises(StoreUnavailableError):
-        await store.append(DENSE)
-    with sqlite3.connect(db_path) as db:
-        assert db.execute("SELECT count(*) FROM calls").fetchone() == (0,)  # nothing of the fold either
-        db.execute("DROP TRIGGER no")
-
-    assert [e.seq for e in await store.events("acme", "c3")] == [1]
     call = await store.get_call("acme", "c3")
     assert call is not None
-    assert (call.last_seq, call.sentiment) == (1, 0.5)
+    assert (call.last_seq, call.sentiment) == (1, 0.5)  # folded once, not once per attempt
 
 
 async def test_a_fold_the_database_refuses_fails_the_read_and_loses_nothing(store: SqlStore, db_path: Path) -> None:
@@ -144,7 +134,7 @@ async def test_the_writer_process_ends_with_the_store(db_path: Path) -> None:
     store = SqlStore(f"sqlite+aiosqlite:///{db_path}")
     await store.start()
     await store.append(block("c1", 1))
-    assert len(writer_processes()) == 1
+    await started_writer(store)
     await store.close()
     assert writer_processes() == []
 
@@ -153,7 +143,7 @@ async def test_the_writer_outlives_the_signals_that_drain_the_node(store: SqlSto
     """Ctrl-C (the terminal's process group) or a service manager's SIGTERM must not kill the
     writer while the node drains into it: it ends when the node closes its pipe."""
     await store.append(block("c1", 1))
-    [pid] = writer_processes()
+    pid = await started_writer(store)
     os.kill(pid, signal.SIGINT)
     os.kill(pid, signal.SIGTERM)
     await store.append(block("c1", 2))

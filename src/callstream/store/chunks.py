@@ -18,23 +18,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
 from callstream.events import FINAL, PARTIAL, Event
+from callstream.store.sqlite_process import CHUNK_COLUMNS, MAX_CHUNK_EVENTS
 
 __all__ = [
     "CHUNK_COLUMNS", "MAX_CHUNK_EVENTS", "CallEvents", "ChunkRow", "StoredEvent", "by_call", "chunk_rows", "events_in",
     "sentiment_score",
 ]
 
-# A read that wants one event decodes its whole chunk; 256 frames (~64 KB) bound that, and a
-# commit of more than 256 events of one call is rare (5,000-event batches over 100 calls are 50).
-MAX_CHUNK_EVENTS: Final = 256
-
-ChunkRow = tuple[str, str, int, int, str]
-CHUNK_COLUMNS: Final = ("account", "call_id", "first_seq", "last_seq", "events")  # a ChunkRow's fields
+ChunkRow = tuple[str, str, int, int, str]  # CHUNK_COLUMNS
 
 
 @dataclass(slots=True)

@@ -10,8 +10,8 @@ which is what SQLite's WAL with `synchronous=NORMAL` promises too (a process cra
 nothing; an OS crash may lose the last commits, and a torn last record is dropped by its CRC).
 
 About once a second, and before anything reads calls or events, `SqlStore` folds the journal's
-rows into the database in one transaction of the writer process (`sqlite_writer.Fold`),
-then deletes the files that held them. A fold starts a new file first, so commits go on while it
+files into the database in one transaction of the writer process (`sqlite_writer.Fold`), which
+reads them itself (the node keeps no rows in memory), then deletes them. A fold starts a new file first, so commits go on while it
 runs. A node that died leaves its files behind; the next node folds them before its first read.
 The fold's transaction records each file it folded (`meta`: `journal:<file>`), so a crash between
 that commit and the deletion of the files double-counts nothing: the next node deletes them unread.
@@ -25,7 +25,6 @@ import contextlib
 import fcntl
 import os
 import secrets
-import struct
 import zlib
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
@@ -34,9 +33,8 @@ from pathlib import Path
 import orjson
 
 from callstream.store.event_log import LogRow
+from callstream.store.sqlite_process import RECORD
 
-# A record: the body's length and CRC-32, then the body (the rows as a JSON array of arrays).
-_RECORD = struct.Struct("!II")
 MARKER_PREFIX = "journal:"  # + the file's name after `<database>-events.`: a `meta` key
 
 
@@ -49,6 +47,8 @@ def marker_of(path: str) -> str:
 class JournalFile:
     path: str
     fd: int  # open, and locked, until the file is deleted
+    rows: int = 0  # appended by this node (a file taken over from a dead node counts none)
+    size: int = 0
 
     @property
     def marker(self) -> str:
@@ -56,21 +56,20 @@ class JournalFile:
 
 
 class EventJournal:
-    """A node's journal files (`<database>-events.<node>.<n>`) and the rows they hold, not yet
-    folded. `SqlStore` opens one for a node's writer, never for the CLI's short-lived stores."""
+    """A node's journal files (`<database>-events.<node>.<n>`), not yet folded. `SqlStore` opens
+    one for a node's writer, never for the CLI's short-lived stores."""
 
     def __init__(self, database_path: str) -> None:
         self._prefix = database_path + "-events."
         self._node = secrets.token_hex(4)
         self._generation = 0
         self._current: JournalFile | None = None
-        self.rows: list[LogRow] = []  # appended, not folded yet
-        self._files: list[JournalFile] = []  # the files holding `rows`
+        self._files: list[JournalFile] = []  # not folded yet
 
     def recover(self, folded: Container[str]) -> int:
         """Take over the files nodes that died left behind (a live node's stay locked): those a
-        fold already filed (their marker is in `folded`) are deleted, the others' rows (each
-        record up to the first torn one) wait for the next fold. Returns how many rows."""
+        fold already filed (their marker is in `folded`) are deleted, the others (each record up
+        to the first torn one) wait for the next fold. Returns how many files wait."""
         for path in self._on_disk():
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             try:
@@ -78,13 +77,21 @@ class EventJournal:
             except BlockingIOError:  # a live node's
                 os.close(fd)
                 continue
-            found = JournalFile(path, fd)
+            found = JournalFile(path, fd, size=os.fstat(fd).st_size)
             if found.marker in folded:
                 self.folded([found])
                 continue
-            self.rows.extend(read_records(found.path))
             self._files.append(found)
-        return len(self.rows)
+        return len(self._files)
+
+    @property
+    def unfolded_rows(self) -> int:
+        """Rows this node appended since the last fold took its files."""
+        return sum(found.rows for found in self._files)
+
+    @property
+    def unfolded_bytes(self) -> int:
+        return sum(found.size for found in self._files)
 
     @property
     def holds_any(self) -> bool:
@@ -105,7 +112,7 @@ class EventJournal:
         """Journal a commit's rows: once this returns they survive the node's crash. Raises
         OSError (the disk is full, …) and then holds none of them."""
         body = orjson.dumps(rows)
-        record = _RECORD.pack(len(body), zlib.crc32(body)) + body
+        record = RECORD.pack(len(body), zlib.crc32(body)) + body
         current = self._current
         if current is None:
             current = self._current = self._open()
@@ -116,13 +123,13 @@ class EventJournal:
         except OSError:
             self._current = None  # a torn record ends its file: later records go to a new one
             raise
-        self.rows.extend(rows)
+        current.rows += len(rows)
+        current.size += len(record)
 
-    def take(self) -> tuple[list[LogRow], list[JournalFile]]:
-        """The rows to fold and the files that hold them; appends go on in a new file."""
+    def take(self) -> list[JournalFile]:
+        """The files to fold; appends go on in a new file."""
         self._current = None
-        taken = self.rows, self._files
-        self.rows, self._files = [], []
+        taken, self._files = self._files, []
         return taken
 
     @staticmethod
@@ -133,9 +140,8 @@ class EventJournal:
                 os.unlink(found.path)
             os.close(found.fd)
 
-    def give_back(self, rows: list[LogRow], files: list[JournalFile]) -> None:
-        """A fold failed: its rows (still in their files) wait for the next one."""
-        self.rows[:0] = rows
+    def give_back(self, files: list[JournalFile]) -> None:
+        """A fold failed: its files wait for the next one."""
         self._files[:0] = files
 
     def close(self) -> None:
@@ -152,18 +158,3 @@ class EventJournal:
         found = JournalFile(path, fd)
         self._files.append(found)
         return found
-
-
-def read_records(path: str) -> list[LogRow]:
-    """A journal file's rows, record by record, up to the end or the first torn record."""
-    data = Path(path).read_bytes()
-    rows: list[LogRow] = []
-    at = 0
-    while at + _RECORD.size <= len(data):
-        size, crc = _RECORD.unpack_from(data, at)
-        body = data[at + _RECORD.size : at + _RECORD.size + size]
-        if len(body) < size or zlib.crc32(body) != crc:
-            break
-        rows.extend(tuple(row) for row in orjson.loads(body))
-        at += _RECORD.size + size
-    return rows

@@ -26,20 +26,19 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from callstream.broker.base import CallState
-from callstream.events import ENDED, PARTIAL, Event
+from callstream.events import ENDED, Event
 from callstream.store import sqlite_process
 from callstream.store import tables as t
 from callstream.store.chunks import (
     CHUNK_COLUMNS,
     CallEvents,
-    ChunkRow,
     StoredEvent,
     by_call,
     chunk_rows,
     events_in,
     sentiment_score,
 )
-from callstream.store.event_log import FOLD_AT_ROWS, FOLD_EVERY_S, is_sparse, log_rows
+from callstream.store.event_log import FOLD_AT_ROWS, FOLD_EVERY_S, JOURNAL_MAX_BYTES, log_rows
 from callstream.store.journal import MARKER_PREFIX, EventJournal
 from callstream.store.pg_writer import PgEventWriter
 from callstream.store.sqlite_writer import Fold, SqliteEventWriter, StoreWriterError
@@ -159,15 +158,15 @@ class SqlStore:
         self.ended_hooks: list[EndedHook] = []
         self.healthy = True
         self.commits = 0
-        # SQLite: the event writer's batches go to its writer process (SqliteEventWriter);
+        # SQLite: the event writer's batches go to the node's journal (store/journal.py, opened by
+        # `start` for a node's writer) until its writer process (SqliteEventWriter) folds them;
         # batches that end a call keep the SQLAlchemy path, whose hooks write the webhook outbox.
+        # The log table's state at start is unknown (a crash of an earlier version may have left
+        # rows), hence dirty until the first fold.
         path = url.split(":///", 1)[1] if self.dialect == "sqlite" and ":///" in url else ""
         self._direct = SqliteEventWriter(path) if path and path != ":memory:" else None
         # PostgreSQL: those batches go out as one statement on a connection of the writer's own.
         self._pg = PgEventWriter(self.engine) if self.dialect == "postgresql" else None
-        # Sparse commits go to the node's journal (store/journal.py, opened by `start` for a node's
-        # writer) until a fold files them. The log table's state at start is unknown (a crash of
-        # an earlier version may have left rows), hence dirty until the first fold.
         self._journal: EventJournal | None = None
         self._log_dirty = self._direct is not None
         self._background_fold: asyncio.Task[None] | None = None
@@ -213,7 +212,7 @@ class SqlStore:
             markers = set((await conn.execute(query)).scalars())
         journal = self._journal = EventJournal(self._direct.path)
         if recovered := journal.recover(markers):
-            log.info("the event journal holds %d rows a node left behind; they are folded first", recovered)
+            log.info("the event journal holds %d files a node left behind; they are folded first", recovered)
         self._forget.extend(markers - journal.markers_on_disk())
 
     async def close(self) -> None:
@@ -557,13 +556,15 @@ class SqlStore:
         """Run a transaction that folds the journal's rows (and the log): if it fails, the rows
         wait in the journal for the next; once it commits, their files go."""
         journal = self._journal
-        rows, files = journal.take() if journal is not None else ([], [])
+        files = journal.take() if journal is not None else []
         forget, self._forget = self._forget, []
         try:
-            await transaction(Fold(rows, [found.marker for found in files], forget, log_table=self._log_dirty))
+            await transaction(
+                Fold([(f.path, f.size) for f in files], [f.marker for f in files], forget, log_table=self._log_dirty)
+            )
         except BaseException:
             if journal is not None:
-                journal.give_back(rows, files)
+                journal.give_back(files)
             self._forget[:0] = forget
             raise
         if journal is not None:
@@ -608,20 +609,18 @@ class SqlStore:
     async def _commit(self, events: list[Event]) -> None:
         grouped = by_call(events)
         journal = self._journal
-        if journal is not None and is_sparse(sum(e.type != PARTIAL for e in events), len(grouped)):
-            logged = log_rows(grouped)
-            if logged is not None:  # no call ends in it
-                journal.append(logged)  # durable on return: no round trip
-                if len(journal.rows) >= FOLD_AT_ROWS:
-                    self._fold_soon()
-                self.commits += 1
-                return
+        if journal is not None and (logged := log_rows(grouped)) is not None:  # no call ends in it
+            journal.append(logged)  # durable on return: no round trip
+            if journal.unfolded_rows >= FOLD_AT_ROWS:
+                self._fold_soon()
+            self.commits += 1
+            if journal.unfolded_bytes >= JOURNAL_MAX_BYTES:  # the writer is behind: wait for it
+                self._fold_soon()
+                assert self._background_fold is not None
+                await asyncio.shield(self._background_fold)
+            return
         calls = self._call_rows(grouped)
         ends_a_call = any(c["status"] == "ended" for c in calls)
-        if self._direct is not None and not ends_a_call:
-            await self._commit_dense(chunk_rows(grouped), calls)
-            self.commits += 1
-            return
         if self._pg is not None and not ends_a_call:
             await self._pg.commit(chunk_rows(grouped), calls)
             self.commits += 1
@@ -637,16 +636,6 @@ class SqlStore:
                     for hook in self.ended_hooks:
                         await hook(conn, event)
         self.commits += 1
-
-    async def _commit_dense(self, chunks: list[ChunkRow], calls: list[dict[str, Any]]) -> None:
-        """Chunks straight to the database, with the journal's unfolded rows folded first in the
-        same transaction (one transaction where a fold would take a second)."""
-        direct = self._direct
-        assert direct is not None
-        if not self._fold_needed():
-            await direct.commit(chunks, calls)
-            return
-        await self._folding(lambda fold: direct.commit(chunks, calls, fold=fold))
 
     @staticmethod
     def _call_rows(grouped: CallEvents) -> list[dict[str, Any]]:

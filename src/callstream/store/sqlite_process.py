@@ -3,28 +3,45 @@
 SQLite releases the GIL only inside each statement's step; binding parameters, the statement
 cache and the transaction's bookkeeping hold it. A writer *thread* therefore takes turns with the
 event loop for the GIL, and on a 2-core node the store ran serialised with the fan-out instead of
-beside it. This process owns the database's event writes; the node sends it a transaction (its
-statements, pickled) over a pipe and waits for one reply. Only the standard library is imported,
-so the process starts in a few milliseconds, and it runs as a plain script (not `-m callstream…`)
-so that the package, SQLAlchemy and the web stack are never loaded into it.
+beside it. This process owns the database's event writes; the node sends it a transaction over a
+pipe and waits for one reply. Only the standard library and orjson (the journal's JSON: 1.27
+against 1.73 µs per stored event of the writer's time with the stdlib's `json`, bench.sqlite_floor
+--calls 190 --per-call 26) are imported, so the process starts in a few milliseconds, and it runs
+as a plain script (not `-m callstream…`) so that the package, SQLAlchemy and the web stack are
+never loaded into it.
+
+The transaction folds the node's journal (store/journal.py): the node names the journal files, and
+this process reads them, merges their rows into chunks and calls rows and inserts those, then runs
+the statements sent with them. The rows never cross the pipe and the node's event loop does no
+work for a fold. When the node merged the rows and pickled the statements itself, a fold of an
+ingest's second (tens of MB) went through the pipe one pipe-full per loop iteration behind the
+ingest, and took seconds (results/diag-jall).
 
 Wire: each message is a 4-byte big-endian length, then the body. Request body: a pickled
-`list[tuple[str, list]]` (SQL text, flattened parameters). Reply body: empty when the transaction
-committed, else the error as text (`"OperationalError: database is locked"`). The process exits
-when its stdin closes (the node ended or closed the store), and only then: it ignores SIGINT and
-SIGTERM, which are the node's to act on.
+`(list[tuple[str, int]], list[tuple[str, list]])`: the journal files to fold (path, size), then
+statements (SQL text, flattened parameters). Reply body: empty when the transaction committed,
+else the error as text (`"OperationalError: database is locked"`). The process exits when its
+stdin closes (the node ended or closed the store), and only then: it ignores SIGINT and SIGTERM,
+which are the node's to act on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import pickle
 import signal
 import sqlite3
 import struct
 import sys
 import threading
-from typing import Any, BinaryIO
+import zlib
+from collections.abc import Sequence
+from itertools import chain
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+import orjson
 
 Statement = tuple[str, list[Any]]
 HEADER = struct.Struct("!I")
@@ -60,6 +77,131 @@ def checkpoint_forever(path: str, stop: threading.Event) -> None:
         with contextlib.suppress(sqlite3.Error):  # busy or failing: the writer's backstop remains
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     db.close()
+
+
+# ---- the journal's files, folded -------------------------------------------------------------
+
+# A journal record: the body's length and CRC-32, then the body (the rows as a JSON array of arrays).
+RECORD: Final = struct.Struct("!II")
+
+# A read that wants one event decodes its whole chunk; 256 frames (~64 KB) bound that, and a
+# commit of more than 256 events of one call is rare (5,000-event batches over 100 calls are 50).
+MAX_CHUNK_EVENTS: Final = 256
+CHUNK_COLUMNS: Final = ("account", "call_id", "first_seq", "last_seq", "events")  # a chunk row's fields
+CALL_COLUMNS: Final = (
+    "account", "call_id", "status", "started_at", "ended_at", "duration_ms", "end_status", "reason",
+    "last_seq", "sentiment_sum", "sentiment_n",
+)
+_INSERT_CHUNKS = (
+    "INSERT INTO event_chunks ({columns}) VALUES {rows} ON CONFLICT (account, call_id, last_seq) DO NOTHING"
+)
+_UPSERT_CALLS = (
+    "INSERT INTO calls ({columns}) VALUES {rows}"
+    " ON CONFLICT (account, call_id) DO UPDATE SET"
+    " last_seq = max(calls.last_seq, excluded.last_seq),"
+    " started_at = min(calls.started_at, excluded.started_at),"
+    " status = CASE WHEN excluded.status = 'ended' THEN 'ended' ELSE calls.status END,"
+    " ended_at = coalesce(excluded.ended_at, calls.ended_at),"
+    " duration_ms = coalesce(excluded.duration_ms, calls.duration_ms),"
+    " end_status = coalesce(excluded.end_status, calls.end_status),"
+    " reason = coalesce(excluded.reason, calls.reason),"
+    " sentiment_sum = calls.sentiment_sum + excluded.sentiment_sum,"
+    " sentiment_n = calls.sentiment_n + excluded.sentiment_n"
+)
+# Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step per statement, where
+# `executemany` steps once per row. Statements of 256, 16 and 1 rows keep the statement cache to
+# three texts per table. Same CPU per row as executemany (bench/sqlite_floor.py measures it);
+# SQLite's json_each, the other way to one step per batch, measured 14.7 µs a row against 8–9.
+_STATEMENT_ROWS = (256, 16, 1)
+
+
+def read_records(path: str, size: int | None = None) -> list[list[Any]]:
+    """A journal file's rows (`event_log.LogRow`'s fields), record by record, up to the end (or
+    `size` bytes: what the node knows it wrote) or the first torn record."""
+    with Path(path).open("rb") as file:
+        data = file.read() if size is None else file.read(size)
+    rows: list[list[Any]] = []
+    at = 0
+    while at + RECORD.size <= len(data):
+        size, crc = RECORD.unpack_from(data, at)
+        body = data[at + RECORD.size : at + RECORD.size + size]
+        if len(body) < size or zlib.crc32(body) != crc:
+            break
+        rows.extend(orjson.loads(body))
+        at += RECORD.size + size
+    return rows
+
+
+def merge_log_rows(rows: Sequence[Sequence[Any]]) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+    """Journaled rows as one commit: per call its chunks (frames joined, a new chunk once a chunk's
+    seqs would span more than `MAX_CHUNK_EVENTS`; reads sort a chunk's events by seq) and one calls
+    row (`SqlStore._call_rows`'s shape), as `event_log.FOLD` does in SQL for the log table."""
+    chunks: list[tuple[Any, ...]] = []
+    open_chunks: dict[tuple[str, str], list[Any]] = {}  # first, last, frames of the call's chunk being filled
+    merged: dict[tuple[str, str], list[Any]] = {}  # call last seq, started at, score sum, score n
+    for account, call_id, first_seq, last_seq, events, call_last_seq, started_at, score_sum, score_n in rows:
+        key = (account, call_id)
+        call = merged.get(key)
+        if call is None:
+            merged[key] = [call_last_seq, started_at, score_sum, score_n]
+        else:
+            call[0] = max(call[0], call_last_seq)
+            call[1] = min(call[1], started_at)
+            call[2] += score_sum
+            call[3] += score_n
+        if first_seq is None or last_seq is None:
+            continue
+        chunk = open_chunks.get(key)
+        if chunk is not None and max(chunk[1], last_seq) - min(chunk[0], first_seq) >= MAX_CHUNK_EVENTS:
+            chunks.append((account, call_id, chunk[0], chunk[1], "[" + ",".join(chunk[2]) + "]"))
+            chunk = None
+        if chunk is None:
+            open_chunks[key] = [first_seq, last_seq, [events[1:-1]]]
+        else:
+            chunk[0], chunk[1] = min(chunk[0], first_seq), max(chunk[1], last_seq)
+            chunk[2].append(events[1:-1])
+    for (account, call_id), (first, last, frames) in open_chunks.items():
+        chunks.append((account, call_id, first, last, "[" + ",".join(frames) + "]"))
+    calls = [
+        {"account": account, "call_id": call_id, "status": "live", "started_at": started_at, "ended_at": None,
+         "duration_ms": None, "end_status": None, "reason": None, "last_seq": call_last_seq,
+         "sentiment_sum": score_sum, "sentiment_n": score_n}
+        for (account, call_id), (call_last_seq, started_at, score_sum, score_n) in merged.items()
+    ]
+    return chunks, calls
+
+
+@functools.cache
+def _sql(template: str, columns: tuple[str, ...], size: int) -> str:
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    return template.format(columns=", ".join(columns), rows=", ".join([one] * size))
+
+
+def _statements(template: str, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]) -> list[Statement]:
+    """`rows` as statements of 256, 16 or 1 rows each, with their parameters flattened."""
+    out: list[Statement] = []
+    start = 0
+    for size in _STATEMENT_ROWS:
+        sql = _sql(template, columns, size)
+        while len(rows) - start >= size:
+            out.append((sql, list(chain.from_iterable(rows[start : start + size]))))
+            start += size
+    return out
+
+
+def row_statements(chunks: Sequence[Sequence[Any]], calls: Sequence[dict[str, Any]]) -> list[Statement]:
+    """Chunks inserted and calls rows merged into `calls`."""
+    merged = [tuple(c[k] for k in CALL_COLUMNS) for c in calls]
+    return _statements(_INSERT_CHUNKS, CHUNK_COLUMNS, chunks) + _statements(_UPSERT_CALLS, CALL_COLUMNS, merged)
+
+
+def fold_statements(files: Sequence[tuple[str, int]]) -> list[Statement]:
+    """The journal files' rows (each file's path and size), in file order, merged into one chunk
+    and one calls row per call."""
+    return row_statements(*merge_log_rows([row for path, size in files for row in read_records(path, size)]))
+
+
+# ---- transactions ------------------------------------------------------------------------------
 
 
 def run_transaction(db: sqlite3.Connection, statements: list[Statement]) -> None:
@@ -99,7 +241,8 @@ def serve(path: str, requests: BinaryIO, replies: BinaryIO) -> None:
             if db is None:
                 db = open_db(path, autocheckpoint_pages=WRITER_CHECKPOINT_PAGES)
                 checkpointer.start()
-            run_transaction(db, pickle.loads(body))  # noqa: S301 - the node's own pipe, nobody else's
+            files, statements = pickle.loads(body)  # noqa: S301 - the node's own pipe, nobody else's
+            run_transaction(db, fold_statements(files) + statements)
             reply = b""
         except Exception as exc:  # the node reports it; this process keeps serving
             reply = f"{type(exc).__name__}: {exc}".encode()
