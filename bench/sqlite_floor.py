@@ -73,7 +73,7 @@ def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int
         if logged:
             journaled = log_rows(grouped)
             assert journaled is not None  # no call ends here
-            journal.append(journaled)  # the node's whole share of a sparse commit
+            journal.append(journaled)  # the node's whole share of a commit
             t1 = time.perf_counter()
             logged_batches += 1
             if logged_batches % fold_every == 0:

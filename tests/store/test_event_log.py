@@ -57,10 +57,10 @@ def test_a_log_row_holds_a_calls_stored_frames_and_what_its_calls_row_needs() ->
     ]
 
 
-def test_a_log_row_carries_what_the_calls_row_needs_exactly_as_a_dense_commit_does() -> None:
-    """The journal's rows are built apart from the chunks and calls rows of a dense commit; a fold
-    of them must give the same chunks and the same calls rows, or a call's summary would depend
-    on which path its events took."""
+def test_a_log_row_carries_what_the_calls_row_needs_exactly_as_the_chunks_path_does() -> None:
+    """The journal's rows are built apart from the chunks and calls rows of the other commits
+    (PostgreSQL's, and those that end a call); a fold of them must give the same chunks and the
+    same calls rows, or a call's summary would depend on which path its events took."""
     batch = [
         event("acme", "c1", 1, "agent.state"),
         event("acme", "c1", 2, "transcript.final", sentiment={"score": 0.5}),

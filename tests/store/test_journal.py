@@ -1,4 +1,4 @@
-"""The embedded store's journal (store/journal.py): a sparse commit is durable when `append`
+"""The embedded store's journal (store/journal.py): a commit is durable when `append`
 returns, a crashed node's journal is read back by the next one, exactly once, and a live node's
 journal is never another node's to take."""
 
@@ -59,7 +59,7 @@ def test_a_record_whose_bytes_changed_ends_the_file(tmp_path: Path) -> None:
     assert [tuple(row) for row in read_records(str(path))] == rows_for(1)
 
 
-async def test_a_sparse_commit_is_in_the_journal_when_it_returns(embedded_store: SqlStore, db_path: Path) -> None:
+async def test_a_commit_is_in_the_journal_when_it_returns(embedded_store: SqlStore, db_path: Path) -> None:
     await embedded_store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
     assert logged_rows(db_path) == 2
     assert [e.seq for e in await embedded_store.events("acme", "c1")] == [1]  # the read folded it
