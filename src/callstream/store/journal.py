@@ -4,19 +4,21 @@ A live fan-out commits a few events for each of dozens of calls many times a sec
 subscriber waits for that commit. Through the writer process each such commit cost two pipe
 round trips, a SQLite transaction and the context switches between them, on the core the
 fan-out runs on (results/diag-no-store-fanout: the store was a fifth of that core at 60k
-deliveries/s). Here a commit (any that ends no call) is one `write` of its rows (`event_log.log_rows`) to an
-append-only file next to the database: the events are in the OS's page cache when it returns,
-which is what SQLite's WAL with `synchronous=NORMAL` promises too (a process crash loses
-nothing; an OS crash may lose the last commits, and a torn last record is dropped by its CRC).
+deliveries/s). Here a commit (any that ends no call) is one `write` of its rows
+(`event_log.log_rows`) to an append-only file next to the database: the events are in the OS's
+page cache when it returns, which is what SQLite's WAL with `synchronous=NORMAL` promises too (a
+process crash loses nothing; an OS crash may lose the last commits, and a torn last record is
+dropped by its CRC).
 
 About once a second, and before anything reads calls or events, `SqlStore` folds the journal's
 files into the database in one transaction of the writer process (`sqlite_writer.Fold`), which
-reads them itself (the node keeps no rows in memory), then deletes them. A fold starts a new file first, so commits go on while it
-runs. A node that died leaves its files behind; the next node folds them before its first read.
-The fold's transaction records each file it folded (`meta`: `journal:<file>`), so a crash between
-that commit and the deletion of the files double-counts nothing: the next node deletes them unread.
-Each node's files carry a name of their own and stay locked (`flock`) while it holds them, so a node
-started beside a live one (two nodes on one database file) never takes that one's files.
+reads them itself (the node keeps no rows in memory), then deletes them. A fold starts a new file
+first, so commits go on while it runs. A node that died leaves its files behind; the next node
+folds them before its first read. The fold's transaction records each file it folded (`meta`:
+`journal:<file>`), so a crash between that commit and the deletion of the files double-counts
+nothing: the next node deletes them unread. Each node's files carry a name of their own and stay
+locked (`flock`) while it holds them, so a node started beside a live one (two nodes on one
+database file) never takes that one's files.
 """
 
 from __future__ import annotations

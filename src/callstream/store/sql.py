@@ -553,8 +553,8 @@ class SqlStore:
             log.warning("folding the event journal failed: %s", exc.__class__.__name__)
 
     async def _folding(self, transaction: Callable[[Fold], Awaitable[None]]) -> None:
-        """Run a transaction that folds the journal's rows (and the log): if it fails, the rows
-        wait in the journal for the next; once it commits, their files go."""
+        """Run a transaction that folds the journal's files (and the log): if it fails, the files
+        wait for the next; once it commits, they go."""
         journal = self._journal
         files = journal.take() if journal is not None else []
         forget, self._forget = self._forget, []
