@@ -536,15 +536,16 @@ class SqlStore:
         if self._direct is None or not self._fold_needed():
             return
         try:
-            await self._folding(self._direct.fold)
+            await self._folding(self._direct)
         except StoreWriterError as exc:
             raise StoreUnavailableError(f"the store could not fold its event log: {exc}") from exc
 
-    def _fold_soon(self) -> None:
+    def _fold_soon(self) -> asyncio.Task[None]:
         """Start a fold unless one started this way is still running (every second, and when the
-        journal holds `FOLD_AT_ROWS` rows)."""
+        journal holds `FOLD_AT_ROWS` rows); either way, that fold."""
         if self._background_fold is None or self._background_fold.done():
             self._background_fold = asyncio.get_running_loop().create_task(self._fold_quietly(), name="store-fold")
+        return self._background_fold
 
     async def _fold_quietly(self) -> None:
         try:
@@ -552,14 +553,14 @@ class SqlStore:
         except Exception as exc:  # the journal keeps its rows; the next fold tries again
             log.warning("folding the event journal failed: %s", exc.__class__.__name__)
 
-    async def _folding(self, transaction: Callable[[Fold], Awaitable[None]]) -> None:
-        """Run a transaction that folds the journal's files (and the log): if it fails, the files
-        wait for the next; once it commits, they go."""
+    async def _folding(self, writer: SqliteEventWriter) -> None:
+        """Fold the journal's files (and the log) in one transaction of the writer process: if it
+        fails, the files wait for the next; once it commits, they go."""
         journal = self._journal
         files = journal.take() if journal is not None else []
         forget, self._forget = self._forget, []
         try:
-            await transaction(
+            await writer.fold(
                 Fold([(f.path, f.size) for f in files], [f.marker for f in files], forget, log_table=self._log_dirty)
             )
         except BaseException:
@@ -615,9 +616,7 @@ class SqlStore:
                 self._fold_soon()
             self.commits += 1
             if journal.unfolded_bytes >= JOURNAL_MAX_BYTES:  # the writer is behind: wait for it
-                self._fold_soon()
-                assert self._background_fold is not None
-                await asyncio.shield(self._background_fold)
+                await asyncio.shield(self._fold_soon())
             return
         calls = self._call_rows(grouped)
         ends_a_call = any(c["status"] == "ended" for c in calls)

@@ -123,12 +123,12 @@ def read_records(path: str, size: int | None = None) -> list[list[Any]]:
     rows: list[list[Any]] = []
     at = 0
     while at + RECORD.size <= len(data):
-        size, crc = RECORD.unpack_from(data, at)
-        body = data[at + RECORD.size : at + RECORD.size + size]
-        if len(body) < size or zlib.crc32(body) != crc:
+        length, crc = RECORD.unpack_from(data, at)
+        body = data[at + RECORD.size : at + RECORD.size + length]
+        if len(body) < length or zlib.crc32(body) != crc:
             break
         rows.extend(orjson.loads(body))
-        at += RECORD.size + size
+        at += RECORD.size + length
     return rows
 
 
