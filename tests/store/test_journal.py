@@ -70,7 +70,6 @@ NODE = """
 import asyncio, sys
 from callstream.events import Event
 from callstream.store import SqlStore, StoreUnavailableError
-from callstream.store import sql as sql_module
 
 async def main() -> None:
     store = SqlStore("sqlite+aiosqlite:///" + sys.argv[1])
