@@ -28,7 +28,11 @@ class Subscriber(Protocol):
     is over (its call ended). `direct_write`, when not None, takes a block as is: the socket's own
     write, offered only while nothing may come before it (`EventsConnection._refresh_direct`)."""
 
-    direct_write: Callable[[bytes], None] | None
+    direct_write: Callable[[bytes], int | None] | None
+
+    def write_rest(self, block: bytes, sent: int) -> None:
+        """`direct_write` took only `sent` bytes of `block` (it returns None when it took all)."""
+        ...
 
     def enqueue_event(self, event: Event) -> None: ...
 
@@ -118,10 +122,14 @@ def _fan_out(subs: Iterable[Subscription], group: Sequence[Event]) -> int:
                 written += conn.enqueue_block(block, group)
                 continue
             try:
-                write(block)
+                sent = write(block)
+            except BlockingIOError:  # the socket takes nothing more just now
+                sent = 0
             except Exception:  # closed under us (its end is on its way): the others still get theirs
                 conn.direct_write = None
                 continue
+            if sent is not None and sent != len(block):
+                conn.write_rest(block, sent)
             written += len(group)
         else:
             for event in group:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.helpers import (
@@ -333,3 +334,40 @@ async def test_an_ended_call_replays_completely_from_the_store(
         ("subscribed", None),
     ]
     assert replay[-1]["data"] == {"call_id": call_id, "status": "ended", "seq": 5, "replayed": 4}
+
+
+async def test_sockets_closed_by_either_side_end_at_once_and_leave_no_descriptor_open(
+    fresh_server: ServerProcess, call_id: str
+) -> None:
+    fresh_server.start()
+    key = fresh_server.create_key("acme")
+    assert fresh_server.proc is not None
+    descriptors = f"/proc/{fresh_server.proc.pid}/fd"
+
+    async def subscribed() -> ClientConnection:
+        ws = await open_events(fresh_server, key)
+        await send(ws, {"type": "subscribe", "call_id": call_id})
+        assert (await recv(ws))["type"] == "subscribed"
+        return ws
+
+    await (await subscribed()).close()  # the first connection opens what the server keeps open
+    await asyncio.sleep(0.5)
+    baseline = len(os.listdir(descriptors))
+    clients = [await subscribed() for _ in range(50)]
+    assert len(os.listdir(descriptors)) >= baseline + 50
+    await asyncio.gather(*(ws.close() for ws in clients))
+
+    # The server ends this one: its TCP connection must end with the close handshake, not after
+    # the client's close timeout (10 s) because something kept the server's side open.
+    ws = await subscribed()
+    started = asyncio.get_running_loop().time()
+    await ws.send('{"type":"ping","pad":"' + "x" * 70_000 + '"}')
+    assert (await recv(ws))["data"]["code"] == "message_too_large"
+    await ws.wait_closed()
+    assert asyncio.get_running_loop().time() - started < 3
+
+    for _ in range(50):
+        if len(os.listdir(descriptors)) <= baseline:
+            break
+        await asyncio.sleep(0.1)
+    assert len(os.listdir(descriptors)) <= baseline

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import httpx
 import orjson
@@ -30,6 +31,19 @@ class StalledClient:
         self.sock.sendall(b"".join(self.protocol.data_to_send()))
         while not any(isinstance(e, Response) for e in self.protocol.events_received()):
             self.protocol.receive_data(self.sock.recv(4096))
+
+    def read_until(self, kind: str, timeout: float = 10.0) -> None:
+        """Read (and drop) messages up to the first of type `kind`, then stop reading again."""
+        self.sock.settimeout(timeout)
+        while True:
+            self.protocol.receive_data(self.sock.recv(4096))
+            for frame in self.protocol.events_received():
+                if (
+                    isinstance(frame, Frame)
+                    and frame.opcode == Opcode.TEXT
+                    and orjson.loads(frame.data)["type"] == kind
+                ):
+                    return
 
     def send(self, message: dict[str, object]) -> None:
         self.protocol.send_text(orjson.dumps(message))
@@ -109,3 +123,47 @@ async def test_a_stalled_reader_does_not_delay_others_and_since_recovers_every_f
     texts = [m["data"]["text"] for m in messages + replay if m.get("type") == "transcript.final"]  # type: ignore[index]
     numbers = sorted({int(str(t).split()[0]) for t in texts})
     assert numbers == list(range(FINALS))
+
+
+async def test_a_reader_that_pauses_gets_every_frame_intact_and_in_order(
+    fresh_server: ServerProcess, call_id: str
+) -> None:
+    # Room for everything in the outbox: this reader pauses, it is not cut off. Its socket's
+    # buffers fill while it pauses, so the server's sends stop part-way through a frame, and what
+    # the socket did not take must go out before anything newer; once the reader reads again,
+    # the server goes back to sending straight to the socket without overtaking what it holds.
+    fresh_server.env["CALLSTREAM_OUTBOX_HIGH_WATER"] = str(64 << 20)
+    fresh_server.start()
+    key = fresh_server.create_key("acme")
+    slow = StalledClient(fresh_server, key)
+    slow.send({"type": "subscribe", "call_id": call_id})
+    await asyncio.to_thread(slow.read_until, "subscribed")  # live before the events come
+    count = 600  # x 20 KB: 12 MB, more than the kernel buffers of both ends hold
+
+    def read_all() -> list[dict[str, object]]:
+        finals: list[dict[str, object]] = []
+        slow.sock.settimeout(20)
+        while len(finals) < count:
+            data = slow.sock.recv(8192)
+            assert data, "the server closed the socket"
+            slow.protocol.receive_data(data)  # a frame cut short or overtaken fails to parse here
+            for frame in slow.protocol.events_received():
+                assert isinstance(frame, Frame), frame
+                assert frame.opcode == Opcode.TEXT, frame
+                finals.append(orjson.loads(frame.data))
+            time.sleep(0.0005)
+        return finals
+
+    async def publish_one(j: int) -> None:  # one fan-out each
+        response = await asyncio.to_thread(publish, fresh_server, key, call_id, final(f"{j} " + "x" * 20_000))
+        assert response.status_code == 202, response.text
+
+    for j in range(count // 2):  # the reader pauses
+        await publish_one(j)
+    reader = asyncio.create_task(asyncio.to_thread(read_all))
+    for j in range(count // 2, count):  # it reads again, slowly, while more comes
+        await publish_one(j)
+    finals = await reader
+    slow.sock.close()
+    assert [m["seq"] for m in finals] == list(range(1, count + 1))
+    assert [str(m["data"]["text"]).split()[0] for m in finals] == [str(j) for j in range(count)]  # type: ignore[index]

@@ -178,11 +178,13 @@ class EventsConnection:
         self._frame_writer: FrameWriter | None = ws.scope.get(FRAME_WRITER)
         self._dirty = False
         self._flusher = _flusher()
-        # The socket's transport.write while a block may go straight out (one live subscription,
-        # nothing queued, the socket open and writable), else None: the hub calls it directly.
-        self.direct_write: Callable[[bytes], None] | None = None
+        # The socket's own send (its transport.write under TLS) while a block may go straight out
+        # (one live subscription, nothing queued here or in the transport, the socket open and
+        # writable), else None: the hub calls it directly.
+        self.direct_write: Callable[[bytes], int | None] | None = None
         if self._frame_writer is not None:
             self._frame_writer.on_change = self._refresh_direct
+            self._frame_writer.open_send_now()
 
     # ---- the hub's side: never blocks ------------------------------------------------------
 
@@ -213,7 +215,20 @@ class EventsConnection:
             and not self.outbox.queued_bytes
             and writer.frames_open
         )
-        self.direct_write = writer.transport.write if direct and writer is not None else None
+        if not direct or writer is None:
+            self.direct_write = None
+        elif writer.send_now is not None:
+            self.direct_write = writer.send_now if writer.transport_empty else None
+        else:
+            self.direct_write = writer.transport.write
+
+    def write_rest(self, block: bytes, sent: int) -> None:
+        """The socket took only `sent` bytes of a direct send: the transport takes the rest (and
+        buffers it), and frames go through the outbox until a flush finds it empty again."""
+        self.direct_write = None
+        writer = self._frame_writer
+        if writer is not None:
+            writer.transport.write(block[sent:])
 
     def _queued(self) -> None:
         self.direct_write = None  # queued frames go first
