@@ -227,8 +227,12 @@ class EventsConnection:
         buffers it), and frames go through the outbox until a flush finds it empty again."""
         self.direct_write = None
         writer = self._frame_writer
-        if writer is not None:
+        if writer is None:
+            return
+        try:
             writer.transport.write(block[sent:])
+        except Exception:  # closed under us: part of a frame is out, so nothing more may follow
+            writer.transport.abort()
 
     def _queued(self) -> None:
         self.direct_write = None  # queued frames go first

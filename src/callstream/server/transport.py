@@ -25,21 +25,24 @@
    hand for the hub while that holds (`EventsConnection.direct_write`) and drops it at once when
    it stops holding, so fan-out writes a live single-call subscriber with no Python call between.
 
-5. The socket's own `send`. Over plain TCP (or a Unix socket) the protocol keeps a duplicate of
-   the connection's descriptor as a `socket.socket`, and while the transport holds no bytes of
-   its own the hub sends through it (`send_now`): a `send` system call and nothing else, where
-   uvloop's `transport.write` costs about 15 % more per write (`bench/results/ab-send-now-cpu`:
-   the node used 4–5 points less of its core at 70k–90k deliveries/s). Whatever the socket does
-   not take at once goes to the transport, which then holds bytes, so frames go through it
-   until it is empty again: nothing can overtake. Under TLS there is no `send_now`: the bytes
-   must go through the transport's encryption. The duplicate is closed with the connection.
+5. The socket's own descriptor. While the transport holds no bytes of its own, the hub writes
+   a plain TCP (or Unix) socket with `os.write` on its descriptor (`send_now`): one system call
+   and nothing else, where uvloop's `transport.write` costs about 15 % more per write
+   (`bench/results/ab-send-now-cpu`: the node used 4–5 points less of its core at 70k–90k
+   deliveries/s). Whatever the socket does not take at once goes to the transport, which then
+   holds bytes, so frames go through it until it is empty again: nothing can overtake. Under
+   TLS there is no `send_now` (the bytes must be encrypted by the transport). The descriptor
+   is the transport's own, not a duplicate (which would halve the sockets a descriptor limit
+   allows): uvloop and asyncio close it only after `connection_lost` returns, and
+   `connection_lost` drops `send_now` first, so it never writes to a number the kernel has
+   handed to another connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-import socket
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -111,11 +114,10 @@ class _ReceiveQueue(Generic[T]):
 class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.on_change: Callable[[], None] | None = None
-        # The socket's own `send` (on a duplicate of its descriptor), for plain TCP or Unix
-        # sockets once the events socket asks for it (`open_send_now`); None under TLS, where bytes
-        # must go through the transport. Only used while the transport holds nothing.
+        # `os.write` on the socket's descriptor, for plain TCP or Unix sockets once the events
+        # socket asks for it (`open_send_now`); None under TLS, where bytes must go through the
+        # transport, and from `connection_lost` on. Only used while the transport holds nothing.
         self.send_now: Callable[[bytes], int] | None = None
-        self._own_socket: socket.socket | None = None
         self._close_sent = False
         super().__init__(*args, **kwargs)
         self.queue = _ReceiveQueue()  # type: ignore[assignment]
@@ -159,10 +161,8 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
         self._changed()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.send_now = None
-        if self._own_socket is not None:
-            self._own_socket.close()
-            self._own_socket = None
+        self.send_now = None  # before anything else: the descriptor is closed once this returns
+        self._changed()
         super().connection_lost(exc)
         self._changed()
 
@@ -190,13 +190,7 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
         raw = self.transport.get_extra_info("socket")
         if raw is None:
             return
-        try:
-            own = socket.socket(fileno=os.dup(raw.fileno()))
-        except OSError:  # out of descriptors, say: the transport's write does the job meanwhile
-            return
-        own.setblocking(False)
-        self._own_socket = own
-        self.send_now = own.send
+        self.send_now = functools.partial(os.write, raw.fileno())
 
     def handle_close(self, event: Any) -> None:
         super().handle_close(event)
