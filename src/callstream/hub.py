@@ -25,10 +25,10 @@ from callstream.protocol import WILDCARD
 
 class Subscriber(Protocol):
     """What the hub needs of a connection: non-blocking appends, and word that a subscription
-    is over (its call ended). `direct_write`, when not None, takes a block as is: the socket's own
-    `send` (which returns how many bytes it took; `write_rest` gets the others) or its transport's
-    `write` (which takes all and returns None), offered only while nothing may come before it
-    (`EventsConnection._refresh_direct`)."""
+    is over (its call ended). `direct_write`, when not None, takes a block as is: a write on the
+    socket's descriptor (which returns how many bytes it took; `write_rest` gets the others) or its
+    transport's `write` (which takes all and returns None), offered only while nothing may come
+    before it (`EventsConnection._refresh_direct`)."""
 
     direct_write: Callable[[bytes], int | None] | None
 
