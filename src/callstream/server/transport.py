@@ -161,8 +161,7 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
         self._changed()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.send_now = None  # before anything else: the descriptor is closed once this returns
-        self._changed()
+        self.send_now = None  # the descriptor is closed once this returns (and `_changed` drops it)
         super().connection_lost(exc)
         self._changed()
 
