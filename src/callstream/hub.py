@@ -112,12 +112,14 @@ def _fan_out(subs: Iterable[Subscription], group: Sequence[Event]) -> int:
     """
     first, last = group[0].seq, group[-1].seq
     block: bytes | None = None
+    size = 0
     written = 0
     for sub in subs:
         if sub.parked is None and sub.types is None and first > sub.last_seq:
             sub.last_seq = last
             if block is None:
                 block = group[0].wire if len(group) == 1 else b"".join([e.wire for e in group])
+                size = len(block)
             conn = sub.conn
             write = conn.direct_write
             if write is None:
@@ -130,7 +132,7 @@ def _fan_out(subs: Iterable[Subscription], group: Sequence[Event]) -> int:
             except Exception:  # closed under us (its end is on its way): the others still get theirs
                 conn.direct_write = None
                 continue
-            if sent is not None and sent != len(block):
+            if sent is not None and sent != size:
                 conn.write_rest(block, sent)
             written += len(group)
         else:
