@@ -84,6 +84,7 @@ class Stats:
 
     def reset(self) -> None:
         self.lat = array.array("q")
+        self.sent = array.array("q")  # µs, beside `lat`, only when BENCH_TIMELINE asks for it
         self.n = 0  # non-partial deliveries inside the window
         self.n_partial = 0
         self.rx = 0  # deliveries received inside the window (by receive time): throughput
@@ -104,6 +105,7 @@ class Stats:
     def snapshot(self) -> dict[str, Any]:
         return {
             "lat": self.lat.tobytes(),
+            "sent": self.sent.tobytes(),
             "n": self.n,
             "n_partial": self.n_partial,
             "rx": self.rx,
@@ -116,6 +118,9 @@ class Stats:
 
 
 S = Stats()
+# Keep each delivery's send time too, so a step's latency can be laid out over its window
+# (`bench.run` writes timeline-*.json): where the slow deliveries were sent, and how they bunch.
+TIMELINE = bool(os.environ.get("BENCH_TIMELINE"))
 
 
 def record(p: bytes, i: int) -> None:
@@ -134,6 +139,8 @@ def record(p: bytes, i: int) -> None:
         else:
             S.n += 1
         S.lat.append((now - sent) // 1000)
+        if TIMELINE:
+            S.sent.append(sent // 1000)
 
 
 # ---- subscribers --------------------------------------------------------------------------------
