@@ -117,8 +117,8 @@ def fanout_section(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
         best[target] = med(per_run.get(target, [0.0])) or 0.0
     parts.append("### Highest rate with p99 ≤ 25 ms and no loss (median of runs' best)\n")
     parts.append("A rate here is a ladder step the server sustained (≥ 95 % of it received, no loss); what "
-                 "each step received is in the tables above. The 25 ms bound is the issue's; on a shared 2-core machine it is often broken by other work, so "
-                 "the same ratio at p99 ≤ 100 ms and the rate each server keeps up with (≥ 95 % of offered, no loss, "
+                 "each step received is in the tables above. The 25 ms bound is the issue's; on a shared 2-core "
+                 "machine it is often broken by other work, so the same ratio at p99 ≤ 100 ms and the rate each server keeps up with (≥ 95 % of offered, no loss, "
                  "any latency) are given too.\n")
     at100 = {t: med(v) or 0.0 for t, v in best_rates_per_run(rows, 100.0).items()}
     cap = {t: med(v) or 0.0 for t, v in best_rates_per_run(rows, None).items()}

@@ -149,6 +149,10 @@ async def test_a_reader_that_pauses_gets_every_frame_intact_and_in_order(
             slow.protocol.receive_data(data)  # a frame cut short or overtaken fails to parse here
             for frame in slow.protocol.events_received():
                 assert isinstance(frame, Frame), frame
+                if frame.opcode == Opcode.PING:  # the server's keepalive, on a slow machine: answer it
+                    for pong in slow.protocol.data_to_send():
+                        slow.sock.sendall(pong)
+                    continue
                 assert frame.opcode == Opcode.TEXT, frame
                 finals.append(orjson.loads(frame.data))
             time.sleep(0.0005)
@@ -158,12 +162,14 @@ async def test_a_reader_that_pauses_gets_every_frame_intact_and_in_order(
         response = await asyncio.to_thread(publish, fresh_server, key, call_id, final(f"{j} " + "x" * 20_000))
         assert response.status_code == 202, response.text
 
-    for j in range(count // 2):  # the reader pauses
-        await publish_one(j)
-    reader = asyncio.create_task(asyncio.to_thread(read_all))
-    for j in range(count // 2, count):  # it reads again, slowly, while more comes
-        await publish_one(j)
-    finals = await reader
-    slow.sock.close()
+    try:
+        for j in range(count // 2):  # the reader pauses
+            await publish_one(j)
+        reader = asyncio.create_task(asyncio.to_thread(read_all))
+        for j in range(count // 2, count):  # it reads again, slowly, while more comes
+            await publish_one(j)
+        finals = await reader
+    finally:
+        slow.sock.close()
     assert [m["seq"] for m in finals] == list(range(1, count + 1))
     assert [str(m["data"]["text"]).split()[0] for m in finals] == [str(j) for j in range(count)]  # type: ignore[index]
