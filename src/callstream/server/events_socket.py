@@ -178,9 +178,9 @@ class EventsConnection:
         self._frame_writer: FrameWriter | None = ws.scope.get(FRAME_WRITER)
         self._dirty = False
         self._flusher = _flusher()
-        # A write on the socket's descriptor (its transport.write under TLS) while a block may go straight out
-        # (one live subscription, nothing queued here or in the transport, the socket open and
-        # writable), else None: the hub calls it directly.
+        # A write on the socket's descriptor (its transport.write under TLS) while a block may go
+        # straight out (one live subscription, nothing queued here or in the transport, the socket
+        # open and writable), else None: the hub calls it directly.
         self.direct_write: Callable[[bytes], int | None] | None = None
         if self._frame_writer is not None:
             self._frame_writer.on_change = self._refresh_direct
