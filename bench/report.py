@@ -508,7 +508,7 @@ def targets_section(results: dict[str, Any], best: dict[str, float]) -> str:
     sio = best.get("python-socketio")
     # A reference that met the bound at no step holds it only below the ladder's lowest step: the
     # ratio is then more than the rate over that step, which is enough when that is over the factor.
-    lowest = {}
+    lowest: dict[str, int] = {}
     for row in sc.get("fanout", []):
         lowest[row["target"]] = min(lowest.get(row["target"], row["offered_s"]), row["offered_s"])
 

@@ -92,7 +92,8 @@ class Load:
 
 def merge(stats: list[dict[str, Any]]) -> dict[str, Any]:
     lat = array.array("q")
-    bins: dict[int, list[int]] = {}  # 10 ms of send time → [deliveries, over 25 ms, worst µs]
+    late_us = report.P99_BOUND_MS * 1000
+    bins: dict[int, list[int]] = {}  # 10 ms of send time → [deliveries, over the p99 bound, worst µs]
     for s in stats:
         chunk = array.array("q")
         chunk.frombytes(s["lat"])
@@ -102,7 +103,7 @@ def merge(stats: list[dict[str, Any]]) -> dict[str, Any]:
         for at, us in zip(sent, chunk, strict=False):
             b = bins.setdefault(at // 10_000, [0, 0, 0])
             b[0] += 1
-            b[1] += us > 25_000
+            b[1] += us > late_us
             b[2] = max(b[2], us)
     codes: dict[str, int] = {}
     for s in stats:

@@ -22,8 +22,10 @@ import glob
 import json
 import re
 from pathlib import Path
+from typing import Any
 
-BOUND_US = 25_000
+from bench.report import P99_BOUND_MS
+
 _LOGGED = re.compile(r"^\S+ \S+ (\d{13})\b")  # "<WHAT> <phase> <epoch ms> …"
 
 
@@ -35,12 +37,12 @@ def logged_lines(path: str) -> list[tuple[int, str]]:
     return out
 
 
-def report(timeline: dict[str, object], logged: list[tuple[int, str]]) -> list[str]:
-    bins: list[list[int]] = timeline["bins"]  # type: ignore[assignment]
+def report(timeline: dict[str, Any], logged: list[tuple[int, str]]) -> list[str]:
+    bins: list[list[int]] = timeline["bins"]
     n = sum(b[1] for b in bins)
     late = sum(b[2] for b in bins)
     lines = [f"== {timeline['target']} at {timeline['offered']:,}/s: p99 {timeline['p99_ms']} ms, "
-             f"{late:,} of {n:,} deliveries over {BOUND_US // 1000} ms ({late / max(n, 1):.2%})"]
+             f"{late:,} of {n:,} deliveries over {P99_BOUND_MS:g} ms ({late / max(n, 1):.2%})"]
     if not bins:
         return lines
     start, end = bins[0][0], bins[-1][0] + 10
