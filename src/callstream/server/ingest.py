@@ -3,6 +3,15 @@
 Frames are sequenced in the order they arrive; acks are sent in that same order, each only once
 the store has committed its event (and so every event before it). A bad event gets an `error`
 with its `ref` and is skipped; the others of the frame still go through.
+
+Acks leave from the commit itself: each frame's refs wait in arrival order on the store's
+future for that frame, and when a commit settles, every ack it made due is written at once, in
+order, as pre-encoded frames in one socket write (`callstream.acks.AckLine`). A producer that sends one small
+frame per tick makes thousands of frames a second; a task per socket that woke for each of them
+and waited on each one's future (a `wait_for`, a `shield`, a timer) cost more than the publish.
+When the socket cannot take frames straight away (its buffer is over the mark, another send is
+under way, or the server is not uvicorn with callstream's transport) the acks queue up behind
+whatever is being sent, and a task sends them in the same order.
 """
 
 from __future__ import annotations
@@ -10,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+import time
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from callstream import metrics
 from callstream import protocol as p
+from callstream.acks import AckLine
 from callstream.broker import BrokerUnavailableError, CallEndedError
 from callstream.events import NewEvent, text_frame
 from callstream.limits import IngestLimiter
@@ -25,10 +35,6 @@ from callstream.server.runtime import Runtime
 from callstream.server.transport import FRAME_WRITER, FrameWriter
 
 log = logging.getLogger("callstream.ingest")
-
-_AckItem = tuple[Any, int, "asyncio.Future[None]"]
-_ACK_BATCH = 256  # acks per socket write at most
-
 
 async def ingest_endpoint(ws: WebSocket) -> None:
     admitted = await handshake(ws, "publish")
@@ -50,24 +56,29 @@ class IngestConnection:
         self.runtime = runtime
         self.account = account
         self.key_id = key_id
-        self._acks: asyncio.Queue[_AckItem | None] = asyncio.Queue()
+        self._acks = AckLine(runtime.settings.store_timeout_s)
+        self._unsent: list[bytes] = []  # acks due that wait for the socket (`_send_unsent`)
+        self._unsent_sender: asyncio.Task[None] | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._send_lock = asyncio.Lock()
-        self.closed = False
+        self.closed = False  # no more frames are read (the socket may still send what it owes)
+        self._ended = False  # the socket is gone: nothing more can be sent
         self.limiter: IngestLimiter | None = None
-        self._store_timeout_s = runtime.settings.store_timeout_s
         self._frame_writer: FrameWriter | None = ws.scope.get(FRAME_WRITER)  # set by the accept
 
     async def run(self) -> None:
         self.runtime.connections.add(self)
         metrics.CONNECTIONS.labels("ingest").inc()
-        acker = asyncio.create_task(self._ack_forever())
         try:
             await self._read_forever()
         except WebSocketDisconnect:
             pass
         finally:
-            self.closed = True
-            acker.cancel()
+            self.closed = self._ended = True
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+            if self._unsent_sender is not None:
+                self._unsent_sender.cancel()
             self.runtime.connections.discard(self)
             metrics.CONNECTIONS.labels("ingest").dec()
 
@@ -77,7 +88,7 @@ class IngestConnection:
         self.closed = True
         with contextlib.suppress(Exception):
             if code == p.CLOSE_GOING_AWAY:  # send the acks we owe before going away
-                await asyncio.wait_for(self._acks.join(), 5.0)
+                await asyncio.wait_for(self._acks_sent(), 5.0)
         await close_urgently(self.ws, code, error_code, message)
 
     async def _send(self, frame: bytes) -> None:
@@ -153,48 +164,63 @@ class IngestConnection:
             for event in events:
                 await self._send(p.error_message(p.INTERNAL, message, event.call_id, event.ref))
             return
-        for new, accepted in zip(events, sequenced, strict=True):
-            if new.ref is not None:
-                self._acks.put_nowait((new.ref, accepted.seq, durable))
+        pairs = zip(events, sequenced, strict=True)
+        refs = [(new.ref, accepted.seq) for new, accepted in pairs if new.ref is not None]
+        if refs:
+            self._acks.add(refs, durable)
+            durable.add_done_callback(self._on_durable)
+            if self._ack_timer is None:
+                self._arm_ack_timer()
 
-    async def _ack_forever(self) -> None:
-        """Send each ack once its event is durable, in order; acks already due go out together.
+    # ---- acks --------------------------------------------------------------------------------
 
-        One commit makes a run of acks due at once: they leave as pre-encoded frames in one
-        socket write (one `send` each, with its wait for the store, cost more than the publish).
-        """
-        queue = self._acks
-        while True:
-            batch = [await queue.get()]
-            while not queue.empty() and len(batch) < _ACK_BATCH:
-                batch.append(queue.get_nowait())
-            try:
-                frames: list[bytes] = []
-                for item in batch:
-                    if item is None:
-                        return
-                    ref, seq, durable = item
-                    if not durable.done():
-                        await self._send_frames(frames)
-                        frames = []
-                    frames.append(await self._ack_for(ref, seq, durable))
-                await self._send_frames(frames)
-            finally:
-                for _ in batch:
-                    queue.task_done()
+    def _on_durable(self, _: asyncio.Future[None]) -> None:
+        self._emit_due_acks()
 
-    async def _ack_for(self, ref: Any, seq: int, durable: asyncio.Future[None]) -> bytes:
-        """The ack, or the error that says why there is none, once the store has answered."""
-        try:
-            if not durable.done():
-                await asyncio.wait_for(asyncio.shield(durable), self._store_timeout_s)
-            durable.result()
-        except TimeoutError:  # a hung database must not hang the producer: say so
-            message = f"not confirmed: the store did not commit within {self._store_timeout_s:g} s"
-            return p.error_message(p.INTERNAL, message, None, ref)
-        except Exception as exc:  # not stored: the producer must know, and may retry
-            return p.error_message(p.INTERNAL, f"not stored: {exc}", None, ref)
-        return p.ack_message(ref, seq)
+    def _emit_due_acks(self) -> None:
+        if self._ended:
+            return
+        messages = self._acks.due()
+        if not messages:
+            return
+        writer = self._frame_writer
+        if (
+            writer is not None
+            and not self._unsent
+            and not self._send_lock.locked()
+            and writer.writable.is_set()
+            and writer.write_frames(b"".join(map(text_frame, messages)))
+        ):
+            return
+        self._unsent.extend(messages)
+        if self._unsent_sender is None or self._unsent_sender.done():
+            self._unsent_sender = asyncio.get_running_loop().create_task(self._send_unsent())
+
+    async def _send_unsent(self) -> None:
+        """Acks that could not go straight out, in order, once the socket takes them."""
+        while self._unsent:
+            messages, self._unsent = self._unsent, []
+            await self._send_frames(messages)
+
+    def _arm_ack_timer(self) -> None:
+        """Wake when the oldest frame waiting for its commit times out (none armed: none waits)."""
+        deadline = self._acks.next_deadline()
+        if deadline is None or self._ended:
+            self._ack_timer = None
+            return
+        loop = asyncio.get_running_loop()
+        self._ack_timer = loop.call_at(loop.time() + deadline - time.monotonic(), self._on_ack_timer)
+
+    def _on_ack_timer(self) -> None:
+        self._emit_due_acks()
+        self._arm_ack_timer()
+
+    async def _acks_sent(self) -> None:
+        """Until every ack owed is out (or timed out): polled, as it runs once, when draining."""
+        sender = self._unsent_sender
+        while len(self._acks) or self._unsent or (sender is not None and not sender.done()):
+            await asyncio.sleep(0.01)
+            sender = self._unsent_sender
 
     async def _send_frames(self, messages: list[bytes]) -> None:
         if not messages:

@@ -1,0 +1,68 @@
+"""The acks an ingest socket owes (PROTOCOL.md §4), in order, each once its event is durable.
+
+Sans-I/O: the store's futures say when a frame's events are committed, a clock says when a commit
+is overdue; `server.ingest` does the writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from callstream import protocol as p
+
+_Refs = list[tuple[Any, int]]  # (ref, seq) of one frame's events that carry a ref
+
+
+class AckLine:
+    """The acks a socket owes, in the order its frames arrived, and when each one comes due.
+
+    Sans-I/O: `add` a frame's refs with the future the store resolves once they are durable;
+    `due` returns the messages (acks, or errors saying why there is none) that are ready at the
+    head of the line, stopping at the first frame still waiting, so no ack ever overtakes an
+    earlier one. A frame whose commit takes longer than `timeout_s` gets an error instead (a
+    hung database must not hang the producer); its commit, should it come, is ignored.
+    """
+
+    __slots__ = ("_clock", "_line", "timeout_s")
+
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._line: deque[tuple[_Refs, asyncio.Future[None], float]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._line)
+
+    def add(self, refs: _Refs, durable: asyncio.Future[None]) -> None:
+        self._line.append((refs, durable, self._clock() + self.timeout_s))
+
+    def next_deadline(self) -> float | None:
+        """When the frame at the head times out (on the line's clock), if any frame waits."""
+        return self._line[0][2] if self._line else None
+
+    def due(self) -> list[bytes]:
+        messages: list[bytes] = []
+        line = self._line
+        now: float | None = None
+        while line:
+            refs, durable, deadline = line[0]
+            if durable.done():
+                error = None if durable.cancelled() else durable.exception()
+                if error is None:
+                    messages.extend(p.ack_message(ref, seq) for ref, seq in refs)
+                else:  # not stored: the producer must know, and may retry
+                    text = f"not stored: {error}"
+                    messages.extend(p.error_message(p.INTERNAL, text, None, ref) for ref, _ in refs)
+            else:
+                if now is None:
+                    now = self._clock()
+                if now < deadline:
+                    break
+                message = f"not confirmed: the store did not commit within {self.timeout_s:g} s"
+                messages.extend(p.error_message(p.INTERNAL, message, None, ref) for ref, _ in refs)
+            line.popleft()
+        return messages
