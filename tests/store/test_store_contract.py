@@ -87,6 +87,28 @@ async def test_append_is_durable_when_the_future_resolves(store: SqlStore, accou
     assert (state.status, state.last_seq, state.started_at) == ("live", 3, 1000)
 
 
+async def test_appends_of_one_commit_fan_out_together_in_append_order(store: SqlStore, account: str) -> None:
+    """Frames appended before the writer runs share a commit, and their `then` (the node's fan-out)
+    runs once for all of them, in append order, so a subscriber's events of several frames leave
+    in one write; an append with no `then` in between ends the run, and keeps its place."""
+    fanned_out: list[list[Event]] = []
+    first = [event(account, "c1", 1), event(account, "c2", 1)]
+    second = [event(account, "c1", 2)]
+    untold = [event(account, "c3", 1)]
+    third = [event(account, "c2", 2)]
+    futures = [
+        store.append(first, fanned_out.append),
+        store.append(second, fanned_out.append),
+        store.append(untold),
+        store.append(third, fanned_out.append),
+    ]
+    assert fanned_out == []  # nothing before the commit
+    await asyncio.gather(*futures)
+    assert fanned_out == [first + second, third]
+    stored = await store.events(account, "c1")
+    assert [e.seq for e in stored] == [1, 2]
+
+
 async def test_event_data_comes_back_exactly_as_published(store: SqlStore, account: str) -> None:
     awkward = {
         "text": 'she said "hi" \\ then \u00e9\u2028 and 😀',

@@ -581,14 +581,19 @@ class SqlStore:
 
     @staticmethod
     def _settle(batch: list[_Pending], error: StoreUnavailableError | None) -> None:
+        # One `then` for each run of items that share it (every publish on a node passes the same
+        # one): a commit of many small frames fans out once, not once a frame. Fan out even when
+        # the commit failed: the seqs are taken, and a subscriber must not see a gap; the
+        # producer learns from the future that it was not stored.
+        then: Callable[[list[Event]], None] | None = None
+        events: list[Event] = []
         for item in batch:
-            if item.then is not None:
-                try:
-                    # Fan out even when the commit failed: the seqs are taken, and a subscriber
-                    # must not see a gap; the producer learns from the future it was not stored.
-                    item.then(item.events)
-                except Exception:  # a fan-out bug must not stop the writer
-                    log.exception("delivery after commit failed")
+            if item.then != then:
+                _run_then(then, events)
+                then, events = item.then, []
+            events.extend(item.events)
+        _run_then(then, events)
+        for item in batch:
             if item.future.done():
                 continue
             if error is None:
@@ -709,3 +714,12 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     except Exception as exc:
         raise ValueError("cursor is not one this server issued") from exc
     return started, call_id
+
+
+def _run_then(then: Callable[[list[Event]], None] | None, events: list[Event]) -> None:
+    if then is None or not events:
+        return
+    try:
+        then(events)
+    except Exception:  # a fan-out bug must not stop the writer
+        log.exception("delivery after commit failed")
