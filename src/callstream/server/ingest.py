@@ -5,13 +5,13 @@ the store has committed its event (and so every event before it). A bad event ge
 with its `ref` and is skipped; the others of the frame still go through.
 
 Acks leave from the commit itself: each frame's refs wait in arrival order on the store's
-future for that frame, and when a commit settles, every ack it made due is written at once, in
-order, as pre-encoded frames in one socket write (`callstream.acks.AckLine`). A producer that sends one small
-frame per tick makes thousands of frames a second; a task per socket that woke for each of them
-and waited on each one's future (a `wait_for`, a `shield`, a timer) cost more than the publish.
-When the socket cannot take frames straight away (its buffer is over the mark, another send is
-under way, or the server is not uvicorn with callstream's transport) the acks queue up behind
-whatever is being sent, and a task sends them in the same order.
+future for that frame (`callstream.acks.AckLine`), and when a commit settles, every ack it made
+due is written at once, in order, as pre-encoded frames in one socket write. A producer that
+sends one small frame per tick makes thousands of frames a second; a task per socket that woke
+for each of them and waited on each one's future (a `wait_for`, a `shield`, a timer) cost more
+than the publish. When the socket cannot take frames straight away (its buffer is over the
+mark, another send is under way, or the server is not uvicorn with callstream's transport) the
+acks queue up behind whatever is being sent, and a task sends them in the same order.
 """
 
 from __future__ import annotations

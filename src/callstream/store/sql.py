@@ -492,7 +492,9 @@ class SqlStore:
         """Queue events for the next commit; the future resolves once they are durable.
 
         `then(events)` runs right after that commit (or its failure), in append order: the
-        embedded node fans out from there, so subscribers only ever see stored events.
+        embedded node fans out from there, so subscribers only ever see stored events. Appends
+        of one commit that pass the same `then` share one call, with their events in append
+        order (`_settle`).
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(events, future, then))
