@@ -41,7 +41,8 @@ class AckLine:
         self._line.append((refs, durable, self._clock() + self.timeout_s))
 
     def next_deadline(self) -> float | None:
-        """When the frame at the head times out (on the line's clock), if any frame waits."""
+        """When the frame at the head times out (on the line's clock: the ingest socket passes
+        its event loop's, so the deadline goes to `loop.call_at` as is), if any frame waits."""
         return self._line[0][2] if self._line else None
 
     def due(self) -> list[bytes]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -56,7 +55,7 @@ class IngestConnection:
         self.runtime = runtime
         self.account = account
         self.key_id = key_id
-        self._acks = AckLine(runtime.settings.store_timeout_s)
+        self._acks = AckLine(runtime.settings.store_timeout_s, asyncio.get_running_loop().time)
         self._unsent: list[bytes] = []  # acks due that wait for the socket (`_send_unsent`)
         self._unsent_sender: asyncio.Task[None] | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -208,8 +207,7 @@ class IngestConnection:
         if deadline is None or self._ended:
             self._ack_timer = None
             return
-        loop = asyncio.get_running_loop()
-        self._ack_timer = loop.call_at(loop.time() + deadline - time.monotonic(), self._on_ack_timer)
+        self._ack_timer = asyncio.get_running_loop().call_at(deadline, self._on_ack_timer)
 
     def _on_ack_timer(self) -> None:
         self._emit_due_acks()
