@@ -31,11 +31,11 @@
    (`bench.write_floor`: 4.64 against 4.28 µs; `bench/results/ab-send-now-fd`: the node used
    2–4 points less of its core at 50k–80k deliveries/s). Whatever the socket does not take at
    once goes to the transport, which then holds bytes, so frames go through it until it is
-   empty again: nothing can overtake. Under TLS there is no `send_now` (the bytes must be encrypted by the transport). The descriptor
-   is the transport's own, not a duplicate (which would halve the sockets a descriptor limit
-   allows): uvloop and asyncio close it only after `connection_lost` returns, and
-   `connection_lost` drops `send_now` first, so it never writes to a number the kernel has
-   handed to another connection.
+   empty again: nothing can overtake. Under TLS there is no `send_now` (the bytes must be
+   encrypted by the transport). The descriptor is the transport's own, not a duplicate (which
+   would halve the sockets a descriptor limit allows): uvloop and asyncio close it only after
+   `connection_lost` returns, and `connection_lost` drops `send_now` first, so it never writes
+   to a number the kernel has handed to another connection.
 """
 
 from __future__ import annotations
