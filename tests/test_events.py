@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
-from callstream.events import Event, EventInvalidError, check_payload, text_frame
+from callstream.events import MAX_DEPTH, Event, EventInvalidError, check_payload, text_frame
 from callstream.server.transport import frame_payload
 
 
@@ -52,3 +54,44 @@ def test_is_final_is_completed_and_extra_fields_pass_through() -> None:
     data: dict[str, object] = {"speaker": "user", "text": "hi", "confidence": 0.93}
     check_payload("transcript.final", data)
     assert data == {"speaker": "user", "text": "hi", "confidence": 0.93, "is_final": True}
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"name": "f", "args": {"x": float("nan")}}, "finite"),
+        ({"name": "f", "args": [float("inf")]}, "finite"),
+        ({"name": "f", "args": {"x": 2**63}}, "64 bits"),
+        ({"name": "f", "args": {"x": -(2**63) - 1}}, "64 bits"),
+        ({"name": "f", "args": {"a\x00": 1}}, "U+0000"),
+        ({"name": "f", "args": "a\x00b"}, "U+0000"),
+        ({"name": "f", "args": {"x": b"bytes"}}, "JSON"),
+    ],
+)
+def test_values_the_server_cannot_keep_are_refused(data: dict[str, object], problem: str) -> None:
+    with pytest.raises(EventInvalidError, match=re.escape(problem)):
+        check_payload("function.call", data)
+
+
+def test_nesting_is_bounded_and_the_bound_itself_is_accepted() -> None:
+    def nested(depth: int) -> object:
+        value: object = 1
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    check_payload("function.call", {"name": "f", "args": nested(MAX_DEPTH - 2)})
+    with pytest.raises(EventInvalidError, match="deeper"):
+        check_payload("function.call", {"name": "f", "args": nested(MAX_DEPTH)})
+
+
+@pytest.mark.parametrize("score", [1.0001, -1.5, 1e308, "0.5", True, None])
+def test_a_producers_sentiment_score_must_be_in_minus_one_to_one(score: object) -> None:
+    data = {"speaker": "user", "text": "x", "sentiment": {"score": score, "label": "positive"}}
+    with pytest.raises(EventInvalidError, match=r"sentiment\.score"):
+        check_payload("transcript.final", data)
+
+
+@given(st.floats(min_value=-1.0, max_value=1.0))
+def test_any_score_in_range_is_kept(score: float) -> None:
+    check_payload("transcript.final", {"speaker": "agent", "text": "x", "sentiment": {"score": score}})

@@ -6,6 +6,7 @@ node then receives the same bytes. Nothing downstream re-encodes or re-validates
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from dataclasses import dataclass, field
@@ -14,6 +15,10 @@ from typing import Any, Final
 import orjson
 
 MAX_INT64: Final = 2**63 - 1
+MIN_INT64: Final = -(2**63)
+# How deep `data` may nest (objects and arrays): far beyond any function's arguments, and far
+# below what the JSON encoder refuses (255), so an accepted event can always be encoded.
+MAX_DEPTH: Final = 32
 CALL_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
 PUBLISHABLE_TYPES: Final = frozenset(
@@ -81,8 +86,58 @@ def _check_ended(data: dict[str, Any]) -> None:
     _optional_str(data, "reason")
 
 
+def _bad_value(value: object) -> str | None:
+    """Why a scalar cannot be kept, or None: every number finite and 64-bit, no NUL in text."""
+    if isinstance(value, str):
+        return "text must not contain U+0000" if "\x00" in value else None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if MIN_INT64 <= value <= MAX_INT64 else "integers must fit in 64 bits"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "numbers must be finite"
+    return f"values must be JSON, not {type(value).__name__}"
+
+
+def check_values(data: dict[str, Any]) -> None:
+    """Refuse what the server could not keep or sum: non-finite numbers, integers past 64 bits,
+    U+0000 in any text (PostgreSQL's text refuses it) and nesting deeper than `MAX_DEPTH`.
+
+    Runs on every event at the boundary, so nothing downstream (the encoder, the store, the
+    per-call sums) can fail on one producer's values. Iterative: depth costs no stack.
+    """
+    stack: list[tuple[Any, int, str]] = [(data, 1, "data")]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > MAX_DEPTH:
+            raise EventInvalidError(f"{path} nests deeper than {MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            if any("\x00" in key for key in node):
+                raise EventInvalidError(f"{path}: keys must not contain U+0000")
+            items: Any = node.items()
+        else:
+            items = enumerate(node)
+        for key, value in items:
+            if isinstance(value, dict | list):
+                stack.append((value, depth + 1, f"{path}.{key}"))
+            elif (problem := _bad_value(value)) is not None:
+                raise EventInvalidError(f"{path}.{key}: {problem}")
+
+
+def _check_sentiment(data: dict[str, Any]) -> None:
+    """A producer's own `sentiment` must look like the server's: a score in [-1, 1]."""
+    sentiment = data.get("sentiment")
+    if sentiment is None:
+        return
+    score = sentiment.get("score") if isinstance(sentiment, dict) else None
+    if isinstance(score, bool) or not isinstance(score, int | float) or not -1.0 <= score <= 1.0:
+        raise EventInvalidError("data.sentiment.score must be a number in [-1, 1]")
+
+
 def check_payload(event_type: str, data: dict[str, Any]) -> None:
     """Validate (and complete `is_final` on) one event's data; raises EventInvalidError."""
+    check_values(data)
+    _check_sentiment(data)
     if event_type == PARTIAL:
         _check_transcript(data, is_final=False)
     elif event_type == FINAL:

@@ -68,11 +68,13 @@ def by_call(events: Iterable[Event]) -> CallEvents:
 
 
 def sentiment_score(event: Event) -> float | None:
-    """A final transcript's sentiment score (`callstream.sentiment`), which its call's row sums."""
+    """A final transcript's sentiment score (`callstream.sentiment`), which its call's row sums.
+
+    Only a score in [-1, 1] counts (what validation admits), so a call's sum stays finite."""
     sentiment = event.data.get("sentiment") if event.type == FINAL else None
     if isinstance(sentiment, dict):
         score = sentiment.get("score")
-        if isinstance(score, int | float):
+        if isinstance(score, int | float) and not isinstance(score, bool) and -1.0 <= score <= 1.0:
             return float(score)
     return None
 

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from callstream.broker.base import CallState
 from callstream.events import ENDED, Event
+from callstream.sentiment import label_for
 from callstream.store import sqlite_process
 from callstream.store import tables as t
 from callstream.store.chunks import (
@@ -103,7 +104,7 @@ class CallRecord:
     end_status: str | None
     reason: str | None
     last_seq: int
-    sentiment: float | None
+    sentiment: dict[str, Any] | None  # {score: mean of the finals' scores, label, n}, or None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -422,7 +423,10 @@ class SqlStore:
 
     @staticmethod
     def _call_record(row: Any) -> CallRecord:
-        sentiment = round(row.sentiment_sum / row.sentiment_n, 3) if row.sentiment_n else None
+        sentiment = None
+        if row.sentiment_n:
+            score = round(row.sentiment_sum / row.sentiment_n, 3)
+            sentiment = {"score": score, "label": label_for(score), "n": row.sentiment_n}
         return CallRecord(
             row.call_id,
             row.status,
