@@ -94,38 +94,39 @@ async def test_a_writer_that_exits_mid_fold_fails_that_read_only(
     assert [e.seq for e in await store.events("acme", "c1")] == seqs_of(1, 2, 3)
 
 
-async def test_a_fold_the_database_refuses_changes_nothing_and_the_writer_keeps_serving(
+async def test_a_fold_the_database_refuses_for_one_call_files_the_others_and_keeps_serving(
     store: SqlStore, db_path: Path
 ) -> None:
     await store.append(block("c1", 1))
     assert [e.seq for e in await store.events("acme", "c1")] == seqs_of(1)
     await store.append([event("acme", "c3", 1, "transcript.final", sentiment={"score": 0.5})])
     await store.append([*(event("acme", "c1", seq) for seq in range(5, 10)), *block("c2", 1)])
-    with sqlite3.connect(db_path) as db:  # refuses the fold's last statement: its calls upsert
+    with sqlite3.connect(db_path) as db:  # refuses c2's calls upsert, the last statement of its rows
         db.execute("CREATE TRIGGER no BEFORE INSERT ON calls WHEN NEW.call_id = 'c2' BEGIN SELECT RAISE(ABORT, 'no'); END")
 
-    with pytest.raises(StoreUnavailableError, match="fold"):
-        await store.events("acme", "c1")
-    with sqlite3.connect(db_path) as db:  # the chunks and the other calls rows rolled back with it
-        assert db.execute("SELECT call_id, last_seq FROM calls").fetchall() == [("c1", 4)]
-        assert db.execute("SELECT count(*) FROM event_chunks").fetchone() == (1,)
-        db.execute("DROP TRIGGER no")
-
     assert [e.seq for e in await store.events("acme", "c1")] == [*seqs_of(1), 5, 6, 7, 8, 9]
-    assert [e.seq for e in await store.events("acme", "c2")] == [1, 2, 3, 4]
+    assert store.call_failed("acme", "c2")
+    with sqlite3.connect(db_path) as db:  # c2's chunk rolled back with its calls row
+        assert db.execute("SELECT call_id FROM event_chunks WHERE call_id = 'c2'").fetchall() == []
+        db.execute("DROP TRIGGER no")
     call = await store.get_call("acme", "c3")
     assert call is not None
     assert (call.last_seq, call.sentiment) == (1, 0.5)  # folded once, not once per attempt
+    await store.append(block("c1", 10))
+    assert [e.seq for e in await store.events("acme", "c1")][-1] == 40  # the writer keeps filing
 
 
 async def test_a_fold_the_database_refuses_fails_the_read_and_loses_nothing(store: SqlStore, db_path: Path) -> None:
     await store.append([event("acme", "c1", 1), event("acme", "c2", 1)])  # logged, not folded yet
     with sqlite3.connect(db_path) as db:
         db.execute("CREATE TRIGGER no BEFORE INSERT ON event_chunks BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+        db.execute("CREATE TRIGGER no_meta BEFORE UPDATE ON meta BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+        db.execute("CREATE TRIGGER no_new_meta BEFORE INSERT ON meta BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
     with pytest.raises(StoreUnavailableError, match="fold"):
         await store.events("acme", "c1")
     with sqlite3.connect(db_path) as db:
-        db.execute("DROP TRIGGER no")
+        for trigger in ("no", "no_meta", "no_new_meta"):
+            db.execute(f"DROP TRIGGER {trigger}")
     assert [e.seq for e in await store.events("acme", "c1")] == [1]
     assert [e.seq for e in await store.events("acme", "c2")] == [1]
 

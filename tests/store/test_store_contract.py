@@ -176,7 +176,7 @@ async def test_call_upsert_across_batches_and_end(store: SqlStore, account: str)
         "end_status": "completed",
         "reason": "hung up",
         "last_seq": 3,
-        "sentiment": 0.5,
+        "sentiment": {"score": 0.5, "label": "positive", "n": 2},
     }
     # A late duplicate of an earlier batch (a retried write) never rewinds the call.
     await store.append([event(account, "c1", 2)])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +16,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.dialects import postgresql, sqlite
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -32,7 +30,6 @@ from callstream.server.ingest import ingest_endpoint
 from callstream.server.runtime import Runtime
 from callstream.settings import Settings
 from callstream.store import SqlStore
-from callstream.store.tables import meta
 
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 HEALTH_TIMEOUT_S = 3.0
@@ -192,10 +189,12 @@ async def healthz(request: Request) -> JSONResponse:
     """200 when this node can serve; 503 while its broker or store link is down.
 
     "Store up" means it answers *and* takes writes: after a failed commit (a full disk, a lost
-    connection) the node stays unhealthy until a probe write (or an event's commit) succeeds.
+    connection) the node stays unhealthy until a probe write (or an event's commit) succeeds,
+    and while writes have waited `STALLED_AFTER_S` with no commit (a locked table, a fold that
+    keeps failing) it is unhealthy whatever a probe says.
     """
     runtime = runtime_of(request)
-    store_ok = await _store_ok(runtime)
+    store_ok = await _store_ok(runtime.store)
     broker_ok = runtime.broker.healthy
     ok = store_ok and broker_ok and not runtime.draining
     body = {"status": "ok" if ok else "unavailable", "store": store_ok, "broker": broker_ok}
@@ -216,27 +215,17 @@ def _methods_for(request: Request) -> set[str]:
     return {m for pattern, methods in table if pattern.fullmatch(path) for m in methods}
 
 
-async def _store_ok(runtime: Runtime) -> bool:
-    store = runtime.store
+async def _store_ok(store: SqlStore) -> bool:
+    if store.stalled:
+        return False
     try:
         if store.healthy:
             return await asyncio.wait_for(store.ping(), HEALTH_TIMEOUT_S)
-        await asyncio.wait_for(_probe_write(store), HEALTH_TIMEOUT_S)
-    except Exception:  # a timeout or a driver error: not healthy (yet)
+        written = await asyncio.wait_for(store.probe_write(), HEALTH_TIMEOUT_S)
+    except TimeoutError:
         return False
-    store.healthy = True
-    return True
-
-
-async def _probe_write(store: SqlStore) -> None:
-    """One tiny committed write: proves the store takes writes again."""
-    insert = (postgresql.insert if store.dialect == "postgresql" else sqlite.insert)(meta)
-    value = str(time.time_ns())
-    upsert = insert.values(key="health_probe", value=value).on_conflict_do_update(
-        index_elements=["key"], set_={"value": value}
-    )
-    async with store.engine.begin() as conn:
-        await conn.execute(upsert)
+    store.healthy = written
+    return written
 
 
 async def metrics_endpoint() -> Response:

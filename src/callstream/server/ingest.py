@@ -32,6 +32,7 @@ from callstream.server.deps import limits_of, runtime_of
 from callstream.server.events_socket import close_urgently, handshake, rate_limited_message, release_slot
 from callstream.server.runtime import Runtime
 from callstream.server.transport import FRAME_WRITER, FrameWriter
+from callstream.store import CallFailedError
 
 log = logging.getLogger("callstream.ingest")
 
@@ -152,6 +153,13 @@ class IngestConnection:
             event = events[0]
             message = f"call {event.call_id} has ended; no events are accepted after call.ended"
             await self._send(p.error_message(p.INVALID_MESSAGE, message, event.call_id, event.ref))
+            return
+        except CallFailedError as exc:
+            if len(events) > 1:  # the other calls' events go on
+                for event in events:
+                    await self._publish([event])
+                return
+            await self._send(p.error_message(p.INTERNAL, str(exc), events[0].call_id, events[0].ref))
             return
         except BrokerUnavailableError as exc:
             for event in events:

@@ -23,7 +23,7 @@ from callstream.server.deps import (
     require,
     runtime_of,
 )
-from callstream.store import StoreUnavailableError
+from callstream.store import CallFailedError, StoreUnavailableError
 
 router = APIRouter()
 Reader = Annotated[Principal, Depends(require("subscribe", "admin"))]
@@ -119,6 +119,8 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
         await asyncio.wait_for(asyncio.shield(durable), timeout)
     except CallEndedError as exc:
         raise ApiError(422, "call_ended", str(exc), index=exc.index) from None
+    except CallFailedError as exc:  # this call alone: its rows were refused
+        raise ApiError(503, "internal", str(exc)) from None
     except (BrokerUnavailableError, StoreUnavailableError) as exc:
         raise ApiError(503, "unavailable", str(exc)) from None
     except TimeoutError:

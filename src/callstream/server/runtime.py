@@ -20,7 +20,7 @@ from callstream.broker import Broker, create_broker
 from callstream.events import ENDED, FINAL, Event, NewEvent
 from callstream.hub import Hub
 from callstream.settings import Settings
-from callstream.store import SqlStore, database_url
+from callstream.store import CallFailedError, SqlStore, database_url
 
 log = logging.getLogger("callstream")
 
@@ -92,6 +92,8 @@ class Runtime:
     async def publish(
         self, account: str, events: Sequence[NewEvent]
     ) -> tuple[list[Event], asyncio.Future[None]]:
+        if self.store.failed_calls:
+            self._refuse_failed_calls(account, events)
         if self._sentiment_enabled:
             self._enrich(events)
         sequenced = await self.broker.publish(account, events)
@@ -100,6 +102,12 @@ class Runtime:
             metrics.CALLS_ENDED.inc(ended)
         after = None if self.broker.fans_out_on_publish else self.broker.deliver_stored
         return sequenced, self.store.append(sequenced, after)
+
+    def _refuse_failed_calls(self, account: str, events: Sequence[NewEvent]) -> None:
+        """A call whose rows the store refused takes no more events: its history would have a hole."""
+        for event in events:
+            if self.store.call_failed(account, event.call_id):
+                raise CallFailedError(f"call {event.call_id} failed: the store refused its events; start a new call")
 
     @staticmethod
     def _enrich(events: Sequence[NewEvent]) -> None:

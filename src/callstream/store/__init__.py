@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from callstream.store.chunks import StoredEvent
 from callstream.store.sql import (
+    CallFailedError,
     CallRecord,
     KeyRecord,
     SqlStore,
@@ -12,6 +13,7 @@ from callstream.store.sql import (
 )
 
 __all__ = [
+    "CallFailedError",
     "CallRecord",
     "KeyRecord",
     "SqlStore",

@@ -56,6 +56,10 @@ class StoreUnavailableError(Exception):
     """The database cannot be reached or refused the write; the caller answers 503 / `internal`."""
 
 
+class CallFailedError(StoreUnavailableError):
+    """This call's rows could not be stored; the call takes no more events (other calls go on)."""
+
+
 def database_url(url: str | None, data_dir: str) -> str:
     """Map the user's URL to the async driver SQLAlchemy needs; the default is SQLite in data_dir."""
     if not url:
@@ -77,11 +81,17 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# The store cannot commit at all once writes have waited this long with no commit (or a fold
+# has failed that long): /healthz answers 503 then (PROTOCOL.md §4 "Isolation").
+STALLED_AFTER_S = 5.0
+
+
 @dataclass(slots=True)
 class _Pending:
     events: list[Event]
     future: asyncio.Future[None]
     then: Callable[[list[Event]], None] | None
+    at: float  # the event loop's clock when appended
 
 
 @dataclass(slots=True)
@@ -104,7 +114,8 @@ class CallRecord:
     end_status: str | None
     reason: str | None
     last_seq: int
-    sentiment: dict[str, Any] | None  # {score: mean of the finals' scores, label, n}, or None
+    sentiment: float | None  # the mean of the finals' scores
+    sentiment_n: int = 0  # how many finals had a score
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,7 +127,9 @@ class CallRecord:
             "end_status": self.end_status,
             "reason": self.reason,
             "last_seq": self.last_seq,
-            "sentiment": self.sentiment,
+            "sentiment": None
+            if self.sentiment is None
+            else {"score": self.sentiment, "label": label_for(self.sentiment), "n": self.sentiment_n},
         }
 
 
@@ -159,6 +172,10 @@ class SqlStore:
         self.ended_hooks: list[EndedHook] = []
         self.healthy = True
         self.commits = 0
+        # Calls whose rows the database refused (not an outage: other calls' rows were taken).
+        self.failed_calls: dict[tuple[str, str], str] = {}
+        self._waiting_since: float | None = None  # the oldest write not committed yet
+        self._fold_failing_since: float | None = None
         # SQLite: the event writer's batches go to the node's journal (store/journal.py, opened by
         # `start` for a node's writer) until its writer process (SqliteEventWriter) folds them;
         # batches that end a call keep the SQLAlchemy path, whose hooks write the webhook outbox.
@@ -423,10 +440,7 @@ class SqlStore:
 
     @staticmethod
     def _call_record(row: Any) -> CallRecord:
-        sentiment = None
-        if row.sentiment_n:
-            score = round(row.sentiment_sum / row.sentiment_n, 3)
-            sentiment = {"score": score, "label": label_for(score), "n": row.sentiment_n}
+        sentiment = round(row.sentiment_sum / row.sentiment_n, 3) if row.sentiment_n else None
         return CallRecord(
             row.call_id,
             row.status,
@@ -437,6 +451,7 @@ class SqlStore:
             row.reason,
             row.last_seq,
             sentiment,
+            row.sentiment_n,
         )
 
     async def get_call(self, account: str, call_id: str) -> CallRecord | None:
@@ -500,8 +515,11 @@ class SqlStore:
         of one commit that pass the same `then` share one call, with their events in append
         order (`_settle`).
         """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(events, future, then))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending.append(_Pending(events, future, then, loop.time()))
+        if self._waiting_since is None:
+            self._waiting_since = self._pending[0].at
         self._wakeup.set()
         return future
 
@@ -518,15 +536,71 @@ class SqlStore:
             self._wakeup.clear()
             while self._pending:
                 batch = self._take_batch()
-                error: StoreUnavailableError | None = None
-                try:
-                    await self._commit(list(chain.from_iterable(item.events for item in batch)))
-                    self.healthy = True
-                except Exception as exc:  # the database refused: producers get a clear error
-                    log.error("store write failed: %s", exc.__class__.__name__, exc_info=exc)
-                    self.healthy = False
-                    error = StoreUnavailableError(f"the store could not commit: {exc.__class__.__name__}")
-                self._settle(batch, error)
+                errors = await self._commit_batch(batch)
+                self._waiting_since = self._pending[0].at if self._pending else None
+                self._settle(batch, errors)
+
+    async def _commit_batch(self, batch: list[_Pending]) -> dict[tuple[str, str], StoreUnavailableError]:
+        """Commit a batch; the calls whose events it could not store, each with the error.
+
+        When the whole commit fails on the database and a probe write succeeds, the database is
+        fine and some call's rows are at fault: each call is then committed alone, and only the calls that
+        fail again are failed (`failed_calls`). When the probe fails too, it is an outage and
+        every call of the batch fails (the node is unhealthy until a write succeeds).
+        """
+        events = list(chain.from_iterable(item.events for item in batch))
+        try:
+            await self._commit(events)
+        except Exception as exc:  # mapped below to the project's own errors
+            first = exc
+        else:
+            self.healthy = True
+            return {}
+        grouped = by_call(events)
+        # A file the disk refused (the journal) or a probe that fails too: the node's trouble.
+        if len(grouped) == 1 or isinstance(first, OSError) or not await self.probe_write():
+            log.error("store write failed: %s", first.__class__.__name__, exc_info=first)
+            self.healthy = False
+            error = StoreUnavailableError(f"the store could not commit: {first.__class__.__name__}")
+            return dict.fromkeys(grouped, error)
+        self.healthy = True
+        errors: dict[tuple[str, str], StoreUnavailableError] = {}
+        for key, held in grouped.items():
+            try:
+                await self._commit(held)
+            except Exception as exc:  # this call's rows alone
+                errors[key] = self._fail_call(key, f"{exc.__class__.__name__}: {exc}")
+        return errors
+
+    def _fail_call(self, key: tuple[str, str], reason: str) -> CallFailedError:
+        account, call_id = key
+        log.error("call %s of account %s failed: the store refused its rows (%s)", call_id, account, reason[:300])
+        self.failed_calls[key] = reason
+        return CallFailedError(f"call {call_id} could not be stored; it takes no more events")
+
+    def call_failed(self, account: str, call_id: str) -> bool:
+        return (account, call_id) in self.failed_calls
+
+    @property
+    def stalled(self) -> bool:
+        """Writes have waited `STALLED_AFTER_S` with no commit, or folds have failed that long."""
+        now = asyncio.get_running_loop().time()
+        return any(
+            since is not None and now - since > STALLED_AFTER_S
+            for since in (self._waiting_since, self._fold_failing_since)
+        )
+
+    async def probe_write(self) -> bool:
+        """One tiny committed write: whether the database takes writes at all right now."""
+        value = str(time.time_ns())
+        upsert = self._insert(t.meta).values(key="health_probe", value=value)
+        upsert = upsert.on_conflict_do_update(index_elements=["key"], set_={"value": value})
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(upsert)
+        except Exception:  # any driver error means "cannot write"
+            return False
+        return True
 
     def _fold_needed(self) -> bool:
         return self._log_dirty or (self._journal is not None and self._journal.holds_any)
@@ -566,14 +640,19 @@ class SqlStore:
         files = journal.take() if journal is not None else []
         forget, self._forget = self._forget, []
         try:
-            await writer.fold(
+            failed = await writer.fold(
                 Fold([(f.path, f.size) for f in files], [f.marker for f in files], forget, log_table=self._log_dirty)
             )
         except BaseException:
             if journal is not None:
                 journal.give_back(files)
             self._forget[:0] = forget
+            if self._fold_failing_since is None:
+                self._fold_failing_since = asyncio.get_running_loop().time()
             raise
+        self._fold_failing_since = None
+        for account, call_id, reason in failed:
+            self._fail_call((account, call_id), reason)
         if journal is not None:
             journal.folded(files)
         self._forget.extend(found.marker for found in files)
@@ -586,22 +665,29 @@ class SqlStore:
                 self._fold_soon()
 
     @staticmethod
-    def _settle(batch: list[_Pending], error: StoreUnavailableError | None) -> None:
-        # One `then` for each run of items that share it (every publish on a node passes the same
-        # one): a commit of many small frames fans out once, not once a frame. Fan out even when
-        # the commit failed: the seqs are taken, and a subscriber must not see a gap; the
-        # producer learns from the future that it was not stored.
+    def _settle(batch: list[_Pending], errors: dict[tuple[str, str], StoreUnavailableError]) -> None:
+        """Resolve each append's future, and fan out what was stored, in append order.
+
+        One `then` for each run of items that share it (every publish on a node passes the same
+        one): a commit of many small frames fans out once, not once a frame. Only stored events
+        are fanned out, so what a subscriber receives live is what replay and REST return; an
+        append with an event of a failed call fails with that call's error.
+        """
         then: Callable[[list[Event]], None] | None = None
         events: list[Event] = []
         for item in batch:
             if item.then != then:
                 _run_then(then, events)
                 then, events = item.then, []
-            events.extend(item.events)
+            if errors:
+                events.extend(e for e in item.events if (e.account, e.call_id) not in errors)
+            else:
+                events.extend(item.events)
         _run_then(then, events)
         for item in batch:
             if item.future.done():
                 continue
+            error = _error_of(item, errors) if errors else None
             if error is None:
                 item.future.set_result(None)
             else:
@@ -720,6 +806,11 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     except Exception as exc:
         raise ValueError("cursor is not one this server issued") from exc
     return started, call_id
+
+
+def _error_of(item: _Pending, errors: dict[tuple[str, str], StoreUnavailableError]) -> StoreUnavailableError | None:
+    """The error of the first of the append's calls that failed, if any did."""
+    return next((errors[key] for e in item.events if (key := (e.account, e.call_id)) in errors), None)
 
 
 def _run_then(then: Callable[[list[Event]], None] | None, events: list[Event]) -> None:

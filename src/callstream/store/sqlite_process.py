@@ -19,8 +19,10 @@ ingest, and took seconds (results/diag-jall).
 
 Wire: each message is a 4-byte big-endian length, then the body. Request body: a pickled
 `(list[tuple[str, int]], list[tuple[str, list]])`: the journal files to fold (path, size), then
-statements (SQL text, flattened parameters). Reply body: empty when the transaction committed,
-else the error as text (`"OperationalError: database is locked"`). The process exits when its
+statements (SQL text, flattened parameters). Reply body: empty when the transaction committed;
+`FAILED_CALLS` and a JSON array of `[account, call_id, error]` when it committed without the calls
+whose rows could not be filed (`fold`); else the error as text (`"OperationalError: database is
+locked"`). The process exits when its
 stdin closes (the node ended or closed the store), and only then: it ignores SIGINT and SIGTERM,
 which are the node's to act on.
 """
@@ -45,6 +47,7 @@ import orjson
 
 Statement = tuple[str, list[Any]]
 HEADER = struct.Struct("!I")
+FAILED_CALLS: Final = b"\x00"  # a reply's first byte: committed, but these calls were left out
 
 
 # A commit in WAL mode with synchronous=NORMAL writes the log and does not wait for the disk; a
@@ -195,10 +198,89 @@ def row_statements(chunks: Sequence[Sequence[Any]], calls: Sequence[dict[str, An
     return _statements(_INSERT_CHUNKS, CHUNK_COLUMNS, chunks) + _statements(_UPSERT_CALLS, CALL_COLUMNS, merged)
 
 
-def fold_statements(files: Sequence[tuple[str, int]]) -> list[Statement]:
-    """The journal files' rows (each file's path and size), in file order, merged into one chunk
-    and one calls row per call."""
-    return row_statements(*merge_log_rows([row for path, size in files for row in read_records(path, size)]))
+# A fold that failed on one call's rows (not on the database: those are OperationalErrors) is run
+# again call by call, each in a savepoint: the calls that fail are left out and reported, their
+# rows kept in the quarantine file beside the database, and every other call is filed.
+FailedCall = list[str]  # account, call_id, the error as text
+
+
+def fold(
+    db: sqlite3.Connection, path: str, files: Sequence[tuple[str, int]], statements: list[Statement]
+) -> list[FailedCall]:
+    """File the journal files and run `statements`, in one transaction; the calls left out."""
+    rows = [row for path, size in files for row in read_records(path, size)]
+    try:
+        run_transaction(db, row_statements(*merge_log_rows(rows)) + statements)
+    except sqlite3.OperationalError:  # locked, full, unreadable: the store's trouble, not a call's
+        raise
+    except Exception:  # some call's rows: find which, and file the others
+        return fold_call_by_call(db, path, rows, statements)
+    return []
+
+
+def fold_call_by_call(
+    db: sqlite3.Connection, path: str, rows: Sequence[Sequence[Any]], statements: list[Statement]
+) -> list[FailedCall]:
+    """`fold` once a call's rows failed it: each call in a savepoint; the calls that fail are left
+    out, unless every call failed and the database refuses a probe write too (its trouble, then:
+    the fold fails whole and its files wait for the next)."""
+    by_call: dict[tuple[str, str], list[Sequence[Any]]] = {}
+    for row in rows:
+        by_call.setdefault((row[0], row[1]), []).append(row)
+    failed: list[FailedCall] = []
+    left_out: list[Sequence[Any]] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for (account, call_id), held in by_call.items():
+            error = _in_savepoint(db, row_statements(*merge_log_rows(held)))
+            if error is not None:
+                failed.append([account, call_id, f"{type(error).__name__}: {error}"])
+                left_out.extend(held)
+        if len(failed) == len(by_call) and (error := _in_savepoint(db, [_PROBE])) is not None:
+            raise error
+        for sql, parameters in statements:
+            db.execute(sql, parameters)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    quarantine(path, left_out)
+    return failed
+
+
+_PROBE: Final = (
+    "INSERT INTO meta (key, value) VALUES ('health_probe', 'fold') ON CONFLICT (key) DO UPDATE SET value = 'fold'",
+    [],
+)
+
+
+def _in_savepoint(db: sqlite3.Connection, statements: Sequence[Statement]) -> Exception | None:
+    """Run `statements` in a savepoint: None when they ran, else their error (rolled back)."""
+    db.execute("SAVEPOINT call")
+    try:
+        for sql, parameters in statements:
+            db.execute(sql, parameters)
+    except sqlite3.OperationalError:  # the database's trouble: the whole fold fails
+        raise
+    except Exception as exc:  # these rows' trouble
+        db.execute("ROLLBACK TO call")
+        db.execute("RELEASE call")
+        return exc
+    db.execute("RELEASE call")
+    return None
+
+
+def quarantine_path(db_path: str) -> str:
+    return db_path + "-quarantine.jsonl"
+
+
+def quarantine(db_path: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Keep rows no fold could file, one JSON array a line, for the operator (nothing is lost)."""
+    if not rows:
+        return
+    with Path(quarantine_path(db_path)).open("ab") as out:
+        out.write(b"".join(orjson.dumps(row) + b"\n" for row in rows))
 
 
 # ---- transactions ------------------------------------------------------------------------------
@@ -242,8 +324,8 @@ def serve(path: str, requests: BinaryIO, replies: BinaryIO) -> None:
                 db = open_db(path, autocheckpoint_pages=WRITER_CHECKPOINT_PAGES)
                 checkpointer.start()
             files, statements = pickle.loads(body)  # noqa: S301 - the node's own pipe, nobody else's
-            run_transaction(db, fold_statements(files) + statements)
-            reply = b""
+            failed = fold(db, path, files, statements)
+            reply = FAILED_CALLS + orjson.dumps(failed) if failed else b""
         except Exception as exc:  # the node reports it; this process keeps serving
             reply = f"{type(exc).__name__}: {exc}".encode()
         write_message(replies, reply)

@@ -15,9 +15,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
+
 from callstream.store import sqlite_process
 from callstream.store.event_log import FOLD
-from callstream.store.sqlite_process import Statement
+from callstream.store.sqlite_process import FailedCall, Statement
 
 # A fold commits which journal files it filed (store/journal.py), and forgets files long deleted.
 _MARK_FOLDED = "INSERT INTO meta (key, value) VALUES (?, '') ON CONFLICT (key) DO NOTHING"
@@ -70,16 +72,21 @@ class SqliteEventWriter:
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
-    async def fold(self, fold: Fold) -> None:
-        """File the journal's files and the log into event_chunks and calls (`event_log.FOLD`)."""
-        await self._transaction(list(fold.files), fold.statements())
+    async def fold(self, fold: Fold) -> list[FailedCall]:
+        """File the journal's files and the log into event_chunks and calls (`event_log.FOLD`);
+        the calls whose rows could not be filed (`sqlite_process.fold`), if any."""
+        return await self._transaction(list(fold.files), fold.statements())
 
-    async def _transaction(self, files: list[tuple[str, int]], statements: list[Statement]) -> None:
+    async def _transaction(self, files: list[tuple[str, int]], statements: list[Statement]) -> list[FailedCall]:
         body = pickle.dumps((files, statements), pickle.HIGHEST_PROTOCOL)
         async with self._lock:
             reply = await self._round_trip(body)
+        if reply.startswith(sqlite_process.FAILED_CALLS):
+            failed: list[FailedCall] = orjson.loads(reply[len(sqlite_process.FAILED_CALLS) :])
+            return failed
         if reply:
             raise StoreWriterError(reply.decode(errors="replace"))
+        return []
 
     async def _round_trip(self, body: bytes) -> bytes:
         process = self._process

@@ -1,0 +1,92 @@
+"""A call whose rows the database refuses fails alone (PROTOCOL.md §4 "Isolation"), on SQLite and
+PostgreSQL: the other calls of the same commit or fold are stored, the failed call takes no more
+events, and the store neither stalls nor reports itself down.
+
+The database refuses the rows of one call through a trigger, the way a constraint, a type or a
+size the database enforces would: nothing in the store is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from callstream.store import CallFailedError, SqlStore
+from callstream.store.sqlite_process import quarantine_path
+from tests.store.test_store_contract import event
+
+SQLITE_TRIGGER = (
+    "CREATE TRIGGER refuse_poison BEFORE INSERT ON event_chunks WHEN NEW.call_id = 'poison'"
+    " BEGIN SELECT RAISE(ABORT, 'this call is refused'); END"
+)
+PG_TRIGGER = (
+    """CREATE OR REPLACE FUNCTION refuse_poison() RETURNS trigger AS $$
+    BEGIN IF NEW.call_id = 'poison' THEN RAISE EXCEPTION 'this call is refused'; END IF; RETURN NEW; END
+    $$ LANGUAGE plpgsql""",
+    "DROP TRIGGER IF EXISTS refuse_poison ON event_chunks",
+    "CREATE TRIGGER refuse_poison BEFORE INSERT ON event_chunks FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+)
+
+
+async def refuse_call_poison(store: SqlStore) -> None:
+    async with store.engine.begin() as conn:
+        for statement in (SQLITE_TRIGGER,) if store.dialect == "sqlite" else PG_TRIGGER:
+            await conn.execute(sa.text(statement))
+
+
+@pytest.fixture
+async def refusing_store(store: SqlStore) -> SqlStore:
+    await refuse_call_poison(store)
+    return store
+
+
+async def test_a_call_the_database_refuses_fails_alone(refusing_store: SqlStore, account: str) -> None:
+    store = refusing_store
+    batch = [event(account, "poison", 1), event(account, "good", 1), event(account, "good", 2)]
+    try:
+        await store.append(batch)  # PostgreSQL commits now; SQLite journals it and folds later
+    except CallFailedError:
+        assert store.dialect == "postgresql"
+    assert [e.seq for e in await store.events(account, "good")] == [1, 2]  # SQLite: this read folds
+    assert store.call_failed(account, "poison")
+    assert not store.call_failed(account, "good")
+    await store.append([event(account, "good", 3), event(account, "other", 1)])
+    assert [e.seq for e in await store.events(account, "good")] == [1, 2, 3]
+    assert [e.seq for e in await store.events(account, "other")] == [1]
+    assert store.healthy
+    assert not store.stalled
+
+
+async def test_on_postgresql_the_appends_of_a_refused_call_fail_and_the_others_commit(
+    pg_url: str, account: str
+) -> None:
+    """(SQLite journals a commit before it folds it: its producer was acked before the refusal.)"""
+    store = SqlStore(pg_url)
+    await store.start()
+    try:
+        await refuse_call_poison(store)
+        first = store.append([event(account, "poison", 1)])
+        second = store.append([event(account, "fine", 1)])
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert isinstance(results[0], CallFailedError)
+        assert results[1] is None
+        assert [e.seq for e in await store.events(account, "fine")] == [1]
+    finally:
+        await store.close()
+
+
+async def test_the_rows_a_fold_could_not_file_are_kept_in_the_quarantine_file(
+    embedded_store: SqlStore, db_path: Path, account: str
+) -> None:
+    await refuse_call_poison(embedded_store)
+    await embedded_store.append([event(account, "poison", 1), event(account, "fine", 1)])
+    assert [e.seq for e in await embedded_store.events(account, "fine")] == [1]
+    with open(quarantine_path(str(db_path)), "rb") as kept_file:  # noqa: ASYNC230 - a test's small file
+        kept = [orjson.loads(line) for line in kept_file.read().splitlines()]
+    assert [(row[0], row[1], row[2], row[3]) for row in kept] == [(account, "poison", 1, 1)]
+    # The journal is folded: nothing is left to fold the same rows again on every read.
+    assert not embedded_store._fold_needed()
