@@ -249,7 +249,7 @@ def fold_call_by_call(
     return failed
 
 
-_PROBE: Final = (
+_PROBE: Final[Statement] = (
     "INSERT INTO meta (key, value) VALUES ('health_probe', 'fold') ON CONFLICT (key) DO UPDATE SET value = 'fold'",
     [],
 )
