@@ -27,6 +27,9 @@ class Settings(BaseSettings):
 
     max_message_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     max_ingest_message_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="largest REST request body; over it: 413"
+    )
     max_subscriptions: int = Field(10_000, ge=1)
     client_rate: float = Field(50.0, gt=0, description="client messages per second per connection")
     client_burst: int = Field(100, ge=1)

@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket
 from callstream import __version__
 from callstream.limits import Limits
 from callstream.server import rest
+from callstream.server.bodylimit import BodyLimit
 from callstream.server.deps import ApiError, runtime_of
 from callstream.server.events_socket import events_endpoint
 from callstream.server.ingest import ingest_endpoint
@@ -145,6 +146,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.mount("/", StaticFiles(directory=DASHBOARD_DIR, html=True, check_dir=False), name="dashboard")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _add_cors(app, settings.allowed_origins)
     return app
 

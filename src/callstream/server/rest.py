@@ -99,13 +99,7 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
     runtime = runtime_of(request)
     if not is_valid_call_id(call_id):
         raise ApiError(422, "invalid_message", "call_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
-    limit = runtime.settings.max_ingest_message_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:  # refuse before reading it
-        raise ApiError(413, "message_too_large", f"request bodies are limited to {limit} bytes")
-    body = await request.body()
-    if len(body) > limit:
-        raise ApiError(413, "message_too_large", "request body too large")
+    body = await request.body()  # at most max_body_bytes (BodyLimit)
     try:
         events = p.parse_event_batch(p.decode_json(body), call_id)
     except p.ProtocolError as exc:
