@@ -140,6 +140,11 @@ class TokenSigner:
         return secret
 
     def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a token this ring signed, still in date, with a lifetime within the maximum.
+
+        Not whether the key that minted it is still live: that takes the store, so it is
+        `Authenticator.authenticate`'s job, and every use of a JWT goes through there.
+        """
         secret = self._secret_for(token)
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -153,6 +158,9 @@ class TokenSigner:
             raise AuthError("token expired", expired=True) from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from None
+        lifetime = int(claims["exp"]) - int(claims["iat"])  # PyJWT checked that both convert
+        if lifetime > self.max_ttl_s:  # our secret, but not minted under this node's rules
+            raise AuthError(f"invalid token: its lifetime exceeds the maximum of {self.max_ttl_s} s")
         calls = claims.get("calls")
         if claims.get("scope") != "subscribe" or not isinstance(claims.get("sub"), str):
             raise AuthError("invalid token: wrong scope or subject")
