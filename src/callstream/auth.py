@@ -45,6 +45,7 @@ class Principal:
     kind: str  # "key" or "jwt"
     calls: frozenset[str] | None = None  # None: every call of the account
     expires_at: float | None = None  # unix seconds, JWTs only
+    session_end: int | None = None  # unix seconds, dashboard session JWTs only (`session_exp`)
 
     def may(self, scope: str) -> bool:
         return scope in self.scopes
@@ -176,6 +177,10 @@ def looks_like_jwt(credential: str) -> bool:
 class Authenticator:
     """Turns a credential into a Principal, caching key look-ups briefly.
 
+    The one place this happens, for every path (handshakes, REST, the dashboard's refresh, the
+    socket's `auth` message): a JWT is accepted only while the key that minted it is live, so a
+    revocation ends its sessions within the same bound as the key's own connections.
+
     Look-ups are single-flight: when many sockets present the same key at once (every client of
     a node reconnecting after it restarts), one store read answers all of them, instead of one
     read each queueing behind the others on the store's connections.
@@ -247,6 +252,7 @@ class Authenticator:
         if minted_by is None or minted_by.revoked_at is not None or minted_by.account != claims["sub"]:
             raise AuthError("the key that minted this token was revoked")
         calls = claims.get("calls")
+        session_end = claims.get("session_exp")
         return Principal(
             claims["sub"],
             frozenset({"subscribe"}),
@@ -254,6 +260,7 @@ class Authenticator:
             "jwt",
             None if calls is None else frozenset(calls),
             float(claims["exp"]),
+            session_end if isinstance(session_end, int) else None,
         )
 
 
