@@ -135,3 +135,23 @@ def test_a_kid_cannot_select_another_secret() -> None:
 def test_garbage_is_an_auth_error(signer: TokenSigner, garbage: str) -> None:
     with pytest.raises(AuthError):
         signer.verify(garbage)
+
+
+def test_a_lifetime_over_the_maximum_is_refused() -> None:
+    # Signed with our secret (a leaked one, or a node configured with a longer maximum): exp − iat
+    # still may not exceed this node's maximum TTL, however far exp is from now.
+    signer = TokenSigner(SECRET, max_ttl_s=600)
+    now = int(time.time())
+    at_max = jwt.encode(claims(iat=now, exp=now + 600), SECRET, algorithm="HS256", headers={"kid": signer.kid})
+    assert signer.verify(at_max)["sub"] == "acme"
+    cases: list[tuple[Any, Any]] = [
+        (now, now + 601),
+        (now - 86_000, now + 60),
+        (now, now + 10 * 365 * 86_400),
+        (str(now), str(now + 601)),  # numbers as strings: PyJWT takes them, so must we
+    ]
+    for iat, exp in cases:
+        token = jwt.encode(claims(iat=iat, exp=exp), SECRET, algorithm="HS256", headers={"kid": signer.kid})
+        with pytest.raises(AuthError, match="lifetime") as caught:
+            signer.verify(token)
+        assert not caught.value.expired

@@ -45,6 +45,7 @@ class Principal:
     kind: str  # "key" or "jwt"
     calls: frozenset[str] | None = None  # None: every call of the account
     expires_at: float | None = None  # unix seconds, JWTs only
+    session_end: int | None = None  # unix seconds, dashboard session JWTs only (`session_exp`)
 
     def may(self, scope: str) -> bool:
         return scope in self.scopes
@@ -140,6 +141,11 @@ class TokenSigner:
         return secret
 
     def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a token this ring signed, still in date, with a lifetime within the maximum.
+
+        Not whether the key that minted it is still live: that takes the store, so it is
+        `Authenticator.authenticate`'s job, and every use of a JWT goes through there.
+        """
         secret = self._secret_for(token)
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -153,6 +159,9 @@ class TokenSigner:
             raise AuthError("token expired", expired=True) from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from None
+        lifetime = int(claims["exp"]) - int(claims["iat"])  # PyJWT checked that both convert
+        if lifetime > self.max_ttl_s:  # our secret, but not minted under this node's rules
+            raise AuthError(f"invalid token: its lifetime exceeds the maximum of {self.max_ttl_s} s")
         calls = claims.get("calls")
         if claims.get("scope") != "subscribe" or not isinstance(claims.get("sub"), str):
             raise AuthError("invalid token: wrong scope or subject")
@@ -167,6 +176,10 @@ def looks_like_jwt(credential: str) -> bool:
 
 class Authenticator:
     """Turns a credential into a Principal, caching key look-ups briefly.
+
+    The one place this happens, for every path (handshakes, REST, the dashboard's refresh, the
+    socket's `auth` message): a JWT is accepted only while the key that minted it is live, so a
+    revocation ends its sessions within the same bound as the key's own connections.
 
     Look-ups are single-flight: when many sockets present the same key at once (every client of
     a node reconnecting after it restarts), one store read answers all of them, instead of one
@@ -239,6 +252,7 @@ class Authenticator:
         if minted_by is None or minted_by.revoked_at is not None or minted_by.account != claims["sub"]:
             raise AuthError("the key that minted this token was revoked")
         calls = claims.get("calls")
+        session_end = claims.get("session_exp")
         return Principal(
             claims["sub"],
             frozenset({"subscribe"}),
@@ -246,6 +260,7 @@ class Authenticator:
             "jwt",
             None if calls is None else frozenset(calls),
             float(claims["exp"]),
+            session_end if isinstance(session_end, int) else None,
         )
 
 

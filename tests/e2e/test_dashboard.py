@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from callstream.simulate import run_simulation
@@ -365,7 +366,7 @@ def test_used_login_link_and_ended_session_are_explained(server: ServerProcess, 
         expect(tab.locator("#gate-title")).to_contain_text("expired")
     finally:
         other.close()
-    # A refresh the server refuses (session over) shows "session expired".
+    # A refresh the server refuses (session over) shows "session ended".
     page.route(
         "**/v1/login/refresh",
         lambda route: route.fulfill(
@@ -376,4 +377,23 @@ def test_used_login_link_and_ended_session_are_explained(server: ServerProcess, 
     )
     page.evaluate("window.callstream._refresh()")
     expect(page.locator("#conn")).to_have_attribute("data-state", "token_expired")
-    expect(page.locator("#banner")).to_contain_text("Session expired, open a new login link")
+    expect(page.locator("#banner")).to_contain_text("Session ended, open a new login link")
+
+
+def test_revoking_the_dashboard_key_ends_the_open_page(server: ServerProcess, page: Any) -> None:
+    acct = account()
+    open_dashboard(page, server, acct)
+    token = page.evaluate("JSON.parse(sessionStorage.getItem('callstream.session')).token")
+    minted_by = jwt.decode(token, options={"verify_signature": False})["key"]
+    sockets: list[Any] = []
+    page.on("websocket", lambda ws: sockets.append(ws))
+
+    server.cli("keys", "revoke", minted_by, *server.database_args())
+    # Within the revocation bound: the socket is closed 4001, the refresh that follows is refused.
+    expect(page.locator("#conn")).to_have_attribute("data-state", "token_expired", timeout=5_000)
+    expect(page.locator("#conn-label")).to_have_text("Session ended")
+    expect(page.locator("#banner")).to_contain_text("Session ended, open a new login link")
+    page.wait_for_timeout(3_000)  # and it stays ended: no reconnect, no socket opened again
+    assert sockets == [], "the page tried to reconnect after its session ended"
+    assert page.evaluate("window.__states")[-1] == "token_expired"
+    expect(page.locator("#conn")).to_have_attribute("data-state", "token_expired")

@@ -497,7 +497,7 @@ class EventsConnection:
         try:
             principal = await self.runtime.auth.authenticate(token)
         except AuthError as exc:
-            self._error(p.TOKEN_EXPIRED if exc.expired else p.FORBIDDEN, f"auth refused: {exc}")
+            self._error(p.TOKEN_EXPIRED if exc.expired else p.UNAUTHORIZED, f"auth refused: {exc}")
             return
         if principal.account != self.principal.account or not principal.may("subscribe"):
             self._error(p.FORBIDDEN, "auth refused: the new credential is for another account or scope")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -11,11 +12,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from callstream import protocol as p
-from callstream.auth import AuthError, Principal
+from callstream.auth import Principal
 from callstream.broker import BrokerUnavailableError, CallEndedError
 from callstream.events import FINAL, MAX_INT64, PARTIAL, is_valid_call_id
 from callstream.server.deps import (
     ApiError,
+    authenticate,
     json_response,
     limits_of,
     not_found,
@@ -23,11 +25,12 @@ from callstream.server.deps import (
     require,
     runtime_of,
 )
-from callstream.store import CallFailedError, StoreUnavailableError
+from callstream.store import CallFailedError, KeyRecord, StoreUnavailableError
 
 router = APIRouter()
 Reader = Annotated[Principal, Depends(require("subscribe", "admin"))]
 Producer = Annotated[Principal, Depends(require("publish"))]
+_SESSION_S = 12 * 3600  # a dashboard login lasts this long, renewed in short JWTs
 
 
 CallId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$", description="a call id")]
@@ -218,46 +221,58 @@ async def get_events(
 
 @router.post("/v1/login", response_model=TokenResponse, tags=["auth"])
 async def login(request: Request, body: LoginRequest) -> dict[str, Any]:
-    """Exchange a one-time dashboard login code (printed by `serve`/`demo`) for a JWT."""
+    """Exchange a one-time dashboard login code (printed by `serve`/`demo`) for a JWT.
+
+    The session (12 h from here) hangs off the account's subscribe-only `dashboard` key, made at
+    the first login: revoking that key ends every session it minted.
+    """
     runtime = runtime_of(request)
     account = await runtime.store.use_login_code(body.code)
     if account is None:
         raise ApiError(401, "unauthorized", "this login link is unknown, used or expired")
-    return await _dashboard_token(request, account)
+    key_id = await _dashboard_key(request, account)
+    return _session_token(request, account, key_id, int(time.time()) + _SESSION_S)
 
 
 @router.post("/v1/login/refresh", response_model=TokenResponse, tags=["auth"])
 async def refresh_login(request: Request) -> dict[str, Any]:
-    """A dashboard session renews its JWT while the session (12 h from login) lasts."""
-    runtime = runtime_of(request)
-    header = request.headers.get("authorization", "")
-    assert runtime.signer is not None
-    try:
-        claims = runtime.signer.verify(header[7:].strip() if header[:7].lower() == "bearer " else "")
-    except AuthError as exc:
-        raise ApiError(401, "unauthorized", str(exc)) from None
-    session_end = claims.get("session_exp")
-    if not isinstance(session_end, int):
+    """A dashboard session renews its JWT while the session lasts and its key is live.
+
+    The token is checked like any other use of it (the minting key must be live), and the new
+    one is minted by that same key: a refresh never moves a session onto another key.
+    """
+    principal = await authenticate(request)
+    if principal.kind != "jwt" or principal.session_end is None:
         raise ApiError(401, "unauthorized", "only dashboard sessions refresh this way")
-    return await _dashboard_token(request, claims["sub"], session_end)
+    return _session_token(request, principal.account, principal.key_id, principal.session_end)
 
 
-async def _dashboard_token(request: Request, account: str, session_end: int | None = None) -> dict[str, Any]:
-    import time
+async def _dashboard_key(request: Request, account: str) -> str:
+    """The id of the account's oldest live `dashboard` key, made if there is none.
 
-    runtime = runtime_of(request)
-    assert runtime.signer is not None
-    now = int(time.time())
-    session_end = session_end or now + 12 * 3600
-    ttl = min(runtime.settings.token_ttl_s, session_end - now)
+    The oldest, read after making one: two first logins at once still share one key, so
+    revoking "the dashboard key" ends every session of the account.
+    """
+    store = runtime_of(request).store
+    live = await _live_dashboard_keys(request, account)
+    if not live:
+        await store.create_key(account, frozenset({"subscribe"}), name="dashboard")
+        live = await _live_dashboard_keys(request, account)
+    if not live:  # revoked the instant it was made
+        raise ApiError(503, "unavailable", "the dashboard key was revoked meanwhile; try again")
+    return live[0].id
+
+
+async def _live_dashboard_keys(request: Request, account: str) -> list[KeyRecord]:
+    keys = await runtime_of(request).store.list_keys(account)  # oldest first
+    return [k for k in keys if k.name == "dashboard" and k.revoked_at is None]
+
+
+def _session_token(request: Request, account: str, key_id: str, session_end: int) -> dict[str, Any]:
+    signer = runtime_of(request).signer
+    assert signer is not None
+    ttl = min(signer.default_ttl_s, session_end - int(time.time()))
     if ttl <= 0:
         raise ApiError(401, "unauthorized", "the dashboard session ended; open a new login link")
-    # Dashboard tokens hang off a subscribe-only key of their own: revoking it ends the sessions.
-    keys = [k for k in await runtime.store.list_keys(account) if k.name == "dashboard" and not k.revoked_at]
-    if keys:
-        key_id = keys[0].id
-    else:
-        record, _ = await runtime.store.create_key(account, frozenset({"subscribe"}), name="dashboard")
-        key_id = record.id
-    token, expires_at = runtime.signer.mint(account, key_id, ttl_s=ttl, extra={"session_exp": session_end})
+    token, expires_at = signer.mint(account, key_id, ttl_s=ttl, extra={"session_exp": session_end})
     return {"token": token, "expires_at": expires_at}

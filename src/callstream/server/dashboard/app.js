@@ -37,7 +37,7 @@ const s = (tag, attrs = {}) => {
 // ---- session ---------------------------------------------------------------
 
 class SessionExpired extends Error {
-  constructor(message = "session expired") {
+  constructor(message = "session ended") {
     super(message);
     this.expired = true;
     this.status = 401;
@@ -673,7 +673,7 @@ const CONN_TEXT = {
   connecting: "Connecting…",
   open: "Live",
   reconnecting: "Reconnecting…",
-  token_expired: "Session expired",
+  token_expired: "Session ended",
   closed: "Disconnected",
   offline: "Offline",
 };
@@ -688,7 +688,7 @@ function showConn(state) {
   } else if (state === "offline") {
     banner("You are offline. The dashboard reconnects when the network is back.", "warn");
   } else if (state === "token_expired") {
-    banner("Session expired, open a new login link.", "error");
+    banner("Session ended, open a new login link.", "error");
   } else if (state === "closed") {
     banner("Disconnected.", "error", "Reconnect", () => stream?.connect());
   } else {
