@@ -190,21 +190,32 @@ class MemoryBroker(Broker):
     def _check_quotas(
         self, account: str, events: Sequence[NewEvent], calls: dict[str, _Call], ended: dict[str, bool]
     ) -> None:
-        """Raise QuotaExceededError if the batch would pass a quota; `ended`: after the batch."""
-        limit = self._quotas.events_per_call
-        if limit and any(call.last_seq + len(events) > limit for call in calls.values()):
-            counts = {cid: call.last_seq for cid, call in calls.items()}
-            for index, new in enumerate(events):
-                counts[new.call_id] += 1
-                if counts[new.call_id] > limit and new.type != ENDED:  # a call can always end
-                    raise events_exceeded(limit, new.call_id, index)
-        limit = self._quotas.live_calls
-        if limit:
-            fresh = [cid for cid, call in calls.items() if not call.counted and not ended[cid]]
-            if fresh and self._live[account] + len(fresh) > limit:
-                call_id = fresh[max(0, limit - self._live[account])]
-                index = next(i for i, new in enumerate(events) if new.call_id == call_id)
-                raise live_calls_exceeded(limit, call_id, index)
+        """Raise QuotaExceededError if the batch would pass a quota; `ended`: after the batch.
+
+        This runs on every publish: one pass over the batch's calls with an integer compare and
+        a flag each, and the exact count only for a batch that may pass a quota."""
+        events_limit, live_limit, size = self._quotas.events_per_call, self._quotas.live_calls, len(events)
+        fresh: list[str] = []
+        near = False
+        for cid, call in calls.items():
+            if events_limit and call.last_seq + size > events_limit:
+                near = True
+            if live_limit and not call.counted and not ended[cid]:
+                fresh.append(cid)
+        if near:
+            self._check_events(events_limit, events, calls)
+        if fresh and self._live[account] + len(fresh) > live_limit:
+            call_id = fresh[max(0, live_limit - self._live[account])]
+            index = next(i for i, new in enumerate(events) if new.call_id == call_id)
+            raise live_calls_exceeded(live_limit, call_id, index)
+
+    @staticmethod
+    def _check_events(limit: int, events: Sequence[NewEvent], calls: dict[str, _Call]) -> None:
+        counts = {cid: call.last_seq for cid, call in calls.items()}
+        for index, new in enumerate(events):
+            counts[new.call_id] += 1
+            if counts[new.call_id] > limit and new.type != ENDED:  # a call can always end
+                raise events_exceeded(limit, new.call_id, index)
 
     def _uncount(self, account: str, call: _Call) -> None:
         call.counted = False
