@@ -73,6 +73,7 @@ class Server:
             "CALLSTREAM_LOG_LEVEL": "warning",
             "CALLSTREAM_MAX_CONNECTIONS_PER_KEY": str(connections * 2),
             "CALLSTREAM_MAX_CONNECTIONS_PER_ACCOUNT": str(connections * 2),
+            "CALLSTREAM_QUOTA_SOCKETS": str(connections * 2),
         }
         command = [
             sys.executable,

@@ -212,12 +212,15 @@ class Target:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-# The benchmark measures capacity, not policy: the per-key/per-account socket caps and the per-key
-# ingest rate (defaults 10,000 sockets and 10,000 events/s) are lifted for every callstream target.
+# The benchmark measures capacity, not policy: the per-key/per-account socket caps, the per-key
+# ingest rate and the account quotas are lifted for every callstream target.
 CALLSTREAM_BENCH_ENV = {
     "CALLSTREAM_MAX_CONNECTIONS_PER_KEY": "0",
     "CALLSTREAM_MAX_CONNECTIONS_PER_ACCOUNT": "0",
     "CALLSTREAM_INGEST_RATE": "0",
+    "CALLSTREAM_QUOTA_LIVE_CALLS": "0",
+    "CALLSTREAM_QUOTA_EVENTS_PER_CALL": "0",
+    "CALLSTREAM_QUOTA_SOCKETS": "0",
 }
 
 

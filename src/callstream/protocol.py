@@ -31,6 +31,7 @@ TOKEN_EXPIRED: Final = "token_expired"  # noqa: S105 - an error code
 HISTORY_UNAVAILABLE: Final = "history_unavailable"
 SLOW_CONSUMER: Final = "slow_consumer"
 CALL_ENDED: Final = "call_ended"
+QUOTA_EXCEEDED: Final = "quota_exceeded"
 INTERNAL: Final = "internal"
 UNAUTHORIZED: Final = "unauthorized"
 
@@ -46,6 +47,7 @@ ERROR_CODES: Final = frozenset(
         HISTORY_UNAVAILABLE,
         SLOW_CONSUMER,
         CALL_ENDED,
+        QUOTA_EXCEEDED,
         INTERNAL,
         UNAUTHORIZED,
     }

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         10_000, ge=0, description="open /v1/events + /v1/ingest sockets per API key on this node; 0: no limit"
     )
     max_connections_per_account: int = Field(
-        25_000, ge=0, description="open /v1/events + /v1/ingest sockets per account on this node; 0: no limit"
+        0, ge=0, description="open sockets per account on this node (quota_sockets counts all nodes); 0: no limit"
     )
     ingest_rate: float = Field(
         10_000.0, ge=0, description="events per second per API key, REST and /v1/ingest together; 0: no limit"
@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         ge=1,
         le=1_000_000,
         description="connections the kernel queues before accept(); capped by net.core.somaxconn",
+    )
+    # ---- quotas per account (PROTOCOL.md §4; cluster-wide on the Redis broker) ------------
+    quota_live_calls: int = Field(10_000, ge=0, description="live calls per account; 0: no quota")
+    quota_events_per_call: int = Field(100_000, ge=0, description="events per call, partials included; 0: no quota")
+    quota_sockets: int = Field(
+        25_000, ge=0, description="open /v1/events + /v1/ingest sockets per account; 0: no quota"
     )
     store_timeout_s: float = Field(
         10.0, gt=0, le=300, description="how long a publish waits for the store's commit before an error"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from callstream.broker.base import Broker, CallState
+from callstream.broker.base import LIVE_TTL_S, Broker, CallState, Quotas
 from callstream.broker.memory import MemoryBroker
 from callstream.events import Event, NewEvent
 from tests.broker.services import REDIS_HOST, REDIS_PORT, REDIS_URL, RedisServer, require
@@ -59,16 +59,26 @@ class Nodes:
         self.url = url
         self.prefix = f"cstest:{secrets.token_hex(6)}:"
         self.started: list[Node] = []
+        # What the nodes a test adds are configured with (set before `add`).
+        self.quotas = Quotas()
+        self.history_ttl_s = 3600.0
+        self.live_ttl_s: float = LIVE_TTL_S
 
     def make(self) -> Broker:
         if self.kind == "memory":
             if self.started:
                 pytest.skip("the memory broker is one process: one node only")
-            return MemoryBroker(history_ttl_s=3600)
+            return MemoryBroker(history_ttl_s=self.history_ttl_s, quotas=self.quotas, live_ttl_s=self.live_ttl_s)
         from callstream.broker.redis import RedisBroker
 
         return RedisBroker(
-            self.url, history_ttl_s=3600, prefix=self.prefix, ping_interval_s=0.2, ping_timeout_s=1.0
+            self.url,
+            history_ttl_s=self.history_ttl_s,
+            prefix=self.prefix,
+            ping_interval_s=0.2,
+            ping_timeout_s=1.0,
+            quotas=self.quotas,
+            live_ttl_s=self.live_ttl_s,
         )
 
     async def add(self) -> Node:

@@ -8,6 +8,8 @@ from callstream.broker.base import (
     CallEndedError,
     CallState,
     HeldHistory,
+    QuotaExceededError,
+    Quotas,
 )
 
 __all__ = [
@@ -16,17 +18,19 @@ __all__ = [
     "CallEndedError",
     "CallState",
     "HeldHistory",
+    "QuotaExceededError",
+    "Quotas",
     "create_broker",
 ]
 
 
-def create_broker(url: str | None, *, history_ttl_s: float) -> Broker:
+def create_broker(url: str | None, *, history_ttl_s: float, quotas: Quotas | None = None) -> Broker:
     if not url or url.startswith("memory:"):
         from callstream.broker.memory import MemoryBroker
 
-        return MemoryBroker(history_ttl_s=history_ttl_s, deliver_after_store=True)
+        return MemoryBroker(history_ttl_s=history_ttl_s, deliver_after_store=True, quotas=quotas)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from callstream.broker.redis import RedisBroker  # type: ignore[import-not-found,unused-ignore]
 
-        return RedisBroker(url, history_ttl_s=history_ttl_s)  # type: ignore[no-any-return,unused-ignore]
+        return RedisBroker(url, history_ttl_s=history_ttl_s, quotas=quotas)  # type: ignore[no-any-return,unused-ignore]
     raise ValueError(f"unsupported broker URL scheme in {url.split('://')[0]!r}: use redis:// or leave unset")

@@ -15,6 +15,10 @@ from callstream.events import Event, NewEvent
 
 Deliver = Callable[[Sequence[Event]], None]  # a batch, in per-call seq order
 
+#: A live call idle this long is forgotten by the broker (and stops counting as live); the store
+#: still has it, and its next event brings it back.
+LIVE_TTL_S = 7 * 86_400
+
 
 @dataclass(slots=True)
 class CallState:
@@ -35,6 +39,66 @@ class CallEndedError(Exception):
         super().__init__(f"event {index}: call {call_id} has ended; no events are accepted after call.ended")
         self.call_id = call_id
         self.index = index
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Per-account quotas the broker enforces where it sequences (0: unlimited).
+
+    `live_calls`: calls of the account that are live at once (counted from their first event to
+    `call.ended`, or until they stayed idle for the live TTL). `events_per_call`: a call's last
+    `seq`, partials included (a `call.ended` past it is still accepted, so a call at its quota
+    can end). `sockets`: open /v1/events + /v1/ingest sockets of the account.
+    """
+
+    live_calls: int = 0
+    events_per_call: int = 0
+    sockets: int = 0
+
+
+class QuotaExceededError(Exception):
+    """A publish or a socket would pass one of the account's `Quotas`; nothing was applied.
+
+    `quota` names it (`live_calls`, `events_per_call`, `sockets`); `reason` says why in a
+    sentence; `index` is the batch's first event past it (None for sockets); `retry_after_s` is
+    None when waiting cannot help (a call's events only grow).
+    """
+
+    def __init__(
+        self,
+        quota: str,
+        reason: str,
+        *,
+        call_id: str | None = None,
+        index: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.message = reason if index is None else f"event {index}: {reason}"
+        super().__init__(self.message)
+        self.quota = quota
+        self.reason = reason
+        self.call_id = call_id
+        self.index = index
+        self.retry_after_s = retry_after_s
+
+
+# A live call or a socket frees when a call ends or a socket closes: a modest fixed hint.
+QUOTA_RETRY_S = 5.0
+
+
+def live_calls_exceeded(limit: int, call_id: str, index: int) -> QuotaExceededError:
+    reason = f"call {call_id} would pass the account's quota of {limit} live calls; end one first"
+    return QuotaExceededError("live_calls", reason, call_id=call_id, index=index, retry_after_s=QUOTA_RETRY_S)
+
+
+def events_exceeded(limit: int, call_id: str, index: int) -> QuotaExceededError:
+    reason = f"call {call_id} would pass the quota of {limit} events per call"
+    return QuotaExceededError("events_per_call", reason, call_id=call_id, index=index)
+
+
+def sockets_exceeded(limit: int) -> QuotaExceededError:
+    reason = f"the account has its quota of {limit} open sockets; close one first"
+    return QuotaExceededError("sockets", reason, retry_after_s=QUOTA_RETRY_S)
 
 
 class BrokerUnavailableError(Exception):
@@ -65,7 +129,11 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def publish(self, account: str, events: Sequence[NewEvent]) -> list[Event]:
-        """Sequence a batch atomically (all or nothing); raises CallEndedError, BrokerUnavailableError."""
+        """Sequence a batch atomically (all or nothing).
+
+        Raises CallEndedError, QuotaExceededError (the batch would pass `Quotas.events_per_call`
+        or `Quotas.live_calls`), BrokerUnavailableError.
+        """
 
     @abc.abstractmethod
     async def state(self, account: str, call_id: str) -> CallState: ...
@@ -73,6 +141,14 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def history(self, account: str, call_id: str, since: int) -> HeldHistory:
         """Events of the call with seq > since that the log holds (superseded partials left out)."""
+
+    @abc.abstractmethod
+    async def acquire_socket(self, account: str) -> None:
+        """Count one more open socket of the account; raises QuotaExceededError past the quota."""
+
+    @abc.abstractmethod
+    async def release_socket(self, account: str) -> None:
+        """A socket `acquire_socket` counted has closed."""
 
     @property
     def fans_out_on_publish(self) -> bool:

@@ -5,6 +5,11 @@ delivery, so a batch is atomic and per-call order is the order of acceptance. On
 events fan out once stored (see `deliver_after_store`). The replay log
 keeps every event of a call but partials a newer transcript superseded, for the call's life
 and `history_ttl_s` after it ended; older history comes from the store.
+
+Quotas are counted here, for this node: a call counts as live from the first event this broker
+sequences for it until its `call.ended`, or until it stayed idle for `live_ttl_s` (a producer
+that died without ending it): the sweep then forgets the call, so neither the count nor the
+memory grows with abandoned calls.
 """
 
 from __future__ import annotations
@@ -12,18 +17,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
 import orjson
 
 from callstream.broker.base import (
+    LIVE_TTL_S,
     Broker,
     CallEndedError,
     CallLoader,
     CallState,
     Deliver,
     HeldHistory,
+    Quotas,
+    events_exceeded,
+    live_calls_exceeded,
+    sockets_exceeded,
 )
 from callstream.events import ENDED, Event, NewEvent
 
@@ -40,9 +50,22 @@ _Held = tuple[int, int, str, str, str | None]
 
 
 class _Call:
-    __slots__ = ("ended_at", "first_seq", "last_seq", "latest", "log", "started_at", "status", "superseded")
+    __slots__ = (
+        "active_ms",
+        "counted",
+        "ended_at",
+        "first_seq",
+        "last_seq",
+        "latest",
+        "log",
+        "started_at",
+        "status",
+        "superseded",
+    )
 
     def __init__(self, state: CallState) -> None:
+        self.active_ms = now_ms()  # when this broker last sequenced an event of it
+        self.counted = False  # whether it counts among its account's live calls
         self.status = state.status
         self.last_seq = state.last_seq
         self.started_at = state.started_at
@@ -85,7 +108,14 @@ def now_ms() -> int:
 
 
 class MemoryBroker(Broker):
-    def __init__(self, *, history_ttl_s: float = 3600.0, deliver_after_store: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        history_ttl_s: float = 3600.0,
+        deliver_after_store: bool = False,
+        quotas: Quotas | None = None,
+        live_ttl_s: float = LIVE_TTL_S,
+    ) -> None:
         """`deliver_after_store`: fan out only from `deliver_stored`, i.e. after the commit.
 
         The sequence counter lives in this process: were a subscriber to see an event before it
@@ -96,6 +126,10 @@ class MemoryBroker(Broker):
         self._calls: dict[tuple[str, str], _Call] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[_Call]] = {}
         self._history_ttl_s = history_ttl_s
+        self._live_ttl_s = live_ttl_s
+        self._quotas = quotas or Quotas()
+        self._live: Counter[str] = Counter()  # account → its calls that count as live
+        self._sockets: Counter[str] = Counter()  # account → its open sockets on this node
         self._deliver: Deliver | None = None
         self._load_call: CallLoader | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -125,6 +159,8 @@ class MemoryBroker(Broker):
             if ended[new.call_id]:
                 raise CallEndedError(new.call_id, index)
             ended[new.call_id] = new.type == ENDED
+        if self._quotas.events_per_call or self._quotas.live_calls:
+            self._check_quotas(account, events, calls, ended)
         ts = now_ms()
         out: list[Event] = []
         for new in events:
@@ -137,12 +173,66 @@ class MemoryBroker(Broker):
             if new.type == ENDED:
                 call.status, call.ended_at = "ended", time.monotonic()
                 call.compact()  # kept for an hour: without what nobody can replay any more
+                if call.counted:
+                    self._uncount(account, call)
             else:
                 call.status = "live"
+                if not call.counted:
+                    call.counted = True
+                    self._live[account] += 1
             out.append(event)
+        for call in calls.values():
+            call.active_ms = ts
         if not self._deliver_after_store:
             self.deliver_stored(out)
         return out
+
+    def _check_quotas(
+        self, account: str, events: Sequence[NewEvent], calls: dict[str, _Call], ended: dict[str, bool]
+    ) -> None:
+        """Raise QuotaExceededError if the batch would pass a quota; `ended`: after the batch.
+
+        This runs on every publish: one pass over the batch's calls with an integer compare and
+        a flag each, and the exact count only for a batch that may pass a quota."""
+        events_limit, live_limit, size = self._quotas.events_per_call, self._quotas.live_calls, len(events)
+        fresh: list[str] = []
+        near = False
+        for cid, call in calls.items():
+            if events_limit and call.last_seq + size > events_limit:
+                near = True
+            if live_limit and not call.counted and not ended[cid]:
+                fresh.append(cid)
+        if near:
+            self._check_events(events_limit, events, calls)
+        if fresh and self._live[account] + len(fresh) > live_limit:
+            call_id = fresh[max(0, live_limit - self._live[account])]
+            index = next(i for i, new in enumerate(events) if new.call_id == call_id)
+            raise live_calls_exceeded(live_limit, call_id, index)
+
+    @staticmethod
+    def _check_events(limit: int, events: Sequence[NewEvent], calls: dict[str, _Call]) -> None:
+        counts = {cid: call.last_seq for cid, call in calls.items()}
+        for index, new in enumerate(events):
+            counts[new.call_id] += 1
+            if counts[new.call_id] > limit and new.type != ENDED:  # a call can always end
+                raise events_exceeded(limit, new.call_id, index)
+
+    def _uncount(self, account: str, call: _Call) -> None:
+        call.counted = False
+        self._live[account] -= 1
+        if self._live[account] <= 0:
+            del self._live[account]
+
+    async def acquire_socket(self, account: str) -> None:
+        limit = self._quotas.sockets
+        if limit and self._sockets[account] >= limit:
+            raise sockets_exceeded(limit)
+        self._sockets[account] += 1
+
+    async def release_socket(self, account: str) -> None:
+        self._sockets[account] -= 1
+        if self._sockets[account] <= 0:
+            del self._sockets[account]
 
     @property
     def fans_out_on_publish(self) -> bool:
@@ -232,10 +322,18 @@ class MemoryBroker(Broker):
             await asyncio.sleep(_SWEEP_INTERVAL_S)
             self.sweep()
 
-    def sweep(self, now: float | None = None) -> int:
-        """Forget calls that ended more than the history TTL ago; the store still has them."""
+    def sweep(self, now: float | None = None, now_wall_ms: int | None = None) -> int:
+        """Forget calls that ended more than the history TTL ago, and calls idle for the live TTL
+        that never ended (their producer died): they stop counting as live. The store keeps both."""
         deadline = (time.monotonic() if now is None else now) - self._history_ttl_s
-        expired = [k for k, c in self._calls.items() if c.ended_at is not None and c.ended_at < deadline]
+        idle_since = (now_ms() if now_wall_ms is None else now_wall_ms) - int(self._live_ttl_s * 1000)
+        expired = [
+            k
+            for k, c in self._calls.items()
+            if (c.ended_at is not None and c.ended_at < deadline) or (c.ended_at is None and c.active_ms < idle_since)
+        ]
         for key in expired:
-            del self._calls[key]
+            call = self._calls.pop(key)
+            if call.counted:
+                self._uncount(key[0], call)
         return len(expired)

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from callstream.broker.base import (
+    LIVE_TTL_S,
     Broker,
     BrokerUnavailableError,
     CallEndedError,
@@ -46,7 +47,12 @@ from callstream.broker.base import (
     CallState,
     Deliver,
     HeldHistory,
+    Quotas,
+    events_exceeded,
+    live_calls_exceeded,
+    sockets_exceeded,
 )
+from callstream.broker.redis_sockets import SocketCounter
 from callstream.events import PARTIAL, Event, NewEvent
 
 __all__ = ["RedisBroker"]
@@ -55,38 +61,65 @@ log = logging.getLogger("callstream.broker.redis")
 
 T = TypeVar("T")
 
-# KEYS: state hash and log stream of each call of the batch, in pairs.
-# ARGV: ncalls, maxlen, live ttl, ended ttl, account channel,
-#       per call: its channel, its call_id as JSON,
+# KEYS: state hash and log stream of each call of the batch, in pairs; then the account's live set.
+# ARGV: ncalls, maxlen, live ttl, ended ttl, account channel, events quota, live calls quota,
+#       per call: its channel, its call_id as JSON (also its member in the live set),
 #       per event: call index (1-based), type, type as JSON, data as JSON.
+# The live set scores each live call with its last event's ts: a member older than the live TTL
+# (its state key expired with it) no longer counts, so calls that never end decay.
 _PUBLISH: Final = """
 local ncalls = tonumber(ARGV[1])
 local maxlen, live_ttl, ended_ttl, account_channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local ev = 6 + 2 * ncalls
+local max_events, max_live = tonumber(ARGV[6]), tonumber(ARGV[7])
+local live_set = KEYS[2 * ncalls + 1]
+local ev = 8 + 2 * ncalls
 local nevents = (#ARGV - ev + 1) / 4
-local ended = {}
+local ended, last, count, first = {}, {}, {}, {}
 for c = 1, ncalls do
-  local status = redis.call('HGET', KEYS[2 * c - 1], 'status')
-  if not status then return {'unknown', c} end
-  ended[c] = status == 'ended'
+  local state = redis.call('HMGET', KEYS[2 * c - 1], 'status', 'last_seq')
+  if not state[1] then return {'unknown', c} end
+  ended[c] = state[1] == 'ended'
+  last[c] = tonumber(state[2] or '0')
+  count[c] = 0
 end
 for j = 0, nevents - 1 do
   local c = tonumber(ARGV[ev + 4 * j])
   if ended[c] then return {'ended', j} end
+  count[c] = count[c] + 1
+  if max_events > 0 and last[c] + count[c] > max_events and ARGV[ev + 4 * j + 1] ~= 'call.ended' then
+    return {'events', j}
+  end
+  if not first[c] then first[c] = j end
   if ARGV[ev + 4 * j + 1] == 'call.ended' then ended[c] = true end
 end
 local now = redis.call('TIME')
-local ts = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local ts = string.format('%d', now_ms)
+if max_live > 0 then
+  local cutoff = now_ms - tonumber(live_ttl) * 1000
+  local n = -1
+  for c = 1, ncalls do
+    local score = redis.call('ZSCORE', live_set, ARGV[7 + 2 * c])
+    if not ended[c] and (not score or tonumber(score) < cutoff) then
+      if n < 0 then
+        redis.call('ZREMRANGEBYSCORE', live_set, '-inf', '(' .. string.format('%d', cutoff))
+        n = redis.call('ZCARD', live_set)
+      end
+      n = n + 1
+      if n > max_live then return {'live', first[c]} end
+    end
+  end
+end
 local out = {'ok', ts}
 for j = 0, nevents - 1 do
   local c = tonumber(ARGV[ev + 4 * j])
   local state, stream = KEYS[2 * c - 1], KEYS[2 * c]
   local seq = string.format('%d', redis.call('HINCRBY', state, 'last_seq', 1))
   redis.call('HSETNX', state, 'started_at', ts)
-  local frame = '{"type":' .. ARGV[ev + 4 * j + 2] .. ',"call_id":' .. ARGV[5 + 2 * c]
+  local frame = '{"type":' .. ARGV[ev + 4 * j + 2] .. ',"call_id":' .. ARGV[7 + 2 * c]
     .. ',"seq":' .. seq .. ',"ts":' .. ts .. ',"data":' .. ARGV[ev + 4 * j + 3] .. '}'
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
-  redis.call('PUBLISH', ARGV[4 + 2 * c], frame)
+  redis.call('PUBLISH', ARGV[6 + 2 * c], frame)
   redis.call('PUBLISH', account_channel, frame)
   if ARGV[ev + 4 * j + 1] == 'call.ended' then
     redis.call('HSET', state, 'status', 'ended')
@@ -100,7 +133,15 @@ for c = 1, ncalls do
   if ended[c] then ttl = ended_ttl end
   redis.call('EXPIRE', KEYS[2 * c - 1], ttl)
   redis.call('EXPIRE', KEYS[2 * c], ttl)
+  if max_live > 0 then
+    if ended[c] then
+      redis.call('ZREM', live_set, ARGV[7 + 2 * c])
+    else
+      redis.call('ZADD', live_set, ts, ARGV[7 + 2 * c])
+    end
+  end
 end
+if max_live > 0 then redis.call('EXPIRE', live_set, live_ttl) end
 return out
 """
 
@@ -122,7 +163,6 @@ redis.call('EXPIRE', KEYS[1], ttl)
 return 1
 """
 
-_LIVE_TTL_S: Final = 7 * 86_400
 _DEDUPE_CALLS: Final = 100_000
 _READ_BYTES: Final = 256 * 1024
 
@@ -163,7 +203,8 @@ class RedisBroker(Broker):
         history_ttl_s: float,
         prefix: str = "cs:",
         maxlen: int = 100_000,
-        live_ttl_s: float = _LIVE_TTL_S,
+        live_ttl_s: float = LIVE_TTL_S,
+        quotas: Quotas | None = None,
         ping_interval_s: float = 1.0,
         ping_timeout_s: float = 3.0,
         watch_timeout_s: float = 5.0,
@@ -187,6 +228,14 @@ class RedisBroker(Broker):
         self._watch_timeout_s = watch_timeout_s
         self._publish_script = self._redis.register_script(_PUBLISH)
         self._seed_script = self._redis.register_script(_SEED)
+        self._quotas = quotas or Quotas()
+        self._sockets = SocketCounter(
+            self._redis,
+            prefix,
+            lambda account: self._account_key(account, "sockets"),
+            self._command,
+            dead_after_s=5 * ping_interval_s,
+        )
         self._deliver: Deliver | None = None
         self._load_call: CallLoader | None = None
         self._watches: dict[str, _Watch] = {}
@@ -220,6 +269,9 @@ class RedisBroker(Broker):
             raise BrokerUnavailableError(f"cannot subscribe on Redis at {self._safe_url()}") from exc
 
     async def close(self) -> None:
+        if self._quotas.sockets:
+            with contextlib.suppress(BrokerUnavailableError):
+                await self._sockets.leave()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -243,6 +295,9 @@ class RedisBroker(Broker):
 
     def _call_key(self, account: str, call_id: str, suffix: str) -> str:
         return f"{self._prefix}{_escape(account)}:{call_id}:{suffix}"
+
+    def _account_key(self, account: str, suffix: str) -> str:
+        return f"{self._prefix}{_escape(account)}:{suffix}"  # one ':' fewer than any call's key
 
     def _account_channel(self, account: str) -> str:
         return f"{self._prefix}{_escape(account)}:*:ev"  # '*' is never a call id
@@ -270,12 +325,15 @@ class RedisBroker(Broker):
         call_ids = list(dict.fromkeys(e.call_id for e in events))
         position = {cid: i for i, cid in enumerate(call_ids, 1)}
         keys = [self._call_key(account, cid, suffix) for cid in call_ids for suffix in ("state", "log")]
+        keys.append(self._account_key(account, "live"))
         args: list[str | int] = [
             len(call_ids),
             self._maxlen,
             self._live_ttl,
             self._ended_ttl,
             self._account_channel(account),
+            self._quotas.events_per_call,
+            self._quotas.live_calls,
         ]
         call_json = {cid: orjson.dumps(cid).decode() for cid in call_ids}
         for cid in call_ids:
@@ -292,6 +350,11 @@ class RedisBroker(Broker):
             if outcome == "ended":
                 index = int(reply[1])
                 raise CallEndedError(events[index].call_id, index)
+            if outcome in ("events", "live"):
+                index = int(reply[1])
+                if outcome == "events":
+                    raise events_exceeded(self._quotas.events_per_call, events[index].call_id, index)
+                raise live_calls_exceeded(self._quotas.live_calls, events[index].call_id, index)
             ts = int(reply[1])
             return [
                 Event(
@@ -316,6 +379,18 @@ class RedisBroker(Broker):
         started = "" if state.started_at is None else str(state.started_at)
         args: list[str | int] = [state.status, state.last_seq, started, self._live_ttl, self._ended_ttl]
         await self._command(self._seed_script(keys=keys, args=args))
+
+    # ---- sockets quota -------------------------------------------------------------------
+
+    async def acquire_socket(self, account: str) -> None:
+        """Cluster-wide: the account's sockets on every node that is alive (`SocketCounter`)."""
+        limit = self._quotas.sockets
+        if limit and not await self._sockets.acquire(account, limit):
+            raise sockets_exceeded(limit)
+
+    async def release_socket(self, account: str) -> None:
+        if self._quotas.sockets:
+            await self._sockets.release(account)
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -545,10 +620,14 @@ class RedisBroker(Broker):
         batch.append(event)
 
     async def _ping_forever(self) -> None:
-        """Check the command connection too, so `healthy` turns false without traffic."""
+        """Check the command connection too, so `healthy` turns false without traffic; with a
+        sockets quota the node's heartbeat is the check."""
         while True:
             with contextlib.suppress(BrokerUnavailableError):
-                await self._command(self._redis.ping())
+                if self._quotas.sockets:
+                    await self._sockets.beat()
+                else:
+                    await self._command(self._redis.ping())
             await asyncio.sleep(self._ping_interval_s)
 
 

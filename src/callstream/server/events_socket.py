@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from callstream import metrics
 from callstream import protocol as p
 from callstream.auth import AuthError, Principal
+from callstream.broker import BrokerUnavailableError, QuotaExceededError
 from callstream.events import ENDED, Event, text_frame
 from callstream.hub import Subscription
 from callstream.outbox import Outbox
@@ -99,11 +100,32 @@ async def handshake(ws: WebSocket, scope: str) -> tuple[Principal, bool] | None:
         metrics.CLIENT_ERRORS.labels(p.RATE_LIMITED).inc()
         await ws.send_denial_response(denial(429, p.RATE_LIMITED, refusal.message, refusal.retry_after_s))
         return None
+    answer = await _account_socket(runtime, principal.account)
+    if answer is not None:
+        limits_of(ws).connections.release(principal.account, principal.key_id)
+        await ws.send_denial_response(answer)
+        return None
     return principal, via_subprotocol
 
 
-def release_slot(ws: WebSocket, principal: Principal) -> None:
+async def _account_socket(runtime: Runtime, account: str) -> JSONResponse | None:
+    """Count the socket against the account's quota (on every node with Redis); a refusal's answer."""
+    try:
+        await runtime.broker.acquire_socket(account)
+    except QuotaExceededError as exc:
+        metrics.CLIENT_ERRORS.labels(p.QUOTA_EXCEEDED).inc()
+        return denial(429, p.QUOTA_EXCEEDED, exc.message, exc.retry_after_s)
+    except BrokerUnavailableError as exc:
+        return denial(503, "unavailable", str(exc), 1.0)
+    return None
+
+
+async def release_slot(ws: WebSocket, principal: Principal) -> None:
     limits_of(ws).connections.release(principal.account, principal.key_id)
+    try:
+        await runtime_of(ws).broker.release_socket(principal.account)
+    except BrokerUnavailableError:  # the broker recounts once it is back
+        log.warning("could not release a socket of the account's quota; recounted later")
 
 
 async def events_endpoint(ws: WebSocket) -> None:
@@ -115,7 +137,7 @@ async def events_endpoint(ws: WebSocket) -> None:
         await ws.accept(subprotocol="bearer" if via_subprotocol else None)
         await EventsConnection(ws, runtime_of(ws), principal).run()
     finally:
-        release_slot(ws, principal)
+        await release_slot(ws, principal)
 
 
 class _Flusher:

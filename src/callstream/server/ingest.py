@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from callstream import metrics
 from callstream import protocol as p
 from callstream.acks import AckLine
-from callstream.broker import BrokerUnavailableError, CallEndedError
+from callstream.broker import BrokerUnavailableError, CallEndedError, QuotaExceededError
 from callstream.events import NewEvent, text_frame
 from callstream.limits import IngestLimiter
 from callstream.server.deps import limits_of, runtime_of
@@ -47,7 +47,7 @@ async def ingest_endpoint(ws: WebSocket) -> None:
         connection.limiter = limits_of(ws).ingest
         await connection.run()
     finally:
-        release_slot(ws, principal)
+        await release_slot(ws, principal)
 
 
 class IngestConnection:
@@ -145,12 +145,15 @@ class IngestConnection:
     async def _publish(self, events: list[NewEvent]) -> None:
         try:
             sequenced, durable = await self.runtime.publish(self.account, events)
-        except CallEndedError:
-            if len(events) > 1:  # apply the others one by one; only the late ones are refused
+        except (CallEndedError, QuotaExceededError) as exc:
+            if len(events) > 1:  # apply the others one by one; only the offending ones are refused
                 for event in events:
                     await self._publish([event])
                 return
             event = events[0]
+            if isinstance(exc, QuotaExceededError):
+                await self._send(p.error_message(p.QUOTA_EXCEEDED, exc.reason, event.call_id, event.ref))
+                return
             message = f"call {event.call_id} has ended; no events are accepted after call.ended"
             await self._send(p.error_message(p.INVALID_MESSAGE, message, event.call_id, event.ref))
             return

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from callstream import protocol as p
 from callstream.auth import Principal
-from callstream.broker import BrokerUnavailableError, CallEndedError
+from callstream.broker import BrokerUnavailableError, CallEndedError, QuotaExceededError
 from callstream.events import FINAL, MAX_INT64, PARTIAL, is_valid_call_id
 from callstream.server.deps import (
     ApiError,
@@ -118,6 +118,9 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
         raise ApiError(422, "call_ended", str(exc), index=exc.index) from None
     except CallFailedError as exc:  # this call alone: its rows were refused
         raise ApiError(503, "internal", str(exc)) from None
+    except QuotaExceededError as exc:  # nothing of the batch applied
+        hint = {} if exc.retry_after_s is None else {"retry_after_s": exc.retry_after_s}
+        raise ApiError(429, p.QUOTA_EXCEEDED, exc.message, index=exc.index, quota=exc.quota, **hint) from None
     except (BrokerUnavailableError, StoreUnavailableError) as exc:
         raise ApiError(503, "unavailable", str(exc)) from None
     except TimeoutError:

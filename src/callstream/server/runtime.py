@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from callstream import metrics
 from callstream.auth import Authenticator, TokenSigner, new_signing_secret
-from callstream.broker import Broker, create_broker
+from callstream.broker import Broker, Quotas, create_broker
 from callstream.events import ENDED, FINAL, Event, NewEvent
 from callstream.hub import Hub
 from callstream.settings import Settings
@@ -37,7 +37,8 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = SqlStore(database_url(settings.database, settings.data_dir))
-        self.broker: Broker = create_broker(settings.broker, history_ttl_s=settings.history_ttl_s)
+        quotas = Quotas(settings.quota_live_calls, settings.quota_events_per_call, settings.quota_sockets)
+        self.broker: Broker = create_broker(settings.broker, history_ttl_s=settings.history_ttl_s, quotas=quotas)
         self.hub = Hub()
         self.connections: set[Closable] = set()
         self.signer: TokenSigner | None = None
