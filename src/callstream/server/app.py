@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -90,23 +89,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         503: "the node cannot reach its store or broker",
     }.items()
 }
-
-_TOKEN_IN_QUERY = re.compile(r"((?:^|[?&])(?:token|key|code|login)=)[^&\s\"]*")
-
-
-class RedactCredentials(logging.Filter):
-    """Access logs show paths with their query strings: never let a credential through."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN_IN_QUERY.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args
-            )
-        return True
-
-
-def redact(text: str) -> str:
-    return _TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
