@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -124,7 +125,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         app.add_api_websocket_route(path, endpoint)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["operations"])
     app.add_api_route(
-        "/metrics", metrics_endpoint, methods=["GET"], tags=["operations"], response_class=PlainTextResponse
+        "/metrics",
+        metrics_endpoint,
+        methods=["GET"],
+        tags=["operations"],
+        response_class=PlainTextResponse,
+        responses={401: ERROR_RESPONSES[401]},
     )
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -221,9 +227,19 @@ async def _probe_write(store: SqlStore) -> None:
         await conn.execute(upsert)
 
 
-async def metrics_endpoint() -> Response:
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text; with `metrics_token` set, only for `Authorization: Bearer <that token>`."""
+    token = runtime_of(request).settings.metrics_token
+    if token is not None and not _bearer_matches(request, token):
+        raise ApiError(401, "unauthorized", "/metrics needs `Authorization: Bearer <the metrics token>`")
     TASKS.set(len(asyncio.all_tasks()))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_matches(request: Request, token: str) -> bool:
+    """Constant-time comparison, so the answer's timing does not reveal how much of it matched."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
