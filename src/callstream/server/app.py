@@ -19,13 +19,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.dialects import postgresql, sqlite
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from callstream import __version__
 from callstream.limits import Limits
 from callstream.server import rest
+from callstream.server.dashboard_files import DashboardFiles
 from callstream.server.deps import ApiError, runtime_of
 from callstream.server.events_socket import events_endpoint
 from callstream.server.ingest import ingest_endpoint
@@ -135,7 +135,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.mount("/", StaticFiles(directory=DASHBOARD_DIR, html=True, check_dir=False), name="dashboard")
+    app.mount("/", DashboardFiles(directory=DASHBOARD_DIR, html=True, check_dir=False), name="dashboard")
     _add_cors(app, settings.allowed_origins)
     return app
 
