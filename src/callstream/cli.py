@@ -71,6 +71,10 @@ def serve(
     ] = None,
     sentiment: Annotated[bool | None, typer.Option("--sentiment/--no-sentiment")] = None,
     log_level: Annotated[str | None, typer.Option(help="critical|error|warning|info|debug")] = None,
+    metrics_token: Annotated[
+        str | None,
+        typer.Option(help="require `Authorization: Bearer <it>` on /metrics [env CALLSTREAM_METRICS_TOKEN]"),
+    ] = None,
     dashboard_account: Annotated[
         str | None,
         typer.Option(
@@ -92,6 +96,7 @@ def serve(
         webhooks_allow_private=webhooks_allow_private,
         sentiment=sentiment,
         log_level=log_level,
+        metrics_token=metrics_token,
     )
     configure_logging(settings.log_level)
 

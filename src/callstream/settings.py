@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     )
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     public_url: str | None = Field(None, description="the URL users reach this node at, for printed links")
+    metrics_token: str | None = Field(
+        None, min_length=16, description="when set, /metrics requires `Authorization: Bearer <it>`"
+    )
 
     max_message_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     max_ingest_message_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
@@ -98,6 +101,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
         return value
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("previous_secrets", mode="before")
     @classmethod

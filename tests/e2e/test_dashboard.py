@@ -397,3 +397,43 @@ def test_revoking_the_dashboard_key_ends_the_open_page(server: ServerProcess, pa
     assert sockets == [], "the page tried to reconnect after its session ended"
     assert page.evaluate("window.__states")[-1] == "token_expired"
     expect(page.locator("#conn")).to_have_attribute("data-state", "token_expired")
+
+
+def test_dashboard_works_under_its_content_security_policy(server: ServerProcess, page: Any) -> None:
+    """The page loads, connects and shows calls in every view without one CSP violation, and the
+    policy is really enforced: an injected inline script does not run."""
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    page.add_init_script(
+        """window.__violations = [];
+           document.addEventListener('securitypolicyviolation',
+             (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"""
+    )
+    acct = account()
+    key = server.create_key(acct)
+    live, done = new_call(), new_call()
+    open_dashboard(page, server, acct)  # the scripts ran, REST answered, the socket is open
+    publish(
+        server, key, live, [{"type": "agent.state", "data": {"state": "speaking"}}, final("Hello there.")]
+    )
+    publish(server, key, done, [final("Goodbye."), ended("completed", 5_000)])
+    expect(page.locator(f'#call-list .call-row[data-call-id="{live}"]')).to_be_visible(timeout=10_000)
+    expect(page.locator(f'#call-list .call-row[data-call-id="{done}"]')).to_be_visible(timeout=10_000)
+    page.locator(f'#call-list .call-row[data-call-id="{live}"]').click()
+    expect(page.locator('#transcript li[data-kind="final"] .text-body')).to_have_text(
+        ["Hello there."], timeout=10_000
+    )
+    page.click("#tab-campaign")  # the cards: agent state and end status in their own elements
+    expect(page.locator("#campaign-grid .card")).to_have_count(2, timeout=10_000)
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__violations") == []
+    assert violations == []
+
+    page.evaluate(
+        """() => { const s = document.createElement('script');
+                   s.textContent = 'window.__injected = true;';
+                   document.body.append(s); }"""
+    )
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__injected === undefined")
+    assert [v.split(" ")[0] for v in page.evaluate("window.__violations")] == ["script-src-elem"]

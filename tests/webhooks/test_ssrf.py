@@ -28,6 +28,15 @@ from callstream.webhooks.ssrf import UnsafeURLError, check_url, forbidden_reason
         ("100.64.0.1", "not globally routable"),
         ("::ffff:10.0.0.1", "private"),
         ("::ffff:127.0.0.1", "loopback"),
+        # 6to4 (2002::/16) carries an IPv4 in bits 16-48: a relay delivers to it.
+        ("2002:7f00:1::", "loopback, in a 6to4 address"),
+        ("2002:c0a8:101::1", "private, in a 6to4 address"),
+        ("2002:a00:5::", "private, in a 6to4 address"),
+        ("2002:a9fe:a9fe::", "link-local, in a 6to4 address"),
+        # Teredo (2001::/32): the client's IPv4 is the last 32 bits, inverted.
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback, in a Teredo address"),
+        ("2001:0:4136:e378:8000:63bf:3f57:fefe", "private, in a Teredo address"),
+        ("2001:0:4136:e378:8000:63bf:5601:5601", "link-local, in a Teredo address"),
     ],
 )
 def test_non_public_addresses_are_named(address: str, reason: str) -> None:
@@ -49,7 +58,9 @@ def test_public_addresses_pass(address: str) -> None:
         ("http://127.0.0.1:8080/hook", "loopback"),
         ("http://[::1]/hook", "loopback"),
         ("http://169.254.169.254/latest/meta-data", "link-local"),
-        ("http://localhost/hook", "loopback"),
+        ("http://localhost/hook", "does not resolve, or resolves to a non-public address"),
+        ("http://[2002:7f00:1::]:6379/", "loopback, in a 6to4 address"),
+        ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", "loopback, in a Teredo address"),
     ],
 )
 async def test_check_url_refuses(url: str, message: str) -> None:
@@ -81,8 +92,34 @@ async def test_any_private_answer_refuses_the_host(monkeypatch: pytest.MonkeyPat
 
     loop = asyncio.get_running_loop()
     monkeypatch.setattr(loop, "getaddrinfo", _fake_dns(["93.184.216.34", "10.0.0.5"]))
-    with pytest.raises(UnsafeURLError, match=r"10\.0\.0\.5"):
+    with pytest.raises(UnsafeURLError, match="does not resolve, or resolves to a non-public address"):
         await check_url("https://hooks.example.com/x", allow_private=False)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [["10.20.30.40"], ["127.0.0.1"], ["169.254.169.254"], ["93.184.216.34", "172.16.5.6"], ["2002:a00:5::"]],
+)
+async def test_a_refusal_never_says_what_a_name_resolves_to(
+    monkeypatch: pytest.MonkeyPatch, answer: list[str]
+) -> None:
+    """The message a tenant sees must not map the operator's internal DNS for them: it names no
+    address and no kind of address, and reads the same as for a name that does not exist."""
+    import asyncio
+
+    with pytest.raises(UnsafeURLError) as unknown:
+        await check_url("https://no-such-host.invalid/x", allow_private=False)
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", _fake_dns(answer))
+    with pytest.raises(UnsafeURLError) as internal:
+        await check_url("https://no-such-host.invalid/x", allow_private=False)
+    message = str(internal.value)
+    assert not [address for address in answer if address in message]
+    assert message == str(unknown.value)
+
+
+@pytest.mark.parametrize("address", ["2002:808:808::1", "2002:5db8:d822::"])
+def test_6to4_of_a_public_ipv4_passes(address: str) -> None:
+    assert forbidden_reason(ipaddress.ip_address(address)) is None
 
 
 async def test_pinned_request_targets_the_checked_address(monkeypatch: pytest.MonkeyPatch) -> None:

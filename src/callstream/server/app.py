@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import hmac
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +17,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -25,6 +24,7 @@ from callstream import __version__
 from callstream.limits import Limits
 from callstream.server import rest
 from callstream.server.bodylimit import BodyLimit
+from callstream.server.dashboard_files import DashboardFiles
 from callstream.server.deps import ApiError, runtime_of
 from callstream.server.events_socket import events_endpoint
 from callstream.server.ingest import ingest_endpoint
@@ -89,23 +89,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
-_TOKEN_IN_QUERY = re.compile(r"((?:^|[?&])(?:token|key|code|login)=)[^&\s\"]*")
-
-
-class RedactCredentials(logging.Filter):
-    """Access logs show paths with their query strings: never let a credential through."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN_IN_QUERY.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args
-            )
-        return True
-
-
-def redact(text: str) -> str:
-    return _TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
-
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     runtime = runtime or Runtime(settings)
@@ -140,12 +123,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         app.add_api_websocket_route(path, endpoint)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["operations"])
     app.add_api_route(
-        "/metrics", metrics_endpoint, methods=["GET"], tags=["operations"], response_class=PlainTextResponse
+        "/metrics",
+        metrics_endpoint,
+        methods=["GET"],
+        tags=["operations"],
+        response_class=PlainTextResponse,
+        responses={401: ERROR_RESPONSES[401]},
     )
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.mount("/", StaticFiles(directory=DASHBOARD_DIR, html=True, check_dir=False), name="dashboard")
+    app.mount("/", DashboardFiles(directory=DASHBOARD_DIR, html=True, check_dir=False), name="dashboard")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _add_cors(app, settings.allowed_origins)
     return app
@@ -230,9 +218,19 @@ async def _store_ok(store: SqlStore) -> bool:
     return written
 
 
-async def metrics_endpoint() -> Response:
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text; with `metrics_token` set, only for `Authorization: Bearer <that token>`."""
+    token = runtime_of(request).settings.metrics_token
+    if token is not None and not _bearer_matches(request, token):
+        raise ApiError(401, "unauthorized", "/metrics needs `Authorization: Bearer <the metrics token>`")
     TASKS.set(len(asyncio.all_tasks()))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_matches(request: Request, token: str) -> bool:
+    """Constant-time comparison, so the answer's timing does not reveal how much of it matched."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:

@@ -16,7 +16,8 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from callstream.server.app import RedactCredentials, create_app
+from callstream.server.app import create_app
+from callstream.server.redact import RedactCredentials
 from callstream.server.runtime import Runtime
 from callstream.server.transport import CallstreamWebSocketProtocol
 from callstream.settings import Settings
@@ -40,6 +41,8 @@ class DrainingServer(uvicorn.Server):
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for handler in logging.getLogger().handlers:  # every logger's lines (httpx logs URLs too)
+        handler.addFilter(RedactCredentials())
     logging.getLogger("uvicorn.access").addFilter(RedactCredentials())
     logging.getLogger("uvicorn.error").addFilter(RedactCredentials())
 

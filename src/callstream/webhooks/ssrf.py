@@ -29,6 +29,10 @@ __all__ = [
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_URL_LENGTH = 2048
+_PRIVATE_HINT = (
+    "the server refuses private, loopback and link-local addresses unless started with "
+    "--webhooks-allow-private"
+)
 
 
 class UnsafeURLError(ValueError):
@@ -53,9 +57,32 @@ def parse_url(url: str) -> httpx.URL:
 
 
 def forbidden_reason(address: IPAddress) -> str | None:
-    """Why an address is not a public one, or None when it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    """Why an address is not a public one, or None when it is.
+
+    An IPv6 address that carries an IPv4 one (IPv4-mapped, 6to4 `2002::/16`, Teredo `2001::/32`)
+    is judged by that IPv4 too: a relay or the host's own stack would deliver to it.
+    """
+    for inner, how in _embedded_ipv4(address):
+        if (reason := _own_reason(inner)) is not None:
+            return f"{reason}{how}"
+    return _own_reason(address)
+
+
+def _embedded_ipv4(address: IPAddress) -> list[tuple[ipaddress.IPv4Address, str]]:
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    inner: list[tuple[ipaddress.IPv4Address, str]] = []
+    if address.ipv4_mapped is not None:
+        inner.append((address.ipv4_mapped, ""))  # ::ffff:127.0.0.1 is 127.0.0.1
+    if address.sixtofour is not None:
+        inner.append((address.sixtofour, ", in a 6to4 address"))
+    if address.teredo is not None:
+        server, client = address.teredo
+        inner += [(server, ", in a Teredo address"), (client, ", in a Teredo address")]
+    return inner
+
+
+def _own_reason(address: IPAddress) -> str | None:
     checks = (
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
@@ -63,7 +90,7 @@ def forbidden_reason(address: IPAddress) -> str | None:
         ("unspecified", address.is_unspecified),
         ("reserved", address.is_reserved),
         ("private", address.is_private),
-        # Carrier-grade NAT, 6to4/Teredo relays and other special-purpose blocks.
+        # Carrier-grade NAT, relay anycast and other special-purpose blocks.
         ("not globally routable", not address.is_global),
     )
     return next((name for name, hit in checks if hit), None)
@@ -71,10 +98,9 @@ def forbidden_reason(address: IPAddress) -> str | None:
 
 async def resolve(host: str, port: int) -> list[IPAddress]:
     """Every address `host` resolves to (an IP literal resolves to itself)."""
-    try:
-        return [ipaddress.ip_address(host.strip("[]"))]
-    except ValueError:
-        pass
+    literal = _ip_literal(host)
+    if literal is not None:
+        return [literal]
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -97,18 +123,42 @@ class CheckedURL:
 
 
 async def check_url(url: str, *, allow_private: bool) -> CheckedURL:
-    """Parse and resolve; refuse if ANY address is non-public (an attacker controls the order)."""
+    """Parse and resolve; refuse if ANY address is non-public (an attacker controls the order).
+
+    A refusal never says what a name resolves to, nor whether it resolves at all: either would
+    let a tenant map the operator's internal DNS through this message.
+    """
     parsed = parse_url(url)
-    addresses = await resolve(parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80))
-    if not allow_private:
-        for address in addresses:
-            reason = forbidden_reason(address)
-            if reason is not None:
-                raise UnsafeURLError(
-                    f"url host {parsed.host!r} resolves to {address} ({reason} address); "
-                    "the server refuses those unless started with --webhooks-allow-private"
-                )
+    if allow_private:
+        addresses = await resolve(parsed.host, _port(parsed))
+        return CheckedURL(parsed, addresses)
+    literal = _ip_literal(parsed.host)
+    if literal is not None:
+        if (reason := forbidden_reason(literal)) is not None:
+            raise UnsafeURLError(
+                f"url host {parsed.host!r} is not a public address ({reason}); {_PRIVATE_HINT}"
+            )
+        return CheckedURL(parsed, [literal])
+    try:
+        addresses = await resolve(parsed.host, _port(parsed))
+    except UnsafeURLError:
+        addresses = []
+    if not addresses or any(forbidden_reason(a) is not None for a in addresses):
+        raise UnsafeURLError(
+            f"url host {parsed.host!r} does not resolve, or resolves to a non-public address; {_PRIVATE_HINT}"
+        )
     return CheckedURL(parsed, addresses)
+
+
+def _port(url: httpx.URL) -> int:
+    return url.port or (443 if url.scheme == "https" else 80)
+
+
+def _ip_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
 
 
 def pinned(checked: CheckedURL) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:

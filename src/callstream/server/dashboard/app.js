@@ -620,7 +620,7 @@ function renderCampaign() {
         h("span", { class: "cid", text: c.id }),
         h("span", { class: "dur", "data-dur": c.id, text: fmtDuration(durationOf(c)) })),
       h("div", { class: "card-mid" },
-        h("div", {}, chip(sent), h("div", { style: "margin-top:6px" }, c.status === "ended"
+        h("div", {}, chip(sent), h("div", { class: "card-state" }, c.status === "ended"
           ? h("span", { class: `badge ${statusClass(c)}`, text: statusText(c) })
           : agentEl(h("span", { class: "agent" }), c.agentState))),
         sparkline(sent, 120, 36)),
