@@ -11,6 +11,7 @@ else is ever dropped, so a client that resumes with `since` loses only supersede
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # (frame, supersede key, is partial): a plain tuple, built without a Python-level constructor
@@ -31,7 +32,7 @@ class OutboxStatistics:
 class Outbox:
     """Bounded FIFO of text frames; `push` returns False once the consumer is too slow."""
 
-    def __init__(self, high_water_bytes: int) -> None:
+    def __init__(self, high_water_bytes: int, on_drop: Callable[[int], None] | None = None) -> None:
         # A list, replaced by a fresh one whenever a write takes everything (the common case): an
         # idle connection's outbox costs an empty list, where a deque keeps a 64-slot block.
         self._items: list[_Item] = []
@@ -41,6 +42,7 @@ class Outbox:
         self.queued_bytes = 0
         self._high_water = high_water_bytes
         self._dropped = 0
+        self._on_drop = on_drop  # told how many superseded partials each clean-up dropped
         self.overflowed = False
 
     def __len__(self) -> int:
@@ -101,6 +103,8 @@ class Outbox:
                 seen.add(key)
             kept.append(item)
         kept.reverse()
+        if self._on_drop is not None and len(kept) < len(self._items):
+            self._on_drop(len(self._items) - len(kept))
         self._items = kept
 
     def statistics(self) -> OutboxStatistics:

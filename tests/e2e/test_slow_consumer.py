@@ -114,6 +114,13 @@ async def test_a_stalled_reader_does_not_delay_others_and_since_recovers_every_f
     seqs = [int(m["seq"]) for m in messages if "seq" in m]  # type: ignore[call-overload]
     assert seqs == sorted(seqs)
     assert len(seqs) < 2 * FINALS
+    dropped = [
+        float(line.split()[-1])
+        for line in httpx.get(fresh_server.url + "/metrics", timeout=10).text.splitlines()
+        if line.startswith("callstream_partials_dropped_total ")
+    ]
+    assert len(dropped) == 1
+    assert dropped[0] >= 1  # the operator sees the superseded partials it dropped
 
     # Resuming with since loses nothing but superseded partials.
     last_seen = max(seqs, default=0)

@@ -185,7 +185,7 @@ class EventsConnection:
         self.runtime = runtime
         self.principal = principal
         self.key_id = principal.key_id
-        self.outbox = Outbox(settings.outbox_high_water)
+        self.outbox = Outbox(settings.outbox_high_water, metrics.PARTIALS_DROPPED.inc)
         self.bucket = TokenBucket(settings.client_rate, settings.client_burst)
         self.subs: dict[str, Subscription] = {}
         self.closed = False
