@@ -8,7 +8,9 @@ loses no final and duplicates nothing; history the server cannot replay is fetch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator
 from http import HTTPStatus
 from typing import Any
@@ -348,19 +350,26 @@ async def test_sync_client_and_iter_events(server: ServerProcess, api_key: str, 
 
 
 class FakeServer:
-    """Answers `since=2` with history_unavailable and serves events 3-5 over REST."""
+    """Answers `since=2` with history_unavailable and serves the stored events 3 to `last` over
+    REST: all in one answer without `next_since` (as servers before paging did), or in pages of
+    `page` events that each name the `next_since` to ask from."""
 
-    def __init__(self) -> None:
+    def __init__(self, last: int = 5, page: int | None = None) -> None:
         self.subscribes: list[dict[str, Any]] = []
         self.rest_queries: list[str] = []
         self.url = ""
+        self.last, self.page = last, page
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path.startswith("/v1/calls/"):
             self.rest_queries.append(request.path)
-            body = {"call_id": "c1", "events": [
+            since = int(urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)["since"][0])
+            seqs = list(range(max(since, 2) + 1, self.last + 1))
+            body: dict[str, Any] = {"call_id": "c1", "events": [
                 {"type": "transcript.final", "call_id": "c1", "seq": s, "ts": 1,
-                 "data": {"speaker": "user", "text": f"t{s}", "is_final": True}} for s in (3, 4, 5)]}
+                 "data": {"speaker": "user", "text": f"t{s}", "is_final": True}} for s in seqs[: self.page]]}
+            if self.page is not None:
+                body["next_since"] = seqs[self.page - 1] if len(seqs) > self.page else None
             return Response(200, "OK", Headers({"Content-Type": "application/json"}), orjson.dumps(body))
         if request.headers.get("Authorization") != "Bearer k":
             return connection.respond(HTTPStatus.UNAUTHORIZED, "no")
@@ -377,17 +386,22 @@ class FakeServer:
                     "code": "history_unavailable", "message": "too old", "call_id": "c1"}}).decode())
                 continue
             await ws.send(orjson.dumps({"type": "subscribed", "call_id": "c1", "data": {
-                "call_id": "c1", "status": "live", "seq": 5, "replayed": 0}}).decode())
-            await ws.send(orjson.dumps({"type": "transcript.final", "call_id": "c1", "seq": 6, "ts": 2,
-                                        "data": {"speaker": "agent", "text": "t6"}}).decode())
+                "call_id": "c1", "status": "live", "seq": self.last, "replayed": 0}}).decode())
+            await ws.send(orjson.dumps({"type": "transcript.final", "call_id": "c1", "seq": self.last + 1,
+                                        "ts": 2, "data": {"speaker": "agent", "text": "live"}}).decode())
+
+
+@contextlib.asynccontextmanager
+async def running(server: FakeServer) -> AsyncGenerator[FakeServer]:
+    async with serve(server.handler, "127.0.0.1", 0, process_request=server.process_request) as ws_server:
+        port = next(iter(ws_server.sockets)).getsockname()[1]
+        server.url = f"http://127.0.0.1:{port}"
+        yield server
 
 
 @pytest.fixture
 async def fake() -> AsyncGenerator[FakeServer]:
-    server = FakeServer()
-    async with serve(server.handler, "127.0.0.1", 0, process_request=server.process_request) as ws_server:
-        port = next(iter(ws_server.sockets)).getsockname()[1]
-        server.url = f"http://127.0.0.1:{port}"
+    async with running(FakeServer()) as server:
         yield server
 
 
@@ -402,6 +416,26 @@ async def test_history_unavailable_falls_back_to_rest_then_resumes_after_it(fake
     assert fake.rest_queries == ["/v1/calls/c1/events?since=2"]
     assert [m.get("since") for m in fake.subscribes] == [2, 5]  # resumed after what REST gave
     assert client.statistics().fetched == 3
+
+
+async def test_history_unavailable_fallback_follows_next_since_across_pages() -> None:
+    """A long call comes back in pages: the client asks from each page's `next_since` until it
+    is null, hands on every event once and in order, then resumes live after the last."""
+    async with running(FakeServer(last=2_502, page=1_000)) as fake, Client(fake.url, "k") as client:
+        await client.subscribe("c1", since=2)
+        events = client.events()
+        got: list[Event] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(20):
+                while len(got) < 2_503:
+                    got.append(await anext(events))
+    assert len(got) == 2_503, [(e.type, e.seq) for e in got[-3:]]
+    assert got[0].type == "error"
+    assert [e.seq for e in got[1:2_501]] == list(range(3, 2_503))
+    assert (got[2_501].type, got[2_502].seq) == ("subscribed", 2_503)
+    assert fake.rest_queries == [f"/v1/calls/c1/events?since={s}" for s in (2, 1_002, 2_002)]
+    assert [m.get("since") for m in fake.subscribes] == [2, 2_502]  # resumed after the last page
+    assert client.statistics().fetched == 2_500
 
 
 async def test_backoff_is_capped_with_full_jitter() -> None:

@@ -806,19 +806,22 @@ class Client:
     async def _recover_history(self, call_id: str) -> None:
         """``since`` could not be served from the replay log: fetch over REST, then go live.
 
-        The REST answer holds every stored event but partials; after it the call is resubscribed
-        from the last fetched seq, so the replay log covers the rest without a gap. If REST has
-        nothing after ``since`` either, the server lost history this client had seen (a store
-        restored from a backup): the call is resubscribed live and its seqs are taken afresh.
+        The REST answer holds every stored event but partials, a page at a time: each page is
+        handed on as it arrives, and the next is asked from its ``next_since``. After the last
+        the call is resubscribed from the last fetched seq, so the replay log covers the rest
+        without a gap. If REST has nothing after ``since`` either, the server lost history this
+        client had seen (a store restored from a backup): the call is resubscribed live and its
+        seqs are taken afresh.
         """
         sub = self._subs.get(call_id)
         since = sub.pending_since if sub and sub.pending_since is not None else self._catch_ups.get(call_id)
         since = since if since is not None else self.last_seq(call_id)
-        fetched = await self._fetch_events(call_id, since)
-        for message in fetched:
-            await self._on_call_event(parse_message(message))
-        self._fetched += len(fetched)
-        resume = max((int(m["seq"]) for m in fetched), default=None)
+        resume: int | None = None
+        async for page in self._fetch_pages(call_id, since):
+            for message in page:
+                await self._on_call_event(parse_message(message))
+            self._fetched += len(page)
+            resume = max(int(m["seq"]) for m in page)
         if resume is None:
             self._rebase.add(call_id)
         if sub is not None:
@@ -831,7 +834,23 @@ class Client:
                 self._catch_ups[call_id] = resume
                 await self._send_catch_up(call_id, resume)
 
-    async def _fetch_events(self, call_id: str, since: int) -> list[dict[str, Any]]:
+    async def _fetch_pages(self, call_id: str, since: int) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """The call's stored events after ``since``, page by page, following ``next_since`` until
+        the server says there is no more (or answers something unusable: what came so far stands)."""
+        while True:
+            body = await self._fetch_page(call_id, since)
+            if body is None:
+                return
+            events = body.get("events")
+            page = [e for e in events or [] if isinstance(e, dict) and isinstance(e.get("seq"), int)]
+            if page:
+                yield page
+            next_since = body.get("next_since")
+            if not page or not isinstance(next_since, int) or next_since <= since:
+                return
+            since = next_since
+
+    async def _fetch_page(self, call_id: str, since: int) -> dict[str, Any] | None:
         assert self._http is not None
         path = f"/v1/calls/{urllib.parse.quote(call_id, safe='')}/events"
         try:
@@ -840,17 +859,16 @@ class Client:
             )
         except httpx.HTTPError as exc:
             logger.warning("REST fallback for %s failed: %r", call_id, exc)
-            return []
+            return None
         if response.status_code != 200:
             logger.warning("REST fallback for %s answered HTTP %d", call_id, response.status_code)
-            return []
+            return None
         try:
             body = response.json()
         except ValueError:
             logger.warning("REST fallback for %s answered with something other than JSON", call_id)
-            return []
-        events = body.get("events") if isinstance(body, dict) else None
-        return [e for e in events or [] if isinstance(e, dict) and isinstance(e.get("seq"), int)]
+            return None
+        return body if isinstance(body, dict) else None
 
     async def _offer(self, item: Event | ClientError) -> None:
         """Queue for events(); waits when the program is behind (the server sees backpressure)."""

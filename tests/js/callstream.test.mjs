@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  CallStream, States, backoffDelay, tokenExpiry, isAuthError,
+  CallStream, States, backoffDelay, tokenExpiry, isAuthError, restBase,
 } from "../../src/callstream/server/dashboard/callstream.js";
 
 // ---- fakes -------------------------------------------------------------------
@@ -234,6 +234,49 @@ test("history_unavailable is emitted and the subscription goes on live", async (
   stream.ingest(ev("call_a", 11));
   stream.ingest(ev("call_a", 11));
   assert.equal(stream.lastSeq("call_a"), 11);
+});
+
+// A REST server holding call_a's stored events after seq 10 up to `last`, in pages of `page`.
+function restPages(last, page) {
+  const asked = [];
+  const fetch = async (url, init) => {
+    asked.push({ url, auth: init.headers.Authorization });
+    const since = Number(new URL(url).searchParams.get("since"));
+    const seqs = [];
+    for (let s = Math.max(since, 10) + 1; s <= last && seqs.length <= page; s += 1) seqs.push(s);
+    const events = seqs.slice(0, page).map((s) => ({ ...ev("call_a", s), call_id: undefined }));
+    const body = { events, next_since: seqs.length > page ? seqs[page - 1] : null };
+    return { ok: true, status: 200, json: async () => body };
+  };
+  return { asked, fetch };
+}
+
+test("fetchHistory follows next_since page by page and ingests every event once, in order", async () => {
+  const rest = restPages(2_510, 1_000);
+  const { stream, received } = setup({ fetch: rest.fetch, url: "wss://calls.example/v1/events" });
+  const fetched = await stream.fetchHistory("call_a", 10);
+  assert.equal(fetched, 2_500);
+  assert.deepEqual(rest.asked.map((a) => a.url), [10, 1_010, 2_010].map(
+    (s) => `https://calls.example/v1/calls/call_a/events?since=${s}`));
+  assert.ok(rest.asked.every((a) => a.auth === `Bearer ${stream.token}`));
+  assert.equal(received.length, 2_500);
+  assert.deepEqual([received[0], received.at(-1)], ["call_a#11", "call_a#2510"]);
+  assert.equal(stream.lastSeq("call_a"), 2_510);
+});
+
+test("fetchHistory uses the app's own get, and stops at an answer without next_since", async () => {
+  const paths = [];
+  const { stream, received } = setup();
+  const get = async (path) => {
+    paths.push(path);
+    return { call_id: "call a", events: [ev("call a", 4), ev("call a", 5)] }; // a server before paging
+  };
+  assert.equal(await stream.fetchHistory("call a", 3, { get }), 2);
+  assert.deepEqual(paths, ["/v1/calls/call%20a/events?since=3"]);
+  assert.deepEqual(received, ["call a#4", "call a#5"]);
+  const refusing = setup({ fetch: async () => ({ ok: false, status: 404, json: async () => ({}) }) });
+  await assert.rejects(refusing.stream.fetchHistory("gone"), (err) => err.status === 404);
+  assert.equal(restBase("ws://h:8080/v1/events"), "http://h:8080");
 });
 
 test("backoff is exponential, capped, and jittered", () => {

@@ -221,6 +221,60 @@ async def test_a_long_commit_of_one_call_reads_back_whole_and_by_range(store: Sq
     assert [e.seq for e in middle] == list(range(MAX_CHUNK_EVENTS - 1, MAX_CHUNK_EVENTS + 3))
 
 
+async def pages_of(store: SqlStore, account: str, call_id: str, limit: int, until: int | None = None) -> list[list[int]]:
+    """Every page of a call from the start, each asked for after the last seq of the one before."""
+    pages: list[list[int]] = []
+    since, more = 0, True
+    while more:
+        page, more = await store.events_page(account, call_id, since, limit, until)
+        pages.append([e.seq for e in page])
+        assert len(pages) < 1000
+        if page:
+            since = page[-1].seq
+    return pages
+
+
+async def test_events_come_in_pages_of_at_most_limit(store: SqlStore, account: str) -> None:
+    """Pages cut across stored chunks (commits of 7 events, one chunk of 600), partials are not
+    stored, and the last page says nothing more follows."""
+    seq = 0
+    for _ in range(10):
+        await store.append([event(account, "c1", s) for s in range(seq + 1, seq + 8)])
+        seq += 7
+    await store.append([event(account, "c1", seq + 1, "transcript.partial")])
+    await store.append([event(account, "c1", s, text=f"s{s}") for s in range(seq + 2, seq + 602)])
+    stored = [s for s in range(1, seq + 602) if s != seq + 1]
+    pages = await pages_of(store, account, "c1", 100)
+    assert [s for page in pages for s in page] == stored
+    assert [len(page) for page in pages] == [100] * 6 + [70]
+    page, more = await store.events_page(account, "c1", 0, 1000)
+    assert ([e.seq for e in page], more) == (stored, False)
+    page, more = await store.events_page(account, "c1", seq, 3)
+    assert ([(e.seq, e.data["text"]) for e in page], more) == ([(s, f"s{s}") for s in range(seq + 2, seq + 5)], True)
+    exact, more = await store.events_page(account, "c1", stored[-3], 2)
+    assert ([e.seq for e in exact], more) == (stored[-2:], False)
+    assert await store.events_page(account, "c1", stored[-1], 10) == ([], False)
+    assert await store.events_page(account, "nope", 0, 10) == ([], False)
+    assert await store.events_page(account + "_other", "c1", 0, 10) == ([], False)
+    assert [s for page in await pages_of(store, account, "c1", 16, until=50) for s in page] == list(range(1, 51))
+
+
+async def test_pages_of_a_call_fed_through_two_nodes_miss_nothing(store: SqlStore, account: str) -> None:
+    """Interleaved chunks: node A's big commits end late but hold early seqs, so a page that ends
+    before such a chunk's last seq must still take its events below the page's end. Node B
+    commits one event at a time, read after each (so SQLite files each as a chunk of its own):
+    more chunks than a page read takes at once end before A's first."""
+    await store.append([event(account, "c1", seq) for seq in range(1, 600, 2)])  # node A: 1, 3, … 599
+    for seq in range(2, 81, 2):  # node B: 2, 4, … 80
+        await store.append([event(account, "c1", seq)])
+        await store.events_page(account, "c1", 0, 1)
+    await store.append([event(account, "c1", seq) for seq in range(82, 601, 2)])  # node B: 82, … 600
+    for limit in (1, 7, 30, 299, 300, 1000):
+        pages = await pages_of(store, account, "c1", limit)
+        assert [s for page in pages for s in page] == list(range(1, 601)), limit
+        assert all(len(page) <= limit for page in pages)
+
+
 async def test_list_calls_pages_newest_first(store: SqlStore, account: str) -> None:
     # Two calls share a start time: the cursor must still neither skip nor repeat one.
     starts = {"a": 1, "b": 2, "c": 2, "d": 3, "e": 4}

@@ -467,23 +467,35 @@ class EventsConnection:
             message = f"since={since} is ahead of this call's last seq {state.last_seq}: fetch it over REST"
             self._error(p.HISTORY_UNAVAILABLE, message, call_id)
             return
-        replay: list[Event] = []
+        replayed, last_seq, ended = 0, state.last_seq, False
         if since is not None:
-            replay = [e for e in await self.runtime.replay(account, call_id, since) if e.seq > since]
-        last_seq = max(state.last_seq, replay[-1].seq if replay else 0)
+            # Page by page, each paced by the socket: the call's history never sits here whole.
+            # Live events meanwhile are parked on the pending `sub` (hub.py).
+            async with contextlib.aclosing(self.runtime.replay(account, call_id, since)) as pages:
+                async for page in pages:
+                    if self.subs.get(call_id) is not sub or self.closed:
+                        return  # replaced, unsubscribed or closed while we were reading history
+                    for event in page:
+                        if event.seq <= since:
+                            continue
+                        last_seq = max(last_seq, event.seq)
+                        ended = ended or event.type == ENDED
+                        if sub.types is not None and event.type not in sub.types:
+                            continue
+                        await self._wait_for_room()
+                        if self.closed:
+                            return
+                        self.enqueue_event(event)
+                        replayed += 1
+                    page.clear()  # sent (or queued as frames): let it go before the next is read
         status = state.status
-        if any(e.type == ENDED for e in replay):
+        if ended:
             status = "ended"
         elif status == "pending" and last_seq > 0:
             status = "live"
-        if sub.types is not None:
-            replay = [e for e in replay if e.type in sub.types]
         if self.subs.get(call_id) is not sub or self.closed:
-            return  # replaced or unsubscribed while we were reading history
-        for event in replay:
-            await self._wait_for_room()
-            self.enqueue_event(event)
-        self.send(p.subscribed_message(call_id, status, last_seq, len(replay)))
+            return
+        self.send(p.subscribed_message(call_id, status, last_seq, replayed))
         for event in sub.go_live(max(last_seq, since or 0)):
             self.enqueue_event(event)
         if sub.over:  # the call ended while we replayed: the hub has let go of it already

@@ -33,6 +33,9 @@ Producer = Annotated[Principal, Depends(require("publish"))]
 _SESSION_S = 12 * 3600  # a dashboard login lasts this long, renewed in short JWTs
 
 
+DEFAULT_EVENTS_PAGE = 1_000  # events per page of GET /v1/calls/{id}/events when no limit is given
+MAX_EVENTS_PAGE = 10_000
+
 CallId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$", description="a call id")]
 
 
@@ -206,20 +209,28 @@ async def get_transcript(call_id: str, request: Request, principal: Reader) -> R
 
 @router.get("/v1/calls/{call_id}/events", tags=["calls"])
 async def get_events(
-    call_id: str, request: Request, principal: Reader, since: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0
+    call_id: str,
+    request: Request,
+    principal: Reader,
+    since: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_EVENTS_PAGE)] = DEFAULT_EVENTS_PAGE,
 ) -> Response:
-    """Stored events (every type but partials) with seq > since, in seq order."""
+    """A page of the call's stored events (every type but partials) with seq > since, in seq order.
+
+    `next_since` is the seq to ask from for the next page, null once there is no more: a long call
+    is read page by page, never whole into one answer.
+    """
     store = runtime_of(request).store
     call_id = _checked_call_id(principal, call_id)
     if await store.get_call(principal.account, call_id) is None:
         raise not_found()
-    events = await store.events(principal.account, call_id, since)
+    events, more = await store.events_page(principal.account, call_id, since, limit)
     body = [
         {"type": e.type, "call_id": call_id, "seq": e.seq, "ts": e.ts, "data": e.data}
         for e in events
         if e.type != PARTIAL
     ]
-    return json_response({"call_id": call_id, "events": body})
+    return json_response({"call_id": call_id, "events": body, "next_since": events[-1].seq if more else None})
 
 
 @router.post("/v1/login", response_model=TokenResponse, tags=["auth"])

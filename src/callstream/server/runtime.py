@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from callstream import metrics
@@ -23,6 +23,8 @@ from callstream.settings import Settings
 from callstream.store import CallFailedError, SqlStore, database_url
 
 log = logging.getLogger("callstream")
+
+REPLAY_PAGE = 1_000  # stored events a `since` replay reads at a time
 
 
 class Closable(Protocol):
@@ -118,14 +120,25 @@ class Runtime:
             if event.type == FINAL and "sentiment" not in event.data:
                 event.data["sentiment"] = score_text(str(event.data.get("text", "")))
 
-    async def replay(self, account: str, call_id: str, since: int) -> list[Event]:
-        """Every held event with seq > since: older ones from the store, the rest from the log."""
+    async def replay(self, account: str, call_id: str, since: int) -> AsyncGenerator[list[Event], None]:
+        """Every held event with seq > since, in pages in seq order: the part older than the broker's
+        log from the store, `REPLAY_PAGE` events at a time (a long call is never read whole into
+        memory), then what the log holds."""
         held = await self.broker.history(account, call_id, since)
-        if held.first_seq <= since + 1:
-            return held.events
-        stored = await self.store.events(account, call_id, since, held.first_seq - 1)
-        older = [Event(account, call_id, s.seq, s.ts, s.type, s.data) for s in stored]
-        return older + held.events
+        until = held.first_seq - 1
+        while since < until:
+            stored, more = await self.store.events_page(account, call_id, since, REPLAY_PAGE, until)
+            if not stored:
+                break
+            since = stored[-1].seq
+            page = [Event(account, call_id, s.seq, s.ts, s.type, s.data) for s in stored]
+            del stored
+            yield page
+            del page  # before the next page is read: one page in memory at a time
+            if not more:
+                break
+        if held.events:
+            yield held.events
 
     def _deliver(self, events: Sequence[Event]) -> None:
         written = self.hub.deliver(events)

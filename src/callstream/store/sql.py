@@ -154,6 +154,46 @@ async def read_events(
     return events_in(rows.scalars(), since, until, types)
 
 
+# Chunk rows a page read takes from its cursor at a time: a chunk holds up to 256 events
+# (`chunks.MAX_CHUNK_EVENTS`), so a few bound what is read past the page's end.
+_CHUNKS_PER_FETCH = 4
+
+
+async def read_page(
+    conn: AsyncConnection, account: str, call_id: str, since: int, limit: int, until: int | None = None
+) -> tuple[list[StoredEvent], bool]:
+    """At most `limit` of a call's stored events with since < seq ≤ until, in `seq` order, and
+    whether more follow: one page of a long call without reading the rest of it.
+
+    Chunks come in last_seq order, a few at a time, until more than `limit` events are in hand.
+    Chunks of two nodes may interleave (see `chunks`), so a chunk not read yet can still hold a
+    seq below the page's end: one more query takes the chunks that reach back that far.
+    """
+    c = t.event_chunks.c
+    query = sa.select(c.last_seq, c.events).where(c.account == account, c.call_id == call_id, c.last_seq > since)
+    if until is not None:
+        query = query.where(c.first_seq <= until)
+    held: dict[int, StoredEvent] = {}
+    read_to = since
+    result = await conn.stream(query.order_by(c.last_seq).execution_options(yield_per=_CHUNKS_PER_FETCH))
+    try:
+        async for row in result:
+            for event in events_in((row.events,), since, until):
+                held.setdefault(event.seq, event)
+            read_to = row.last_seq
+            if len(held) > limit:
+                break
+    finally:
+        await result.close()
+    if len(held) <= limit:
+        return [held[seq] for seq in sorted(held)], False
+    end = sorted(held)[limit - 1]
+    reaching_back = query.where(c.last_seq > read_to, c.first_seq <= end)
+    for event in events_in((row.events for row in await conn.execute(reaching_back)), since, end):
+        held.setdefault(event.seq, event)
+    return [held[seq] for seq in sorted(held)[:limit]], True
+
+
 def hash_secret(secret: str) -> str:
     import hashlib
 
@@ -502,6 +542,14 @@ class SqlStore:
         await self._fold_log()
         async with self.engine.connect() as conn:
             return await read_events(conn, account, call_id, since, until, types)
+
+    async def events_page(
+        self, account: str, call_id: str, since: int, limit: int, until: int | None = None
+    ) -> tuple[list[StoredEvent], bool]:
+        """One page of a call's stored events (`read_page`): at most `limit`, and whether more follow."""
+        await self._fold_log()
+        async with self.engine.connect() as conn:
+            return await read_page(conn, account, call_id, since, limit, until)
 
     # ---- the batching writer -------------------------------------------------------------
 

@@ -736,11 +736,9 @@ async function loadLiveCalls() {
 }
 
 async function fillFromRest({ call_id: callId, since }) {
-  // The server no longer holds that history for `since`: take it from the store.
+  // The server no longer holds that history for `since`: take it from the store, page by page.
   try {
-    const body = await api(`/v1/calls/${encodeURIComponent(callId)}/events?since=${since || 0}`);
-    const events = Array.isArray(body) ? body : body.events || [];
-    for (const ev of events) stream.ingest({ ...ev, call_id: ev.call_id ?? callId });
+    await stream.fetchHistory(callId, since || 0, { get: api });
   } catch { /* nothing more we can do; the live stream goes on */ }
 }
 

@@ -23,8 +23,8 @@
 //   disconnected are not known to the client: listen to "reconnected" and
 //   list calls over REST (then `catchUp(id, 0)` the new ones) if that matters.
 // - `history_unavailable` (the server no longer holds what `since` asked for)
-//   is emitted as an event, so the app can fetch the call over REST; the
-//   subscription continues live.
+//   is emitted as an event, so the app can fetch the call over REST
+//   (`fetchHistory` follows the pages); the subscription continues live.
 // - Refreshes the JWT before it expires with the user's `getToken()` and sends
 //   it as `{"type":"auth"}` on the open socket; no reconnect needed.
 //
@@ -74,6 +74,11 @@ export function defaultUrl(loc = globalThis.location) {
   return `${scheme}//${loc ? loc.host : "localhost"}/v1/events`;
 }
 
+/** The REST base of an events URL: ws://h/v1/events → http://h (wss: → https:). */
+export function restBase(url) {
+  return String(url).replace(/^ws(s?):/, "http$1:").replace(/\/v1\/events(\?.*)?$/, "");
+}
+
 /** Delay before reconnect attempt `attempt` (0-based): capped exponential, "equal jitter". */
 export function backoffDelay(attempt, { initialMs = 500, maxMs = 30000, factor = 2 } = {}, random = Math.random) {
   const cap = Math.min(maxMs, initialMs * factor ** attempt);
@@ -90,6 +95,7 @@ export class CallStream extends EventTarget {
    * @param {object} [opts.backoff]      {initialMs, maxMs, factor}
    * @param {number} [opts.pingIntervalMs=25000]  keepalive; a socket silent for two intervals is reconnected
    * @param {Function} [opts.WebSocket]  WebSocket class (tests inject a fake)
+   * @param {Function} [opts.fetch]      fetch function for `fetchHistory` (default: the global fetch)
    */
   constructor(opts = {}) {
     super();
@@ -100,6 +106,7 @@ export class CallStream extends EventTarget {
     this.backoff = { initialMs: 500, maxMs: 30000, factor: 2, ...(opts.backoff || {}) };
     this.pingIntervalMs = opts.pingIntervalMs ?? 25000;
     this._WS = opts.WebSocket || globalThis.WebSocket;
+    this._fetch = opts.fetch || ((...args) => globalThis.fetch(...args));
     this._timers = opts.timers || globalThis; // {setTimeout, clearTimeout}
     this._random = opts.random || Math.random;
     this._now = opts.now || Date.now;
@@ -209,11 +216,39 @@ export class CallStream extends EventTarget {
     this._handle(msg);
   }
 
+  /**
+   * Fetch a call's stored events after `since` over REST (`GET /v1/calls/{id}/events`) and feed
+   * them through `ingest`, page by page: each answer names the `next_since` to ask from, null on
+   * the last page, so a long call never comes (or sits) in memory whole. Resolves to the number
+   * of events fetched. `get(path)` returns the parsed JSON of a GET (pass your own to add a
+   * token refresh or a proxy); the default fetches from the events URL's host with this token.
+   */
+  async fetchHistory(callId, since = 0, { get } = {}) {
+    const read = get || ((path) => this._getJson(path));
+    let after = since;
+    let fetched = 0;
+    for (;;) {
+      const body = await read(`/v1/calls/${encodeURIComponent(callId)}/events?since=${after}`);
+      const events = Array.isArray(body) ? body : (body && body.events) || [];
+      for (const msg of events) this.ingest({ ...msg, call_id: msg.call_id ?? callId });
+      fetched += events.length;
+      const next = body && body.next_since;
+      if (!events.length || typeof next !== "number" || next <= after) return fetched;
+      after = next;
+    }
+  }
+
   /** Replace the token now (e.g. after a login) and send it on the open socket. */
   setToken(token) {
     this.token = token;
     if (this._isOpen()) this._send({ type: "auth", token });
     this._scheduleRefresh();
+  }
+
+  async _getJson(path) {
+    const r = await this._fetch(restBase(this.url) + path, { headers: { Authorization: `Bearer ${this.token}` } });
+    if (!r.ok) throw Object.assign(new Error(`${path}: HTTP ${r.status}`), { status: r.status });
+    return r.json();
   }
 
   // ---- connection lifecycle ---------------------------------------------
