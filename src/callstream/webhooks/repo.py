@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,10 +269,16 @@ class WebhookRepo:
 
     # ---- the worker's side ---------------------------------------------------------------
 
-    async def claim(self, limit: int, at_ms: int | None = None) -> list[ClaimedMessage]:
-        """Take up to `limit` due messages under a fresh lease.
+    async def claim(
+        self, limit: int, at_ms: int | None = None, *, busy: Mapping[str, int] | None = None
+    ) -> list[ClaimedMessage]:
+        """Take up to `limit` due messages under a fresh lease, taking turns across accounts.
 
-        PostgreSQL: the inner SELECT … FOR UPDATE SKIP LOCKED lets several workers claim
+        `busy` counts the attempts each account already has in flight on this node: an account
+        gets at most `concurrency_per_account` minus that, and the least busy account goes
+        first, so one tenant's backlog (or hanging endpoints) never takes every turn.
+
+        PostgreSQL: the outer SELECT … FOR UPDATE SKIP LOCKED lets several workers claim
         concurrently without waiting on or taking each other's rows. SQLite: writers are
         serialized, so the single UPDATE … RETURNING is atomic on its own. Either way a row
         whose lease ran out (its worker crashed) is due again.
@@ -283,7 +290,7 @@ class WebhookRepo:
             MSG.c.next_attempt_at <= now,
             sa.or_(MSG.c.lease_until.is_(None), MSG.c.lease_until < now),
         )
-        pick = sa.select(MSG.c.id).where(due).order_by(MSG.c.next_attempt_at).limit(limit)
+        pick = sa.select(MSG.c.id).where(MSG.c.id.in_(self._turns(due, limit, busy or {})))
         if self.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         query = (
@@ -317,6 +324,26 @@ class WebhookRepo:
             )
             for r in rows
         ]
+
+    def _turns(self, due: sa.ColumnElement[bool], limit: int, busy: Mapping[str, int]) -> sa.Select[Any]:
+        """The ids to claim: round-robin over accounts, each account's oldest first.
+
+        A message's turn is its rank within its account (`row_number()`, on SQLite and
+        PostgreSQL alike) plus what that account already has in flight; turns past the
+        per-account cap are left for later claims.
+        """
+        in_flight = sa.case(dict(busy), value=MSG.c.account, else_=0) if busy else sa.literal(0)
+        rank = sa.func.row_number().over(
+            partition_by=MSG.c.account, order_by=(MSG.c.next_attempt_at, MSG.c.id)
+        )
+        ranked = sa.select(MSG.c.id, MSG.c.next_attempt_at, (rank + in_flight).label("turn")).where(due)
+        turns = ranked.subquery("turns")
+        return (
+            sa.select(turns.c.id)
+            .where(turns.c.turn <= self.config.concurrency_per_account)
+            .order_by(turns.c.turn, turns.c.next_attempt_at, turns.c.id)
+            .limit(limit)
+        )
 
     async def record(self, message: ClaimedMessage, attempt: Attempt) -> bool:
         """Log the attempt and move the message on; False if our lease had been taken over."""
