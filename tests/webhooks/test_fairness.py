@@ -19,7 +19,7 @@ from tests.webhooks.conftest import Receiver, Webhooks, wait_until
 MakeReceiver = Callable[..., Awaitable[Receiver]]
 MakeWebhooks = Callable[..., Webhooks]
 
-MARGIN_S = 0.5  # store round trips and scheduling on a busy test machine
+MARGIN_S = 0.75  # store round trips and scheduling on a busy test machine
 
 
 async def _queue(wh: Webhooks, account: str, calls: int) -> None:
@@ -64,7 +64,7 @@ async def test_the_next_free_slot_goes_to_the_account_waiting_its_turn(
     """Two hanging accounts fill the node (no cap below the node's concurrency): a third account
     gets the first slot that frees up, ahead of their older backlogs."""
     acme, initech, good = await receiver(default="hang"), await receiver(default="hang"), await receiver()
-    wh = webhooks(timeout_s=1.0, poll_s=0.1, concurrency=4, concurrency_per_account=4)
+    wh = webhooks(timeout_s=2.0, poll_s=0.1, concurrency=4, concurrency_per_account=4)
     await wh.repo.create_endpoint("acme", acme.url, ["call.ended"])
     await wh.repo.create_endpoint("initech", initech.url, ["call.ended"])
     await wh.repo.create_endpoint("globex", good.url, ["call.ended"])
@@ -73,8 +73,8 @@ async def test_the_next_free_slot_goes_to_the_account_waiting_its_turn(
     async with wh.running():
         await wait_until(lambda: acme.open + initech.open == 4)
         assert acme.open == initech.open == 2  # round-robin claims share the node out
-        latency = await _latency_of_next_delivery(wh, "globex", good, within=0.1 + 1.0 + MARGIN_S)
-    assert latency < 0.1 + 1.0 + MARGIN_S, f"globex's delivery took {latency:.2f} s"
+        latency = await _latency_of_next_delivery(wh, "globex", good, within=0.1 + 2.0 + MARGIN_S)
+    assert latency < 0.1 + 2.0 + MARGIN_S, f"globex's delivery took {latency:.2f} s"
 
 
 async def test_the_hanging_account_still_gets_every_attempt(
