@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     webhook_give_up_s: float = Field(86_400.0, gt=0, description="fail a webhook message this long after queued")
     webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="per webhook attempt")
     webhook_concurrency: int = Field(16, ge=1, le=1000, description="webhook attempts in flight per node")
+    webhook_concurrency_per_account: int = Field(
+        4, ge=1, le=1000, description="webhook attempts one account may have in flight per node"
+    )
     webhook_poll_s: float = Field(1.0, gt=0, le=60)
     webhook_max_endpoints: int = Field(20, ge=1, description="webhook endpoints per account")
     webhook_secret_overlap_s: float = Field(86_400.0, ge=0, description="a rotated-out secret keeps signing")

@@ -222,3 +222,44 @@ async def test_cli_lists_every_attempt(
         server.cli("webhooks", "rm", created["id"], env=env)
     finally:
         await rx.close()
+
+
+async def test_a_tenant_with_hanging_endpoints_does_not_delay_another(
+    fresh_server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    """acme's endpoint accepts and never answers, with a backlog far beyond the node's slots;
+    globex's webhook still arrives within one poll plus one attempt's timeout."""
+    fresh_server.env.update(
+        {
+            "CALLSTREAM_WEBHOOK_TIMEOUT_S": "1",
+            "CALLSTREAM_WEBHOOK_CONCURRENCY": "4",
+            "CALLSTREAM_WEBHOOK_CONCURRENCY_PER_ACCOUNT": "2",
+        }
+    )
+    fresh_server.start()
+    acme, globex = fresh_server.create_key("acme"), fresh_server.create_key("globex")
+    hanging, good = await Receiver(default="hang").start(), await Receiver().start()
+    try:
+        await _add(http, fresh_server, acme, hanging.url, events=["call.ended"])
+        await _add(http, fresh_server, globex, good.url, events=["call.ended"])
+        for i in range(20):
+            await _publish(http, fresh_server, acme, f"call_hang_{i}", [final("hi"), ended()])
+
+        async def acme_in_flight() -> bool:
+            return hanging.open >= 2
+
+        await _wait(acme_in_flight)
+        queued = time.monotonic()
+        await _publish(http, fresh_server, globex, "call_good", [final("hi"), ended()])
+
+        async def globex_delivered() -> bool:
+            return bool(good.requests)
+
+        await _wait(globex_delivered, within=1.0 + 1.0 + 0.5)
+        latency = good.requests[0].at - queued
+        print(f"globex's webhook arrived {latency:.3f} s after its call ended")
+        assert hanging.peak == 2
+        assert latency < 1.0 + 1.0 + 0.5
+    finally:
+        await hanging.close()
+        await good.close()

@@ -46,6 +46,9 @@ class Receiver:
     delay: float = 0.0
     requests: list[Received] = field(default_factory=list)
     port: int = 0
+    # Requests received and not yet answered or given up by the client; the most there were.
+    open: int = 0
+    peak: int = 0
     _server: asyncio.Server | None = None
     _release: asyncio.Event = field(default_factory=asyncio.Event)
     _handlers: set[asyncio.Task[None]] = field(default_factory=set)
@@ -65,6 +68,24 @@ class Receiver:
             self._server.close()
         await asyncio.gather(*self._handlers, return_exceptions=True)
 
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        action = self.plan.pop(0) if self.plan else self.default
+        if action == "hang":
+            await self._hang(reader)
+            return
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        writer.write(f"HTTP/1.1 {action} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode())
+        await writer.drain()
+
+    async def _hang(self, reader: asyncio.StreamReader) -> None:
+        """Never answer: return once the client gives up (closes) or the receiver closes."""
+        waits = {asyncio.ensure_future(reader.read()), asyncio.ensure_future(self._release.wait())}
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -78,14 +99,12 @@ class Receiver:
                     headers[name.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             self.requests.append(Received(headers, body, time.monotonic()))
-            action = self.plan.pop(0) if self.plan else self.default
-            if action == "hang":
-                await self._release.wait()
-                return
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            writer.write(f"HTTP/1.1 {action} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode())
-            await writer.drain()
+            self.open += 1
+            self.peak = max(self.peak, self.open)
+            try:
+                await self._answer(reader, writer)
+            finally:
+                self.open -= 1
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

@@ -17,6 +17,8 @@ class WebhookConfig:
     schedule: RetrySchedule = field(default_factory=RetrySchedule)
     timeout_s: float = 10.0
     concurrency: int = 16
+    # One account's share of `concurrency`, so its hanging endpoints cannot take every slot.
+    concurrency_per_account: int = 4
     poll_s: float = 1.0
     max_endpoints: int = 20
     secret_overlap_s: float = 24 * 3600.0
@@ -45,6 +47,9 @@ class WebhookConfig:
             schedule=schedule,
             timeout_s=float(getattr(settings, "webhook_timeout_s", defaults.timeout_s)),
             concurrency=int(getattr(settings, "webhook_concurrency", defaults.concurrency)),
+            concurrency_per_account=int(
+                getattr(settings, "webhook_concurrency_per_account", defaults.concurrency_per_account)
+            ),
             poll_s=float(getattr(settings, "webhook_poll_s", defaults.poll_s)),
             max_endpoints=int(getattr(settings, "webhook_max_endpoints", defaults.max_endpoints)),
             secret_overlap_s=float(getattr(settings, "webhook_secret_overlap_s", defaults.secret_overlap_s)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import secrets
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,13 +269,20 @@ class WebhookRepo:
 
     # ---- the worker's side ---------------------------------------------------------------
 
-    async def claim(self, limit: int, at_ms: int | None = None) -> list[ClaimedMessage]:
-        """Take up to `limit` due messages under a fresh lease.
+    async def claim(
+        self, limit: int, at_ms: int | None = None, *, busy: Mapping[str, int] | None = None
+    ) -> list[ClaimedMessage]:
+        """Take up to `limit` due messages under a fresh lease, taking turns across accounts.
 
-        PostgreSQL: the inner SELECT … FOR UPDATE SKIP LOCKED lets several workers claim
-        concurrently without waiting on or taking each other's rows. SQLite: writers are
-        serialized, so the single UPDATE … RETURNING is atomic on its own. Either way a row
-        whose lease ran out (its worker crashed) is due again.
+        `busy` counts the attempts each account already has in flight on this node: an account
+        gets at most `concurrency_per_account` minus that, and the least busy account goes
+        first, so one tenant's backlog (or hanging endpoints) never takes every turn.
+
+        PostgreSQL: the SELECT … FOR UPDATE SKIP LOCKED lets several workers claim
+        concurrently without waiting on or taking each other's rows (a row another worker
+        holds is skipped, not replaced: this claim is smaller, the next one goes on). SQLite:
+        writers are serialized, so the UPDATE … RETURNING is atomic on its own. Either way a
+        row whose lease ran out (its worker crashed) is due again.
         """
         now = now_ms() if at_ms is None else at_ms
         owner = "lease_" + secrets.token_hex(8)
@@ -283,26 +291,16 @@ class WebhookRepo:
             MSG.c.next_attempt_at <= now,
             sa.or_(MSG.c.lease_until.is_(None), MSG.c.lease_until < now),
         )
-        pick = sa.select(MSG.c.id).where(due).order_by(MSG.c.next_attempt_at).limit(limit)
-        if self.dialect == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
-        query = (
-            MSG.update()
-            .where(MSG.c.id.in_(pick), due)
-            .values(lease_owner=owner, lease_until=now + self.config.lease_ms)
-            .returning(
-                MSG.c.id,
-                MSG.c.account,
-                MSG.c.endpoint_id,
-                MSG.c.event_type,
-                MSG.c.call_id,
-                MSG.c.payload,
-                MSG.c.attempts,
-                MSG.c.give_up_at,
-            )
-        )
         async with self.engine.begin() as conn:
-            rows = (await conn.execute(query)).all()
+            cap = self.config.concurrency_per_account
+            heads = (await conn.execute(self._heads(now, min(limit, cap)))).all()
+            ids = _take_turns(heads, limit, cap, busy or {})
+            if not ids:
+                return []
+            pick = sa.select(MSG.c.id).where(MSG.c.id.in_(ids))
+            if self.dialect == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            rows = (await conn.execute(self._lease(pick, due, owner, now + self.config.lease_ms))).all()
         return [
             ClaimedMessage(
                 r.id,
@@ -317,6 +315,63 @@ class WebhookRepo:
             )
             for r in rows
         ]
+
+    @staticmethod
+    def _heads(now: int, depth: int) -> sa.Select[Any]:
+        """Each account's `depth` oldest due messages: rows (account, id, due, n = 1, 2, …).
+
+        Two recursive walks down `ix_webhook_messages_turns`, one index probe per step: over
+        the accounts with pending messages, then along each account's due messages. The cost
+        grows with the number of accounts, not with the backlog (a hanging tenant may have
+        100,000 messages due), so claiming stays cheap when it matters most.
+        """
+        m, y = MSG.alias("m"), MSG.alias("y")
+        first = sa.select(sa.func.min(MSG.c.account).label("account")).where(MSG.c.status == PENDING)
+        accounts = first.cte("accounts", recursive=True)
+        a = accounts.alias("a")
+        after = sa.select(sa.func.min(m.c.account)).where(m.c.status == PENDING, m.c.account > a.c.account)
+        walked = accounts.union_all(sa.select(after.scalar_subquery()).where(a.c.account.is_not(None))).alias(
+            "t"
+        )
+
+        def oldest_due(account: Any, *after_key: Any) -> list[Any]:
+            """The (id, due) of the account's oldest due message after `after_key`, if any."""
+            query = sa.select(y.c.id).where(
+                y.c.status == PENDING,
+                y.c.account == account,
+                y.c.next_attempt_at <= now,
+                sa.or_(y.c.lease_until.is_(None), y.c.lease_until < now),
+            )
+            if after_key:
+                query = query.where(sa.tuple_(y.c.next_attempt_at, y.c.id) > sa.tuple_(*after_key))
+            query = query.order_by(y.c.next_attempt_at, y.c.id).limit(1)
+            return [query.scalar_subquery(), query.with_only_columns(y.c.next_attempt_at).scalar_subquery()]
+
+        id_, due = oldest_due(walked.c.account)
+        start = sa.select(walked.c.account, id_.label("id"), due.label("due"), sa.literal(1).label("n"))
+        heads = start.where(walked.c.account.is_not(None)).cte("heads", recursive=True)
+        h = heads.alias("h")
+        step = sa.select(h.c.account, *oldest_due(h.c.account, h.c.due, h.c.id), h.c.n + 1)
+        walk = heads.union_all(step.where(h.c.id.is_not(None), h.c.n < depth))
+        return sa.select(walk.c.account, walk.c.id, walk.c.due, walk.c.n).where(walk.c.id.is_not(None))
+
+    @staticmethod
+    def _lease(pick: sa.Select[Any], due: sa.ColumnElement[bool], owner: str, until: int) -> Any:
+        return (
+            MSG.update()
+            .where(MSG.c.id.in_(pick), due)
+            .values(lease_owner=owner, lease_until=until)
+            .returning(
+                MSG.c.id,
+                MSG.c.account,
+                MSG.c.endpoint_id,
+                MSG.c.event_type,
+                MSG.c.call_id,
+                MSG.c.payload,
+                MSG.c.attempts,
+                MSG.c.give_up_at,
+            )
+        )
 
     async def record(self, message: ClaimedMessage, attempt: Attempt) -> bool:
         """Log the attempt and move the message on; False if our lease had been taken over."""
@@ -476,6 +531,13 @@ class WebhookRepo:
         )
         async with self.engine.begin() as conn:
             return sorted(r[0] for r in await conn.execute(query))
+
+
+def _take_turns(heads: Sequence[Any], limit: int, per_account: int, busy: Mapping[str, int]) -> list[str]:
+    """Round-robin over accounts: a message's turn is its place in its account's queue plus
+    what that account already has in flight; turns past the per-account cap wait."""
+    turns = sorted((h.n + busy.get(h.account, 0), h.due, h.id) for h in heads)
+    return [message_id for turn, _, message_id in turns if turn <= per_account][:limit]
 
 
 def _message_json(m: Any, attempts: list[dict[str, Any]] | None) -> dict[str, Any]:

@@ -58,6 +58,8 @@ webhook_messages = sa.Table(
     # One message per endpoint, call and type, even if `call.ended` were stored twice.
     sa.UniqueConstraint("endpoint_id", "call_id", "event_type", name="uq_webhook_messages_once"),
     sa.Index("ix_webhook_messages_due", "status", "next_attempt_at"),
+    # The claim's walk: accounts with pending messages, then each one's oldest due (repo.claim).
+    sa.Index("ix_webhook_messages_turns", "status", "account", "next_attempt_at", "id"),
     sa.Index("ix_webhook_messages_endpoint", "endpoint_id", "created_at"),
     sa.Index("ix_webhook_messages_account", "account", "status", "created_at"),
 )

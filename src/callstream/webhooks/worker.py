@@ -10,6 +10,7 @@ between attempts of one message.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -48,7 +49,9 @@ def sign(message_id: str, timestamp: datetime, body: str, secrets: list[str]) ->
 
 
 class WebhookWorker:
-    """One node's deliverer: at most `concurrency` attempts in flight."""
+    """One node's deliverer: at most `concurrency` attempts in flight, and at most
+    `concurrency_per_account` of them for one account, so an account whose endpoints hang
+    holds only its own share of the node while the others' deliveries go on."""
 
     def __init__(
         self,
@@ -65,6 +68,7 @@ class WebhookWorker:
         self._rng = rng or random.Random()
         self._wakeup = asyncio.Event()
         self.inflight: set[asyncio.Task[None]] = set()
+        self._busy: collections.Counter[str] = collections.Counter()  # attempts in flight per account
 
     def wake_soon(self, delay_s: float = 0.05) -> None:
         """Look for work shortly (a call just ended) instead of at the next poll."""
@@ -85,6 +89,7 @@ class WebhookWorker:
         """Claim and deliver until cancelled; a store outage only delays the next claim."""
         try:
             while True:
+                self._wakeup.clear()  # before the claim: a wake-up during it is not lost
                 free = self.config.concurrency - len(self.inflight)
                 claimed = await self._claim(free) if free > 0 else []
                 for message in claimed:
@@ -104,7 +109,7 @@ class WebhookWorker:
 
     async def _claim(self, limit: int) -> list[ClaimedMessage]:
         try:
-            return await self.repo.claim(limit)
+            return await self.repo.claim(limit, busy=self._busy)
         except Exception:  # the store is down: /healthz reports it; try again next poll
             log.warning("webhook claim failed", exc_info=True)
             return []
@@ -112,14 +117,23 @@ class WebhookWorker:
     def _spawn(self, message: ClaimedMessage) -> None:
         task = asyncio.create_task(self._deliver_logged(message), name=f"webhook-{message.id}")
         self.inflight.add(task)
+        self._busy[message.account] += 1
         task.add_done_callback(self.inflight.discard)
+        task.add_done_callback(lambda _: self._release(message.account))
+
+    def _release(self, account: str) -> None:
+        """An attempt ended: its account may take another turn, so look for due work now."""
+        self._busy[account] -= 1
+        if self._busy[account] <= 0:
+            del self._busy[account]
+        self._wakeup.set()
 
     async def _wait(self, *, full: bool) -> None:
-        """Full: until a slot frees up. Otherwise: until the poll interval or a wake-up."""
+        """Full: until a slot frees up. Otherwise: until the poll interval or a wake-up (a call
+        ended, or an attempt did: an account held back by its cap may have more due)."""
         if full:
             await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
             return
-        self._wakeup.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.poll_s):
                 await self._wakeup.wait()
