@@ -226,9 +226,9 @@ class Bench:
         """Every target's ladder, interleaved: all targets are up at once (idle ones cost their core nothing),
         and each step is measured on every target in turn before the next step. This machine's speed drifts
         by tens of percent over minutes (other tenants): a target's whole ladder run after another's put
-        them in different phases, and the ratio moved with the phase (results/final-fanout-journal against
-        the full run); a step's targets are now seconds apart. Each run starts the rotation at another
-        target, so none is always first. `--sequential` runs one target's ladder after another's."""
+        them in different phases, and the ratio moved with the phase; a step's targets are seconds apart.
+        Each run starts the rotation at another target, so none is always first. `--sequential` runs one
+        target's ladder after another's."""
         names = [n for n in self.fanout_targets()
                  if not (run > 0 and n in ANCHORS and not self.args.targets)]  # anchors run once: they frame the scale
         if self.args.sequential:

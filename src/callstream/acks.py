@@ -1,4 +1,4 @@
-"""The acks an ingest socket owes (PROTOCOL.md §4), in order, each once its event is durable.
+"""The acks an ingest socket owes (docs/protocol.md, Producing), in order, each once its event is durable.
 
 Sans-I/O: the store's futures say when a frame's events are committed, a clock says when a commit
 is overdue; `server.ingest` does the writing.

@@ -1,4 +1,4 @@
-"""Client: the subscriber side of ``/v1/events`` (PROTOCOL.md §3), for Python programs.
+"""Client: the subscriber side of ``/v1/events`` (docs/protocol.md, Client → server on /v1/events), for Python programs.
 
 A dashboard backend, a supervisor bot or a pipeline wants the events of some calls, in order,
 and does not want to write reconnect logic. So the client keeps one WebSocket open, remembers the

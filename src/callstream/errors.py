@@ -1,7 +1,7 @@
 """Exceptions a user of callstream's Python clients can catch and act on.
 
 Every failure carries a machine-readable ``code`` (the same codes the server uses on the wire,
-PROTOCOL.md §3, plus a few client-side ones) so callers branch on the code, not on the message.
+docs/protocol.md, Server → client, plus a few client-side ones) so callers branch on the code, not on the message.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from callstream.events import (
     is_valid_call_id,
 )
 
-# Error codes a client can receive (PROTOCOL.md §3).
+# Error codes a client can receive (docs/protocol.md, Server → client).
 INVALID_MESSAGE: Final = "invalid_message"
 UNKNOWN_TYPE: Final = "unknown_type"
 FORBIDDEN: Final = "forbidden"
@@ -53,7 +53,7 @@ ERROR_CODES: Final = frozenset(
     }
 )
 
-# Close codes (PROTOCOL.md §3).
+# Close codes (docs/protocol.md, Server → client).
 CLOSE_AUTH: Final = 4001
 CLOSE_POLICY: Final = 4008
 CLOSE_TOO_LARGE: Final = 1009

@@ -1,4 +1,4 @@
-"""Publisher: the producer side of the ``/v1/ingest`` socket (PROTOCOL.md §4).
+"""Publisher: the producer side of the ``/v1/ingest`` socket (docs/protocol.md, Producing).
 
 A voice-agent runtime emits events faster than a request per event allows, and it must not stall
 its audio loop on a network hiccup. So the publisher keeps one WebSocket open, tags every event

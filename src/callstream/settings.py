@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="connections the kernel queues before accept(); capped by net.core.somaxconn",
     )
-    # ---- quotas per account (PROTOCOL.md §4; cluster-wide on the Redis broker) ------------
+    # ---- quotas per account (docs/protocol.md, Quotas; cluster-wide on the Redis broker) ---
     quota_live_calls: int = Field(10_000, ge=0, description="live calls per account; 0: no quota")
     quota_events_per_call: int = Field(100_000, ge=0, description="events per call, partials included; 0: no quota")
     quota_sockets: int = Field(

@@ -1,4 +1,4 @@
-"""The cap on every HTTP request body (PROTOCOL.md §4 "Bodies"), sent with Content-Length or chunked.
+"""The cap on every HTTP request body (docs/protocol.md, REST: "Bodies"), sent with Content-Length or chunked.
 
 A body is read here, up to the cap, before the app runs, so one rule covers every route,
 including those that never read their body. A declared `Content-Length` over the cap is refused

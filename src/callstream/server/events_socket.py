@@ -1,4 +1,4 @@
-"""`GET /v1/events`: the subscriber socket (PROTOCOL.md §3).
+"""`GET /v1/events`: the subscriber socket (docs/protocol.md, Client → server on /v1/events).
 
 One reader loop handles client messages in order; one writer task drains the connection's
 outbox at the socket's pace. Fan-out never waits for this socket: it appends to the outbox,

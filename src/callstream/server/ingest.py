@@ -1,4 +1,4 @@
-"""`GET /v1/ingest`: the producer socket, with cumulative acks (PROTOCOL.md §4).
+"""`GET /v1/ingest`: the producer socket, with cumulative acks (docs/protocol.md, Producing).
 
 Frames are sequenced in the order they arrive; acks are sent in that same order, each only once
 the store has committed its event (and so every event before it). A bad event gets an `error`

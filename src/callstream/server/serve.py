@@ -92,7 +92,7 @@ def freeze_startup_heap() -> None:
     # The middle generation every 2 young collections (not 20): what outlives them, such as the
     # objects of sockets that just connected, moves on in small batches. At 20, the first middle
     # collection after 1,000 subscribers connected walked all of theirs at once, a 42 ms pause
-    # that put one step of every fan-out ladder over 25 ms (bench/results/ab-gc-young). Full
+    # that put one step of every fan-out ladder over 25 ms (bench/README.md, gc-young). Full
     # collections stay as rare: every 2,000 young ones, as before.
     gc.set_threshold(10_000, 2, 1_000)
 

@@ -28,7 +28,7 @@
 5. The socket's own descriptor. While the transport holds no bytes of its own, the hub writes
    a plain TCP (or Unix) socket with `os.write` on its descriptor (`send_now`): one system call
    and nothing else, where uvloop's `transport.write` costs about 8 % more per write
-   (`bench.write_floor`: 4.64 against 4.28 µs; `bench/results/ab-send-now-fd`: the node used
+   (`bench.write_floor`: 4.64 against 4.28 µs; bench/README.md, send-now: the node used
    2–4 points less of its core at 50k–80k deliveries/s). Whatever the socket does not take at
    once goes to the transport, which then holds bytes, so frames go through it until it is
    empty again: nothing can overtake. Under TLS there is no `send_now` (the bytes must be

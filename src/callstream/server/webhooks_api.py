@@ -1,4 +1,4 @@
-"""REST for post-call webhooks (PROTOCOL.md §5–§6): endpoints, secrets, the delivery log, replay.
+"""REST for post-call webhooks (docs/webhooks.md): endpoints, secrets, the delivery log, replay.
 
 Every route needs the `admin` scope and acts on the caller's account only; another account's
 endpoint or message answers 404 exactly like a missing one.

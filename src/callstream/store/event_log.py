@@ -12,7 +12,7 @@ process reads its files and files each journaled call's events as chunks and mer
 row (`sqlite_process.merge_log_rows`), in one transaction. A call's pages are then written once
 per fold instead of once per commit. Ingest's dense commits (dozens of events per call) were
 written straight as chunks until the journal's fold moved to the writer process: journaled, the
-node no longer waits for a SQLite transaction per commit (results/ab-journal-all). The
+node no longer waits for a SQLite transaction per commit (bench/README.md, journal-all). The
 `event_log` table held these rows before the journal did; `FOLD` files what an earlier version
 left in it.
 

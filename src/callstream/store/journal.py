@@ -3,7 +3,7 @@
 A live fan-out commits a few events for each of dozens of calls many times a second, and every
 subscriber waits for that commit. Through the writer process each such commit cost two pipe
 round trips, a SQLite transaction and the context switches between them, on the core the
-fan-out runs on (results/diag-no-store-fanout: the store was a fifth of that core at 60k
+fan-out runs on (bench/README.md, diag-no-store-fanout: the store was a fifth of that core at 60k
 deliveries/s). Here a commit (any that ends no call) is one `write` of its rows
 (`event_log.log_rows`) to an append-only file next to the database: the events are in the OS's
 page cache when it returns, which is what SQLite's WAL with `synchronous=NORMAL` promises too (a

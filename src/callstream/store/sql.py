@@ -82,7 +82,7 @@ def now_ms() -> int:
 
 
 # The store cannot commit at all once writes have waited this long with no commit (or a fold
-# has failed that long): /healthz answers 503 then (PROTOCOL.md §4 "Isolation").
+# has failed that long): /healthz answers 503 then (docs/protocol.md, Values and isolation).
 STALLED_AFTER_S = 5.0
 
 

@@ -15,7 +15,7 @@ this process reads them, merges their rows into chunks and calls rows and insert
 the statements sent with them. The rows never cross the pipe and the node's event loop does no
 work for a fold. When the node merged the rows and pickled the statements itself, a fold of an
 ingest's second (tens of MB) went through the pipe one pipe-full per loop iteration behind the
-ingest, and took seconds (results/diag-jall).
+ingest, and took seconds (bench/README.md, diag-jall).
 
 Wire: each message is a 4-byte big-endian length, then the body. Request body: a pickled
 `(list[tuple[str, int]], list[tuple[str, list]])`: the journal files to fold (path, size), then

@@ -1,4 +1,4 @@
-"""Post-call webhooks (PROTOCOL.md §6): a durable outbox, a signing worker, the SSRF guard.
+"""Post-call webhooks (docs/webhooks.md): a durable outbox, a signing worker, the SSRF guard.
 
 `install(runtime)` wires them into a node; the REST API lives in `callstream.server.webhooks_api`.
 Importing this package registers the webhook tables on the store's metadata.

@@ -1,6 +1,6 @@
 """The retry schedule, as pure functions of the attempt number and a random source.
 
-PROTOCOL.md §6: after a failed attempt the next comes 5 s, 30 s, 2 min, 10 min, 30 min, 1 h
+docs/webhooks.md, Delivery: after a failed attempt the next comes 5 s, 30 s, 2 min, 10 min, 30 min, 1 h
 later, then every 3 h, until 24 h have passed since the message was queued; then it is failed.
 Each delay is jittered by ±20 % so that endpoints that failed together (an outage) are not
 hit again by a synchronized wave of retries the moment they come back.
