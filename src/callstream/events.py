@@ -171,6 +171,17 @@ def supersede_key(call_id: str, event_type: str, data: dict[str, Any]) -> str | 
 
 
 @dataclass(slots=True)
+class CallState:
+    """Where a call stands: `pending` (no event yet), `live` or `ended`; `last_seq` 0 if none.
+
+    The store answers it from its rows and the broker sequences from it."""
+
+    status: str
+    last_seq: int
+    started_at: int | None = None
+
+
+@dataclass(slots=True)
 class NewEvent:
     """A validated producer event, not sequenced yet."""
 

@@ -87,24 +87,30 @@ async def test_append_is_durable_when_the_future_resolves(store: SqlStore, accou
     assert (state.status, state.last_seq, state.started_at) == ("live", 3, 1000)
 
 
-async def test_appends_of_one_commit_fan_out_together_in_append_order(store: SqlStore, account: str) -> None:
-    """Frames appended before the writer runs share a commit, and their `then` (the node's fan-out)
-    runs once for all of them, in append order, so a subscriber's events of several frames leave
-    in one write; an append with no `then` in between ends the run, and keeps its place."""
-    fanned_out: list[list[Event]] = []
-    first = [event(account, "c1", 1), event(account, "c2", 1)]
-    second = [event(account, "c1", 2)]
-    untold = [event(account, "c3", 1)]
-    third = [event(account, "c2", 2)]
-    futures = [
-        store.append(first, fanned_out.append),
-        store.append(second, fanned_out.append),
-        store.append(untold),
-        store.append(third, fanned_out.append),
-    ]
-    assert fanned_out == []  # nothing before the commit
+async def test_appends_of_one_commit_settle_in_append_order_in_one_loop_iteration(
+    store: SqlStore, account: str
+) -> None:
+    """Appends made before the writer runs share a commit, and their futures settle one after the
+    other before the loop runs anything else: what the node's fan-out relies on to send a
+    subscriber's events of several frames in one write (`Runtime._stored`)."""
+    loop = asyncio.get_running_loop()
+    settled: list[tuple[int, int]] = []
+    ticks = 0
+
+    def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        if len(settled) < 3:
+            loop.call_soon(tick)
+
+    batches = [[event(account, "c1", 1), event(account, "c2", 1)], [event(account, "c1", 2)], [event(account, "c2", 2)]]
+    futures = [store.append(batch) for batch in batches]
+    for index, future in enumerate(futures):
+        future.add_done_callback(lambda _, index=index: settled.append((index, ticks)))
+    loop.call_soon(tick)
     await asyncio.gather(*futures)
-    assert fanned_out == [first + second, third]
+    assert [index for index, _ in settled] == [0, 1, 2]
+    assert len({at for _, at in settled}) == 1  # no loop iteration between them
     stored = await store.events(account, "c1")
     assert [e.seq for e in stored] == [1, 2]
 

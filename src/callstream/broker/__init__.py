@@ -6,11 +6,11 @@ from callstream.broker.base import (
     Broker,
     BrokerUnavailableError,
     CallEndedError,
-    CallState,
     HeldHistory,
     QuotaExceededError,
     Quotas,
 )
+from callstream.events import CallState
 
 __all__ = [
     "Broker",

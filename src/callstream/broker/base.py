@@ -11,22 +11,13 @@ import abc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from callstream.events import Event, NewEvent
+from callstream.events import CallState, Event, NewEvent
 
 Deliver = Callable[[Sequence[Event]], None]  # a batch, in per-call seq order
 
 #: A live call idle this long is forgotten by the broker (and stops counting as live); the store
 #: still has it, and its next event brings it back.
 LIVE_TTL_S = 7 * 86_400
-
-
-@dataclass(slots=True)
-class CallState:
-    """Where a call stands: `pending` (no event yet), `live` or `ended`; `last_seq` 0 if none."""
-
-    status: str
-    last_seq: int
-    started_at: int | None = None
 
 
 CallLoader = Callable[[str, str], Awaitable[CallState | None]]

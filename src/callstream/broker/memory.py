@@ -27,7 +27,6 @@ from callstream.broker.base import (
     Broker,
     CallEndedError,
     CallLoader,
-    CallState,
     Deliver,
     HeldHistory,
     Quotas,
@@ -35,7 +34,7 @@ from callstream.broker.base import (
     live_calls_exceeded,
     sockets_exceeded,
 )
-from callstream.events import ENDED, Event, NewEvent
+from callstream.events import ENDED, CallState, Event, NewEvent
 
 _SWEEP_INTERVAL_S = 30.0
 _ABSENT_MAX = 100_000  # call ids remembered as unknown to the store (subscribed to before they start)

@@ -44,7 +44,6 @@ from callstream.broker.base import (
     BrokerUnavailableError,
     CallEndedError,
     CallLoader,
-    CallState,
     Deliver,
     HeldHistory,
     Quotas,
@@ -53,7 +52,7 @@ from callstream.broker.base import (
     sockets_exceeded,
 )
 from callstream.broker.redis_sockets import SocketCounter
-from callstream.events import PARTIAL, Event, NewEvent
+from callstream.events import PARTIAL, CallState, Event, NewEvent
 
 __all__ = ["RedisBroker"]
 

@@ -1,14 +1,24 @@
 """Everything one node runs, wired together: store, broker, hub, auth, and the publish path.
 
-The publish path is the one place an event enters the system (REST, the ingest socket and
-therefore `Publisher` all call `Runtime.publish`): enrich, sequence and fan out through the
-broker, then queue for the store; the returned future resolves when the events are durable.
+The route of an event. REST, the ingest socket (and therefore `Publisher`) all call
+`Runtime.publish`, the one place that orders the steps:
+
+1. validate: the producer's frame was parsed and checked at the edge (`protocol.parse_event`,
+   `events.check_payload`); here a call the store refused takes no more events;
+2. enrich: sentiment on finals (pure functions, before anything is sequenced);
+3. sequence: `Broker.publish` gives each event its seq and ts and keeps it in the replay log;
+4. append: `SqlStore.append` queues it for the next commit and returns a future, durable when
+   it resolves; the store knows nothing of what follows;
+5. fan out: on the embedded broker once the append is durable (`_stored` gathers every append
+   one commit settled and hands them to `Broker.deliver_stored` in one call); on Redis as the
+   broker delivers them to every node. The hub then writes each subscriber's socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
@@ -42,6 +52,8 @@ class Runtime:
         quotas = Quotas(settings.quota_live_calls, settings.quota_events_per_call, settings.quota_sockets)
         self.broker: Broker = create_broker(settings.broker, history_ttl_s=settings.history_ttl_s, quotas=quotas)
         self.hub = Hub()
+        self._stored_events: list[Event] = []  # durable, to fan out at the end of this iteration
+        self._delivery_due = False
         self.connections: set[Closable] = set()
         self.signer: TokenSigner | None = None
         self.auth: Authenticator | None = None
@@ -103,14 +115,40 @@ class Runtime:
         metrics.EVENTS_PUBLISHED.inc(len(sequenced))
         if ended := sum(e.type == ENDED for e in sequenced):
             metrics.CALLS_ENDED.inc(ended)
-        after = None if self.broker.fans_out_on_publish else self.broker.deliver_stored
-        return sequenced, self.store.append(sequenced, after)
+        durable = self.store.append(sequenced)
+        if not self.broker.fans_out_on_publish:
+            durable.add_done_callback(functools.partial(self._stored, sequenced))
+        return sequenced, durable
+
+    def _stored(self, events: list[Event], durable: asyncio.Future[None]) -> None:
+        """An append settled: fan out what it stored. The appends one commit settles call this
+        one after the other in one loop iteration, so they fan out together, in append order
+        (a subscriber's events of several producers' frames leave in one write)."""
+        error = None if durable.cancelled() else durable.exception()
+        if error is not None:
+            if not isinstance(error, CallFailedError):
+                return  # nothing of it was stored: no subscriber may see it
+            events = [e for e in events if (e.account, e.call_id) not in error.calls]
+        if not self._delivery_due:
+            self._delivery_due = True
+            asyncio.get_running_loop().call_soon(self._deliver_stored)
+        self._stored_events.extend(events)
+
+    def _deliver_stored(self) -> None:
+        events, self._stored_events, self._delivery_due = self._stored_events, [], False
+        if not events:
+            return
+        try:
+            self.broker.deliver_stored(events)
+        except Exception:  # a fan-out bug must not leave later commits undelivered
+            log.exception("delivery after commit failed")
 
     def _refuse_failed_calls(self, account: str, events: Sequence[NewEvent]) -> None:
         """A call whose rows the store refused takes no more events: its history would have a hole."""
         for event in events:
             if self.store.call_failed(account, event.call_id):
-                raise CallFailedError(f"call {event.call_id} failed: the store refused its events; start a new call")
+                message = f"call {event.call_id} failed: the store refused its events; start a new call"
+                raise CallFailedError(message, frozenset([(account, event.call_id)]))
 
     @staticmethod
     def _enrich(events: Sequence[NewEvent]) -> None:

@@ -25,8 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from callstream.broker.base import CallState
-from callstream.events import ENDED, Event
+from callstream.events import ENDED, CallState, Event
 from callstream.sentiment import label_for
 from callstream.store import sqlite_process
 from callstream.store import tables as t
@@ -57,7 +56,11 @@ class StoreUnavailableError(Exception):
 
 
 class CallFailedError(StoreUnavailableError):
-    """This call's rows could not be stored; the call takes no more events (other calls go on)."""
+    """These calls' rows could not be stored; they take no more events (other calls go on)."""
+
+    def __init__(self, message: str, calls: frozenset[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.calls = calls  # (account, call_id) of every call of the append that failed
 
 
 def database_url(url: str | None, data_dir: str) -> str:
@@ -90,7 +93,6 @@ STALLED_AFTER_S = 5.0
 class _Pending:
     events: list[Event]
     future: asyncio.Future[None]
-    then: Callable[[list[Event]], None] | None
     at: float  # the event loop's clock when appended
 
 
@@ -553,19 +555,16 @@ class SqlStore:
 
     # ---- the batching writer -------------------------------------------------------------
 
-    def append(
-        self, events: list[Event], then: Callable[[list[Event]], None] | None = None
-    ) -> asyncio.Future[None]:
+    def append(self, events: list[Event]) -> asyncio.Future[None]:
         """Queue events for the next commit; the future resolves once they are durable.
 
-        `then(events)` runs right after that commit (or its failure), in append order: the
-        embedded node fans out from there, so subscribers only ever see stored events. Appends
-        of one commit that pass the same `then` share one call, with their events in append
-        order (`_settle`).
+        It fails with `CallFailedError` (naming the calls) when the database refused some of its
+        calls' rows, or with `StoreUnavailableError` when the commit failed whole. The store
+        stores and nothing else: what to do once events are durable is the caller's.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._pending.append(_Pending(events, future, then, loop.time()))
+        self._pending.append(_Pending(events, future, loop.time()))
         if self._waiting_since is None:
             self._waiting_since = self._pending[0].at
         self._wakeup.set()
@@ -624,7 +623,7 @@ class SqlStore:
         account, call_id = key
         log.error("call %s of account %s failed: the store refused its rows (%s)", call_id, account, reason[:300])
         self.failed_calls[key] = reason
-        return CallFailedError(f"call {call_id} could not be stored; it takes no more events")
+        return CallFailedError(f"call {call_id} could not be stored; it takes no more events", frozenset([key]))
 
     def call_failed(self, account: str, call_id: str) -> bool:
         return (account, call_id) in self.failed_calls
@@ -714,24 +713,8 @@ class SqlStore:
 
     @staticmethod
     def _settle(batch: list[_Pending], errors: dict[tuple[str, str], StoreUnavailableError]) -> None:
-        """Resolve each append's future, and fan out what was stored, in append order.
-
-        One `then` for each run of items that share it (every publish on a node passes the same
-        one): a commit of many small frames fans out once, not once a frame. Only stored events
-        are fanned out, so what a subscriber receives live is what replay and REST return; an
-        append with an event of a failed call fails with that call's error.
-        """
-        then: Callable[[list[Event]], None] | None = None
-        events: list[Event] = []
-        for item in batch:
-            if item.then != then:
-                _run_then(then, events)
-                then, events = item.then, []
-            if errors:
-                events.extend(e for e in item.events if (e.account, e.call_id) not in errors)
-            else:
-                events.extend(item.events)
-        _run_then(then, events)
+        """Resolve each append's future, in append order: failed with the error of its first
+        call that failed, else done."""
         for item in batch:
             if item.future.done():
                 continue
@@ -857,14 +840,11 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 
 
 def _error_of(item: _Pending, errors: dict[tuple[str, str], StoreUnavailableError]) -> StoreUnavailableError | None:
-    """The error of the first of the append's calls that failed, if any did."""
-    return next((errors[key] for e in item.events if (key := (e.account, e.call_id)) in errors), None)
-
-
-def _run_then(then: Callable[[list[Event]], None] | None, events: list[Event]) -> None:
-    if then is None or not events:
-        return
-    try:
-        then(events)
-    except Exception:  # a fan-out bug must not stop the writer
-        log.exception("delivery after commit failed")
+    """The append's error: a failed commit's, or one naming every call of the append that failed."""
+    failed = frozenset(key for e in item.events if (key := (e.account, e.call_id)) in errors)
+    if not failed:
+        return None
+    first = errors[next(iter(failed))]
+    if not isinstance(first, CallFailedError):
+        return first
+    return first if len(failed) == 1 else CallFailedError(str(first), failed)

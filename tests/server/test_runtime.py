@@ -1,0 +1,67 @@
+"""The publish path (`Runtime.publish`) on the embedded node: a real store and broker, and a hub
+that records what it was handed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from callstream.events import Event, NewEvent
+from callstream.hub import Hub
+from callstream.server.runtime import Runtime
+from callstream.settings import Settings
+from callstream.store import StoreUnavailableError
+
+
+class RecordingHub(Hub):
+    """The node's hub, keeping each batch it is asked to fan out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[tuple[str, int]]] = []
+
+    def deliver(self, events: Sequence[Event]) -> int:
+        self.batches.append([(e.call_id, e.seq) for e in events])
+        return super().deliver(events)
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
+    node = Runtime(Settings(data_dir=str(tmp_path), sentiment=False))
+    node.hub = RecordingHub()
+    await node.start()
+    yield node
+    await node.stop()
+
+
+def state(call_id: str, value: str = "thinking") -> NewEvent:
+    return NewEvent(call_id, "agent.state", {"state": value})
+
+
+async def test_frames_of_one_commit_fan_out_once_in_order_after_it(runtime: Runtime) -> None:
+    hub = runtime.hub
+    assert isinstance(hub, RecordingHub)
+    published = [await runtime.publish("acme", frame) for frame in ([state("c1"), state("c2")], [state("c1")])]
+    assert hub.batches == []  # nothing before the commit
+    await asyncio.gather(*(durable for _, durable in published))
+    await asyncio.sleep(0)
+    assert hub.batches == [[("c1", 1), ("c2", 1), ("c1", 2)]]
+
+
+async def test_events_whose_commit_failed_are_never_fanned_out(runtime: Runtime, tmp_path: Path) -> None:
+    hub = runtime.hub
+    assert isinstance(hub, RecordingHub)
+    journal = runtime.store._journal
+    assert journal is not None
+    os.symlink("/dev/full", f"{tmp_path / 'callstream.db'}-events.{journal._node}.{journal._generation}")
+    _, durable = await runtime.publish("acme", [state("c1"), state("c2")])
+    with pytest.raises(StoreUnavailableError):
+        await durable
+    _, durable = await runtime.publish("acme", [state("c1")])
+    await durable
+    await asyncio.sleep(0)
+    assert hub.batches == [[("c1", 2)]]  # seq 1 was taken by the failed commit: never seen
