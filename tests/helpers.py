@@ -169,6 +169,24 @@ def publish(server: ServerProcess, key: str, call_id: str, events: list[dict[str
     )
 
 
+def history(server: ServerProcess, key: str, call_id: str) -> list[dict[str, Any]]:
+    """Every stored event of a call over REST, following `next_since` from page to page."""
+    events: list[dict[str, Any]] = []
+    since: int | None = 0
+    while since is not None:
+        response = httpx.get(
+            f"{server.url}/v1/calls/{call_id}/events",
+            params={"since": since, "limit": 10_000},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        page = response.json()
+        events += page["events"]
+        since = page["next_since"]
+    return events
+
+
 def final(text: str, speaker: str = "user", **extra: Any) -> dict[str, Any]:
     return {"type": "transcript.final", "data": {"speaker": speaker, "text": text, **extra}}
 

@@ -16,7 +16,18 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from callstream import Publisher
 from callstream.errors import PublishError
-from tests.helpers import ServerProcess, ended, final, open_events, partial, publish, recv, recv_until, send
+from tests.helpers import (
+    ServerProcess,
+    ended,
+    final,
+    history,
+    open_events,
+    partial,
+    publish,
+    recv,
+    recv_until,
+    send,
+)
 
 
 async def open_ingest(server: ServerProcess, key: str, **kwargs: Any) -> ClientConnection:
@@ -41,12 +52,7 @@ async def recv_n(ws: ClientConnection, n: int) -> list[dict[str, Any]]:
 
 
 def stored(server: ServerProcess, key: str, call_id: str) -> list[dict[str, Any]]:
-    response = httpx.get(
-        f"{server.url}/v1/calls/{call_id}/events", headers={"Authorization": f"Bearer {key}"}, timeout=10
-    )
-    assert response.status_code == 200, response.text
-    events: list[dict[str, Any]] = response.json()["events"]
-    return events
+    return history(server, key, call_id)
 
 
 async def test_single_events_and_arrays_are_acked_in_order(
