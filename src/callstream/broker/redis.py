@@ -559,7 +559,9 @@ class RedisBroker(Broker):
         fanned out together: the hub joins each call's frames of a batch once, and a subscriber
         gets them in one socket write.
         """
-        stream = conn._reader  # redis-py ran its handshake on it; from here on it is ours
+        # redis-py ran its handshake on it; from here on it is ours. A private attribute:
+        # tests/broker/test_redis_reader_contract.py checks it on the installed redis-py.
+        stream = conn._reader
         if stream is None:
             raise ConnectionError("the pub/sub connection is not open")
         parser = hiredis.Reader()

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -80,10 +81,21 @@ def run_forever(coro: Coroutine[Any, Any, None]) -> None:
     uvloop.run(coro)
 
 
-def freeze_startup_heap() -> None:
-    """Move everything alive after start-up (modules, the app, its routes) out of the collector's
-    sight. Full collections otherwise walk it all: 90-180 ms pauses on a node with 1,000 sockets,
-    every few seconds, which every subscriber sees as latency (bench/README.md)."""
+# The Python versions (major, minor) the collector settings below were measured on (bench/README.md).
+GC_MEASURED_ON: frozenset[tuple[int, int]] = frozenset({(3, 11)})
+
+
+def freeze_startup_heap(version: tuple[int, int] = (sys.version_info.major, sys.version_info.minor)) -> bool:
+    """Tune the garbage collector for a node holding many sockets, on the Python versions it was
+    measured on (`GC_MEASURED_ON`); any other keeps Python's defaults, since its collector may
+    differ. Returns whether the settings were applied.
+
+    Everything alive after start-up (modules, the app, its routes) moves out of the collector's
+    sight: full collections otherwise walk it all, a pause every subscriber sees as latency."""
+    if version not in GC_MEASURED_ON:
+        measured = ", ".join(f"{major}.{minor}" for major, minor in sorted(GC_MEASURED_ON))
+        log.info("garbage collector left at Python %d.%d's defaults (tuned on %s)", *version, measured)
+        return False
     gc.collect()
     gc.freeze()
     # Collect the young generation every 10,000 allocations instead of 700: objects that live for
@@ -95,6 +107,7 @@ def freeze_startup_heap() -> None:
     # that put one step of every fan-out ladder over 25 ms (bench/README.md, gc-young). Full
     # collections stay as rare: every 2,000 young ones, as before.
     gc.set_threshold(10_000, 2, 1_000)
+    return True
 
 
 async def serve(

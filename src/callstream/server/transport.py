@@ -36,6 +36,9 @@
    would halve the sockets a descriptor limit allows): uvloop and asyncio close it only after
    `connection_lost` returns, and `connection_lost` drops `send_now` first, so it never writes
    to a number the kernel has handed to another connection.
+
+None of uvicorn's protocol state is its public API: tests/test_transport_contract.py checks every
+part of it used here, on the installed uvicorn, websockets and uvloop, and names what changed.
 """
 
 from __future__ import annotations

@@ -1,0 +1,258 @@
+"""What `callstream.server.transport` relies on inside uvicorn and websockets, checked on the
+installed versions.
+
+`CallstreamWebSocketProtocol` subclasses uvicorn's sans-I/O WebSocket protocol: it overrides some
+of its methods and reads and replaces its state, none of which is uvicorn's public API. An
+upgrade that renames a hook would leave our override silently unused; one that reshapes the
+state would break the events socket at run time. These tests fail first, naming what changed.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import os
+import textwrap
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+import pytest
+import uvicorn
+import uvloop
+import websockets
+from uvicorn.protocols.websockets import websockets_sansio_impl
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.asyncio.client import connect
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from callstream.events import text_frame
+from callstream.server.serve import bound_port, run_forever
+from callstream.server.transport import FRAME_WRITER, CallstreamWebSocketProtocol
+
+BASE = WebSocketsSansIOProtocol
+UVICORN = f"uvicorn {uvicorn.__version__}"
+WEBSOCKETS = f"websockets {websockets.__version__}"
+RELIES = "which callstream.server.transport relies on"
+
+# uvicorn's methods that CallstreamWebSocketProtocol overrides, with the parameters it passes on.
+HOOKS: dict[str, list[str]] = {
+    "__init__": ["self", "config", "server_state", "app_state", "_loop"],
+    "pause_writing": ["self"],
+    "resume_writing": ["self"],
+    "connection_lost": ["self", "exc"],
+    "handle_close": ["self", "event"],
+    "shutdown": ["self"],
+    "send": ["self", "message"],
+    "data_received": ["self", "data"],
+    "send_keepalive_ping": ["self"],
+}
+# What CallstreamWebSocketProtocol adds: uvicorn must not define (and so start calling) these.
+OWN = {
+    "close_sent",  # a property over uvicorn's plain attribute, so that every change is seen
+    "frames_open",
+    "_changed",
+    "write_frames",
+    "_abort_if_open",
+    "transport_empty",
+    "_after_transport_write",
+    "open_send_now",
+}
+# uvicorn's instance state that transport.py reads, and what it must be once constructed.
+STATE: dict[str, type | tuple[type, ...]] = {
+    "conn": ServerProtocol,
+    "close_sent": bool,
+    "handshake_complete": bool,
+    "writable": asyncio.Event,
+    "loop": asyncio.AbstractEventLoop,
+}
+# What transport.py calls on `.transport` (uvloop's, which is no `asyncio.Transport` subclass).
+TRANSPORT_METHODS = ("write", "is_closing", "get_write_buffer_size", "get_extra_info", "abort")
+# The methods of `asyncio.Queue` that transport's `_ReceiveQueue` stands in for.
+QUEUE_METHODS = {"put_nowait", "get", "empty"}
+
+
+def _class_members(cls: type) -> set[str]:
+    return {name for name in vars(cls) if not (name.startswith("__") and name != "__init__")}
+
+
+def test_every_member_of_the_subclass_is_a_listed_hook_or_its_own() -> None:
+    """Keeps this contract complete: a new override must be listed in HOOKS (or OWN)."""
+    unlisted = _class_members(CallstreamWebSocketProtocol) - HOOKS.keys() - OWN
+    assert not unlisted, f"list {sorted(unlisted)} in HOOKS or OWN of this test"
+
+
+@pytest.mark.parametrize("name", sorted(HOOKS))
+def test_the_hooks_callstream_overrides_are_still_there(name: str) -> None:
+    method = getattr(BASE, name, None)
+    assert callable(method), f"{UVICORN} no longer has WebSocketsSansIOProtocol.{name}, {RELIES}"
+    params = list(inspect.signature(method).parameters)
+    assert params == HOOKS[name], (
+        f"{UVICORN} changed WebSocketsSansIOProtocol.{name}{tuple(params)} (was {tuple(HOOKS[name])}), "
+        f"{RELIES}"
+    )
+    is_async = inspect.iscoroutinefunction(method)
+    ours_async = inspect.iscoroutinefunction(getattr(CallstreamWebSocketProtocol, name))
+    assert is_async == ours_async, f"{UVICORN} made WebSocketsSansIOProtocol.{name} async={is_async}, {RELIES}"
+
+
+@pytest.mark.parametrize("name", sorted(OWN - {"close_sent"}))
+def test_uvicorn_does_not_define_what_callstream_adds(name: str) -> None:
+    assert not hasattr(BASE, name), (
+        f"{UVICORN} now has its own WebSocketsSansIOProtocol.{name}, which "
+        "callstream.server.transport's would replace"
+    )
+
+
+async def test_the_state_callstream_reads_is_set_by_uvicorn() -> None:
+    config = uvicorn.Config(_app, ws=CallstreamWebSocketProtocol, log_config=None)
+    proto = BASE(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    attributes = vars(proto)
+    for name, kind in STATE.items():
+        assert name in attributes, f"{UVICORN} no longer sets WebSocketsSansIOProtocol.{name}, {RELIES}"
+        assert isinstance(attributes[name], kind), (
+            f"{UVICORN} made WebSocketsSansIOProtocol.{name} a {type(attributes[name]).__name__}, {RELIES}"
+        )
+    assert "transport" in attributes, f"{UVICORN} no longer sets WebSocketsSansIOProtocol.transport, {RELIES}"
+    assert "queue" in attributes, f"{UVICORN} no longer sets WebSocketsSansIOProtocol.queue, {RELIES}"
+    assert isinstance(getattr(proto.conn, "state", None), State), (
+        f"{WEBSOCKETS} no longer has ServerProtocol.state (a websockets.protocol.State), {RELIES}"
+    )
+    assert hasattr(State, "OPEN"), f"{WEBSOCKETS} no longer has State.OPEN, {RELIES}"
+
+
+def _uses_of(attribute: str) -> tuple[set[str], set[str]]:
+    """What uvicorn's protocol does with `self.<attribute>`: the members it calls on it, and how it
+    touches it itself (`load`, `store`, `del`)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(websockets_sansio_impl)))
+    members: set[str] = set()
+    contexts: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        value = node.value
+        if isinstance(value, ast.Name) and value.id == "self" and node.attr == attribute:
+            contexts.add(type(node.ctx).__name__.lower())
+        elif (
+            isinstance(value, ast.Attribute)
+            and value.attr == attribute
+            and isinstance(value.value, ast.Name)
+            and value.value.id == "self"
+        ):
+            members.add(node.attr)
+    return members, contexts
+
+
+def test_uvicorn_uses_only_what_the_receive_queue_offers() -> None:
+    members, _ = _uses_of("queue")
+    extra = members - QUEUE_METHODS
+    assert not extra, (
+        f"{UVICORN} now calls WebSocketsSansIOProtocol.queue.{sorted(extra)}, which "
+        "callstream.server.transport's _ReceiveQueue does not have"
+    )
+
+
+def test_uvicorn_only_reads_and_assigns_close_sent() -> None:
+    _, contexts = _uses_of("close_sent")
+    assert contexts == {"load", "store"}, (
+        f"{UVICORN} now touches WebSocketsSansIOProtocol.close_sent as {sorted(contexts)}, {RELIES}"
+    )
+
+
+# ---- the same, live: uvicorn on uvloop, as `callstream serve` runs it -----------------------------
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def _app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """An app that does nothing: constructing a protocol only needs one to load."""
+
+
+class Probe(CallstreamWebSocketProtocol):
+    """Callstream's protocol, noting whether the socket's descriptor is still its own while
+    `connection_lost` runs (`send_now` writes to it until then)."""
+
+    inode: int | None = None
+    seen: ClassVar[list[tuple[bool, bool]]] = []  # (send_now dropped, descriptor still the socket's)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        fd = self.transport.get_extra_info("socket").fileno()
+        super().connection_lost(exc)
+        try:
+            same = os.fstat(fd).st_ino == self.inode
+        except OSError:
+            same = False
+        Probe.seen.append((self.send_now is None, same))
+
+
+class Server:
+    """uvicorn on a free port with the probe protocol; `accepted` gets each socket's scope."""
+
+    def __init__(self) -> None:
+        self.accepted: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, ws=Probe, ws_per_message_deflate=False,
+            lifespan="off", log_config=None, interface="asgi3",
+        )
+        self.uvicorn = uvicorn.Server(config)
+
+    async def app(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        self.accepted.put_nowait(scope)
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+
+async def _live() -> None:
+    server = Server()
+    serving = asyncio.create_task(server.uvicorn.serve())
+    while not server.uvicorn.started:
+        assert not serving.done(), "the test server did not start"
+        await asyncio.sleep(0.01)
+    try:
+        async with connect(f"ws://127.0.0.1:{bound_port(server.uvicorn)}/") as ws:
+            scope = await asyncio.wait_for(server.accepted.get(), 5)
+            writer = scope.get(FRAME_WRITER)
+            assert isinstance(writer, Probe), "the accept no longer reaches callstream's send"
+            assert writer.scope is scope, f"{UVICORN} no longer keeps the ASGI scope as .scope, {RELIES}"
+            for method in TRANSPORT_METHODS:
+                assert callable(getattr(writer.transport, method, None)), (
+                    f"{UVICORN} no longer keeps the socket's transport (with .{method}) as .transport, {RELIES}"
+                )
+            assert writer.handshake_complete is True
+            assert writer.conn.state is State.OPEN
+            assert writer.frames_open
+            assert writer.write_frames(text_frame(b'{"n":1}') + text_frame(b'{"n":2}'))
+
+            writer.open_send_now()
+            send_now = writer.send_now
+            assert send_now is not None, (
+                f"uvloop {uvloop.__version__}'s transport no longer gives its socket, {RELIES}"
+            )
+            writer.inode = os.fstat(writer.transport.get_extra_info("socket").fileno()).st_ino
+            assert writer.transport_empty
+            frame = text_frame(b'{"n":3}')
+            assert send_now(frame) == len(frame)
+            assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(3)] == ['{"n":1}', '{"n":2}', '{"n":3}']
+        for _ in range(500):
+            if Probe.seen:
+                break
+            await asyncio.sleep(0.01)
+        assert Probe.seen == [(True, True)], (
+            f"uvloop {uvloop.__version__} closed the socket's descriptor before connection_lost returned "
+            f"(or send_now was not dropped), {RELIES}"
+        )
+    finally:
+        server.uvicorn.should_exit = True
+        await serving
+
+
+def test_live_on_uvloop_frames_go_out_and_the_descriptor_outlives_connection_lost() -> None:
+    Probe.seen.clear()
+    run_forever(_live())
