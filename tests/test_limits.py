@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from callstream.limits import ConnectionLimiter, EventBucket, IngestLimiter
+from callstream.limits import ConnectionLimiter, IngestLimiter, TokenBucket
 
 
 class Clock:
@@ -42,7 +42,7 @@ def test_zero_means_no_connection_limit() -> None:
 
 def test_bucket_admits_bursts_then_the_rate() -> None:
     clock = Clock()
-    bucket = EventBucket(rate=10, burst=20, clock=clock)
+    bucket = TokenBucket(rate=10, burst=20, clock=clock)
     assert bucket.take(20) == 0
     wait = bucket.take(1)
     assert 0.09 < wait <= 0.1
@@ -53,13 +53,23 @@ def test_bucket_admits_bursts_then_the_rate() -> None:
 
 def test_a_batch_larger_than_the_burst_passes_on_a_full_bucket_and_leaves_debt() -> None:
     clock = Clock()
-    bucket = EventBucket(rate=10, burst=5, clock=clock)
+    bucket = TokenBucket(rate=10, burst=5, clock=clock)
     assert bucket.take(50) == 0  # full bucket: admitted, 45 in debt
     assert bucket.take(1) > 4.5
     clock.now += 4.0
     assert bucket.take(1) > 0  # 40 tokens back: still 5 in debt
     clock.now += 0.7
     assert bucket.take(1) == 0
+
+
+def test_bucket_admits_single_messages_and_counts_refusals_in_a_row() -> None:
+    clock = Clock()
+    bucket = TokenBucket(rate=50, burst=100, clock=clock)
+    assert sum(bucket.take() == 0 for _ in range(150)) == 100
+    assert bucket.refused_in_a_row == 50
+    clock.now += 1.0
+    assert sum(bucket.take() == 0 for _ in range(100)) == 50
+    assert 0 < bucket.take() <= 0.02
 
 
 def test_ingest_limiter_is_per_key_and_zero_disables() -> None:

@@ -1,4 +1,5 @@
-"""Abuse limits of one node, without I/O: open sockets per key and per account, events/s per key.
+"""Abuse limits of one node, without I/O: open sockets per key and per account, events/s per key,
+messages/s per socket.
 
 Counting is per node. Behind a load balancer with N nodes a tenant may hold up to N times these
 numbers; size them per node (docs/security.md). Every refusal carries a retry hint in seconds.
@@ -11,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ConnectionLimiter", "EventBucket", "IngestLimiter", "Limits", "Refusal"]
+__all__ = ["ConnectionLimiter", "IngestLimiter", "Limits", "Refusal", "TokenBucket"]
 
 # A connection slot frees only when another socket of the tenant closes: a modest fixed hint.
 CONNECTION_RETRY_S = 5.0
@@ -50,15 +51,17 @@ class ConnectionLimiter:
                 del counter[name]
 
 
-class EventBucket:
-    """A token bucket that admits batches: `rate` events/s, `burst` saved up.
+class TokenBucket:
+    """A token bucket: `rate` tokens/s, at most `burst` saved up; one class for single messages
+    (a socket's client messages) and for batches (a key's events).
 
     A batch of n is admitted when the bucket holds min(n, burst) tokens; it then takes all n and
     may leave the bucket in debt, so a batch larger than the burst still gets through (once the
-    bucket is full) and the average rate holds.
+    bucket is full) and the average rate holds. `refused_in_a_row` counts the refusals since the
+    last admission, for a caller that gives up on a peer that keeps ignoring the retry hint.
     """
 
-    __slots__ = ("_clock", "_last", "_tokens", "burst", "rate")
+    __slots__ = ("_clock", "_last", "_tokens", "burst", "rate", "refused_in_a_row")
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
@@ -66,19 +69,22 @@ class EventBucket:
         self._tokens = float(burst)
         self._clock = clock
         self._last = clock()
+        self.refused_in_a_row = 0
 
     def _refill(self) -> None:
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
 
-    def take(self, n: int) -> float:
-        """0.0 when the n events are admitted, else the seconds until they would be."""
+    def take(self, n: int = 1) -> float:
+        """0.0 when the n tokens are admitted, else the seconds until they would be."""
         self._refill()
         need = min(float(n), self.burst)
         if self._tokens >= need:
             self._tokens -= n
+            self.refused_in_a_row = 0
             return 0.0
+        self.refused_in_a_row += 1
         return (need - self._tokens) / self.rate
 
     @property
@@ -94,7 +100,7 @@ class IngestLimiter:
         self.rate = rate
         self.burst = burst
         self._clock = clock
-        self._buckets: dict[str, EventBucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
 
     def take(self, key_id: str, n: int) -> Refusal | None:
         if self.rate <= 0 or n <= 0:
@@ -103,7 +109,7 @@ class IngestLimiter:
         if bucket is None:
             if len(self._buckets) > 50_000:  # forget idle keys: a full bucket is the default
                 self._buckets = {k: b for k, b in self._buckets.items() if not b.full}
-            bucket = self._buckets[key_id] = EventBucket(self.rate, self.burst, self._clock)
+            bucket = self._buckets[key_id] = TokenBucket(self.rate, self.burst, self._clock)
         wait = bucket.take(n)
         if wait <= 0:
             return None

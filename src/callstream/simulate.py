@@ -699,12 +699,12 @@ async def _show(console: Console, task: asyncio.Task[SimulationStats],
 def simulate_command(
     url: str,
     key: str,
-    calls: int = 10,
-    rate: float | None = None,
-    speed: float = 1.0,
-    duration: float | None = None,
-    seed: int | None = None,
-    quiet: bool = False,
+    calls: int,
+    rate: float | None,
+    speed: float,
+    duration: float | None,
+    seed: int | None,
+    quiet: bool,
 ) -> None:
     """Run :func:`run_simulation` with a live view; Ctrl-C ends the calls and exits cleanly."""
     console = Console(stderr=True)

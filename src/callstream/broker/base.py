@@ -32,6 +32,10 @@ class CallEndedError(Exception):
         self.index = index
 
 
+# A live call or a socket frees when a call ends or a socket closes: a modest fixed hint.
+QUOTA_RETRY_S = 5.0
+
+
 @dataclass(frozen=True, slots=True)
 class Quotas:
     """Per-account quotas the broker enforces where it sequences (0: unlimited).
@@ -39,12 +43,29 @@ class Quotas:
     `live_calls`: calls of the account that are live at once (counted from their first event to
     `call.ended`, or until they stayed idle for the live TTL). `events_per_call`: a call's last
     `seq`, partials included (a `call.ended` past it is still accepted, so a call at its quota
-    can end). `sockets`: open /v1/events + /v1/ingest sockets of the account.
+    can end). `sockets`: open /v1/events + /v1/ingest sockets of the account. The `…_exceeded`
+    methods build the error that refuses what would pass one of them.
     """
 
     live_calls: int = 0
     events_per_call: int = 0
     sockets: int = 0
+
+    def live_calls_exceeded(self, call_id: str, index: int) -> QuotaExceededError:
+        reason = (
+            f"call {call_id} would pass the account's quota of {self.live_calls} live calls; end one first"
+        )
+        return QuotaExceededError(
+            "live_calls", reason, call_id=call_id, index=index, retry_after_s=QUOTA_RETRY_S
+        )
+
+    def events_exceeded(self, call_id: str, index: int) -> QuotaExceededError:
+        reason = f"call {call_id} would pass the quota of {self.events_per_call} events per call"
+        return QuotaExceededError("events_per_call", reason, call_id=call_id, index=index)
+
+    def sockets_exceeded(self) -> QuotaExceededError:
+        reason = f"the account has its quota of {self.sockets} open sockets; close one first"
+        return QuotaExceededError("sockets", reason, retry_after_s=QUOTA_RETRY_S)
 
 
 class QuotaExceededError(Exception):
@@ -73,25 +94,6 @@ class QuotaExceededError(Exception):
         self.retry_after_s = retry_after_s
 
 
-# A live call or a socket frees when a call ends or a socket closes: a modest fixed hint.
-QUOTA_RETRY_S = 5.0
-
-
-def live_calls_exceeded(limit: int, call_id: str, index: int) -> QuotaExceededError:
-    reason = f"call {call_id} would pass the account's quota of {limit} live calls; end one first"
-    return QuotaExceededError("live_calls", reason, call_id=call_id, index=index, retry_after_s=QUOTA_RETRY_S)
-
-
-def events_exceeded(limit: int, call_id: str, index: int) -> QuotaExceededError:
-    reason = f"call {call_id} would pass the quota of {limit} events per call"
-    return QuotaExceededError("events_per_call", reason, call_id=call_id, index=index)
-
-
-def sockets_exceeded(limit: int) -> QuotaExceededError:
-    reason = f"the account has its quota of {limit} open sockets; close one first"
-    return QuotaExceededError("sockets", reason, retry_after_s=QUOTA_RETRY_S)
-
-
 class BrokerUnavailableError(Exception):
     """The broker's backing service cannot be reached; the caller should answer 503 / 1013."""
 
@@ -110,10 +112,18 @@ class Broker(abc.ABC):
     #: Called after the broker lost and regained its link to the backing service: events
     #: published meanwhile never reached this node, so the node makes its subscribers resume.
     on_reconnect: Callable[[], Awaitable[None]] | None = None
+    _deliver: Deliver | None = None
+    _load_call: CallLoader | None = None
 
-    @abc.abstractmethod
     async def start(self, deliver: Deliver, load_call: CallLoader) -> None:
         """Begin delivering events to `deliver`; `load_call` seeds calls the log does not know."""
+        self._deliver = deliver
+        self._load_call = load_call
+        await self._open()
+
+    @abc.abstractmethod
+    async def _open(self) -> None:
+        """Start what the implementation runs (connections, tasks); `start` has set the callbacks."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

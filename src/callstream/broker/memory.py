@@ -26,13 +26,8 @@ from callstream.broker.base import (
     LIVE_TTL_S,
     Broker,
     CallEndedError,
-    CallLoader,
-    Deliver,
     HeldHistory,
     Quotas,
-    events_exceeded,
-    live_calls_exceeded,
-    sockets_exceeded,
 )
 from callstream.events import ENDED, CallState, Event, NewEvent
 
@@ -129,14 +124,10 @@ class MemoryBroker(Broker):
         self._quotas = quotas or Quotas()
         self._live: Counter[str] = Counter()  # account → its calls that count as live
         self._sockets: Counter[str] = Counter()  # account → its open sockets on this node
-        self._deliver: Deliver | None = None
-        self._load_call: CallLoader | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._absent: OrderedDict[tuple[str, str], None] = OrderedDict()  # not in the store either
 
-    async def start(self, deliver: Deliver, load_call: CallLoader) -> None:
-        self._deliver = deliver
-        self._load_call = load_call
+    async def _open(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-broker-sweeper")
 
     async def close(self) -> None:
@@ -206,15 +197,14 @@ class MemoryBroker(Broker):
         if fresh and self._live[account] + len(fresh) > live_limit:
             call_id = fresh[max(0, live_limit - self._live[account])]
             index = next(i for i, new in enumerate(events) if new.call_id == call_id)
-            raise live_calls_exceeded(live_limit, call_id, index)
+            raise self._quotas.live_calls_exceeded(call_id, index)
 
-    @staticmethod
-    def _check_events(limit: int, events: Sequence[NewEvent], calls: dict[str, _Call]) -> None:
+    def _check_events(self, limit: int, events: Sequence[NewEvent], calls: dict[str, _Call]) -> None:
         counts = {cid: call.last_seq for cid, call in calls.items()}
         for index, new in enumerate(events):
             counts[new.call_id] += 1
             if counts[new.call_id] > limit and new.type != ENDED:  # a call can always end
-                raise events_exceeded(limit, new.call_id, index)
+                raise self._quotas.events_exceeded(new.call_id, index)
 
     def _uncount(self, account: str, call: _Call) -> None:
         call.counted = False
@@ -225,7 +215,7 @@ class MemoryBroker(Broker):
     async def acquire_socket(self, account: str) -> None:
         limit = self._quotas.sockets
         if limit and self._sockets[account] >= limit:
-            raise sockets_exceeded(limit)
+            raise self._quotas.sockets_exceeded()
         self._sockets[account] += 1
 
     async def release_socket(self, account: str) -> None:

@@ -43,13 +43,8 @@ from callstream.broker.base import (
     Broker,
     BrokerUnavailableError,
     CallEndedError,
-    CallLoader,
-    Deliver,
     HeldHistory,
     Quotas,
-    events_exceeded,
-    live_calls_exceeded,
-    sockets_exceeded,
 )
 from callstream.broker.redis_sockets import SocketCounter
 from callstream.events import PARTIAL, CallState, Event, NewEvent
@@ -235,8 +230,6 @@ class RedisBroker(Broker):
             self._command,
             dead_after_s=5 * ping_interval_s,
         )
-        self._deliver: Deliver | None = None
-        self._load_call: CallLoader | None = None
         self._watches: dict[str, _Watch] = {}
         self._inflight: dict[str, int] = {}  # SUBSCRIBEs sent, confirmation not read yet
         self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -252,10 +245,8 @@ class RedisBroker(Broker):
 
     # ---- life cycle ----------------------------------------------------------------------
 
-    async def start(self, deliver: Deliver, load_call: CallLoader) -> None:
+    async def _open(self) -> None:
         """Connect, or fail fast with a clear error: a node that cannot reach Redis cannot serve."""
-        self._deliver = deliver
-        self._load_call = load_call
         await self._command(self._redis.ping())
         self._tasks = [
             asyncio.create_task(self._subscriber_forever(), name="redis-broker-subscriber"),
@@ -352,8 +343,8 @@ class RedisBroker(Broker):
             if outcome in ("events", "live"):
                 index = int(reply[1])
                 if outcome == "events":
-                    raise events_exceeded(self._quotas.events_per_call, events[index].call_id, index)
-                raise live_calls_exceeded(self._quotas.live_calls, events[index].call_id, index)
+                    raise self._quotas.events_exceeded(events[index].call_id, index)
+                raise self._quotas.live_calls_exceeded(events[index].call_id, index)
             ts = int(reply[1])
             return [
                 Event(
@@ -385,7 +376,7 @@ class RedisBroker(Broker):
         """Cluster-wide: the account's sockets on every node that is alive (`SocketCounter`)."""
         limit = self._quotas.sockets
         if limit and not await self._sockets.acquire(account, limit):
-            raise sockets_exceeded(limit)
+            raise self._quotas.sockets_exceeded()
 
     async def release_socket(self, account: str) -> None:
         if self._quotas.sockets:

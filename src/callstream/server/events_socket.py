@@ -25,8 +25,8 @@ from callstream.auth import AuthError, Principal
 from callstream.broker import BrokerUnavailableError, QuotaExceededError
 from callstream.events import ENDED, Event, text_frame
 from callstream.hub import Subscription
+from callstream.limits import TokenBucket
 from callstream.outbox import Outbox
-from callstream.ratelimit import TokenBucket
 from callstream.server.deps import credential_of, limits_of, retry_after_header, runtime_of
 from callstream.server.runtime import Runtime
 from callstream.server.transport import FRAME_WRITER, URGENT, FrameWriter, frame_payload
@@ -403,11 +403,10 @@ class EventsConnection:
         self.send(p.error_message(code, message, call_id))
 
     async def _handle(self, text: str) -> None:
-        if not self.bucket.allow():
+        if wait_s := self.bucket.take():
             if self.bucket.refused_in_a_row > self.bucket.burst:
                 await self.terminate(p.CLOSE_POLICY, p.RATE_LIMITED, "too many messages: closing")
                 return
-            wait_s = self.bucket.retry_after_s()
             metrics.CLIENT_ERRORS.labels(p.RATE_LIMITED).inc()
             self.send(rate_limited_message(f"too many messages; retry in {int(wait_s * 1000) + 1} ms", wait_s))
             return

@@ -114,6 +114,17 @@ class _ReceiveQueue(Generic[T]):
         return self._items.pop(0)
 
 
+def _then(method: Callable[..., None], after: Callable[[Any], None]) -> Callable[..., None]:
+    """uvicorn's `method`, then `after`: how the protocol hears of what uvicorn does itself."""
+
+    @functools.wraps(method)
+    def hook(self: Any, *args: Any) -> None:
+        method(self, *args)
+        after(self)
+
+    return hook
+
+
 class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.on_change: Callable[[], None] | None = None
@@ -155,13 +166,10 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.on_change is not None:
             self.on_change()
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._changed()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._changed()
+    pause_writing = _then(WebSocketsSansIOProtocol.pause_writing, _changed)
+    resume_writing = _then(WebSocketsSansIOProtocol.resume_writing, _changed)
+    handle_close = _then(WebSocketsSansIOProtocol.handle_close, _changed)
+    shutdown = _then(WebSocketsSansIOProtocol.shutdown, _changed)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.send_now = None  # the descriptor is closed once this returns (and `_changed` drops it)
@@ -171,17 +179,12 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
     # uvicorn writes to the transport itself on these paths (a pong, a keepalive ping, a close,
     # an ASGI send): should the socket not take it all, direct sends stop until it is out.
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self._after_transport_write()
-
-    def send_keepalive_ping(self) -> None:
-        super().send_keepalive_ping()
-        self._after_transport_write()
-
     def _after_transport_write(self) -> None:
         if self.send_now is not None and self.transport.get_write_buffer_size():
             self._changed()
+
+    data_received = _then(WebSocketsSansIOProtocol.data_received, _after_transport_write)
+    send_keepalive_ping = _then(WebSocketsSansIOProtocol.send_keepalive_ping, _after_transport_write)
 
     def open_send_now(self) -> None:
         """Offer `send_now` from here on (over TLS there is none to offer)."""
@@ -193,14 +196,6 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
         if raw is None:
             return
         self.send_now = functools.partial(os.write, raw.fileno())
-
-    def handle_close(self, event: Any) -> None:
-        super().handle_close(event)
-        self._changed()
-
-    def shutdown(self) -> None:
-        super().shutdown()
-        self._changed()
 
     # ---- frames ------------------------------------------------------------------------------
 

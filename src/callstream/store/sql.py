@@ -16,7 +16,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import chain
 from typing import Any
 
@@ -120,19 +120,12 @@ class CallRecord:
     sentiment_n: int = 0  # how many finals had a score
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "call_id": self.call_id,
-            "status": self.status,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "duration_ms": self.duration_ms,
-            "end_status": self.end_status,
-            "reason": self.reason,
-            "last_seq": self.last_seq,
-            "sentiment": None
-            if self.sentiment is None
-            else {"score": self.sentiment, "label": label_for(self.sentiment), "n": self.sentiment_n},
-        }
+        """Every field, the sentiment as its score, label and count (None before any score)."""
+        body = asdict(self)
+        n = body.pop("sentiment_n")
+        if self.sentiment is not None:
+            body["sentiment"] = {"score": self.sentiment, "label": label_for(self.sentiment), "n": n}
+        return body
 
 
 async def read_events(

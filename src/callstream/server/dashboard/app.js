@@ -372,25 +372,34 @@ function renderList() {
   const shown = ui.showEnded ? [...live, ...ended] : live;
   $("live-count").textContent = String(live.length);
   $("list-empty").hidden = shown.length > 0;
-  const list = $("call-list");
-  const keep = new Set(shown.map((c) => c.id));
-  for (const [id, li] of rows) if (!keep.has(id)) { li.remove(); rows.delete(id); }
-  for (const c of shown) {
-    let li = rows.get(c.id);
-    if (!li) {
-      li = buildRow(c);
-      rows.set(c.id, li);
-    }
+  syncKeyed($("call-list"), rows, shown, buildRow, (li, c) => {
     if (dirty.has(c.id) || !li.isConnected) updateRow(li, c);
-  }
-  // Reorder only when the order changed, and keep keyboard focus where it was.
-  const current = [...list.children];
-  if (current.length !== shown.length || shown.some((c, i) => current[i] !== rows.get(c.id))) {
-    const focused = document.activeElement;
-    list.replaceChildren(...shown.map((c) => rows.get(c.id)));
-    if (focused && list.contains(focused)) focused.focus({ preventScroll: true });
-  }
+  });
   syncRovingTabindex();
+}
+
+// One element per call of `shown`, in its order, inside `parent`: `els` (call id → element)
+// keeps them across renders; `build` makes a missing one, `refresh(el, call, built)` brings one
+// up to date. Elements of calls no longer shown go. The children are reordered only when the
+// order changed, and keyboard focus stays where it was.
+function syncKeyed(parent, els, shown, build, refresh) {
+  const keep = new Set(shown.map((c) => c.id));
+  for (const [id, el] of els) if (!keep.has(id)) { el.remove(); els.delete(id); }
+  for (const c of shown) {
+    let el = els.get(c.id);
+    const built = !el;
+    if (built) {
+      el = build(c);
+      els.set(c.id, el);
+    }
+    refresh(el, c, built);
+  }
+  const current = [...parent.children];
+  if (current.length !== shown.length || shown.some((c, i) => current[i] !== els.get(c.id))) {
+    const focused = document.activeElement;
+    parent.replaceChildren(...shown.map((c) => els.get(c.id)));
+    if (focused && parent.contains(focused)) focused.focus({ preventScroll: true });
+  }
 }
 
 function buildRow(c) {
@@ -598,41 +607,33 @@ function renderCampaign() {
   const score = (c) => (sents.get(c.id) ? sents.get(c.id).score : 0);
   const order = [...live.sort((a, b) => score(a) - score(b)), ...ended.slice(0, 12)];
   $("campaign-empty").hidden = order.length > 0;
-  const grid = $("campaign-grid");
-  const keep = new Set(order.map((c) => c.id));
-  for (const [id, li] of cards) if (!keep.has(id)) { li.remove(); cards.delete(id); }
-  for (const c of order) {
-    let li = cards.get(c.id);
-    if (li && !cardDirty.has(c.id)) continue;
-    if (!li) {
-      const btn = h("button", { class: "card", type: "button" });
-      btn.addEventListener("click", () => { setView("calls"); select(c.id); });
-      li = h("li", { "data-call-id": c.id }, btn);
-      cards.set(c.id, li);
-    }
-    const sent = sents.get(c.id);
-    const btn = li.firstChild;
-    btn.className = `card ${c.status === "ended" ? "ended" : ""} ${sent ? sent.label : ""}`;
-    btn.setAttribute("aria-label", `Call ${c.id}, ${statusText(c)}, sentiment ${sent ? sent.label : "unknown"}. Listen in.`);
-    btn.replaceChildren(
-      h("div", { class: "card-top" },
-        h("span", { class: `status-dot ${statusClass(c)}`, "aria-hidden": "true" }),
-        h("span", { class: "cid", text: c.id }),
-        h("span", { class: "dur", "data-dur": c.id, text: fmtDuration(durationOf(c)) })),
-      h("div", { class: "card-mid" },
-        h("div", {}, chip(sent), h("div", { class: "card-state" }, c.status === "ended"
-          ? h("span", { class: `badge ${statusClass(c)}`, text: statusText(c) })
-          : agentEl(h("span", { class: "agent" }), c.agentState))),
-        sparkline(sent, 120, 36)),
-      h("p", { class: "snippet", text: c.lastText ? `“${c.lastText}”` : "Waiting for speech…" }));
-  }
+  syncKeyed($("campaign-grid"), cards, order, buildCard, (li, c, built) => {
+    if (built || cardDirty.has(c.id)) updateCard(li, c, sents.get(c.id));
+  });
   cardDirty.clear();
-  const current = [...grid.children];
-  if (current.length !== order.length || order.some((c, i) => current[i] !== cards.get(c.id))) {
-    const focused = document.activeElement;
-    grid.replaceChildren(...order.map((c) => cards.get(c.id)));
-    if (focused && grid.contains(focused)) focused.focus({ preventScroll: true });
-  }
+}
+
+function buildCard(c) {
+  const btn = h("button", { class: "card", type: "button" });
+  btn.addEventListener("click", () => { setView("calls"); select(c.id); });
+  return h("li", { "data-call-id": c.id }, btn);
+}
+
+function updateCard(li, c, sent) {
+  const btn = li.firstChild;
+  btn.className = `card ${c.status === "ended" ? "ended" : ""} ${sent ? sent.label : ""}`;
+  btn.setAttribute("aria-label", `Call ${c.id}, ${statusText(c)}, sentiment ${sent ? sent.label : "unknown"}. Listen in.`);
+  btn.replaceChildren(
+    h("div", { class: "card-top" },
+      h("span", { class: `status-dot ${statusClass(c)}`, "aria-hidden": "true" }),
+      h("span", { class: "cid", text: c.id }),
+      h("span", { class: "dur", "data-dur": c.id, text: fmtDuration(durationOf(c)) })),
+    h("div", { class: "card-mid" },
+      h("div", {}, chip(sent), h("div", { class: "card-state" }, c.status === "ended"
+        ? h("span", { class: `badge ${statusClass(c)}`, text: statusText(c) })
+        : agentEl(h("span", { class: "agent" }), c.agentState))),
+      sparkline(sent, 120, 36)),
+    h("p", { class: "snippet", text: c.lastText ? `“${c.lastText}”` : "Waiting for speech…" }));
 }
 
 // Durations tick once a second without re-rendering rows.

@@ -1,0 +1,93 @@
+"""What every `callstream` command shares: the consoles, the options, settings, the store, the API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+
+from callstream.settings import Settings, ValidationError, describe_errors
+
+if TYPE_CHECKING:  # the store (SQLAlchemy) loads only for the commands that open it
+    from callstream.store import SqlStore
+
+T = TypeVar("T")
+
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+Host = Annotated[str | None, typer.Option(help="interface to bind [env CALLSTREAM_HOST; 127.0.0.1]")]
+Port = Annotated[int | None, typer.Option(help="port [env CALLSTREAM_PORT; 8080; 0 = any free]")]
+DataDir = Annotated[
+    str | None, typer.Option(help="where the embedded SQLite store lives [env CALLSTREAM_DATA_DIR]")
+]
+BrokerUrl = Annotated[str | None, typer.Option("--broker", help="redis://… [env CALLSTREAM_BROKER]")]
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database", help="postgresql://… [env CALLSTREAM_DATABASE]")
+]
+Url = Annotated[str, typer.Option(envvar="CALLSTREAM_URL", help="the server's base URL")]
+Key = Annotated[str, typer.Option(envvar="CALLSTREAM_KEY", help="an API key", show_default=False)]
+AdminKey = Annotated[
+    str, typer.Option(envvar="CALLSTREAM_KEY", help="an API key (admin)", show_default=False)
+]
+Json = Annotated[bool, typer.Option("--json", help="print the API's JSON answer")]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with a one-line error on stderr and exit `code` (2: usage, 1: it failed)."""
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def load_settings(**given: Any) -> Settings:
+    """Settings from the flags given, then CALLSTREAM_* variables, then defaults; clear errors."""
+    try:
+        return Settings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        fail("invalid configuration:\n" + describe_errors(exc, flags=given.keys()))
+
+
+def with_store(data_dir: str | None, database: str | None, work: Callable[[SqlStore], Awaitable[T]]) -> T:
+    """Run `work` on the store the flags name (no writer: another process may be serving it)."""
+    from callstream.store import SqlStore, database_url
+
+    settings = load_settings(data_dir=data_dir, database=database)
+
+    async def main() -> T:
+        store = SqlStore(database_url(settings.database, settings.data_dir))
+        await store.start(writer=False)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def call_api(method: str, url: str, key: str, path: str, body: Any = None, **params: Any) -> Any:
+    """One request to the server's REST API; any HTTP or connection error becomes a one-line
+    message and exit code 1. None for a 204, else the JSON answer."""
+    try:
+        response = httpx.request(
+            method,
+            url.rstrip("/") + path,
+            headers={"authorization": f"Bearer {key}"},
+            json=body,
+            params={k: v for k, v in params.items() if v is not None},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach {url}: {exc}", 1)
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            fail(f"{error['code']}: {error['message']} (HTTP {response.status_code})", 1)
+        except (ValueError, KeyError, TypeError):
+            fail(f"HTTP {response.status_code}: {response.text[:200]}", 1)
+    return None if response.status_code == 204 else response.json()

@@ -1,0 +1,40 @@
+"""`callstream simulate` and `tail`: drive calls into a running server, or follow them live."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from callstream.cli.common import DEFAULT_URL, Key, Url, fail
+
+
+def simulate(
+    key: Key,
+    url: Url = DEFAULT_URL,
+    calls: Annotated[int, typer.Option(min=1, max=100_000, help="concurrent calls")] = 5,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="new calls per second")] = None,
+    speed: Annotated[float, typer.Option(min=0.1, max=1000.0, help="speaking pace multiplier")] = 1.0,
+    duration: Annotated[float | None, typer.Option(min=0.1, help="stop after this many seconds")] = None,
+    seed: Annotated[int | None, typer.Option(help="for reproducible conversations")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no live view")] = False,
+) -> None:
+    """Drive realistic simulated calls into a server."""
+    from callstream.simulate import simulate_command
+
+    simulate_command(url, key, calls, rate, speed, duration, seed, quiet)
+
+
+def tail(
+    key: Key,
+    call_ids: Annotated[list[str] | None, typer.Argument(help="call ids to follow")] = None,
+    url: Url = DEFAULT_URL,
+    all_calls: Annotated[bool, typer.Option("--all", help="every call of the account")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="NDJSON, one event a line")] = False,
+) -> None:
+    """Live transcript in the terminal."""
+    from callstream.tail import tail_command
+
+    if not call_ids and not all_calls:
+        fail("name call ids or pass --all")
+    tail_command(url, key, ["*"] if all_calls else list(call_ids or []), as_json)

@@ -1,0 +1,138 @@
+"""`callstream serve`, `demo` and `migrate`: run the service, or bring its schema up to date."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from callstream.cli.common import (
+    BrokerUrl,
+    DatabaseUrl,
+    DataDir,
+    Host,
+    Port,
+    console,
+    load_settings,
+    with_store,
+)
+
+if TYPE_CHECKING:
+    from callstream.store import SqlStore
+
+
+def serve(
+    host: Host = None,
+    port: Port = None,
+    data_dir: DataDir = None,
+    broker: BrokerUrl = None,
+    database: DatabaseUrl = None,
+    allowed_origins: Annotated[
+        str | None, typer.Option(help="comma-separated Origin allow-list for /v1/events")
+    ] = None,
+    webhooks_allow_private: Annotated[
+        bool | None, typer.Option("--webhooks-allow-private", help="allow webhook URLs on private networks")
+    ] = None,
+    sentiment: Annotated[bool | None, typer.Option("--sentiment/--no-sentiment")] = None,
+    log_level: Annotated[str | None, typer.Option(help="critical|error|warning|info|debug")] = None,
+    metrics_token: Annotated[
+        str | None,
+        typer.Option(help="require `Authorization: Bearer <it>` on /metrics [env CALLSTREAM_METRICS_TOKEN]"),
+    ] = None,
+    dashboard_account: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CALLSTREAM_DASHBOARD_ACCOUNT", help="print a one-time dashboard login link for it"
+        ),
+    ] = None,
+) -> None:
+    """Run the service (embedded default: in-process broker + SQLite under --data-dir)."""
+    from callstream.server.serve import DrainingServer, bound_port, configure_logging, run_forever
+    from callstream.server.serve import serve as run
+
+    settings = load_settings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        broker=broker,
+        database=database,
+        allowed_origins=_allowed_origins(allowed_origins),
+        webhooks_allow_private=webhooks_allow_private,
+        sentiment=sentiment,
+        log_level=log_level,
+        metrics_token=metrics_token,
+    )
+    configure_logging(settings.log_level)
+
+    async def ready(server: DrainingServer) -> None:
+        base = settings.public_url or f"http://{settings.host}:{bound_port(server)}"
+        console.print(f"callstream listening on {base}  (docs: {base}/docs)", soft_wrap=True)
+        account = dashboard_account or await _only_account(server.runtime.store)
+        if account:  # as Jupyter does: a one-time link, so the browser never sees an API key
+            code = await server.runtime.store.create_login_code(account)
+            console.print(f"dashboard for {account} (one-time link): {base}/?login={code}", soft_wrap=True)
+        else:
+            console.print(f"dashboard: {base}/ (a login link: callstream login --account A)", soft_wrap=True)
+
+    run_forever(run(settings, ready))
+
+
+def demo(
+    host: Host = None,
+    port: Port = None,
+    data_dir: DataDir = None,
+    calls: Annotated[int, typer.Option(help="concurrent simulated calls")] = 6,
+    speed: Annotated[float, typer.Option(help="speaking pace; 2 = twice as fast")] = 1.0,
+) -> None:
+    """`serve` plus a demo account, simulated live calls, and the dashboard's URL."""
+    from callstream.server.serve import DrainingServer, bound_port, configure_logging, run_forever
+    from callstream.server.serve import serve as run
+    from callstream.simulate import run_simulation
+
+    data_dir = (
+        data_dir or os.environ.get("CALLSTREAM_DATA_DIR") or tempfile.mkdtemp(prefix="callstream-demo-")
+    )
+    settings = load_settings(host=host, port=port, data_dir=data_dir, webhooks_allow_private=True)
+    configure_logging("warning")
+
+    async def ready(server: DrainingServer) -> None:
+        base = f"http://{settings.host}:{bound_port(server)}"
+        store = server.runtime.store
+        _, key = await store.create_key("demo", frozenset({"publish", "subscribe", "admin"}), name="demo")
+        code = await store.create_login_code("demo", ttl_s=24 * 3600)
+        console.rule("[bold]callstream demo")
+        console.print(f"dashboard (one-time login link): [bold cyan]{base}/?login={code}[/]")
+        console.print(f"API docs: {base}/docs    data: {data_dir}")
+        console.print(f"demo API key (account 'demo'): {key}")
+        console.print(f"try: callstream tail --url {base} --key {key} --all")
+        console.print(f"simulating {calls} concurrent calls; Ctrl-C to stop")
+        server.companions.append(
+            asyncio.create_task(
+                run_simulation(
+                    base, key, calls=calls, rate=None, speed=speed, duration=None, seed=None, on_progress=None
+                )
+            )
+        )
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_forever(run(settings, ready))
+
+
+def migrate(data_dir: DataDir = None, database: DatabaseUrl = None) -> None:
+    """Bring the database schema up to date (also done on start)."""
+    with_store(data_dir, database, lambda s: asyncio.sleep(0))
+    console.print("schema is up to date")
+
+
+def _allowed_origins(value: str | None) -> list[str] | None:
+    return None if value is None else [o.strip() for o in value.split(",") if o.strip()]
+
+
+async def _only_account(store: SqlStore) -> str | None:
+    """The account to open the dashboard for when there is no doubt: the store has just one."""
+    accounts = {k.account for k in await store.list_keys() if k.revoked_at is None}
+    return accounts.pop() if len(accounts) == 1 else None

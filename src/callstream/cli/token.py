@@ -1,0 +1,25 @@
+"""`callstream token`: a short-lived browser JWT, minted by the server (it holds the signing secret)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from callstream.cli.common import DEFAULT_URL, Key, Url, call_api
+
+
+def token(
+    key: Key,
+    url: Url = DEFAULT_URL,
+    ttl: Annotated[int | None, typer.Option(help="lifetime in seconds (max 86400)")] = None,
+    calls: Annotated[str | None, typer.Option(help="comma-separated call ids it may see")] = None,
+) -> None:
+    """Mint a short-lived browser JWT from an API key (asks the server: it holds the secret)."""
+    body: dict[str, Any] = {}
+    if ttl is not None:
+        body["ttl_s"] = ttl
+    if calls:
+        body["calls"] = [c.strip() for c in calls.split(",") if c.strip()]
+    sys.stdout.write(call_api("POST", url, key, "/v1/tokens", body)["token"] + "\n")
