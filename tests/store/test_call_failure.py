@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from callstream.store import CallFailedError, SqlStore
-from callstream.store.sqlite_process import quarantine_path
+from callstream.store.fold_process import quarantine_path
 from tests.store.test_store_contract import event
 
 SQLITE_TRIGGER = (

@@ -17,10 +17,9 @@ import pytest
 from callstream.store import SqlStore, StoreUnavailableError
 from callstream.store import sql as sql_module
 from callstream.store.chunks import by_call
-from callstream.store.event_log import LogRow, log_rows
-from callstream.store.journal import EventJournal
-from callstream.store.sqlite_process import read_records
-from tests.store.test_event_log import logged_rows
+from callstream.store.fold_process import read_records
+from callstream.store.journal import EventJournal, JournalRow, journal_rows
+from tests.store.test_journal_rows import logged_rows
 from tests.store.test_store_contract import event
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,8 +29,8 @@ def journal_files(db_path: Path) -> list[Path]:
     return sorted(db_path.parent.glob(db_path.name + "-events.*"))
 
 
-def rows_for(*seqs: int) -> list[LogRow]:
-    rows = log_rows(by_call([event("acme", "c1", seq) for seq in seqs]))
+def rows_for(*seqs: int) -> list[JournalRow]:
+    rows = journal_rows(by_call([event("acme", "c1", seq) for seq in seqs]))
     assert rows is not None
     return rows
 

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from callstream.events import FINAL, PARTIAL, Event
-from callstream.store.sqlite_process import CHUNK_COLUMNS, MAX_CHUNK_EVENTS
+from callstream.store.rows import CHUNK_COLUMNS, MAX_CHUNK_EVENTS
 
 __all__ = [
     "CHUNK_COLUMNS", "MAX_CHUNK_EVENTS", "CallEvents", "ChunkRow", "StoredEvent", "by_call", "chunk_rows", "events_in",

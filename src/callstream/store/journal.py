@@ -5,13 +5,13 @@ subscriber waits for that commit. Through the writer process each such commit co
 round trips, a SQLite transaction and the context switches between them, on the core the
 fan-out runs on (bench/README.md, diag-no-store-fanout: the store was a fifth of that core at 60k
 deliveries/s). Here a commit (any that ends no call) is one `write` of its rows
-(`event_log.log_rows`) to an append-only file next to the database: the events are in the OS's
+(`journal_rows`) to an append-only file next to the database: the events are in the OS's
 page cache when it returns, which is what SQLite's WAL with `synchronous=NORMAL` promises too (a
 process crash loses nothing; an OS crash may lose the last commits, and a torn last record is
 dropped by its CRC).
 
 About once a second, and before anything reads calls or events, `SqlStore` folds the journal's
-files into the database in one transaction of the writer process (`sqlite_writer.Fold`), which
+files into the database in one transaction of the writer process (`fold.Fold`), which
 reads them itself (the node keeps no rows in memory), then deletes them. A fold starts a new file
 first, so commits go on while it runs. A node that died leaves its files behind; the next node
 folds them before its first read. The fold's transaction records each file it folded (`meta`:
@@ -31,11 +31,29 @@ import zlib
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import orjson
 
-from callstream.store.event_log import LogRow
-from callstream.store.sqlite_process import RECORD
+from callstream.events import ENDED, FINAL, PARTIAL
+from callstream.store.chunks import CallEvents, sentiment_score
+from callstream.store.fold_process import RECORD
+
+FOLD_EVERY_S: Final = 1.0
+# Or sooner, once the journal holds this many rows: a fold's transaction grows with its rows, and
+# a node pinned to one core waits for it (bench.sqlite_floor --calls 4 --per-call 1: ~2 µs a row).
+FOLD_AT_ROWS: Final = 2000
+# A commit waits for the fold in flight once the journal holds this much not folded yet: a node
+# taking events faster than its writer process files them slows its producers down (their acks
+# wait) instead of piling up a journal that every read would then have to wait for.
+JOURNAL_MAX_BYTES: Final = 64 * 1024 * 1024
+
+# A journal row: one call's events of one commit, with what its calls row needs.
+JOURNAL_COLUMNS: Final = (
+    "account", "call_id", "first_seq", "last_seq", "events", "call_last_seq", "started_at", "sentiment_sum",
+    "sentiment_n",
+)
+JournalRow = tuple[str, str, int | None, int | None, str, int, int, float, int]
 
 MARKER_PREFIX = "journal:"  # + the file's name after `<database>-events.`: a `meta` key
 
@@ -110,7 +128,7 @@ class EventJournal:
         found = prefix.parent.glob(prefix.name + "*.*")
         return sorted(str(path) for path in found if path.name.rsplit("-events.", 1)[1].count(".") == 1)
 
-    def append(self, rows: Sequence[LogRow]) -> None:
+    def append(self, rows: Sequence[JournalRow]) -> None:
         """Journal a commit's rows: once this returns they survive the node's crash. Raises
         OSError (the disk is full, …) and then holds none of them."""
         body = orjson.dumps(rows)
@@ -160,3 +178,32 @@ class EventJournal:
         found = JournalFile(path, fd)
         self._files.append(found)
         return found
+
+
+def journal_rows(grouped: CallEvents) -> list[JournalRow] | None:
+    """One row per call of the commit (`chunks.by_call`): its stored frames as one array and what
+    the fold merges into its calls row (`rows.CALL_COLUMNS`), built in one pass over the events.
+    None if an event ends a call: such commits take the SQLAlchemy path, whose hooks write the
+    webhook outbox in the same transaction."""
+    rows: list[JournalRow] = []
+    for (account, call_id), held in grouped.items():
+        frames: list[str] = []
+        first_seq = last_seq = None  # of the stored events; None for partials only (the seq still moved on)
+        score_sum, score_n = 0.0, 0
+        for event in held:
+            kind = event.type
+            if kind == PARTIAL:
+                continue
+            if kind == ENDED:
+                return None
+            if first_seq is None:
+                first_seq = event.seq
+            last_seq = event.seq
+            frames.append(event.frame)
+            if kind == FINAL and (score := sentiment_score(event)) is not None:
+                score_sum += score
+                score_n += 1
+        rows.append((
+            account, call_id, first_seq, last_seq, f"[{','.join(frames)}]", held[-1].seq, held[0].ts, score_sum, score_n,
+        ))
+    return rows

@@ -18,22 +18,22 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from callstream.store.chunks import ChunkRow
+from callstream.store.rows import calls_upsert_sql
 
-_COMMIT = """
+_COMMIT = calls_upsert_sql(
+    "postgresql",
+    """
 WITH chunks AS (
     INSERT INTO event_chunks (account, call_id, first_seq, last_seq, events)
     SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::bigint[], $4::bigint[], $5::text[])
     ON CONFLICT (account, call_id, last_seq) DO NOTHING
 )
-INSERT INTO calls AS c (account, call_id, status, started_at, last_seq, sentiment_sum, sentiment_n)
+INSERT INTO calls (account, call_id, status, started_at, last_seq, sentiment_sum, sentiment_n)
 SELECT account, call_id, 'live', started_at, last_seq, sentiment_sum, sentiment_n
 FROM unnest($6::varchar[], $7::varchar[], $8::bigint[], $9::bigint[], $10::float8[], $11::int[])
     AS u (account, call_id, started_at, last_seq, sentiment_sum, sentiment_n)
-ON CONFLICT (account, call_id) DO UPDATE SET
-    last_seq = greatest(c.last_seq, excluded.last_seq),
-    sentiment_sum = c.sentiment_sum + excluded.sentiment_sum,
-    sentiment_n = c.sentiment_n + excluded.sentiment_n
-"""
+""",
+)
 
 
 def columns(chunks: list[ChunkRow], calls: list[dict[str, Any]]) -> list[list[Any]]:

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from callstream.events import ENDED, CallState, Event
 from callstream.sentiment import label_for
-from callstream.store import sqlite_process
+from callstream.store import fold_process, rows
 from callstream.store import tables as t
 from callstream.store.chunks import (
     CHUNK_COLUMNS,
@@ -38,10 +38,16 @@ from callstream.store.chunks import (
     events_in,
     sentiment_score,
 )
-from callstream.store.event_log import FOLD_AT_ROWS, FOLD_EVERY_S, JOURNAL_MAX_BYTES, log_rows
-from callstream.store.journal import MARKER_PREFIX, EventJournal
+from callstream.store.fold import Fold, FoldError, JournalFolder
+from callstream.store.journal import (
+    FOLD_AT_ROWS,
+    FOLD_EVERY_S,
+    JOURNAL_MAX_BYTES,
+    MARKER_PREFIX,
+    EventJournal,
+    journal_rows,
+)
 from callstream.store.pg_writer import PgEventWriter
-from callstream.store.sqlite_writer import Fold, SqliteEventWriter, StoreWriterError
 
 log = logging.getLogger("callstream.store")
 
@@ -212,16 +218,13 @@ class SqlStore:
         self._waiting_since: float | None = None  # the oldest write not committed yet
         self._fold_failing_since: float | None = None
         # SQLite: the event writer's batches go to the node's journal (store/journal.py, opened by
-        # `start` for a node's writer) until its writer process (SqliteEventWriter) folds them;
+        # `start` for a node's writer) until the fold process (`fold.JournalFolder`) files them;
         # batches that end a call keep the SQLAlchemy path, whose hooks write the webhook outbox.
-        # The log table's state at start is unknown (a crash of an earlier version may have left
-        # rows), hence dirty until the first fold.
         path = url.split(":///", 1)[1] if self.dialect == "sqlite" and ":///" in url else ""
-        self._direct = SqliteEventWriter(path) if path and path != ":memory:" else None
+        self._journal_folder = JournalFolder(path) if path and path != ":memory:" else None
         # PostgreSQL: those batches go out as one statement on a connection of the writer's own.
         self._pg = PgEventWriter(self.engine) if self.dialect == "postgresql" else None
         self._journal: EventJournal | None = None
-        self._log_dirty = self._direct is not None
         self._background_fold: asyncio.Task[None] | None = None
         self._forget: list[str] = []  # markers of folded journal files since deleted
         self._folder: asyncio.Task[None] | None = None
@@ -236,7 +239,7 @@ class SqlStore:
             @sa.event.listens_for(engine.sync_engine, "connect")
             def _pragmas(dbapi_conn: Any, _record: Any) -> None:
                 cursor = dbapi_conn.cursor()
-                for pragma in sqlite_process.PRAGMAS:
+                for pragma in fold_process.PRAGMAS:
                     cursor.execute(pragma)
                 cursor.close()
 
@@ -250,20 +253,20 @@ class SqlStore:
 
         await upgrade(self.engine)
         if writer:
-            if self._direct is not None:
+            if self._journal_folder is not None:
                 await self._open_journal()
             self._writer = asyncio.create_task(self._write_forever(), name="store-writer")
-            if self._direct is not None:
+            if self._journal_folder is not None:
                 self._folder = asyncio.create_task(self._fold_forever(), name="store-folder")
 
     async def _open_journal(self) -> None:
         """The node's journal, with the files nodes that died before left (folded before the
         first read); markers of folds whose files are gone are forgotten by the next fold."""
-        assert self._direct is not None
+        assert self._journal_folder is not None
         async with self.engine.connect() as conn:
             query = sa.select(t.meta.c.key).where(t.meta.c.key.startswith(MARKER_PREFIX))
             markers = set((await conn.execute(query)).scalars())
-        journal = self._journal = EventJournal(self._direct.path)
+        journal = self._journal = EventJournal(self._journal_folder.path)
         if recovered := journal.recover(markers):
             log.info("the event journal holds %d files a node left behind; they are folded first", recovered)
         self._forget.extend(markers - journal.markers_on_disk())
@@ -281,11 +284,11 @@ class SqlStore:
         if self._background_fold is not None:
             await self._background_fold  # it logs its own failure
         with contextlib.suppress(Exception):  # else the next start folds it
-            await self._fold_log()
+            await self._fold_journal()
         if self._journal is not None:
             self._journal.close()
-        if self._direct is not None:
-            await self._direct.close()
+        if self._journal_folder is not None:
+            await self._journal_folder.close()
         if self._pg is not None:
             await self._pg.close()
         # Let look-ups in flight answer their waiters before the engine goes.
@@ -437,7 +440,7 @@ class SqlStore:
 
     async def _look_up(self, wanted: dict[tuple[str, str], asyncio.Future[CallState | None]]) -> None:
         try:
-            await self._fold_log()  # a call's last seq may be in the log (a restart must not reuse it)
+            await self._fold_journal()  # a call's last seq may be in the log (a restart must not reuse it)
         except Exception as exc:
             for future in wanted.values():
                 if not future.done():
@@ -490,7 +493,7 @@ class SqlStore:
         )
 
     async def get_call(self, account: str, call_id: str) -> CallRecord | None:
-        await self._fold_log()
+        await self._fold_journal()
         query = sa.select(t.calls).where(t.calls.c.account == account, t.calls.c.call_id == call_id)
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
@@ -506,7 +509,7 @@ class SqlStore:
         call_ids: frozenset[str] | None = None,
     ) -> tuple[list[CallRecord], str | None]:
         """Newest first; the cursor is opaque to users and names the last row returned."""
-        await self._fold_log()
+        await self._fold_journal()
         c = t.calls.c
         query = sa.select(t.calls).where(c.account == account)
         if status is not None:
@@ -534,7 +537,7 @@ class SqlStore:
         until: int | None = None,
         types: Sequence[str] | None = None,
     ) -> list[StoredEvent]:
-        await self._fold_log()
+        await self._fold_journal()
         async with self.engine.connect() as conn:
             return await read_events(conn, account, call_id, since, until, types)
 
@@ -542,7 +545,7 @@ class SqlStore:
         self, account: str, call_id: str, since: int, limit: int, until: int | None = None
     ) -> tuple[list[StoredEvent], bool]:
         """One page of a call's stored events (`read_page`): at most `limit`, and whether more follow."""
-        await self._fold_log()
+        await self._fold_journal()
         async with self.engine.connect() as conn:
             return await read_page(conn, account, call_id, since, limit, until)
 
@@ -643,22 +646,22 @@ class SqlStore:
         return True
 
     def _fold_needed(self) -> bool:
-        return self._log_dirty or (self._journal is not None and self._journal.holds_any)
+        return self._journal is not None and self._journal.holds_any
 
-    async def _fold_log(self) -> None:
-        """File the journal and the log (`event_log.FOLD`), if anything may be in them: before
-        every read, so reads see every committed event.
+    async def _fold_journal(self) -> None:
+        """File the journal, if anything may be in it: before every read, so reads see every
+        committed event.
 
         Folds run beside the writer's commits: the journal takes appends in a new file meanwhile,
         so the fan-out never waits for a fold, and the writer process runs transactions one at a
         time in the order they were asked for, so a read's fold also waits for any fold in
         flight before it."""
-        if self._direct is None or not self._fold_needed():
+        if self._journal_folder is None or not self._fold_needed():
             return
         try:
-            await self._folding(self._direct)
-        except StoreWriterError as exc:
-            raise StoreUnavailableError(f"the store could not fold its event log: {exc}") from exc
+            await self._folding(self._journal_folder)
+        except FoldError as exc:
+            raise StoreUnavailableError(f"the store could not fold its journal: {exc}") from exc
 
     def _fold_soon(self) -> asyncio.Task[None]:
         """Start a fold unless one started this way is still running (every second, and when the
@@ -669,19 +672,19 @@ class SqlStore:
 
     async def _fold_quietly(self) -> None:
         try:
-            await self._fold_log()
+            await self._fold_journal()
         except Exception as exc:  # the journal keeps its rows; the next fold tries again
             log.warning("folding the event journal failed: %s", exc.__class__.__name__)
 
-    async def _folding(self, writer: SqliteEventWriter) -> None:
-        """Fold the journal's files (and the log) in one transaction of the writer process: if it
-        fails, the files wait for the next; once it commits, they go."""
+    async def _folding(self, writer: JournalFolder) -> None:
+        """Fold the journal's files in one transaction of the fold process: if it fails, the files
+        wait for the next; once it commits, they go."""
         journal = self._journal
         files = journal.take() if journal is not None else []
         forget, self._forget = self._forget, []
         try:
             failed = await writer.fold(
-                Fold([(f.path, f.size) for f in files], [f.marker for f in files], forget, log_table=self._log_dirty)
+                Fold([(f.path, f.size) for f in files], [f.marker for f in files], forget)
             )
         except BaseException:
             if journal is not None:
@@ -696,7 +699,6 @@ class SqlStore:
         if journal is not None:
             journal.folded(files)
         self._forget.extend(found.marker for found in files)
-        self._log_dirty = False
 
     async def _fold_forever(self) -> None:
         while True:
@@ -731,7 +733,7 @@ class SqlStore:
     async def _commit(self, events: list[Event]) -> None:
         grouped = by_call(events)
         journal = self._journal
-        if journal is not None and (logged := log_rows(grouped)) is not None:  # no call ends in it
+        if journal is not None and (logged := journal_rows(grouped)) is not None:  # no call ends in it
             journal.append(logged)  # durable on return: no round trip
             if journal.unfolded_rows >= FOLD_AT_ROWS:
                 self._fold_soon()
@@ -745,7 +747,7 @@ class SqlStore:
             await self._pg.commit(chunk_rows(grouped), calls)
             self.commits += 1
             return
-        await self._fold_log()  # the hooks below read the call's events and its calls row
+        await self._fold_journal()  # the hooks below read the call's events and its calls row
         rows = [dict(zip(CHUNK_COLUMNS, row, strict=True)) for row in chunk_rows(grouped)]
         async with self.engine.begin() as conn:
             if rows:
@@ -760,21 +762,9 @@ class SqlStore:
     @staticmethod
     def _call_rows(grouped: CallEvents) -> list[dict[str, Any]]:
         """One row per call of the batch (`chunks.by_call`): what the upsert merges into `calls`."""
-        rows: list[dict[str, Any]] = []
+        out: list[dict[str, Any]] = []
         for (account, call_id), held in grouped.items():
-            row: dict[str, Any] = {
-                "account": account,
-                "call_id": call_id,
-                "status": "live",
-                "started_at": held[0].ts,
-                "ended_at": None,
-                "duration_ms": None,
-                "end_status": None,
-                "reason": None,
-                "sentiment_sum": 0.0,
-                "sentiment_n": 0,
-                "last_seq": held[-1].seq,
-            }
+            row = rows.new_call_row(account, call_id, held[0].ts, held[-1].seq)
             for e in held:
                 if e.type == ENDED:
                     row.update(
@@ -787,8 +777,8 @@ class SqlStore:
                 elif (score := sentiment_score(e)) is not None:
                     row["sentiment_sum"] += score
                     row["sentiment_n"] += 1
-            rows.append(row)
-        return rows
+            out.append(row)
+        return out
 
     # Built once: SQLAlchemy memoizes a statement's cache key on the statement object, so a
     # statement rebuilt for every commit paid for its cache key (and the Python around it) every
@@ -799,22 +789,10 @@ class SqlStore:
 
     @functools.cached_property
     def _calls_upsert(self) -> Any:
-        insert = self._insert(t.calls)
-        ex, c = insert.excluded, t.calls.c
-        return insert.on_conflict_do_update(
+        update = rows.calls_update_sql(self.dialect)
+        return self._insert(t.calls).on_conflict_do_update(
             index_elements=["account", "call_id"],
-            set_={
-                "last_seq": sa.func.max(c.last_seq, ex.last_seq)
-                if self.dialect == "sqlite"
-                else sa.func.greatest(c.last_seq, ex.last_seq),
-                "status": sa.case((ex.status == "ended", "ended"), else_=c.status),
-                "ended_at": sa.func.coalesce(ex.ended_at, c.ended_at),
-                "duration_ms": sa.func.coalesce(ex.duration_ms, c.duration_ms),
-                "end_status": sa.func.coalesce(ex.end_status, c.end_status),
-                "reason": sa.func.coalesce(ex.reason, c.reason),
-                "sentiment_sum": c.sentiment_sum + ex.sentiment_sum,
-                "sentiment_n": c.sentiment_n + ex.sentiment_n,
-            },
+            set_={column: sa.literal_column(expr) for column, expr in update.items()},
         )
 
 

@@ -53,22 +53,6 @@ event_chunks = sa.Table(
     sa.Column("events", sa.Text, nullable=False),
 )
 
-# SQLite only: sparse commits' events until the next fold files them into event_chunks and calls
-# (store/event_log.py). No key and no index: its rows are appended in rowid order.
-event_log = sa.Table(
-    "event_log",
-    metadata,
-    sa.Column("account", sa.String(128), nullable=False),
-    sa.Column("call_id", sa.String(128), nullable=False),
-    sa.Column("first_seq", sa.BigInteger),
-    sa.Column("last_seq", sa.BigInteger),
-    sa.Column("events", sa.Text, nullable=False),
-    sa.Column("call_last_seq", sa.BigInteger, nullable=False),
-    sa.Column("started_at", sa.BigInteger, nullable=False),
-    sa.Column("sentiment_sum", sa.Float, nullable=False),
-    sa.Column("sentiment_n", sa.Integer, nullable=False),
-)
-
 meta = sa.Table(
     "meta",
     metadata,

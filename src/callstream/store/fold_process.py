@@ -45,6 +45,16 @@ from typing import Any, BinaryIO, Final
 
 import orjson
 
+if __package__:  # imported by the node
+    from callstream.store import rows
+else:  # run as the fold process: a plain script, beside the module that specs the rows
+    sys.path.append(str(Path(__file__).parent))
+    import rows  # type: ignore[no-redef]
+
+CHUNK_COLUMNS: Final = rows.CHUNK_COLUMNS
+CALL_COLUMNS: Final = rows.CALL_COLUMNS
+MAX_CHUNK_EVENTS: Final = rows.MAX_CHUNK_EVENTS
+
 Statement = tuple[str, list[Any]]
 HEADER = struct.Struct("!I")
 FAILED_CALLS: Final = b"\x00"  # a reply's first byte: committed, but these calls were left out
@@ -87,30 +97,10 @@ def checkpoint_forever(path: str, stop: threading.Event) -> None:
 # A journal record: the body's length and CRC-32, then the body (the rows as a JSON array of arrays).
 RECORD: Final = struct.Struct("!II")
 
-# A read that wants one event decodes its whole chunk; 256 frames (~64 KB) bound that, and a
-# commit of more than 256 events of one call is rare (5,000-event batches over 100 calls are 50).
-MAX_CHUNK_EVENTS: Final = 256
-CHUNK_COLUMNS: Final = ("account", "call_id", "first_seq", "last_seq", "events")  # a chunk row's fields
-CALL_COLUMNS: Final = (
-    "account", "call_id", "status", "started_at", "ended_at", "duration_ms", "end_status", "reason",
-    "last_seq", "sentiment_sum", "sentiment_n",
-)
 _INSERT_CHUNKS = (
     "INSERT INTO event_chunks ({columns}) VALUES {rows} ON CONFLICT (account, call_id, last_seq) DO NOTHING"
 )
-_UPSERT_CALLS = (
-    "INSERT INTO calls ({columns}) VALUES {rows}"
-    " ON CONFLICT (account, call_id) DO UPDATE SET"
-    " last_seq = max(calls.last_seq, excluded.last_seq),"
-    " started_at = min(calls.started_at, excluded.started_at),"
-    " status = CASE WHEN excluded.status = 'ended' THEN 'ended' ELSE calls.status END,"
-    " ended_at = coalesce(excluded.ended_at, calls.ended_at),"
-    " duration_ms = coalesce(excluded.duration_ms, calls.duration_ms),"
-    " end_status = coalesce(excluded.end_status, calls.end_status),"
-    " reason = coalesce(excluded.reason, calls.reason),"
-    " sentiment_sum = calls.sentiment_sum + excluded.sentiment_sum,"
-    " sentiment_n = calls.sentiment_n + excluded.sentiment_n"
-)
+_UPSERT_CALLS = rows.calls_upsert_sql("sqlite", "INSERT INTO calls ({columns}) VALUES {rows}")
 # Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step per statement, where
 # `executemany` steps once per row. Statements of 256, 16 and 1 rows keep the statement cache to
 # three texts per table. Same CPU per row as executemany (bench/sqlite_floor.py measures it);
@@ -119,7 +109,7 @@ _STATEMENT_ROWS = (256, 16, 1)
 
 
 def read_records(path: str, size: int | None = None) -> list[list[Any]]:
-    """A journal file's rows (`event_log.LogRow`'s fields), record by record, up to the end (or
+    """A journal file's rows (`journal.JOURNAL_COLUMNS`), record by record, up to the end (or
     `size` bytes: what the node knows it wrote) or the first torn record."""
     with Path(path).open("rb") as file:
         data = file.read() if size is None else file.read(size)
@@ -135,23 +125,21 @@ def read_records(path: str, size: int | None = None) -> list[list[Any]]:
     return rows
 
 
-def merge_log_rows(rows: Sequence[Sequence[Any]]) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+def merge_journal_rows(journaled: Sequence[Sequence[Any]]) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
     """Journaled rows as one commit: per call its chunks (frames joined, a new chunk once a chunk's
     seqs would span more than `MAX_CHUNK_EVENTS`; reads sort a chunk's events by seq) and one calls
-    row (`SqlStore._call_rows`'s shape), as `event_log.FOLD` does in SQL for the log table."""
+    row (`rows.CALL_COLUMNS`, merged by `rows.merge_call_row`)."""
     chunks: list[tuple[Any, ...]] = []
     open_chunks: dict[tuple[str, str], list[Any]] = {}  # first, last, frames of the call's chunk being filled
-    merged: dict[tuple[str, str], list[Any]] = {}  # call last seq, started at, score sum, score n
-    for account, call_id, first_seq, last_seq, events, call_last_seq, started_at, score_sum, score_n in rows:
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for account, call_id, first_seq, last_seq, events, call_last_seq, started_at, score_sum, score_n in journaled:
         key = (account, call_id)
-        call = merged.get(key)
-        if call is None:
-            merged[key] = [call_last_seq, started_at, score_sum, score_n]
+        row = rows.new_call_row(account, call_id, started_at, call_last_seq)
+        row["sentiment_sum"], row["sentiment_n"] = score_sum, score_n
+        if (call := merged.get(key)) is None:
+            merged[key] = row
         else:
-            call[0] = max(call[0], call_last_seq)
-            call[1] = min(call[1], started_at)
-            call[2] += score_sum
-            call[3] += score_n
+            rows.merge_call_row(call, row)
         if first_seq is None or last_seq is None:
             continue
         chunk = open_chunks.get(key)
@@ -165,13 +153,7 @@ def merge_log_rows(rows: Sequence[Sequence[Any]]) -> tuple[list[tuple[Any, ...]]
             chunk[2].append(events[1:-1])
     for (account, call_id), (first, last, frames) in open_chunks.items():
         chunks.append((account, call_id, first, last, "[" + ",".join(frames) + "]"))
-    calls = [
-        {"account": account, "call_id": call_id, "status": "live", "started_at": started_at, "ended_at": None,
-         "duration_ms": None, "end_status": None, "reason": None, "last_seq": call_last_seq,
-         "sentiment_sum": score_sum, "sentiment_n": score_n}
-        for (account, call_id), (call_last_seq, started_at, score_sum, score_n) in merged.items()
-    ]
-    return chunks, calls
+    return chunks, list(merged.values())
 
 
 @functools.cache
@@ -210,7 +192,7 @@ def fold(
     """File the journal files and run `statements`, in one transaction; the calls left out."""
     rows = [row for path, size in files for row in read_records(path, size)]
     try:
-        run_transaction(db, row_statements(*merge_log_rows(rows)) + statements)
+        run_transaction(db, row_statements(*merge_journal_rows(rows)) + statements)
     except sqlite3.OperationalError:  # locked, full, unreadable: the store's trouble, not a call's
         raise
     except Exception:  # some call's rows: find which, and file the others
@@ -232,7 +214,7 @@ def fold_call_by_call(
     db.execute("BEGIN IMMEDIATE")
     try:
         for (account, call_id), held in by_call.items():
-            error = _in_savepoint(db, row_statements(*merge_log_rows(held)))
+            error = _in_savepoint(db, row_statements(*merge_journal_rows(held)))
             if error is not None:
                 failed.append([account, call_id, f"{type(error).__name__}: {error}"])
                 left_out.extend(held)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from callstream.events import Event
-from callstream.store import SqlStore, StoreUnavailableError, sqlite_process
+from callstream.store import SqlStore, StoreUnavailableError, fold_process
 from tests.store.test_store_contract import event
 
 
@@ -28,7 +28,7 @@ def writer_processes() -> list[int]:
     for pid in pids:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if b"sqlite_process.py" in fh.read():
+                if b"fold_process.py" in fh.read():
                     found.append(pid)
         except FileNotFoundError:  # already reaped
             continue
@@ -82,7 +82,7 @@ async def test_a_writer_that_exits_mid_fold_fails_that_read_only(
         os.kill(pid, signal.SIGKILL)
     quitter = tmp_path / "quitter.py"
     quitter.write_text("import sys\nsys.stdin.buffer.read(1)\n")
-    monkeypatch.setattr(sqlite_process, "__file__", str(quitter))
+    monkeypatch.setattr(fold_process, "__file__", str(quitter))
 
     await store.append(block("c1", 2))
     with pytest.raises(StoreUnavailableError, match="fold"):

@@ -3,7 +3,7 @@
 Only the hot path lives here: the folds of the journal (store/journal.py), which holds every
 commit that ends no call. Everything else, including the batches whose `call.ended` hooks write
 the webhook outbox in the same transaction, keeps the SQLAlchemy path in `sql.py`. The fold's
-statements (`sqlite_process.row_statements`) mirror `SqlStore._commit` and `_calls_upsert`; the
+statements (`fold_process.row_statements`) mirror `SqlStore._commit` and `_calls_upsert`; the
 store contract tests run both.
 """
 
@@ -17,42 +17,38 @@ from dataclasses import dataclass
 
 import orjson
 
-from callstream.store import sqlite_process
-from callstream.store.event_log import FOLD
-from callstream.store.sqlite_process import FailedCall, Statement
+from callstream.store import fold_process
+from callstream.store.fold_process import FailedCall, Statement
 
 # A fold commits which journal files it filed (store/journal.py), and forgets files long deleted.
 _MARK_FOLDED = "INSERT INTO meta (key, value) VALUES (?, '') ON CONFLICT (key) DO NOTHING"
 _FORGET_FOLDED = "DELETE FROM meta WHERE key = ?"
-_FOLD: list[Statement] = [(statement, []) for statement in FOLD]
 
 
 @dataclass(slots=True)
 class Fold:
-    """What a fold files: the journal `files` (path and size: the writer process reads them), the
-    `markers` of those files (`journal.JournalFile.marker`), the `forget` markers of files deleted
-    since, and with `log_table` whatever an earlier version left in the `event_log` table."""
+    """What a fold files: the journal `files` (path and size: the fold process reads them), the
+    `markers` of those files (`journal.JournalFile.marker`) and the `forget` markers of files
+    deleted since."""
 
     files: Sequence[tuple[str, int]] = ()
     markers: Sequence[str] = ()
     forget: Sequence[str] = ()
-    log_table: bool = False
 
     def statements(self) -> list[Statement]:
-        """What the transaction runs after the files' rows: the log table, then the markers."""
+        """What the transaction runs after the files' rows: the markers."""
         return [
-            *(_FOLD if self.log_table else ()),
             *((_MARK_FOLDED, [marker]) for marker in self.markers),
             *((_FORGET_FOLDED, [marker]) for marker in self.forget),
         ]
 
 
-class StoreWriterError(Exception):
+class FoldError(Exception):
     """The writer process refused a transaction (its SQLite error, as text) or went away."""
 
 
-class SqliteEventWriter:
-    """The event writer: a process of its own (`sqlite_process`), one pipe round trip a fold.
+class JournalFolder:
+    """The event writer: a process of its own (`fold_process`), one pipe round trip a fold.
 
     Through SQLAlchemy + aiosqlite a commit took about six thread round trips (begin, insert,
     upsert, commit, …), each waiting for the event loop and for the GIL behind the fan-out, and
@@ -73,19 +69,19 @@ class SqliteEventWriter:
         self._lock = asyncio.Lock()
 
     async def fold(self, fold: Fold) -> list[FailedCall]:
-        """File the journal's files and the log into event_chunks and calls (`event_log.FOLD`);
-        the calls whose rows could not be filed (`sqlite_process.fold`), if any."""
+        """File the journal's files into event_chunks and calls; the calls whose rows could not
+        be filed (`fold_process.fold`), if any."""
         return await self._transaction(list(fold.files), fold.statements())
 
     async def _transaction(self, files: list[tuple[str, int]], statements: list[Statement]) -> list[FailedCall]:
         body = pickle.dumps((files, statements), pickle.HIGHEST_PROTOCOL)
         async with self._lock:
             reply = await self._round_trip(body)
-        if reply.startswith(sqlite_process.FAILED_CALLS):
-            failed: list[FailedCall] = orjson.loads(reply[len(sqlite_process.FAILED_CALLS) :])
+        if reply.startswith(fold_process.FAILED_CALLS):
+            failed: list[FailedCall] = orjson.loads(reply[len(fold_process.FAILED_CALLS) :])
             return failed
         if reply:
-            raise StoreWriterError(reply.decode(errors="replace"))
+            raise FoldError(reply.decode(errors="replace"))
         return []
 
     async def _round_trip(self, body: bytes) -> bytes:
@@ -94,20 +90,20 @@ class SqliteEventWriter:
             # A plain script with -I (isolated): the standard library only, none of the node's
             # environment.
             process = self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-B", sqlite_process.__file__, self.path,
+                sys.executable, "-I", "-B", fold_process.__file__, self.path,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             )
         assert process.stdin is not None
         assert process.stdout is not None
         try:
-            process.stdin.write(sqlite_process.HEADER.pack(len(body)))
+            process.stdin.write(fold_process.HEADER.pack(len(body)))
             process.stdin.write(body)
             await process.stdin.drain()
-            (size,) = sqlite_process.HEADER.unpack(await process.stdout.readexactly(sqlite_process.HEADER.size))
+            (size,) = fold_process.HEADER.unpack(await process.stdout.readexactly(fold_process.HEADER.size))
             return await process.stdout.readexactly(size) if size else b""
         except (OSError, asyncio.IncompleteReadError) as exc:  # the writer died
             await self._stop(grace_s=1)
-            raise StoreWriterError("the writer process exited") from exc
+            raise FoldError("the writer process exited") from exc
         except BaseException:
             # Cancelled between request and reply: the next round trip would read this one's
             # reply, so this writer cannot be trusted again (its transaction commits or not).

@@ -1,4 +1,4 @@
-"""The journal's rows and their fold (store/event_log.py): which commits go there, what a row
+"""The journal's rows and their fold (store/journal.py): which commits go there, what a row
 holds, and that every read, restart and downgrade sees the logged events as if they were chunks."""
 
 from __future__ import annotations
@@ -9,20 +9,17 @@ from pathlib import Path
 
 import orjson
 import pytest
-import sqlalchemy as sa
-from alembic import command
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from callstream.events import Event
-from callstream.store import SqlStore, migrate
+from callstream.store import SqlStore
 from callstream.store.chunks import by_call, chunk_rows
-from callstream.store.event_log import LOG_COLUMNS, LogRow, log_rows
-from callstream.store.sqlite_process import merge_log_rows, read_records
+from callstream.store.fold_process import merge_journal_rows, read_records
+from callstream.store.journal import JOURNAL_COLUMNS, JournalRow, journal_rows
 from tests.store.test_store_contract import event
 
 
-def journaled(batch: list[Event]) -> list[LogRow]:
-    rows = log_rows(by_call(batch))
+def journaled(batch: list[Event]) -> list[JournalRow]:
+    rows = journal_rows(by_call(batch))
     assert rows is not None
     return rows
 
@@ -47,7 +44,7 @@ def test_a_log_row_holds_a_calls_stored_frames_and_what_its_calls_row_needs() ->
         event("acme", "c2", 3, "transcript.partial"),
         event("acme", "c1", 8, "transcript.partial"),
     ]
-    rows = [dict(zip(LOG_COLUMNS, row, strict=True)) for row in journaled(batch)]
+    rows = [dict(zip(JOURNAL_COLUMNS, row, strict=True)) for row in journaled(batch)]
     assert rows == [
         {"account": "acme", "call_id": "c1", "first_seq": 7, "last_seq": 7, "events": f"[{batch[0].frame}]",
          "call_last_seq": 8, "started_at": 7_000, "sentiment_sum": 0.5, "sentiment_n": 1},
@@ -72,7 +69,7 @@ def test_a_log_row_carries_what_the_calls_row_needs_exactly_as_the_chunks_path_d
     ]
     grouped = by_call(batch)
 
-    chunks, calls = merge_log_rows(journaled(batch))
+    chunks, calls = merge_journal_rows(journaled(batch))
 
     assert chunks == chunk_rows(grouped)
     assert calls == SqlStore._call_rows(grouped)
@@ -81,7 +78,7 @@ def test_a_log_row_carries_what_the_calls_row_needs_exactly_as_the_chunks_path_d
 def test_a_commit_that_ends_a_call_is_not_journaled() -> None:
     """Its `call.ended` hooks (webhooks, the outbox) run in the SQLAlchemy transaction."""
     ended = event("acme", "c2", 4, "call.ended", duration_ms=1_000, status="completed")
-    assert log_rows(by_call([event("acme", "c1", 1), ended])) is None
+    assert journal_rows(by_call([event("acme", "c1", 1), ended])) is None
 
 
 @pytest.fixture
@@ -89,19 +86,9 @@ def store(embedded_store: SqlStore) -> SqlStore:
     return embedded_store
 
 
-def leave_in_log(db_path: Path, batch: list[Event]) -> None:
-    """Rows in the log that no fold has filed, written behind the store's back."""
-    insert = f"INSERT INTO event_log ({', '.join(LOG_COLUMNS)}) VALUES ({', '.join('?' * len(LOG_COLUMNS))})"  # noqa: S608
-    with sqlite3.connect(db_path) as db:
-        db.executemany(insert, journaled(batch))
-
-
 def logged_rows(db_path: Path) -> int:
-    """Rows not folded yet: in the node's journal files and in the log table."""
-    journaled = sum(len(read_records(str(path))) for path in db_path.parent.glob(db_path.name + "-events.*"))
-    with sqlite3.connect(db_path) as db:
-        count: int = db.execute("SELECT count(*) FROM event_log").fetchone()[0]
-    return journaled + count
+    """Rows not folded yet: in the node's journal files."""
+    return sum(len(read_records(str(path))) for path in db_path.parent.glob(db_path.name + "-events.*"))
 
 
 async def test_commits_of_one_call_read_back_as_one_history(store: SqlStore, db_path: Path) -> None:
@@ -126,7 +113,7 @@ async def test_commits_of_one_call_read_back_as_one_history(store: SqlStore, db_
     assert sorted(c.call_id for c in calls) == ["c1", "c2", "c3"]
 
 
-async def test_the_log_is_folded_within_seconds_without_a_read(store: SqlStore, db_path: Path) -> None:
+async def test_the_journal_is_folded_within_seconds_without_a_read(store: SqlStore, db_path: Path) -> None:
     await store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
     assert logged_rows(db_path) == 2
     for _ in range(50):
@@ -138,27 +125,7 @@ async def test_the_log_is_folded_within_seconds_without_a_read(store: SqlStore, 
         assert db.execute("SELECT call_id, last_seq FROM calls ORDER BY call_id").fetchall() == [("c1", 1), ("c2", 1)]
 
 
-async def test_a_node_that_died_with_rows_in_the_log_resumes_from_them(db_path: Path) -> None:
-    """The rows a crash left in the log count from the first read on: the call's last seq (a
-    partial's, here) is not handed out again, and its events replay."""
-    first = SqlStore(f"sqlite+aiosqlite:///{db_path}")
-    await first.start(writer=False)
-    await first.close()
-    batch = [event("acme", "c1", 1, "transcript.final"), event("acme", "c1", 2, "transcript.partial")]
-    leave_in_log(db_path, batch)  # what the writer process had committed when the node died
-
-    node = SqlStore(f"sqlite+aiosqlite:///{db_path}")
-    await node.start()
-    try:
-        state = await node.call_state("acme", "c1")
-        assert state is not None
-        assert (state.status, state.last_seq, state.started_at) == ("live", 2, 1_000)
-        assert [e.seq for e in await node.events("acme", "c1")] == [1]
-    finally:
-        await node.close()
-
-
-async def test_a_call_ended_commit_files_the_log_first(store: SqlStore) -> None:
+async def test_a_call_ended_commit_files_the_journal_first(store: SqlStore) -> None:
     """The `call.ended` commit runs the webhook hooks, which read the call's events and row."""
     seen: list[list[int]] = []
 
@@ -173,31 +140,13 @@ async def test_a_call_ended_commit_files_the_log_first(store: SqlStore) -> None:
     assert seen == [[1, 2]]
 
 
-async def test_downgrading_past_the_log_files_what_it_holds(db_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{db_path}"
-    store = SqlStore(url)
-    await store.start(writer=False)
-    await store.close()
-    leave_in_log(db_path, [event("acme", "c1", 1), event("acme", "c1", 2)])
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(lambda sync: command.downgrade(migrate._config(sync), "0003"))
-            tables = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
-            chunks = (await conn.execute(sa.text("SELECT first_seq, last_seq FROM event_chunks"))).all()
-    finally:
-        await engine.dispose()
-    assert "event_log" not in tables
-    assert [tuple(r) for r in chunks] == [(1, 2)]
-
-
 def test_journaled_rows_of_one_call_fold_into_one_chunk_and_one_calls_row() -> None:
     first = [event("acme", "c1", 3, "transcript.final", sentiment={"score": 0.5}), event("acme", "c2", 1)]
     second = [event("acme", "c1", 4, "transcript.partial")]
     third = [event("acme", "c1", 5, "transcript.final", sentiment={"score": -0.25})]
     rows = [row for batch in (first, second, third) for row in journaled(batch)]
 
-    chunks, calls = merge_log_rows(rows)
+    chunks, calls = merge_journal_rows(rows)
 
     assert [(c[0], c[1], c[2], c[3]) for c in chunks] == [("acme", "c1", 3, 5), ("acme", "c2", 1, 1)]
     assert [f["seq"] for f in orjson.loads(chunks[0][4])] == [3, 5]  # the partial is not stored
@@ -210,7 +159,7 @@ def test_journaled_rows_of_one_call_fold_into_one_chunk_and_one_calls_row() -> N
 
 def test_a_call_with_only_partials_journaled_gets_no_chunk_but_its_last_seq() -> None:
     rows = journaled([event("acme", "c1", 7, "transcript.partial")])
-    chunks, calls = merge_log_rows(rows)
+    chunks, calls = merge_journal_rows(rows)
     assert chunks == []
     assert [(c["call_id"], c["last_seq"]) for c in calls] == [("c1", 7)]
 
@@ -218,7 +167,7 @@ def test_a_call_with_only_partials_journaled_gets_no_chunk_but_its_last_seq() ->
 def test_a_fold_cuts_a_busy_calls_journaled_events_into_bounded_chunks() -> None:
     """Reads decode whole chunks: a fold keeps each chunk's seqs within `MAX_CHUNK_EVENTS`."""
     rows = [row for seq in range(1, 601) for row in journaled([event("acme", "c1", seq)])]
-    chunks, calls = merge_log_rows(rows)
+    chunks, calls = merge_journal_rows(rows)
     assert [(c[2], c[3]) for c in chunks] == [(1, 256), (257, 512), (513, 600)]
     assert [f["seq"] for c in chunks for f in orjson.loads(c[4])] == list(range(1, 601))
     assert [c["last_seq"] for c in calls] == [600]

@@ -1,0 +1,77 @@
+"""The one spec of the rows that store events: a call's chunks, and how a `calls` row merges.
+
+Every write path uses it: the SQLAlchemy commit (`sql.py`), PostgreSQL's one-statement commit
+(`pg_writer.py`) and the journal's fold (`fold_process.py`, a plain script beside this module:
+hence the standard library only here). A calls row of a batch merges into the stored one by the
+rules of `CALL_MERGE`, in SQL (`calls_update_sql`) and in Python (`merge_call_row`) alike, so a
+call's summary never depends on which path its events took.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+# A read that wants one event decodes its whole chunk; 256 frames (~64 KB) bound that.
+MAX_CHUNK_EVENTS: Final = 256
+CHUNK_COLUMNS: Final = ("account", "call_id", "first_seq", "last_seq", "events")
+CALL_COLUMNS: Final = (
+    "account", "call_id", "status", "started_at", "ended_at", "duration_ms", "end_status", "reason",
+    "last_seq", "sentiment_sum", "sentiment_n",
+)
+
+# How a batch's calls row (`new`) merges into the stored one (`old`), column by column.
+CALL_MERGE: Final = {
+    "last_seq": "max",  # partials included: a restart must not hand a seq out twice
+    "started_at": "min",
+    "status": "ended_wins",
+    "ended_at": "new_if_set",
+    "duration_ms": "new_if_set",
+    "end_status": "new_if_set",
+    "reason": "new_if_set",
+    "sentiment_sum": "add",
+    "sentiment_n": "add",
+}
+
+
+def new_call_row(account: str, call_id: str, started_at: int, last_seq: int) -> dict[str, Any]:
+    """A live call's row, with nothing ended and no sentiment yet."""
+    return {
+        "account": account, "call_id": call_id, "status": "live", "started_at": started_at, "ended_at": None,
+        "duration_ms": None, "end_status": None, "reason": None, "last_seq": last_seq, "sentiment_sum": 0.0,
+        "sentiment_n": 0,
+    }
+
+
+def merge_call_row(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Merge `new` into `old` by `CALL_MERGE` (what the upsert does in SQL)."""
+    for column, rule in CALL_MERGE.items():
+        a, b = old[column], new[column]
+        if rule == "max":
+            old[column] = max(a, b)
+        elif rule == "min":
+            old[column] = min(a, b)
+        elif rule == "ended_wins":
+            old[column] = "ended" if b == "ended" else a
+        elif rule == "new_if_set":
+            old[column] = a if b is None else b
+        else:
+            old[column] = a + b
+
+
+def calls_update_sql(dialect: str, table: str = "calls") -> dict[str, str]:
+    """`CALL_MERGE` as the SET expressions of `INSERT INTO calls … ON CONFLICT DO UPDATE`."""
+    greatest, least = ("max", "min") if dialect == "sqlite" else ("greatest", "least")
+    templates = {
+        "max": f"{greatest}({table}.{{c}}, excluded.{{c}})",
+        "min": f"{least}({table}.{{c}}, excluded.{{c}})",
+        "ended_wins": f"CASE WHEN excluded.{{c}} = 'ended' THEN 'ended' ELSE {table}.{{c}} END",
+        "new_if_set": f"coalesce(excluded.{{c}}, {table}.{{c}})",
+        "add": f"{table}.{{c}} + excluded.{{c}}",
+    }
+    return {column: templates[rule].format(c=column) for column, rule in CALL_MERGE.items()}
+
+
+def calls_upsert_sql(dialect: str, insert: str) -> str:
+    """`insert` (an `INSERT INTO calls …` of `CALL_COLUMNS`) merged by `CALL_MERGE` on conflict."""
+    assignments = ", ".join(f"{column} = {expr}" for column, expr in calls_update_sql(dialect).items())
+    return f"{insert} ON CONFLICT (account, call_id) DO UPDATE SET {assignments}"
