@@ -4,7 +4,7 @@ The ingest target asks for ≥ 0.8× the ingest rate with the store disabled. Wi
 one core, every microsecond the store spends comes out of that core, so the ratio can only reach
 0.8 if a stored event costs the store at most a quarter of what the whole server spends per event
 without it. This measures the part no Python change can remove: the store's own statements
-(`callstream.store.sqlite_writer` builds them, `callstream.store.sqlite_process` runs them: the real
+(`callstream.store.fold` builds them, `callstream.store.fold_process` runs them: the real
 schema and pragmas), in batches shaped like the ingest scenario's, with no server around them. The
 node's share (build and pickle) is what stays on the event loop's core; the rest is the writer
 process's, on the other core when the node is not pinned to one.
@@ -32,10 +32,10 @@ import sqlalchemy as sa
 from callstream.events import Event
 from callstream.store import SqlStore, tables
 from callstream.store.chunks import by_call, chunk_rows
-from callstream.store.event_log import log_rows
-from callstream.store.journal import EventJournal
-from callstream.store.sqlite_process import fold_statements, open_db, row_statements, run_transaction
-from callstream.store.sqlite_writer import Fold
+from callstream.store.fold import Fold
+from callstream.store.fold_process import fold as fold_files
+from callstream.store.fold_process import open_db, row_statements, run_transaction
+from callstream.store.journal import EventJournal, journal_rows
 
 DATA = {"speaker": "user", "text": "I would like to move my booking to next Tuesday, please", "is_final": True,
         "sent_ns": 1_795_644_460_123_456_789, "sentiment": {"score": 0.318, "label": "positive"}}
@@ -58,8 +58,9 @@ def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int
 
     def fold() -> None:
         files = journal.take()
-        fold = Fold([(f.path, f.size) for f in files], [f.marker for f in files])
-        run_transaction(db, fold_statements(fold.files) + fold.statements())  # the writer process's work
+        fold_request = Fold([(f.path, f.size) for f in files], [f.marker for f in files])
+        left_out = fold_files(db, str(path), fold_request.files, fold_request.statements())  # the fold process's work
+        assert not left_out
         journal.folded(files)
     for _ in range(batches):
         events: list[Event] = []
@@ -71,7 +72,7 @@ def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int
         grouped = by_call(events)
         logged = force != "chunks"
         if logged:
-            journaled = log_rows(grouped)
+            journaled = journal_rows(grouped)
             assert journaled is not None  # no call ends here
             journal.append(journaled)  # the node's whole share of a commit
             t1 = time.perf_counter()
