@@ -1,7 +1,7 @@
 """Live sentiment of call transcripts, computed offline with VADER.
 
-VADER is a lexicon and a few rules: no model download, no network, well
-under 100 µs per sentence here, and tuned for short conversational text,
+VADER is a lexicon and a few rules: no model download, no network, cheap
+per sentence, and tuned for short conversational text,
 which is what a transcript final is. That makes it cheap enough to score every
 ``transcript.final`` on the ingest path, before the event is fanned out, so
 every subscriber sees the same score and nobody recomputes it.
@@ -71,9 +71,8 @@ def _analyzer() -> SentimentIntensityAnalyzer:
         Upstream rebuilds the text character by character to replace emojis (none
         of which is ASCII), and lower-cases every word of the utterance and scans
         its list of ~60 negations for every lexicon word and each of the three
-        words before it. Together about half of a score's time (score_text took
-        ≈ 145 µs for a 16-word final, the largest single cost on the ingest path).
-        Same results: tests/test_sentiment.py checks them against upstream.
+        words before it: together about half of a score's time, on the ingest
+        path. Same results: tests/test_sentiment.py checks them against upstream.
         """
 
         def polarity_scores(self, text: str) -> dict[str, float]:

@@ -36,10 +36,9 @@ _ABSENT_MAX = 100_000  # call ids remembered as unknown to the store (subscribed
 
 
 # One event of a call's replay log: (seq, ts, type, frame, supersede key). A plain tuple of str and
-# int, which the garbage collector stops tracking (it untracks exact tuples only, not NamedTuples).
-# A log of Event objects (GC-tracked, often with tracked dicts, now with their wire bytes) made
-# every full collection walk every event of every live call: 90-180 ms pauses every few seconds at
-# a few thousand events/s, growing with the log (bench: fan-out p99 ≈ 200 ms at 10k deliveries/s).
+# int, which the garbage collector stops tracking (it untracks exact tuples only, not NamedTuples):
+# a log of Event objects would make every full collection walk every event of every live call,
+# a pause that grows with the log (bench/README.md, log-untracked).
 _Held = tuple[int, int, str, str, str | None]
 
 

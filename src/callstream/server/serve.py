@@ -100,12 +100,10 @@ def freeze_startup_heap(version: tuple[int, int] = (sys.version_info.major, sys.
     gc.freeze()
     # Collect the young generation every 10,000 allocations instead of 700: objects that live for
     # one fan-out or one commit (events, frames, futures) then die young instead of being promoted,
-    # and the full collections that walk every socket's objects (≈175 per socket) become rare.
-    # The middle generation every 2 young collections (not 20): what outlives them, such as the
-    # objects of sockets that just connected, moves on in small batches. At 20, the first middle
-    # collection after 1,000 subscribers connected walked all of theirs at once, a 42 ms pause
-    # that put one step of every fan-out ladder over 25 ms (bench/README.md, gc-young). Full
-    # collections stay as rare: every 2,000 young ones, as before.
+    # and the full collections that walk every socket's objects become rare. The middle
+    # generation every 2 young collections (not 20): what outlives them, such as the objects of
+    # sockets that just connected, moves on in small batches instead of in one long pause
+    # (bench/README.md, gc-young). Full collections stay as rare: every 2,000 young ones.
     gc.set_threshold(10_000, 2, 1_000)
     return True
 

@@ -1,4 +1,4 @@
-"""uvicorn's sans-I/O WebSocket protocol, with two additions for a fan-out server.
+"""uvicorn's sans-I/O WebSocket protocol, with five additions for a fan-out server.
 
 1. Urgent frames skip the write wait. uvicorn makes every `send` wait while the socket's write
    buffer is over its high-water mark, which is right for data and wrong for the last words to a
@@ -27,9 +27,8 @@
 
 5. The socket's own descriptor. While the transport holds no bytes of its own, the hub writes
    a plain TCP (or Unix) socket with `os.write` on its descriptor (`send_now`): one system call
-   and nothing else, where uvloop's `transport.write` costs about 8 % more per write
-   (`bench.write_floor`: 4.64 against 4.28 µs; bench/README.md, send-now: the node used
-   2–4 points less of its core at 50k–80k deliveries/s). Whatever the socket does not take at
+   and nothing else, cheaper per write than uvloop's `transport.write` (bench/README.md,
+   send-now and nosendnow, holds the A/B that keeps it). Whatever the socket does not take at
    once goes to the transport, which then holds bytes, so frames go through it until it is
    empty again: nothing can overtake. Under TLS there is no `send_now` (the bytes must be
    encrypted by the transport). The descriptor is the transport's own, not a duplicate (which

@@ -1,12 +1,9 @@
 """How stored events lie in the database: a call's events of one commit, together in one row.
 
-A row per event made SQLite's per-row work (a B-tree insert in the table and its primary key,
-the statement's per-row binding) most of what storing an event cost: 7.4 µs of the writer's time
-per event against 2.8 µs in chunks (`bench/sqlite_floor.py`: batches of 1,000 events over 100
-calls), and on PostgreSQL it was a row's worth of executemany per event on the node. A chunk is
-one row per call per commit: the call's events of that batch as a JSON array of their wire
-frames (already encoded once for the subscribers, so storing them is a join), keyed by the last
-`seq` it holds.
+A row per event would make each event pay the database's per-row work (an insert into the table
+and its key, the statement's binding). A chunk is one row per call per commit: the call's events
+of that batch as a JSON array of their wire frames (already encoded once for the subscribers, so
+storing them is a join), keyed by the last `seq` it holds.
 
 Reads get whole chunks and cut them to the range asked for. Chunks of one call do not overlap
 when one node sequences it; when producers on two nodes feed one call, each node's chunks hold

@@ -44,23 +44,18 @@ class Fold:
 
 
 class FoldError(Exception):
-    """The writer process refused a transaction (its SQLite error, as text) or went away."""
+    """The fold process refused a transaction (its SQLite error, as text) or went away."""
 
 
 class JournalFolder:
-    """The event writer: a process of its own (`fold_process`), one pipe round trip a fold.
+    """Folds the journal in a process of its own (`fold_process`), one pipe round trip a fold.
 
-    Through SQLAlchemy + aiosqlite a commit took about six thread round trips (begin, insert,
-    upsert, commit, …), each waiting for the event loop and for the GIL behind the fan-out, and
-    SQLAlchemy's per-statement Python work: the store cost half a core at 1,000 events/s and
-    delayed every fan-out (which waits for the commit). Then a thread of its own ran the whole
-    transaction in one call into `sqlite3`, but it still took turns with the event loop for the
-    GIL (binding, the statement cache, every step's return): the store ran serialised with the
-    fan-out even with a second core idle. Now the node sends which journal files to fold (and a few
-    statements) over a pipe, and the writer process reads, merges and inserts them on whichever
-    core is free. A writer that dies fails the fold in flight (the rows stay in their files for the
-    next; a read waiting for it gets the store's error: REST 503 `unavailable`) and is started
-    again for the next.
+    SQLite holds the GIL for everything but a statement's step, so SQLite work in the node (a
+    thread, or SQLAlchemy's) would take turns with the fan-out for the interpreter; in a process
+    it runs on whichever core is free. The node sends which journal files to fold (and a few
+    statements); the process reads, merges and inserts their rows. A process that dies fails the
+    fold in flight (the rows stay in their files for the next; a read waiting for it gets the
+    store's error: REST 503 `unavailable`) and is started again for the next.
     """
 
     def __init__(self, path: str) -> None:

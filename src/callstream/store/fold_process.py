@@ -1,30 +1,21 @@
-"""The embedded store's writer process: SQLite's work off the event loop's GIL.
+"""The embedded store's fold process: SQLite's work off the node's GIL.
 
 SQLite releases the GIL only inside each statement's step; binding parameters, the statement
-cache and the transaction's bookkeeping hold it. A writer *thread* therefore takes turns with the
-event loop for the GIL, and on a 2-core node the store ran serialised with the fan-out instead of
-beside it. This process owns the database's event writes; the node sends it a transaction over a
-pipe and waits for one reply. Only the standard library and orjson (the journal's JSON: 1.27
-against 1.73 µs per stored event of the writer's time with the stdlib's `json`, bench.sqlite_floor
---calls 190 --per-call 26) are imported, so the process starts in a few milliseconds, and it runs
-as a plain script (not `-m callstream…`) so that the package, SQLAlchemy and the web stack are
-never loaded into it.
-
-The transaction folds the node's journal (store/journal.py): the node names the journal files, and
-this process reads them, merges their rows into chunks and calls rows and inserts those, then runs
-the statements sent with them. The rows never cross the pipe and the node's event loop does no
-work for a fold. When the node merged the rows and pickled the statements itself, a fold of an
-ingest's second (tens of MB) went through the pipe one pipe-full per loop iteration behind the
-ingest, and took seconds (bench/README.md, diag-jall).
+cache and the transaction's bookkeeping hold it, so SQLite work in the node would run serialised
+with the fan-out. This process owns the journal's folds: the node names the journal files, and
+the process reads them, merges their rows into chunks and calls rows (`rows.py`) and inserts
+those, then runs the statements sent with them. The rows never cross the pipe and the node's
+event loop does no work for a fold. Only the standard library, orjson and `rows.py` (beside it)
+are imported, and it runs as a plain script (not `-m callstream…`), so it starts in a few
+milliseconds without the package, SQLAlchemy or the web stack.
 
 Wire: each message is a 4-byte big-endian length, then the body. Request body: a pickled
 `(list[tuple[str, int]], list[tuple[str, list]])`: the journal files to fold (path, size), then
 statements (SQL text, flattened parameters). Reply body: empty when the transaction committed;
 `FAILED_CALLS` and a JSON array of `[account, call_id, error]` when it committed without the calls
 whose rows could not be filed (`fold`); else the error as text (`"OperationalError: database is
-locked"`). The process exits when its
-stdin closes (the node ended or closed the store), and only then: it ignores SIGINT and SIGTERM,
-which are the node's to act on.
+locked"`). The process exits when its stdin closes (the node ended or closed the store), and only
+then: it ignores SIGINT and SIGTERM, which are the node's to act on.
 """
 
 from __future__ import annotations
@@ -63,7 +54,7 @@ FAILED_CALLS: Final = b"\x00"  # a reply's first byte: committed, but these call
 # A commit in WAL mode with synchronous=NORMAL writes the log and does not wait for the disk; a
 # checkpoint (copying the log into the database, then fsync) does. Left to SQLite, the commit that
 # fills 1,000 pages runs the checkpoint itself, and the fan-out waiting on that commit waits for
-# the disk: a 400 ms p99 when the disk is slow. Here a thread of this process checkpoints
+# the disk, however slow it is. Here a thread of this process checkpoints
 # (PASSIVE: beside the writer, never blocking it) every second; the writer's own automatic
 # checkpoint stays as the backstop, at 16,384 pages (64 MiB of log), if that thread falls behind.
 CHECKPOINT_EVERY_S = 1.0
@@ -103,8 +94,7 @@ _INSERT_CHUNKS = (
 _UPSERT_CALLS = rows.calls_upsert_sql("sqlite", "INSERT INTO calls ({columns}) VALUES {rows}")
 # Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step per statement, where
 # `executemany` steps once per row. Statements of 256, 16 and 1 rows keep the statement cache to
-# three texts per table. Same CPU per row as executemany (bench/sqlite_floor.py measures it);
-# SQLite's json_each, the other way to one step per batch, measured 14.7 µs a row against 8–9.
+# three texts per table (bench/sqlite_floor.py measures the alternatives).
 _STATEMENT_ROWS = (256, 16, 1)
 
 

@@ -1,17 +1,15 @@
 """The embedded store's journal: commits as appends to a file of the node's own.
 
 A live fan-out commits a few events for each of dozens of calls many times a second, and every
-subscriber waits for that commit. Through the writer process each such commit cost two pipe
-round trips, a SQLite transaction and the context switches between them, on the core the
-fan-out runs on (bench/README.md, diag-no-store-fanout: the store was a fifth of that core at 60k
-deliveries/s). Here a commit (any that ends no call) is one `write` of its rows
+subscriber waits for that commit, so a commit must cost the node as little as it can: here a
+commit (any that ends no call) is one `write` of its rows
 (`journal_rows`) to an append-only file next to the database: the events are in the OS's
 page cache when it returns, which is what SQLite's WAL with `synchronous=NORMAL` promises too (a
 process crash loses nothing; an OS crash may lose the last commits, and a torn last record is
 dropped by its CRC).
 
 About once a second, and before anything reads calls or events, `SqlStore` folds the journal's
-files into the database in one transaction of the writer process (`fold.Fold`), which
+files into the database in one transaction of the fold process (`fold.Fold`), which
 reads them itself (the node keeps no rows in memory), then deletes them. A fold starts a new file
 first, so commits go on while it runs. A node that died leaves its files behind; the next node
 folds them before its first read. The fold's transaction records each file it folded (`meta`:
@@ -41,10 +39,10 @@ from callstream.store.fold_process import RECORD
 
 FOLD_EVERY_S: Final = 1.0
 # Or sooner, once the journal holds this many rows: a fold's transaction grows with its rows, and
-# a node pinned to one core waits for it (bench.sqlite_floor --calls 4 --per-call 1: ~2 µs a row).
+# a node pinned to one core waits for it.
 FOLD_AT_ROWS: Final = 2000
 # A commit waits for the fold in flight once the journal holds this much not folded yet: a node
-# taking events faster than its writer process files them slows its producers down (their acks
+# taking events faster than its fold process files them slows its producers down (their acks
 # wait) instead of piling up a journal that every read would then have to wait for.
 JOURNAL_MAX_BYTES: Final = 64 * 1024 * 1024
 

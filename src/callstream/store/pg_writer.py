@@ -1,14 +1,12 @@
 """PostgreSQL's event writer: a commit's rows in one statement, sent in one round trip.
 
-Through SQLAlchemy a commit was a pool check-out with its pre-ping, BEGIN, the chunks'
-executemany, the calls upsert and COMMIT: five round trips to a server that, on a small machine,
-shares the cores with the node, each a wake-up of both and SQLAlchemy's per-statement Python
-around it. The profile of a node on Redis + PostgreSQL at 1,000 events/s had a fifth of its samples
-there. Here one statement does both writes (a data-modifying CTE; a single statement is atomic,
-so no BEGIN … COMMIT is needed) with each column sent as an array (`unnest`), on a connection the
-writer keeps for itself. Only the hot path uses it (batches that end no call); the batches whose
-`call.ended` hooks write the webhook outbox keep the SQLAlchemy transaction in `sql.py`. The
-statement mirrors `SqlStore._events_insert` and `_calls_upsert`; the store contract tests run both.
+A commit through SQLAlchemy is several round trips (a pool check-out, BEGIN, the chunks, the
+calls upsert, COMMIT) to a server that may share the node's cores. Here one statement does both
+writes (a data-modifying CTE; a single statement is atomic, so no BEGIN … COMMIT is needed) with
+each column sent as an array (`unnest`), on a connection the writer keeps for itself. Only the
+hot path uses it (batches that end no call); the batches whose `call.ended` hooks write the
+webhook outbox keep the SQLAlchemy transaction in `sql.py`. Its calls upsert comes from the one
+spec of the rows (`rows.calls_upsert_sql`), as the other write paths' do.
 """
 
 from __future__ import annotations

@@ -419,9 +419,8 @@ class SqlStore:
 
         Every look-up asked for in the same loop iteration shares one query. A campaign that
         starts thousands of calls at once makes the broker ask for each new call's state on its
-        first event; one query each (a connection check-out, a thread hop for SQLite) put seconds
-        of queueing in front of those first events (bench: `*` subscriber p99 5.6 s at 2,000
-        events/s over 10,000 new calls).
+        first event; one query each (a connection check-out, a thread hop for SQLite) would queue
+        seconds of work in front of those first events.
         """
         key = (account, call_id)
         wanted = self._wanted.get(key)
@@ -781,8 +780,8 @@ class SqlStore:
         return out
 
     # Built once: SQLAlchemy memoizes a statement's cache key on the statement object, so a
-    # statement rebuilt for every commit paid for its cache key (and the Python around it) every
-    # time; with PostgreSQL that was most of the store's share of a busy node's CPU.
+    # statement rebuilt for every commit would pay for its cache key (and the Python around it)
+    # every time.
     @functools.cached_property
     def _events_insert(self) -> Any:
         return self._insert_ignore(t.event_chunks, ["account", "call_id", "last_seq"])
