@@ -34,11 +34,12 @@ from typing import Any, ClassVar, Final, Self
 
 import httpx
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from callstream import __version__
 from callstream.errors import AuthError, ClientError
+from callstream.protocol import CLOSE_AUTH
+from callstream.wire import AUTH_STATUSES, DROPPED, Reconnecting, bearer, refusal_reason, rest_url, socket_url
 
 __all__ = [
     "AgentState",
@@ -63,7 +64,6 @@ __all__ = [
 logger = logging.getLogger("callstream.client")
 
 WILDCARD: Final = "*"
-CLOSE_AUTH: Final = 4001
 SEEN_WINDOW: Final = 2048  # seqs remembered per call to drop replay overlaps
 STABLE_AFTER_S: Final = 5.0  # a connection that lived this long resets the backoff
 TokenProvider = Callable[[], Awaitable[str]]
@@ -336,19 +336,7 @@ class ClientStats:
 
 def events_url(base_url: str) -> str:
     """Map the server's base URL (``http://host:8080``) to its events socket URL."""
-    return _with_scheme(base_url, "/v1/events", {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"})
-
-
-def _rest_url(base_url: str) -> str:
-    return _with_scheme(base_url, "", {"http": "http", "https": "https", "ws": "http", "wss": "https"})
-
-
-def _with_scheme(base_url: str, path: str, schemes: dict[str, str]) -> str:
-    parts = urllib.parse.urlsplit(base_url)
-    if parts.scheme not in schemes or not parts.netloc:
-        msg = f"expected an http(s):// or ws(s):// URL, got {base_url!r}"
-        raise ValueError(msg)
-    return urllib.parse.urlunsplit((schemes[parts.scheme], parts.netloc, parts.path.rstrip("/") + path, "", ""))
+    return socket_url(base_url, "/v1/events")
 
 
 def token_expiry(token: str) -> float | None:
@@ -365,7 +353,7 @@ def token_expiry(token: str) -> float | None:
 # -- the client ----------------------------------------------------------------------------------
 
 
-class Client:
+class Client(Reconnecting):
     """Subscribe to live call events, with reconnects that lose nothing.
 
     ::
@@ -379,6 +367,8 @@ class Client:
     ``Authorization`` header, never in the URL. With ``token_provider`` (an async function that
     returns a fresh JWT) the client refreshes the token before it expires and after a 4001 close.
     """
+
+    name = "callstream-client"
 
     def __init__(
         self,
@@ -397,13 +387,11 @@ class Client:
         if credential is None and token_provider is None:
             msg = "give a credential (API key or JWT) or a token_provider"
             raise ValueError(msg)
-        self._url = events_url(url)
-        self._rest = _rest_url(url)
+        super().__init__(events_url(url), reconnect_initial_delay, reconnect_max_delay)
+        self._rest = rest_url(url)
         self._token = credential
         self._provider = token_provider
         self._refresh_margin = refresh_margin
-        self._initial_delay = reconnect_initial_delay
-        self._max_delay = reconnect_max_delay
         self._open_timeout = open_timeout
         self._ping_interval = ping_interval
         self._max_size = max_message_bytes
@@ -413,32 +401,14 @@ class Client:
         self._catch_ups: dict[str, int] = {}  # call id → since: temporary, for `*` after a drop
         self._internal_unsubs: set[str] = set()
         self._rebase: set[str] = set()  # calls whose server history went backwards
-        self._ws: ClientConnection | None = None
-        self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
-        self._first_attempt = asyncio.Event()
         self._failure: ClientError | None = None
-        self._closed = False
         self._force_refresh = False
         self._auth_failures = 0
-        self._attempts = 0
-        self._connections = 0
         self._duplicates = 0
         self._fetched = 0
 
     # -- life cycle ------------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Connect in the background and wait for the first handshake's outcome.
@@ -450,25 +420,17 @@ class Client:
         if self._task is not None:
             return
         self._http = httpx.AsyncClient(base_url=self._rest, timeout=10.0)
-        self._task = asyncio.create_task(self._run(), name="callstream-client")
-        await self._first_attempt.wait()
+        await self._launch()
         if self._failure is not None:
             await self.close()
             raise self._failure
 
     async def close(self) -> None:
         """Close the socket and stop reconnecting; a waiting ``events()`` iterator ends."""
-        if self._closed:
+        if not await self._stop():
             return
-        self._closed = True
-        if self._ws is not None:
-            await self._ws.close()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
         if self._http is not None:
             await self._http.aclose()
-        self._first_attempt.set()
         self._offer_nowait(ClientError("closed", "the client was closed"))
 
     @property
@@ -582,7 +544,7 @@ class Client:
             await self._connect_and_serve(token)
         except InvalidStatus as exc:
             self._on_refused(exc.response.status_code, exc.response.body)
-        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+        except DROPPED as exc:
             logger.info("events connection lost (%s); reconnecting", exc)
 
     async def _credential(self) -> str:
@@ -601,18 +563,9 @@ class Client:
         return self._token
 
     async def _connect_and_serve(self, token: str) -> None:
-        async with connect(
-            self._url,
-            additional_headers={"Authorization": f"Bearer {token}"},  # never in the URL: URLs get logged
-            user_agent_header=f"callstream-client/{__version__}",
-            compression=None,
-            open_timeout=self._open_timeout,
-            ping_interval=self._ping_interval,
-            max_size=self._max_size,
+        async with self._connection(
+            token, open_timeout=self._open_timeout, ping_interval=self._ping_interval, max_size=self._max_size
         ) as ws:
-            self._ws = ws
-            self._connections += 1
-            self._first_attempt.set()
             refresher = asyncio.create_task(self._refresh_forever(ws))
             try:
                 await self._resubscribe_all()
@@ -621,9 +574,8 @@ class Client:
             except ConnectionClosed:
                 pass  # abnormal closes raise, normal ones end the loop: both resume below
             finally:
-                self._ws = None
                 refresher.cancel()
-            self._on_closed(ws.close_code, ws.close_reason)
+        self._on_closed(ws.close_code, ws.close_reason)
 
     def _on_closed(self, code: int | None, reason: str | None) -> None:
         """A server close: 4001 means get a fresh credential first; everything else resumes."""
@@ -641,8 +593,8 @@ class Client:
 
     def _on_refused(self, status: int, body: bytes | bytearray | None) -> None:
         """An HTTP answer instead of an upgrade: 401/403 end it unless a fresh token may help."""
-        reason = _error_message(body) or f"HTTP {status} at the handshake"
-        if status not in (401, 403):
+        reason = refusal_reason(status, body)
+        if status not in AUTH_STATUSES:
             logger.warning("events handshake refused with HTTP %d (%s); retrying", status, reason)
             return
         self._auth_failures += 1
@@ -657,9 +609,7 @@ class Client:
 
     def _next_delay(self) -> float:
         """Capped exponential backoff with full jitter: subscribers must not return in step."""
-        cap = min(self._max_delay, self._initial_delay * 2.0 ** min(self._attempts, 32))
-        self._attempts += 1
-        return random.uniform(0, cap)
+        return random.uniform(0, self._backoff())
 
     # -- token refresh ---------------------------------------------------------------------------
 
@@ -854,9 +804,7 @@ class Client:
         assert self._http is not None
         path = f"/v1/calls/{urllib.parse.quote(call_id, safe='')}/events"
         try:
-            response = await self._http.get(
-                path, params={"since": since}, headers={"Authorization": f"Bearer {self._token}"}
-            )
+            response = await self._http.get(path, params={"since": since}, headers=bearer(self._token or ""))
         except httpx.HTTPError as exc:
             logger.warning("REST fallback for %s failed: %r", call_id, exc)
             return None
@@ -877,17 +825,6 @@ class Client:
     def _offer_nowait(self, item: ClientError) -> None:
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(item)
-
-
-def _error_message(body: bytes | bytearray | None) -> str | None:
-    """Pull ``error.message`` out of the server's JSON refusal body, if there is one."""
-    try:
-        parsed = orjson.loads(bytes(body or b""))
-    except orjson.JSONDecodeError:
-        return None
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    return message if isinstance(message, str) else None
 
 
 # -- the sync wrapper ----------------------------------------------------------------------------

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 
 class CallstreamError(Exception):
-    """Base class of every error raised by callstream's client-side API."""
+    """Base class of every error raised by callstream's client-side API: a ``code`` and a ``message``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
 class PublishError(CallstreamError):
@@ -23,11 +28,6 @@ class PublishError(CallstreamError):
     - ``internal``: the publisher itself failed; the message says why.
     """
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
 
 class ClientError(CallstreamError):
     """The subscriber client (:class:`callstream.Client`) cannot go on.
@@ -41,11 +41,6 @@ class ClientError(CallstreamError):
     - ``closed``: the client was closed; make a new one.
     - ``internal``: the client itself failed; the message says why.
     """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 class AuthError(ClientError):
