@@ -30,7 +30,7 @@ import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar, overload
 
 import httpx
 import orjson
@@ -67,6 +67,8 @@ WILDCARD: Final = "*"
 SEEN_WINDOW: Final = 2048  # seqs remembered per call to drop replay overlaps
 STABLE_AFTER_S: Final = 5.0  # a connection that lived this long resets the backoff
 TokenProvider = Callable[[], Awaitable[str]]
+T = TypeVar("T")
+D = TypeVar("D")
 
 
 # -- typed events --------------------------------------------------------------------------------
@@ -93,21 +95,50 @@ class Event:
         return self.seq is not None
 
 
+class _Data(Generic[T]):
+    """A read-only attribute of an event, read from its ``data``; it never raises.
+
+    A message's ``data`` is whatever the producer sent, so each convenience property is one
+    read rule (text, a typed value or a default) instead of a hand-written property each.
+    """
+
+    def __init__(self, read: Callable[[dict[str, Any]], T], doc: str | None = None) -> None:
+        self._read = read
+        self.__doc__ = doc
+
+    @overload
+    def __get__(self, event: None, owner: type[Event]) -> Self: ...
+    @overload
+    def __get__(self, event: Event, owner: type[Event]) -> T: ...
+    def __get__(self, event: Event | None, owner: type[Event]) -> T | Self:
+        return self if event is None else self._read(event.data)
+
+
+def _text(key: str, doc: str | None = None) -> _Data[str]:
+    """``data[key]`` as text, ``""`` when it is missing."""
+    return _Data(lambda data: str(data.get(key, "")), doc)
+
+
+def _typed(key: str, kind: type[T], default: D) -> _Data[T | D]:
+    """``data[key]`` when it is a ``kind``, else ``default``."""
+
+    def read(data: dict[str, Any]) -> T | D:
+        value = data.get(key)
+        return value if isinstance(value, kind) else default
+
+    return _Data(read)
+
+
+def _as_sent(key: str) -> _Data[Any]:
+    """``data[key]`` as the producer sent it (None when missing)."""
+    return _Data(lambda data: data.get(key))
+
+
 @dataclass(frozen=True, slots=True)
 class _Transcript(Event):
-
-    @property
-    def speaker(self) -> str:
-        return str(self.data.get("speaker", ""))
-
-    @property
-    def text(self) -> str:
-        return str(self.data.get("text", ""))
-
-    @property
-    def utterance_id(self) -> str | None:
-        value = self.data.get("utterance_id")
-        return value if isinstance(value, str) else None
+    speaker = _text("speaker")
+    text = _text("text")
+    utterance_id = _typed("utterance_id", str, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +153,7 @@ class TranscriptFinal(_Transcript):
     """``transcript.final``: a completed sentence; ``sentiment`` is set by the server if enabled."""
 
     type: ClassVar[str] = "transcript.final"
-
-    @property
-    def sentiment(self) -> dict[str, Any] | None:
-        value = self.data.get("sentiment")
-        return value if isinstance(value, dict) else None
+    sentiment = _typed("sentiment", dict, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,50 +161,29 @@ class AgentState(Event):
     """``agent.state``: the agent is ``listening``, ``thinking`` or ``speaking``."""
 
     type: ClassVar[str] = "agent.state"
-
-    @property
-    def state(self) -> str:
-        return str(self.data.get("state", ""))
+    state = _text("state")
 
 
 @dataclass(frozen=True, slots=True)
-class FunctionCall(Event):
+class _Tool(Event):
+    name = _text("name")
+    tool_call_id = _typed("tool_call_id", str, None)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall(_Tool):
     """``function.call``: the agent invoked a tool; ``tool_call_id`` pairs it with its result."""
 
     type: ClassVar[str] = "function.call"
-
-    @property
-    def name(self) -> str:
-        return str(self.data.get("name", ""))
-
-    @property
-    def args(self) -> Any:
-        return self.data.get("args")
-
-    @property
-    def tool_call_id(self) -> str | None:
-        value = self.data.get("tool_call_id")
-        return value if isinstance(value, str) else None
+    args = _as_sent("args")
 
 
 @dataclass(frozen=True, slots=True)
-class FunctionResult(Event):
+class FunctionResult(_Tool):
     """``function.result``: a tool returned."""
 
     type: ClassVar[str] = "function.result"
-
-    @property
-    def name(self) -> str:
-        return str(self.data.get("name", ""))
-
-    @property
-    def result(self) -> Any:
-        return self.data.get("result")
-
-    @property
-    def tool_call_id(self) -> str | None:
-        value = self.data.get("tool_call_id")
-        return value if isinstance(value, str) else None
+    result = _as_sent("result")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,20 +191,9 @@ class CallEnded(Event):
     """``call.ended``: the last event of a call."""
 
     type: ClassVar[str] = "call.ended"
-
-    @property
-    def status(self) -> str:
-        return str(self.data.get("status", ""))
-
-    @property
-    def duration_ms(self) -> int | None:
-        value = self.data.get("duration_ms")
-        return value if isinstance(value, int) else None
-
-    @property
-    def reason(self) -> str | None:
-        value = self.data.get("reason")
-        return value if isinstance(value, str) else None
+    status = _text("status")
+    duration_ms = _typed("duration_ms", int, None)
+    reason = _typed("reason", str, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,21 +204,9 @@ class Subscribed(Event):
     """
 
     type: ClassVar[str] = "subscribed"
-
-    @property
-    def status(self) -> str:
-        """``live``, ``ended`` or ``pending`` (no event yet)."""
-        return str(self.data.get("status", ""))
-
-    @property
-    def last_seq(self) -> int:
-        value = self.data.get("seq")
-        return value if isinstance(value, int) else 0
-
-    @property
-    def replayed(self) -> int:
-        value = self.data.get("replayed")
-        return value if isinstance(value, int) else 0
+    status = _text("status", "``live``, ``ended`` or ``pending`` (no event yet).")
+    last_seq = _typed("seq", int, 0)
+    replayed = _typed("replayed", int, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,14 +225,8 @@ class ErrorEvent(Event):
     """
 
     type: ClassVar[str] = "error"
-
-    @property
-    def code(self) -> str:
-        return str(self.data.get("code", ""))
-
-    @property
-    def message(self) -> str:
-        return str(self.data.get("message", ""))
+    code = _text("code")
+    message = _text("message")
 
 
 @dataclass(frozen=True, slots=True)
