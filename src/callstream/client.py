@@ -345,7 +345,7 @@ class Client(Reconnecting):
     returns a fresh JWT) the client refreshes the token before it expires and after a 4001 close.
     """
 
-    name = "callstream-client"
+    _name = "callstream-client"
 
     def __init__(
         self,

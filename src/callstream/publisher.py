@@ -78,7 +78,7 @@ class Publisher(Reconnecting):
     every event is acked (:meth:`flush`); leaving it with an exception does not.
     """
 
-    name = "callstream-publisher"
+    _name = "callstream-publisher"
 
     def __init__(
         self,

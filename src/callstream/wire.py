@@ -77,7 +77,7 @@ class Reconnecting(abc.ABC):
     (nothing by default), then closes; leaving it with an exception only closes.
     """
 
-    name: ClassVar[str]  # names the background task and the User-Agent
+    _name: ClassVar[str]  # names the background task and the User-Agent
 
     def __init__(self, url: str, initial_delay: float, max_delay: float) -> None:
         self._url = url
@@ -123,7 +123,7 @@ class Reconnecting(abc.ABC):
 
     async def _launch(self) -> None:
         """Start the connection loop and wait for the first handshake's outcome."""
-        self._task = asyncio.create_task(self._run(), name=self.name)
+        self._task = asyncio.create_task(self._run(), name=self._name)
         await self._first_attempt.wait()
 
     async def _stop(self) -> bool:
@@ -146,7 +146,7 @@ class Reconnecting(abc.ABC):
         async with connect(
             self._url,
             additional_headers=bearer(credential),
-            user_agent_header=f"{self.name}/{__version__}",
+            user_agent_header=f"{self._name}/{__version__}",
             compression=None,
             **options,
         ) as ws:
