@@ -30,15 +30,16 @@ import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar, overload
 
 import httpx
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from callstream import __version__
 from callstream.errors import AuthError, ClientError
+from callstream.protocol import CLOSE_AUTH
+from callstream.wire import AUTH_STATUSES, DROPPED, Reconnecting, bearer, refusal_reason, rest_url, socket_url
 
 __all__ = [
     "AgentState",
@@ -63,10 +64,11 @@ __all__ = [
 logger = logging.getLogger("callstream.client")
 
 WILDCARD: Final = "*"
-CLOSE_AUTH: Final = 4001
 SEEN_WINDOW: Final = 2048  # seqs remembered per call to drop replay overlaps
 STABLE_AFTER_S: Final = 5.0  # a connection that lived this long resets the backoff
 TokenProvider = Callable[[], Awaitable[str]]
+T = TypeVar("T")
+D = TypeVar("D")
 
 
 # -- typed events --------------------------------------------------------------------------------
@@ -93,21 +95,50 @@ class Event:
         return self.seq is not None
 
 
+class _Data(Generic[T]):
+    """A read-only attribute of an event, read from its ``data``; it never raises.
+
+    A message's ``data`` is whatever the producer sent, so each convenience property is one
+    read rule (text, a typed value or a default) instead of a hand-written property each.
+    """
+
+    def __init__(self, read: Callable[[dict[str, Any]], T], doc: str | None = None) -> None:
+        self._read = read
+        self.__doc__ = doc
+
+    @overload
+    def __get__(self, event: None, owner: type[Event]) -> Self: ...
+    @overload
+    def __get__(self, event: Event, owner: type[Event]) -> T: ...
+    def __get__(self, event: Event | None, owner: type[Event]) -> T | Self:
+        return self if event is None else self._read(event.data)
+
+
+def _text(key: str, doc: str | None = None) -> _Data[str]:
+    """``data[key]`` as text, ``""`` when it is missing."""
+    return _Data(lambda data: str(data.get(key, "")), doc)
+
+
+def _typed(key: str, kind: type[T], default: D) -> _Data[T | D]:
+    """``data[key]`` when it is a ``kind``, else ``default``."""
+
+    def read(data: dict[str, Any]) -> T | D:
+        value = data.get(key)
+        return value if isinstance(value, kind) else default
+
+    return _Data(read)
+
+
+def _as_sent(key: str) -> _Data[Any]:
+    """``data[key]`` as the producer sent it (None when missing)."""
+    return _Data(lambda data: data.get(key))
+
+
 @dataclass(frozen=True, slots=True)
 class _Transcript(Event):
-
-    @property
-    def speaker(self) -> str:
-        return str(self.data.get("speaker", ""))
-
-    @property
-    def text(self) -> str:
-        return str(self.data.get("text", ""))
-
-    @property
-    def utterance_id(self) -> str | None:
-        value = self.data.get("utterance_id")
-        return value if isinstance(value, str) else None
+    speaker = _text("speaker")
+    text = _text("text")
+    utterance_id = _typed("utterance_id", str, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +153,7 @@ class TranscriptFinal(_Transcript):
     """``transcript.final``: a completed sentence; ``sentiment`` is set by the server if enabled."""
 
     type: ClassVar[str] = "transcript.final"
-
-    @property
-    def sentiment(self) -> dict[str, Any] | None:
-        value = self.data.get("sentiment")
-        return value if isinstance(value, dict) else None
+    sentiment = _typed("sentiment", dict, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,50 +161,29 @@ class AgentState(Event):
     """``agent.state``: the agent is ``listening``, ``thinking`` or ``speaking``."""
 
     type: ClassVar[str] = "agent.state"
-
-    @property
-    def state(self) -> str:
-        return str(self.data.get("state", ""))
+    state = _text("state")
 
 
 @dataclass(frozen=True, slots=True)
-class FunctionCall(Event):
+class _Tool(Event):
+    name = _text("name")
+    tool_call_id = _typed("tool_call_id", str, None)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall(_Tool):
     """``function.call``: the agent invoked a tool; ``tool_call_id`` pairs it with its result."""
 
     type: ClassVar[str] = "function.call"
-
-    @property
-    def name(self) -> str:
-        return str(self.data.get("name", ""))
-
-    @property
-    def args(self) -> Any:
-        return self.data.get("args")
-
-    @property
-    def tool_call_id(self) -> str | None:
-        value = self.data.get("tool_call_id")
-        return value if isinstance(value, str) else None
+    args = _as_sent("args")
 
 
 @dataclass(frozen=True, slots=True)
-class FunctionResult(Event):
+class FunctionResult(_Tool):
     """``function.result``: a tool returned."""
 
     type: ClassVar[str] = "function.result"
-
-    @property
-    def name(self) -> str:
-        return str(self.data.get("name", ""))
-
-    @property
-    def result(self) -> Any:
-        return self.data.get("result")
-
-    @property
-    def tool_call_id(self) -> str | None:
-        value = self.data.get("tool_call_id")
-        return value if isinstance(value, str) else None
+    result = _as_sent("result")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,20 +191,9 @@ class CallEnded(Event):
     """``call.ended``: the last event of a call."""
 
     type: ClassVar[str] = "call.ended"
-
-    @property
-    def status(self) -> str:
-        return str(self.data.get("status", ""))
-
-    @property
-    def duration_ms(self) -> int | None:
-        value = self.data.get("duration_ms")
-        return value if isinstance(value, int) else None
-
-    @property
-    def reason(self) -> str | None:
-        value = self.data.get("reason")
-        return value if isinstance(value, str) else None
+    status = _text("status")
+    duration_ms = _typed("duration_ms", int, None)
+    reason = _typed("reason", str, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,21 +204,9 @@ class Subscribed(Event):
     """
 
     type: ClassVar[str] = "subscribed"
-
-    @property
-    def status(self) -> str:
-        """``live``, ``ended`` or ``pending`` (no event yet)."""
-        return str(self.data.get("status", ""))
-
-    @property
-    def last_seq(self) -> int:
-        value = self.data.get("seq")
-        return value if isinstance(value, int) else 0
-
-    @property
-    def replayed(self) -> int:
-        value = self.data.get("replayed")
-        return value if isinstance(value, int) else 0
+    status = _text("status", "``live``, ``ended`` or ``pending`` (no event yet).")
+    last_seq = _typed("seq", int, 0)
+    replayed = _typed("replayed", int, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,14 +225,8 @@ class ErrorEvent(Event):
     """
 
     type: ClassVar[str] = "error"
-
-    @property
-    def code(self) -> str:
-        return str(self.data.get("code", ""))
-
-    @property
-    def message(self) -> str:
-        return str(self.data.get("message", ""))
+    code = _text("code")
+    message = _text("message")
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,19 +313,7 @@ class ClientStats:
 
 def events_url(base_url: str) -> str:
     """Map the server's base URL (``http://host:8080``) to its events socket URL."""
-    return _with_scheme(base_url, "/v1/events", {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"})
-
-
-def _rest_url(base_url: str) -> str:
-    return _with_scheme(base_url, "", {"http": "http", "https": "https", "ws": "http", "wss": "https"})
-
-
-def _with_scheme(base_url: str, path: str, schemes: dict[str, str]) -> str:
-    parts = urllib.parse.urlsplit(base_url)
-    if parts.scheme not in schemes or not parts.netloc:
-        msg = f"expected an http(s):// or ws(s):// URL, got {base_url!r}"
-        raise ValueError(msg)
-    return urllib.parse.urlunsplit((schemes[parts.scheme], parts.netloc, parts.path.rstrip("/") + path, "", ""))
+    return socket_url(base_url, "/v1/events")
 
 
 def token_expiry(token: str) -> float | None:
@@ -365,7 +330,7 @@ def token_expiry(token: str) -> float | None:
 # -- the client ----------------------------------------------------------------------------------
 
 
-class Client:
+class Client(Reconnecting):
     """Subscribe to live call events, with reconnects that lose nothing.
 
     ::
@@ -379,6 +344,8 @@ class Client:
     ``Authorization`` header, never in the URL. With ``token_provider`` (an async function that
     returns a fresh JWT) the client refreshes the token before it expires and after a 4001 close.
     """
+
+    _name = "callstream-client"
 
     def __init__(
         self,
@@ -397,13 +364,11 @@ class Client:
         if credential is None and token_provider is None:
             msg = "give a credential (API key or JWT) or a token_provider"
             raise ValueError(msg)
-        self._url = events_url(url)
-        self._rest = _rest_url(url)
+        super().__init__(events_url(url), reconnect_initial_delay, reconnect_max_delay)
+        self._rest = rest_url(url)
         self._token = credential
         self._provider = token_provider
         self._refresh_margin = refresh_margin
-        self._initial_delay = reconnect_initial_delay
-        self._max_delay = reconnect_max_delay
         self._open_timeout = open_timeout
         self._ping_interval = ping_interval
         self._max_size = max_message_bytes
@@ -413,32 +378,14 @@ class Client:
         self._catch_ups: dict[str, int] = {}  # call id → since: temporary, for `*` after a drop
         self._internal_unsubs: set[str] = set()
         self._rebase: set[str] = set()  # calls whose server history went backwards
-        self._ws: ClientConnection | None = None
-        self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
-        self._first_attempt = asyncio.Event()
         self._failure: ClientError | None = None
-        self._closed = False
         self._force_refresh = False
         self._auth_failures = 0
-        self._attempts = 0
-        self._connections = 0
         self._duplicates = 0
         self._fetched = 0
 
     # -- life cycle ------------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Connect in the background and wait for the first handshake's outcome.
@@ -450,25 +397,17 @@ class Client:
         if self._task is not None:
             return
         self._http = httpx.AsyncClient(base_url=self._rest, timeout=10.0)
-        self._task = asyncio.create_task(self._run(), name="callstream-client")
-        await self._first_attempt.wait()
+        await self._launch()
         if self._failure is not None:
             await self.close()
             raise self._failure
 
     async def close(self) -> None:
         """Close the socket and stop reconnecting; a waiting ``events()`` iterator ends."""
-        if self._closed:
+        if not await self._stop():
             return
-        self._closed = True
-        if self._ws is not None:
-            await self._ws.close()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
         if self._http is not None:
             await self._http.aclose()
-        self._first_attempt.set()
         self._offer_nowait(ClientError("closed", "the client was closed"))
 
     @property
@@ -582,7 +521,7 @@ class Client:
             await self._connect_and_serve(token)
         except InvalidStatus as exc:
             self._on_refused(exc.response.status_code, exc.response.body)
-        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+        except DROPPED as exc:
             logger.info("events connection lost (%s); reconnecting", exc)
 
     async def _credential(self) -> str:
@@ -601,18 +540,9 @@ class Client:
         return self._token
 
     async def _connect_and_serve(self, token: str) -> None:
-        async with connect(
-            self._url,
-            additional_headers={"Authorization": f"Bearer {token}"},  # never in the URL: URLs get logged
-            user_agent_header=f"callstream-client/{__version__}",
-            compression=None,
-            open_timeout=self._open_timeout,
-            ping_interval=self._ping_interval,
-            max_size=self._max_size,
+        async with self._connection(
+            token, open_timeout=self._open_timeout, ping_interval=self._ping_interval, max_size=self._max_size
         ) as ws:
-            self._ws = ws
-            self._connections += 1
-            self._first_attempt.set()
             refresher = asyncio.create_task(self._refresh_forever(ws))
             try:
                 await self._resubscribe_all()
@@ -621,9 +551,8 @@ class Client:
             except ConnectionClosed:
                 pass  # abnormal closes raise, normal ones end the loop: both resume below
             finally:
-                self._ws = None
                 refresher.cancel()
-            self._on_closed(ws.close_code, ws.close_reason)
+        self._on_closed(ws.close_code, ws.close_reason)
 
     def _on_closed(self, code: int | None, reason: str | None) -> None:
         """A server close: 4001 means get a fresh credential first; everything else resumes."""
@@ -641,8 +570,8 @@ class Client:
 
     def _on_refused(self, status: int, body: bytes | bytearray | None) -> None:
         """An HTTP answer instead of an upgrade: 401/403 end it unless a fresh token may help."""
-        reason = _error_message(body) or f"HTTP {status} at the handshake"
-        if status not in (401, 403):
+        reason = refusal_reason(status, body)
+        if status not in AUTH_STATUSES:
             logger.warning("events handshake refused with HTTP %d (%s); retrying", status, reason)
             return
         self._auth_failures += 1
@@ -657,9 +586,7 @@ class Client:
 
     def _next_delay(self) -> float:
         """Capped exponential backoff with full jitter: subscribers must not return in step."""
-        cap = min(self._max_delay, self._initial_delay * 2.0 ** min(self._attempts, 32))
-        self._attempts += 1
-        return random.uniform(0, cap)
+        return random.uniform(0, self._backoff())
 
     # -- token refresh ---------------------------------------------------------------------------
 
@@ -854,9 +781,7 @@ class Client:
         assert self._http is not None
         path = f"/v1/calls/{urllib.parse.quote(call_id, safe='')}/events"
         try:
-            response = await self._http.get(
-                path, params={"since": since}, headers={"Authorization": f"Bearer {self._token}"}
-            )
+            response = await self._http.get(path, params={"since": since}, headers=bearer(self._token or ""))
         except httpx.HTTPError as exc:
             logger.warning("REST fallback for %s failed: %r", call_id, exc)
             return None
@@ -877,17 +802,6 @@ class Client:
     def _offer_nowait(self, item: ClientError) -> None:
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(item)
-
-
-def _error_message(body: bytes | bytearray | None) -> str | None:
-    """Pull ``error.message`` out of the server's JSON refusal body, if there is one."""
-    try:
-        parsed = orjson.loads(bytes(body or b""))
-    except orjson.JSONDecodeError:
-        return None
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    return message if isinstance(message, str) else None
 
 
 # -- the sync wrapper ----------------------------------------------------------------------------

@@ -22,25 +22,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import urllib.parse
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from callstream import __version__
 from callstream.errors import PublishError
+from callstream.protocol import CLOSE_AUTH
+from callstream.wire import AUTH_STATUSES, DROPPED, Reconnecting, refusal_reason, socket_url
 
 __all__ = ["Publisher", "PublisherStats", "ingest_url"]
 
 logger = logging.getLogger("callstream.publisher")
 
-AUTH_STATUSES: Final = frozenset({401, 403})
-CLOSE_AUTH: Final = 4001  # the server ends sockets of a revoked key with this code
 INITIAL_DELAY: Final = 0.1
 
 
@@ -50,13 +47,7 @@ def ingest_url(base_url: str) -> str:
     Users configure one URL for REST and sockets alike; the scheme mapping lives here so nobody
     hand-writes ``ws://`` URLs. A ``ws``/``wss`` base is accepted as is.
     """
-    parts = urllib.parse.urlsplit(base_url)
-    schemes = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
-    if parts.scheme not in schemes or not parts.netloc:
-        msg = f"expected an http(s):// or ws(s):// URL, got {base_url!r}"
-        raise ValueError(msg)
-    path = parts.path.rstrip("/") + "/v1/ingest"
-    return urllib.parse.urlunsplit((schemes[parts.scheme], parts.netloc, path, "", ""))
+    return socket_url(base_url, "/v1/ingest")
 
 
 @dataclass(slots=True)
@@ -80,12 +71,14 @@ class PublisherStats:
     errors: int
 
 
-class Publisher:
+class Publisher(Reconnecting):
     """Publish events of live calls through the ingest socket, with acks and reconnects.
 
     Use it as ``async with Publisher(url, key) as pub:``. Leaving the block normally waits until
     every event is acked (:meth:`flush`); leaving it with an exception does not.
     """
+
+    _name = "callstream-publisher"
 
     def __init__(
         self,
@@ -98,10 +91,9 @@ class Publisher:
         if max_in_flight < 1:
             msg = "max_in_flight must be at least 1"
             raise ValueError(msg)
-        self._url = ingest_url(url)
-        self._headers = {"Authorization": f"Bearer {key}"}  # never in the URL: URLs get logged
+        super().__init__(ingest_url(url), INITIAL_DELAY, reconnect_max_delay)
+        self._key = key
         self._max_in_flight = max_in_flight
-        self._max_delay = reconnect_max_delay
         self._next_ref = 1
         self._pending: dict[int, _Pending] = {}  # insertion order == ref order
         self._outbox: deque[_Pending] = deque()
@@ -110,32 +102,9 @@ class Publisher:
         self._room.set()
         self._drained = asyncio.Event()
         self._drained.set()
-        self._first_attempt = asyncio.Event()
-        self._ws: ClientConnection | None = None
-        self._task: asyncio.Task[None] | None = None
         self._failure: PublishError | None = None
-        self._closed = False
-        self._attempts = 0
-        self._connections = 0
         self._acked = 0
         self._errors = 0
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if exc_type is None:
-                # Not flush(): a permanent failure was already raised on the events' futures.
-                await self._drained.wait()
-        finally:
-            await self.close()
 
     async def start(self) -> None:
         """Connect in the background and wait for the first handshake's outcome.
@@ -147,8 +116,7 @@ class Publisher:
         """
         if self._task is not None:
             return
-        self._task = asyncio.create_task(self._run(), name="callstream-publisher")
-        await self._first_attempt.wait()
+        await self._launch()
         self._raise_if_failed()
 
     def send(self, call_id: str, type: str, data: dict[str, Any]) -> asyncio.Future[int | None]:
@@ -212,16 +180,8 @@ class Publisher:
 
         Call :meth:`flush` first to wait for them (``async with`` does).
         """
-        if self._closed:
-            return
-        self._closed = True
-        if self._ws is not None:
-            await self._ws.close()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
-        self._fail_pending(PublishError("closed", "the publisher was closed before the ack"))
-        self._first_attempt.set()
+        if await self._stop():
+            self._fail_pending(PublishError("closed", "the publisher was closed before the ack"))
 
     def statistics(self) -> PublisherStats:
         """Return counters and queue sizes (trio's ``statistics()`` habit)."""
@@ -233,6 +193,10 @@ class Publisher:
             acked=self._acked,
             errors=self._errors,
         )
+
+    async def _settle(self) -> None:
+        # Not flush(): a permanent failure was already raised on the events' futures.
+        await self._drained.wait()
 
     # -- connection loop ------------------------------------------------------------------------
 
@@ -255,33 +219,22 @@ class Publisher:
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in AUTH_STATUSES:
-                reason = _error_message(exc.response.body) or f"HTTP {status} at the handshake"
+                reason = refusal_reason(status, exc.response.body)
                 self._fail_permanently(PublishError("unauthorized", reason))
                 return True
             logger.warning("ingest handshake refused with HTTP %d; retrying", status)
-        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+        except DROPPED as exc:
             logger.warning("ingest connection lost (%s); reconnecting", exc)
         return False
 
     async def _connect_and_serve(self) -> None:
-        # compression=None: frames are small JSON; deflate costs more CPU than it saves here.
-        async with connect(
-            self._url,
-            additional_headers=self._headers,
-            user_agent_header=f"callstream-publisher/{__version__}",
-            compression=None,
-        ) as ws:
-            self._ws = ws
+        async with self._connection(self._key) as ws:
             self._attempts = 0
-            self._connections += 1
-            self._first_attempt.set()
             try:
                 await self._serve(ws)
             except ConnectionClosed:
-                if ws.close_code != CLOSE_AUTH:
+                if ws.close_code != CLOSE_AUTH:  # the server ends sockets of a revoked key with 4001
                     raise
-            finally:
-                self._ws = None
             if ws.close_code == CLOSE_AUTH:
                 self._fail_permanently(PublishError("unauthorized", "the server revoked the key"))
 
@@ -314,9 +267,8 @@ class Publisher:
 
     def _next_delay(self) -> float:
         """Capped exponential backoff, equal jitter: many producers must not reconnect in step."""
-        base = min(self._max_delay, INITIAL_DELAY * 2.0 ** min(self._attempts, 32))
-        self._attempts += 1
-        return base / 2 + random.random() * base / 2
+        cap = self._backoff()
+        return cap / 2 + random.random() * cap / 2
 
     # -- messages from the server ----------------------------------------------------------------
 
@@ -387,14 +339,3 @@ class Publisher:
             raise PublishError(self._failure.code, self._failure.message)
         if self._closed:
             raise PublishError("closed", "the publisher is closed")
-
-
-def _error_message(body: bytes | bytearray | None) -> str | None:
-    """Pull ``error.message`` out of the server's JSON refusal body, if there is one."""
-    try:
-        parsed = orjson.loads(bytes(body or b""))
-    except orjson.JSONDecodeError:
-        return None
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    return message if isinstance(message, str) else None

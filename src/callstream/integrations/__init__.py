@@ -18,8 +18,10 @@ event refused, buffer full) is logged and counted, never raised into the framewo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any, Final
 
 import orjson
@@ -27,11 +29,28 @@ import orjson
 from callstream.errors import PublishError
 from callstream.publisher import Publisher
 
-__all__ = ["CallEvents", "jsonable"]
+__all__ = ["CallEvents", "framework", "jsonable", "require_target"]
 
 logger = logging.getLogger("callstream.integrations")
 
 AGENT_STATES: Final = frozenset({"listening", "thinking", "speaking"})
+NO_TARGET: Final = "give a started Publisher, or url and key"
+
+
+@contextlib.contextmanager
+def framework(name: str, package: str, extra: str) -> Iterator[None]:
+    """Wrap an adapter's framework imports: a missing framework says what to install."""
+    try:
+        yield
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        msg = f"the {name} integration needs {package}: pip install 'callstream[{extra}]'"
+        raise ImportError(msg) from exc
+
+
+def require_target(publisher: Publisher | None, url: str | None, key: str | None) -> None:
+    """Refuse an adapter given neither a publisher nor a server to publish to (a ValueError)."""
+    if publisher is None and (url is None or key is None):
+        raise ValueError(NO_TARGET)
 
 
 def jsonable(value: Any) -> Any:
@@ -63,8 +82,9 @@ class CallEvents:
     """The events of one call, published in order through a :class:`~callstream.Publisher`.
 
     Keeps the little state every adapter needs: when the call started (for ``duration_ms``),
-    the last agent state (only changes are published), utterance ids that pair partials with
-    their final, and whether the call has ended (nothing is published after ``call.ended``).
+    the last agent state (only changes are published), each speaker's open utterance (its
+    partials and their final share one ``utterance_id``), and whether the call has ended
+    (nothing is published after ``call.ended``).
     """
 
     def __init__(self, publisher: Publisher, call_id: str, *, owns_publisher: bool = False) -> None:
@@ -78,6 +98,7 @@ class CallEvents:
         self.dropped = 0
         self.refused = 0
         self._utterances: dict[str, int] = {}
+        self._open: dict[str, str] = {}  # speaker → the utterance id its partials so far carry
 
     @classmethod
     async def connect(cls, url: str, key: str, call_id: str) -> CallEvents | None:
@@ -94,12 +115,33 @@ class CallEvents:
             return None
         return cls(publisher, call_id, owns_publisher=True)
 
+    @classmethod
+    async def open(
+        cls, call_id: str, *, publisher: Publisher | None = None, url: str | None = None, key: str | None = None
+    ) -> CallEvents | None:
+        """The call's events through a shared ``publisher``, or one of their own for ``url`` and ``key``.
+
+        None (logged) when that key is refused: see :meth:`connect`.
+        """
+        if publisher is not None:
+            return cls(publisher, call_id)
+        if url is None or key is None:
+            raise ValueError(NO_TARGET)
+        return await cls.connect(url, key, call_id)
+
     # -- what a call is made of ----------------------------------------------------------------
 
     def next_utterance(self, speaker: str) -> str:
         """A fresh utterance id for ``speaker`` (``user-1``, ``agent-3``, …)."""
         self._utterances[speaker] = self._utterances.get(speaker, 0) + 1
         return f"{speaker}-{self._utterances[speaker]}"
+
+    def speech(self, speaker: str, text: str, *, final: bool, **extra: Any) -> None:
+        """A transcript of ``speaker``'s open utterance: partials share its id, a final closes it."""
+        utterance = self._open.pop(speaker, None) or self.next_utterance(speaker)
+        if not final:
+            self._open[speaker] = utterance
+        self.transcript(speaker, text, final=final, utterance_id=utterance, **extra)
 
     def transcript(self, speaker: str, text: str, *, final: bool, utterance_id: str, **extra: Any) -> None:
         """A partial or final transcript; empty text is not an utterance and is skipped."""

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Any
 
-try:
+from callstream.integrations import CallEvents, framework, parse_json_text
+
+with framework("LiveKit", "livekit-agents", "livekit"):
     from livekit.agents import llm
     from livekit.agents.voice.events import (
         AgentStateChangedEvent,
@@ -48,11 +49,6 @@ try:
         ToolExecutionUpdatedEvent,
         UserInputTranscribedEvent,
     )
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    msg = "the LiveKit integration needs livekit-agents: pip install 'callstream[livekit]'"
-    raise ImportError(msg) from exc
-
-from callstream.integrations import CallEvents, parse_json_text
 
 if TYPE_CHECKING:
     from livekit.agents import AgentSession
@@ -60,8 +56,6 @@ if TYPE_CHECKING:
     from callstream.publisher import Publisher
 
 __all__ = ["CallstreamSession"]
-
-logger = logging.getLogger("callstream.integrations.livekit")
 
 MAX_LITERAL_CHARS = 65_536
 HANDLERS = {
@@ -100,7 +94,6 @@ class CallstreamSession:
     def __init__(self, session: AgentSession[Any], calls: CallEvents) -> None:
         self.session = session
         self.events = calls
-        self._user_utterance: str | None = None
         self._user_transcribed = False  # a final transcript came since the last user message
         self._announced: set[str] = set()  # tool call ids already published as function.call
         self._closing: asyncio.Task[None] | None = None
@@ -120,13 +113,7 @@ class CallstreamSession:
 
         A refused key must not keep the agent from taking the call, so it is not raised.
         """
-        if publisher is not None:
-            calls: CallEvents | None = CallEvents(publisher, call_id)
-        elif url is not None and key is not None:
-            calls = await CallEvents.connect(url, key, call_id)
-        else:
-            msg = "give a started Publisher, or url and key"
-            raise ValueError(msg)
+        calls = await CallEvents.open(call_id, publisher=publisher, url=url, key=key)
         if calls is None:
             return None
         bridge = cls(session, calls)
@@ -158,11 +145,9 @@ class CallstreamSession:
     # -- session events → callstream events ---------------------------------------------------
 
     def _on_user_input(self, ev: UserInputTranscribedEvent) -> None:
-        utterance = self._user_utterance or self.events.next_utterance("user")
-        self._user_utterance = None if ev.is_final else utterance
         self._user_transcribed = self._user_transcribed or ev.is_final
         extra = {"speaker_id": ev.speaker_id, "language": ev.language}
-        self.events.transcript("user", ev.transcript, final=ev.is_final, utterance_id=utterance, **extra)
+        self.events.speech("user", ev.transcript, final=ev.is_final, **extra)
 
     def _on_item(self, ev: ConversationItemAddedEvent) -> None:
         item = ev.item
@@ -170,13 +155,10 @@ class CallstreamSession:
             return
         if item.role == "assistant":
             extra = {"interrupted": True} if item.interrupted else {}
-            utterance = self.events.next_utterance("agent")
-            self.events.transcript("agent", item.text_content, final=True, utterance_id=utterance, **extra)
+            self.events.speech("agent", item.text_content, final=True, **extra)
         elif item.role == "user":
             if not self._user_transcribed:  # typed input, or an STT that sent no final
-                utterance = self._user_utterance or self.events.next_utterance("user")
-                self.events.transcript("user", item.text_content, final=True, utterance_id=utterance)
-                self._user_utterance = None
+                self.events.speech("user", item.text_content, final=True)
             self._user_transcribed = False
 
     def _on_state(self, ev: AgentStateChangedEvent) -> None:

@@ -35,11 +35,12 @@ Tested with pipecat-ai 1.14 (``PipelineWorker``; ``PipelineTask`` is its depreca
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
-try:
+from callstream.integrations import CallEvents, framework, require_target
+
+with framework("Pipecat", "pipecat-ai", "pipecat"):
     from pipecat.frames.frames import (
         BotStartedSpeakingFrame,
         BotStoppedSpeakingFrame,
@@ -65,11 +66,6 @@ try:
     )
     from pipecat.observers.base_observer import BaseObserver, FramePushed
     from pipecat.processors.frame_processor import FrameDirection
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    msg = "the Pipecat integration needs pipecat-ai: pip install 'callstream[pipecat]'"
-    raise ImportError(msg) from exc
-
-from callstream.integrations import CallEvents
 
 if TYPE_CHECKING:
     from pipecat.utils.asyncio.task_manager import BaseTaskManager
@@ -77,8 +73,6 @@ if TYPE_CHECKING:
     from callstream.publisher import Publisher
 
 __all__ = ["CallstreamObserver"]
-
-logger = logging.getLogger("callstream.integrations.pipecat")
 
 AgentText = Literal["tts", "llm", "none"]
 
@@ -104,9 +98,7 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
         announce_start: bool = True,
         **kwargs: Any,
     ) -> None:
-        if publisher is None and (url is None or key is None):
-            msg = "give a started Publisher, or url and key"
-            raise ValueError(msg)
+        require_target(publisher, url, key)
         super().__init__(observe_every_push=False, **kwargs)
         self.call_id = call_id
         self._url, self._key = url, key
@@ -114,8 +106,7 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
         self._agent_text = agent_text
         self._agent_partials = agent_partials
         self._announce_start = announce_start
-        self._user_utterance: str | None = None
-        self._agent_utterance: str | None = None
+        self._agent_speaking = False  # an agent utterance is open: its final is still owed
         self._agent_words = ""
         self._llm_active = False
         self._tts_active = False
@@ -130,8 +121,8 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
 
     async def setup(self, task_manager: BaseTaskManager) -> None:
         await super().setup(task_manager)
-        if self._calls is None and self._url is not None and self._key is not None:
-            self._calls = await CallEvents.connect(self._url, self._key, self.call_id)
+        if self._calls is None:
+            self._calls = await CallEvents.open(self.call_id, url=self._url, key=self._key)
 
     async def cleanup(self) -> None:
         """The pipeline is done: make sure the call is ended and what was sent is stored.
@@ -177,31 +168,26 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
             self._turn(frame, calls)
 
     def _user_speech(self, frame: InterimTranscriptionFrame | TranscriptionFrame, calls: CallEvents) -> None:
-        final = isinstance(frame, TranscriptionFrame)
-        utterance = self._user_utterance or calls.next_utterance("user")
-        self._user_utterance = None if final else utterance
         extra = {"user_id": frame.user_id or None, "language": frame.language}
-        calls.transcript("user", frame.text, final=final, utterance_id=utterance, **extra)
+        calls.speech("user", frame.text, final=isinstance(frame, TranscriptionFrame), **extra)
 
     def _agent_speech(self, frame: TextFrame, calls: CallEvents) -> None:
         source = TTSTextFrame if self._agent_text == "tts" else LLMTextFrame
         if self._agent_text == "none" or not isinstance(frame, source) or not frame.text:
             return
-        if self._agent_utterance is None:
-            self._agent_utterance = calls.next_utterance("agent")
+        self._agent_speaking = True
         if frame.includes_inter_frame_spaces:
             self._agent_words += frame.text
         else:
             self._agent_words = f"{self._agent_words} {frame.text.strip()}".lstrip()
         if self._agent_partials:
-            calls.transcript("agent", self._agent_words.strip(), final=False, utterance_id=self._agent_utterance)
+            calls.speech("agent", self._agent_words.strip(), final=False)
 
     def _flush_agent_words(self, **extra: Any) -> None:
         """The agent's utterance is over (or cut off): publish its final."""
-        if self._calls is not None and self._agent_utterance is not None:
-            words = self._agent_words.strip()
-            self._calls.transcript("agent", words, final=True, utterance_id=self._agent_utterance, **extra)
-        self._agent_utterance, self._agent_words = None, ""
+        if self._calls is not None and self._agent_speaking:
+            self._calls.speech("agent", self._agent_words.strip(), final=True, **extra)
+        self._agent_speaking, self._agent_words = False, ""
 
     def _tool(
         self,
