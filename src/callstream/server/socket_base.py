@@ -4,8 +4,9 @@ The handshake decides before the upgrade (docs/protocol.md, The events socket): 
 allow-list, a draining node, the credential and its scope, the key's and the account's
 connection slots; a refusal is an HTTP answer with the error shape and no upgrade. A socket
 that is let in holds its slots until it ends, registers with the runtime (so revocation and
-shutdown can end it) and counts in the connections gauge. Each socket's own reader and writer
-(`events_socket`, `ingest`) are its own: nothing here runs per message.
+shutdown can end it) and counts in the connections gauge. The read loop is shared; what a
+message does (`_handle`) and how frames go out (fan-out writes, acks) are each socket's own
+(`events_socket`, `ingest`), and nothing here adds to them.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ SOCKET_GONE = (WebSocketDisconnect, RuntimeError)
 class SocketConnection:
     """One admitted socket: registered with the runtime and counted while its reader runs.
 
-    Subclasses set `kind` (the connections gauge's label), handle each text message in `_handle`, refuse what is not one in
-    `_not_text` / `_too_large`, let go of their resources in `_closing` (ended by the server)
-    and `_ended` (the socket is gone).
+    Subclasses set `kind` (the connections gauge's label), handle each text message in
+    `_handle`, refuse what is not one in `_not_text` / `_too_large`, and let go of their
+    resources in `_closing` (the server ends the connection) and `_ended` (the socket is gone).
     """
 
     kind: ClassVar[str]
