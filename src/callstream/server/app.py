@@ -21,16 +21,17 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from callstream import __version__
+from callstream.broker import BrokerUnavailableError
 from callstream.limits import Limits
 from callstream.server import rest
 from callstream.server.bodylimit import BodyLimit
 from callstream.server.dashboard_files import DashboardFiles
-from callstream.server.deps import ApiError, runtime_of
+from callstream.server.deps import ApiError, runtime_of, unavailable
 from callstream.server.events_socket import events_endpoint
 from callstream.server.ingest import ingest_endpoint
 from callstream.server.runtime import Runtime
 from callstream.settings import Settings
-from callstream.store import SqlStore
+from callstream.store import SqlStore, StoreUnavailableError
 
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 HEALTH_TIMEOUT_S = 3.0
@@ -131,6 +132,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         responses={401: ERROR_RESPONSES[401]},
     )
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StoreUnavailableError, _unavailable)
+    app.add_exception_handler(BrokerUnavailableError, _unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.mount("/", DashboardFiles(directory=DASHBOARD_DIR, html=True, check_dir=False), name="dashboard")
@@ -236,6 +239,11 @@ def _bearer_matches(request: Request, token: str) -> bool:
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The store or the broker could not serve a request: 503 `unavailable`, never a 500."""
+    return await _api_error(request, unavailable(exc))
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

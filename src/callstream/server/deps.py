@@ -38,6 +38,14 @@ def not_found(what: str = "call") -> ApiError:
     return ApiError(404, "not_found", f"no such {what}")
 
 
+UNAVAILABLE_RETRY_S = 1.0  # the `Retry-After` of a 503 while the store or the broker is down
+
+
+def unavailable(exc: Exception) -> ApiError:
+    """503 `unavailable` with `Retry-After`: the store or the broker cannot serve right now."""
+    return ApiError(503, "unavailable", str(exc), retry_after_s=UNAVAILABLE_RETRY_S)
+
+
 def runtime_of(conn: HTTPConnection) -> Runtime:
     runtime: Runtime = conn.app.state.runtime
     return runtime

@@ -13,131 +13,25 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import orjson
-from starlette.responses import JSONResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from callstream import metrics
 from callstream import protocol as p
 from callstream.auth import AuthError, Principal
-from callstream.broker import BrokerUnavailableError, QuotaExceededError
+from callstream.broker import BrokerUnavailableError
 from callstream.events import ENDED, Event, text_frame
 from callstream.hub import Subscription
 from callstream.limits import TokenBucket
 from callstream.outbox import Outbox
-from callstream.server.deps import credential_of, limits_of, retry_after_header, runtime_of
 from callstream.server.runtime import Runtime
-from callstream.server.transport import FRAME_WRITER, URGENT, FrameWriter, frame_payload
+from callstream.server.socket_base import SOCKET_GONE, SocketConnection, rate_limited_message, socket_endpoint
+from callstream.server.transport import FRAME_WRITER, FrameWriter, frame_payload
+from callstream.store import StoreUnavailableError
 
 log = logging.getLogger("callstream.events")
 
 _WRITE_BATCH_BYTES = 256 * 1024  # bounds one write, so one busy socket cannot hog the loop
-
-
-async def close_urgently(ws: WebSocket, code: int, error_code: str | None, message: str) -> None:
-    """Send the final `error` (if any) and the close without waiting behind a stalled reader."""
-    with contextlib.suppress(Exception):
-        if error_code is not None:
-            text = p.error_message(error_code, message).decode()
-            await asyncio.wait_for(ws.send({"type": "websocket.send", "text": text, URGENT: True}), 2.0)
-        close = {"type": "websocket.close", "code": code, "reason": message[:120], URGENT: True}
-        await asyncio.wait_for(ws.send(close), 2.0)
-
-
-def denial(status: int, code: str, message: str, retry_after_s: float | None = None) -> JSONResponse:
-    if retry_after_s is None:
-        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-    body = {"error": {"code": code, "message": message, "retry_after_s": retry_after_s}}
-    return JSONResponse(body, status_code=status, headers=retry_after_header(retry_after_s))
-
-
-def origin_allowed(ws: WebSocket, allowed: list[str]) -> bool:
-    origin = ws.headers.get("origin")
-    return not allowed or origin is None or origin.rstrip("/") in allowed or "*" in allowed
-
-
-def rate_limited_message(message: str, retry_after_s: float, ref: Any = None, call_id: str | None = None) -> bytes:
-    """A `rate_limited` error with its retry hint: `data.retry_after_s` (seconds)."""
-    body: dict[str, Any] = {
-        "type": "error",
-        "call_id": call_id,
-        "data": {"code": p.RATE_LIMITED, "message": message, "retry_after_s": round(retry_after_s, 3)},
-    }
-    if call_id is not None:
-        body["data"]["call_id"] = call_id
-    if ref is not None:
-        body["ref"] = ref
-    return orjson.dumps(body)
-
-
-async def handshake(ws: WebSocket, scope: str) -> tuple[Principal, bool] | None:
-    """Authenticate before upgrading; on failure answer with HTTP and no upgrade.
-
-    On success the socket holds a connection slot of its key and account: the caller must
-    `release_slot` when the socket ends (see `admitted`).
-    """
-    runtime = runtime_of(ws)
-    if not origin_allowed(ws, runtime.settings.allowed_origins):
-        await ws.send_denial_response(denial(403, "forbidden", "this Origin is not allowed"))
-        return None
-    if runtime.draining:
-        await ws.send_denial_response(denial(503, "unavailable", "this node is shutting down"))
-        return None
-    credential, via_subprotocol = credential_of(ws)
-    assert runtime.auth is not None
-    try:
-        principal = await runtime.auth.authenticate(credential)
-    except AuthError as exc:
-        await ws.send_denial_response(denial(401, "unauthorized", str(exc)))
-        return None
-    if not principal.may(scope):
-        await ws.send_denial_response(denial(403, "forbidden", f"this credential lacks the {scope} scope"))
-        return None
-    refusal = limits_of(ws).connections.acquire(principal.account, principal.key_id)
-    if refusal is not None:
-        metrics.CLIENT_ERRORS.labels(p.RATE_LIMITED).inc()
-        await ws.send_denial_response(denial(429, p.RATE_LIMITED, refusal.message, refusal.retry_after_s))
-        return None
-    answer = await _account_socket(runtime, principal.account)
-    if answer is not None:
-        limits_of(ws).connections.release(principal.account, principal.key_id)
-        await ws.send_denial_response(answer)
-        return None
-    return principal, via_subprotocol
-
-
-async def _account_socket(runtime: Runtime, account: str) -> JSONResponse | None:
-    """Count the socket against the account's quota (on every node with Redis); a refusal's answer."""
-    try:
-        await runtime.broker.acquire_socket(account)
-    except QuotaExceededError as exc:
-        metrics.CLIENT_ERRORS.labels(p.QUOTA_EXCEEDED).inc()
-        return denial(429, p.QUOTA_EXCEEDED, exc.message, exc.retry_after_s)
-    except BrokerUnavailableError as exc:
-        return denial(503, "unavailable", str(exc), 1.0)
-    return None
-
-
-async def release_slot(ws: WebSocket, principal: Principal) -> None:
-    limits_of(ws).connections.release(principal.account, principal.key_id)
-    try:
-        await runtime_of(ws).broker.release_socket(principal.account)
-    except BrokerUnavailableError:  # the broker recounts once it is back
-        log.warning("could not release a socket of the account's quota; recounted later")
-
-
-async def events_endpoint(ws: WebSocket) -> None:
-    admitted = await handshake(ws, "subscribe")
-    if admitted is None:
-        return
-    principal, via_subprotocol = admitted
-    try:
-        await ws.accept(subprotocol="bearer" if via_subprotocol else None)
-        await EventsConnection(ws, runtime_of(ws), principal).run()
-    finally:
-        await release_slot(ws, principal)
 
 
 class _Flusher:
@@ -178,17 +72,15 @@ def _flusher() -> _Flusher:
     return flusher
 
 
-class EventsConnection:
+class EventsConnection(SocketConnection):
+    kind = "events"
+
     def __init__(self, ws: WebSocket, runtime: Runtime, principal: Principal) -> None:
+        super().__init__(ws, runtime, principal, runtime.settings.max_message_bytes)
         settings = runtime.settings
-        self.ws = ws
-        self.runtime = runtime
-        self.principal = principal
-        self.key_id = principal.key_id
         self.outbox = Outbox(settings.outbox_high_water, metrics.PARTIALS_DROPPED.inc)
         self.bucket = TokenBucket(settings.client_rate, settings.client_burst)
         self.subs: dict[str, Subscription] = {}
-        self.closed = False
         self._cut_off = False
         # An idle subscriber holds no task and no Event of its own: fan-out writes its socket
         # directly (`flush_now`); a drain task exists only while the socket pushes back, and
@@ -196,7 +88,6 @@ class EventsConnection:
         self._drainer: asyncio.Task[None] | None = None
         self._room: asyncio.Event | None = None
         self._expiry: asyncio.TimerHandle | None = None
-        self._max_bytes = settings.max_message_bytes
         self._frame_writer: FrameWriter | None = ws.scope.get(FRAME_WRITER)
         self._dirty = False
         self._flusher = _flusher()
@@ -253,7 +144,7 @@ class EventsConnection:
             return
         try:
             writer.transport.write(block[sent:])
-        except Exception:  # closed under us: part of a frame is out, so nothing more may follow
+        except RuntimeError:  # closed under us: part of a frame is out, so nothing more may follow
             writer.transport.abort()
 
     def _queued(self) -> None:
@@ -315,52 +206,33 @@ class EventsConnection:
         if not self.closed and not self._cut_off:
             self._cut_off = True
             metrics.SLOW_CONSUMERS.inc()
-            asyncio.get_running_loop().create_task(
-                self.terminate(
-                    p.CLOSE_POLICY, p.SLOW_CONSUMER, "outbound buffer full: resubscribe with since"
-                )
+            self.runtime.tasks.start(
+                self.terminate(p.CLOSE_POLICY, p.SLOW_CONSUMER, "outbound buffer full: resubscribe with since")
             )
 
     # ---- life cycle ----------------------------------------------------------------------
 
-    async def run(self) -> None:
-        self.runtime.connections.add(self)
-        metrics.CONNECTIONS.labels("events").inc()
+    def _started(self) -> None:
         self._arm_expiry()
-        try:
-            await self._read_forever()
-        except WebSocketDisconnect:
-            pass
-        finally:
-            self.closed = True
-            self.direct_write = None
-            if self._frame_writer is not None:
-                self._frame_writer.on_change = None
-            self._unsubscribe_all()
-            if self._expiry is not None:
-                self._expiry.cancel()
-            if self._drainer is not None:
-                self._drainer.cancel()
-            self.runtime.connections.discard(self)
-            metrics.CONNECTIONS.labels("events").dec()
 
-    async def terminate(self, code: int, error_code: str | None, message: str) -> None:
-        """End the connection: an `error` first when there is one to give, then the close code."""
-        if self.closed:
-            return
-        self.closed = True
+    def _ended(self) -> None:
+        self.direct_write = None
+        if self._frame_writer is not None:
+            self._frame_writer.on_change = None
+        self._unsubscribe_all()
+        self._cancel(self._expiry, self._drainer)
+
+    async def _closing(self, code: int) -> None:
         self.direct_write = None
         if self._room is not None:
             self._room.set()  # release a replay waiting for room
         self._unsubscribe_all()
-        if self._drainer is not None:
-            self._drainer.cancel()
-        await close_urgently(self.ws, code, error_code, message)
+        self._cancel(self._drainer)
 
     async def _drain(self) -> None:
         """Empty the outbox at the socket's pace (a batch of pre-encoded frames per write), then end."""
         writer = self._frame_writer
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*SOCKET_GONE):
             while self.outbox and not self.closed:
                 if writer is None:  # another ASGI server: one message at a time
                     batch = self.outbox.pop_batch(_WRITE_BATCH_BYTES)
@@ -380,21 +252,12 @@ class EventsConnection:
                 self._made_room()
             self._refresh_direct()
 
-    async def _read_forever(self) -> None:
-        while not self.closed:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            if text is None:
-                self._error(p.INVALID_MESSAGE, "binary frames are not accepted: send JSON as text")
-                continue
-            if len(text) > self._max_bytes and len(text.encode()) > self._max_bytes:
-                await self.terminate(
-                    p.CLOSE_TOO_LARGE, p.MESSAGE_TOO_LARGE, f"messages are limited to {self._max_bytes} bytes"
-                )
-                return
-            await self._handle(text)
+    async def _not_text(self) -> None:
+        self._error(p.INVALID_MESSAGE, "binary frames are not accepted: send JSON as text")
+
+    async def _too_large(self, limit: int) -> bool:
+        await self.terminate(p.CLOSE_TOO_LARGE, p.MESSAGE_TOO_LARGE, f"messages are limited to {limit} bytes")
+        return False
 
     # ---- client messages -------------------------------------------------------------------
 
@@ -450,8 +313,8 @@ class EventsConnection:
                     self.enqueue_event(event)
             else:
                 await self._catch_up(sub, message.since)
-        except Exception:
-            log.exception("subscribe failed")
+        except (StoreUnavailableError, BrokerUnavailableError) as exc:
+            log.warning("subscribe to %s failed: %s", call_id, exc)
             await self._unsubscribe(call_id)
             self._error(p.INTERNAL, "the subscription could not be set up; try again", call_id)
 
@@ -522,7 +385,7 @@ class EventsConnection:
         hub, broker = self.runtime.hub, self.runtime.broker
         for call_id, sub in self.subs.items():
             if hub.remove(self, sub.account, call_id) is sub:
-                asyncio.get_running_loop().create_task(broker.unwatch(sub.account, call_id))
+                self.runtime.tasks.start(broker.unwatch(sub.account, call_id))
         self.subs.clear()
 
     async def _reauthenticate(self, token: str) -> None:
@@ -555,6 +418,9 @@ class EventsConnection:
         self._expiry = loop.call_later(delay, self._expired)
 
     def _expired(self) -> None:
-        asyncio.get_running_loop().create_task(
+        self.runtime.tasks.start(
             self.terminate(p.CLOSE_AUTH, p.TOKEN_EXPIRED, "the token expired: reconnect with a fresh one")
         )
+
+
+events_endpoint = socket_endpoint(EventsConnection, "subscribe")

@@ -20,95 +20,59 @@ import asyncio
 import contextlib
 import logging
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from callstream import metrics
 from callstream import protocol as p
 from callstream.acks import AckLine
+from callstream.auth import Principal
 from callstream.broker import BrokerUnavailableError, CallEndedError, QuotaExceededError
 from callstream.events import NewEvent, text_frame
 from callstream.limits import IngestLimiter
-from callstream.server.deps import limits_of, runtime_of
-from callstream.server.events_socket import close_urgently, handshake, rate_limited_message, release_slot
+from callstream.server.deps import limits_of
 from callstream.server.runtime import Runtime
+from callstream.server.socket_base import SocketConnection, rate_limited_message, socket_endpoint
 from callstream.server.transport import FRAME_WRITER, FrameWriter
-from callstream.store import CallFailedError
+from callstream.store import CallFailedError, StoreUnavailableError
 
 log = logging.getLogger("callstream.ingest")
 
-async def ingest_endpoint(ws: WebSocket) -> None:
-    admitted = await handshake(ws, "publish")
-    if admitted is None:
-        return
-    principal, via_subprotocol = admitted
-    try:
-        await ws.accept(subprotocol="bearer" if via_subprotocol else None)
-        connection = IngestConnection(ws, runtime_of(ws), principal.account, principal.key_id)
-        connection.limiter = limits_of(ws).ingest
-        await connection.run()
-    finally:
-        await release_slot(ws, principal)
 
+class IngestConnection(SocketConnection):
+    kind = "ingest"
 
-class IngestConnection:
-    def __init__(self, ws: WebSocket, runtime: Runtime, account: str, key_id: str) -> None:
-        self.ws = ws
-        self.runtime = runtime
-        self.account = account
-        self.key_id = key_id
+    def __init__(self, ws: WebSocket, runtime: Runtime, principal: Principal) -> None:
+        super().__init__(ws, runtime, principal, runtime.settings.max_ingest_message_bytes)
+        self.account = principal.account
         self._acks = AckLine(runtime.settings.store_timeout_s, asyncio.get_running_loop().time)
         self._unsent: list[bytes] = []  # acks due that wait for the socket (`_send_unsent`)
         self._unsent_sender: asyncio.Task[None] | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
         self._send_lock = asyncio.Lock()
-        self.closed = False  # no more frames are read (the socket may still send what it owes)
-        self._ended = False  # the socket is gone: nothing more can be sent
-        self.limiter: IngestLimiter | None = None
+        self._gone = False  # the socket is gone: nothing more can be sent
+        self.limiter: IngestLimiter = limits_of(ws).ingest
         self._frame_writer: FrameWriter | None = ws.scope.get(FRAME_WRITER)  # set by the accept
 
-    async def run(self) -> None:
-        self.runtime.connections.add(self)
-        metrics.CONNECTIONS.labels("ingest").inc()
-        try:
-            await self._read_forever()
-        except WebSocketDisconnect:
-            pass
-        finally:
-            self.closed = self._ended = True
-            if self._ack_timer is not None:
-                self._ack_timer.cancel()
-            if self._unsent_sender is not None:
-                self._unsent_sender.cancel()
-            self.runtime.connections.discard(self)
-            metrics.CONNECTIONS.labels("ingest").dec()
+    def _ended(self) -> None:
+        self._gone = True
+        self._cancel(self._ack_timer, self._unsent_sender)
 
-    async def terminate(self, code: int, error_code: str | None, message: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with contextlib.suppress(Exception):
-            if code == p.CLOSE_GOING_AWAY:  # send the acks we owe before going away
+    async def _closing(self, code: int) -> None:
+        """Closed (the socket may still send what it owes): going away, the acks owed go first."""
+        if code == p.CLOSE_GOING_AWAY:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._acks_sent(), 5.0)
-        await close_urgently(self.ws, code, error_code, message)
 
     async def _send(self, frame: bytes) -> None:
         async with self._send_lock:
             await self.ws.send_text(frame.decode())
 
-    async def _read_forever(self) -> None:
-        limit = self.runtime.settings.max_ingest_message_bytes
-        while not self.closed:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            if text is None:
-                await self._send(p.error_message(p.INVALID_MESSAGE, "send events as JSON text frames"))
-                continue
-            if len(text) > limit and len(text.encode()) > limit:
-                await self._send(p.error_message(p.MESSAGE_TOO_LARGE, f"frames are limited to {limit} bytes"))
-                continue
-            await self._handle(text)
+    async def _not_text(self) -> None:
+        await self._send(p.error_message(p.INVALID_MESSAGE, "send events as JSON text frames"))
+
+    async def _too_large(self, limit: int) -> bool:
+        await self._send(p.error_message(p.MESSAGE_TOO_LARGE, f"frames are limited to {limit} bytes"))
+        return True
 
     async def _handle(self, text: str) -> None:
         try:
@@ -128,7 +92,7 @@ class IngestConnection:
 
     async def _admitted(self, events: list[NewEvent]) -> bool:
         """The key's events/s budget (shared with REST and its other sockets); refused: not applied."""
-        refusal = None if self.limiter is None else self.limiter.take(self.key_id, len(events))
+        refusal = self.limiter.take(self.key_id, len(events))
         if refusal is None:
             return True
         metrics.CLIENT_ERRORS.labels(p.RATE_LIMITED).inc()
@@ -168,9 +132,9 @@ class IngestConnection:
             for event in events:
                 await self._send(p.error_message(p.INTERNAL, str(exc), event.call_id, event.ref))
             return
-        except Exception as exc:  # e.g. the store is unreachable while loading a call: say so, stay open
-            log.warning("publish failed: %s", exc.__class__.__name__, exc_info=True)
-            message = f"not applied: the node cannot reach its store ({exc.__class__.__name__}); retry"
+        except StoreUnavailableError as exc:  # e.g. while loading a call: say so, stay open
+            log.warning("publish failed: %s", exc)
+            message = f"not applied: the node cannot reach its store ({exc}); retry"
             for event in events:
                 await self._send(p.error_message(p.INTERNAL, message, event.call_id, event.ref))
             return
@@ -188,7 +152,7 @@ class IngestConnection:
         self._emit_due_acks()
 
     def _emit_due_acks(self) -> None:
-        if self._ended:
+        if self._gone:
             return
         messages = self._acks.due()
         if not messages:
@@ -215,7 +179,7 @@ class IngestConnection:
     def _arm_ack_timer(self) -> None:
         """Wake when the oldest frame waiting for its commit times out (none armed: none waits)."""
         deadline = self._acks.next_deadline()
-        if deadline is None or self._ended:
+        if deadline is None or self._gone:
             self._ack_timer = None
             return
         self._ack_timer = asyncio.get_running_loop().call_at(deadline, self._on_ack_timer)
@@ -243,3 +207,6 @@ class IngestConnection:
             if not writer.writable.is_set():
                 await writer.writable.wait()  # the socket's own backpressure
             writer.write_frames(b"".join(map(text_frame, messages)))
+
+
+ingest_endpoint = socket_endpoint(IngestConnection, "publish")

@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from callstream import protocol as p
@@ -24,6 +23,7 @@ from callstream.server.deps import (
     rate_limited,
     require,
     runtime_of,
+    unavailable,
 )
 from callstream.store import CallFailedError, KeyRecord, StoreUnavailableError
 
@@ -124,13 +124,11 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
     except QuotaExceededError as exc:  # nothing of the batch applied
         hint = {} if exc.retry_after_s is None else {"retry_after_s": exc.retry_after_s}
         raise ApiError(429, p.QUOTA_EXCEEDED, exc.message, index=exc.index, quota=exc.quota, **hint) from None
-    except (BrokerUnavailableError, StoreUnavailableError) as exc:
-        raise ApiError(503, "unavailable", str(exc)) from None
+    except (BrokerUnavailableError, StoreUnavailableError) as exc:  # say, while loading the call
+        raise unavailable(exc) from None
     except TimeoutError:
         message = f"the store did not confirm within {timeout:g} s: the events may or may not be stored"
         raise ApiError(503, "unavailable", message) from None
-    except SQLAlchemyError as exc:  # the store cannot be reached (say, while loading the call)
-        raise ApiError(503, "unavailable", f"the store is unavailable: {exc.__class__.__name__}") from None
     return json_response({"accepted": len(sequenced), "seq": [e.seq for e in sequenced]}, 202)
 
 

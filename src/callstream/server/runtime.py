@@ -17,7 +17,6 @@ The route of an event. REST, the ingest socket (and therefore `Publisher`) all c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -29,12 +28,14 @@ from callstream.auth import Authenticator, TokenSigner, new_signing_secret
 from callstream.broker import Broker, Quotas, create_broker
 from callstream.events import ENDED, FINAL, Event, NewEvent
 from callstream.hub import Hub
+from callstream.server.tasks import TaskSet
 from callstream.settings import Settings
 from callstream.store import CallFailedError, SqlStore, database_url
 
 log = logging.getLogger("callstream")
 
 REPLAY_PAGE = 1_000  # stored events a `since` replay reads at a time
+_TASKS_GRACE_S = 2.0  # how long `stop` lets short tasks (closes, unwatches) finish before cancelling
 
 
 class Closable(Protocol):
@@ -58,7 +59,8 @@ class Runtime:
         self.signer: TokenSigner | None = None
         self.auth: Authenticator | None = None
         self.draining = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._workers = TaskSet()  # run for the node's life: cancelled by `stop`
+        self.tasks = TaskSet()  # short ones (a socket's close, an unwatch): given a moment by `stop`
         self._sentiment_enabled = settings.sentiment
         # Background workers (the webhook deliverer) that run for the node's life.
         self.start_hooks: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
@@ -76,17 +78,14 @@ class Runtime:
         self.auth = Authenticator(self.store, self.signer)
         await self.broker.start(self._deliver, self.store.call_state)
         self.broker.on_reconnect = self._resync_subscribers
-        self._tasks.append(asyncio.create_task(self._watch_revocations(), name="revocations"))
+        self._workers.start(self._watch_revocations(), name="revocations")
         for start_hook in self.start_hooks:
-            self._tasks.append(asyncio.create_task(start_hook(self), name="start-hook"))
+            self._workers.start(start_hook(self), name="start-hook")
 
     async def stop(self) -> None:
         await self.drain()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.tasks.stop(grace_s=_TASKS_GRACE_S)
+        await self._workers.stop()
         await self.broker.close()
         await self.store.close()
 
@@ -184,7 +183,7 @@ class Runtime:
             metrics.EVENTS_DELIVERED.inc(written)  # the rest is counted as its socket is written
         for event in events:
             if event.type == ENDED and (over := self.hub.end_call(event.account, event.call_id)):
-                asyncio.get_running_loop().create_task(self._unwatch(event.account, event.call_id, len(over)))
+                self.tasks.start(self._unwatch(event.account, event.call_id, len(over)))
 
     async def _unwatch(self, account: str, call_id: str, times: int) -> None:
         """Balance the broker's watches of subscriptions the hub ended (one per subscription)."""

@@ -15,14 +15,15 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from callstream.events import ENDED, CallState, Event
@@ -67,6 +68,34 @@ class CallFailedError(StoreUnavailableError):
     def __init__(self, message: str, calls: frozenset[tuple[str, str]]) -> None:
         super().__init__(message)
         self.calls = calls  # (account, call_id) of every call of the append that failed
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+DRIVER_ERRORS = (SQLAlchemyError, OSError)  # what the database's driver raises when it cannot serve
+
+
+def unavailable(exc: BaseException) -> BaseException:
+    """A driver error as the project's `StoreUnavailableError` (anything else as it is)."""
+    if isinstance(exc, DRIVER_ERRORS):
+        error = StoreUnavailableError(f"the store is unavailable: {exc.__class__.__name__}")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+def store_errors(method: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    """Callers of the decorated method see `StoreUnavailableError`, never the driver's errors:
+    REST and the sockets answer 503 / `internal` from the project's own errors alone."""
+
+    @functools.wraps(method)
+    async def mapped(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except DRIVER_ERRORS as exc:
+            raise unavailable(exc) from exc
+
+    return mapped
 
 
 def database_url(url: str | None, data_dir: str) -> str:
@@ -307,6 +336,7 @@ class SqlStore:
 
     # ---- meta, accounts and keys ---------------------------------------------------------
 
+    @store_errors
     async def meta_value(self, key: str, default: Callable[[], str]) -> str:
         """Read a server-wide value, creating it once; nodes sharing the database share it."""
         async with self.engine.begin() as conn:
@@ -324,6 +354,7 @@ class SqlStore:
     def _insert_ignore(self, table: sa.Table, keys: list[str]) -> Any:
         return self._insert(table).on_conflict_do_nothing(index_elements=keys)
 
+    @store_errors
     async def create_key(
         self, account: str, scopes: frozenset[str], name: str | None = None
     ) -> tuple[KeyRecord, str]:
@@ -352,17 +383,20 @@ class SqlStore:
         scopes = frozenset(s for s in row.scopes.split(",") if s)
         return KeyRecord(row.id, row.account, row.name, scopes, row.created_at, row.revoked_at)
 
+    @store_errors
     async def key_by_secret(self, secret: str) -> KeyRecord | None:
         query = sa.select(t.api_keys).where(t.api_keys.c.key_hash == hash_secret(secret))
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else self._key_record(row)
 
+    @store_errors
     async def key_by_id(self, key_id: str) -> KeyRecord | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(t.api_keys).where(t.api_keys.c.id == key_id))).first()
         return None if row is None else self._key_record(row)
 
+    @store_errors
     async def list_keys(self, account: str | None = None) -> list[KeyRecord]:
         query = sa.select(t.api_keys).order_by(t.api_keys.c.created_at)
         if account is not None:
@@ -370,6 +404,7 @@ class SqlStore:
         async with self.engine.connect() as conn:
             return [self._key_record(r) for r in await conn.execute(query)]
 
+    @store_errors
     async def revoke_key(self, key_id: str) -> bool:
         query = (
             t.api_keys.update()
@@ -380,11 +415,13 @@ class SqlStore:
             result = await conn.execute(query)
         return bool(result.rowcount)
 
+    @store_errors
     async def revoked_since(self, since_ms: int) -> list[str]:
         query = sa.select(t.api_keys.c.id).where(t.api_keys.c.revoked_at >= since_ms)
         async with self.engine.connect() as conn:
             return [r[0] for r in await conn.execute(query)]
 
+    @store_errors
     async def create_login_code(self, account: str, ttl_s: int = 600) -> str:
         code = secrets.token_urlsafe(24)
         async with self.engine.begin() as conn:
@@ -395,6 +432,7 @@ class SqlStore:
             )
         return code
 
+    @store_errors
     async def use_login_code(self, code: str) -> str | None:
         """Spend a one-time login code; returns its account, or None if unknown, used or expired."""
         table = t.login_codes
@@ -443,7 +481,7 @@ class SqlStore:
         except Exception as exc:
             for future in wanted.values():
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(unavailable(exc))
                     future.exception()
             return
         by_account: dict[str, list[str]] = {}
@@ -459,7 +497,7 @@ class SqlStore:
                     for call_id in chunk:
                         future = wanted[(account, call_id)]
                         if not future.done():
-                            future.set_exception(exc)
+                            future.set_exception(unavailable(exc))
                             future.exception()  # retrieved: each waiter re-raises it
                     continue
                 found = {row.call_id: CallState(row.status, row.last_seq, row.started_at) for row in rows}
@@ -491,6 +529,7 @@ class SqlStore:
             row.sentiment_n,
         )
 
+    @store_errors
     async def get_call(self, account: str, call_id: str) -> CallRecord | None:
         await self._fold_journal()
         query = sa.select(t.calls).where(t.calls.c.account == account, t.calls.c.call_id == call_id)
@@ -498,6 +537,7 @@ class SqlStore:
             row = (await conn.execute(query)).first()
         return None if row is None else self._call_record(row)
 
+    @store_errors
     async def list_calls(
         self,
         account: str,
@@ -528,6 +568,7 @@ class SqlStore:
         next_cursor = encode_cursor(rows[-1].started_at, rows[-1].call_id) if more else None
         return rows, next_cursor
 
+    @store_errors
     async def events(
         self,
         account: str,
@@ -540,6 +581,7 @@ class SqlStore:
         async with self.engine.connect() as conn:
             return await read_events(conn, account, call_id, since, until, types)
 
+    @store_errors
     async def events_page(
         self, account: str, call_id: str, since: int, limit: int, until: int | None = None
     ) -> tuple[list[StoredEvent], bool]:

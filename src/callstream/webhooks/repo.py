@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from callstream.events import Event
 from callstream.store import tables as st
 from callstream.store.chunks import StoredEvent
-from callstream.store.sql import read_events
+from callstream.store.sql import read_events, store_errors
 from callstream.webhooks import tables as wt
 from callstream.webhooks.config import WebhookConfig
 from callstream.webhooks.payloads import EVENT_TYPES, build_payload
@@ -145,6 +145,7 @@ class WebhookRepo:
 
     # ---- endpoints -----------------------------------------------------------------------
 
+    @store_errors
     async def create_endpoint(self, account: str, url: str, events: list[str]) -> tuple[Endpoint, str]:
         """Create an endpoint; its secret is returned here and never listed again."""
         secret = new_secret()
@@ -166,11 +167,13 @@ class WebhookRepo:
             row = (await conn.execute(sa.select(EP).where(EP.c.id == values["id"]))).one()
         return _endpoint(row), secret
 
+    @store_errors
     async def list_endpoints(self, account: str) -> list[Endpoint]:
         query = sa.select(EP).where(EP.c.account == account).order_by(EP.c.created_at, EP.c.id)
         async with self.engine.connect() as conn:
             return [_endpoint(r) for r in await conn.execute(query)]
 
+    @store_errors
     async def get_endpoint(self, account: str | None, endpoint_id: str) -> Endpoint | None:
         """`account=None` only for the worker, which serves every account."""
         query = sa.select(EP).where(EP.c.id == endpoint_id)
@@ -180,6 +183,7 @@ class WebhookRepo:
             row = (await conn.execute(query)).first()
         return None if row is None else _endpoint(row)
 
+    @store_errors
     async def delete_endpoint(self, account: str, endpoint_id: str) -> bool:
         """Remove the endpoint with its queue and log: nothing more is sent to it."""
         async with self.engine.begin() as conn:
@@ -190,6 +194,7 @@ class WebhookRepo:
             await conn.execute(MSG.delete().where(MSG.c.endpoint_id == endpoint_id))
         return True
 
+    @store_errors
     async def rotate_secret(self, account: str, endpoint_id: str) -> tuple[Endpoint, str] | None:
         """A new secret signs from now on; the old one also signs until the overlap ends."""
         secret = new_secret()
@@ -446,6 +451,7 @@ class WebhookRepo:
 
     # ---- the delivery log and replays (API) ----------------------------------------------
 
+    @store_errors
     async def deliveries(
         self, account: str, endpoint_id: str, *, limit: int, status: str | None = None
     ) -> list[dict[str, Any]]:
@@ -479,6 +485,7 @@ class WebhookRepo:
             )
         return [_message_json(m, by_message.get(m.id, [])) for m in messages]
 
+    @store_errors
     async def message(self, account: str, message_id: str) -> dict[str, Any] | None:
         query = sa.select(MSG).where(MSG.c.account == account, MSG.c.id == message_id)
         async with self.engine.connect() as conn:
@@ -495,6 +502,7 @@ class WebhookRepo:
             "finished_at": None,
         }
 
+    @store_errors
     async def replay(self, account: str, message_id: str) -> dict[str, Any] | None:
         """Send a message again now (same `webhook-id`), with a fresh retry window."""
         mine = sa.and_(MSG.c.account == account, MSG.c.id == message_id)
@@ -513,6 +521,7 @@ class WebhookRepo:
             message = (await conn.execute(sa.select(MSG).where(mine))).one()
         return _message_json(message, None)
 
+    @store_errors
     async def replay_failed(self, account: str, since_ms: int, endpoint_id: str | None = None) -> list[str]:
         """Re-queue every message of the account that failed at or after `since_ms`."""
         live_endpoints = sa.select(EP.c.id).where(EP.c.account == account, EP.c.disabled_at.is_(None))
