@@ -22,7 +22,7 @@ from tests.rawws import BINARY, CLOSE, CONT, PING, PONG, TEXT, Frame, RawWebSock
 
 ENDPOINTS = ["/v1/events", "/v1/ingest"]
 # What a client may legitimately be told when it misbehaves at the frame level.
-CLOSE_CODES = {1000, 1002, 1007, 1009, p.CLOSE_POLICY}
+CLOSE_CODES = {1000, 1002, 1007, 1009, p.CloseCode.POLICY}
 PING_MSG = b'{"type":"ping"}'
 
 
@@ -94,7 +94,7 @@ def test_a_multibyte_character_split_across_fragments_is_fine(server: ServerProc
         server, api_key, "/v1/events", [encode(TEXT, message[:cut], fin=False), encode(CONT, message[cut:])]
     )
     assert closed_with(got) is None
-    assert texts(got)[0]["data"]["code"] == p.INVALID_MESSAGE  # a bad call id, not a bad frame
+    assert texts(got)[0]["data"]["code"] == p.ErrorCode.INVALID_MESSAGE  # a bad call id, not a bad frame
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
@@ -102,7 +102,7 @@ def test_binary_frames_get_an_error_and_the_socket_stays(
     server: ServerProcess, api_key: str, path: str
 ) -> None:
     got = run(server, api_key, path, [encode(BINARY, b"\x00\xff binary"), encode(TEXT, PING_MSG)])
-    assert texts(got)[0]["data"]["code"] == p.INVALID_MESSAGE
+    assert texts(got)[0]["data"]["code"] == p.ErrorCode.INVALID_MESSAGE
     assert closed_with(got) is None
 
 
@@ -126,13 +126,13 @@ def test_invalid_utf8_closes_1007(
 
 def test_too_large_for_events_is_an_error_then_1009(server: ServerProcess, api_key: str) -> None:
     got = run(server, api_key, "/v1/events", [encode(TEXT, b'"' + b"x" * (64 * 1024 + 10) + b'"')])
-    assert texts(got)[0]["data"]["code"] == p.MESSAGE_TOO_LARGE
+    assert texts(got)[0]["data"]["code"] == p.ErrorCode.MESSAGE_TOO_LARGE
     assert closed_with(got) == 1009
 
 
 def test_too_large_for_ingest_is_an_error_and_the_socket_stays(server: ServerProcess, api_key: str) -> None:
     got = run(server, api_key, "/v1/ingest", [encode(TEXT, b"x" * (1024 * 1024 + 10))], quiet_s=2)
-    assert texts(got)[0]["data"]["code"] == p.MESSAGE_TOO_LARGE
+    assert texts(got)[0]["data"]["code"] == p.ErrorCode.MESSAGE_TOO_LARGE
     assert closed_with(got) is None
 
 

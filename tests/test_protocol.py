@@ -57,23 +57,23 @@ def test_bytes_and_str_frames_parse_alike() -> None:
     ["", "not json", "{", '{"type":"ping"', "[1,2", "\ud800", b"\xff\xfe", b"\x00"],
 )
 def test_not_json_is_invalid_message(raw: str | bytes) -> None:
-    assert refused(raw).code == p.INVALID_MESSAGE
+    assert refused(raw).code == p.ErrorCode.INVALID_MESSAGE
 
 
 @pytest.mark.parametrize("value", [[], [{"type": "ping"}], "ping", 1, None, True])
 def test_not_an_object_is_invalid_message(value: Any) -> None:
-    assert refused(value).code == p.INVALID_MESSAGE
+    assert refused(value).code == p.ErrorCode.INVALID_MESSAGE
 
 
 @pytest.mark.parametrize("kind", [None, 1, ["ping"], {"a": 1}, True])
 def test_missing_or_non_string_type_is_invalid_message(kind: Any) -> None:
     message = {} if kind is None else {"type": kind}
-    assert refused(message).code == p.INVALID_MESSAGE
+    assert refused(message).code == p.ErrorCode.INVALID_MESSAGE
 
 
 @pytest.mark.parametrize("kind", ["subscribed", "transcript.final", "PING", "", "error", "ack"])
 def test_unknown_type_is_unknown_type(kind: str) -> None:
-    assert refused({"type": kind}).code == p.UNKNOWN_TYPE
+    assert refused({"type": kind}).code == p.ErrorCode.UNKNOWN_TYPE
 
 
 @pytest.mark.parametrize(
@@ -83,22 +83,22 @@ def test_bad_call_ids_are_invalid_message(call_id: Any) -> None:
     message: dict[str, Any] = {"type": "subscribe"}
     if call_id is not None:
         message["call_id"] = call_id
-    assert refused(message).code == p.INVALID_MESSAGE
+    assert refused(message).code == p.ErrorCode.INVALID_MESSAGE
     message["type"] = "unsubscribe"
-    assert refused(message).code == p.INVALID_MESSAGE
+    assert refused(message).code == p.ErrorCode.INVALID_MESSAGE
 
 
 @pytest.mark.parametrize("since", [-1, 1.5, "3", True, False, [1], {"n": 1}])
 def test_bad_since_is_invalid_message_naming_the_call(since: Any) -> None:
     error = refused({"type": "subscribe", "call_id": "c", "since": since})
-    assert error.code == p.INVALID_MESSAGE
+    assert error.code == p.ErrorCode.INVALID_MESSAGE
     assert error.call_id == "c"
     assert "since" in error.message
 
 
 def test_since_is_not_allowed_with_the_wildcard() -> None:
     error = refused({"type": "subscribe", "call_id": "*", "since": 0})
-    assert error.code == p.INVALID_MESSAGE
+    assert error.code == p.ErrorCode.INVALID_MESSAGE
     assert error.call_id == "*"
 
 
@@ -107,7 +107,7 @@ def test_since_is_not_allowed_with_the_wildcard() -> None:
 )
 def test_bad_types_filter_is_invalid_message(types: Any) -> None:
     error = refused({"type": "subscribe", "call_id": "c", "types": types})
-    assert error.code == p.INVALID_MESSAGE
+    assert error.code == p.ErrorCode.INVALID_MESSAGE
     assert "types" in error.message
 
 
@@ -116,7 +116,7 @@ def test_auth_needs_a_token_string(token: Any) -> None:
     message: dict[str, Any] = {"type": "auth"}
     if token is not None:
         message["token"] = token
-    assert refused(message).code == p.INVALID_MESSAGE
+    assert refused(message).code == p.ErrorCode.INVALID_MESSAGE
 
 
 # ---- parse_event and parse_event_batch ----------------------------------------------------------
@@ -193,7 +193,7 @@ def test_valid_payloads_pass_unchanged(event_type: str, data: dict[str, Any]) ->
 def test_invalid_events_say_why(obj: Any, needle: str) -> None:
     with pytest.raises(p.ProtocolError) as caught:
         p.parse_event(obj, "c")
-    assert caught.value.code == p.INVALID_MESSAGE
+    assert caught.value.code == p.ErrorCode.INVALID_MESSAGE
     assert needle in caught.value.message
 
 
@@ -230,7 +230,7 @@ def test_batch_error_names_the_failing_index() -> None:
 def test_empty_batch_is_refused() -> None:
     with pytest.raises(p.ProtocolError) as caught:
         p.parse_event_batch([], "c")
-    assert caught.value.code == p.INVALID_MESSAGE
+    assert caught.value.code == p.ErrorCode.INVALID_MESSAGE
 
 
 # ---- message builders ------------------------------------------------------------------------------
@@ -257,18 +257,18 @@ def test_builders_produce_the_documented_shapes() -> None:
 
 
 def test_error_message_shapes() -> None:
-    assert orjson.loads(p.error_message(p.RATE_LIMITED, "slow down")) == {
+    assert orjson.loads(p.error_message(p.ErrorCode.RATE_LIMITED, "slow down")) == {
         "type": "error",
         "call_id": None,
         "data": {"code": "rate_limited", "message": "slow down"},
     }
-    assert orjson.loads(p.error_message(p.FORBIDDEN, "no", "c1", ref=0)) == {
+    assert orjson.loads(p.error_message(p.ErrorCode.FORBIDDEN, "no", "c1", ref=0)) == {
         "type": "error",
         "call_id": "c1",
         "data": {"code": "forbidden", "message": "no", "call_id": "c1"},
         "ref": 0,
     }
-    error = p.ProtocolError(p.INVALID_MESSAGE, "bad", "c2", "r")
+    error = p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, "bad", "c2", "r")
     assert orjson.loads(p.error_from(error))["ref"] == "r"
 
 
@@ -286,7 +286,7 @@ def test_error_codes_cover_the_protocol() -> None:
         "internal",
     }
     assert documented <= p.ERROR_CODES
-    assert (p.CLOSE_AUTH, p.CLOSE_POLICY, p.CLOSE_TOO_LARGE, p.CLOSE_GOING_AWAY, p.CLOSE_TRY_AGAIN) == (
+    assert (p.CloseCode.AUTH, p.CloseCode.POLICY, p.CloseCode.TOO_LARGE, p.CloseCode.GOING_AWAY, p.CloseCode.TRY_AGAIN) == (
         4001,
         4008,
         1009,

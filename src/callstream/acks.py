@@ -57,13 +57,13 @@ class AckLine:
                     messages.extend(p.ack_message(ref, seq) for ref, seq in refs)
                 else:  # not stored: the producer must know, and may retry
                     text = f"not stored: {error}"
-                    messages.extend(p.error_message(p.INTERNAL, text, None, ref) for ref, _ in refs)
+                    messages.extend(p.error_message(p.ErrorCode.INTERNAL, text, None, ref) for ref, _ in refs)
             else:
                 if now is None:
                     now = self._clock()
                 if now < deadline:
                     break
                 message = f"not confirmed: the store did not commit within {self.timeout_s:g} s"
-                messages.extend(p.error_message(p.INTERNAL, message, None, ref) for ref, _ in refs)
+                messages.extend(p.error_message(p.ErrorCode.INTERNAL, message, None, ref) for ref, _ in refs)
             line.popleft()
         return messages

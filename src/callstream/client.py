@@ -38,7 +38,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from callstream.errors import AuthError, ClientError
-from callstream.protocol import CLOSE_AUTH
+from callstream.protocol import CloseCode
 from callstream.wire import AUTH_STATUSES, DROPPED, Reconnecting, bearer, refusal_reason, rest_url, socket_url
 
 __all__ = [
@@ -557,7 +557,7 @@ class Client(Reconnecting):
     def _on_closed(self, code: int | None, reason: str | None) -> None:
         """A server close: 4001 means get a fresh credential first; everything else resumes."""
         logger.info("events socket closed by the server (%s %s); reconnecting", code, reason or "")
-        if code != CLOSE_AUTH:
+        if code != CloseCode.AUTH:
             return
         self._auth_failures += 1
         if self._provider is None:

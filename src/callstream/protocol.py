@@ -8,6 +8,7 @@ module any input without a server.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum, StrEnum
 from typing import Any, Final
 
 import orjson
@@ -20,45 +21,37 @@ from callstream.events import (
     is_valid_call_id,
 )
 
-# Error codes a client can receive (docs/protocol.md, Server → client).
-INVALID_MESSAGE: Final = "invalid_message"
-UNKNOWN_TYPE: Final = "unknown_type"
-FORBIDDEN: Final = "forbidden"
-TOO_MANY_SUBSCRIPTIONS: Final = "too_many_subscriptions"
-RATE_LIMITED: Final = "rate_limited"
-MESSAGE_TOO_LARGE: Final = "message_too_large"
-TOKEN_EXPIRED: Final = "token_expired"  # noqa: S105 - an error code
-HISTORY_UNAVAILABLE: Final = "history_unavailable"
-SLOW_CONSUMER: Final = "slow_consumer"
-CALL_ENDED: Final = "call_ended"
-QUOTA_EXCEEDED: Final = "quota_exceeded"
-INTERNAL: Final = "internal"
-UNAUTHORIZED: Final = "unauthorized"
 
-ERROR_CODES: Final = frozenset(
-    {
-        INVALID_MESSAGE,
-        UNKNOWN_TYPE,
-        FORBIDDEN,
-        TOO_MANY_SUBSCRIPTIONS,
-        RATE_LIMITED,
-        MESSAGE_TOO_LARGE,
-        TOKEN_EXPIRED,
-        HISTORY_UNAVAILABLE,
-        SLOW_CONSUMER,
-        CALL_ENDED,
-        QUOTA_EXCEEDED,
-        INTERNAL,
-        UNAUTHORIZED,
-    }
-)
+class ErrorCode(StrEnum):
+    """Error codes a client can receive (docs/protocol.md, Server → client)."""
 
-# Close codes (docs/protocol.md, Server → client).
-CLOSE_AUTH: Final = 4001
-CLOSE_POLICY: Final = 4008
-CLOSE_TOO_LARGE: Final = 1009
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_TRY_AGAIN: Final = 1013
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    FORBIDDEN = "forbidden"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    RATE_LIMITED = "rate_limited"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code
+    HISTORY_UNAVAILABLE = "history_unavailable"
+    SLOW_CONSUMER = "slow_consumer"
+    CALL_ENDED = "call_ended"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    INTERNAL = "internal"
+    UNAUTHORIZED = "unauthorized"
+
+
+ERROR_CODES: Final = frozenset(ErrorCode)
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the server sends (docs/protocol.md, Server → client)."""
+
+    AUTH = 4001
+    POLICY = 4008
+    TOO_LARGE = 1009
+    GOING_AWAY = 1001
+    TRY_AGAIN = 1013
+
 
 WILDCARD: Final = "*"
 CLIENT_TYPES: Final = frozenset({"subscribe", "unsubscribe", "auth", "ping"})
@@ -104,7 +97,7 @@ def decode_json(raw: str | bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ProtocolError(INVALID_MESSAGE, f"not valid JSON: {exc.msg}") from None
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"not valid JSON: {exc.msg}") from None
 
 
 def _call_id_of(obj: dict[str, Any], allow_wildcard: bool) -> str:
@@ -112,7 +105,7 @@ def _call_id_of(obj: dict[str, Any], allow_wildcard: bool) -> str:
     if allow_wildcard and call_id == WILDCARD:
         return WILDCARD
     if not is_valid_call_id(call_id):
-        raise ProtocolError(INVALID_MESSAGE, "call_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "call_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
     return str(call_id)
 
 
@@ -121,10 +114,10 @@ def _types_of(obj: dict[str, Any], call_id: str) -> frozenset[str] | None:
     if types is None:
         return None
     if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
-        raise ProtocolError(INVALID_MESSAGE, "types must be a non-empty list of event types", call_id)
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "types must be a non-empty list of event types", call_id)
     unknown = sorted(set(types) - PUBLISHABLE_TYPES)
     if unknown:
-        raise ProtocolError(INVALID_MESSAGE, f"unknown event types in types: {unknown}", call_id)
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"unknown event types in types: {unknown}", call_id)
     return frozenset(types)
 
 
@@ -133,9 +126,9 @@ def _since_of(obj: dict[str, Any], call_id: str) -> int | None:
         return None
     since = obj["since"]
     if call_id == WILDCARD:
-        raise ProtocolError(INVALID_MESSAGE, "since is not allowed with call_id '*'", call_id)
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "since is not allowed with call_id '*'", call_id)
     if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-        raise ProtocolError(INVALID_MESSAGE, "since must be a non-negative integer", call_id)
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "since must be a non-negative integer", call_id)
     return since
 
 
@@ -143,20 +136,20 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
     """Parse one frame from an /v1/events client."""
     obj = decode_json(raw)
     if not isinstance(obj, dict):
-        raise ProtocolError(INVALID_MESSAGE, "a message must be a JSON object")
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "a message must be a JSON object")
     kind = obj.get("type")
     if not isinstance(kind, str):
-        raise ProtocolError(INVALID_MESSAGE, "a message needs a string field 'type'")
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "a message needs a string field 'type'")
     if kind not in CLIENT_TYPES:
         raise ProtocolError(
-            UNKNOWN_TYPE, f"unknown message type {kind!r}; one of {', '.join(sorted(CLIENT_TYPES))}"
+            ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}; one of {', '.join(sorted(CLIENT_TYPES))}"
         )
     if kind == "ping":
         return Ping()
     if kind == "auth":
         token = obj.get("token")
         if not isinstance(token, str) or not token:
-            raise ProtocolError(INVALID_MESSAGE, "auth needs a non-empty string 'token'")
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "auth needs a non-empty string 'token'")
         return Auth(token)
     if kind == "unsubscribe":
         return Unsubscribe(_call_id_of(obj, allow_wildcard=True))
@@ -183,7 +176,7 @@ def parse_event(obj: Any, call_id: str | None = None) -> NewEvent:
         check_payload(event_type, data)
     except EventInvalidError as exc:
         cid = call_id if is_valid_call_id(call_id) else None
-        raise ProtocolError(INVALID_MESSAGE, str(exc), cid, ref) from None
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc), cid, ref) from None
     assert call_id is not None
     return NewEvent(call_id, event_type, data, ref)
 
@@ -192,7 +185,7 @@ def parse_event_batch(obj: Any, call_id: str | None = None) -> list[NewEvent]:
     """One event or an array of them; all-or-nothing. The error names the failing index."""
     items = obj if isinstance(obj, list) else [obj]
     if not items:
-        raise ProtocolError(INVALID_MESSAGE, "an empty batch publishes nothing")
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "an empty batch publishes nothing")
     events: list[NewEvent] = []
     for index, item in enumerate(items):
         try:

@@ -31,7 +31,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from callstream.errors import PublishError
-from callstream.protocol import CLOSE_AUTH
+from callstream.protocol import CloseCode
 from callstream.wire import AUTH_STATUSES, DROPPED, Reconnecting, refusal_reason, socket_url
 
 __all__ = ["Publisher", "PublisherStats", "ingest_url"]
@@ -233,9 +233,9 @@ class Publisher(Reconnecting):
             try:
                 await self._serve(ws)
             except ConnectionClosed:
-                if ws.close_code != CLOSE_AUTH:  # the server ends sockets of a revoked key with 4001
+                if ws.close_code != CloseCode.AUTH:  # the server ends sockets of a revoked key with 4001
                     raise
-            if ws.close_code == CLOSE_AUTH:
+            if ws.close_code == CloseCode.AUTH:
                 self._fail_permanently(PublishError("unauthorized", "the server revoked the key"))
 
     async def _serve(self, ws: ClientConnection) -> None:

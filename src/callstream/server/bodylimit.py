@@ -45,7 +45,7 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request bodies are limited to {self.max_bytes} bytes"
-        response = json_response(ApiError(413, p.MESSAGE_TOO_LARGE, message).body(), 413)
+        response = json_response(ApiError(413, p.ErrorCode.MESSAGE_TOO_LARGE, message).body(), 413)
         response.headers["connection"] = "close"
         await response(scope, receive, send)
 

@@ -207,7 +207,7 @@ class EventsConnection(SocketConnection):
             self._cut_off = True
             metrics.SLOW_CONSUMERS.inc()
             self.runtime.tasks.start(
-                self.terminate(p.CLOSE_POLICY, p.SLOW_CONSUMER, "outbound buffer full: resubscribe with since")
+                self.terminate(p.CloseCode.POLICY, p.ErrorCode.SLOW_CONSUMER, "outbound buffer full: resubscribe with since")
             )
 
     # ---- life cycle ----------------------------------------------------------------------
@@ -253,10 +253,10 @@ class EventsConnection(SocketConnection):
             self._refresh_direct()
 
     async def _not_text(self) -> None:
-        self._error(p.INVALID_MESSAGE, "binary frames are not accepted: send JSON as text")
+        self._error(p.ErrorCode.INVALID_MESSAGE, "binary frames are not accepted: send JSON as text")
 
     async def _too_large(self, limit: int) -> bool:
-        await self.terminate(p.CLOSE_TOO_LARGE, p.MESSAGE_TOO_LARGE, f"messages are limited to {limit} bytes")
+        await self.terminate(p.CloseCode.TOO_LARGE, p.ErrorCode.MESSAGE_TOO_LARGE, f"messages are limited to {limit} bytes")
         return False
 
     # ---- client messages -------------------------------------------------------------------
@@ -268,9 +268,9 @@ class EventsConnection(SocketConnection):
     async def _handle(self, text: str) -> None:
         if wait_s := self.bucket.take():
             if self.bucket.refused_in_a_row > self.bucket.burst:
-                await self.terminate(p.CLOSE_POLICY, p.RATE_LIMITED, "too many messages: closing")
+                await self.terminate(p.CloseCode.POLICY, p.ErrorCode.RATE_LIMITED, "too many messages: closing")
                 return
-            metrics.CLIENT_ERRORS.labels(p.RATE_LIMITED).inc()
+            metrics.CLIENT_ERRORS.labels(p.ErrorCode.RATE_LIMITED).inc()
             self.send(rate_limited_message(f"too many messages; retry in {int(wait_s * 1000) + 1} ms", wait_s))
             return
         try:
@@ -291,14 +291,14 @@ class EventsConnection(SocketConnection):
     async def _subscribe(self, message: p.Subscribe) -> None:
         call_id, account = message.call_id, self.principal.account
         if call_id == p.WILDCARD and self.principal.calls is not None:
-            self._error(p.FORBIDDEN, "this token is limited to named calls; '*' is not allowed", call_id)
+            self._error(p.ErrorCode.FORBIDDEN, "this token is limited to named calls; '*' is not allowed", call_id)
             return
         if not self.principal.may_see(call_id):
-            self._error(p.FORBIDDEN, "this token may not subscribe to that call", call_id)
+            self._error(p.ErrorCode.FORBIDDEN, "this token may not subscribe to that call", call_id)
             return
         if call_id not in self.subs and len(self.subs) >= self.runtime.settings.max_subscriptions:
             limit = self.runtime.settings.max_subscriptions
-            self._error(p.TOO_MANY_SUBSCRIPTIONS, f"at most {limit} subscriptions per connection", call_id)
+            self._error(p.ErrorCode.TOO_MANY_SUBSCRIPTIONS, f"at most {limit} subscriptions per connection", call_id)
             return
         sub = Subscription(self, account, call_id, message.types)
         previous = self.runtime.hub.add(sub)
@@ -316,7 +316,7 @@ class EventsConnection(SocketConnection):
         except (StoreUnavailableError, BrokerUnavailableError) as exc:
             log.warning("subscribe to %s failed: %s", call_id, exc)
             await self._unsubscribe(call_id)
-            self._error(p.INTERNAL, "the subscription could not be set up; try again", call_id)
+            self._error(p.ErrorCode.INTERNAL, "the subscription could not be set up; try again", call_id)
 
     async def _catch_up(self, sub: Subscription, since: int | None) -> None:
         """Replay (if asked), announce, then release what arrived meanwhile: no gap, no duplicate."""
@@ -327,7 +327,7 @@ class EventsConnection(SocketConnection):
             # backup): resuming here would silently skip everything up to `since`.
             await self._unsubscribe(call_id)
             message = f"since={since} is ahead of this call's last seq {state.last_seq}: fetch it over REST"
-            self._error(p.HISTORY_UNAVAILABLE, message, call_id)
+            self._error(p.ErrorCode.HISTORY_UNAVAILABLE, message, call_id)
             return
         replayed, last_seq, ended = 0, state.last_seq, False
         if since is not None:
@@ -393,19 +393,19 @@ class EventsConnection(SocketConnection):
         try:
             principal = await self.runtime.auth.authenticate(token)
         except AuthError as exc:
-            self._error(p.TOKEN_EXPIRED if exc.expired else p.UNAUTHORIZED, f"auth refused: {exc}")
+            self._error(p.ErrorCode.TOKEN_EXPIRED if exc.expired else p.ErrorCode.UNAUTHORIZED, f"auth refused: {exc}")
             return
         if principal.account != self.principal.account or not principal.may("subscribe"):
-            self._error(p.FORBIDDEN, "auth refused: the new credential is for another account or scope")
+            self._error(p.ErrorCode.FORBIDDEN, "auth refused: the new credential is for another account or scope")
             return
         self.principal, self.key_id = principal, principal.key_id
         self._arm_expiry()
         for call_id in [c for c in self.subs if c != p.WILDCARD and not principal.may_see(c)]:
             await self._unsubscribe(call_id)
-            self._error(p.FORBIDDEN, "the new token does not cover this call: unsubscribed", call_id)
+            self._error(p.ErrorCode.FORBIDDEN, "the new token does not cover this call: unsubscribed", call_id)
         if principal.calls is not None and p.WILDCARD in self.subs:
             await self._unsubscribe(p.WILDCARD)
-            self._error(p.FORBIDDEN, "the new token does not allow '*': unsubscribed", p.WILDCARD)
+            self._error(p.ErrorCode.FORBIDDEN, "the new token does not allow '*': unsubscribed", p.WILDCARD)
 
     def _arm_expiry(self) -> None:
         if self._expiry is not None:
@@ -419,7 +419,7 @@ class EventsConnection(SocketConnection):
 
     def _expired(self) -> None:
         self.runtime.tasks.start(
-            self.terminate(p.CLOSE_AUTH, p.TOKEN_EXPIRED, "the token expired: reconnect with a fresh one")
+            self.terminate(p.CloseCode.AUTH, p.ErrorCode.TOKEN_EXPIRED, "the token expired: reconnect with a fresh one")
         )
 
 

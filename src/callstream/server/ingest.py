@@ -59,7 +59,7 @@ class IngestConnection(SocketConnection):
 
     async def _closing(self, code: int) -> None:
         """Closed (the socket may still send what it owes): going away, the acks owed go first."""
-        if code == p.CLOSE_GOING_AWAY:
+        if code == p.CloseCode.GOING_AWAY:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._acks_sent(), 5.0)
 
@@ -68,10 +68,10 @@ class IngestConnection(SocketConnection):
             await self.ws.send_text(frame.decode())
 
     async def _not_text(self) -> None:
-        await self._send(p.error_message(p.INVALID_MESSAGE, "send events as JSON text frames"))
+        await self._send(p.error_message(p.ErrorCode.INVALID_MESSAGE, "send events as JSON text frames"))
 
     async def _too_large(self, limit: int) -> bool:
-        await self._send(p.error_message(p.MESSAGE_TOO_LARGE, f"frames are limited to {limit} bytes"))
+        await self._send(p.error_message(p.ErrorCode.MESSAGE_TOO_LARGE, f"frames are limited to {limit} bytes"))
         return True
 
     async def _handle(self, text: str) -> None:
@@ -95,7 +95,7 @@ class IngestConnection(SocketConnection):
         refusal = self.limiter.take(self.key_id, len(events))
         if refusal is None:
             return True
-        metrics.CLIENT_ERRORS.labels(p.RATE_LIMITED).inc()
+        metrics.CLIENT_ERRORS.labels(p.ErrorCode.RATE_LIMITED).inc()
         message = f"not applied: {refusal.message}"
         unreferenced = [e for e in events if e.ref is None]
         for event in events:
@@ -116,27 +116,27 @@ class IngestConnection(SocketConnection):
                 return
             event = events[0]
             if isinstance(exc, QuotaExceededError):
-                await self._send(p.error_message(p.QUOTA_EXCEEDED, exc.reason, event.call_id, event.ref))
+                await self._send(p.error_message(p.ErrorCode.QUOTA_EXCEEDED, exc.reason, event.call_id, event.ref))
                 return
             message = f"call {event.call_id} has ended; no events are accepted after call.ended"
-            await self._send(p.error_message(p.INVALID_MESSAGE, message, event.call_id, event.ref))
+            await self._send(p.error_message(p.ErrorCode.INVALID_MESSAGE, message, event.call_id, event.ref))
             return
         except CallFailedError as exc:
             if len(events) > 1:  # the other calls' events go on
                 for event in events:
                     await self._publish([event])
                 return
-            await self._send(p.error_message(p.INTERNAL, str(exc), events[0].call_id, events[0].ref))
+            await self._send(p.error_message(p.ErrorCode.INTERNAL, str(exc), events[0].call_id, events[0].ref))
             return
         except BrokerUnavailableError as exc:
             for event in events:
-                await self._send(p.error_message(p.INTERNAL, str(exc), event.call_id, event.ref))
+                await self._send(p.error_message(p.ErrorCode.INTERNAL, str(exc), event.call_id, event.ref))
             return
         except StoreUnavailableError as exc:  # e.g. while loading a call: say so, stay open
             log.warning("publish failed: %s", exc)
             message = f"not applied: the node cannot reach its store ({exc}); retry"
             for event in events:
-                await self._send(p.error_message(p.INTERNAL, message, event.call_id, event.ref))
+                await self._send(p.error_message(p.ErrorCode.INTERNAL, message, event.call_id, event.ref))
             return
         pairs = zip(events, sequenced, strict=True)
         refs = [(new.ref, accepted.seq) for new, accepted in pairs if new.ref is not None]

@@ -123,7 +123,7 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
         raise ApiError(503, "internal", str(exc)) from None
     except QuotaExceededError as exc:  # nothing of the batch applied
         hint = {} if exc.retry_after_s is None else {"retry_after_s": exc.retry_after_s}
-        raise ApiError(429, p.QUOTA_EXCEEDED, exc.message, index=exc.index, quota=exc.quota, **hint) from None
+        raise ApiError(429, p.ErrorCode.QUOTA_EXCEEDED, exc.message, index=exc.index, quota=exc.quota, **hint) from None
     except (BrokerUnavailableError, StoreUnavailableError) as exc:  # say, while loading the call
         raise unavailable(exc) from None
     except TimeoutError:

@@ -176,8 +176,8 @@ async def handshake(ws: WebSocket, scope: str) -> tuple[Principal, bool] | None:
         return None
     refusal = limits_of(ws).connections.acquire(principal.account, principal.key_id)
     if refusal is not None:
-        metrics.CLIENT_ERRORS.labels(p.RATE_LIMITED).inc()
-        await ws.send_denial_response(denial(429, p.RATE_LIMITED, refusal.message, refusal.retry_after_s))
+        metrics.CLIENT_ERRORS.labels(p.ErrorCode.RATE_LIMITED).inc()
+        await ws.send_denial_response(denial(429, p.ErrorCode.RATE_LIMITED, refusal.message, refusal.retry_after_s))
         return None
     answer = await _account_socket(runtime, principal.account)
     if answer is not None:
@@ -192,8 +192,8 @@ async def _account_socket(runtime: Runtime, account: str) -> JSONResponse | None
     try:
         await runtime.broker.acquire_socket(account)
     except QuotaExceededError as exc:
-        metrics.CLIENT_ERRORS.labels(p.QUOTA_EXCEEDED).inc()
-        return denial(429, p.QUOTA_EXCEEDED, exc.message, exc.retry_after_s)
+        metrics.CLIENT_ERRORS.labels(p.ErrorCode.QUOTA_EXCEEDED).inc()
+        return denial(429, p.ErrorCode.QUOTA_EXCEEDED, exc.message, exc.retry_after_s)
     except BrokerUnavailableError as exc:
         return denial(503, "unavailable", str(exc), UNAVAILABLE_RETRY_S)
     return None
@@ -239,7 +239,7 @@ def rate_limited_message(message: str, retry_after_s: float, ref: Any = None, ca
     body: dict[str, Any] = {
         "type": "error",
         "call_id": call_id,
-        "data": {"code": p.RATE_LIMITED, "message": message, "retry_after_s": round(retry_after_s, 3)},
+        "data": {"code": p.ErrorCode.RATE_LIMITED, "message": message, "retry_after_s": round(retry_after_s, 3)},
     }
     if call_id is not None:
         body["data"]["call_id"] = call_id

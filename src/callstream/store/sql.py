@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from itertools import chain
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack
 
 import orjson
 import sqlalchemy as sa
@@ -161,6 +161,14 @@ class CallRecord:
         if self.sentiment is not None:
             body["sentiment"] = {"score": self.sentiment, "label": label_for(self.sentiment), "n": n}
         return body
+
+
+class EventQuery(TypedDict, total=False):
+    """Which of a call's stored events `read_events` returns."""
+
+    since: int
+    until: int | None
+    types: Sequence[str] | None
 
 
 async def read_events(
@@ -569,17 +577,11 @@ class SqlStore:
         return rows, next_cursor
 
     @store_errors
-    async def events(
-        self,
-        account: str,
-        call_id: str,
-        since: int = 0,
-        until: int | None = None,
-        types: Sequence[str] | None = None,
-    ) -> list[StoredEvent]:
+    async def events(self, account: str, call_id: str, **query: Unpack[EventQuery]) -> list[StoredEvent]:
+        """`read_events` on a connection of the store's own, once the journal is folded."""
         await self._fold_journal()
         async with self.engine.connect() as conn:
-            return await read_events(conn, account, call_id, since, until, types)
+            return await read_events(conn, account, call_id, **query)
 
     @store_errors
     async def events_page(
