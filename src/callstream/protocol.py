@@ -58,6 +58,10 @@ CLOSE_TOO_LARGE: Final = 1009
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_TRY_AGAIN: Final = 1013
 
+# Events per /v1/ingest frame: each invalid one gets an error of its own, so a megabyte of
+# `[0,0,…]` would make half a million answers and hold the event loop for seconds.
+MAX_FRAME_EVENTS: Final = 1000
+
 WILDCARD: Final = "*"
 CLIENT_TYPES: Final = frozenset({"subscribe", "unsubscribe", "auth", "ping"})
 

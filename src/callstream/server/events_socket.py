@@ -367,7 +367,7 @@ class EventsConnection:
             if text is None:
                 self._error(p.INVALID_MESSAGE, "binary frames are not accepted: send JSON as text")
                 continue
-            if len(text) > self._max_bytes and len(text.encode()) > self._max_bytes:
+            if len(text) > self._max_bytes // 4 and len(text.encode()) > self._max_bytes:  # ≤ 4 bytes a char
                 await self.terminate(
                     p.CLOSE_TOO_LARGE, p.MESSAGE_TOO_LARGE, f"messages are limited to {self._max_bytes} bytes"
                 )

@@ -105,7 +105,8 @@ class IngestConnection:
             if text is None:
                 await self._send(p.error_message(p.INVALID_MESSAGE, "send events as JSON text frames"))
                 continue
-            if len(text) > limit and len(text.encode()) > limit:
+            # A character is at most 4 bytes: only a frame past a quarter of the limit is measured.
+            if len(text) > limit // 4 and len(text.encode()) > limit:
                 await self._send(p.error_message(p.MESSAGE_TOO_LARGE, f"frames are limited to {limit} bytes"))
                 continue
             await self._handle(text)
@@ -117,6 +118,10 @@ class IngestConnection:
             await self._send(p.error_from(exc))
             return
         items = obj if isinstance(obj, list) else [obj]
+        if len(items) > p.MAX_FRAME_EVENTS:  # one answer, not one error per item, each a send
+            message = f"a frame carries at most {p.MAX_FRAME_EVENTS} events, not {len(items)}; none applied"
+            await self._send(p.error_message(p.INVALID_MESSAGE, message))
+            return
         valid: list[NewEvent] = []
         for item in items:
             try:
