@@ -54,10 +54,18 @@ def test_a_hostile_tenant_never_breaks_another(node: ServerProcess) -> None:
     assert server_log_problems(node) == []
 
 
+@pytest.fixture(scope="module")
+def accounts(node: ServerProcess) -> tuple[str, str]:
+    """(hostile, canary) keys for the focused regressions below."""
+    return new_key(node), new_key(node)
+
+
 @pytest.mark.parametrize("unit", ["é bad but ", "\U0001f600 ", "x y z good "])
-def test_a_long_final_is_scored_at_once_and_holds_no_one_up(node: ServerProcess, unit: str) -> None:
+def test_a_long_final_is_scored_at_once_and_holds_no_one_up(
+    node: ServerProcess, accounts: tuple[str, str], unit: str
+) -> None:
     """Sentiment runs on the event loop: a 300 KB final once held every account up for minutes."""
-    hostile, canary = new_key(node), new_key(node)
+    hostile, canary = accounts
     started = time.monotonic()
     answer = publish(node, hostile, f"long_{uuid.uuid4().hex[:8]}", final(unit * (300_000 // len(unit))))
     assert answer.status_code == 202, answer.text
@@ -82,31 +90,36 @@ def ingest_answers(node: ServerProcess, key: str, path: str, payload: bytes) -> 
         ws.close()
 
 
-def test_a_frame_of_half_a_million_non_events_gets_one_error_and_holds_no_one_up(node: ServerProcess) -> None:
+def test_a_frame_of_half_a_million_non_events_gets_one_error_and_holds_no_one_up(
+    node: ServerProcess, accounts: tuple[str, str]
+) -> None:
     """One error per item was half a million socket writes: 15 s in which no account was served."""
+    hostile, canary = accounts
     started = time.monotonic()
-    answers = ingest_answers(node, new_key(node), "/v1/ingest", b"[" + b",".join([b"0"] * 520_000) + b"]")
+    answers = ingest_answers(node, hostile, "/v1/ingest", b"[" + b",".join([b"0"] * 520_000) + b"]")
     assert time.monotonic() - started < 5.0
     assert [a["type"] for a in answers] == ["error", "ack"]
     assert answers[0]["data"]["code"] == "invalid_message"
     assert "at most 1000 events" in answers[0]["data"]["message"]
-    assert publish(node, new_key(node), f"canary_{uuid.uuid4().hex[:8]}", final("still here")).status_code == 202
+    assert publish(node, canary, f"canary_{uuid.uuid4().hex[:8]}", final("still here")).status_code == 202
 
 
 def test_an_ingest_frame_over_the_limit_in_bytes_is_refused_whatever_its_length_in_characters(
-    node: ServerProcess,
+    node: ServerProcess, accounts: tuple[str, str]
 ) -> None:
     text = "\U0010ffff" * 300_000  # 300,000 characters, 1.2 MB in UTF-8: past the 1 MiB frame limit
     frame = orjson.dumps({"call_id": "c1", "type": "transcript.partial", "data": {"speaker": "user", "text": text}})
-    answers = ingest_answers(node, new_key(node), "/v1/ingest", frame)
+    answers = ingest_answers(node, accounts[0], "/v1/ingest", frame)
     assert [(a["type"], a.get("data", {}).get("code")) for a in answers] == [
         ("error", "message_too_large"),
         ("ack", None),
     ]
 
 
-def test_an_events_socket_message_over_the_limit_in_bytes_closes_with_1009(node: ServerProcess) -> None:
-    ws = RawWebSocket(node.port, f"/v1/events?token={new_key(node)}")
+def test_an_events_socket_message_over_the_limit_in_bytes_closes_with_1009(
+    node: ServerProcess, accounts: tuple[str, str]
+) -> None:
+    ws = RawWebSocket(node.port, f"/v1/events?token={accounts[0]}")
     try:
         message = {"type": "subscribe", "call_id": "c1", "pad": "\U0010ffff" * 20_000}  # 80 KB > 64 KiB
         assert ws.send(encode(TEXT, orjson.dumps(message)))
