@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vaderSentiment.vaderSentiment import BOOSTER_DICT, NEGATE, SentimentIntensityAnalyzer
 
-from callstream.sentiment import CallSentiment, _analyzer, label_for, score_text
+from callstream.sentiment import MAX_SCORED_CHARS, CallSentiment, _analyzer, label_for, score_text
 
 UPSTREAM = SentimentIntensityAnalyzer()
 # Words that steer VADER's rules (negations, boosters, idioms, "but", "least", "kind of"), a
@@ -133,3 +135,12 @@ def test_scores_are_clamped() -> None:
 def test_window_must_be_positive() -> None:
     with pytest.raises(ValueError, match="window"):
         CallSentiment(window=0)
+
+
+@pytest.mark.parametrize("unit", ["é bad but ", "😀 ", "x y z good ", "not so great, but fine! "])
+def test_a_megabyte_final_is_scored_on_its_first_characters_in_milliseconds(unit: str) -> None:
+    text = unit * (1_000_000 // len(unit))
+    started = time.perf_counter()
+    result = score_text(text)
+    assert time.perf_counter() - started < 0.5  # unbounded, VADER took minutes
+    assert result == score_text(text[:MAX_SCORED_CHARS])

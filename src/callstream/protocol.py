@@ -53,6 +53,10 @@ class CloseCode(IntEnum):
     TRY_AGAIN = 1013
 
 
+# Events per /v1/ingest frame: each invalid one gets an error of its own, so a megabyte of
+# `[0,0,…]` would make half a million answers and hold the event loop for seconds.
+MAX_FRAME_EVENTS: Final = 1000
+
 WILDCARD: Final = "*"
 CLIENT_TYPES: Final = frozenset({"subscribe", "unsubscribe", "auth", "ping"})
 

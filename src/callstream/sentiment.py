@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 __all__ = [
+    "MAX_SCORED_CHARS",
     "NEGATIVE_THRESHOLD",
     "POSITIVE_THRESHOLD",
     "CallSentiment",
@@ -32,6 +33,8 @@ Label = Literal["positive", "neutral", "negative"]
 #: The thresholds VADER's authors recommend for the compound score.
 POSITIVE_THRESHOLD = 0.05
 NEGATIVE_THRESHOLD = -0.05
+#: How much of a final is scored: far more than a spoken sentence, and a few ms at worst.
+MAX_SCORED_CHARS = 1000
 
 
 class SentimentScore(TypedDict):
@@ -120,6 +123,28 @@ def _analyzer() -> SentimentIntensityAnalyzer:
                     valence = valence * n_scalar
             return valence
 
+        @staticmethod
+        def _special_idioms_check(valence: float, words_and_emoticons: list[str], i: int) -> float:
+            # Upstream lower-cases the whole utterance for every word it checks: quadratic, and
+            # emojis (a word or more each once described) reach it on every one. Only words
+            # i-3 … i+2 matter, and upstream calls it only with i >= 3, so no index wraps.
+            end = min(i + 3, len(words_and_emoticons))
+            words = {k: str(words_and_emoticons[k]).lower() for k in range(i - 3, end)}
+            w3, w2, w1, w0 = words[i - 3], words[i - 2], words[i - 1], words[i]
+            threetwoone, threetwo, twoone = f"{w3} {w2} {w1}", f"{w3} {w2}", f"{w2} {w1}"
+            for seq in (f"{w1} {w0}", f"{w2} {w1} {w0}", twoone, threetwoone, threetwo):
+                if seq in vader.SPECIAL_CASES:
+                    valence = vader.SPECIAL_CASES[seq]
+                    break
+            if i + 1 in words and (zeroone := f"{w0} {words[i + 1]}") in vader.SPECIAL_CASES:
+                valence = vader.SPECIAL_CASES[zeroone]
+            if i + 2 in words and (zeroonetwo := f"{zeroone} {words[i + 2]}") in vader.SPECIAL_CASES:
+                valence = vader.SPECIAL_CASES[zeroonetwo]
+            for n_gram in (threetwoone, threetwo, twoone):  # booster bi-grams such as "kind of"
+                if n_gram in vader.BOOSTER_DICT:
+                    valence = valence + vader.BOOSTER_DICT[n_gram]
+            return valence
+
     analyzer: SentimentIntensityAnalyzer = Analyzer()
     return analyzer
 
@@ -137,8 +162,12 @@ def score_text(text: str) -> SentimentScore:
     """Score one utterance: VADER's compound score in -1..1, rounded to 3 decimals.
 
     Empty or whitespace-only text is neutral (0.0) without touching the
-    analyzer, since producers do publish empty finals (silence, noise).
+    analyzer, since producers do publish empty finals (silence, noise). Only the
+    first `MAX_SCORED_CHARS` characters are scored: VADER's cost grows faster than
+    the text (its "but" rule is quadratic), and scoring runs on the event loop, so
+    one producer's megabyte final must not hold every other call up for minutes.
     """
+    text = text[:MAX_SCORED_CHARS]
     if not text.strip():
         return {"score": 0.0, "label": "neutral"}
     compound = float(_analyzer().polarity_scores(text)["compound"])

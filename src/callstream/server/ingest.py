@@ -81,6 +81,10 @@ class IngestConnection(SocketConnection):
             await self._send(p.error_from(exc))
             return
         items = obj if isinstance(obj, list) else [obj]
+        if len(items) > p.MAX_FRAME_EVENTS:  # one answer, not one error per item, each a send
+            message = f"a frame carries at most {p.MAX_FRAME_EVENTS} events, not {len(items)}; none applied"
+            await self._send(p.error_message(p.ErrorCode.INVALID_MESSAGE, message))
+            return
         valid: list[NewEvent] = []
         for item in items:
             try:

@@ -85,7 +85,8 @@ class SocketConnection:
             if text is None:
                 await self._not_text()
                 continue
-            if len(text) > limit and len(text.encode()) > limit:
+            # A character is at most 4 bytes: only a frame past a quarter of the limit is measured.
+            if len(text) > limit // 4 and len(text.encode()) > limit:
                 if await self._too_large(limit):
                     continue
                 return
