@@ -279,14 +279,14 @@ class Hostile:
     def _expected_ingest(self, body: bytes) -> tuple[list[tuple[str, str]], list[str]]:
         """(errors as (code, ref), acks' refs in order) the contract predicts for one frame."""
         if len(body) > MAX_BODY:
-            return [(p.MESSAGE_TOO_LARGE, _key(None))], []
+            return [(p.ErrorCode.MESSAGE_TOO_LARGE, _key(None))], []
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return [(p.INVALID_MESSAGE, _key(None))], []
+            return [(p.ErrorCode.INVALID_MESSAGE, _key(None))], []
         items = obj if isinstance(obj, list) else [obj]
         if len(items) > p.MAX_FRAME_EVENTS:
-            return [(p.INVALID_MESSAGE, _key(None))], []
+            return [(p.ErrorCode.INVALID_MESSAGE, _key(None))], []
         errors: list[tuple[str, str]] = []
         valid = []
         for item in items:
@@ -297,7 +297,7 @@ class Hostile:
         acks: list[str] = []
         for event in valid:  # applied in order; after call.ended a call refuses the rest
             if event.call_id in self.ended:
-                errors.append((p.INVALID_MESSAGE, _key(event.ref)))
+                errors.append((p.ErrorCode.INVALID_MESSAGE, _key(event.ref)))
                 continue
             if event.type == ENDED:
                 self.ended.add(event.call_id)
