@@ -400,3 +400,26 @@ def test_any_event_batch_parses_or_is_refused(batch: Any, url_call_id: Any) -> N
     if events is not None:
         assert len(events) == (len(batch) if isinstance(batch, list) else 1)
         assert all(e.type in PUBLISHABLE_TYPES for e in events)
+
+
+@pytest.mark.parametrize("ref", [[[[]]], {"a": 1}, "x" * 257, 2**63, True, 1.5])
+def test_a_ref_that_cannot_be_echoed_safely_is_refused_and_not_echoed(ref: object) -> None:
+    """A ref comes back in acks and errors: one nested past what the encoder takes (or any
+    structure) would break the socket's acks, so only short strings and 64-bit integers pass."""
+    with pytest.raises(p.ProtocolError) as caught:
+        p.parse_event({"call_id": "c1", "type": "agent.state", "data": {"state": "thinking"}, "ref": ref})
+    assert caught.value.code == "invalid_message"
+    assert caught.value.ref is None
+    assert "ref" in caught.value.message
+
+
+def test_a_deeply_nested_ref_gets_an_error_that_can_be_sent() -> None:
+    deep: object = "x"
+    for _ in range(300):
+        deep = [deep]
+    raw = orjson.dumps({"call_id": "c1", "type": "agent.state", "data": {"state": "thinking"}, "ref": "r"})
+    obj = orjson.loads(raw)
+    obj["ref"] = deep
+    with pytest.raises(p.ProtocolError) as caught:
+        p.parse_event(obj)
+    assert orjson.loads(p.error_from(caught.value))["data"]["code"] == "invalid_message"

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from asyncio import CancelledError
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from callstream import protocol as p
 
-_Refs = list[tuple[Any, int]]  # (ref, seq) of one frame's events that carry a ref
+_Refs = list[tuple[Any, int, str]]  # (ref, seq, call_id) of one frame's events that carry a ref
 
 
 class AckLine:
@@ -52,18 +53,30 @@ class AckLine:
         while line:
             refs, durable, deadline = line[0]
             if durable.done():
-                error = None if durable.cancelled() else durable.exception()
-                if error is None:
-                    messages.extend(p.ack_message(ref, seq) for ref, seq in refs)
-                else:  # not stored: the producer must know, and may retry
-                    text = f"not stored: {error}"
-                    messages.extend(p.error_message(p.ErrorCode.INTERNAL, text, None, ref) for ref, _ in refs)
+                error = CancelledError() if durable.cancelled() else durable.exception()
+                messages.extend(_outcome(refs, error))
             else:
                 if now is None:
                     now = self._clock()
                 if now < deadline:
                     break
                 message = f"not confirmed: the store did not commit within {self.timeout_s:g} s"
-                messages.extend(p.error_message(p.ErrorCode.INTERNAL, message, None, ref) for ref, _ in refs)
+                messages.extend(p.error_message(p.ErrorCode.INTERNAL, message, None, ref) for ref, _, _ in refs)
             line.popleft()
         return messages
+
+
+def _outcome(refs: _Refs, error: BaseException | None) -> list[bytes]:
+    """Acks for a frame's stored events, errors for the others: a store error that names the
+    calls it failed (`store.CallFailedError.calls`) leaves the frame's other calls stored."""
+    if error is None:
+        return [p.ack_message(ref, seq) for ref, seq, _ in refs]
+    failed: set[tuple[str, str]] | None = getattr(error, "calls", None)
+    failed_ids = None if failed is None else {call_id for _, call_id in failed}
+    text = f"not stored: {error}"
+    return [
+        p.ack_message(ref, seq)
+        if failed_ids is not None and call_id not in failed_ids
+        else p.error_message(p.ErrorCode.INTERNAL, text, call_id, ref)
+        for ref, seq, call_id in refs
+    ]

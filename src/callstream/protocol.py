@@ -161,10 +161,23 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
     return Subscribe(call_id, _since_of(obj, call_id), _types_of(obj, call_id))
 
 
+MAX_REF_CHARS: Final = 256
+
+
+def _is_valid_ref(ref: object) -> bool:
+    """A `ref` is echoed in acks and errors: a short string or a 64-bit integer (or none)."""
+    if ref is None or (isinstance(ref, str) and len(ref) <= MAX_REF_CHARS):
+        return True
+    return isinstance(ref, int) and not isinstance(ref, bool) and -(2**63) <= ref < 2**63
+
+
 def parse_event(obj: Any, call_id: str | None = None) -> NewEvent:
     """Validate one producer event. `call_id` comes from the URL for REST, from the object for ingest."""
     ref = obj.get("ref") if isinstance(obj, dict) else None
     try:
+        if not _is_valid_ref(ref):
+            ref = None
+            raise EventInvalidError(f"ref must be a string of at most {MAX_REF_CHARS} characters or an integer")
         if not isinstance(obj, dict):
             raise EventInvalidError("an event must be a JSON object")
         if call_id is None:

@@ -12,7 +12,7 @@ that need exactly-once can de-duplicate on a producer-chosen id in ``data`` (for
 ``utterance_id`` plus ``is_final``); a re-sent ``call.ended`` that was already stored is refused
 by the server, so its future fails even though the call did end.
 
-Backpressure is bounded (DESIGN.md: no unbounded buffers): at most ``max_in_flight`` events wait
+Backpressure is bounded (no unbounded buffers): at most ``max_in_flight`` events wait
 for an ack. :meth:`Publisher.send` raises ``PublishError("backpressure")`` beyond that;
 :meth:`Publisher.send_wait` and :meth:`Publisher.publish` wait for room instead.
 """

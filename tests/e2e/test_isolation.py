@@ -118,3 +118,52 @@ def test_the_node_stays_healthy_across_a_restart_after_hostile_input(tmp_path: P
         canary_serves(server, canary, "canary_after_restart")
     finally:
         server.stop()
+
+
+async def test_on_the_embedded_store_a_call_refused_at_fold_time_fails_alone(tmp_path: Path) -> None:
+    """SQLite journals a commit before the fold files it, so the refusal comes after the ack:
+    the call's next event gets `internal`, a replay of it answers from the store (never with
+    events the store did not take), and the account's other call goes on."""
+    import asyncio
+    import sqlite3
+
+    import orjson
+    from websockets.asyncio.client import connect
+
+    from tests.helpers import recv, recv_until, send
+
+    server = ServerProcess(tmp_path)
+    await asyncio.to_thread(server.start)
+    try:
+        key = await asyncio.to_thread(server.create_key, "acct_fold")
+        with sqlite3.connect(tmp_path / "callstream.db") as db:
+            db.execute(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON event_chunks WHEN NEW.call_id = 'poison'"
+                " BEGIN SELECT RAISE(ABORT, 'this call is refused'); END"
+            )
+        headers = {"Authorization": f"Bearer {key}"}
+        async with await connect(f"{server.ws_url}/v1/ingest", additional_headers=headers) as ingest:
+            frame = [
+                {"call_id": "good", **final("one"), "ref": "g1"},
+                {"call_id": "poison", **final("two"), "ref": "p1"},
+            ]
+            await ingest.send(orjson.dumps(frame).decode())
+            assert [(m["type"], m["ref"]) for m in [await recv(ingest), await recv(ingest)]] == [
+                ("ack", "g1"), ("ack", "p1"),
+            ]
+            await asyncio.sleep(1.5)  # the fold files the journal and refuses poison's rows
+            await ingest.send(orjson.dumps({"call_id": "poison", **final("three"), "ref": "p2"}).decode())
+            refused = await recv(ingest)
+            assert (refused["type"], refused["ref"], refused["data"]["code"]) == ("error", "p2", "internal")
+            await ingest.send(orjson.dumps({"call_id": "good", **final("four"), "ref": "g2"}).decode())
+            assert (await recv(ingest))["type"] == "ack"
+        async with await connect(f"{server.ws_url}/v1/events?token={key}") as sub:
+            await send(sub, {"type": "subscribe", "call_id": "poison", "since": 0})
+            replay = await recv_until(sub, "subscribed")
+            assert [m["type"] for m in replay] == ["subscribed"]  # nothing the store did not take
+            await send(sub, {"type": "subscribe", "call_id": "good", "since": 0})
+            replay = await recv_until(sub, "subscribed")
+            assert [m["data"]["text"] for m in replay if m["type"] == "transcript.final"] == ["one", "four"]
+        assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+    finally:
+        await asyncio.to_thread(server.stop)

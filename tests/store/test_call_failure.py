@@ -90,3 +90,27 @@ async def test_the_rows_a_fold_could_not_file_are_kept_in_the_quarantine_file(
     assert [(row[0], row[1], row[2], row[3]) for row in kept] == [(account, "poison", 1, 1)]
     # The journal is folded: nothing is left to fold the same rows again on every read.
     assert not embedded_store._fold_needed()
+
+
+async def test_on_postgresql_a_lone_call_the_database_refuses_fails_and_takes_no_more(
+    pg_url: str, account: str
+) -> None:
+    """A batch of one call is the common case on a quiet node: the probe tells a refused row
+    from an outage there too. Once failed, the call's later events are not stored, even after
+    the database would take them again: its history must not go on past the hole."""
+    store = SqlStore(pg_url)
+    await store.start()
+    try:
+        await refuse_call_poison(store)
+        with pytest.raises(CallFailedError):
+            await store.append([event(account, "poison", 1)])
+        assert store.healthy
+        assert store.call_failed(account, "poison")
+        async with store.engine.begin() as conn:
+            await conn.execute(sa.text("DROP TRIGGER refuse_poison ON event_chunks"))
+        with pytest.raises(CallFailedError):
+            await store.append([event(account, "poison", 2), event(account, "fine", 1)])
+        assert [e.seq for e in await store.events(account, "poison")] == []
+        assert [e.seq for e in await store.events(account, "fine")] == [1]
+    finally:
+        await store.close()

@@ -172,3 +172,28 @@ async def test_the_database_file_itself_holds_the_events_within_seconds(store: S
             break
         await asyncio.sleep(0.25)
     assert count == 50
+
+
+async def test_a_call_that_ends_while_the_fold_process_fails_is_not_failed_for_good(
+    store: SqlStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that ends a call folds the journal first; when the fold process fails, that is
+    the node's trouble, not the call's: the producer is told, and the call can end once it works."""
+    await store.append(block("c1", 1))
+    await started_writer(store)
+    for pid in writer_processes():
+        os.kill(pid, signal.SIGKILL)
+    quitter = tmp_path / "quitter.py"
+    quitter.write_text("import sys\nsys.stdin.buffer.read(1)\n")
+    monkeypatch.setattr(fold_process, "__file__", str(quitter))
+    await store.append(block("c2", 1))  # journaled, so the ending commit must fold first
+    with pytest.raises(StoreUnavailableError):
+        await store.append([event("acme", "c1", 5, "call.ended"), event("acme", "c3", 1)])
+    assert not store.call_failed("acme", "c1")
+    assert not store.call_failed("acme", "c3")
+
+    monkeypatch.undo()
+    await store.append([event("acme", "c1", 6, "call.ended")])
+    call = await store.get_call("acme", "c1")
+    assert call is not None
+    assert call.status == "ended"

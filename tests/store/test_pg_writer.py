@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from callstream.store import SqlStore, StoreUnavailableError
+from callstream.store import CallFailedError, SqlStore, StoreUnavailableError
 from callstream.store.chunks import by_call, chunk_rows
 from callstream.store.pg_writer import columns
 from tests.store.test_store_contract import event
@@ -49,9 +49,13 @@ async def test_a_refused_statement_changes_nothing_and_the_writer_keeps_serving(
         async with store.engine.begin() as conn:
             await conn.exec_driver_sql(f"DROP TRIGGER refuse_{account} ON event_chunks")
             await conn.exec_driver_sql(f"DROP FUNCTION refuse_{account}()")
-    await store.append([event(account, "c1", 2), event(account, "c2", 1)])
-    assert [e.seq for e in await store.events(account, "c1")] == [1, 2]
-    assert [e.seq for e in await store.events(account, "c2")] == [1]
+    # The calls the database refused failed (their history would have a hole): they take no more
+    # events; the account's other calls, and the writer, go on.
+    with pytest.raises(CallFailedError):
+        await store.append([event(account, "c1", 3), event(account, "c2", 2)])
+    await store.append([event(account, "c3", 1)])
+    assert [e.seq for e in await store.events(account, "c1")] == [1]
+    assert [e.seq for e in await store.events(account, "c3")] == [1]
 
 
 async def test_a_dropped_connection_fails_at_most_one_batch(store: SqlStore, account: str) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from callstream.events import Event
 from callstream.store import SqlStore
 from callstream.store.chunks import MAX_CHUNK_EVENTS
-from callstream.store.sql import decode_cursor
+from callstream.store.sql import PAGE_MAX_BYTES, decode_cursor
 
 FULL = frozenset({"publish", "subscribe", "admin"})
 
@@ -263,6 +263,19 @@ async def test_events_come_in_pages_of_at_most_limit(store: SqlStore, account: s
     assert await store.events_page(account, "nope", 0, 10) == ([], False)
     assert await store.events_page(account + "_other", "c1", 0, 10) == ([], False)
     assert [s for page in await pages_of(store, account, "c1", 16, until=50) for s in page] == list(range(1, 51))
+
+
+async def test_a_page_of_large_events_stops_at_its_byte_budget(store: SqlStore, account: str) -> None:
+    """`limit` counts events; a page also stops once its chunks pass `PAGE_MAX_BYTES`, so one
+    account's megabyte events cannot make a page (and the node's memory) as large as it asks."""
+    big = "x" * (PAGE_MAX_BYTES // 3)
+    for s in range(1, 6):
+        await store.append([event(account, "c1", s, "transcript.final", text=big)])
+    page, more = await store.events_page(account, "c1", 0, 1000)
+    assert more
+    assert 1 <= len(page) <= 4
+    assert [e.seq for e in page] == list(range(1, len(page) + 1))
+    assert [s for p in await pages_of(store, account, "c1", 1000) for s in p] == [1, 2, 3, 4, 5]
 
 
 async def test_pages_of_a_call_fed_through_two_nodes_miss_nothing(store: SqlStore, account: str) -> None:

@@ -159,6 +159,10 @@ class Broker(abc.ABC):
     def deliver_stored(self, events: Sequence[Event]) -> None:  # noqa: B027 - optional hook
         """The store committed these events (in seq order); a broker that waits for that fans out now."""
 
+    def forget_history(self, account: str, call_id: str) -> None:  # noqa: B027 - optional hook
+        """The store refused some of this call's events: the replay log must not serve what it
+        never stored, so `since` is answered from the store from now on."""
+
     async def watch(self, account: str, call_id: str) -> None:  # noqa: B027 - optional hook
         """This node has a subscriber for the call (or '*' for the account); returns once live."""
 

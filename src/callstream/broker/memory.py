@@ -234,6 +234,9 @@ class MemoryBroker(Broker):
                 if event.type == ENDED:
                     self._release_log(event.account, event.call_id)
 
+    def forget_history(self, account: str, call_id: str) -> None:
+        self._release_log(account, call_id)
+
     def _release_log(self, account: str, call_id: str) -> None:
         """An ended call whose events are all committed: the store now answers `since` for it.
 

@@ -543,8 +543,8 @@ class RedisBroker(Broker):
     async def _read(self, conn: AbstractConnection) -> None:
         """Read the pub/sub stream in bulk: one socket read, then every whole reply in it.
 
-        redis-py's `read_response` costs an await chain per message, which at a few thousand
-        messages a second was a busy node's largest Redis cost. This connection only ever
+        redis-py's `read_response` costs an await chain per message, on the path of every
+        event a node receives (bench/README.md holds the measurement). This connection only ever
         receives pub/sub pushes and PONGs after the handshake, so it reads the socket itself
         into hiredis' parser (commands still go out through redis-py). The events of one read are
         fanned out together: the hub joins each call's frames of a batch once, and a subscriber

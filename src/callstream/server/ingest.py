@@ -143,7 +143,7 @@ class IngestConnection(SocketConnection):
                 await self._send(p.error_message(p.ErrorCode.INTERNAL, message, event.call_id, event.ref))
             return
         pairs = zip(events, sequenced, strict=True)
-        refs = [(new.ref, accepted.seq) for new, accepted in pairs if new.ref is not None]
+        refs = [(new.ref, accepted.seq, new.call_id) for new, accepted in pairs if new.ref is not None]
         if refs:
             self._acks.add(refs, durable)
             durable.add_done_callback(self._on_durable)

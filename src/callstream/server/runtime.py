@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 from callstream import metrics
 from callstream.auth import Authenticator, TokenSigner, new_signing_secret
-from callstream.broker import Broker, Quotas, create_broker
-from callstream.events import ENDED, FINAL, Event, NewEvent
+from callstream.broker import Broker, HeldHistory, Quotas, create_broker
+from callstream.events import ENDED, FINAL, MAX_INT64, Event, NewEvent
 from callstream.hub import Hub
 from callstream.server.tasks import TaskSet
 from callstream.settings import Settings
@@ -123,10 +123,14 @@ class Runtime:
         """An append settled: fan out what it stored. The appends one commit settles call this
         one after the other in one loop iteration, so they fan out together, in append order
         (a subscriber's events of several producers' frames leave in one write)."""
-        error = None if durable.cancelled() else durable.exception()
+        if durable.cancelled():
+            return
+        error = durable.exception()
         if error is not None:
             if not isinstance(error, CallFailedError):
                 return  # nothing of it was stored: no subscriber may see it
+            for account, call_id in error.calls:
+                self.broker.forget_history(account, call_id)  # replay then asks the store
             events = [e for e in events if (e.account, e.call_id) not in error.calls]
         if not self._delivery_due:
             self._delivery_due = True
@@ -160,8 +164,12 @@ class Runtime:
     async def replay(self, account: str, call_id: str, since: int) -> AsyncGenerator[list[Event], None]:
         """Every held event with seq > since, in pages in seq order: the part older than the broker's
         log from the store, `REPLAY_PAGE` events at a time (a long call is never read whole into
-        memory), then what the log holds."""
+        memory), then what the log holds. A call the store refused is replayed from the store
+        alone: the log may hold events the store never took."""
         held = await self.broker.history(account, call_id, since)
+        if self.store.call_failed(account, call_id):
+            self.broker.forget_history(account, call_id)
+            held = HeldHistory([], MAX_INT64)
         until = held.first_seq - 1
         while since < until:
             stored, more = await self.store.events_page(account, call_id, since, REPLAY_PAGE, until)

@@ -20,10 +20,10 @@ from typing import Any
 import orjson
 
 from callstream.events import FINAL, PARTIAL, Event
-from callstream.store.rows import CHUNK_COLUMNS, MAX_CHUNK_EVENTS
+from callstream.store.rows import CHUNK_COLUMNS, MAX_CHUNK_BYTES, MAX_CHUNK_EVENTS
 
 __all__ = [
-    "CHUNK_COLUMNS", "MAX_CHUNK_EVENTS", "CallEvents", "ChunkRow", "StoredEvent", "by_call", "chunk_rows", "events_in",
+    "CHUNK_COLUMNS", "MAX_CHUNK_BYTES", "MAX_CHUNK_EVENTS", "CallEvents", "ChunkRow", "StoredEvent", "by_call", "chunk_rows", "events_in",
     "sentiment_score",
 ]
 
@@ -77,15 +77,30 @@ def sentiment_score(event: Event) -> float | None:
 
 
 def chunk_rows(calls: CallEvents) -> list[ChunkRow]:
-    """The rows that store a batch (`by_call`); partials are not stored."""
+    """The rows that store a batch (`by_call`); partials are not stored. A call's chunk closes
+    at `MAX_CHUNK_EVENTS` events or `MAX_CHUNK_BYTES` of frames, whichever comes first."""
     rows: list[ChunkRow] = []
     for (account, call_id), held in calls.items():
         stored = [e for e in held if e.type != PARTIAL]
-        for start in range(0, len(stored), MAX_CHUNK_EVENTS):
-            part = stored[start : start + MAX_CHUNK_EVENTS]
-            frames = ",".join([e.frame for e in part])
-            rows.append((account, call_id, part[0].seq, part[-1].seq, f"[{frames}]"))
+        if not stored:
+            continue
+        if len(stored) <= MAX_CHUNK_EVENTS and sum(len(e.frame) for e in stored) <= MAX_CHUNK_BYTES:
+            rows.append(_chunk_row(account, call_id, stored))  # the common case: one chunk
+            continue
+        part: list[Event] = []
+        size = 0
+        for event in stored:
+            if part and (len(part) >= MAX_CHUNK_EVENTS or size + len(event.frame) > MAX_CHUNK_BYTES):
+                rows.append(_chunk_row(account, call_id, part))
+                part, size = [], 0
+            part.append(event)
+            size += len(event.frame)
+        rows.append(_chunk_row(account, call_id, part))
     return rows
+
+
+def _chunk_row(account: str, call_id: str, part: list[Event]) -> ChunkRow:
+    return (account, call_id, part[0].seq, part[-1].seq, "[" + ",".join([e.frame for e in part]) + "]")
 
 
 def events_in(

@@ -1,4 +1,4 @@
-"""The embedded store's event writer: its own SQLite connection, in a process of its own.
+"""The embedded store's fold: the journal filed into SQLite by a process of its own.
 
 Only the hot path lives here: the folds of the journal (store/journal.py), which holds every
 commit that ends no call. Everything else, including the batches whose `call.ended` hooks write
@@ -96,12 +96,12 @@ class JournalFolder:
             await process.stdin.drain()
             (size,) = fold_process.HEADER.unpack(await process.stdout.readexactly(fold_process.HEADER.size))
             return await process.stdout.readexactly(size) if size else b""
-        except (OSError, asyncio.IncompleteReadError) as exc:  # the writer died
+        except (OSError, asyncio.IncompleteReadError) as exc:  # the fold process died
             await self._stop(grace_s=1)
-            raise FoldError("the writer process exited") from exc
+            raise FoldError("the fold process exited") from exc
         except BaseException:
             # Cancelled between request and reply: the next round trip would read this one's
-            # reply, so this writer cannot be trusted again (its transaction commits or not).
+            # reply, so this process cannot be trusted again (its transaction commits or not).
             self._process = None
             process.kill()
             raise
@@ -119,6 +119,6 @@ class JournalFolder:
             await process.wait()
 
     async def close(self) -> None:
-        """Let the writer finish what it was sent: it exits when its pipe closes."""
+        """Let the fold process finish what it was sent: it exits when its pipe closes."""
         async with self._lock:
             await self._stop(grace_s=10)

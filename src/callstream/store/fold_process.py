@@ -29,7 +29,7 @@ import struct
 import sys
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -45,6 +45,7 @@ else:  # run as the fold process: a plain script, beside the module that specs t
 CHUNK_COLUMNS: Final = rows.CHUNK_COLUMNS
 CALL_COLUMNS: Final = rows.CALL_COLUMNS
 MAX_CHUNK_EVENTS: Final = rows.MAX_CHUNK_EVENTS
+MAX_CHUNK_BYTES: Final = rows.MAX_CHUNK_BYTES
 
 Statement = tuple[str, list[Any]]
 HEADER = struct.Struct("!I")
@@ -120,7 +121,7 @@ def merge_journal_rows(journaled: Sequence[Sequence[Any]]) -> tuple[list[tuple[A
     seqs would span more than `MAX_CHUNK_EVENTS`; reads sort a chunk's events by seq) and one calls
     row (`rows.CALL_COLUMNS`, merged by `rows.merge_call_row`)."""
     chunks: list[tuple[Any, ...]] = []
-    open_chunks: dict[tuple[str, str], list[Any]] = {}  # first, last, frames of the call's chunk being filled
+    open_chunks: dict[tuple[str, str], list[Any]] = {}  # first, last, frames, bytes of the call's chunk being filled
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     for account, call_id, first_seq, last_seq, events, call_last_seq, started_at, score_sum, score_n in journaled:
         key = (account, call_id)
@@ -133,15 +134,19 @@ def merge_journal_rows(journaled: Sequence[Sequence[Any]]) -> tuple[list[tuple[A
         if first_seq is None or last_seq is None:
             continue
         chunk = open_chunks.get(key)
-        if chunk is not None and max(chunk[1], last_seq) - min(chunk[0], first_seq) >= MAX_CHUNK_EVENTS:
+        if chunk is not None and (
+            max(chunk[1], last_seq) - min(chunk[0], first_seq) >= MAX_CHUNK_EVENTS
+            or chunk[3] + len(events) > MAX_CHUNK_BYTES
+        ):
             chunks.append((account, call_id, chunk[0], chunk[1], "[" + ",".join(chunk[2]) + "]"))
             chunk = None
         if chunk is None:
-            open_chunks[key] = [first_seq, last_seq, [events[1:-1]]]
+            open_chunks[key] = [first_seq, last_seq, [events[1:-1]], len(events)]
         else:
             chunk[0], chunk[1] = min(chunk[0], first_seq), max(chunk[1], last_seq)
             chunk[2].append(events[1:-1])
-    for (account, call_id), (first, last, frames) in open_chunks.items():
+            chunk[3] += len(events)
+    for (account, call_id), (first, last, frames, _) in open_chunks.items():
         chunks.append((account, call_id, first, last, "[" + ",".join(frames) + "]"))
     return chunks, list(merged.values())
 
@@ -204,21 +209,25 @@ def fold_call_by_call(
     db.execute("BEGIN IMMEDIATE")
     try:
         for (account, call_id), held in by_call.items():
-            error = _in_savepoint(db, row_statements(*merge_journal_rows(held)))
+            error = _in_savepoint(db, functools.partial(_call_statements, held))
             if error is not None:
                 failed.append([account, call_id, f"{type(error).__name__}: {error}"])
                 left_out.extend(held)
-        if len(failed) == len(by_call) and (error := _in_savepoint(db, [_PROBE])) is not None:
+        if len(failed) == len(by_call) and (error := _in_savepoint(db, lambda: [_PROBE])) is not None:
             raise error
         for sql, parameters in statements:
             db.execute(sql, parameters)
+        quarantine(path, left_out)  # before the commit: a fold that commits never loses them
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    quarantine(path, left_out)
     return failed
+
+
+def _call_statements(held: Sequence[Sequence[Any]]) -> list[Statement]:
+    return row_statements(*merge_journal_rows(held))
 
 
 _PROBE: Final[Statement] = (
@@ -227,11 +236,12 @@ _PROBE: Final[Statement] = (
 )
 
 
-def _in_savepoint(db: sqlite3.Connection, statements: Sequence[Statement]) -> Exception | None:
-    """Run `statements` in a savepoint: None when they ran, else their error (rolled back)."""
+def _in_savepoint(db: sqlite3.Connection, statements: Callable[[], Sequence[Statement]]) -> Exception | None:
+    """Build and run `statements` in a savepoint: None when they ran, else their error (rolled
+    back); building them is part of it, since a call's rows may fail to merge too."""
     db.execute("SAVEPOINT call")
     try:
-        for sql, parameters in statements:
+        for sql, parameters in statements():
             db.execute(sql, parameters)
     except sqlite3.OperationalError:  # the database's trouble: the whole fold fails
         raise

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-# A read that wants one event decodes its whole chunk; 256 frames (~64 KB) bound that.
+# A read that wants one event decodes its whole chunk: a chunk holds at most 256 events, and a new
+# one starts once it holds 1 MiB of frames (an event larger than that has a chunk of its own).
 MAX_CHUNK_EVENTS: Final = 256
+MAX_CHUNK_BYTES: Final = 1024 * 1024
 CHUNK_COLUMNS: Final = ("account", "call_id", "first_seq", "last_seq", "events")
 CALL_COLUMNS: Final = (
     "account", "call_id", "status", "started_at", "ended_at", "duration_ms", "end_status", "reason",

@@ -55,6 +55,8 @@ log = logging.getLogger("callstream.store")
 EndedHook = Callable[[AsyncConnection, Event], Awaitable[None]]
 
 
+# A page of stored events stops once its chunks hold this much (at least one event comes).
+PAGE_MAX_BYTES = 8 * 1024 * 1024
 _LOOK_UP_CHUNK = 500  # call ids per look-up query (SQLite allows 32,766 parameters; stay far below)
 
 
@@ -203,28 +205,31 @@ async def read_page(
     """At most `limit` of a call's stored events with since < seq ≤ until, in `seq` order, and
     whether more follow: one page of a long call without reading the rest of it.
 
-    Chunks come in last_seq order, a few at a time, until more than `limit` events are in hand.
-    Chunks of two nodes may interleave (see `chunks`), so a chunk not read yet can still hold a
-    seq below the page's end: one more query takes the chunks that reach back that far.
+    Chunks come in last_seq order, a few at a time, until more than `limit` events, or more than
+    `PAGE_MAX_BYTES` of them, are in hand (a page of large events must not hold the node's
+    memory). Chunks of two nodes may interleave (see `chunks`), so a chunk not read yet can still
+    hold a seq below the page's end: one more query takes the chunks that reach back that far.
     """
     c = t.event_chunks.c
     query = sa.select(c.last_seq, c.events).where(c.account == account, c.call_id == call_id, c.last_seq > since)
     if until is not None:
         query = query.where(c.first_seq <= until)
     held: dict[int, StoredEvent] = {}
-    read_to = since
+    read_to, size, cut = since, 0, False
     result = await conn.stream(query.order_by(c.last_seq).execution_options(yield_per=_CHUNKS_PER_FETCH))
     try:
         async for row in result:
             for event in events_in((row.events,), since, until):
                 held.setdefault(event.seq, event)
-            read_to = row.last_seq
-            if len(held) > limit:
+            read_to, size = row.last_seq, size + len(row.events)
+            if len(held) > limit or size > PAGE_MAX_BYTES:
+                cut = True
                 break
     finally:
         await result.close()
-    if len(held) <= limit:
+    if not cut:
         return [held[seq] for seq in sorted(held)], False
+    limit = min(limit, len(held))
     end = sorted(held)[limit - 1]
     reaching_back = query.where(c.last_seq > read_to, c.first_seq <= end)
     for event in events_in((row.events for row in await conn.execute(reaching_back)), since, end):
@@ -629,34 +634,50 @@ class SqlStore:
     async def _commit_batch(self, batch: list[_Pending]) -> dict[tuple[str, str], StoreUnavailableError]:
         """Commit a batch; the calls whose events it could not store, each with the error.
 
-        When the whole commit fails on the database and a probe write succeeds, the database is
-        fine and some call's rows are at fault: each call is then committed alone, and only the calls that
-        fail again are failed (`failed_calls`). When the probe fails too, it is an outage and
+        Events of a call that already failed are not stored (its history must not go on past
+        the hole). When a commit fails on the database and a probe write succeeds, the database
+        is fine and some call's rows are at fault: each call is then committed alone, and only
+        the calls that fail again are failed (`failed_calls`). When the probe fails too, or the
+        failure was the node's (a file the disk refused, a fold that failed), it is an outage and
         every call of the batch fails (the node is unhealthy until a write succeeds).
         """
         events = list(chain.from_iterable(item.events for item in batch))
+        errors: dict[tuple[str, str], StoreUnavailableError] = {}
+        if self.failed_calls:
+            events = self._without_failed_calls(events, errors)
         try:
             await self._commit(events)
         except Exception as exc:  # mapped below to the project's own errors
             first = exc
         else:
             self.healthy = True
-            return {}
+            return errors
         grouped = by_call(events)
-        # A file the disk refused (the journal) or a probe that fails too: the node's trouble.
-        if len(grouped) == 1 or isinstance(first, OSError) or not await self.probe_write():
+        if isinstance(first, OSError | StoreUnavailableError) or not await self.probe_write():
             log.error("store write failed: %s", first.__class__.__name__, exc_info=first)
             self.healthy = False
             error = StoreUnavailableError(f"the store could not commit: {first.__class__.__name__}")
-            return dict.fromkeys(grouped, error)
+            return errors | dict.fromkeys(grouped, error)
         self.healthy = True
-        errors: dict[tuple[str, str], StoreUnavailableError] = {}
         for key, held in grouped.items():
             try:
                 await self._commit(held)
             except Exception as exc:  # this call's rows alone
                 errors[key] = self._fail_call(key, f"{exc.__class__.__name__}: {exc}")
         return errors
+
+    def _without_failed_calls(
+        self, events: list[Event], errors: dict[tuple[str, str], StoreUnavailableError]
+    ) -> list[Event]:
+        kept: list[Event] = []
+        for event in events:
+            key = (event.account, event.call_id)
+            if key in self.failed_calls:
+                message = f"call {event.call_id} failed: the store refused its events; start a new call"
+                errors[key] = CallFailedError(message, frozenset([key]))
+            else:
+                kept.append(event)
+        return kept
 
     def _fail_call(self, key: tuple[str, str], reason: str) -> CallFailedError:
         account, call_id = key
@@ -696,7 +717,7 @@ class SqlStore:
         committed event.
 
         Folds run beside the writer's commits: the journal takes appends in a new file meanwhile,
-        so the fan-out never waits for a fold, and the writer process runs transactions one at a
+        so the fan-out never waits for a fold, and the fold process runs transactions one at a
         time in the order they were asked for, so a read's fold also waits for any fold in
         flight before it."""
         if self._journal_folder is None or not self._fold_needed():
@@ -719,14 +740,14 @@ class SqlStore:
         except Exception as exc:  # the journal keeps its rows; the next fold tries again
             log.warning("folding the event journal failed: %s", exc.__class__.__name__)
 
-    async def _folding(self, writer: JournalFolder) -> None:
+    async def _folding(self, folder: JournalFolder) -> None:
         """Fold the journal's files in one transaction of the fold process: if it fails, the files
         wait for the next; once it commits, they go."""
         journal = self._journal
         files = journal.take() if journal is not None else []
         forget, self._forget = self._forget, []
         try:
-            failed = await writer.fold(
+            failed = await folder.fold(
                 Fold([(f.path, f.size) for f in files], [f.marker for f in files], forget)
             )
         except BaseException:
