@@ -85,13 +85,13 @@ async def test_a_commit_that_failed_some_calls_acks_the_others() -> None:
     """One frame, two calls, and the store refused one of them: the other's events were stored
     (and fanned out), so they are acked; a resend of them would store them twice."""
 
-    class CallsFailed(Exception):
+    class CallsFailedError(Exception):
         calls = frozenset({("acme", "bad")})
 
     line = AckLine(10.0, Clock())
     durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     line.add([("g1", 1, "good"), ("b1", 1, "bad"), ("g2", 2, "good")], durable)
-    durable.set_exception(CallsFailed("call bad could not be stored"))
+    durable.set_exception(CallsFailedError("call bad could not be stored"))
     got = messages(line)
     assert [(m["type"], m["ref"]) for m in got] == [("ack", "g1"), ("error", "b1"), ("ack", "g2")]
     assert got[1]["call_id"] == "bad"
