@@ -250,7 +250,7 @@ class Hostile:
             body = encode(action.body, calls, utf8=False)
         errors, acks = self._expected_ingest(body)
         self.sentinels += 1
-        sentinel = {"sentinel": self.sentinels}
+        sentinel = f"sentinel-{self.sentinels}"  # a ref is a short string or an integer
         tail = {"type": "agent.state", "data": {"state": "listening"}, "ref": sentinel}
         tail["call_id"] = f"sentinel_{self.prefix}_{self.sentinels // 1000}"
         sent = self.ingest.send(frame(TEXT, body)) and self.ingest.send(frame(TEXT, orjson.dumps(tail)))
