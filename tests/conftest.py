@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.broker.services import PG_HOST, PG_PORT, create_database, database_name, drop_database, require
+from tests.helpers import ServerProcess, run_async
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +43,21 @@ def other_key(server: ServerProcess) -> str:
 @pytest.fixture
 def call_id() -> str:
     return f"call_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server on the embedded SQLite store, and one on a fresh PostgreSQL database (a module's)."""
+    if request.param == "sqlite":
+        server = ServerProcess(tmp_path_factory.mktemp("sqlite")).start()
+        yield server
+        server.stop()
+        return
+    require("PostgreSQL", PG_HOST, PG_PORT)
+    name = database_name()
+    run_async(create_database(name))
+    database = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    server = ServerProcess(tmp_path_factory.mktemp("postgresql"), "--database", database).start()
+    yield server
+    server.stop()
+    run_async(drop_database(name))

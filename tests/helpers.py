@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,11 @@ async def no_message(ws: ClientConnection, within: float = 0.3) -> bool:
     except TimeoutError:
         return True
     return False
+
+
+def key_of(server: ServerProcess) -> str:
+    """A key (every scope) of an account of its own."""
+    return server.create_key(f"acct_{uuid.uuid4().hex[:10]}")
 
 
 def publish(server: ServerProcess, key: str, call_id: str, events: list[dict[str, Any]] | dict[str, Any]) -> httpx.Response:

@@ -10,9 +10,12 @@ import math
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+
+if TYPE_CHECKING:
+    from callstream.turns import Marks
 
 MAX_INT64: Final = 2**63 - 1
 MIN_INT64: Final = -(2**63)
@@ -29,6 +32,7 @@ PUBLISHABLE_TYPES: Final = frozenset(
         "function.call",
         "function.result",
         "call.ended",
+        "metrics",
     }
 )
 SPEAKERS: Final = frozenset({"user", "agent"})
@@ -37,7 +41,12 @@ END_STATUSES: Final = frozenset({"completed", "failed", "no_answer", "busy", "ca
 
 PARTIAL: Final = "transcript.partial"
 FINAL: Final = "transcript.final"
+AGENT_STATE: Final = "agent.state"
 ENDED: Final = "call.ended"
+METRICS: Final = "metrics"
+# What the server measures and writes into `agent.state` (turns.py): never a producer's to send.
+MEASURED_FIELDS: Final = ("latency_ms", "interrupted")
+MAX_STAGE_CHARS: Final = 64
 
 
 class EventInvalidError(ValueError):
@@ -124,6 +133,26 @@ def check_values(data: dict[str, Any]) -> None:
                 raise EventInvalidError(f"{path}.{key}: {problem}")
 
 
+def _check_agent_state(data: dict[str, Any]) -> None:
+    _require_str(data, "state", AGENT_STATES)
+    for name in MEASURED_FIELDS:
+        if name in data:
+            raise EventInvalidError(f"data.{name} is measured by the server; a producer cannot set it")
+
+
+def _check_metrics(data: dict[str, Any]) -> None:
+    """A producer's own measurement of one stage of its pipeline (`stt`, `llm`, `tts`, …)."""
+    stage = data.get("stage")
+    if not isinstance(stage, str) or not 1 <= len(stage) <= MAX_STAGE_CHARS:
+        raise EventInvalidError(f"data.stage must be a string of 1 to {MAX_STAGE_CHARS} characters")
+    for name in ("ttfb_ms", "duration_ms"):
+        value = data.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise EventInvalidError(f"data.{name} must be a number of milliseconds >= 0 when given")
+
+
 def _check_sentiment(data: dict[str, Any]) -> None:
     """A producer's own `sentiment` must look like the server's: a score in [-1, 1]."""
     sentiment = data.get("sentiment")
@@ -142,14 +171,16 @@ def check_payload(event_type: str, data: dict[str, Any]) -> None:
         _check_transcript(data, is_final=False)
     elif event_type == FINAL:
         _check_transcript(data, is_final=True)
-    elif event_type == "agent.state":
-        _require_str(data, "state", AGENT_STATES)
+    elif event_type == AGENT_STATE:
+        _check_agent_state(data)
     elif event_type == "function.call":
         _check_function(data, "args")
     elif event_type == "function.result":
         _check_function(data, "result")
     elif event_type == ENDED:
         _check_ended(data)
+    elif event_type == METRICS:
+        _check_metrics(data)
     else:
         raise EventInvalidError(
             f"type {event_type!r} cannot be published; one of {', '.join(sorted(PUBLISHABLE_TYPES))}"
@@ -205,6 +236,8 @@ class Event:
     _wire: bytes | None = field(default=None, repr=False, compare=False)
     # The supersede key, computed once here rather than once per subscriber on the fan-out path.
     key: str | None = field(default=None, repr=False, compare=False)
+    # What the turn tracker measured at this event (turns.py), for its call's row; None if nothing.
+    marks: Marks | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.frame:

@@ -13,9 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from callstream.broker.base import Broker, BrokerUnavailableError, CallEndedError, CallState
-from callstream.events import encode_event
+from callstream.events import Event, NewEvent, encode_event
 from tests.broker.conftest import Calls, Nodes, ev
 from tests.broker.services import RedisServer
+from tests.turn_scripts import CALL, measure
 
 A = "acme"
 
@@ -155,6 +156,48 @@ async def test_concurrent_publishers_on_one_node_stay_gap_free(nodes: Nodes) -> 
     assert await node.wait_seqs("c1", len(seqs)) == seqs
 
 
+# ---- turns: measured where the events are sequenced --------------------------------------
+
+
+async def publish_call(publishers: list[Broker], call_id: str = "c1") -> list[Event]:
+    """`turn_scripts.CALL`, one event at a time, a few ms apart, from each publisher in turn."""
+    answered: list[Event] = []
+    for i, (kind, data) in enumerate(CALL):
+        answered += await publishers[i % len(publishers)].publish(A, [NewEvent(call_id, kind, dict(data))])
+        await asyncio.sleep(0.003)
+    return answered
+
+
+def assert_measured(answered: list[Event]) -> None:
+    """Each event carries what the tracker measures over the events' own ts, frame included."""
+    datas, marks = measure(*((e.ts, (e.type, e.data)) for e in answered))
+    assert [e.data for e in answered] == datas
+    assert [e.marks for e in answered] == marks
+    assert [e.frame for e in answered] == [encode_event(e.type, e.call_id, e.seq, e.ts, e.data) for e in answered]
+    assert sum("latency_ms" in d for d in datas) == 2
+    assert sum(d.get("interrupted") is True for d in datas) == 1
+
+
+async def test_turn_figures_are_written_into_the_events_live_and_in_history(nodes: Nodes) -> None:
+    node = await nodes.add()
+    await node.broker.watch(A, "c1")
+    answered = await publish_call([node.broker])
+    assert_measured(answered)
+    await node.wait_seqs("c1", len(CALL))
+    assert [e.frame for e in node.got] == [e.frame for e in answered]
+    held = (await node.broker.history(A, "c1", 0)).events
+    by_seq = {e.seq: e.frame for e in answered}
+    assert [e.frame for e in held] == [by_seq[e.seq] for e in held]
+
+
+async def test_a_batch_is_measured_at_its_one_ts(nodes: Nodes) -> None:
+    """A whole call in one batch: one ts, so every figure is 0, and still each turn is there."""
+    node = await nodes.add()
+    answered = await node.broker.publish(A, [NewEvent("c1", kind, dict(data)) for kind, data in CALL])
+    assert_measured(answered)
+    assert {e.data["latency_ms"] for e in answered if "latency_ms" in e.data} == {0}
+
+
 # ---- several nodes on one Redis --------------------------------------------------------
 
 
@@ -217,6 +260,15 @@ async def test_concurrent_publishers_on_two_nodes_stay_gap_free(redis_nodes: Nod
     every = sorted(from_a + from_b)
     assert every == list(range(1, len(every) + 1))
     assert await c.wait_seqs("c1", len(every)) == every
+
+
+async def test_a_call_fed_by_two_nodes_is_measured_as_one(redis_nodes: Nodes) -> None:
+    a, b, c = await redis_nodes.add(), await redis_nodes.add(), await redis_nodes.add()
+    await c.broker.watch(A, "c1")
+    answered = await publish_call([a.broker, b.broker])
+    assert_measured(answered)
+    await c.wait_seqs("c1", len(CALL))
+    assert [e.frame for e in c.got] == [e.frame for e in answered]
 
 
 async def test_seeds_from_the_store_after_redis_lost_the_keys(redis_nodes: Nodes, calls: Calls) -> None:

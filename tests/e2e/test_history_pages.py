@@ -13,30 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.broker.services import PG_HOST, PG_PORT, create_database, database_name, drop_database, require
-from tests.helpers import ServerProcess, final, open_events, partial, publish, recv, run_async, send
-
-
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def any_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server on the embedded SQLite store, and one on a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        server = ServerProcess(tmp_path_factory.mktemp("sqlite")).start()
-        yield server
-        server.stop()
-        return
-    require("PostgreSQL", PG_HOST, PG_PORT)
-    name = database_name()
-    run_async(create_database(name))
-    database = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    server = ServerProcess(tmp_path_factory.mktemp("postgresql"), "--database", database).start()
-    yield server
-    server.stop()
-    run_async(drop_database(name))
-
-
-def key_of(server: ServerProcess) -> str:
-    return server.create_key(f"acct_{uuid.uuid4().hex[:10]}")
+from tests.helpers import ServerProcess, final, key_of, open_events, partial, publish, recv, send
 
 
 def page(server: ServerProcess, key: str, call_id: str, **params: Any) -> httpx.Response:

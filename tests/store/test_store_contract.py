@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import pytest
@@ -12,18 +13,21 @@ from callstream.events import Event
 from callstream.store import SqlStore
 from callstream.store.chunks import MAX_CHUNK_EVENTS
 from callstream.store.sql import PAGE_MAX_BYTES, decode_cursor
+from callstream.turns import Marks
 
 FULL = frozenset({"publish", "subscribe", "admin"})
 
 
-def event(account: str, call_id: str, seq: int, event_type: str = "agent.state", **data: Any) -> Event:
+def event(
+    account: str, call_id: str, seq: int, event_type: str = "agent.state", marks: Marks | None = None, **data: Any
+) -> Event:
     defaults: dict[str, dict[str, Any]] = {
         "agent.state": {"state": "thinking"},
         "transcript.partial": {"speaker": "user", "text": "hel", "is_final": False},
         "transcript.final": {"speaker": "user", "text": "hello", "is_final": True},
         "call.ended": {"status": "completed", "duration_ms": 4200, "reason": "hung up"},
     }
-    return Event(account, call_id, seq, 1_000 * seq, event_type, {**defaults[event_type], **data})
+    return Event(account, call_id, seq, 1_000 * seq, event_type, {**defaults[event_type], **data}, marks=marks)
 
 
 # ---- keys and login codes --------------------------------------------------------------
@@ -183,12 +187,48 @@ async def test_call_upsert_across_batches_and_end(store: SqlStore, account: str)
         "reason": "hung up",
         "last_seq": 3,
         "sentiment": {"score": 0.5, "label": "positive", "n": 2},
+        "metrics": {"turns": 0, "latency_ms": None, "interruptions": 0, "agent_talk_ms": 0, "user_talk_ms": 0},
     }
     # A late duplicate of an earlier batch (a retried write) never rewinds the call.
     await store.append([event(account, "c1", 2)])
     again = await store.get_call(account, "c1")
     assert again is not None
     assert (again.status, again.last_seq) == ("ended", 3)
+
+
+async def test_a_calls_turns_add_up_across_batches_and_its_end(store: SqlStore, account: str) -> None:
+    """The tracker's figures (`Event.marks`) summed into the call's row on every write path: the
+    live commits (journal or one statement) and the one that ends the call."""
+    turn = functools.partial(event, account, "c1")
+    await store.append([turn(1, "transcript.final", marks=Marks(user_ms=1_500))])
+    await asyncio.gather(
+        store.append([turn(2, marks=Marks(900), state="speaking", latency_ms=900)]),
+        store.append([turn(3, marks=Marks(None, True, 2_000), state="listening", interrupted=True)]),
+        store.append([turn(4, marks=Marks(1_300), state="speaking", latency_ms=1_300)]),
+        store.append([turn(5, marks=Marks(400), state="speaking", latency_ms=400), turn(6, "transcript.partial")]),
+    )
+    live = await store.get_call(account, "c1")
+    assert live is not None
+    assert live.metrics == {
+        "turns": 3,
+        "latency_ms": {"p50": 900, "p90": 1_300, "max": 1_300},
+        "interruptions": 1,
+        "agent_talk_ms": 2_000,
+        "user_talk_ms": 1_500,
+    }
+    await store.append([turn(7, "call.ended", marks=Marks(None, False, 3_000, 200))])
+    ended = await store.get_call(account, "c1")
+    assert ended is not None
+    assert ended.metrics is not None
+    assert (ended.metrics["turns"], ended.metrics["agent_talk_ms"], ended.metrics["user_talk_ms"]) == (3, 5_000, 1_700)
+    other = await store.get_call(account, "quiet")
+    assert other is None
+    await store.append([event(account, "quiet", 1)])
+    quiet = await store.get_call(account, "quiet")
+    assert quiet is not None
+    assert quiet.metrics == {
+        "turns": 0, "latency_ms": None, "interruptions": 0, "agent_talk_ms": 0, "user_talk_ms": 0,
+    }
 
 
 async def test_events_since_until_and_types(store: SqlStore, account: str) -> None:

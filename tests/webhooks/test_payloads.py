@@ -1,4 +1,4 @@
-"""Webhook bodies built from stored events: transcript, paired function calls, sentiment."""
+"""Webhook bodies built from stored events: transcript, paired function calls, sentiment, metrics."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ CALL = {
     "duration_ms": 42_500,
     "end_status": "completed",
     "reason": "caller hung up",
+    # the turns its row summed (store/sums.py)
+    "turns": 3,
+    "latencies": "1200 800 950",
+    "latency_max": 1200,
+    "interruptions": 1,
+    "agent_talk_ms": 18_000,
+    "user_talk_ms": 9_500,
 }
 
 
@@ -62,6 +69,13 @@ def test_call_ended_carries_everything_after_the_call() -> None:
     assert data["sentiment"]["score"] == 0.2
     assert data["sentiment"]["label"] == "positive"
     assert data["sentiment"]["by_speaker"]["user"] == {"score": -0.4, "label": "negative", "n": 1}
+    assert data["metrics"] == {
+        "turns": 3,
+        "latency_ms": {"p50": 950, "p90": 1200, "max": 1200},
+        "interruptions": 1,
+        "agent_talk_ms": 18_000,
+        "user_talk_ms": 9_500,
+    }
 
 
 def test_transcript_completed_is_the_transcript_alone() -> None:
@@ -108,6 +122,10 @@ def test_no_sentiment_when_nothing_was_scored() -> None:
     data = build_payload("call.ended", CALL, events, 0)["data"]
     assert data["sentiment"] is None
     assert data["function_calls"] == []
+    bare = {"call_id": "c", "ended_at": 1}  # what the outbox uses should the calls row be missing
+    assert build_payload("call.ended", bare, events, 0)["data"]["metrics"] == {
+        "turns": 0, "latency_ms": None, "interruptions": 0, "agent_talk_ms": 0, "user_talk_ms": 0,
+    }
 
 
 def test_unknown_type_is_refused() -> None:

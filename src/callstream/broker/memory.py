@@ -30,6 +30,7 @@ from callstream.broker.base import (
     Quotas,
 )
 from callstream.events import ENDED, CallState, Event, NewEvent
+from callstream.turns import TurnTracker, role
 
 _SWEEP_INTERVAL_S = 30.0
 _ABSENT_MAX = 100_000  # call ids remembered as unknown to the store (subscribed to before they start)
@@ -54,6 +55,7 @@ class _Call:
         "started_at",
         "status",
         "superseded",
+        "turns",
     )
 
     def __init__(self, state: CallState) -> None:
@@ -67,6 +69,7 @@ class _Call:
         self.latest: dict[str, int] = {}  # supersede key → seq of the newest partial of that key
         self.superseded: set[int] = set()  # seqs of partials a newer transcript superseded
         self.ended_at: float | None = None
+        self.turns = TurnTracker()
 
     def append(self, event: Event) -> None:
         key = event.key
@@ -157,7 +160,11 @@ class MemoryBroker(Broker):
             call.last_seq += 1
             if call.started_at is None:
                 call.started_at = ts
-            event = Event(account, new.call_id, call.last_seq, ts, new.type, new.data)
+            part = role(new.type, new.data)
+            marks = call.turns.step(part, ts) if part else None
+            if marks is not None:
+                marks.write_into(new.data)
+            event = Event(account, new.call_id, call.last_seq, ts, new.type, new.data, marks=marks)
             call.append(event)
             if new.type == ENDED:
                 call.status, call.ended_at = "ended", time.monotonic()

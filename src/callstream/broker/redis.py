@@ -48,6 +48,7 @@ from callstream.broker.base import (
 )
 from callstream.broker.redis_sockets import SocketCounter
 from callstream.events import PARTIAL, CallState, Event, NewEvent
+from callstream.turns import Marks, role
 
 __all__ = ["RedisBroker"]
 
@@ -58,33 +59,76 @@ T = TypeVar("T")
 # KEYS: state hash and log stream of each call of the batch, in pairs; then the account's live set.
 # ARGV: ncalls, maxlen, live ttl, ended ttl, account channel, events quota, live calls quota,
 #       per call: its channel, its call_id as JSON (also its member in the live set),
-#       per event: call index (1-based), type, type as JSON, data as JSON.
+#       per event: call index (1-based), type, type as JSON, data as JSON, its turn role
+#       (`turns.role`).
 # The live set scores each live call with its last event's ts: a member older than the live TTL
 # (its state key expired with it) no longer counts, so calls that never end decay.
+# The call's turn tracker (`turns.TurnTracker`, the same steps) lives in its state hash: `spk`,
+# `fin`, `usr` (ts, absent when None) and `ovr` ('1' when true). The reply holds, per event, its
+# seq and what it measured: '' or 'latency,interrupted,agent_ms,user_ms' (latency '' if none).
 _PUBLISH: Final = """
 local ncalls = tonumber(ARGV[1])
 local maxlen, live_ttl, ended_ttl, account_channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_events, max_live = tonumber(ARGV[6]), tonumber(ARGV[7])
 local live_set = KEYS[2 * ncalls + 1]
 local ev = 8 + 2 * ncalls
-local nevents = (#ARGV - ev + 1) / 4
+local nevents = (#ARGV - ev + 1) / 5
 local ended, last, count, first = {}, {}, {}, {}
+local spk, fin, usr, ovr, was = {}, {}, {}, {}, {}
 for c = 1, ncalls do
-  local state = redis.call('HMGET', KEYS[2 * c - 1], 'status', 'last_seq')
+  local state = redis.call('HMGET', KEYS[2 * c - 1], 'status', 'last_seq', 'spk', 'fin', 'usr', 'ovr')
   if not state[1] then return {'unknown', c} end
   ended[c] = state[1] == 'ended'
   last[c] = tonumber(state[2] or '0')
   count[c] = 0
+  spk[c], fin[c], usr[c], ovr[c] = tonumber(state[3]), tonumber(state[4]), tonumber(state[5]), state[6] == '1'
+  was[c] = {state[3] or nil, state[4] or nil, state[5] or nil, state[6] or nil}
 end
 for j = 0, nevents - 1 do
-  local c = tonumber(ARGV[ev + 4 * j])
+  local c = tonumber(ARGV[ev + 5 * j])
   if ended[c] then return {'ended', j} end
   count[c] = count[c] + 1
-  if max_events > 0 and last[c] + count[c] > max_events and ARGV[ev + 4 * j + 1] ~= 'call.ended' then
+  if max_events > 0 and last[c] + count[c] > max_events and ARGV[ev + 5 * j + 1] ~= 'call.ended' then
     return {'events', j}
   end
   if not first[c] then first[c] = j end
-  if ARGV[ev + 4 * j + 1] == 'call.ended' then ended[c] = true end
+  if ARGV[ev + 5 * j + 1] == 'call.ended' then ended[c] = true end
+end
+local function int(n) return string.format('%d', n) end
+-- One step of the call's turn tracker: what the event measured, and what its data gains.
+local function step(c, part, now)
+  if part == 'p' then
+    if not usr[c] then usr[c] = now end
+    if spk[c] then ovr[c] = true end
+  elseif part == 'f' then
+    local since = usr[c] or now
+    usr[c], fin[c] = nil, now
+    if spk[c] then ovr[c] = true end
+    if now > since then return ',0,0,' .. int(now - since), '' end
+  elseif part == 's' then
+    if not spk[c] then
+      spk[c], ovr[c] = now, false
+      if fin[c] then
+        local latency = int(math.max(0, now - fin[c]))
+        fin[c] = nil
+        return latency .. ',0,0,0', ',"latency_ms":' .. latency
+      end
+    end
+  elseif part == 'l' or part == 'e' then
+    local agent, user, interrupted = 0, 0, false
+    if spk[c] then
+      agent = math.max(0, now - spk[c])
+      interrupted = ovr[c] and part == 'l'
+      spk[c], ovr[c] = nil, false
+    end
+    if part == 'e' and usr[c] then
+      user = math.max(0, now - usr[c])
+      usr[c] = nil
+    end
+    if interrupted then return ',1,' .. int(agent) .. ',' .. int(user), ',"interrupted":true' end
+    if agent > 0 or user > 0 then return ',0,' .. int(agent) .. ',' .. int(user), '' end
+  end
+  return '', ''
 end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -106,21 +150,37 @@ if max_live > 0 then
 end
 local out = {'ok', ts}
 for j = 0, nevents - 1 do
-  local c = tonumber(ARGV[ev + 4 * j])
+  local c = tonumber(ARGV[ev + 5 * j])
   local state, stream = KEYS[2 * c - 1], KEYS[2 * c]
   local seq = string.format('%d', redis.call('HINCRBY', state, 'last_seq', 1))
   redis.call('HSETNX', state, 'started_at', ts)
-  local frame = '{"type":' .. ARGV[ev + 4 * j + 2] .. ',"call_id":' .. ARGV[7 + 2 * c]
-    .. ',"seq":' .. seq .. ',"ts":' .. ts .. ',"data":' .. ARGV[ev + 4 * j + 3] .. '}'
+  local data, marks, more = ARGV[ev + 5 * j + 3], '', ''
+  if ARGV[ev + 5 * j + 4] ~= '' then
+    marks, more = step(c, ARGV[ev + 5 * j + 4], now_ms)
+    if more ~= '' then data = string.sub(data, 1, -2) .. more .. '}' end
+  end
+  local frame = '{"type":' .. ARGV[ev + 5 * j + 2] .. ',"call_id":' .. ARGV[7 + 2 * c]
+    .. ',"seq":' .. seq .. ',"ts":' .. ts .. ',"data":' .. data .. '}'
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
   redis.call('PUBLISH', ARGV[6 + 2 * c], frame)
   redis.call('PUBLISH', account_channel, frame)
-  if ARGV[ev + 4 * j + 1] == 'call.ended' then
+  if ARGV[ev + 5 * j + 1] == 'call.ended' then
     redis.call('HSET', state, 'status', 'ended')
   else
     redis.call('HSET', state, 'status', 'live')
   end
   out[#out + 1] = seq
+  out[#out + 1] = marks
+end
+local names = {'spk', 'fin', 'usr', 'ovr'}
+for c = 1, ncalls do
+  local kept = {spk[c] and int(spk[c]), fin[c] and int(fin[c]), usr[c] and int(usr[c]), ovr[c] and '1' or nil}
+  for i = 1, 4 do
+    if kept[i] ~= was[c][i] then
+      if kept[i] then redis.call('HSET', KEYS[2 * c - 1], names[i], kept[i])
+      else redis.call('HDEL', KEYS[2 * c - 1], names[i]) end
+    end
+  end
 end
 for c = 1, ncalls do
   local ttl = live_ttl
@@ -330,7 +390,7 @@ class RedisBroker(Broker):
             args += [self._call_key(account, cid, "ev"), call_json[cid]]
         fragments = [(orjson.dumps(e.type).decode(), orjson.dumps(e.data).decode()) for e in events]
         for new, (type_json, data_json) in zip(events, fragments, strict=True):
-            args += [position[new.call_id], new.type, type_json, data_json]
+            args += [position[new.call_id], new.type, type_json, data_json, role(new.type, new.data)]
         for _ in range(len(call_ids) + 2):
             reply = await self._command(self._publish_script(keys=keys, args=args))
             outcome = reply[0].decode()
@@ -346,19 +406,15 @@ class RedisBroker(Broker):
                     raise self._quotas.events_exceeded(events[index].call_id, index)
                 raise self._quotas.live_calls_exceeded(events[index].call_id, index)
             ts = int(reply[1])
-            return [
-                Event(
-                    account,
-                    new.call_id,
-                    int(seq),
-                    ts,
-                    new.type,
-                    new.data,
-                    frame=f'{{"type":{tj},"call_id":{call_json[new.call_id]},'
-                    f'"seq":{int(seq)},"ts":{ts},"data":{dj}}}',
-                )
-                for new, (tj, dj), seq in zip(events, fragments, reply[2:], strict=True)
-            ]
+            out: list[Event] = []
+            for new, (tj, dj), seq, measured in zip(events, fragments, reply[2::2], reply[3::2], strict=True):
+                marks = _marks(measured) if measured else None
+                if marks is not None and (marks.latency_ms is not None or marks.interrupted):
+                    marks.write_into(new.data)  # as the script appended them to the frame's data
+                    dj = orjson.dumps(new.data).decode()
+                frame = f'{{"type":{tj},"call_id":{call_json[new.call_id]},"seq":{int(seq)},"ts":{ts},"data":{dj}}}'
+                out.append(Event(account, new.call_id, int(seq), ts, new.type, new.data, frame=frame, marks=marks))
+            return out
         raise BrokerUnavailableError("Redis keeps losing the calls' state; is it evicting keys?")
 
     async def _seed(self, account: str, call_id: str) -> None:
@@ -621,6 +677,12 @@ class RedisBroker(Broker):
                 else:
                     await self._command(self._redis.ping())
             await asyncio.sleep(self._ping_interval_s)
+
+
+def _marks(measured: bytes) -> Marks:
+    """The script's 'latency,interrupted,agent_ms,user_ms' for one event."""
+    latency, interrupted, agent_ms, user_ms = measured.split(b",")
+    return Marks(int(latency) if latency else None, interrupted == b"1", int(agent_ms), int(user_ms))
 
 
 def _drop_superseded(events: list[Event]) -> list[Event]:

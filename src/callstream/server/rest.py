@@ -13,7 +13,9 @@ from starlette.responses import Response
 from callstream import protocol as p
 from callstream.auth import Principal
 from callstream.broker import BrokerUnavailableError, CallEndedError, QuotaExceededError
+from callstream.broker.base import LIVE_TTL_S
 from callstream.events import FINAL, MAX_INT64, PARTIAL, is_valid_call_id
+from callstream.quality import WINDOWS, fleet_stats, window_start
 from callstream.server.deps import (
     ApiError,
     authenticate,
@@ -188,6 +190,23 @@ async def get_call(call_id: str, request: Request, principal: Reader) -> Respons
     if call is None:
         raise not_found()
     return json_response(call.to_json())
+
+
+@router.get("/v1/stats", tags=["calls"])
+async def get_stats(
+    request: Request, principal: Reader, window: Literal["15m", "1h", "24h"] = "15m"
+) -> Response:
+    """The account's live quality over the last 15 minutes, hour or day (docs/quality.md): live
+    calls, turns and their latency p50/p90/p99, interruptions, the calls' sentiment and how they
+    ended, and a series of points across the window."""
+    if principal.calls is not None:  # a token limited to some calls may not see the fleet
+        raise ApiError(403, "forbidden", "fleet statistics need a credential that sees every call")
+    now = int(time.time() * 1000)
+    step = WINDOWS[window][1]
+    minutes, calls = await runtime_of(request).store.quality_window(
+        principal.account, window_start(window, now), step, now - int(LIVE_TTL_S * 1000)
+    )
+    return json_response(fleet_stats(window, now, minutes, calls))
 
 
 @router.get("/v1/calls/{call_id}/transcript", tags=["calls"])

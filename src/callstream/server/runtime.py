@@ -6,7 +6,10 @@ The route of an event. REST, the ingest socket (and therefore `Publisher`) all c
 1. validate: the producer's frame was parsed and checked at the edge (`protocol.parse_event`,
    `events.check_payload`); here a call the store refused takes no more events;
 2. enrich: sentiment on finals (pure functions, before anything is sequenced);
-3. sequence: `Broker.publish` gives each event its seq and ts and keeps it in the replay log;
+3. sequence: `Broker.publish` gives each event its seq and ts, measures the call's turns at that
+   ts (`turns.TurnTracker`, which writes `latency_ms` and `interrupted` into the events: where
+   seq and ts are assigned, so every node and every replay carries the same figures) and keeps
+   it in the replay log;
 4. append: `SqlStore.append` queues it for the next commit and returns a future, durable when
    it resolves; the store knows nothing of what follows;
 5. fan out: on the embedded broker once the append is durable (`_stored` gathers every append
@@ -111,9 +114,7 @@ class Runtime:
         if self._sentiment_enabled:
             self._enrich(events)
         sequenced = await self.broker.publish(account, events)
-        metrics.EVENTS_PUBLISHED.inc(len(sequenced))
-        if ended := sum(e.type == ENDED for e in sequenced):
-            metrics.CALLS_ENDED.inc(ended)
+        metrics.count_sequenced(sequenced)
         durable = self.store.append(sequenced)
         if not self.broker.fans_out_on_publish:
             durable.add_done_callback(functools.partial(self._stored, sequenced))

@@ -93,6 +93,7 @@ _INSERT_CHUNKS = (
     "INSERT INTO event_chunks ({columns}) VALUES {rows} ON CONFLICT (account, call_id, last_seq) DO NOTHING"
 )
 _UPSERT_CALLS = rows.calls_upsert_sql("sqlite", "INSERT INTO calls ({columns}) VALUES {rows}")
+_UPSERT_MINUTES = rows.minutes_upsert_sql("INSERT INTO quality_minutes ({columns}) VALUES {rows}")
 # Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step per statement, where
 # `executemany` steps once per row. Statements of 256, 16 and 1 rows keep the statement cache to
 # three texts per table (bench/sqlite_floor.py measures the alternatives).
@@ -116,17 +117,25 @@ def read_records(path: str, size: int | None = None) -> list[list[Any]]:
     return rows
 
 
-def merge_journal_rows(journaled: Sequence[Sequence[Any]]) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+def merge_journal_rows(
+    journaled: Sequence[Sequence[Any]],
+) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]], list[tuple[Any, ...]]]:
     """Journaled rows as one commit: per call its chunks (frames joined, a new chunk once a chunk's
     seqs would span more than `MAX_CHUNK_EVENTS`; reads sort a chunk's events by seq) and one calls
-    row (`rows.CALL_COLUMNS`, merged by `rows.merge_call_row`)."""
+    row (`rows.CALL_COLUMNS`, merged by `rows.merge_call_row`); and one `quality_minutes` row per
+    account and minute and name."""
     chunks: list[tuple[Any, ...]] = []
     open_chunks: dict[tuple[str, str], list[Any]] = {}  # first, last, frames, bytes of the call's chunk being filled
     merged: dict[tuple[str, str], dict[str, Any]] = {}
-    for account, call_id, first_seq, last_seq, events, call_last_seq, started_at, score_sum, score_n in journaled:
+    minutes: dict[tuple[str, int, str], int] = {}
+    sums = len(rows.SUM_COLUMNS)
+    for journaled_row in journaled:
+        account, call_id, first_seq, last_seq, events, call_last_seq, started_at = journaled_row[:7]
         key = (account, call_id)
         row = rows.new_call_row(account, call_id, started_at, call_last_seq)
-        row["sentiment_sum"], row["sentiment_n"] = score_sum, score_n
+        row.update(zip(rows.SUM_COLUMNS, journaled_row[7 : 7 + sums], strict=False))
+        if len(journaled_row) > 7 + sums:
+            rows.merge_minute_rows(minutes, journaled_row[7 + sums])
         if (call := merged.get(key)) is None:
             merged[key] = row
         else:
@@ -148,7 +157,7 @@ def merge_journal_rows(journaled: Sequence[Sequence[Any]]) -> tuple[list[tuple[A
             chunk[3] += len(events)
     for (account, call_id), (first, last, frames, _) in open_chunks.items():
         chunks.append((account, call_id, first, last, "[" + ",".join(frames) + "]"))
-    return chunks, list(merged.values())
+    return chunks, list(merged.values()), [(*key, n) for key, n in minutes.items()]
 
 
 @functools.cache
@@ -169,10 +178,16 @@ def _statements(template: str, columns: tuple[str, ...], rows: Sequence[Sequence
     return out
 
 
-def row_statements(chunks: Sequence[Sequence[Any]], calls: Sequence[dict[str, Any]]) -> list[Statement]:
-    """Chunks inserted and calls rows merged into `calls`."""
+def row_statements(
+    chunks: Sequence[Sequence[Any]], calls: Sequence[dict[str, Any]], minutes: Sequence[Sequence[Any]] = ()
+) -> list[Statement]:
+    """Chunks inserted, calls rows merged into `calls` and minutes added into `quality_minutes`."""
     merged = [tuple(c[k] for k in CALL_COLUMNS) for c in calls]
-    return _statements(_INSERT_CHUNKS, CHUNK_COLUMNS, chunks) + _statements(_UPSERT_CALLS, CALL_COLUMNS, merged)
+    return (
+        _statements(_INSERT_CHUNKS, CHUNK_COLUMNS, chunks)
+        + _statements(_UPSERT_CALLS, CALL_COLUMNS, merged)
+        + _statements(_UPSERT_MINUTES, rows.MINUTE_COLUMNS, minutes)
+    )
 
 
 # A fold that failed on one call's rows (not on the database: those are OperationalErrors) is run

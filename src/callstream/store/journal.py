@@ -29,13 +29,15 @@ import zlib
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
-from callstream.events import ENDED, FINAL, PARTIAL
-from callstream.store.chunks import CallEvents, sentiment_score
+from callstream.events import ENDED, PARTIAL
+from callstream.store.chunks import CallEvents
 from callstream.store.fold_process import RECORD
+from callstream.store.rows import SUM_COLUMNS
+from callstream.store.sums import call_sums, minute_rows
 
 FOLD_EVERY_S: Final = 1.0
 # Or sooner, once the journal holds this many rows: a fold's transaction grows with its rows, and
@@ -46,12 +48,12 @@ FOLD_AT_ROWS: Final = 2000
 # wait) instead of piling up a journal that every read would then have to wait for.
 JOURNAL_MAX_BYTES: Final = 64 * 1024 * 1024
 
-# A journal row: one call's events of one commit, with what its calls row needs.
+# A journal row: one call's events of one commit, with what its calls row needs (`rows.SUM_COLUMNS`
+# after `started_at`) and its `quality_minutes` rows ([account, minute, name, n] each).
 JOURNAL_COLUMNS: Final = (
-    "account", "call_id", "first_seq", "last_seq", "events", "call_last_seq", "started_at", "sentiment_sum",
-    "sentiment_n",
+    "account", "call_id", "first_seq", "last_seq", "events", "call_last_seq", "started_at", *SUM_COLUMNS, "minutes",
 )
-JournalRow = tuple[str, str, int | None, int | None, str, int, int, float, int]
+JournalRow = tuple[Any, ...]
 
 MARKER_PREFIX = "journal:"  # + the file's name after `<database>-events.`: a `meta` key
 
@@ -179,15 +181,15 @@ class EventJournal:
 
 
 def journal_rows(grouped: CallEvents) -> list[JournalRow] | None:
-    """One row per call of the commit (`chunks.by_call`): its stored frames as one array and what
-    the fold merges into its calls row (`rows.CALL_COLUMNS`), built in one pass over the events.
-    None if an event ends a call: such commits take the SQLAlchemy path, whose hooks write the
-    webhook outbox in the same transaction."""
+    """One row per call of the commit (`chunks.by_call`): its stored frames as one array, what the
+    fold merges into its calls row (`store.sums`) and its minutes. None if an event ends a call:
+    such commits take the SQLAlchemy path, whose hooks write the webhook outbox in the same
+    transaction."""
     rows: list[JournalRow] = []
+    minutes = minute_rows(grouped)  # one list for the commit: in its first row
     for (account, call_id), held in grouped.items():
         frames: list[str] = []
         first_seq = last_seq = None  # of the stored events; None for partials only (the seq still moved on)
-        score_sum, score_n = 0.0, 0
         for event in held:
             kind = event.type
             if kind == PARTIAL:
@@ -198,10 +200,9 @@ def journal_rows(grouped: CallEvents) -> list[JournalRow] | None:
                 first_seq = event.seq
             last_seq = event.seq
             frames.append(event.frame)
-            if kind == FINAL and (score := sentiment_score(event)) is not None:
-                score_sum += score
-                score_n += 1
         rows.append((
-            account, call_id, first_seq, last_seq, f"[{','.join(frames)}]", held[-1].seq, held[0].ts, score_sum, score_n,
+            account, call_id, first_seq, last_seq, f"[{','.join(frames)}]", held[-1].seq, held[0].ts,
+            *call_sums(held).values(), minutes,
         ))
+        minutes = []
     return rows

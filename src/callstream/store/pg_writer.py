@@ -5,40 +5,64 @@ calls upsert, COMMIT) to a server that may share the node's cores. Here one stat
 writes (a data-modifying CTE; a single statement is atomic, so no BEGIN … COMMIT is needed) with
 each column sent as an array (`unnest`), on a connection the writer keeps for itself. Only the
 hot path uses it (batches that end no call); the batches whose `call.ended` hooks write the
-webhook outbox keep the SQLAlchemy transaction in `sql.py`. Its calls upsert comes from the one
-spec of the rows (`rows.calls_upsert_sql`), as the other write paths' do.
+webhook outbox keep the SQLAlchemy transaction in `sql.py`. Its calls and minutes upserts come
+from the one spec of the rows (`rows.calls_upsert_sql`, `rows.minutes_upsert_sql`), as the other
+write paths' do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from callstream.store import tables as t
 from callstream.store.chunks import ChunkRow
-from callstream.store.rows import calls_upsert_sql
+from callstream.store.rows import SUM_COLUMNS, calls_upsert_sql, minutes_upsert_sql
 
+# The calls columns a live batch sets (those only an end sets stay out), each sent as an array of
+# its column's type.
+_CALL_ARRAYS = tuple(
+    (name, t.calls.c[name].type.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
+    for name in ("account", "call_id", "started_at", "last_seq", *SUM_COLUMNS)
+)
+_CALLS_FROM = 6  # $6 is the first calls array, after the chunks' five
+_MINUTES_FROM = _CALLS_FROM + len(_CALL_ARRAYS)
+_names = ", ".join(name for name, _ in _CALL_ARRAYS)
+_arrays = ", ".join(f"${_CALLS_FROM + i}::{kind}[]" for i, (_, kind) in enumerate(_CALL_ARRAYS))
+# Built from this module's own names and numbers, nothing a user sends: the values are parameters.
+_minutes = minutes_upsert_sql(
+    "INSERT INTO quality_minutes (account, minute, name, n) SELECT * FROM unnest("  # noqa: S608
+    f"${_MINUTES_FROM}::varchar[], ${_MINUTES_FROM + 1}::bigint[], ${_MINUTES_FROM + 2}::varchar[], "
+    f"${_MINUTES_FROM + 3}::bigint[])"
+)
 _COMMIT = calls_upsert_sql(
     "postgresql",
-    """
+    f"""
 WITH chunks AS (
     INSERT INTO event_chunks (account, call_id, first_seq, last_seq, events)
     SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::bigint[], $4::bigint[], $5::text[])
     ON CONFLICT (account, call_id, last_seq) DO NOTHING
+), minutes AS (
+    {_minutes}
 )
-INSERT INTO calls (account, call_id, status, started_at, last_seq, sentiment_sum, sentiment_n)
-SELECT account, call_id, 'live', started_at, last_seq, sentiment_sum, sentiment_n
-FROM unnest($6::varchar[], $7::varchar[], $8::bigint[], $9::bigint[], $10::float8[], $11::int[])
-    AS u (account, call_id, started_at, last_seq, sentiment_sum, sentiment_n)
-""",
+INSERT INTO calls (status, {_names})
+SELECT 'live', {_names} FROM unnest({_arrays}) AS u ({_names})
+""",  # noqa: S608
 )
 
 
-def columns(chunks: list[ChunkRow], calls: list[dict[str, Any]]) -> list[list[Any]]:
-    """The statement's eleven parameters: the chunks' five columns, then the calls' six."""
+def columns(
+    chunks: list[ChunkRow], calls: list[dict[str, Any]], minutes: Sequence[Sequence[Any]] = ()
+) -> list[list[Any]]:
+    """The statement's parameters: the chunks' five columns, the calls' (`_CALL_ARRAYS`), then the
+    minutes' four (`rows.MINUTE_COLUMNS`)."""
     out: list[list[Any]] = [list(column) for column in zip(*chunks, strict=True)] if chunks else [[] for _ in range(5)]
-    for key in ("account", "call_id", "started_at", "last_seq", "sentiment_sum", "sentiment_n"):
+    for key, _ in _CALL_ARRAYS:
         out.append([call[key] for call in calls])
+    out += [list(column) for column in zip(*minutes, strict=True)] if minutes else [[] for _ in range(4)]
     return out
 
 
@@ -49,14 +73,17 @@ class PgEventWriter:
         self._engine = engine
         self._conn: AsyncConnection | None = None
 
-    async def commit(self, chunks: list[ChunkRow], calls: list[dict[str, Any]]) -> None:
-        """Store `chunks` (`chunks.chunk_rows`) and merge `calls` (`SqlStore._call_rows`, none ended)."""
+    async def commit(
+        self, chunks: list[ChunkRow], calls: list[dict[str, Any]], minutes: Sequence[Sequence[Any]] = ()
+    ) -> None:
+        """Store `chunks` (`chunks.chunk_rows`), merge `calls` (`SqlStore._call_rows`, none ended)
+        and add `minutes` (`sums.minute_rows`)."""
         conn = self._conn
         try:
             if conn is None:
                 conn = self._conn = await self._engine.connect()
             raw = await conn.get_raw_connection()
-            await raw.driver_connection.execute(_COMMIT, *columns(chunks, calls))  # type: ignore[union-attr]
+            await raw.driver_connection.execute(_COMMIT, *columns(chunks, calls, minutes))  # type: ignore[union-attr]
         except BaseException:
             # Failed, or cancelled mid-statement: the server may have dropped the connection or
             # still be answering on it; the next commit takes a fresh one.

@@ -1,4 +1,5 @@
-"""The one spec of the rows that store events: a call's chunks, and how a `calls` row merges.
+"""The one spec of the rows that store events: a call's chunks, how a `calls` row merges, and the
+per-minute quality rows.
 
 Every write path uses it: the SQLAlchemy commit (`sql.py`), PostgreSQL's one-statement commit
 (`pg_writer.py`) and the journal's fold (`fold_process.py`, a plain script beside this module:
@@ -9,6 +10,7 @@ call's summary never depends on which path its events took.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 # A read that wants one event decodes its whole chunk: a chunk holds at most 256 events, and a new
@@ -16,12 +18,22 @@ from typing import Any, Final
 MAX_CHUNK_EVENTS: Final = 256
 MAX_CHUNK_BYTES: Final = 1024 * 1024
 CHUNK_COLUMNS: Final = ("account", "call_id", "first_seq", "last_seq", "events")
-CALL_COLUMNS: Final = (
-    "account", "call_id", "status", "started_at", "ended_at", "duration_ms", "end_status", "reason",
-    "last_seq", "sentiment_sum", "sentiment_n",
+# What a commit's events of one call add to its row (`store.sums.call_sums`), after the columns
+# every row has.
+SUM_COLUMNS: Final = (
+    "sentiment_sum", "sentiment_n", "last_ts", "turns", "latency_max", "latencies", "interruptions", "agent_talk_ms",
+    "user_talk_ms",
 )
+CALL_COLUMNS: Final = (
+    "account", "call_id", "status", "started_at", "ended_at", "duration_ms", "end_status", "reason", "last_seq",
+    *SUM_COLUMNS,
+)
+# A call's row keeps the latencies of its turns (for its p50 and p90) until the list is this long.
+LATENCIES_MAX_CHARS: Final = 8000
 
-# How a batch's calls row (`new`) merges into the stored one (`old`), column by column.
+# How a batch's calls row (`new`) merges into the stored one (`old`), column by column. Every rule
+# gives the same row whatever order the batches commit in (two nodes may feed one call), but
+# `latencies` past its cap, which keeps the first batches' values.
 CALL_MERGE: Final = {
     "last_seq": "max",  # partials included: a restart must not hand a seq out twice
     "started_at": "min",
@@ -32,16 +44,34 @@ CALL_MERGE: Final = {
     "reason": "new_if_set",
     "sentiment_sum": "add",
     "sentiment_n": "add",
+    "last_ts": "max",
+    "turns": "add",
+    "latency_max": "max",
+    "latencies": "append",
+    "interruptions": "add",
+    "agent_talk_ms": "add",
+    "user_talk_ms": "add",
 }
+
+# Per account and minute, what /v1/stats sums (`store.sums.minute_rows`).
+MINUTE_COLUMNS: Final = ("account", "minute", "name", "n")
 
 
 def new_call_row(account: str, call_id: str, started_at: int, last_seq: int) -> dict[str, Any]:
-    """A live call's row, with nothing ended and no sentiment yet."""
+    """A live call's row, with nothing ended and nothing summed yet."""
     return {
         "account": account, "call_id": call_id, "status": "live", "started_at": started_at, "ended_at": None,
         "duration_ms": None, "end_status": None, "reason": None, "last_seq": last_seq, "sentiment_sum": 0.0,
-        "sentiment_n": 0,
+        "sentiment_n": 0, "last_ts": started_at, "turns": 0, "latency_max": 0, "latencies": "", "interruptions": 0,
+        "agent_talk_ms": 0, "user_talk_ms": 0,
     }
+
+
+def append_latencies(old: str, new: str) -> str:
+    """The `append` rule: space-separated values, until `LATENCIES_MAX_CHARS`."""
+    if not new or len(old) >= LATENCIES_MAX_CHARS:
+        return old
+    return f"{old} {new}" if old else new
 
 
 def merge_call_row(old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -56,8 +86,18 @@ def merge_call_row(old: dict[str, Any], new: dict[str, Any]) -> None:
             old[column] = "ended" if b == "ended" else a
         elif rule == "new_if_set":
             old[column] = a if b is None else b
+        elif rule == "append":
+            old[column] = append_latencies(a, b)
         else:
             old[column] = a + b
+
+
+def merge_minute_rows(into: dict[tuple[str, int, str], int], minutes: Sequence[Sequence[Any]]) -> None:
+    """Add `minutes` ((account, minute, name, n) each) into `into`: one row per key, as a
+    PostgreSQL upsert needs (it may not touch a row twice in one statement)."""
+    for account, minute, name, n in minutes:
+        key = (account, minute, name)
+        into[key] = into.get(key, 0) + n
 
 
 def calls_update_sql(dialect: str, table: str = "calls") -> dict[str, str]:
@@ -69,6 +109,10 @@ def calls_update_sql(dialect: str, table: str = "calls") -> dict[str, str]:
         "ended_wins": f"CASE WHEN excluded.{{c}} = 'ended' THEN 'ended' ELSE {table}.{{c}} END",
         "new_if_set": f"coalesce(excluded.{{c}}, {table}.{{c}})",
         "add": f"{table}.{{c}} + excluded.{{c}}",
+        "append": (
+            f"CASE WHEN excluded.{{c}} = '' OR length({table}.{{c}}) >= {LATENCIES_MAX_CHARS} THEN {table}.{{c}}"
+            f" WHEN {table}.{{c}} = '' THEN excluded.{{c}} ELSE {table}.{{c}} || ' ' || excluded.{{c}} END"
+        ),
     }
     return {column: templates[rule].format(c=column) for column, rule in CALL_MERGE.items()}
 
@@ -77,3 +121,8 @@ def calls_upsert_sql(dialect: str, insert: str) -> str:
     """`insert` (an `INSERT INTO calls …` of `CALL_COLUMNS`) merged by `CALL_MERGE` on conflict."""
     assignments = ", ".join(f"{column} = {expr}" for column, expr in calls_update_sql(dialect).items())
     return f"{insert} ON CONFLICT (account, call_id) DO UPDATE SET {assignments}"
+
+
+def minutes_upsert_sql(insert: str, table: str = "quality_minutes") -> str:
+    """`insert` (an `INSERT INTO quality_minutes …` of `MINUTE_COLUMNS`), added to rows it meets."""
+    return f"{insert} ON CONFLICT (account, minute, name) DO UPDATE SET n = {table}.n + excluded.n"

@@ -27,7 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from callstream.events import ENDED, CallState, Event
-from callstream.sentiment import label_for
+from callstream.quality import call_metrics
+from callstream.sentiment import NEGATIVE_THRESHOLD, POSITIVE_THRESHOLD, label_for
 from callstream.store import fold_process, rows
 from callstream.store import tables as t
 from callstream.store.chunks import (
@@ -37,7 +38,6 @@ from callstream.store.chunks import (
     by_call,
     chunk_rows,
     events_in,
-    sentiment_score,
 )
 from callstream.store.fold import Fold, FoldError, JournalFolder
 from callstream.store.journal import (
@@ -49,6 +49,8 @@ from callstream.store.journal import (
     journal_rows,
 )
 from callstream.store.pg_writer import PgEventWriter
+from callstream.store.rows import MINUTE_COLUMNS
+from callstream.store.sums import call_sums, minute_rows
 
 log = logging.getLogger("callstream.store")
 
@@ -155,6 +157,7 @@ class CallRecord:
     last_seq: int
     sentiment: float | None  # the mean of the finals' scores
     sentiment_n: int = 0  # how many finals had a score
+    metrics: dict[str, Any] | None = None  # turns, latency, interruptions, talk (`quality.call_metrics`)
 
     def to_json(self) -> dict[str, Any]:
         """Every field, the sentiment as its score, label and count (None before any score)."""
@@ -540,6 +543,7 @@ class SqlStore:
             row.last_seq,
             sentiment,
             row.sentiment_n,
+            call_metrics(row._mapping),
         )
 
     @store_errors
@@ -549,6 +553,43 @@ class SqlStore:
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else self._call_record(row)
+
+    @store_errors
+    async def quality_window(
+        self, account: str, since: int, step: int, live_since: int
+    ) -> tuple[list[tuple[int, str, int]], list[tuple[str, str | None, str, int]]]:
+        """What /v1/stats sums (`quality.fleet_stats`), in two indexed reads that never touch an
+        event: the account's `quality_minutes` from `since` on, added up per `step` ms and name;
+        and its calls live now (an event since `live_since`) or ended since `since`, counted by
+        status, end status and sentiment label."""
+        await self._fold_journal()
+        m = t.quality_minutes.c
+        at = (m.minute - m.minute % sa.literal_column(str(int(step)))).label("at")
+        minutes = (
+            sa.select(at, m.name, sa.func.sum(m.n))
+            .where(m.account == account, m.minute >= since)
+            .group_by(at, m.name)
+        )
+        c = t.calls.c
+        label = sa.case(
+            (c.sentiment_n == 0, "unscored"),
+            (c.sentiment_sum >= POSITIVE_THRESHOLD * c.sentiment_n, "positive"),
+            (c.sentiment_sum <= NEGATIVE_THRESHOLD * c.sentiment_n, "negative"),
+            else_="neutral",
+        ).label("label")
+        scope = sa.or_(
+            sa.and_(c.status == "live", c.last_ts >= live_since),
+            sa.and_(c.status == "ended", c.ended_at >= since),
+        )
+        calls = (
+            sa.select(c.status, c.end_status, label, sa.func.count())
+            .where(c.account == account, scope)
+            .group_by(c.status, c.end_status, label)
+        )
+        async with self.engine.connect() as conn:
+            minute_rows = [(int(r[0]), str(r[1]), int(r[2])) for r in await conn.execute(minutes)]
+            call_rows = [(str(r[0]), r[1], str(r[2]), int(r[3])) for r in await conn.execute(calls)]
+        return minute_rows, call_rows
 
     @store_errors
     async def list_calls(
@@ -806,9 +847,10 @@ class SqlStore:
                 await asyncio.shield(self._fold_soon())
             return
         calls = self._call_rows(grouped)
+        minutes = minute_rows(grouped)
         ends_a_call = any(c["status"] == "ended" for c in calls)
         if self._pg is not None and not ends_a_call:
-            await self._pg.commit(chunk_rows(grouped), calls)
+            await self._pg.commit(chunk_rows(grouped), calls, minutes)
             self.commits += 1
             return
         await self._fold_journal()  # the hooks below read the call's events and its calls row
@@ -817,6 +859,8 @@ class SqlStore:
             if rows:
                 await conn.execute(self._events_insert, rows)
             await conn.execute(self._calls_upsert, calls)
+            if minutes:
+                await conn.execute(self._minutes_upsert, [dict(zip(MINUTE_COLUMNS, m, strict=True)) for m in minutes])
             for event in events:
                 if event.type == ENDED:
                     for hook in self.ended_hooks:
@@ -829,18 +873,16 @@ class SqlStore:
         out: list[dict[str, Any]] = []
         for (account, call_id), held in grouped.items():
             row = rows.new_call_row(account, call_id, held[0].ts, held[-1].seq)
-            for e in held:
-                if e.type == ENDED:
-                    row.update(
-                        status="ended",
-                        ended_at=e.ts,
-                        duration_ms=e.data["duration_ms"],
-                        end_status=e.data["status"],
-                        reason=e.data.get("reason"),
-                    )
-                elif (score := sentiment_score(e)) is not None:
-                    row["sentiment_sum"] += score
-                    row["sentiment_n"] += 1
+            row.update(call_sums(held))
+            last = held[-1]  # nothing follows a call's `call.ended`
+            if last.type == ENDED:
+                row.update(
+                    status="ended",
+                    ended_at=last.ts,
+                    duration_ms=last.data["duration_ms"],
+                    end_status=last.data["status"],
+                    reason=last.data.get("reason"),
+                )
             out.append(row)
         return out
 
@@ -850,6 +892,13 @@ class SqlStore:
     @functools.cached_property
     def _events_insert(self) -> Any:
         return self._insert_ignore(t.event_chunks, ["account", "call_id", "last_seq"])
+
+    @functools.cached_property
+    def _minutes_upsert(self) -> Any:
+        insert = self._insert(t.quality_minutes)
+        return insert.on_conflict_do_update(
+            index_elements=list(MINUTE_COLUMNS[:3]), set_={"n": t.quality_minutes.c.n + insert.excluded.n}
+        )
 
     @functools.cached_property
     def _calls_upsert(self) -> Any:

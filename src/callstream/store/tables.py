@@ -39,7 +39,29 @@ calls = sa.Table(
     sa.Column("last_seq", sa.BigInteger, nullable=False),
     sa.Column("sentiment_sum", sa.Float, nullable=False, server_default="0"),
     sa.Column("sentiment_n", sa.Integer, nullable=False, server_default="0"),
+    # Turns (turns.py, docs/quality.md): summed as events commit, in any order (rows.CALL_MERGE).
+    sa.Column("last_ts", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("turns", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("latency_max", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("latencies", sa.Text, nullable=False, server_default=""),  # ms, space-separated
+    sa.Column("interruptions", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("agent_talk_ms", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("user_talk_ms", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_calls_account_started", "account", "started_at", "call_id"),
+    # /v1/stats: the account's live calls, and its calls that ended since a moment.
+    sa.Index("ix_calls_account_status_ended", "account", "status", "ended_at"),
+)
+
+# Turns and interruptions per account and minute (`rows.minute_rows`): what /v1/stats sums over a
+# window without reading calls or events. `name`: `i` (interruptions) or `l<bucket>` (turns whose
+# latency falls in that bucket, `quality.latency_bucket`).
+quality_minutes = sa.Table(
+    "quality_minutes",
+    metadata,
+    sa.Column("account", sa.String(128), primary_key=True),
+    sa.Column("minute", sa.BigInteger, primary_key=True),  # ms since the epoch, a multiple of 60,000
+    sa.Column("name", sa.String(8), primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
 )
 
 # A call's events of one commit in one row: a JSON array of their wire frames (store/chunks.py).

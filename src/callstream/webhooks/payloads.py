@@ -2,7 +2,8 @@
 
 The body follows the Standard Webhooks shape `{"type", "timestamp", "data"}`. `call.ended`
 carries everything a CRM or QA workflow needs after the call in one request (status, timing,
-the full transcript, every function call paired with its result, the sentiment summary), so
+the full transcript, every function call paired with its result, the sentiment summary, the
+turn metrics), so
 a receiver does not have to call back into the REST API; `transcript.completed` carries the
 transcript alone for receivers that only archive text.
 """
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from callstream.events import ENDED, FINAL
+from callstream.quality import call_metrics
 from callstream.sentiment import label_for
 from callstream.store.chunks import StoredEvent
 
@@ -162,6 +164,7 @@ def call_ended_data(call: dict[str, Any], events: list[StoredEvent]) -> dict[str
         "transcript": lines,
         "function_calls": function_calls(events),
         "sentiment": sentiment_summary(lines),
+        "metrics": call_metrics(call),
     }
 
 
