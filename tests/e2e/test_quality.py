@@ -96,7 +96,7 @@ async def test_a_calls_figures_are_the_same_live_on_replay_and_over_rest(any_sto
             if f[0] in {s for s, _, _ in figures}] == figures  # fmt: skip
     assert sum(f[1] is not None for f in figures) == 2
     assert sum(f[2] is True for f in figures) == 1
-    assert [e for e in stored if e["type"] == "metrics"][0]["data"] == METRICS_EVENT["data"]
+    assert [e["data"] for e in stored if e["type"] == "metrics"] == [METRICS_EVENT["data"]]
 
     call = get(any_store, key, f"/v1/calls/{call_id}").json()
     assert call["metrics"] == expected_from(live)

@@ -577,18 +577,14 @@ class SqlStore:
             (c.sentiment_sum <= NEGATIVE_THRESHOLD * c.sentiment_n, "negative"),
             else_="neutral",
         ).label("label")
-        scope = sa.or_(
-            sa.and_(c.status == "live", c.last_ts >= live_since),
-            sa.and_(c.status == "ended", c.ended_at >= since),
-        )
-        calls = (
-            sa.select(c.status, c.end_status, label, sa.func.count())
-            .where(c.account == account, scope)
-            .group_by(c.status, c.end_status, label)
-        )
+        # Two reads, so that each takes its own range of (account, status, ended_at): one `OR`
+        # would read every call of the account.
+        counted = sa.select(c.status, c.end_status, label, sa.func.count()).group_by(c.status, c.end_status, label)
+        live = counted.where(c.account == account, c.status == "live", c.last_ts >= live_since)
+        ended = counted.where(c.account == account, c.status == "ended", c.ended_at >= since)
         async with self.engine.connect() as conn:
             minute_rows = [(int(r[0]), str(r[1]), int(r[2])) for r in await conn.execute(minutes)]
-            call_rows = [(str(r[0]), r[1], str(r[2]), int(r[3])) for r in await conn.execute(calls)]
+            call_rows = [(str(r[0]), r[1], str(r[2]), int(r[3])) for q in (live, ended) for r in await conn.execute(q)]
         return minute_rows, call_rows
 
     @store_errors
