@@ -29,6 +29,7 @@ from callstream.client import (
     ErrorEvent,
     Event,
     FunctionCall,
+    Metrics,
     Subscribed,
     TranscriptFinal,
     TranscriptPartial,
@@ -100,6 +101,21 @@ def test_parse_message_types_each_event() -> None:
     assert isinstance(err, ErrorEvent)
     assert (err.call_id, err.code) == ("", "rate_limited")
     assert parse_message({"type": "future.thing", "call_id": "c", "seq": 1}).type == "unknown"
+
+
+def test_turn_figures_and_producer_metrics_are_typed() -> None:
+    speaking = parse_message({"type": "agent.state", "call_id": "c", "seq": 4, "ts": 9,
+                              "data": {"state": "speaking", "latency_ms": 820}})  # fmt: skip
+    assert isinstance(speaking, AgentState)
+    assert (speaking.state, speaking.latency_ms, speaking.interrupted) == ("speaking", 820, False)
+    cut = parse_message({"type": "agent.state", "call_id": "c", "seq": 5, "ts": 9,
+                         "data": {"state": "listening", "interrupted": True}})  # fmt: skip
+    assert isinstance(cut, AgentState)
+    assert (cut.latency_ms, cut.interrupted) == (None, True)
+    stage = parse_message({"type": "metrics", "call_id": "c", "seq": 6, "ts": 9,
+                           "data": {"stage": "tts", "ttfb_ms": 180.5, "duration_ms": True}})  # fmt: skip
+    assert isinstance(stage, Metrics)
+    assert (stage.stage, stage.ttfb_ms, stage.duration_ms) == ("tts", 180.5, None)
 
 
 def test_track_drops_duplicates_and_replay_overlap() -> None:

@@ -125,6 +125,27 @@ def test_partials_arrive_at_speaking_pace() -> None:
     assert sum(gaps) / len(gaps) == pytest.approx(1 / WORDS_PER_SECOND, rel=0.1)
 
 
+def test_each_answer_reports_the_pipelines_metrics_and_takes_as_long_as_they_say() -> None:
+    """STT after each user final; the LLM's first token, then the agent speaking once the TTS's
+    first audio is out, each `metrics` event the time it reports; now and then a slow LLM."""
+    llm_ttfbs: list[int] = []
+    for seed in range(40):
+        evs = events(seed)
+        for i, (_, kind, data) in enumerate(evs):
+            if kind == "transcript.final" and data["speaker"] == "user":
+                _, next_kind, stt = evs[i + 1]
+                assert (next_kind, stt["stage"]) == ("metrics", "stt")
+                assert 120 <= stt["ttfb_ms"] <= 350
+            if kind == "agent.state" and data["state"] == "speaking":
+                (llm_delay, _, llm), (tts_delay, _, _), (_, _, tts) = evs[i - 1], evs[i], evs[i + 1]
+                assert (llm["stage"], tts["stage"]) == ("llm", "tts")
+                assert llm_delay * 1000 == pytest.approx(llm["ttfb_ms"], abs=1)
+                assert tts_delay * 1000 == pytest.approx(tts["ttfb_ms"], abs=1)
+                llm_ttfbs.append(llm["ttfb_ms"])
+    slow = sum(ttfb > 1_000 for ttfb in llm_ttfbs)
+    assert 0 < slow < len(llm_ttfbs) / 5
+
+
 def test_scripts_and_endings_vary() -> None:
     first_lines: set[str] = set()
     statuses: Counter[str] = Counter()

@@ -50,6 +50,7 @@ __all__ = [
     "Event",
     "FunctionCall",
     "FunctionResult",
+    "Metrics",
     "Subscribed",
     "SyncClient",
     "TranscriptFinal",
@@ -158,10 +159,17 @@ class TranscriptFinal(_Transcript):
 
 @dataclass(frozen=True, slots=True)
 class AgentState(Event):
-    """``agent.state``: the agent is ``listening``, ``thinking`` or ``speaking``."""
+    """``agent.state``: the agent is ``listening``, ``thinking`` or ``speaking``.
+
+    The server measures turns and writes them in: ``latency_ms`` on the ``speaking`` that answers
+    the user's final (``None`` otherwise), ``interrupted`` on the state that ends the agent's
+    speech when the user spoke over it.
+    """
 
     type: ClassVar[str] = "agent.state"
     state = _text("state")
+    latency_ms = _typed("latency_ms", int, None)
+    interrupted = _Data(lambda data: data.get("interrupted") is True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +192,26 @@ class FunctionResult(_Tool):
 
     type: ClassVar[str] = "function.result"
     result = _as_sent("result")
+
+
+def _ms(key: str) -> _Data[float | None]:
+    """``data[key]`` when it is a number (not a bool), else None."""
+
+    def read(data: dict[str, Any]) -> float | None:
+        value = data.get(key)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    return _Data(read)
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics(Event):
+    """``metrics``: a producer's own measurement of one stage (``stt``, ``llm``, ``tts``, ``eou``, …)."""
+
+    type: ClassVar[str] = "metrics"
+    stage = _text("stage")
+    ttfb_ms = _ms("ttfb_ms")
+    duration_ms = _ms("duration_ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +272,7 @@ EVENT_CLASSES: Final[dict[str, type[Event]]] = {
         AgentState,
         FunctionCall,
         FunctionResult,
+        Metrics,
         CallEnded,
         Subscribed,
         Unsubscribed,

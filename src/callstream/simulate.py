@@ -2,8 +2,9 @@
 
 A dashboard, a benchmark or a subscriber's test needs traffic that looks like real voice calls:
 partial transcripts growing word by word at speaking pace, agent state changes around each
-agent turn, function calls with believable arguments and results, and calls ending in the
-varied ways real calls end. :func:`script_events` produces that as a pure, seeded generator
+agent turn (the server measures each answer's latency from them), the pipeline's own `metrics`
+(STT, LLM and TTS time to first byte, now and then a slow LLM), function calls with believable
+arguments and results, and calls ending in the varied ways real calls end. :func:`script_events` produces that as a pure, seeded generator
 (no I/O, no clock) so tests check its shape without a server; :func:`run_simulation` plays many
 such calls concurrently against a server through one :class:`~callstream.publisher.Publisher`.
 """
@@ -56,6 +57,10 @@ FAILURES: Final = (
 )
 
 Event = tuple[float, str, dict[str, Any]]
+# What the simulated pipeline's `metrics` events name (made-up services, real shapes).
+STT_MODEL: Final = "nova-3"
+LLM_MODEL: Final = "gpt-4o-mini"
+TTS_MODEL: Final = "sonic-2"
 
 
 # -- script building blocks ---------------------------------------------------------------------
@@ -398,7 +403,7 @@ class _Timeline:
             yield from self.set_state("listening", 0.1, 0.3)
         else:
             yield from self.set_state("thinking", 0.2, 0.5)
-            yield from self.set_state("speaking", 0.4, 1.0)
+            yield from self.answer()
         self.utterances += 1
         base = {"speaker": say.speaker, "utterance_id": f"utt_{self.utterances}"}
         words = say.text.split()
@@ -409,6 +414,28 @@ class _Timeline:
             partial = {**base, "text": " ".join(words[:count]), "is_final": False}
             yield delay, "transcript.partial", partial
         yield self.wait(0.2, 0.5), "transcript.final", {**base, "text": say.text, "is_final": True}
+        if say.speaker == "user":
+            yield self.heard()
+
+    def answer(self) -> Iterator[Event]:
+        """From thinking to speaking as a voice pipeline gets there: the LLM's first token, then
+        the TTS's first audio, each reported by a `metrics` event as the pipeline would. About one
+        answer in twelve has a slow LLM, as real providers do now and then."""
+        slow = self.rng.random() < 1 / 12
+        llm_s = self.rng.uniform(1.2, 2.8) if slow else self.rng.uniform(0.25, 0.75)
+        tts_s = self.rng.uniform(0.1, 0.3)
+        tokens = self.rng.randint(12, 60)
+        yield self.wait(llm_s, llm_s), "metrics", {
+            "stage": "llm", "ttfb_ms": round(llm_s * 1000), "model": LLM_MODEL, "completion_tokens": tokens,
+        }
+        self.state = "speaking"
+        yield self.wait(tts_s, tts_s), "agent.state", {"state": "speaking"}
+        yield 0.0, "metrics", {"stage": "tts", "ttfb_ms": round(tts_s * 1000), "model": TTS_MODEL}
+
+    def heard(self) -> Event:
+        """The STT's figures for the utterance just finalised."""
+        ttfb = self.rng.uniform(0.12, 0.35)
+        return 0.0, "metrics", {"stage": "stt", "ttfb_ms": round(ttfb * 1000), "model": STT_MODEL}
 
     def tool(self, tool: Tool) -> Iterator[Event]:
         yield from self.set_state("thinking", 0.2, 0.5)

@@ -4,7 +4,9 @@ Built on :class:`callstream.Client`, so a tail survives server restarts and slow
 and resumes each call where it left off: what a human watches (or a pipe receives) has no gaps
 and no repeats.
 
-The live view keeps one panel per call. A partial is shown dimmed until the final of the same
+The live view keeps one panel per call, titled with its turns as the server measured them (the
+last latency, the p90, how many turns and interruptions); each answer's latency is marked on the
+transcript, red past 1.5 s. A partial is shown dimmed until the final of the same
 utterance (``utterance_id``, else the same speaker) replaces it, because that is how a person
 reads speech being recognised. Named calls start with what the server holds of them (the
 call so far), then follow live; ``--all`` starts live. ``--json`` prints exactly the server's event messages, one per
@@ -42,8 +44,9 @@ from callstream.client import (
     TranscriptPartial,
 )
 from callstream.errors import AuthError
+from callstream.quality import nearest_rank
 
-__all__ = ["CallView", "TailView", "describe", "tail_command"]
+__all__ = ["CallView", "TailView", "TurnFigures", "describe", "tail_command"]
 
 SPEAKER_STYLES: Final = {"user": "bold cyan", "agent": "bold green"}
 STATE_STYLES: Final = {"listening": "cyan", "thinking": "yellow", "speaking": "green"}
@@ -51,6 +54,7 @@ END_STYLES: Final = {"completed": "green", "failed": "red", "canceled": "yellow"
 SENTIMENT_STYLES: Final = {"positive": ("▲", "green"), "negative": ("▼", "red"), "neutral": ("·", "dim")}
 MAX_LINES: Final = 200  # per call: a tail shows the recent conversation, not the whole call
 SHOWN_CHARS: Final = 160
+LATENCY_WARN_MS: Final = 1500  # a turn slower than this shows red (the dashboard's default too)
 
 
 def _short(value: Any) -> str:
@@ -87,7 +91,50 @@ def describe(event: Event) -> Text | None:
         return Text(f"■ call ended: {event.status}{seconds}{reason}", style=f"bold {style}")
     if isinstance(event, ErrorEvent):
         return Text(f"! {event.code}: {event.message}", style="red")
+    if isinstance(event, AgentState):
+        return _turn(event)
     return None
+
+
+def _ms(ms: float) -> str:
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
+
+
+def _turn(event: AgentState) -> Text | None:
+    """The server's figures on an agent state: the turn's latency, or that the user cut in."""
+    if event.latency_ms is not None:
+        style = "red" if event.latency_ms > LATENCY_WARN_MS else "dim"
+        return Text(f"    ⏱ {_ms(event.latency_ms)}", style=style)
+    if event.interrupted:
+        return Text("    ✂ interrupted by the user", style="yellow")
+    return None
+
+
+@dataclass
+class TurnFigures:
+    """A call's turns as its events carry them (the server wrote them in: docs/quality.md)."""
+
+    latencies: list[int] = field(default_factory=list)
+    interruptions: int = 0
+
+    def apply(self, event: AgentState) -> None:
+        if event.latency_ms is not None:
+            self.latencies.append(event.latency_ms)
+        self.interruptions += event.interrupted
+
+    def badge(self) -> Text:
+        if not self.latencies and not self.interruptions:
+            return Text()
+        parts: list[tuple[str, str]] = []
+        if self.latencies:
+            last = self.latencies[-1]
+            p90 = nearest_rank(sorted(self.latencies), 0.9)
+            parts.append((f" · {_ms(last)}", "red" if last > LATENCY_WARN_MS else "green"))
+            parts.append((f" p90 {_ms(p90)}", "red" if p90 > LATENCY_WARN_MS else "dim"))
+            parts.append((f" · {len(self.latencies)} turns", "dim"))
+        if self.interruptions:
+            parts.append((f" · {self.interruptions} ✂", "yellow"))
+        return Text.assemble(*parts)
 
 
 @dataclass
@@ -100,6 +147,7 @@ class CallView:
     agent_state: str | None = None
     ended: str | None = None
     last_activity: float = field(default_factory=time.monotonic)
+    turns: TurnFigures = field(default_factory=TurnFigures)
 
     def apply(self, event: Event) -> None:
         self.last_activity = time.monotonic()
@@ -111,6 +159,7 @@ class CallView:
                 return
         if isinstance(event, AgentState):
             self.agent_state = event.state
+            self.turns.apply(event)
         elif isinstance(event, CallEnded):
             self.ended, self.agent_state = event.status, None
             self.partials.clear()
@@ -123,7 +172,7 @@ class CallView:
         body = [*self.lines, *self.partials.values()][-max(1, height) :] or [Text("waiting…", style="dim")]
         for line in body:  # one row each, so the panels fit the height they were given
             line.no_wrap, line.overflow = True, "ellipsis"
-        title = Text.assemble((self.call_id, "bold"), "  ", self._badge())
+        title = Text.assemble((self.call_id, "bold"), "  ", self._badge(), self.turns.badge())
         return Panel(Group(*body), title=title, title_align="left", border_style="dim" if self.ended else "blue")
 
     def _badge(self) -> Text:

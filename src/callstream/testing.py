@@ -40,6 +40,7 @@ __all__ = [
     "call_ended",
     "function_call",
     "function_result",
+    "metrics",
     "publish",
     "run_server",
     "server_event",
@@ -157,6 +158,16 @@ def transcript_final(text: str, speaker: str = "user", **extra: Any) -> dict[str
 def agent_state(state: str, **extra: Any) -> dict[str, Any]:
     """An ``agent.state``: ``listening``, ``thinking`` or ``speaking``."""
     return {"type": "agent.state", "data": {"state": state, **extra}}
+
+
+def metrics(stage: str, ttfb_ms: float | None = None, duration_ms: float | None = None, **extra: Any) -> dict[str, Any]:
+    """A ``metrics`` event: the producer's own figures for one stage (``stt``, ``llm``, ``tts``, …)."""
+    data: dict[str, Any] = {"stage": stage, **extra}
+    if ttfb_ms is not None:
+        data["ttfb_ms"] = ttfb_ms
+    if duration_ms is not None:
+        data["duration_ms"] = duration_ms
+    return {"type": "metrics", "data": data}
 
 
 def function_call(name: str, args: Any = None, tool_call_id: str | None = None, **extra: Any) -> dict[str, Any]:

@@ -209,3 +209,21 @@ def test_live_view_replaces_partials_with_finals_and_shows_state_tools_and_end()
     assert 'find_booking({"id":3})' in screen
     assert "call ended: failed · 1.5 s" in screen
     assert screen.index("c1") < screen.index("c2")  # live calls above ended ones
+
+
+def test_live_view_marks_each_turns_latency_and_sums_the_calls_turns() -> None:
+    view = TailView()
+    for seq, data in enumerate([
+        {"state": "speaking", "latency_ms": 640},
+        {"state": "listening", "interrupted": True},
+        {"state": "speaking", "latency_ms": 2_300},
+        {"state": "listening"},
+    ], 1):  # fmt: skip
+        view.apply(parse_message({"type": "agent.state", "call_id": "c1", "seq": seq, "ts": 1, "data": data}))
+    console = Console(record=True, width=100, height=30, color_system=None)
+    console.print(view)
+    screen = console.export_text()
+    assert "⏱ 640 ms" in screen
+    assert "✂ interrupted by the user" in screen
+    assert "⏱ 2.3 s" in screen
+    assert "· 2.3 s p90 2.3 s · 2 turns · 1 ✂" in screen  # the last, the p90, the count
