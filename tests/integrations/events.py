@@ -27,4 +27,6 @@ def brief(message: dict[str, Any]) -> tuple[Any, ...]:
         return (kind, data["name"], data["args"], data["tool_call_id"])
     if kind == "function.result":
         return (kind, data["name"], data["result"], data["tool_call_id"])
+    if kind == "metrics":
+        return (kind, data["stage"])
     return (kind, data["status"], data.get("reason"))

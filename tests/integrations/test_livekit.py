@@ -19,13 +19,17 @@ pytest.importorskip("livekit.agents")
 
 from livekit.agents import Agent, AgentSession, function_tool, llm
 from livekit.agents.llm import ChatChunk, ChoiceDelta, FunctionToolCall
+from livekit.agents.metrics import EOUMetrics, STTMetrics, TTSMetrics
+from livekit.agents.metrics.base import Metadata
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.voice.events import (
     AgentStateChangedEvent,
     CloseEvent,
     CloseReason,
     ConversationItemAddedEvent,
+    MetricsCollectedEvent,
     UserInputTranscribedEvent,
+    UserStateChangedEvent,
 )
 
 from callstream import Publisher
@@ -88,7 +92,7 @@ async def test_a_running_agent_session_arrives_as_callstream_events_in_order(
     messages = [m for m in await recv_until(ws, "call.ended", timeout=15) if "seq" in m]
     await ws.close()
     assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
-    assert [brief(m) for m in messages] == [
+    assert [brief(m) for m in messages if m["type"] != "metrics"] == [
         ("agent.state", "listening"),
         ("transcript.final", "user", "A table for two, please.", "user-1"),
         ("agent.state", "thinking"),
@@ -99,6 +103,10 @@ async def test_a_running_agent_session_arrives_as_callstream_events_in_order(
         ("agent.state", "listening"),
         ("call.ended", "completed", "user_initiated"),
     ]
+    llm_metrics = [m["data"] for m in messages if m["type"] == "metrics"]  # LiveKit's own, one a reply
+    assert [d["stage"] for d in llm_metrics] == ["llm", "llm"]
+    assert all(d["duration_ms"] >= 0 and d["label"].endswith("ScriptedLLM") for d in llm_metrics), llm_metrics
+    assert [d["completion_tokens"] for d in llm_metrics] == [0, 0]  # what the scripted stream reported
 
 
 async def test_voice_events_interims_interruption_and_a_failed_close(
@@ -134,6 +142,54 @@ async def test_voice_events_interims_interruption_and_a_failed_close(
     ]
     assert messages[0]["data"]["speaker_id"] == "spk_1"
     assert messages[4]["data"]["interrupted"] is True
+
+
+async def test_stage_metrics_and_a_barge_in(server: ServerProcess, api_key: str, call_id: str) -> None:
+    """STT, TTS and end-of-utterance figures as the session emits them (its own metric classes),
+    and the caller speaking over the agent, which the server counts as an interruption."""
+    ws = await subscribed(server, api_key, call_id)
+    session: AgentSession[Any] = AgentSession()
+    now = time.time()
+    async with Publisher(server.url, api_key) as publisher:
+        bridge = await CallstreamSession.attach(session, call_id, publisher=publisher)
+        assert bridge is not None
+        for event in [
+            ("user_input_transcribed", UserInputTranscribedEvent(transcript="Is it open?", is_final=True)),
+            ("metrics_collected", MetricsCollectedEvent(metrics=EOUMetrics(
+                timestamp=now, end_of_utterance_delay=0.42, transcription_delay=0.18, on_user_turn_completed_delay=0))),
+            ("metrics_collected", MetricsCollectedEvent(metrics=STTMetrics(
+                label="deepgram.STT", request_id="r1", timestamp=now, duration=0.0, audio_duration=2.5,
+                streamed=True, metadata=Metadata(model_name="nova-3")))),
+            ("agent_state_changed", AgentStateChangedEvent(old_state="thinking", new_state="speaking")),
+            ("metrics_collected", MetricsCollectedEvent(metrics=TTSMetrics(
+                label="cartesia.TTS", request_id="r2", timestamp=now, ttfb=0.21, duration=1.5, audio_duration=3.0,
+                cancelled=False, characters_count=40, streamed=True))),
+            ("user_state_changed", UserStateChangedEvent(old_state="listening", new_state="speaking")),
+            ("agent_state_changed", AgentStateChangedEvent(old_state="speaking", new_state="listening")),
+            ("user_input_transcribed", UserInputTranscribedEvent(transcript="Sorry, I mean", is_final=False)),
+        ]:  # fmt: skip
+            session.emit(*event)
+        await bridge.aclose()
+    messages = [m for m in await recv_until(ws, "call.ended", timeout=15) if "seq" in m]
+    await ws.close()
+    assert [brief(m) for m in messages] == [
+        ("transcript.final", "user", "Is it open?", "user-1"),
+        ("metrics", "eou"),
+        ("metrics", "stt"),
+        ("agent.state", "speaking"),
+        ("metrics", "tts"),
+        ("transcript.partial", "user", "…", "user-2"),  # the barge-in, before the agent stops
+        ("agent.state", "listening"),
+        ("transcript.partial", "user", "Sorry, I mean", "user-2"),
+        ("call.ended", "completed", None),
+    ]
+    eou, stt, tts = (messages[i]["data"] for i in (1, 2, 4))
+    assert eou == {"stage": "eou", "duration_ms": 420.0, "transcription_delay_ms": 180.0}
+    assert stt == {"stage": "stt", "duration_ms": 0.0, "audio_ms": 2500.0, "label": "deepgram.STT", "model": "nova-3",
+                   "streamed": True}  # fmt: skip
+    assert (tts["ttfb_ms"], tts["duration_ms"], tts["audio_ms"]) == (210.0, 1500.0, 3000.0)
+    assert "latency_ms" in messages[3]["data"]
+    assert messages[6]["data"]["interrupted"] is True  # measured by the server
 
 
 async def test_a_refused_key_is_logged_not_raised(server: ServerProcess, call_id: str) -> None:

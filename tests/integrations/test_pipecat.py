@@ -35,23 +35,29 @@ with warnings.catch_warnings():
         TTSStartedFrame,
         TTSStoppedFrame,
         TTSTextFrame,
+        UserStartedSpeakingFrame,
     )
     from pipecat.pipeline.pipeline import Pipeline
-    from pipecat.pipeline.worker import PipelineWorker
+    from pipecat.pipeline.worker import PipelineParams, PipelineWorker
     from pipecat.processors.filters.identity_filter import IdentityFilter
+    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
     from pipecat.workers.runner import WorkerRunner
 
     from callstream import Publisher
-    from callstream.integrations.pipecat import CallstreamObserver
+    from callstream.integrations.pipecat import CallstreamObserver, stage_of
 
 from tests.helpers import ServerProcess, recv_until
 from tests.integrations.events import brief, subscribed
 
 
-async def run_pipeline(observer: CallstreamObserver, frames: list[Frame], *, cancel: bool = False) -> None:
-    """Run a real pipeline with the observer, queue `frames` one by one, then end or cancel it."""
+async def run_pipeline(
+    observer: CallstreamObserver, frames: list[Frame], *, cancel: bool = False, services: list[Any] | None = None
+) -> None:
+    """Run a real pipeline with the observer (and `services`, metrics on), queue `frames` one by
+    one, then end or cancel it."""
     worker = PipelineWorker(
-        Pipeline([IdentityFilter()]),
+        Pipeline(services or [IdentityFilter()]),
+        params=PipelineParams(enable_metrics=True),
         observers=[observer],
         enable_rtvi=False,
         enable_turn_tracking=False,
@@ -172,3 +178,60 @@ async def test_a_refused_key_never_breaks_the_pipeline(server: ServerProcess, ca
     observer = CallstreamObserver(call_id, url=server.url, key="cs_wrong")
     await run_pipeline(observer, CALL[:3])  # runs to its end; the observer only logs
     assert observer.events is None
+
+
+class MeteredService(FrameProcessor):  # type: ignore[misc]
+    """A service that measures itself with Pipecat's own metrics, as its STT, LLM and TTS
+    services do: on each user final, a time to first byte, then a processing time."""
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame):
+            await self.start_ttfb_metrics()
+            await self.start_processing_metrics()
+            await asyncio.sleep(0.03)
+            await self.stop_ttfb_metrics()
+            await asyncio.sleep(0.02)
+            await self.stop_processing_metrics()
+
+
+async def test_services_metrics_and_a_barge_in_are_published(server: ServerProcess, api_key: str, call_id: str) -> None:
+    ws = await subscribed(server, api_key, call_id)
+    observer = CallstreamObserver(call_id, url=server.url, key=api_key, announce_start=False)
+    services = [MeteredService(name="ScriptedLLMService"), MeteredService(name="ScriptedTTSService")]
+    await run_pipeline(observer, [
+        TranscriptionFrame(text="What's on tonight?", user_id="", timestamp="t1"),
+        BotStartedSpeakingFrame(),
+        UserStartedSpeakingFrame(),  # the caller talks over the bot
+        InterimTranscriptionFrame(text="No wait", user_id="", timestamp="t2"),
+    ], services=services)
+    messages = [m for m in await recv_until(ws, "call.ended", timeout=15) if "seq" in m]
+    await ws.close()
+    metrics = [m["data"] for m in messages if m["type"] == "metrics"]
+    assert sorted((d["stage"], d["processor"], "ttfb_ms" in d) for d in metrics) == [
+        ("llm", "ScriptedLLMService", False), ("llm", "ScriptedLLMService", True),
+        ("tts", "ScriptedTTSService", False), ("tts", "ScriptedTTSService", True),
+    ]  # fmt: skip
+    assert all(d.get("ttfb_ms", 30) >= 30 and d.get("duration_ms", 50) >= 50 for d in metrics)
+    turn = [brief(m) for m in messages if m["type"] != "metrics"]
+    assert turn[:5] == [
+        ("transcript.final", "user", "What's on tonight?", "user-1"),
+        ("agent.state", "speaking"),
+        ("transcript.partial", "user", "…", "user-2"),  # the barge-in, before the state changes
+        ("agent.state", "listening"),
+        ("transcript.partial", "user", "No wait", "user-2"),
+    ]
+    states = [m["data"] for m in messages if m["type"] == "agent.state"]
+    assert "latency_ms" in states[0]
+    assert states[1]["interrupted"] is True  # the server measured it
+
+
+def test_a_services_stage_comes_from_its_name() -> None:
+    assert [stage_of(n) for n in ("DeepgramSTTService#0", "OpenAILLMService#2", "CartesiaTTSService#0")] == [
+        "stt", "llm", "tts",
+    ]
+    assert stage_of("LocalSmartTurnAnalyzerV3#0") == "LocalSmartTurnAnalyzerV3"

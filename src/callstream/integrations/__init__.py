@@ -34,6 +34,8 @@ __all__ = ["CallEvents", "framework", "jsonable", "require_target"]
 logger = logging.getLogger("callstream.integrations")
 
 AGENT_STATES: Final = frozenset({"listening", "thinking", "speaking"})
+MAX_STAGE_CHARS: Final = 64
+USER_SPEAKING: Final = "…"  # the text of a user partial before any word was recognised
 NO_TARGET: Final = "give a started Publisher, or url and key"
 
 
@@ -168,6 +170,24 @@ class CallEvents:
         if tool_call_id:
             data["tool_call_id"] = tool_call_id
         self.emit("function.result", data)
+
+    def metrics(self, stage: str, **figures: Any) -> None:
+        """A ``metrics`` event: the framework's own figures for one stage; times in ms (rounded
+        to 0.1), what is None or negative (a framework's "unknown") left out."""
+        data: dict[str, Any] = {"stage": stage[:MAX_STAGE_CHARS] or "pipeline"}
+        for name, value in figures.items():
+            if isinstance(value, float):
+                value = round(value, 1)
+            if value is not None and not (isinstance(value, int | float) and value < 0):
+                data[name] = jsonable(value)
+        self.emit("metrics", data)
+
+    def speaking_over(self) -> None:
+        """The user started speaking while the agent speaks, before any word was recognised: a
+        placeholder partial of the user's (its words replace it), published before the agent's
+        state changes so that the server counts the interruption (docs/quality.md)."""
+        if self.agent_state == "speaking":
+            self.speech("user", USER_SPEAKING, final=False)
 
     def end(self, status: str, reason: str | None = None) -> None:
         """``call.ended`` with the time since this object was made; only the first call counts."""

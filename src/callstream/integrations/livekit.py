@@ -24,6 +24,11 @@ agent, and the handlers only queue events (``Publisher.send``), so they never bl
                                             for any call not announced yet
 ``close``                                   ``call.ended``: ``failed`` on an error, else ``completed``;
                                             ``reason`` is LiveKit's close reason
+``user_state_changed`` to speaking while    first a user ``transcript.partial`` "…" (replaced by the
+the agent speaks                            words): the server counts the interruption
+``metrics_collected`` (STT, LLM, TTS, EOU)  ``metrics``: ``stage`` ``stt``, ``llm``, ``tts`` or
+                                            ``eou``, ``ttfb_ms``, ``duration_ms`` and the stage's
+                                            own figures (tokens, audio, delays) in ms
 ==========================================  ==========================================================
 
 Tested with livekit-agents 1.8 (a real ``AgentSession`` run in-process with a scripted LLM).
@@ -39,15 +44,18 @@ from callstream.integrations import CallEvents, framework, parse_json_text
 
 with framework("LiveKit", "livekit-agents", "livekit"):
     from livekit.agents import llm
+    from livekit.agents.metrics import EOUMetrics, LLMMetrics, STTMetrics, TTSMetrics
     from livekit.agents.voice.events import (
         AgentStateChangedEvent,
         CloseEvent,
         CloseReason,
         ConversationItemAddedEvent,
         FunctionToolsExecutedEvent,
+        MetricsCollectedEvent,
         ToolCallStarted,
         ToolExecutionUpdatedEvent,
         UserInputTranscribedEvent,
+        UserStateChangedEvent,
     )
 
 if TYPE_CHECKING:
@@ -65,6 +73,8 @@ HANDLERS = {
     "tool_execution_updated": "_on_tool_update",
     "function_tools_executed": "_on_tools_executed",
     "close": "_on_close",
+    "user_state_changed": "_on_user_state",
+    "metrics_collected": "_on_metrics",
 }
 
 
@@ -178,6 +188,28 @@ class CallstreamSession:
         if call.call_id not in self._announced:
             self._announced.add(call.call_id)
             self.events.function_call(call.name, parse_json_text(call.arguments), call.call_id)
+
+    def _on_user_state(self, ev: UserStateChangedEvent) -> None:
+        if ev.new_state == "speaking":
+            self.events.speaking_over()
+
+    def _on_metrics(self, ev: MetricsCollectedEvent) -> None:
+        """STT, LLM, TTS and end-of-utterance figures as `metrics` events (seconds → ms)."""
+        m, ms = ev.metrics, 1000.0
+        metadata = getattr(m, "metadata", None)
+        model = metadata.model_name if metadata is not None else None
+        if isinstance(m, LLMMetrics):
+            self.events.metrics("llm", ttfb_ms=m.ttft * ms, duration_ms=m.duration * ms, label=m.label, model=model,
+                                prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens)  # fmt: skip
+        elif isinstance(m, STTMetrics):
+            self.events.metrics("stt", duration_ms=m.duration * ms, audio_ms=m.audio_duration * ms, label=m.label,
+                                model=model, streamed=m.streamed)  # fmt: skip
+        elif isinstance(m, TTSMetrics):
+            self.events.metrics("tts", ttfb_ms=m.ttfb * ms, duration_ms=m.duration * ms,
+                                audio_ms=m.audio_duration * ms, label=m.label, model=model)  # fmt: skip
+        elif isinstance(m, EOUMetrics):
+            self.events.metrics("eou", duration_ms=m.end_of_utterance_delay * ms,
+                                transcription_delay_ms=m.transcription_delay * ms)  # fmt: skip
 
     def _on_close(self, ev: CloseEvent) -> None:
         failed = ev.error is not None or ev.reason == CloseReason.ERROR

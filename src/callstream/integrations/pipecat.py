@@ -28,7 +28,14 @@ and ``TTSStoppedFrame``                        ``transcript.final`` at the end (
 ``FunctionCallCancelFrame``                    ``cancelled`` when it did not return)
 ``EndFrame`` / ``CancelFrame``                 ``call.ended`` completed / canceled
 ``InterruptionFrame``                          the agent's words so far as a final, ``interrupted``
+``UserStartedSpeakingFrame`` while the bot     first a user ``transcript.partial`` "…" (replaced by
+speaks                                         the words): the server counts the interruption
+``MetricsFrame`` (TTFB, processing)            ``metrics`` per service: ``stage`` ``stt``, ``llm``,
+                                               ``tts`` (from the service's name), ``ttfb_ms`` or
+                                               ``duration_ms``, ``processor``, ``model``
 =============================================  ====================================================
+
+Pipecat reports metrics when the worker runs with ``PipelineParams(enable_metrics=True)``.
 
 Tested with pipecat-ai 1.14 (``PipelineWorker``; ``PipelineTask`` is its deprecated alias).
 """
@@ -56,6 +63,7 @@ with framework("Pipecat", "pipecat-ai", "pipecat"):
         LLMFullResponseEndFrame,
         LLMFullResponseStartFrame,
         LLMTextFrame,
+        MetricsFrame,
         StartFrame,
         TextFrame,
         TranscriptionFrame,
@@ -64,6 +72,7 @@ with framework("Pipecat", "pipecat-ai", "pipecat"):
         TTSTextFrame,
         UserStartedSpeakingFrame,
     )
+    from pipecat.metrics.metrics import ProcessingMetricsData, TTFBMetricsData
     from pipecat.observers.base_observer import BaseObserver, FramePushed
     from pipecat.processors.frame_processor import FrameDirection
 
@@ -72,7 +81,7 @@ if TYPE_CHECKING:
 
     from callstream.publisher import Publisher
 
-__all__ = ["CallstreamObserver"]
+__all__ = ["CallstreamObserver", "stage_of"]
 
 AgentText = Literal["tts", "llm", "none"]
 
@@ -160,6 +169,8 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
             self._tools_pending.update(call.tool_call_id for call in frame.function_calls)
         elif isinstance(frame, FunctionCallInProgressFrame | FunctionCallResultFrame | FunctionCallCancelFrame):
             self._tool(frame, calls)
+        elif isinstance(frame, MetricsFrame):
+            self._metrics(frame, calls)
         elif isinstance(frame, EndFrame | CancelFrame):
             self._flush_agent_words()
             reason = str(frame.reason) if frame.reason is not None else None
@@ -239,8 +250,22 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
             self._tools_pending.clear()  # calls not started yet are dropped by an interruption
             self._flush_agent_words(interrupted=True)
         elif isinstance(frame, UserStartedSpeakingFrame):
+            calls.speaking_over()
             self._bot_speaking = False
             calls.state("listening")
+
+    @staticmethod
+    def _metrics(frame: MetricsFrame, calls: CallEvents) -> None:
+        """Each TTFB and processing time as a `metrics` event of its service's stage; the zeros
+        a worker announces its services with at the start measure nothing and are left out."""
+        for data in frame.data:
+            if not isinstance(data, TTFBMetricsData | ProcessingMetricsData) or data.value <= 0:
+                continue
+            if isinstance(data, TTFBMetricsData):
+                figure = {"ttfb_ms": data.value * 1000}
+            else:
+                figure = {"duration_ms": data.value * 1000}
+            calls.metrics(stage_of(data.processor), **figure, processor=data.processor, model=data.model)
 
     def _settle(self, calls: CallEvents) -> None:
         """After a turn-ending frame: thinking while anything is still working, else listening."""
@@ -248,3 +273,10 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
             return
         busy = self._llm_active or self._tts_active or bool(self._tools_pending or self._tools_running)
         calls.state("thinking" if busy else "listening")
+
+
+def stage_of(processor: str) -> str:
+    """A service's stage from the name Pipecat gives it (``DeepgramSTTService#0`` → ``stt``);
+    any other processor by its class's name."""
+    name = processor.split("#", 1)[0]
+    return next((stage.lower() for stage in ("STT", "LLM", "TTS") if stage in name), name)
