@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     token_max_ttl_s: int = Field(86_400, ge=10, le=86_400)
     revocation_poll_s: float = Field(1.0, gt=0, le=4.0)
     sentiment: bool = True
+    latency_warn_ms: int = Field(
+        1500, ge=1, le=600_000, description="a turn slower than this is flagged (dashboard, /v1/stats)"
+    )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
     webhooks_allow_private: bool = False
     webhook_retry_schedule: str = Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -258,7 +259,7 @@ def test_listen_in_shows_partials_then_finals_in_order(server: ServerProcess, pa
         "Thank you so much, that is great!",
     ]
     kinds = page.locator("#transcript > li").evaluate_all("els => els.map(e => e.dataset.kind)")
-    assert kinds == ["final", "tool", "final", "final", "end"]
+    assert kinds == ["final", "tool", "turn", "final", "final", "end"]  # "turn": the answer's latency
     expect(page.locator("#transcript")).to_have_attribute("aria-live", "polite")
 
 
@@ -438,3 +439,60 @@ def test_dashboard_works_under_its_content_security_policy(server: ServerProcess
     page.wait_for_timeout(300)
     assert page.evaluate("window.__injected === undefined")
     assert [v.split(" ")[0] for v in page.evaluate("window.__violations")] == ["script-src-elem"]
+
+
+def test_turn_latency_in_the_list_the_transcript_and_the_fleet(tmp_path: Path, page: Any) -> None:
+    """A server flagging turns past 600 ms: the slow call rises to the top of the list in red,
+    its transcript marks each answer's wait and the interruption, and the campaign view has the
+    fleet's tiles and latency chart (docs/quality.md)."""
+    server = ServerProcess(tmp_path, "--latency-warn-ms", "600").start()
+    try:
+        acct = account()
+        key = server.create_key(acct)
+        slow, fast = new_call(), new_call()
+        turn = [partial("Can I"), final("Can I move my booking?")]
+        speaking, listening = {"type": "agent.state", "data": {"state": "speaking"}}, {"type": "agent.state", "data": {"state": "listening"}}
+        for call, wait in ((slow, 0.9), (fast, 0.05)):  # the slow call starts first: it is the older
+            assert publish(server, key, call, turn).status_code == 202
+            time.sleep(wait)
+            assert publish(server, key, call, [speaking, final("Sure, to when?", speaker="agent")]).status_code == 202
+            assert publish(server, key, call, partial("Fri")).status_code == 202  # the caller cuts in
+            assert publish(server, key, call, [listening, final("Friday")]).status_code == 202
+
+        open_dashboard(page, server, acct)
+        rows = page.locator("#call-list .call-row.live")
+        expect(rows).to_have_count(2, timeout=15_000)
+        expect(page.locator(f'#call-list .call-row[data-call-id="{slow}"] .lat.warn')).to_be_visible(timeout=10_000)
+        expect(page.locator(f'#call-list .call-row[data-call-id="{fast}"] .lat.ok')).to_be_visible()
+        assert rows.first.get_attribute("data-call-id") == slow  # over the threshold: on top
+        assert "p90" in page.locator(f'#call-list .call-row[data-call-id="{slow}"] .lat').inner_text()
+
+        rows.first.click()
+        marks = page.locator('#transcript li[data-kind="turn"]')
+        expect(marks).to_have_count(2, timeout=10_000)
+        expect(marks.first).to_have_class(re.compile(r"\bwarn\b"))
+        assert int(marks.first.get_attribute("data-latency")) >= 900
+        expect(marks.nth(0)).to_contain_text("answered in")
+        expect(marks.nth(1)).to_contain_text("cut in")
+        order = page.locator("#transcript li").evaluate_all("els => els.map((e) => e.dataset.kind)")
+        assert order[:4] == ["final", "turn", "final", "turn"]  # each mark where it happened
+
+        page.click("#tab-campaign")
+        expect(page.locator("#stat-slow")).to_have_text("1", timeout=10_000)
+        expect(page.locator("#stat-slow-label")).to_have_text("calls over 600 ms")
+        expect(page.locator("#stat-latency")).not_to_have_text("–")
+        expect(page.locator("#stat-interruptions")).to_have_text("1.00")
+        expect(page.locator("#fleet-chart svg .series.p90")).to_have_count(1)
+        expect(page.locator("#fleet-chart svg .threshold")).to_have_count(1)
+        assert page.locator("#campaign-grid .card").first.locator("..").get_attribute("data-call-id") == slow
+
+        with simulating(server.url, key, calls=8, speed=2.0, duration=120, seed=11):
+            expect(page.locator("#campaign-grid .card")).to_have_count(10, timeout=20_000)
+            page.wait_for_timeout(14_000)  # turns arrive; the tiles refresh every 10 s
+            screenshot(page, "campaign-quality.png")
+            page.click("#tab-calls")
+            page.locator("#call-list .call-row").nth(1).click()
+            page.wait_for_timeout(3_000)
+            screenshot(page, "calls-latency.png")
+    finally:
+        server.stop()

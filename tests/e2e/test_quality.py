@@ -5,20 +5,24 @@ figures in the events live, on replay and over REST, the call's metrics, /v1/sta
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from callstream.quality import nearest_rank
+from callstream.testing import metrics
 from tests.helpers import ServerProcess, history, key_of, open_events, publish, recv, recv_until, send
 from tests.turn_scripts import CALL
 from tests.webhooks.conftest import Receiver
 
-METRICS_EVENT = {"type": "metrics", "data": {"stage": "llm", "ttfb_ms": 412.5, "duration_ms": 1_180, "model": "m"}}
+METRICS_EVENT = metrics("llm", ttfb_ms=412.5, duration_ms=1_180, model="gpt-4o-mini")
 
 
 def get(server: ServerProcess, key: str, path: str, **params: Any) -> httpx.Response:
@@ -130,6 +134,7 @@ def test_stats_sum_the_accounts_window(any_store: ServerProcess) -> None:
     for window in ("15m", "1h", "24h"):
         stats = get(any_store, key, "/v1/stats", window=window).json()
         assert stats["window"] == window
+        assert stats["latency_warn_ms"] == 1500  # the default threshold the dashboard flags against
         assert (stats["live_calls"], stats["calls"], stats["turns"], stats["interruptions"]) == (2, 3, 4, 2)
         assert stats["interruptions_per_call"] == pytest.approx(2 / 3, abs=1e-3)
         assert stats["ended"] == {"completed": 1}
@@ -225,3 +230,17 @@ def test_prometheus_counts_turns_and_interruptions(server: ServerProcess) -> Non
         bound = float(le)
         assert grew(f'callstream_turn_latency_seconds_bucket{{le="{le}"}}') == sum(x <= bound for x in latencies)
     assert grew("callstream_interruptions_total") == 1
+
+
+def test_the_grafana_dashboard_plots_only_what_the_server_exports(server: ServerProcess) -> None:
+    dashboard = orjson.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_bytes())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    exported: set[str] = set()  # every family the server declares, sampled yet or not
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith("# TYPE callstream_"):
+            _, _, name, kind = line.split(" ")
+            exported |= {name} | ({f"{name}_bucket", f"{name}_count", f"{name}_sum"} if kind == "histogram" else set())
+    used = {name for expr in exprs for name in re.findall(r"callstream_[a-z_]+", expr)}
+    assert {"callstream_turn_latency_seconds_bucket", "callstream_interruptions_total",
+            "callstream_connections", "callstream_events_delivered_total"} <= used  # fmt: skip
+    assert used <= exported, used - exported

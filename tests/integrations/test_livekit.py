@@ -19,15 +19,12 @@ pytest.importorskip("livekit.agents")
 
 from livekit.agents import Agent, AgentSession, function_tool, llm
 from livekit.agents.llm import ChatChunk, ChoiceDelta, FunctionToolCall
-from livekit.agents.metrics import EOUMetrics, STTMetrics, TTSMetrics
-from livekit.agents.metrics.base import Metadata
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.voice.events import (
     AgentStateChangedEvent,
     CloseEvent,
     CloseReason,
     ConversationItemAddedEvent,
-    MetricsCollectedEvent,
     UserInputTranscribedEvent,
     UserStateChangedEvent,
 )
@@ -103,10 +100,9 @@ async def test_a_running_agent_session_arrives_as_callstream_events_in_order(
         ("agent.state", "listening"),
         ("call.ended", "completed", "user_initiated"),
     ]
-    llm_metrics = [m["data"] for m in messages if m["type"] == "metrics"]  # LiveKit's own, one a reply
-    assert [d["stage"] for d in llm_metrics] == ["llm", "llm"]
-    assert all(d["duration_ms"] >= 0 and d["label"].endswith("ScriptedLLM") for d in llm_metrics), llm_metrics
-    assert [d["completion_tokens"] for d in llm_metrics] == [0, 0]  # what the scripted stream reported
+    llm_metrics = [m["data"] for m in messages if m["type"] == "metrics"]  # from the reply's ChatMessage.metrics
+    assert [d["stage"] for d in llm_metrics] == ["llm"]
+    assert llm_metrics[0]["ttfb_ms"] >= 0
 
 
 async def test_voice_events_interims_interruption_and_a_failed_close(
@@ -144,28 +140,28 @@ async def test_voice_events_interims_interruption_and_a_failed_close(
     assert messages[4]["data"]["interrupted"] is True
 
 
-async def test_stage_metrics_and_a_barge_in(server: ServerProcess, api_key: str, call_id: str) -> None:
-    """STT, TTS and end-of-utterance figures as the session emits them (its own metric classes),
-    and the caller speaking over the agent, which the server counts as an interruption."""
+async def test_turn_metrics_and_a_barge_in(server: ServerProcess, api_key: str, call_id: str) -> None:
+    """The figures LiveKit keeps on each message (its `MetricsReport`: STT, end of turn, LLM, TTS,
+    end to end), and the caller speaking over the agent, which the server counts as an
+    interruption."""
     ws = await subscribed(server, api_key, call_id)
     session: AgentSession[Any] = AgentSession()
-    now = time.time()
+    asked = llm.ChatMessage(role="user", content=["Is it open?"], metrics={
+        "transcription_delay": 0.18, "end_of_turn_delay": 0.42, "on_user_turn_completed_delay": 0.001,
+        "stt_metadata": {"model_name": "nova-3"}})  # fmt: skip
+    answer = llm.ChatMessage(role="assistant", content=["Yes, until ten."], metrics={
+        "llm_node_ttft": 0.35, "tts_node_ttfb": 0.21, "e2e_latency": 1.05,
+        "llm_metadata": {"model_name": "gpt-4.1-mini"}})  # fmt: skip
     async with Publisher(server.url, api_key) as publisher:
         bridge = await CallstreamSession.attach(session, call_id, publisher=publisher)
         assert bridge is not None
         for event in [
             ("user_input_transcribed", UserInputTranscribedEvent(transcript="Is it open?", is_final=True)),
-            ("metrics_collected", MetricsCollectedEvent(metrics=EOUMetrics(
-                timestamp=now, end_of_utterance_delay=0.42, transcription_delay=0.18, on_user_turn_completed_delay=0))),
-            ("metrics_collected", MetricsCollectedEvent(metrics=STTMetrics(
-                label="deepgram.STT", request_id="r1", timestamp=now, duration=0.0, audio_duration=2.5,
-                streamed=True, metadata=Metadata(model_name="nova-3")))),
+            ("conversation_item_added", ConversationItemAddedEvent(item=asked)),
             ("agent_state_changed", AgentStateChangedEvent(old_state="thinking", new_state="speaking")),
-            ("metrics_collected", MetricsCollectedEvent(metrics=TTSMetrics(
-                label="cartesia.TTS", request_id="r2", timestamp=now, ttfb=0.21, duration=1.5, audio_duration=3.0,
-                cancelled=False, characters_count=40, streamed=True))),
             ("user_state_changed", UserStateChangedEvent(old_state="listening", new_state="speaking")),
             ("agent_state_changed", AgentStateChangedEvent(old_state="speaking", new_state="listening")),
+            ("conversation_item_added", ConversationItemAddedEvent(item=answer)),
             ("user_input_transcribed", UserInputTranscribedEvent(transcript="Sorry, I mean", is_final=False)),
         ]:  # fmt: skip
             session.emit(*event)
@@ -174,22 +170,28 @@ async def test_stage_metrics_and_a_barge_in(server: ServerProcess, api_key: str,
     await ws.close()
     assert [brief(m) for m in messages] == [
         ("transcript.final", "user", "Is it open?", "user-1"),
-        ("metrics", "eou"),
         ("metrics", "stt"),
+        ("metrics", "eou"),
         ("agent.state", "speaking"),
-        ("metrics", "tts"),
         ("transcript.partial", "user", "…", "user-2"),  # the barge-in, before the agent stops
         ("agent.state", "listening"),
+        ("metrics", "llm"),
+        ("metrics", "tts"),
+        ("metrics", "e2e"),
+        ("transcript.final", "agent", "Yes, until ten.", "agent-1"),
         ("transcript.partial", "user", "Sorry, I mean", "user-2"),
         ("call.ended", "completed", None),
     ]
-    eou, stt, tts = (messages[i]["data"] for i in (1, 2, 4))
-    assert eou == {"stage": "eou", "duration_ms": 420.0, "transcription_delay_ms": 180.0}
-    assert stt == {"stage": "stt", "duration_ms": 0.0, "audio_ms": 2500.0, "label": "deepgram.STT", "model": "nova-3",
-                   "streamed": True}  # fmt: skip
-    assert (tts["ttfb_ms"], tts["duration_ms"], tts["audio_ms"]) == (210.0, 1500.0, 3000.0)
+    figures = [m["data"] for m in messages if m["type"] == "metrics"]
+    assert figures == [
+        {"stage": "stt", "duration_ms": 180.0, "model": "nova-3"},
+        {"stage": "eou", "duration_ms": 420.0, "callback_ms": 1.0},
+        {"stage": "llm", "ttfb_ms": 350.0, "model": "gpt-4.1-mini"},
+        {"stage": "tts", "ttfb_ms": 210.0},
+        {"stage": "e2e", "duration_ms": 1050.0},
+    ]
     assert "latency_ms" in messages[3]["data"]
-    assert messages[6]["data"]["interrupted"] is True  # measured by the server
+    assert messages[5]["data"]["interrupted"] is True  # measured by the server
 
 
 async def test_a_refused_key_is_logged_not_raised(server: ServerProcess, call_id: str) -> None:

@@ -38,6 +38,9 @@ def serve(
         bool | None, typer.Option("--webhooks-allow-private", help="allow webhook URLs on private networks")
     ] = None,
     sentiment: Annotated[bool | None, typer.Option("--sentiment/--no-sentiment")] = None,
+    latency_warn_ms: Annotated[
+        int | None, typer.Option(help="flag turns slower than this on the dashboard [default 1500]")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="critical|error|warning|info|debug")] = None,
     metrics_token: Annotated[
         str | None,
@@ -63,6 +66,7 @@ def serve(
         allowed_origins=_allowed_origins(allowed_origins),
         webhooks_allow_private=webhooks_allow_private,
         sentiment=sentiment,
+        latency_warn_ms=latency_warn_ms,
         log_level=log_level,
         metrics_token=metrics_token,
     )

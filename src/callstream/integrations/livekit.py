@@ -26,10 +26,13 @@ agent, and the handlers only queue events (``Publisher.send``), so they never bl
                                             ``reason`` is LiveKit's close reason
 ``user_state_changed`` to speaking while    first a user ``transcript.partial`` "…" (replaced by the
 the agent speaks                            words): the server counts the interruption
-``metrics_collected`` (STT, LLM, TTS, EOU)  ``metrics``: ``stage`` ``stt``, ``llm``, ``tts`` or
-                                            ``eou``, ``ttfb_ms``, ``duration_ms`` and the stage's
-                                            own figures (tokens, audio, delays) in ms
+each message's ``metrics`` (STT, EOU, LLM,  ``metrics`` per stage: ``stt`` and ``eou`` (the user's
+TTS, end to end), with its                  transcription and end-of-turn delays, ``duration_ms``),
+``conversation_item_added``                 ``llm`` and ``tts`` (``ttfb_ms``), ``e2e`` (``duration_ms``)
 ==========================================  ==========================================================
+
+The per-turn figures come from ``ChatMessage.metrics``: LiveKit Agents 1.8 deprecates the
+session's ``metrics_collected`` event in their favour (and logs a warning on every handler).
 
 Tested with livekit-agents 1.8 (a real ``AgentSession`` run in-process with a scripted LLM).
 """
@@ -44,14 +47,12 @@ from callstream.integrations import CallEvents, framework, parse_json_text
 
 with framework("LiveKit", "livekit-agents", "livekit"):
     from livekit.agents import llm
-    from livekit.agents.metrics import EOUMetrics, LLMMetrics, STTMetrics, TTSMetrics
     from livekit.agents.voice.events import (
         AgentStateChangedEvent,
         CloseEvent,
         CloseReason,
         ConversationItemAddedEvent,
         FunctionToolsExecutedEvent,
-        MetricsCollectedEvent,
         ToolCallStarted,
         ToolExecutionUpdatedEvent,
         UserInputTranscribedEvent,
@@ -74,7 +75,6 @@ HANDLERS = {
     "function_tools_executed": "_on_tools_executed",
     "close": "_on_close",
     "user_state_changed": "_on_user_state",
-    "metrics_collected": "_on_metrics",
 }
 
 
@@ -161,6 +161,8 @@ class CallstreamSession:
 
     def _on_item(self, ev: ConversationItemAddedEvent) -> None:
         item = ev.item
+        if isinstance(item, llm.ChatMessage):
+            self._item_metrics(item)
         if not isinstance(item, llm.ChatMessage) or not item.text_content:
             return
         if item.role == "assistant":
@@ -193,23 +195,31 @@ class CallstreamSession:
         if ev.new_state == "speaking":
             self.events.speaking_over()
 
-    def _on_metrics(self, ev: MetricsCollectedEvent) -> None:
-        """STT, LLM, TTS and end-of-utterance figures as `metrics` events (seconds → ms)."""
-        m, ms = ev.metrics, 1000.0
-        metadata = getattr(m, "metadata", None)
-        model = metadata.model_name if metadata is not None else None
-        if isinstance(m, LLMMetrics):
-            self.events.metrics("llm", ttfb_ms=m.ttft * ms, duration_ms=m.duration * ms, label=m.label, model=model,
-                                prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens)  # fmt: skip
-        elif isinstance(m, STTMetrics):
-            self.events.metrics("stt", duration_ms=m.duration * ms, audio_ms=m.audio_duration * ms, label=m.label,
-                                model=model, streamed=m.streamed)  # fmt: skip
-        elif isinstance(m, TTSMetrics):
-            self.events.metrics("tts", ttfb_ms=m.ttfb * ms, duration_ms=m.duration * ms,
-                                audio_ms=m.audio_duration * ms, label=m.label, model=model)  # fmt: skip
-        elif isinstance(m, EOUMetrics):
-            self.events.metrics("eou", duration_ms=m.end_of_utterance_delay * ms,
-                                transcription_delay_ms=m.transcription_delay * ms)  # fmt: skip
+    def _item_metrics(self, item: llm.ChatMessage) -> None:
+        """The turn's figures LiveKit keeps on each message (``ChatMessage.metrics``, seconds) as
+        ``metrics`` events in ms: the user's STT and end-of-utterance delays, the agent's LLM and
+        TTS time to first byte and its end-to-end latency."""
+        m, ms = item.metrics, 1000.0
+
+        def seconds(name: str) -> float | None:
+            value = m.get(name)
+            return value * ms if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+        def model(name: str) -> str | None:
+            found = m.get(name) or {}
+            return found.get("model_name") if isinstance(found, dict) else None
+
+        stages: dict[str, list[tuple[str, dict[str, Any]]]] = {
+            "user": [("stt", {"duration_ms": seconds("transcription_delay"), "model": model("stt_metadata")}),
+                     ("eou", {"duration_ms": seconds("end_of_turn_delay"),
+                              "callback_ms": seconds("on_user_turn_completed_delay")})],
+            "assistant": [("llm", {"ttfb_ms": seconds("llm_node_ttft"), "model": model("llm_metadata")}),
+                          ("tts", {"ttfb_ms": seconds("tts_node_ttfb"), "model": model("tts_metadata")}),
+                          ("e2e", {"duration_ms": seconds("e2e_latency")})],
+        }  # fmt: skip
+        for stage, figures in stages.get(item.role, []):
+            if figures.get("ttfb_ms") is not None or figures.get("duration_ms") is not None:
+                self.events.metrics(stage, **figures)
 
     def _on_close(self, ev: CloseEvent) -> None:
         failed = ev.error is not None or ev.reason == CloseReason.ERROR

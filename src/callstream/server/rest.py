@@ -203,10 +203,13 @@ async def get_stats(
         raise ApiError(403, "forbidden", "fleet statistics need a credential that sees every call")
     now = int(time.time() * 1000)
     step = WINDOWS[window][1]
-    minutes, calls = await runtime_of(request).store.quality_window(
+    runtime = runtime_of(request)
+    minutes, calls = await runtime.store.quality_window(
         principal.account, window_start(window, now), step, now - int(LIVE_TTL_S * 1000)
     )
-    return json_response(fleet_stats(window, now, minutes, calls))
+    body = fleet_stats(window, now, minutes, calls)
+    body["latency_warn_ms"] = runtime.settings.latency_warn_ms  # what the dashboard flags
+    return json_response(body)
 
 
 @router.get("/v1/calls/{call_id}/transcript", tags=["calls"])

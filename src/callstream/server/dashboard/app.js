@@ -1,4 +1,4 @@
-// callstream dashboard: live calls, listen-in, campaign sentiment.
+// callstream dashboard: live calls, listen-in, campaign sentiment and turn latency (quality.js).
 // Plain ES module on top of callstream.js; no build step, no dependencies.
 //
 // Auth: the page is opened as /?login=<one-time code>. The code is exchanged
@@ -7,6 +7,7 @@
 // (POST /v1/login/refresh). The page never sees an API key.
 
 import { CallStream, States } from "./callstream.js";
+import { isSlow, latencyBadge, quality, recordTurn, renderChart, renderTiles, turnItem } from "./quality.js";
 
 const SESSION_KEY = "callstream.session";
 // The campaign subscription ("*") carries what the list and the sparklines
@@ -14,6 +15,7 @@ const SESSION_KEY = "callstream.session";
 const WILDCARD_TYPES = ["transcript.final", "agent.state", "call.ended"];
 const TREND_POINTS = 24;
 const MAX_ENDED_SHOWN = 50;
+const STATS_EVERY_MS = 10_000; // the campaign view's fleet tiles and chart (GET /v1/stats)
 
 const $ = (id) => document.getElementById(id);
 const h = (tag, attrs = {}, ...children) => {
@@ -147,6 +149,7 @@ function applyMeta(c, m) {
     c.endStatus = m.end_status ?? c.endStatus;
   }
   if (m.sentiment && typeof m.sentiment.score === "number") c.serverSentiment = m.sentiment;
+  if (m.metrics) c.serverMetrics = m.metrics;
 }
 
 async function fetchMeta(c) {
@@ -203,12 +206,15 @@ function onEvent(msg) {
       }
       break;
     }
-    case "agent.state":
+    case "agent.state": {
+      const mark = recordTurn(c, msg); // the server's latency_ms / interrupted
+      if (mark) insertItem(c, mark);
       if (msg.seq > c.agentSeq && c.status !== "ended") {
         c.agentState = d.state;
         c.agentSeq = msg.seq;
       }
       break;
+    }
     case "function.call": {
       const item = { kind: "tool", seq: msg.seq, ts: msg.ts, name: d.name, args: d.args, toolCallId: d.tool_call_id ?? null, result: undefined, hasResult: false };
       const early = item.toolCallId != null ? c.pendingResults.get(item.toolCallId) : null;
@@ -350,7 +356,8 @@ function touch(id) {
 function sortedCalls() {
   const live = [], ended = [];
   for (const c of calls.values()) (c.status === "ended" ? ended : live).push(c);
-  live.sort((a, b) => (b.startedAt || b.firstSeen) - (a.startedAt || a.firstSeen));
+  // Calls whose turns run over the latency threshold first: they need a human now.
+  live.sort((a, b) => isSlow(b) - isSlow(a) || (b.startedAt || b.firstSeen) - (a.startedAt || a.firstSeen));
   ended.sort((a, b) => (b.endedAt || 0) - (a.endedAt || 0));
   return { live, ended: ended.slice(0, MAX_ENDED_SHOWN) };
 }
@@ -424,6 +431,7 @@ function updateRow(li, c) {
         : agentEl(h("span", { class: "agent" }), c.agentState),
       h("span", { class: "snippet", text: c.lastText || (c.status === "ended" ? "" : "Waiting for speech…") })),
     h("span", { class: "row-sent" }, sparkline(sent, 56, 20), chip(sent, { compact: true })),
+    latencyBadge(h, c),
   );
 }
 
@@ -541,6 +549,7 @@ function speakerName(sp) {
 }
 
 function buildItem(it) {
+  if (it.kind === "turn") return turnItem(h, it);
   if (it.kind === "line") {
     const sent = it.sentiment;
     const li = h("li", { class: `line ${it.speaker === "user" ? "spk-user" : "spk-agent"}${it.fresh ? " fresh" : ""}`, "data-seq": it.seq, "data-kind": "final" },
@@ -604,8 +613,11 @@ function renderCampaign() {
   const avg = liveScores.length ? liveScores.reduce((a, x) => a + x.score, 0) / liveScores.length : null;
   $("stat-sentiment").textContent = avg == null ? "–" : fmtScore(avg);
   $("stat-negative").textContent = String(live.filter((c) => sents.get(c.id)?.label === "negative").length);
+  renderTiles($, live.filter(isSlow).length);
   const score = (c) => (sents.get(c.id) ? sents.get(c.id).score : 0);
-  const order = [...live.sort((a, b) => score(a) - score(b)), ...ended.slice(0, 12)];
+  // Slow and negative calls first (they need a human), each group most negative first.
+  const flagged = (c) => isSlow(c) || sents.get(c.id)?.label === "negative";
+  const order = [...live.sort((a, b) => flagged(b) - flagged(a) || score(a) - score(b)), ...ended.slice(0, 12)];
   $("campaign-empty").hidden = order.length > 0;
   syncKeyed($("campaign-grid"), cards, order, buildCard, (li, c, built) => {
     if (built || cardDirty.has(c.id)) updateCard(li, c, sents.get(c.id));
@@ -629,7 +641,7 @@ function updateCard(li, c, sent) {
       h("span", { class: "cid", text: c.id }),
       h("span", { class: "dur", "data-dur": c.id, text: fmtDuration(durationOf(c)) })),
     h("div", { class: "card-mid" },
-      h("div", {}, chip(sent), h("div", { class: "card-state" }, c.status === "ended"
+      h("div", {}, chip(sent), latencyBadge(h, c), h("div", { class: "card-state" }, c.status === "ended"
         ? h("span", { class: `badge ${statusClass(c)}`, text: statusText(c) })
         : agentEl(h("span", { class: "agent" }), c.agentState))),
       sparkline(sent, 120, 36)),
@@ -653,7 +665,10 @@ function setView(view) {
     $(tab).tabIndex = on ? 0 : -1;
     $(panel).hidden = !on;
   }
-  if (view === "campaign") renderCampaign();
+  if (view === "campaign") {
+    renderCampaign();
+    renderChart($("fleet-chart")); // once shown: it is as wide as the view
+  }
 }
 $("tab-calls").addEventListener("click", () => setView("calls"));
 $("tab-campaign").addEventListener("click", () => setView("campaign"));
@@ -736,6 +751,20 @@ async function loadLiveCalls() {
   }
 }
 
+async function refreshStats() {
+  try {
+    const stats = await api("/v1/stats?window=15m");
+    const thresholdMoved = stats.latency_warn_ms !== quality.warnMs;
+    quality.stats = stats;
+    quality.warnMs = stats.latency_warn_ms;
+    if (thresholdMoved) for (const id of calls.keys()) touch(id); // colours and order follow it
+    if (ui.view === "campaign") {
+      renderCampaign();
+      renderChart($("fleet-chart"));
+    }
+  } catch { /* the tiles keep their last figures; the next tick tries again */ }
+}
+
 async function fillFromRest({ call_id: callId, since }) {
   // The server no longer holds that history for `since`: take it from the store, page by page.
   try {
@@ -791,6 +820,8 @@ async function main() {
   window.addEventListener("online", () => stream.reconnectNow());
   window.addEventListener("offline", () => { if (ui.connState !== "open") showConn("offline"); });
   if (m) select(decodeURIComponent(m[1]));
+  refreshStats();
+  setInterval(refreshStats, STATS_EVERY_MS);
   try {
     await loadLiveCalls();
   } catch (err) {
