@@ -39,6 +39,7 @@ from callstream.client import (
     parse_message,
     token_expiry,
 )
+from callstream.testing import metrics, server_event
 from tests.helpers import ServerProcess, ended, final, partial, publish
 
 
@@ -116,6 +117,9 @@ def test_turn_figures_and_producer_metrics_are_typed() -> None:
                            "data": {"stage": "tts", "ttfb_ms": 180.5, "duration_ms": True}})  # fmt: skip
     assert isinstance(stage, Metrics)
     assert (stage.stage, stage.ttfb_ms, stage.duration_ms) == ("tts", 180.5, None)
+    built = server_event(metrics("llm", ttfb_ms=420, model="m"), "c", 7)  # callstream.testing's builder
+    assert isinstance(built, Metrics)
+    assert (built.stage, built.ttfb_ms, built.data["model"]) == ("llm", 420, "m")
 
 
 def test_track_drops_duplicates_and_replay_overlap() -> None:

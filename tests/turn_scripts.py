@@ -7,9 +7,10 @@ it, with what each event measured for the call's row.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from callstream.turns import Marks, TurnTracker, role
+if TYPE_CHECKING:
+    from callstream.turns import Marks
 
 Kind = tuple[str, dict[str, Any]]
 
@@ -46,6 +47,8 @@ CALL: list[Kind] = [
 
 
 def measure(*script: tuple[int, Kind]) -> tuple[list[dict[str, Any]], list[Marks | None]]:
+    from callstream.turns import TurnTracker, role  # here: the e2e tests use the scripts alone
+
     tracker = TurnTracker()
     datas: list[dict[str, Any]] = []
     marks: list[Marks | None] = []

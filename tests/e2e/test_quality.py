@@ -5,6 +5,7 @@ figures in the events live, on replay and over REST, the call's metrics, /v1/sta
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 import uuid
@@ -16,13 +17,16 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from callstream.quality import nearest_rank
-from callstream.testing import metrics
 from tests.helpers import ServerProcess, history, key_of, open_events, publish, recv, recv_until, send
 from tests.turn_scripts import CALL
 from tests.webhooks.conftest import Receiver
 
-METRICS_EVENT = metrics("llm", ttfb_ms=412.5, duration_ms=1_180, model="gpt-4o-mini")
+METRICS_EVENT = {"type": "metrics", "data": {"stage": "llm", "ttfb_ms": 412.5, "duration_ms": 1_180, "model": "m"}}
+
+
+def nearest_rank(ordered: list[int], q: float) -> int:
+    """The q-quantile by nearest rank (the test's own, not the server's)."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def get(server: ServerProcess, key: str, path: str, **params: Any) -> httpx.Response:

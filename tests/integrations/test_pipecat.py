@@ -44,7 +44,7 @@ with warnings.catch_warnings():
     from pipecat.workers.runner import WorkerRunner
 
     from callstream import Publisher
-    from callstream.integrations.pipecat import CallstreamObserver, stage_of
+    from callstream.integrations.pipecat import CallstreamObserver
 
 from tests.helpers import ServerProcess, recv_until
 from tests.integrations.events import brief, subscribed
@@ -231,6 +231,8 @@ async def test_services_metrics_and_a_barge_in_are_published(server: ServerProce
 
 
 def test_a_services_stage_comes_from_its_name() -> None:
+    from callstream.integrations.pipecat import stage_of
+
     assert [stage_of(n) for n in ("DeepgramSTTService#0", "OpenAILLMService#2", "CartesiaTTSService#0")] == [
         "stt", "llm", "tts",
     ]
