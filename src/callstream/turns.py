@@ -65,15 +65,13 @@ class Marks:
     @classmethod
     def of_data(cls, event_type: str, data: dict[str, Any]) -> Marks | None:
         """The figures an event carries in its data (an event rebuilt from its frame)."""
-        if event_type != AGENT_STATE:
+        if event_type != AGENT_STATE or (LATENCY not in data and INTERRUPTED not in data):
             return None
         latency = data.get(LATENCY)
-        interrupted = data.get(INTERRUPTED) is True
         if not (isinstance(latency, int) and not isinstance(latency, bool)):
             latency = None
-        if latency is None and not interrupted:
-            return None
-        return cls(latency, interrupted)
+        interrupted = data.get(INTERRUPTED) is True
+        return None if latency is None and not interrupted else cls(latency, interrupted)
 
 
 class TurnTracker:

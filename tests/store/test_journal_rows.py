@@ -16,7 +16,7 @@ from callstream.store import SqlStore
 from callstream.store.chunks import by_call, chunk_rows
 from callstream.store.fold_process import merge_journal_rows, read_records
 from callstream.store.journal import JOURNAL_COLUMNS, JournalRow, journal_rows
-from callstream.store.sums import minute_rows
+from callstream.store.sums import MinuteRow, merged_minutes
 from callstream.turns import Marks
 from tests.store.test_store_contract import event
 
@@ -79,8 +79,10 @@ def test_a_log_row_carries_what_the_calls_row_needs_exactly_as_the_chunks_path_d
     chunks, calls, minutes = merge_journal_rows(journaled(batch))
 
     assert chunks == chunk_rows(grouped)
-    assert calls == SqlStore._call_rows(grouped)
-    assert minutes == minute_rows(grouped)
+    found: list[MinuteRow] = []
+    assert calls == SqlStore._call_rows(grouped, found)
+    assert sorted(minutes) == sorted(merged_minutes(found))
+    assert sum(n for *_, n in minutes) == 4  # three turns (one rebuilt from its frame), an interruption
 
 
 def sums(**given: Any) -> dict[str, Any]:

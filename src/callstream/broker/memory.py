@@ -6,6 +6,9 @@ events fan out once stored (see `deliver_after_store`). The replay log
 keeps every event of a call but partials a newer transcript superseded, for the call's life
 and `history_ttl_s` after it ended; older history comes from the store.
 
+Turns are measured here too: each call's `turns.TurnTracker` steps over its events as they are
+sequenced, at their ts, and what it measured is written into them before anyone sees them.
+
 Quotas are counted here, for this node: a call counts as live from the first event this broker
 sequences for it until its `call.ended`, or until it stayed idle for `live_ttl_s` (a producer
 that died without ending it): the sweep then forgets the call, so neither the count nor the

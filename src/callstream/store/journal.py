@@ -37,7 +37,7 @@ from callstream.events import ENDED, PARTIAL
 from callstream.store.chunks import CallEvents
 from callstream.store.fold_process import RECORD
 from callstream.store.rows import SUM_COLUMNS
-from callstream.store.sums import call_sums, minute_rows
+from callstream.store.sums import MinuteRow, call_sums, merged_minutes
 
 FOLD_EVERY_S: Final = 1.0
 # Or sooner, once the journal holds this many rows: a fold's transaction grows with its rows, and
@@ -186,7 +186,7 @@ def journal_rows(grouped: CallEvents) -> list[JournalRow] | None:
     such commits take the SQLAlchemy path, whose hooks write the webhook outbox in the same
     transaction."""
     rows: list[JournalRow] = []
-    minutes = minute_rows(grouped)  # one list for the commit: in its first row
+    minutes: list[MinuteRow] = []  # the commit's, in its last row
     for (account, call_id), held in grouped.items():
         frames: list[str] = []
         first_seq = last_seq = None  # of the stored events; None for partials only (the seq still moved on)
@@ -202,7 +202,8 @@ def journal_rows(grouped: CallEvents) -> list[JournalRow] | None:
             frames.append(event.frame)
         rows.append((
             account, call_id, first_seq, last_seq, f"[{','.join(frames)}]", held[-1].seq, held[0].ts,
-            *call_sums(held).values(), minutes,
+            *call_sums(held, minutes), [],
         ))
-        minutes = []
+    if minutes and rows:
+        rows[-1] = (*rows[-1][:-1], merged_minutes(minutes))
     return rows

@@ -77,7 +77,7 @@ class PgEventWriter:
         self, chunks: list[ChunkRow], calls: list[dict[str, Any]], minutes: Sequence[Sequence[Any]] = ()
     ) -> None:
         """Store `chunks` (`chunks.chunk_rows`), merge `calls` (`SqlStore._call_rows`, none ended)
-        and add `minutes` (`sums.minute_rows`)."""
+        and add `minutes` (`sums.merged_minutes`)."""
         conn = self._conn
         try:
             if conn is None:

@@ -53,7 +53,7 @@ CALL_MERGE: Final = {
     "user_talk_ms": "add",
 }
 
-# Per account and minute, what /v1/stats sums (`store.sums.minute_rows`).
+# Per account and minute, what /v1/stats sums (`store.sums.call_sums`).
 MINUTE_COLUMNS: Final = ("account", "minute", "name", "n")
 
 

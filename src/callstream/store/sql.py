@@ -50,7 +50,7 @@ from callstream.store.journal import (
 )
 from callstream.store.pg_writer import PgEventWriter
 from callstream.store.rows import MINUTE_COLUMNS
-from callstream.store.sums import call_sums, minute_rows
+from callstream.store.sums import MinuteRow, call_sums, merged_minutes
 
 log = logging.getLogger("callstream.store")
 
@@ -842,8 +842,9 @@ class SqlStore:
             if journal.unfolded_bytes >= JOURNAL_MAX_BYTES:  # the writer is behind: wait for it
                 await asyncio.shield(self._fold_soon())
             return
-        calls = self._call_rows(grouped)
-        minutes = minute_rows(grouped)
+        minutes: list[MinuteRow] = []
+        calls = self._call_rows(grouped, minutes)
+        minutes = merged_minutes(minutes)
         ends_a_call = any(c["status"] == "ended" for c in calls)
         if self._pg is not None and not ends_a_call:
             await self._pg.commit(chunk_rows(grouped), calls, minutes)
@@ -864,12 +865,13 @@ class SqlStore:
         self.commits += 1
 
     @staticmethod
-    def _call_rows(grouped: CallEvents) -> list[dict[str, Any]]:
-        """One row per call of the batch (`chunks.by_call`): what the upsert merges into `calls`."""
+    def _call_rows(grouped: CallEvents, minutes: list[MinuteRow]) -> list[dict[str, Any]]:
+        """One row per call of the batch (`chunks.by_call`): what the upsert merges into `calls`;
+        the batch's turns go into `minutes` (`sums.call_sums`)."""
         out: list[dict[str, Any]] = []
         for (account, call_id), held in grouped.items():
             row = rows.new_call_row(account, call_id, held[0].ts, held[-1].seq)
-            row.update(call_sums(held))
+            row.update(zip(rows.SUM_COLUMNS, call_sums(held, minutes), strict=True))
             last = held[-1]  # nothing follows a call's `call.ended`
             if last.type == ENDED:
                 row.update(

@@ -52,7 +52,7 @@ calls = sa.Table(
     sa.Index("ix_calls_account_status_ended", "account", "status", "ended_at"),
 )
 
-# Turns and interruptions per account and minute (`rows.minute_rows`): what /v1/stats sums over a
+# Turns and interruptions per account and minute (`sums.call_sums`): what /v1/stats sums over a
 # window without reading calls or events. `name`: `i` (interruptions) or `l<bucket>` (turns whose
 # latency falls in that bucket, `quality.latency_bucket`).
 quality_minutes = sa.Table(
