@@ -268,6 +268,9 @@ class SqlStore:
         self._pg = PgEventWriter(self.engine) if self.dialect == "postgresql" else None
         self._journal: EventJournal | None = None
         self._background_fold: asyncio.Task[None] | None = None
+        # One future per fold sent to the fold process, True once it committed: the journal's
+        # files it took are out of the journal but not in the database until then.
+        self._folds_in_flight: set[asyncio.Future[bool]] = set()
         self._forget: list[str] = []  # markers of folded journal files since deleted
         self._folder: asyncio.Task[None] | None = None
         # Call look-ups asked for in one loop iteration, answered by one query (`call_state`).
@@ -719,13 +722,26 @@ class SqlStore:
         Folds run beside the writer's commits: the journal takes appends in a new file meanwhile,
         so the fan-out never waits for a fold, and the fold process runs transactions one at a
         time in the order they were asked for, so a read's fold also waits for any fold in
-        flight before it."""
-        if self._journal_folder is None or not self._fold_needed():
+        flight before it. A read that finds the journal empty waits for the folds in flight all
+        the same: they took its rows out of the journal (after a crash, the files the dead node
+        left; a call looked up then would hand its seqs out again)."""
+        if self._journal_folder is None:
             return
+        while not self._fold_needed():
+            if await self._folds_committed():
+                return
+            # One failed or was cancelled: its files are back in the journal, for this read to fold.
         try:
             await self._folding(self._journal_folder)
         except FoldError as exc:
             raise StoreUnavailableError(f"the store could not fold its journal: {exc}") from exc
+
+    async def _folds_committed(self) -> bool:
+        """Wait for the folds in flight now; whether every one of them committed."""
+        in_flight = list(self._folds_in_flight)
+        if in_flight:
+            await asyncio.wait(in_flight)  # not gather: a cancelled read must not cancel them
+        return all(fold.result() for fold in in_flight)
 
     def _fold_soon(self) -> asyncio.Task[None]:
         """Start a fold unless one started this way is still running (every second, and when the
@@ -746,10 +762,14 @@ class SqlStore:
         journal = self._journal
         files = journal.take() if journal is not None else []
         forget, self._forget = self._forget, []
+        settled = asyncio.get_running_loop().create_future()
+        self._folds_in_flight.add(settled)
+        committed = False
         try:
             failed = await folder.fold(
                 Fold([(f.path, f.size) for f in files], [f.marker for f in files], forget)
             )
+            committed = True
         except BaseException:
             if journal is not None:
                 journal.give_back(files)
@@ -757,6 +777,9 @@ class SqlStore:
             if self._fold_failing_since is None:
                 self._fold_failing_since = asyncio.get_running_loop().time()
             raise
+        finally:  # its rows are in the database now, or back in the journal
+            self._folds_in_flight.discard(settled)
+            settled.set_result(committed)
         self._fold_failing_since = None
         for account, call_id, reason in failed:
             self._fail_call((account, call_id), reason)
