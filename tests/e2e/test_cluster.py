@@ -25,12 +25,12 @@ from tests.broker.services import (
     PG_PORT,
     REDIS_HOST,
     REDIS_PORT,
-    RedisServer,
     create_database,
     database_name,
     drop_database,
     require,
 )
+from tests.faults import RedisServer
 from tests.helpers import ServerProcess, ended, final, run_async
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
