@@ -149,8 +149,12 @@ def _final(text: str) -> dict[str, Any]:
 class Drill:
     """Producers, subscribers and a health poller on a `Cluster` (see the module doc)."""
 
-    def __init__(self, cluster: Cluster, key: str, *, interval_s: float = INTERVAL_S) -> None:
+    def __init__(
+        self, cluster: Cluster, key: str, *, interval_s: float = INTERVAL_S, producers_on: list[int] | None = None
+    ) -> None:
+        """`producers_on`: the nodes the producers use while one of them is up (default: all)."""
         self.cluster = cluster
+        self.producers_on = producers_on
         self.key = key
         self.interval_s = interval_s
         tag = secrets.token_hex(4)
@@ -170,8 +174,11 @@ class Drill:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
-    def _node(self) -> ServerProcess:
+    def _node(self, *, producing: bool = False) -> ServerProcess:
+        """The next live node in turn (for a producer, of `producers_on` while one is up)."""
         alive = self.cluster.alive
+        if producing and self.producers_on is not None:
+            alive = [i for i in alive if i in self.producers_on] or alive
         return self.cluster.nodes[alive[next(self._turn) % len(alive)]]
 
     def _count(self, answer: str) -> None:
@@ -203,7 +210,7 @@ class Drill:
             for i in itertools.count():
                 if self._stopping:
                     return
-                node, text = self._node(), f"r{i}"
+                node, text = self._node(producing=True), f"r{i}"
                 try:
                     url = f"{node.url}/v1/calls/{self.rest_call}/events"
                     response = await http.post(url, content=orjson.dumps(_final(text)), headers=self._auth)
@@ -219,7 +226,7 @@ class Drill:
     async def _ingest_producer(self) -> None:
         numbers = itertools.count()
         while not self._stopping:
-            node = self._node()
+            node = self._node(producing=True)
             try:
                 async with connect(f"{node.ws_url}/v1/ingest", additional_headers=self._auth) as ws:
                     await self._ingest_session(ws, numbers)
@@ -313,6 +320,21 @@ class Drill:
             await asyncio.to_thread(self.cluster.revive, kill)
         await self._until_every_node("healthz 200 after the outage", lambda s: s == 200, SETTLE_S)
 
+    async def revive(self, index: int) -> None:
+        """Start a node `outage` killed and left down, and wait until it is healthy."""
+        await asyncio.to_thread(self.cluster.revive, index)
+        await self._until_every_node("healthz 200 after a restart", lambda s: s == 200, SETTLE_S)
+
+    async def repaired(self, within_s: float = SETTLE_S) -> bool:
+        """Whether each call's stored history comes to hold 1..N within `within_s`, N being its
+        highest seq acked or seen by now (a problem if not): the nodes up now repaired the rest."""
+        tops = {call_id: self._top(call_id) for call_id in self.acked}
+        stored = await self._settled_history(within_s, tops)
+        for call_id, events in stored.items():
+            if missing := sorted(set(range(1, tops[call_id] + 1)) - set(events)):
+                self.findings.problems.append(f"{call_id}: seqs {missing[:10]} not stored {within_s:g} s on")
+        return not any(p.endswith(" s on") for p in self.findings.problems)
+
     async def _until_every_node(self, what: str, good: Any, within_s: float) -> bool:
         """Poll /healthz of every live node until each answered as `good` once; a problem if not."""
         pending = set(self.cluster.alive)
@@ -351,19 +373,25 @@ class Drill:
                 since = page["next_since"]
         return events
 
-    def _covers(self, stored: dict[str, dict[int, dict[str, Any]]]) -> bool:
-        """Each call's history is 1..N and holds everything acked or seen."""
+    def _top(self, call_id: str, stored: dict[int, Any] | None = None) -> int:
+        """The call's highest seq acked, seen (or stored)."""
+        return max([0, *self.acked[call_id], *self.seen[call_id], *(stored or ())])
+
+    def _covers(self, stored: dict[str, dict[int, dict[str, Any]]], tops: dict[str, int] | None) -> bool:
+        """Each call's history holds 1..N: N its highest seq (given, or acked, seen or stored)."""
         for call_id, events in stored.items():
-            top = max([0, *events, *self.acked[call_id], *self.seen[call_id]])
-            if set(events) != set(range(1, top + 1)):
+            top = tops[call_id] if tops is not None else self._top(call_id, events)
+            if not set(range(1, top + 1)) <= set(events):
                 return False
         return True
 
-    async def _settled_history(self) -> dict[str, dict[int, dict[str, Any]]]:
-        deadline = time.monotonic() + SETTLE_S
+    async def _settled_history(
+        self, within_s: float = SETTLE_S, tops: dict[str, int] | None = None
+    ) -> dict[str, dict[int, dict[str, Any]]]:
+        deadline = time.monotonic() + within_s
         while True:
             stored = {call: await self._read_history(call) for call in self.acked}
-            if self._covers(stored) or time.monotonic() > deadline:
+            if self._covers(stored, tops) or time.monotonic() > deadline:
                 return stored
             await asyncio.sleep(0.5)
 
@@ -391,7 +419,7 @@ class Drill:
         f = self.findings
         for call_id, events in stored.items():
             acked, seen = self.acked[call_id], self.seen[call_id]
-            top = max([0, *events, *acked, *seen])
+            top = self._top(call_id, events)
             f.acked += len(acked)
             f.stored += len(events)
             f.seen += len(seen)

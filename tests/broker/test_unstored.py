@@ -75,6 +75,19 @@ async def test_a_mark_on_one_node_holds_on_every_node(redis_nodes: Nodes) -> Non
     assert (await a.broker.publish(A, [ev("c1")]))[0].seq == 3
 
 
+async def test_a_repair_leaves_the_commits_under_way_alone(redis_nodes: Nodes) -> None:
+    a, b = await redis_nodes.add(), await redis_nodes.add()
+    failed = await _published(a.broker, "c1", 1)
+    under_way = await _published(b.broker, "c1", 2)  # b's commit has not answered yet
+    await a.broker.mark_unstored(failed)
+    async with a.broker.repairing(A, "c1") as work:
+        assert work.seqs == [1]  # b stores 2 and 3 itself: storing them here too would double them
+        await a.broker.repaired(A, "c1", work)
+    await b.broker.stored(under_way)
+    assert await a.broker.overdue() == []
+    assert (await a.broker.publish(A, [ev("c1")]))[0].seq == 4
+
+
 async def test_events_no_node_confirmed_in_time_are_taken_for_lost(redis_nodes: Nodes) -> None:
     redis_nodes.unstored_after_s = 0.3
     node = await redis_nodes.add()

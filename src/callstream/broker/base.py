@@ -120,13 +120,12 @@ UNSTORED_AFTER_S = 30.0
 
 @dataclass(slots=True)
 class Unstored:
-    """A call's events the store may lack (a repair's work): `seqs` sequenced and not confirmed
-    stored, in order; `events` those of them the replay log still holds, in seq order; `mark`
-    the broker's repair mark it covers (0: none)."""
+    """A call's events the store may lack (a repair's work): `seqs` whose commit failed or was
+    not confirmed in time, in order; `events` those of them the replay log still holds, in seq
+    order."""
 
     seqs: list[int] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    mark: int = 0
 
 
 @dataclass(slots=True)
@@ -203,7 +202,8 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def mark_unstored(self, events: Sequence[Event]) -> None:
         """The store failed to commit these events: their calls need a repair before `publish`
-        sequences more of them (it raises RepairNeededError until `repaired`), on every node."""
+        sequences more of them (it raises RepairNeededError until `repaired`), on every node.
+        Events a commit already confirmed (`stored`) stay confirmed."""
 
     @abc.abstractmethod
     def repairing(self, account: str, call_id: str) -> contextlib.AbstractAsyncContextManager[Unstored]:
@@ -212,11 +212,11 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def repaired(self, account: str, call_id: str, work: Unstored) -> None:
-        """The store holds `work` now (or never will): forget it, and lift the mark it covers."""
+        """The store holds `work` now (or never will): forget it."""
 
     @abc.abstractmethod
     async def overdue(self) -> list[tuple[str, str]]:
-        """(account, call_id) of calls whose unstored events wait for a repair: marked, or
+        """(account, call_id) of calls whose unstored events wait for a repair: failed, or
         unconfirmed for `UNSTORED_AFTER_S` (their node may be dead)."""
 
     def forget_history(self, account: str, call_id: str) -> None:  # noqa: B027 - optional hook

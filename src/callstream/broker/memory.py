@@ -268,7 +268,7 @@ class MemoryBroker(Broker):
             yield Unstored()
             return
         seqs = sorted(call.unstored)
-        yield Unstored(seqs, call.unstored_events(account, call_id), seqs[-1])
+        yield Unstored(seqs, call.unstored_events(account, call_id))
 
     async def repaired(self, account: str, call_id: str, work: Unstored) -> None:
         call = self._calls.get((account, call_id))

@@ -64,32 +64,32 @@ T = TypeVar("T")
 #       account's live set, then the unstored index (`redis_unstored`).
 # ARGV: ncalls, maxlen, live ttl, ended ttl, account channel, events quota, live calls quota,
 #       unstored after (ms),
-#       per call: its channel, its call_id as JSON (also its member in the live set), its member
-#       in the unstored index,
+#       per call: its channel, its call_id as JSON (also its member in the live set),
 #       per event: call index (1-based), type, type as JSON, data as JSON.
+# A call's member in the unstored index is the name of its state hash.
 # The live set scores each live call with its last event's ts: a member older than the live TTL
 # (its state key expired with it) no longer counts, so calls that never end decay.
 # Every stored type's seq goes into the call's unstored set (score: its ts) until a node says the
-# store holds it; a call with a repair mark, or with one left unconfirmed past `unstored after`,
-# is refused with 'repair' (nothing applied) until a repair stored what the log holds of it.
+# store holds it (`redis_unstored`); a call with a seq that failed (score 0) or that no node
+# confirmed within `unstored after` is refused with 'repair' (nothing applied) until a repair
+# stored what the log holds of it.
 _PUBLISH: Final = """
 local ncalls = tonumber(ARGV[1])
 local maxlen, live_ttl, ended_ttl, account_channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_events, max_live = tonumber(ARGV[6]), tonumber(ARGV[7])
 local unstored_after = tonumber(ARGV[8])
 local live_set, index = KEYS[3 * ncalls + 1], KEYS[3 * ncalls + 2]
-local ev = 9 + 3 * ncalls
+local ev = 9 + 2 * ncalls
 local nevents = (#ARGV - ev + 1) / 4
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local ts = string.format('%d', now_ms)
 local ended, last, count, first = {}, {}, {}, {}
 for c = 1, ncalls do
-  local state = redis.call('HMGET', KEYS[3 * c - 2], 'status', 'last_seq', 'repair')
+  local state = redis.call('HMGET', KEYS[3 * c - 2], 'status', 'last_seq')
   if not state[1] then return {'unknown', c} end
-  if state[3] then return {'repair', c} end
-  local oldest = redis.call('ZRANGE', KEYS[3 * c], 0, 0, 'WITHSCORES')
-  if #oldest > 0 and tonumber(oldest[2]) < now_ms - unstored_after then return {'repair', c} end
+  local lowest = redis.call('ZRANGE', KEYS[3 * c], 0, 0, 'WITHSCORES')
+  if #lowest > 0 and tonumber(lowest[2]) < now_ms - unstored_after then return {'repair', c} end
   ended[c] = state[1] == 'ended'
   last[c] = tonumber(state[2] or '0')
   count[c] = 0
@@ -108,7 +108,7 @@ if max_live > 0 then
   local cutoff = now_ms - tonumber(live_ttl) * 1000
   local n = -1
   for c = 1, ncalls do
-    local score = redis.call('ZSCORE', live_set, ARGV[7 + 3 * c])
+    local score = redis.call('ZSCORE', live_set, ARGV[8 + 2 * c])
     if not ended[c] and (not score or tonumber(score) < cutoff) then
       if n < 0 then
         redis.call('ZREMRANGEBYSCORE', live_set, '-inf', '(' .. string.format('%d', cutoff))
@@ -126,10 +126,10 @@ for j = 0, nevents - 1 do
   local state, stream = KEYS[3 * c - 2], KEYS[3 * c - 1]
   local seq = string.format('%d', redis.call('HINCRBY', state, 'last_seq', 1))
   redis.call('HSETNX', state, 'started_at', ts)
-  local frame = '{"type":' .. ARGV[ev + 4 * j + 2] .. ',"call_id":' .. ARGV[7 + 3 * c]
+  local frame = '{"type":' .. ARGV[ev + 4 * j + 2] .. ',"call_id":' .. ARGV[8 + 2 * c]
     .. ',"seq":' .. seq .. ',"ts":' .. ts .. ',"data":' .. ARGV[ev + 4 * j + 3] .. '}'
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
-  redis.call('PUBLISH', ARGV[6 + 3 * c], frame)
+  redis.call('PUBLISH', ARGV[7 + 2 * c], frame)
   redis.call('PUBLISH', account_channel, frame)
   if ARGV[ev + 4 * j + 1] ~= 'transcript.partial' then
     redis.call('ZADD', KEYS[3 * c], ts, seq)
@@ -149,13 +149,13 @@ for c = 1, ncalls do
   redis.call('EXPIRE', KEYS[3 * c - 1], ttl)
   if unstored[c] then
     redis.call('EXPIRE', KEYS[3 * c], ttl)
-    redis.call('ZADD', index, 'NX', ts, ARGV[8 + 3 * c])
+    redis.call('ZADD', index, 'NX', ts, KEYS[3 * c - 2])
   end
   if max_live > 0 then
     if ended[c] then
-      redis.call('ZREM', live_set, ARGV[7 + 3 * c])
+      redis.call('ZREM', live_set, ARGV[8 + 2 * c])
     else
-      redis.call('ZADD', live_set, ts, ARGV[7 + 3 * c])
+      redis.call('ZADD', live_set, ts, ARGV[8 + 2 * c])
     end
   end
 end
@@ -259,7 +259,6 @@ class RedisBroker(Broker):
             self._redis,
             prefix,
             self._call_key,
-            _escape,
             self._event,
             self._command,
             unstored_after_s=unstored_after_s,
@@ -364,7 +363,7 @@ class RedisBroker(Broker):
         ]
         call_json = {cid: orjson.dumps(cid).decode() for cid in call_ids}
         for cid in call_ids:
-            args += [self._call_key(account, cid, "ev"), call_json[cid], self._unstored.member(account, cid)]
+            args += [self._call_key(account, cid, "ev"), call_json[cid]]
         fragments = [(orjson.dumps(e.type).decode(), orjson.dumps(e.data).decode()) for e in events]
         for new, (type_json, data_json) in zip(events, fragments, strict=True):
             args += [position[new.call_id], new.type, type_json, data_json]
@@ -419,7 +418,7 @@ class RedisBroker(Broker):
         await self._unstored.stored(events)
 
     async def mark_unstored(self, events: Sequence[Event]) -> None:
-        await self._unstored.mark(events)
+        await self._unstored.failed(events)
 
     def repairing(self, account: str, call_id: str) -> AbstractAsyncContextManager[Unstored]:
         return self._unstored.repairing(account, call_id)

@@ -7,11 +7,11 @@ The route of an event. REST, the ingest socket (and therefore `Publisher`) all c
    `events.check_payload`); here a call the store refused takes no more events;
 2. enrich: sentiment on finals (pure functions, before anything is sequenced);
 3. sequence: `Broker.publish` gives each event its seq and ts and keeps it in the replay log,
-   once the calls' earlier events that a commit failed to take are stored (`HistoryRepair`);
+   once the calls' earlier events that a commit failed to store are stored (`HistoryRepair`:
+   from the broker's log, when the store is back);
 4. append: `SqlStore.append` queues it for the next commit and returns a future, durable when
-   it resolves; the store knows nothing of what follows. `HistoryRepair.track` wraps it: a
-   failed commit marks its calls for a repair (the events are stored from the broker's log
-   once the store is back), and a later commit of such a call is confirmed only after it;
+   it resolves; the store knows nothing of what follows (it tells `HistoryRepair` which events
+   each commit stored or failed to store);
 5. fan out: on the embedded broker once the append is durable (`_stored` gathers every append
    one commit settled and hands them to `Broker.deliver_stored` in one call); on Redis as the
    broker delivers them to every node. The hub then writes each subscriber's socket.
@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from callstream import metrics
 from callstream.auth import Authenticator, TokenSigner, new_signing_secret
 from callstream.broker import Broker, HeldHistory, Quotas, create_broker
+from callstream.broker.base import RepairNeededError
 from callstream.events import ENDED, FINAL, MAX_INT64, Event, NewEvent
 from callstream.hub import Hub
 from callstream.server.repair import HistoryRepair
@@ -92,6 +93,7 @@ class Runtime:
         await self.drain()
         await self.tasks.stop(grace_s=_TASKS_GRACE_S)
         await self._workers.stop()
+        await self.store.flush()  # so the broker hears of the last commits
         await self.history.close()
         await self.broker.close()
         await self.store.close()
@@ -117,11 +119,16 @@ class Runtime:
             self._refuse_failed_calls(account, events)
         if self._sentiment_enabled:
             self._enrich(events)
-        sequenced = await self.history.sequence(account, events)
+        if self.history.broken:
+            await self.history.repair_first(account, events)
+        try:
+            sequenced = await self.broker.publish(account, events)
+        except RepairNeededError as exc:  # a node failed to store some of the call: store it first
+            sequenced = await self.history.sequence_after(exc, events)
         metrics.EVENTS_PUBLISHED.inc(len(sequenced))
         if ended := sum(e.type == ENDED for e in sequenced):
             metrics.CALLS_ENDED.inc(ended)
-        durable = self.history.track(sequenced, self.store.append(sequenced))
+        durable = self.store.append(sequenced)
         if not self.broker.fans_out_on_publish:
             durable.add_done_callback(functools.partial(self._stored, sequenced))
         return sequenced, durable
