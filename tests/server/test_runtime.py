@@ -4,7 +4,6 @@ that records what it was handed."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from callstream.hub import Hub
 from callstream.server.runtime import Runtime
 from callstream.settings import Settings
 from callstream.store import StoreUnavailableError
+from tests.helpers import fill_next_journal_file
 
 
 class RecordingHub(Hub):
@@ -57,9 +57,7 @@ async def test_events_whose_commit_failed_fan_out_once_a_repair_stored_them_befo
 ) -> None:
     hub = runtime.hub
     assert isinstance(hub, RecordingHub)
-    journal = runtime.store._journal
-    assert journal is not None
-    os.symlink("/dev/full", f"{tmp_path / 'callstream.db'}-events.{journal._node}.{journal._generation}")
+    fill_next_journal_file(runtime.store, tmp_path / "callstream.db")
     _, durable = await runtime.publish("acme", [state("c1"), state("c2")])
     with pytest.raises(StoreUnavailableError):
         await durable

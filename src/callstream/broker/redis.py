@@ -17,6 +17,10 @@ Why this shape:
   `since`.
 - **The frame is encoded once.** The script builds the wire frame from JSON fragments the
   publishing node encoded; every node forwards those bytes unchanged.
+- **Delivered before stored.** Fan-out does not wait for the commit, so the script also keeps
+  each seq a commit has not confirmed yet (`redis_unstored`): one whose commit failed, or whose
+  node died, is stored later from the log (`server/repair.py`), and the call takes no new event
+  until then.
 """
 
 from __future__ import annotations
