@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from callstream.errors import UnavailableError
 from callstream.events import CallState, Event, NewEvent
 
 Deliver = Callable[[Sequence[Event]], None]  # a batch, in per-call seq order
@@ -95,7 +96,7 @@ class QuotaExceededError(Exception):
         self.retry_after_s = retry_after_s
 
 
-class BrokerUnavailableError(Exception):
+class BrokerUnavailableError(UnavailableError):
     """The broker's backing service cannot be reached; the caller should answer 503 / 1013."""
 
 

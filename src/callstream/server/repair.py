@@ -30,6 +30,7 @@ from callstream import metrics
 from callstream.broker import Broker, BrokerUnavailableError
 from callstream.broker.base import RepairBusyError, RepairNeededError, Unstored
 from callstream.events import Event, NewEvent
+from callstream.outages import OutageLog
 from callstream.server.tasks import TaskSet
 from callstream.store import CallFailedError, SqlStore, StoreUnavailableError
 
@@ -65,7 +66,7 @@ class HistoryRepair:
         self._confirm_timer: asyncio.TimerHandle | None = None
         self._running: dict[CallKey, asyncio.Task[None]] = {}
         self._tasks = TaskSet()
-        self._outage = False  # a sweep's repair failed: logged once until one succeeds
+        self._outage = OutageLog(log, "the sweep for events to repair")
         store.on_failure = self.failed
         if broker.tracks_unstored:
             store.on_commit = self.committed
@@ -197,13 +198,9 @@ class HistoryRepair:
                 with contextlib.suppress(RepairBusyError):  # another node is at it
                     await self.repair(account, call_id)
         except (StoreUnavailableError, BrokerUnavailableError) as exc:
-            if not self._outage:
-                log.warning("repairs wait for the store and the broker: %s", exc)
-            self._outage = True
+            self._outage.failed(exc)
             return
-        if self._outage:
-            log.info("repairs resumed")
-        self._outage = False
+        self._outage.recovered()
 
     def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.start(coro, name="repair")
