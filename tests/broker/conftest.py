@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from callstream.broker.base import LIVE_TTL_S, Broker, CallState, Quotas
+from callstream.broker.base import LIVE_TTL_S, UNSTORED_AFTER_S, Broker, CallState, Quotas
 from callstream.broker.memory import MemoryBroker
 from callstream.events import Event, NewEvent
 from tests.broker.services import REDIS_HOST, REDIS_PORT, REDIS_URL, require
@@ -62,6 +62,7 @@ class Nodes:
         self.quotas = Quotas()
         self.history_ttl_s = 3600.0
         self.live_ttl_s: float = LIVE_TTL_S
+        self.unstored_after_s: float = UNSTORED_AFTER_S
 
     def make(self) -> Broker:
         if self.kind == "memory":
@@ -78,6 +79,7 @@ class Nodes:
             ping_timeout_s=1.0,
             quotas=self.quotas,
             live_ttl_s=self.live_ttl_s,
+            unstored_after_s=self.unstored_after_s,
         )
 
     async def add(self) -> Node:

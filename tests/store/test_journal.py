@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
 import sqlite3
@@ -21,6 +20,7 @@ from callstream.store import sql as sql_module
 from callstream.store.chunks import by_call
 from callstream.store.fold_process import read_records
 from callstream.store.journal import EventJournal, JournalRow, journal_rows
+from tests.helpers import fill_next_journal_file
 from tests.store.test_journal_rows import logged_rows
 from tests.store.test_store_contract import event
 
@@ -229,9 +229,7 @@ async def test_a_node_that_ends_cleanly_leaves_no_journal(db_path: Path) -> None
 async def test_a_journal_write_the_disk_refuses_fails_that_commit_only(embedded_store: SqlStore, db_path: Path) -> None:
     """A full disk (here /dev/full under the journal's next file name): the producer is told its
     events were not stored, the node keeps serving, and later commits go to a new file."""
-    journal = embedded_store._journal
-    assert journal is not None
-    os.symlink("/dev/full", f"{db_path}-events.{journal._node}.{journal._generation}")
+    fill_next_journal_file(embedded_store, db_path)
 
     with pytest.raises(StoreUnavailableError, match="could not commit"):
         await embedded_store.append([event("acme", "c1", 1), event("acme", "c2", 1)])

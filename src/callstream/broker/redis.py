@@ -17,6 +17,10 @@ Why this shape:
   `since`.
 - **The frame is encoded once.** The script builds the wire frame from JSON fragments the
   publishing node encoded; every node forwards those bytes unchanged.
+- **Delivered before stored.** Fan-out does not wait for the commit, so the script also keeps
+  each seq a commit has not confirmed yet (`redis_unstored`): one whose commit failed, or whose
+  node died, is stored later from the log (`server/repair.py`), and the call takes no new event
+  until then.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeVar
 
 import hiredis
@@ -40,13 +45,17 @@ from redis.retry import Retry
 
 from callstream.broker.base import (
     LIVE_TTL_S,
+    UNSTORED_AFTER_S,
     Broker,
     BrokerUnavailableError,
     CallEndedError,
     HeldHistory,
     Quotas,
+    RepairNeededError,
+    Unstored,
 )
 from callstream.broker.redis_sockets import SocketCounter
+from callstream.broker.redis_unstored import UnstoredLedger
 from callstream.events import PARTIAL, CallState, Event, NewEvent
 
 __all__ = ["RedisBroker"]
@@ -55,23 +64,36 @@ log = logging.getLogger("callstream.broker.redis")
 
 T = TypeVar("T")
 
-# KEYS: state hash and log stream of each call of the batch, in pairs; then the account's live set.
+# KEYS: state hash, log stream and unstored set of each call of the batch, in threes; then the
+#       account's live set, then the unstored index (`redis_unstored`).
 # ARGV: ncalls, maxlen, live ttl, ended ttl, account channel, events quota, live calls quota,
+#       unstored after (ms),
 #       per call: its channel, its call_id as JSON (also its member in the live set),
 #       per event: call index (1-based), type, type as JSON, data as JSON.
+# A call's member in the unstored index is the name of its state hash.
 # The live set scores each live call with its last event's ts: a member older than the live TTL
 # (its state key expired with it) no longer counts, so calls that never end decay.
+# Every stored type's seq goes into the call's unstored set (score: its ts) until a node says the
+# store holds it (`redis_unstored`); a call with a seq that failed (score 0) or that no node
+# confirmed within `unstored after` is refused with 'repair' (nothing applied) until a repair
+# stored what the log holds of it.
 _PUBLISH: Final = """
 local ncalls = tonumber(ARGV[1])
 local maxlen, live_ttl, ended_ttl, account_channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_events, max_live = tonumber(ARGV[6]), tonumber(ARGV[7])
-local live_set = KEYS[2 * ncalls + 1]
-local ev = 8 + 2 * ncalls
+local unstored_after = tonumber(ARGV[8])
+local live_set, index = KEYS[3 * ncalls + 1], KEYS[3 * ncalls + 2]
+local ev = 9 + 2 * ncalls
 local nevents = (#ARGV - ev + 1) / 4
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local ts = string.format('%d', now_ms)
 local ended, last, count, first = {}, {}, {}, {}
 for c = 1, ncalls do
-  local state = redis.call('HMGET', KEYS[2 * c - 1], 'status', 'last_seq')
+  local state = redis.call('HMGET', KEYS[3 * c - 2], 'status', 'last_seq')
   if not state[1] then return {'unknown', c} end
+  local lowest = redis.call('ZRANGE', KEYS[3 * c], 0, 0, 'WITHSCORES')
+  if #lowest > 0 and tonumber(lowest[2]) < now_ms - unstored_after then return {'repair', c} end
   ended[c] = state[1] == 'ended'
   last[c] = tonumber(state[2] or '0')
   count[c] = 0
@@ -86,14 +108,11 @@ for j = 0, nevents - 1 do
   if not first[c] then first[c] = j end
   if ARGV[ev + 4 * j + 1] == 'call.ended' then ended[c] = true end
 end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local ts = string.format('%d', now_ms)
 if max_live > 0 then
   local cutoff = now_ms - tonumber(live_ttl) * 1000
   local n = -1
   for c = 1, ncalls do
-    local score = redis.call('ZSCORE', live_set, ARGV[7 + 2 * c])
+    local score = redis.call('ZSCORE', live_set, ARGV[8 + 2 * c])
     if not ended[c] and (not score or tonumber(score) < cutoff) then
       if n < 0 then
         redis.call('ZREMRANGEBYSCORE', live_set, '-inf', '(' .. string.format('%d', cutoff))
@@ -105,16 +124,21 @@ if max_live > 0 then
   end
 end
 local out = {'ok', ts}
+local unstored = {}
 for j = 0, nevents - 1 do
   local c = tonumber(ARGV[ev + 4 * j])
-  local state, stream = KEYS[2 * c - 1], KEYS[2 * c]
+  local state, stream = KEYS[3 * c - 2], KEYS[3 * c - 1]
   local seq = string.format('%d', redis.call('HINCRBY', state, 'last_seq', 1))
   redis.call('HSETNX', state, 'started_at', ts)
-  local frame = '{"type":' .. ARGV[ev + 4 * j + 2] .. ',"call_id":' .. ARGV[7 + 2 * c]
+  local frame = '{"type":' .. ARGV[ev + 4 * j + 2] .. ',"call_id":' .. ARGV[8 + 2 * c]
     .. ',"seq":' .. seq .. ',"ts":' .. ts .. ',"data":' .. ARGV[ev + 4 * j + 3] .. '}'
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
-  redis.call('PUBLISH', ARGV[6 + 2 * c], frame)
+  redis.call('PUBLISH', ARGV[7 + 2 * c], frame)
   redis.call('PUBLISH', account_channel, frame)
+  if ARGV[ev + 4 * j + 1] ~= 'transcript.partial' then
+    redis.call('ZADD', KEYS[3 * c], ts, seq)
+    unstored[c] = true
+  end
   if ARGV[ev + 4 * j + 1] == 'call.ended' then
     redis.call('HSET', state, 'status', 'ended')
   else
@@ -125,13 +149,17 @@ end
 for c = 1, ncalls do
   local ttl = live_ttl
   if ended[c] then ttl = ended_ttl end
-  redis.call('EXPIRE', KEYS[2 * c - 1], ttl)
-  redis.call('EXPIRE', KEYS[2 * c], ttl)
+  redis.call('EXPIRE', KEYS[3 * c - 2], ttl)
+  redis.call('EXPIRE', KEYS[3 * c - 1], ttl)
+  if unstored[c] then
+    redis.call('EXPIRE', KEYS[3 * c], ttl)
+    redis.call('ZADD', index, 'NX', ts, KEYS[3 * c - 2])
+  end
   if max_live > 0 then
     if ended[c] then
-      redis.call('ZREM', live_set, ARGV[7 + 2 * c])
+      redis.call('ZREM', live_set, ARGV[8 + 2 * c])
     else
-      redis.call('ZADD', live_set, ts, ARGV[7 + 2 * c])
+      redis.call('ZADD', live_set, ts, ARGV[8 + 2 * c])
     end
   end
 end
@@ -202,6 +230,7 @@ class RedisBroker(Broker):
         ping_interval_s: float = 1.0,
         ping_timeout_s: float = 3.0,
         watch_timeout_s: float = 5.0,
+        unstored_after_s: float = UNSTORED_AFTER_S,
     ) -> None:
         no_retry = Retry(NoBackoff(), 0)  # a retried EVALSHA could apply a batch twice
         options: dict[str, Any] = {
@@ -229,6 +258,14 @@ class RedisBroker(Broker):
             lambda account: self._account_key(account, "sockets"),
             self._command,
             dead_after_s=5 * ping_interval_s,
+        )
+        self._unstored = UnstoredLedger(
+            self._redis,
+            prefix,
+            self._call_key,
+            self._event,
+            self._command,
+            unstored_after_s=unstored_after_s,
         )
         self._watches: dict[str, _Watch] = {}
         self._inflight: dict[str, int] = {}  # SUBSCRIBEs sent, confirmation not read yet
@@ -314,8 +351,10 @@ class RedisBroker(Broker):
             return []
         call_ids = list(dict.fromkeys(e.call_id for e in events))
         position = {cid: i for i, cid in enumerate(call_ids, 1)}
-        keys = [self._call_key(account, cid, suffix) for cid in call_ids for suffix in ("state", "log")]
-        keys.append(self._account_key(account, "live"))
+        keys = [
+            self._call_key(account, cid, suffix) for cid in call_ids for suffix in ("state", "log", "unstored")
+        ]
+        keys += [self._account_key(account, "live"), self._unstored.index_key]
         args: list[str | int] = [
             len(call_ids),
             self._maxlen,
@@ -324,6 +363,7 @@ class RedisBroker(Broker):
             self._account_channel(account),
             self._quotas.events_per_call,
             self._quotas.live_calls,
+            self._unstored.unstored_after_ms,
         ]
         call_json = {cid: orjson.dumps(cid).decode() for cid in call_ids}
         for cid in call_ids:
@@ -337,6 +377,8 @@ class RedisBroker(Broker):
             if outcome == "unknown":
                 await self._seed(account, call_ids[int(reply[1]) - 1])
                 continue
+            if outcome == "repair":
+                raise RepairNeededError(account, call_ids[int(reply[1]) - 1])
             if outcome == "ended":
                 index = int(reply[1])
                 raise CallEndedError(events[index].call_id, index)
@@ -369,6 +411,27 @@ class RedisBroker(Broker):
         started = "" if state.started_at is None else str(state.started_at)
         args: list[str | int] = [state.status, state.last_seq, started, self._live_ttl, self._ended_ttl]
         await self._command(self._seed_script(keys=keys, args=args))
+
+    # ---- unstored events (`redis_unstored`) ------------------------------------------------
+
+    @property
+    def tracks_unstored(self) -> bool:
+        return True
+
+    async def stored(self, events: Sequence[Event]) -> None:
+        await self._unstored.stored(events)
+
+    async def mark_unstored(self, events: Sequence[Event]) -> None:
+        await self._unstored.failed(events)
+
+    def repairing(self, account: str, call_id: str) -> AbstractAsyncContextManager[Unstored]:
+        return self._unstored.repairing(account, call_id)
+
+    async def repaired(self, account: str, call_id: str, work: Unstored) -> None:
+        await self._unstored.repaired(account, call_id, work)
+
+    async def overdue(self) -> list[tuple[str, str]]:
+        return await self._unstored.overdue()
 
     # ---- sockets quota -------------------------------------------------------------------
 

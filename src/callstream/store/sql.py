@@ -74,6 +74,11 @@ class CallFailedError(StoreUnavailableError):
         self.calls = calls  # (account, call_id) of every call of the append that failed
 
 
+class CallUnsettledError(StoreUnavailableError):
+    """A failed commit left events of this call unstored (`SqlStore.unsettled`): nothing newer
+    of it is stored before them."""
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 DRIVER_ERRORS = (SQLAlchemyError, OSError)  # what the database's driver raises when it cannot serve
@@ -133,6 +138,7 @@ class _Pending:
     events: list[Event]
     future: asyncio.Future[None]
     at: float  # the event loop's clock when appended
+    again: bool = False  # events a failed commit did not store, appended again (`append`)
 
 
 @dataclass(slots=True)
@@ -259,6 +265,14 @@ class SqlStore:
         self.commits = 0
         # Calls whose rows the database refused (not an outage: other calls' rows were taken).
         self.failed_calls: dict[tuple[str, str], str] = {}
+        # Told, once per commit and in append order, of the events it stored (`on_commit`) or
+        # could not store for an outage (`on_failure`; refused calls are `failed_calls`).
+        self.on_commit: Callable[[list[Event]], None] | None = None
+        self.on_failure: Callable[[list[Event]], None] | None = None
+        # With `on_failure` set, the calls of the events it is told of: their later appends fail
+        # too, so nothing newer of such a call is stored before those, until the caller appends
+        # them again (`append(…, again=True)`) and calls `settle`.
+        self.unsettled: set[tuple[str, str]] = set()
         self._waiting_since: float | None = None  # the oldest write not committed yet
         self._write_outage = OutageLog(log, "writing events to the store")
         self._fold_outage = OutageLog(log, "folding the event journal")
@@ -606,16 +620,18 @@ class SqlStore:
 
     # ---- the batching writer -------------------------------------------------------------
 
-    def append(self, events: list[Event]) -> asyncio.Future[None]:
+    def append(self, events: list[Event], *, again: bool = False) -> asyncio.Future[None]:
         """Queue events for the next commit; the future resolves once they are durable.
 
         It fails with `CallFailedError` (naming the calls) when the database refused some of its
-        calls' rows, or with `StoreUnavailableError` when the commit failed whole. The store
-        stores and nothing else: what to do once events are durable is the caller's.
+        calls' rows, or with `StoreUnavailableError` when the commit failed whole, or when a call
+        of it is `unsettled` (unless `again`: these are the events a failed commit left out,
+        appended again). The store stores and nothing else: what to do once events are durable
+        is the caller's.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._pending.append(_Pending(events, future, loop.time()))
+        self._pending.append(_Pending(events, future, loop.time(), again))
         if self._waiting_since is None:
             self._waiting_since = self._pending[0].at
         self._wakeup.set()
@@ -636,7 +652,33 @@ class SqlStore:
                 batch = self._take_batch()
                 errors = await self._commit_batch(batch)
                 self._waiting_since = self._pending[0].at if self._pending else None
+                if errors:
+                    self._unsettle(batch, errors)
+                elif self.on_commit is not None:
+                    self.on_commit(list(chain.from_iterable(item.events for item in batch)))
                 self._settle(batch, errors)
+
+    def settle(self, account: str, call_id: str) -> None:
+        """The call's events a failed commit left out are stored again: it takes appends again."""
+        self.unsettled.discard((account, call_id))
+
+    def _unsettle(self, batch: list[_Pending], errors: dict[tuple[str, str], StoreUnavailableError]) -> None:
+        """After a commit some of whose calls failed: the hooks hear which events were stored and
+        which were not for an outage (whose calls become `unsettled`)."""
+        stored: list[Event] = []
+        lost: list[Event] = []
+        for item in batch:
+            for event in item.events:
+                error = _error_for(item, errors.get((event.account, event.call_id)))
+                if error is None:
+                    stored.append(event)
+                elif not isinstance(error, CallFailedError):
+                    lost.append(event)
+        if stored and self.on_commit is not None:
+            self.on_commit(stored)
+        if lost and self.on_failure is not None:
+            self.unsettled.update((event.account, event.call_id) for event in lost)
+            self.on_failure(lost)
 
     async def _commit_batch(self, batch: list[_Pending]) -> dict[tuple[str, str], StoreUnavailableError]:
         """Commit a batch; the calls whose events it could not store, each with the error.
@@ -648,10 +690,12 @@ class SqlStore:
         failure was the node's (a file the disk refused, a fold that failed), it is an outage and
         every call of the batch fails (the node is unhealthy until a write succeeds).
         """
-        events = list(chain.from_iterable(item.events for item in batch))
         errors: dict[tuple[str, str], StoreUnavailableError] = {}
+        events = self._batch_events(batch, errors)
         if self.failed_calls:
             events = self._without_failed_calls(events, errors)
+        if not events:
+            return errors
         try:
             await self._commit(events)
         except Exception as exc:  # mapped below to the project's own errors
@@ -674,6 +718,21 @@ class SqlStore:
             except Exception as exc:  # this call's rows alone
                 errors[key] = self._fail_call(key, f"{exc.__class__.__name__}: {exc}")
         return errors
+
+    def _batch_events(self, batch: list[_Pending], errors: dict[tuple[str, str], StoreUnavailableError]) -> list[Event]:
+        """The batch's events, but those of `unsettled` calls (unless appended again)."""
+        if not self.unsettled:
+            return list(chain.from_iterable(item.events for item in batch))
+        kept: list[Event] = []
+        for item in batch:
+            for event in item.events:
+                key = (event.account, event.call_id)
+                if item.again or key not in self.unsettled:
+                    kept.append(event)
+                else:
+                    message = f"call {event.call_id}: events before this one are not stored yet; retry"
+                    errors[key] = CallUnsettledError(message)
+        return kept
 
     def _without_failed_calls(
         self, events: list[Event], errors: dict[tuple[str, str], StoreUnavailableError]
@@ -905,9 +964,17 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     return started, call_id
 
 
+def _error_for(item: _Pending, error: StoreUnavailableError | None) -> StoreUnavailableError | None:
+    """`error` of a call as it bears on `item`: none when the item was appended again (it went
+    in) and the error only says the call is unsettled."""
+    return None if item.again and isinstance(error, CallUnsettledError) else error
+
+
 def _error_of(item: _Pending, errors: dict[tuple[str, str], StoreUnavailableError]) -> StoreUnavailableError | None:
     """The append's error: a failed commit's, or one naming every call of the append that failed."""
-    failed = frozenset(key for e in item.events if (key := (e.account, e.call_id)) in errors)
+    failed = frozenset(
+        key for e in item.events if _error_for(item, errors.get(key := (e.account, e.call_id))) is not None
+    )
     if not failed:
         return None
     first = errors[next(iter(failed))]
