@@ -1,4 +1,5 @@
-"""Fixtures: a real server process per test session (and fresh ones for restart tests)."""
+"""Fixtures: a real server process per test session (and fresh ones for restart tests), a fresh
+database on the machine's PostgreSQL, and services of the test's own to take down (tests/faults.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker.services import PG_HOST, PG_PORT, create_database, database_name, drop_database, require
-from tests.helpers import ServerProcess, run_async
+from tests.broker.services import REDIS_HOST, REDIS_PORT, Database, fresh_database, require
+from tests.faults import PrivatePostgres, RedisServer, private_postgres
+from tests.helpers import ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +47,29 @@ def call_id() -> str:
     return f"call_{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture
+def pg_database() -> Iterator[Database]:
+    """An empty database of the test's own on the machine's PostgreSQL."""
+    with fresh_database() as database:
+        yield database
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A started PostgreSQL cluster of the test's own, to stop and start (tests/faults.py)."""
+    with private_postgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A started redis-server of the test's own, to kill and restart (tests/faults.py)."""
+    require("Redis", REDIS_HOST, REDIS_PORT)  # same policy: the machine is meant to have Redis
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def any_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server on the embedded SQLite store, and one on a fresh PostgreSQL database (a module's)."""
@@ -53,11 +78,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         yield server
         server.stop()
         return
-    require("PostgreSQL", PG_HOST, PG_PORT)
-    name = database_name()
-    run_async(create_database(name))
-    database = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    server = ServerProcess(tmp_path_factory.mktemp("postgresql"), "--database", database).start()
-    yield server
-    server.stop()
-    run_async(drop_database(name))
+    with fresh_database() as database:
+        server = ServerProcess(tmp_path_factory.mktemp("postgresql"), "--database", database.url).start()
+        yield server
+        server.stop()

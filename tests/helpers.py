@@ -18,6 +18,8 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from callstream.store import SqlStore
+
 ALL_SCOPES = "publish,subscribe,admin"
 
 
@@ -119,8 +121,16 @@ class ServerProcess:
         )
 
     def create_key(self, account: str, scopes: str = ALL_SCOPES) -> str:
+        return self.create_key_with_id(account, scopes)[1]
+
+    def create_key_with_id(self, account: str, scopes: str = ALL_SCOPES) -> tuple[str, str]:
+        """A new key's (id, secret)."""
         out = self.cli("keys", "create", "--account", account, "--scope", scopes, "--json", *self.database_args())
-        return str(orjson.loads(out.stdout)["key"])
+        created = orjson.loads(out.stdout)
+        return str(created["id"]), str(created["key"])
+
+    def revoke_key(self, key_id: str) -> None:
+        self.cli("keys", "revoke", key_id, *self.database_args())
 
     def login_url(self, account: str) -> str:
         out = self.cli("login", "--account", account, "--url", self.url, *self.database_args())
@@ -203,3 +213,11 @@ def partial(text: str, speaker: str = "user", **extra: Any) -> dict[str, Any]:
 
 def ended(status: str = "completed", duration_ms: int = 1000) -> dict[str, Any]:
     return {"type": "call.ended", "data": {"status": status, "duration_ms": duration_ms}}
+
+
+def fill_next_journal_file(store: SqlStore, db_path: Path | str) -> None:
+    """The embedded store's next journal write fails as on a full disk (/dev/full under the
+    journal file's name); the journal moves on to a new file after it."""
+    journal = store._journal
+    assert journal is not None
+    os.symlink("/dev/full", f"{db_path}-events.{journal._node}.{journal._generation}")

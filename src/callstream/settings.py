@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     token_ttl_s: int = Field(900, ge=10, le=86_400)
     token_max_ttl_s: int = Field(86_400, ge=10, le=86_400)
     revocation_poll_s: float = Field(1.0, gt=0, le=4.0)
+    key_outage_grace_s: float = Field(
+        300.0, ge=0, le=300.0, description="a key the store confirmed this recently keeps working while it is down"
+    )
     sentiment: bool = True
     latency_warn_ms: int = Field(
         1500, ge=1, le=600_000, description="a turn slower than this is flagged (dashboard, /v1/stats)"

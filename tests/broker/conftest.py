@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
 
-from callstream.broker.base import LIVE_TTL_S, Broker, CallState, Quotas
+from callstream.broker.base import LIVE_TTL_S, UNSTORED_AFTER_S, Broker, CallState, Quotas
 from callstream.broker.memory import MemoryBroker
 from callstream.events import Event, NewEvent
-from tests.broker.services import REDIS_HOST, REDIS_PORT, REDIS_URL, RedisServer, require
+from tests.broker.services import REDIS_HOST, REDIS_PORT, REDIS_URL, require
 
 
 class Node:
@@ -63,6 +62,7 @@ class Nodes:
         self.quotas = Quotas()
         self.history_ttl_s = 3600.0
         self.live_ttl_s: float = LIVE_TTL_S
+        self.unstored_after_s: float = UNSTORED_AFTER_S
 
     def make(self) -> Broker:
         if self.kind == "memory":
@@ -79,6 +79,7 @@ class Nodes:
             ping_timeout_s=1.0,
             quotas=self.quotas,
             live_ttl_s=self.live_ttl_s,
+            unstored_after_s=self.unstored_after_s,
         )
 
     async def add(self) -> Node:
@@ -122,15 +123,6 @@ async def redis_nodes(calls: Calls) -> AsyncIterator[Nodes]:
     cluster = Nodes("redis", calls)
     yield cluster
     await cluster.close()
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, to kill and restart."""
-    require("Redis", REDIS_HOST, REDIS_PORT)  # same policy: the machine is meant to have Redis
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def ev(call_id: str, event_type: str = "agent.state", **data: object) -> NewEvent:

@@ -8,9 +8,11 @@ included) in `seq` order. Implementations: `memory` (one process) and `redis` (s
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from callstream.errors import UnavailableError
 from callstream.events import CallState, Event, NewEvent
 
 Deliver = Callable[[Sequence[Event]], None]  # a batch, in per-call seq order
@@ -94,8 +96,37 @@ class QuotaExceededError(Exception):
         self.retry_after_s = retry_after_s
 
 
-class BrokerUnavailableError(Exception):
+class BrokerUnavailableError(UnavailableError):
     """The broker's backing service cannot be reached; the caller should answer 503 / 1013."""
+
+
+class RepairNeededError(Exception):
+    """The store may lack events of this call that the broker sequenced: they are to be stored
+    (`Broker.repairing`) before anything more of the call is sequenced. Nothing was applied."""
+
+    def __init__(self, account: str, call_id: str) -> None:
+        super().__init__(f"call {call_id}: events sequenced before are not stored yet")
+        self.account = account
+        self.call_id = call_id
+
+
+class RepairBusyError(BrokerUnavailableError):
+    """Another node is storing this call's unstored events right now; retry in a moment."""
+
+
+#: An event the store has not confirmed after this long is taken for lost by the node that
+#: sequenced it (the node died, or its commit failed unseen): any node may then store it.
+UNSTORED_AFTER_S = 30.0
+
+
+@dataclass(slots=True)
+class Unstored:
+    """A call's events the store may lack (a repair's work): `seqs` whose commit failed or was
+    not confirmed in time, in order; `events` those of them the replay log still holds, in seq
+    order."""
+
+    seqs: list[int] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -158,6 +189,36 @@ class Broker(abc.ABC):
 
     def deliver_stored(self, events: Sequence[Event]) -> None:  # noqa: B027 - optional hook
         """The store committed these events (in seq order); a broker that waits for that fans out now."""
+
+    # ---- unstored events (server/repair.py) -------------------------------------------------
+
+    @property
+    def tracks_unstored(self) -> bool:
+        """True when `publish` records what it sequenced as unstored until `stored` is called."""
+        return False
+
+    async def stored(self, events: Sequence[Event]) -> None:  # noqa: B027 - optional hook
+        """The store committed these events: they no longer need a repair."""
+
+    @abc.abstractmethod
+    async def mark_unstored(self, events: Sequence[Event]) -> None:
+        """The store failed to commit these events: their calls need a repair before `publish`
+        sequences more of them (it raises RepairNeededError until `repaired`), on every node.
+        Events a commit already confirmed (`stored`) stay confirmed."""
+
+    @abc.abstractmethod
+    def repairing(self, account: str, call_id: str) -> contextlib.AbstractAsyncContextManager[Unstored]:
+        """Claim the call's repair (RepairBusyError when another node holds it) for the block,
+        which receives the call's `Unstored` events."""
+
+    @abc.abstractmethod
+    async def repaired(self, account: str, call_id: str, work: Unstored) -> None:
+        """The store holds `work` now (or never will): forget it."""
+
+    @abc.abstractmethod
+    async def overdue(self) -> list[tuple[str, str]]:
+        """(account, call_id) of calls whose unstored events wait for a repair: failed, or
+        unconfirmed for `UNSTORED_AFTER_S` (their node may be dead)."""
 
     def forget_history(self, account: str, call_id: str) -> None:  # noqa: B027 - optional hook
         """The store refused some of this call's events: the replay log must not serve what it

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import orjson
 
@@ -31,6 +31,8 @@ from callstream.broker.base import (
     CallEndedError,
     HeldHistory,
     Quotas,
+    RepairNeededError,
+    Unstored,
 )
 from callstream.events import ENDED, CallState, Event, NewEvent
 from callstream.turns import TurnTracker, role
@@ -59,6 +61,7 @@ class _Call:
         "status",
         "superseded",
         "turns",
+        "unstored",
     )
 
     def __init__(self, state: CallState) -> None:
@@ -72,6 +75,7 @@ class _Call:
         self.latest: dict[str, int] = {}  # supersede key → seq of the newest partial of that key
         self.superseded: set[int] = set()  # seqs of partials a newer transcript superseded
         self.ended_at: float | None = None
+        self.unstored: set[int] = set()  # seqs whose commit failed: stored by a repair first
         self.turns = TurnTracker()
 
     def append(self, event: Event) -> None:
@@ -99,6 +103,14 @@ class _Call:
             Event(account, call_id, seq, ts, kind, orjson.loads(frame)["data"], frame, key=key)
             for seq, ts, kind, frame, key in self.log
             if seq > since and seq not in gone
+        ]
+
+    def unstored_events(self, account: str, call_id: str) -> list[Event]:
+        wanted = self.unstored
+        return [
+            Event(account, call_id, seq, ts, kind, orjson.loads(frame)["data"], frame, key=key)
+            for seq, ts, kind, frame, key in self.log
+            if seq in wanted
         ]
 
 
@@ -149,6 +161,9 @@ class MemoryBroker(Broker):
             loaded = await asyncio.gather(*(self._call(account, cid) for cid in call_ids))
             calls = dict(zip(call_ids, loaded, strict=True))
         # From here on no await: the check and the sequencing are one atomic step.
+        for cid, call in calls.items():
+            if call.unstored:
+                raise RepairNeededError(account, cid)
         ended = {cid: call.status == "ended" for cid, call in calls.items()}
         for index, new in enumerate(events):
             if ended[new.call_id]:
@@ -247,6 +262,32 @@ class MemoryBroker(Broker):
     def forget_history(self, account: str, call_id: str) -> None:
         self._release_log(account, call_id)
 
+    # ---- unstored events: one node, so the marks live here -------------------------------
+
+    async def mark_unstored(self, events: Sequence[Event]) -> None:
+        for event in events:
+            call = self._calls.get((event.account, event.call_id))
+            if call is not None and not event.is_partial:  # partials are never stored
+                call.unstored.add(event.seq)
+
+    @contextlib.asynccontextmanager
+    async def repairing(self, account: str, call_id: str) -> AsyncIterator[Unstored]:
+        """No claim to make: the node's repair runs one at a time per call."""
+        call = self._calls.get((account, call_id))
+        if call is None or not call.unstored:
+            yield Unstored()
+            return
+        seqs = sorted(call.unstored)
+        yield Unstored(seqs, call.unstored_events(account, call_id))
+
+    async def repaired(self, account: str, call_id: str, work: Unstored) -> None:
+        call = self._calls.get((account, call_id))
+        if call is not None:
+            call.unstored.difference_update(work.seqs)
+
+    async def overdue(self) -> list[tuple[str, str]]:
+        return [key for key, call in self._calls.items() if call.unstored]
+
     def _release_log(self, account: str, call_id: str) -> None:
         """An ended call whose events are all committed: the store now answers `since` for it.
 
@@ -331,7 +372,8 @@ class MemoryBroker(Broker):
         expired = [
             k
             for k, c in self._calls.items()
-            if (c.ended_at is not None and c.ended_at < deadline) or (c.ended_at is None and c.active_ms < idle_since)
+            if not c.unstored  # its log is what a repair stores from
+            and ((c.ended_at is not None and c.ended_at < deadline) or (c.ended_at is None and c.active_ms < idle_since))
         ]
         for key in expired:
             call = self._calls.pop(key)

@@ -17,6 +17,10 @@ Why this shape:
   `since`.
 - **The frame is encoded once.** The script builds the wire frame from JSON fragments the
   publishing node encoded; every node forwards those bytes unchanged.
+- **Delivered before stored.** Fan-out does not wait for the commit, so the script also keeps
+  each seq a commit has not confirmed yet (`redis_unstored`): one whose commit failed, or whose
+  node died, is stored later from the log (`server/repair.py`), and the call takes no new event
+  until then.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeVar
 
 import hiredis
@@ -40,13 +45,17 @@ from redis.retry import Retry
 
 from callstream.broker.base import (
     LIVE_TTL_S,
+    UNSTORED_AFTER_S,
     Broker,
     BrokerUnavailableError,
     CallEndedError,
     HeldHistory,
     Quotas,
+    RepairNeededError,
+    Unstored,
 )
 from callstream.broker.redis_sockets import SocketCounter
+from callstream.broker.redis_unstored import UnstoredLedger
 from callstream.events import PARTIAL, CallState, Event, NewEvent
 from callstream.turns import Marks, role
 
@@ -56,13 +65,20 @@ log = logging.getLogger("callstream.broker.redis")
 
 T = TypeVar("T")
 
-# KEYS: state hash and log stream of each call of the batch, in pairs; then the account's live set.
+# KEYS: state hash, log stream and unstored set of each call of the batch, in threes; then the
+#       account's live set, then the unstored index (`redis_unstored`).
 # ARGV: ncalls, maxlen, live ttl, ended ttl, account channel, events quota, live calls quota,
+#       unstored after (ms),
 #       per call: its channel, its call_id as JSON (also its member in the live set),
 #       per event: call index (1-based), type, type as JSON, data as JSON, its turn role
 #       (`turns.role`).
+# A call's member in the unstored index is the name of its state hash.
 # The live set scores each live call with its last event's ts: a member older than the live TTL
 # (its state key expired with it) no longer counts, so calls that never end decay.
+# Every stored type's seq goes into the call's unstored set (score: its ts) until a node says the
+# store holds it (`redis_unstored`); a call with a seq that failed (score 0) or that no node
+# confirmed within `unstored after` is refused with 'repair' (nothing applied) until a repair
+# stored what the log holds of it.
 # The call's turn tracker (`turns.TurnTracker`, the same steps) lives in its state hash: `spk`,
 # `fin`, `usr` (ts, absent when None) and `ovr` ('1' when true). The reply holds, per event, its
 # seq and what it measured: '' or 'latency,interrupted,agent_ms,user_ms' (latency '' if none).
@@ -70,14 +86,20 @@ _PUBLISH: Final = """
 local ncalls = tonumber(ARGV[1])
 local maxlen, live_ttl, ended_ttl, account_channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_events, max_live = tonumber(ARGV[6]), tonumber(ARGV[7])
-local live_set = KEYS[2 * ncalls + 1]
-local ev = 8 + 2 * ncalls
+local unstored_after = tonumber(ARGV[8])
+local live_set, index = KEYS[3 * ncalls + 1], KEYS[3 * ncalls + 2]
+local ev = 9 + 2 * ncalls
 local nevents = (#ARGV - ev + 1) / 5
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local ts = string.format('%d', now_ms)
 local ended, last, count, first = {}, {}, {}, {}
 local spk, fin, usr, ovr, was = {}, {}, {}, {}, {}
 for c = 1, ncalls do
-  local state = redis.call('HMGET', KEYS[2 * c - 1], 'status', 'last_seq', 'spk', 'fin', 'usr', 'ovr')
+  local state = redis.call('HMGET', KEYS[3 * c - 2], 'status', 'last_seq', 'spk', 'fin', 'usr', 'ovr')
   if not state[1] then return {'unknown', c} end
+  local lowest = redis.call('ZRANGE', KEYS[3 * c], 0, 0, 'WITHSCORES')
+  if #lowest > 0 and tonumber(lowest[2]) < now_ms - unstored_after then return {'repair', c} end
   ended[c] = state[1] == 'ended'
   last[c] = tonumber(state[2] or '0')
   count[c] = 0
@@ -96,20 +118,20 @@ for j = 0, nevents - 1 do
 end
 local function int(n) return string.format('%d', n) end
 -- One step of the call's turn tracker: what the event measured, and what its data gains.
-local function step(c, part, now)
+local function step(c, part, at)
   if part == 'p' then
-    if not usr[c] then usr[c] = now end
+    if not usr[c] then usr[c] = at end
     if spk[c] then ovr[c] = true end
   elseif part == 'f' then
-    local since = usr[c] or now
-    usr[c], fin[c] = nil, now
+    local since = usr[c] or at
+    usr[c], fin[c] = nil, at
     if spk[c] then ovr[c] = true end
-    if now > since then return ',0,0,' .. int(now - since), '' end
+    if at > since then return ',0,0,' .. int(at - since), '' end
   elseif part == 's' then
     if not spk[c] then
-      spk[c], ovr[c] = now, false
+      spk[c], ovr[c] = at, false
       if fin[c] then
-        local latency = int(math.max(0, now - fin[c]))
+        local latency = int(math.max(0, at - fin[c]))
         fin[c] = nil
         return latency .. ',0,0,0', ',"latency_ms":' .. latency
       end
@@ -117,12 +139,12 @@ local function step(c, part, now)
   elseif part == 'l' or part == 'e' then
     local agent, user, interrupted = 0, 0, false
     if spk[c] then
-      agent = math.max(0, now - spk[c])
+      agent = math.max(0, at - spk[c])
       interrupted = ovr[c] and part == 'l'
       spk[c], ovr[c] = nil, false
     end
     if part == 'e' and usr[c] then
-      user = math.max(0, now - usr[c])
+      user = math.max(0, at - usr[c])
       usr[c] = nil
     end
     if interrupted then return ',1,' .. int(agent) .. ',' .. int(user), ',"interrupted":true' end
@@ -130,14 +152,11 @@ local function step(c, part, now)
   end
   return '', ''
 end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local ts = string.format('%d', now_ms)
 if max_live > 0 then
   local cutoff = now_ms - tonumber(live_ttl) * 1000
   local n = -1
   for c = 1, ncalls do
-    local score = redis.call('ZSCORE', live_set, ARGV[7 + 2 * c])
+    local score = redis.call('ZSCORE', live_set, ARGV[8 + 2 * c])
     if not ended[c] and (not score or tonumber(score) < cutoff) then
       if n < 0 then
         redis.call('ZREMRANGEBYSCORE', live_set, '-inf', '(' .. string.format('%d', cutoff))
@@ -149,9 +168,10 @@ if max_live > 0 then
   end
 end
 local out = {'ok', ts}
+local unstored = {}
 for j = 0, nevents - 1 do
   local c = tonumber(ARGV[ev + 5 * j])
-  local state, stream = KEYS[2 * c - 1], KEYS[2 * c]
+  local state, stream = KEYS[3 * c - 2], KEYS[3 * c - 1]
   local seq = string.format('%d', redis.call('HINCRBY', state, 'last_seq', 1))
   redis.call('HSETNX', state, 'started_at', ts)
   local data, marks, more = ARGV[ev + 5 * j + 3], '', ''
@@ -159,11 +179,15 @@ for j = 0, nevents - 1 do
     marks, more = step(c, ARGV[ev + 5 * j + 4], now_ms)
     if more ~= '' then data = string.sub(data, 1, -2) .. more .. '}' end
   end
-  local frame = '{"type":' .. ARGV[ev + 5 * j + 2] .. ',"call_id":' .. ARGV[7 + 2 * c]
+  local frame = '{"type":' .. ARGV[ev + 5 * j + 2] .. ',"call_id":' .. ARGV[8 + 2 * c]
     .. ',"seq":' .. seq .. ',"ts":' .. ts .. ',"data":' .. data .. '}'
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
-  redis.call('PUBLISH', ARGV[6 + 2 * c], frame)
+  redis.call('PUBLISH', ARGV[7 + 2 * c], frame)
   redis.call('PUBLISH', account_channel, frame)
+  if ARGV[ev + 5 * j + 1] ~= 'transcript.partial' then
+    redis.call('ZADD', KEYS[3 * c], ts, seq)
+    unstored[c] = true
+  end
   if ARGV[ev + 5 * j + 1] == 'call.ended' then
     redis.call('HSET', state, 'status', 'ended')
   else
@@ -177,21 +201,25 @@ for c = 1, ncalls do
   local kept = {spk[c] and int(spk[c]), fin[c] and int(fin[c]), usr[c] and int(usr[c]), ovr[c] and '1' or nil}
   for i = 1, 4 do
     if kept[i] ~= was[c][i] then
-      if kept[i] then redis.call('HSET', KEYS[2 * c - 1], names[i], kept[i])
-      else redis.call('HDEL', KEYS[2 * c - 1], names[i]) end
+      if kept[i] then redis.call('HSET', KEYS[3 * c - 2], names[i], kept[i])
+      else redis.call('HDEL', KEYS[3 * c - 2], names[i]) end
     end
   end
 end
 for c = 1, ncalls do
   local ttl = live_ttl
   if ended[c] then ttl = ended_ttl end
-  redis.call('EXPIRE', KEYS[2 * c - 1], ttl)
-  redis.call('EXPIRE', KEYS[2 * c], ttl)
+  redis.call('EXPIRE', KEYS[3 * c - 2], ttl)
+  redis.call('EXPIRE', KEYS[3 * c - 1], ttl)
+  if unstored[c] then
+    redis.call('EXPIRE', KEYS[3 * c], ttl)
+    redis.call('ZADD', index, 'NX', ts, KEYS[3 * c - 2])
+  end
   if max_live > 0 then
     if ended[c] then
-      redis.call('ZREM', live_set, ARGV[7 + 2 * c])
+      redis.call('ZREM', live_set, ARGV[8 + 2 * c])
     else
-      redis.call('ZADD', live_set, ts, ARGV[7 + 2 * c])
+      redis.call('ZADD', live_set, ts, ARGV[8 + 2 * c])
     end
   end
 end
@@ -262,6 +290,7 @@ class RedisBroker(Broker):
         ping_interval_s: float = 1.0,
         ping_timeout_s: float = 3.0,
         watch_timeout_s: float = 5.0,
+        unstored_after_s: float = UNSTORED_AFTER_S,
     ) -> None:
         no_retry = Retry(NoBackoff(), 0)  # a retried EVALSHA could apply a batch twice
         options: dict[str, Any] = {
@@ -289,6 +318,14 @@ class RedisBroker(Broker):
             lambda account: self._account_key(account, "sockets"),
             self._command,
             dead_after_s=5 * ping_interval_s,
+        )
+        self._unstored = UnstoredLedger(
+            self._redis,
+            prefix,
+            self._call_key,
+            self._event,
+            self._command,
+            unstored_after_s=unstored_after_s,
         )
         self._watches: dict[str, _Watch] = {}
         self._inflight: dict[str, int] = {}  # SUBSCRIBEs sent, confirmation not read yet
@@ -374,8 +411,10 @@ class RedisBroker(Broker):
             return []
         call_ids = list(dict.fromkeys(e.call_id for e in events))
         position = {cid: i for i, cid in enumerate(call_ids, 1)}
-        keys = [self._call_key(account, cid, suffix) for cid in call_ids for suffix in ("state", "log")]
-        keys.append(self._account_key(account, "live"))
+        keys = [
+            self._call_key(account, cid, suffix) for cid in call_ids for suffix in ("state", "log", "unstored")
+        ]
+        keys += [self._account_key(account, "live"), self._unstored.index_key]
         args: list[str | int] = [
             len(call_ids),
             self._maxlen,
@@ -384,6 +423,7 @@ class RedisBroker(Broker):
             self._account_channel(account),
             self._quotas.events_per_call,
             self._quotas.live_calls,
+            self._unstored.unstored_after_ms,
         ]
         call_json = {cid: orjson.dumps(cid).decode() for cid in call_ids}
         for cid in call_ids:
@@ -397,6 +437,8 @@ class RedisBroker(Broker):
             if outcome == "unknown":
                 await self._seed(account, call_ids[int(reply[1]) - 1])
                 continue
+            if outcome == "repair":
+                raise RepairNeededError(account, call_ids[int(reply[1]) - 1])
             if outcome == "ended":
                 index = int(reply[1])
                 raise CallEndedError(events[index].call_id, index)
@@ -425,6 +467,27 @@ class RedisBroker(Broker):
         started = "" if state.started_at is None else str(state.started_at)
         args: list[str | int] = [state.status, state.last_seq, started, self._live_ttl, self._ended_ttl]
         await self._command(self._seed_script(keys=keys, args=args))
+
+    # ---- unstored events (`redis_unstored`) ------------------------------------------------
+
+    @property
+    def tracks_unstored(self) -> bool:
+        return True
+
+    async def stored(self, events: Sequence[Event]) -> None:
+        await self._unstored.stored(events)
+
+    async def mark_unstored(self, events: Sequence[Event]) -> None:
+        await self._unstored.failed(events)
+
+    def repairing(self, account: str, call_id: str) -> AbstractAsyncContextManager[Unstored]:
+        return self._unstored.repairing(account, call_id)
+
+    async def repaired(self, account: str, call_id: str, work: Unstored) -> None:
+        await self._unstored.repaired(account, call_id, work)
+
+    async def overdue(self) -> list[tuple[str, str]]:
+        return await self._unstored.overdue()
 
     # ---- sockets quota -------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from callstream.broker.base import LIVE_TTL_S
 from callstream.events import FINAL, MAX_INT64, PARTIAL, is_valid_call_id
 from callstream.quality import WINDOWS, fleet_stats, window_start
 from callstream.server.deps import (
+    UNAVAILABLE_RETRY_S,
     ApiError,
     authenticate,
     json_response,
@@ -130,7 +131,7 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
         raise unavailable(exc) from None
     except TimeoutError:
         message = f"the store did not confirm within {timeout:g} s: the events may or may not be stored"
-        raise ApiError(503, "unavailable", message) from None
+        raise ApiError(503, "unavailable", message, retry_after_s=UNAVAILABLE_RETRY_S) from None
     return json_response({"accepted": len(sequenced), "seq": [e.seq for e in sequenced]}, 202)
 
 

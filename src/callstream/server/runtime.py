@@ -9,9 +9,11 @@ The route of an event. REST, the ingest socket (and therefore `Publisher`) all c
 3. sequence: `Broker.publish` gives each event its seq and ts, measures the call's turns at that
    ts (`turns.TurnTracker`, which writes `latency_ms` and `interrupted` into the events: where
    seq and ts are assigned, so every node and every replay carries the same figures) and keeps
-   it in the replay log;
+   it in the replay log, once the calls' earlier events that a commit failed to store are stored
+   (`HistoryRepair`: from the broker's log, when the store is back);
 4. append: `SqlStore.append` queues it for the next commit and returns a future, durable when
-   it resolves; the store knows nothing of what follows;
+   it resolves; the store knows nothing of what follows (it tells `HistoryRepair` which events
+   each commit stored or failed to store);
 5. fan out: on the embedded broker once the append is durable (`_stored` gathers every append
    one commit settled and hands them to `Broker.deliver_stored` in one call); on Redis as the
    broker delivers them to every node. The hub then writes each subscriber's socket.
@@ -29,11 +31,14 @@ from typing import Any, Protocol
 from callstream import metrics
 from callstream.auth import Authenticator, TokenSigner, new_signing_secret
 from callstream.broker import Broker, HeldHistory, Quotas, create_broker
+from callstream.broker.base import RepairNeededError
 from callstream.events import ENDED, FINAL, MAX_INT64, Event, NewEvent
 from callstream.hub import Hub
+from callstream.outages import OutageLog
+from callstream.server.repair import HistoryRepair
 from callstream.server.tasks import TaskSet
 from callstream.settings import Settings
-from callstream.store import CallFailedError, SqlStore, database_url
+from callstream.store import CallFailedError, SqlStore, StoreUnavailableError, database_url
 
 log = logging.getLogger("callstream")
 
@@ -56,6 +61,7 @@ class Runtime:
         quotas = Quotas(settings.quota_live_calls, settings.quota_events_per_call, settings.quota_sockets)
         self.broker: Broker = create_broker(settings.broker, history_ttl_s=settings.history_ttl_s, quotas=quotas)
         self.hub = Hub()
+        self.history = HistoryRepair(self.store, self.broker, self._repaired)
         self._stored_events: list[Event] = []  # durable, to fan out at the end of this iteration
         self._delivery_due = False
         self.connections: set[Closable] = set()
@@ -78,10 +84,11 @@ class Runtime:
             default_ttl_s=self.settings.token_ttl_s,
             max_ttl_s=self.settings.token_max_ttl_s,
         )
-        self.auth = Authenticator(self.store, self.signer)
+        self.auth = Authenticator(self.store, self.signer, outage_grace_s=self.settings.key_outage_grace_s)
         await self.broker.start(self._deliver, self.store.call_state)
         self.broker.on_reconnect = self._resync_subscribers
         self._workers.start(self._watch_revocations(), name="revocations")
+        self._workers.start(self.history.run_forever(), name="history-repair")
         for start_hook in self.start_hooks:
             self._workers.start(start_hook(self), name="start-hook")
 
@@ -89,6 +96,8 @@ class Runtime:
         await self.drain()
         await self.tasks.stop(grace_s=_TASKS_GRACE_S)
         await self._workers.stop()
+        await self.store.flush()  # so the broker hears of the last commits
+        await self.history.close()
         await self.broker.close()
         await self.store.close()
 
@@ -113,7 +122,12 @@ class Runtime:
             self._refuse_failed_calls(account, events)
         if self._sentiment_enabled:
             self._enrich(events)
-        sequenced = await self.broker.publish(account, events)
+        if self.history.broken:
+            await self.history.repair_first(account, events)
+        try:
+            sequenced = await self.broker.publish(account, events)
+        except RepairNeededError as exc:  # a node failed to store some of the call: store it first
+            sequenced = await self.history.sequence_after(exc, events)
         metrics.count_sequenced(sequenced)
         durable = self.store.append(sequenced)
         if not self.broker.fans_out_on_publish:
@@ -137,6 +151,12 @@ class Runtime:
             self._delivery_due = True
             asyncio.get_running_loop().call_soon(self._deliver_stored)
         self._stored_events.extend(events)
+
+    def _repaired(self, events: list[Event]) -> None:
+        """A repair stored these (in seq order): the embedded broker fans them out now (on Redis
+        they went out when they were sequenced)."""
+        if not self.broker.fans_out_on_publish:
+            self.broker.deliver_stored(events)
 
     def _deliver_stored(self) -> None:
         events, self._stored_events, self._delivery_due = self._stored_events, [], False
@@ -211,21 +231,26 @@ class Runtime:
     # ---- revocation ----------------------------------------------------------------------
 
     async def _watch_revocations(self) -> None:
-        """Poll the store for revoked keys and end their sockets (every node does this)."""
+        """Poll the store for revoked keys and end their sockets (every node does this).
+
+        While the store is down the poll logs once (`OutageLog`) and catches up, from where it
+        last succeeded, once the store is back."""
         since = int(time.time() * 1000) - 1000
+        outage = OutageLog(log, "the revocation poll")
         while True:
             await asyncio.sleep(self.settings.revocation_poll_s)
             now = int(time.time() * 1000)
             try:
                 revoked = set(await self.store.revoked_since(since - 1000))
-            except Exception:  # the store is down: /healthz says so; try again next tick
-                log.warning("revocation poll failed", exc_info=True)
+            except StoreUnavailableError as exc:  # /healthz says so; try again next tick
+                outage.failed(exc)
                 continue
+            outage.recovered()
             since = now
             if not revoked:
                 continue
             assert self.auth is not None
-            self.auth.forget()
+            self.auth.forget(revoked)
             doomed = [c for c in self.connections if c.key_id in revoked]
             for conn in doomed:
                 await conn.terminate(4001, "unauthorized", "the API key was revoked")
