@@ -17,7 +17,7 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-ALL_SCOPES = "publish,subscribe,admin"
+ALL_SCOPES = "publish,subscribe,control,admin"
 
 
 def free_port() -> int:

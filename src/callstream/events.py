@@ -29,8 +29,12 @@ PUBLISHABLE_TYPES: Final = frozenset(
         "function.call",
         "function.result",
         "call.ended",
+        "control.result",
     }
 )
+# Every type a call's history holds: what producers publish, and the audit event of a control
+# request, which only the server appends (docs/protocol.md, Live control).
+EVENT_TYPES: Final = PUBLISHABLE_TYPES | {"control.requested"}
 SPEAKERS: Final = frozenset({"user", "agent"})
 AGENT_STATES: Final = frozenset({"listening", "thinking", "speaking"})
 END_STATUSES: Final = frozenset({"completed", "failed", "no_answer", "busy", "canceled", "transferred"})
@@ -150,6 +154,10 @@ def check_payload(event_type: str, data: dict[str, Any]) -> None:
         _check_function(data, "result")
     elif event_type == ENDED:
         _check_ended(data)
+    elif event_type == "control.result":
+        from callstream.control import check_result  # control's rules build on this module's
+
+        check_result(data)
     else:
         raise EventInvalidError(
             f"type {event_type!r} cannot be published; one of {', '.join(sorted(PUBLISHABLE_TYPES))}"

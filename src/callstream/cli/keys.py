@@ -18,8 +18,8 @@ app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True
 def create(
     account: Annotated[str, typer.Option(help="the account (tenant) the key belongs to")],
     scope: Annotated[
-        str, typer.Option(help="comma-separated: publish,subscribe,admin")
-    ] = "publish,subscribe,admin",
+        str, typer.Option(help="comma-separated: publish,subscribe,control,admin")
+    ] = "publish,subscribe,control,admin",
     name: Annotated[str | None, typer.Option(help="a label for humans")] = None,
     as_json: Annotated[bool, typer.Option("--json", help='print {"key","id","account"}')] = False,
     data_dir: DataDir = None,
