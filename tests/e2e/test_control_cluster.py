@@ -30,6 +30,15 @@ def short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CALLSTREAM_CONTROL_TIMEOUT_S", str(TIMEOUT_S))
 
 
+async def nodes_and_producer(
+    cluster: Cluster, count: int, account: str, call_id: str
+) -> tuple[list[ServerProcess], str, ClientConnection]:
+    """`count` nodes, a key, and a producer on the second node holding the call."""
+    nodes = cluster.start(count)
+    key = cluster.key(account)
+    return nodes, key, await producer_on(nodes[1], key, call_id)
+
+
 async def producer_on(node: ServerProcess, key: str, call_id: str) -> ClientConnection:
     ws = await connect(f"{node.ws_url}/v1/ingest?controls=say,end", additional_headers={"Authorization": f"Bearer {key}"})
     await send(ws, {"call_id": call_id, **final("hello"), "ref": 1})
@@ -49,9 +58,7 @@ def results(node: ServerProcess, key: str, call_id: str) -> list[dict[str, Any]]
 async def test_a_request_on_a_reaches_the_producer_on_b_and_the_result_comes_back(
     cluster: Cluster, account: str, call_id: str
 ) -> None:
-    a, b = cluster.start(2)
-    key = cluster.key(account)
-    agent = await producer_on(b, key, call_id)
+    (a, _b), key, agent = await nodes_and_producer(cluster, 2, account, call_id)
     async with agent, connect(f"{a.ws_url}/v1/events?token={key}") as supervisor:
         await send(supervisor, {"type": "subscribe", "call_id": call_id})
         await recv_until(supervisor, "subscribed", 10)
@@ -66,9 +73,8 @@ async def test_a_request_on_a_reaches_the_producer_on_b_and_the_result_comes_bac
 
 
 async def test_three_nodes_time_a_request_out_once(cluster: Cluster, account: str, call_id: str) -> None:
-    a, b, _c = cluster.start(3)
-    key = cluster.key(account)
-    async with await producer_on(b, key, call_id) as agent, connect(f"{a.ws_url}/v1/events?token={key}") as supervisor:
+    (a, _b, _c), key, agent = await nodes_and_producer(cluster, 3, account, call_id)
+    async with agent, connect(f"{a.ws_url}/v1/events?token={key}") as supervisor:
         ack = await control(supervisor, call_id, text="Are you there?")
         assert (await recv(agent, 10))["request_id"] == ack["data"]["request_id"]
         await asyncio.sleep(TIMEOUT_S + 1.5)  # every node sweeps the deadlines
@@ -78,9 +84,7 @@ async def test_three_nodes_time_a_request_out_once(cluster: Cluster, account: st
 async def test_a_holder_whose_node_dies_stops_holding_within_the_liveness_bound(
     cluster: Cluster, account: str, call_id: str
 ) -> None:
-    a, b = cluster.start(2)
-    key = cluster.key(account)
-    agent = await producer_on(b, key, call_id)
+    (a, b), key, agent = await nodes_and_producer(cluster, 2, account, call_id)
     async with connect(f"{a.ws_url}/v1/events?token={key}") as supervisor:
         assert (await control(supervisor, call_id, text="first"))["type"] == "control_ack"
         b.kill()  # no close, no release: only its heartbeat stops

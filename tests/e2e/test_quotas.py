@@ -21,16 +21,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from tests.broker.services import (
-    PG_HOST,
-    PG_PORT,
     REDIS_HOST,
     REDIS_PORT,
-    create_database,
-    database_name,
-    drop_database,
-    require,
 )
-from tests.helpers import ServerProcess, ended, final, open_events, partial, publish, recv, run_async, send
+from tests.helpers import ServerProcess, ended, final, open_events, partial, publish, recv, send
 
 QUOTAS = {
     "CALLSTREAM_QUOTA_LIVE_CALLS": "3",
@@ -156,16 +150,6 @@ async def _open_within(server: ServerProcess, key: str, seconds: float) -> Clien
 
 
 # ---- two nodes on Redis: the quotas hold for the cluster -------------------------------------
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    require("PostgreSQL", PG_HOST, PG_PORT)
-    require("Redis", REDIS_HOST, REDIS_PORT)
-    name = database_name()
-    run_async(create_database(name))
-    yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    run_async(drop_database(name))
 
 
 @pytest.fixture
