@@ -51,3 +51,14 @@ class AuthError(ClientError):
     ``subscribe`` scope, or the ``Origin`` is not allowed), or ``token_expired`` (the JWT expired
     and no ``token_provider`` was given, or it kept returning refused tokens).
     """
+
+
+class ControlError(ClientError):
+    """A control request (:meth:`callstream.Client.control`) was refused or could not be made.
+
+    ``code`` is the server's: ``forbidden`` (no ``control`` scope, or not this call),
+    ``call_not_live``, ``no_producer`` (nobody connected holds the call),
+    ``unsupported_action`` (its producer did not declare the action), ``invalid_message`` (the
+    arguments), ``rate_limited``; or a client-side one: ``closed`` (no connection to send it on,
+    or it dropped before the answer), ``timeout`` (no answer in time).
+    """

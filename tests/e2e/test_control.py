@@ -6,6 +6,7 @@ answered by exactly one `control.result`: the producer's, the server's timeout, 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,8 +15,9 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from callstream import Publisher
+from callstream import Client, ControlError, Publisher
 from callstream.control import ControlRequest
+from tests.e2e.test_tail import Tail
 from tests.helpers import (
     ServerProcess,
     ended,
@@ -293,3 +295,88 @@ def test_the_openapi_page_shows_the_control_route_with_examples(node: ServerProc
     assert set(examples) == {"say", "instruct", "pause", "resume", "transfer", "end"}
     assert "202" in route["responses"]
 
+
+
+# ---- clients: Client.control, `callstream control`, `tail`, `login --control` -----------------------
+
+
+@pytest.fixture
+async def saying_agent(node: ServerProcess, key: str, call_id: str) -> AsyncIterator[list[str]]:
+    """A Publisher holding the test's call that says what it is asked to (and refuses to end)."""
+    said: list[str] = []
+
+    async def say(request: ControlRequest) -> None:
+        said.append(request.args["text"])
+
+    async def end(request: ControlRequest) -> None:
+        raise RuntimeError("not while the caller is speaking")
+
+    async with Publisher(node.url, key, controls={"say": say, "end": end}) as pub:
+        await pub.publish(call_id, "agent.state", {"state": "listening"})
+        yield said
+
+
+async def test_client_control_returns_the_ack_with_the_result(
+    node: ServerProcess, key: str, call_id: str, saying_agent: list[str]
+) -> None:
+    async with Client(node.url, key) as client:
+        outcome = await client.control(call_id, "say", text="Over REST", result_timeout=10)
+        assert (outcome.ok, outcome.error, outcome.request_id.startswith("ctl_")) == (True, None, True)
+        await client.subscribe(call_id)  # now the result comes on the socket
+        failed = await client.control(call_id, "end", result_timeout=10)
+        assert (failed.ok, failed.error, failed.seq > outcome.seq) == (False, "not while the caller is speaking", True)
+        with pytest.raises(ControlError) as refused:
+            await client.control(call_id, "pause")
+        assert refused.value.code == "unsupported_action"
+        with pytest.raises(ControlError) as invalid:
+            await client.control(call_id, "say", text="")
+        assert invalid.value.code == "invalid_message"
+    assert saying_agent == ["Over REST"]
+
+
+def control_cli(node: ServerProcess, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return node.cli("control", *args, "--key", key, "--url", node.url, check=False)
+
+
+async def test_the_control_command_acts_and_says_how_it_went(
+    node: ServerProcess, key: str, call_id: str, saying_agent: list[str]
+) -> None:
+    done = await asyncio.to_thread(control_cli, node, key, call_id, "say", "From the terminal", "--interrupt", "--json")
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout)["ok"] is True
+    failed = await asyncio.to_thread(control_cli, node, key, call_id, "end", "--reason", "done")
+    assert failed.returncode == 1
+    assert "end: failed: not while the caller is speaking" in failed.stdout
+    for args, code in ((("transfer", "+14155550100"), "unsupported_action"), (("say", ""), "invalid_message")):
+        refused = await asyncio.to_thread(control_cli, node, key, call_id, *args)
+        assert (refused.returncode, code in refused.stderr) == (1, True), refused.stderr
+    assert saying_agent == ["From the terminal"]
+
+
+async def test_tail_shows_who_asked_what_and_how_it_went(
+    node: ServerProcess, key: str, call_id: str, saying_agent: list[str]
+) -> None:
+    created = node.cli("keys", "create", "--account", "ctl", "--name", "Dana", "--json", *node.database_args())
+    dana = orjson.loads(created.stdout)["key"]
+    async with Client(node.url, dana) as client:
+        await client.control(call_id, "say", text="I can help with that", result_timeout=10)
+    tail = Tail(node, key, call_id)
+    try:
+        lines = [tail.next(10) or "" for _ in range(2)]
+    finally:
+        tail.close()
+    assert f"{call_id}   ⚑ supervisor (Dana) say: “I can help with that”" in lines[0]
+    assert f"{call_id}     ↳ done" in lines[1]
+
+
+async def test_a_control_login_makes_a_session_that_may_control(node: ServerProcess, call_id: str) -> None:
+    def session(*flags: str) -> str:
+        link = node.cli("login", "--account", "ctl", "--url", node.url, *flags, *node.database_args()).stdout
+        code = link.strip().rsplit("login=", 1)[1]
+        return str(httpx.post(f"{node.url}/v1/login", json={"code": code}).json()["token"])
+
+    watching, controlling = session(), session("--control")
+    refreshed = httpx.post(f"{node.url}/v1/login/refresh", headers={"Authorization": f"Bearer {controlling}"})
+    for token, code in ((watching, "forbidden"), (controlling, "call_not_live"), (refreshed.json()["token"], "call_not_live")):
+        async with await open_events(node, token) as ws:
+            assert (await control(ws, call_id, "pause"))["data"]["code"] == code

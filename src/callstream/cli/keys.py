@@ -88,9 +88,12 @@ def revoke(
 def login(
     account: Annotated[str, typer.Option(help="the account whose dashboard to open")],
     url: Url = DEFAULT_URL,
+    control: Annotated[
+        bool, typer.Option("--control", help="the session may also act on live calls (say, end, …)")
+    ] = False,
     data_dir: DataDir = None,
     database: DatabaseUrl = None,
 ) -> None:
     """Print a one-time dashboard login link (valid 10 minutes)."""
-    code = with_store(data_dir, database, lambda s: s.create_login_code(account))
+    code = with_store(data_dir, database, lambda s: s.create_login_code(account, control=control))
     console.print(f"{url.rstrip('/')}/?login={code}")

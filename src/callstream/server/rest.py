@@ -28,12 +28,16 @@ from callstream.server.deps import (
     unavailable,
 )
 from callstream.store import CallFailedError, KeyRecord, StoreUnavailableError
+from callstream.store.sql import CONTROL_LOGIN_PREFIX
 
 router = APIRouter()
 Reader = Annotated[Principal, Depends(require("subscribe", "admin"))]
 Producer = Annotated[Principal, Depends(require("publish"))]
 Controller = Annotated[Principal, Depends(require("control"))]
 _SESSION_S = 12 * 3600  # a dashboard login lasts this long, renewed in short JWTs
+_WATCH_SESSION = frozenset({"subscribe"})
+_CONTROL_SESSION = frozenset({"subscribe", "control"})  # `callstream login --control`
+_DASHBOARD_KEYS = {_WATCH_SESSION: "dashboard", _CONTROL_SESSION: "dashboard-control"}
 
 
 DEFAULT_EVENTS_PAGE = 1_000  # events per page of GET /v1/calls/{id}/events when no limit is given
@@ -312,8 +316,9 @@ async def login(request: Request, body: LoginRequest) -> dict[str, Any]:
     account = await runtime.store.use_login_code(body.code)
     if account is None:
         raise ApiError(401, "unauthorized", "this login link is unknown, used or expired")
-    key_id = await _dashboard_key(request, account)
-    return _session_token(request, account, key_id, int(time.time()) + _SESSION_S)
+    scopes = _CONTROL_SESSION if body.code.startswith(CONTROL_LOGIN_PREFIX) else _WATCH_SESSION
+    key_id = await _dashboard_key(request, account, scopes)
+    return _session_token(request, account, key_id, int(time.time()) + _SESSION_S, scopes)
 
 
 @router.post("/v1/login/refresh", response_model=TokenResponse, tags=["auth"])
@@ -326,35 +331,40 @@ async def refresh_login(request: Request) -> dict[str, Any]:
     principal = await authenticate(request)
     if principal.kind != "jwt" or principal.session_end is None:
         raise ApiError(401, "unauthorized", "only dashboard sessions refresh this way")
-    return _session_token(request, principal.account, principal.key_id, principal.session_end)
+    scopes = principal.scopes & _CONTROL_SESSION
+    return _session_token(request, principal.account, principal.key_id, principal.session_end, scopes)
 
 
-async def _dashboard_key(request: Request, account: str) -> str:
-    """The id of the account's oldest live `dashboard` key, made if there is none.
+async def _dashboard_key(request: Request, account: str, scopes: frozenset[str]) -> str:
+    """The id of the account's oldest live dashboard key of `scopes` (`dashboard`, or
+    `dashboard-control` for sessions that may control calls), made if there is none.
 
     The oldest, read after making one: two first logins at once still share one key, so
-    revoking "the dashboard key" ends every session of the account.
+    revoking "the dashboard key" ends every session of the account it minted.
     """
     store = runtime_of(request).store
-    live = await _live_dashboard_keys(request, account)
+    name = _DASHBOARD_KEYS[scopes]
+    live = await _live_dashboard_keys(request, account, name)
     if not live:
-        await store.create_key(account, frozenset({"subscribe"}), name="dashboard")
-        live = await _live_dashboard_keys(request, account)
+        await store.create_key(account, scopes, name=name)
+        live = await _live_dashboard_keys(request, account, name)
     if not live:  # revoked the instant it was made
         raise ApiError(503, "unavailable", "the dashboard key was revoked meanwhile; try again")
     return live[0].id
 
 
-async def _live_dashboard_keys(request: Request, account: str) -> list[KeyRecord]:
+async def _live_dashboard_keys(request: Request, account: str, name: str) -> list[KeyRecord]:
     keys = await runtime_of(request).store.list_keys(account)  # oldest first
-    return [k for k in keys if k.name == "dashboard" and k.revoked_at is None]
+    return [k for k in keys if k.name == name and k.revoked_at is None]
 
 
-def _session_token(request: Request, account: str, key_id: str, session_end: int) -> dict[str, Any]:
+def _session_token(
+    request: Request, account: str, key_id: str, session_end: int, scopes: frozenset[str]
+) -> dict[str, Any]:
     signer = runtime_of(request).signer
     assert signer is not None
     ttl = min(signer.default_ttl_s, session_end - int(time.time()))
     if ttl <= 0:
         raise ApiError(401, "unauthorized", "the dashboard session ended; open a new login link")
-    token, expires_at = signer.mint(account, key_id, ttl_s=ttl, extra={"session_exp": session_end})
+    token, expires_at = signer.mint(account, key_id, ttl_s=ttl, scopes=scopes, extra={"session_exp": session_end})
     return {"token": token, "expires_at": expires_at}
