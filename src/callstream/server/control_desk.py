@@ -40,6 +40,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("callstream.control")
 
+def _log_unstored(durable: asyncio.Future[None]) -> None:
+    if not durable.cancelled() and (error := durable.exception()) is not None:
+        log.warning("a control.requested was relayed but its commit failed (%s); it is stored from the broker's log", error)
+
+
 # HTTP status of each refusal on REST (the socket answers an `error` with the same code).
 STATUS = {
     p.ErrorCode.FORBIDDEN: 403,
@@ -136,8 +141,9 @@ class ControlDesk:
         return request.request_id, seq
 
     async def _record(self, principal: Principal, request: ControlRequest) -> int:
-        """Append `control.requested` (the audit trail) and wait until it is stored: nothing is
-        relayed that the call's history does not hold."""
+        """Append `control.requested` (the audit trail): nothing is relayed that the call's
+        history does not hold. On the embedded broker that is once it is stored (its subscribers
+        see it then too); on Redis once it is sequenced (the broker's log holds it)."""
         by: dict[str, Any] = {"key_id": principal.key_id}
         if principal.name:
             by["name"] = principal.name
@@ -145,7 +151,12 @@ class ControlDesk:
         timeout = self.runtime.settings.store_timeout_s
         try:
             sequenced, durable = await self.runtime.publish(principal.account, [NewEvent(request.call_id, REQUESTED, data)])
-            await asyncio.wait_for(asyncio.shield(durable), timeout)
+            if self.runtime.broker.fans_out_on_publish:
+                # Sequenced on Redis, it is in the call's history already: in the broker's log,
+                # delivered, and stored from that log should the store fail (protocol.md, Producing).
+                durable.add_done_callback(_log_unstored)
+            else:
+                await asyncio.wait_for(asyncio.shield(durable), timeout)
         except CallEndedError:
             raise ControlRefusedError(p.ErrorCode.CALL_NOT_LIVE, f"call {request.call_id} has ended") from None
         except QuotaExceededError as exc:
