@@ -88,7 +88,7 @@ def check_args(action: str, args: object) -> dict[str, Any]:
         checked[name] = _checked(name, kind, args[name])
     if action == "say":
         checked.setdefault("interrupt", False)
-    check_values(checked)
+    check_values(checked, "args")
     return checked
 
 

@@ -103,14 +103,14 @@ def _bad_value(value: object) -> str | None:
     return f"values must be JSON, not {type(value).__name__}"
 
 
-def check_values(data: dict[str, Any]) -> None:
+def check_values(data: dict[str, Any], root: str = "data") -> None:
     """Refuse what the server could not keep or sum: non-finite numbers, integers past 64 bits,
     U+0000 in any text (PostgreSQL's text refuses it) and nesting deeper than `MAX_DEPTH`.
 
     Runs on every event at the boundary, so nothing downstream (the encoder, the store, the
     per-call sums) can fail on one producer's values. Iterative: depth costs no stack.
     """
-    stack: list[tuple[Any, int, str]] = [(data, 1, "data")]
+    stack: list[tuple[Any, int, str]] = [(data, 1, root)]
     while stack:
         node, depth, path = stack.pop()
         if depth > MAX_DEPTH:

@@ -63,12 +63,18 @@ class Nodes:
         self.quotas = Quotas()
         self.history_ttl_s = 3600.0
         self.live_ttl_s: float = LIVE_TTL_S
+        self.control_timeout_s = 10.0
 
     def make(self) -> Broker:
         if self.kind == "memory":
             if self.started:
                 pytest.skip("the memory broker is one process: one node only")
-            return MemoryBroker(history_ttl_s=self.history_ttl_s, quotas=self.quotas, live_ttl_s=self.live_ttl_s)
+            return MemoryBroker(
+                history_ttl_s=self.history_ttl_s,
+                quotas=self.quotas,
+                live_ttl_s=self.live_ttl_s,
+                control_timeout_s=self.control_timeout_s,
+            )
         from callstream.broker.redis import RedisBroker
 
         return RedisBroker(
@@ -79,6 +85,7 @@ class Nodes:
             ping_timeout_s=1.0,
             quotas=self.quotas,
             live_ttl_s=self.live_ttl_s,
+            control_timeout_s=self.control_timeout_s,
         )
 
     async def add(self) -> Node:
