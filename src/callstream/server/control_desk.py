@@ -77,6 +77,7 @@ class ControlDesk:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._producers: dict[str, ProducerSocket] = {}  # this node's producer sockets by id
+        runtime.broker.on_relay = self._relayed
 
     # ---- producers -------------------------------------------------------------------------
 
@@ -84,7 +85,6 @@ class ControlDesk:
         """A producer socket opened on this node: its id, for the holder it becomes."""
         conn_id = secrets.token_hex(8)
         self._producers[conn_id] = conn
-        self.runtime.broker.on_relay = self._relayed
         return conn_id
 
     def holder(self, conn_id: str, actions: frozenset[str]) -> str:
