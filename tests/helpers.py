@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from callstream.store import SqlStore
 
-ALL_SCOPES = "publish,subscribe,admin"
+ALL_SCOPES = "publish,subscribe,control,admin"
 
 
 def free_port() -> int:

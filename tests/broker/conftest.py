@@ -63,12 +63,18 @@ class Nodes:
         self.history_ttl_s = 3600.0
         self.live_ttl_s: float = LIVE_TTL_S
         self.unstored_after_s: float = UNSTORED_AFTER_S
+        self.control_timeout_s = 10.0
 
     def make(self) -> Broker:
         if self.kind == "memory":
             if self.started:
                 pytest.skip("the memory broker is one process: one node only")
-            return MemoryBroker(history_ttl_s=self.history_ttl_s, quotas=self.quotas, live_ttl_s=self.live_ttl_s)
+            return MemoryBroker(
+                history_ttl_s=self.history_ttl_s,
+                quotas=self.quotas,
+                live_ttl_s=self.live_ttl_s,
+                control_timeout_s=self.control_timeout_s,
+            )
         from callstream.broker.redis import RedisBroker
 
         return RedisBroker(
@@ -80,6 +86,7 @@ class Nodes:
             quotas=self.quotas,
             live_ttl_s=self.live_ttl_s,
             unstored_after_s=self.unstored_after_s,
+            control_timeout_s=self.control_timeout_s,
         )
 
     async def add(self) -> Node:

@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from tests.broker.services import REDIS_HOST, REDIS_PORT, fresh_database, require
+from tests.broker.services import REDIS_HOST, REDIS_PORT
 from tests.helpers import ServerProcess, ended, final, open_events, partial, publish, recv, send
 
 QUOTAS = {
@@ -147,13 +147,6 @@ async def _open_within(server: ServerProcess, key: str, seconds: float) -> Clien
 
 
 # ---- two nodes on Redis: the quotas hold for the cluster -------------------------------------
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    require("Redis", REDIS_HOST, REDIS_PORT)
-    with fresh_database() as fresh:
-        yield fresh.url
 
 
 @pytest.fixture

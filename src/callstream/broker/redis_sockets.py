@@ -87,10 +87,10 @@ class SocketCounter:
     ) -> None:
         self.node = secrets.token_hex(8)
         self._client = client
-        self._nodes = f"{prefix}nodes"
+        self.nodes_key = f"{prefix}nodes"  # the nodes' heartbeats (control holders are read against it too)
         self._account_key = account_key
         self._run = run
-        self._dead_after_ms = int(dead_after_s * 1000)
+        self.dead_after_ms = int(dead_after_s * 1000)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._beat = client.register_script(_BEAT)
@@ -99,8 +99,8 @@ class SocketCounter:
 
     async def acquire(self, account: str, limit: int) -> bool:
         """Take a slot of the account's `limit`; False when every slot is taken."""
-        keys = [self._account_key(account), self._nodes]
-        args: list[str | int] = [limit, self.node, self._dead_after_ms, _HASH_TTL_S]
+        keys = [self._account_key(account), self.nodes_key]
+        args: list[str | int] = [limit, self.node, self.dead_after_ms, _HASH_TTL_S]
         if not await self._run(self._acquire(keys=keys, args=args)):
             return False
         self.open[account] += 1
@@ -119,7 +119,7 @@ class SocketCounter:
     async def beat(self) -> None:
         """Say this node is alive; rewrite its counts if Redis stopped counting them or missed
         a release."""
-        dead = await self._run(self._beat(keys=[self._nodes], args=[self.node, self._dead_after_ms]))
+        dead = await self._run(self._beat(keys=[self.nodes_key], args=[self.node, self.dead_after_ms]))
         accounts = set(self.open) | self._unsynced if dead else self._unsynced
         if not accounts:
             return
@@ -140,4 +140,4 @@ class SocketCounter:
 
     async def leave(self) -> None:
         """A node shutting down: its fields stop counting at once."""
-        await self._run(self._client.zrem(self._nodes, self.node))
+        await self._run(self._client.zrem(self.nodes_key, self.node))

@@ -79,12 +79,14 @@ class HistoryRepair:
             if (account, call_id) in self.broken:
                 await self.repair(account, call_id)
 
-    async def sequence_after(self, refused: RepairNeededError, events: Sequence[NewEvent]) -> list[Event]:
+    async def sequence_after(
+        self, refused: RepairNeededError, events: Sequence[NewEvent], holder: str | None = None
+    ) -> list[Event]:
         """`Broker.publish` refused the batch for a call to repair: repair, then sequence."""
         for _ in range(_ATTEMPTS):
             await self.repair(refused.account, refused.call_id)
             try:
-                return await self._broker.publish(refused.account, events)
+                return await self._broker.publish(refused.account, events, holder)
             except RepairNeededError as again:
                 refused = again
         raise RepairPendingError("the call's earlier events are still being stored; retry")

@@ -135,6 +135,9 @@ def now_ms() -> int:
 STALLED_AFTER_S = 5.0
 
 
+CONTROL_LOGIN_PREFIX = "ctl-"  # a login code whose session may control calls
+
+
 @dataclass(slots=True)
 class _Pending:
     events: list[Event]
@@ -459,8 +462,11 @@ class SqlStore:
             return [r[0] for r in await conn.execute(query)]
 
     @store_errors
-    async def create_login_code(self, account: str, ttl_s: int = 600) -> str:
-        code = secrets.token_urlsafe(24)
+    async def create_login_code(self, account: str, ttl_s: int = 600, control: bool = False) -> str:
+        """A one-time dashboard login code; `control` makes its session carry the control scope
+        (the code then starts with `CONTROL_LOGIN_PREFIX`, which is part of what is hashed: it
+        can be neither added to a plain code nor stripped from a control one)."""
+        code = (CONTROL_LOGIN_PREFIX if control else "") + secrets.token_urlsafe(24)
         async with self.engine.begin() as conn:
             await conn.execute(
                 t.login_codes.insert().values(
