@@ -33,8 +33,8 @@ from typing import Final
 
 import orjson
 
-from callstream.events import ENDED, FINAL, PARTIAL
-from callstream.store.chunks import CallEvents, sentiment_score
+from callstream.events import ENDED, FINAL, PARTIAL, sentiment_score
+from callstream.store.chunks import CallEvents
 from callstream.store.fold_process import RECORD
 
 FOLD_EVERY_S: Final = 1.0
@@ -198,7 +198,7 @@ def journal_rows(grouped: CallEvents) -> list[JournalRow] | None:
                 first_seq = event.seq
             last_seq = event.seq
             frames.append(event.frame)
-            if kind == FINAL and (score := sentiment_score(event)) is not None:
+            if kind == FINAL and (score := sentiment_score(event.data)) is not None:
                 score_sum += score
                 score_n += 1
         rows.append((

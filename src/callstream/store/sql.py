@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from callstream.events import ENDED, CallState, Event
+from callstream.events import ENDED, FINAL, CallState, Event, sentiment_score
 from callstream.sentiment import label_for
 from callstream.store import fold_process, rows
 from callstream.store import tables as t
@@ -37,7 +37,6 @@ from callstream.store.chunks import (
     by_call,
     chunk_rows,
     events_in,
-    sentiment_score,
 )
 from callstream.store.fold import Fold, FoldError, JournalFolder
 from callstream.store.journal import (
@@ -838,7 +837,7 @@ class SqlStore:
                         end_status=e.data["status"],
                         reason=e.data.get("reason"),
                     )
-                elif (score := sentiment_score(e)) is not None:
+                elif e.type == FINAL and (score := sentiment_score(e.data)) is not None:
                     row["sentiment_sum"] += score
                     row["sentiment_n"] += 1
             out.append(row)
