@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from callstream.broker.base import LIVE_TTL_S, Broker, CallState, Quotas
 from callstream.broker.memory import MemoryBroker
 from callstream.events import Event, NewEvent
-from tests.broker.services import REDIS_HOST, REDIS_PORT, REDIS_URL, RedisServer, require
+from tests.broker.services import REDIS_HOST, REDIS_PORT, REDIS_URL, RedisServer, ReplyCutter, require
 
 
 class Node:
@@ -64,7 +64,7 @@ class Nodes:
         self.history_ttl_s = 3600.0
         self.live_ttl_s: float = LIVE_TTL_S
 
-    def make(self) -> Broker:
+    def make(self, url: str | None = None) -> Broker:
         if self.kind == "memory":
             if self.started:
                 pytest.skip("the memory broker is one process: one node only")
@@ -72,7 +72,7 @@ class Nodes:
         from callstream.broker.redis import RedisBroker
 
         return RedisBroker(
-            self.url,
+            url or self.url,
             history_ttl_s=self.history_ttl_s,
             prefix=self.prefix,
             ping_interval_s=0.2,
@@ -81,8 +81,9 @@ class Nodes:
             live_ttl_s=self.live_ttl_s,
         )
 
-    async def add(self) -> Node:
-        broker = self.make()
+    async def add(self, url: str | None = None) -> Node:
+        """Start a node; `url`: its own way to the shared Redis (say, through a proxy)."""
+        broker = self.make(url)
         node = Node(broker)
         await broker.start(node.got.extend, self.calls.load)
         self.started.append(node)
@@ -122,6 +123,15 @@ async def redis_nodes(calls: Calls) -> AsyncIterator[Nodes]:
     cluster = Nodes("redis", calls)
     yield cluster
     await cluster.close()
+
+
+@pytest.fixture
+async def reply_cutter() -> AsyncIterator[ReplyCutter]:
+    """A proxy to the machine's Redis that loses the reply to a chosen command (`ReplyCutter`)."""
+    require("Redis", REDIS_HOST, REDIS_PORT)
+    cutter = ReplyCutter()
+    yield cutter
+    await cutter.stop()
 
 
 @pytest.fixture
