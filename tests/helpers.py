@@ -126,6 +126,31 @@ class ServerProcess:
         return out.stdout.strip()
 
 
+class Cluster:
+    """Server nodes sharing one broker and one database; `start` adds and starts some."""
+
+    def __init__(self, root: Path, database: str, broker: str) -> None:
+        self.root, self.database, self.broker = root, database, broker
+        self.nodes: list[ServerProcess] = []
+
+    def start(self, count: int, env: dict[str, str] | None = None) -> list[ServerProcess]:
+        for _ in range(count):
+            data_dir = self.root / f"node{len(self.nodes)}"
+            data_dir.mkdir()
+            node = ServerProcess(data_dir, "--broker", self.broker, "--database", self.database, env=env)
+            self.nodes.append(node)
+        for node in self.nodes[-count:]:
+            node.start()
+        return self.nodes[-count:]
+
+    def key(self, account: str) -> str:
+        return self.nodes[0].create_key(account)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
 async def open_events(server: ServerProcess, credential: str, **kwargs: Any) -> ClientConnection:
     return await connect(f"{server.ws_url}/v1/events?token={credential}", **kwargs)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.broker.services import (
-    PG_HOST,
-    PG_PORT,
-    REDIS_HOST,
-    REDIS_PORT,
-    RedisServer,
-    create_database,
-    database_name,
-    drop_database,
-    require,
-)
-from tests.helpers import ServerProcess, ended, final, run_async
+from tests.broker.services import RedisServer
+from tests.helpers import Cluster, ServerProcess, ended, final
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -43,48 +33,6 @@ EVENT_TYPES = {
     "function.result",
     "call.ended",
 }
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    """A fresh PostgreSQL database shared by the nodes of this module, as a user-facing URL."""
-    require("PostgreSQL", PG_HOST, PG_PORT)
-    require("Redis", REDIS_HOST, REDIS_PORT)
-    name = database_name()
-    run_async(create_database(name))
-    yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    run_async(drop_database(name))
-
-
-class Cluster:
-    def __init__(self, root: Path, database: str, broker: str) -> None:
-        self.root, self.database, self.broker = root, database, broker
-        self.nodes: list[ServerProcess] = []
-
-    def start(self, count: int) -> list[ServerProcess]:
-        for _ in range(count):
-            data_dir = self.root / f"node{len(self.nodes)}"
-            data_dir.mkdir()
-            node = ServerProcess(data_dir, "--broker", self.broker, "--database", self.database)
-            self.nodes.append(node)
-        for node in self.nodes[-count:]:
-            node.start()
-        return self.nodes[-count:]
-
-    def key(self, account: str) -> str:
-        return self.nodes[0].create_key(account)
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.kill()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, database: str) -> Iterator[Cluster]:
-    """Nodes on the machine's Redis (database 3; call ids and accounts are unique per test)."""
-    nodes = Cluster(tmp_path, database, f"redis://{REDIS_HOST}:{REDIS_PORT}/3")
-    yield nodes
-    nodes.stop()
 
 
 @pytest.fixture
@@ -133,6 +81,12 @@ class Follower:
         self.reconnects = 0
         self.closes: list[int | None] = []
 
+    async def started(self) -> asyncio.Task[list[int]]:
+        """Follow in a task of its own, returned once subscribed; its result: every seq received."""
+        task = asyncio.create_task(self.run())
+        await asyncio.wait_for(self.live.wait(), 10)
+        return task
+
     async def run(self) -> list[int]:
         attempt = 0
         while True:
@@ -178,8 +132,7 @@ async def test_subscriber_on_b_receives_in_order_what_a_accepts(
     a, b = cluster.start(2)
     key = cluster.key(account)
     follower = Follower([b.ws_url], key, call_id)
-    task = asyncio.create_task(follower.run())
-    await asyncio.wait_for(follower.live.wait(), 10)
+    task = await follower.started()
     for i in range(10):
         await publish(http, a, key, call_id, [final(f"line {i}.{j}") for j in range(5)])
     await publish(http, a, key, call_id, ended())
@@ -211,8 +164,7 @@ async def test_node_killed_mid_call_subscriber_resumes_on_another(
     a, b = cluster.start(2)
     key = cluster.key(account)
     follower = Follower([b.ws_url, a.ws_url], key, call_id)
-    task = asyncio.create_task(follower.run())
-    await asyncio.wait_for(follower.live.wait(), 10)
+    task = await follower.started()
     for i in range(60):
         if i == 20:
             await asyncio.to_thread(b.kill)  # SIGKILL: no goodbye to anyone
@@ -224,18 +176,17 @@ async def test_node_killed_mid_call_subscriber_resumes_on_another(
 
 
 async def test_redis_restart_mid_call_closes_the_gap_through_since(
-    tmp_path: Path, database: str, account: str, call_id: str, http: httpx.AsyncClient
+    tmp_path: Path, cluster_database: str, account: str, call_id: str, http: httpx.AsyncClient
 ) -> None:
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
     redis = RedisServer(redis_dir).start()
-    nodes = Cluster(tmp_path, database, redis.url)
+    nodes = Cluster(tmp_path, cluster_database, redis.url)
     try:
         a, b = nodes.start(2)
         key = nodes.key(account)
         follower = Follower([b.ws_url], key, call_id)
-        task = asyncio.create_task(follower.run())
-        await asyncio.wait_for(follower.live.wait(), 10)
+        task = await follower.started()
         for i in range(20):
             await publish(http, a, key, call_id, final(f"before {i}"))
         redis.stop()
