@@ -1,6 +1,7 @@
-"""Exceptions a user of callstream's Python clients can catch and act on.
+"""Exceptions a user of callstream's Python clients can catch and act on, and the server's one
+error for an outage (`UnavailableError`).
 
-Every failure carries a machine-readable ``code`` (the same codes the server uses on the wire,
+Every client failure carries a machine-readable ``code`` (the same codes the server uses on the wire,
 docs/protocol.md, Server → client, plus a few client-side ones) so callers branch on the code, not on the message.
 """
 
@@ -50,4 +51,14 @@ class AuthError(ClientError):
     4001 with no ``token_provider`` to ask), ``forbidden`` (HTTP 403: the credential lacks the
     ``subscribe`` scope, or the ``Origin`` is not allowed), or ``token_expired`` (the JWT expired
     and no ``token_provider`` was given, or it kept returning refused tokens).
+    """
+
+
+class UnavailableError(Exception):
+    """The node's store or broker cannot serve right now (server side).
+
+    The store (`StoreUnavailableError`) and the broker (`BrokerUnavailableError`) raise it in
+    place of their drivers' errors, at their boundary; its message says what failed and never
+    holds SQL or data, so it may be logged and answered. REST answers it with 503 `unavailable`
+    and `Retry-After`, a handshake likewise, an open socket with an `error`.
     """

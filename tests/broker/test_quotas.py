@@ -13,8 +13,8 @@ import pytest
 from callstream.broker.base import BrokerUnavailableError, QuotaExceededError, Quotas
 from callstream.broker.memory import MemoryBroker
 from tests.broker.conftest import Node, Nodes, ev
-from tests.broker.services import ReplyCutter
 from tests.broker.test_broker_contract import _forget_keys
+from tests.faults import ReplyCutter
 
 A, B = "acme", "globex"
 

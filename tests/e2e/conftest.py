@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.broker.services import (
-    NODES_REDIS_URL,
-    PG_HOST,
-    PG_PORT,
-    REDIS_HOST,
-    REDIS_PORT,
-    create_database,
-    database_name,
-    drop_database,
-    require,
-)
-from tests.helpers import Cluster, ServerProcess, run_async
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database as a user gives it to `--database`; dropped afterwards."""
-    require("PostgreSQL", PG_HOST, PG_PORT)
-    name = database_name()
-    url = run_async(create_database(name)).replace("+asyncpg", "")
-    try:
-        yield url
-    finally:
-        run_async(drop_database(name))
+from tests.broker.services import NODES_REDIS_URL, REDIS_HOST, REDIS_PORT, fresh_database, require
+from tests.helpers import Cluster, ServerProcess
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -44,8 +21,8 @@ def store_node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         yield server
         server.stop()
         return
-    with postgres_database() as url:
-        server = ServerProcess(data_dir, "--database", url).start()
+    with fresh_database() as database:
+        server = ServerProcess(data_dir, "--database", database.url).start()
         yield server
         server.stop()
 
@@ -54,8 +31,8 @@ def store_node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 def cluster_database() -> Iterator[str]:
     """A fresh PostgreSQL database the cluster nodes of one module share (Redis must be up too)."""
     require("Redis", REDIS_HOST, REDIS_PORT)
-    with postgres_database() as url:
-        yield url
+    with fresh_database() as database:
+        yield database.url
 
 
 @pytest.fixture

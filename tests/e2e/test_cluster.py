@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.broker.services import RedisServer
+from tests.faults import RedisServer
 from tests.helpers import Cluster, ServerProcess, ended, final
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]

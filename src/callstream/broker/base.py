@@ -11,6 +11,7 @@ import abc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from callstream.errors import UnavailableError
 from callstream.events import CallState, Event, NewEvent
 
 Deliver = Callable[[Sequence[Event]], None]  # a batch, in per-call seq order
@@ -94,7 +95,7 @@ class QuotaExceededError(Exception):
         self.retry_after_s = retry_after_s
 
 
-class BrokerUnavailableError(Exception):
+class BrokerUnavailableError(UnavailableError):
     """The broker's backing service cannot be reached; the caller should answer 503 / 1013."""
 
 

@@ -395,6 +395,9 @@ class EventsConnection(SocketConnection):
         except AuthError as exc:
             self._error(p.ErrorCode.TOKEN_EXPIRED if exc.expired else p.ErrorCode.UNAUTHORIZED, f"auth refused: {exc}")
             return
+        except StoreUnavailableError:  # neither yes nor no: the socket goes on with its credential
+            self._error(p.ErrorCode.INTERNAL, "auth not checked: the node cannot reach its store; try again")
+            return
         if principal.account != self.principal.account or not principal.may("subscribe"):
             self._error(p.ErrorCode.FORBIDDEN, "auth refused: the new credential is for another account or scope")
             return
