@@ -332,6 +332,22 @@ async def test_unreachable_redis_fails_fast(calls: Calls) -> None:
     await broker.close()
 
 
+async def test_close_returns_whatever_the_pings_were_doing(redis_nodes: Nodes, calls: Calls) -> None:
+    """`close` cancels the node's loops; one that goes on (redis-py can swallow a cancellation
+    that lands as it finishes a command) would hang a node's shutdown. Pings back to back (an
+    interval of 0) put a command in flight at nearly every moment a close can come."""
+    from callstream.broker.redis import RedisBroker
+
+    rng = random.Random(3)
+    for _ in range(60):
+        broker = RedisBroker(redis_nodes.url, history_ttl_s=3600, prefix=redis_nodes.prefix, ping_interval_s=0.0)
+        await broker.start(lambda _e: None, calls.load)
+        await asyncio.sleep(rng.random() * 0.01)
+        closing = asyncio.create_task(broker.close())
+        done, _ = await asyncio.wait({closing}, timeout=5.0)
+        assert done, "close did not return within 5 s"
+
+
 async def _forget_keys(cluster: Nodes) -> None:
     client = aioredis.Redis.from_url(cluster.url)
     try:
