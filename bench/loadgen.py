@@ -635,6 +635,12 @@ class Worker:
         assert self.producer is not None
         return self.producer.counts(t0, t1)
 
+    async def control_probe(self, **kwargs: Any) -> dict[str, Any]:
+        """The control round trip (bench/control_probe.py) from this load process."""
+        from bench.control_probe import probe
+
+        return await probe(**kwargs)
+
     def cpu(self) -> dict[str, Any]:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return {"cpu_s": ru.ru_utime + ru.ru_stime, "total": S.total}

@@ -362,6 +362,31 @@ def twonode_section(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def control_section(rows: list[dict[str, Any]]) -> str:
+    """The control round trip (requester → producer → control.result back), medians over runs."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    lines = ["## Live control: round trip\n",
+             "A supervisor's `say` until its `control.result` is back on the supervisor's socket, 10 supervisors "
+             "× 4 requests/s, the producer answering at once; the background is fan-out's (1,000 subscribers, "
+             "100 calls). Two nodes: supervisors on node 0, the producer on node 1 (every request and result "
+             "crosses Redis).\n"]
+    by: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in ok:
+        by[(r["target"], r["background_offered_s"])].append(r)
+    body = []
+    for (target, offered), rs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        body.append([target, offered, med([r["background_delivered_s"] for r in rs]),
+                     med([r["background_p99_ms"] for r in rs]), med([r["rtt_p50_ms"] for r in rs]),
+                     med([r["rtt_p99_ms"] for r in rs]), med([r["rtt_max_ms"] for r in rs]),
+                     med([r["ack_p99_ms"] for r in rs]), sum(r["samples"] for r in rs),
+                     sum(r["errors"] + r["unanswered"] for r in rs), len(rs)])
+    lines.append(table(["target", "background offered/s", "delivered/s", "fan-out p99 ms", "round trip p50 ms",
+                        "round trip p99 ms", "max ms", "ack p99 ms", "requests", "errors + unanswered", "runs"],
+                       body))
+    lines += [f"- {r['target']}: {r['status']}" for r in rows if r.get("status") != "ok"]
+    return "\n".join(lines) + "\n"
+
+
 def profile_section(profiles: dict[str, Any] | None) -> str:
     if not profiles:
         return ""
@@ -472,9 +497,11 @@ def write(results: dict[str, Any], out: Path) -> None:
         sections.append(ingest_section(sc["ingest"]))
     if sc.get("twonode"):
         sections.append(twonode_section(sc["twonode"]))
+    if sc.get("control"):
+        sections.append(control_section(sc["control"]))
     sections.append(profile_section(results.get("profiles")))
     for key, fn in (("connections", connections_section), ("campaign", campaign_section), ("storm", storm_section),
-                    ("ingest", ingest_section), ("twonode", twonode_section)):
+                    ("ingest", ingest_section), ("twonode", twonode_section), ("control", control_section)):
         if sc.get(key):
             (out / f"{key}.md").write_text(fn(sc[key]))
     if sc.get("fanout"):
@@ -591,7 +618,27 @@ def targets_section(results: dict[str, Any], best: dict[str, float]) -> str:
         lines.append("| two nodes p99 ≤ 2× single node at the same load | no rate both kept up with | not met |")
     elif sc.get("twonode"):
         lines.append("| two nodes on Redis + PostgreSQL | pending | – |")
+    lines += control_targets(sc.get("control", []))
     return "\n".join(lines) + "\n"
+
+
+def control_targets(rows: list[dict[str, Any]]) -> list[str]:
+    """Issue 24: p99 ≤ 20 ms on one node while it fans out 100k deliveries/s; ≤ 40 ms across two."""
+    lines = []
+    one = [r for r in rows if r.get("status") == "ok" and r["nodes"] == 1 and r["background_offered_s"] >= 100_000]
+    if one:
+        p99 = med([r["rtt_p99_ms"] for r in one])
+        got = med([r["background_delivered_s"] for r in one])
+        ok = p99 is not None and p99 <= 20 and got >= 95_000
+        lines.append(f"| control round trip p99 ≤ 20 ms on one node fanning out 100k deliveries/s | p99 {fmt(p99)} ms "
+                     f"while delivering {fmt(got)}/s | {'met' if ok else 'not met'} |")
+    two = [r for r in rows if r.get("status") == "ok" and r["nodes"] == 2]
+    if two:
+        worst = max((r for r in two), key=lambda r: r["rtt_p99_ms"] or 1e9)
+        ok = all(r["rtt_p99_ms"] is not None and r["rtt_p99_ms"] <= 40 for r in two)
+        lines.append(f"| control round trip p99 ≤ 40 ms across two nodes on Redis | worst p99 {fmt(worst['rtt_p99_ms'])} ms "
+                     f"(background {worst['background_offered_s']:,}/s) | {'met' if ok else 'not met'} |")
+    return lines
 
 
 if __name__ == "__main__":

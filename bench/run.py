@@ -1,6 +1,6 @@
 """Run the benchmark suite: `python -m bench.run [scenario…] [--quick] [--runs N] [--targets …]`.
 
-Scenarios: fanout, connections, campaign, storm, ingest, twonode (default: all). Every scenario
+Scenarios: fanout, connections, campaign, storm, ingest, twonode, control (default: all). Every scenario
 starts its servers fresh (pinned to `--server-cpus`, default core 0), drives them from load
 processes pinned to `--load-cpus` (default core 1), and appends rows to `bench/results/`. See
 bench/README.md for what each scenario measures and how.
@@ -27,7 +27,7 @@ from bench.loadgen import worker_main
 from bench.targets import PROPOSED, ROOT, Target, make, nchan_available
 
 RESULTS = ROOT / "bench/results"
-ALL = ["fanout", "connections", "campaign", "storm", "ingest", "twonode"]
+ALL = ["fanout", "connections", "campaign", "storm", "ingest", "twonode", "control"]
 ANCHORS = {"nchan", "picows"}
 time_ns = time.time_ns
 
@@ -128,6 +128,11 @@ def pct(sorted_lat: list[int], q: float) -> float | None:
         return None
     k = min(len(sorted_lat) - 1, int(q * len(sorted_lat)))
     return sorted_lat[k] / 1000.0  # µs → ms
+
+
+def psql(statement: str) -> subprocess.CompletedProcess[str]:
+    """One statement on the bench's PostgreSQL (user postgres at 127.0.0.1), e.g. CREATE DATABASE."""
+    return subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", statement], capture_output=True, text=True)
 
 
 def split(items: list[Any], n: int) -> list[list[Any]]:
@@ -629,8 +634,7 @@ class Bench:
         cpus = [c.strip() for c in self.args.node_cpus.split(",")]
         for count in (1, 2):
             db = f"bench_{self.run_tag}_{run}_{count}"
-            made = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {db}"],
-                                  capture_output=True, text=True)
+            made = psql(f"CREATE DATABASE {db}")
             if made.returncode:
                 self.add("twonode", {"target": "callstream", "status": f"pending: {made.stderr.strip()[:200]}"})
                 return
@@ -658,8 +662,7 @@ class Bench:
             finally:
                 for node in nodes:
                     node.stop()
-                subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {db}"],
-                               capture_output=True)
+                psql(f"DROP DATABASE IF EXISTS {db}")
 
     def twonode_ladder(self, nodes: list[Target], rates: list[int], warm: float, window: float, run: int) -> None:
         load = Load(4, self.load_cpus)
@@ -700,6 +703,77 @@ class Bench:
             load.close()
 
 
+    # ---- live control ---------------------------------------------------------------------------
+
+    def control(self, run: int) -> None:
+        """The control round trip (bench/control_probe.py) while the node fans out a background load:
+        one node pinned like fan-out's, at each `--control-rates` step (0: idle); then two nodes on
+        Redis + PostgreSQL (not pinned, as twonode), the supervisors on node 0 and the producer
+        holding the call on node 1, so every request and result crosses Redis."""
+        warm, window = (1.0, 4.0) if self.quick else (1.5, 8.0)
+        one = [int(x) for x in self.args.control_rates.split(",")]
+        target = self.start(make("callstream"))
+        load = Load(self.args.sub_procs + 2, self.load_cpus)
+        try:
+            self.control_ladder([target], load, one, warm, window, run, "callstream ×1")
+        finally:
+            load.close()
+            target.stop()
+        db = f"bench_{self.run_tag}_{run}_ctl"
+        made = psql(f"CREATE DATABASE {db}")
+        if made.returncode:
+            self.add("control", {"target": "callstream ×2 (redis+postgres)", "status": f"pending: {made.stderr[:200]}"})
+            return
+        nodes = [make("callstream"), make("callstream")]
+        load = Load(self.args.sub_procs + 2, self.load_cpus)
+        try:
+            for node in nodes:
+                node.args = ["--broker", self.args.redis, "--database", f"{self.args.postgres.rstrip('/')}/{db}"]
+                node.start(None)
+            nodes[1].token = nodes[0].token
+            two = [int(x) for x in self.args.control_rates_two.split(",")]
+            self.control_ladder(nodes, load, two, warm, window, run, "callstream ×2 (redis+postgres)")
+        finally:
+            load.close()
+            for node in nodes:
+                node.stop()
+            psql(f"DROP DATABASE IF EXISTS {db}")
+
+    def control_ladder(self, nodes: list[Target], load: Load, rates: list[int], warm: float, window: float,
+                       run: int, name: str) -> None:
+        """Fan-out's background (1,000 subscribers of 100 calls, 10 a call) and the probe, step by step."""
+        sub_idx, producer, prober = list(range(self.args.sub_procs)), len(load) - 2, len(load) - 1
+        calls = [f"ct{self.run_tag}r{run}n{len(nodes)}c{c:03d}" for c in range(100)]
+        groups = [[calls[k % 100]] for k in range(1000)]
+        token = nodes[0].token
+        load.each(sub_idx, "open_subscribers", kws=[
+            {"dialect": "callstream", "base": nodes[n % len(nodes)].base, "token": token,
+             "groups": split(groups, len(sub_idx))[n]} for n in range(len(sub_idx))])
+        load.call(producer, "start_producer", dialect="callstream", base=nodes[-1].base, token=token, calls=calls,
+                  conns=10, mix="call", rate=0.0)
+        for step, offered in enumerate(rates):
+            probe_call = f"ctl{self.run_tag}r{run}n{len(nodes)}s{step}"
+            load.send(prober, "control_probe", base=nodes[0].base, agent_base=nodes[-1].base, token=token,
+                      call_id=probe_call, supervisors=10, rate=4.0, warm=warm + 0.2, seconds=window)
+            row: dict[str, Any] = {"delivered_s": 0, "p99_ms": None, "cpu_pct": None}
+            if offered:
+                row = self.fanout_step(nodes[0], load, producer, sub_idx, offered, 10, warm, window)
+            else:
+                time.sleep(warm + window + 0.5)
+            probed = load.recv(prober, timeout=120)
+            rtt, ack = probed.pop("rtt_us"), probed.pop("ack_us")
+            out = {"target": name, "nodes": len(nodes), "run": run, "status": "ok", "background_offered_s": offered,
+                   "background_delivered_s": row["delivered_s"], "background_p99_ms": row["p99_ms"],
+                   "cpu_pct": row["cpu_pct"], "rtt_p50_ms": pct(rtt, 0.5), "rtt_p99_ms": pct(rtt, 0.99),
+                   "rtt_max_ms": rtt[-1] / 1000 if rtt else None, "ack_p50_ms": pct(ack, 0.5), "ack_p99_ms": pct(ack, 0.99),
+                   **probed}
+            self.add("control", out)
+            log(f"{name} background {offered:,}/s (delivered {out['background_delivered_s']:,}/s, p99 "
+                f"{out['background_p99_ms']}): control round trip p50 {out['rtt_p50_ms']} p99 {out['rtt_p99_ms']} "
+                f"max {out['rtt_max_ms']} ms over {out['samples']} requests; ack p99 {out['ack_p99_ms']} ms; "
+                f"errors {out['errors']}, unanswered {out['unanswered']}")
+
+
 def frame_windows(text: str) -> list[int]:
     """`--ingest-window`: a comma list of frame counts, each at least 1."""
     try:
@@ -735,6 +809,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-rate", type=int, default=30_000, help="deliveries/s while profiling")
     parser.add_argument("--ingest-window", type=frame_windows, default=[16, 64],
                         help="frames of 100 events in flight per socket; a comma list measures each")
+    parser.add_argument("--control-rates", default="0,40000,100000",
+                        help="control: background fan-out deliveries/s on one node, per step (0: idle)")
+    parser.add_argument("--control-rates-two", default="0,20000",
+                        help="control: background fan-out deliveries/s on two nodes, per step (0: idle)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--out", default=None, help="results subfolder name (default: bench/results)")

@@ -17,7 +17,9 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-ALL_SCOPES = "publish,subscribe,admin"
+from callstream.store import SqlStore
+
+ALL_SCOPES = "publish,subscribe,control,admin"
 
 
 def free_port() -> int:
@@ -230,3 +232,11 @@ def partial(text: str, speaker: str = "user", **extra: Any) -> dict[str, Any]:
 
 def ended(status: str = "completed", duration_ms: int = 1000) -> dict[str, Any]:
     return {"type": "call.ended", "data": {"status": status, "duration_ms": duration_ms}}
+
+
+def fill_next_journal_file(store: SqlStore, db_path: Path | str) -> None:
+    """The embedded store's next journal write fails as on a full disk (/dev/full under the
+    journal file's name); the journal moves on to a new file after it."""
+    journal = store._journal
+    assert journal is not None
+    os.symlink("/dev/full", f"{db_path}-events.{journal._node}.{journal._generation}")

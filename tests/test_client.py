@@ -208,13 +208,7 @@ async def test_refused_key_raises_auth_error_at_start(server: ServerProcess) -> 
     assert refused.value.code == "unauthorized"
 
 
-# KNOWN DEFECT, open (see the closing note of 2026-12-06): in the full suite on a clean clone the
-# [kill] case got no event within 15 s after the SIGKILLed node came back (2 of 2 CI rehearsals),
-# while it passes alone and in the main checkout's full run. Not strict: it must be fixed, not hidden.
-KILL_FLAKY = pytest.mark.xfail(reason="open: no event after a SIGKILL restart in the full suite", strict=False)
-
-
-@pytest.mark.parametrize("how", ["stop", pytest.param("kill", marks=KILL_FLAKY)])
+@pytest.mark.parametrize("how", ["stop", "kill"])
 async def test_server_restart_mid_call_loses_no_final_and_duplicates_nothing(
     fresh_server: ServerProcess, call_id: str, how: str
 ) -> None:

@@ -3,7 +3,9 @@
 __version__ = "0.1.0"
 
 from callstream.client import Client, SyncClient, iter_events
-from callstream.errors import AuthError, CallstreamError, ClientError, PublishError
+from callstream.control import ControlRequest
+from callstream.control_waits import ControlOutcome
+from callstream.errors import AuthError, CallstreamError, ClientError, ControlError, PublishError
 from callstream.publisher import Publisher
 
 __all__ = [
@@ -11,6 +13,9 @@ __all__ = [
     "CallstreamError",
     "Client",
     "ClientError",
+    "ControlError",
+    "ControlOutcome",
+    "ControlRequest",
     "PublishError",
     "Publisher",
     "SyncClient",

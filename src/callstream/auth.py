@@ -25,7 +25,9 @@ import jwt
 
 from callstream.store.sql import KeyRecord, SqlStore, StoreUnavailableError
 
-SCOPES: Final = frozenset({"publish", "subscribe", "admin"})
+SCOPES: Final = frozenset({"publish", "subscribe", "control", "admin"})
+# What a browser JWT may carry: `subscribe` always, `control` when its minting key has it.
+TOKEN_SCOPES: Final = frozenset({"subscribe", "control"})
 ALGORITHM: Final = "HS256"
 LEEWAY_S: Final = 5
 _CACHE_TTL_S: Final = 2.0
@@ -52,6 +54,7 @@ class Principal:
     calls: frozenset[str] | None = None  # None: every call of the account
     expires_at: float | None = None  # unix seconds, JWTs only
     session_end: int | None = None  # unix seconds, dashboard session JWTs only (`session_exp`)
+    name: str | None = None  # the key's name (a JWT's: its minting key's), shown in audit events
 
     def may(self, scope: str) -> bool:
         return scope in self.scopes
@@ -113,18 +116,23 @@ class TokenSigner:
         *,
         ttl_s: int | None = None,
         calls: list[str] | None = None,
+        scopes: frozenset[str] = frozenset({"subscribe"}),
         extra: dict[str, Any] | None = None,
     ) -> tuple[str, int]:
+        """A JWT for `account`, minted by `key_id`; `scopes` within TOKEN_SCOPES (the caller
+        checks that the minting key holds them)."""
         ttl = self.default_ttl_s if ttl_s is None else ttl_s
         if not 1 <= ttl <= self.max_ttl_s:
             raise ValueError(f"ttl_s must be between 1 and {self.max_ttl_s}")
+        if "subscribe" not in scopes or not scopes <= TOKEN_SCOPES:
+            raise ValueError(f"a token's scope is subscribe, optionally with {', '.join(sorted(TOKEN_SCOPES - {'subscribe'}))}")
         now = int(time.time())
         claims: dict[str, Any] = {
             "sub": account,
             "iat": now,
             "exp": now + ttl,
             "jti": uuid.uuid4().hex,
-            "scope": "subscribe",
+            "scope": " ".join(sorted(scopes, key=lambda s: s != "subscribe")),
             "key": key_id,
         }
         if calls is not None:
@@ -169,11 +177,18 @@ class TokenSigner:
         if lifetime > self.max_ttl_s:  # our secret, but not minted under this node's rules
             raise AuthError(f"invalid token: its lifetime exceeds the maximum of {self.max_ttl_s} s")
         calls = claims.get("calls")
-        if claims.get("scope") != "subscribe" or not isinstance(claims.get("sub"), str):
+        if token_scopes(claims) is None or not isinstance(claims.get("sub"), str):
             raise AuthError("invalid token: wrong scope or subject")
         if calls is not None and not (isinstance(calls, list) and all(isinstance(c, str) for c in calls)):
             raise AuthError("invalid token: calls must be a list of call ids")
         return claims
+
+
+def token_scopes(claims: dict[str, Any]) -> frozenset[str] | None:
+    """A JWT's scopes (space-separated, as in OAuth), or None when they are not a token's."""
+    scope = claims.get("scope")
+    scopes = frozenset(scope.split(" ")) if isinstance(scope, str) else frozenset()
+    return scopes if "subscribe" in scopes and scopes <= TOKEN_SCOPES else None
 
 
 def looks_like_jwt(credential: str) -> bool:
@@ -292,7 +307,7 @@ class Authenticator:
         record = await self.key(credential)
         if record is None or record.revoked_at is not None:
             raise AuthError("unknown or revoked API key")
-        return Principal(record.account, record.scopes, record.id, "key")
+        return Principal(record.account, record.scopes, record.id, "key", name=record.name)
 
     async def _from_jwt(self, token: str) -> Principal:
         claims = self.signer.verify(token)
@@ -301,14 +316,17 @@ class Authenticator:
             raise AuthError("the key that minted this token was revoked")
         calls = claims.get("calls")
         session_end = claims.get("session_exp")
+        # `control` only while the minting key still has it: narrowing a key narrows its tokens.
+        scopes = (token_scopes(claims) or frozenset()) & (minted_by.scopes | {"subscribe"})
         return Principal(
             claims["sub"],
-            frozenset({"subscribe"}),
+            scopes,
             minted_by.id,
             "jwt",
             None if calls is None else frozenset(calls),
             float(claims["exp"]),
             session_end if isinstance(session_end, int) else None,
+            minted_by.name,
         )
 
 

@@ -37,7 +37,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from callstream.errors import AuthError, ClientError
+from callstream.control_waits import ControlOutcome, ControlWaits
+from callstream.errors import AuthError, ClientError, ControlError
 from callstream.protocol import CloseCode
 from callstream.wire import AUTH_STATUSES, DROPPED, Reconnecting, bearer, refusal_reason, rest_url, socket_url
 
@@ -46,6 +47,9 @@ __all__ = [
     "CallEnded",
     "Client",
     "ClientStats",
+    "ControlOutcome",
+    "ControlRequested",
+    "ControlResult",
     "ErrorEvent",
     "Event",
     "FunctionCall",
@@ -129,6 +133,16 @@ def _typed(key: str, kind: type[T], default: D) -> _Data[T | D]:
     return _Data(read)
 
 
+def _object(key: str) -> _Data[dict[str, Any]]:
+    """``data[key]`` when it is a JSON object, else an empty one."""
+
+    def read(data: dict[str, Any]) -> dict[str, Any]:
+        value = data.get(key)
+        return value if isinstance(value, dict) else {}
+
+    return _Data(read)
+
+
 def _as_sent(key: str) -> _Data[Any]:
     """``data[key]`` as the producer sent it (None when missing)."""
     return _Data(lambda data: data.get(key))
@@ -197,6 +211,29 @@ class CallEnded(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ControlRequested(Event):
+    """``control.requested``: a supervisor asked the call's producer to act (docs/control.md);
+    ``by`` is who asked (``key_id``, and ``name`` when the key has one)."""
+
+    type: ClassVar[str] = "control.requested"
+    request_id = _text("request_id")
+    action = _text("action")
+    args = _object("args")
+    by = _object("by")
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResult(Event):
+    """``control.result``: the one outcome of a control request; ``error`` when not ``ok``
+    (``timeout`` when its producer never answered)."""
+
+    type: ClassVar[str] = "control.result"
+    request_id = _text("request_id")
+    ok = _typed("ok", bool, False)
+    error = _typed("error", str, None)
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribed(Event):
     """``subscribed``: the replay asked for (if any) is done; live events follow.
 
@@ -245,6 +282,8 @@ EVENT_CLASSES: Final[dict[str, type[Event]]] = {
         FunctionCall,
         FunctionResult,
         CallEnded,
+        ControlRequested,
+        ControlResult,
         Subscribed,
         Unsubscribed,
         ErrorEvent,
@@ -384,6 +423,7 @@ class Client(Reconnecting):
         self._auth_failures = 0
         self._duplicates = 0
         self._fetched = 0
+        self._controls = ControlWaits()
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -487,6 +527,74 @@ class Client(Reconnecting):
                 raise item
             yield item
 
+    # -- live control ----------------------------------------------------------------------------
+
+    async def control(
+        self, call_id: str, action: str, *, result_timeout: float = 30.0, **args: Any
+    ) -> ControlOutcome:
+        """Ask the producer of a live call to act (``say``, ``instruct``, ``pause``, ``resume``,
+        ``transfer``, ``end``; docs/control.md) and wait for the request's one result.
+
+        ``args`` are the action's: ``client.control("call_a", "say", text="One moment",
+        interrupt=True)``. Returns the ack (``request_id``, ``seq``) with the result (``ok``,
+        ``error``). Raises :class:`~callstream.errors.ControlError` when the server refuses the
+        request (its code says why) or no answer comes in time. The result is read from this
+        client's subscription when it carries the call's ``control.result`` events, else over
+        REST. A refused or failed action is not an exception: ``ok`` is False.
+        """
+        ws = self._ws
+        if ws is None:
+            raise ControlError("closed", "not connected: start the client, or wait for it to reconnect")
+        ref, ack = self._controls.expect_ack()
+        message = {"type": "control", "call_id": call_id, "action": action, "args": args, "ref": ref}
+        try:
+            await ws.send(orjson.dumps(message).decode())
+            data = await asyncio.wait_for(ack, 10.0)
+        except ConnectionClosed:
+            raise ControlError("closed", "the connection dropped before the server answered") from None
+        except TimeoutError:
+            raise ControlError("timeout", "the server did not answer the control request in time") from None
+        finally:
+            ack.cancel()
+        request_id, seq = str(data.get("request_id")), int(data.get("seq", 0))
+        result = self._controls.expect_result(request_id)
+        try:
+            if self._follows_results(call_id):
+                outcome = await asyncio.wait_for(result, result_timeout)
+            else:
+                outcome = await asyncio.wait_for(self._fetch_result(call_id, request_id, seq, result), result_timeout)
+        except TimeoutError:
+            raise ControlError("timeout", f"no control.result for {request_id} within {result_timeout:g} s") from None
+        finally:
+            result.cancel()
+        error = outcome.get("error")
+        return ControlOutcome(request_id, seq, outcome.get("ok") is True, error if isinstance(error, str) else None)
+
+    def _follows_results(self, call_id: str) -> bool:
+        """Whether a subscription of this client delivers the call's `control.result` events."""
+        for sub in (self._subs.get(call_id), self._subs.get(WILDCARD)):
+            if sub is not None and (not sub.types or "control.result" in sub.types):
+                return True
+        return False
+
+    async def _fetch_result(
+        self, call_id: str, request_id: str, since: int, result: asyncio.Future[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """A call this client does not follow: its events after the request, over REST, until
+        the result is among them (the server answers every request within its timeout)."""
+        while not result.done():
+            body = await self._fetch_page(call_id, since)
+            for event in (body or {}).get("events") or []:
+                if not isinstance(event, dict):
+                    continue
+                if isinstance(event.get("seq"), int):
+                    since = max(since, event["seq"])
+                data = event.get("data")
+                if event.get("type") == "control.result" and isinstance(data, dict) and data.get("request_id") == request_id:
+                    return data
+            await asyncio.sleep(0.25)
+        return result.result()
+
     # -- connection loop -------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -552,6 +660,7 @@ class Client(Reconnecting):
                 pass  # abnormal closes raise, normal ones end the loop: both resume below
             finally:
                 refresher.cancel()
+                self._controls.fail_all(ControlError("closed", "the connection dropped before the server answered"))
         self._on_closed(ws.close_code, ws.close_reason)
 
     def _on_closed(self, code: int | None, reason: str | None) -> None:
@@ -666,6 +775,8 @@ class Client(Reconnecting):
         if not isinstance(message, dict) or message.get("type") == "pong":
             return
         self._auth_failures = 0
+        if message.get("ref") is not None and self._controls.on_message(message):
+            return
         event = parse_message(message)
         if event.seq is not None and event.call_id:
             await self._on_call_event(event)
@@ -687,6 +798,8 @@ class Client(Reconnecting):
         if not track.accept(event.seq):
             self._duplicates += 1
             return
+        if isinstance(event, ControlResult):
+            self._controls.on_result(event.data)
         if isinstance(event, CallEnded):
             track.ended = True
             track.floor, track.seen = track.last_seq, set()  # nothing follows: free the window
@@ -877,6 +990,11 @@ class SyncClient:
 
     def last_seq(self, call_id: str) -> int:
         return self._running().last_seq(call_id)
+
+    def control(self, call_id: str, action: str, *, result_timeout: float = 30.0, **args: Any) -> ControlOutcome:
+        """Like :meth:`Client.control`."""
+        outcome: ControlOutcome = self._call(self._running().control(call_id, action, result_timeout=result_timeout, **args))
+        return outcome
 
     def statistics(self) -> ClientStats:
         return self._running().statistics()

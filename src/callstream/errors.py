@@ -54,6 +54,17 @@ class AuthError(ClientError):
     """
 
 
+class ControlError(ClientError):
+    """A control request (:meth:`callstream.Client.control`) was refused or could not be made.
+
+    ``code`` is the server's: ``forbidden`` (no ``control`` scope, or not this call),
+    ``call_not_live``, ``no_producer`` (nobody connected holds the call),
+    ``unsupported_action`` (its producer did not declare the action), ``invalid_message`` (the
+    arguments), ``rate_limited``; or a client-side one: ``closed`` (no connection to send it on,
+    or it dropped before the answer), ``timeout`` (no answer in time).
+    """
+
+
 class UnavailableError(Exception):
     """The node's store or broker cannot serve right now (server side).
 

@@ -29,8 +29,12 @@ PUBLISHABLE_TYPES: Final = frozenset(
         "function.call",
         "function.result",
         "call.ended",
+        "control.result",
     }
 )
+# Every type a call's history holds: what producers publish, and the audit event of a control
+# request, which only the server appends (docs/protocol.md, Live control).
+EVENT_TYPES: Final = PUBLISHABLE_TYPES | {"control.requested"}
 SPEAKERS: Final = frozenset({"user", "agent"})
 AGENT_STATES: Final = frozenset({"listening", "thinking", "speaking"})
 END_STATUSES: Final = frozenset({"completed", "failed", "no_answer", "busy", "canceled", "transferred"})
@@ -99,14 +103,14 @@ def _bad_value(value: object) -> str | None:
     return f"values must be JSON, not {type(value).__name__}"
 
 
-def check_values(data: dict[str, Any]) -> None:
+def check_values(data: dict[str, Any], root: str = "data") -> None:
     """Refuse what the server could not keep or sum: non-finite numbers, integers past 64 bits,
     U+0000 in any text (PostgreSQL's text refuses it) and nesting deeper than `MAX_DEPTH`.
 
     Runs on every event at the boundary, so nothing downstream (the encoder, the store, the
     per-call sums) can fail on one producer's values. Iterative: depth costs no stack.
     """
-    stack: list[tuple[Any, int, str]] = [(data, 1, "data")]
+    stack: list[tuple[Any, int, str]] = [(data, 1, root)]
     while stack:
         node, depth, path = stack.pop()
         if depth > MAX_DEPTH:
@@ -158,6 +162,10 @@ def check_payload(event_type: str, data: dict[str, Any]) -> None:
         _check_function(data, "result")
     elif event_type == ENDED:
         _check_ended(data)
+    elif event_type == "control.result":
+        from callstream.control import check_result  # control's rules build on this module's
+
+        check_result(data)
     else:
         raise EventInvalidError(
             f"type {event_type!r} cannot be published; one of {', '.join(sorted(PUBLISHABLE_TYPES))}"

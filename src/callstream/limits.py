@@ -94,11 +94,15 @@ class TokenBucket:
 
 
 class IngestLimiter:
-    """Events per second per API key, shared by REST publishing and every ingest socket."""
+    """Events per second per API key, shared by REST publishing and every ingest socket (and,
+    with `what="control requests"`, the control requests a key makes over REST)."""
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, what: str = "events"
+    ) -> None:
         self.rate = rate
         self.burst = burst
+        self.what = what
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
 
@@ -113,7 +117,7 @@ class IngestLimiter:
         wait = bucket.take(n)
         if wait <= 0:
             return None
-        message = f"at most {self.rate:g} events/s per API key (burst {self.burst}); retry in {wait:.3f} s"
+        message = f"at most {self.rate:g} {self.what}/s per API key (burst {self.burst}); retry in {wait:.3f} s"
         return Refusal(message, round(wait, 3))
 
 
@@ -127,6 +131,9 @@ class Limits:
         per_account: int,
         ingest_rate: float,
         ingest_burst: int,
+        control_rate: float = 5.0,
+        control_burst: int = 10,
     ) -> None:
         self.connections = ConnectionLimiter(per_key, per_account)
         self.ingest = IngestLimiter(ingest_rate, ingest_burst)
+        self.control = IngestLimiter(control_rate, control_burst, what="control requests")

@@ -13,8 +13,9 @@ from typing import Any, Final
 
 import orjson
 
+from callstream.control import ACTIONS, check_args, parse_actions
 from callstream.events import (
-    PUBLISHABLE_TYPES,
+    EVENT_TYPES,
     EventInvalidError,
     NewEvent,
     check_payload,
@@ -38,6 +39,9 @@ class ErrorCode(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     INTERNAL = "internal"
     UNAUTHORIZED = "unauthorized"
+    CALL_NOT_LIVE = "call_not_live"
+    NO_PRODUCER = "no_producer"
+    UNSUPPORTED_ACTION = "unsupported_action"
 
 
 ERROR_CODES: Final = frozenset(ErrorCode)
@@ -59,7 +63,7 @@ class CloseCode(IntEnum):
 MAX_BATCH_EVENTS: Final = 1000
 
 WILDCARD: Final = "*"
-CLIENT_TYPES: Final = frozenset({"subscribe", "unsubscribe", "auth", "ping"})
+CLIENT_TYPES: Final = frozenset({"subscribe", "unsubscribe", "auth", "ping", "control"})
 
 
 class ProtocolError(Exception):
@@ -98,7 +102,18 @@ class Ping:
     pass
 
 
-ClientMessage = Subscribe | Unsubscribe | Auth | Ping
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A supervisor's request on a call; `args` is checked later, after the checks that come
+    first in the contract (scope, live call, producer, declared action)."""
+
+    call_id: str
+    action: str
+    args: object
+    ref: Any = None
+
+
+ClientMessage = Subscribe | Unsubscribe | Auth | Ping | Control
 
 
 def decode_json(raw: str | bytes) -> Any:
@@ -123,7 +138,7 @@ def _types_of(obj: dict[str, Any], call_id: str) -> frozenset[str] | None:
         return None
     if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "types must be a non-empty list of event types", call_id)
-    unknown = sorted(set(types) - PUBLISHABLE_TYPES)
+    unknown = sorted(set(types) - EVENT_TYPES)
     if unknown:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"unknown event types in types: {unknown}", call_id)
     return frozenset(types)
@@ -161,8 +176,41 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
         return Auth(token)
     if kind == "unsubscribe":
         return Unsubscribe(_call_id_of(obj, allow_wildcard=True))
+    if kind == "control":
+        return _control_of(obj)
     call_id = _call_id_of(obj, allow_wildcard=True)
     return Subscribe(call_id, _since_of(obj, call_id), _types_of(obj, call_id))
+
+
+def _control_of(obj: dict[str, Any]) -> Control:
+    ref = obj.get("ref")
+    if not _is_valid_ref(ref):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"ref must be a string of at most {MAX_REF_CHARS} characters or an integer")
+    try:
+        call_id = _call_id_of(obj, allow_wildcard=False)
+    except ProtocolError as exc:
+        exc.ref = ref
+        raise
+    action = obj.get("action")
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"action must be one of {', '.join(ACTIONS)}", call_id, ref)
+    return Control(call_id, action, obj.get("args"), ref)
+
+
+def hello_controls(obj: dict[str, Any]) -> frozenset[str]:
+    """The actions a producer's `{"type": "hello", "controls": [...]}` declares."""
+    try:
+        return parse_actions(obj.get("controls", []))
+    except EventInvalidError as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"hello: {exc}") from None
+
+
+def control_args(message: Control) -> dict[str, Any]:
+    """The request's arguments, checked for its action; ProtocolError (`invalid_message`) if not."""
+    try:
+        return check_args(message.action, message.args)
+    except EventInvalidError as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc), message.call_id, message.ref) from None
 
 
 MAX_REF_CHARS: Final = 256
@@ -261,6 +309,11 @@ def unsubscribed_message(call_id: str) -> bytes:
 
 
 PONG: Final = orjson.dumps({"type": "pong"})
+
+
+def control_ack_message(ref: Any, call_id: str, request_id: str, seq: int) -> bytes:
+    body = {"type": "control_ack", "ref": ref, "call_id": call_id, "data": {"request_id": request_id, "seq": seq}}
+    return orjson.dumps(body)
 
 
 def ack_message(ref: Any, seq: int) -> bytes:

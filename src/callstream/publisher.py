@@ -15,14 +15,22 @@ by the server, so its future fails even though the call did end.
 Backpressure is bounded (no unbounded buffers): at most ``max_in_flight`` events wait
 for an ack. :meth:`Publisher.send` raises ``PublishError("backpressure")`` beyond that;
 :meth:`Publisher.send_wait` and :meth:`Publisher.publish` wait for room instead.
+
+Live control (docs/control.md): ``controls`` declares what the producer can do on the socket;
+the server relays a supervisor's requests for the calls this publisher holds (those it published
+an event of). Each goes to its action's handler, whose outcome is published as the request's one
+``control.result``, or, for an action declared without a handler, to :meth:`control_requests`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections import deque
+import urllib.parse
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -30,7 +38,9 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from callstream.control import RESULT, ControlHandler, ControlRequest, parse_actions, parse_relay, result_data
 from callstream.errors import PublishError
+from callstream.events import EventInvalidError
 from callstream.protocol import CloseCode
 from callstream.wire import AUTH_STATUSES, DROPPED, Reconnecting, refusal_reason, socket_url
 
@@ -39,6 +49,8 @@ __all__ = ["Publisher", "PublisherStats", "ingest_url"]
 logger = logging.getLogger("callstream.publisher")
 
 INITIAL_DELAY: Final = 0.1
+MAX_WAITING_REQUESTS: Final = 1_000  # control requests queued for control_requests(), unread
+_ANSWERED_WINDOW: Final = 10_000  # request ids remembered as answered
 
 
 def ingest_url(base_url: str) -> str:
@@ -87,11 +99,26 @@ class Publisher(Reconnecting):
         *,
         max_in_flight: int = 10_000,
         reconnect_max_delay: float = 10.0,
+        controls: Mapping[str, ControlHandler | None] | None = None,
     ) -> None:
+        """``controls`` maps each action this producer carries out (``say``, ``instruct``,
+        ``pause``, ``resume``, ``transfer``, ``end``) to its handler, or to None to take its
+        requests from :meth:`control_requests` instead."""
         if max_in_flight < 1:
             msg = "max_in_flight must be at least 1"
             raise ValueError(msg)
-        super().__init__(ingest_url(url), INITIAL_DELAY, reconnect_max_delay)
+        try:
+            declared = parse_actions(list(controls or {}))
+        except EventInvalidError as exc:
+            raise ValueError(str(exc)) from None
+        url = ingest_url(url)
+        if declared:
+            url += "?" + urllib.parse.urlencode({"controls": ",".join(sorted(declared))})
+        super().__init__(url, INITIAL_DELAY, reconnect_max_delay)
+        self._controls: dict[str, ControlHandler | None] = dict(controls or {})
+        self._requests: asyncio.Queue[ControlRequest | None] = asyncio.Queue(MAX_WAITING_REQUESTS)
+        self._answered: OrderedDict[str, None] = OrderedDict()  # request ids answered (or being)
+        self._handlers: set[asyncio.Task[None]] = set()
         self._key = key
         self._max_in_flight = max_in_flight
         self._next_ref = 1
@@ -182,6 +209,86 @@ class Publisher(Reconnecting):
         """
         if await self._stop():
             self._fail_pending(PublishError("closed", "the publisher was closed before the ack"))
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._requests.put_nowait(None)  # ends control_requests()
+
+    # -- live control -------------------------------------------------------------------------------
+
+    async def control_requests(self) -> AsyncIterator[ControlRequest]:
+        """The control requests of actions declared without a handler, as the server relays them.
+
+        Answer each with :meth:`control_result` (the server answers ``timeout`` for you after
+        its control timeout). Ends when the publisher is closed. Read it from one task.
+        """
+        while True:
+            request = await self._requests.get()
+            if request is None:
+                self._requests.put_nowait(None)  # later iterators end too
+                return
+            yield request
+
+    async def control_result(self, request: ControlRequest, *, ok: bool, error: str | None = None) -> bool:
+        """Publish the one ``control.result`` of ``request``; True once it is stored as that.
+
+        False when the request was answered already: by this publisher, by the server's timeout,
+        or by its call's end (which settles ``end`` and ``transfer`` as done, the rest as not).
+        Raises :class:`~callstream.errors.PublishError` when the result could not be published.
+        """
+        if request.request_id in self._answered:
+            return False
+        self._answered[request.request_id] = None
+        if len(self._answered) > _ANSWERED_WINDOW:
+            self._answered.popitem(last=False)
+        data = result_data(request.request_id, ok, None if ok else (error or "failed"))
+        try:
+            await self.publish(request.call_id, RESULT, data)
+        except PublishError as exc:
+            if exc.code == "invalid_message":  # settled already on the server, or the call ended
+                logger.info("control request %s was settled before its result: %s", request.request_id, exc.message)
+                return False
+            raise
+        return True
+
+    def _on_control(self, message: dict[str, Any]) -> None:
+        request = parse_relay(message)
+        if request is None or request.action not in self._controls or request.request_id in self._answered:
+            logger.warning("ignoring a control message this publisher did not declare: %r", message.get("action"))
+            return
+        handler = self._controls[request.action]
+        if handler is None:
+            try:
+                self._requests.put_nowait(request)
+            except asyncio.QueueFull:
+                self._start_handler(self._answer(request, False, "the producer has too many requests waiting"))
+            return
+        self._start_handler(self._handle_control(handler, request))
+
+    def _start_handler(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _handle_control(self, handler: ControlHandler, request: ControlRequest) -> None:
+        """Run the action's handler; its outcome (returned, or the message of what it raised) is
+        the request's result."""
+        try:
+            await handler(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.info("control handler for %s raised %r", request.action, exc)
+            await self._answer(request, False, str(exc) or type(exc).__name__)
+            return
+        await self._answer(request, True, None)
+
+    async def _answer(self, request: ControlRequest, ok: bool, error: str | None) -> None:
+        try:
+            await self.control_result(request, ok=ok, error=error)
+        except PublishError as exc:
+            logger.warning("could not publish the result of control request %s: %s", request.request_id, exc)
 
     def statistics(self) -> PublisherStats:
         """Return counters and queue sizes (trio's ``statistics()`` habit)."""
@@ -284,6 +391,8 @@ class Publisher(Reconnecting):
             self._on_ack(msg.get("ref"), msg.get("seq"))
         elif msg.get("type") == "error":
             self._on_error(msg)
+        elif msg.get("type") == "control":
+            self._on_control(msg)
 
     def _on_ack(self, ref: object, seq: object) -> None:
         """Resolve ``ref`` and, since acks are cumulative, every earlier pending event."""

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     max_subscriptions: int = Field(10_000, ge=1)
     client_rate: float = Field(50.0, gt=0, description="client messages per second per connection")
     client_burst: int = Field(100, ge=1)
+    control_rate: float = Field(5.0, gt=0, description="control requests per second per connection (per key on REST)")
+    control_burst: int = Field(10, ge=1)
     outbox_high_water: int = Field(1024 * 1024, ge=4096, description="bytes buffered per connection")
     history_ttl_s: float = Field(3600.0, ge=3600.0, description="replay log kept after a call ends")
     token_ttl_s: int = Field(900, ge=10, le=86_400)
@@ -88,6 +90,9 @@ class Settings(BaseSettings):
     quota_events_per_call: int = Field(100_000, ge=0, description="events per call, partials included; 0: no quota")
     quota_sockets: int = Field(
         25_000, ge=0, description="open /v1/events + /v1/ingest sockets per account; 0: no quota"
+    )
+    control_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="a control request without a producer's result gets a timeout result after this"
     )
     store_timeout_s: float = Field(
         10.0, gt=0, le=300, description="how long a publish waits for the store's commit before an error"

@@ -33,6 +33,8 @@ from callstream.client import (
     AgentState,
     CallEnded,
     Client,
+    ControlRequested,
+    ControlResult,
     ErrorEvent,
     Event,
     FunctionCall,
@@ -85,9 +87,29 @@ def describe(event: Event) -> Text | None:
         reason = f" ({event.reason})" if event.reason else ""
         style = END_STYLES.get(event.status, "magenta")
         return Text(f"■ call ended: {event.status}{seconds}{reason}", style=f"bold {style}")
+    if isinstance(event, ControlRequested | ControlResult):
+        return _control_line(event)
     if isinstance(event, ErrorEvent):
         return Text(f"! {event.code}: {event.message}", style="red")
     return None
+
+
+def _control_line(event: ControlRequested | ControlResult) -> Text:
+    """`supervisor (their key's name) say: “…”`, then the outcome under it."""
+    if isinstance(event, ControlResult):
+        if event.ok:
+            return Text("    ↳ done", style="magenta")
+        return Text(f"    ↳ failed: {event.error or 'unknown'}", style="bold red")
+    who = event.by.get("name") or event.by.get("key_id") or "?"
+    args = event.args
+    detail = {
+        "say": f": “{_short(args.get('text', ''))}”" + (" (interrupting)" if args.get("interrupt") else ""),
+        "instruct": f": “{_short(args.get('text', ''))}”",
+        "transfer": f" → {_short(args.get('to', ''))}",
+    }.get(event.action, "")
+    if args.get("reason"):
+        detail += f" ({_short(args['reason'])})"
+    return Text.assemble(("  ⚑ supervisor ", "bold magenta"), (f"({who}) ", "magenta"), (event.action, "bold magenta"), detail)
 
 
 @dataclass

@@ -47,7 +47,7 @@ __all__ = [
     "transcript_partial",
 ]
 
-ALL_SCOPES = ("publish", "subscribe", "admin")
+ALL_SCOPES = ("publish", "subscribe", "control", "admin")
 
 
 @dataclass(frozen=True, slots=True)

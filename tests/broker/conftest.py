@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from callstream.broker.base import LIVE_TTL_S, Broker, CallState, Quotas
+from callstream.broker.base import LIVE_TTL_S, UNSTORED_AFTER_S, Broker, CallState, Quotas
 from callstream.broker.memory import MemoryBroker
 from callstream.events import Event, NewEvent
 from tests.broker.services import REDIS_HOST, REDIS_PORT, REDIS_URL, require
@@ -63,12 +63,19 @@ class Nodes:
         self.quotas = Quotas()
         self.history_ttl_s = 3600.0
         self.live_ttl_s: float = LIVE_TTL_S
+        self.unstored_after_s: float = UNSTORED_AFTER_S
+        self.control_timeout_s = 10.0
 
     def make(self, url: str | None = None) -> Broker:
         if self.kind == "memory":
             if self.started:
                 pytest.skip("the memory broker is one process: one node only")
-            return MemoryBroker(history_ttl_s=self.history_ttl_s, quotas=self.quotas, live_ttl_s=self.live_ttl_s)
+            return MemoryBroker(
+                history_ttl_s=self.history_ttl_s,
+                quotas=self.quotas,
+                live_ttl_s=self.live_ttl_s,
+                control_timeout_s=self.control_timeout_s,
+            )
         from callstream.broker.redis import RedisBroker
 
         return RedisBroker(
@@ -79,6 +86,8 @@ class Nodes:
             ping_timeout_s=1.0,
             quotas=self.quotas,
             live_ttl_s=self.live_ttl_s,
+            unstored_after_s=self.unstored_after_s,
+            control_timeout_s=self.control_timeout_s,
         )
 
     async def add(self, url: str | None = None) -> Node:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,3 +42,9 @@ def cluster(tmp_path: Path, cluster_database: str) -> Iterator[Cluster]:
     nodes = Cluster(tmp_path, cluster_database, NODES_REDIS_URL)
     yield nodes
     nodes.stop()
+
+
+@pytest.fixture
+def account() -> str:
+    """An account of the test's own (the cluster's nodes share Redis and the database)."""
+    return f"acct_{secrets.token_hex(5)}"

@@ -8,7 +8,6 @@ node) with `since` and misses nothing.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,11 +32,6 @@ EVENT_TYPES = {
     "function.result",
     "call.ended",
 }
-
-
-@pytest.fixture
-def account() -> str:
-    return f"acct_{secrets.token_hex(5)}"
 
 
 @pytest.fixture

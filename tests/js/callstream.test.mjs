@@ -418,3 +418,32 @@ test("keepalive: a socket silent for two ping intervals is replaced", async () =
   await clock.advance(60_000);
   assert.notEqual(sock(), first);
 });
+
+test("control() sends the request and settles with its ack or its refusal", async () => {
+  const { stream, clock, sock } = setup();
+  const errors = [];
+  stream.on("error", (m) => errors.push(m));
+  await assert.rejects(stream.control("c1", "say", { text: "hi" }), { code: "closed" });
+  stream.connect();
+  await flush();
+  sock().accept();
+  sock().take();
+  const acked = stream.control("c1", "say", { text: "hi", interrupt: true });
+  const [sent] = sock().take();
+  assert.deepEqual(sent, { type: "control", call_id: "c1", action: "say", args: { text: "hi", interrupt: true }, ref: sent.ref });
+  sock().push({ type: "control_ack", ref: sent.ref, call_id: "c1", data: { request_id: "ctl_1", seq: 7 } });
+  assert.deepEqual(await acked, { request_id: "ctl_1", seq: 7 });
+
+  const refused = assert.rejects(stream.control("c1", "end"), { code: "no_producer" });
+  const [second] = sock().take();
+  sock().push({ type: "error", ref: second.ref, call_id: "c1", data: { code: "no_producer", message: "nobody", call_id: "c1" } });
+  await refused;
+  assert.equal(errors.length, 0); // the promise carried it
+
+  const unanswered = assert.rejects(stream.control("c1", "pause"), { code: "timeout" });
+  await clock.advance(10_000);
+  await unanswered;
+  const dropped = assert.rejects(stream.control("c1", "resume"), { code: "closed" });
+  sock().drop();
+  await dropped;
+});

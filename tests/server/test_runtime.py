@@ -4,7 +4,6 @@ that records what it was handed."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from callstream.hub import Hub
 from callstream.server.runtime import Runtime
 from callstream.settings import Settings
 from callstream.store import StoreUnavailableError
+from tests.helpers import fill_next_journal_file
 
 
 class RecordingHub(Hub):
@@ -52,16 +52,24 @@ async def test_frames_of_one_commit_fan_out_once_in_order_after_it(runtime: Runt
     assert hub.batches == [[("c1", 1), ("c2", 1), ("c1", 2)]]
 
 
-async def test_events_whose_commit_failed_are_never_fanned_out(runtime: Runtime, tmp_path: Path) -> None:
+async def test_events_whose_commit_failed_fan_out_once_a_repair_stored_them_before_anything_newer(
+    runtime: Runtime, tmp_path: Path
+) -> None:
     hub = runtime.hub
     assert isinstance(hub, RecordingHub)
-    journal = runtime.store._journal
-    assert journal is not None
-    os.symlink("/dev/full", f"{tmp_path / 'callstream.db'}-events.{journal._node}.{journal._generation}")
+    fill_next_journal_file(runtime.store, tmp_path / "callstream.db")
     _, durable = await runtime.publish("acme", [state("c1"), state("c2")])
     with pytest.raises(StoreUnavailableError):
         await durable
-    _, durable = await runtime.publish("acme", [state("c1")])
+    await asyncio.sleep(0)
+    assert hub.batches == []  # not stored: nobody sees it yet
+
+    _, durable = await runtime.publish("acme", [state("c1", "listening")])  # the store is back
     await durable
     await asyncio.sleep(0)
-    assert hub.batches == [[("c1", 2)]]  # seq 1 was taken by the failed commit: never seen
+    assert hub.batches == [[("c1", 1)], [("c1", 2)]]  # the repaired event first, then the new one
+    assert [e.seq for e in await runtime.store.events("acme", "c1")] == [1, 2]
+
+    await runtime.history.sweep()  # c2 got no new event: the node's sweep stores it
+    assert [e.seq for e in await runtime.store.events("acme", "c2")] == [1]
+    assert hub.batches[-1] == [("c2", 1)]

@@ -5,11 +5,12 @@ journal is never another node's to take."""
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import shutil
 import signal
 import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from callstream.store import sql as sql_module
 from callstream.store.chunks import by_call
 from callstream.store.fold_process import read_records
 from callstream.store.journal import EventJournal, JournalRow, journal_rows
+from tests.helpers import fill_next_journal_file
 from tests.store.test_journal_rows import logged_rows
 from tests.store.test_store_contract import event
 
@@ -85,7 +87,8 @@ asyncio.run(main())
 """
 
 
-async def test_a_node_killed_before_any_fold_loses_no_acknowledged_event(db_path: Path) -> None:
+async def kill_a_node_after_its_appends(db_path: Path) -> None:
+    """Run `NODE` on the database and SIGKILL it once its appends returned: they are journaled only."""
     node = await asyncio.create_subprocess_exec(
         sys.executable, "-c", NODE, str(db_path), cwd=REPO, stdout=asyncio.subprocess.PIPE
     )
@@ -97,6 +100,21 @@ async def test_a_node_killed_before_any_fold_loses_no_acknowledged_event(db_path
         await node.wait()
     assert logged_rows(db_path) == 3  # journaled, never folded
 
+
+@contextlib.contextmanager
+def write_locked(db_path: Path) -> Iterator[None]:
+    """The database's write lock, held elsewhere: every fold waits for it (reads do not)."""
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        yield
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+
+
+async def test_a_node_killed_before_any_fold_loses_no_acknowledged_event(db_path: Path) -> None:
+    await kill_a_node_after_its_appends(db_path)
     store = SqlStore(f"sqlite+aiosqlite:///{db_path}")
     await store.start()
     try:
@@ -111,6 +129,51 @@ async def test_a_node_killed_before_any_fold_loses_no_acknowledged_event(db_path
     finally:
         await store.close()
     assert journal_files(db_path) == []
+
+
+async def test_after_a_crash_a_call_looked_up_during_the_first_fold_keeps_its_seqs(db_path: Path) -> None:
+    """The first read after a crash folds the journal the dead node left; a call the broker looks
+    up meanwhile (its first event since the restart) must wait for that fold, or its seqs would
+    start again from 1 and the events that reused them would be lost."""
+    await kill_a_node_after_its_appends(db_path)
+    store = SqlStore(f"sqlite+aiosqlite:///{db_path}")
+    await store.start()
+    try:
+        with write_locked(db_path):
+            first = asyncio.create_task(store.events("acme", "c2"))  # takes the journal, its fold waits
+            await asyncio.sleep(0.2)
+            state = asyncio.create_task(store.call_state("acme", "c1"))
+            await asyncio.sleep(0.2)
+            assert not state.done(), f"answered before the fold of its rows: {state.result()}"
+        found = await asyncio.wait_for(state, 10)
+        assert found is not None
+        assert found.last_seq == 2
+        assert [e.seq for e in await first] == [1]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("that_fold", ["commits", "is_cancelled"])
+async def test_a_read_waits_for_the_fold_in_flight_that_took_its_rows(
+    embedded_store: SqlStore, db_path: Path, that_fold: str
+) -> None:
+    """A read with nothing left in the journal to fold still waits for the fold that took it:
+    REST, a replay from the store and the ended-call commit's hooks would miss events otherwise.
+    When that fold does not commit (its read was cancelled), the rows are folded for this read."""
+    await embedded_store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
+    with write_locked(db_path):
+        first = asyncio.create_task(embedded_store.events("acme", "c2"))
+        await asyncio.sleep(0.2)
+        read = asyncio.create_task(embedded_store.events("acme", "c1"))
+        await asyncio.sleep(0.2)
+        assert not read.done(), f"answered before the fold of its rows: {read.result()}"
+        if that_fold == "is_cancelled":
+            first.cancel()
+            await asyncio.sleep(0.2)
+            assert not read.done(), f"answered before the fold of its rows: {read.result()}"
+    assert [e.seq for e in await asyncio.wait_for(read, 10)] == [1]
+    if that_fold == "commits":
+        assert [e.seq for e in await first] == [1]
 
 
 async def test_a_journal_folded_but_not_deleted_before_a_crash_is_not_counted_twice(db_path: Path) -> None:
@@ -166,9 +229,7 @@ async def test_a_node_that_ends_cleanly_leaves_no_journal(db_path: Path) -> None
 async def test_a_journal_write_the_disk_refuses_fails_that_commit_only(embedded_store: SqlStore, db_path: Path) -> None:
     """A full disk (here /dev/full under the journal's next file name): the producer is told its
     events were not stored, the node keeps serving, and later commits go to a new file."""
-    journal = embedded_store._journal
-    assert journal is not None
-    os.symlink("/dev/full", f"{db_path}-events.{journal._node}.{journal._generation}")
+    fill_next_journal_file(embedded_store, db_path)
 
     with pytest.raises(StoreUnavailableError, match="could not commit"):
         await embedded_store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
@@ -195,16 +256,11 @@ async def test_a_read_waiting_for_a_fold_still_gets_its_events_when_the_writer_s
 async def test_commits_to_the_journal_do_not_wait_for_a_fold_in_flight(embedded_store: SqlStore, db_path: Path) -> None:
     """The fan-out waits for its commit; a fold held up by the database must not hold it up too."""
     await embedded_store.append([event("acme", "c1", 1), event("acme", "c2", 1)])
-    blocker = sqlite3.connect(db_path, isolation_level=None)
-    try:
-        blocker.execute("BEGIN IMMEDIATE")  # the database's write lock, held elsewhere
+    with write_locked(db_path):
         read = asyncio.create_task(embedded_store.events("acme", "c1"))  # its fold waits for the lock
         await asyncio.sleep(0.2)
         assert not read.done()
         await asyncio.wait_for(embedded_store.append([event("acme", "c1", 2), event("acme", "c2", 2)]), 2)
-        blocker.execute("ROLLBACK")
-    finally:
-        blocker.close()
     assert [e.seq for e in await read] == [1]
     assert [e.seq for e in await embedded_store.events("acme", "c1")] == [1, 2]
 
@@ -215,16 +271,11 @@ async def test_a_journal_the_writer_has_not_folded_for_a_while_makes_commits_wai
     """A node taking events faster than its writer files them slows its producers down (their
     acks wait for the fold) instead of growing a journal every read would then wait for."""
     monkeypatch.setattr(sql_module, "JOURNAL_MAX_BYTES", 4096)
-    blocker = sqlite3.connect(db_path, isolation_level=None)
-    try:
-        blocker.execute("BEGIN IMMEDIATE")  # folds wait for the database's write lock
+    with write_locked(db_path):
         await embedded_store.append([event("acme", "c1", 1)])  # below the bound: no wait
         big = [event("acme", "c1", seq, "transcript.final", text="x" * 100) for seq in range(2, 60)]
         commit = embedded_store.append(big)
         await asyncio.sleep(0.5)
         assert not commit.done()  # over the bound: this commit waits for the fold it started
-        blocker.execute("ROLLBACK")
-    finally:
-        blocker.close()
     await asyncio.wait_for(commit, 10)
     assert [e.seq for e in await embedded_store.events("acme", "c1")] == list(range(1, 60))

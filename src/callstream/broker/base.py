@@ -8,13 +8,15 @@ included) in `seq` order. Implementations: `memory` (one process) and `redis` (s
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
 
 from callstream.errors import UnavailableError
 from callstream.events import CallState, Event, NewEvent
 
 Deliver = Callable[[Sequence[Event]], None]  # a batch, in per-call seq order
+Relayed = Callable[[str, bytes], None]  # a control request for a producer socket of this node: (its id, frame)
 
 #: A live call idle this long is forgotten by the broker (and stops counting as live); the store
 #: still has it, and its next event brings it back.
@@ -95,8 +97,63 @@ class QuotaExceededError(Exception):
         self.retry_after_s = retry_after_s
 
 
+class ControlResultError(Exception):
+    """A `control.result` for a request that waits for none: unknown, or answered already (by
+    its producer, by the server's timeout, or by the call's end). Nothing of the batch applied."""
+
+    def __init__(self, call_id: str, index: int, request_id: str) -> None:
+        super().__init__(
+            f"event {index}: call {call_id} has no control request {request_id} waiting for a result"
+            " (unknown, answered already, or timed out)"
+        )
+        self.call_id = call_id
+        self.index = index
+        self.request_id = request_id
+
+
+class PendingControlsError(Exception):
+    """A `call.ended` would end a call while control requests wait for their result; the
+    runtime settles them (`control.settles_at_end`) in the same batch and publishes it again.
+    `pending` maps each waiting request_id to its action."""
+
+    def __init__(self, call_id: str, index: int, pending: dict[str, str]) -> None:
+        super().__init__(f"event {index}: call {call_id} ends with {len(pending)} control request(s) unanswered")
+        self.call_id = call_id
+        self.index = index
+        self.pending = pending
+
+
 class BrokerUnavailableError(UnavailableError):
     """The broker's backing service cannot be reached; the caller should answer 503 / 1013."""
+
+
+class RepairNeededError(Exception):
+    """The store may lack events of this call that the broker sequenced: they are to be stored
+    (`Broker.repairing`) before anything more of the call is sequenced. Nothing was applied."""
+
+    def __init__(self, account: str, call_id: str) -> None:
+        super().__init__(f"call {call_id}: events sequenced before are not stored yet")
+        self.account = account
+        self.call_id = call_id
+
+
+class RepairBusyError(BrokerUnavailableError):
+    """Another node is storing this call's unstored events right now; retry in a moment."""
+
+
+#: An event the store has not confirmed after this long is taken for lost by the node that
+#: sequenced it (the node died, or its commit failed unseen): any node may then store it.
+UNSTORED_AFTER_S = 30.0
+
+
+@dataclass(slots=True)
+class Unstored:
+    """A call's events the store may lack (a repair's work): `seqs` whose commit failed or was
+    not confirmed in time, in order; `events` those of them the replay log still holds, in seq
+    order."""
+
+    seqs: list[int] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -113,6 +170,8 @@ class Broker(abc.ABC):
     #: Called after the broker lost and regained its link to the backing service: events
     #: published meanwhile never reached this node, so the node makes its subscribers resume.
     on_reconnect: Callable[[], Awaitable[None]] | None = None
+    #: Called with the control requests relayed to this node's producer sockets (`relay`).
+    on_relay: Relayed | None = None
     _deliver: Deliver | None = None
     _load_call: CallLoader | None = None
 
@@ -130,11 +189,16 @@ class Broker(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def publish(self, account: str, events: Sequence[NewEvent]) -> list[Event]:
+    async def publish(self, account: str, events: Sequence[NewEvent], holder: str | None = None) -> list[Event]:
         """Sequence a batch atomically (all or nothing).
 
+        Control requests are kept with their call here, in the same step: a `control.requested`
+        makes its request wait for a result (timed out after the broker's control timeout), a
+        `control.result` takes the one result of a waiting request. `holder` (an encoded
+        `control.Holder`), when given, becomes the producer socket holding the batch's calls.
+
         Raises CallEndedError, QuotaExceededError (the batch would pass `Quotas.events_per_call`
-        or `Quotas.live_calls`), BrokerUnavailableError.
+        or `Quotas.live_calls`), ControlResultError, PendingControlsError, BrokerUnavailableError.
         """
 
     @abc.abstractmethod
@@ -152,6 +216,31 @@ class Broker(abc.ABC):
     async def release_socket(self, account: str) -> None:
         """A socket `acquire_socket` counted has closed."""
 
+    # ---- live control (docs/protocol.md, Live control) ----------------------------------
+
+    @property
+    @abc.abstractmethod
+    def node_id(self) -> str:
+        """This node's name among the nodes sharing the broker (its producer sockets' holders name it)."""
+
+    @abc.abstractmethod
+    async def holder(self, account: str, call_id: str) -> str | None:
+        """The encoded `control.Holder` of the call, or None: nobody published on a socket that is
+        still open, on a node that is still alive."""
+
+    @abc.abstractmethod
+    async def release(self, account: str, call_ids: Collection[str], holder: str) -> None:
+        """A producer socket closed: it stops holding those of `call_ids` it still holds."""
+
+    @abc.abstractmethod
+    async def relay(self, holder: str, frame: bytes) -> None:
+        """Hand a control request to the holder's socket, on whichever node (`on_relay` there)."""
+
+    @abc.abstractmethod
+    async def due_controls(self) -> list[tuple[str, str, str]]:
+        """(account, call_id, request_id) of requests still waiting past their deadline; the
+        caller publishes their timeout result (whichever node's publish comes first wins)."""
+
     @property
     def fans_out_on_publish(self) -> bool:
         """False when the runtime must call `deliver_stored` once the store committed the events."""
@@ -159,6 +248,36 @@ class Broker(abc.ABC):
 
     def deliver_stored(self, events: Sequence[Event]) -> None:  # noqa: B027 - optional hook
         """The store committed these events (in seq order); a broker that waits for that fans out now."""
+
+    # ---- unstored events (server/repair.py) -------------------------------------------------
+
+    @property
+    def tracks_unstored(self) -> bool:
+        """True when `publish` records what it sequenced as unstored until `stored` is called."""
+        return False
+
+    async def stored(self, events: Sequence[Event]) -> None:  # noqa: B027 - optional hook
+        """The store committed these events: they no longer need a repair."""
+
+    @abc.abstractmethod
+    async def mark_unstored(self, events: Sequence[Event]) -> None:
+        """The store failed to commit these events: their calls need a repair before `publish`
+        sequences more of them (it raises RepairNeededError until `repaired`), on every node.
+        Events a commit already confirmed (`stored`) stay confirmed."""
+
+    @abc.abstractmethod
+    def repairing(self, account: str, call_id: str) -> contextlib.AbstractAsyncContextManager[Unstored]:
+        """Claim the call's repair (RepairBusyError when another node holds it) for the block,
+        which receives the call's `Unstored` events."""
+
+    @abc.abstractmethod
+    async def repaired(self, account: str, call_id: str, work: Unstored) -> None:
+        """The store holds `work` now (or never will): forget it."""
+
+    @abc.abstractmethod
+    async def overdue(self) -> list[tuple[str, str]]:
+        """(account, call_id) of calls whose unstored events wait for a repair: failed, or
+        unconfirmed for `UNSTORED_AFTER_S` (their node may be dead)."""
 
     def forget_history(self, account: str, call_id: str) -> None:  # noqa: B027 - optional hook
         """The store refused some of this call's events: the replay log must not serve what it

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import heapq
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from operator import itemgetter
 
 import orjson
@@ -28,9 +29,14 @@ from callstream.broker.base import (
     LIVE_TTL_S,
     Broker,
     CallEndedError,
+    ControlResultError,
     HeldHistory,
+    PendingControlsError,
     Quotas,
+    RepairNeededError,
+    Unstored,
 )
+from callstream.control import REQUESTED, RESULT, Holder
 from callstream.events import ENDED, CallState, Event, NewEvent
 
 _SWEEP_INTERVAL_S = 30.0
@@ -51,12 +57,15 @@ class _Call:
         "counted",
         "ended_at",
         "first_seq",
+        "holder",
         "last_seq",
         "latest",
         "log",
+        "pending",
         "started_at",
         "status",
         "superseded",
+        "unstored",
     )
 
     def __init__(self, state: CallState) -> None:
@@ -70,6 +79,9 @@ class _Call:
         self.latest: dict[str, int] = {}  # supersede key → seq of the newest partial of that key
         self.superseded: set[int] = set()  # seqs of partials a newer transcript superseded
         self.ended_at: float | None = None
+        self.unstored: set[int] = set()  # seqs whose commit failed: stored by a repair first
+        self.holder: str | None = None  # the producer socket holding it (live control)
+        self.pending: dict[str, str] | None = None  # control requests waiting: request_id → action
 
     def append(self, event: Event) -> None:
         key = event.key
@@ -102,6 +114,14 @@ class _Call:
             if seq not in gone
         ]
 
+    def unstored_events(self, account: str, call_id: str) -> list[Event]:
+        wanted = self.unstored
+        return [
+            Event(account, call_id, seq, ts, kind, orjson.loads(frame)["data"], frame, key=key)
+            for seq, ts, kind, frame, key in self.log
+            if seq in wanted
+        ]
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -115,6 +135,7 @@ class MemoryBroker(Broker):
         deliver_after_store: bool = False,
         quotas: Quotas | None = None,
         live_ttl_s: float = LIVE_TTL_S,
+        control_timeout_s: float = 10.0,
     ) -> None:
         """`deliver_after_store`: fan out only from `deliver_stored`, i.e. after the commit.
 
@@ -132,6 +153,9 @@ class MemoryBroker(Broker):
         self._sockets: Counter[str] = Counter()  # account → its open sockets on this node
         self._sweeper: asyncio.Task[None] | None = None
         self._absent: OrderedDict[tuple[str, str], None] = OrderedDict()  # not in the store either
+        self._control_timeout_s = control_timeout_s
+        # Control requests by deadline (monotonic s): (deadline, account, call_id, request_id).
+        self._deadlines: list[tuple[float, str, str, str]] = []
 
     async def _open(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-broker-sweeper")
@@ -142,7 +166,7 @@ class MemoryBroker(Broker):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
 
-    async def publish(self, account: str, events: Sequence[NewEvent]) -> list[Event]:
+    async def publish(self, account: str, events: Sequence[NewEvent], holder: str | None = None) -> list[Event]:
         call_ids = list(dict.fromkeys(e.call_id for e in events))
         if all((account, cid) in self._calls for cid in call_ids):
             calls = {cid: self._calls[(account, cid)] for cid in call_ids}
@@ -150,11 +174,17 @@ class MemoryBroker(Broker):
             loaded = await asyncio.gather(*(self._call(account, cid) for cid in call_ids))
             calls = dict(zip(call_ids, loaded, strict=True))
         # From here on no await: the check and the sequencing are one atomic step.
+        for cid, call in calls.items():
+            if call.unstored:
+                raise RepairNeededError(account, cid)
         ended = {cid: call.status == "ended" for cid, call in calls.items()}
+        answered: set[tuple[str, str]] = set()  # (call_id, request_id) of results in this batch
         for index, new in enumerate(events):
             if ended[new.call_id]:
                 raise CallEndedError(new.call_id, index)
             ended[new.call_id] = new.type == ENDED
+            if new.type == RESULT or new.type == ENDED:
+                self._check_control(calls[new.call_id], new, index, answered)
         if self._quotas.events_per_call or self._quotas.live_calls:
             self._check_quotas(account, events, calls, ended)
         ts = now_ms()
@@ -166,6 +196,8 @@ class MemoryBroker(Broker):
                 call.started_at = ts
             event = Event(account, new.call_id, call.last_seq, ts, new.type, new.data)
             call.append(event)
+            if new.type == REQUESTED or new.type == RESULT:
+                self._keep_control(account, call, new)
             if new.type == ENDED:
                 call.status, call.ended_at = "ended", time.monotonic()
                 call.compact()  # kept for an hour: without what nobody can replay any more
@@ -179,9 +211,66 @@ class MemoryBroker(Broker):
             out.append(event)
         for call in calls.values():
             call.active_ms = ts
+            if holder is not None:
+                call.holder = holder
         if not self._deliver_after_store:
             self.deliver_stored(out)
         return out
+
+    @staticmethod
+    def _check_control(call: _Call, new: NewEvent, index: int, answered: set[tuple[str, str]]) -> None:
+        """A result must answer a waiting request, once; a call may not end with one waiting."""
+        pending = call.pending or {}
+        if new.type == RESULT:
+            request_id = str(new.data["request_id"])
+            if request_id not in pending or (new.call_id, request_id) in answered:
+                raise ControlResultError(new.call_id, index, request_id)
+            answered.add((new.call_id, request_id))
+            return
+        waiting = {r: a for r, a in pending.items() if (new.call_id, r) not in answered}
+        if waiting:
+            raise PendingControlsError(new.call_id, index, waiting)
+
+    def _keep_control(self, account: str, call: _Call, new: NewEvent) -> None:
+        request_id = str(new.data["request_id"])
+        if new.type == RESULT:
+            if call.pending is not None:
+                call.pending.pop(request_id, None)
+            return
+        if call.pending is None:
+            call.pending = {}
+        call.pending[request_id] = str(new.data["action"])
+        deadline = time.monotonic() + self._control_timeout_s
+        heapq.heappush(self._deadlines, (deadline, account, new.call_id, request_id))
+
+    # ---- live control: one node, so holders and relays stay in this process -------------
+
+    @property
+    def node_id(self) -> str:
+        return "local"
+
+    async def holder(self, account: str, call_id: str) -> str | None:
+        call = self._calls.get((account, call_id))
+        return None if call is None else call.holder
+
+    async def release(self, account: str, call_ids: Collection[str], holder: str) -> None:
+        for call_id in call_ids:
+            call = self._calls.get((account, call_id))
+            if call is not None and call.holder == holder:
+                call.holder = None
+
+    async def relay(self, holder: str, frame: bytes) -> None:
+        if self.on_relay is not None:
+            self.on_relay(Holder.decode(holder).conn, frame)
+
+    async def due_controls(self) -> list[tuple[str, str, str]]:
+        now, due = time.monotonic(), []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, account, call_id, request_id = heapq.heappop(self._deadlines)
+            call = self._calls.get((account, call_id))
+            if call is not None and call.pending and request_id in call.pending:
+                due.append((account, call_id, request_id))
+        return due
 
     def _check_quotas(
         self, account: str, events: Sequence[NewEvent], calls: dict[str, _Call], ended: dict[str, bool]
@@ -209,7 +298,8 @@ class MemoryBroker(Broker):
         counts = {cid: call.last_seq for cid, call in calls.items()}
         for index, new in enumerate(events):
             counts[new.call_id] += 1
-            if counts[new.call_id] > limit and new.type != ENDED:  # a call can always end
+            # A call can always end, and a control request always gets its result.
+            if counts[new.call_id] > limit and new.type != ENDED and new.type != RESULT:
                 raise self._quotas.events_exceeded(new.call_id, index)
 
     def _uncount(self, account: str, call: _Call) -> None:
@@ -243,6 +333,32 @@ class MemoryBroker(Broker):
 
     def forget_history(self, account: str, call_id: str) -> None:
         self._release_log(account, call_id)
+
+    # ---- unstored events: one node, so the marks live here -------------------------------
+
+    async def mark_unstored(self, events: Sequence[Event]) -> None:
+        for event in events:
+            call = self._calls.get((event.account, event.call_id))
+            if call is not None and not event.is_partial:  # partials are never stored
+                call.unstored.add(event.seq)
+
+    @contextlib.asynccontextmanager
+    async def repairing(self, account: str, call_id: str) -> AsyncIterator[Unstored]:
+        """No claim to make: the node's repair runs one at a time per call."""
+        call = self._calls.get((account, call_id))
+        if call is None or not call.unstored:
+            yield Unstored()
+            return
+        seqs = sorted(call.unstored)
+        yield Unstored(seqs, call.unstored_events(account, call_id))
+
+    async def repaired(self, account: str, call_id: str, work: Unstored) -> None:
+        call = self._calls.get((account, call_id))
+        if call is not None:
+            call.unstored.difference_update(work.seqs)
+
+    async def overdue(self) -> list[tuple[str, str]]:
+        return [key for key, call in self._calls.items() if call.unstored]
 
     def _release_log(self, account: str, call_id: str) -> None:
         """An ended call whose events are all committed: the store now answers `since` for it.
@@ -328,7 +444,8 @@ class MemoryBroker(Broker):
         expired = [
             k
             for k, c in self._calls.items()
-            if (c.ended_at is not None and c.ended_at < deadline) or (c.ended_at is None and c.active_ms < idle_since)
+            if not c.unstored  # its log is what a repair stores from
+            and ((c.ended_at is not None and c.ended_at < deadline) or (c.ended_at is None and c.active_ms < idle_since))
         ]
         for key in expired:
             call = self._calls.pop(key)

@@ -17,6 +17,10 @@ Why this shape:
   `since`.
 - **The frame is encoded once.** The script builds the wire frame from JSON fragments the
   publishing node encoded; every node forwards those bytes unchanged.
+- **Delivered before stored.** Fan-out does not wait for the commit, so the script also keeps
+  each seq a commit has not confirmed yet (`redis_unstored`): one whose commit failed, or whose
+  node died, is stored later from the log (`server/repair.py`), and the call takes no new event
+  until then.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeVar
 
 import hiredis
@@ -40,13 +45,20 @@ from redis.retry import Retry
 
 from callstream.broker.base import (
     LIVE_TTL_S,
+    UNSTORED_AFTER_S,
     Broker,
     BrokerUnavailableError,
     CallEndedError,
+    ControlResultError,
     HeldHistory,
+    PendingControlsError,
     Quotas,
+    RepairNeededError,
+    Unstored,
 )
 from callstream.broker.redis_sockets import SocketCounter
+from callstream.broker.redis_unstored import UnstoredLedger
+from callstream.control import REQUESTED, RESULT, Holder
 from callstream.events import PARTIAL, CallState, Event, NewEvent
 
 __all__ = ["RedisBroker"]
@@ -55,45 +67,77 @@ log = logging.getLogger("callstream.broker.redis")
 
 T = TypeVar("T")
 
-# KEYS: state hash and log stream of each call of the batch, in pairs; then the account's live set.
+# KEYS: state hash, log stream, unstored set and control hash of each call of the batch, in fours;
+#       then the account's live set, the unstored index (`redis_unstored`) and the control
+#       deadlines' set.
 # ARGV: ncalls, maxlen, live ttl, ended ttl, account channel, events quota, live calls quota,
-#       per call: its channel, its call_id as JSON (also its member in the live set),
-#       per event: call index (1-based), type, type as JSON, data as JSON.
+#       unstored after (ms), holder ('' for none), control timeout (ms),
+#       per call: its channel, its call_id as JSON (also its member in the live set), the tail
+#       of its deadline members (`"account","call_id","control hash"]`),
+#       per event: call index (1-based), type, type as JSON, data as JSON, request_id ('' if none).
+# A call's member in the unstored index is the name of its state hash.
 # The live set scores each live call with its last event's ts: a member older than the live TTL
 # (its state key expired with it) no longer counts, so calls that never end decay.
+# Every stored type's seq goes into the call's unstored set (score: its ts) until a node says the
+# store holds it (`redis_unstored`); a call with a seq that failed (score 0) or that no node
+# confirmed within `unstored after` is refused with 'repair' (nothing applied) until a repair
+# stored what the log holds of it.
+# The control hash maps each request waiting for its result to its action: a `control.requested`
+# adds it (and its deadline), a `control.result` takes it (refused when it is not there), and a
+# `call.ended` is refused while one waits ('pending', with the waiting ones) for the node to
+# settle them in the same batch.
 _PUBLISH: Final = """
 local ncalls = tonumber(ARGV[1])
 local maxlen, live_ttl, ended_ttl, account_channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_events, max_live = tonumber(ARGV[6]), tonumber(ARGV[7])
-local live_set = KEYS[2 * ncalls + 1]
-local ev = 8 + 2 * ncalls
-local nevents = (#ARGV - ev + 1) / 4
-local ended, last, count, first = {}, {}, {}, {}
+local unstored_after = tonumber(ARGV[8])
+local holder, control_ms = ARGV[9], tonumber(ARGV[10])
+local live_set, index, deadlines = KEYS[4 * ncalls + 1], KEYS[4 * ncalls + 2], KEYS[4 * ncalls + 3]
+local ev = 11 + 3 * ncalls
+local nevents = (#ARGV - ev + 1) / 5
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local ts = string.format('%d', now_ms)
+local ended, last, count, first, answered = {}, {}, {}, {}, {}
 for c = 1, ncalls do
-  local state = redis.call('HMGET', KEYS[2 * c - 1], 'status', 'last_seq')
+  local state = redis.call('HMGET', KEYS[4 * c - 3], 'status', 'last_seq')
   if not state[1] then return {'unknown', c} end
+  local lowest = redis.call('ZRANGE', KEYS[4 * c - 1], 0, 0, 'WITHSCORES')
+  if #lowest > 0 and tonumber(lowest[2]) < now_ms - unstored_after then return {'repair', c} end
   ended[c] = state[1] == 'ended'
   last[c] = tonumber(state[2] or '0')
   count[c] = 0
 end
 for j = 0, nevents - 1 do
-  local c = tonumber(ARGV[ev + 4 * j])
+  local c = tonumber(ARGV[ev + 5 * j])
+  local kind, rid = ARGV[ev + 5 * j + 1], ARGV[ev + 5 * j + 4]
   if ended[c] then return {'ended', j} end
   count[c] = count[c] + 1
-  if max_events > 0 and last[c] + count[c] > max_events and ARGV[ev + 4 * j + 1] ~= 'call.ended' then
+  if max_events > 0 and last[c] + count[c] > max_events and kind ~= 'call.ended' and kind ~= 'control.result' then
     return {'events', j}
   end
+  if kind == 'control.result' then
+    if answered[c .. '|' .. rid] or redis.call('HEXISTS', KEYS[4 * c], rid) == 0 then return {'claimed', j} end
+    answered[c .. '|' .. rid] = true
+  elseif kind == 'call.ended' then
+    local waiting = redis.call('HGETALL', KEYS[4 * c])
+    local out = {'pending', j}
+    for i = 1, #waiting, 2 do
+      if not answered[c .. '|' .. waiting[i]] then
+        out[#out + 1] = waiting[i]
+        out[#out + 1] = waiting[i + 1]
+      end
+    end
+    if #out > 2 then return out end
+  end
   if not first[c] then first[c] = j end
-  if ARGV[ev + 4 * j + 1] == 'call.ended' then ended[c] = true end
+  if kind == 'call.ended' then ended[c] = true end
 end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local ts = string.format('%d', now_ms)
 if max_live > 0 then
   local cutoff = now_ms - tonumber(live_ttl) * 1000
   local n = -1
   for c = 1, ncalls do
-    local score = redis.call('ZSCORE', live_set, ARGV[7 + 2 * c])
+    local score = redis.call('ZSCORE', live_set, ARGV[9 + 3 * c])
     if not ended[c] and (not score or tonumber(score) < cutoff) then
       if n < 0 then
         redis.call('ZREMRANGEBYSCORE', live_set, '-inf', '(' .. string.format('%d', cutoff))
@@ -105,38 +149,95 @@ if max_live > 0 then
   end
 end
 local out = {'ok', ts}
+local unstored = {}
 for j = 0, nevents - 1 do
-  local c = tonumber(ARGV[ev + 4 * j])
-  local state, stream = KEYS[2 * c - 1], KEYS[2 * c]
+  local c = tonumber(ARGV[ev + 5 * j])
+  local kind, rid = ARGV[ev + 5 * j + 1], ARGV[ev + 5 * j + 4]
+  local state, stream = KEYS[4 * c - 3], KEYS[4 * c - 2]
   local seq = string.format('%d', redis.call('HINCRBY', state, 'last_seq', 1))
   redis.call('HSETNX', state, 'started_at', ts)
-  local frame = '{"type":' .. ARGV[ev + 4 * j + 2] .. ',"call_id":' .. ARGV[7 + 2 * c]
-    .. ',"seq":' .. seq .. ',"ts":' .. ts .. ',"data":' .. ARGV[ev + 4 * j + 3] .. '}'
+  local frame = '{"type":' .. ARGV[ev + 5 * j + 2] .. ',"call_id":' .. ARGV[9 + 3 * c]
+    .. ',"seq":' .. seq .. ',"ts":' .. ts .. ',"data":' .. ARGV[ev + 5 * j + 3] .. '}'
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
-  redis.call('PUBLISH', ARGV[6 + 2 * c], frame)
+  redis.call('PUBLISH', ARGV[8 + 3 * c], frame)
   redis.call('PUBLISH', account_channel, frame)
-  if ARGV[ev + 4 * j + 1] == 'call.ended' then
+  if kind ~= 'transcript.partial' then
+    redis.call('ZADD', KEYS[4 * c - 1], ts, seq)
+    unstored[c] = true
+  end
+  if kind == 'call.ended' then
     redis.call('HSET', state, 'status', 'ended')
   else
     redis.call('HSET', state, 'status', 'live')
+  end
+  if kind == 'control.result' then
+    redis.call('HDEL', KEYS[4 * c], rid)
+    redis.call('ZREM', deadlines, '["' .. rid .. '",' .. ARGV[10 + 3 * c])
+  elseif kind == 'control.requested' then
+    redis.call('HSET', KEYS[4 * c], rid, cjson.decode(ARGV[ev + 5 * j + 3])['action'])
+    redis.call('ZADD', deadlines, string.format('%d', now_ms + control_ms), '["' .. rid .. '",' .. ARGV[10 + 3 * c])
   end
   out[#out + 1] = seq
 end
 for c = 1, ncalls do
   local ttl = live_ttl
   if ended[c] then ttl = ended_ttl end
-  redis.call('EXPIRE', KEYS[2 * c - 1], ttl)
-  redis.call('EXPIRE', KEYS[2 * c], ttl)
+  if holder ~= '' then redis.call('HSET', KEYS[4 * c - 3], 'holder', holder) end
+  redis.call('EXPIRE', KEYS[4 * c - 3], ttl)
+  redis.call('EXPIRE', KEYS[4 * c - 2], ttl)
+  redis.call('EXPIRE', KEYS[4 * c], ttl)
+  if unstored[c] then
+    redis.call('EXPIRE', KEYS[4 * c - 1], ttl)
+    redis.call('ZADD', index, 'NX', ts, KEYS[4 * c - 3])
+  end
   if max_live > 0 then
     if ended[c] then
-      redis.call('ZREM', live_set, ARGV[7 + 2 * c])
+      redis.call('ZREM', live_set, ARGV[9 + 3 * c])
     else
-      redis.call('ZADD', live_set, ts, ARGV[7 + 2 * c])
+      redis.call('ZADD', live_set, ts, ARGV[9 + 3 * c])
     end
   end
 end
 if max_live > 0 then redis.call('EXPIRE', live_set, live_ttl) end
 return out
+"""
+
+# KEYS: the call's state hash, the nodes' set. ARGV: dead after (ms). The call's holder while
+# its node beats (`SocketCounter`), else nothing: a dead node's sockets hold no call.
+_HOLDER: Final = """
+local holder = redis.call('HGET', KEYS[1], 'holder')
+if not holder then return false end
+local beat = redis.call('ZSCORE', KEYS[2], string.match(holder, '^[^|]*'))
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if not beat or tonumber(beat) < now_ms - tonumber(ARGV[1]) then return false end
+return holder
+"""
+
+# KEYS: state hashes of the calls a closed socket held. ARGV: its holder.
+_RELEASE: Final = """
+for i = 1, #KEYS do
+  if redis.call('HGET', KEYS[i], 'holder') == ARGV[1] then redis.call('HDEL', KEYS[i], 'holder') end
+end
+return 1
+"""
+
+# KEYS: the control deadlines' set. ARGV: how many at most. Members past their deadline whose
+# request still waits; those answered meanwhile (or whose call expired) are dropped.
+_DUE: Final = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local due = {}
+local range = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now_ms), 'LIMIT', 0, tonumber(ARGV[1]))
+for _, member in ipairs(range) do
+  local m = cjson.decode(member)
+  if redis.call('HEXISTS', m[4], m[1]) == 1 then
+    due[#due + 1] = member
+  else
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+return due
 """
 
 # KEYS: state hash, log stream. ARGV: status, last_seq, started_at ('' if none), live, ended ttl.
@@ -157,6 +258,8 @@ redis.call('EXPIRE', KEYS[1], ttl)
 return 1
 """
 
+_CONTROL_TYPES: Final = frozenset({REQUESTED, RESULT})
+_DUE_BATCH: Final = 100  # timed-out control requests read at a time
 _DEDUPE_CALLS: Final = 100_000
 _READ_BYTES: Final = 256 * 1024
 
@@ -202,6 +305,8 @@ class RedisBroker(Broker):
         ping_interval_s: float = 1.0,
         ping_timeout_s: float = 3.0,
         watch_timeout_s: float = 5.0,
+        unstored_after_s: float = UNSTORED_AFTER_S,
+        control_timeout_s: float = 10.0,
     ) -> None:
         no_retry = Retry(NoBackoff(), 0)  # a retried EVALSHA could apply a batch twice
         options: dict[str, Any] = {
@@ -222,6 +327,11 @@ class RedisBroker(Broker):
         self._watch_timeout_s = watch_timeout_s
         self._publish_script = self._redis.register_script(_PUBLISH)
         self._seed_script = self._redis.register_script(_SEED)
+        self._holder_script = self._redis.register_script(_HOLDER)
+        self._release_script = self._redis.register_script(_RELEASE)
+        self._due_script = self._redis.register_script(_DUE)
+        self._control_timeout_ms = int(control_timeout_s * 1000)
+        self._deadlines = f"{prefix}control:due"
         self._quotas = quotas or Quotas()
         self._sockets = SocketCounter(
             self._redis,
@@ -230,6 +340,15 @@ class RedisBroker(Broker):
             self._command,
             dead_after_s=5 * ping_interval_s,
         )
+        self._unstored = UnstoredLedger(
+            self._redis,
+            prefix,
+            self._call_key,
+            self._event,
+            self._command,
+            unstored_after_s=unstored_after_s,
+        )
+        self._node_channel = f"{prefix}node:{self._sockets.node}"  # control requests relayed here
         self._watches: dict[str, _Watch] = {}
         self._inflight: dict[str, int] = {}  # SUBSCRIBEs sent, confirmation not read yet
         self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -259,9 +378,8 @@ class RedisBroker(Broker):
             raise BrokerUnavailableError(f"cannot subscribe on Redis at {self._safe_url()}") from exc
 
     async def close(self) -> None:
-        if self._quotas.sockets:
-            with contextlib.suppress(BrokerUnavailableError):
-                await self._sockets.leave()
+        with contextlib.suppress(BrokerUnavailableError):
+            await self._sockets.leave()  # its sockets stop counting and holding calls at once
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -315,13 +433,17 @@ class RedisBroker(Broker):
 
     # ---- publish -------------------------------------------------------------------------
 
-    async def publish(self, account: str, events: Sequence[NewEvent]) -> list[Event]:
+    async def publish(self, account: str, events: Sequence[NewEvent], holder: str | None = None) -> list[Event]:
         if not events:
             return []
         call_ids = list(dict.fromkeys(e.call_id for e in events))
         position = {cid: i for i, cid in enumerate(call_ids, 1)}
-        keys = [self._call_key(account, cid, suffix) for cid in call_ids for suffix in ("state", "log")]
-        keys.append(self._account_key(account, "live"))
+        keys = [
+            self._call_key(account, cid, suffix)
+            for cid in call_ids
+            for suffix in ("state", "log", "unstored", "ctl")
+        ]
+        keys += [self._account_key(account, "live"), self._unstored.index_key, self._deadlines]
         args: list[str | int] = [
             len(call_ids),
             self._maxlen,
@@ -330,27 +452,28 @@ class RedisBroker(Broker):
             self._account_channel(account),
             self._quotas.events_per_call,
             self._quotas.live_calls,
+            self._unstored.unstored_after_ms,
+            holder or "",
+            self._control_timeout_ms,
         ]
         call_json = {cid: orjson.dumps(cid).decode() for cid in call_ids}
         for cid in call_ids:
-            args += [self._call_key(account, cid, "ev"), call_json[cid]]
+            tail = orjson.dumps([account, cid, self._call_key(account, cid, "ctl")]).decode()[1:]
+            args += [self._call_key(account, cid, "ev"), call_json[cid], tail]
         fragments = [(orjson.dumps(e.type).decode(), orjson.dumps(e.data).decode()) for e in events]
         for new, (type_json, data_json) in zip(events, fragments, strict=True):
-            args += [position[new.call_id], new.type, type_json, data_json]
+            request_id = str(new.data.get("request_id", "")) if new.type in _CONTROL_TYPES else ""
+            args += [position[new.call_id], new.type, type_json, data_json, request_id]
         for _ in range(len(call_ids) + 2):
             reply = await self._command(self._publish_script(keys=keys, args=args))
             outcome = reply[0].decode()
             if outcome == "unknown":
                 await self._seed(account, call_ids[int(reply[1]) - 1])
                 continue
-            if outcome == "ended":
-                index = int(reply[1])
-                raise CallEndedError(events[index].call_id, index)
-            if outcome in ("events", "live"):
-                index = int(reply[1])
-                if outcome == "events":
-                    raise self._quotas.events_exceeded(events[index].call_id, index)
-                raise self._quotas.live_calls_exceeded(events[index].call_id, index)
+            if outcome == "repair":
+                raise RepairNeededError(account, call_ids[int(reply[1]) - 1])
+            if outcome != "ok":
+                raise self._refusal(outcome, reply, events)
             ts = int(reply[1])
             return [
                 Event(
@@ -367,6 +490,21 @@ class RedisBroker(Broker):
             ]
         raise BrokerUnavailableError("Redis keeps losing the calls' state; is it evicting keys?")
 
+    def _refusal(self, outcome: str, reply: list[Any], events: Sequence[NewEvent]) -> Exception:
+        """The error of a batch the publish script refused (nothing of it was applied)."""
+        index = int(reply[1])
+        call_id = events[index].call_id
+        if outcome == "ended":
+            return CallEndedError(call_id, index)
+        if outcome == "events":
+            return self._quotas.events_exceeded(call_id, index)
+        if outcome == "live":
+            return self._quotas.live_calls_exceeded(call_id, index)
+        if outcome == "claimed":
+            return ControlResultError(call_id, index, str(events[index].data.get("request_id")))
+        waiting = [item.decode() for item in reply[2:]]
+        return PendingControlsError(call_id, index, dict(zip(waiting[::2], waiting[1::2], strict=True)))
+
     async def _seed(self, account: str, call_id: str) -> None:
         """Give Redis the store's view of a call it does not know, unless another node just did."""
         assert self._load_call is not None
@@ -375,6 +513,60 @@ class RedisBroker(Broker):
         started = "" if state.started_at is None else str(state.started_at)
         args: list[str | int] = [state.status, state.last_seq, started, self._live_ttl, self._ended_ttl]
         await self._command(self._seed_script(keys=keys, args=args))
+
+    # ---- unstored events (`redis_unstored`) ------------------------------------------------
+
+    @property
+    def tracks_unstored(self) -> bool:
+        return True
+
+    async def stored(self, events: Sequence[Event]) -> None:
+        await self._unstored.stored(events)
+
+    async def mark_unstored(self, events: Sequence[Event]) -> None:
+        await self._unstored.failed(events)
+
+    def repairing(self, account: str, call_id: str) -> AbstractAsyncContextManager[Unstored]:
+        return self._unstored.repairing(account, call_id)
+
+    async def repaired(self, account: str, call_id: str, work: Unstored) -> None:
+        await self._unstored.repaired(account, call_id, work)
+
+    async def overdue(self) -> list[tuple[str, str]]:
+        return await self._unstored.overdue()
+    # ---- live control --------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self._sockets.node
+
+    async def holder(self, account: str, call_id: str) -> str | None:
+        keys = [self._call_key(account, call_id, "state"), self._sockets.nodes_key]
+        found = await self._command(self._holder_script(keys=keys, args=[self._sockets.dead_after_ms]))
+        return found.decode() if isinstance(found, bytes) else None
+
+    async def release(self, account: str, call_ids: Collection[str], holder: str) -> None:
+        keys = [self._call_key(account, call_id, "state") for call_id in call_ids]
+        for start in range(0, len(keys), 1000):
+            await self._command(self._release_script(keys=keys[start : start + 1000], args=[holder]))
+
+    async def relay(self, holder: str, frame: bytes) -> None:
+        """To the holder's node over its own channel (this node's own: without a round trip)."""
+        target = Holder.decode(holder)
+        if target.node == self.node_id:
+            if self.on_relay is not None:
+                self.on_relay(target.conn, frame)
+            return
+        message = target.conn.encode() + b"\n" + frame
+        await self._command(self._redis.publish(f"{self._prefix}node:{target.node}", message))
+
+    async def due_controls(self) -> list[tuple[str, str, str]]:
+        members = await self._command(self._due_script(keys=[self._deadlines], args=[_DUE_BATCH]))
+        due = []
+        for member in members:
+            request_id, account, call_id, _ = orjson.loads(member)
+            due.append((account, call_id, request_id))
+        return due
 
     # ---- sockets quota -------------------------------------------------------------------
 
@@ -501,11 +693,10 @@ class RedisBroker(Broker):
         self._conn = conn
         self._last_seq.clear()  # after a restart Redis may restart seq from the store's view
         channels = list(self._watches)
-        if channels:
-            for channel in channels:
-                self._inflight[channel] = self._inflight.get(channel, 0) + 1
-            await conn.send_command("SUBSCRIBE", *channels, check_health=False)
-            _still_cancelled()
+        for channel in channels:
+            self._inflight[channel] = self._inflight.get(channel, 0) + 1
+        await conn.send_command("SUBSCRIBE", self._node_channel, *channels, check_health=False)
+        _still_cancelled()
         self._sub_ok = True
         self._sessions += 1
         self._connected.set()
@@ -608,6 +799,9 @@ class RedisBroker(Broker):
         hears it on both channels, always back to back (the script publishes them together)."""
         watch = self._watches.get(channel)
         if watch is None:
+            if channel == self._node_channel and self.on_relay is not None:
+                conn_id, _, request = frame.partition("\n")
+                self.on_relay(conn_id, request.encode())
             return
         event = self._event(watch.account, frame)
         key = (event.account, event.call_id)
@@ -621,14 +815,11 @@ class RedisBroker(Broker):
         batch.append(event)
 
     async def _ping_forever(self) -> None:
-        """Check the command connection too, so `healthy` turns false without traffic; with a
-        sockets quota the node's heartbeat is the check."""
+        """The node's heartbeat, which also checks the command connection (so `healthy` turns
+        false without traffic): the nodes that stop beating hold no sockets' quota and no calls."""
         while True:
             with contextlib.suppress(BrokerUnavailableError):
-                if self._quotas.sockets:
-                    await self._sockets.beat()
-                else:
-                    await self._command(self._redis.ping())
+                await self._sockets.beat()
             await asyncio.sleep(self._ping_interval_s)
 
 

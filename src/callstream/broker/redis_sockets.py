@@ -117,12 +117,12 @@ class SocketCounter:
     ) -> None:
         self.node = secrets.token_hex(8)
         self._client = client
-        self._nodes = f"{prefix}nodes"
+        self.nodes_key = f"{prefix}nodes"  # the nodes' heartbeats (control holders are read against it too)
         self._records = f"{prefix}sockop:{self.node}:"
         self._account_key = account_key
         self._run = run
-        self._dead_after_ms = int(dead_after_s * 1000)
-        self._record_ttl_ms = max(_RECORD_TTL_MIN_MS, 12 * self._dead_after_ms)
+        self.dead_after_ms = int(dead_after_s * 1000)
+        self._record_ttl_ms = max(_RECORD_TTL_MIN_MS, 12 * self.dead_after_ms)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._cancel = client.register_script(_CANCEL)
@@ -142,8 +142,8 @@ class SocketCounter:
         """Take a slot of the account's `limit`; False when every slot is taken."""
         await self._until_running()
         record = self._record()
-        keys = [self._account_key(account), self._nodes, record]
-        args: list[str | int] = [limit, self.node, self._dead_after_ms, _HASH_TTL_S, self._record_ttl_ms]
+        keys = [self._account_key(account), self.nodes_key, record]
+        args: list[str | int] = [limit, self.node, self.dead_after_ms, _HASH_TTL_S, self._record_ttl_ms]
         self._begin()
         try:
             taken = await self._run(self._acquire(keys=keys, args=args))
@@ -182,7 +182,7 @@ class SocketCounter:
     async def beat(self) -> None:
         """Say this node is alive; settle what lost its reply; write the counts back if Redis
         took the node for dead."""
-        dead = await self._run(self._beat(keys=[self._nodes], args=[self.node, self._dead_after_ms]))
+        dead = await self._run(self._beat(keys=[self.nodes_key], args=[self.node, self.dead_after_ms]))
         self._rewrite_due = self._rewrite_due or bool(dead)
         if not self._rewrite_due:
             if self._unsettled:
@@ -216,7 +216,7 @@ class SocketCounter:
 
     async def leave(self) -> None:
         """A node shutting down: its fields stop counting at once."""
-        await self._run(self._client.zrem(self._nodes, self.node))
+        await self._run(self._client.zrem(self.nodes_key, self.node))
 
     async def _until_running(self) -> None:
         while not self._running.is_set():

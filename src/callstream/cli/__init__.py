@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from callstream.cli import keys, live, serve, token, webhooks
+from callstream.cli import control, keys, live, serve, token, webhooks
 
 __all__ = ["app", "main"]
 
@@ -13,7 +13,16 @@ app = typer.Typer(
     help="callstream: live events of voice calls.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 app.add_typer(keys.app, name="keys")
-for command in (serve.serve, serve.demo, keys.login, token.token, live.simulate, live.tail, serve.migrate):
+for command in (
+    serve.serve,
+    serve.demo,
+    keys.login,
+    token.token,
+    live.simulate,
+    live.tail,
+    control.control,
+    serve.migrate,
+):
     app.command()(command)
 app.add_typer(webhooks.app, name="webhooks")
 

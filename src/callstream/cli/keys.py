@@ -18,8 +18,8 @@ app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True
 def create(
     account: Annotated[str, typer.Option(help="the account (tenant) the key belongs to")],
     scope: Annotated[
-        str, typer.Option(help="comma-separated: publish,subscribe,admin")
-    ] = "publish,subscribe,admin",
+        str, typer.Option(help="comma-separated: publish,subscribe,control,admin")
+    ] = "publish,subscribe,control,admin",
     name: Annotated[str | None, typer.Option(help="a label for humans")] = None,
     as_json: Annotated[bool, typer.Option("--json", help='print {"key","id","account"}')] = False,
     data_dir: DataDir = None,
@@ -88,9 +88,12 @@ def revoke(
 def login(
     account: Annotated[str, typer.Option(help="the account whose dashboard to open")],
     url: Url = DEFAULT_URL,
+    control: Annotated[
+        bool, typer.Option("--control", help="the session may also act on live calls (say, end, …)")
+    ] = False,
     data_dir: DataDir = None,
     database: DatabaseUrl = None,
 ) -> None:
     """Print a one-time dashboard login link (valid 10 minutes)."""
-    code = with_store(data_dir, database, lambda s: s.create_login_code(account))
+    code = with_store(data_dir, database, lambda s: s.create_login_code(account, control=control))
     console.print(f"{url.rstrip('/')}/?login={code}")

@@ -15,9 +15,12 @@ def token(
     url: Url = DEFAULT_URL,
     ttl: Annotated[int | None, typer.Option(help="lifetime in seconds (max 86400)")] = None,
     calls: Annotated[str | None, typer.Option(help="comma-separated call ids it may see")] = None,
+    control: Annotated[
+        bool, typer.Option("--control", help="the token may also control calls (the key must have control)")
+    ] = False,
 ) -> None:
     """Mint a short-lived browser JWT from an API key (asks the server: it holds the secret)."""
-    body: dict[str, Any] = {}
+    body: dict[str, Any] = {"scope": ["subscribe", "control"]} if control else {}
     if ttl is not None:
         body["ttl_s"] = ttl
     if calls:

@@ -117,6 +117,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         per_account=settings.max_connections_per_account,
         ingest_rate=settings.ingest_rate,
         ingest_burst=settings.ingest_burst,
+        control_rate=settings.control_rate,
+        control_burst=settings.control_burst,
     )
     app.include_router(rest.router, responses=ERROR_RESPONSES)
     _include_optional_routers(app)

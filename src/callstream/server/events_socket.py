@@ -20,10 +20,12 @@ from callstream import metrics
 from callstream import protocol as p
 from callstream.auth import AuthError, Principal
 from callstream.broker import BrokerUnavailableError
+from callstream.errors import UnavailableError
 from callstream.events import ENDED, Event, text_frame
 from callstream.hub import Subscription
 from callstream.limits import TokenBucket
 from callstream.outbox import Outbox
+from callstream.server.control_desk import ControlRefusedError
 from callstream.server.runtime import Runtime
 from callstream.server.socket_base import SOCKET_GONE, SocketConnection, rate_limited_message, socket_endpoint
 from callstream.server.transport import FRAME_WRITER, FrameWriter, frame_payload
@@ -80,6 +82,7 @@ class EventsConnection(SocketConnection):
         settings = runtime.settings
         self.outbox = Outbox(settings.outbox_high_water, metrics.PARTIALS_DROPPED.inc)
         self.bucket = TokenBucket(settings.client_rate, settings.client_burst)
+        self._control_bucket: TokenBucket | None = None  # made on the first control message
         self.subs: dict[str, Subscription] = {}
         self._cut_off = False
         # An idle subscriber holds no task and no Event of its own: fan-out writes its socket
@@ -276,7 +279,8 @@ class EventsConnection(SocketConnection):
         try:
             message = p.parse_client_message(text)
         except p.ProtocolError as exc:
-            self._error(exc.code, exc.message, exc.call_id)
+            metrics.CLIENT_ERRORS.labels(exc.code).inc()
+            self.send(p.error_from(exc))
             return
         if isinstance(message, p.Ping):
             self.send(p.PONG)
@@ -285,8 +289,32 @@ class EventsConnection(SocketConnection):
         elif isinstance(message, p.Unsubscribe):
             await self._unsubscribe(message.call_id)
             self.send(p.unsubscribed_message(message.call_id))
+        elif isinstance(message, p.Control):
+            await self._control(message)
         else:
             await self._reauthenticate(message.token)
+
+    async def _control(self, message: p.Control) -> None:
+        """A supervisor's request (docs/protocol.md, Live control): `control_ack` or an `error`
+        carrying the request's `ref` and `call_id`. Limited on its own bucket per connection."""
+        settings = self.runtime.settings
+        if self._control_bucket is None:
+            self._control_bucket = TokenBucket(settings.control_rate, settings.control_burst)
+        if wait_s := self._control_bucket.take():
+            metrics.CLIENT_ERRORS.labels(p.ErrorCode.RATE_LIMITED).inc()
+            text = f"at most {settings.control_rate:g} control messages/s (burst {settings.control_burst}); retry in {int(wait_s * 1000) + 1} ms"
+            self.send(rate_limited_message(text, wait_s, message.ref, message.call_id))
+            return
+        try:
+            request_id, seq = await self.runtime.control.request(self.principal, message.call_id, message.action, message.args)
+        except ControlRefusedError as exc:
+            metrics.CLIENT_ERRORS.labels(exc.code).inc()
+            self.send(p.error_message(exc.code, exc.message, message.call_id, message.ref))
+            return
+        except UnavailableError as exc:  # nothing was recorded nor relayed: the socket stays open
+            self.send(p.error_message(p.ErrorCode.INTERNAL, f"not sent, try again: {exc}", message.call_id, message.ref))
+            return
+        self.send(p.control_ack_message(message.ref, message.call_id, request_id, seq))
 
     async def _subscribe(self, message: p.Subscribe) -> None:
         call_id, account = message.call_id, self.principal.account

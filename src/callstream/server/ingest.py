@@ -26,12 +26,13 @@ from callstream import metrics
 from callstream import protocol as p
 from callstream.acks import AckLine
 from callstream.auth import Principal
-from callstream.broker import BrokerUnavailableError, CallEndedError, QuotaExceededError
-from callstream.events import NewEvent, text_frame
+from callstream.broker import BrokerUnavailableError, CallEndedError, ControlResultError, QuotaExceededError
+from callstream.control import parse_actions
+from callstream.events import ENDED, EventInvalidError, NewEvent, text_frame
 from callstream.limits import IngestLimiter
 from callstream.server.deps import limits_of
 from callstream.server.runtime import Runtime
-from callstream.server.socket_base import SocketConnection, rate_limited_message, socket_endpoint
+from callstream.server.socket_base import SOCKET_GONE, SocketConnection, rate_limited_message, socket_endpoint
 from callstream.server.transport import FRAME_WRITER, FrameWriter
 from callstream.store import CallFailedError, StoreUnavailableError
 
@@ -52,10 +53,37 @@ class IngestConnection(SocketConnection):
         self._gone = False  # the socket is gone: nothing more can be sent
         self.limiter: IngestLimiter = limits_of(ws).ingest
         self._frame_writer: FrameWriter | None = ws.scope.get(FRAME_WRITER)  # set by the accept
+        # Live control: what this producer declared it can do, and the calls it holds (those it
+        # published an event of, until their end); `hello` may declare only before any event.
+        self._conn_id = runtime.control.register(self)
+        self._first_seen = False
+        self._bad_controls: str | None = None
+        try:
+            actions = parse_actions(ws.query_params.get("controls", ""))
+        except EventInvalidError as exc:
+            actions, self._bad_controls = frozenset(), f"?controls: {exc}; this socket declares none"
+        self._holder = runtime.control.holder(self._conn_id, actions)
+        self._held: set[str] = set()
+
+    def _started(self) -> None:
+        if self._bad_controls is not None:
+            error = p.error_message(p.ErrorCode.INVALID_MESSAGE, self._bad_controls)
+            self.runtime.tasks.start(self._send_quietly(error))
 
     def _ended(self) -> None:
         self._gone = True
         self._cancel(self._ack_timer, self._unsent_sender)
+        held, self._held = self._held, set()
+        self.runtime.tasks.start(self.runtime.control.producer_gone(self._conn_id, self.account, held, self._holder))
+
+    async def send_control(self, frame: bytes) -> None:
+        """A control request for a call this socket holds (relayed from any node)."""
+        await self._send_quietly(frame)
+
+    async def _send_quietly(self, frame: bytes) -> None:
+        if not self._gone:
+            with contextlib.suppress(*SOCKET_GONE):
+                await self._send(frame)
 
     async def _closing(self, code: int) -> None:
         """Closed (the socket may still send what it owes): going away, the acks owed go first."""
@@ -76,7 +104,16 @@ class IngestConnection(SocketConnection):
 
     async def _handle(self, text: str) -> None:
         try:
-            items = p.batch_items(p.decode_json(text))  # past the cap: one answer, not one per item
+            obj = p.decode_json(text)
+        except p.ProtocolError as exc:
+            await self._send(p.error_from(exc))
+            return
+        first, self._first_seen = not self._first_seen, True
+        if isinstance(obj, dict) and obj.get("type") == "hello":
+            await self._hello(obj, first)
+            return
+        try:
+            items = p.batch_items(obj)  # past the cap: one answer, not one error per item
         except p.ProtocolError as exc:
             await self._send(p.error_from(exc))
             return
@@ -88,6 +125,19 @@ class IngestConnection(SocketConnection):
                 await self._send(p.error_from(exc))
         if valid and await self._admitted(valid):
             await self._publish(valid)
+
+    async def _hello(self, obj: dict[str, object], first: bool) -> None:
+        """`{"type": "hello", "controls": [...]}`: the actions this producer carries out."""
+        if not first:
+            message = "hello must be the socket's first message (or declare with ?controls=)"
+            await self._send(p.error_message(p.ErrorCode.INVALID_MESSAGE, message))
+            return
+        try:
+            actions = p.hello_controls(obj)
+        except p.ProtocolError as exc:
+            await self._send(p.error_from(exc))
+            return
+        self._holder = self.runtime.control.holder(self._conn_id, actions)
 
     async def _admitted(self, events: list[NewEvent]) -> bool:
         """The key's events/s budget (shared with REST and its other sockets); refused: not applied."""
@@ -107,8 +157,8 @@ class IngestConnection(SocketConnection):
 
     async def _publish(self, events: list[NewEvent]) -> None:
         try:
-            sequenced, durable = await self.runtime.publish(self.account, events)
-        except (CallEndedError, QuotaExceededError) as exc:
+            sequenced, durable = await self.runtime.publish(self.account, events, self._holder)
+        except (CallEndedError, QuotaExceededError, ControlResultError) as exc:
             if len(events) > 1:  # apply the others one by one; only the offending ones are refused
                 for event in events:
                     await self._publish([event])
@@ -118,6 +168,8 @@ class IngestConnection(SocketConnection):
                 await self._send(p.error_message(p.ErrorCode.QUOTA_EXCEEDED, exc.reason, event.call_id, event.ref))
                 return
             message = f"call {event.call_id} has ended; no events are accepted after call.ended"
+            if isinstance(exc, ControlResultError):
+                message = f"not applied: call {event.call_id} has no control request {exc.request_id} waiting for a result (unknown, answered already, or timed out)"
             await self._send(p.error_message(p.ErrorCode.INVALID_MESSAGE, message, event.call_id, event.ref))
             return
         except CallFailedError as exc:
@@ -137,6 +189,7 @@ class IngestConnection(SocketConnection):
             for event in events:
                 await self._send(p.error_message(p.ErrorCode.INTERNAL, message, event.call_id, event.ref))
             return
+        self._hold(events)
         pairs = zip(events, sequenced, strict=True)
         refs = [(new.ref, accepted.seq, new.call_id) for new, accepted in pairs if new.ref is not None]
         if refs:
@@ -144,6 +197,14 @@ class IngestConnection(SocketConnection):
             durable.add_done_callback(self._on_durable)
             if self._ack_timer is None:
                 self._arm_ack_timer()
+
+    def _hold(self, events: list[NewEvent]) -> None:
+        """This socket now holds the calls it published (the broker has it as their holder)."""
+        for event in events:
+            if event.type == ENDED:
+                self._held.discard(event.call_id)
+            else:
+                self._held.add(event.call_id)
 
     # ---- acks --------------------------------------------------------------------------------
 

@@ -12,8 +12,10 @@ from starlette.responses import Response
 
 from callstream import protocol as p
 from callstream.auth import Principal
-from callstream.broker import BrokerUnavailableError, CallEndedError, QuotaExceededError
+from callstream.broker import BrokerUnavailableError, CallEndedError, ControlResultError, QuotaExceededError
+from callstream.control import ACTIONS
 from callstream.events import FINAL, MAX_INT64, PARTIAL, is_valid_call_id
+from callstream.server.control_desk import ControlRefusedError
 from callstream.server.deps import (
     UNAVAILABLE_RETRY_S,
     ApiError,
@@ -27,11 +29,16 @@ from callstream.server.deps import (
     unavailable,
 )
 from callstream.store import CallFailedError, KeyRecord, StoreUnavailableError
+from callstream.store.sql import CONTROL_LOGIN_PREFIX
 
 router = APIRouter()
 Reader = Annotated[Principal, Depends(require("subscribe", "admin"))]
 Producer = Annotated[Principal, Depends(require("publish"))]
+Controller = Annotated[Principal, Depends(require("control"))]
 _SESSION_S = 12 * 3600  # a dashboard login lasts this long, renewed in short JWTs
+_WATCH_SESSION = frozenset({"subscribe"})
+_CONTROL_SESSION = frozenset({"subscribe", "control"})  # `callstream login --control`
+_DASHBOARD_KEYS = {_WATCH_SESSION: "dashboard", _CONTROL_SESSION: "dashboard-control"}
 
 
 DEFAULT_EVENTS_PAGE = 1_000  # events per page of GET /v1/calls/{id}/events when no limit is given
@@ -46,6 +53,9 @@ class TokenRequest(BaseModel):
 
     ttl_s: int | None = Field(None, ge=1, le=86_400, description="lifetime; default 900")
     calls: list[CallId] | None = Field(None, description="call ids the token may see; absent: all")
+    scope: list[Literal["subscribe", "control"]] | None = Field(
+        None, description="default [subscribe]; control only when the minting key has it (never publish or admin)"
+    )
 
 
 class TokenResponse(BaseModel):
@@ -82,27 +92,25 @@ def _checked_call_id(principal: Principal, call_id: str) -> str:
     return call_id
 
 
+def json_body(schema: dict[str, Any], **examples: Any) -> dict[str, Any]:
+    """The OpenAPI page's description of a JSON body read by hand (not by a pydantic model)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema, **examples}}}}
+
+
 @router.post(
     "/v1/calls/{call_id}/events",
     status_code=202,
     response_model=PublishResponse,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "description": f"one event {{type, data}} or an array of at most {p.MAX_BATCH_EVENTS}",
-                        "oneOf": [
-                            {"type": "object"},
-                            {"type": "array", "items": {"type": "object"}, "maxItems": p.MAX_BATCH_EVENTS},
-                        ],
-                    },
-                    "example": {"type": "transcript.final", "data": {"speaker": "user", "text": "Hi"}},
-                }
-            },
-        }
-    },
+    openapi_extra=json_body(
+        {
+            "description": f"one event {{type, data}} or an array of at most {p.MAX_BATCH_EVENTS}",
+            "oneOf": [
+                {"type": "object"},
+                {"type": "array", "items": {"type": "object"}, "maxItems": p.MAX_BATCH_EVENTS},
+            ],
+        },
+        example={"type": "transcript.final", "data": {"speaker": "user", "text": "Hi"}},
+    ),
     tags=["produce"],
 )
 async def publish_events(call_id: str, request: Request, principal: Producer) -> Response:
@@ -123,6 +131,8 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
         await asyncio.wait_for(asyncio.shield(durable), timeout)
     except CallEndedError as exc:
         raise ApiError(422, "call_ended", str(exc), index=exc.index) from None
+    except ControlResultError as exc:  # its request was answered already, or never made
+        raise ApiError(422, "invalid_message", str(exc), index=exc.index) from None
     except CallFailedError as exc:  # this call alone: its rows were refused
         raise ApiError(503, "internal", str(exc)) from None
     except QuotaExceededError as exc:  # nothing of the batch applied
@@ -134,6 +144,66 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
         message = f"the store did not confirm within {timeout:g} s: the events may or may not be stored"
         raise ApiError(503, "unavailable", message, retry_after_s=UNAVAILABLE_RETRY_S) from None
     return json_response({"accepted": len(sequenced), "seq": [e.seq for e in sequenced]}, 202)
+
+
+CONTROL_EXAMPLES = {
+    "say": {"summary": "say a sentence now", "value": {"action": "say", "args": {"text": "One moment please.", "interrupt": True}}},
+    "instruct": {"summary": "steer the agent", "value": {"action": "instruct", "args": {"text": "Offer the 10% discount."}}},
+    "pause": {"summary": "take over (the agent stops answering)", "value": {"action": "pause", "args": {}}},
+    "resume": {"summary": "give back", "value": {"action": "resume", "args": {}}},
+    "transfer": {"summary": "hand the call over", "value": {"action": "transfer", "args": {"to": "+14155550100", "reason": "billing"}}},
+    "end": {"summary": "end the call", "value": {"action": "end", "args": {"reason": "abusive caller"}}},
+}
+
+
+class ControlAck(BaseModel):
+    request_id: str = Field(description="names the request in control.requested and its control.result")
+    seq: int = Field(description="the seq of the request's control.requested event")
+
+
+@router.post(
+    "/v1/calls/{call_id}/control",
+    status_code=202,
+    response_model=ControlAck,
+    tags=["control"],
+    openapi_extra=json_body(
+        {
+            "type": "object",
+            "required": ["action"],
+            "properties": {
+                "action": {"type": "string", "enum": list(ACTIONS)},
+                "args": {"type": "object", "description": "the action's arguments (docs/control.md)"},
+            },
+        },
+        examples=CONTROL_EXAMPLES,
+    ),
+)
+async def control_call(call_id: str, request: Request, principal: Controller) -> Response:
+    """Ask the producer holding a live call to act: say, instruct, pause, resume, transfer, end.
+
+    The request is appended to the call as `control.requested` (with who asked), relayed to the
+    producer, and answered by one `control.result` in the call's events (the server's own
+    `timeout` when the producer does not answer in time). Refusals: 403 `forbidden`, 409
+    `call_not_live` / `no_producer` / `unsupported_action`, 422 `invalid_message`, 429.
+    """
+    runtime = runtime_of(request)
+    if not is_valid_call_id(call_id):
+        raise ApiError(422, "invalid_message", "call_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    try:
+        body = p.decode_json(await request.body())
+    except p.ProtocolError as exc:
+        raise ApiError(422, exc.code, exc.message) from None
+    action = body.get("action") if isinstance(body, dict) else None
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise ApiError(422, "invalid_message", f"the body is {{action, args}}; action one of {', '.join(ACTIONS)}")
+    refusal = limits_of(request).control.take(principal.key_id, 1)
+    if refusal is not None:
+        raise rate_limited(refusal)
+    try:
+        request_id, seq = await runtime.control.request(principal, call_id, action, body.get("args"))
+    except ControlRefusedError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    return json_response({"request_id": request_id, "seq": seq}, 202)
 
 
 @router.post(
@@ -148,7 +218,8 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
     },
 )
 async def mint_token(request: Request, principal: Reader) -> dict[str, Any]:
-    """A short-lived browser JWT (subscribe only), minted with an API key.
+    """A short-lived browser JWT (subscribe, and control when asked for and the key has it),
+    minted with an API key.
 
     The body is optional and read whatever its content type, so `fetch` without headers works.
     """
@@ -157,11 +228,14 @@ async def mint_token(request: Request, principal: Reader) -> dict[str, Any]:
         raise ApiError(403, "forbidden", "tokens are minted with an API key, not with a token")
     if body.calls is not None and not all(is_valid_call_id(c) for c in body.calls):
         raise ApiError(422, "invalid_request", "calls must be a list of valid call ids")
+    scopes = frozenset(body.scope or ()) | {"subscribe"}
+    if "control" in scopes and not principal.may("control"):
+        raise ApiError(403, "forbidden", "a token gets control only from a key that has the control scope")
     signer = runtime_of(request).signer
     assert signer is not None
     try:
         token, expires_at = signer.mint(
-            principal.account, principal.key_id, ttl_s=body.ttl_s, calls=body.calls
+            principal.account, principal.key_id, ttl_s=body.ttl_s, calls=body.calls, scopes=scopes
         )
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
@@ -246,8 +320,9 @@ async def login(request: Request, body: LoginRequest) -> dict[str, Any]:
     account = await runtime.store.use_login_code(body.code)
     if account is None:
         raise ApiError(401, "unauthorized", "this login link is unknown, used or expired")
-    key_id = await _dashboard_key(request, account)
-    return _session_token(request, account, key_id, int(time.time()) + _SESSION_S)
+    scopes = _CONTROL_SESSION if body.code.startswith(CONTROL_LOGIN_PREFIX) else _WATCH_SESSION
+    key_id = await _dashboard_key(request, account, scopes)
+    return _session_token(request, account, key_id, int(time.time()) + _SESSION_S, scopes)
 
 
 @router.post("/v1/login/refresh", response_model=TokenResponse, tags=["auth"])
@@ -260,35 +335,40 @@ async def refresh_login(request: Request) -> dict[str, Any]:
     principal = await authenticate(request)
     if principal.kind != "jwt" or principal.session_end is None:
         raise ApiError(401, "unauthorized", "only dashboard sessions refresh this way")
-    return _session_token(request, principal.account, principal.key_id, principal.session_end)
+    scopes = principal.scopes & _CONTROL_SESSION
+    return _session_token(request, principal.account, principal.key_id, principal.session_end, scopes)
 
 
-async def _dashboard_key(request: Request, account: str) -> str:
-    """The id of the account's oldest live `dashboard` key, made if there is none.
+async def _dashboard_key(request: Request, account: str, scopes: frozenset[str]) -> str:
+    """The id of the account's oldest live dashboard key of `scopes` (`dashboard`, or
+    `dashboard-control` for sessions that may control calls), made if there is none.
 
     The oldest, read after making one: two first logins at once still share one key, so
-    revoking "the dashboard key" ends every session of the account.
+    revoking "the dashboard key" ends every session of the account it minted.
     """
     store = runtime_of(request).store
-    live = await _live_dashboard_keys(request, account)
+    name = _DASHBOARD_KEYS[scopes]
+    live = await _live_dashboard_keys(request, account, name)
     if not live:
-        await store.create_key(account, frozenset({"subscribe"}), name="dashboard")
-        live = await _live_dashboard_keys(request, account)
+        await store.create_key(account, scopes, name=name)
+        live = await _live_dashboard_keys(request, account, name)
     if not live:  # revoked the instant it was made
         raise ApiError(503, "unavailable", "the dashboard key was revoked meanwhile; try again")
     return live[0].id
 
 
-async def _live_dashboard_keys(request: Request, account: str) -> list[KeyRecord]:
+async def _live_dashboard_keys(request: Request, account: str, name: str) -> list[KeyRecord]:
     keys = await runtime_of(request).store.list_keys(account)  # oldest first
-    return [k for k in keys if k.name == "dashboard" and k.revoked_at is None]
+    return [k for k in keys if k.name == name and k.revoked_at is None]
 
 
-def _session_token(request: Request, account: str, key_id: str, session_end: int) -> dict[str, Any]:
+def _session_token(
+    request: Request, account: str, key_id: str, session_end: int, scopes: frozenset[str]
+) -> dict[str, Any]:
     signer = runtime_of(request).signer
     assert signer is not None
     ttl = min(signer.default_ttl_s, session_end - int(time.time()))
     if ttl <= 0:
         raise ApiError(401, "unauthorized", "the dashboard session ended; open a new login link")
-    token, expires_at = signer.mint(account, key_id, ttl_s=ttl, extra={"session_exp": session_end})
+    token, expires_at = signer.mint(account, key_id, ttl_s=ttl, scopes=scopes, extra={"session_exp": session_end})
     return {"token": token, "expires_at": expires_at}

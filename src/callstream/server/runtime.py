@@ -6,9 +6,12 @@ The route of an event. REST, the ingest socket (and therefore `Publisher`) all c
 1. validate: the producer's frame was parsed and checked at the edge (`protocol.parse_event`,
    `events.check_payload`); here a call the store refused takes no more events;
 2. enrich: sentiment on finals (pure functions, before anything is sequenced);
-3. sequence: `Broker.publish` gives each event its seq and ts and keeps it in the replay log;
+3. sequence: `Broker.publish` gives each event its seq and ts and keeps it in the replay log,
+   once the calls' earlier events that a commit failed to store are stored (`HistoryRepair`:
+   from the broker's log, when the store is back);
 4. append: `SqlStore.append` queues it for the next commit and returns a future, durable when
-   it resolves; the store knows nothing of what follows;
+   it resolves; the store knows nothing of what follows (it tells `HistoryRepair` which events
+   each commit stored or failed to store);
 5. fan out: on the embedded broker once the append is durable (`_stored` gathers every append
    one commit settled and hands them to `Broker.deliver_stored` in one call); on Redis as the
    broker delivers them to every node. The hub then writes each subscriber's socket.
@@ -25,10 +28,22 @@ from typing import Any, Protocol
 
 from callstream import metrics
 from callstream.auth import Authenticator, TokenSigner, new_signing_secret
-from callstream.broker import Broker, HeldHistory, Quotas, create_broker
+from callstream.broker import (
+    Broker,
+    BrokerUnavailableError,
+    ControlResultError,
+    HeldHistory,
+    PendingControlsError,
+    Quotas,
+    create_broker,
+)
+from callstream.broker.base import RepairNeededError
+from callstream.control import RESULT, result_data, settles_at_end
 from callstream.events import ENDED, FINAL, MAX_INT64, Event, NewEvent
 from callstream.hub import Hub
 from callstream.outages import OutageLog
+from callstream.server.control_desk import ControlDesk
+from callstream.server.repair import HistoryRepair
 from callstream.server.tasks import TaskSet
 from callstream.settings import Settings
 from callstream.store import CallFailedError, SqlStore, StoreUnavailableError, database_url
@@ -36,6 +51,7 @@ from callstream.store import CallFailedError, SqlStore, StoreUnavailableError, d
 log = logging.getLogger("callstream")
 
 REPLAY_PAGE = 1_000  # stored events a `since` replay reads at a time
+_SETTLE_ATTEMPTS = 10  # tries at ending a call while its producer answers control requests
 _TASKS_GRACE_S = 2.0  # how long `stop` lets short tasks (closes, unwatches) finish before cancelling
 
 
@@ -52,8 +68,15 @@ class Runtime:
         self.settings = settings
         self.store = SqlStore(database_url(settings.database, settings.data_dir))
         quotas = Quotas(settings.quota_live_calls, settings.quota_events_per_call, settings.quota_sockets)
-        self.broker: Broker = create_broker(settings.broker, history_ttl_s=settings.history_ttl_s, quotas=quotas)
+        self.broker: Broker = create_broker(
+            settings.broker,
+            history_ttl_s=settings.history_ttl_s,
+            quotas=quotas,
+            control_timeout_s=settings.control_timeout_s,
+        )
         self.hub = Hub()
+        self.history = HistoryRepair(self.store, self.broker, self._repaired)
+        self.control = ControlDesk(self)
         self._stored_events: list[Event] = []  # durable, to fan out at the end of this iteration
         self._delivery_due = False
         self.connections: set[Closable] = set()
@@ -80,6 +103,8 @@ class Runtime:
         await self.broker.start(self._deliver, self.store.call_state)
         self.broker.on_reconnect = self._resync_subscribers
         self._workers.start(self._watch_revocations(), name="revocations")
+        self._workers.start(self.history.run_forever(), name="history-repair")
+        self._workers.start(self.control.time_out_forever(), name="control-timeouts")
         for start_hook in self.start_hooks:
             self._workers.start(start_hook(self), name="start-hook")
 
@@ -87,6 +112,8 @@ class Runtime:
         await self.drain()
         await self.tasks.stop(grace_s=_TASKS_GRACE_S)
         await self._workers.stop()
+        await self.store.flush()  # so the broker hears of the last commits
+        await self.history.close()
         await self.broker.close()
         await self.store.close()
 
@@ -105,20 +132,58 @@ class Runtime:
     # ---- publish and replay --------------------------------------------------------------
 
     async def publish(
-        self, account: str, events: Sequence[NewEvent]
+        self, account: str, events: Sequence[NewEvent], holder: str | None = None
     ) -> tuple[list[Event], asyncio.Future[None]]:
+        """Sequence, store and fan out `events`; returns them sequenced (one per given event, in
+        order) and the future of their commit. `holder`: the producer socket they came from,
+        which holds their calls from now on (live control)."""
         if self.store.failed_calls:
             self._refuse_failed_calls(account, events)
         if self._sentiment_enabled:
             self._enrich(events)
-        sequenced = await self.broker.publish(account, events)
+        if self.history.broken:
+            await self.history.repair_first(account, events)
+        sequenced, added = await self._sequence(account, events, holder)
         metrics.EVENTS_PUBLISHED.inc(len(sequenced))
         if ended := sum(e.type == ENDED for e in sequenced):
             metrics.CALLS_ENDED.inc(ended)
         durable = self.store.append(sequenced)
         if not self.broker.fans_out_on_publish:
             durable.add_done_callback(functools.partial(self._stored, sequenced))
+        if added:
+            sequenced = [e for i, e in enumerate(sequenced) if i not in added]
         return sequenced, durable
+
+    async def _sequence(
+        self, account: str, events: Sequence[NewEvent], holder: str | None
+    ) -> tuple[list[Event], set[int]]:
+        """`Broker.publish`, with the control requests a `call.ended` leaves unanswered settled in
+        the same batch, just before it: each request gets exactly one result, and a call's
+        history never ends with one open. Returns the positions of the results added."""
+        batch, added = list(events), set[int]()
+        for _ in range(_SETTLE_ATTEMPTS):
+            try:
+                return await self._publish_repairing(account, batch, holder), {i for i, e in enumerate(batch) if id(e) in added}
+            except PendingControlsError as exc:
+                status = batch[exc.index].data.get("status")
+                results = [
+                    NewEvent(exc.call_id, RESULT, result_data(request_id, *settles_at_end(action, status)))
+                    for request_id, action in exc.pending.items()
+                ]
+                added.update(map(id, results))
+                batch[exc.index : exc.index] = results
+            except ControlResultError as exc:
+                if id(batch[exc.index]) not in added:
+                    raise
+                del batch[exc.index]  # its producer answered meanwhile: that answer stands
+        raise BrokerUnavailableError("the call's control requests kept changing while it ended; try again")
+
+    async def _publish_repairing(self, account: str, events: list[NewEvent], holder: str | None) -> list[Event]:
+        """`Broker.publish`; a call whose earlier events a node failed to store is repaired first."""
+        try:
+            return await self.broker.publish(account, events, holder)
+        except RepairNeededError as exc:
+            return await self.history.sequence_after(exc, events, holder)
 
     def _stored(self, events: list[Event], durable: asyncio.Future[None]) -> None:
         """An append settled: fan out what it stored. The appends one commit settles call this
@@ -137,6 +202,12 @@ class Runtime:
             self._delivery_due = True
             asyncio.get_running_loop().call_soon(self._deliver_stored)
         self._stored_events.extend(events)
+
+    def _repaired(self, events: list[Event]) -> None:
+        """A repair stored these (in seq order): the embedded broker fans them out now (on Redis
+        they went out when they were sequenced)."""
+        if not self.broker.fans_out_on_publish:
+            self.broker.deliver_stored(events)
 
     def _deliver_stored(self) -> None:
         events, self._stored_events, self._delivery_due = self._stored_events, [], False

@@ -6,6 +6,7 @@ from callstream.store.chunks import StoredEvent
 from callstream.store.sql import (
     CallFailedError,
     CallRecord,
+    CallUnsettledError,
     KeyRecord,
     SqlStore,
     StoreUnavailableError,
@@ -15,6 +16,7 @@ from callstream.store.sql import (
 __all__ = [
     "CallFailedError",
     "CallRecord",
+    "CallUnsettledError",
     "KeyRecord",
     "SqlStore",
     "StoreUnavailableError",

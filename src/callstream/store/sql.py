@@ -73,6 +73,11 @@ class CallFailedError(StoreUnavailableError):
         self.calls = calls  # (account, call_id) of every call of the append that failed
 
 
+class CallUnsettledError(StoreUnavailableError):
+    """A failed commit left events of this call unstored (`SqlStore.unsettled`): nothing newer
+    of it is stored before them."""
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 DRIVER_ERRORS = (SQLAlchemyError, OSError)  # what the database's driver raises when it cannot serve
@@ -127,11 +132,15 @@ def now_ms() -> int:
 STALLED_AFTER_S = 5.0
 
 
+CONTROL_LOGIN_PREFIX = "ctl-"  # a login code whose session may control calls
+
+
 @dataclass(slots=True)
 class _Pending:
     events: list[Event]
     future: asyncio.Future[None]
     at: float  # the event loop's clock when appended
+    again: bool = False  # events a failed commit did not store, appended again (`append`)
 
 
 @dataclass(slots=True)
@@ -258,6 +267,14 @@ class SqlStore:
         self.commits = 0
         # Calls whose rows the database refused (not an outage: other calls' rows were taken).
         self.failed_calls: dict[tuple[str, str], str] = {}
+        # Told, once per commit and in append order, of the events it stored (`on_commit`) or
+        # could not store for an outage (`on_failure`; refused calls are `failed_calls`).
+        self.on_commit: Callable[[list[Event]], None] | None = None
+        self.on_failure: Callable[[list[Event]], None] | None = None
+        # With `on_failure` set, the calls of the events it is told of: their later appends fail
+        # too, so nothing newer of such a call is stored before those, until the caller appends
+        # them again (`append(…, again=True)`) and calls `settle`.
+        self.unsettled: set[tuple[str, str]] = set()
         self._waiting_since: float | None = None  # the oldest write not committed yet
         self._write_outage = OutageLog(log, "writing events to the store")
         self._fold_outage = OutageLog(log, "folding the event journal")
@@ -271,6 +288,9 @@ class SqlStore:
         self._pg = PgEventWriter(self.engine) if self.dialect == "postgresql" else None
         self._journal: EventJournal | None = None
         self._background_fold: asyncio.Task[None] | None = None
+        # One future per fold sent to the fold process, True once it committed: the journal's
+        # files it took are out of the journal but not in the database until then.
+        self._folds_in_flight: set[asyncio.Future[bool]] = set()
         self._forget: list[str] = []  # markers of folded journal files since deleted
         self._folder: asyncio.Task[None] | None = None
         # Call look-ups asked for in one loop iteration, answered by one query (`call_state`).
@@ -438,8 +458,11 @@ class SqlStore:
             return [r[0] for r in await conn.execute(query)]
 
     @store_errors
-    async def create_login_code(self, account: str, ttl_s: int = 600) -> str:
-        code = secrets.token_urlsafe(24)
+    async def create_login_code(self, account: str, ttl_s: int = 600, control: bool = False) -> str:
+        """A one-time dashboard login code; `control` makes its session carry the control scope
+        (the code then starts with `CONTROL_LOGIN_PREFIX`, which is part of what is hashed: it
+        can be neither added to a plain code nor stripped from a control one)."""
+        code = (CONTROL_LOGIN_PREFIX if control else "") + secrets.token_urlsafe(24)
         async with self.engine.begin() as conn:
             await conn.execute(
                 t.login_codes.insert().values(
@@ -602,16 +625,18 @@ class SqlStore:
 
     # ---- the batching writer -------------------------------------------------------------
 
-    def append(self, events: list[Event]) -> asyncio.Future[None]:
+    def append(self, events: list[Event], *, again: bool = False) -> asyncio.Future[None]:
         """Queue events for the next commit; the future resolves once they are durable.
 
         It fails with `CallFailedError` (naming the calls) when the database refused some of its
-        calls' rows, or with `StoreUnavailableError` when the commit failed whole. The store
-        stores and nothing else: what to do once events are durable is the caller's.
+        calls' rows, or with `StoreUnavailableError` when the commit failed whole, or when a call
+        of it is `unsettled` (unless `again`: these are the events a failed commit left out,
+        appended again). The store stores and nothing else: what to do once events are durable
+        is the caller's.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._pending.append(_Pending(events, future, loop.time()))
+        self._pending.append(_Pending(events, future, loop.time(), again))
         if self._waiting_since is None:
             self._waiting_since = self._pending[0].at
         self._wakeup.set()
@@ -632,7 +657,33 @@ class SqlStore:
                 batch = self._take_batch()
                 errors = await self._commit_batch(batch)
                 self._waiting_since = self._pending[0].at if self._pending else None
+                if errors:
+                    self._unsettle(batch, errors)
+                elif self.on_commit is not None:
+                    self.on_commit(list(chain.from_iterable(item.events for item in batch)))
                 self._settle(batch, errors)
+
+    def settle(self, account: str, call_id: str) -> None:
+        """The call's events a failed commit left out are stored again: it takes appends again."""
+        self.unsettled.discard((account, call_id))
+
+    def _unsettle(self, batch: list[_Pending], errors: dict[tuple[str, str], StoreUnavailableError]) -> None:
+        """After a commit some of whose calls failed: the hooks hear which events were stored and
+        which were not for an outage (whose calls become `unsettled`)."""
+        stored: list[Event] = []
+        lost: list[Event] = []
+        for item in batch:
+            for event in item.events:
+                error = _error_for(item, errors.get((event.account, event.call_id)))
+                if error is None:
+                    stored.append(event)
+                elif not isinstance(error, CallFailedError):
+                    lost.append(event)
+        if stored and self.on_commit is not None:
+            self.on_commit(stored)
+        if lost and self.on_failure is not None:
+            self.unsettled.update((event.account, event.call_id) for event in lost)
+            self.on_failure(lost)
 
     async def _commit_batch(self, batch: list[_Pending]) -> dict[tuple[str, str], StoreUnavailableError]:
         """Commit a batch; the calls whose events it could not store, each with the error.
@@ -644,10 +695,12 @@ class SqlStore:
         failure was the node's (a file the disk refused, a fold that failed), it is an outage and
         every call of the batch fails (the node is unhealthy until a write succeeds).
         """
-        events = list(chain.from_iterable(item.events for item in batch))
         errors: dict[tuple[str, str], StoreUnavailableError] = {}
+        events = self._batch_events(batch, errors)
         if self.failed_calls:
             events = self._without_failed_calls(events, errors)
+        if not events:
+            return errors
         try:
             await self._commit(events)
         except Exception as exc:  # mapped below to the project's own errors
@@ -670,6 +723,21 @@ class SqlStore:
             except Exception as exc:  # this call's rows alone
                 errors[key] = self._fail_call(key, f"{exc.__class__.__name__}: {exc}")
         return errors
+
+    def _batch_events(self, batch: list[_Pending], errors: dict[tuple[str, str], StoreUnavailableError]) -> list[Event]:
+        """The batch's events, but those of `unsettled` calls (unless appended again)."""
+        if not self.unsettled:
+            return list(chain.from_iterable(item.events for item in batch))
+        kept: list[Event] = []
+        for item in batch:
+            for event in item.events:
+                key = (event.account, event.call_id)
+                if item.again or key not in self.unsettled:
+                    kept.append(event)
+                else:
+                    message = f"call {event.call_id}: events before this one are not stored yet; retry"
+                    errors[key] = CallUnsettledError(message)
+        return kept
 
     def _without_failed_calls(
         self, events: list[Event], errors: dict[tuple[str, str], StoreUnavailableError]
@@ -724,13 +792,26 @@ class SqlStore:
         Folds run beside the writer's commits: the journal takes appends in a new file meanwhile,
         so the fan-out never waits for a fold, and the fold process runs transactions one at a
         time in the order they were asked for, so a read's fold also waits for any fold in
-        flight before it."""
-        if self._journal_folder is None or not self._fold_needed():
+        flight before it. A read that finds the journal empty waits for the folds in flight all
+        the same: they took its rows out of the journal (after a crash, the files the dead node
+        left; a call looked up then would hand its seqs out again)."""
+        if self._journal_folder is None:
             return
+        while not self._fold_needed():
+            if await self._folds_committed():
+                return
+            # One failed or was cancelled: its files are back in the journal, for this read to fold.
         try:
             await self._folding(self._journal_folder)
         except FoldError as exc:
             raise StoreUnavailableError(f"the store could not fold its journal: {exc}") from exc
+
+    async def _folds_committed(self) -> bool:
+        """Wait for the folds in flight now; whether every one of them committed."""
+        in_flight = list(self._folds_in_flight)
+        if in_flight:
+            await asyncio.wait(in_flight)  # not gather: a cancelled read must not cancel them
+        return all(fold.result() for fold in in_flight)
 
     def _fold_soon(self) -> asyncio.Task[None]:
         """Start a fold unless one started this way is still running (every second, and when the
@@ -753,10 +834,14 @@ class SqlStore:
         journal = self._journal
         files = journal.take() if journal is not None else []
         forget, self._forget = self._forget, []
+        settled = asyncio.get_running_loop().create_future()
+        self._folds_in_flight.add(settled)
+        committed = False
         try:
             failed = await folder.fold(
                 Fold([(f.path, f.size) for f in files], [f.marker for f in files], forget)
             )
+            committed = True
         except BaseException:
             if journal is not None:
                 journal.give_back(files)
@@ -764,6 +849,9 @@ class SqlStore:
             if self._fold_failing_since is None:
                 self._fold_failing_since = asyncio.get_running_loop().time()
             raise
+        finally:  # its rows are in the database now, or back in the journal
+            self._folds_in_flight.discard(settled)
+            settled.set_result(committed)
         self._fold_failing_since = None
         for account, call_id, reason in failed:
             self._fail_call((account, call_id), reason)
@@ -881,9 +969,17 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     return started, call_id
 
 
+def _error_for(item: _Pending, error: StoreUnavailableError | None) -> StoreUnavailableError | None:
+    """`error` of a call as it bears on `item`: none when the item was appended again (it went
+    in) and the error only says the call is unsettled."""
+    return None if item.again and isinstance(error, CallUnsettledError) else error
+
+
 def _error_of(item: _Pending, errors: dict[tuple[str, str], StoreUnavailableError]) -> StoreUnavailableError | None:
     """The append's error: a failed commit's, or one naming every call of the append that failed."""
-    failed = frozenset(key for e in item.events if (key := (e.account, e.call_id)) in errors)
+    failed = frozenset(
+        key for e in item.events if _error_for(item, errors.get(key := (e.account, e.call_id))) is not None
+    )
     if not failed:
         return None
     first = errors[next(iter(failed))]

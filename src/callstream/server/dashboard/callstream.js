@@ -127,6 +127,8 @@ export class CallStream extends EventTarget {
     this._forceRefresh = false;
     this._gen = 0;
     this._stopped = true;
+    this._controls = new Map(); // ref → {resolve, reject, timer}: control requests awaiting their ack
+    this._controlRefs = 0;
   }
 
   // ---- public API -------------------------------------------------------
@@ -154,6 +156,7 @@ export class CallStream extends EventTarget {
     const ws = this.ws;
     this.ws = null;
     if (ws) this._detach(ws).close(1000, "client closed");
+    this._failControls();
     this._setState(States.CLOSED);
   }
 
@@ -238,6 +241,48 @@ export class CallStream extends EventTarget {
     }
   }
 
+  /**
+   * Ask the producer of a live call to act (needs a token with the control scope):
+   * `control(callId, "say", {text, interrupt})`, `"instruct"` `{text}`, `"pause"`, `"resume"`,
+   * `"transfer"` `{to, reason}`, `"end"` `{reason}`. Resolves with the ack `{request_id, seq}`;
+   * rejects with an Error whose `code` is the server's (`forbidden`, `call_not_live`,
+   * `no_producer`, `unsupported_action`, `invalid_message`, `rate_limited`) or `closed` /
+   * `timeout`. The request and its one result arrive as the call's `control.requested` and
+   * `control.result` events, like any other.
+   */
+  control(callId, action, args = {}, { timeoutMs = 10000 } = {}) {
+    if (!this._isOpen()) return Promise.reject(controlError("closed", "not connected"));
+    const ref = `control-${++this._controlRefs}`;
+    return new Promise((resolve, reject) => {
+      const timer = this._timers.setTimeout(() => {
+        this._controls.delete(ref);
+        reject(controlError("timeout", "the server did not answer the control request in time"));
+      }, timeoutMs);
+      this._controls.set(ref, { resolve, reject, timer });
+      this._send({ type: "control", call_id: callId, action, args, ref });
+    });
+  }
+
+  /** A control_ack or an error answering a control request; true when it was one. */
+  _settleControl(msg) {
+    const waiting = msg.ref != null && this._controls.get(msg.ref);
+    if (!waiting || (msg.type !== "control_ack" && msg.type !== "error")) return false;
+    this._controls.delete(msg.ref);
+    this._timers.clearTimeout(waiting.timer);
+    const data = msg.data || {};
+    if (msg.type === "control_ack") waiting.resolve({ request_id: data.request_id, seq: data.seq });
+    else waiting.reject(controlError(data.code || "internal", data.message || ""));
+    return true;
+  }
+
+  _failControls() {
+    for (const [ref, waiting] of this._controls) {
+      this._timers.clearTimeout(waiting.timer);
+      waiting.reject(controlError("closed", "the connection dropped before the server answered"));
+      this._controls.delete(ref);
+    }
+  }
+
   /** Replace the token now (e.g. after a login) and send it on the open socket. */
   setToken(token) {
     this.token = token;
@@ -312,6 +357,7 @@ export class CallStream extends EventTarget {
   _onClose(ws, ev) {
     if (ws !== this.ws) return;
     this.ws = null;
+    this._failControls();
     this._clearTimer("_pingTimer");
     if (this._stopped) return;
     const code = ev ? ev.code : 1006;
@@ -429,6 +475,7 @@ export class CallStream extends EventTarget {
   _handle(msg) {
     this._emit("message", msg);
     const { type, call_id: callId, data = {} } = msg;
+    if (this._settleControl(msg) && type === "error") return; // the control() promise has it
     if (typeof msg.seq === "number" && callId) {
       if (!this._track(callId, msg.seq, type)) return; // duplicate
       this._emit(type, msg);
@@ -581,6 +628,10 @@ export class CallStream extends EventTarget {
     this._clearTimer("_refreshTimer");
     this._clearTimer("_pingTimer");
   }
+}
+
+function controlError(code, message) {
+  return Object.assign(new Error(`${code}: ${message}`), { code });
 }
 
 /** Shorthand: `connect({token, getToken, subscribe: ["*"]})` → a connected CallStream. */
