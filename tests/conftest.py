@@ -1,4 +1,5 @@
-"""Fixtures: a real server process per test session (and fresh ones for restart tests)."""
+"""Fixtures: a real server process per test session (and fresh ones for restart tests), a fresh
+database on the machine's PostgreSQL, and services of the test's own to take down (tests/faults.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.broker.services import REDIS_HOST, REDIS_PORT, Database, fresh_database, require
+from tests.faults import PrivatePostgres, RedisServer, private_postgres
 from tests.helpers import ServerProcess
 
 
@@ -42,3 +45,26 @@ def other_key(server: ServerProcess) -> str:
 @pytest.fixture
 def call_id() -> str:
     return f"call_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def pg_database() -> Iterator[Database]:
+    """An empty database of the test's own on the machine's PostgreSQL."""
+    with fresh_database() as database:
+        yield database
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A started PostgreSQL cluster of the test's own, to stop and start (tests/faults.py)."""
+    with private_postgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A started redis-server of the test's own, to kill and restart (tests/faults.py)."""
+    require("Redis", REDIS_HOST, REDIS_PORT)  # same policy: the machine is meant to have Redis
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

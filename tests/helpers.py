@@ -123,8 +123,16 @@ class ServerProcess:
         )
 
     def create_key(self, account: str, scopes: str = ALL_SCOPES) -> str:
+        return self.create_key_with_id(account, scopes)[1]
+
+    def create_key_with_id(self, account: str, scopes: str = ALL_SCOPES) -> tuple[str, str]:
+        """A new key's (id, secret)."""
         out = self.cli("keys", "create", "--account", account, "--scope", scopes, "--json", *self.database_args())
-        return str(orjson.loads(out.stdout)["key"])
+        created = orjson.loads(out.stdout)
+        return str(created["id"]), str(created["key"])
+
+    def revoke_key(self, key_id: str) -> None:
+        self.cli("keys", "revoke", key_id, *self.database_args())
 
     def login_url(self, account: str, *, control: bool = False) -> str:
         flags = ["--control"] if control else []

@@ -4,6 +4,10 @@ A key is looked up by the SHA-256 of its secret, cached for a second or two so t
 not hit the database, and a revocation reaches every node within `revocation_poll_s` plus that
 cache lifetime. A JWT is minted by a key and names it (`key` claim), so revoking the key also
 ends the browser sessions it minted.
+
+While the store cannot be reached, a key it confirmed within the last `KEY_OUTAGE_GRACE_S`
+keeps authenticating (so an outage of the database does not log every producer and dashboard
+out); any other credential gets `StoreUnavailableError` (503), never a 401 the store did not say.
 """
 
 from __future__ import annotations
@@ -13,13 +17,13 @@ import hashlib
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import jwt
 
-from callstream.store.sql import KeyRecord, SqlStore
+from callstream.store.sql import KeyRecord, SqlStore, StoreUnavailableError
 
 SCOPES: Final = frozenset({"publish", "subscribe", "control", "admin"})
 # What a browser JWT may carry: `subscribe` always, `control` when its minting key has it.
@@ -27,6 +31,8 @@ TOKEN_SCOPES: Final = frozenset({"subscribe", "control"})
 ALGORITHM: Final = "HS256"
 LEEWAY_S: Final = 5
 _CACHE_TTL_S: Final = 2.0
+KEY_OUTAGE_GRACE_S: Final = 300.0  # docs/protocol.md, Outages
+_CACHE_MAX: Final = 10_000
 
 
 class AuthError(Exception):
@@ -199,12 +205,19 @@ class Authenticator:
     Look-ups are single-flight: when many sockets present the same key at once (every client of
     a node reconnecting after it restarts), one store read answers all of them, instead of one
     read each queueing behind the others on the store's connections.
+
+    Every key the store returned is remembered with when it did (`_confirmed`): while the store
+    is down, that record answers for up to `outage_grace_s` after it, and is cached like a read
+    (so a dead store is asked once per key every couple of seconds, not on every request).
     """
 
-    def __init__(self, store: SqlStore, signer: TokenSigner) -> None:
+    def __init__(self, store: SqlStore, signer: TokenSigner, *, outage_grace_s: float = KEY_OUTAGE_GRACE_S) -> None:
         self.store = store
         self.signer = signer
+        self.outage_grace_s = outage_grace_s
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._confirmed: dict[str, tuple[float, KeyRecord]] = {}  # by key id: when the store last returned it
+        self._ids: dict[str, str] = {}  # a secret's cache key → its key's id (a JWT names the id)
         self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}  # reads under way
         self._generation = 0  # bumped by forget(): a read begun before must not fill the cache
 
@@ -232,12 +245,44 @@ class Authenticator:
     async def _load(
         self, cache_key: str, load: Callable[[], Awaitable[KeyRecord | None]], generation: int
     ) -> KeyRecord | None:
-        record = await load()
+        try:
+            record = await load()
+        except StoreUnavailableError:
+            record = self._recently_confirmed(cache_key)
+            if record is None:
+                raise  # neither yes nor no: the caller answers 503
+        else:
+            if generation == self._generation:
+                self._confirm(cache_key, record)
         if generation == self._generation:
-            if len(self._cache) > 10_000:
+            if len(self._cache) > _CACHE_MAX:
                 self._cache.clear()
             self._cache[cache_key] = (time.monotonic() + _CACHE_TTL_S, record)
         return record
+
+    def _confirm(self, cache_key: str, record: KeyRecord | None) -> None:
+        """The store just returned `record` for `cache_key`: it answers for the key (by its
+        secret or, for the JWTs it minted, by its id) during an outage within the grace."""
+        if record is None:
+            return
+        if len(self._confirmed) > _CACHE_MAX or len(self._ids) > _CACHE_MAX:
+            horizon = time.monotonic() - self.outage_grace_s
+            self._confirmed = {k: v for k, v in self._confirmed.items() if v[0] >= horizon}
+            self._ids = {k: v for k, v in self._ids.items() if v in self._confirmed}
+            if len(self._confirmed) > _CACHE_MAX or len(self._ids) > _CACHE_MAX:
+                self._confirmed.clear()
+                self._ids.clear()
+        if not cache_key.startswith("id:"):
+            self._ids[cache_key] = record.id
+        self._confirmed[record.id] = (time.monotonic(), record)
+
+    def _recently_confirmed(self, cache_key: str) -> KeyRecord | None:
+        """The record the store returned for this key within the grace period, if it did."""
+        key_id = cache_key[3:] if cache_key.startswith("id:") else self._ids.get(cache_key)
+        known = None if key_id is None else self._confirmed.get(key_id)
+        if known is None or time.monotonic() - known[0] > self.outage_grace_s:
+            return None
+        return known[1]
 
     def _settled(self, cache_key: str, task: asyncio.Future[KeyRecord | None]) -> None:
         if self._inflight.get(cache_key) is task:
@@ -245,11 +290,14 @@ class Authenticator:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter has it raised; none may be left to
 
-    def forget(self) -> None:
-        """Drop what is cached (a key was revoked); reads in flight answer but are not kept."""
+    def forget(self, revoked: Collection[str] = ()) -> None:
+        """Drop what is cached (keys were revoked: their ids); reads in flight answer but are not
+        kept, and the revoked keys no longer answer for themselves during a store outage."""
         self._cache.clear()
         self._inflight.clear()
         self._generation += 1
+        for key_id in revoked:
+            self._confirmed.pop(key_id, None)
 
     async def authenticate(self, credential: str | None) -> Principal:
         if not credential:

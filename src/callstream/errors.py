@@ -1,6 +1,7 @@
-"""Exceptions a user of callstream's Python clients can catch and act on.
+"""Exceptions a user of callstream's Python clients can catch and act on, and the server's one
+error for an outage (`UnavailableError`).
 
-Every failure carries a machine-readable ``code`` (the same codes the server uses on the wire,
+Every client failure carries a machine-readable ``code`` (the same codes the server uses on the wire,
 docs/protocol.md, Server → client, plus a few client-side ones) so callers branch on the code, not on the message.
 """
 
@@ -61,4 +62,14 @@ class ControlError(ClientError):
     ``unsupported_action`` (its producer did not declare the action), ``invalid_message`` (the
     arguments), ``rate_limited``; or a client-side one: ``closed`` (no connection to send it on,
     or it dropped before the answer), ``timeout`` (no answer in time).
+    """
+
+
+class UnavailableError(Exception):
+    """The node's store or broker cannot serve right now (server side).
+
+    The store (`StoreUnavailableError`) and the broker (`BrokerUnavailableError`) raise it in
+    place of their drivers' errors, at their boundary; its message says what failed and never
+    holds SQL or data, so it may be logged and answered. REST answers it with 503 `unavailable`
+    and `Retry-After`, a handshake likewise, an open socket with an `error`.
     """

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     token_ttl_s: int = Field(900, ge=10, le=86_400)
     token_max_ttl_s: int = Field(86_400, ge=10, le=86_400)
     revocation_poll_s: float = Field(1.0, gt=0, le=4.0)
+    key_outage_grace_s: float = Field(
+        300.0, ge=0, le=300.0, description="a key the store confirmed this recently keeps working while it is down"
+    )
     sentiment: bool = True
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
     webhooks_allow_private: bool = False

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,7 +17,7 @@ import redis.asyncio as aioredis
 from callstream.broker.base import LIVE_TTL_S, Broker, CallState, Quotas
 from callstream.broker.memory import MemoryBroker
 from callstream.events import Event, NewEvent
-from tests.broker.services import REDIS_HOST, REDIS_PORT, REDIS_URL, RedisServer, require
+from tests.broker.services import REDIS_HOST, REDIS_PORT, REDIS_URL, require
 
 
 class Node:
@@ -129,15 +128,6 @@ async def redis_nodes(calls: Calls) -> AsyncIterator[Nodes]:
     cluster = Nodes("redis", calls)
     yield cluster
     await cluster.close()
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, to kill and restart."""
-    require("Redis", REDIS_HOST, REDIS_PORT)  # same policy: the machine is meant to have Redis
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def ev(call_id: str, event_type: str = "agent.state", **data: object) -> NewEvent:

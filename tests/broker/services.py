@@ -1,22 +1,22 @@
-"""Real backing services for tests: reachability policy, a private redis-server, fresh databases.
+"""Real backing services for tests: reachability policy and fresh databases on the machine's PostgreSQL.
 
 Policy: a test that needs Redis or PostgreSQL runs against the real one. Locally it is skipped
 when the service is unreachable; with CI=true it fails instead, so CI can never pass by skipping.
+Services of a test's own, to stop and start, are in tests/faults.py.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
+
+from tests.helpers import run_async
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 PG_HOST, PG_PORT = "127.0.0.1", 5432
@@ -44,60 +44,25 @@ def require(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@dataclass(frozen=True, slots=True)
+class Database:
+    """A fresh database on the machine's PostgreSQL."""
 
-
-class RedisServer:
-    """A redis-server of the test's own on a spare port, without persistence: a restart loses
-    every key, which is exactly the failure the broker must survive."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail("redis-server is not installed (CI=true: these tests must run)")
-            pytest.skip("redis-server is not installed")
-        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        command += ["--appendonly", "no", "--dir", str(self.workdir)]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not reachable("127.0.0.1", self.port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def restart(self, downtime_s: float = 0.5) -> None:
-        self.stop()
-        time.sleep(downtime_s)
-        self.start()
+    name: str
+    url: str  # what a node is given (`--database`)
+    driver_url: str  # the same database for the test's own SQLAlchemy engine
 
 
 @contextmanager
-def own_redis(workdir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(workdir).start()
+def fresh_database() -> Iterator[Database]:
+    """An empty database of the caller's own, dropped afterwards (even with sessions still open)."""
+    require("PostgreSQL", PG_HOST, PG_PORT)
+    name = database_name()
+    driver_url: str = run_async(create_database(name))
     try:
-        yield server
+        yield Database(name, driver_url.replace("+asyncpg", "", 1), driver_url)
     finally:
-        server.stop()
+        run_async(drop_database(name))
 
 
 def database_name() -> str:

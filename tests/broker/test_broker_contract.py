@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from callstream.broker.base import Broker, BrokerUnavailableError, CallEndedError, CallState
 from callstream.events import encode_event
 from tests.broker.conftest import Calls, Nodes, ev
-from tests.broker.services import RedisServer
+from tests.faults import RedisServer
 
 A = "acme"
 
@@ -278,7 +278,7 @@ async def test_redis_restart_heals_and_tells_the_server(private_redis: RedisServ
 
 async def test_unreachable_redis_fails_fast(calls: Calls) -> None:
     from callstream.broker.redis import RedisBroker
-    from tests.broker.services import free_port
+    from tests.helpers import free_port
 
     broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", history_ttl_s=3600)
     with pytest.raises(BrokerUnavailableError):

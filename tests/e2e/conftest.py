@@ -7,28 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker.services import (
-    PG_HOST,
-    PG_PORT,
-    REDIS_HOST,
-    REDIS_PORT,
-    create_database,
-    database_name,
-    drop_database,
-    require,
-)
-from tests.helpers import ServerProcess, run_async
+from tests.broker.services import REDIS_HOST, REDIS_PORT, fresh_database, require
+from tests.helpers import ServerProcess
 
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     """A fresh PostgreSQL database shared by the nodes of this module, as a user-facing URL."""
-    require("PostgreSQL", PG_HOST, PG_PORT)
     require("Redis", REDIS_HOST, REDIS_PORT)
-    name = database_name()
-    run_async(create_database(name))
-    yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    run_async(drop_database(name))
+    with fresh_database() as fresh:
+        yield fresh.url
 
 
 class Cluster:

@@ -76,7 +76,7 @@ def test_keys_create_json_list_and_revoke(tmp_path: Path) -> None:
     assert set(by_id) == {key["id"], default["id"]}
     assert by_id[key["id"]]["account"] == "acme"
     assert by_id[key["id"]]["scopes"] == ["subscribe"]
-    assert by_id[default["id"]]["scopes"] == ["admin", "publish", "subscribe"]
+    assert by_id[default["id"]]["scopes"] == ["admin", "control", "publish", "subscribe"]  # all of them by default
     assert by_id[key["id"]]["revoked_at"] is None
     assert key["key"] not in listed.stdout  # secrets are shown once
     assert default["key"] not in listed.stdout
@@ -110,7 +110,7 @@ def test_keys_create_bad_scope_exits_2_and_creates_nothing(tmp_path: Path, scope
     assert result.returncode == 2
     message = flat(result.stderr)
     assert "--scope" in message
-    for scope_name in ("publish", "subscribe", "admin"):
+    for scope_name in ("publish", "subscribe", "control", "admin"):
         assert scope_name in message
     assert "Traceback" not in result.stderr
     assert result.stdout == ""

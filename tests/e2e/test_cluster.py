@@ -20,8 +20,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.broker.services import RedisServer
 from tests.e2e.conftest import Cluster
+from tests.faults import RedisServer
 from tests.helpers import ServerProcess, ended, final
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.broker.services import PG_HOST, PG_PORT, create_database, database_name, drop_database, require
-from tests.helpers import ServerProcess, final, open_events, partial, publish, recv, run_async, send
+from tests.broker.services import fresh_database
+from tests.helpers import ServerProcess, final, open_events, partial, publish, recv, send
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -25,14 +25,10 @@ def any_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         yield server
         server.stop()
         return
-    require("PostgreSQL", PG_HOST, PG_PORT)
-    name = database_name()
-    run_async(create_database(name))
-    database = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    server = ServerProcess(tmp_path_factory.mktemp("postgresql"), "--database", database).start()
-    yield server
-    server.stop()
-    run_async(drop_database(name))
+    with fresh_database() as database:
+        server = ServerProcess(tmp_path_factory.mktemp("postgresql"), "--database", database.url).start()
+        yield server
+        server.stop()
 
 
 def key_of(server: ServerProcess) -> str:

@@ -9,6 +9,7 @@ and the server logs no traceback. bench/hostile.py runs the same property for mi
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,8 +19,8 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.broker.services import PG_HOST, PG_PORT, create_database, database_name, drop_database, require
-from tests.helpers import ServerProcess, final, publish, run_async
+from tests.broker.services import fresh_database
+from tests.helpers import ServerProcess, final, publish
 from tests.hostile_tenant import run_property, server_log_problems
 from tests.rawws import TEXT, RawWebSocket, encode
 
@@ -31,17 +32,11 @@ CI_PROFILE = settings(
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    args: list[str] = []
-    name = None
-    if request.param == "postgresql":
-        require("PostgreSQL", PG_HOST, PG_PORT)
-        name = database_name()
-        args = ["--database", run_async(create_database(name)).replace("+asyncpg", "")]
-    server = ServerProcess(tmp_path_factory.mktemp(f"hostile-{request.param}"), *args).start()
-    yield server
-    server.stop()
-    if name is not None:
-        run_async(drop_database(name))
+    with contextlib.ExitStack() as stack:
+        args = ["--database", stack.enter_context(fresh_database()).url] if request.param == "postgresql" else []
+        server = ServerProcess(tmp_path_factory.mktemp(f"hostile-{request.param}"), *args).start()
+        yield server
+        server.stop()
 
 
 def new_key(node: ServerProcess) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -19,29 +18,18 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import connect
 
-from tests.broker.services import PG_HOST, PG_PORT, create_database, database_name, drop_database, require
-from tests.helpers import ServerProcess, final, recv, run_async
+from tests.broker.services import Database
+from tests.helpers import ServerProcess, final, recv
 
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def database() -> Iterator[tuple[str, str]]:
-    """(the node's URL, this test's asyncpg URL) of a fresh database."""
-    require("PostgreSQL", PG_HOST, PG_PORT)
-    name = database_name()
-    admin_url = run_async(create_database(name))
-    yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}", admin_url
-    run_async(drop_database(name))
-
-
 async def test_a_commit_that_hangs_gets_a_clear_error_and_the_socket_goes_on(
-    tmp_path: Path, database: tuple[str, str], call_id: str
+    tmp_path: Path, pg_database: Database, call_id: str
 ) -> None:
-    url, admin_url = database
-    server = ServerProcess(tmp_path, "--database", url, env={"CALLSTREAM_STORE_TIMEOUT_S": "1"})
+    server = ServerProcess(tmp_path, "--database", pg_database.url, env={"CALLSTREAM_STORE_TIMEOUT_S": "1"})
     await asyncio.to_thread(server.start)
-    locker = create_async_engine(admin_url)
+    locker = create_async_engine(pg_database.driver_url)
     try:
         key = await asyncio.to_thread(server.create_key, "acme")
         headers = {"Authorization": f"Bearer {key}"}

@@ -6,6 +6,7 @@ replaying and reading over REST, and the node must stay healthy, on SQLite and o
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,23 +15,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.broker.services import PG_HOST, PG_PORT, create_database, database_name, drop_database, require
-from tests.helpers import ServerProcess, final, publish, run_async
+from tests.broker.services import fresh_database
+from tests.helpers import ServerProcess, final, publish
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    args: list[str] = []
-    name = None
-    if request.param == "postgresql":
-        require("PostgreSQL", PG_HOST, PG_PORT)
-        name = database_name()
-        args = ["--database", run_async(create_database(name)).replace("+asyncpg", "")]
-    server = ServerProcess(tmp_path_factory.mktemp(f"isolation-{request.param}"), *args).start()
-    yield server
-    server.stop()
-    if name is not None:
-        run_async(drop_database(name))
+    with contextlib.ExitStack() as stack:
+        args = ["--database", stack.enter_context(fresh_database()).url] if request.param == "postgresql" else []
+        server = ServerProcess(tmp_path_factory.mktemp(f"isolation-{request.param}"), *args).start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture(scope="module")

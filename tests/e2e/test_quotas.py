@@ -20,10 +20,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from tests.broker.services import (
-    REDIS_HOST,
-    REDIS_PORT,
-)
+from tests.broker.services import REDIS_HOST, REDIS_PORT
 from tests.helpers import ServerProcess, ended, final, open_events, partial, publish, recv, send
 
 QUOTAS = {

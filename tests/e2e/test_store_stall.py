@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,18 +15,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.broker.services import PG_HOST, PG_PORT, create_database, database_name, drop_database, require
-from tests.helpers import ServerProcess, ended, final, publish, run_async
-
-
-@pytest.fixture
-def database() -> Iterator[tuple[str, str]]:
-    """(the node's URL, this test's asyncpg URL) of a fresh database."""
-    require("PostgreSQL", PG_HOST, PG_PORT)
-    name = database_name()
-    admin_url = run_async(create_database(name))
-    yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}", admin_url
-    run_async(drop_database(name))
+from tests.broker.services import Database
+from tests.helpers import ServerProcess, ended, final, publish
 
 
 def health(server: ServerProcess) -> int:
@@ -44,11 +33,10 @@ async def wait_for_health(server: ServerProcess, status: int, within: float) -> 
 
 
 @pytest.mark.postgres
-async def test_a_locked_postgresql_turns_health_to_503_and_back(tmp_path: Path, database: tuple[str, str]) -> None:
-    url, admin_url = database
-    server = ServerProcess(tmp_path, "--database", url)
+async def test_a_locked_postgresql_turns_health_to_503_and_back(tmp_path: Path, pg_database: Database) -> None:
+    server = ServerProcess(tmp_path, "--database", pg_database.url)
     await asyncio.to_thread(server.start)
-    locker = create_async_engine(admin_url)
+    locker = create_async_engine(pg_database.driver_url)
     try:
         key = await asyncio.to_thread(server.create_key, "acme")
         assert (await asyncio.to_thread(publish, server, key, "c1", final("before"))).status_code == 202

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,29 +19,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.broker.services import (
-    PG_ADMIN_URL,
-    PG_HOST,
-    PG_PORT,
-    create_database,
-    database_name,
-    drop_database,
-    require,
-)
-from tests.helpers import ServerProcess, final, publish, run_async
+from tests.broker.services import PG_ADMIN_URL, Database
+from tests.helpers import ServerProcess, final, publish
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def database() -> Iterator[tuple[str, str]]:
-    """(the node's URL, the database's name) of a fresh database."""
-    require("PostgreSQL", PG_HOST, PG_PORT)
-    name = database_name()
-    run_async(create_database(name))
-    yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}", name
-    run_async(_admit(name, True))
-    run_async(drop_database(name))
 
 
 async def _admit(name: str, allowed: bool) -> None:
@@ -63,10 +43,9 @@ def _get(server: ServerProcess, key: str, path: str) -> httpx.Response:
 
 
 async def test_reads_answer_503_unavailable_while_the_database_refuses_connections(
-    tmp_path: Path, database: tuple[str, str], call_id: str
+    tmp_path: Path, pg_database: Database, call_id: str
 ) -> None:
-    url, name = database
-    server = ServerProcess(tmp_path, "--database", url)
+    server = ServerProcess(tmp_path, "--database", pg_database.url)
     await asyncio.to_thread(server.start)
     try:
         key = await asyncio.to_thread(server.create_key, "acme")
@@ -80,7 +59,7 @@ async def test_reads_answer_503_unavailable_while_the_database_refuses_connectio
         for path in reads:
             assert (await asyncio.to_thread(_get, server, key, path)).status_code == 200, path
 
-        await _admit(name, False)
+        await _admit(pg_database.name, False)
         for path in reads:
             started = time.monotonic()
             answer = await asyncio.to_thread(_get, server, key, path)
@@ -98,7 +77,7 @@ async def test_reads_answer_503_unavailable_while_the_database_refuses_connectio
         assert refused.value.response.status_code == 503
         assert b'"code":"unavailable"' in refused.value.response.body
 
-        await _admit(name, True)
+        await _admit(pg_database.name, True)
         deadline = time.monotonic() + 15
         while (answer := await asyncio.to_thread(_get, server, key, f"/v1/calls/{call_id}")).status_code != 200:
             assert time.monotonic() < deadline, answer.text

@@ -14,25 +14,14 @@ import pytest
 
 from callstream.store import SqlStore
 from callstream.webhooks import tables as _webhook_tables  # noqa: F401 - the full schema
-from tests.broker.services import (
-    PG_HOST,
-    PG_PORT,
-    create_database,
-    database_name,
-    drop_database,
-    require,
-)
-from tests.helpers import run_async
+from tests.broker.services import fresh_database
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A PostgreSQL database of this test session's own."""
-    require("PostgreSQL", PG_HOST, PG_PORT)
-    name = database_name()
-    url: str = run_async(create_database(name))
-    yield url
-    run_async(drop_database(name))
+    with fresh_database() as database:
+        yield database.driver_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

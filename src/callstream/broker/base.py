@@ -11,6 +11,7 @@ import abc
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
+from callstream.errors import UnavailableError
 from callstream.events import CallState, Event, NewEvent
 
 Deliver = Callable[[Sequence[Event]], None]  # a batch, in per-call seq order
@@ -121,7 +122,7 @@ class PendingControlsError(Exception):
         self.pending = pending
 
 
-class BrokerUnavailableError(Exception):
+class BrokerUnavailableError(UnavailableError):
     """The broker's backing service cannot be reached; the caller should answer 503 / 1013."""
 
 

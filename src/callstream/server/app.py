@@ -21,17 +21,17 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from callstream import __version__
-from callstream.broker import BrokerUnavailableError
+from callstream.errors import UnavailableError
 from callstream.limits import Limits
 from callstream.server import rest
 from callstream.server.bodylimit import BodyLimit
 from callstream.server.dashboard_files import DashboardFiles
-from callstream.server.deps import ApiError, runtime_of, unavailable
+from callstream.server.deps import ApiError, bearer_of, runtime_of, unavailable
 from callstream.server.events_socket import events_endpoint
 from callstream.server.ingest import ingest_endpoint
 from callstream.server.runtime import Runtime
 from callstream.settings import Settings
-from callstream.store import SqlStore, StoreUnavailableError
+from callstream.store import SqlStore
 
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 HEALTH_TIMEOUT_S = 3.0
@@ -134,8 +134,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         responses={401: ERROR_RESPONSES[401]},
     )
     app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(StoreUnavailableError, _unavailable)
-    app.add_exception_handler(BrokerUnavailableError, _unavailable)
+    app.add_exception_handler(UnavailableError, _unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.mount("/", DashboardFiles(directory=DASHBOARD_DIR, html=True, check_dir=False), name="dashboard")
@@ -226,16 +225,15 @@ async def _store_ok(store: SqlStore) -> bool:
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text; with `metrics_token` set, only for `Authorization: Bearer <that token>`."""
     token = runtime_of(request).settings.metrics_token
-    if token is not None and not _bearer_matches(request, token):
+    if token is not None and not _is_token(bearer_of(request), token):
         raise ApiError(401, "unauthorized", "/metrics needs `Authorization: Bearer <the metrics token>`")
     TASKS.set(len(asyncio.all_tasks()))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _bearer_matches(request: Request, token: str) -> bool:
+def _is_token(presented: str | None, token: str) -> bool:
     """Constant-time comparison, so the answer's timing does not reveal how much of it matched."""
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
+    return presented is not None and hmac.compare_digest(presented.encode(), token.encode())
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:

@@ -33,7 +33,7 @@ from callstream.control import (
     result_data,
 )
 from callstream.events import NewEvent
-from callstream.store import CallFailedError, StoreUnavailableError
+from callstream.store import CallFailedError
 
 if TYPE_CHECKING:
     from callstream.server.runtime import Runtime
@@ -109,18 +109,16 @@ class ControlDesk:
 
     async def request(self, principal: Principal, call_id: str, action: str, args: object) -> tuple[str, int]:
         """Check, record, relay (docs/protocol.md, Live control, step 1 and 2): the request_id
-        and the seq of its `control.requested`. Raises ControlRefusedError."""
+        and the seq of its `control.requested`. Raises ControlRefusedError, or UnavailableError
+        while the store or the broker cannot be reached (nothing was recorded nor relayed)."""
         account, broker = principal.account, self.runtime.broker
         if not principal.may("control") or not principal.may_see(call_id):
             raise ControlRefusedError(p.ErrorCode.FORBIDDEN, "this credential may not control that call")
-        try:
-            state = await broker.state(account, call_id)
-            if state.status != "live":
-                why = "has ended" if state.status == "ended" else "has not started (or does not exist)"
-                raise ControlRefusedError(p.ErrorCode.CALL_NOT_LIVE, f"call {call_id} {why}")
-            encoded = await broker.holder(account, call_id)
-        except (BrokerUnavailableError, StoreUnavailableError) as exc:
-            raise ControlRefusedError(p.ErrorCode.INTERNAL, f"try again: {exc}") from None
+        state = await broker.state(account, call_id)  # an outage raises UnavailableError: 503 / internal
+        if state.status != "live":
+            why = "has ended" if state.status == "ended" else "has not started (or does not exist)"
+            raise ControlRefusedError(p.ErrorCode.CALL_NOT_LIVE, f"call {call_id} {why}")
+        encoded = await broker.holder(account, call_id)
         if encoded is None:
             message = f"no producer socket holds call {call_id}: its producer is not connected (or has not published since it reconnected)"
             raise ControlRefusedError(p.ErrorCode.NO_PRODUCER, message)
@@ -161,7 +159,7 @@ class ControlDesk:
             raise ControlRefusedError(p.ErrorCode.CALL_NOT_LIVE, f"call {request.call_id} has ended") from None
         except QuotaExceededError as exc:
             raise ControlRefusedError(p.ErrorCode.QUOTA_EXCEEDED, exc.reason) from None
-        except (BrokerUnavailableError, StoreUnavailableError, CallFailedError, TimeoutError) as exc:
+        except (CallFailedError, TimeoutError) as exc:
             message = f"the request could not be recorded ({exc or 'the store did not confirm in time'}); nothing was sent to the producer"
             raise ControlRefusedError(p.ErrorCode.INTERNAL, message) from None
         return sequenced[0].seq

@@ -67,11 +67,18 @@ def retry_after_header(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, int(-(-seconds // 1))))}
 
 
-def credential_of(conn: HTTPConnection) -> tuple[str | None, bool]:
-    """The credential and whether it came as the `bearer, <token>` subprotocol pair."""
+def bearer_of(conn: HTTPConnection) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if the request has one."""
     header = conn.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
-        return header[7:].strip() or None, False
+        return header[7:].strip() or None
+    return None
+
+
+def credential_of(conn: HTTPConnection) -> tuple[str | None, bool]:
+    """The credential and whether it came as the `bearer, <token>` subprotocol pair."""
+    if (bearer := bearer_of(conn)) is not None:
+        return bearer, False
     protocols = [p.strip() for p in conn.headers.get("sec-websocket-protocol", "").split(",")]
     if len(protocols) >= 2 and protocols[0].lower() == "bearer":
         return protocols[1] or None, True

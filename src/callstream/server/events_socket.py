@@ -20,6 +20,7 @@ from callstream import metrics
 from callstream import protocol as p
 from callstream.auth import AuthError, Principal
 from callstream.broker import BrokerUnavailableError
+from callstream.errors import UnavailableError
 from callstream.events import ENDED, Event, text_frame
 from callstream.hub import Subscription
 from callstream.limits import TokenBucket
@@ -310,6 +311,9 @@ class EventsConnection(SocketConnection):
             metrics.CLIENT_ERRORS.labels(exc.code).inc()
             self.send(p.error_message(exc.code, exc.message, message.call_id, message.ref))
             return
+        except UnavailableError as exc:  # nothing was recorded nor relayed: the socket stays open
+            self.send(p.error_message(p.ErrorCode.INTERNAL, f"not sent, try again: {exc}", message.call_id, message.ref))
+            return
         self.send(p.control_ack_message(message.ref, message.call_id, request_id, seq))
 
     async def _subscribe(self, message: p.Subscribe) -> None:
@@ -418,6 +422,9 @@ class EventsConnection(SocketConnection):
             principal = await self.runtime.auth.authenticate(token)
         except AuthError as exc:
             self._error(p.ErrorCode.TOKEN_EXPIRED if exc.expired else p.ErrorCode.UNAUTHORIZED, f"auth refused: {exc}")
+            return
+        except StoreUnavailableError:  # neither yes nor no: the socket goes on with its credential
+            self._error(p.ErrorCode.INTERNAL, "auth not checked: the node cannot reach its store; try again")
             return
         if principal.account != self.principal.account or not principal.may("subscribe"):
             self._error(p.ErrorCode.FORBIDDEN, "auth refused: the new credential is for another account or scope")

@@ -17,6 +17,7 @@ from callstream.control import ACTIONS
 from callstream.events import FINAL, MAX_INT64, PARTIAL, is_valid_call_id
 from callstream.server.control_desk import ControlRefusedError
 from callstream.server.deps import (
+    UNAVAILABLE_RETRY_S,
     ApiError,
     authenticate,
     json_response,
@@ -138,7 +139,7 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
         raise unavailable(exc) from None
     except TimeoutError:
         message = f"the store did not confirm within {timeout:g} s: the events may or may not be stored"
-        raise ApiError(503, "unavailable", message) from None
+        raise ApiError(503, "unavailable", message, retry_after_s=UNAVAILABLE_RETRY_S) from None
     return json_response({"accepted": len(sequenced), "seq": [e.seq for e in sequenced]}, 202)
 
 

@@ -37,10 +37,11 @@ from callstream.broker import (
 from callstream.control import RESULT, result_data, settles_at_end
 from callstream.events import ENDED, FINAL, MAX_INT64, Event, NewEvent
 from callstream.hub import Hub
+from callstream.outages import OutageLog
 from callstream.server.control_desk import ControlDesk
 from callstream.server.tasks import TaskSet
 from callstream.settings import Settings
-from callstream.store import CallFailedError, SqlStore, database_url
+from callstream.store import CallFailedError, SqlStore, StoreUnavailableError, database_url
 
 log = logging.getLogger("callstream")
 
@@ -92,7 +93,7 @@ class Runtime:
             default_ttl_s=self.settings.token_ttl_s,
             max_ttl_s=self.settings.token_max_ttl_s,
         )
-        self.auth = Authenticator(self.store, self.signer)
+        self.auth = Authenticator(self.store, self.signer, outage_grace_s=self.settings.key_outage_grace_s)
         await self.broker.start(self._deliver, self.store.call_state)
         self.broker.on_reconnect = self._resync_subscribers
         self._workers.start(self._watch_revocations(), name="revocations")
@@ -257,21 +258,26 @@ class Runtime:
     # ---- revocation ----------------------------------------------------------------------
 
     async def _watch_revocations(self) -> None:
-        """Poll the store for revoked keys and end their sockets (every node does this)."""
+        """Poll the store for revoked keys and end their sockets (every node does this).
+
+        While the store is down the poll logs once (`OutageLog`) and catches up, from where it
+        last succeeded, once the store is back."""
         since = int(time.time() * 1000) - 1000
+        outage = OutageLog(log, "the revocation poll")
         while True:
             await asyncio.sleep(self.settings.revocation_poll_s)
             now = int(time.time() * 1000)
             try:
                 revoked = set(await self.store.revoked_since(since - 1000))
-            except Exception:  # the store is down: /healthz says so; try again next tick
-                log.warning("revocation poll failed", exc_info=True)
+            except StoreUnavailableError as exc:  # /healthz says so; try again next tick
+                outage.failed(exc)
                 continue
+            outage.recovered()
             since = now
             if not revoked:
                 continue
             assert self.auth is not None
-            self.auth.forget()
+            self.auth.forget(revoked)
             doomed = [c for c in self.connections if c.key_id in revoked]
             for conn in doomed:
                 await conn.terminate(4001, "unauthorized", "the API key was revoked")

@@ -26,7 +26,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from callstream.errors import UnavailableError
 from callstream.events import ENDED, CallState, Event
+from callstream.outages import OutageLog
 from callstream.sentiment import label_for
 from callstream.store import fold_process, rows
 from callstream.store import tables as t
@@ -60,7 +62,7 @@ PAGE_MAX_BYTES = 8 * 1024 * 1024
 _LOOK_UP_CHUNK = 500  # call ids per look-up query (SQLite allows 32,766 parameters; stay far below)
 
 
-class StoreUnavailableError(Exception):
+class StoreUnavailableError(UnavailableError):
     """The database cannot be reached or refused the write; the caller answers 503 / `internal`."""
 
 
@@ -261,6 +263,8 @@ class SqlStore:
         # Calls whose rows the database refused (not an outage: other calls' rows were taken).
         self.failed_calls: dict[tuple[str, str], str] = {}
         self._waiting_since: float | None = None  # the oldest write not committed yet
+        self._write_outage = OutageLog(log, "writing events to the store")
+        self._fold_outage = OutageLog(log, "folding the event journal")
         self._fold_failing_since: float | None = None
         # SQLite: the event writer's batches go to the node's journal (store/journal.py, opened by
         # `start` for a node's writer) until the fold process (`fold.JournalFolder`) files them;
@@ -657,14 +661,16 @@ class SqlStore:
             first = exc
         else:
             self.healthy = True
+            self._write_outage.recovered()
             return errors
         grouped = by_call(events)
         if isinstance(first, OSError | StoreUnavailableError) or not await self.probe_write():
-            log.error("store write failed: %s", first.__class__.__name__, exc_info=first)
+            self._write_outage.failed(first)
             self.healthy = False
             error = StoreUnavailableError(f"the store could not commit: {first.__class__.__name__}")
             return errors | dict.fromkeys(grouped, error)
         self.healthy = True
+        self._write_outage.recovered()
         for key, held in grouped.items():
             try:
                 await self._commit(held)
@@ -744,7 +750,9 @@ class SqlStore:
         try:
             await self._fold_journal()
         except Exception as exc:  # the journal keeps its rows; the next fold tries again
-            log.warning("folding the event journal failed: %s", exc.__class__.__name__)
+            self._fold_outage.failed(exc)
+        else:
+            self._fold_outage.recovered()
 
     async def _folding(self, folder: JournalFolder) -> None:
         """Fold the journal's files in one transaction of the fold process: if it fails, the files

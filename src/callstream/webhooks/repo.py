@@ -274,6 +274,7 @@ class WebhookRepo:
 
     # ---- the worker's side ---------------------------------------------------------------
 
+    @store_errors
     async def claim(
         self, limit: int, at_ms: int | None = None, *, busy: Mapping[str, int] | None = None
     ) -> list[ClaimedMessage]:
@@ -378,6 +379,7 @@ class WebhookRepo:
             )
         )
 
+    @store_errors
     async def record(self, message: ClaimedMessage, attempt: Attempt) -> bool:
         """Log the attempt and move the message on; False if our lease had been taken over."""
         status = {"succeeded": SUCCEEDED, "retry": PENDING}.get(attempt.result, FAILED)
@@ -415,6 +417,7 @@ class WebhookRepo:
                 await self._disable(conn, message.endpoint_id, "the endpoint answered 410 Gone")
         return bool(updated.rowcount)
 
+    @store_errors
     async def abandon(self, message: ClaimedMessage, reason: str) -> None:
         """Fail a message without an attempt (its endpoint was disabled or removed)."""
         async with self.engine.begin() as conn:

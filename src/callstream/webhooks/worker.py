@@ -21,6 +21,8 @@ import httpx
 from prometheus_client import Counter, Histogram
 from standardwebhooks.webhooks import Webhook
 
+from callstream.outages import OutageLog
+from callstream.store import StoreUnavailableError
 from callstream.webhooks.config import WebhookConfig
 from callstream.webhooks.repo import Attempt, ClaimedMessage, WebhookRepo, now_ms
 from callstream.webhooks.ssrf import UnsafeURLError, check_url, pinned
@@ -69,6 +71,7 @@ class WebhookWorker:
         self._wakeup = asyncio.Event()
         self.inflight: set[asyncio.Task[None]] = set()
         self._busy: collections.Counter[str] = collections.Counter()  # attempts in flight per account
+        self._outage = OutageLog(log, "the webhook worker's store access")
 
     def wake_soon(self, delay_s: float = 0.05) -> None:
         """Look for work shortly (a call just ended) instead of at the next poll."""
@@ -109,10 +112,12 @@ class WebhookWorker:
 
     async def _claim(self, limit: int) -> list[ClaimedMessage]:
         try:
-            return await self.repo.claim(limit, busy=self._busy)
-        except Exception:  # the store is down: /healthz reports it; try again next poll
-            log.warning("webhook claim failed", exc_info=True)
+            claimed = await self.repo.claim(limit, busy=self._busy)
+        except StoreUnavailableError as exc:  # /healthz reports it; try again next poll
+            self._outage.failed(exc)
             return []
+        self._outage.recovered()
+        return claimed
 
     def _spawn(self, message: ClaimedMessage) -> None:
         task = asyncio.create_task(self._deliver_logged(message), name=f"webhook-{message.id}")
@@ -147,8 +152,8 @@ class WebhookWorker:
     async def _deliver_logged(self, message: ClaimedMessage) -> None:
         try:
             await self.deliver(message)
-        except Exception:  # recording failed (store down): the lease expires, it is retried
-            log.exception("webhook delivery of %s could not be recorded", message.id)
+        except StoreUnavailableError as exc:  # not recorded: the lease runs out, it is sent again
+            self._outage.failed(exc)
 
     async def deliver(self, message: ClaimedMessage) -> Attempt | None:
         """One attempt of one claimed message, recorded before returning."""
