@@ -5,7 +5,8 @@ partial transcripts growing word by word at speaking pace, agent state changes a
 agent turn, function calls with believable arguments and results, and calls ending in the
 varied ways real calls end. :func:`script_events` produces that as a pure, seeded generator
 (no I/O, no clock) so tests check its shape without a server; :func:`run_simulation` plays many
-such calls concurrently against a server through one :class:`~callstream.publisher.Publisher`.
+such calls concurrently against a server through one :class:`~callstream.publisher.Publisher`,
+and a supervisor can steer each of them live (:class:`_LiveCall`, docs/control.md).
 """
 
 from __future__ import annotations
