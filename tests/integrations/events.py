@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -28,3 +29,9 @@ def brief(message: dict[str, Any]) -> tuple[Any, ...]:
     if kind == "function.result":
         return (kind, data["name"], data["result"], data["tool_call_id"])
     return (kind, data["status"], data.get("reason"))
+
+
+# -- live control ------------------------------------------------------------------------------
+
+CallerSays = Callable[[str], Awaitable[None]]
+"""Makes the caller of a call under test say one turn."""
