@@ -7,6 +7,8 @@
   persistence (a restart loses every key, the harshest Redis failure); `persistent=True` keeps
   its keys across `stop()`/`start()` (append-only file, fsync on every write), like a network
   outage of a Redis that stayed up.
+- `ReplyCutter`: a TCP proxy to the machine's Redis that loses the reply to a chosen command
+  after Redis ran it (the fixture `reply_cutter`, tests/broker/conftest.py).
 
 Both keep their port (and data directory) for their whole life, so a node started against
 `url` sees an outage when they stop and recovery when they start, without being restarted.
@@ -20,6 +22,7 @@ root: its commands then run as the `postgres` user (`runuser`), in a directory o
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import pwd
@@ -35,6 +38,7 @@ from typing import NoReturn
 
 import pytest
 
+from tests.broker.services import REDIS_HOST, REDIS_PORT
 from tests.helpers import free_port
 
 _STARTUP_S = 30.0
@@ -215,3 +219,61 @@ def own_redis(workdir: Path, *, persistent: bool = False) -> Iterator[RedisServe
         yield server
     finally:
         server.stop()
+
+
+class ReplyCutter:
+    """A TCP proxy in front of Redis that can break a connection after Redis ran a command and
+    before its reply reaches the client: the reply a real network loses.
+
+    `cut_reply_to(marker)`: the next request whose bytes hold `marker` goes through; its
+    connection is aborted when the answer comes back, and `cut` is set."""
+
+    def __init__(self, host: str = REDIS_HOST, port: int = REDIS_PORT) -> None:
+        self._upstream = (host, port)
+        self._marker: bytes | None = None
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.cut = asyncio.Event()
+
+    async def start(self) -> str:
+        """Listen on a spare port; the URL to give the client (database 0, as REDIS_URL)."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    def cut_reply_to(self, marker: bytes) -> None:
+        self._marker = marker
+        self.cut.clear()
+
+    async def stop(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        redis_reader, redis_writer = await asyncio.open_connection(*self._upstream)
+        self._writers += [client_writer, redis_writer]
+        doomed = False
+
+        async def requests() -> None:
+            nonlocal doomed
+            while data := await client_reader.read(65536):
+                if self._marker is not None and self._marker in data:
+                    self._marker, doomed = None, True
+                redis_writer.write(data)
+                await redis_writer.drain()
+            redis_writer.close()
+
+        async def replies() -> None:
+            while data := await redis_reader.read(65536):
+                if doomed:  # Redis has run it: the client never hears so
+                    client_writer.transport.abort()
+                    redis_writer.transport.abort()
+                    self.cut.set()
+                    return
+                client_writer.write(data)
+                await client_writer.drain()
+            client_writer.close()
+
+        await asyncio.gather(requests(), replies(), return_exceptions=True)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,6 +21,7 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from callstream.simulate import REFERENCE_DAY, _plan
 from callstream.store import SqlStore
 
 ALL_SCOPES = "publish,subscribe,control,admin"
@@ -132,9 +136,35 @@ class ServerProcess:
     def revoke_key(self, key_id: str) -> None:
         self.cli("keys", "revoke", key_id, *self.database_args())
 
-    def login_url(self, account: str) -> str:
-        out = self.cli("login", "--account", account, "--url", self.url, *self.database_args())
+    def login_url(self, account: str, *, control: bool = False) -> str:
+        flags = ["--control"] if control else []
+        out = self.cli("login", "--account", account, "--url", self.url, *flags, *self.database_args())
         return out.stdout.strip()
+
+
+class Cluster:
+    """Server nodes sharing one broker and one database; `start` adds and starts some."""
+
+    def __init__(self, root: Path, database: str, broker: str) -> None:
+        self.root, self.database, self.broker = root, database, broker
+        self.nodes: list[ServerProcess] = []
+
+    def start(self, count: int, env: dict[str, str] | None = None) -> list[ServerProcess]:
+        for _ in range(count):
+            data_dir = self.root / f"node{len(self.nodes)}"
+            data_dir.mkdir()
+            node = ServerProcess(data_dir, "--broker", self.broker, "--database", self.database, env=env)
+            self.nodes.append(node)
+        for node in self.nodes[-count:]:
+            node.start()
+        return self.nodes[-count:]
+
+    def key(self, account: str) -> str:
+        return self.nodes[0].create_key(account)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
 
 
 async def open_events(server: ServerProcess, credential: str, **kwargs: Any) -> ClientConnection:
@@ -221,3 +251,66 @@ def fill_next_journal_file(store: SqlStore, db_path: Path | str) -> None:
     journal = store._journal
     assert journal is not None
     os.symlink("/dev/full", f"{db_path}-events.{journal._node}.{journal._generation}")
+
+
+class Supervisor:
+    """A control-scoped subscriber of calls (docs/protocol.md, Live control): it sends requests
+    and keeps every call event it reads, so a test can assert what the call did in between."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = []
+        self._ref = 0
+
+    async def ask(self, call_id: str, action: str, **args: Any) -> str:
+        """Send one request; its request_id once the server acknowledged it (an error fails)."""
+        answer = await self.request(call_id, action, **args)
+        assert answer["type"] == "control_ack", answer
+        return str(answer["data"]["request_id"])
+
+    async def request(self, call_id: str, action: str, **args: Any) -> dict[str, Any]:
+        """Send one request; the server's answer to it (`control_ack` or `error`)."""
+        self._ref += 1
+        ref = f"s{self._ref}"
+        await send(self.ws, {"type": "control", "call_id": call_id, "action": action, "args": args, "ref": ref})
+        return await self.until(lambda m: m.get("ref") == ref and m["type"] in ("control_ack", "error"))
+
+    async def result(self, request_id: str, timeout: float = 15) -> dict[str, Any]:
+        """The request's `control.result` data."""
+        event = await self.until(
+            lambda m: m["type"] == "control.result" and m["data"]["request_id"] == request_id, timeout
+        )
+        return dict(event["data"])
+
+    async def done(self, call_id: str, action: str, **args: Any) -> None:
+        """Ask, and wait until the producer answered ok."""
+        request_id = await self.ask(call_id, action, **args)
+        assert await self.result(request_id) == {"request_id": request_id, "ok": True}
+
+    async def until(self, match: Any, timeout: float = 15) -> dict[str, Any]:
+        """Read up to the first message `match` accepts (call events on the way are kept)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            message = await recv(self.ws, max(left, 0.01))
+            if "seq" in message:
+                self.events.append(message)
+            if match(message):
+                return message
+
+    async def during(self, seconds: float) -> list[dict[str, Any]]:
+        """The call events that arrive within the next `seconds`."""
+        start = len(self.events)
+        with contextlib.suppress(TimeoutError):
+            await self.until(lambda _: False, seconds)
+        return self.events[start:]
+
+
+def steady_seed() -> int:
+    """A simulation seed whose first call is answered and completes: it runs long enough to be
+    steered by a supervisor (callstream.simulate draws each call's plan from the seed)."""
+
+    def first_plan(seed: int) -> Any:
+        return _plan(random.Random(random.Random(seed).getrandbits(64)), REFERENCE_DAY)
+
+    return next(seed for seed in itertools.count() if first_plan(seed).status == "completed")

@@ -285,7 +285,7 @@ class Hostile:
         except orjson.JSONDecodeError:
             return [(p.ErrorCode.INVALID_MESSAGE, _key(None))], []
         items = obj if isinstance(obj, list) else [obj]
-        if len(items) > p.MAX_FRAME_EVENTS:
+        if len(items) > p.MAX_BATCH_EVENTS:
             return [(p.ErrorCode.INVALID_MESSAGE, _key(None))], []
         errors: list[tuple[str, str]] = []
         valid = []

@@ -8,6 +8,7 @@ call.ended), every dashboard and benchmark built on it would show or measure the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import threading
@@ -30,6 +31,7 @@ from callstream.simulate import (
     script_events,
     simulate_command,
 )
+from tests.helpers import ServerProcess, Supervisor, open_events, send, steady_seed
 
 Event = tuple[float, str, dict[str, Any]]
 
@@ -272,3 +274,78 @@ def test_simulate_command_shows_a_live_view_and_a_summary(
     assert "errors" in err
     assert "calls started" in err.splitlines()[-1]
     threaded_ingest.assert_every_call_ended_once()
+
+
+# -- steering a live simulated call on a real server (docs/protocol.md, Live control) -----------------
+
+
+@contextlib.asynccontextmanager
+async def one_simulated_call(server: ServerProcess, key: str) -> AsyncIterator[tuple[Supervisor, str]]:
+    """A simulation of one call, and a supervisor subscribed to it."""
+    ws = await open_events(server, key)
+    sup = Supervisor(ws)
+    await send(ws, {"type": "subscribe", "call_id": "*"})
+    await sup.until(lambda m: m["type"] == "subscribed")
+    sim = asyncio.create_task(run_simulation(server.url, key, calls=1, speed=2, duration=120, seed=steady_seed()))
+    try:
+        first = await sup.until(lambda m: "seq" in m)
+        yield sup, first["call_id"]
+    finally:
+        sim.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sim
+        await ws.close()
+
+
+def agent_final(text: str) -> Any:
+    return lambda m: m["type"] == "transcript.final" and m["data"]["speaker"] == "agent" and m["data"]["text"] == text
+
+
+async def test_the_simulated_agent_obeys_a_supervisor(server: ServerProcess, api_key: str) -> None:
+    async with one_simulated_call(server, api_key) as (sup, call_id):
+        await sup.done(call_id, "pause")  # the agent (greeting) is cut off and listens; the script holds
+        held = [(m["type"], m["data"].get("state"), m["data"].get("interrupted")) for m in await sup.during(2.0)]
+        cut_off = ("transcript.final", None, True)
+        listening = ("agent.state", "listening", None)
+        assert held in ([], [listening], [cut_off, listening])
+
+        await sup.done(call_id, "say", text="A supervisor is on the line now.")
+        said = await sup.until(agent_final("A supervisor is on the line now."))
+        growing = [m["data"]["text"] for m in sup.events
+                   if m["type"] == "transcript.partial" and m["data"]["utterance_id"] == said["data"]["utterance_id"]]
+        assert growing == ["A", "A supervisor", "A supervisor is", "A supervisor is on", "A supervisor is on the",
+                           "A supervisor is on the line"]
+
+        # A long line, cut short at once by another: the first ends as far as it got, interrupted.
+        long_line = "Please bear with me while I read out the full terms and conditions of your current plan."
+        await sup.done(call_id, "say", text=long_line)
+        started = await sup.until(lambda m: m["type"] == "transcript.partial" and m["data"]["speaker"] == "agent")
+        await sup.done(call_id, "say", text="Actually, let me skip that.", interrupt=True)
+        await sup.until(agent_final("Actually, let me skip that."))
+        cut = [m["data"] for m in sup.events if m["type"] == "transcript.final"
+               and m["data"]["utterance_id"] == started["data"]["utterance_id"]]
+        assert len(cut) == 1
+        assert cut[0]["interrupted"] is True
+        assert long_line.startswith(cut[0]["text"])
+        assert cut[0]["text"] != long_line
+
+        await sup.done(call_id, "instruct", text="Mention the spring offer.")
+        await sup.done(call_id, "resume")
+        reply = await sup.until(lambda m: m["type"] == "transcript.final" and m["data"]["speaker"] == "agent")
+        assert reply["data"]["text"].startswith("Mention the spring offer. ")  # its next scripted reply
+
+        await sup.done(call_id, "end")
+        ended = await sup.until(lambda m: m["type"] == "call.ended")
+        assert (ended["data"]["status"], ended["data"]["reason"]) == ("completed", "ended by the supervisor")
+        after = [m for m in await sup.during(1.0) if m["call_id"] == call_id]
+        assert after == []  # nothing after the end (the simulation went on with a new call)
+        seqs = [m["seq"] for m in sup.events if m["call_id"] == call_id]
+        assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_the_simulated_call_is_transferred_by_a_supervisor(server: ServerProcess, api_key: str) -> None:
+    async with one_simulated_call(server, api_key) as (sup, call_id):
+        await sup.done(call_id, "transfer", to="+14155550100", reason="wants a human")
+        ended = await sup.until(lambda m: m["type"] == "call.ended")
+        assert ended["data"]["status"] == "transferred"
+        assert ended["data"]["reason"] == "transferred to +14155550100 by the supervisor: wants a human"

@@ -157,13 +157,21 @@ def _check_metrics(data: dict[str, Any]) -> None:
             raise EventInvalidError(f"data.{name} must be a number of milliseconds >= 0 when given")
 
 
-def _check_sentiment(data: dict[str, Any]) -> None:
-    """A producer's own `sentiment` must look like the server's: a score in [-1, 1]."""
+def sentiment_score(data: dict[str, Any]) -> float | None:
+    """`data.sentiment.score` when it is a number in [-1, 1], else None: the one rule for a score.
+
+    Validation refuses a producer's `sentiment` that breaks it, and the store sums only scores
+    that keep it, so a call's sum of scores stays finite."""
     sentiment = data.get("sentiment")
-    if sentiment is None:
-        return
     score = sentiment.get("score") if isinstance(sentiment, dict) else None
     if isinstance(score, bool) or not isinstance(score, int | float) or not -1.0 <= score <= 1.0:
+        return None
+    return float(score)
+
+
+def _check_sentiment(data: dict[str, Any]) -> None:
+    """A producer's own `sentiment` must look like the server's (`sentiment_score`)."""
+    if data.get("sentiment") is not None and sentiment_score(data) is None:
         raise EventInvalidError("data.sentiment.score must be a number in [-1, 1]")
 
 

@@ -57,23 +57,27 @@ class CloseCode(IntEnum):
     TRY_AGAIN = 1013
 
 
-# Events per /v1/ingest frame: each invalid one gets an error of its own, so a megabyte of
-# `[0,0,…]` would make half a million answers and hold the event loop for seconds.
-MAX_FRAME_EVENTS: Final = 1000
+# Events per batch (a /v1/ingest frame, a REST POST): on a socket each invalid one gets an error
+# of its own, so a megabyte of `[0,0,…]` would make half a million answers and hold the event
+# loop for seconds; one cap for both ways in, so a producer can move between them.
+MAX_BATCH_EVENTS: Final = 1000
 
 WILDCARD: Final = "*"
 CLIENT_TYPES: Final = frozenset({"subscribe", "unsubscribe", "auth", "ping", "control"})
 
 
 class ProtocolError(Exception):
-    """A message the server refuses; `code` is one of ERROR_CODES."""
+    """A message the server refuses; `code` is one of ERROR_CODES, `index` the batch's offending event."""
 
-    def __init__(self, code: str, message: str, call_id: str | None = None, ref: Any = None):
+    def __init__(
+        self, code: str, message: str, call_id: str | None = None, ref: Any = None, index: int | None = None
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
         self.call_id = call_id
         self.ref = ref
+        self.index = index
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,9 +250,20 @@ def parse_event(obj: Any, call_id: str | None = None) -> NewEvent:
     return NewEvent(call_id, event_type, data, ref)
 
 
+def batch_items(obj: Any) -> list[Any]:
+    """One event or an array of them, as a list; past `MAX_BATCH_EVENTS` none is applied.
+
+    The refusal carries `index`: the first event past the cap."""
+    items = obj if isinstance(obj, list) else [obj]
+    if len(items) > MAX_BATCH_EVENTS:
+        message = f"a batch carries at most {MAX_BATCH_EVENTS} events, not {len(items)}; none applied"
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, message, index=MAX_BATCH_EVENTS)
+    return items
+
+
 def parse_event_batch(obj: Any, call_id: str | None = None) -> list[NewEvent]:
     """One event or an array of them; all-or-nothing. The error names the failing index."""
-    items = obj if isinstance(obj, list) else [obj]
+    items = batch_items(obj)
     if not items:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "an empty batch publishes nothing")
     events: list[NewEvent] = []
@@ -258,7 +273,7 @@ def parse_event_batch(obj: Any, call_id: str | None = None) -> list[NewEvent]:
         except ProtocolError as exc:
             exc.message = f"event {index}: {exc.message}"
             exc.args = (exc.message,)
-            exc.index = index  # type: ignore[attr-defined]
+            exc.index = index
             raise
     return events
 

@@ -6,7 +6,8 @@ agent turn (the server measures each answer's latency from them), the pipeline's
 (STT, LLM and TTS time to first byte, now and then a slow LLM), function calls with believable
 arguments and results, and calls ending in the varied ways real calls end. :func:`script_events` produces that as a pure, seeded generator
 (no I/O, no clock) so tests check its shape without a server; :func:`run_simulation` plays many
-such calls concurrently against a server through one :class:`~callstream.publisher.Publisher`.
+such calls concurrently against a server through one :class:`~callstream.publisher.Publisher`,
+and a supervisor can steer each of them live (:class:`_LiveCall`, docs/control.md).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from callstream.control import ACTIONS, ControlRequest
 from callstream.errors import PublishError
 from callstream.publisher import Publisher
+from callstream.sim_scripts import SCRIPTS, Facts, Say, Tool, Turn, agent, user
 
 __all__ = [
     "END_WEIGHTS",
@@ -56,320 +59,13 @@ FAILURES: Final = (
     "TTS provider returned HTTP 500",
 )
 
+CONTROLS: Final = ACTIONS  # a simulated call obeys every action (protocol §8)
+
 Event = tuple[float, str, dict[str, Any]]
 # What the simulated pipeline's `metrics` events name (made-up services, real shapes).
 STT_MODEL: Final = "nova-3"
 LLM_MODEL: Final = "gpt-4o-mini"
 TTS_MODEL: Final = "sonic-2"
-
-
-# -- script building blocks ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Say:
-    """One utterance, heard as growing partials and then one final."""
-
-    speaker: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Tool:
-    """One function the agent calls; emitted as a function.call/function.result pair."""
-
-    name: str
-    args: dict[str, Any]
-    result: dict[str, Any]
-
-
-Turn = Say | Tool
-
-
-@dataclass(frozen=True, slots=True)
-class Script:
-    """A whole conversation as it goes when nothing interrupts it."""
-
-    turns: list[Turn]
-    reason: str  # why the call ended when it completes
-    queue: str  # where a transfer goes
-
-
-class _Facts:
-    """Random but consistent details (names, dates, ids) a script draws from."""
-
-    FIRST: Final = ("Maria", "James", "Aisha", "Daniel", "Priya", "Tom", "Sofia", "Kenji", "Laura")
-    LAST: Final = ("Garcia", "Johnson", "Okafor", "Müller", "Patel", "Nguyen", "Rossi", "Smith")
-    CITIES: Final = ("Sacramento", "Phoenix", "Austin", "Tampa", "Denver", "San Diego")
-
-    def __init__(self, rng: random.Random, today: dt.date) -> None:
-        self.rng = rng
-        self.today = today
-        self.first = rng.choice(self.FIRST)
-        self.last = rng.choice(self.LAST)
-
-    def code(self, prefix: str, digits: int = 5) -> str:
-        return f"{prefix}-{self.rng.randrange(10 ** (digits - 1), 10**digits)}"
-
-    def phone(self) -> str:
-        return f"+1555{self.rng.randrange(1_000_000, 9_999_999)}"
-
-    def day(self, earliest: int = 1, latest: int = 9) -> dt.date:
-        return self.today + dt.timedelta(days=self.rng.randint(earliest, latest))
-
-    def time(self, first_hour: int = 9, last_hour: int = 16) -> dt.time:
-        return dt.time(self.rng.randint(first_hour, last_hour), self.rng.choice((0, 15, 30, 45)))
-
-
-def _spoken_day(day: dt.date) -> str:
-    return f"{day:%A}, {day:%B} {day.day}"
-
-
-def _spoken_time(at: dt.time) -> str:
-    hour = at.hour % 12 or 12
-    suffix = "AM" if at.hour < 12 else "PM"
-    return f"{hour}:{at.minute:02d} {suffix}" if at.minute else f"{hour} {suffix}"
-
-
-def _iso(day: dt.date, at: dt.time) -> str:
-    return dt.datetime.combine(day, at).isoformat(timespec="minutes")
-
-
-def _agent(text: str) -> Say:
-    return Say("agent", text)
-
-
-def _user(text: str) -> Say:
-    return Say("user", text)
-
-
-# -- the conversations ----------------------------------------------------------------------------
-
-
-def _clinic(f: _Facts) -> Script:
-    rng = f.rng
-    doctor = rng.choice(("Chen", "Okonkwo", "Alvarez", "Hoffman"))
-    symptom, days = rng.choice(("sore throat", "bad cough", "rash on my arm", "earache")), rng.randint(2, 6)
-    born = dt.date(rng.randint(1950, 2004), rng.randint(1, 12), rng.randint(1, 28))
-    day1, day2 = sorted({f.day(1, 4), f.day(5, 8)})
-    t1, t2 = f.time(8, 11), f.time(13, 16)
-    patient, confirmation = f.code("P", 6), f.code("RFC", 4)
-    pick_day, pick_time = rng.choice(((day1, t1), (day2, t2)))
-    return Script(
-        turns=[
-            _agent("Thank you for calling Riverside Family Clinic, this is Ava, the virtual "
-                   "assistant. How can I help you today?"),
-            _user(f"Hi, I'd like to see Dr. {doctor}. I've had a {symptom} for about {days} days."),
-            _agent("I'm sorry to hear that. Can I have your full name and date of birth?"),
-            _user(f"Sure, it's {f.first} {f.last}, born {born:%B} {born.day}, {born.year}."),
-            Tool("find_patient",
-                 {"last_name": f.last, "date_of_birth": born.isoformat()},
-                 {"patient_id": patient, "first_name": f.first, "insurance": "Aetna PPO"}),
-            Tool("check_availability",
-                 {"provider": f"Dr. {doctor}", "visit_type": "sick_visit",
-                  "date_from": day1.isoformat(), "date_to": day2.isoformat()},
-                 {"slots": [_iso(day1, t1), _iso(day2, t2)]}),
-            _agent(f"Thanks, {f.first}, I found your record. Dr. {doctor} can see you on "
-                   f"{_spoken_day(day1)} at {_spoken_time(t1)}, or on {_spoken_day(day2)} at "
-                   f"{_spoken_time(t2)}. Which works better?"),
-            _user(f"{pick_day:%A} at {_spoken_time(pick_time)} is perfect."),
-            Tool("book_appointment",
-                 {"patient_id": patient, "provider": f"Dr. {doctor}",
-                  "start": _iso(pick_day, pick_time), "visit_type": "sick_visit",
-                  "reason": symptom},
-                 {"status": "booked", "confirmation": confirmation}),
-            _agent(f"You're all set for {_spoken_day(pick_day)} at {_spoken_time(pick_time)} "
-                   f"with Dr. {doctor}. Your confirmation number is {confirmation}. Please "
-                   "arrive ten minutes early and bring your insurance card. Anything else?"),
-            _user("No, that's everything. Thank you!"),
-            _agent(f"You're welcome, {f.first}. Feel better soon, goodbye!"),
-        ],
-        reason="appointment booked",
-        queue="front_desk",
-    )
-
-
-def _router(f: _Facts) -> Script:
-    rng = f.rng
-    color = rng.choice(("orange", "red", "amber"))
-    account, ticket, phone = f.code("NW", 7), f.code("TCK", 6), f.phone()
-    loss = round(rng.uniform(6, 25), 1)
-    visit = f.day(1, 3)
-    window = rng.choice(("8 AM and noon", "noon and 4 PM", "1 PM and 5 PM"))
-    return Script(
-        turns=[
-            _agent("Northwind Fiber support, this is Sam. What can I do for you?"),
-            _user(f"My internet keeps dropping every few minutes and the light on the router is "
-                  f"blinking {color}."),
-            _agent("That sounds frustrating. What's the phone number on the account?"),
-            _user(f"It's {phone[2:5]} {phone[5:8]} {phone[8:]}."),
-            Tool("lookup_account", {"phone": phone},
-                 {"account_id": account, "name": f"{f.first} {f.last}", "plan": "Fiber 500",
-                  "router_model": "NW-AX3000"}),
-            Tool("run_line_diagnostics", {"account_id": account},
-                 {"line_status": "degraded", "packet_loss_pct": loss, "signal_dbm": -27.4}),
-            _agent(f"Thanks, {f.first}. I see about {loss:g} percent packet loss on your line. "
-                   "Could you unplug the router for thirty seconds and plug it back in?"),
-            _user("Okay, hold on. Alright, it's back on, but the light is still blinking."),
-            _agent("Thanks for trying that. The router needs a technician, so I'll open a "
-                   "ticket for you."),
-            Tool("create_ticket",
-                 {"account_id": account, "category": "hardware", "priority": "high",
-                  "summary": f"NW-AX3000 blinking {color}, {loss:g}% packet loss after reboot"},
-                 {"ticket_id": ticket, "status": "open"}),
-            Tool("check_availability",
-                 {"service": "technician_visit", "account_id": account},
-                 {"windows": [f"{visit.isoformat()} {window}"]}),
-            _agent(f"Your ticket number is {ticket}. A technician can come on "
-                   f"{_spoken_day(visit)} between {window}. Does that work for you?"),
-            _user("Yes, that works."),
-            Tool("schedule_visit", {"ticket_id": ticket, "date": visit.isoformat(),
-                                    "window": window},
-                 {"status": "scheduled"}),
-            _agent("Great, you'll get a text the morning of the visit. Anything else today?"),
-            _user("No, thanks for your help."),
-            _agent("Have a good day!"),
-        ],
-        reason="ticket created, technician visit scheduled",
-        queue="tier2_support",
-    )
-
-
-def _solar(f: _Facts) -> Script:
-    rng = f.rng
-    city, bill = rng.choice(f.CITIES), rng.choice((140, 180, 220, 260, 310))
-    zip_code = f"{rng.randint(85001, 95999)}"
-    kw = round(bill / 30, 1)
-    savings = round(bill * rng.uniform(0.55, 0.8))
-    opening: list[Turn] = [
-        _agent(f"Hi, is this {f.first}? This is Max calling from Brightside Solar. Do you have a "
-               "quick minute?"),
-        _user("Uh, sure. What is this about?"),
-        _agent(f"We're helping homeowners in {city} cut their electric bill with rooftop solar. "
-               "Do you own your home, and roughly what is your monthly bill?"),
-        _user(f"We own it. The bill is around {bill} dollars in the summer."),
-        Tool("estimate_savings",
-             {"zip": zip_code, "monthly_bill_usd": bill, "roof_orientation": "south"},
-             {"system_kw": kw, "est_monthly_savings_usd": savings, "payback_years": 7.5,
-              "federal_tax_credit_pct": 30}),
-        _agent(f"Based on that, a {kw} kilowatt system could save you about {savings} dollars a "
-               "month, with a thirty percent federal tax credit. Would a free site survey be "
-               "worth it to you?"),
-    ]
-    if rng.random() < 0.4:
-        return Script(
-            turns=[
-                *opening,
-                _user("I'm not really interested right now, thanks."),
-                Tool("update_lead", {"phone": f.phone(), "status": "not_interested"},
-                     {"updated": True}),
-                _agent("No problem at all. Thanks for your time, and have a great day."),
-            ],
-            reason="lead not interested",
-            queue="sales_specialist",
-        )
-    day, at = f.day(2, 7), f.time(9, 15)
-    survey = f.code("SV", 5)
-    return Script(
-        turns=[
-            *opening,
-            _user("That sounds interesting. What would the next step be?"),
-            Tool("check_availability", {"service": "site_survey", "zip": zip_code},
-                 {"slots": [_iso(day, at)]}),
-            _agent(f"A surveyor can come by on {_spoken_day(day)} at {_spoken_time(at)}. It "
-                   "takes about an hour. Does that work?"),
-            _user("Yes, that's fine."),
-            Tool("book_appointment",
-                 {"service": "site_survey", "start": _iso(day, at),
-                  "customer": f"{f.first} {f.last}", "zip": zip_code},
-                 {"status": "booked", "confirmation": survey}),
-            _agent(f"You're booked, confirmation {survey}. You'll get an email with the details. "
-                   "Thanks, and talk soon!"),
-        ],
-        reason="site survey booked",
-        queue="sales_specialist",
-    )
-
-
-def _restaurant(f: _Facts) -> Script:
-    rng = f.rng
-    party, day = rng.randint(2, 8), f.day(0, 6)
-    wanted = dt.time(rng.choice((18, 19, 20)), rng.choice((0, 30)))
-    later = (dt.datetime.combine(day, wanted) + dt.timedelta(minutes=45)).time()
-    phone, reservation = f.phone(), f.code("R", 4)
-    return Script(
-        turns=[
-            _agent("Good evening, Trattoria Lucia, how can I help you?"),
-            _user(f"Hi, I'd like a table for {party} on {day:%A} at {_spoken_time(wanted)}."),
-            Tool("check_availability",
-                 {"party_size": party, "date": day.isoformat(), "time": f"{wanted:%H:%M}"},
-                 {"available": False, "alternatives": [f"{later:%H:%M}"]}),
-            _agent(f"I'm sorry, {_spoken_time(wanted)} is fully booked, but I can offer "
-                   f"{_spoken_time(later)}. Would that work?"),
-            _user(f"{_spoken_time(later)} is fine. Oh, and one of us has a nut allergy."),
-            _agent("Noted, I'll let the kitchen know. What name and phone number should I put "
-                   "the reservation under?"),
-            _user(f"{f.first} {f.last}, {phone[2:5]} {phone[5:8]} {phone[8:]}."),
-            Tool("create_reservation",
-                 {"party_size": party, "start": _iso(day, later), "name": f"{f.first} {f.last}",
-                  "phone": phone, "notes": "nut allergy"},
-                 {"reservation_id": reservation, "status": "confirmed"}),
-            _agent(f"You're confirmed for {party} on {_spoken_day(day)} at "
-                   f"{_spoken_time(later)}, under {f.last}. See you then!"),
-            _user("Thank you, bye!"),
-        ],
-        reason="reservation confirmed",
-        queue="host_stand",
-    )
-
-
-def _billing(f: _Facts) -> Script:
-    rng = f.rng
-    amount = round(rng.uniform(40, 160), 2)
-    fee = rng.choice((10.0, 15.0, 25.0))
-    customer, txn, fee_txn = f.code("C", 7), f.code("TX", 8), f.code("TX", 8)
-    declined = f.today - dt.timedelta(days=rng.randint(5, 20))
-    return Script(
-        turns=[
-            _agent("Thanks for calling Vista Mobile billing. How can I help?"),
-            _user(f"My payment didn't go through this month and now I've been charged a "
-                  f"{fee:.0f} dollar late fee. That's not fair."),
-            _agent("I understand, let's sort it out. Can you confirm the account holder's name "
-                   "and the ZIP code on the account?"),
-            _user(f"{f.first} {f.last}, and the ZIP is {rng.randint(10001, 99950)}."),
-            Tool("lookup_customer", {"name": f"{f.first} {f.last}"},
-                 {"customer_id": customer, "balance_due": amount + fee, "autopay": True}),
-            Tool("list_transactions", {"customer_id": customer, "since": declined.isoformat()},
-                 {"transactions": [
-                     {"id": txn, "amount": amount, "status": "declined",
-                      "decline_reason": "card_expired", "date": declined.isoformat()},
-                     {"id": fee_txn, "amount": fee, "type": "late_fee", "status": "posted"},
-                 ]}),
-            _agent(f"I see the autopay of {amount} dollars on {declined:%B} {declined.day} was "
-                   "declined because the card on file had expired."),
-            _user("Oh, I got a new card last month. Can you waive the late fee?"),
-            Tool("waive_fee", {"transaction_id": fee_txn, "reason": "first_occurrence"},
-                 {"status": "approved", "credit": fee}),
-            _agent(f"Done, I've credited the {fee:.0f} dollar fee. Would you like a secure link "
-                   "by text to update your card and pay the balance?"),
-            _user("Yes, please send it."),
-            Tool("send_payment_link", {"customer_id": customer, "channel": "sms"},
-                 {"sent": True, "expires_in_minutes": 30}),
-            _agent("It's on its way. Is there anything else I can help with?"),
-            _user("No, that's it. Thanks."),
-        ],
-        reason="late fee waived, payment link sent",
-        queue="billing_specialist",
-    )
-
-
-SCRIPTS: Final[dict[str, Callable[[_Facts], Script]]] = {
-    "clinic_appointment": _clinic,
-    "router_support": _router,
-    "solar_outbound": _solar,
-    "restaurant_reservation": _restaurant,
-    "billing_dispute": _billing,
-}
 
 
 # -- from a script to timed events ----------------------------------------------------------------
@@ -463,6 +159,48 @@ def _play(line: _Timeline, turns: list[Turn]) -> Iterator[Event]:
         yield from line.say(turn) if isinstance(turn, Say) else line.tool(turn)
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How one call goes when nobody steers it: the turns it plays, then how it ends."""
+
+    turns: list[Turn]
+    status: str
+    reason: str
+    end_delay: tuple[float, float]
+    answered: bool = True  # False: it ends before anyone speaks (no answer, busy)
+
+
+def _plan(rng: random.Random, today: dt.date) -> _Plan:
+    """Draw a conversation and its ending: how often each ending comes is ``END_WEIGHTS``."""
+    script = rng.choice(list(SCRIPTS.values()))(Facts(rng, today))
+    status = rng.choices(list(END_WEIGHTS), weights=list(END_WEIGHTS.values()))[0]
+    if status == "no_answer":
+        return _Plan([], status, f"no answer after {rng.randint(20, 40)} s of ringing", (0, 0), answered=False)
+    if status == "busy":
+        return _Plan([], status, "line busy (SIP 486 Busy Here)", (0, 0), answered=False)
+    cut = rng.choice(_user_turns(script.turns)[1:] or [len(script.turns)])
+    if status == "completed":
+        return _Plan(script.turns, status, script.reason, (0.5, 1.5))
+    if status == "transferred":
+        handover: list[Turn] = [
+            user("Actually, can I talk to a real person, please?"),
+            agent("Of course. I'll transfer you now, please hold."),
+            Tool("transfer_call", {"queue": script.queue, "reason": "caller_request"},
+                 {"status": "transferring", "queue_position": rng.randint(1, 6)}),
+        ]
+        reason = f"transferred to {script.queue} at the caller's request"
+        return _Plan([*script.turns[:cut], *handover], status, reason, (0.3, 1.0))
+    if status == "canceled":
+        return _Plan(script.turns[:cut], status, "caller hung up", (1.0, 3.0))
+    return _Plan(script.turns[:cut], status, rng.choice(FAILURES), (0.5, 4.0))
+
+
+def _check_speed(speed: float) -> None:
+    if speed <= 0:
+        msg = "speed must be positive"
+        raise ValueError(msg)
+
+
 def script_events(
     call_id: str,
     rng: random.Random,
@@ -476,43 +214,191 @@ def script_events(
     can check the shape without a server or a clock. ``speed`` scales time: 2.0 plays the call
     twice as fast. ``duration_ms`` is the time from the first event to ``call.ended`` at that
     speed, i.e. what the server observes. ``call_id`` only names the call; nothing here
-    depends on it.
+    depends on it. This is the call as it goes when nobody steers it: a live call
+    (:func:`run_simulation`) plays the same plan and also obeys control requests.
     """
     del call_id  # part of the signature so callers can pass per-call context later
-    if speed <= 0:
-        msg = "speed must be positive"
-        raise ValueError(msg)
+    _check_speed(speed)
     line = _Timeline(rng, speed)
-    script = rng.choice(list(SCRIPTS.values()))(_Facts(rng, today))
-    status = rng.choices(list(END_WEIGHTS), weights=list(END_WEIGHTS.values()))[0]
-    if status == "no_answer":
-        yield from line.end(status, f"no answer after {rng.randint(20, 40)} s of ringing", 0, 0)
-        return
-    if status == "busy":
-        yield from line.end(status, "line busy (SIP 486 Busy Here)", 0, 0)
-        return
-    yield 0.0, "agent.state", {"state": "listening"}
-    line.started, line.state = True, "listening"
-    cut = rng.choice(_user_turns(script.turns)[1:] or [len(script.turns)])
-    if status == "completed":
-        yield from _play(line, script.turns)
-        yield from line.end(status, script.reason, 0.5, 1.5)
-    elif status == "transferred":
-        yield from _play(line, script.turns[:cut])
-        yield from _play(line, [
-            _user("Actually, can I talk to a real person, please?"),
-            _agent("Of course. I'll transfer you now, please hold."),
-            Tool("transfer_call", {"queue": script.queue, "reason": "caller_request"},
-                 {"status": "transferring", "queue_position": rng.randint(1, 6)}),
-        ])
-        yield from line.end(status, f"transferred to {script.queue} at the caller's request",
-                            0.3, 1.0)
-    elif status == "canceled":
-        yield from _play(line, script.turns[:cut])
-        yield from line.end(status, "caller hung up", 1.0, 3.0)
-    else:
-        yield from _play(line, script.turns[:cut])
-        yield from line.end(status, rng.choice(FAILURES), 0.5, 4.0)
+    plan = _plan(rng, today)
+    if plan.answered:
+        yield 0.0, "agent.state", {"state": "listening"}
+        line.started, line.state = True, "listening"
+        yield from _play(line, plan.turns)
+    yield from line.end(plan.status, plan.reason, *plan.end_delay)
+
+
+# -- one live call, steered by a supervisor --------------------------------------------------------
+
+
+class _Cut(Exception):  # noqa: N818 - control flow, not an error
+    """A control request cut the turn being played short."""
+
+
+class _HungUp(Exception):  # noqa: N818 - control flow, not an error
+    """A control request ended the call: its ``call.ended`` is out."""
+
+
+class _LiveCall:
+    """One simulated call played in real time, steered by the control requests sent to it.
+
+    It plays its plan turn by turn at speaking pace; whenever it waits for its next event it
+    takes the requests that came (protocol §8): ``say`` makes the agent speak the text after the
+    turn in progress, or at once when ``interrupt`` (an agent's turn in progress is cut short; a
+    caller is let finish); ``instruct`` changes the agent's next scripted reply (having no model,
+    it says the instruction first); ``pause`` cuts the agent off and holds the script until
+    ``resume`` (a human has the floor: the agent still speaks what it is told to say);
+    ``transfer`` ends the call ``transferred``; ``end`` ends it. Each request's
+    ``control.result`` is published before what it causes, so it precedes a ``call.ended``.
+    """
+
+    def __init__(self, sim: _Simulation, call_id: str, rng: random.Random) -> None:
+        self.sim = sim
+        self.call_id = call_id
+        self.line = _Timeline(rng, sim.speed)
+        self.plan = _plan(rng, sim.today)
+        self.requests: asyncio.Queue[ControlRequest] = asyncio.Queue()
+        self.queued: deque[Say] = deque()  # lines the supervisor asked for, said after the turn
+        self.instruction: str | None = None
+        self.paused = False
+        self.playing: str | None = None  # whose turn is being played: "agent" or "user"
+        self.open: dict[str, Any] | None = None  # the last partial of the utterance in progress
+        self.tool: dict[str, Any] | None = None  # the function call waiting for its result
+        self.loop = asyncio.get_running_loop()
+        self.started = self.due = self.loop.time()
+        self.ended = False
+
+    @property
+    def elapsed_ms(self) -> int:
+        return round((self.loop.time() - self.started) * 1000)
+
+    async def run(self) -> None:
+        """Play the call to its end; a ``transfer`` or ``end`` request ends it early."""
+        with contextlib.suppress(_HungUp):
+            if self.plan.answered:
+                await self.send("agent.state", {"state": "listening"})
+                self.line.started, self.line.state = True, "listening"
+                for turn in self.plan.turns:
+                    await self.play(self.steered(turn), turn.speaker if isinstance(turn, Say) else "agent")
+                    await self.between_turns()
+            await self.sleep(self.line.wait(*self.plan.end_delay))
+            await self.between_turns()
+            await self.end(self.plan.status, self.plan.reason)
+
+    def steered(self, turn: Turn) -> Iterator[Event]:
+        """The events of the next scripted turn; an agent reply carries a pending instruction."""
+        if isinstance(turn, Tool):
+            return self.line.tool(turn)
+        if turn.speaker == "agent" and self.instruction is not None:
+            turn, self.instruction = agent(f"{self.instruction} {turn.text}"), None
+        return self.line.say(turn)
+
+    async def between_turns(self) -> None:
+        """Say what the supervisor asked for; while paused, wait for requests instead."""
+        while self.queued or self.paused:
+            if self.queued:
+                await self.play(self.line.say(self.queued.popleft()), "agent")
+                if self.paused:  # said what it was told; the human has the floor again
+                    await self.listen()
+            else:
+                await self.handle(await self.requests.get())
+                self.due = self.loop.time()
+
+    async def play(self, events: Iterator[Event], speaker: str) -> None:
+        """Send one turn's events at their pace, unless a request cuts it short."""
+        self.playing = speaker
+        try:
+            for delay, kind, data in events:
+                await self.sleep(delay)
+                await self.send(kind, data)
+        except _Cut:
+            self.due = self.loop.time()
+        finally:
+            self.playing = None
+
+    async def sleep(self, delay: float) -> None:
+        """Wait ``delay`` s after the previous event's due time, taking requests meanwhile."""
+        self.due += delay
+        while True:
+            if self.requests.empty():
+                try:
+                    async with asyncio.timeout_at(self.due):
+                        request = await self.requests.get()
+                except TimeoutError:
+                    return
+            else:
+                request = self.requests.get_nowait()
+            await self.handle(request)
+
+    async def handle(self, request: ControlRequest) -> None:
+        """Carry out one request: its result first, then what it does to the call."""
+        action, args = request.action, request.args
+        if action not in CONTROLS:
+            await self.sim.result(request, ok=False, error=f"the simulator cannot {action}")
+            return
+        await self.sim.result(request, ok=True)
+        cut = False
+        if action == "say":
+            line = agent(str(args.get("text", "")))
+            if args.get("interrupt"):
+                self.queued.appendleft(line)
+                cut = await self.cut_agent_off()
+            else:
+                self.queued.append(line)
+        elif action == "instruct":
+            self.instruction = str(args.get("text", ""))
+        elif action == "pause":
+            self.paused = True
+            cut = await self.cut_agent_off()
+            if cut or self.playing is None:
+                await self.listen()
+        elif action == "resume":
+            self.paused = False
+        else:
+            await self.close_turn()
+            if action == "transfer":
+                why = f": {args['reason']}" if args.get("reason") else ""
+                await self.end("transferred", f"transferred to {args.get('to')} by the supervisor{why}")
+            else:
+                await self.end("completed", str(args.get("reason") or "ended by the supervisor"))
+            raise _HungUp
+        if cut:
+            raise _Cut
+
+    async def cut_agent_off(self) -> bool:
+        """Close the agent's turn in progress, if it has one (True: the turn is to be dropped)."""
+        if self.playing != "agent":
+            return False
+        await self.close_turn()
+        return True
+
+    async def listen(self) -> None:
+        if self.line.state != "listening":
+            await self.send("agent.state", {"state": "listening"})
+
+    async def close_turn(self) -> None:
+        """End what the turn in progress left open: the utterance with what was said of it (an
+        agent's is ``interrupted``), a function call with a ``cancelled`` result."""
+        if self.open is not None:
+            cut_off = {"interrupted": True} if self.open["speaker"] == "agent" else {}
+            await self.send("transcript.final", {**self.open, "is_final": True, **cut_off})
+        if self.tool is not None:
+            await self.send("function.result", {**self.tool, "result": None, "cancelled": True})
+
+    async def end(self, status: str, reason: str) -> None:
+        """``call.ended``: the server settles the requests still waiting (protocol §8)."""
+        await self.send("call.ended", {"status": status, "duration_ms": self.elapsed_ms, "reason": reason[:500]})
+        self.ended = True
+
+    async def send(self, kind: str, data: dict[str, Any]) -> None:
+        """Publish one event, keeping track of what is open (an utterance, a function call)."""
+        if kind.startswith("transcript."):
+            self.open = data if kind == "transcript.partial" else None
+        elif kind.startswith("function."):
+            self.tool = {k: data[k] for k in ("name", "tool_call_id")} if kind == "function.call" else None
+        elif kind == "agent.state":
+            self.line.state = data["state"]
+        self.sim.emit(await self.sim.pub.send_wait(self.call_id, kind, data), self.call_id, kind, data)
 
 
 # -- playing many calls against a server ---------------------------------------------------------
@@ -561,6 +447,7 @@ class _Simulation:
         self.stats = SimulationStats()
         self.ids: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.live: dict[str, _LiveCall] = {}
         self.today = dt.datetime.now(dt.UTC).date()
         # Set when the publisher fails for good (unauthorized, closed): the run stops with it.
         self.fatal: asyncio.Future[PublishError] = asyncio.get_running_loop().create_future()
@@ -579,24 +466,34 @@ class _Simulation:
         task.add_done_callback(self.tasks.discard)
 
     async def call(self, call_id: str, rng: random.Random, slots: asyncio.Semaphore) -> None:
-        loop = asyncio.get_running_loop()
         self.stats.calls_started += 1
-        start = due = loop.time()
-        ended = False
+        call = self.live[call_id] = _LiveCall(self, call_id, rng)
         try:
-            for delay, kind, data in script_events(call_id, rng, self.speed, today=self.today):
-                due += delay
-                await asyncio.sleep(max(0.0, due - loop.time()))
-                self.emit(await self.pub.send_wait(call_id, kind, data), call_id, kind, data)
-                ended = kind == "call.ended"
+            await call.run()
         except PublishError as exc:
             if not self.fatal.done():
                 self.fatal.set_result(exc)
         finally:
-            if not ended:  # stopped mid-call: don't leave it live on the server forever
-                self.end_now(call_id, round((loop.time() - start) * 1000))
+            del self.live[call_id]
+            if not call.ended:  # stopped mid-call: don't leave it live on the server forever
+                self.end_now(call_id, call.elapsed_ms)
             self.stats.calls_ended += 1
             slots.release()
+
+    async def steer(self) -> None:
+        """Hand each control request to the live call it is for."""
+        async for request in self.pub.control_requests():
+            call = self.live.get(request.call_id)
+            if call is None:
+                await self.result(request, ok=False, error="the call ended")
+            else:
+                call.requests.put_nowait(request)
+
+    async def result(self, request: ControlRequest, *, ok: bool, error: str | None = None) -> None:
+        """Publish a request's ``control.result``; a call that ended meanwhile refuses it (the
+        server answers the request itself then)."""
+        with contextlib.suppress(PublishError):
+            await self.pub.control_result(request, ok=ok, error=error)
 
     def emit(self, future: asyncio.Future[int | None], call_id: str, kind: str,
              data: dict[str, Any]) -> None:
@@ -651,23 +548,26 @@ async def run_simulation(
     Without ``rate``, a new call starts as soon as one ends; with ``rate``, calls start at that
     many per second, never more than ``calls`` at once. Runs for ``duration`` seconds, or until
     cancelled. Either way, calls still going are ended with ``call.ended`` (status
-    ``canceled``, reason ``simulation stopped``) so none stays live on the server. ``seed``
+    ``canceled``, reason ``simulation stopped``) so none stays live on the server. The calls
+    obey live control (every action is declared): see :class:`_LiveCall`. ``seed``
     makes what is said reproducible; call ids (``sim_<8 hex>``) are always fresh.
     ``on_progress`` is called with the stats after every event sent; keep it cheap.
     """
     if calls < 1 or (rate is not None and rate <= 0) or speed <= 0:
         msg = "calls, rate and speed must be positive"
         raise ValueError(msg)
-    async with Publisher(url, key) as pub:
+    async with Publisher(url, key, controls=dict.fromkeys(CONTROLS)) as pub:
         sim = _Simulation(pub, speed, seed, on_progress)
         keeper = asyncio.create_task(sim.keep_going(calls, rate))
+        steering = asyncio.create_task(sim.steer())
         try:
             watched: list[asyncio.Future[Any]] = [keeper, sim.fatal]
             await asyncio.wait(watched, timeout=duration,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
             keeper.cancel()
-            await asyncio.wait([keeper])
+            steering.cancel()
+            await asyncio.wait([keeper, steering])
             await sim.stop()
         if sim.fatal.done():
             raise sim.fatal.result()

@@ -18,6 +18,7 @@ from callstream.broker.base import LIVE_TTL_S, UNSTORED_AFTER_S, Broker, CallSta
 from callstream.broker.memory import MemoryBroker
 from callstream.events import Event, NewEvent
 from tests.broker.services import REDIS_HOST, REDIS_PORT, REDIS_URL, require
+from tests.faults import ReplyCutter
 
 
 class Node:
@@ -65,7 +66,7 @@ class Nodes:
         self.unstored_after_s: float = UNSTORED_AFTER_S
         self.control_timeout_s = 10.0
 
-    def make(self) -> Broker:
+    def make(self, url: str | None = None) -> Broker:
         if self.kind == "memory":
             if self.started:
                 pytest.skip("the memory broker is one process: one node only")
@@ -78,7 +79,7 @@ class Nodes:
         from callstream.broker.redis import RedisBroker
 
         return RedisBroker(
-            self.url,
+            url or self.url,
             history_ttl_s=self.history_ttl_s,
             prefix=self.prefix,
             ping_interval_s=0.2,
@@ -89,8 +90,9 @@ class Nodes:
             control_timeout_s=self.control_timeout_s,
         )
 
-    async def add(self) -> Node:
-        broker = self.make()
+    async def add(self, url: str | None = None) -> Node:
+        """Start a node; `url`: its own way to the shared Redis (say, through a proxy)."""
+        broker = self.make(url)
         node = Node(broker)
         await broker.start(node.got.extend, self.calls.load)
         self.started.append(node)
@@ -130,6 +132,15 @@ async def redis_nodes(calls: Calls) -> AsyncIterator[Nodes]:
     cluster = Nodes("redis", calls)
     yield cluster
     await cluster.close()
+
+
+@pytest.fixture
+async def reply_cutter() -> AsyncIterator[ReplyCutter]:
+    """A proxy to the machine's Redis that loses the reply to a chosen command (`ReplyCutter`)."""
+    require("Redis", REDIS_HOST, REDIS_PORT)
+    cutter = ReplyCutter()
+    yield cutter
+    await cutter.stop()
 
 
 def ev(call_id: str, event_type: str = "agent.state", **data: object) -> NewEvent:

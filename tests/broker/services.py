@@ -21,6 +21,9 @@ from tests.helpers import run_async
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 REDIS_URL = os.environ.get("CALLSTREAM_TEST_REDIS", f"redis://{REDIS_HOST}:{REDIS_PORT}/0")
+# Server processes have no key prefix of their own: theirs is a database apart from the broker
+# tests' prefixed keys (their tests keep apart by accounts and call ids of their own).
+NODES_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/3"
 PG_ADMIN_URL = os.environ.get(
     "CALLSTREAM_TEST_POSTGRES", f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/postgres"
 )

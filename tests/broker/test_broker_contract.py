@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
 import redis.asyncio as aioredis
 
 from callstream.broker.base import Broker, BrokerUnavailableError, CallEndedError, CallState
+from callstream.broker.memory import MemoryBroker
 from callstream.events import Event, NewEvent, encode_event
 from tests.broker.conftest import Calls, Nodes, ev
 from tests.faults import RedisServer
@@ -109,6 +111,50 @@ async def test_history_since_leaves_out_superseded_partials(nodes: Nodes) -> Non
     assert (await node.broker.history(A, "c1", 7)).events == []
     await node.broker.publish(A, [ev("c1", "transcript.final", text="okay", utterance_id="u2")])
     assert [e.seq for e in (await node.broker.history(A, "c1", 4)).events] == [6, 8]
+
+
+async def test_history_from_any_since_is_the_tail_in_order_without_superseded_partials(nodes: Nodes) -> None:
+    """Many partials (enough for the log to compact), then every `since` from before the first
+    event to past the last: the answer is exactly the events after it that nothing superseded."""
+    node = await nodes.add()
+    rng = random.Random(7)
+    sent = []
+    for _ in range(12):
+        batch = []
+        for _ in range(100):
+            speaker, utterance = rng.choice(["user", "agent"]), f"u{rng.randrange(4)}"
+            kind = rng.choice(["transcript.partial"] * 6 + ["transcript.final", "agent.state"])
+            batch.append(ev("c1", kind, speaker=speaker, utterance_id=utterance) if kind != "agent.state" else ev("c1"))
+        sent += await node.broker.publish(A, batch)
+    kept = [e.seq for i, e in enumerate(sent) if not (e.is_partial and any(o.key == e.key for o in sent[i + 1 :]))]
+    for since in [-1, *range(0, len(sent) + 2, 7), len(sent) - 1, len(sent), len(sent) + 1]:
+        held = await node.broker.history(A, "c1", since)
+        assert [e.seq for e in held.events] == [seq for seq in kept if seq > since], since
+
+
+async def test_resuming_at_the_end_of_a_long_call_costs_what_it_does_on_a_short_one(calls: Calls) -> None:
+    """A reconnect storm: thousands of subscribers each ask for the last few events of a long
+    live call. The memory broker's answer must not walk (or copy) the call's whole log each time."""
+    broker = MemoryBroker()
+    await broker.start(lambda events: None, calls.load)
+    try:
+        for _ in range(100):
+            await broker.publish(A, [ev("long") for _ in range(1000)])
+        await broker.publish(A, [ev("short") for _ in range(10)])
+
+        async def cost(call_id: str, since: int) -> float:
+            best = float("inf")
+            for _ in range(5):
+                started = time.perf_counter()
+                held = await broker.history(A, call_id, since)
+                best = min(best, time.perf_counter() - started)
+                assert [e.seq for e in held.events] == list(range(since + 1, since + 11))
+            return best
+
+        short, long = await cost("short", 0), await cost("long", 99_990)
+        assert long < 10 * short, f"the last 10 of 100,000 events: {long * 1e6:.0f} µs, of 10: {short * 1e6:.0f} µs"
+    finally:
+        await broker.close()
 
 
 async def test_history_of_unknown_call_is_empty(nodes: Nodes) -> None:
@@ -336,6 +382,22 @@ async def test_unreachable_redis_fails_fast(calls: Calls) -> None:
     with pytest.raises(BrokerUnavailableError):
         await broker.start(lambda _e: None, calls.load)
     await broker.close()
+
+
+async def test_close_returns_whatever_the_pings_were_doing(redis_nodes: Nodes, calls: Calls) -> None:
+    """`close` cancels the node's loops; one that goes on (redis-py can swallow a cancellation
+    that lands as it finishes a command) would hang a node's shutdown. Pings back to back (an
+    interval of 0) put a command in flight at nearly every moment a close can come."""
+    from callstream.broker.redis import RedisBroker
+
+    rng = random.Random(3)
+    for _ in range(60):
+        broker = RedisBroker(redis_nodes.url, history_ttl_s=3600, prefix=redis_nodes.prefix, ping_interval_s=0.0)
+        await broker.start(lambda _e: None, calls.load)
+        await asyncio.sleep(rng.random() * 0.01)
+        closing = asyncio.create_task(broker.close())
+        done, _ = await asyncio.wait({closing}, timeout=5.0)
+        assert done, "close did not return within 5 s"
 
 
 async def _forget_keys(cluster: Nodes) -> None:

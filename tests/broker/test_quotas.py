@@ -10,10 +10,11 @@ import asyncio
 
 import pytest
 
-from callstream.broker.base import QuotaExceededError, Quotas
+from callstream.broker.base import BrokerUnavailableError, QuotaExceededError, Quotas
 from callstream.broker.memory import MemoryBroker
-from tests.broker.conftest import Nodes, ev
+from tests.broker.conftest import Node, Nodes, ev
 from tests.broker.test_broker_contract import _forget_keys
+from tests.faults import ReplyCutter
 
 A, B = "acme", "globex"
 
@@ -156,3 +157,47 @@ async def test_socket_counts_come_back_after_redis_lost_them(redis_nodes: Nodes)
     await asyncio.sleep(0.5)  # a's next heartbeat finds it was forgotten and writes its counts back
     with pytest.raises(QuotaExceededError):
         await b.broker.acquire_socket(A)
+
+
+async def _acquire_within(node: Node, account: str, seconds: float) -> None:
+    """A slot as soon as the account has one free (another node settles on its next beat)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        try:
+            return await node.broker.acquire_socket(account)
+        except QuotaExceededError:
+            assert asyncio.get_running_loop().time() < deadline, "the account's slot never came back"
+            await asyncio.sleep(0.05)
+
+
+async def test_a_socket_count_whose_reply_was_lost_holds_no_slot(
+    redis_nodes: Nodes, reply_cutter: ReplyCutter
+) -> None:
+    redis_nodes.quotas = Quotas(sockets=2)
+    b = await redis_nodes.add()
+    a = await redis_nodes.add(await reply_cutter.start())  # through the proxy
+    await a.broker.acquire_socket(A)
+    reply_cutter.cut_reply_to(A.encode())
+    with pytest.raises(BrokerUnavailableError):
+        await a.broker.acquire_socket(A)  # Redis counted it; a never heard, so its socket was refused
+    assert reply_cutter.cut.is_set()
+    await _acquire_within(b, A, 5.0)  # the account's second slot, once a settled the lost count
+    with pytest.raises(QuotaExceededError):
+        await b.broker.acquire_socket(A)  # and no third: a still holds its one socket
+
+
+async def test_a_release_whose_reply_was_lost_is_applied_once(redis_nodes: Nodes, reply_cutter: ReplyCutter) -> None:
+    redis_nodes.quotas = Quotas(sockets=3)
+    b = await redis_nodes.add()
+    a = await redis_nodes.add(await reply_cutter.start())  # through the proxy
+    await a.broker.acquire_socket(A)
+    await a.broker.acquire_socket(A)
+    reply_cutter.cut_reply_to(A.encode())
+    with pytest.raises(BrokerUnavailableError):
+        await a.broker.release_socket(A)  # Redis applied it; a never heard
+    assert reply_cutter.cut.is_set()
+    await asyncio.sleep(1.0)  # several of a's beats: whatever it settles is settled by now
+    await b.broker.acquire_socket(A)
+    await b.broker.acquire_socket(A)  # a holds one: two slots are free, not one
+    with pytest.raises(QuotaExceededError):
+        await b.broker.acquire_socket(A)  # nor three: the release was applied once

@@ -1,52 +1,50 @@
-"""Fixtures of the tests that run several real nodes on Redis and PostgreSQL."""
+"""End-to-end fixtures: a real server on each store, and several real nodes sharing Redis and PostgreSQL."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.broker.services import REDIS_HOST, REDIS_PORT, fresh_database, require
-from tests.helpers import ServerProcess
+from tests.broker.services import NODES_REDIS_URL, REDIS_HOST, REDIS_PORT, fresh_database, require
+from tests.helpers import Cluster, ServerProcess
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store_node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server per module on each store: the embedded SQLite, then a fresh PostgreSQL database.
+    Tests keep apart by using accounts of their own."""
+    data_dir = tmp_path_factory.mktemp(f"node-{request.param}")
+    if request.param == "sqlite":
+        server = ServerProcess(data_dir).start()
+        yield server
+        server.stop()
+        return
+    with fresh_database() as database:
+        server = ServerProcess(data_dir, "--database", database.url).start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    """A fresh PostgreSQL database shared by the nodes of this module, as a user-facing URL."""
+def cluster_database() -> Iterator[str]:
+    """A fresh PostgreSQL database the cluster nodes of one module share (Redis must be up too)."""
     require("Redis", REDIS_HOST, REDIS_PORT)
-    with fresh_database() as fresh:
-        yield fresh.url
-
-
-class Cluster:
-    def __init__(self, root: Path, database: str, broker: str) -> None:
-        self.root, self.database, self.broker = root, database, broker
-        self.nodes: list[ServerProcess] = []
-
-    def start(self, count: int) -> list[ServerProcess]:
-        for _ in range(count):
-            data_dir = self.root / f"node{len(self.nodes)}"
-            data_dir.mkdir()
-            node = ServerProcess(data_dir, "--broker", self.broker, "--database", self.database)
-            self.nodes.append(node)
-        for node in self.nodes[-count:]:
-            node.start()
-        return self.nodes[-count:]
-
-    def key(self, account: str) -> str:
-        return self.nodes[0].create_key(account)
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.kill()
+    with fresh_database() as database:
+        yield database.url
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, database: str) -> Iterator[Cluster]:
-    """Nodes on the machine's Redis (database 3; call ids and accounts are unique per test)."""
-    nodes = Cluster(tmp_path, database, f"redis://{REDIS_HOST}:{REDIS_PORT}/3")
+def cluster(tmp_path: Path, cluster_database: str) -> Iterator[Cluster]:
+    """Nodes (not started) on the machine's Redis (`NODES_REDIS_URL`) and the module's database."""
+    nodes = Cluster(tmp_path, cluster_database, NODES_REDIS_URL)
     yield nodes
     nodes.stop()
 
 
+@pytest.fixture
+def account() -> str:
+    """An account of the test's own (the cluster's nodes share Redis and the database)."""
+    return f"acct_{secrets.token_hex(5)}"

@@ -8,7 +8,6 @@ node) with `since` and misses nothing.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,9 +19,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.e2e.conftest import Cluster
 from tests.faults import RedisServer
-from tests.helpers import ServerProcess, ended, final
+from tests.helpers import Cluster, ServerProcess, ended, final
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -34,11 +32,6 @@ EVENT_TYPES = {
     "function.result",
     "call.ended",
 }
-
-
-@pytest.fixture
-def account() -> str:
-    return f"acct_{secrets.token_hex(5)}"
 
 
 @pytest.fixture
@@ -81,6 +74,12 @@ class Follower:
         self.live = asyncio.Event()
         self.reconnects = 0
         self.closes: list[int | None] = []
+
+    async def started(self) -> asyncio.Task[list[int]]:
+        """Follow in a task of its own, returned once subscribed; its result: every seq received."""
+        task = asyncio.create_task(self.run())
+        await asyncio.wait_for(self.live.wait(), 10)
+        return task
 
     async def run(self) -> list[int]:
         attempt = 0
@@ -127,8 +126,7 @@ async def test_subscriber_on_b_receives_in_order_what_a_accepts(
     a, b = cluster.start(2)
     key = cluster.key(account)
     follower = Follower([b.ws_url], key, call_id)
-    task = asyncio.create_task(follower.run())
-    await asyncio.wait_for(follower.live.wait(), 10)
+    task = await follower.started()
     for i in range(10):
         await publish(http, a, key, call_id, [final(f"line {i}.{j}") for j in range(5)])
     await publish(http, a, key, call_id, ended())
@@ -160,8 +158,7 @@ async def test_node_killed_mid_call_subscriber_resumes_on_another(
     a, b = cluster.start(2)
     key = cluster.key(account)
     follower = Follower([b.ws_url, a.ws_url], key, call_id)
-    task = asyncio.create_task(follower.run())
-    await asyncio.wait_for(follower.live.wait(), 10)
+    task = await follower.started()
     for i in range(60):
         if i == 20:
             await asyncio.to_thread(b.kill)  # SIGKILL: no goodbye to anyone
@@ -173,18 +170,17 @@ async def test_node_killed_mid_call_subscriber_resumes_on_another(
 
 
 async def test_redis_restart_mid_call_closes_the_gap_through_since(
-    tmp_path: Path, database: str, account: str, call_id: str, http: httpx.AsyncClient
+    tmp_path: Path, cluster_database: str, account: str, call_id: str, http: httpx.AsyncClient
 ) -> None:
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
     redis = RedisServer(redis_dir).start()
-    nodes = Cluster(tmp_path, database, redis.url)
+    nodes = Cluster(tmp_path, cluster_database, redis.url)
     try:
         a, b = nodes.start(2)
         key = nodes.key(account)
         follower = Follower([b.ws_url], key, call_id)
-        task = asyncio.create_task(follower.run())
-        await asyncio.wait_for(follower.live.wait(), 10)
+        task = await follower.started()
         for i in range(20):
             await publish(http, a, key, call_id, final(f"before {i}"))
         redis.stop()

@@ -5,24 +5,17 @@ holder whose node dies stops holding within the broker's liveness bound."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.e2e.conftest import Cluster
-from tests.helpers import ServerProcess, final, history, recv, recv_until, send
+from tests.helpers import Cluster, ServerProcess, final, history, recv, recv_until, send
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 TIMEOUT_S = 1.5
-
-
-@pytest.fixture
-def account() -> str:
-    return f"acct_{secrets.token_hex(5)}"
 
 
 @pytest.fixture(autouse=True)

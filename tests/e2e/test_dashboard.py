@@ -22,7 +22,7 @@ import jwt
 import pytest
 
 from callstream.simulate import run_simulation
-from tests.helpers import ServerProcess, ended, final, partial, publish
+from tests.helpers import ServerProcess, ended, final, partial, publish, steady_seed
 
 pytestmark = pytest.mark.browser
 
@@ -87,9 +87,9 @@ def screenshot(pg: Any, name: str) -> None:
         shutil.copy(ARTIFACTS / name, SHOTS / name)
 
 
-def open_dashboard(pg: Any, server: ServerProcess, acct: str) -> None:
+def open_dashboard(pg: Any, server: ServerProcess, acct: str, *, control: bool = False) -> None:
     """Log in through a one-time link, as a user would, and wait for the live socket."""
-    pg.goto(server.login_url(acct))
+    pg.goto(server.login_url(acct, control=control))
     expect(pg.locator("#conn")).to_have_attribute("data-state", "open", timeout=15_000)
     assert "login=" not in pg.url, "the one-time code is removed from the address bar"
     # Record every state the socket goes through, for the assertions below.
@@ -443,6 +443,86 @@ def test_dashboard_works_under_its_content_security_policy(server: ServerProcess
     page.wait_for_timeout(300)
     assert page.evaluate("window.__injected === undefined")
     assert [v.split(" ")[0] for v in page.evaluate("window.__violations")] == ["script-src-elem"]
+
+
+# -- live control from the listen-in panel ---------------------------------------------------------
+
+
+def supervisor_line(pg: Any, action: str) -> Any:
+    return pg.locator(f'#transcript li[data-kind="control"][data-action="{action}"]')
+
+
+def test_a_supervisor_acts_from_the_page_and_the_simulated_agent_obeys(server: ServerProcess, page: Any) -> None:
+    page.add_init_script(
+        """window.__violations = [];
+           document.addEventListener('securitypolicyviolation', (e) => window.__violations.push(e.violatedDirective));"""
+    )
+    acct = account()
+    key = server.create_key(acct)
+    with simulating(server.url, key, calls=1, speed=2.0, duration=120, seed=steady_seed()):
+        open_dashboard(page, server, acct, control=True)
+        row = page.locator("#call-list .call-row.live").first
+        expect(row).to_be_visible(timeout=20_000)
+        row.click()
+        controls = page.locator("#controls")
+        expect(controls).to_be_visible()
+        expect(controls.locator("button")).to_have_text(["Say…", "Instruct…", "Take over", "Transfer…", "End call"])
+
+        page.click("#takeover")  # pause: the simulated agent stops, the supervisor has the floor
+        expect(page.locator("#takeover")).to_have_text("Give back", timeout=10_000)
+        expect(supervisor_line(page, "pause").locator(".sup-text")).to_have_text("Supervisor took over the call")
+        expect(supervisor_line(page, "pause").locator(".sup-result")).to_have_text("done")
+
+        page.click('#controls [data-action="say"]')
+        expect(page.locator("#control-dialog")).to_be_visible()
+        expect(page.locator("#control-title")).to_have_text("Say…")
+        page.fill('#control-form textarea[name="text"]', "A supervisor is on the line now.")
+        page.click("#control-submit")
+        expect(page.locator("#control-dialog")).to_be_hidden()
+        said = supervisor_line(page, "say")
+        expect(said.locator(".sup-text")).to_have_text("Supervisor said “A supervisor is on the line now.”")
+        expect(said.locator(".sup-result")).to_have_text("done", timeout=10_000)
+        spoken = page.locator('#transcript li.spk-agent[data-kind="final"] .text-body')
+        expect(spoken.filter(has_text="A supervisor is on the line now.")).to_have_count(1, timeout=15_000)
+        screenshot(page, "control.png")
+
+        page.click("#takeover")  # give back
+        expect(page.locator("#takeover")).to_have_text("Take over", timeout=10_000)
+        expect(supervisor_line(page, "resume").locator(".sup-text")).to_have_text(
+            "Supervisor gave the call back to the agent"
+        )
+
+        page.click('#controls [data-action="end"]')
+        expect(page.locator("#control-title")).to_have_text("End this call?")
+        expect(page.locator("#control-submit")).to_have_text("End call")
+        page.click("#control-submit")
+        expect(supervisor_line(page, "end").locator(".sup-text")).to_have_text("Call ended by supervisor")
+        expect(page.locator("#listen-status")).to_have_text("completed", timeout=10_000)
+        expect(page.locator('#transcript li[data-kind="end"]')).to_contain_text("ended by the supervisor")
+        expect(controls.locator("button").first).to_be_disabled()
+
+        page.reload()  # on replay: the supervisor's lines come back from the call's history
+        expect(page.locator("#conn")).to_have_attribute("data-state", "open", timeout=15_000)
+        expect(page.locator('#transcript li[data-kind="control"] .sup-text')).to_have_text([
+            "Supervisor took over the call",
+            "Supervisor said “A supervisor is on the line now.”",
+            "Supervisor gave the call back to the agent",
+            "Call ended by supervisor",
+        ], timeout=15_000)
+    assert page.evaluate("window.__violations") == []
+
+
+def test_a_session_without_control_sees_no_actions(server: ServerProcess, page: Any) -> None:
+    acct = account()
+    key = server.create_key(acct)
+    call = new_call()
+    open_dashboard(page, server, acct)
+    publish(server, key, call, final("Hello there."))
+    page.locator(f'#call-list .call-row[data-call-id="{call}"]').click()
+    expect(page.locator('#transcript li[data-kind="final"] .text-body')).to_have_text(["Hello there."], timeout=10_000)
+    expect(page.locator("#controls")).to_be_hidden()
+    expect(page.locator("button[data-action]")).to_have_count(5)  # in the page, never shown
+    assert page.locator("button[data-action]:visible").count() == 0
 
 
 def test_turn_latency_in_the_list_the_transcript_and_the_fleet(tmp_path: Path, page: Any) -> None:

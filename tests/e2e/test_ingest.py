@@ -51,10 +51,6 @@ async def recv_n(ws: ClientConnection, n: int) -> list[dict[str, Any]]:
     return [await recv(ws) for _ in range(n)]
 
 
-def stored(server: ServerProcess, key: str, call_id: str) -> list[dict[str, Any]]:
-    return history(server, key, call_id)
-
-
 async def test_single_events_and_arrays_are_acked_in_order(
     server: ServerProcess, api_key: str, call_id: str
 ) -> None:
@@ -69,7 +65,7 @@ async def test_single_events_and_arrays_are_acked_in_order(
         {"type": "ack", "ref": 3, "seq": 3},
         {"type": "ack", "ref": "four", "seq": 4},
     ]
-    assert [e["data"]["text"] for e in stored(server, api_key, call_id)] == ["one", "two", "three", "four"]
+    assert [e["data"]["text"] for e in history(server, api_key, call_id)] == ["one", "two", "three", "four"]
 
 
 async def test_ack_is_cumulative_over_events_without_ref(
@@ -80,7 +76,7 @@ async def test_ack_is_cumulative_over_events_without_ref(
         await send_frame(ws, ev(call_id, {"type": "agent.state", "data": {"state": "listening"}}, ref="r"))
         assert await recv(ws) == {"type": "ack", "ref": "r", "seq": 4}
     # the ack covers every earlier event on this socket: they are all stored already
-    assert [e["seq"] for e in stored(server, api_key, call_id)] == [1, 3, 4]
+    assert [e["seq"] for e in history(server, api_key, call_id)] == [1, 3, 4]
 
 
 async def test_ingested_events_reach_subscribers(server: ServerProcess, api_key: str, call_id: str) -> None:
@@ -113,7 +109,7 @@ async def test_invalid_event_gets_error_with_ref_and_socket_stays_open(
         assert "speaker" in error["data"]["message"]
         await send_frame(ws, ev(call_id, final("still here"), ref=8))
         assert await recv(ws) == {"type": "ack", "ref": 8, "seq": 2}  # the bad one took no seq
-    assert [e["data"]["text"] for e in stored(server, api_key, call_id)] == ["ok", "still here"]
+    assert [e["data"]["text"] for e in history(server, api_key, call_id)] == ["ok", "still here"]
 
 
 @pytest.mark.parametrize(
@@ -177,8 +173,8 @@ async def test_events_after_call_ended_are_refused_but_other_calls_go_through(
     assert "ended" in by_ref["d1"]["data"]["message"]
     acks = [m["ref"] for m in messages if m["type"] == "ack"]
     assert acks == ["l1", "l2"]  # acks keep their order
-    assert [e["seq"] for e in stored(server, api_key, done)] == [1, 2]
-    assert [e["data"]["text"] for e in stored(server, api_key, live)] == ["first", "second"]
+    assert [e["seq"] for e in history(server, api_key, done)] == [1, 2]
+    assert [e["data"]["text"] for e in history(server, api_key, live)] == ["first", "second"]
 
 
 async def test_call_ended_then_more_in_one_frame(server: ServerProcess, api_key: str, call_id: str) -> None:
@@ -192,7 +188,7 @@ async def test_call_ended_then_more_in_one_frame(server: ServerProcess, api_key:
     assert by_ref[2] == {"type": "ack", "ref": 2, "seq": 2}
     assert by_ref[3]["type"] == "error"
     assert by_ref[3]["call_id"] == call_id
-    assert [e["type"] for e in stored(server, api_key, call_id)] == ["transcript.final", "call.ended"]
+    assert [e["type"] for e in history(server, api_key, call_id)] == ["transcript.final", "call.ended"]
 
 
 async def test_oversized_frame_gets_message_too_large_and_socket_stays_open(
@@ -287,8 +283,8 @@ async def test_acked_events_survive_sigkill_and_seq_continues(
         assert await recv(ws) == {"type": "ack", "ref": "last", "seq": 5}
         fresh_server.kill()  # SIGKILL right after the ack: no shutdown code runs
     await asyncio.to_thread(fresh_server.start)
-    assert [e["seq"] for e in stored(fresh_server, key, call_id)] == [1, 3, 4, 5]
-    assert [e["data"].get("text") for e in stored(fresh_server, key, call_id)] == [
+    assert [e["seq"] for e in history(fresh_server, key, call_id)] == [1, 3, 4, 5]
+    assert [e["data"].get("text") for e in history(fresh_server, key, call_id)] == [
         "one",
         "two",
         None,
@@ -298,7 +294,7 @@ async def test_acked_events_survive_sigkill_and_seq_continues(
         await send_frame(ws, ev(call_id, final("four"), ref=1))
         assert await recv(ws) == {"type": "ack", "ref": 1, "seq": 6}
     assert publish(fresh_server, key, call_id, ended()).json()["seq"] == [7]
-    assert [e["seq"] for e in stored(fresh_server, key, call_id)] == [1, 3, 4, 5, 6, 7]
+    assert [e["seq"] for e in history(fresh_server, key, call_id)] == [1, 3, 4, 5, 6, 7]
 
 
 # ---- callstream.Publisher ----------------------------------------------------------------------------
@@ -326,7 +322,7 @@ async def test_publisher_publishes_through_the_real_server(
         ("transcript.final", 3),
         ("call.ended", 4),
     ]
-    assert [e["seq"] for e in stored(server, api_key, call_id)] == [1, 3, 4]
+    assert [e["seq"] for e in history(server, api_key, call_id)] == [1, 3, 4]
 
 
 async def test_publisher_surfaces_refusals_per_event(
@@ -433,7 +429,7 @@ async def test_acked_events_survive_sigkill_at_random_moments(
         assert acked, "nothing was acked before the kill: the moment was too early to prove anything"
 
         await asyncio.to_thread(fresh_server.start)
-        held = {e["data"]["text"]: e["seq"] for e in stored(fresh_server, key, cid)}
+        held = {e["data"]["text"]: e["seq"] for e in history(fresh_server, key, cid)}
         lost = {ref: seq for ref, seq in acked.items() if held.get(ref) != seq}
         assert not lost, f"seed {seed}: {len(lost)} acked events lost or moved, e.g. {list(lost.items())[:5]}"
         acked_total += len(acked)

@@ -6,36 +6,24 @@ replaying and reading over REST, and the node must stay healthy, on SQLite and o
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.broker.services import fresh_database
 from tests.helpers import ServerProcess, final, publish
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with contextlib.ExitStack() as stack:
-        args = ["--database", stack.enter_context(fresh_database()).url] if request.param == "postgresql" else []
-        server = ServerProcess(tmp_path_factory.mktemp(f"isolation-{request.param}"), *args).start()
-        yield server
-        server.stop()
+@pytest.fixture(scope="module")
+def hostile(store_node: ServerProcess) -> str:
+    return store_node.create_key(f"acct_{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture(scope="module")
-def hostile(node: ServerProcess) -> str:
-    return node.create_key(f"acct_{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture(scope="module")
-def canary(node: ServerProcess) -> str:
-    return node.create_key(f"acct_{uuid.uuid4().hex[:8]}")
+def canary(store_node: ServerProcess) -> str:
+    return store_node.create_key(f"acct_{uuid.uuid4().hex[:8]}")
 
 
 def get(server: ServerProcess, path: str, key: str) -> httpx.Response:
@@ -57,21 +45,21 @@ def canary_serves(server: ServerProcess, key: str, call_id: str) -> None:
 
 
 def test_a_sentiment_sum_that_would_overflow_is_refused_and_other_accounts_go_on(
-    node: ServerProcess, hostile: str, canary: str
+    store_node: ServerProcess, hostile: str, canary: str
 ) -> None:
     canary_call = f"canary_{uuid.uuid4().hex[:8]}"
     call_id = f"call_overflow_{uuid.uuid4().hex[:8]}"
-    canary_serves(node, canary, canary_call)
+    canary_serves(store_node, canary, canary_call)
     huge = final("great", sentiment={"score": 1e308, "label": "positive"})
     # Two in one request (their commit's sum overflows) and two apart (the call's sum does).
-    answers = [publish(node, hostile, call_id, [huge, huge])]
-    answers += [publish(node, hostile, call_id, huge) for _ in range(2)]
+    answers = [publish(store_node, hostile, call_id, [huge, huge])]
+    answers += [publish(store_node, hostile, call_id, huge) for _ in range(2)]
     time.sleep(1.5)  # past the embedded store's fold interval: a poisoned row would have been folded
-    canary_serves(node, canary, canary_call)
+    canary_serves(store_node, canary, canary_call)
     for answer in answers:
         assert answer.status_code == 422, answer.text
         assert "sentiment.score" in answer.json()["error"]["message"]
-    assert get(node, f"/v1/calls/{call_id}", hostile).status_code == 404  # nothing of it was applied
+    assert get(store_node, f"/v1/calls/{call_id}", hostile).status_code == 404  # nothing of it was applied
 
 
 @pytest.mark.parametrize(
@@ -85,19 +73,19 @@ def test_a_sentiment_sum_that_would_overflow_is_refused_and_other_accounts_go_on
     ],
 )
 def test_values_the_server_could_not_keep_are_refused_with_the_reason(
-    node: ServerProcess, hostile: str, canary: str, body: bytes, problem: str
+    store_node: ServerProcess, hostile: str, canary: str, body: bytes, problem: str
 ) -> None:
     call_id = f"call_bad_{uuid.uuid4().hex[:8]}"
     answer = httpx.post(
-        f"{node.url}/v1/calls/{call_id}/events",
+        f"{store_node.url}/v1/calls/{call_id}/events",
         content=body,
         headers={"Authorization": f"Bearer {hostile}", "Content-Type": "application/json"},
         timeout=10,
     )
     assert answer.status_code == 422, answer.text
     assert problem in answer.json()["error"]["message"]
-    assert get(node, f"/v1/calls/{call_id}", hostile).status_code == 404
-    canary_serves(node, canary, f"canary_{uuid.uuid4().hex[:8]}")
+    assert get(store_node, f"/v1/calls/{call_id}", hostile).status_code == 404
+    canary_serves(store_node, canary, f"canary_{uuid.uuid4().hex[:8]}")
 
 
 def test_the_node_stays_healthy_across_a_restart_after_hostile_input(tmp_path: Path) -> None:

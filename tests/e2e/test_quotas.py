@@ -11,7 +11,6 @@ import asyncio
 import secrets
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,8 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from tests.broker.services import REDIS_HOST, REDIS_PORT
-from tests.helpers import ServerProcess, ended, final, open_events, partial, publish, recv, send
+from tests.helpers import Cluster, ServerProcess, ended, final, open_events, partial, publish, recv, send
 
 QUOTAS = {
     "CALLSTREAM_QUOTA_LIVE_CALLS": "3",
@@ -149,26 +147,10 @@ async def _open_within(server: ServerProcess, key: str, seconds: float) -> Clien
 # ---- two nodes on Redis: the quotas hold for the cluster -------------------------------------
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, database: str) -> Iterator[list[ServerProcess]]:
-    """Two nodes on the machine's Redis, database 5 (the cluster tests use 3; accounts are unique
-    per test here, so runs never share a count)."""
-    broker = f"redis://{REDIS_HOST}:{REDIS_PORT}/5"
-    nodes = []
-    for i in range(2):
-        (tmp_path / f"node{i}").mkdir()
-        nodes.append(ServerProcess(tmp_path / f"node{i}", "--broker", broker, "--database", database, env=QUOTAS))
-    for proc in nodes:
-        proc.start()
-    yield nodes
-    for proc in nodes:
-        proc.kill()
-
-
 @pytest.mark.redis
 @pytest.mark.postgres
-async def test_quotas_hold_across_nodes_and_a_dead_node_frees_its_sockets(cluster: list[ServerProcess]) -> None:
-    a, b = cluster
+async def test_quotas_hold_across_nodes_and_a_dead_node_frees_its_sockets(cluster: Cluster) -> None:
+    a, b = cluster.start(2, env=QUOTAS)
     key = await asyncio.to_thread(new_key, a)
     for node, call_id in ((a, "c1"), (b, "c2"), (a, "c3")):
         assert (await a_publish(node, key, call_id, final("hi"))).status_code == 202

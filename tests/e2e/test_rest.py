@@ -101,6 +101,17 @@ def test_invalid_batch_is_422_naming_the_index_and_applies_nothing(
     assert seqs_of(server, api_key, call_id) == [1, 2]
 
 
+def test_a_batch_of_more_than_1000_events_is_422_and_applies_nothing(
+    server: ServerProcess, api_key: str, call_id: str
+) -> None:
+    error = assert_error(publish(server, api_key, call_id, [final(f"e{i}") for i in range(1001)]), 422)
+    assert error["code"] == "invalid_message"
+    assert error["index"] == 1000  # the first event past the cap
+    assert "at most 1000 events" in error["message"]
+    assert get(server, f"/v1/calls/{call_id}", api_key).status_code == 404  # the call was never created
+    assert publish(server, api_key, call_id, [final(f"e{i}") for i in range(1000)]).json()["accepted"] == 1000
+
+
 @pytest.mark.parametrize(
     ("event", "needle"),
     [

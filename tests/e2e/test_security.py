@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from callstream.auth import key_id_of
-from tests.helpers import ServerProcess, ended, final, open_events, publish, recv, recv_until, send
+from tests.helpers import ServerProcess, ended, final, history, open_events, publish, recv, recv_until, send
 
 APP = "https://app.example.com"
 SECRET_A = "rotation-secret-A-" + "a" * 40
@@ -42,16 +42,6 @@ def assert_rate_limited(response: Any) -> None:
     assert body["error"]["message"]
     assert body["error"]["retry_after_s"] > 0
     assert int(response.headers["Retry-After"]) >= 1
-
-
-def stored(server: ServerProcess, key: str, call_id: str) -> list[dict[str, Any]]:
-    response = httpx.get(
-        f"{server.url}/v1/calls/{call_id}/events", headers={"Authorization": f"Bearer {key}"}, timeout=10
-    )
-    if response.status_code == 404:
-        return []
-    events: list[dict[str, Any]] = response.json()["events"]
-    return events
 
 
 # ---- connections per key and per account --------------------------------------------------------
@@ -113,7 +103,7 @@ async def test_ingest_rate_limit_is_per_key_across_rest_and_sockets(
     error = limited.json()["error"]
     assert error["code"] == "rate_limited"
     assert 0 < error["retry_after_s"] <= 4  # 2 events at 0.5/s
-    assert len(stored(fresh_server, key, call_id)) == 10  # nothing of the refused batch applied
+    assert len(history(fresh_server, key, call_id)) == 10  # nothing of the refused batch applied
 
     async with await open_ingest(fresh_server, key) as ws:  # the same key's budget, on a socket
         frame = [
@@ -129,7 +119,7 @@ async def test_ingest_rate_limit_is_per_key_across_rest_and_sockets(
         await asyncio.sleep(errors[-1]["data"]["retry_after_s"] + 0.05)  # the hint is honest
         await ws.send(orjson.dumps({"call_id": call_id, **final("c"), "ref": "c"}).decode())
         assert await recv(ws) == {"type": "ack", "ref": "c", "seq": 11}  # the socket stayed open
-    assert [e["data"]["text"] for e in stored(fresh_server, key, call_id)][-1] == "c"
+    assert [e["data"]["text"] for e in history(fresh_server, key, call_id)][-1] == "c"
     # another key of the same account has its own budget
     assert (await asyncio.to_thread(publish, fresh_server, other, call_id, final("x"))).status_code == 202
 

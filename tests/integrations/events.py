@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -30,3 +31,9 @@ def brief(message: dict[str, Any]) -> tuple[Any, ...]:
     if kind == "metrics":
         return (kind, data["stage"])
     return (kind, data["status"], data.get("reason"))
+
+
+# -- live control ------------------------------------------------------------------------------
+
+CallerSays = Callable[[str], Awaitable[None]]
+"""Makes the caller of a call under test say one turn."""

@@ -3,7 +3,8 @@
 No LiveKit server is needed for what is tested here: the session runs in-process in text mode
 with a scripted LLM (a real `llm.LLM` subclass streaming fixed chunks, including a tool call
 that runs a real `@function_tool`), and the voice-only events (interim transcripts) are emitted
-through the session's own EventEmitter with the package's event classes.
+through the session's own EventEmitter with the package's event classes. The SIP transfer hook is
+checked against a stand-in LiveKit server speaking the real Twirp protocol.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 pytest.importorskip("livekit.agents")
 
+from aiohttp import web
+from livekit import api as lkapi
 from livekit.agents import Agent, AgentSession, function_tool, llm
 from livekit.agents.llm import ChatChunk, ChoiceDelta, FunctionToolCall
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
@@ -30,7 +34,7 @@ from livekit.agents.voice.events import (
 )
 
 from callstream import Publisher
-from callstream.integrations.livekit import CallstreamSession, tool_output
+from callstream.integrations.livekit import CallstreamSession, sip_transfer, tool_output
 from tests.helpers import ServerProcess, recv_until
 from tests.integrations.events import brief, subscribed
 
@@ -204,3 +208,47 @@ def test_tool_output_reads_json_python_literals_or_keeps_text() -> None:
     assert tool_output("{'a': (1, None)}") == {"a": (1, None)}
     assert tool_output("__import__('os')") == "__import__('os')"  # literals only, never code
     assert tool_output("booked for 8 pm") == "booked for 8 pm"
+
+
+# -- the SIP transfer hook, against a stand-in LiveKit server ---------------------------------------
+
+
+@pytest.fixture
+async def livekit_server() -> AsyncIterator[tuple[str, list[Any], list[int]]]:
+    """A LiveKit server's SIP service as the Twirp protocol has it: the requests it got, and the
+    transfer statuses it answers with (in order)."""
+    received: list[Any] = []
+    statuses: list[int] = []
+
+    async def transfer(request: web.Request) -> web.Response:
+        received.append(lkapi.TransferSIPParticipantRequest.FromString(await request.read()))
+        answer = lkapi.TransferSIPParticipantResponse(
+            transfer_id="tr_1", status=statuses.pop(0), reason=lkapi.SIPTransferReason.Value("STR_REJECTED")
+        )
+        return web.Response(body=answer.SerializeToString(), content_type="application/protobuf")
+
+    app = web.Application()
+    app.router.add_post("/twirp/livekit.SIP/TransferSIPParticipant", transfer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}", received, statuses
+    await runner.cleanup()
+
+
+async def test_the_sip_transfer_hook_refers_the_caller_and_reports_a_failed_transfer(
+    livekit_server: tuple[str, list[Any], list[int]],
+) -> None:
+    url, received, statuses = livekit_server
+    statuses += [lkapi.STS_TRANSFER_SUCCESSFUL, lkapi.STS_TRANSFER_FAILED]
+    async with lkapi.LiveKitAPI(url, "devkey", "secret_at_least_32_characters_long") as client:
+        hook = sip_transfer("room-42", "sip_caller", api=client)
+        await hook("+14155550100", "billing question")
+        with pytest.raises(RuntimeError, match=r"did not complete \(STR_REJECTED\)"):
+            await hook("sip:desk@example.com", None)
+    assert [(r.room_name, r.participant_identity, r.transfer_to) for r in received] == [
+        ("room-42", "sip_caller", "tel:+14155550100"),
+        ("room-42", "sip_caller", "sip:desk@example.com"),
+    ]

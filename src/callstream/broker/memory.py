@@ -18,11 +18,13 @@ memory grows with abandoned calls.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import heapq
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Collection, Sequence
+from operator import itemgetter
 
 import orjson
 
@@ -50,6 +52,7 @@ _ABSENT_MAX = 100_000  # call ids remembered as unknown to the store (subscribed
 # a log of Event objects would make every full collection walk every event of every live call,
 # a pause that grows with the log (bench/README.md, log-untracked).
 _Held = tuple[int, int, str, str, str | None]
+_seq_of = itemgetter(0)
 
 
 class _Call:
@@ -77,7 +80,7 @@ class _Call:
         self.last_seq = state.last_seq
         self.started_at = state.started_at
         self.first_seq = state.last_seq + 1  # the log is complete from here on
-        self.log: list[_Held] = []
+        self.log: list[_Held] = []  # in seq order: `held` bisects it
         self.latest: dict[str, int] = {}  # supersede key → seq of the newest partial of that key
         self.superseded: set[int] = set()  # seqs of partials a newer transcript superseded
         self.ended_at: float | None = None
@@ -106,11 +109,15 @@ class _Call:
             self.superseded = set()
 
     def held(self, account: str, call_id: str, since: int) -> list[Event]:
+        """The log after `since`: where it starts is found by bisection (the log is in seq order)
+        and only that tail is copied, since resuming subscribers (thousands at once in a
+        reconnect storm) each ask for the last few events of what may be a long log."""
         gone = self.superseded
+        start = bisect.bisect_right(self.log, since, key=_seq_of)
         return [
             Event(account, call_id, seq, ts, kind, orjson.loads(frame)["data"], frame, key=key)
-            for seq, ts, kind, frame, key in self.log
-            if seq > since and seq not in gone
+            for seq, ts, kind, frame, key in self.log[start:]
+            if seq not in gone
         ]
 
     def unstored_events(self, account: str, call_id: str) -> list[Event]:

@@ -476,12 +476,18 @@ class RedisBroker(Broker):
         return self._call_key(account, call_id, "ev")
 
     async def _command(self, awaitable: Awaitable[T]) -> T:
-        """Run one Redis command, mapping driver errors to BrokerUnavailableError at the boundary."""
+        """Run one Redis command, mapping driver errors to BrokerUnavailableError at the boundary.
+
+        A cancelled caller stays cancelled: redis-py can swallow a cancellation that lands
+        while it finishes a command (returning its result, or an error), and a loop that goes
+        on after that (the pings) would never let `close` return."""
         try:
             result = await awaitable
         except (RedisError, OSError) as exc:
+            _still_cancelled()
             self._cmd_ok = False
             raise BrokerUnavailableError(f"Redis failed: {exc.__class__.__name__}") from exc
+        _still_cancelled()
         self._cmd_ok = True
         return result
 
@@ -720,6 +726,7 @@ class RedisBroker(Broker):
             conn: AbstractConnection = self._sub_pool.make_connection()  # type: ignore[no-untyped-call]
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
+                _still_cancelled()
                 await self._session(conn)
             except (RedisError, OSError, _StaleConnectionError) as exc:
                 if self._sub_ok:
@@ -745,6 +752,7 @@ class RedisBroker(Broker):
         for channel in channels:
             self._inflight[channel] = self._inflight.get(channel, 0) + 1
         await conn.send_command("SUBSCRIBE", self._node_channel, *channels, check_health=False)
+        _still_cancelled()
         self._sub_ok = True
         self._sessions += 1
         self._connected.set()
@@ -781,6 +789,7 @@ class RedisBroker(Broker):
         while True:
             sent = time.monotonic()
             await conn.send_command("PING", check_health=False)
+            _still_cancelled()
             await asyncio.sleep(self._ping_interval_s)
             while self._last_pong < sent:
                 if time.monotonic() - sent > self._ping_timeout_s:
@@ -874,6 +883,14 @@ def _marks(measured: bytes) -> Marks:
     """The script's 'latency,interrupted,agent_ms,user_ms' for one event."""
     latency, interrupted, agent_ms, user_ms = measured.split(b",")
     return Marks(int(latency) if latency else None, interrupted == b"1", int(agent_ms), int(user_ms))
+
+
+def _still_cancelled() -> None:
+    """Raise CancelledError if the running task was cancelled and the driver swallowed it
+    (see `RedisBroker._command`): every loop here must end when `close` cancels it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _drop_superseded(events: list[Event]) -> list[Event]:

@@ -8,8 +8,9 @@
 Importing ``callstream`` never imports a framework: each adapter module imports its framework
 when it is imported itself. What the adapters share lives here, framework-free: :class:`CallEvents`
 turns "the user said", "the agent is thinking", "a tool returned" into the events of one call
-and hands them to a :class:`~callstream.Publisher`. An adapter for another framework can use it
-the same way.
+and hands them to a :class:`~callstream.Publisher`; :mod:`callstream.integrations.controls` has
+what they share to carry out a supervisor's requests. An adapter for another framework can use
+them the same way.
 
 A monitoring feed must never take a live call down: every failure here (server unreachable,
 event refused, buffer full) is logged and counted, never raised into the framework.
@@ -21,11 +22,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import orjson
 
+from callstream.control import ControlHandler
 from callstream.errors import PublishError
 from callstream.publisher import Publisher
 
@@ -103,12 +105,15 @@ class CallEvents:
         self._open: dict[str, str] = {}  # speaker → the utterance id its partials so far carry
 
     @classmethod
-    async def connect(cls, url: str, key: str, call_id: str) -> CallEvents | None:
+    async def connect(
+        cls, url: str, key: str, call_id: str, controls: Mapping[str, ControlHandler] | None = None
+    ) -> CallEvents | None:
         """A :class:`CallEvents` with a publisher of its own, or None if the key is refused.
 
+        ``controls`` are the live-control handlers the publisher declares and runs for the call.
         An unreachable server is not an error: the publisher buffers and retries.
         """
-        publisher = Publisher(url, key)
+        publisher = Publisher(url, key, controls=controls)
         try:
             await publisher.start()
         except PublishError as exc:
@@ -119,9 +124,16 @@ class CallEvents:
 
     @classmethod
     async def open(
-        cls, call_id: str, *, publisher: Publisher | None = None, url: str | None = None, key: str | None = None
+        cls,
+        call_id: str,
+        *,
+        publisher: Publisher | None = None,
+        url: str | None = None,
+        key: str | None = None,
+        controls: Mapping[str, ControlHandler] | None = None,
     ) -> CallEvents | None:
-        """The call's events through a shared ``publisher``, or one of their own for ``url`` and ``key``.
+        """The call's events through a shared ``publisher``, or one of their own for ``url`` and ``key``
+        (declaring ``controls``: a shared publisher declares what its program gave it).
 
         None (logged) when that key is refused: see :meth:`connect`.
         """
@@ -129,7 +141,7 @@ class CallEvents:
             return cls(publisher, call_id)
         if url is None or key is None:
             raise ValueError(NO_TARGET)
-        return await cls.connect(url, key, call_id)
+        return await cls.connect(url, key, call_id, controls)
 
     # -- what a call is made of ----------------------------------------------------------------
 

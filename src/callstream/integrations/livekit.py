@@ -34,7 +34,25 @@ TTS, end to end), with its                  transcription and end-of-turn delays
 The per-turn figures come from ``ChatMessage.metrics``: LiveKit Agents 1.8 deprecates the
 session's ``metrics_collected`` event in their favour (and logs a warning on every handler).
 
-Tested with livekit-agents 1.8 (a real ``AgentSession`` run in-process with a scripted LLM).
+Live control (protocol §8): ``attach(..., control=True)`` declares the actions below on the
+adapter's own publisher (give ``url`` and ``key``), and a supervisor can then steer the session:
+
+=========================  ========================================================================
+``say``                    ``session.say(text)``: queued after what the agent is saying, or at once
+                           after ``session.interrupt()`` when ``interrupt``
+``instruct``               the agent's instructions get the text appended (``update_instructions``):
+                           every later reply follows it
+``pause`` / ``resume``     the agent is interrupted and its turn detection set to ``manual``: the
+                           caller is still transcribed, the agent no longer answers; ``resume``
+                           restores the session's turn detection
+``transfer``               your ``transfer`` hook (:func:`sip_transfer` is one for LiveKit SIP), then
+                           the session closes; the call ends ``transferred``. Without a hook
+                           ``transfer`` is not declared.
+``end``                    the session shuts down after what it is saying (``session.shutdown()``)
+=========================  ========================================================================
+
+Tested with livekit-agents 1.8 (a real ``AgentSession`` run in-process with a scripted LLM; the
+voice path with a scripted STT).
 """
 
 from __future__ import annotations
@@ -44,9 +62,11 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from callstream.integrations import CallEvents, framework, parse_json_text
+from callstream.integrations.controls import AgentControls, TransferHook
 
 with framework("LiveKit", "livekit-agents", "livekit"):
     from livekit.agents import llm
+    from livekit.agents.llm.chat_context import Instructions
     from livekit.agents.voice.events import (
         AgentStateChangedEvent,
         CloseEvent,
@@ -61,10 +81,11 @@ with framework("LiveKit", "livekit-agents", "livekit"):
 
 if TYPE_CHECKING:
     from livekit.agents import AgentSession
+    from livekit.agents.voice.turn import TurnDetectionMode
 
     from callstream.publisher import Publisher
 
-__all__ = ["CallstreamSession"]
+__all__ = ["CallstreamSession", "sip_transfer"]
 
 MAX_LITERAL_CHARS = 65_536
 HANDLERS = {
@@ -93,7 +114,44 @@ def tool_output(text: str) -> Any:
         return text
 
 
-class CallstreamSession:
+def sip_transfer(
+    room_name: str, participant_identity: str, *, api: Any = None, play_dialtone: bool = False
+) -> TransferHook:
+    """A ``transfer`` hook for a phone call in LiveKit: LiveKit's SIP transfer (a SIP REFER) hands
+    the caller (SIP participant ``participant_identity`` of ``room_name``) to the target.
+
+    Needs ``livekit-api`` (``pip install livekit-api``). ``api`` is a ``livekit.api.LiveKitAPI``;
+    without one, each transfer makes its own from ``LIVEKIT_URL``, ``LIVEKIT_API_KEY`` and
+    ``LIVEKIT_API_SECRET``. An E.164 target becomes a ``tel:`` URI. The hook returns once LiveKit
+    reports the transfer successful and raises otherwise (the call then goes on).
+    """
+    try:
+        from livekit import api as lkapi
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("sip_transfer needs livekit-api: pip install livekit-api") from exc
+
+    async def transfer(to: str, reason: str | None) -> None:
+        del reason  # a SIP REFER has no place for it; it is in the call's history
+        request = lkapi.TransferSIPParticipantRequest(
+            room_name=room_name,
+            participant_identity=participant_identity,
+            transfer_to=f"tel:{to}" if to.startswith("+") else to,
+            play_dialtone=play_dialtone,
+        )
+        client = api if api is not None else lkapi.LiveKitAPI()
+        try:
+            response = await client.sip.transfer_sip_participant(request)
+        finally:
+            if api is None:
+                await client.aclose()
+        if response.status != lkapi.STS_TRANSFER_SUCCESSFUL:
+            outcome = lkapi.SIPTransferReason.Name(response.reason)
+            raise RuntimeError(f"the SIP transfer did not complete ({outcome})")
+
+    return transfer
+
+
+class CallstreamSession(AgentControls):
     """Publishes one LiveKit ``AgentSession`` as one callstream call.
 
     Make it with :meth:`attach` (before ``session.start()``). Give either a started
@@ -101,9 +159,17 @@ class CallstreamSession:
     (a publisher of its own, closed when the session closes).
     """
 
-    def __init__(self, session: AgentSession[Any], calls: CallEvents) -> None:
+    events: CallEvents
+
+    def __init__(
+        self, session: AgentSession[Any], calls: CallEvents | None = None, *, transfer: TransferHook | None = None
+    ) -> None:
         self.session = session
-        self.events = calls
+        if calls is not None:
+            self.events = calls
+        self.transfer_hook = transfer
+        self.paused = False
+        self._resume_to: TurnDetectionMode | None = None  # the turn detection a resume restores
         self._user_transcribed = False  # a final transcript came since the last user message
         self._announced: set[str] = set()  # tool call ids already published as function.call
         self._closing: asyncio.Task[None] | None = None
@@ -118,15 +184,25 @@ class CallstreamSession:
         publisher: Publisher | None = None,
         url: str | None = None,
         key: str | None = None,
+        control: bool = False,
+        transfer: TransferHook | None = None,
     ) -> CallstreamSession | None:
         """Start publishing ``session`` as ``call_id``; None (logged) if the key is refused.
 
         A refused key must not keep the agent from taking the call, so it is not raised.
+        ``control=True`` lets a supervisor steer the session through the adapter's own publisher
+        (``url`` and ``key``); ``transfer`` (``await transfer(to, reason)``) adds transfers. A
+        shared ``publisher`` declares what its program gave it: route its requests to
+        :meth:`handle`.
         """
-        calls = await CallEvents.open(call_id, publisher=publisher, url=url, key=key)
+        if control and publisher is not None:
+            raise ValueError("control=True needs the adapter's own publisher: give url and key")
+        bridge = cls(session, transfer=transfer)
+        controls = bridge.handlers if control else None
+        calls = await CallEvents.open(call_id, publisher=publisher, url=url, key=key, controls=controls)
         if calls is None:
             return None
-        bridge = cls(session, calls)
+        bridge.events = calls
         for event, method in HANDLERS.items():
             handler = getattr(bridge, method)
             session.on(event, handler)  # type: ignore[arg-type,unused-ignore]
@@ -151,6 +227,44 @@ class CallstreamSession:
         if self._closing is None:
             self._closing = asyncio.create_task(self.events.aclose())
         await self._closing
+
+    # -- live control: a supervisor's requests → the session ----------------------------------
+
+    async def _say(self, text: str, *, interrupt: bool) -> None:
+        if interrupt:
+            await self._interrupt()
+        self.session.say(text)
+
+    async def _instruct(self, text: str) -> None:
+        """Append ``text`` to the current agent's instructions (plain or sectioned)."""
+        agent = self.session.current_agent
+        current = agent.instructions
+        if isinstance(current, Instructions):
+            updated: Any = Instructions(
+                f"{current.common}\n\n{text}".strip(), audio=current.audio, text=current.text, dynamic=current.dynamic
+            )
+        else:
+            updated = f"{current}\n\n{text}".strip()
+        await agent.update_instructions(updated)
+
+    async def _pause(self) -> None:
+        if not self.paused:
+            self._resume_to, self.paused = self.session.turn_detection, True
+        self.session.update_options(turn_detection="manual")
+        await self._interrupt()
+
+    async def _resume(self) -> None:
+        if self.paused:
+            self.session.update_options(turn_detection=self._resume_to)
+        self.paused = False
+
+    async def _end(self, reason: str) -> None:
+        """Close the session after what it is saying."""
+        self.session.shutdown(drain=True)
+
+    async def _interrupt(self) -> None:
+        """Stop what the agent is saying now, even speech its program made uninterruptible."""
+        await self.session.interrupt(force=True)
 
     # -- session events → callstream events ---------------------------------------------------
 
@@ -226,7 +340,10 @@ class CallstreamSession:
         reason = ev.reason.value if isinstance(ev.reason, CloseReason) else str(ev.reason)
         if ev.error is not None:
             reason = f"{reason}: {getattr(ev.error, 'error', ev.error)!r}"
-        self.events.end("failed" if failed else "completed", reason)
+        status = "failed" if failed else "completed"
+        if self.ending is not None and not failed:
+            status, reason = self.ending
+        self.events.end(status, reason)
         self.detach()
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(self.events.aclose())

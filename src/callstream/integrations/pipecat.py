@@ -37,6 +37,26 @@ speaks                                         the words): the server counts the
 
 Pipecat reports metrics when the worker runs with ``PipelineParams(enable_metrics=True)``.
 
+Live control (protocol §8): put a :class:`CallstreamControl` in the pipeline between the user
+context aggregator and the LLM, and give it to the observer; a supervisor can then steer the call::
+
+    control = CallstreamControl(transfer=my_transfer)  # transfer= is optional
+    observer = CallstreamObserver("call_42", url=..., key=..., control=control)
+    pipeline = Pipeline([transport.input(), stt, context.user(), control, llm, tts,
+                         transport.output(), context.assistant()])
+
+=============================  ===================================================================
+``say``                        a ``TTSSpeakFrame`` (after an ``InterruptionFrame`` when
+                               ``interrupt``): spoken after what the bot is saying, kept in context
+``instruct``                   a system message appended to the LLM context (``LLMMessagesAppendFrame``,
+                               no LLM run): it shapes every later reply
+``pause`` / ``resume``         the bot is interrupted and its LLM gets no context to answer until
+                               ``resume``; the caller's turns still go into the context
+``transfer``                   your ``transfer`` hook, then the pipeline ends; the call ends
+                               ``transferred``. Without a hook ``transfer`` is not declared.
+``end``                        the pipeline ends (``EndWorkerFrame``: what is queued is still said)
+=============================  ===================================================================
+
 Tested with pipecat-ai 1.14 (``PipelineWorker``; ``PipelineTask`` is its deprecated alias).
 """
 
@@ -46,6 +66,7 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from callstream.integrations import CallEvents, framework, require_target
+from callstream.integrations.controls import AgentControls, TransferHook
 
 with framework("Pipecat", "pipecat-ai", "pipecat"):
     from pipecat.frames.frames import (
@@ -53,6 +74,7 @@ with framework("Pipecat", "pipecat-ai", "pipecat"):
         BotStoppedSpeakingFrame,
         CancelFrame,
         EndFrame,
+        EndWorkerFrame,
         Frame,
         FunctionCallCancelFrame,
         FunctionCallInProgressFrame,
@@ -60,13 +82,16 @@ with framework("Pipecat", "pipecat-ai", "pipecat"):
         FunctionCallsStartedFrame,
         InterimTranscriptionFrame,
         InterruptionFrame,
+        LLMContextFrame,
         LLMFullResponseEndFrame,
         LLMFullResponseStartFrame,
+        LLMMessagesAppendFrame,
         LLMTextFrame,
         MetricsFrame,
         StartFrame,
         TextFrame,
         TranscriptionFrame,
+        TTSSpeakFrame,
         TTSStartedFrame,
         TTSStoppedFrame,
         TTSTextFrame,
@@ -74,16 +99,67 @@ with framework("Pipecat", "pipecat-ai", "pipecat"):
     )
     from pipecat.metrics.metrics import ProcessingMetricsData, TTFBMetricsData
     from pipecat.observers.base_observer import BaseObserver, FramePushed
-    from pipecat.processors.frame_processor import FrameDirection
+    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 if TYPE_CHECKING:
+    from pipecat.processors.aggregators.llm_context import LLMContextMessage
     from pipecat.utils.asyncio.task_manager import BaseTaskManager
 
     from callstream.publisher import Publisher
 
-__all__ = ["CallstreamObserver", "stage_of"]
+__all__ = ["CallstreamControl", "CallstreamObserver", "stage_of"]
 
 AgentText = Literal["tts", "llm", "none"]
+
+
+class CallstreamControl(FrameProcessor, AgentControls):  # type: ignore[misc,unused-ignore]
+    """A frame processor that carries out a supervisor's control requests in its pipeline.
+
+    Place it between the user context aggregator and the LLM (it holds the LLM's context back
+    while the call is paused) and hand it to :class:`CallstreamObserver` as ``control=``. Give
+    ``transfer`` (``await transfer(to, reason)``) to declare transfers; the pipeline then ends
+    and the call ends ``transferred``.
+    """
+
+    def __init__(self, *, transfer: TransferHook | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.transfer_hook = transfer
+        self.paused = False
+        self._running = False
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            self._running = True
+        elif isinstance(frame, EndFrame | CancelFrame):
+            self._running = False
+        elif isinstance(frame, LLMContextFrame) and self.paused:
+            return  # a human has the call: the LLM is not asked to answer
+        await self.push_frame(frame, direction)
+
+    def _check_ready(self) -> None:
+        if not self._running:
+            raise RuntimeError("the pipeline is not running")
+
+    async def _say(self, text: str, *, interrupt: bool) -> None:
+        if interrupt:
+            await self.broadcast_interruption()  # type: ignore[no-untyped-call,unused-ignore]
+        await self.push_frame(TTSSpeakFrame(text))
+
+    async def _instruct(self, text: str) -> None:
+        message: LLMContextMessage = {"role": "system", "content": text}
+        await self.pipeline_worker.queue_frame(LLMMessagesAppendFrame(messages=[message], run_llm=False))
+
+    async def _pause(self) -> None:
+        self.paused = True
+        await self.broadcast_interruption()  # type: ignore[no-untyped-call,unused-ignore]
+
+    async def _resume(self) -> None:
+        self.paused = False
+
+    async def _end(self, reason: str) -> None:
+        """End the pipeline after what it has queued (the worker turns this into an EndFrame)."""
+        await self.push_frame(EndWorkerFrame(reason=reason), FrameDirection.UPSTREAM)
 
 
 class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
@@ -105,11 +181,13 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
         agent_text: AgentText = "tts",
         agent_partials: bool = True,
         announce_start: bool = True,
+        control: CallstreamControl | None = None,
         **kwargs: Any,
     ) -> None:
         require_target(publisher, url, key)
         super().__init__(observe_every_push=False, **kwargs)
         self.call_id = call_id
+        self.control = control
         self._url, self._key = url, key
         self._calls = CallEvents(publisher, call_id) if publisher is not None else None
         self._agent_text = agent_text
@@ -131,7 +209,8 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
     async def setup(self, task_manager: BaseTaskManager) -> None:
         await super().setup(task_manager)
         if self._calls is None:
-            self._calls = await CallEvents.open(self.call_id, url=self._url, key=self._key)
+            controls = self.control.handlers if self.control is not None else None
+            self._calls = await CallEvents.open(self.call_id, url=self._url, key=self._key, controls=controls)
 
     async def cleanup(self) -> None:
         """The pipeline is done: make sure the call is ended and what was sent is stored.
@@ -174,7 +253,10 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
         elif isinstance(frame, EndFrame | CancelFrame):
             self._flush_agent_words()
             reason = str(frame.reason) if frame.reason is not None else None
-            calls.end("completed" if isinstance(frame, EndFrame) else "canceled", reason)
+            status = "completed" if isinstance(frame, EndFrame) else "canceled"
+            if self.control is not None and self.control.ending is not None:
+                status, reason = self.control.ending
+            calls.end(status, reason)
         else:
             self._turn(frame, calls)
 

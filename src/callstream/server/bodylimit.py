@@ -9,6 +9,10 @@ rest, so a request never costs the node more than the cap, whatever the client s
 
 from __future__ import annotations
 
+import contextlib
+
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from callstream import protocol as p
@@ -23,25 +27,32 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _has_body(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
+        request = Request(scope, receive)
+        declared = _declared_length(request.headers)
+        if "transfer-encoding" not in request.headers and not declared:
+            await self.app(scope, receive, send)  # HTTP/1.1: no body unless chunked or a length > 0
+            return
+        try:
+            body = None if declared is not None and declared > self.max_bytes else await self._read(request)
+        except ClientDisconnect:
+            return  # the client left before its body ended: nobody to answer
+        if body is None:
             await self._refuse(scope, receive, send)
             return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, request: Request) -> bytes | None:
+        """The whole body, or None as soon as it passes the cap (the rest is never read)."""
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client left before its body ended: nobody to answer
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(bytes(body), receive), send)
+        async with contextlib.aclosing(request.stream()) as chunks:
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > self.max_bytes:
+                    return None
+        return bytes(body)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request bodies are limited to {self.max_bytes} bytes"
@@ -64,21 +75,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            return bytes(value)
-    return None
-
-
-def _content_length(scope: Scope) -> int | None:
-    """The declared length; None when absent or not a number (the HTTP parser refuses those)."""
-    value = _header(scope, b"content-length")
-    if value is None or not value.strip().isdigit():
+def _declared_length(headers: Headers) -> int | None:
+    """The declared Content-Length; None when absent or not a number (the HTTP parser refuses those)."""
+    value = headers.get("content-length", "").strip()
+    if not (value.isascii() and value.isdigit()):
         return None
     return int(value) if len(value) < 20 else 2**64  # int() refuses very long digit strings
-
-
-def _has_body(scope: Scope) -> bool:
-    """HTTP/1.1 has a body only when it says so: chunked, or a Content-Length above 0."""
-    return _header(scope, b"transfer-encoding") is not None or bool(_content_length(scope))

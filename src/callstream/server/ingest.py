@@ -112,10 +112,10 @@ class IngestConnection(SocketConnection):
         if isinstance(obj, dict) and obj.get("type") == "hello":
             await self._hello(obj, first)
             return
-        items = obj if isinstance(obj, list) else [obj]
-        if len(items) > p.MAX_FRAME_EVENTS:  # one answer, not one error per item, each a send
-            message = f"a frame carries at most {p.MAX_FRAME_EVENTS} events, not {len(items)}; none applied"
-            await self._send(p.error_message(p.ErrorCode.INVALID_MESSAGE, message))
+        try:
+            items = p.batch_items(obj)  # past the cap: one answer, not one error per item
+        except p.ProtocolError as exc:
+            await self._send(p.error_from(exc))
             return
         valid: list[NewEvent] = []
         for item in items:

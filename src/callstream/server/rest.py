@@ -105,8 +105,11 @@ def json_body(schema: dict[str, Any], **examples: Any) -> dict[str, Any]:
     response_model=PublishResponse,
     openapi_extra=json_body(
         {
-            "description": "one event {type, data} or an array of them",
-            "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}],
+            "description": f"one event {{type, data}} or an array of at most {p.MAX_BATCH_EVENTS}",
+            "oneOf": [
+                {"type": "object"},
+                {"type": "array", "items": {"type": "object"}, "maxItems": p.MAX_BATCH_EVENTS},
+            ],
         },
         example={"type": "transcript.final", "data": {"speaker": "user", "text": "Hi"}},
     ),
@@ -120,7 +123,7 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
     try:
         events = p.parse_event_batch(p.decode_json(body), call_id)
     except p.ProtocolError as exc:
-        raise ApiError(422, exc.code, exc.message, index=getattr(exc, "index", 0)) from None
+        raise ApiError(422, exc.code, exc.message, index=exc.index or 0) from None
     refusal = limits_of(request).ingest.take(principal.key_id, len(events))
     if refusal is not None:  # the key's events/s, shared with its ingest sockets; nothing applied
         raise rate_limited(refusal)

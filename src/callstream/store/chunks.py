@@ -19,12 +19,11 @@ from typing import Any
 
 import orjson
 
-from callstream.events import FINAL, PARTIAL, Event
+from callstream.events import PARTIAL, Event
 from callstream.store.rows import CHUNK_COLUMNS, MAX_CHUNK_BYTES, MAX_CHUNK_EVENTS
 
 __all__ = [
     "CHUNK_COLUMNS", "MAX_CHUNK_BYTES", "MAX_CHUNK_EVENTS", "CallEvents", "ChunkRow", "StoredEvent", "by_call", "chunk_rows", "events_in",
-    "sentiment_score",
 ]
 
 ChunkRow = tuple[str, str, int, int, str]  # CHUNK_COLUMNS
@@ -62,18 +61,6 @@ def by_call(events: Iterable[Event]) -> CallEvents:
         if len(held) > 1:
             held.sort(key=_seq)
     return calls
-
-
-def sentiment_score(event: Event) -> float | None:
-    """A final transcript's sentiment score (`callstream.sentiment`), which its call's row sums.
-
-    Only a score in [-1, 1] counts (what validation admits), so a call's sum stays finite."""
-    sentiment = event.data.get("sentiment") if event.type == FINAL else None
-    if isinstance(sentiment, dict):
-        score = sentiment.get("score")
-        if isinstance(score, int | float) and not isinstance(score, bool) and -1.0 <= score <= 1.0:
-            return float(score)
-    return None
 
 
 def chunk_rows(calls: CallEvents) -> list[ChunkRow]:

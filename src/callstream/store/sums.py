@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from callstream.events import AGENT_STATE, FINAL, Event
+from callstream.events import AGENT_STATE, FINAL, Event, sentiment_score
 from callstream.quality import INTERRUPTIONS, latency_name, minute_of
-from callstream.store.chunks import sentiment_score
 from callstream.store.rows import merge_minute_rows
 from callstream.turns import Marks
 
@@ -32,7 +31,7 @@ def call_sums(held: Sequence[Event], minutes: list[MinuteRow]) -> tuple[Any, ...
     latencies: list[str] = []
     for event in held:
         kind = event.type
-        if kind == FINAL and (score := sentiment_score(event)) is not None:
+        if kind == FINAL and (score := sentiment_score(event.data)) is not None:
             score_sum += score
             score_n += 1
         marks = event.marks  # None: nothing measured, or an event rebuilt from its frame (its data says)

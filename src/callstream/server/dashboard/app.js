@@ -8,6 +8,7 @@
 
 import { CallStream, States } from "./callstream.js";
 import { isSlow, latencyBadge, quality, recordTurn, renderChart, renderTiles, turnItem } from "./quality.js";
+import { renderControls, requestText, resultText, setupControls, tokenScopes } from "./supervise.js";
 
 const SESSION_KEY = "callstream.session";
 // The campaign subscription ("*") carries what the list and the sparklines
@@ -131,7 +132,8 @@ function getCall(id) {
       id, status: "live", startedAt: null, endedAt: null, durationMs: null, endStatus: null,
       reason: null, agentState: null, agentSeq: 0, items: [], bySeq: new Map(),
       partials: new Map(), finalUtterances: new Set(), lastFinalSeqBySpeaker: {},
-      tools: new Map(), pendingResults: new Map(), lastText: "", serverSentiment: null,
+      tools: new Map(), pendingResults: new Map(), controls: new Map(), earlyOutcomes: new Map(),
+      lastText: "", serverSentiment: null,
       metaRequested: false, firstSeen: Date.now(),
     };
     calls.set(id, c);
@@ -199,7 +201,7 @@ function onEvent(msg) {
       const key = partialKey(d);
       const p = c.partials.get(key);
       if (p && (d.utterance_id != null || p.seq < msg.seq)) c.partials.delete(key);
-      insertItem(c, { kind: "line", seq: msg.seq, ts: msg.ts, speaker: d.speaker, text: d.text, sentiment: d.sentiment || null, fresh: true });
+      insertItem(c, { kind: "line", seq: msg.seq, ts: msg.ts, speaker: d.speaker, text: d.text, sentiment: d.sentiment || null, interrupted: d.interrupted === true, fresh: true });
       if (msg.seq >= (c.lastTextSeq || 0)) {
         c.lastText = d.text;
         c.lastTextSeq = msg.seq;
@@ -238,6 +240,25 @@ function onEvent(msg) {
         item.changed = true;
       } else if (d.tool_call_id != null) {
         c.pendingResults.set(d.tool_call_id, { result: d.result, seq: msg.seq });
+      }
+      break;
+    }
+    case "control.requested": {
+      const item = { kind: "control", seq: msg.seq, ts: msg.ts, requestId: d.request_id, action: d.action, args: d.args || {}, by: d.by || {}, result: null };
+      item.result = c.earlyOutcomes.get(d.request_id) || null;
+      c.earlyOutcomes.delete(d.request_id);
+      c.controls.set(d.request_id, item);
+      insertItem(c, item);
+      break;
+    }
+    case "control.result": {
+      const outcome = { ok: d.ok === true, error: d.error ?? null };
+      const item = c.controls.get(d.request_id);
+      if (item) {
+        item.result = outcome;
+        item.changed = true;
+      } else {
+        c.earlyOutcomes.set(d.request_id, outcome); // the request is on a page not read yet
       }
       break;
     }
@@ -497,6 +518,7 @@ function renderListen() {
   $("listen-duration").textContent = fmtDuration(durationOf(c));
   $("listen-duration").dataset.dur = c.id;
   agentEl($("listen-agent"), c.agentState);
+  renderControls($("controls"), c, canControl());
   const sent = sentimentOf(c);
   $("listen-sentiment").replaceChildren(chip(sent), sparkline(sent, 96, 26));
 
@@ -558,7 +580,8 @@ function buildItem(it) {
         h("div", { class: "who" },
           h("b", { text: speakerName(it.speaker) }),
           h("time", { datetime: it.ts ? new Date(it.ts).toISOString() : null, text: fmtTime(it.ts) }),
-          sent ? h("span", { class: `chip ${sent.label}`, text: fmtScore(sent.score), title: `Sentiment ${sent.label}` }) : null),
+          sent ? h("span", { class: `chip ${sent.label}`, text: fmtScore(sent.score), title: `Sentiment ${sent.label}` }) : null,
+          it.interrupted ? h("span", { class: "cut-off", text: "cut off" }) : null),
         h("p", { class: "text-body", text: it.text })));
     return li;
   }
@@ -571,6 +594,14 @@ function buildItem(it) {
           it.hasResult
             ? h("span", {}, h("span", { class: "arrow", text: "→ " }), h("code", { text: compactJson(it.result) }))
             : h("span", { text: "running…" }))));
+  }
+  if (it.kind === "control") {
+    const state = !it.result ? "pending" : it.result.ok ? "ok" : "failed";
+    const who = it.by.name || it.by.key_id || "";
+    return h("li", { class: `supervisor ${state}`, "data-seq": it.seq, "data-kind": "control", "data-action": it.action },
+      h("span", { class: "sup-icon", "aria-hidden": "true", text: "S" }),
+      h("span", { class: "sup-text", text: requestText(it), title: who ? `Asked by ${who}` : null }),
+      h("span", { class: "sup-result", text: resultText(it) }));
   }
   const why = it.reason ? ` — ${it.reason}` : "";
   return h("li", { class: "end", "data-seq": it.seq, "data-kind": "end" },
@@ -681,6 +712,17 @@ document.querySelector(".tabs").addEventListener("keydown", (ev) => {
 $("show-ended").addEventListener("change", (ev) => {
   ui.showEnded = ev.target.checked;
   renderList();
+});
+
+// supervisor actions: only for a session whose token carries `control`
+function canControl() {
+  return tokenScopes(session.token).has("control");
+}
+setupControls({
+  toolbar: $("controls"),
+  dialog: $("control-dialog"),
+  status: $("control-status"),
+  send: (action, args) => stream.control(ui.selected, action, args),
 });
 
 // ---- connection state ------------------------------------------------------
