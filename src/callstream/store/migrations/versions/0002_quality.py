@@ -5,7 +5,7 @@ account's live calls and those that ended since a moment; `quality_minutes` hold
 turns by latency bucket and interruptions, which `/v1/stats` sums over its window. Columns are
 added only where missing: a database made by `create_all` already has them.
 
-Revision ID: 0003
+Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-08
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
+revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
