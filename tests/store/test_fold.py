@@ -197,3 +197,13 @@ async def test_a_call_that_ends_while_the_fold_process_fails_is_not_failed_for_g
     call = await store.get_call("acme", "c1")
     assert call is not None
     assert call.status == "ended"
+
+
+async def test_the_fold_process_yields_the_core_to_the_node(store: SqlStore) -> None:
+    """Folds run at a lower CPU priority than the node: on a shared core a fold's burst must not
+    stall the event loop that fans out (bench/README.md, `fold-nice`)."""
+    await store.append(block("c1", 1))
+    pid = await started_writer(store)
+    stat = Path(f"/proc/{pid}/stat").read_text()  # noqa: ASYNC240 - procfs, never blocks
+    child_nice = int(stat.rsplit(")", 1)[1].split()[16])
+    assert child_nice == os.nice(0) + fold_process.NICENESS

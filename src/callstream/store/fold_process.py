@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import pickle
 import signal
 import sqlite3
@@ -98,6 +99,10 @@ _UPSERT_MINUTES = rows.minutes_upsert_sql("INSERT INTO quality_minutes ({columns
 # `executemany` steps once per row. Statements of 256, 16 and 1 rows keep the statement cache to
 # three texts per table (bench/sqlite_floor.py measures the alternatives).
 _STATEMENT_ROWS = (256, 16, 1)
+# A fold is a burst of CPU. Where it shares a core with the node, it would take half that core from
+# the event loop for the burst's length, and every delivery due meanwhile waits; at a lower priority
+# the loop keeps the core and the fold uses what the loop leaves (bench/README.md, `fold-nice`).
+NICENESS = 10
 
 
 def read_records(path: str, size: int | None = None) -> list[list[Any]]:
@@ -339,6 +344,7 @@ def main() -> None:
     # whole service: either would kill the writer while the node drains into it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.nice(NICENESS)
     with contextlib.suppress(BrokenPipeError):  # the node was killed before reading the last reply
         serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer)
 
