@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from callstream import protocol as p
@@ -107,10 +108,19 @@ class ControlDesk:
 
     # ---- requests --------------------------------------------------------------------------
 
-    async def request(self, principal: Principal, call_id: str, action: str, args: object) -> tuple[str, int]:
-        """Check, record, relay (docs/protocol.md, Live control, step 1 and 2): the request_id
-        and the seq of its `control.requested`. Raises ControlRefusedError, or UnavailableError
-        while the store or the broker cannot be reached (nothing was recorded nor relayed)."""
+    async def request(
+        self,
+        principal: Principal,
+        call_id: str,
+        action: str,
+        args: object,
+        acknowledge: Callable[[str, int], None] | None = None,
+    ) -> tuple[str, int]:
+        """Check, record, acknowledge, relay (docs/protocol.md, Live control, steps 1 and 2): the
+        request_id and the seq of its `control.requested`. `acknowledge(request_id, seq)` runs
+        before the relay, so a requester's ack always precedes its result, however fast the
+        producer answers. Raises ControlRefusedError, or UnavailableError while the store or the
+        broker cannot be reached (nothing was recorded nor relayed)."""
         account, broker = principal.account, self.runtime.broker
         if not principal.may("control") or not principal.may_see(call_id):
             raise ControlRefusedError(p.ErrorCode.FORBIDDEN, "this credential may not control that call")
@@ -132,6 +142,8 @@ class ControlDesk:
             raise ControlRefusedError(p.ErrorCode.INVALID_MESSAGE, exc.message) from None
         request = ControlRequest(call_id, new_request_id(), action, checked)
         seq = await self._record(principal, request)
+        if acknowledge is not None:
+            acknowledge(request.request_id, seq)
         try:
             await broker.relay(encoded, relay_frame(request))
         except BrokerUnavailableError:  # recorded: it times out like a request its producer dropped

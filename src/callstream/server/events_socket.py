@@ -305,8 +305,11 @@ class EventsConnection(SocketConnection):
             text = f"at most {settings.control_rate:g} control messages/s (burst {settings.control_burst}); retry in {int(wait_s * 1000) + 1} ms"
             self.send(rate_limited_message(text, wait_s, message.ref, message.call_id))
             return
+        def acknowledge(request_id: str, seq: int) -> None:
+            self.send(p.control_ack_message(message.ref, message.call_id, request_id, seq))
+
         try:
-            request_id, seq = await self.runtime.control.request(self.principal, message.call_id, message.action, message.args)
+            await self.runtime.control.request(self.principal, message.call_id, message.action, message.args, acknowledge)
         except ControlRefusedError as exc:
             metrics.CLIENT_ERRORS.labels(exc.code).inc()
             self.send(p.error_message(exc.code, exc.message, message.call_id, message.ref))
@@ -314,7 +317,6 @@ class EventsConnection(SocketConnection):
         except UnavailableError as exc:  # nothing was recorded nor relayed: the socket stays open
             self.send(p.error_message(p.ErrorCode.INTERNAL, f"not sent, try again: {exc}", message.call_id, message.ref))
             return
-        self.send(p.control_ack_message(message.ref, message.call_id, request_id, seq))
 
     async def _subscribe(self, message: p.Subscribe) -> None:
         call_id, account = message.call_id, self.principal.account
