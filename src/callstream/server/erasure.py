@@ -15,13 +15,17 @@ that cannot be reached fails the erasure before it starts.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
-from callstream.broker import Broker
+from callstream.broker import Broker, BrokerUnavailableError
 from callstream.errors import UnavailableError
 from callstream.store import SqlStore
 
 __all__ = ["CallLiveError", "CallNotFoundError", "CallSettlingError", "Erasure"]
+
+_SETTLE_POLL_S = 0.1
+_SETTLE_POLLS = 10  # a second, several times what a node takes to confirm its commits
 
 
 class CallNotFoundError(Exception):
@@ -50,10 +54,18 @@ class Erasure:
             raise CallNotFoundError(call_id)
         if call.status != "ended":
             raise CallLiveError(call_id)
-        if await self._broker.unsettled(account, [call_id]):
-            raise CallSettlingError(f"call {call_id}: its last events are still being stored; retry in a moment")
+        await self._settled(account, call_id)
         if not await self._erase(account, [call_id]):
             raise CallNotFoundError(call_id)  # another node (or the retention sweep) was first
+
+    async def _settled(self, account: str, call_id: str) -> None:
+        """Return once no event of the call waits for its commit's confirmation; a node confirms
+        its commits a moment after them, so a call erased as it ends waits that moment here."""
+        for _ in range(_SETTLE_POLLS):
+            if not await self._broker.unsettled(account, [call_id]):
+                return
+            await asyncio.sleep(_SETTLE_POLL_S)
+        raise CallSettlingError(f"call {call_id}: its last events are still being stored; retry in a moment")
 
     async def erase_ended(self, account: str, call_ids: Sequence[str]) -> int:
         """Erase those of the account's calls that have ended and are settled; how many were."""
@@ -62,5 +74,12 @@ class Erasure:
 
     async def _erase(self, account: str, call_ids: Sequence[str]) -> list[str]:
         erased = await self._store.erase_calls(account, call_ids)
-        await self._broker.erase(account, erased)
+        try:
+            await self._broker.erase(account, erased)
+        except BrokerUnavailableError as exc:
+            message = (
+                f"{len(erased)} call(s) erased from the store, but not from the broker ({exc}): "
+                "their replay history expires with the history TTL"
+            )
+            raise BrokerUnavailableError(message) from exc
         return erased
