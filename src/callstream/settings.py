@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     store_timeout_s: float = Field(
         10.0, gt=0, le=300, description="how long a publish waits for the store's commit before an error"
     )
+    # ---- records and privacy (docs/privacy.md) ---------------------------------------------
+    retention_days: int = Field(
+        0, ge=0, le=36_500, description="erase ended calls this many days after they ended; 0: keep them"
+    )
+    retention_sweep_s: float = Field(
+        3600.0, gt=0, le=86_400, description="how often each node looks for calls past the retention"
+    )
 
     @field_validator("webhook_retry_schedule")
     @classmethod

@@ -17,6 +17,7 @@ from callstream.events import CallState, Event, NewEvent
 
 Deliver = Callable[[Sequence[Event]], None]  # a batch, in per-call seq order
 Relayed = Callable[[str, bytes], None]  # a control request for a producer socket of this node: (its id, frame)
+Erased = Callable[[str, Sequence[str]], None]  # calls erased: (account, their ids)
 
 #: A live call idle this long is forgotten by the broker (and stops counting as live); the store
 #: still has it, and its next event brings it back.
@@ -172,6 +173,9 @@ class Broker(abc.ABC):
     on_reconnect: Callable[[], Awaitable[None]] | None = None
     #: Called with the control requests relayed to this node's producer sockets (`relay`).
     on_relay: Relayed | None = None
+    #: Called on every node, this one included, once calls were erased (`erase`): the node drops
+    #: whatever it still keeps of them.
+    on_erased: Erased | None = None
     _deliver: Deliver | None = None
     _load_call: CallLoader | None = None
 
@@ -278,6 +282,19 @@ class Broker(abc.ABC):
     async def overdue(self) -> list[tuple[str, str]]:
         """(account, call_id) of calls whose unstored events wait for a repair: failed, or
         unconfirmed for `UNSTORED_AFTER_S` (their node may be dead)."""
+
+    # ---- erasure (docs/privacy.md) -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def unsettled(self, account: str, call_ids: Sequence[str]) -> set[str]:
+        """Those of `call_ids` with events no commit has confirmed yet (`stored`): erased now, a
+        commit still under way could bring some of their rows back."""
+
+    @abc.abstractmethod
+    async def erase(self, account: str, call_ids: Sequence[str]) -> None:
+        """The store erased these calls: forget them too (their sequencing state, replay log,
+        control requests and every set that counts them), on every node, and tell each node's
+        `on_erased`. A call id published again then starts a new call at seq 1."""
 
     def forget_history(self, account: str, call_id: str) -> None:  # noqa: B027 - optional hook
         """The store refused some of this call's events: the replay log must not serve what it

@@ -370,6 +370,22 @@ class MemoryBroker(Broker):
     async def overdue(self) -> list[tuple[str, str]]:
         return [key for key, call in self._calls.items() if call.unstored]
 
+    # ---- erasure: one node, so there is no one else to tell --------------------------------
+
+    async def unsettled(self, account: str, call_ids: Sequence[str]) -> set[str]:
+        """Only failed commits leave events unconfirmed here: the node's one writer commits in order."""
+        return {cid for cid in call_ids if (call := self._calls.get((account, cid))) is not None and call.unstored}
+
+    async def erase(self, account: str, call_ids: Sequence[str]) -> None:
+        for call_id in call_ids:
+            key = (account, call_id)
+            call = self._calls.pop(key, None)
+            if call is not None and call.counted:
+                self._uncount(account, call)
+            self._remember_absent(key)  # the store has it no more either
+        if self.on_erased is not None:
+            self.on_erased(account, call_ids)
+
     def _release_log(self, account: str, call_id: str) -> None:
         """An ended call whose events are all committed: the store now answers `since` for it.
 

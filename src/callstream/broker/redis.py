@@ -56,6 +56,7 @@ from callstream.broker.base import (
     RepairNeededError,
     Unstored,
 )
+from callstream.broker.redis_erase import Eraser, erased_calls
 from callstream.broker.redis_sockets import SocketCounter
 from callstream.broker.redis_unstored import UnstoredLedger
 from callstream.control import REQUESTED, RESULT, Holder
@@ -409,6 +410,13 @@ class RedisBroker(Broker):
             unstored_after_s=unstored_after_s,
         )
         self._node_channel = f"{prefix}node:{self._sockets.node}"  # control requests relayed here
+        self._eraser = Eraser(
+            self._redis,
+            f"{prefix}erased",  # every node subscribes: calls erased (`redis_erase`)
+            self._call_key,
+            lambda account: [self._account_key(account, "live"), self._unstored.index_key, self._deadlines],
+            self._command,
+        )
         self._watches: dict[str, _Watch] = {}
         self._inflight: dict[str, int] = {}  # SUBSCRIBEs sent, confirmation not read yet
         self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -590,6 +598,31 @@ class RedisBroker(Broker):
 
     async def overdue(self) -> list[tuple[str, str]]:
         return await self._unstored.overdue()
+
+    # ---- erasure (`redis_erase`) ---------------------------------------------------------------
+
+    async def unsettled(self, account: str, call_ids: Sequence[str]) -> set[str]:
+        return await self._eraser.unsettled(account, call_ids)
+
+    async def erase(self, account: str, call_ids: Sequence[str]) -> None:
+        """Every node, this one included, hears of it on the erased channel (`_on_erased`)."""
+        if call_ids:
+            await self._eraser.erase(account, call_ids)
+
+    def _on_erased(self, message: str) -> None:
+        try:
+            account, call_ids = erased_calls(message)
+        except ValueError:
+            log.warning("ignored a message on the erased channel that is not an erasure")
+            return
+        for call_id in call_ids:
+            self._last_seq.pop((account, call_id), None)
+        if self.on_erased is not None:
+            try:
+                self.on_erased(account, call_ids)
+            except Exception:  # the pub/sub session must go on for the other calls
+                log.exception("on_erased failed for %d calls", len(call_ids))
+
     # ---- live control --------------------------------------------------------------------
 
     @property
@@ -751,7 +784,9 @@ class RedisBroker(Broker):
         channels = list(self._watches)
         for channel in channels:
             self._inflight[channel] = self._inflight.get(channel, 0) + 1
-        await conn.send_command("SUBSCRIBE", self._node_channel, *channels, check_health=False)
+        await conn.send_command(
+            "SUBSCRIBE", self._node_channel, self._eraser.channel, *channels, check_health=False
+        )
         _still_cancelled()
         self._sub_ok = True
         self._sessions += 1
@@ -858,6 +893,8 @@ class RedisBroker(Broker):
             if channel == self._node_channel and self.on_relay is not None:
                 conn_id, _, request = frame.partition("\n")
                 self.on_relay(conn_id, request.encode())
+            elif channel == self._eraser.channel:
+                self._on_erased(frame)
             return
         event = self._event(watch.account, frame)
         key = (event.account, event.call_id)

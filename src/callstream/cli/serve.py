@@ -42,6 +42,10 @@ def serve(
         int | None, typer.Option(help="flag turns slower than this on the dashboard [default 1500]")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="critical|error|warning|info|debug")] = None,
+    retention_days: Annotated[
+        int | None,
+        typer.Option(help="erase ended calls N days after they ended [env CALLSTREAM_RETENTION_DAYS; 0 = keep]"),
+    ] = None,
     metrics_token: Annotated[
         str | None,
         typer.Option(help="require `Authorization: Bearer <it>` on /metrics [env CALLSTREAM_METRICS_TOKEN]"),
@@ -69,6 +73,7 @@ def serve(
         latency_warn_ms=latency_warn_ms,
         log_level=log_level,
         metrics_token=metrics_token,
+        retention_days=retention_days,
     )
     configure_logging(settings.log_level)
 

@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 from callstream import __version__
 from callstream.errors import UnavailableError
 from callstream.limits import Limits
-from callstream.server import rest
+from callstream.server import erasure_api, rest
 from callstream.server.bodylimit import BodyLimit
 from callstream.server.dashboard_files import DashboardFiles
 from callstream.server.deps import ApiError, bearer_of, runtime_of, unavailable
@@ -121,6 +121,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         control_burst=settings.control_burst,
     )
     app.include_router(rest.router, responses=ERROR_RESPONSES)
+    app.include_router(erasure_api.router, responses=ERROR_RESPONSES)
     _include_optional_routers(app)
     for path, endpoint in SOCKETS.items():
         app.add_api_websocket_route(path, endpoint)

@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from callstream.auth import AuthError, Principal
+from callstream.events import is_valid_call_id
 from callstream.limits import Limits, Refusal
 from callstream.server.runtime import Runtime
 
@@ -36,6 +37,14 @@ class ApiError(Exception):
 def not_found(what: str = "call") -> ApiError:
     """The one answer for 'missing' and 'another account's': nothing leaks across tenants."""
     return ApiError(404, "not_found", f"no such {what}")
+
+
+def visible_call_id(principal: Principal, call_id: str) -> str:
+    """The call id, when the principal may see such a call; else the answer for a missing call:
+    a call the principal may not see answers exactly like one that does not exist."""
+    if not is_valid_call_id(call_id) or not principal.may_see(call_id):
+        raise not_found()
+    return call_id
 
 
 UNAVAILABLE_RETRY_S = 1.0  # the `Retry-After` of a 503 while the store or the broker is down

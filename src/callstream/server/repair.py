@@ -91,6 +91,11 @@ class HistoryRepair:
                 refused = again
         raise RepairPendingError("the call's earlier events are still being stored; retry")
 
+    def forget(self, account: str, call_ids: Sequence[str]) -> None:
+        """Calls erased: nothing of them is left to repair."""
+        for call_id in call_ids:
+            self.broken.pop((account, call_id), None)
+
     def committed(self, events: list[Event]) -> None:
         """A commit stored these: the broker no longer counts them as unstored. Told in one
         call every `CONFIRM_EVERY_S` (nothing needs it sooner than `UNSTORED_AFTER_S`)."""

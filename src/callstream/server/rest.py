@@ -30,6 +30,7 @@ from callstream.server.deps import (
     runtime_of,
     unavailable,
 )
+from callstream.server.deps import visible_call_id as _checked_call_id
 from callstream.store import CallFailedError, KeyRecord, StoreUnavailableError
 from callstream.store.sql import CONTROL_LOGIN_PREFIX
 
@@ -85,13 +86,6 @@ async def _model_from(request: Request, model: type[TokenRequest]) -> TokenReque
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ApiError(422, "invalid_request", problems) from None
-
-
-def _checked_call_id(principal: Principal, call_id: str) -> str:
-    """A call the principal may not see answers exactly like one that does not exist."""
-    if not is_valid_call_id(call_id) or not principal.may_see(call_id):
-        raise not_found()
-    return call_id
 
 
 def json_body(schema: dict[str, Any], **examples: Any) -> dict[str, Any]:

@@ -45,7 +45,9 @@ from callstream.events import ENDED, FINAL, MAX_INT64, Event, NewEvent
 from callstream.hub import Hub
 from callstream.outages import OutageLog
 from callstream.server.control_desk import ControlDesk
+from callstream.server.erasure import Erasure
 from callstream.server.repair import HistoryRepair
+from callstream.server.retention import RetentionSweep
 from callstream.server.tasks import TaskSet
 from callstream.settings import Settings
 from callstream.store import CallFailedError, SqlStore, StoreUnavailableError, database_url
@@ -79,6 +81,7 @@ class Runtime:
         self.hub = Hub()
         self.history = HistoryRepair(self.store, self.broker, self._repaired)
         self.control = ControlDesk(self)
+        self.erasure = Erasure(self.store, self.broker)
         self._stored_events: list[Event] = []  # durable, to fan out at the end of this iteration
         self._delivery_due = False
         self.connections: set[Closable] = set()
@@ -104,9 +107,15 @@ class Runtime:
         self.auth = Authenticator(self.store, self.signer, outage_grace_s=self.settings.key_outage_grace_s)
         await self.broker.start(self._deliver, self.store.call_state)
         self.broker.on_reconnect = self._resync_subscribers
+        self.broker.on_erased = self._erased
         self._workers.start(self._watch_revocations(), name="revocations")
         self._workers.start(self.history.run_forever(), name="history-repair")
         self._workers.start(self.control.time_out_forever(), name="control-timeouts")
+        if self.settings.retention_days:
+            sweep = RetentionSweep(
+                self.store, self.erasure, self.settings.retention_days, every_s=self.settings.retention_sweep_s
+            )
+            self._workers.start(sweep.run_forever(), name="retention")
         for start_hook in self.start_hooks:
             self._workers.start(start_hook(self), name="start-hook")
 
@@ -269,6 +278,11 @@ class Runtime:
         """Balance the broker's watches of subscriptions the hub ended (one per subscription)."""
         for _ in range(times):
             await self.broker.unwatch(account, call_id)
+
+    def _erased(self, account: str, call_ids: Sequence[str]) -> None:
+        """Calls were erased (by any node): this node keeps nothing of them either."""
+        self.store.forget_calls(account, call_ids)
+        self.history.forget(account, call_ids)
 
     async def _resync_subscribers(self) -> None:
         """The broker's pub/sub link was down for a while: frames published meanwhile never

@@ -31,7 +31,7 @@ from callstream.events import ENDED, CallState, Event
 from callstream.outages import OutageLog
 from callstream.quality import call_metrics
 from callstream.sentiment import NEGATIVE_THRESHOLD, POSITIVE_THRESHOLD, label_for
-from callstream.store import fold_process, rows
+from callstream.store import erasure, fold_process, rows
 from callstream.store import tables as t
 from callstream.store.chunks import (
     CHUNK_COLUMNS,
@@ -660,6 +660,43 @@ class SqlStore:
         await self._fold_journal()
         async with self.engine.connect() as conn:
             return await read_page(conn, account, call_id, since, limit, until)
+
+    # ---- erasure and retention (store/erasure.py) -----------------------------------------
+
+    @store_errors
+    async def erase_calls(self, account: str, call_ids: Sequence[str]) -> list[str]:
+        """Erase those of the account's `call_ids` that have ended: every row of them, in one
+        transaction, once the journal is folded (it then holds nothing of them either). Returns
+        the ids erased; live calls and calls not there are left alone.
+
+        On SQLite the deleted rows' bytes are overwritten too (`secure_delete`), not merely
+        marked free in the database file."""
+        await self._fold_journal()
+        async with self.engine.begin() as conn:
+            if self.dialect == "sqlite":
+                await conn.exec_driver_sql("PRAGMA secure_delete = ON")
+            erased = await erasure.erase_ended(conn, account, call_ids)
+        self.forget_calls(account, erased)
+        return erased
+
+    def forget_calls(self, account: str, call_ids: Sequence[str]) -> None:
+        """Calls erased (on any node): this node no longer holds them failed or unsettled, so a new
+        call may take their ids."""
+        for call_id in call_ids:
+            self.failed_calls.pop((account, call_id), None)
+            self.unsettled.discard((account, call_id))
+
+    @store_errors
+    async def accounts(self) -> list[str]:
+        """Every account that ever had a key (so every account that may have calls)."""
+        async with self.engine.connect() as conn:
+            return [str(a) for a in (await conn.execute(sa.select(t.accounts.c.id).order_by(t.accounts.c.id))).scalars()]
+
+    @store_errors
+    async def calls_ended_before(self, account: str, cutoff_ms: int, limit: int) -> list[str]:
+        """Up to `limit` of the account's calls that ended before `cutoff_ms`, oldest first."""
+        async with self.engine.connect() as conn:
+            return await erasure.ended_before(conn, account, cutoff_ms, limit)
 
     # ---- the batching writer -------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
@@ -89,4 +91,28 @@ login_codes = sa.Table(
     sa.Column("account", sa.String(128), nullable=False),
     sa.Column("expires_at", sa.BigInteger, nullable=False),
     sa.Column("used_at", sa.BigInteger),
+)
+
+
+class PerCallTable(NamedTuple):
+    """A table holding rows of single calls, named by `table`.
+
+    Its rows of a call are those whose `account` and `call_id` columns name the call, or, with
+    `through` = (column, parent), those whose `column` holds the `id` of such a row of `parent`.
+    """
+
+    table: str
+    through: tuple[str, str] | None = None
+
+
+#: Every table that holds rows of a call: erasing a call (`store.erasure`, the retention sweep)
+#: deletes its rows from each, in one transaction and in this order. `calls` comes first: erasure
+#: takes the calls it erases (those that ended) from there; a table reached `through` another
+#: comes before that one. A table added for calls joins this tuple, by name (a full-text index
+#: need not be a SQLAlchemy table), and is erased with the rest.
+PER_CALL_TABLES: tuple[PerCallTable, ...] = (
+    PerCallTable("calls"),
+    PerCallTable("webhook_attempts", through=("message_id", "webhook_messages")),
+    PerCallTable("webhook_messages"),
+    PerCallTable("event_chunks"),
 )
