@@ -1,0 +1,308 @@
+"""Redaction of personal data in transcripts and function calls (docs/privacy.md).
+
+`Redactor.redact(text)` returns the text with each card number, SSN, email, phone number and
+IBAN replaced by `[card]`, `[ssn]`, `[email]`, `[phone]`, `[iban]`, and the kinds it found.
+Numbers are found written ("4111 1111 …", "(415) 555-2671") and spoken the way a recognizer
+writes them ("four one one one, …", "oh", "double five"): `pii_numbers` reads both as digits and
+keeps where each digit came from, so the original span is the one replaced. Every match is
+checked before it is redacted (Luhn and the networks' prefixes for cards, the issued ranges for
+SSNs, libphonenumber for phones, mod-97 and the country's length for IBANs), so order numbers,
+times, prices and dates stay as they are.
+
+Deterministic: the same text always gives the same spans, so a partial and the final that
+repeats its text are redacted alike. Sans-I/O; `redact_event` applies it to one event's data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from callstream.pii_numbers import (
+    IBAN_LENGTHS,
+    NUMBER_WORDS,
+    Run,
+    Segment,
+    card_shaped,
+    card_valid,
+    iban_valid,
+    number_runs,
+    ssn_valid,
+)
+
+__all__ = ["KINDS", "Redactor", "Span", "parse_kinds", "redact_event"]
+
+KINDS: Final = ("card", "email", "iban", "phone", "ssn")
+
+
+_EMAIL: Final = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}(?![\w-])")
+_ATOM = r"[a-z0-9]+"
+_JOIN = r"(?:\s+(?:dot|underscore|dash|hyphen)\s+|[._-])"
+_DOT = r"(?:\s+dot\s+|\.)"
+_TLD = r"(?:com|net|org|edu|gov|io|co|us|uk|de|fr|ca|info|biz|me|ai|app|dev)"
+_WORDS = "|".join(sorted(NUMBER_WORDS, key=len, reverse=True))
+# Text with none of these holds nothing to redact (most of a call): skipped at the cost of one scan.
+_TRIGGER: Final = re.compile(rf"[0-9@]|(?<![^\W_])(?:{_WORDS}|dot)(?![^\W\d_])|\.{_TLD}(?![\w-])", re.IGNORECASE)
+_SPOKEN_EMAIL: Final = re.compile(
+    rf"(?<![\w.])(?P<local>{_ATOM}(?:{_JOIN}{_ATOM})*)(?:\s+at\s+|\s*@\s*)[a-z0-9-]+(?:{_DOT}[a-z0-9-]+)*{_DOT}{_TLD}(?![\w-])",
+    re.IGNORECASE,
+)
+# "order it at amazon dot com" names a website, not a mailbox: a lone common word before "at"
+# is no local part.
+_NOT_LOCAL: Final = frozenset(
+    ["it", "us", "me", "you", "him", "her", "them", "that", "this", "one", "online", "here", "there", "now", "work", "works", "shop", "buy", "order", "look", "find", "visit", "go", "be", "is", "are", "was", "were", "available", "sold", "listed", "live", "home", "website", "site", "page", "up", "out", "in", "on", "and", "or", "but", "email", "mail", "write", "reach", "contact", "call"]
+)
+_IBAN: Final = re.compile(r"(?<![^\W_])[A-Z]{2}[0-9]{2}(?:[ -]?[A-Z0-9]){10,31}", re.IGNORECASE)
+_COUNTRY_BEFORE: Final = re.compile(r"(?<![^\W_])([a-z])\s?([a-z])\s*$", re.IGNORECASE)
+# "my social security number is", "the SSN is": the word, then no digit until the number.
+_SSN_CONTEXT: Final = re.compile(r"(?:social|\bssn|\bs\s?s\s?n|security number)\b[^0-9]{0,25}$", re.IGNORECASE)
+_SSN_SHAPE: Final = [3, 2, 4]
+_MIN_NATIONAL_DIGITS: Final = 8
+_CODE: Final = re.compile(r"[^\W\d_][0-9]|[0-9][^\W\d_]")
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Characters `start:end` of the text hold personal data of `kind`."""
+
+    start: int
+    end: int
+    kind: str
+
+
+def parse_kinds(value: str | Iterable[str]) -> tuple[str, ...]:
+    """`"card,ssn"` (or a list) as sorted unique kinds; `all` is every kind, `""` none.
+    Raises ValueError naming an unknown kind."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    kinds = {item.strip().lower() for item in items if item.strip()}
+    if "all" in kinds:
+        kinds = (kinds - {"all"}) | set(KINDS)
+    unknown = sorted(kinds - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown kind {', '.join(unknown)}; choose from {', '.join(KINDS)} (or all)")
+    return tuple(sorted(kinds))
+
+
+class Redactor:
+    """Finds and replaces the enabled kinds of personal data in text."""
+
+    def __init__(self, kinds: Iterable[str], region: str = "US") -> None:
+        self.kinds = frozenset(parse_kinds(kinds))
+        self.region = region.upper()
+        self._numbers = bool(self.kinds & {"card", "iban", "phone", "ssn"})
+        self._pn: Any = None
+        if "phone" in self.kinds:
+            import phonenumbers  # only a server that redacts phone numbers loads its metadata
+
+            if self.region not in phonenumbers.SUPPORTED_REGIONS:
+                raise ValueError(f"unknown phone region {region!r}; an ISO 3166 code such as US or GB")
+            self._pn = phonenumbers
+
+    def redact(self, text: str) -> tuple[str, set[str]]:
+        """`text` with every span found replaced by `[kind]`, and the kinds found."""
+        spans = self.spans(text)
+        if not spans:
+            return text, set()
+        parts, at = [], 0
+        for span in spans:
+            parts += [text[at : span.start], f"[{span.kind}]"]
+            at = span.end
+        parts.append(text[at:])
+        return "".join(parts), {s.kind for s in spans}
+
+    def spans(self, text: str) -> list[Span]:
+        """Every span of personal data in `text`, in order, none overlapping."""
+        if not self.kinds or _TRIGGER.search(text) is None:
+            return []
+        found: list[Span] = []
+        if "email" in self.kinds:
+            found += self._emails(text)
+        if "iban" in self.kinds:
+            found += self._written_ibans(text)
+        if self._numbers:
+            for run in number_runs(text):
+                found += self._run_spans(text, run)
+        return _without_overlaps(found)
+
+    # ---- emails and written IBANs ---------------------------------------------------------
+
+    @staticmethod
+    def _emails(text: str) -> list[Span]:
+        spans = [Span(m.start(), m.end(), "email") for m in _EMAIL.finditer(text)]
+        for m in _SPOKEN_EMAIL.finditer(text):
+            if m.group("local").lower() not in _NOT_LOCAL:
+                spans.append(Span(m.start(), m.end(), "email"))
+        return spans
+
+    @staticmethod
+    def _written_ibans(text: str) -> list[Span]:
+        """"DE89 3704 0044 …": the match may run on into the next words; the country's length says
+        where the IBAN ends, which must be the end of a group."""
+        spans = []
+        at = 0
+        while (m := _IBAN.search(text, at)) is not None:
+            at = m.start() + 1  # the match may have run on over the start of the next IBAN
+            length = IBAN_LENGTHS.get(m.group()[:2].upper())
+            if length is None:
+                continue
+            compact, end = [], m.start()
+            for end in range(m.start(), m.end()):
+                if text[end].isalnum():
+                    compact.append(text[end])
+                    if len(compact) == length:
+                        break
+            after = end + 1
+            if len(compact) == length and not text[after : after + 1].isalnum() and iban_valid("".join(compact)):
+                spans.append(Span(m.start(), after, "iban"))
+        return spans
+
+    # ---- numbers ------------------------------------------------------------------------------
+
+    def _run_spans(self, text: str, run: Run) -> list[Span]:
+        """Matches on whole segments of the run, longest first from the left. A run right after a
+        code of letters and digits ("DE89 3704 …", "A1B2 …") is the rest of that code."""
+        spans: list[Span] = []
+        segments = run.segments
+        before = text[max(0, run.start - 40) : run.start].split()
+        if (before and _CODE.search(before[-1])) or self._failed_card(segments):
+            return spans
+        i = 0
+        if "iban" in self.kinds and (iban := self._spoken_iban(text, run)) is not None:
+            spans.append(iban[0])
+            i = iban[1]
+        while i < len(segments):
+            for j in range(len(segments) - 1, i - 1, -1):
+                kind = self._kind(text, segments[i : j + 1], run.plus and i == 0)
+                if kind is not None:
+                    spans.append(Span(_opening(text, segments[i].start, segments[j].end), segments[j].end, kind))
+                    i = j
+                    break
+            i += 1
+        return spans
+
+    def _failed_card(self, segments: list[Segment]) -> bool:
+        """A whole run shaped like a card that fails Luhn is one long number, not several: no part
+        of it is searched ("3478 222463 10006", a mistyped Amex, holds no phone number)."""
+        if "card" not in self.kinds:
+            return False
+        digits = "".join(d for s in segments for d in s.digits)
+        return 13 <= len(digits) <= 19 and card_shaped(digits) and not card_valid(digits)
+
+    def _kind(self, text: str, segments: list[Segment], plus: bool) -> str | None:
+        count = sum(len(s.digits) for s in segments)
+        if not 7 <= count <= 19:
+            return None
+        digits = "".join(d for s in segments for d in s.digits)
+        if "card" in self.kinds and card_valid(digits):
+            return "card"
+        if "ssn" in self.kinds and count == 9 and ssn_valid(digits) and self._ssn_shaped(text, segments):
+            return "ssn"
+        if "phone" in self.kinds and count <= 15 and self._phone(digits, plus):
+            return "phone"
+        return None
+
+    @staticmethod
+    def _ssn_shaped(text: str, segments: list[Segment]) -> bool:
+        """Nine digits are an SSN when grouped 3-2-4, or when the words before say so: a bare
+        nine-digit number is as likely a tracking or order number."""
+        if [len(s.digits) for s in segments] == _SSN_SHAPE:
+            return True
+        start = segments[0].start
+        return _SSN_CONTEXT.search(text, max(0, start - 60), start) is not None
+
+    def _phone(self, digits: str, plus: bool) -> bool:
+        """libphonenumber's `is_valid_number`. Without a "+", at least 8 digits: a few regions'
+        metadata accept 7 digits, and "3/10/2009" is a date."""
+        if not plus and len(digits) < _MIN_NATIONAL_DIGITS:
+            return False
+        pn = self._pn
+        try:
+            number = pn.parse(f"+{digits}" if plus else digits, None if plus else self.region)
+        except pn.NumberParseException:
+            return False
+        if not plus and len(digits) > len(str(number.national_number)) + 1:
+            return False  # more than a trunk prefix before the number: a longer number, not a phone
+        return bool(pn.is_valid_number(number))
+
+    @staticmethod
+    def _spoken_iban(text: str, run: Run) -> tuple[Span, int] | None:
+        """"D E eight nine three seven …": a country code in letters right before a run of digits.
+        Returns the span and the index of the first segment after it."""
+        before = _COUNTRY_BEFORE.search(text, max(0, run.start - 8), run.start)
+        if before is None:
+            return None
+        country = (before.group(1) + before.group(2)).upper()
+        need = IBAN_LENGTHS.get(country, 0) - 2
+        digits: list[str] = []
+        for k, segment in enumerate(run.segments):
+            for n, digit in enumerate(segment.digits):
+                digits.append(digit)
+                if len(digits) < need:
+                    continue
+                unit_ends = n + 1 == len(segment.digits) or segment.ends[n + 1] != segment.ends[n]
+                if not unit_ends or not iban_valid(country + "".join(digits)):
+                    return None
+                return Span(before.start(), segment.ends[n], "iban"), k + (n + 1 == len(segment.digits))
+        return None
+
+
+def _opening(text: str, start: int, end: int) -> int:
+    """Where a number's span starts: with the "+" of "+44 …" and the "(" of "(415) 555-…"."""
+    if text[start - 1 : start] == "(" and ")" in text[start:end]:
+        start -= 1
+    if text[start - 1 : start] == "+":
+        start -= 1
+    return start
+
+
+def _without_overlaps(spans: list[Span]) -> list[Span]:
+    """Spans in text order; of two that overlap, the one found first (emails, IBANs, numbers) stays."""
+    kept: list[Span] = []
+    for span in spans:
+        if all(span.end <= k.start or span.start >= k.end for k in kept):
+            kept.append(span)
+    return sorted(kept, key=lambda s: s.start)
+
+
+# ---- events ----------------------------------------------------------------------------------
+
+_TRANSCRIPTS: Final = frozenset({"transcript.partial", "transcript.final"})
+_PAYLOADS: Final = {"function.call": "args", "function.result": "result"}
+_SMALLEST_NUMBER: Final = 1_000_000  # a JSON integer below this is no card, SSN, phone or IBAN
+
+
+def redact_event(redactor: Redactor, event_type: str, data: dict[str, Any]) -> None:
+    """Redact one validated event's data in place: a transcript's `text`, or every string (and
+    every integer long enough to be a number worth hiding) inside a function call's `args` or a
+    result's `result`. `data.redacted` is the server's: the kinds found, or absent when none."""
+    if event_type in _TRANSCRIPTS:
+        data["text"], found = redactor.redact(data["text"])
+    elif (name := _PAYLOADS.get(event_type)) is not None:
+        found = set()
+        data[name] = _walk(redactor, data[name], found)
+    else:
+        return
+    data.pop("redacted", None)
+    if found:
+        data["redacted"] = sorted(found)
+
+
+def _walk(redactor: Redactor, value: Any, found: set[str]) -> Any:
+    """`value` with its strings redacted, nested dicts and lists rebuilt (depth is bounded by
+    `events.MAX_DEPTH`, checked before)."""
+    if isinstance(value, str):
+        text, kinds = redactor.redact(value)
+        found |= kinds
+        return text
+    if isinstance(value, dict):
+        return {key: _walk(redactor, item, found) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_walk(redactor, item, found) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _SMALLEST_NUMBER:
+        text, kinds = redactor.redact(str(value))
+        if kinds:
+            found |= kinds
+            return text
+    return value
