@@ -16,6 +16,7 @@ repeats its text are redacted alike. Sans-I/O; `redact_event` applies it to one 
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -23,11 +24,13 @@ from typing import Any, Final
 from callstream.pii_numbers import (
     IBAN_LENGTHS,
     NUMBER_WORDS,
+    SHORTEST,
     Run,
     Segment,
     card_shaped,
     card_valid,
     iban_valid,
+    luhn_valid,
     number_runs,
     ssn_valid,
 )
@@ -42,13 +45,16 @@ _ATOM = r"[a-z0-9]+"
 _JOIN = r"(?:\s+(?:dot|underscore|dash|hyphen)\s+|[._-])"
 _DOT = r"(?:\s+dot\s+|\.)"
 _TLD = r"(?:com|net|org|edu|gov|io|co|us|uk|de|fr|ca|info|biz|me|ai|app|dev)"
-_WORDS = "|".join(sorted(NUMBER_WORDS, key=len, reverse=True))
-# Text with none of these holds nothing to redact (most of a call): skipped at the cost of one scan.
-_TRIGGER: Final = re.compile(rf"[0-9@]|(?<![^\W_])(?:{_WORDS}|dot)(?![^\W\d_])|\.{_TLD}(?![\w-])", re.IGNORECASE)
-_SPOKEN_EMAIL: Final = re.compile(
-    rf"(?<![\w.])(?P<local>{_ATOM}(?:{_JOIN}{_ATOM})*)(?:\s+at\s+|\s*@\s*)[a-z0-9-]+(?:{_DOT}[a-z0-9-]+)*{_DOT}{_TLD}(?![\w-])",
-    re.IGNORECASE,
+# Most of a call holds no digit, no number word and no "@" or "at": such text costs two scans.
+_DIGIT: Final = re.compile(r"[0-9]")
+_PUNCTUATION_TO_SPACE: Final = bytes.maketrans(string.punctuation.encode(), b" " * len(string.punctuation))
+_NUMBER_WORDS: Final = frozenset(word.encode() for word in NUMBER_WORDS)
+_WORD: Final = re.compile(r"[^\W\d_]+")
+_SPOKEN_EMAIL_TEXT = (
+    rf"(?<![\w.])(?P<local>{_ATOM}(?:{_JOIN}{_ATOM})*)(?:\s+at\s+|\s*@\s*)[a-z0-9-]+(?:{_DOT}[a-z0-9-]+)*{_DOT}{_TLD}(?![\w-])"
 )
+_SPOKEN_EMAIL: Final = re.compile(_SPOKEN_EMAIL_TEXT, re.IGNORECASE)
+_SPOKEN_EMAIL_LOWER: Final = re.compile(_SPOKEN_EMAIL_TEXT)
 # "order it at amazon dot com" names a website, not a mailbox: a lone common word before "at"
 # is no local part.
 _NOT_LOCAL: Final = frozenset(
@@ -60,6 +66,8 @@ _COUNTRY_BEFORE: Final = re.compile(r"(?<![^\W_])([a-z])\s?([a-z])\s*$", re.IGNO
 _SSN_CONTEXT: Final = re.compile(r"(?:social|\bssn|\bs\s?s\s?n|security number)\b[^0-9]{0,25}$", re.IGNORECASE)
 _SSN_SHAPE: Final = [3, 2, 4]
 _MIN_NATIONAL_DIGITS: Final = 8
+_LONGEST: Final = 19  # digits in the longest card number (a phone number has at most 15)
+_SHORTEST_BBAN: Final = min(IBAN_LENGTHS.values()) - 2  # digits after the country code, at least
 _CODE: Final = re.compile(r"[^\W\d_][0-9]|[0-9][^\W\d_]")
 
 
@@ -93,12 +101,18 @@ class Redactor:
         self.region = region.upper()
         self._numbers = bool(self.kinds & {"card", "iban", "phone", "ssn"})
         self._pn: Any = None
+        self._lengths: frozenset[int] = frozenset()
+        self._trunk = ""
         if "phone" in self.kinds:
             import phonenumbers  # only a server that redacts phone numbers loads its metadata
 
             if self.region not in phonenumbers.SUPPORTED_REGIONS:
                 raise ValueError(f"unknown phone region {region!r}; an ISO 3166 code such as US or GB")
             self._pn = phonenumbers
+            metadata = phonenumbers.PhoneMetadata.metadata_for_region(self.region)
+            desc = metadata.general_desc if metadata is not None else None
+            self._lengths = frozenset(desc.possible_length or ()) if desc is not None else frozenset()
+            self._trunk = (metadata.national_prefix or "") if metadata is not None else ""
 
     def redact(self, text: str) -> tuple[str, set[str]]:
         """`text` with every span found replaced by `[kind]`, and the kinds found."""
@@ -114,24 +128,29 @@ class Redactor:
 
     def spans(self, text: str) -> list[Span]:
         """Every span of personal data in `text`, in order, none overlapping."""
-        if not self.kinds or _TRIGGER.search(text) is None:
+        if not self.kinds:
             return []
+        has_digit = _DIGIT.search(text) is not None
+        lower = text.lower()
+        ascii_lower = lower if text.isascii() else None  # same offsets: the regexes need no IGNORECASE
+        words = _words(lower, ascii_lower is not None)
         found: list[Span] = []
-        if "email" in self.kinds:
-            found += self._emails(text)
-        if "iban" in self.kinds:
+        if "email" in self.kinds and ("@" in text or (b"at" in words and (b"dot" in words or "." in text))):
+            found += self._emails(text, ascii_lower)
+        if "iban" in self.kinds and has_digit:
             found += self._written_ibans(text)
-        if self._numbers:
-            for run in number_runs(text):
+        if self._numbers and (has_digit or not _NUMBER_WORDS.isdisjoint(words)):
+            for run in number_runs(text, ascii_lower):
                 found += self._run_spans(text, run)
-        return _without_overlaps(found)
+        return _without_overlaps(found) if found else found
 
     # ---- emails and written IBANs ---------------------------------------------------------
 
     @staticmethod
-    def _emails(text: str) -> list[Span]:
+    def _emails(text: str, lower: str | None) -> list[Span]:
         spans = [Span(m.start(), m.end(), "email") for m in _EMAIL.finditer(text)]
-        for m in _SPOKEN_EMAIL.finditer(text):
+        spoken = _SPOKEN_EMAIL_LOWER.finditer(lower) if lower is not None else _SPOKEN_EMAIL.finditer(text)
+        for m in spoken:
             if m.group("local").lower() not in _NOT_LOCAL:
                 spans.append(Span(m.start(), m.end(), "email"))
         return spans
@@ -163,18 +182,25 @@ class Redactor:
     def _run_spans(self, text: str, run: Run) -> list[Span]:
         """Matches on whole segments of the run, longest first from the left. A run right after a
         code of letters and digits ("DE89 3704 …", "A1B2 …") is the rest of that code."""
-        spans: list[Span] = []
         segments = run.segments
+        digits = "".join(d for s in segments for d in s.digits)
+        if len(digits) < SHORTEST:
+            return []
         before = text[max(0, run.start - 40) : run.start].split()
-        if (before and _CODE.search(before[-1])) or self._failed_card(segments):
-            return spans
+        if (before and _CODE.search(before[-1])) or self._failed_card(digits):
+            return []
+        offsets = [0]
+        for segment in segments:
+            offsets.append(offsets[-1] + len(segment.digits))
+        spans: list[Span] = []
         i = 0
-        if "iban" in self.kinds and (iban := self._spoken_iban(text, run)) is not None:
+        if "iban" in self.kinds and len(digits) >= _SHORTEST_BBAN and (iban := self._spoken_iban(text, run)):
             spans.append(iban[0])
             i = iban[1]
         while i < len(segments):
             for j in range(len(segments) - 1, i - 1, -1):
-                kind = self._kind(text, segments[i : j + 1], run.plus and i == 0)
+                found = digits[offsets[i] : offsets[j + 1]]
+                kind = self._kind(text, found, segments[i : j + 1], run.plus and i == 0)
                 if kind is not None:
                     spans.append(Span(_opening(text, segments[i].start, segments[j].end), segments[j].end, kind))
                     i = j
@@ -182,19 +208,15 @@ class Redactor:
             i += 1
         return spans
 
-    def _failed_card(self, segments: list[Segment]) -> bool:
+    def _failed_card(self, digits: str) -> bool:
         """A whole run shaped like a card that fails Luhn is one long number, not several: no part
         of it is searched ("3478 222463 10006", a mistyped Amex, holds no phone number)."""
-        if "card" not in self.kinds:
-            return False
-        digits = "".join(d for s in segments for d in s.digits)
-        return 13 <= len(digits) <= 19 and card_shaped(digits) and not card_valid(digits)
+        return "card" in self.kinds and card_shaped(digits) and not luhn_valid(digits)
 
-    def _kind(self, text: str, segments: list[Segment], plus: bool) -> str | None:
-        count = sum(len(s.digits) for s in segments)
-        if not 7 <= count <= 19:
+    def _kind(self, text: str, digits: str, segments: list[Segment], plus: bool) -> str | None:
+        count = len(digits)
+        if not SHORTEST <= count <= _LONGEST:
             return None
-        digits = "".join(d for s in segments for d in s.digits)
         if "card" in self.kinds and card_valid(digits):
             return "card"
         if "ssn" in self.kinds and count == 9 and ssn_valid(digits) and self._ssn_shaped(text, segments):
@@ -215,7 +237,7 @@ class Redactor:
     def _phone(self, digits: str, plus: bool) -> bool:
         """libphonenumber's `is_valid_number`. Without a "+", at least 8 digits: a few regions'
         metadata accept 7 digits, and "3/10/2009" is a date."""
-        if not plus and len(digits) < _MIN_NATIONAL_DIGITS:
+        if not plus and (len(digits) < _MIN_NATIONAL_DIGITS or not self._possible(digits)):
             return False
         pn = self._pn
         try:
@@ -225,6 +247,12 @@ class Redactor:
         if not plus and len(digits) > len(str(number.national_number)) + 1:
             return False  # more than a trunk prefix before the number: a longer number, not a phone
         return bool(pn.is_valid_number(number))
+
+    def _possible(self, digits: str) -> bool:
+        """A length the region's numbers have, with or without its trunk prefix ("1", "0"): the
+        cheap test that spares most candidates libphonenumber's parse."""
+        n = len(digits)
+        return not self._lengths or n in self._lengths or (digits.startswith(self._trunk) and n - len(self._trunk) in self._lengths)
 
     @staticmethod
     def _spoken_iban(text: str, run: Run) -> tuple[Span, int] | None:
@@ -246,6 +274,14 @@ class Redactor:
                     return None
                 return Span(before.start(), segment.ends[n], "iban"), k + (n + 1 == len(segment.digits))
         return None
+
+
+def _words(lower: str, ascii: bool) -> list[bytes]:
+    """The words of lower-cased text, as bytes: for ASCII text one C pass (most of what a call
+    says takes no other path, so this is the cost of redaction for it)."""
+    if ascii:
+        return lower.encode().translate(_PUNCTUATION_TO_SPACE).split()
+    return [word.encode() for word in _WORD.findall(lower)]
 
 
 def _opening(text: str, start: int, end: int) -> int:
