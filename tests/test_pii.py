@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections import Counter
 from typing import Any
 
@@ -118,6 +119,23 @@ def test_other_events_are_not_touched() -> None:
     data = {"state": "speaking", "note": "4111111111111111"}
     redact_event(ALL, "agent.state", data)
     assert data == {"state": "speaking", "note": "4111111111111111"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1 " * 32_000,  # one run of 32,000 segments
+        "four " * 12_000,  # one segment of 12,000 spoken digits
+        "a@b.com " * 8_000,  # 8,000 spans to keep apart
+        "4111 1111 1111 1111 " * 3_000,
+        "x at y dot com " * 4_000,
+    ],
+    ids=["digit-groups", "spoken-digits", "emails", "cards", "spoken-emails"],
+)
+def test_a_hostile_64_kib_text_is_redacted_in_well_under_a_second(text: str) -> None:
+    started = time.process_time()
+    ALL.redact(text)
+    assert time.process_time() - started < 1.0
 
 
 # ---- properties ----------------------------------------------------------------------------------

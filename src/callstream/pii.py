@@ -15,6 +15,7 @@ repeats its text are redacted alike. Sans-I/O; `redact_event` applies it to one 
 
 from __future__ import annotations
 
+import bisect
 import re
 import string
 from collections.abc import Iterable
@@ -66,6 +67,8 @@ _COUNTRY_BEFORE: Final = re.compile(r"(?<![^\W_])([a-z])\s?([a-z])\s*$", re.IGNO
 _SSN_CONTEXT: Final = re.compile(r"(?:social|\bssn|\bs\s?s\s?n|security number)\b[^0-9]{0,25}$", re.IGNORECASE)
 _SSN_SHAPE: Final = [3, 2, 4]
 _MIN_NATIONAL_DIGITS: Final = 8
+_PARSES_PER_TEXT: Final = 64  # far more phone numbers than one utterance or one function call holds
+_CARD_FIRST: Final = frozenset("23456")  # the first digit of every card network's prefix
 _LONGEST: Final = 19  # digits in the longest card number (a phone number has at most 15)
 _SHORTEST_BBAN: Final = min(IBAN_LENGTHS.values()) - 2  # digits after the country code, at least
 _CODE: Final = re.compile(r"[^\W\d_][0-9]|[0-9][^\W\d_]")
@@ -103,6 +106,10 @@ class Redactor:
         self._pn: Any = None
         self._lengths: frozenset[int] = frozenset()
         self._trunk = ""
+        self._national: re.Pattern[str] | None = None
+        self._parses_left = 0  # libphonenumber parses this text may still take (`spans` sets it)
+        self._card_lengths = frozenset(range(13, _LONGEST + 1)) if "card" in self.kinds else frozenset()
+        wanted = {9} if "ssn" in self.kinds else set()
         if "phone" in self.kinds:
             import phonenumbers  # only a server that redacts phone numbers loads its metadata
 
@@ -113,6 +120,11 @@ class Redactor:
             desc = metadata.general_desc if metadata is not None else None
             self._lengths = frozenset(desc.possible_length or ()) if desc is not None else frozenset()
             self._trunk = (metadata.national_prefix or "") if metadata is not None else ""
+            pattern = desc.national_number_pattern if desc is not None else None
+            self._national = re.compile(pattern) if pattern else None
+            lengths = self._lengths or frozenset(range(_MIN_NATIONAL_DIGITS, 16))
+            wanted |= {n + extra for n in lengths for extra in (0, len(self._trunk))}
+        self._lengths_wanted = frozenset(n for n in wanted if n >= _MIN_NATIONAL_DIGITS or n == 9)
 
     def redact(self, text: str) -> tuple[str, set[str]]:
         """`text` with every span found replaced by `[kind]`, and the kinds found."""
@@ -130,6 +142,7 @@ class Redactor:
         """Every span of personal data in `text`, in order, none overlapping."""
         if not self.kinds:
             return []
+        self._parses_left = _PARSES_PER_TEXT
         has_digit = _DIGIT.search(text) is not None
         lower = text.lower()
         ascii_lower = lower if text.isascii() else None  # same offsets: the regexes need no IGNORECASE
@@ -198,9 +211,17 @@ class Redactor:
             spans.append(iban[0])
             i = iban[1]
         while i < len(segments):
-            for j in range(len(segments) - 1, i - 1, -1):
+            # Only segments that keep the digits within a card's length: linear in a long run.
+            last = min(len(segments), bisect.bisect_right(offsets, offsets[i] + _LONGEST) - 1) - 1
+            plus, card_first = run.plus and i == 0, digits[offsets[i]] in _CARD_FIRST
+            for j in range(last, i - 1, -1):
+                count = offsets[j + 1] - offsets[i]
+                if count < SHORTEST:
+                    break
+                if not (plus or count in self._lengths_wanted or (card_first and count in self._card_lengths)):
+                    continue  # no enabled kind has numbers this long (or a card none starting so)
                 found = digits[offsets[i] : offsets[j + 1]]
-                kind = self._kind(text, found, segments[i : j + 1], run.plus and i == 0)
+                kind = self._kind(text, found, segments[i : j + 1], plus)
                 if kind is not None:
                     spans.append(Span(_opening(text, segments[i].start, segments[j].end), segments[j].end, kind))
                     i = j
@@ -239,6 +260,9 @@ class Redactor:
         metadata accept 7 digits, and "3/10/2009" is a date."""
         if not plus and (len(digits) < _MIN_NATIONAL_DIGITS or not self._possible(digits)):
             return False
+        if self._parses_left <= 0:
+            return True  # a text made of thousands of candidates: hide them rather than stall the node
+        self._parses_left -= 1
         pn = self._pn
         try:
             number = pn.parse(f"+{digits}" if plus else digits, None if plus else self.region)
@@ -249,10 +273,14 @@ class Redactor:
         return bool(pn.is_valid_number(number))
 
     def _possible(self, digits: str) -> bool:
-        """A length the region's numbers have, with or without its trunk prefix ("1", "0"): the
-        cheap test that spares most candidates libphonenumber's parse."""
-        n = len(digits)
-        return not self._lengths or n in self._lengths or (digits.startswith(self._trunk) and n - len(self._trunk) in self._lengths)
+        """A length the region's numbers have, with or without its trunk prefix ("1", "0"), and
+        the region's pattern: the cheap test that spares most candidates libphonenumber's parse."""
+        n, national = len(digits), digits
+        if self._lengths and n not in self._lengths:
+            if not (digits.startswith(self._trunk) and n - len(self._trunk) in self._lengths):
+                return False
+            national = digits[len(self._trunk) :]
+        return self._national is None or self._national.fullmatch(national) is not None
 
     @staticmethod
     def _spoken_iban(text: str, run: Run) -> tuple[Span, int] | None:
@@ -294,12 +322,17 @@ def _opening(text: str, start: int, end: int) -> int:
 
 
 def _without_overlaps(spans: list[Span]) -> list[Span]:
-    """Spans in text order; of two that overlap, the one found first (emails, IBANs, numbers) stays."""
+    """Spans in text order; of two that overlap, the one found first (emails, IBANs, numbers)
+    stays. Each span is checked against its neighbours only: a text full of matches stays cheap."""
+    starts: list[int] = []
     kept: list[Span] = []
     for span in spans:
-        if all(span.end <= k.start or span.start >= k.end for k in kept):
-            kept.append(span)
-    return sorted(kept, key=lambda s: s.start)
+        at = bisect.bisect_left(starts, span.start)
+        if (at > 0 and kept[at - 1].end > span.start) or (at < len(kept) and kept[at].start < span.end):
+            continue
+        starts.insert(at, span.start)
+        kept.insert(at, span)
+    return kept
 
 
 # ---- events ----------------------------------------------------------------------------------
