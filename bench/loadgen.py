@@ -49,6 +49,14 @@ _TEXTS = (
     "Sure, let me check what we have on Tuesday afternoon.",
     "Can you also add a second passenger to the reservation please",
 )
+# The ingest scenario's `--redact` A/B: the same shape of call, but two utterances in three carry
+# personal data (written and spoken), so the redactor's full path runs, not only its fast path.
+_PII_TEXTS = (
+    "I would like to change my booking for two people",
+    "Sure, my card is 4111 1111 1111 1111 and the zip code is 94107",
+    "You can call me back on four one five, five five five, two six seven one please",
+)
+TEXTS = {"plain": _TEXTS, "pii": _PII_TEXTS}
 MIXES = {
     # fan-out, connections, campaign, ingest: what a live call looks like (partials dominate).
     "call": ("transcript.partial", "agent.state", "transcript.partial", "transcript.final", "transcript.partial",
@@ -58,11 +66,11 @@ MIXES = {
 }
 
 
-def make_data(kind: str, i: int, sent_ns: int) -> dict[str, Any]:
+def make_data(kind: str, i: int, sent_ns: int, texts: tuple[str, ...] = _TEXTS) -> dict[str, Any]:
     if kind == "transcript.partial":
-        return {"speaker": "user", "text": _TEXTS[i % 3][: 12 + i % 20], "sent_ns": sent_ns}
+        return {"speaker": "user", "text": texts[i % 3][: 12 + i % 20], "sent_ns": sent_ns}
     if kind == "transcript.final":
-        return {"speaker": "agent" if i % 2 else "user", "text": _TEXTS[i % 3], "sent_ns": sent_ns}
+        return {"speaker": "agent" if i % 2 else "user", "text": texts[i % 3], "sent_ns": sent_ns}
     if kind == "agent.state":
         return {"state": ("listening", "thinking", "speaking")[i % 3], "sent_ns": sent_ns}
     if kind == "function.call":
@@ -361,8 +369,9 @@ class Producer:
     TICK = 0.005
 
     def __init__(self, dialect: str, base: str, token: str, calls: list[str], conns: int, mix: str,
-                 batch: int = 0, window: int = 0, ref_every: bool = False) -> None:
+                 batch: int = 0, window: int = 0, ref_every: bool = False, texts: str = "plain") -> None:
         self.dialect = dialect
+        self.texts = TEXTS[texts]
         self.base = base
         self.token = token
         self.calls = calls
@@ -410,7 +419,7 @@ class Producer:
                 nonpartial += 1
             call = calls[c]
             per_call[call] = per_call.get(call, 0) + 1
-            groups[owner[c]].append({"call_id": call, "type": kind, "data": make_data(kind, i, sent_ns)})
+            groups[owner[c]].append({"call_id": call, "type": kind, "data": make_data(kind, i, sent_ns, self.texts)})
         return groups, nonpartial
 
     def send_group(self, k: int, events: list[dict[str, Any]]) -> None:
@@ -478,7 +487,7 @@ class Producer:
                 c = mine[i % len(mine)]
                 kind = self.mix[(i // len(self.calls)) % len(self.mix)]
                 nonpartial += kind != "transcript.partial"
-                events.append({"call_id": self.calls[c], "type": kind, "data": make_data(kind, i, sent_ns)})
+                events.append({"call_id": self.calls[c], "type": kind, "data": make_data(kind, i, sent_ns, self.texts)})
             self.send_group(k, events)
             self.sent += self.batch
             self.log.append((sent_ns, self.batch, nonpartial))
@@ -606,8 +615,8 @@ class Worker:
 
     async def start_producer(self, dialect: str, base: str, token: str, calls: list[str], conns: int = 10,
                              mix: str = "call", batch: int = 0, window: int = 0, ref_every: bool = False,
-                             rate: float = 0.0) -> dict[str, Any]:
-        self.producer = Producer(dialect, base, token, calls, conns, mix, batch, window, ref_every)
+                             rate: float = 0.0, texts: str = "plain") -> dict[str, Any]:
+        self.producer = Producer(dialect, base, token, calls, conns, mix, batch, window, ref_every, texts)
         await self.producer.connect()
         self.producer.rate = rate
         self.producer.start()

@@ -565,6 +565,9 @@ class Bench:
     # ---- ingest ---------------------------------------------------------------------------------
 
     def ingest(self, run: int) -> None:
+        if self.args.redact:
+            self.ingest_redact(run)
+            return
         window = 5.0 if self.quick else 8.0
         names = self.args.targets.split(",") if self.args.targets else ["callstream", "callstream+bench-no-store"] + (
             ["callstream+proposed", "callstream+proposed+bench-no-store"] if PROPOSED else [])
@@ -612,6 +615,58 @@ class Bench:
             finally:
                 load.close()
                 target.stop()
+
+    def ingest_redact(self, run: int) -> None:
+        """`--redact KINDS`: the cost of redaction as an A/B in one run. Two servers run side by
+        side, one with `--redact KINDS`, and take turns under the same closed-loop load (100 events
+        a frame, the first `--ingest-window`) in short rounds, the order flipped each round, so
+        both see the same phases of a loaded machine; the rows are rounds, the log the medians.
+        Each round runs every `--redact-texts`: "plain" (the ingest scenario's utterances) and
+        "pii" (two utterances in three carry personal data: the redactor's full path)."""
+        warm, window = (1.0, 3.0) if self.quick else (1.5, 4.0)
+        win = self.args.ingest_window[0]
+        variants = [("callstream", []), (f"callstream --redact {self.args.redact}", ["--redact", self.args.redact])]
+        texts = self.args.redact_texts.split(",")
+        targets = []
+        for label, extra in variants:
+            target = make("callstream")
+            target.args = extra
+            log(f"start {label}")
+            targets.append((label, self.start(target)))
+        load = Load(2, self.load_cpus)
+        taken: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        try:
+            for round_, text in itertools.product(range(self.args.redact_rounds), texts):
+                for v, (label, target) in enumerate(targets if round_ % 2 == 0 else targets[::-1]):
+                    calls = [f"rd{self.run_tag}r{run}n{round_}{text}v{v}c{c:03d}" for c in range(100)]
+                    load.each([0, 1], "start_producer", kws=[{
+                        "dialect": target.dialect, "base": target.base, "token": target.token, "calls": calls[k::2],
+                        "conns": 2, "mix": "call", "batch": 100, "window": win, "texts": text} for k in range(2)])
+                    time.sleep(warm)
+                    a0 = sum(c["acked_total"] for c in load.each([0, 1], "producer_counts"))
+                    cpu0 = target.cpu_s()
+                    time.sleep(window)
+                    a1 = sum(c["acked_total"] for c in load.each([0, 1], "producer_counts"))
+                    cpu = target.cpu_s() - cpu0
+                    row = {"target": label, "texts": text, "run": run, "round": round_, "window_frames": win,
+                           "acked_s": (a1 - a0) / window, "cpu_pct": cpu / window * 100,
+                           "us_cpu_per_event": cpu * 1e6 / max(1, a1 - a0)}
+                    load.each([0, 1], "stop_producer")
+                    taken.setdefault((label, text), []).append(row)
+                    self.add("ingest_redact", row)
+                    log(f"{label} ({text}) round {round_}: {row['acked_s']:,.0f} events/s acked, "
+                        f"cpu {row['cpu_pct']:.0f}%, {row['us_cpu_per_event']:.1f} µs of CPU an event")
+        finally:
+            load.close()
+            for _, target in targets:
+                target.stop()
+        for text in texts:
+            (off, on) = (taken.get((label, text), []) for label, _ in variants)
+            if off and on:
+                a, b = (report.med([r["acked_s"] for r in rows]) for rows in (off, on))
+                c, d = (report.med([r["us_cpu_per_event"] for r in rows]) for rows in (off, on))
+                log(f"{text} texts, medians of {len(off)} rounds: {a:,.0f} against {b:,.0f} events/s with --redact "
+                    f"({1 - b / a:+.1%} cost), {c:.1f} against {d:.1f} µs of server CPU an event")
 
     # ---- two nodes ------------------------------------------------------------------------------
 
@@ -809,6 +864,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-rate", type=int, default=30_000, help="deliveries/s while profiling")
     parser.add_argument("--ingest-window", type=frame_windows, default=[16, 64],
                         help="frames of 100 events in flight per socket; a comma list measures each")
+    parser.add_argument("--redact", default=None,
+                        help="ingest: A/B of `serve --redact KINDS` (e.g. all) against no redaction, in rounds")
+    parser.add_argument("--redact-rounds", type=int, default=5, help="ingest --redact: rounds of each server")
+    parser.add_argument("--redact-texts", default="plain,pii", help="ingest --redact: loadgen texts, each every round")
     parser.add_argument("--control-rates", default="0,40000,100000",
                         help="control: background fan-out deliveries/s on one node, per step (0: idle)")
     parser.add_argument("--control-rates-two", default="0,20000",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "ValidationError", "describe_errors"]
@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         300.0, ge=0, le=300.0, description="a key the store confirmed this recently keeps working while it is down"
     )
     sentiment: bool = True
+    redact: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="personal data replaced before anything is stored or sent: card,ssn,email,phone,iban or all",
+    )
+    redact_region: str = Field(
+        "US", description="the country a phone number without a country code is read as from (ISO 3166)"
+    )
     latency_warn_ms: int = Field(
         1500, ge=1, le=600_000, description="a turn slower than this is flagged (dashboard, /v1/stats)"
     )
@@ -141,6 +148,24 @@ class Settings(BaseSettings):
         if any(len(s) < 32 for s in value):
             raise ValueError("every previous secret must be at least 32 characters long")
         return value
+
+    @field_validator("redact", mode="before")
+    @classmethod
+    def _redact_kinds(cls, value: object) -> object:
+        from callstream.pii import parse_kinds
+
+        return list(parse_kinds(value)) if isinstance(value, str | list) else value
+
+    @field_validator("redact_region")
+    @classmethod
+    def _phone_region(cls, value: str, info: ValidationInfo) -> str:
+        """Checked (and libphonenumber loaded) only when phone numbers are redacted."""
+        if "phone" in info.data.get("redact", ()):
+            import phonenumbers
+
+            if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+                raise ValueError(f"unknown region {value!r}; an ISO 3166 country code such as US or GB")
+        return value.upper()
 
     @field_validator("broker")
     @classmethod

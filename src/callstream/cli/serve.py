@@ -38,6 +38,13 @@ def serve(
         bool | None, typer.Option("--webhooks-allow-private", help="allow webhook URLs on private networks")
     ] = None,
     sentiment: Annotated[bool | None, typer.Option("--sentiment/--no-sentiment")] = None,
+    redact: Annotated[
+        str | None,
+        typer.Option(help="replace personal data before it is stored or sent: card,ssn,email,phone,iban or all"),
+    ] = None,
+    redact_region: Annotated[
+        str | None, typer.Option(help="country of phone numbers written without +code [default US]")
+    ] = None,
     latency_warn_ms: Annotated[
         int | None, typer.Option(help="flag turns slower than this on the dashboard [default 1500]")
     ] = None,
@@ -70,6 +77,8 @@ def serve(
         allowed_origins=_allowed_origins(allowed_origins),
         webhooks_allow_private=webhooks_allow_private,
         sentiment=sentiment,
+        redact=redact,
+        redact_region=redact_region,
         latency_warn_ms=latency_warn_ms,
         log_level=log_level,
         metrics_token=metrics_token,

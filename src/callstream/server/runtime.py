@@ -5,7 +5,8 @@ The route of an event. REST, the ingest socket (and therefore `Publisher`) all c
 
 1. validate: the producer's frame was parsed and checked at the edge (`protocol.parse_event`,
    `events.check_payload`); here a call the store refused takes no more events;
-2. enrich: sentiment on finals (pure functions, before anything is sequenced);
+2. enrich: personal data redacted (`pii.redact_event`, when `--redact` names kinds: the original
+   text goes no further), then sentiment on finals (pure functions, before anything is sequenced);
 3. sequence: `Broker.publish` gives each event its seq and ts, measures the call's turns at that
    ts (`turns.TurnTracker`, which writes `latency_ms` and `interrupted` into the events: where
    seq and ts are assigned, so every node and every replay carries the same figures) and keeps
@@ -44,6 +45,7 @@ from callstream.control import RESULT, result_data, settles_at_end
 from callstream.events import ENDED, FINAL, MAX_INT64, Event, NewEvent
 from callstream.hub import Hub
 from callstream.outages import OutageLog
+from callstream.pii import Redactor, redact_event
 from callstream.server.control_desk import ControlDesk
 from callstream.server.erasure import Erasure
 from callstream.server.repair import HistoryRepair
@@ -91,6 +93,7 @@ class Runtime:
         self._workers = TaskSet()  # run for the node's life: cancelled by `stop`
         self.tasks = TaskSet()  # short ones (a socket's close, an unwatch): given a moment by `stop`
         self._sentiment_enabled = settings.sentiment
+        self._redactor = Redactor(settings.redact, settings.redact_region) if settings.redact else None
         # Background workers (the webhook deliverer) that run for the node's life.
         self.start_hooks: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
 
@@ -150,6 +153,9 @@ class Runtime:
         which holds their calls from now on (live control)."""
         if self.store.failed_calls:
             self._refuse_failed_calls(account, events)
+        if self._redactor is not None:
+            for event in events:
+                redact_event(self._redactor, event.type, event.data)
         if self._sentiment_enabled:
             self._enrich(events)
         if self.history.broken:

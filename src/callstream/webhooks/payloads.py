@@ -57,7 +57,7 @@ def transcript(events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
             "speaker": e.data.get("speaker"),
             "text": e.data.get("text"),
         }
-        for optional in ("utterance_id", "sentiment"):
+        for optional in ("utterance_id", "sentiment", "redacted"):
             if optional in e.data:
                 line[optional] = e.data[optional]
         lines.append(line)
