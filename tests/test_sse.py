@@ -94,3 +94,13 @@ def test_the_client_plans_its_stream_from_what_it_has_yielded() -> None:
     assert wildcard.params() == (("call_id", "*"), ("types", "call.ended"))
     assert wildcard.headers()["Last-Event-ID"] == "c1=7,c9=1"
     assert "Last-Event-ID" not in StreamPlan({"c1": (None, None)}, {}).headers()
+
+
+def test_a_stream_of_one_call_shares_each_events_message() -> None:
+    from callstream.events import Event
+
+    event = Event("acct", "c1", 5, 1, "transcript.final", {"speaker": "user", "text": "hi"})
+    message = sse.alone_message(event)
+    assert message.startswith(b"id: c1=5\nevent: transcript.final\ndata: {")
+    assert message.endswith(b"}\n\n")
+    assert event.sse_alone is message

@@ -251,6 +251,9 @@ class Event:
     frame: str = field(default="", repr=False)
     _wire: bytes | None = field(default=None, repr=False, compare=False)
     _sse: bytes | None = field(default=None, repr=False, compare=False)
+    # Its SSE message on a stream of this call alone (`server.event_stream` builds it once): the
+    # same bytes for every such stream, as `wire` is for every socket.
+    sse_alone: bytes | None = field(default=None, repr=False, compare=False)
     # The supersede key, computed once here rather than once per subscriber on the fan-out path.
     key: str | None = field(default=None, repr=False, compare=False)
     # What the turn tracker measured at this event (turns.py), for its call's row; None if nothing.

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from callstream import protocol as p
-from callstream.events import EVENT_TYPES, MAX_INT64, is_valid_call_id
+from callstream.events import EVENT_TYPES, MAX_INT64, Event, is_valid_call_id
 
 __all__ = [
     "KEEPALIVE",
@@ -34,6 +34,7 @@ __all__ = [
     "Decoder",
     "StreamCursor",
     "StreamRequest",
+    "alone_message",
     "comment",
     "message",
     "parse_cursor",
@@ -186,6 +187,13 @@ class StreamCursor:
 
     def text(self) -> str:
         return _ENTRY_SEP.join(self._entries.values())
+
+
+def alone_message(event: Event) -> bytes:
+    """The event's message on a stream of its call alone, whose cursor is `call=seq`: the same
+    for every such stream, so it is built once (kept on the event)."""
+    event.sse_alone = message = f"id: {event.call_id}{_SEQ_SEP}{event.seq}".encode() + event.sse
+    return message
 
 
 def message(event: str, data: bytes, cursor: str | None) -> bytes:

@@ -3,8 +3,10 @@
 A stream is an events connection whose subscriptions come from its URL and whose frames are SSE
 messages: `SseConnection` is an `EventsConnection` (the same subscribe, replay, parking, outbox,
 slow-consumer policy, token expiry and revocation) with another writer. Fan-out appends an SSE
-message to the same per-connection outbox the socket uses; one writer task drains it into the
-HTTP response at the client's pace. The message `id` is the stream's cursor (`callstream.sse`).
+message to the same per-connection outbox the socket uses; the flush after the fan-out writes it
+into the HTTP response at once while the response takes it without waiting, and a writer task
+drains it at the client's pace otherwise. The message `id` is the stream's cursor
+(`callstream.sse`).
 
 The endpoint is reached before the app's middleware, as the sockets are (`app.CallstreamApp`):
 a stream lives for hours, and its writes should not pass through layers made for short requests.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine, Sequence
 from typing import Any, cast
 
 import orjson
@@ -54,16 +57,23 @@ class SseConnection(EventsConnection):
         self._send = send
         self._stream = stream
         self._cursor = sse.StreamCursor(stream.since)
+        self._alone = not stream.wildcard and len(stream.call_ids) == 1  # one call: shared messages
         self._wake = asyncio.Event()
         self._final = b""  # the last message, written after the outbox is dropped
         self._idle = False  # a keepalive is due: nothing was written for a whole tick
         self._wrote = False  # something was written since the last tick
         self._writer: asyncio.Task[None] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        self._sending = False  # the writer task is inside a send: nothing else may write
+        self._held = b""  # messages taken from the outbox that a flush could not write
+        self._held_count = 0
 
     # ---- the hub's side: never blocks ------------------------------------------------------
 
     def enqueue_event(self, event: Event) -> None:
+        if self._alone:
+            self.enqueue_block(b"", (event,))
+            return
         cursor = self._cursor
         known = cursor.seq(event.call_id)
         if known is not None and event.seq <= known:
@@ -76,6 +86,22 @@ class SseConnection(EventsConnection):
             self._queued()
         else:
             self._too_slow()
+
+    def enqueue_block(self, block: bytes, events: Sequence[Event]) -> int:
+        """One call's events of a fan-out. On a stream of that call alone each message is the same
+        for every such stream (`sse.alone_message`, built once per event); the hub has already
+        dropped what this stream sent (`Subscription.last_seq`)."""
+        if not self._alone:
+            return super().enqueue_block(block, events)
+        push = self.outbox.push
+        for event in events:
+            message = event.sse_alone or sse.alone_message(event)
+            if not push(message, event.key, event.is_partial):
+                self._too_slow()
+                return 0
+        self._cursor.advance(events[-1].call_id, events[-1].seq)
+        self._queued()
+        return 0
 
     def send(self, message: bytes | str) -> None:
         """A server message that is not an event (`subscribed`, `error`), as the socket sends it."""
@@ -90,10 +116,39 @@ class SseConnection(EventsConnection):
             self._too_slow()
 
     def flush_now(self) -> int:
-        """After a fan-out touched this stream: wake its writer (which counts what it writes)."""
+        """After a fan-out touched this stream: write what is queued at once when the response
+        takes it without waiting (no task switch: the socket's flush does the same), else wake the
+        writer, which waits for the client. Returns the messages written here."""
         self._dirty = False
-        self._wake.set()
-        return 0
+        if self._sending or self.closed or self._held:
+            self._wake.set()
+            return 0
+        batch = self.outbox.pop_batch(_WRITE_BATCH_BYTES)
+        chunk = b"".join(batch)
+        if not chunk:
+            return 0
+        if not self._write_now(chunk):
+            self._held, self._held_count = chunk, len(batch)  # the writer sends it first
+            self._wake.set()
+            return 0
+        self._wrote = True
+        self._made_room()
+        return len(batch)
+
+    def _write_now(self, chunk: bytes) -> bool:
+        """Run the server's `send` of `chunk` to its end now, if it does not wait; False (nothing
+        written) when it would wait for the client to read. uvicorn waits for room before it
+        writes, so a send closed at its first wait has written nothing
+        (tests/test_transport_contract.py checks that on the installed uvicorn)."""
+        step = self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if not isinstance(step, Coroutine):
+            return False
+        try:
+            step.send(None)
+        except StopIteration:
+            return True
+        step.close()
+        return False
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -143,6 +198,11 @@ class SseConnection(EventsConnection):
         with contextlib.suppress(OSError):
             await self._body(sse.retry_field(RECONNECT_MS))
             while not self.closed:
+                if self._held:
+                    chunk, count, self._held, self._held_count = self._held, self._held_count, b"", 0
+                    await self._body(chunk)
+                    metrics.EVENTS_DELIVERED.inc(count)
+                    continue
                 if not outbox.queued_bytes:
                     if self._idle:
                         self._idle = False
@@ -159,7 +219,11 @@ class SseConnection(EventsConnection):
             await send({"type": "http.response.body", "body": self._final, "more_body": False})
 
     async def _body(self, chunk: bytes) -> None:
-        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self._sending = True
+        try:
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            self._sending = False
 
     async def _watch_disconnect(self) -> None:
         """The client went away: end the stream (nothing else is ever read from it)."""
