@@ -16,6 +16,9 @@ Dialects (how each target spells subscribe / publish / confirm):
 - `socketio`: Engine.IO v4 + Socket.IO v5 framing over the WebSocket transport (`40` connect,
   `42[...]` events, `421[...]`/`431[...]` acks, `2`/`3` ping/pong), the python-socketio server's
   own client semantics: `subscribe` joins a room per call, `publish` emits to the room.
+- `sse`: callstream's Server-Sent Events (`GET /v1/events/stream?call_id=…`, one HTTP/1.1 stream per
+  subscriber, read by a plain asyncio protocol: each message's bytes are searched for `"sent_ns":` as
+  a WebSocket frame's are); producing as `callstream`.
 - `nchan`: a subscriber WebSocket per call channel (`/sub/<call>`), a publisher WebSocket per
   call channel (`/pub/<call>`): every text message is one event. nchan has no envelope, so the
   event JSON is the message.
@@ -277,6 +280,74 @@ class NchanSubscriber(Subscriber):
             self.confirm()
 
 
+class SseSubscriber(asyncio.Protocol):
+    """One event stream (`GET /v1/events/stream`) of its calls; `ready` once every call's `subscribed`
+    came. The response is chunked, and each chunk the server writes holds whole messages, so a chunk's
+    size line only ever precedes a message: splitting the body at blank lines finds every message."""
+
+    dialect = "sse"
+
+    def __init__(self, calls: list[str], token: str, **_: Any) -> None:
+        self.calls = calls
+        self.token = token
+        self.confirmed = 0
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: Any = None
+        self.head = True  # still reading the response's status line and headers
+        self.buf = b""
+        self.aborted = False  # closed by us: not counted as a close the server made
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's is no asyncio.Transport subclass
+        self.transport = transport
+        query = "&".join(f"call_id={c}" for c in self.calls)
+        transport.write(
+            f"GET /v1/events/stream?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+            f"Authorization: Bearer {self.token}\r\n\r\n".encode()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        if self.head:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if not buf.startswith(b"HTTP/1.1 200"):
+                S.error(buf[:200].decode(errors="replace"))
+                self.connection_lost(None)
+                return
+            self.head, buf = False, buf[end + 4 :]
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self.buf = buf
+            return
+        self.buf = buf[end + 2 :]
+        for p in buf[:end].split(b"\n\n"):
+            i = p.find(SENT_KEY)
+            if i >= 0:
+                record(p, i)
+            elif b'"subscribed"' in p:
+                self.confirmed += 1
+                if self.confirmed >= len(self.calls) and not self.ready.done():
+                    self.ready.set_result(None)
+            elif b"event: error" in p:
+                S.error(p.decode(errors="replace"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("the stream ended before it was confirmed"))
+            self.ready.exception()
+        elif not self.aborted:
+            S.closed("sse-end")
+
+
+async def open_stream(base: str, token: str, calls: list[str]) -> SseSubscriber:
+    host, port = base.split("://", 1)[1].rsplit(":", 1)
+    _, sub = await asyncio.get_running_loop().create_connection(lambda: SseSubscriber(calls, token), host, int(port))
+    await asyncio.wait_for(sub.ready, 60)
+    return sub
+
+
 SUBSCRIBERS: dict[str, type[Subscriber]] = {
     "callstream": Subscriber,
     "bare": Subscriber,
@@ -531,7 +602,7 @@ class Worker:
     async def open_subscribers(self, dialect: str, base: str, token: str, groups: list[list[str]],
                                concurrency: int = 200, track: bool = False, deflate: bool = False) -> dict[str, Any]:
         self.dialect, self.base, self.token = dialect, base, token
-        cls = SUBSCRIBERS[dialect]
+        cls = SUBSCRIBERS.get(dialect, Subscriber)
         sem = asyncio.Semaphore(concurrency)
         failed = 0
         started = time.monotonic()
@@ -542,6 +613,9 @@ class Worker:
             async with sem:
                 for attempt in range(3):
                     try:
+                        if dialect == "sse":
+                            self.subs.append(await open_stream(base, token, calls))  # type: ignore[arg-type]
+                            return
                         _, sub = await ws_connect(lambda: cls(calls, track=track, inflate=deflate),
                                                   sub_url(dialect, base, token, calls), websocket_handshake_timeout=30,
                                                   max_frame_size=1 << 24, extra_headers=headers)
@@ -559,7 +633,11 @@ class Worker:
 
     async def close_subscribers(self) -> dict[str, Any]:
         for sub in self.subs:
-            if sub.transport is not None:
+            if isinstance(sub, SseSubscriber):
+                sub.aborted = True
+                if sub.transport is not None:
+                    sub.transport.abort()
+            elif sub.transport is not None:
                 sub.transport.disconnect(graceful=False)
         self.subs.clear()
         await asyncio.sleep(0.2)

@@ -210,7 +210,8 @@ class Bench:
     def fanout_targets(self) -> list[str]:
         if self.args.targets:
             return self.args.targets.split(",")
-        names = ["callstream", *(["callstream+proposed"] if PROPOSED else []), "bare", "socketio", "picows"]
+        names = ["callstream", "callstream-sse", *(["callstream+proposed"] if PROPOSED else []), "bare", "socketio",
+                 "picows"]
         if nchan_available():
             names.append("nchan")
         return names

@@ -229,8 +229,10 @@ PROPOSED: list[str] = []  # in the order they apply; empty: everything proposed 
 
 
 def make(name: str) -> Target:
-    """`callstream`, `callstream+<patch>[+<patch>…]` (bench/patches/<patch>.diff; `proposed` = PROPOSED),
-    `bare`, `socketio`, `nchan`, `picows`."""
+    """`callstream`, `callstream-sse`, `callstream+<patch>[+<patch>…]` (bench/patches/<patch>.diff;
+    `proposed` = PROPOSED), `bare`, `socketio`, `nchan`, `picows`."""
+    if name == "callstream-sse":  # the same server, its subscribers on Server-Sent Events
+        return Target(name, "sse", "callstream", env=dict(CALLSTREAM_BENCH_ENV))
     if name.startswith("callstream"):
         names = [q for p in name.split("+")[1:] for q in (PROPOSED if p == "proposed" else [p])]
         patches = [p + ".diff" for p in names]

@@ -256,3 +256,20 @@ async def _live() -> None:
 def test_live_on_uvloop_frames_go_out_and_the_descriptor_outlives_connection_lost() -> None:
     Probe.seen.clear()
     run_forever(_live())
+
+
+def test_an_http_send_waits_before_it_writes_so_a_send_closed_at_its_wait_wrote_nothing() -> None:
+    """`event_stream.SseConnection._write_now` runs uvicorn's `send` without a task and closes it at
+    its first wait: that is only harmless if nothing was written before the wait."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(RequestResponseCycle.send)))
+    awaits = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Await)]
+    writes = [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "write"
+    ]
+    assert awaits, f"{UVICORN}: RequestResponseCycle.send has no wait, {RELIES}"
+    assert writes, f"{UVICORN}: RequestResponseCycle.send has no write, {RELIES}"
+    assert max(awaits) < min(writes), f"{UVICORN}: RequestResponseCycle.send writes before it waits, {RELIES}"

@@ -30,13 +30,14 @@ import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Final, Generic, Self, TypeVar, overload
+from typing import Any, ClassVar, Final, Generic, Literal, Self, TypeVar, overload
 
 import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from callstream.client_stream import READ_TIMEOUT_S, StreamPlan, read_stream
 from callstream.control_waits import ControlOutcome, ControlWaits
 from callstream.errors import AuthError, ClientError, ControlError
 from callstream.protocol import CloseCode
@@ -411,6 +412,8 @@ class Client(Reconnecting):
     ``credential`` is an API key (``subscribe`` scope) or a JWT; it travels in the
     ``Authorization`` header, never in the URL. With ``token_provider`` (an async function that
     returns a fresh JWT) the client refreshes the token before it expires and after a 4001 close.
+    ``transport="sse"`` reads Server-Sent Events instead of the WebSocket (same events, same
+    resume; see :mod:`callstream.client_stream`).
     """
 
     _name = "callstream-client"
@@ -428,7 +431,11 @@ class Client(Reconnecting):
         open_timeout: float = 10.0,
         ping_interval: float | None = 20.0,
         max_message_bytes: int = 16 * 1024 * 1024,
+        transport: Literal["websocket", "sse"] = "websocket",
     ) -> None:
+        if transport not in ("websocket", "sse"):
+            msg = f'transport is "websocket" or "sse", not {transport!r}'
+            raise ValueError(msg)
         if credential is None and token_provider is None:
             msg = "give a credential (API key or JWT) or a token_provider"
             raise ValueError(msg)
@@ -453,6 +460,10 @@ class Client(Reconnecting):
         self._duplicates = 0
         self._fetched = 0
         self._controls = ControlWaits()
+        self._transport = transport
+        self._streaming = False  # an SSE stream is open
+        self._restream = asyncio.Event()  # the subscriptions changed: open a new stream now
+        self._reconnect_now = False
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -481,7 +492,7 @@ class Client(Reconnecting):
 
     @property
     def connected(self) -> bool:
-        return self._ws is not None
+        return self._ws is not None or self._streaming
 
     def statistics(self) -> ClientStats:
         """Counters and queue sizes (trio's ``statistics()`` habit)."""
@@ -523,6 +534,7 @@ class Client(Reconnecting):
             track.seen = {s for s in track.seen if s > since}
         if self._ws is not None:
             await self._send_subscribe(call_id, sub, since if since is not None else self._resume(call_id))
+        self._restream.set()
 
     async def unsubscribe(self, call_id: str) -> None:
         """Stop receiving a call (or ``"*"``); an :class:`Unsubscribed` event follows."""
@@ -531,6 +543,7 @@ class Client(Reconnecting):
         self._internal_unsubs.discard(call_id)
         if self._ws is not None:
             await self._send({"type": "unsubscribe", "call_id": call_id})
+        self._restream.set()
 
     async def events(self, *call_ids: str, types: Iterable[str] | None = None) -> AsyncGenerator[Event, None]:
         """Subscribe to ``call_ids`` (if any), then yield every event this client receives.
@@ -677,6 +690,9 @@ class Client(Reconnecting):
         return self._token
 
     async def _connect_and_serve(self, token: str) -> None:
+        if self._transport == "sse":
+            await self._stream_and_serve(token)
+            return
         async with self._connection(
             token, open_timeout=self._open_timeout, ping_interval=self._ping_interval, max_size=self._max_size
         ) as ws:
@@ -718,12 +734,82 @@ class Client(Reconnecting):
             return
         self._fail(AuthError("unauthorized" if status == 401 else "forbidden", reason))
 
+    async def _stream_and_serve(self, token: str) -> None:
+        """One SSE stream of the current subscriptions, until it ends or they change."""
+        self._restream.clear()
+        try:
+            if self._subs:
+                await self._stream(token)
+            else:
+                await self._await_subscriptions(token)
+        except httpx.HTTPError as exc:
+            logger.info("event stream could not open (%r); reconnecting", exc)
+
+    async def _await_subscriptions(self, token: str) -> None:
+        """A stream needs a call: check the credential (so a refused one fails `start`), then wait
+        for a subscription."""
+        assert self._http is not None
+        if not self._first_attempt.is_set():
+            probe = await self._http.get("/v1/calls", params={"limit": 1}, headers=bearer(token))
+            if probe.status_code == 401:
+                self._on_refused(probe.status_code, probe.content)
+                return
+        self._first_attempt.set()
+        await self._restream.wait()
+        self._reconnect_now = True
+
+    async def _stream(self, token: str) -> None:
+        """Read one stream until the server ends it, it breaks, or the subscriptions change."""
+        assert self._http is not None
+        plan = self._stream_plan()
+        timeout = httpx.Timeout(self._open_timeout, read=READ_TIMEOUT_S)
+        async with self._http.stream(
+            "GET", "/v1/events/stream", params=plan.params(), headers={**bearer(token), **plan.headers()}, timeout=timeout
+        ) as response:
+            if response.status_code != 200:
+                self._on_refused(response.status_code, await response.aread())
+                return
+            self._streaming = True
+            self._connections += 1
+            self._first_attempt.set()
+            reader = asyncio.create_task(read_stream(response, self._on_message))
+            changed = asyncio.create_task(self._restream.wait())
+            try:
+                await asyncio.wait({reader, changed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._streaming = False
+                changed.cancel()
+                reader.cancel()
+                await asyncio.wait({reader})
+            if reader.cancelled():  # the subscriptions changed
+                self._reconnect_now = True
+            elif (exc := reader.exception()) is not None:
+                if not isinstance(exc, httpx.HTTPError):
+                    raise exc
+                logger.info("event stream lost (%r); reconnecting", exc)
+            else:
+                self._on_closed(*reader.result())
+
+    def _stream_plan(self) -> StreamPlan:
+        """The stream for the subscriptions, resuming each call where this client got to."""
+        subs = {c: (s.types, s.pending_since) for c, s in self._subs.items()}
+        positions: dict[str, int | None] = {
+            c: t.last_seq for c, t in self._calls.items() if not t.ended and c not in self._rebase
+        }
+        for call_id in self._rebase:
+            positions[call_id] = None
+        return StreamPlan(subs, positions)
+
     def _fail(self, error: ClientError) -> None:
         self._failure = error
         self._first_attempt.set()
 
     def _next_delay(self) -> float:
-        """Capped exponential backoff with full jitter: subscribers must not return in step."""
+        """Capped exponential backoff with full jitter: subscribers must not return in step.
+        No wait after an SSE stream was replaced for new subscriptions (nothing went wrong)."""
+        if self._reconnect_now:
+            self._reconnect_now = False
+            return 0.0
         return random.uniform(0, self._backoff())
 
     # -- token refresh ---------------------------------------------------------------------------
@@ -789,7 +875,10 @@ class Client(Reconnecting):
     async def _send(self, message: dict[str, Any]) -> None:
         ws = self._ws
         if ws is None:
-            return  # sent on the next connection by _resubscribe_all
+            # WebSocket: sent on the next connection by _resubscribe_all; SSE: a new stream
+            # stands for the subscriptions as they are now.
+            self._restream.set()
+            return
         with contextlib.suppress(ConnectionClosed):
             await ws.send(orjson.dumps(message).decode())
 

@@ -250,6 +250,10 @@ class Event:
     data: dict[str, Any]
     frame: str = field(default="", repr=False)
     _wire: bytes | None = field(default=None, repr=False, compare=False)
+    _sse: bytes | None = field(default=None, repr=False, compare=False)
+    # Its SSE message on a stream of this call alone (`server.event_stream` builds it once): the
+    # same bytes for every such stream, as `wire` is for every socket.
+    sse_alone: bytes | None = field(default=None, repr=False, compare=False)
     # The supersede key, computed once here rather than once per subscriber on the fan-out path.
     key: str | None = field(default=None, repr=False, compare=False)
     # What the turn tracker measured at this event (turns.py), for its call's row; None if nothing.
@@ -267,6 +271,14 @@ class Event:
         if self._wire is None:
             self._wire = text_frame(self.frame.encode())
         return self._wire
+
+    @property
+    def sse(self) -> bytes:
+        """The event's Server-Sent Events message after its `id` line (which is each stream's
+        own cursor): built once, like `wire`, for every stream."""
+        if self._sse is None:
+            self._sse = b"\nevent: " + self.type.encode() + b"\ndata: " + self.frame.encode() + b"\n\n"
+        return self._sse
 
     @property
     def is_partial(self) -> bool:

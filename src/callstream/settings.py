@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     history_ttl_s: float = Field(3600.0, ge=3600.0, description="replay log kept after a call ends")
     token_ttl_s: int = Field(900, ge=10, le=86_400)
     token_max_ttl_s: int = Field(86_400, ge=10, le=86_400)
+    sse_keepalive_s: float = Field(
+        15.0, gt=0, le=300.0, description="a comment on an idle event stream this often, so proxies keep it open"
+    )
     revocation_poll_s: float = Field(1.0, gt=0, le=4.0)
     key_outage_grace_s: float = Field(
         300.0, ge=0, le=300.0, description="a key the store confirmed this recently keeps working while it is down"

@@ -447,3 +447,120 @@ test("control() sends the request and settles with its ack or its refusal", asyn
   sock().drop();
   await dropped;
 });
+
+// ---- Server-Sent Events: the fallback when the WebSocket cannot open ---------------------------
+
+class FakeFetch {
+  constructor() { this.calls = []; }
+  fetch = (url, init = {}) => {
+    if (String(url).endsWith("/healthz")) return Promise.resolve(new Response("{}", { status: 200 }));
+    let controller;
+    const body = new ReadableStream({ start(c) { controller = c; } });
+    const call = {
+      url: new URL(url), headers: init.headers, signal: init.signal,
+      push: (text) => controller.enqueue(new TextEncoder().encode(text)),
+      end: () => controller.close(),
+    };
+    init.signal.addEventListener("abort", () => { try { controller.error(new Error("aborted")); } catch { /* closed */ } });
+    this.calls.push(call);
+    return Promise.resolve(new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } }));
+  };
+  last() { return this.calls.at(-1); }
+}
+
+const sseMessage = (msg, id) => `${id == null ? "" : `id: ${id}\n`}event: ${msg.type}\ndata: ${JSON.stringify(msg)}\n\n`;
+
+test("falls back to SSE when the WebSocket never opens, with the same events and resume", async () => {
+  const fake = new FakeFetch();
+  const { stream, clock, received, sock } = setup({ fetch: fake.fetch });
+  const transports = [];
+  stream.on("transport", ({ transport }) => transports.push(transport));
+  stream.subscribe("c1").subscribe("c2", { since: 4 });
+  stream.connect();
+  await flush();
+  sock().drop(1006); // the proxy strips Upgrade, while plain HTTP gets through
+  await flush();
+  await flush();
+  assert.deepEqual(transports, ["sse"]);
+  const first = fake.last();
+  assert.equal(first.url.pathname, "/v1/events/stream");
+  assert.deepEqual(first.url.searchParams.getAll("call_id"), ["c1", "c2"]);
+  assert.match(first.headers.Authorization, /^Bearer /);
+  assert.equal(first.url.searchParams.get("token"), null); // never in the URL
+  assert.equal(first.headers["Last-Event-ID"], "c2=4");
+  await flush();
+  assert.equal(stream.state, States.OPEN);
+  first.push(": keepalive\n\n" + sseMessage(subscribed("c1", 0), "c1=0,c2=4"));
+  first.push(sseMessage(ev("c2", 5), "c1=0,c2=5") + sseMessage(subscribed("c2", 5, "live", 1), "c1=0,c2=5"));
+  first.push(sseMessage(ev("c1", 1), "c1=1,c2=5"));
+  await flush();
+  assert.deepEqual(received, ["c2#5", "c1#1"]);
+  first.end(); // the server restarts
+  await flush();
+  assert.equal(stream.state, States.RECONNECTING);
+  await clock.advance(1000);
+  const second = fake.last();
+  assert.notEqual(second, first);
+  assert.equal(second.headers["Last-Event-ID"], "c1=1,c2=5");
+  second.push(sseMessage(ev("c1", 1), "c1=1,c2=5") + sseMessage(ev("c1", 2), "c1=2,c2=5"));
+  await flush();
+  assert.deepEqual(received, ["c2#5", "c1#1", "c1#2"]); // the overlap is dropped
+  stream.close();
+});
+
+test("over SSE a change of subscriptions reopens the stream at once, quietly, and control is refused", async () => {
+  const fake = new FakeFetch();
+  const { stream, states } = setup({ fetch: fake.fetch, transport: "sse" });
+  stream.subscribe("c1", { types: ["transcript.final"] });
+  stream.connect();
+  await flush();
+  await flush();
+  const first = fake.last();
+  assert.equal(first.url.searchParams.get("types"), "transcript.final");
+  first.push(sseMessage(ev("c1", 3), "c1=3"));
+  await flush();
+  stream.subscribe("c2");
+  await flush();
+  await flush();
+  const second = fake.last();
+  assert.ok(first.signal.aborted);
+  assert.deepEqual(second.url.searchParams.getAll("call_id"), ["c1", "c2"]);
+  assert.equal(second.url.searchParams.get("types"), null); // c2 wants every type
+  assert.equal(second.headers["Last-Event-ID"], "c1=3");
+  assert.equal(states.filter((s) => s === States.RECONNECTING).length, 0);
+  await assert.rejects(stream.control("c1", "say", { text: "hi" }), (e) => e.code === "unsupported");
+  stream.close();
+});
+
+test("a stream that ends with unauthorized is a 4001: no blind reconnect", async () => {
+  const fake = new FakeFetch();
+  const { stream } = setup({ fetch: fake.fetch, transport: "sse" });
+  const expired = [];
+  stream.on("token_expired", () => expired.push(true));
+  stream.subscribe("c1");
+  stream.connect();
+  await flush();
+  await flush();
+  fake.last().push(sseMessage({ type: "error", call_id: null, data: { code: "unauthorized", message: "revoked" } }));
+  fake.last().end();
+  await flush();
+  await flush();
+  assert.deepEqual(expired, [true]);
+  assert.equal(stream.state, States.TOKEN_EXPIRED);
+});
+
+test("a server that is down keeps the WebSocket: no fallback when plain HTTP fails too", async () => {
+  const { stream, sock } = setup({ fetch: () => Promise.reject(new TypeError("connection refused")) });
+  const transports = [];
+  stream.on("transport", ({ transport }) => transports.push(transport));
+  stream.subscribe("c1");
+  stream.connect();
+  await flush();
+  sock().drop(1006);
+  await flush();
+  await flush();
+  assert.deepEqual(transports, []);
+  assert.equal(stream._sse, false);
+  assert.equal(stream.state, States.RECONNECTING);
+  stream.close();
+});

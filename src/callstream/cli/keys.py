@@ -1,22 +1,46 @@
-"""`callstream keys …` and `login`: credentials made straight in the database, never over the API."""
+"""`callstream keys …` and `login`: credentials made in the database, or over the API with `--url`.
+
+With `--url` and `--key` (an `admin` key) the keys commands use the server's REST API (docs/protocol.md,
+Keys over REST) and act on that key's account; without, they open the store directly (a shell on
+the server), for any account. `login` always opens the store.
+"""
 
 from __future__ import annotations
 
 import sys
+import urllib.parse
 from typing import Annotated
 
 import orjson
 import typer
 from rich.table import Table
 
-from callstream.cli.common import DEFAULT_URL, DatabaseUrl, DataDir, Url, console, fail, with_store
+from callstream.cli.common import DEFAULT_URL, DatabaseUrl, DataDir, Url, call_api, console, fail, with_store
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+ServerUrl = Annotated[
+    str | None, typer.Option("--url", help="talk to this server's REST API instead of the store (needs --key)")
+]
+AdminKey = Annotated[
+    str | None,
+    typer.Option("--key", envvar="CALLSTREAM_KEY", help="an admin API key, with --url", show_default=False),
+]
+
+
+def _server(url: str | None, key: str | None) -> tuple[str, str] | None:
+    """The server and key to use, or None for the store."""
+    if url is None:
+        return None
+    if not key:
+        fail("--url needs --key (an API key with the admin scope)")
+    return url, key
 
 
 @app.command("create")
 def create(
-    account: Annotated[str, typer.Option(help="the account (tenant) the key belongs to")],
+    account: Annotated[
+        str | None, typer.Option(help="the account (tenant) the key belongs to; with --url: the key's own")
+    ] = None,
     scope: Annotated[
         str, typer.Option(help="comma-separated: publish,subscribe,control,admin")
     ] = "publish,subscribe,control,admin",
@@ -24,22 +48,31 @@ def create(
     as_json: Annotated[bool, typer.Option("--json", help='print {"key","id","account"}')] = False,
     data_dir: DataDir = None,
     database: DatabaseUrl = None,
+    url: ServerUrl = None,
+    key: AdminKey = None,
 ) -> None:
     """Create an API key; its secret is printed once and only stored hashed."""
     from callstream.auth import parse_scopes
     from callstream.events import is_valid_call_id
 
-    if not is_valid_call_id(account):
-        fail("--account must be 1-128 characters of A-Z a-z 0-9 _ . : -")
     try:
         scopes = parse_scopes(scope)
     except ValueError as exc:
         fail(f"--scope: {exc}")
-    record, secret = with_store(data_dir, database, lambda s: s.create_key(account, scopes, name))
+    if (server := _server(url, key)) is not None:
+        created = call_api("POST", server[0], server[1], "/v1/keys", {"scopes": sorted(scopes), "name": name})
+        if account is not None and created["account"] != account:
+            fail(f"the key was made for account {created['account']}: --url acts on the --key's account", 1)
+        key_id, secret, account = created["id"], created["key"], created["account"]
+    else:
+        if account is None or not is_valid_call_id(account):
+            fail("--account must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+        made, secret = with_store(data_dir, database, lambda s: s.create_key(account, scopes, name))
+        key_id = made.id
     if as_json:
-        sys.stdout.write(orjson.dumps({"key": secret, "id": record.id, "account": account}).decode() + "\n")
+        sys.stdout.write(orjson.dumps({"key": secret, "id": key_id, "account": account}).decode() + "\n")
         return
-    console.print(f"key id:  {record.id}\naccount: {account}\nscopes:  {','.join(sorted(scopes))}")
+    console.print(f"key id:  {key_id}\naccount: {account}\nscopes:  {','.join(sorted(scopes))}")
     console.print(f"secret (shown once): [bold]{secret}[/]")
 
 
@@ -49,10 +82,14 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     data_dir: DataDir = None,
     database: DatabaseUrl = None,
+    url: ServerUrl = None,
+    key: AdminKey = None,
 ) -> None:
     """List keys (never their secrets)."""
-    records = with_store(data_dir, database, lambda s: s.list_keys(account))
-    if as_json:
+    if (server := _server(url, key)) is not None:
+        rows = [r for r in call_api("GET", server[0], server[1], "/v1/keys")["keys"] if account in (None, r["account"])]
+    else:
+        records = with_store(data_dir, database, lambda s: s.list_keys(account))
         rows = [
             {
                 "id": r.id,
@@ -64,12 +101,13 @@ def list_(
             }
             for r in records
         ]
+    if as_json:
         sys.stdout.write(orjson.dumps(rows).decode() + "\n")
         return
     table = Table("id", "account", "name", "scopes", "status")
-    for r in records:
-        status = "revoked" if r.revoked_at else "active"
-        table.add_row(r.id, r.account, r.name or "", ",".join(sorted(r.scopes)), status)
+    for r in rows:
+        status = "revoked" if r["revoked_at"] else "active"
+        table.add_row(r["id"], r["account"], r["name"] or "", ",".join(r["scopes"]), status)
     console.print(table)
 
 
@@ -78,9 +116,13 @@ def revoke(
     key_id: Annotated[str, typer.Argument(help="the key id (key_…), not the secret")],
     data_dir: DataDir = None,
     database: DatabaseUrl = None,
+    url: ServerUrl = None,
+    key: AdminKey = None,
 ) -> None:
-    """Revoke a key; every node ends its open sockets within seconds."""
-    if not with_store(data_dir, database, lambda s: s.revoke_key(key_id)):
+    """Revoke a key; every node ends its open sockets and streams within seconds."""
+    if (server := _server(url, key)) is not None:
+        call_api("DELETE", server[0], server[1], f"/v1/keys/{urllib.parse.quote(key_id, safe='')}")
+    elif not with_store(data_dir, database, lambda s: s.revoke_key(key_id)):
         fail(f"no active key {key_id}", 1)
     console.print(f"revoked {key_id}")
 

@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 from callstream import __version__
 from callstream.errors import UnavailableError
 from callstream.limits import Limits
-from callstream.server import erasure_api, rest
+from callstream.server import erasure_api, event_stream, keys_api, rest
 from callstream.server.bodylimit import BodyLimit
 from callstream.server.dashboard_files import DashboardFiles
 from callstream.server.deps import ApiError, bearer_of, runtime_of, unavailable
@@ -45,7 +45,8 @@ SOCKETS: dict[str, Callable[[WebSocket], Awaitable[None]]] = {
 
 
 class CallstreamApp(FastAPI):
-    """FastAPI, with the two WebSocket endpoints reached before its middleware and router.
+    """FastAPI, with the two WebSocket endpoints and the event stream reached before its
+    middleware and router.
 
     A socket lives for hours, and every ASGI layer it passed through keeps a coroutine frame
     (with FastAPI's dependency bookkeeping: an exit stack, a Response, headers) alive that long:
@@ -58,6 +59,10 @@ class CallstreamApp(FastAPI):
         if scope["type"] == "websocket" and (endpoint := SOCKETS.get(scope["path"])) is not None:
             scope["app"] = self
             await endpoint(WebSocket(scope, receive, send))
+            return
+        if scope["type"] == "http" and scope["path"] == event_stream.PATH:
+            scope["app"] = self
+            await event_stream.stream_endpoint(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
@@ -122,6 +127,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.include_router(rest.router, responses=ERROR_RESPONSES)
     app.include_router(erasure_api.router, responses=ERROR_RESPONSES)
+    app.include_router(keys_api.router, responses=ERROR_RESPONSES)
+    app.add_api_route(event_stream.PATH, event_stream.described, methods=["GET"], **event_stream.OPENAPI)
     _include_optional_routers(app)
     for path, endpoint in SOCKETS.items():
         app.add_api_websocket_route(path, endpoint)

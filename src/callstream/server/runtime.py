@@ -318,10 +318,14 @@ class Runtime:
                 continue
             outage.recovered()
             since = now
-            if not revoked:
-                continue
-            assert self.auth is not None
-            self.auth.forget(revoked)
-            doomed = [c for c in self.connections if c.key_id in revoked]
-            for conn in doomed:
-                await conn.terminate(4001, "unauthorized", "the API key was revoked")
+            if revoked:
+                await self.end_keys(revoked)
+
+    async def end_keys(self, revoked: set[str]) -> None:
+        """Keys were revoked: forget them and end this node's connections that use them (or a
+        token they minted). Every node does this from the poll; the node that revoked at once."""
+        assert self.auth is not None
+        self.auth.forget(revoked)
+        doomed = [c for c in self.connections if c.key_id in revoked]
+        for conn in doomed:
+            await conn.terminate(4001, "unauthorized", "the API key was revoked")

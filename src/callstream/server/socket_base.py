@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import orjson
+from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -155,36 +156,41 @@ async def handshake(ws: WebSocket, scope: str) -> tuple[Principal, bool] | None:
     `release_slot` when the socket ends. Returns the principal and whether the credential came
     as the `bearer` subprotocol (which the accept must then select).
     """
-    runtime = runtime_of(ws)
-    if not origin_allowed(ws, runtime.settings.allowed_origins):
-        await ws.send_denial_response(denial(403, "forbidden", "this Origin is not allowed"))
+    admitted = await admit(ws, scope)
+    if isinstance(admitted, JSONResponse):
+        await ws.send_denial_response(admitted)
         return None
+    return admitted
+
+
+async def admit(conn: HTTPConnection, scope: str) -> tuple[Principal, bool] | JSONResponse:
+    """What a long-lived connection (a socket, an event stream) passes before it is let in: the
+    Origin allow-list, a draining node, the credential and its `scope`, the key's and the
+    account's connection slots. The principal (and whether the credential came as the `bearer`
+    subprotocol), holding a slot the caller must `release_slot`; or the refusal to answer with."""
+    runtime = runtime_of(conn)
+    if not origin_allowed(conn, runtime.settings.allowed_origins):
+        return denial(403, "forbidden", "this Origin is not allowed")
     if runtime.draining:
-        await ws.send_denial_response(denial(503, "unavailable", "this node is shutting down"))
-        return None
-    credential, via_subprotocol = credential_of(ws)
+        return denial(503, "unavailable", "this node is shutting down")
+    credential, via_subprotocol = credential_of(conn)
     assert runtime.auth is not None
     try:
         principal = await runtime.auth.authenticate(credential)
     except AuthError as exc:
-        await ws.send_denial_response(denial(401, "unauthorized", str(exc)))
-        return None
+        return denial(401, "unauthorized", str(exc))
     except StoreUnavailableError as exc:  # the key cannot be checked: neither yes nor no
-        await ws.send_denial_response(denial(503, "unavailable", str(exc), UNAVAILABLE_RETRY_S))
-        return None
+        return denial(503, "unavailable", str(exc), UNAVAILABLE_RETRY_S)
     if not principal.may(scope):
-        await ws.send_denial_response(denial(403, "forbidden", f"this credential lacks the {scope} scope"))
-        return None
-    refusal = limits_of(ws).connections.acquire(principal.account, principal.key_id)
+        return denial(403, "forbidden", f"this credential lacks the {scope} scope")
+    refusal = limits_of(conn).connections.acquire(principal.account, principal.key_id)
     if refusal is not None:
         metrics.CLIENT_ERRORS.labels(p.ErrorCode.RATE_LIMITED).inc()
-        await ws.send_denial_response(denial(429, p.ErrorCode.RATE_LIMITED, refusal.message, refusal.retry_after_s))
-        return None
+        return denial(429, p.ErrorCode.RATE_LIMITED, refusal.message, refusal.retry_after_s)
     answer = await _account_socket(runtime, principal.account)
     if answer is not None:
-        limits_of(ws).connections.release(principal.account, principal.key_id)
-        await ws.send_denial_response(answer)
-        return None
+        limits_of(conn).connections.release(principal.account, principal.key_id)
+        return answer
     return principal, via_subprotocol
 
 
@@ -200,10 +206,10 @@ async def _account_socket(runtime: Runtime, account: str) -> JSONResponse | None
     return None
 
 
-async def release_slot(ws: WebSocket, principal: Principal) -> None:
-    limits_of(ws).connections.release(principal.account, principal.key_id)
+async def release_slot(conn: HTTPConnection, principal: Principal) -> None:
+    limits_of(conn).connections.release(principal.account, principal.key_id)
     try:
-        await runtime_of(ws).broker.release_socket(principal.account)
+        await runtime_of(conn).broker.release_socket(principal.account)
     except BrokerUnavailableError:  # the broker recounts once it is back
         log.warning("could not release a socket of the account's quota; recounted later")
 
@@ -216,8 +222,8 @@ def denial(status: int, code: str, message: str, retry_after_s: float | None = N
     return JSONResponse(body, status_code=status, headers=retry_after_header(retry_after_s))
 
 
-def origin_allowed(ws: WebSocket, allowed: list[str]) -> bool:
-    origin = ws.headers.get("origin")
+def origin_allowed(conn: HTTPConnection, allowed: list[str]) -> bool:
+    origin = conn.headers.get("origin")
     return not allowed or origin is None or origin.rstrip("/") in allowed or "*" in allowed
 
 

@@ -27,6 +27,14 @@
 //   (`fetchHistory` follows the pages); the subscription continues live.
 // - Refreshes the JWT before it expires with the user's `getToken()` and sends
 //   it as `{"type":"auth"}` on the open socket; no reconnect needed.
+// - Falls back to Server-Sent Events (`GET /v1/events/stream`) when the
+//   WebSocket cannot open while the server answers HTTP (a proxy that strips
+//   `Upgrade`), or from the start with `transport: "sse"`. Same API, same events, same resume: the stream is
+//   read with fetch (the token in the Authorization header, never in the URL)
+//   and reopened at once, resuming from the seqs already received
+//   (`Last-Event-ID`), whenever the subscriptions change. One stream carries
+//   one type filter (the union of the subscriptions'); control() needs the
+//   WebSocket.
 //
 // Events (`on(type, fn)` → returns an unsubscribe function; `fn(detail)`):
 //   every server message type ("transcript.final", "subscribed", "error", …),
@@ -36,6 +44,7 @@
 //   "open", "reconnected"  {attempt}
 //   "history_unavailable"  {call_id, since, message}
 //   "token_refreshed"      {expiresAt}       "token_error" {error}
+//   "transport"            {transport: "sse"} when it falls back from the WebSocket
 // It is also an EventTarget: addEventListener(type, (e) => e.detail).
 
 export const States = Object.freeze({
@@ -85,6 +94,107 @@ export function backoffDelay(attempt, { initialMs = 500, maxMs = 30000, factor =
   return Math.round(cap / 2 + random() * (cap / 2));
 }
 
+/**
+ * A WebSocket-shaped reader of `GET /v1/events/stream` (Server-Sent Events over fetch), so the
+ * connection life cycle below serves both transports: readyState, onopen, onmessage(ev.data),
+ * onclose({code}). It sends nothing: a stream's subscriptions are in its URL. A stream that the
+ * server ends with `unauthorized` or `token_expired` closes with 4001, as the socket would.
+ * `url` null: nothing to stream yet (no subscriptions); it opens and stays idle.
+ */
+export class SseSocket {
+  constructor(url, { token, lastEventId, fetch } = {}) {
+    this.url = url;
+    this.readyState = 0;
+    this.onopen = this.onmessage = this.onclose = this.onerror = this.onactivity = null;
+    this._abort = new AbortController();
+    this._endCode = null;
+    this._run(token, lastEventId, fetch || ((...a) => globalThis.fetch(...a)));
+  }
+
+  send() {}
+
+  close(code = 1000, reason = "") {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this._abort.abort();
+    if (this.onclose) this.onclose({ code, reason });
+  }
+
+  async _run(token, lastEventId, fetchFn) {
+    if (!this.url) {
+      queueMicrotask(() => this._opened());
+      return;
+    }
+    const headers = { Accept: "text/event-stream", Authorization: `Bearer ${token}` };
+    if (lastEventId) headers["Last-Event-ID"] = lastEventId;
+    let code = 1006;
+    let reason = "";
+    try {
+      const r = await fetchFn(this.url, { headers, signal: this._abort.signal, cache: "no-store" });
+      if (!r.ok || !r.body) {
+        code = r.status === 401 ? 4001 : 1006;
+        reason = `HTTP ${r.status}`;
+      } else {
+        this._opened();
+        await this._read(r.body.getReader());
+      }
+    } catch (err) {
+      reason = String(err);
+    }
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    if (this.onclose) this.onclose({ code: this._endCode ?? code, reason });
+  }
+
+  _opened() {
+    if (this.readyState !== 0) return;
+    this.readyState = 1;
+    if (this.onopen) this.onopen();
+  }
+
+  async _read(reader) {
+    const decoder = new TextDecoder();
+    let buffered = "";
+    let event = "message";
+    let data = [];
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done || this.readyState === 3) return;
+      if (this.onactivity) this.onactivity();
+      buffered += decoder.decode(value, { stream: true });
+      let nl;
+      while ((nl = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, nl).replace(/\r$/, "");
+        buffered = buffered.slice(nl + 1);
+        if (line === "") {
+          if (data.length) this._dispatch(event, data.join("\n"));
+          event = "message";
+          data = [];
+        } else if (line[0] !== ":") {
+          const colon = line.indexOf(":");
+          const name = colon < 0 ? line : line.slice(0, colon);
+          let val = colon < 0 ? "" : line.slice(colon + 1);
+          if (val[0] === " ") val = val.slice(1);
+          if (name === "event") event = val;
+          else if (name === "data") data.push(val);
+        }
+      }
+    }
+  }
+
+  _dispatch(event, data) {
+    if (event === "error") {
+      try {
+        const code = JSON.parse(data).data.code;
+        if (code === "unauthorized" || code === "token_expired") this._endCode = 4001;
+      } catch {
+        // not JSON: handed on as is
+      }
+    }
+    if (this.readyState === 1 && this.onmessage) this.onmessage({ data });
+  }
+}
+
 export class CallStream extends EventTarget {
   /**
    * @param {object} opts
@@ -95,7 +205,8 @@ export class CallStream extends EventTarget {
    * @param {object} [opts.backoff]      {initialMs, maxMs, factor}
    * @param {number} [opts.pingIntervalMs=25000]  keepalive; a socket silent for two intervals is reconnected
    * @param {Function} [opts.WebSocket]  WebSocket class (tests inject a fake)
-   * @param {Function} [opts.fetch]      fetch function for `fetchHistory` (default: the global fetch)
+   * @param {Function} [opts.fetch]      fetch function for `fetchHistory` and the SSE stream (default: the global fetch)
+   * @param {"auto"|"websocket"|"sse"} [opts.transport="auto"]  auto: the WebSocket, or SSE when it cannot open
    */
   constructor(opts = {}) {
     super();
@@ -129,6 +240,11 @@ export class CallStream extends EventTarget {
     this._stopped = true;
     this._controls = new Map(); // ref → {resolve, reject, timer}: control requests awaiting their ack
     this._controlRefs = 0;
+    this.transport = opts.transport || "auto";
+    this._sse = this.transport === "sse"; // reading Server-Sent Events instead of the socket
+    this._liveOnly = new Set(); // calls to resume live, not from a seq (history_unavailable)
+    this._restreaming = false;
+    this._probing = false;
   }
 
   // ---- public API -------------------------------------------------------
@@ -176,7 +292,10 @@ export class CallStream extends EventTarget {
     // An explicit replay from `since` wants those events even if their seqs
     // fell out of the de-duplication window.
     if (c && since != null && since < c.floor) c.floor = since;
-    if (this._isOpen()) this._sendSubscribe(callId, sub, since ?? this._resumeSince(callId));
+    if (this._isOpen()) {
+      if (this._sse) this._restreamSoon();
+      else this._sendSubscribe(callId, sub, since ?? this._resumeSince(callId));
+    }
     return this;
   }
 
@@ -184,7 +303,10 @@ export class CallStream extends EventTarget {
   unsubscribe(callId) {
     this.subscriptions.delete(callId);
     this._catchUps.delete(callId);
-    if (this._isOpen()) this._send({ type: "unsubscribe", call_id: callId });
+    if (this._isOpen()) {
+      if (this._sse) this._restreamSoon();
+      else this._send({ type: "unsubscribe", call_id: callId });
+    }
     return this;
   }
 
@@ -252,6 +374,7 @@ export class CallStream extends EventTarget {
    */
   control(callId, action, args = {}, { timeoutMs = 10000 } = {}) {
     if (!this._isOpen()) return Promise.reject(controlError("closed", "not connected"));
+    if (this._sse) return Promise.reject(controlError("unsupported", "control needs the WebSocket; this page reads events over SSE"));
     const ref = `control-${++this._controlRefs}`;
     return new Promise((resolve, reject) => {
       const timer = this._timers.setTimeout(() => {
@@ -300,18 +423,22 @@ export class CallStream extends EventTarget {
 
   async _open() {
     const gen = ++this._gen;
-    this._setState(this.wasOpen || this.attempt > 0 ? States.RECONNECTING : States.CONNECTING);
+    if (!this._restreaming) this._setState(this.wasOpen || this.attempt > 0 ? States.RECONNECTING : States.CONNECTING);
     if (!(await this._ensureFreshToken())) return;
     if (this._stopped || gen !== this._gen) return;
     let ws;
     try {
-      ws = new this._WS(this.url, ["bearer", this.token]);
+      ws = this._sse ? this._openStream() : new this._WS(this.url, ["bearer", this.token]);
     } catch (err) {
       this._emit("error", { code: "connect_failed", message: String(err) });
+      this._probeFallback();
       this._scheduleReconnect();
       return;
     }
     this.ws = ws;
+    ws.onactivity = () => {
+      this._lastRx = this._now();
+    };
     ws.onopen = () => this._onOpen(ws);
     ws.onmessage = (ev) => this._onMessage(ws, ev);
     ws.onclose = (ev) => this._onClose(ws, ev);
@@ -343,15 +470,85 @@ export class CallStream extends EventTarget {
   _onOpen(ws) {
     if (ws !== this.ws) return;
     const reconnected = this.wasOpen;
+    const quiet = this._restreaming; // a new stream for new subscriptions: nothing was lost
+    this._restreaming = false;
     this.wasOpen = true;
     this._failedOpens = 0;
     this._lastRx = this._now();
     this._setState(States.OPEN);
-    this._resubscribeAll();
+    if (!this._sse) this._resubscribeAll(); // a stream's subscriptions are in its URL
     this._scheduleRefresh();
     this._schedulePing();
-    this._emit(reconnected ? "reconnected" : "open", { attempt: this.attempt });
+    if (!quiet) this._emit(reconnected ? "reconnected" : "open", { attempt: this.attempt });
     this.attempt = 0;
+  }
+
+  /**
+   * A WebSocket failed before it ever opened in this session. A server that is down fails plain
+   * HTTP too: then nothing changes (the reconnect is already scheduled). One that answers HTTP
+   * while its WebSocket cannot open sits behind something that strips `Upgrade`: read
+   * Server-Sent Events from now on, at once.
+   */
+  _probeFallback() {
+    if (this.transport !== "auto" || this._sse || this.wasOpen || this._probing) return;
+    this._probing = true;
+    const probe = Promise.resolve().then(() => this._fetch(`${restBase(this.url)}/healthz`, { cache: "no-store" }));
+    probe.then(
+      () => {
+        this._probing = false;
+        this._fallBack();
+      },
+      () => {
+        this._probing = false;
+      },
+    );
+  }
+
+  _fallBack() {
+    if (this._sse || this.wasOpen || this._stopped) return;
+    this._sse = true;
+    this._emit("transport", { transport: "sse" });
+    this._clearTimer("_reconnectTimer");
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) this._detach(ws).close(1000, "reading Server-Sent Events instead");
+    this._open();
+  }
+
+  /** The stream for the subscriptions as they are now, resuming each call where it got to. */
+  _openStream() {
+    const subs = this.subscriptions;
+    if (!subs.size) return new SseSocket(null);
+    const all = subs.get("*");
+    const ids = all ? ["*"] : [...subs.keys()];
+    const lists = [...subs.values()].map((s) => s.types);
+    const types = lists.some((t) => !t) ? null : [...new Set(lists.flat())].sort();
+    const cursor = new Map();
+    if (all) for (const [id, c] of this.calls) if (!c.ended && !this._liveOnly.has(id)) cursor.set(id, c.lastSeq);
+    for (const [id, sub] of subs) {
+      if (id === "*" || this._liveOnly.has(id)) continue;
+      const since = sub.pendingSince ?? this._resumeSince(id);
+      if (since != null) cursor.set(id, since);
+    }
+    const params = new URLSearchParams();
+    for (const id of ids) params.append("call_id", id);
+    if (types) params.set("types", types.join(","));
+    const lastEventId = [...cursor].map(([id, seq]) => `${id}=${seq}`).join(",");
+    const url = `${restBase(this.url)}/v1/events/stream?${params}`;
+    return new SseSocket(url, { token: this.token, lastEventId, fetch: this._fetch });
+  }
+
+  /** The subscriptions changed while streaming: open the stream that stands for them (once per tick). */
+  _restreamSoon() {
+    if (this._restreaming) return;
+    this._restreaming = true;
+    queueMicrotask(() => {
+      if (this._stopped || !this._sse) return void (this._restreaming = false);
+      const ws = this.ws;
+      this.ws = null;
+      if (ws) this._detach(ws).close(1000, "subscriptions changed");
+      this._open();
+    });
   }
 
   _onClose(ws, ev) {
@@ -362,6 +559,7 @@ export class CallStream extends EventTarget {
     if (this._stopped) return;
     const code = ev ? ev.code : 1006;
     if (this.state !== States.OPEN) this._failedOpens += 1;
+    if (this.state !== States.OPEN && code !== 4001) this._probeFallback();
     if (code === 4001) {
       // Auth: the token expired or was revoked. Get a fresh one before retrying;
       // if even fresh tokens are refused, stop (getToken's 401 ends it sooner).
@@ -508,6 +706,7 @@ export class CallStream extends EventTarget {
 
   _onSubscribed(callId, data) {
     if (!callId || callId === "*") return;
+    this._liveOnly.delete(callId);
     const sub = this.subscriptions.get(callId);
     if (sub) sub.pendingSince = null;
     let c = this.calls.get(callId);
@@ -533,7 +732,10 @@ export class CallStream extends EventTarget {
       const since = sub ? sub.pendingSince : this._catchUps.get(callId);
       if (sub) {
         sub.pendingSince = null;
-        this._sendSubscribe(callId, sub, undefined); // go on live; the app fills the gap over REST
+        if (this._sse) {
+          this._liveOnly.add(callId);
+          this._restreamSoon();
+        } else this._sendSubscribe(callId, sub, undefined); // go on live; the app fills the gap over REST
       }
       this._catchUps.delete(callId);
       this._emit("history_unavailable", { call_id: callId, since: since ?? this.lastSeq(callId), message });
@@ -599,11 +801,12 @@ export class CallStream extends EventTarget {
   }
 
   _send(obj) {
+    if (this._sse) return; // a stream takes no messages: see _restreamSoon
     if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify(obj));
   }
 
   _detach(ws) {
-    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = ws.onactivity = null;
     return ws;
   }
 
