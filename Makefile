@@ -17,7 +17,7 @@ install: $(STAMP)  ## .venv with callstream and everything the tests and the doc
 demo: $(STAMP)  ## the service with live simulated calls and the dashboard (embedded: no Redis, no PostgreSQL)
 	$(BIN)/callstream demo
 
-test: $(STAMP)  ## the whole test suite: lint, types, unit, end-to-end, Redis, PostgreSQL, browser
+test: $(STAMP)  ## the whole test suite: lint, types, the docs site, unit, end-to-end, Redis, PostgreSQL, browser
 	$(BIN)/ruff check src tests tools
 	$(BIN)/mypy
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # not --quiet: it would hide the warnings that --strict fails on
