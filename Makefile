@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench clean
+.PHONY: install demo test docs lint typecheck check bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -12,16 +12,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,pipecat,livekit]'
 	touch $(STAMP)
 
+install: $(STAMP)  ## .venv with callstream and everything the tests and the docs need
+
 demo: $(STAMP)  ## the service with live simulated calls and the dashboard (embedded: no Redis, no PostgreSQL)
 	$(BIN)/callstream demo
 
-test: $(STAMP)  ## the whole test suite: lint, types, unit, end-to-end, Redis, PostgreSQL, browser
-	$(BIN)/ruff check src tests
+test: $(STAMP)  ## the whole test suite: lint, types, the docs site, unit, end-to-end, Redis, PostgreSQL, browser
+	$(BIN)/ruff check src tests tools
 	$(BIN)/mypy
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # not --quiet: it would hide the warnings that --strict fails on
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+docs: $(STAMP)  ## the documentation site, served at http://127.0.0.1:8000 while you edit docs/
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests tools bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -31,4 +37,4 @@ bench: $(STAMP)  ## the benchmark suite (not part of CI): bench/README.md
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .site

@@ -1,4 +1,4 @@
-"""The documentation stands alone in a clone: every relative link and image in README.md, docs/*.md
+"""The documentation stands alone in a clone: every relative link and image in README.md, docs/**/*.md
 and the benchmark's READMEs names a file of this repository (never one beside it), and every
 `#anchor` names a heading of its target, as GitHub renders it."""
 
@@ -16,7 +16,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
+PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md")), ROOT / "bench" / "README.md"]
 PAGES.append(ROOT / "bench" / "results" / "README.md")
 MARKDOWN = MarkdownIt("commonmark").enable("table")
 

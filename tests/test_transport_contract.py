@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import logging
 import os
 import textwrap
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,10 @@ OWN = {
     "transport_empty",
     "_after_transport_write",
     "open_send_now",
+    "_refusing",
+    "_hold_refusal",
+    "_log_refusal",
+    "_send_refusal",
 }
 # uvicorn's instance state that transport.py reads, and what it must be once constructed.
 STATE: dict[str, type | tuple[type, ...]] = {
@@ -67,6 +72,8 @@ STATE: dict[str, type | tuple[type, ...]] = {
     "handshake_complete": bool,
     "writable": asyncio.Event,
     "loop": asyncio.AbstractEventLoop,
+    "initial_response": type(None),
+    "logger": logging.Logger,
 }
 # What transport.py calls on `.transport` (uvloop's, which is no `asyncio.Transport` subclass).
 TRANSPORT_METHODS = ("write", "is_closing", "get_write_buffer_size", "get_extra_info", "abort")
@@ -117,6 +124,9 @@ async def test_the_state_callstream_reads_is_set_by_uvicorn() -> None:
         )
     assert "transport" in attributes, f"{UVICORN} no longer sets WebSocketsSansIOProtocol.transport, {RELIES}"
     assert "queue" in attributes, f"{UVICORN} no longer sets WebSocketsSansIOProtocol.queue, {RELIES}"
+    assert isinstance(getattr(proto.conn, "logger", None), logging.Logger | logging.LoggerAdapter), (
+        f"{WEBSOCKETS} no longer has ServerProtocol.logger, {RELIES}"
+    )
     assert isinstance(getattr(proto.conn, "state", None), State), (
         f"{WEBSOCKETS} no longer has ServerProtocol.state (a websockets.protocol.State), {RELIES}"
     )

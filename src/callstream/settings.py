@@ -14,42 +14,48 @@ __all__ = ["Settings", "ValidationError", "describe_errors"]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLSTREAM_", extra="forbid", validate_default=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    data_dir: str = "./callstream-data"
+    host: str = Field("127.0.0.1", description="the interface to listen on; 0.0.0.0 for every one")
+    port: int = Field(8080, ge=0, le=65535, description="0: any free port (printed at start)")
+    data_dir: str = Field("./callstream-data", description="the embedded store's folder (SQLite, its journal)")
     broker: str | None = Field(None, description="redis://… for several nodes; unset: in-process")
     database: str | None = Field(None, description="postgresql://…; unset: SQLite under data_dir")
     secret: str | None = Field(
         None, min_length=32, description="JWT signing secret; unset: kept in the store"
     )
-    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated Origins allowed on the sockets (403 for others); unset: any"
+    )
     public_url: str | None = Field(None, description="the URL users reach this node at, for printed links")
     metrics_token: str | None = Field(
         None, min_length=16, description="when set, /metrics requires `Authorization: Bearer <it>`"
     )
 
-    max_message_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
-    max_ingest_message_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_message_bytes: int = Field(
+        64 * 1024, ge=256, le=16 * 1024 * 1024, description="largest client message on /v1/events; over it: close 1009"
+    )
+    max_ingest_message_bytes: int = Field(
+        1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="largest frame on /v1/ingest; over it: refused"
+    )
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="largest REST request body; over it: 413"
     )
-    max_subscriptions: int = Field(10_000, ge=1)
+    max_subscriptions: int = Field(10_000, ge=1, description="subscriptions one socket may hold")
     client_rate: float = Field(50.0, gt=0, description="client messages per second per connection")
-    client_burst: int = Field(100, ge=1)
+    client_burst: int = Field(100, ge=1, description="client messages a connection may send at once above client_rate")
     control_rate: float = Field(5.0, gt=0, description="control requests per second per connection (per key on REST)")
-    control_burst: int = Field(10, ge=1)
+    control_burst: int = Field(10, ge=1, description="control requests at once above control_rate")
     outbox_high_water: int = Field(1024 * 1024, ge=4096, description="bytes buffered per connection")
     history_ttl_s: float = Field(3600.0, ge=3600.0, description="replay log kept after a call ends")
-    token_ttl_s: int = Field(900, ge=10, le=86_400)
-    token_max_ttl_s: int = Field(86_400, ge=10, le=86_400)
+    token_ttl_s: int = Field(900, ge=10, le=86_400, description="a browser JWT's lifetime when none is asked for")
+    token_max_ttl_s: int = Field(86_400, ge=10, le=86_400, description="the longest lifetime a JWT may ask for")
     sse_keepalive_s: float = Field(
         15.0, gt=0, le=300.0, description="a comment on an idle event stream this often, so proxies keep it open"
     )
-    revocation_poll_s: float = Field(1.0, gt=0, le=4.0)
+    revocation_poll_s: float = Field(1.0, gt=0, le=4.0, description="how often a node looks for revoked keys")
     key_outage_grace_s: float = Field(
         300.0, ge=0, le=300.0, description="a key the store confirmed this recently keeps working while it is down"
     )
-    sentiment: bool = True
+    sentiment: bool = Field(True, description="score each transcript.final (VADER)")
     redact: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="personal data replaced before anything is stored or sent: card,ssn,email,phone,iban or all",
@@ -60,8 +66,8 @@ class Settings(BaseSettings):
     latency_warn_ms: int = Field(
         1500, ge=1, le=600_000, description="a turn slower than this is flagged (dashboard, /v1/stats)"
     )
-    log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
-    webhooks_allow_private: bool = False
+    log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="the log's least level")
+    webhooks_allow_private: bool = Field(False, description="allow webhook URLs on private networks (SSRF guard off)")
     webhook_retry_schedule: str = Field(
         "5s,30s,2m,10m,30m,1h", description="delays after the 1st, 2nd, … failed webhook attempt"
     )
@@ -73,7 +79,7 @@ class Settings(BaseSettings):
     webhook_concurrency_per_account: int = Field(
         4, ge=1, le=1000, description="webhook attempts one account may have in flight per node"
     )
-    webhook_poll_s: float = Field(1.0, gt=0, le=60)
+    webhook_poll_s: float = Field(1.0, gt=0, le=60, description="how often the webhook worker looks for due deliveries")
     webhook_max_endpoints: int = Field(20, ge=1, description="webhook endpoints per account")
     webhook_secret_overlap_s: float = Field(86_400.0, ge=0, description="a rotated-out secret keeps signing")
 

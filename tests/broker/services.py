@@ -13,20 +13,27 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.helpers import run_async
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-PG_HOST, PG_PORT = "127.0.0.1", 5432
-REDIS_URL = os.environ.get("CALLSTREAM_TEST_REDIS", f"redis://{REDIS_HOST}:{REDIS_PORT}/0")
+REDIS_URL = os.environ.get("CALLSTREAM_TEST_REDIS", "redis://127.0.0.1:6379/0")
 # Server processes have no key prefix of their own: theirs is a database apart from the broker
 # tests' prefixed keys (their tests keep apart by accounts and call ids of their own).
-NODES_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/3"
-PG_ADMIN_URL = os.environ.get(
-    "CALLSTREAM_TEST_POSTGRES", f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/postgres"
-)
+NODES_REDIS_URL = os.environ.get("CALLSTREAM_TEST_NODES_REDIS", REDIS_URL.rsplit("/", 1)[0] + "/3")
+PG_ADMIN_URL = os.environ.get("CALLSTREAM_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+
+
+def _address(url: str, default_port: int) -> tuple[str, int]:
+    """The host and port a service URL names (what `require` probes before a test runs)."""
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+REDIS_HOST, REDIS_PORT = _address(REDIS_URL, 6379)
+PG_HOST, PG_PORT = _address(PG_ADMIN_URL, 5432)
 
 
 def reachable(host: str, port: int) -> bool:

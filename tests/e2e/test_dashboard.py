@@ -26,7 +26,7 @@ from tests.helpers import ServerProcess, ended, final, partial, publish, steady_
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CALLSTREAM_TEST_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",

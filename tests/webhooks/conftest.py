@@ -1,6 +1,6 @@
 """Fixtures for webhook delivery: real loopback HTTP receivers and a real store per backend.
 
-The store runs on SQLite (a file in tmp_path) and on PostgreSQL at 127.0.0.1:5432 (a fresh
+The store runs on SQLite (a file in tmp_path) and on the machine's PostgreSQL (a fresh
 database per session, dropped afterwards). PostgreSQL tests skip when the server is absent,
 except under CI=true, where they must run.
 """
@@ -25,9 +25,10 @@ from callstream.webhooks.config import WebhookConfig
 from callstream.webhooks.repo import WebhookRepo
 from callstream.webhooks.schedule import RetrySchedule
 from callstream.webhooks.worker import WebhookWorker
+from tests.broker.services import PG_ADMIN_URL
 from tests.helpers import run_async
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+PG_ADMIN = PG_ADMIN_URL.replace("+asyncpg", "", 1)  # asyncpg's own spelling of the same server
 
 
 @dataclass
@@ -143,8 +144,8 @@ def pg_database() -> Iterator[str]:
     except (OSError, ImportError) as exc:
         if os.environ.get("CI") == "true":
             raise
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not available: {exc}")
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        pytest.skip(f"PostgreSQL at {PG_ADMIN} is not available: {exc}")
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     run_async(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 

@@ -1,4 +1,4 @@
-"""uvicorn's sans-I/O WebSocket protocol, with five additions for a fan-out server.
+"""uvicorn's sans-I/O WebSocket protocol, with six additions for a fan-out server.
 
 1. Urgent frames skip the write wait. uvicorn makes every `send` wait while the socket's write
    buffer is over its high-water mark, which is right for data and wrong for the last words to a
@@ -36,6 +36,12 @@
    `connection_lost` returns, and `connection_lost` drops `send_now` first, so it never writes
    to a number the kernel has handed to another connection.
 
+6. A refused handshake is one INFO line. The app refuses a handshake with an HTTP answer (401,
+   403, 429, 503: socket_base.denial). uvicorn logs that status without its reason, then, once
+   the app returns, an ERROR ("returned without completing handshake") that an operator reads as
+   a fault. Here the refusal is logged once, at INFO, with the answer's error code and message,
+   and the handshake counts as complete once the answer is written, as for an accepted socket.
+
 None of uvicorn's protocol state is its public API: tests/test_transport_contract.py checks every
 part of it used here, on the installed uvicorn, websockets and uvloop, and names what changed.
 """
@@ -44,14 +50,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
+import orjson
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
 URGENT = "callstream.urgent"
+_SILENT = logging.Logger("callstream.silent")
+_SILENT.disabled = True
 FRAME_WRITER = "callstream.frame_writer"
 ABORT_AFTER_CLOSE_S = 30.0
 
@@ -80,6 +91,15 @@ def frame_payload(frame: bytes) -> str:
     marker = frame[1]
     offset = 2 if marker < 126 else 4 if marker == 126 else 10
     return frame[offset:].decode()
+
+
+def refusal_reason(body: bytes) -> str:
+    """`code: message` of a refused handshake's error body (socket_base.denial), else its text."""
+    try:
+        error = orjson.loads(body)["error"]
+        return f"{error['code']}: {error['message']}"
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return body[:200].decode(errors="replace") or "(no reason given)"
 
 
 T = TypeVar("T")
@@ -199,6 +219,13 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
     # ---- frames ------------------------------------------------------------------------------
 
     async def send(self, message: Any) -> None:
+        kind = message["type"]
+        if kind == "websocket.http.response.start" and self._refusing():
+            self._hold_refusal(message)
+            return
+        if kind == "websocket.http.response.body" and not self.handshake_complete:
+            await self._send_refusal(message)
+            return
         if not message.get(URGENT) or self.writable.is_set():
             await super().send(message)
         else:
@@ -208,10 +235,49 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
             finally:
                 self.writable.clear()
         self._after_transport_write()
-        if message["type"] == "websocket.accept" and self.handshake_complete:
+        if kind == "websocket.accept" and self.handshake_complete:
             self.scope[FRAME_WRITER] = self  # type: ignore[literal-required]
-        elif message.get(URGENT) and message["type"] == "websocket.close":
+        elif message.get(URGENT) and kind == "websocket.close":
             self.loop.call_later(ABORT_AFTER_CLOSE_S, self._abort_if_open)
+
+    # ---- refused handshakes (6.) ---------------------------------------------------------------
+
+    def _refusing(self) -> bool:
+        """No handshake answer has started yet: an HTTP answer now is a refusal."""
+        return not self.handshake_complete and self.initial_response is None
+
+    def _hold_refusal(self, message: Any) -> None:
+        """What uvicorn does with a refusal's status line, without its log line (`_log_refusal`
+        writes one with the reason once the body is known)."""
+        status = int(message["status"])
+        if not 100 <= status < 600:
+            raise RuntimeError(f"Invalid HTTP status code '{status}' in response.")
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in message.get("headers", [])]
+        self.initial_response = (status, headers, b"")
+
+    async def _send_refusal(self, message: Any) -> None:
+        """uvicorn writes the refusal (websockets' own "connection rejected" line silenced), then
+        `_log_refusal` logs it once the whole body is out."""
+        logger, self.conn.logger = self.conn.logger, _SILENT
+        try:
+            await super().send(message)
+        finally:
+            self.conn.logger = logger
+        if self.close_sent:
+            self._log_refusal()
+
+    def _log_refusal(self) -> None:
+        """One INFO line for the refusal just written, with its reason; the handshake is over."""
+        self.handshake_complete = True  # answered: uvicorn must not log it as never completed
+        assert self.initial_response is not None
+        status, _, body = self.initial_response
+        self.logger.info(
+            '%s - "WebSocket %s" %d refused: %s',
+            get_client_addr(self.scope),
+            get_path_with_query_string(self.scope),
+            status,
+            refusal_reason(body),
+        )
 
     def write_frames(self, data: bytes) -> bool:
         """Append complete frames to the socket; False once the connection is closing."""

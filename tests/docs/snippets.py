@@ -1,0 +1,162 @@
+"""The documentation's code blocks as Sybil examples, and what running one means.
+
+Sybil finds the blocks (its Markdown lexer, its `<!-- skip: next -->` comments); this module says
+what each kind of block does when a page is read in order, in one `Shell`:
+
+    ```sh                   typed into the page's terminal; must exit 0
+    ```python               a program, run with `python` from that terminal
+    ```python title="x.py"  a file the reader saves (as x.py) and a later block runs; also js
+    ```output               what the block before it printed, compared line by line
+    ```python title="fragment: …"   a part of a program: not run (nor are text, json, html …)
+
+A page names the server as the reader's would be, `127.0.0.1:8080`; the test's own server has a
+port of its own, so the port is replaced in every block, shown outputs included. A command whose
+comment says `Ctrl-C` (the last of its block) runs until the reader would press it: once it has
+printed what the page shows after it (or, when the page shows nothing, once it has printed
+something), it gets a SIGINT, and that stop is a success. In an output, what differs on every run
+(key secrets and ids, login codes, JWTs) is compared by shape.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from sybil import Document, Example, Region
+from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
+
+from tests.docs.shell import Ran, Shell
+
+INFO = re.compile(r'(?P<language>[\w-]+)(?: +title="(?P<title>[^"]*)")?[ \t]*$\n', re.MULTILINE)
+RUN_LANGUAGES = {"sh", "python", "js", "output"}
+CTRL_C = re.compile(r"^(?P<command>.*?)\s+#[^\n]*Ctrl-C[^\n]*\n?\Z", re.MULTILINE)
+BACKGROUND_WAIT_S = 20.0
+SETTLE_S = 1.0  # with nothing to wait for, how long a reader watches the first lines
+STOPPED = (0, 130)  # exit statuses of a command stopped with Ctrl-C: by its handler, or by the signal
+VOLATILE = [
+    (re.compile(r"cs_[A-Za-z0-9_-]{20,}"), "cs_<secret>"),
+    (re.compile(r"key_[0-9a-f]{16}"), "key_<id>"),
+    (re.compile(r"login=[A-Za-z0-9_-]+"), "login=<code>"),
+    (re.compile(r"eyJ[\w-]*\.[\w-]*\.[\w-]*"), "<jwt>"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    language: str
+    title: str | None
+    source: str
+    shows: str | None = None  # the output block that follows it, if any
+
+
+class Page:
+    """What the evaluators share while one page runs: its shell, its port, the last block's output."""
+
+    def __init__(self, shell: Shell, port: int) -> None:
+        self.shell = shell
+        self.port = port
+        self.last: Ran | None = None
+        self.count = 0
+
+    def localize(self, text: str) -> str:
+        return text.replace(":8080", f":{self.port}")
+
+
+def parse_blocks(document: Document) -> Iterator[Region]:
+    """Every fenced block a reader runs, saves or compares; Sybil's lexer finds them."""
+    lexer = RawFencedCodeBlockLexer(info_pattern=INFO)
+    found = []
+    for lexed in lexer(document):
+        language = str(lexed.lexemes["language"])
+        title = lexed.lexemes.get("title")
+        if language in RUN_LANGUAGES and not (title or "").startswith("fragment"):
+            found.append((lexed, Block(language, title, str(lexed.lexemes["source"]))))
+    for (lexed, block), after in zip(found, [*found[1:], None], strict=True):
+        shows = after[1].source if after is not None and after[1].language == "output" else None
+        yield Region(lexed.start, lexed.end, replace(block, shows=shows), evaluate)
+
+
+def evaluate(example: Example) -> None:
+    page: Page = example.namespace["page"]
+    block: Block = example.parsed
+    source = page.localize(block.source)
+    if block.language == "output":
+        compare(page, source)
+        return
+    if block.title:
+        page.shell.write(block.title, source)
+        return
+    if block.language == "python":
+        page.count += 1
+        script = page.shell.write(f".snippets/program{page.count}.py", source)
+        source = f"python {script.relative_to(page.shell.cwd)}"
+    elif block.language != "sh":
+        raise AssertionError(f"a {block.language} block needs a title: the file the reader saves it as")
+    stop = CTRL_C.search(source)
+    if stop is None:
+        page.last = ran = page.shell.run(source)
+        assert ran.status == 0, f"exit status {ran.status}; it printed:\n{ran.output()}"
+        return
+    ran = page.shell.run(source[: stop.start()] + page.shell.interruptible(stop.group("command")))
+    assert ran.status == 0, f"exit status {ran.status}:\n{ran.output()}"
+    assert ran.last_job is not None
+    _watch(ran, None if block.shows is None else page.localize(block.shows))
+    status = page.shell.interrupt(ran.last_job)
+    assert status in STOPPED, f"exit status {status} after Ctrl-C; it printed:\n{ran.output()}"
+    page.last = Ran(0, ran.output_path, started_jobs=False)
+
+
+def _watch(ran: Ran, shows: str | None) -> None:
+    """Wait as the reader would before pressing Ctrl-C: until the command has printed what the page
+    shows, or, when it shows nothing, until it has printed something (and a moment more)."""
+    deadline = time.monotonic() + BACKGROUND_WAIT_S
+    first_output: float | None = None
+    while time.monotonic() < deadline:
+        printed = normalized(ran.output())
+        if shows is not None and _in_order(normalized(shows), printed):
+            return
+        if shows is None and printed:
+            first_output = first_output or time.monotonic()
+            if time.monotonic() - first_output >= SETTLE_S:
+                return
+        time.sleep(0.1)
+
+
+def compare(page: Page, shown: str) -> None:
+    """The shown output against what the last block printed: exactly, or, when that block left
+    jobs running (a server's lines go on), as lines that appear in order within a deadline."""
+    ran = page.last
+    assert ran is not None, "an output block with no command before it"
+    expected = normalized(shown)
+    if not ran.started_jobs:
+        actual = normalized(ran.output())
+        assert actual == expected, _difference(expected, actual)
+        return
+    deadline = time.monotonic() + BACKGROUND_WAIT_S
+    while True:
+        actual = normalized(ran.output())
+        if _in_order(expected, actual):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(_difference(expected, actual))
+        time.sleep(0.1)
+
+
+def normalized(text: str) -> list[str]:
+    for pattern, shape in VOLATILE:
+        text = pattern.sub(shape, text)
+    lines = [line.rstrip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _in_order(expected: list[str], actual: list[str]) -> bool:
+    remaining = iter(actual)
+    return all(any(line == seen for seen in remaining) for line in expected)
+
+
+def _difference(expected: list[str], actual: list[str]) -> str:
+    return "the page shows:\n" + "\n".join(expected) + "\n\nthe command printed:\n" + "\n".join(actual)

@@ -1,0 +1,134 @@
+"""Every snippet is a test: the pages a newcomer follows are run as the newcomer would run them.
+
+Each page (or path of pages, read in one terminal) runs in a fresh folder laid out like a checkout
+(its `.venv`, `Makefile`, `examples/` are the repository's own), against servers it starts itself
+on a port of its own; the paths are read side by side. A page that is not a path from nothing (client.md) gets a prelude: what its
+reader has already done, here a server, an exported `KEY` and the quickstart's `call_42`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+from sybil import Sybil
+from sybil.parsers.markdown import SkipParser
+
+from tests.docs.shell import Shell
+from tests.docs.snippets import Page, parse_blocks
+from tests.helpers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKOUT = (".venv", "Makefile", "pyproject.toml", "src", "examples")
+STARTED = "export PATH=$PWD/.venv/bin:$PATH\n"
+
+CALL_42 = (
+    '[{"type":"transcript.final","data":{"speaker":"user","text":"Hi, I need to move my appointment."}},'
+    '{"type":"agent.state","data":{"state":"thinking"}},'
+    '{"type":"function.call","data":{"name":"find_booking","args":{"phone":"+15550100"},"tool_call_id":"t1"}},'
+    '{"type":"function.result","data":{"name":"find_booking","result":{"id":"B-7"},"tool_call_id":"t1"}},'
+    '{"type":"transcript.final","data":{"speaker":"agent","text":"Sure, I found your booking for Friday. What day works better?"}},'
+    '{"type":"call.ended","data":{"status":"completed","duration_ms":41000}}]'
+)
+SERVER_WITH_CALL_42 = STARTED + (
+    "callstream serve --data-dir ./data > .snippets/server.log 2>&1 &\n"
+    "export KEY=$(callstream keys create --account acme --json --data-dir ./data | jq -r .key)\n"
+    "until curl -sf localhost:8080/healthz > /dev/null; do sleep 0.1; done\n"
+    f"curl -sf -X POST localhost:8080/v1/calls/call_42/events -H \"Authorization: Bearer $KEY\" -d '{CALL_42}'\n"
+)
+
+# name: (the pages, read in this order in one terminal; what the reader did before)
+PATHS: dict[str, tuple[list[str], str]] = {
+    "getting-started": (["docs/getting-started/run.md", "docs/getting-started/watch.md", "docs/getting-started/publish.md"], ""),
+    "quickstart": (["docs/quickstart.md"], ""),
+    "readme": (["README.md"], ""),
+    "client": (["docs/client.md"], SERVER_WITH_CALL_42),
+}
+SYBIL = Sybil(parsers=[parse_blocks, SkipParser()])
+
+
+TOOLS = ("bash", "curl", "jq", "timeout", "node")
+
+
+@pytest.fixture(scope="module")
+def readings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BaseException | None]:
+    """Every path read at once, each by a reader of its own (its own folder, terminal and
+    server): most of a reading is waiting for servers and calls, so side by side they take
+    about as long as the longest one. What went wrong in each, or None."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        _missing(f"the pages' readers have {', '.join(missing)}; this machine does not")
+    if subprocess.run(["make", "-q", ".venv/.installed"], cwd=ROOT, check=False).returncode != 0:
+        pytest.fail("`.venv` is not installed from the current pyproject.toml: run `make .venv/.installed`")
+    with ThreadPoolExecutor(len(PATHS)) as pool:
+        futures = {name: pool.submit(_read, name, tmp_path_factory.mktemp(name)) for name in PATHS}
+    return {name: future.exception() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_every_snippet_of_the_page_runs_and_prints_what_it_shows(
+    path: str, readings: dict[str, BaseException | None]
+) -> None:
+    failure = readings[path]
+    if failure is not None:
+        raise failure
+
+
+def _read(path: str, folder: Path) -> None:
+    """One reader follows the path's pages in order, in one terminal, from a fresh checkout."""
+    files, prelude = PATHS[path]
+    with _terminal(_checkout(folder)) as page:
+        if prelude:
+            ran = page.shell.run(page.localize(prelude))
+            assert ran.status == 0, ran.output()
+        for name in files:
+            document = SYBIL.parse(ROOT / name)
+            document.namespace["page"] = page
+            for example in document:
+                try:
+                    example.evaluate()
+                except Exception as exc:
+                    raise AssertionError(f"{name}, line {example.line}: {exc}") from exc
+
+
+def _checkout(folder: Path) -> Path:
+    """A folder a reader would work in: the repository's installed `.venv` and files beside it."""
+    for name in CHECKOUT:
+        (folder / name).symlink_to(ROOT / name)
+    return folder
+
+
+@contextmanager
+def _terminal(folder: Path) -> Iterator[Page]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLSTREAM_", "VIRTUAL_ENV"))}
+    env |= {"CALLSTREAM_PORT": str(port), "CALLSTREAM_URL": f"http://127.0.0.1:{port}"}
+    if _node_major() < 22:  # the pages' reader has Node ≥ 22, or this (as they say); quietly
+        env["NODE_OPTIONS"] = "--experimental-websocket --no-warnings"
+    shell = Shell(folder, env)
+    try:
+        yield Page(shell, port)
+    finally:
+        shell.close()
+
+
+def _missing(what: str) -> NoReturn:
+    """Skip locally, fail under CI=true (as for the services: tests/broker/services.py)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} (CI=true: these tests must run)")
+    pytest.skip(what)
+
+
+def _node_major() -> int:
+    node = shutil.which("node")
+    if node is None:
+        return 0
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
+    return int(version.strip().lstrip("v").split(".")[0])
