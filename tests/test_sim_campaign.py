@@ -49,7 +49,8 @@ def test_metadata_matches_the_campaign_and_its_direction() -> None:
         assert (m["campaign"], m["direction"]) == (campaign, direction)
         assert m["agent"] in agents
         caller = m["from"] if direction == "inbound" else m["to"]
-        assert caller.startswith("+1555") and len(caller) == 12
+        assert caller.startswith("+1555")
+        assert len(caller) == 12
 
 
 @pytest.mark.parametrize(

@@ -552,7 +552,7 @@ function metaLine(c) {
 }
 
 // calls list
-const listView = new Windowed($("call-list"), {
+const listView = new Windowed($("list-scroll"), $("call-list"), {
   rowHeight: ROW_H, overscan: 4, padBottom: 12, build: buildRow, update: updateRow, onChange: schedule,
 });
 
@@ -631,7 +631,7 @@ function syncRoving(view, focusId) {
   }
   // A focused element recycled for another call gives the focus to the call's new element.
   const focused = document.activeElement;
-  if (focusId && view.scroller.contains(focused) && focused.parentElement?._item !== focusId) {
+  if (focusId && view.rows.contains(focused) && focused.parentElement?._item !== focusId) {
     view.elementOf(focusId)?.firstChild.focus({ preventScroll: true });
   }
 }
@@ -819,7 +819,7 @@ $("back").addEventListener("click", () => {
 });
 
 // campaign
-const gridView = new Windowed($("campaign-grid"), {
+const gridView = new Windowed($("grid-scroll"), $("campaign-grid"), {
   rowHeight: CARD_H, minColumnWidth: CARD_MIN_W, gap: GRID_GAP, overscan: 2, padBottom: 12,
   build: buildCard, update: updateCard, onChange: schedule,
 });

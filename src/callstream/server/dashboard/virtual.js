@@ -3,8 +3,9 @@
 // are. Plain ES module, no dependencies; app.js owns the items and says how to draw one.
 //
 // The scroller's size comes from a ResizeObserver and its scroll position from its scroll event,
-// so a render never reads layout: it writes the two paddings that stand for the rows out of view
-// and brings the visible elements up to date. Elements are recycled by position: `build()` makes
+// so a render never reads layout: it writes the two paddings of the rows' container (inside the
+// scroller: a scroller's own padding could not shrink with it) that stand for the rows out of
+// view, and brings the visible elements up to date. Elements are recycled by position: `build()` makes
 // an empty one, `update(el, item, full)` draws an item into it (`full`: it showed another item
 // before: nothing it shows can be kept).
 
@@ -18,7 +19,8 @@ export function windowOf({ scrollTop, height, rowHeight, columns, count, oversca
 
 export class Windowed {
   /**
-   * @param {HTMLElement} scroller  the element that scrolls and holds the rows
+   * @param {HTMLElement} scroller  the element that scrolls
+   * @param {HTMLElement} rows      the element inside it that holds the rows (a list, or a grid)
    * @param {object} o
    * @param {number} o.rowHeight    px per row, gap included
    * @param {number} [o.minColumnWidth]  > 0: a grid of as many columns of at least this width as fit
@@ -29,8 +31,9 @@ export class Windowed {
    * @param {(el: HTMLElement, item: any, full: boolean) => void} o.update
    * @param {() => void} [o.onChange]  the view moved or resized: render again
    */
-  constructor(scroller, o) {
+  constructor(scroller, rows, o) {
     this.scroller = scroller;
+    this.rows = rows;
     this.o = { minColumnWidth: 0, gap: 0, overscan: 3, padBottom: 0, ...o };
     this.items = [];
     this.els = [];
@@ -51,7 +54,7 @@ export class Windowed {
       this.width = box.width;
       const { minColumnWidth: min, gap } = this.o;
       const columns = min > 0 ? Math.max(1, Math.floor((box.width + gap) / (min + gap))) : 1;
-      if (columns !== this.columns && min > 0) scroller.style.gridTemplateColumns = `repeat(${columns}, minmax(0, 1fr))`;
+      if (columns !== this.columns && min > 0) rows.style.gridTemplateColumns = `repeat(${columns}, minmax(0, 1fr))`;
       this.columns = columns;
       this.o.onChange?.();
     }).observe(scroller);
@@ -65,14 +68,14 @@ export class Windowed {
     const pads = `${w.above * rowHeight}/${w.below * rowHeight + padBottom}`;
     if (pads !== this.pads) {
       this.pads = pads;
-      this.scroller.style.paddingTop = `${w.above * rowHeight}px`;
-      this.scroller.style.paddingBottom = `${w.below * rowHeight + padBottom}px`;
+      this.rows.style.paddingTop = `${w.above * rowHeight}px`;
+      this.rows.style.paddingBottom = `${w.below * rowHeight + padBottom}px`;
     }
     const count = w.end - w.start;
     while (this.els.length < count) {
       const el = this.o.build();
       this.els.push(el);
-      this.scroller.append(el);
+      this.rows.append(el);
     }
     while (this.els.length > count) this.els.pop().remove();
     if (this.pendingScroll) {
