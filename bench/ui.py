@@ -38,6 +38,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import sync_playwright
+
 from bench.soak import free_port
 from callstream.publisher import Publisher
 
@@ -47,6 +50,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWS = (("list", "#tab-calls"), ("campaign", "#tab-campaign"))
+UNRESPONSIVE_S = 60  # a view whose tab click waits longer than this is reported unresponsive
 TARGETS = "at 1,000 calls: ≥ 50 fps, no long task over 50 ms, heap ≤ 100 MB; at 2,000: ≥ 30 fps"
 
 PROBE = """() => {
@@ -185,8 +189,6 @@ class Producer:
 
 @contextlib.contextmanager
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -234,11 +236,18 @@ def run_n(b: Any, checkout: Path, n: int, seconds: float, warmup: float, per_cal
             page.goto(login)
             page.wait_for_selector('#conn[data-state="open"]', timeout=60_000)
             page.evaluate(PROBE)
+            page.set_default_timeout(UNRESPONSIVE_S * 1000)
             rows = []
             for view, tab in VIEWS:
-                page.click(tab)
-                page.wait_for_timeout(warmup * 1000)
-                row = {"n": n, "view": view, **measure_view(page, cdp, received, seconds)}
+                try:
+                    page.click(tab)
+                    page.wait_for_timeout(warmup * 1000)
+                    row = {"n": n, "view": view, **measure_view(page, cdp, received, seconds),
+                           "load": round(os.getloadavg()[0], 1)}
+                except PlaywrightTimeout:
+                    log(f"N={n} {view}: the page did not answer in {UNRESPONSIVE_S} s")
+                    rows.append({"n": n, "view": view, "unresponsive": True})
+                    break
                 log(f"N={n} {view}: {row}")
                 rows.append(row)
                 if shot is not None and view == "campaign":
@@ -251,11 +260,14 @@ def run_n(b: Any, checkout: Path, n: int, seconds: float, warmup: float, per_cal
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| checkout | calls | view | fps | long tasks | long total | longest | JS heap | received | DOM elements |\n"
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = ("| checkout | calls | view | fps | long tasks | long total | longest | JS heap | received | DOM elements "
+            "| load |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     body = "".join(
+        f"| {r['label']} | {r['n']:,} | {r['view']} | unresponsive: a click waited over {UNRESPONSIVE_S} s "
+        "| | | | | | | |\n" if r.get("unresponsive") else
         f"| {r['label']} | {r['n']:,} | {r['view']} | {r['fps']} | {r['long_tasks']} | {r['long_total_ms']:,} ms "
-        f"| {r['longest_ms']} ms | {r['heap_mb']} MB | {r['kib_per_s']} KiB/s | {r['dom_elements']:,} |\n"
+        f"| {r['longest_ms']} ms | {r['heap_mb']} MB | {r['kib_per_s']} KiB/s | {r['dom_elements']:,} "
+        f"| {r.get('load', '–')} |\n"
         for r in rows)
     return head + body
 
@@ -276,7 +288,9 @@ def write(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         f"Targets: {TARGETS}. Each view measured {meta['seconds']} s after {meta['warmup']} s of warm-up, "
         f"the producer at {meta['per_call']} events/s per call; last run {meta['when']} "
         f"(load average then {meta['load']}).\n"
-        "Long tasks: the page's `longtask` entries (over 50 ms each). Received: the socket's frames.\n\n"
+        "Long tasks: the page's `longtask` entries (over 50 ms each). Received: the socket's frames. "
+        "Load: the machine's 1-minute load average at the end of the view (2 cores: above 2, the browser "
+        "waited for a core).\n\n"
         + table(every)
         + "".join(f"\n![campaign view]({s})\n" for s in shots))
 
@@ -302,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with browser() as b:
         for n in counts:
-            slug = "".join(ch if ch.isalnum() else "-" for ch in label).strip("-")
+            slug = "-".join("".join(ch if ch.isalnum() else " " for ch in label).split())
             shot = None if a.no_screenshot or n != max(counts) else RESULTS / f"ui-campaign-{slug}-{n}.png"
             for row in run_n(b, a.checkout, n, a.seconds, a.warmup, a.events_per_call, shot):
                 rows.append({"label": label, **row})
