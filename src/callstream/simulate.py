@@ -31,6 +31,7 @@ from rich.text import Text
 from callstream.control import ACTIONS, ControlRequest
 from callstream.errors import PublishError
 from callstream.publisher import Publisher
+from callstream.sim_campaign import SHAPE_SALT, arrival_gap, check_options, draw_call
 from callstream.sim_scripts import SCRIPTS, Facts, Say, Tool, Turn, agent, user
 
 __all__ = [
@@ -168,19 +169,22 @@ class _Plan:
     reason: str
     end_delay: tuple[float, float]
     answered: bool = True  # False: it ends before anyone speaks (no answer, busy)
+    script: str = ""  # the key of sim_scripts.SCRIPTS it plays
 
 
 def _plan(rng: random.Random, today: dt.date) -> _Plan:
     """Draw a conversation and its ending: how often each ending comes is ``END_WEIGHTS``."""
-    script = rng.choice(list(SCRIPTS.values()))(Facts(rng, today))
+    name = rng.choice(list(SCRIPTS))
+    script = SCRIPTS[name](Facts(rng, today))
     status = rng.choices(list(END_WEIGHTS), weights=list(END_WEIGHTS.values()))[0]
     if status == "no_answer":
-        return _Plan([], status, f"no answer after {rng.randint(20, 40)} s of ringing", (0, 0), answered=False)
+        reason = f"no answer after {rng.randint(20, 40)} s of ringing"
+        return _Plan([], status, reason, (0, 0), answered=False, script=name)
     if status == "busy":
-        return _Plan([], status, "line busy (SIP 486 Busy Here)", (0, 0), answered=False)
+        return _Plan([], status, "line busy (SIP 486 Busy Here)", (0, 0), answered=False, script=name)
     cut = rng.choice(_user_turns(script.turns)[1:] or [len(script.turns)])
     if status == "completed":
-        return _Plan(script.turns, status, script.reason, (0.5, 1.5))
+        return _Plan(script.turns, status, script.reason, (0.5, 1.5), script=name)
     if status == "transferred":
         handover: list[Turn] = [
             user("Actually, can I talk to a real person, please?"),
@@ -189,10 +193,10 @@ def _plan(rng: random.Random, today: dt.date) -> _Plan:
                  {"status": "transferring", "queue_position": rng.randint(1, 6)}),
         ]
         reason = f"transferred to {script.queue} at the caller's request"
-        return _Plan([*script.turns[:cut], *handover], status, reason, (0.3, 1.0))
+        return _Plan([*script.turns[:cut], *handover], status, reason, (0.3, 1.0), script=name)
     if status == "canceled":
-        return _Plan(script.turns[:cut], status, "caller hung up", (1.0, 3.0))
-    return _Plan(script.turns[:cut], status, rng.choice(FAILURES), (0.5, 4.0))
+        return _Plan(script.turns[:cut], status, "caller hung up", (1.0, 3.0), script=name)
+    return _Plan(script.turns[:cut], status, rng.choice(FAILURES), (0.5, 4.0), script=name)
 
 
 def _check_speed(speed: float) -> None:
@@ -250,13 +254,22 @@ class _LiveCall:
     ``resume`` (a human has the floor: the agent still speaks what it is told to say);
     ``transfer`` ends the call ``transferred``; ``end`` ends it. Each request's
     ``control.result`` is published before what it causes, so it precedes a ``call.ended``.
+
+    Its campaign shape (:mod:`callstream.sim_campaign`) gives its first event ``data.metadata``
+    (PROTOCOL.md §9), may cap its length (it then ends ``completed`` at the next turn), and for
+    a call ``joining`` a running campaign, skips the turns already behind it.
     """
 
-    def __init__(self, sim: _Simulation, call_id: str, rng: random.Random) -> None:
+    def __init__(self, sim: _Simulation, call_id: str, rng: random.Random, shape_rng: random.Random, *,
+                 joining: bool = False) -> None:
         self.sim = sim
         self.call_id = call_id
         self.line = _Timeline(rng, sim.speed)
         self.plan = _plan(rng, sim.today)
+        # From a random.Random of its own: a seed plays the same conversations with or without it.
+        self.shape = draw_call(shape_rng, self.plan.script, len(self.plan.turns),
+                               mean_length=sim.mean_length, joining=joining)
+        self.metadata: dict[str, str] | None = self.shape.metadata  # sent once, with the first event
         self.requests: asyncio.Queue[ControlRequest] = asyncio.Queue()
         self.queued: deque[Say] = deque()  # lines the supervisor asked for, said after the turn
         self.instruction: str | None = None
@@ -274,16 +287,27 @@ class _LiveCall:
 
     async def run(self) -> None:
         """Play the call to its end; a ``transfer`` or ``end`` request ends it early."""
+        if self.shape.delay_s:
+            await asyncio.sleep(self.shape.delay_s / self.sim.speed)
+            self.started = self.due = self.loop.time()
         with contextlib.suppress(_HungUp):
             if self.plan.answered:
                 await self.send("agent.state", {"state": "listening"})
                 self.line.started, self.line.state = True, "listening"
-                for turn in self.plan.turns:
+                for turn in self.plan.turns[self.shape.skip_turns:]:
+                    if self.over_length():
+                        await self.end("completed", "the caller had what they needed")
+                        return
                     await self.play(self.steered(turn), turn.speaker if isinstance(turn, Say) else "agent")
                     await self.between_turns()
             await self.sleep(self.line.wait(*self.plan.end_delay))
             await self.between_turns()
             await self.end(self.plan.status, self.plan.reason)
+
+    def over_length(self) -> bool:
+        """Past the length its campaign drew for it (never, without a cap)."""
+        cap = self.shape.max_length_s
+        return cap is not None and self.loop.time() - self.started >= cap / self.sim.speed
 
     def steered(self, turn: Turn) -> Iterator[Event]:
         """The events of the next scripted turn; an agent reply carries a pending instruction."""
@@ -398,6 +422,8 @@ class _LiveCall:
             self.tool = {k: data[k] for k in ("name", "tool_call_id")} if kind == "function.call" else None
         elif kind == "agent.state":
             self.line.state = data["state"]
+        if self.metadata is not None:
+            data, self.metadata = {**data, "metadata": self.metadata}, None
         self.sim.emit(await self.sim.pub.send_wait(self.call_id, kind, data), self.call_id, kind, data)
 
 
@@ -439,9 +465,10 @@ class _Simulation:
     """The calls of one :func:`run_simulation`, sharing a publisher and a stats object."""
 
     def __init__(self, pub: Publisher, speed: float, seed: int | None,
-                 on_progress: ProgressCallback | None) -> None:
+                 on_progress: ProgressCallback | None, mean_length: float | None = None) -> None:
         self.pub = pub
         self.speed = speed
+        self.mean_length = mean_length
         self.rng = random.Random(seed)
         self.on_progress = on_progress
         self.stats = SimulationStats()
@@ -459,15 +486,17 @@ class _Simulation:
         self.ids.add(call_id)
         return call_id
 
-    def start_call(self, slots: asyncio.Semaphore) -> None:
-        call_rng = random.Random(self.rng.getrandbits(64))
-        task = asyncio.create_task(self.call(self.new_call_id(), call_rng, slots))
+    def start_call(self, slots: asyncio.Semaphore, *, joining: bool = False) -> None:
+        seed = self.rng.getrandbits(64)
+        rngs = random.Random(seed), random.Random(seed ^ SHAPE_SALT)
+        task = asyncio.create_task(self.call(self.new_call_id(), rngs, slots, joining=joining))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def call(self, call_id: str, rng: random.Random, slots: asyncio.Semaphore) -> None:
+    async def call(self, call_id: str, rngs: tuple[random.Random, random.Random], slots: asyncio.Semaphore, *,
+                   joining: bool = False) -> None:
         self.stats.calls_started += 1
-        call = self.live[call_id] = _LiveCall(self, call_id, rng)
+        call = self.live[call_id] = _LiveCall(self, call_id, *rngs, joining=joining)
         try:
             await call.run()
         except PublishError as exc:
@@ -509,17 +538,29 @@ class _Simulation:
         with contextlib.suppress(PublishError):  # backpressure/closed: nothing more to do
             self.emit(self.pub.send(call_id, "call.ended", data), call_id, "call.ended", data)
 
-    async def keep_going(self, calls: int, rate: float | None) -> None:
-        """Start calls as slots free up, no faster than ``rate`` per second when given."""
+    async def keep_going(self, calls: int, rate: float | None, arrival_rate: float | None = None, *,
+                         stagger: bool = False) -> None:
+        """Start calls as slots free up, never more than ``calls`` at once.
+
+        With ``rate``, no faster than that many a second, evenly spaced; with ``arrival_rate``,
+        as a Poisson process of that many a second. With neither, the steady state: one starts
+        as another ends, and with ``stagger`` the first ``calls`` join at random points of their
+        scripts.
+        """
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(calls)
         due = loop.time()
+        filling = calls if stagger and rate is None and arrival_rate is None else 0
         while True:
             await slots.acquire()
             if rate is not None:
                 due = max(due + 1 / rate, loop.time())
                 await asyncio.sleep(due - loop.time())
-            self.start_call(slots)
+            elif arrival_rate is not None:
+                due = max(due, loop.time() - 1.0) + arrival_gap(self.rng, arrival_rate)
+                await asyncio.sleep(max(0.0, due - loop.time()))
+            self.start_call(slots, joining=filling > 0)
+            filling -= 1
 
     async def stop(self) -> None:
         """Cancel the running calls (each publishes its ``call.ended``), then flush."""
@@ -542,6 +583,9 @@ async def run_simulation(
     duration: float | None = None,
     seed: int | None = None,
     on_progress: ProgressCallback | None = None,
+    arrival_rate: float | None = None,
+    mean_length: float | None = None,
+    stagger: bool = False,
 ) -> SimulationStats:
     """Keep ``calls`` simulated calls going against the server at ``url``.
 
@@ -552,13 +596,20 @@ async def run_simulation(
     obey live control (every action is declared): see :class:`_LiveCall`. ``seed``
     makes what is said reproducible; call ids (``sim_<8 hex>``) are always fresh.
     ``on_progress`` is called with the stats after every event sent; keep it cheap.
+
+    A campaign (:mod:`callstream.sim_campaign`): ``arrival_rate`` starts calls as a Poisson
+    process instead (not with ``rate``); without either, ``stagger`` has the first ``calls``
+    join at random points of their scripts, so none speak in lockstep. ``mean_length``
+    (seconds) is the median of each call's drawn length cap. Every call's first event carries
+    its metadata (``data.metadata``, PROTOCOL.md §9).
     """
     if calls < 1 or (rate is not None and rate <= 0) or speed <= 0:
         msg = "calls, rate and speed must be positive"
         raise ValueError(msg)
+    check_options(arrival_rate, rate, mean_length)
     async with Publisher(url, key, controls=dict.fromkeys(CONTROLS)) as pub:
-        sim = _Simulation(pub, speed, seed, on_progress)
-        keeper = asyncio.create_task(sim.keep_going(calls, rate))
+        sim = _Simulation(pub, speed, seed, on_progress, mean_length)
+        keeper = asyncio.create_task(sim.keep_going(calls, rate, arrival_rate, stagger=stagger))
         steering = asyncio.create_task(sim.steer())
         try:
             watched: list[asyncio.Future[Any]] = [keeper, sim.fatal]
@@ -632,6 +683,9 @@ def simulate_command(
     duration: float | None,
     seed: int | None,
     quiet: bool,
+    arrival_rate: float | None = None,
+    mean_length: float | None = None,
+    stagger: bool = True,
 ) -> None:
     """Run :func:`run_simulation` with a live view; Ctrl-C ends the calls and exits cleanly."""
     console = Console(stderr=True)
@@ -644,7 +698,7 @@ def simulate_command(
     async def main() -> SimulationStats:
         task = asyncio.create_task(run_simulation(
             url, key, calls=calls, rate=rate, speed=speed, duration=duration, seed=seed,
-            on_progress=grab,
+            on_progress=grab, arrival_rate=arrival_rate, mean_length=mean_length, stagger=stagger,
         ))
         try:
             if not quiet:

@@ -18,11 +18,30 @@ def simulate(
     duration: Annotated[float | None, typer.Option(min=0.1, help="stop after this many seconds")] = None,
     seed: Annotated[int | None, typer.Option(help="for reproducible conversations")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no live view")] = False,
+    arrival_rate: Annotated[
+        float | None, typer.Option(help="Poisson arrivals: new calls per second on average (not with --rate)")
+    ] = None,
+    mean_length: Annotated[
+        float | None, typer.Option(help="median call length in seconds (log-normal); default: the script's")
+    ] = None,
+    stagger: Annotated[
+        bool, typer.Option(help="steady state: the first calls join at random points of their scripts")
+    ] = True,
 ) -> None:
-    """Drive realistic simulated calls into a server."""
+    """Drive realistic simulated calls into a server.
+
+    Without --rate or --arrival-rate it holds a steady state: --calls calls live, a new one
+    starting as one ends; the first ones join at random points of their scripts (--no-stagger:
+    all from their first word).
+    """
+    from callstream.sim_campaign import check_options
     from callstream.simulate import simulate_command
 
-    simulate_command(url, key, calls, rate, speed, duration, seed, quiet)
+    try:
+        check_options(arrival_rate, rate, mean_length)
+    except ValueError as exc:
+        fail(str(exc))
+    simulate_command(url, key, calls, rate, speed, duration, seed, quiet, arrival_rate, mean_length, stagger)
 
 
 def tail(

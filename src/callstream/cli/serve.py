@@ -103,7 +103,7 @@ def demo(
     host: Host = None,
     port: Port = None,
     data_dir: DataDir = None,
-    calls: Annotated[int, typer.Option(help="concurrent simulated calls")] = 6,
+    calls: Annotated[int, typer.Option(min=1, max=5_000, help="simulated calls kept live")] = 12,
     speed: Annotated[float, typer.Option(help="speaking pace; 2 = twice as fast")] = 1.0,
 ) -> None:
     """`serve` plus a demo account, simulated live calls, and the dashboard's URL."""
@@ -127,11 +127,12 @@ def demo(
         console.print(f"API docs: {base}/docs    data: {data_dir}")
         console.print(f"demo API key (account 'demo'): {key}")
         console.print(f"try: callstream tail --url {base} --key {key} --all")
-        console.print(f"simulating {calls} concurrent calls; Ctrl-C to stop")
+        console.print(f"simulating a campaign of {calls} live calls; Ctrl-C to stop")
         server.companions.append(
             asyncio.create_task(
                 run_simulation(
-                    base, key, calls=calls, rate=None, speed=speed, duration=None, seed=None, on_progress=None
+                    base, key, calls=calls, rate=None, speed=speed, duration=None, seed=None, on_progress=None,
+                    stagger=True,
                 )
             )
         )

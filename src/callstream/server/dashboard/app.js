@@ -1,5 +1,7 @@
 // callstream dashboard: live calls, listen-in, campaign sentiment and turn latency (quality.js).
-// Plain ES module on top of callstream.js; no build step, no dependencies.
+// Plain ES module on top of callstream.js; no build step, no dependencies. The list and the
+// campaign grid are windowed (virtual.js): thousands of live calls cost the rows in view. Their
+// order and filters are triage.js.
 //
 // Auth: the page is opened as /?login=<one-time code>. The code is exchanged
 // for a short-lived JWT (POST /v1/login), removed from the URL, kept in
@@ -7,15 +9,30 @@
 // (POST /v1/login/refresh). The page never sees an API key.
 
 import { CallStream, States } from "./callstream.js";
-import { isSlow, latencyBadge, quality, recordTurn, renderChart, renderTiles, turnItem } from "./quality.js";
+import { latencyBadge, latencyOf, quality, recordTurn, renderChart, renderTiles, turnItem } from "./quality.js";
 import { renderControls, requestText, resultText, setupControls, tokenScopes } from "./supervise.js";
+import { SORTS, attentionCount, derive, matches, ordered } from "./triage.js";
+import { Windowed } from "./virtual.js";
 
 const SESSION_KEY = "callstream.session";
 // The campaign subscription ("*") carries what the list and the sparklines
 // need; partials and function calls come with the per-call listen-in subscription.
-const WILDCARD_TYPES = ["transcript.final", "agent.state", "call.ended"];
+// call.started carries a call's metadata (PROTOCOL.md §9); a server that does not know the
+// type refuses the subscription, and the page subscribes again without it.
+const WILDCARD_TYPES = ["call.started", "transcript.final", "agent.state", "call.ended"];
+let wildcardTypes = WILDCARD_TYPES;
 const TREND_POINTS = 24;
 const MAX_ENDED_SHOWN = 50;
+const MAX_ENDED_KEPT = 300; // ended calls kept in memory (the open one is always kept)
+const ROW_H = 84; // px per list row: .call-list li's height plus its gap (style.css)
+const CARD_H = 178; // px per grid row: .grid li's height plus the gap
+const CARD_MIN_W = 250; // px: the narrowest a card gets before the grid drops a column
+const GRID_GAP = 12;
+const ORDER_EVERY_MS = 1000; // rows reorder at most this often as figures change
+const NEW_CALL_ORDER_MS = 250; // and this often when calls come or go
+const SUMMARY_EVERY_MS = 500; // counts, tiles and the page title
+const LIST_PAGE = 500; // calls per GET /v1/calls page when the page loads
+const BASE_TITLE = document.title;
 const STATS_EVERY_MS = 10_000; // the campaign view's fleet tiles and chart (GET /v1/stats)
 
 const $ = (id) => document.getElementById(id);
@@ -122,7 +139,12 @@ async function api(path) {
 
 /** @type {Map<string, any>} */
 const calls = new Map();
-const ui = { selected: null, view: "calls", showEnded: true, connState: "connecting" };
+const ui = {
+  selected: null, view: "calls", showEnded: true, connState: "connecting",
+  listFocus: null, gridFocus: null, // the call the keyboard is on, in each view
+  sort: "attention",
+  filter: { status: "all", sentiment: "", slow: false, campaign: "", text: "" },
+};
 let stream = null;
 
 function getCall(id) {
@@ -133,12 +155,40 @@ function getCall(id) {
       reason: null, agentState: null, agentSeq: 0, items: [], bySeq: new Map(),
       partials: new Map(), finalUtterances: new Set(), lastFinalSeqBySpeaker: {},
       tools: new Map(), pendingResults: new Map(), controls: new Map(), earlyOutcomes: new Map(),
-      lastText: "", serverSentiment: null,
+      lastText: "", serverSentiment: null, meta: {},
       metaRequested: false, firstSeen: Date.now(),
     };
+    derive(c, null, null, false);
     calls.set(id, c);
+    reorder = true;
   }
   return c;
+}
+
+const campaigns = new Set(); // metadata.campaign values seen: the campaign filter's choices
+
+/** Merge a call's metadata (an event's data.metadata, or GET /v1/calls): scalars only. */
+function mergeMeta(c, m) {
+  if (!m || typeof m !== "object" || Array.isArray(m)) return;
+  const next = { ...c.meta };
+  for (const [k, v] of Object.entries(m)) {
+    if (v === null || ["string", "number", "boolean"].includes(typeof v)) next[k] = v;
+  }
+  c.meta = next;
+  if (next.campaign != null && next.campaign !== "") campaigns.add(String(next.campaign));
+}
+
+/** Keep at most MAX_ENDED_KEPT ended calls in memory: the oldest go (never the open one). */
+function pruneEnded() {
+  const ended = [];
+  for (const c of calls.values()) if (c.status === "ended" && c.id !== ui.selected) ended.push(c);
+  if (ended.length <= MAX_ENDED_KEPT) return;
+  ended.sort((a, b) => (a.endedAt || 0) - (b.endedAt || 0));
+  for (const c of ended.slice(0, ended.length - MAX_ENDED_KEPT)) {
+    calls.delete(c.id);
+    stream.forget(c.id);
+  }
+  reorder = true;
 }
 
 function applyMeta(c, m) {
@@ -152,6 +202,7 @@ function applyMeta(c, m) {
   }
   if (m.sentiment && typeof m.sentiment.score === "number") c.serverSentiment = m.sentiment;
   if (m.metrics) c.serverMetrics = m.metrics;
+  mergeMeta(c, m.metadata);
 }
 
 async function fetchMeta(c) {
@@ -179,10 +230,12 @@ function onEvent(msg) {
   const c = getCall(msg.call_id);
   const d = msg.data || {};
   if (c.startedAt == null) c.startedAt = msg.seq === 1 ? msg.ts : null;
-  if (!c.metaRequested && (c.startedAt == null || msg.seq > 1)) {
-    fetchMeta(c);
-    // First seen mid-call through "*": fetch what it said so far.
-    if (msg.seq > 1 && !stream.subscriptions.has(c.id)) stream.catchUp(c.id, 0);
+  if (d.metadata) mergeMeta(c, d.metadata);
+  if (!c.metaRequested && msg.seq > 1) {
+    // First seen mid-call through "*" (it started before the page's list was read): the next
+    // read of the live calls brings its start, sentiment and metadata, for all such calls at once.
+    c.metaRequested = true;
+    relistSoon();
   }
   switch (msg.type) {
     case "transcript.partial": {
@@ -263,6 +316,7 @@ function onEvent(msg) {
       break;
     }
     case "call.ended":
+      if (c.status !== "ended") reorder = true;
       c.status = "ended";
       c.endStatus = d.status;
       c.durationMs = d.duration_ms ?? c.durationMs;
@@ -366,115 +420,246 @@ function sparkline(sent, w = 72, hgt = 22) {
 }
 
 // ---- rendering -------------------------------------------------------------
+// An event only updates the model and marks its call dirty; one animation frame then draws the
+// rows in view (virtual.js). The order of the list and the grid is recomputed at most every
+// ORDER_EVERY_MS (sooner when calls come or go, at once when the user changes a filter), so
+// rows do not jump under the pointer and a frame's cost follows the visible rows.
 
 const dirty = new Set();
 let frame = 0;
+let orderedAt = 0;
+let reorder = true; // a call came, ended or went, or a filter changed
+let stale = true; // the order may be out of date: something changed since it was computed
+let orderTimer = 0;
+let listOrder = [];
+let gridOrder = [];
+let summaryAt = 0;
+let redrawAll = false; // every row in view: the selection or the latency threshold changed
 function touch(id) {
   dirty.add(id);
+  schedule();
+}
+function schedule() {
   if (!frame) frame = requestAnimationFrame(render);
 }
-
-function sortedCalls() {
-  const live = [], ended = [];
-  for (const c of calls.values()) (c.status === "ended" ? ended : live).push(c);
-  // Calls whose turns run over the latency threshold first: they need a human now.
-  live.sort((a, b) => isSlow(b) - isSlow(a) || (b.startedAt || b.firstSeen) - (a.startedAt || a.firstSeen));
-  ended.sort((a, b) => (b.endedAt || 0) - (a.endedAt || 0));
-  return { live, ended: ended.slice(0, MAX_ENDED_SHOWN) };
+/** The order is stale at once (a user's filter): redraw in the next frame. */
+function reorderNow() {
+  reorder = true;
+  orderedAt = 0;
+  schedule();
+}
+/** Every row in view may show something else (the open call, the threshold): check them all. */
+function redrawVisible() {
+  redrawAll = true;
+  schedule();
 }
 
-const cardDirty = new Set();
 function render() {
   frame = 0;
-  for (const id of dirty) cardDirty.add(id);
-  renderList();
-  if (ui.view === "campaign") renderCampaign();
+  for (const id of dirty) {
+    const c = calls.get(id);
+    if (!c) continue;
+    const lat = latencyOf(c);
+    derive(c, sentimentOf(c), lat, !!lat && lat.p90 > quality.warnMs); // quality.js's isSlow, once
+  }
+  const now = performance.now();
+  if (dirty.size || reorder) stale = true;
+  const wait = (reorder ? NEW_CALL_ORDER_MS : ORDER_EVERY_MS) - (now - orderedAt);
+  const resort = stale && wait <= 0;
+  if (resort) {
+    orderedAt = now;
+    reorder = false;
+    stale = false;
+    listOrder = ordered(calls.values(), "list", (c) => ui.showEnded || c.status !== "ended", MAX_ENDED_SHOWN);
+    if (ui.view === "campaign") gridOrder = ordered(calls.values(), ui.sort, (c) => matches(c, ui.filter), MAX_ENDED_SHOWN);
+  } else if (stale && !orderTimer) {
+    orderTimer = setTimeout(() => { orderTimer = 0; schedule(); }, Math.max(16, wait));
+  }
+  const all = redrawAll;
+  redrawAll = false;
+  listView.render(listOrder, dirty, all);
+  syncListFocus();
+  if (ui.view === "campaign") {
+    gridView.render(gridOrder, dirty, all);
+    syncGridFocus();
+  }
+  if (resort || now - summaryAt >= SUMMARY_EVERY_MS) {
+    summaryAt = now;
+    renderSummary();
+  }
   if (ui.selected && dirty.has(ui.selected)) renderListen();
   dirty.clear();
 }
 
+/** Counts, the campaign's tiles and the page title: a pass over the calls, twice a second at most. */
+function renderSummary() {
+  let live = 0, ended = 0, negative = 0, slow = 0, sum = 0, scored = 0;
+  for (const c of calls.values()) {
+    if (c.status === "ended") { ended += 1; continue; }
+    live += 1;
+    if (c.negative) negative += 1;
+    if (c.slow) slow += 1;
+    if (c.sent) { sum += c.sent.score; scored += 1; }
+  }
+  const attention = attentionCount(calls.values());
+  setText($("live-count"), String(live));
+  $("list-empty").hidden = listOrder.length > 0;
+  const title = attention ? `(${attention}) ${BASE_TITLE}` : BASE_TITLE;
+  if (document.title !== title) document.title = title;
+  setText($("attention-count"), attention ? `${fmtCount(attention)} need${attention === 1 ? "s" : ""} attention` : "");
+  if (ui.view !== "campaign") return;
+  setText($("stat-live"), String(live));
+  setText($("stat-ended"), String(ended));
+  setText($("stat-sentiment"), scored ? fmtScore(sum / scored) : "–");
+  setText($("stat-negative"), String(negative));
+  renderTiles($, slow);
+  const total = live + Math.min(ended, MAX_ENDED_SHOWN);
+  setText($("campaign-count"), gridOrder.length === total
+    ? `Showing all ${fmtCount(total)} calls`
+    : `Showing ${fmtCount(gridOrder.length)} of ${fmtCount(total)} calls`);
+  $("campaign-empty").hidden = gridOrder.length > 0;
+  setText($("campaign-empty"), calls.size ? "No call matches these filters." : "Waiting for calls…");
+  syncCampaignChoices();
+}
+
+const setText = (el, text) => { if (el.textContent !== text) el.textContent = text; };
+const fmtCount = (n) => n.toLocaleString("en-US");
+/** Apply `value` to an element's part only when it differs from what the part shows. */
+const put = (shown, key, value, apply) => {
+  if (shown[key] !== value) {
+    shown[key] = value;
+    apply(value);
+  }
+};
+const sentKey = (c) => (c.sent ? `${c.sent.label}/${c.sent.score}/${c.sent.n}/${c.sent.trend.length}` : "");
+const latKey = (c) => (c.lat ? `${c.lat.last}/${c.lat.p90}/${c.lat.n}/${quality.warnMs}` : "");
+const stateKey = (c) => (c.status === "ended" ? `end:${statusText(c)}:${statusClass(c)}` : `agent:${c.agentState || ""}`);
+function stateEl(c) {
+  return c.status === "ended"
+    ? h("span", { class: `badge ${statusClass(c)}`, text: statusText(c) })
+    : agentEl(h("span", { class: "agent" }), c.agentState);
+}
+/** "Ava · Maria Garcia (CUS-1) · inbound +1555… → +1415…": the metadata a row has room for. */
+function metaLine(c) {
+  const m = c.meta || {};
+  const parts = [];
+  if (m.agent != null) parts.push(String(m.agent));
+  if (m.customer != null) parts.push(String(m.customer));
+  if (m.campaign != null) parts.push(String(m.campaign));
+  const route = m.from != null || m.to != null ? `${m.from ?? "?"} → ${m.to ?? "?"}` : "";
+  if (m.direction != null || route) parts.push([m.direction, route].filter(Boolean).join(" "));
+  return parts.join(" · ");
+}
+
 // calls list
-const rows = new Map();
-function renderList() {
-  const { live, ended } = sortedCalls();
-  const shown = ui.showEnded ? [...live, ...ended] : live;
-  $("live-count").textContent = String(live.length);
-  $("list-empty").hidden = shown.length > 0;
-  syncKeyed($("call-list"), rows, shown, buildRow, (li, c) => {
-    if (dirty.has(c.id) || !li.isConnected) updateRow(li, c);
+const listView = new Windowed($("list-scroll"), $("call-list"), {
+  rowHeight: ROW_H, overscan: 4, padBottom: 12, build: buildRow, update: updateRow, onChange: schedule,
+});
+
+/** The parts a list row and a card share; `shown` remembers what each part draws. */
+function commonParts(meta, state) {
+  return {
+    dot: h("span", { class: "status-dot", "aria-hidden": "true" }),
+    cid: h("span", { class: "cid" }),
+    lat: h("span", { class: "lat none" }),
+    dur: h("span", { class: "dur" }),
+    meta, state, shown: {},
+  };
+}
+
+/** Bring the shared parts up to date with call `c`, touching only what changed. */
+function updateCommon(li, r, c, full) {
+  if (full) {
+    r.shown = {};
+    li.dataset.callId = c.id;
+    r.cid.textContent = c.id;
+  }
+  const s = r.shown;
+  put(s, "dot", statusClass(c), (v) => { r.dot.className = `status-dot ${v}`; });
+  put(s, "dur", fmtDuration(durationOf(c)), (v) => { r.dur.textContent = v; });
+  put(s, "meta", metaLine(c), (v) => { r.meta.textContent = v; r.meta.title = v; });
+  put(s, "state", stateKey(c), () => r.state.replaceChildren(stateEl(c)));
+  put(s, "lat", latKey(c), () => {
+    const fresh = latencyBadge(h, c);
+    r.lat.replaceWith(fresh);
+    r.lat = fresh;
   });
-  syncRovingTabindex();
+  return s;
 }
 
-// One element per call of `shown`, in its order, inside `parent`: `els` (call id → element)
-// keeps them across renders; `build` makes a missing one, `refresh(el, call, built)` brings one
-// up to date. Elements of calls no longer shown go. The children are reordered only when the
-// order changed, and keyboard focus stays where it was.
-function syncKeyed(parent, els, shown, build, refresh) {
-  const keep = new Set(shown.map((c) => c.id));
-  for (const [id, el] of els) if (!keep.has(id)) { el.remove(); els.delete(id); }
-  for (const c of shown) {
-    let el = els.get(c.id);
-    const built = !el;
-    if (built) {
-      el = build(c);
-      els.set(c.id, el);
-    }
-    refresh(el, c, built);
-  }
-  const current = [...parent.children];
-  if (current.length !== shown.length || shown.some((c, i) => current[i] !== els.get(c.id))) {
-    const focused = document.activeElement;
-    parent.replaceChildren(...shown.map((c) => els.get(c.id)));
-    if (focused && parent.contains(focused)) focused.focus({ preventScroll: true });
-  }
+function buildRow() {
+  const r = {
+    ...commonParts(h("span", { class: "row-meta" }), h("span", { class: "row-state" })),
+    snippet: h("span", { class: "snippet" }),
+    sent: h("span", { class: "row-sent" }),
+  };
+  const btn = h("button", { class: "call-row", type: "button", tabindex: "-1" },
+    r.dot, r.cid, r.lat, r.dur, r.meta, h("span", { class: "row-sub" }, r.state, r.snippet), r.sent);
+  const li = h("li", {}, btn);
+  li._r = r;
+  btn.addEventListener("click", () => select(li._item));
+  btn.addEventListener("focus", () => { ui.listFocus = li._item; });
+  return li;
 }
 
-function buildRow(c) {
-  const btn = h("button", { class: "call-row", type: "button", "data-call-id": c.id });
-  btn.addEventListener("click", () => select(c.id));
-  return h("li", { "data-call-id": c.id }, btn);
-}
-
-function updateRow(li, c) {
+function updateRow(li, c, full) {
+  const r = li._r;
   const btn = li.firstChild;
-  const sent = sentimentOf(c);
-  btn.className = `call-row ${c.status === "ended" ? "ended" : "live"}`;
-  btn.setAttribute("aria-current", String(ui.selected === c.id));
-  btn.setAttribute("aria-label", `Call ${c.id}, ${statusText(c)}${sent ? `, sentiment ${sent.label}` : ""}${c.agentState ? `, agent ${c.agentState}` : ""}`);
-  btn.replaceChildren(
-    h("span", { class: `status-dot ${statusClass(c)}`, "aria-hidden": "true" }),
-    h("span", { class: "cid", text: c.id }),
-    h("span", { class: "dur", "data-dur": c.id, text: fmtDuration(durationOf(c)) }),
-    h("span", { class: "row-sub" },
-      c.status === "ended"
-        ? h("span", { class: `badge ${statusClass(c)}`, text: statusText(c) })
-        : agentEl(h("span", { class: "agent" }), c.agentState),
-      h("span", { class: "snippet", text: c.lastText || (c.status === "ended" ? "" : "Waiting for speech…") })),
-    h("span", { class: "row-sent" }, sparkline(sent, 56, 20), chip(sent, { compact: true })),
-    latencyBadge(h, c),
-  );
+  if (full) btn.dataset.callId = c.id;
+  const s = updateCommon(li, r, c, full);
+  const ended = c.status === "ended";
+  put(s, "cls", `call-row ${ended ? "ended" : "live"}${c.attention ? " attention" : ""}`, (v) => { btn.className = v; });
+  put(s, "cur", String(ui.selected === c.id), (v) => btn.setAttribute("aria-current", v));
+  put(s, "label", `Call ${c.id}, ${statusText(c)}${c.sent ? `, sentiment ${c.sent.label}` : ""}${c.agentState && !ended ? `, agent ${c.agentState}` : ""}${c.meta?.customer ? `, ${c.meta.customer}` : ""}`,
+    (v) => btn.setAttribute("aria-label", v));
+  put(s, "snippet", c.lastText || (ended ? "" : "Waiting for speech…"), (v) => { r.snippet.textContent = v; });
+  put(s, "sent", sentKey(c), () => r.sent.replaceChildren(sparkline(c.sent, 56, 20), chip(c.sent, { compact: true })));
 }
 
-function listButtons() {
-  return [...$("call-list").querySelectorAll(".call-row")];
+/** Roving tabindex over the rows in view: the focused call, else the open one, else the first. */
+function syncListFocus() {
+  syncRoving(listView, ui.listFocus);
 }
-function syncRovingTabindex() {
-  const buttons = listButtons();
-  const active = buttons.find((b) => b === document.activeElement)
-    || buttons.find((b) => b.dataset.callId === ui.selected) || buttons[0];
-  for (const b of buttons) b.tabIndex = b === active ? 0 : -1;
+function syncRoving(view, focusId) {
+  const els = view.els;
+  if (!els.length) return;
+  const active = view.elementOf(focusId) || view.elementOf(ui.selected) || els[0];
+  for (const el of els) {
+    const btn = el.firstChild;
+    const tab = el === active ? 0 : -1;
+    if (btn.tabIndex !== tab) btn.tabIndex = tab;
+  }
+  // A focused element recycled for another call gives the focus to the call's new element.
+  const focused = document.activeElement;
+  if (focusId && view.rows.contains(focused) && focused.parentElement?._item !== focusId) {
+    view.elementOf(focusId)?.firstChild.focus({ preventScroll: true });
+  }
 }
+
+/** Move the keyboard focus to item `index` of `items` in `view`: scroll it in, draw, focus. */
+function focusItem(view, items, index, remember) {
+  if (!items.length) return;
+  const i = Math.max(0, Math.min(items.length - 1, index));
+  remember(items[i].id);
+  view.reveal(i);
+  if (frame) { cancelAnimationFrame(frame); frame = 0; }
+  render();
+  view.elementOf(items[i].id)?.firstChild.focus({ preventScroll: true });
+}
+
+function pageRows(view) {
+  return Math.max(1, Math.floor(view.height / view.o.rowHeight) - 1);
+}
+
 $("call-list").addEventListener("keydown", (ev) => {
-  const buttons = listButtons();
-  const i = buttons.indexOf(document.activeElement);
+  const id = document.activeElement?.parentElement?._item;
+  const i = listOrder.findIndex((c) => c.id === id);
   if (i < 0) return;
-  const next = { ArrowDown: i + 1, ArrowUp: i - 1, Home: 0, End: buttons.length - 1 }[ev.key];
+  const step = { ArrowDown: 1, ArrowUp: -1, PageDown: pageRows(listView), PageUp: -pageRows(listView) }[ev.key];
+  const next = ev.key === "Home" ? 0 : ev.key === "End" ? listOrder.length - 1 : step == null ? null : i + step;
   if (next == null) return;
   ev.preventDefault();
-  const target = buttons[Math.max(0, Math.min(buttons.length - 1, next))];
-  for (const b of buttons) b.tabIndex = b === target ? 0 : -1;
-  target.focus();
+  focusItem(listView, listOrder, next, (cid) => { ui.listFocus = cid; });
 });
 
 // listen-in
@@ -493,7 +678,7 @@ function select(id, { focus = false } = {}) {
     const c = getCall(id);
     fetchMeta(c);
   }
-  for (const [cid, li] of rows) updateRow(li, calls.get(cid));
+  redrawVisible(); // aria-current follows the open call
   renderListen();
   if (focus && id) $("transcript").focus?.();
 }
@@ -512,6 +697,7 @@ function renderListen() {
     for (const it of c.items) it.fresh = false; // history: no landing animation
   }
   $("listen-call-id").textContent = c.id;
+  setText($("listen-info"), metaLine(c));
   const st = $("listen-status");
   st.className = `badge ${statusClass(c)}`;
   st.textContent = statusText(c);
@@ -628,63 +814,113 @@ $("jump").addEventListener("click", () => {
 $("back").addEventListener("click", () => {
   const id = ui.selected;
   select(null);
-  const btn = id && rows.get(id)?.firstChild;
+  const btn = id && listView.elementOf(id)?.firstChild;
   if (btn) btn.focus();
 });
 
 // campaign
-const cards = new Map();
-function renderCampaign() {
-  const { live, ended } = sortedCalls();
-  const all = [...live, ...ended];
-  const sents = new Map(all.map((c) => [c.id, sentimentOf(c)]));
-  const liveScores = live.map((c) => sents.get(c.id)).filter(Boolean);
-  $("stat-live").textContent = String(live.length);
-  $("stat-ended").textContent = String([...calls.values()].filter((c) => c.status === "ended").length);
-  const avg = liveScores.length ? liveScores.reduce((a, x) => a + x.score, 0) / liveScores.length : null;
-  $("stat-sentiment").textContent = avg == null ? "–" : fmtScore(avg);
-  $("stat-negative").textContent = String(live.filter((c) => sents.get(c.id)?.label === "negative").length);
-  renderTiles($, live.filter(isSlow).length);
-  const score = (c) => (sents.get(c.id) ? sents.get(c.id).score : 0);
-  // Slow and negative calls first (they need a human), each group most negative first.
-  const flagged = (c) => isSlow(c) || sents.get(c.id)?.label === "negative";
-  const order = [...live.sort((a, b) => flagged(b) - flagged(a) || score(a) - score(b)), ...ended.slice(0, 12)];
-  $("campaign-empty").hidden = order.length > 0;
-  syncKeyed($("campaign-grid"), cards, order, buildCard, (li, c, built) => {
-    if (built || cardDirty.has(c.id)) updateCard(li, c, sents.get(c.id));
-  });
-  cardDirty.clear();
+const gridView = new Windowed($("grid-scroll"), $("campaign-grid"), {
+  rowHeight: CARD_H, minColumnWidth: CARD_MIN_W, gap: GRID_GAP, overscan: 2, padBottom: 12,
+  build: buildCard, update: updateCard, onChange: schedule,
+});
+
+function buildCard() {
+  const r = {
+    ...commonParts(h("p", { class: "card-meta" }), h("div", { class: "card-state" })),
+    chip: h("span", {}),
+    spark: h("span", { class: "card-spark" }),
+    snippet: h("p", { class: "snippet" }),
+  };
+  const btn = h("button", { class: "card", type: "button", tabindex: "-1" },
+    h("div", { class: "card-top" }, r.dot, r.cid, r.dur),
+    r.meta,
+    h("div", { class: "card-mid" }, h("div", { class: "card-figures" }, r.chip, r.lat, r.state), r.spark),
+    r.snippet);
+  const li = h("li", {}, btn);
+  li._r = r;
+  btn.addEventListener("click", () => { setView("calls"); select(li._item); });
+  btn.addEventListener("focus", () => { ui.gridFocus = li._item; });
+  return li;
 }
 
-function buildCard(c) {
-  const btn = h("button", { class: "card", type: "button" });
-  btn.addEventListener("click", () => { setView("calls"); select(c.id); });
-  return h("li", { "data-call-id": c.id }, btn);
-}
-
-function updateCard(li, c, sent) {
+function updateCard(li, c, full) {
+  const r = li._r;
   const btn = li.firstChild;
-  btn.className = `card ${c.status === "ended" ? "ended" : ""} ${sent ? sent.label : ""}`;
-  btn.setAttribute("aria-label", `Call ${c.id}, ${statusText(c)}, sentiment ${sent ? sent.label : "unknown"}. Listen in.`);
-  btn.replaceChildren(
-    h("div", { class: "card-top" },
-      h("span", { class: `status-dot ${statusClass(c)}`, "aria-hidden": "true" }),
-      h("span", { class: "cid", text: c.id }),
-      h("span", { class: "dur", "data-dur": c.id, text: fmtDuration(durationOf(c)) })),
-    h("div", { class: "card-mid" },
-      h("div", {}, chip(sent), latencyBadge(h, c), h("div", { class: "card-state" }, c.status === "ended"
-        ? h("span", { class: `badge ${statusClass(c)}`, text: statusText(c) })
-        : agentEl(h("span", { class: "agent" }), c.agentState))),
-      sparkline(sent, 120, 36)),
-    h("p", { class: "snippet", text: c.lastText ? `“${c.lastText}”` : "Waiting for speech…" }));
+  const s = updateCommon(li, r, c, full);
+  put(s, "cls", `card ${c.status === "ended" ? "ended" : ""} ${c.sent ? c.sent.label : ""}${c.attention ? " attention" : ""}`, (v) => { btn.className = v; });
+  put(s, "label", `Call ${c.id}, ${statusText(c)}, sentiment ${c.sent ? c.sent.label : "unknown"}${c.meta?.customer ? `, ${c.meta.customer}` : ""}. Listen in.`,
+    (v) => btn.setAttribute("aria-label", v));
+  put(s, "snippet", c.lastText ? `“${c.lastText}”` : "Waiting for speech…", (v) => { r.snippet.textContent = v; });
+  put(s, "sent", sentKey(c), () => {
+    const fresh = chip(c.sent);
+    r.chip.replaceWith(fresh);
+    r.chip = fresh;
+    r.spark.replaceChildren(sparkline(c.sent, 120, 36));
+  });
 }
 
-// Durations tick once a second without re-rendering rows.
-setInterval(() => {
-  for (const el of document.querySelectorAll("[data-dur]")) {
-    const c = calls.get(el.dataset.dur);
-    if (c && c.status !== "ended") el.textContent = fmtDuration(durationOf(c));
+function syncGridFocus() {
+  syncRoving(gridView, ui.gridFocus);
+}
+
+$("campaign-grid").addEventListener("keydown", (ev) => {
+  const id = document.activeElement?.parentElement?._item;
+  const i = gridOrder.findIndex((c) => c.id === id);
+  if (i < 0) return;
+  const cols = gridView.columns;
+  const step = {
+    ArrowRight: 1, ArrowLeft: -1, ArrowDown: cols, ArrowUp: -cols,
+    PageDown: cols * pageRows(gridView), PageUp: -cols * pageRows(gridView),
+  }[ev.key];
+  const next = ev.key === "Home" ? 0 : ev.key === "End" ? gridOrder.length - 1 : step == null ? null : i + step;
+  if (next == null) return;
+  ev.preventDefault();
+  focusItem(gridView, gridOrder, next, (cid) => { ui.gridFocus = cid; });
+});
+
+// The campaign view's filters and sort: each change reorders at once.
+const SENTIMENTS = ["negative", "neutral", "positive", "none"];
+function setupCampaignTools() {
+  const sort = $("sort");
+  for (const [value, label] of Object.entries(SORTS)) sort.append(h("option", { value, text: label }));
+  sort.value = ui.sort;
+  sort.addEventListener("change", () => { ui.sort = sort.value; reorderNow(); });
+  const status = $("filter-status");
+  status.value = ui.filter.status;
+  status.addEventListener("change", () => { ui.filter.status = status.value; reorderNow(); });
+  const sentiment = $("filter-sentiment");
+  for (const v of SENTIMENTS) sentiment.append(h("option", { value: v, text: v === "none" ? "no speech yet" : v }));
+  sentiment.addEventListener("change", () => { ui.filter.sentiment = sentiment.value; reorderNow(); });
+  $("filter-slow").addEventListener("change", (ev) => { ui.filter.slow = ev.target.checked; reorderNow(); });
+  $("filter-campaign").addEventListener("change", (ev) => { ui.filter.campaign = ev.target.value; reorderNow(); });
+  let typing = 0;
+  $("filter-text").addEventListener("input", (ev) => {
+    clearTimeout(typing);
+    typing = setTimeout(() => { ui.filter.text = ev.target.value.trim().toLowerCase(); reorderNow(); }, 120);
+  });
+}
+
+/** The campaign filter offers the campaigns the calls carry (metadata.campaign). */
+const campaignsShown = new Set();
+function syncCampaignChoices() {
+  const select = $("filter-campaign");
+  for (const name of campaigns) {
+    if (campaignsShown.has(name)) continue;
+    campaignsShown.add(name);
+    select.append(h("option", { value: name, text: name }));
   }
+}
+
+// Durations tick once a second, in the rows in view only.
+setInterval(() => {
+  for (const view of [listView, gridView]) {
+    for (const el of view.els) {
+      const c = calls.get(el._item);
+      if (c && c.status !== "ended") put(el._r.shown, "dur", fmtDuration(durationOf(c)), (v) => { el._r.dur.textContent = v; });
+    }
+  }
+  const c = ui.selected && calls.get(ui.selected);
+  if (c && c.status !== "ended") setText($("listen-duration"), fmtDuration(durationOf(c)));
 }, 1000);
 
 // tabs
@@ -697,7 +933,8 @@ function setView(view) {
     $(panel).hidden = !on;
   }
   if (view === "campaign") {
-    renderCampaign();
+    reorderNow();
+    summaryAt = 0;
     renderChart($("fleet-chart")); // once shown: it is as wide as the view
   }
 }
@@ -711,7 +948,35 @@ document.querySelector(".tabs").addEventListener("keydown", (ev) => {
 });
 $("show-ended").addEventListener("change", (ev) => {
   ui.showEnded = ev.target.checked;
-  renderList();
+  reorderNow();
+});
+setupCampaignTools();
+
+// Keys anywhere but in a field or a dialog: j / k open the next / previous call of the list,
+// "/" goes to the campaign view's search, Escape closes the call that is open.
+const FIELDS = new Set(["INPUT", "TEXTAREA", "SELECT"]);
+document.addEventListener("keydown", (ev) => {
+  const t = ev.target;
+  if (ev.defaultPrevented || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if ((t && FIELDS.has(t.tagName)) || t?.isContentEditable || $("control-dialog").open) return;
+  if (ev.key === "j" || ev.key === "k") {
+    if (!listOrder.length) return;
+    ev.preventDefault();
+    const i = listOrder.findIndex((c) => c.id === ui.selected);
+    const next = i < 0 ? 0 : Math.max(0, Math.min(listOrder.length - 1, i + (ev.key === "j" ? 1 : -1)));
+    const id = listOrder[next].id;
+    if (ui.view !== "calls") setView("calls");
+    ui.listFocus = id;
+    listView.reveal(next);
+    select(id);
+  } else if (ev.key === "/") {
+    ev.preventDefault();
+    setView("campaign");
+    $("filter-text").focus();
+  } else if (ev.key === "Escape" && ui.selected) {
+    ev.preventDefault();
+    $("back").click();
+  }
 });
 
 // supervisor actions: only for a session whose token carries `control`
@@ -782,15 +1047,28 @@ function gate(title, text) {
 
 // ---- start -------------------------------------------------------------------
 
+/** Every live call of the account, page by page: start, sentiment, latency and metadata from
+ * the store, so the rows are complete before their next event (no per-call request). */
 async function loadLiveCalls() {
-  const body = await api("/v1/calls?status=live&limit=100");
-  for (const m of body.calls || []) {
-    const c = getCall(m.call_id);
-    applyMeta(c, m);
-    c.metaRequested = true;
-    if (!stream.subscriptions.has(c.id) && stream.lastSeq(c.id) === 0) stream.catchUp(c.id, 0);
-    touch(c.id);
-  }
+  let cursor = null;
+  do {
+    const body = await api(`/v1/calls?status=live&limit=${LIST_PAGE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+    for (const m of body.calls || []) {
+      const c = getCall(m.call_id);
+      applyMeta(c, m);
+      c.metaRequested = true;
+      touch(c.id);
+    }
+    cursor = body.next_cursor || null;
+  } while (cursor);
+}
+
+let relisting = 0;
+/** Read the live calls again in a while: calls were first seen mid-call. One read for them all. */
+function relistSoon() {
+  relisting ||= setTimeout(() => {
+    loadLiveCalls().catch(() => {}).finally(() => { relisting = 0; });
+  }, 2000);
 }
 
 async function refreshStats() {
@@ -800,10 +1078,9 @@ async function refreshStats() {
     quality.stats = stats;
     quality.warnMs = stats.latency_warn_ms;
     if (thresholdMoved) for (const id of calls.keys()) touch(id); // colours and order follow it
-    if (ui.view === "campaign") {
-      renderCampaign();
-      renderChart($("fleet-chart"));
-    }
+    summaryAt = 0;
+    schedule();
+    if (ui.view === "campaign") renderChart($("fleet-chart"));
   } catch { /* the tiles keep their last figures; the next tick tries again */ }
 }
 
@@ -856,7 +1133,16 @@ async function main() {
     showConn("token_expired");
   });
   stream.on("reconnected", () => loadLiveCalls().catch(() => {}));
-  stream.subscribe("*", { types: WILDCARD_TYPES });
+  stream.on("error", (msg) => {
+    const d = msg.data || {};
+    const about = msg.call_id ?? d.call_id;
+    if (about === "*" && d.code === "invalid_message" && wildcardTypes.includes("call.started")) {
+      wildcardTypes = wildcardTypes.filter((t) => t !== "call.started"); // an older server
+      stream.subscribe("*", { types: wildcardTypes });
+    }
+  });
+  stream.subscribe("*", { types: wildcardTypes });
+  setInterval(pruneEnded, 5000);
   const m = /^#call=(.+)$/.exec(location.hash);
   stream.connect();
   window.addEventListener("online", () => stream.reconnectNow());
@@ -873,3 +1159,7 @@ async function main() {
 }
 
 main();
+
+// For page modules that build on the dashboard (search.js mounts in #search-slot): open a call,
+// switch view.
+export { select, setView };
