@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from callstream.cli import control, keys, live, serve, token, webhooks
+from callstream.cli import calls, control, keys, live, serve, token, webhooks
 
 __all__ = ["app", "main"]
 
@@ -25,6 +25,7 @@ for command in (
 ):
     app.command()(command)
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(calls.app, name="calls")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@
 import { CallStream, States } from "./callstream.js";
 import { isSlow, latencyBadge, quality, recordTurn, renderChart, renderTiles, turnItem } from "./quality.js";
 import { renderControls, requestText, resultText, setupControls, tokenScopes } from "./supervise.js";
+import { setupSearch } from "./search.js";
 
 const SESSION_KEY = "callstream.session";
 // The campaign subscription ("*") carries what the list and the sparklines
@@ -862,6 +863,7 @@ async function main() {
   window.addEventListener("online", () => stream.reconnectNow());
   window.addEventListener("offline", () => { if (ui.connState !== "open") showConn("offline"); });
   if (m) select(decodeURIComponent(m[1]));
+  setupSearch({ api, open: (id) => select(id, { focus: true }) });
   refreshStats();
   setInterval(refreshStats, STATS_EVERY_MS);
   try {
