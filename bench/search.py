@@ -88,7 +88,7 @@ def build_sqlite(path: Path, finals: int) -> list[str]:
     """The corpus into a migrated SQLite file (the triggers index each final); some codes said once."""
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")
-    calls_sql = f"INSERT INTO calls ({', '.join(rows.CALL_COLUMNS)}) VALUES ({', '.join('?' * len(rows.CALL_COLUMNS))})"
+    calls_sql = f"INSERT INTO calls ({', '.join(rows.CALL_COLUMNS)}) VALUES ({', '.join('?' * len(rows.CALL_COLUMNS))})"  # noqa: S608 - the spec's own names
     finals_sql = rows.finals_insert_sql("INSERT INTO transcript_finals (account, call_id, seq, speaker, text) VALUES (?, ?, ?, ?, ?)")
     codes: list[str] = []
     batch_calls: list[tuple[Any, ...]] = []
@@ -274,7 +274,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--finals", type=int, default=1_000_000)
     parser.add_argument("--backend", default="sqlite,postgresql")
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/callstream-search"))
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/callstream-search"))  # noqa: S108 - a corpus to keep
     parser.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/callstream_bench_search")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--rebuild", action="store_true")

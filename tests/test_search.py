@@ -64,7 +64,8 @@ def test_a_snippet_marks_every_match_and_only_whole_words() -> None:
 def test_a_snippet_of_a_long_final_is_cut_around_its_first_match() -> None:
     text = "filler words " * 40 + "and then the refund arrived " + "more words " * 40
     snippet = parse_query("refund").snippet(text)
-    assert snippet.text.startswith("…") and snippet.text.endswith("…")
+    assert snippet.text.startswith("…")
+    assert snippet.text.endswith("…")
     assert len(snippet.text) <= 170
     assert marked(snippet.text, snippet.marks) == ["refund"]
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.e2e.test_dashboard import account, browser, expect, finals_shown, new_call, open_dashboard, page, screenshot
+from tests.e2e.test_dashboard import (
+    account,
+    browser,
+    expect,
+    finals_shown,
+    new_call,
+    open_dashboard,
+    page,
+    screenshot,
+)
 from tests.helpers import ServerProcess, ended, final, publish
 
 __all__ = ["browser", "page"]  # the fixtures, shared with test_dashboard.py

@@ -31,9 +31,9 @@ _KEYS = "'a' || hex({row}.account) || ' c' || hex({row}.account) || 'x' || hex({
 _SQLITE = (
     "CREATE VIRTUAL TABLE IF NOT EXISTS transcript_fts USING fts5("
     "keys, text, content='', columnsize=0, tokenize='unicode61 remove_diacritics 2')",
-    "CREATE TRIGGER IF NOT EXISTS transcript_finals_indexed AFTER INSERT ON transcript_finals BEGIN"
+    "CREATE TRIGGER IF NOT EXISTS transcript_finals_indexed AFTER INSERT ON transcript_finals BEGIN"  # noqa: S608
     f" INSERT INTO transcript_fts (rowid, keys, text) VALUES (new.rowid, {_KEYS.format(row='new')}, new.text); END",
-    "CREATE TRIGGER IF NOT EXISTS transcript_finals_unindexed AFTER DELETE ON transcript_finals BEGIN"
+    "CREATE TRIGGER IF NOT EXISTS transcript_finals_unindexed AFTER DELETE ON transcript_finals BEGIN"  # noqa: S608
     " INSERT INTO transcript_fts (transcript_fts, rowid, keys, text)"
     f" VALUES ('delete', old.rowid, {_KEYS.format(row='old')}, old.text); END",
 )
