@@ -73,7 +73,7 @@ function hitItem(call, open) {
   const match = call.match || {};
   if (match.speaker) {
     const who = document.createElement("span");
-    who.className = "who";
+    who.className = "hit-who";
     who.textContent = `${match.speaker}: `;
     line.append(who);
   }
