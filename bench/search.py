@@ -79,7 +79,7 @@ def corpus_rows(finals: int, codes: list[str]) -> Iterator[tuple[tuple[Any, ...]
     5,000 of the searched account adds a confirmation code it says to `codes` (a word of one call)."""
     for i, call in enumerate(corpus(finals)):
         row = call_row(call, live=i % 100 == 0)
-        if i % 5000 == 17 and call[0] == ACCOUNT:
+        if i >= 5000 * len(codes) + 17 and call[0] == ACCOUNT and len(codes) < 8:
             codes += _CODE.findall(" ".join(text for _, _, text in call[3]))[:1]
         yield tuple(row[c] for c in rows.CALL_COLUMNS), [(call[0], call[1], *line) for line in call[3]]
 
@@ -153,10 +153,10 @@ def queries(codes: list[str]) -> dict[str, CallFilter]:
         "common word (card)": CallFilter(q=q("card")),
         "two words (insurance card)": CallFilter(q=q("insurance card")),
         'phrase ("late fee")': CallFilter(q=q('"late fee"')),
-        "prefix (appoint*)": CallFilter(q=q("appoint*")),
+        "prefix (confirm*)": CallFilter(q=q("confirm*")),
         "city (Phoenix)": CallFilter(q=q("Phoenix")),
         "a word nowhere (zebra)": CallFilter(q=q("zebra")),
-        "q + ended + last week": CallFilter(status="ended", started_after=START_MS + 22 * DAY_MS, q=q("refund")),
+        "q + ended + last week": CallFilter(status="ended", started_after=START_MS + 22 * DAY_MS, q=q("booked")),
         "q + sentiment_below -0.5": CallFilter(sentiment_below=-0.5, q=q("router")),
         "list, no q (ended)": CallFilter(status="ended"),
     }

@@ -45,6 +45,8 @@ class Term:
 
 def fold(word: str) -> str:
     """A word as a snippet's marks compare it: lower case, accents removed."""
+    if word.isascii():
+        return word.lower()
     decomposed = unicodedata.normalize("NFKD", word.lower())
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
@@ -84,11 +86,13 @@ class Query:
     def _matches(self, text: str) -> list[tuple[int, int]]:
         """(start, end) of every run of `text`'s words that one term matches, in text order."""
         found = [(m.start(), m.end(), fold(m.group())) for m in _WORD.finditer(text)]
+        words = [w for _, _, w in found]
         spans: list[tuple[int, int]] = []
         for term in self.terms:
-            n = len(term.words)
+            wanted = [fold(word) for word in term.words]
+            n = len(wanted)
             for i in range(len(found) - n + 1):
-                if _matches_at(term, [w for _, _, w in found[i : i + n]]):
+                if _matches_at(wanted, term.prefix, words[i : i + n]):
                     spans.append((found[i][0], found[i + n - 1][1]))
         return _merged(sorted(spans))
 
@@ -136,11 +140,12 @@ def _ts_term(term: Term) -> str:
     return f"({joined})" if len(lexemes) > 1 else joined
 
 
-def _matches_at(term: Term, words: list[str]) -> bool:
-    *whole, last = (fold(word) for word in term.words)
+def _matches_at(wanted: list[str], prefix: bool, words: list[str]) -> bool:
+    """Whether `words` are the term's `wanted` words (folded), the last one as a prefix if so."""
+    *whole, last = wanted
     if words[: len(whole)] != whole:
         return False
-    return words[-1].startswith(last) if term.prefix else words[-1] == last
+    return words[-1].startswith(last) if prefix else words[-1] == last
 
 
 def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
