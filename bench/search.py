@@ -13,7 +13,10 @@ SQLite, in the `--database` for PostgreSQL (`--rebuild` builds it again). Then `
 (what `GET /v1/calls` runs, without HTTP) answers a mix of queries, `--rounds` times each, in
 random order: common words (`thank`, `card`), a phrase, a prefix, words of one call only (a
 confirmation code drawn from the corpus), a word nowhere, and `q` with the other filters. A table
-of p50/p99 per query and over all is printed and written to bench/results/search.md.
+of p50/p99 per query and over all is printed and written to bench/results/search.md, with the
+CPU time this process spent per query (on SQLite the database's work too: it runs in the process)
+and the machine's load average, which on a shared machine says how much of the wall time was
+waiting for a core.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import random
 import re
 import sqlite3
@@ -170,13 +174,15 @@ async def measure(store: SqlStore, mix: dict[str, CallFilter], rounds: int) -> d
     random.Random(1).shuffle(order)
     took: dict[str, list[float]] = {name: [] for name in mix}
     hits: dict[str, int] = {}
+    cpu: dict[str, list[float]] = {name: [] for name in mix}
     for name in order:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         found, _ = await store.list_calls(ACCOUNT, filters=mix[name], limit=50, cursor=None)
         took[name].append((time.perf_counter() - t0) * 1000)
+        cpu[name].append((time.process_time() - c0) * 1000)
         hits[name] = len(found)
     for name in mix:
-        took[name].append(float(hits[name]))  # the last value: hits on the page
+        took[name] += [statistics.median(cpu[name]), float(hits[name])]  # the last two: CPU ms, hits on the page
     return took
 
 
@@ -186,18 +192,19 @@ def p(values: list[float], q: float) -> float:
 
 
 def table(backend: str, finals: int, took: dict[str, list[float]]) -> str:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
-        f"### {backend}: {finals:,} finals",
+        f"### {backend}: {finals:,} finals (load average {load} on {os.cpu_count()} cores)",
         "",
-        "| query | hits (page of 50) | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|",
+        "| query | hits (page of 50) | p50 ms | p99 ms | CPU ms (median, this process) |",
+        "|---|---:|---:|---:|---:|",
     ]
     every: list[float] = []
     for name, values in took.items():
-        *ms, hits = values
+        *ms, cpu, hits = values
         every += ms
-        lines.append(f"| {name} | {int(hits)} | {statistics.median(ms):.1f} | {p(ms, 0.99):.1f} |")
-    lines.append(f"| **all {len(every)} queries** | | **{statistics.median(every):.1f}** | **{p(every, 0.99):.1f}** |")
+        lines.append(f"| {name} | {int(hits)} | {statistics.median(ms):.1f} | {p(ms, 0.99):.1f} | {cpu:.1f} |")
+    lines.append(f"| **all {len(every)} queries** | | **{statistics.median(every):.1f}** | **{p(every, 0.99):.1f}** | |")
     return "\n".join(lines) + "\n"
 
 

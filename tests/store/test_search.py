@@ -41,12 +41,16 @@ async def start_calls(store: SqlStore, account: str, lines: dict[str, list[str]]
         await store.append([said(account, call_id, seq, text, at=n * 10_000 + seq) for seq, text in enumerate(texts, 1)])
 
 
-@pytest.fixture(params=["candidates", "call_by_call"])
+@pytest.fixture(params=["candidates", "walk", "walk_then_every_match"])
 def plan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways to ask `q` (search_sql's docstring): with no candidate allowed, every query
-    takes the call-by-call way, as a common word does."""
-    if request.param == "call_by_call":
+    """Every way to ask `q` (search_sql's docstring): with no candidate allowed, every query
+    walks the calls, as a common word does; with tiny batches and a short walk, it gives way to
+    every match at once after two calls."""
+    if request.param != "candidates":
         monkeypatch.setattr(search_sql, "CANDIDATES_MAX", 0)
+    if request.param == "walk_then_every_match":
+        monkeypatch.setattr(search_sql, "WALK_FIRST", 1)
+        monkeypatch.setattr(search_sql, "WALK_CALLS_MAX", 2)
     return str(request.param)
 
 

@@ -8,11 +8,15 @@ calls row, and `q` one more: a final of the call matches.
 
 Why two ways to ask `q`: the question is "the newest calls with a matching final", and which way
 is fast depends on how many finals match. A rare word (an order number) matches a few finals:
-the index hands them over and the calls are sorted (`candidates`). A common word matches many
-finals, and sorting all their calls would read them all; instead the account's calls are read
-newest first and each one asked whether a final of its own matches (`matches_in_call`), which
-stops as soon as the page is full. `candidates` counts up to `CANDIDATES_MAX` matches and says
-which case it is, so each query takes the way that reads least.
+the index hands them over and their calls are looked up and sorted (`matching_any`). A common word matches many
+finals, and sorting all their calls would read them all; instead `walk` reads the account's calls
+newest first, a batch at a time, and asks the index once a batch which of them have a match
+(`hits`, one query for the batch: an index query costs most in opening the word's lists, so one a
+call would cost more than the rest), stopping as soon as the page is full. `few_match` counts up
+to `CANDIDATES_MAX` matches and says which case it is. A walk that finds few matches among many
+calls (a common word, and filters that keep few calls) stops walking after `WALK_CALLS_MAX` calls
+and asks the rest against every match at once (`matching_any`): its cost then grows with the
+matches, never with a call-by-call scan of the whole account.
 
 The index per dialect (migration 0005): SQLite's FTS5 table `transcript_fts` indexes each final's
 `text`, and in its `keys` column two tokens of its own, one for its account (`account_token`) and
@@ -33,17 +37,13 @@ from callstream.search import Query
 from callstream.store import tables as t
 
 __all__ = [
-    "CANDIDATES_MAX", "account_token", "call_token", "candidates", "conditions", "hits", "matches_in_call", "matching",
+    "CANDIDATES_MAX", "account_token", "before", "call_token", "conditions", "few_match", "hits", "matching_any", "search",
+    "walk",
 ]
 
 # Up to this many matching finals, the calls they belong to are fetched and sorted; past it, the
-# account's calls are read newest first and each checked (see the module's docstring).
-CANDIDATES_MAX: Final = 2000
-
-# `call_token` in SQL, as the triggers of migration 0005 index it (FTS5 folds case, so hex's
-# capitals are the same token).
-CALL_TOKEN_SQL: Final = "'c' || hex({row}.account) || 'x' || hex({row}.call_id)"  # noqa: S105 - not a secret
-
+# account's calls are walked newest first (see the module's docstring).
+CANDIDATES_MAX: Final = 10_000
 
 def account_token(account: str) -> str:
     """The index token every final of `account` carries (hex: a word of letters and digits)."""
@@ -76,55 +76,89 @@ def conditions(account: str, filters: CallFilter, call_ids: frozenset[str] | Non
     return where
 
 
-async def candidates(conn: AsyncConnection, dialect: str, account: str, query: Query) -> set[str] | None:
-    """The calls of the account with a matching final, when at most `CANDIDATES_MAX` finals
-    match; None when more do (then `matches_in_call` is the faster way)."""
+def _matching_finals(dialect: str, account: str, query: Query) -> tuple[str, dict[str, Any]]:
+    """SQL of the call ids of the account's finals that match (one row a final), and its parameters."""
     if dialect == "sqlite":
-        sql = sa.text(
+        sql = (
             "SELECT f.call_id FROM transcript_fts JOIN transcript_finals AS f ON f.rowid = transcript_fts.rowid"
-            " WHERE transcript_fts MATCH :match LIMIT :n"
+            " WHERE transcript_fts MATCH :match"
         )
-        params: dict[str, Any] = {"match": _fts_match(account_token(account), query), "n": CANDIDATES_MAX + 1}
-    else:
-        sql = sa.text(
-            "SELECT call_id FROM transcript_finals WHERE account = :account"
-            " AND tsv @@ to_tsquery('simple', :tsquery) LIMIT :n"
-        )
-        params = {"account": account, "tsquery": query.tsquery(), "n": CANDIDATES_MAX + 1}
-    found = [row[0] for row in await conn.execute(sql, params)]
-    return None if len(found) > CANDIDATES_MAX else set(found)
+        return sql, {"match": _fts_match(account_token(account), query)}
+    sql = "SELECT call_id FROM transcript_finals WHERE account = :account AND tsv @@ to_tsquery('simple', :tsquery)"
+    return sql, {"account": account, "tsquery": query.tsquery()}
 
 
-# Which index of `calls` each way reads, named for SQLite: with no statistics its planner takes the
-# index with the most equalities (account and status), then sorts every call it found, asking `q`
-# of each. The candidates are looked up by key; the call-by-call way reads calls newest first.
+async def few_match(conn: AsyncConnection, dialect: str, account: str, query: Query) -> bool:
+    """Whether at most `CANDIDATES_MAX` of the account's finals match (counted up to one more,
+    in the index alone): then reading every match is the faster way, else `walk`."""
+    sql, params = _matching_finals(dialect, account, query)
+    counted = sa.text(f"SELECT count(*) FROM ({sql} LIMIT :n) AS matched")  # noqa: S608 - this module's own SQL
+    found = await conn.scalar(counted, {**params, "n": CANDIDATES_MAX + 1})
+    return int(found or 0) <= CANDIDATES_MAX
+
+
+def matching_any(dialect: str, account: str, query: Query) -> Any:
+    """A condition on a calls row: a final of it matches (every match read once, then each call
+    looked up in them): how few matches are asked, and what `walk` falls back on once it has
+    walked `WALK_CALLS_MAX` calls."""
+    sql, params = _matching_finals(dialect, account, query)
+    return t.calls.c.call_id.in_(sa.text(sql).bindparams(**params).columns(call_id=sa.String()))
+
+
+def before(started_at: int, call_id: str) -> Any:
+    """Calls after (started_at, call_id) in the list's order, newest first: a page's cursor."""
+    c = t.calls.c
+    return sa.or_(c.started_at < started_at, sa.and_(c.started_at == started_at, c.call_id < call_id))
+
+
+# Which index of `calls` the candidates are read by, named for SQLite: with no statistics its
+# planner may take the index with the most equalities (account and status) and read every call of
+# that status, where the candidates are a few look-ups by key.
 BY_KEY: Final = "sqlite_autoindex_calls_1"  # the primary key's, as SQLite names it
-NEWEST_FIRST: Final = "ix_calls_account_started"
+# The walk reads calls in batches, newest first, and asks the index once a batch which of them
+# match (`hits`): the first batch holds this many calls, each next one twice as many, until
+# `WALK_CALLS_MAX` calls are walked; what is left is then asked of every match at once.
+WALK_FIRST: Final = 200
+WALK_CALLS_MAX: Final = 1400
+
+Hit = tuple[int, str, str]  # seq, speaker, text of a call's first matching final
 
 
-async def matching(conn: AsyncConnection, dialect: str, account: str, query: Query) -> tuple[Any, str]:
-    """The condition on a calls row that `q` adds: among the `candidates`, or, when too many
-    finals match for that, `matches_in_call`; and the calls index to read them by."""
-    found = await candidates(conn, dialect, account, query)
-    if found is None:
-        return matches_in_call(dialect, query), NEWEST_FIRST
-    return t.calls.c.call_id.in_(sorted(found)), BY_KEY
+async def search(
+    conn: AsyncConnection, dialect: str, account: str, calls: sa.Select[Any], query: Query, n: int
+) -> tuple[list[Any], dict[str, Hit]]:
+    """The first `n` rows of `calls` (the account's calls, filtered and in the list's order) with
+    a final that matches `query`, and each one's first matching final."""
+    if not await few_match(conn, dialect, account, query):
+        return await walk(conn, dialect, account, calls, query, n)
+    keyed = calls.where(matching_any(dialect, account, query)).with_hint(t.calls, f"INDEXED BY {BY_KEY}", "sqlite")
+    rows = list((await conn.execute(keyed.limit(n))).all())
+    return rows, await hits(conn, dialect, account, [row.call_id for row in rows], query)
 
 
-def matches_in_call(dialect: str, query: Query) -> Any:
-    """A condition on a calls row: one of its finals matches `query`."""
-    if dialect == "sqlite":
-        call = CALL_TOKEN_SQL.format(row="calls")
-        exists = sa.text(
-            f"EXISTS (SELECT 1 FROM transcript_fts WHERE transcript_fts MATCH"  # noqa: S608 - this module's own SQL
-            f" ('keys : ' || {call} || ' AND text : (' || :fts || ')'))"
-        )
-        return exists.bindparams(fts=query.fts5())
-    sql = sa.text(
-        "EXISTS (SELECT 1 FROM transcript_finals AS f WHERE f.account = calls.account"
-        " AND f.call_id = calls.call_id AND f.tsv @@ to_tsquery('simple', :tsquery))"
-    )
-    return sql.bindparams(tsquery=query.tsquery())
+async def walk(
+    conn: AsyncConnection, dialect: str, account: str, calls: sa.Select[Any], query: Query, n: int
+) -> tuple[list[Any], dict[str, Hit]]:
+    """`search` for a `query` that many finals match: calls in batches, newest first, each batch's
+    matches asked of the index at once, until `n` match; past `WALK_CALLS_MAX` calls, the rest in
+    one query against every match (`matching_any`)."""
+    kept: list[Any] = []
+    found: dict[str, Hit] = {}
+    walked, batch, rest = 0, WALK_FIRST, calls
+    while len(kept) < n:
+        if walked >= WALK_CALLS_MAX:
+            rows = (await conn.execute(rest.where(matching_any(dialect, account, query)).limit(n - len(kept)))).all()
+            found |= await hits(conn, dialect, account, [row.call_id for row in rows], query)
+            return kept + rows, found
+        rows = (await conn.execute(rest.limit(batch))).all()
+        matched = await hits(conn, dialect, account, [row.call_id for row in rows], query)
+        kept += [row for row in rows if row.call_id in matched][: n - len(kept)]
+        found |= matched
+        if len(rows) < batch:
+            break
+        walked, batch = walked + len(rows), batch * 2
+        rest = calls.where(before(rows[-1].started_at, rows[-1].call_id))
+    return kept, {row.call_id: found[row.call_id] for row in kept}
 
 
 async def hits(

@@ -651,23 +651,19 @@ class SqlStore:
         c = t.calls.c
         query = sa.select(t.calls).where(*search_sql.conditions(account, filters, call_ids))
         if cursor is not None:
-            started, last_id = decode_cursor(cursor)
-            query = query.where(
-                sa.or_(c.started_at < started, sa.and_(c.started_at == started, c.call_id < last_id))
-            )
-        query = query.order_by(c.started_at.desc(), c.call_id.desc()).limit(limit + 1)
+            query = query.where(search_sql.before(*decode_cursor(cursor)))
+        query = query.order_by(c.started_at.desc(), c.call_id.desc())
+        hits: dict[str, search_sql.Hit] = {}
         async with self.engine.connect() as conn:
-            if filters.q is not None:
-                condition, index = await search_sql.matching(conn, self.dialect, account, filters.q)
-                query = query.where(condition).with_hint(t.calls, f"INDEXED BY {index}", "sqlite")
-            rows = [self._call_record(r) for r in await conn.execute(query)]
-            more = len(rows) > limit
-            rows = rows[:limit]
-            if filters.q is not None:
-                finals = await search_sql.hits(conn, self.dialect, account, [r.call_id for r in rows], filters.q)
-                for row in rows:
-                    if (final := finals.get(row.call_id)) is not None:
-                        row.hit = SearchHit(final[0], final[1], filters.q.snippet(final[2]))
+            if filters.q is None:
+                found = list((await conn.execute(query.limit(limit + 1))).all())
+            else:
+                found, hits = await search_sql.search(conn, self.dialect, account, query, filters.q, limit + 1)
+        more = len(found) > limit
+        rows = [self._call_record(r) for r in found[:limit]]
+        for row in rows:
+            if filters.q is not None and (final := hits.get(row.call_id)) is not None:
+                row.hit = SearchHit(final[0], final[1], filters.q.snippet(final[2]))
         next_cursor = encode_cursor(rows[-1].started_at, rows[-1].call_id) if more else None
         return rows, next_cursor
 
