@@ -41,16 +41,16 @@ async def start_calls(store: SqlStore, account: str, lines: dict[str, list[str]]
         await store.append([said(account, call_id, seq, text, at=n * 10_000 + seq) for seq, text in enumerate(texts, 1)])
 
 
-@pytest.fixture(params=["candidates", "walk", "walk_then_every_match"])
+@pytest.fixture(params=["few_matches", "walk", "walk_then_every_match"])
 def plan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every way to ask `q` (search_sql's docstring): with no candidate allowed, every query
-    walks the calls, as a common word does; with tiny batches and a short walk, it gives way to
-    every match at once after two calls."""
-    if request.param != "candidates":
+    """Every way to ask `q` (search_sql's docstring): after a first batch of one call, few
+    matches are read at once; with none counted as few, every query walks the calls, as a common
+    word does; with tiny batches and a short walk, it gives way to every match after two calls."""
+    monkeypatch.setattr(search_sql, "WALK_FIRST", 1)
+    monkeypatch.setattr(search_sql, "FEW_HITS", 2)
+    if request.param != "few_matches":
         monkeypatch.setattr(search_sql, "CANDIDATES_MAX", 0)
-    if request.param == "walk_then_every_match":
-        monkeypatch.setattr(search_sql, "WALK_FIRST", 1)
-        monkeypatch.setattr(search_sql, "WALK_CALLS_MAX", 2)
+    monkeypatch.setattr(search_sql, "WALK_CALLS_MAX", 2 if request.param == "walk_then_every_match" else 10**6)
     return str(request.param)
 
 
@@ -136,6 +136,7 @@ async def test_another_account_never_sees_a_hit_nor_counts_toward_the_candidates
     other = account + "_other"
     await start_calls(store, other, {f"o{n}": ["secret refund"] for n in range(5)})
     await start_calls(store, account, {"mine": ["refund"]})
+    monkeypatch.setattr(search_sql, "WALK_FIRST", 1)
     monkeypatch.setattr(search_sql, "CANDIDATES_MAX", 2)  # the other account's five would be too many
     assert await search(store, account, "refund") == ["mine"]
     assert await search(store, account, "secret") == []

@@ -2,7 +2,7 @@
 `transcript_finals`, and the index the database keeps over it as lines come and go.
 
 SQLite: an FTS5 table `transcript_fts` (contentless: the text stays in `transcript_finals` alone)
-over each line's `text` and its `keys` (its account's and its call's tokens, `store.search_sql`),
+over each line's `text` and its `keys` (its account's token, `store.search_sql`),
 filled and emptied by triggers on `transcript_finals`, so every write path (the fold process's,
 SQLAlchemy's) and an erasure (one DELETE of a call's rows) keep it right without knowing of it.
 PostgreSQL: a generated `tsvector` column `tsv` with a GIN index. Words are runs of letters and
@@ -26,7 +26,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-_KEYS = "'a' || hex({row}.account) || ' c' || hex({row}.account) || 'x' || hex({row}.call_id)"  # search_sql's tokens
+_KEYS = "'a' || hex({row}.account)"  # search_sql.account_token (FTS5 folds hex's capitals)
 
 _SQLITE = (
     "CREATE VIRTUAL TABLE IF NOT EXISTS transcript_fts USING fts5("
