@@ -135,10 +135,8 @@ async def search(
     while len(kept) < n:
         few = _count_now(dialect, walked, len(kept)) and await few_match(conn, dialect, account, query)
         if few or walked >= WALK_CALLS_MAX:
-            every = rest.where(matching_any(dialect, account, query))
-            if few:
-                every = every.with_hint(t.calls, f"INDEXED BY {BY_KEY}", "sqlite")
-            rows = list((await conn.execute(every.limit(n - len(kept)))).all())
+            every = rest.where(matching_any(dialect, account, query)).limit(n - len(kept))
+            rows = await _by_key(conn, every) if few and dialect == "sqlite" else list((await conn.execute(every)).all())
             found |= await hits(conn, dialect, account, [row.call_id for row in rows], query)
             kept += rows
             break
@@ -151,6 +149,15 @@ async def search(
         walked, batch = walked + len(rows), batch * 2
         rest = calls.where(before(rows[-1].started_at, rows[-1].call_id))
     return kept, {row.call_id: found[row.call_id] for row in kept}
+
+
+async def _by_key(conn: AsyncConnection, select: sa.Select[Any]) -> list[Any]:
+    """`select` of `calls` on SQLite, read by the primary key's index (`BY_KEY`): SQLAlchemy's
+    SQLite dialect renders no index hints, so the statement is compiled here and given one."""
+    compiled = select.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    sql = str(compiled).replace("FROM calls", f"FROM calls INDEXED BY {BY_KEY}", 1)
+    params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    return list((await conn.exec_driver_sql(sql, params)).all())
 
 
 def _count_now(dialect: str, walked: int, kept: int) -> bool:
