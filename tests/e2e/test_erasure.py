@@ -66,6 +66,14 @@ def assert_never_existed(server: ServerProcess, key: str, call_id: str) -> None:
         assert response.json() == {"error": {"code": "not_found", "message": "no such call"}}
     listed = get(server, key, "/v1/calls?limit=500").json()["calls"]
     assert call_id not in [c["call_id"] for c in listed]
+    assert call_id not in searched(server, key, SECRET)
+
+
+def searched(server: ServerProcess, key: str, words: str) -> list[str]:
+    """The calls a full-text search over final transcripts finds (`GET /v1/calls?q=`)."""
+    answer = httpx.get(f"{server.url}/v1/calls", params={"q": words, "limit": 500}, headers=auth(key), timeout=10)
+    assert answer.status_code == 200, answer.text
+    return [c["call_id"] for c in answer.json()["calls"]]
 
 
 async def replay_from_zero(server: ServerProcess, key: str, call_id: str) -> dict[str, Any]:
@@ -93,6 +101,7 @@ async def test_an_erased_call_is_gone_from_rest_replay_webhooks_and_the_journal(
     ended_call(any_store, key, call_id)
     deliveries = f"/v1/webhooks/{webhook['id']}/deliveries"
     wait_for(lambda: get(any_store, key, deliveries).json()["deliveries"])
+    assert searched(any_store, key, SECRET) == [call_id]
 
     answer = delete(any_store, key, call_id)
 

@@ -13,7 +13,7 @@ import pytest
 
 from callstream.events import Event
 from callstream.store import SqlStore
-from callstream.store.chunks import by_call, chunk_rows
+from callstream.store.chunks import by_call, chunk_rows, final_rows
 from callstream.store.fold_process import merge_journal_rows, read_records
 from callstream.store.journal import JOURNAL_COLUMNS, JournalRow, journal_rows
 from callstream.store.sums import MinuteRow, merged_minutes
@@ -50,10 +50,11 @@ def test_a_log_row_holds_a_calls_stored_frames_and_what_its_calls_row_needs() ->
     rows = [dict(zip(JOURNAL_COLUMNS, row, strict=True)) for row in journaled(batch)]
     assert rows == [
         {"account": "acme", "call_id": "c1", "first_seq": 7, "last_seq": 7, "events": f"[{batch[0].frame}]",
-         "call_last_seq": 8, "started_at": 7_000, **sums(sentiment_sum=0.5, sentiment_n=1, last_ts=8_000), "minutes": []},
+         "call_last_seq": 8, "started_at": 7_000, **sums(sentiment_sum=0.5, sentiment_n=1, last_ts=8_000), "minutes": [],
+         "finals": [(7, "user", "hello")]},
         # partials only: no frames, but the call's seq moved on (a restart must not reuse 3)
         {"account": "acme", "call_id": "c2", "first_seq": None, "last_seq": None, "events": "[]",
-         "call_last_seq": 3, "started_at": 3_000, **sums(last_ts=3_000), "minutes": []},
+         "call_last_seq": 3, "started_at": 3_000, **sums(last_ts=3_000), "minutes": [], "finals": []},
     ]
 
 
@@ -76,9 +77,11 @@ def test_a_log_row_carries_what_the_calls_row_needs_exactly_as_the_chunks_path_d
     ]
     grouped = by_call(batch)
 
-    chunks, calls, minutes = merge_journal_rows(journaled(batch))
+    chunks, calls, minutes, finals = merge_journal_rows(journaled(batch))
 
     assert chunks == chunk_rows(grouped)
+    assert finals == final_rows(grouped)  # what search indexes, whichever path
+    assert len(finals) == 4
     found: list[MinuteRow] = []
     assert calls == SqlStore._call_rows(grouped, found)
     assert sorted(minutes) == sorted(merged_minutes(found))
@@ -162,7 +165,7 @@ def test_journaled_rows_of_one_call_fold_into_one_chunk_and_one_calls_row() -> N
     third = [event("acme", "c1", 5, "transcript.final", sentiment={"score": -0.25})]
     rows = [row for batch in (first, second, third) for row in journaled(batch)]
 
-    chunks, calls, _ = merge_journal_rows(rows)
+    chunks, calls, _, _ = merge_journal_rows(rows)
 
     assert [(c[0], c[1], c[2], c[3]) for c in chunks] == [("acme", "c1", 3, 5), ("acme", "c2", 1, 1)]
     assert [f["seq"] for f in orjson.loads(chunks[0][4])] == [3, 5]  # the partial is not stored
@@ -175,7 +178,7 @@ def test_journaled_rows_of_one_call_fold_into_one_chunk_and_one_calls_row() -> N
 
 def test_a_call_with_only_partials_journaled_gets_no_chunk_but_its_last_seq() -> None:
     rows = journaled([event("acme", "c1", 7, "transcript.partial")])
-    chunks, calls, _ = merge_journal_rows(rows)
+    chunks, calls, _, _ = merge_journal_rows(rows)
     assert chunks == []
     assert [(c["call_id"], c["last_seq"]) for c in calls] == [("c1", 7)]
 
@@ -183,7 +186,7 @@ def test_a_call_with_only_partials_journaled_gets_no_chunk_but_its_last_seq() ->
 def test_a_fold_cuts_a_busy_calls_journaled_events_into_bounded_chunks() -> None:
     """Reads decode whole chunks: a fold keeps each chunk's seqs within `MAX_CHUNK_EVENTS`."""
     rows = [row for seq in range(1, 601) for row in journaled([event("acme", "c1", seq)])]
-    chunks, calls, _ = merge_journal_rows(rows)
+    chunks, calls, _, _ = merge_journal_rows(rows)
     assert [(c[2], c[3]) for c in chunks] == [(1, 256), (257, 512), (513, 600)]
     assert [f["seq"] for c in chunks for f in orjson.loads(c[4])] == list(range(1, 601))
     assert [c["last_seq"] for c in calls] == [600]

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from callstream.quality import latency_name
 from callstream.store import CallFailedError, SqlStore, StoreUnavailableError
-from callstream.store.chunks import by_call, chunk_rows
+from callstream.store.chunks import by_call, chunk_rows, final_rows
 from callstream.store.pg_writer import columns
 from callstream.store.sums import MinuteRow, merged_minutes
 from callstream.turns import Marks
@@ -22,12 +22,13 @@ def test_the_statement_gets_each_column_as_one_array() -> None:
     ])
     minutes: list[MinuteRow] = []
     calls = SqlStore._call_rows(grouped, minutes)
-    got = columns(chunk_rows(grouped), calls, merged_minutes(minutes))
+    got = columns(chunk_rows(grouped), calls, merged_minutes(minutes), final_rows(grouped))
     assert got[:4] == [["acme", "acme"], ["c1", "c2"], [1, 4], [1, 4]]
     assert got[5:11] == [["acme", "acme"], ["c1", "c2"], [1_000, 4_000], [1, 4], [0.5, 0.0], [1, 0]]
     # last_ts, turns, latency_max, latencies, interruptions, agent and user talk
     assert got[11:18] == [[1_000, 4_000], [0, 1], [0, 1_250], ["", "1250"], [0, 0], [0, 0], [0, 0]]
-    assert got[18:] == [["acme"], [0], [latency_name(1_250)], [1]]
+    assert got[18:22] == [["acme"], [0], [latency_name(1_250)], [1]]
+    assert got[22:] == [["acme"], ["c1"], [1], ["user"], ["hello"]]  # the finals search indexes
     partials_only = by_call([event("acme", "c1", 2, "transcript.partial")])
     assert columns(chunk_rows(partials_only), SqlStore._call_rows(partials_only, []))[:5] == [[]] * 5
 

@@ -14,6 +14,7 @@ from callstream import protocol as p
 from callstream.auth import Principal
 from callstream.broker import BrokerUnavailableError, CallEndedError, ControlResultError, QuotaExceededError
 from callstream.broker.base import LIVE_TTL_S
+from callstream.call_filters import FILTERS, parse_filters
 from callstream.control import ACTIONS
 from callstream.events import FINAL, MAX_INT64, PARTIAL, is_valid_call_id
 from callstream.quality import WINDOWS, fleet_stats, window_start
@@ -242,16 +243,30 @@ async def mint_token(request: Request, principal: Reader) -> dict[str, Any]:
 async def list_calls(
     request: Request,
     principal: Reader,
-    status: Literal["live", "ended"] | None = None,
+    status: Annotated[str | None, Query(description="live | ended")] = None,
+    started_after: Annotated[str | None, Query(description="started after this time (ms since the epoch)")] = None,
+    started_before: Annotated[str | None, Query(description="started before this time (ms since the epoch)")] = None,
+    sentiment_below: Annotated[str | None, Query(description="the mean score of its finals is below this (-1 to 1)")] = None,
+    q: Annotated[str | None, Query(description='words its finals hold: `refund`, `"late fee"`, `appoint*`')] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Response:
-    store = runtime_of(request).store
+    """The account's calls, newest first, that pass every filter given (docs/protocol.md,
+    Listing and searching calls); with `q`, each carries the `snippet` of its first matching final."""
+    repeated = [name for name in FILTERS if len(request.query_params.getlist(name)) > 1]
+    if repeated:
+        raise ApiError(422, "invalid_request", f"{repeated[0]} may be given once")
+    given = {
+        "status": status, "started_after": started_after, "started_before": started_before,
+        "sentiment_below": sentiment_below, "q": q,
+    }
     try:
-        rows, next_cursor = await store.list_calls(
-            principal.account, status=status, limit=limit, cursor=cursor or None, call_ids=principal.calls
+        filters = parse_filters({name: value for name, value in given.items() if value is not None})
+        # `metadata.K=V` filters: parsed from `params` here, into `filters`.
+        rows, next_cursor = await runtime_of(request).store.list_calls(
+            principal.account, filters=filters, limit=limit, cursor=cursor or None, call_ids=principal.calls
         )
-    except ValueError as exc:
+    except ValueError as exc:  # FilterError, or a cursor this server did not issue
         raise ApiError(422, "invalid_request", str(exc)) from None
     return json_response({"calls": [r.to_json() for r in rows], "next_cursor": next_cursor})
 

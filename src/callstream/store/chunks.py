@@ -19,14 +19,16 @@ from typing import Any
 
 import orjson
 
-from callstream.events import PARTIAL, Event
+from callstream.events import FINAL, PARTIAL, Event
 from callstream.store.rows import CHUNK_COLUMNS, MAX_CHUNK_BYTES, MAX_CHUNK_EVENTS
 
 __all__ = [
-    "CHUNK_COLUMNS", "MAX_CHUNK_BYTES", "MAX_CHUNK_EVENTS", "CallEvents", "ChunkRow", "StoredEvent", "by_call", "chunk_rows", "events_in",
+    "CHUNK_COLUMNS", "MAX_CHUNK_BYTES", "MAX_CHUNK_EVENTS", "CallEvents", "ChunkRow", "FinalRow", "StoredEvent",
+    "by_call", "chunk_rows", "events_in", "final_rows", "finals_of",
 ]
 
 ChunkRow = tuple[str, str, int, int, str]  # CHUNK_COLUMNS
+FinalRow = tuple[str, str, int, str, str]  # rows.FINAL_COLUMNS
 
 
 @dataclass(slots=True)
@@ -84,6 +86,20 @@ def chunk_rows(calls: CallEvents) -> list[ChunkRow]:
             size += len(event.frame)
         rows.append(_chunk_row(account, call_id, part))
     return rows
+
+
+def finals_of(held: Iterable[Event]) -> list[tuple[int, str, str]]:
+    """(seq, speaker, text) of each final among a call's events: the lines search indexes."""
+    return [(e.seq, str(e.data.get("speaker", "")), str(e.data.get("text", ""))) for e in held if e.type == FINAL]
+
+
+def final_rows(calls: CallEvents) -> list[FinalRow]:
+    """The `transcript_finals` rows of a batch (`by_call`)."""
+    return [
+        (account, call_id, seq, speaker, text)
+        for (account, call_id), held in calls.items()
+        for seq, speaker, text in finals_of(held)
+    ]
 
 
 def _chunk_row(account: str, call_id: str, part: list[Event]) -> ChunkRow:

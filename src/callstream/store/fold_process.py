@@ -95,6 +95,7 @@ _INSERT_CHUNKS = (
 )
 _UPSERT_CALLS = rows.calls_upsert_sql("sqlite", "INSERT INTO calls ({columns}) VALUES {rows}")
 _UPSERT_MINUTES = rows.minutes_upsert_sql("INSERT INTO quality_minutes ({columns}) VALUES {rows}")
+_INSERT_FINALS = rows.finals_insert_sql("INSERT INTO transcript_finals ({columns}) VALUES {rows}")
 # Many rows per statement (`INSERT … VALUES (…), (…), …`): one sqlite3_step per statement, where
 # `executemany` steps once per row. Statements of 256, 16 and 1 rows keep the statement cache to
 # three texts per table (bench/sqlite_floor.py measures the alternatives).
@@ -122,17 +123,19 @@ def read_records(path: str, size: int | None = None) -> list[list[Any]]:
     return rows
 
 
-def merge_journal_rows(
-    journaled: Sequence[Sequence[Any]],
-) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]], list[tuple[Any, ...]]]:
+Merged = tuple[list[tuple[Any, ...]], list[dict[str, Any]], list[tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+def merge_journal_rows(journaled: Sequence[Sequence[Any]]) -> Merged:
     """Journaled rows as one commit: per call its chunks (frames joined, a new chunk once a chunk's
     seqs would span more than `MAX_CHUNK_EVENTS`; reads sort a chunk's events by seq) and one calls
-    row (`rows.CALL_COLUMNS`, merged by `rows.merge_call_row`); and one `quality_minutes` row per
-    account and minute and name."""
+    row (`rows.CALL_COLUMNS`, merged by `rows.merge_call_row`); one `quality_minutes` row per
+    account and minute and name; and the finals search indexes (`rows.FINAL_COLUMNS`)."""
     chunks: list[tuple[Any, ...]] = []
     open_chunks: dict[tuple[str, str], list[Any]] = {}  # first, last, frames, bytes of the call's chunk being filled
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     minutes: dict[tuple[str, int, str], int] = {}
+    finals: list[tuple[Any, ...]] = []
     sums = len(rows.SUM_COLUMNS)
     for journaled_row in journaled:
         account, call_id, first_seq, last_seq, events, call_last_seq, started_at = journaled_row[:7]
@@ -141,6 +144,8 @@ def merge_journal_rows(
         row.update(zip(rows.SUM_COLUMNS, journaled_row[7 : 7 + sums], strict=False))
         if len(journaled_row) > 7 + sums:
             rows.merge_minute_rows(minutes, journaled_row[7 + sums])
+        held = journaled_row[8 + sums] if len(journaled_row) > 8 + sums else _finals_in(events)
+        finals.extend((account, call_id, *final) for final in held)
         if (call := merged.get(key)) is None:
             merged[key] = row
         else:
@@ -162,7 +167,17 @@ def merge_journal_rows(
             chunk[3] += len(events)
     for (account, call_id), (first, last, frames, _) in open_chunks.items():
         chunks.append((account, call_id, first, last, "[" + ",".join(frames) + "]"))
-    return chunks, list(merged.values()), [(*key, n) for key, n in minutes.items()]
+    return chunks, list(merged.values()), [(*key, n) for key, n in minutes.items()], finals
+
+
+def _finals_in(events: str) -> list[tuple[Any, ...]]:
+    """[seq, speaker, text] of each final among a journal row's frames: a row a node journaled
+    before search carries no finals of its own (`journal.JOURNAL_COLUMNS`)."""
+    return [
+        (frame["seq"], frame["data"].get("speaker", ""), frame["data"].get("text", ""))
+        for frame in orjson.loads(events)
+        if frame["type"] == "transcript.final"
+    ]
 
 
 @functools.cache
@@ -184,14 +199,19 @@ def _statements(template: str, columns: tuple[str, ...], rows: Sequence[Sequence
 
 
 def row_statements(
-    chunks: Sequence[Sequence[Any]], calls: Sequence[dict[str, Any]], minutes: Sequence[Sequence[Any]] = ()
+    chunks: Sequence[Sequence[Any]],
+    calls: Sequence[dict[str, Any]],
+    minutes: Sequence[Sequence[Any]] = (),
+    finals: Sequence[Sequence[Any]] = (),
 ) -> list[Statement]:
-    """Chunks inserted, calls rows merged into `calls` and minutes added into `quality_minutes`."""
+    """Chunks inserted, calls rows merged into `calls`, minutes added into `quality_minutes` and
+    finals inserted into `transcript_finals` (its triggers index them for search)."""
     merged = [tuple(c[k] for k in CALL_COLUMNS) for c in calls]
     return (
         _statements(_INSERT_CHUNKS, CHUNK_COLUMNS, chunks)
         + _statements(_UPSERT_CALLS, CALL_COLUMNS, merged)
         + _statements(_UPSERT_MINUTES, rows.MINUTE_COLUMNS, minutes)
+        + _statements(_INSERT_FINALS, rows.FINAL_COLUMNS, finals)
     )
 
 

@@ -34,7 +34,7 @@ from typing import Any, Final
 import orjson
 
 from callstream.events import ENDED, PARTIAL
-from callstream.store.chunks import CallEvents
+from callstream.store.chunks import CallEvents, finals_of
 from callstream.store.fold_process import RECORD
 from callstream.store.rows import SUM_COLUMNS
 from callstream.store.sums import MinuteRow, call_sums, merged_minutes
@@ -49,9 +49,11 @@ FOLD_AT_ROWS: Final = 2000
 JOURNAL_MAX_BYTES: Final = 64 * 1024 * 1024
 
 # A journal row: one call's events of one commit, with what its calls row needs (`rows.SUM_COLUMNS`
-# after `started_at`) and its `quality_minutes` rows ([account, minute, name, n] each).
+# after `started_at`), its `quality_minutes` rows ([account, minute, name, n] each) and its finals
+# for search ([seq, speaker, text] each, `chunks.finals_of`).
 JOURNAL_COLUMNS: Final = (
     "account", "call_id", "first_seq", "last_seq", "events", "call_last_seq", "started_at", *SUM_COLUMNS, "minutes",
+    "finals",
 )
 JournalRow = tuple[Any, ...]
 
@@ -182,7 +184,7 @@ class EventJournal:
 
 def journal_rows(grouped: CallEvents) -> list[JournalRow] | None:
     """One row per call of the commit (`chunks.by_call`): its stored frames as one array, what the
-    fold merges into its calls row (`store.sums`) and its minutes. None if an event ends a call:
+    fold merges into its calls row (`store.sums`), its minutes and its finals. None if an event ends a call:
     such commits take the SQLAlchemy path, whose hooks write the webhook outbox in the same
     transaction."""
     rows: list[JournalRow] = []
@@ -202,8 +204,8 @@ def journal_rows(grouped: CallEvents) -> list[JournalRow] | None:
             frames.append(event.frame)
         rows.append((
             account, call_id, first_seq, last_seq, f"[{','.join(frames)}]", held[-1].seq, held[0].ts,
-            *call_sums(held, minutes), [],
+            *call_sums(held, minutes), [], finals_of(held),
         ))
     if minutes and rows:
-        rows[-1] = (*rows[-1][:-1], merged_minutes(minutes))
+        rows[-1] = (*rows[-1][:-2], merged_minutes(minutes), rows[-1][-1])
     return rows

@@ -1,5 +1,5 @@
-"""The one spec of the rows that store events: a call's chunks, how a `calls` row merges, and the
-per-minute quality rows.
+"""The one spec of the rows that store events: a call's chunks, how a `calls` row merges, the
+per-minute quality rows and the final transcript lines search reads.
 
 Every write path uses it: the SQLAlchemy commit (`sql.py`), PostgreSQL's one-statement commit
 (`pg_writer.py`) and the journal's fold (`fold_process.py`, a plain script beside this module:
@@ -52,6 +52,10 @@ CALL_MERGE: Final = {
     "agent_talk_ms": "add",
     "user_talk_ms": "add",
 }
+
+# A final transcript line, indexed for search (`tables.transcript_finals`); a journal row carries
+# its call's as [seq, speaker, text] each.
+FINAL_COLUMNS: Final = ("account", "call_id", "seq", "speaker", "text")
 
 # Per account and minute, what /v1/stats sums (`store.sums.call_sums`).
 MINUTE_COLUMNS: Final = ("account", "minute", "name", "n")
@@ -121,6 +125,12 @@ def calls_upsert_sql(dialect: str, insert: str) -> str:
     """`insert` (an `INSERT INTO calls …` of `CALL_COLUMNS`) merged by `CALL_MERGE` on conflict."""
     assignments = ", ".join(f"{column} = {expr}" for column, expr in calls_update_sql(dialect).items())
     return f"{insert} ON CONFLICT (account, call_id) DO UPDATE SET {assignments}"
+
+
+def finals_insert_sql(insert: str) -> str:
+    """`insert` (an `INSERT INTO transcript_finals …` of `FINAL_COLUMNS`), rows already held kept
+    (a fold run again after a crash files the same lines)."""
+    return f"{insert} ON CONFLICT (account, call_id, seq) DO NOTHING"
 
 
 def minutes_upsert_sql(insert: str, table: str = "quality_minutes") -> str:

@@ -26,12 +26,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from callstream.call_filters import CallFilter
 from callstream.errors import UnavailableError
 from callstream.events import ENDED, CallState, Event
 from callstream.outages import OutageLog
 from callstream.quality import call_metrics
+from callstream.search import Snippet
 from callstream.sentiment import NEGATIVE_THRESHOLD, POSITIVE_THRESHOLD, label_for
-from callstream.store import erasure, fold_process, rows
+from callstream.store import erasure, fold_process, rows, search_sql
 from callstream.store import tables as t
 from callstream.store.chunks import (
     CHUNK_COLUMNS,
@@ -40,6 +42,7 @@ from callstream.store.chunks import (
     by_call,
     chunk_rows,
     events_in,
+    final_rows,
 )
 from callstream.store.fold import Fold, FoldError, JournalFolder
 from callstream.store.journal import (
@@ -51,7 +54,7 @@ from callstream.store.journal import (
     journal_rows,
 )
 from callstream.store.pg_writer import PgEventWriter
-from callstream.store.rows import MINUTE_COLUMNS
+from callstream.store.rows import FINAL_COLUMNS, MINUTE_COLUMNS
 from callstream.store.sums import MinuteRow, call_sums, merged_minutes
 
 log = logging.getLogger("callstream.store")
@@ -169,14 +172,29 @@ class CallRecord:
     sentiment: float | None  # the mean of the finals' scores
     sentiment_n: int = 0  # how many finals had a score
     metrics: dict[str, Any] | None = None  # turns, latency, interruptions, talk (`quality.call_metrics`)
+    hit: SearchHit | None = None  # a search's first matching final of the call
 
     def to_json(self) -> dict[str, Any]:
-        """Every field, the sentiment as its score, label and count (None before any score)."""
+        """Every field, the sentiment as its score, label and count (None before any score); a
+        search hit's `snippet` and `match` (docs/protocol.md, Listing and searching calls)."""
         body = asdict(self)
         n = body.pop("sentiment_n")
+        del body["hit"]
         if self.sentiment is not None:
             body["sentiment"] = {"score": self.sentiment, "label": label_for(self.sentiment), "n": n}
+        if self.hit is not None:
+            body["snippet"] = self.hit.snippet.text
+            body["match"] = {"seq": self.hit.seq, "speaker": self.hit.speaker, "marks": self.hit.snippet.marks}
         return body
+
+
+@dataclass(slots=True)
+class SearchHit:
+    """The final that made a call a search hit: its seq and speaker, and the snippet around the match."""
+
+    seq: int
+    speaker: str
+    snippet: Snippet
 
 
 class EventQuery(TypedDict, total=False):
@@ -619,29 +637,33 @@ class SqlStore:
         self,
         account: str,
         *,
-        status: str | None,
         limit: int,
         cursor: str | None,
+        filters: CallFilter | None = None,
+        status: str | None = None,
         call_ids: frozenset[str] | None = None,
     ) -> tuple[list[CallRecord], str | None]:
-        """Newest first; the cursor is opaque to users and names the last row returned."""
+        """The account's calls that pass `filters` (`status`: a shorthand for its status alone),
+        newest first (`search_sql`); with `q`, each carries its hit. The cursor is opaque to users
+        and names the last row returned."""
         await self._fold_journal()
+        filters = filters or CallFilter(status=status)
         c = t.calls.c
-        query = sa.select(t.calls).where(c.account == account)
-        if status is not None:
-            query = query.where(c.status == status)
-        if call_ids is not None:
-            query = query.where(c.call_id.in_(sorted(call_ids)))
+        query = sa.select(t.calls).where(*search_sql.conditions(account, filters, call_ids))
         if cursor is not None:
-            started, last_id = decode_cursor(cursor)
-            query = query.where(
-                sa.or_(c.started_at < started, sa.and_(c.started_at == started, c.call_id < last_id))
-            )
-        query = query.order_by(c.started_at.desc(), c.call_id.desc()).limit(limit + 1)
+            query = query.where(search_sql.before(*decode_cursor(cursor)))
+        query = query.order_by(c.started_at.desc(), c.call_id.desc())
+        hits: dict[str, search_sql.Hit] = {}
         async with self.engine.connect() as conn:
-            rows = [self._call_record(r) for r in await conn.execute(query)]
-        more = len(rows) > limit
-        rows = rows[:limit]
+            if filters.q is None:
+                found = list((await conn.execute(query.limit(limit + 1))).all())
+            else:
+                found, hits = await search_sql.search(conn, self.dialect, account, query, filters.q, limit + 1)
+        more = len(found) > limit
+        rows = [self._call_record(r) for r in found[:limit]]
+        for row in rows:
+            if filters.q is not None and (final := hits.get(row.call_id)) is not None:
+                row.hit = SearchHit(final[0], final[1], filters.q.snippet(final[2]))
         next_cursor = encode_cursor(rows[-1].started_at, rows[-1].call_id) if more else None
         return rows, next_cursor
 
@@ -979,8 +1001,9 @@ class SqlStore:
         calls = self._call_rows(grouped, minutes)
         minutes = merged_minutes(minutes)
         ends_a_call = any(c["status"] == "ended" for c in calls)
+        finals = final_rows(grouped)
         if self._pg is not None and not ends_a_call:
-            await self._pg.commit(chunk_rows(grouped), calls, minutes)
+            await self._pg.commit(chunk_rows(grouped), calls, minutes, finals)
             self.commits += 1
             return
         await self._fold_journal()  # the hooks below read the call's events and its calls row
@@ -988,6 +1011,8 @@ class SqlStore:
         async with self.engine.begin() as conn:
             if rows:
                 await conn.execute(self._events_insert, rows)
+            if finals:
+                await conn.execute(self._finals_insert, [dict(zip(FINAL_COLUMNS, f, strict=True)) for f in finals])
             await conn.execute(self._calls_upsert, calls)
             if minutes:
                 await conn.execute(self._minutes_upsert, [dict(zip(MINUTE_COLUMNS, m, strict=True)) for m in minutes])
@@ -1023,6 +1048,10 @@ class SqlStore:
     @functools.cached_property
     def _events_insert(self) -> Any:
         return self._insert_ignore(t.event_chunks, ["account", "call_id", "last_seq"])
+
+    @functools.cached_property
+    def _finals_insert(self) -> Any:
+        return self._insert_ignore(t.transcript_finals, ["account", "call_id", "seq"])
 
     @functools.cached_property
     def _minutes_upsert(self) -> Any:

@@ -77,6 +77,23 @@ event_chunks = sa.Table(
     sa.Column("events", sa.Text, nullable=False),
 )
 
+# Every final transcript line, one row each, for search (`callstream.search`, store/search_sql.py).
+# Keyed by (account, call_id, seq): erasing a call is one DELETE here. The index over the text is
+# the migration's alone (0005_search.py), kept up to date by the database as rows come and go:
+# on SQLite the FTS5 table `transcript_fts` (triggers on this table), on PostgreSQL the column
+# `tsv` (generated from `text`) and its GIN index. Neither is declared here, and the
+# models-vs-migration test leaves them out (`INDEX_ONLY_IN_MIGRATION`).
+transcript_finals = sa.Table(
+    "transcript_finals",
+    metadata,
+    sa.Column("account", sa.String(128), primary_key=True),
+    sa.Column("call_id", sa.String(128), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("speaker", sa.String(16), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+)
+INDEX_ONLY_IN_MIGRATION = frozenset({"transcript_fts", "tsv", "ix_transcript_finals_tsv"})
+
 meta = sa.Table(
     "meta",
     metadata,
@@ -115,4 +132,5 @@ PER_CALL_TABLES: tuple[PerCallTable, ...] = (
     PerCallTable("webhook_attempts", through=("message_id", "webhook_messages")),
     PerCallTable("webhook_messages"),
     PerCallTable("event_chunks"),
+    PerCallTable("transcript_finals"),  # the full-text index (FTS5 triggers follow its deletes)
 )

@@ -13,6 +13,7 @@ import { latencyBadge, latencyOf, quality, recordTurn, renderChart, renderTiles,
 import { renderControls, requestText, resultText, setupControls, tokenScopes } from "./supervise.js";
 import { SORTS, attentionCount, derive, matches, ordered } from "./triage.js";
 import { Windowed } from "./virtual.js";
+import { setupSearch } from "./search.js";
 
 const SESSION_KEY = "callstream.session";
 // The campaign subscription ("*") carries what the list and the sparklines
@@ -1148,6 +1149,7 @@ async function main() {
   window.addEventListener("online", () => stream.reconnectNow());
   window.addEventListener("offline", () => { if (ui.connState !== "open") showConn("offline"); });
   if (m) select(decodeURIComponent(m[1]));
+  setupSearch({ api, open: (id) => select(id, { focus: true }) });
   refreshStats();
   setInterval(refreshStats, STATS_EVERY_MS);
   try {
