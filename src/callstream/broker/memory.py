@@ -38,9 +38,11 @@ from callstream.broker.base import (
     Quotas,
     RepairNeededError,
     Unstored,
+    merged_metadata,
 )
 from callstream.control import REQUESTED, RESULT, Holder
 from callstream.events import ENDED, CallState, Event, NewEvent
+from callstream.metadata import Metadata
 from callstream.turns import TurnTracker, role
 
 _SWEEP_INTERVAL_S = 30.0
@@ -65,6 +67,7 @@ class _Call:
         "last_seq",
         "latest",
         "log",
+        "metadata",
         "pending",
         "started_at",
         "status",
@@ -88,6 +91,7 @@ class _Call:
         self.holder: str | None = None  # the producer socket holding it (live control)
         self.pending: dict[str, str] | None = None  # control requests waiting: request_id → action
         self.turns = TurnTracker()
+        self.metadata: Metadata | None = state.metadata  # replaced on each change, never mutated
 
     def append(self, event: Event) -> None:
         key = event.key
@@ -193,10 +197,12 @@ class MemoryBroker(Broker):
                 self._check_control(calls[new.call_id], new, index, answered)
         if self._quotas.events_per_call or self._quotas.live_calls:
             self._check_quotas(account, events, calls, ended)
+        metas = merged_metadata(events, {cid: call.metadata for cid, call in calls.items()})
         ts = now_ms()
         out: list[Event] = []
-        for new in events:
+        for new, meta in zip(events, metas, strict=True):
             call = calls[new.call_id]
+            call.metadata = meta
             call.last_seq += 1
             if call.started_at is None:
                 call.started_at = ts
@@ -204,7 +210,7 @@ class MemoryBroker(Broker):
             marks = call.turns.step(part, ts) if part else None
             if marks is not None:
                 marks.write_into(new.data)
-            event = Event(account, new.call_id, call.last_seq, ts, new.type, new.data, marks=marks)
+            event = Event(account, new.call_id, call.last_seq, ts, new.type, new.data, marks=marks, meta=meta)
             call.append(event)
             if new.type == REQUESTED or new.type == RESULT:
                 self._keep_control(account, call, new)
@@ -385,7 +391,7 @@ class MemoryBroker(Broker):
     async def state(self, account: str, call_id: str) -> CallState:
         call = self._calls.get((account, call_id))
         if call is not None:
-            return CallState(call.status, call.last_seq, call.started_at)
+            return CallState(call.status, call.last_seq, call.started_at, call.metadata)
         return await self._load(account, call_id)
 
     def _remember_absent(self, key: tuple[str, str]) -> None:

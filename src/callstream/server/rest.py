@@ -12,10 +12,17 @@ from starlette.responses import Response
 
 from callstream import protocol as p
 from callstream.auth import Principal
-from callstream.broker import BrokerUnavailableError, CallEndedError, ControlResultError, QuotaExceededError
+from callstream.broker import (
+    BrokerUnavailableError,
+    CallEndedError,
+    ControlResultError,
+    MetadataRefusedError,
+    QuotaExceededError,
+)
 from callstream.broker.base import LIVE_TTL_S
 from callstream.control import ACTIONS
 from callstream.events import FINAL, MAX_INT64, PARTIAL, is_valid_call_id
+from callstream.metadata import query_filter
 from callstream.quality import WINDOWS, fleet_stats, window_start
 from callstream.server.control_desk import ControlRefusedError
 from callstream.server.deps import (
@@ -133,7 +140,7 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
         await asyncio.wait_for(asyncio.shield(durable), timeout)
     except CallEndedError as exc:
         raise ApiError(422, "call_ended", str(exc), index=exc.index) from None
-    except ControlResultError as exc:  # its request was answered already, or never made
+    except (ControlResultError, MetadataRefusedError) as exc:  # e.g. its request was answered already
         raise ApiError(422, "invalid_message", str(exc), index=exc.index) from None
     except CallFailedError as exc:  # this call alone: its rows were refused
         raise ApiError(503, "internal", str(exc)) from None
@@ -252,12 +259,20 @@ async def list_calls(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Response:
+    """The account's calls, newest first; `metadata.K=V` (repeatable) keeps the calls whose
+    metadata holds V at K, every one given (docs/protocol.md, Call metadata)."""
     store = runtime_of(request).store
     try:
+        metadata = query_filter(request.query_params.multi_items())
         rows, next_cursor = await store.list_calls(
-            principal.account, status=status, limit=limit, cursor=cursor or None, call_ids=principal.calls
+            principal.account,
+            status=status,
+            limit=limit,
+            cursor=cursor or None,
+            call_ids=principal.calls,
+            metadata=metadata,
         )
-    except ValueError as exc:
+    except ValueError as exc:  # MetadataError too
         raise ApiError(422, "invalid_request", str(exc)) from None
     return json_response({"calls": [r.to_json() for r in rows], "next_cursor": next_cursor})
 

@@ -47,6 +47,10 @@ calls = sa.Table(
     sa.Column("interruptions", sa.Integer, nullable=False, server_default="0"),
     sa.Column("agent_talk_ms", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("user_talk_ms", sa.BigInteger, nullable=False, server_default="0"),
+    # Call metadata (metadata.py): the merged object as JSON text, and the seq of the event that
+    # last changed it (rows.CALL_MERGE keeps the newer of two rows').
+    sa.Column("metadata", sa.Text),
+    sa.Column("metadata_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_calls_account_started", "account", "started_at", "call_id"),
     # /v1/stats: the account's live calls, and its calls that ended since a moment.
     sa.Index("ix_calls_account_status_ended", "account", "status", "ended_at"),
