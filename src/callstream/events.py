@@ -296,11 +296,6 @@ class Event:
     def is_partial(self) -> bool:
         return self.type == PARTIAL
 
-    @property
-    def sets_metadata(self) -> bool:
-        """Whether this event changed its call's metadata (`data.metadata`, checked at ingest)."""
-        return "metadata" in self.data
-
 
 def text_frame(payload: bytes) -> bytes:
     """One unmasked, unfragmented TEXT frame (RFC 6455 §5.2): what a server sends."""

@@ -49,11 +49,12 @@ _SWEEP_INTERVAL_S = 30.0
 _ABSENT_MAX = 100_000  # call ids remembered as unknown to the store (subscribed to before they start)
 
 
-# One event of a call's replay log: (seq, ts, type, frame, supersede key). A plain tuple of str and
-# int, which the garbage collector stops tracking (it untracks exact tuples only, not NamedTuples):
+# One event of a call's replay log: (seq, ts, type, frame, supersede key, the call's metadata as
+# JSON after an event that changed it, else None: what a repair stores of it). A plain tuple of
+# str and int, which the garbage collector stops tracking (it untracks exact tuples only, not NamedTuples):
 # a log of Event objects would make every full collection walk every event of every live call,
 # a pause that grows with the log (bench/README.md, log-untracked).
-_Held = tuple[int, int, str, str, str | None]
+_Held = tuple[int, int, str, str, str | None, str | None]
 _seq_of = itemgetter(0)
 
 
@@ -101,7 +102,9 @@ class _Call:
                 self.superseded.add(older)
             if event.is_partial:
                 self.latest[key] = event.seq
-        self.log.append((event.seq, event.ts, event.type, event.frame, key))
+        meta = event.meta
+        changed = orjson.dumps(meta).decode() if meta is not None and "metadata" in event.data else None
+        self.log.append((event.seq, event.ts, event.type, event.frame, key, changed))
         if len(self.superseded) > 256 and len(self.superseded) * 2 > len(self.log):
             self.compact()
 
@@ -120,15 +123,18 @@ class _Call:
         start = bisect.bisect_right(self.log, since, key=_seq_of)
         return [
             Event(account, call_id, seq, ts, kind, orjson.loads(frame)["data"], frame, key=key)
-            for seq, ts, kind, frame, key in self.log[start:]
+            for seq, ts, kind, frame, key, _ in self.log[start:]
             if seq not in gone
         ]
 
     def unstored_events(self, account: str, call_id: str) -> list[Event]:
         wanted = self.unstored
         return [
-            Event(account, call_id, seq, ts, kind, orjson.loads(frame)["data"], frame, key=key)
-            for seq, ts, kind, frame, key in self.log
+            Event(
+                account, call_id, seq, ts, kind, orjson.loads(frame)["data"], frame, key=key,
+                meta=None if meta is None else orjson.loads(meta),
+            )
+            for seq, ts, kind, frame, key, meta in self.log
             if seq in wanted
         ]
 
