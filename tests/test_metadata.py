@@ -13,6 +13,7 @@ from callstream.events import EventInvalidError, check_payload
 from callstream.metadata import (
     MAX_BYTES,
     MAX_KEYS,
+    Metadata,
     MetadataError,
     check_patch,
     check_where,
@@ -24,7 +25,7 @@ from callstream.metadata import (
 
 
 def test_a_patch_merges_and_null_removes_a_key() -> None:
-    current = {"agent": "ada", "campaign": "spring", "vip": True}
+    current: Metadata = {"agent": "ada", "campaign": "spring", "vip": True}
     merged = merge(current, {"campaign": "summer", "vip": None, "customer": "cus_1", "score": 4.5})
     assert merged == {"agent": "ada", "campaign": "summer", "customer": "cus_1", "score": 4.5}
     assert current == {"agent": "ada", "campaign": "spring", "vip": True}  # never changed in place

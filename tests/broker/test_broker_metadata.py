@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from callstream.broker.base import CallState, MetadataRefusedError
+from callstream.broker.base import MetadataRefusedError
+from callstream.events import CallState
 from callstream.metadata import MAX_BYTES, MAX_KEYS
 from tests.broker.conftest import Calls, Nodes, ev
 

@@ -3,6 +3,8 @@ with its metadata, the job's room and caller filled in by default."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +29,18 @@ from tests.helpers import ServerProcess, recv_until
 from tests.integrations.events import subscribed
 
 
+@contextlib.contextmanager
+def in_job(room: str, caller: str) -> Iterator[None]:
+    """Run the block as inside LiveKit's worker, in a job of `room` dispatched for `caller`."""
+    ctx = job_context(room, caller)
+    token = _JobContextVar.set(ctx)
+    try:
+        yield
+    finally:
+        _JobContextVar.reset(token)
+        ctx._tempdir.cleanup()  # what the worker does when the job ends
+
+
 def job_context(room: str, caller: str) -> JobContext:
     """The context LiveKit's worker runs an entrypoint in, for a job dispatched for `caller`."""
     info = RunningJobInfo(
@@ -46,13 +60,10 @@ async def test_a_session_in_a_job_starts_its_call_with_room_caller_and_metadata(
 ) -> None:
     ws = await subscribed(server, api_key, call_id)
     session: AgentSession[Any] = AgentSession()
-    token = _JobContextVar.set(job_context("room-42", "sip_+15550100"))
-    try:
+    with in_job("room-42", "sip_+15550100"):
         bridge = await CallstreamSession.attach(
             session, call_id, url=server.url, key=api_key, metadata={"agent": "ada", "campaign": "spring"}
         )
-    finally:
-        _JobContextVar.reset(token)
     assert bridge is not None
     session.emit("agent_state_changed", AgentStateChangedEvent(old_state="initializing", new_state="listening"))
     await bridge.aclose()
@@ -67,11 +78,8 @@ async def test_a_session_in_a_job_starts_its_call_with_room_caller_and_metadata(
 async def test_metadata_given_wins_over_what_livekit_tells(server: ServerProcess, api_key: str, call_id: str) -> None:
     ws = await subscribed(server, api_key, call_id)
     session: AgentSession[Any] = AgentSession()
-    token = _JobContextVar.set(job_context("room-42", "sip_+15550100"))
-    try:
+    with in_job("room-42", "sip_+15550100"):
         bridge = await CallstreamSession.attach(session, call_id, url=server.url, key=api_key, metadata={"room": "mine"})
-    finally:
-        _JobContextVar.reset(token)
     assert bridge is not None
     await bridge.aclose()
     messages = [m for m in await recv_until(ws, "call.ended", timeout=15) if "seq" in m]

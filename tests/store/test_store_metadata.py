@@ -55,7 +55,7 @@ async def test_a_call_without_metadata_answers_an_empty_object(store: SqlStore, 
 
 
 async def test_the_list_keeps_calls_whose_metadata_matches_every_filter(store: SqlStore, account: str) -> None:
-    rows = {
+    rows: dict[str, dict[str, Any]] = {
         "a": {"campaign": "spring", "tier": 2, "vip": True, "agent": "ada"},
         "b": {"campaign": "spring", "tier": 3, "vip": False},
         "c": {"campaign": "summer", "tier": 2.5},
