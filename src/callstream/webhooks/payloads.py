@@ -177,7 +177,6 @@ def transcript_completed_data(call: dict[str, Any], events: list[StoredEvent]) -
         "call_id": call["call_id"],
         "started_at": call.get("started_at"),
         "ended_at": call.get("ended_at"),
-        "metadata": call_metadata(call),
         "transcript": transcript(events),
     }
 
