@@ -163,9 +163,10 @@ class Subscriber(WSListener):  # type: ignore[misc]
     dialect = "callstream"
 
     def __init__(self, calls: list[str], since: dict[str, int] | None = None, track: bool = False,
-                 prev: Subscriber | None = None, inflate: bool = False) -> None:
+                 prev: Subscriber | None = None, inflate: bool = False, where: dict[str, Any] | None = None) -> None:
         self.inflater = zlib.decompressobj(-15) if inflate else None
         self.calls = calls
+        self.where = where  # a `*` subscription's filter (`{"metadata": {...}}`)
         self.since = since
         self.track = track
         self.confirmed = 0
@@ -190,6 +191,8 @@ class Subscriber(WSListener):  # type: ignore[misc]
             msg: dict[str, Any] = {"type": "subscribe", "call_id": call}
             if self.since is not None and call in self.since:
                 msg["since"] = self.since[call]
+            if self.where is not None and call == "*":
+                msg["where"] = self.where
             self.transport.send(TEXT, orjson.dumps(msg))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -440,9 +443,11 @@ class Producer:
     TICK = 0.005
 
     def __init__(self, dialect: str, base: str, token: str, calls: list[str], conns: int, mix: str,
-                 batch: int = 0, window: int = 0, ref_every: bool = False, texts: str = "plain") -> None:
+                 batch: int = 0, window: int = 0, ref_every: bool = False, texts: str = "plain",
+                 metadata: dict[str, Any] | None = None) -> None:
         self.dialect = dialect
         self.texts = TEXTS[texts]
+        self.metadata = metadata  # set on each call's first event (`data.metadata`)
         self.base = base
         self.token = token
         self.calls = calls
@@ -489,8 +494,12 @@ class Producer:
             if kind != "transcript.partial":
                 nonpartial += 1
             call = calls[c]
+            first = call not in per_call
             per_call[call] = per_call.get(call, 0) + 1
-            groups[owner[c]].append({"call_id": call, "type": kind, "data": make_data(kind, i, sent_ns, self.texts)})
+            data = make_data(kind, i, sent_ns, self.texts)
+            if first and self.metadata is not None:
+                data["metadata"] = self.metadata
+            groups[owner[c]].append({"call_id": call, "type": kind, "data": data})
         return groups, nonpartial
 
     def send_group(self, k: int, events: list[dict[str, Any]]) -> None:
@@ -600,7 +609,8 @@ class Worker:
         self.dialect = "callstream"
 
     async def open_subscribers(self, dialect: str, base: str, token: str, groups: list[list[str]],
-                               concurrency: int = 200, track: bool = False, deflate: bool = False) -> dict[str, Any]:
+                               concurrency: int = 200, track: bool = False, deflate: bool = False,
+                               where: dict[str, Any] | None = None) -> dict[str, Any]:
         self.dialect, self.base, self.token = dialect, base, token
         cls = SUBSCRIBERS.get(dialect, Subscriber)
         sem = asyncio.Semaphore(concurrency)
@@ -616,7 +626,7 @@ class Worker:
                         if dialect == "sse":
                             self.subs.append(await open_stream(base, token, calls))  # type: ignore[arg-type]
                             return
-                        _, sub = await ws_connect(lambda: cls(calls, track=track, inflate=deflate),
+                        _, sub = await ws_connect(lambda: cls(calls, track=track, inflate=deflate, where=where),
                                                   sub_url(dialect, base, token, calls), websocket_handshake_timeout=30,
                                                   max_frame_size=1 << 24, extra_headers=headers)
                         await asyncio.wait_for(sub.ready, 60)
@@ -693,8 +703,9 @@ class Worker:
 
     async def start_producer(self, dialect: str, base: str, token: str, calls: list[str], conns: int = 10,
                              mix: str = "call", batch: int = 0, window: int = 0, ref_every: bool = False,
-                             rate: float = 0.0, texts: str = "plain") -> dict[str, Any]:
-        self.producer = Producer(dialect, base, token, calls, conns, mix, batch, window, ref_every, texts)
+                             rate: float = 0.0, texts: str = "plain",
+                             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.producer = Producer(dialect, base, token, calls, conns, mix, batch, window, ref_every, texts, metadata)
         await self.producer.connect()
         self.producer.rate = rate
         self.producer.start()

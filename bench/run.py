@@ -468,13 +468,23 @@ class Bench:
     # ---- campaign -------------------------------------------------------------------------------
 
     def campaign(self, run: int) -> None:
+        """One socket following 10,000 live calls: 10,000 explicit subscriptions, one `*`, and one
+        `*` with `where` on the calls' metadata (every call has campaign=spring, set by its first
+        event, so each event is judged by the filter and every one is delivered)."""
         ncalls, rate = 10_000, 2_000
         warm, window = (6.0, 5.0) if self.quick else (6.0, 10.0)
-        variants = [("callstream", False), ("callstream", True), ("bare", False)]
+        variants: list[tuple[str, bool | str]] = [
+            ("callstream", False), ("callstream", True), ("callstream", "where"), ("bare", False)
+        ]
         if PROPOSED:
-            variants.insert(2, ("callstream+proposed", False))
+            variants.insert(3, ("callstream+proposed", False))
         if self.args.targets:
             variants = [(t, False) for t in self.args.targets.split(",")]
+        if self.args.campaign_variants:
+            wanted = self.args.campaign_variants.split(",")
+            names = {False: "explicit", True: "wildcard", "where": "where"}
+            variants = [v for v in variants if names[v[1]] in wanted and v[0] == "callstream"]
+        where = {"metadata": {"campaign": "spring"}}
         # The default limit (50 client messages/s) would take 200 s to send 10,000 subscribes.
         env = {"CALLSTREAM_CLIENT_RATE": "100000", "CALLSTREAM_CLIENT_BURST": "100000"}
         for name, wildcard in variants:
@@ -485,19 +495,21 @@ class Bench:
                 subscribe = ["*"] if wildcard else calls
                 t = time.monotonic()
                 opened = load.call(0, "open_subscribers", dialect=target.dialect, base=target.base,
-                                   token=target.token, groups=[subscribe])
+                                   token=target.token, groups=[subscribe],
+                                   where=where if wildcard == "where" else None)
                 sub_s = time.monotonic() - t
-                log(f"{target.name}{' *' if wildcard else ''}: 1 socket, {len(subscribe)} subscriptions in "
-                    f"{sub_s:.1f}s ({opened})")
+                log(f"{target.name}{' *' if wildcard else ''}{' where' if wildcard == 'where' else ''}: 1 socket, "
+                    f"{len(subscribe)} subscriptions in {sub_s:.1f}s ({opened})")
                 load.call(1, "start_producer", dialect=target.dialect, base=target.base, token=target.token,
-                          calls=calls, conns=10, mix="call", rate=0.0)
-                key = "campaign-wildcard" if wildcard else "campaign"
+                          calls=calls, conns=10, mix="call", rate=0.0,
+                          metadata={"campaign": "spring", "agent": "ada"} if target.dialect == "callstream" else None)
+                key = {False: "campaign", True: "campaign-wildcard", "where": "campaign-where"}[wildcard]
                 spies = self.spy(target, key, warm + window) if run == 0 else []
                 row = self.fanout_step(target, load, 1, [0], rate, 1, warm, window)
                 self.spied(spies, key, f"{target.name}: campaign, {len(subscribe):,} subscriptions on one socket, "
                            f"{rate:,} events/s (warm-up + window)")
-                row.update(run=run, subscriptions=len(subscribe), subscribe_s=sub_s,
-                           variant="'*' (wildcard)" if wildcard else "10,000 explicit")
+                variant = {False: "10,000 explicit", True: "'*' (wildcard)", "where": "'*' where campaign"}[wildcard]
+                row.update(run=run, subscriptions=len(subscribe), subscribe_s=sub_s, variant=variant)
                 self.add("campaign", row)
                 log(f"{target.name}: {row['delivered_s']:,}/s p50 {row['p50_ms']} p99 {row['p99_ms']} "
                     f"p99.9 {row['p999_ms']} loss {row['loss']:.4f}")
@@ -863,6 +875,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy callstream during fan-out")
     parser.add_argument("--profile-target", default="callstream", help="which target --profile samples")
     parser.add_argument("--profile-rate", type=int, default=30_000, help="deliveries/s while profiling")
+    parser.add_argument("--campaign-variants", default=None,
+                        help="campaign: callstream only, some of explicit,wildcard,where (default: every target)")
     parser.add_argument("--ingest-window", type=frame_windows, default=[16, 64],
                         help="frames of 100 events in flight per socket; a comma list measures each")
     parser.add_argument("--redact", default=None,

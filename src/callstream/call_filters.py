@@ -42,7 +42,7 @@ class CallFilter:
     started_before: int | None = None
     sentiment_below: float | None = None
     q: Query | None = None
-    # `metadata.K=V` (exact match) goes here: one more field, read by `store.search_sql.conditions`.
+    # `metadata.K=V` (exact match) is given to `list_calls` beside these (`store.metadata_query`).
 
     @property
     def searching(self) -> bool:

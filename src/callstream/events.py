@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from callstream.metadata import MetadataError, check_patch
+
 if TYPE_CHECKING:
     from callstream.turns import Marks
 
@@ -34,11 +36,13 @@ PUBLISHABLE_TYPES: Final = frozenset(
         "call.ended",
         "control.result",
         "metrics",
+        "call.started",
     }
 )
-# Every type a call's history holds: what producers publish, and the audit event of a control
-# request, which only the server appends (docs/protocol.md, Live control).
-EVENT_TYPES: Final = PUBLISHABLE_TYPES | {"control.requested"}
+# Every type a call's history holds: what producers publish, the audit event of a control
+# request (docs/protocol.md, Live control) and the metadata a `PATCH /v1/calls/{id}` merged
+# (docs/protocol.md, Call metadata), which only the server appends.
+EVENT_TYPES: Final = PUBLISHABLE_TYPES | {"control.requested", "call.metadata"}
 SPEAKERS: Final = frozenset({"user", "agent"})
 AGENT_STATES: Final = frozenset({"listening", "thinking", "speaking"})
 END_STATUSES: Final = frozenset({"completed", "failed", "no_answer", "busy", "canceled", "transferred"})
@@ -48,6 +52,8 @@ FINAL: Final = "transcript.final"
 AGENT_STATE: Final = "agent.state"
 ENDED: Final = "call.ended"
 METRICS: Final = "metrics"
+STARTED: Final = "call.started"
+METADATA: Final = "call.metadata"  # appended by the server for a PATCH of the call's metadata
 # What the server measures and writes into `agent.state` (turns.py): never a producer's to send.
 MEASURED_FIELDS: Final = ("latency_ms", "interrupted")
 MAX_STAGE_CHARS: Final = 64
@@ -175,10 +181,22 @@ def _check_sentiment(data: dict[str, Any]) -> None:
         raise EventInvalidError("data.sentiment.score must be a number in [-1, 1]")
 
 
+def _check_metadata(data: dict[str, Any]) -> None:
+    """`data.metadata`, on any event, is a patch of the call's metadata (`metadata.check_patch`)."""
+    if "metadata" in data:
+        try:
+            check_patch(data["metadata"], "data.metadata")
+        except MetadataError as exc:
+            raise EventInvalidError(str(exc)) from None
+
+
 def check_payload(event_type: str, data: dict[str, Any]) -> None:
     """Validate (and complete `is_final` on) one event's data; raises EventInvalidError."""
     check_values(data)
     _check_sentiment(data)
+    _check_metadata(data)
+    if event_type == STARTED:
+        return  # `metadata` (checked above) and whatever else the producer passes along
     if event_type == PARTIAL:
         _check_transcript(data, is_final=False)
     elif event_type == FINAL:
@@ -226,6 +244,7 @@ class CallState:
     status: str
     last_seq: int
     started_at: int | None = None
+    metadata: dict[str, Any] | None = None  # the call's metadata (`metadata.merge`), None if none
 
 
 @dataclass(slots=True)
@@ -258,6 +277,11 @@ class Event:
     key: str | None = field(default=None, repr=False, compare=False)
     # What the turn tracker measured at this event (turns.py), for its call's row; None if nothing.
     marks: Marks | None = field(default=None, repr=False, compare=False)
+    # The call's metadata once this event is applied (`metadata.merge`), as the broker that
+    # sequenced it knows it: what a `where` subscription judges the event by, and what the store
+    # keeps of an event that changed it. None: the call has none (or the event was rebuilt from
+    # its frame). Shared between the events of a call until it changes: never mutated.
+    meta: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.frame:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from callstream.events import Event
+from callstream.metadata import Metadata, matches
 from callstream.protocol import WILDCARD
 
 
@@ -47,19 +48,36 @@ class Subscriber(Protocol):
 
 
 class Subscription:
-    __slots__ = ("account", "call_id", "conn", "last_seq", "over", "parked", "types")
+    """One connection's subscription to a call, or to every call of its account (`*`).
 
-    def __init__(self, conn: Subscriber, account: str, call_id: str, types: frozenset[str] | None) -> None:
+    `where` (a `*` subscription's metadata filter) is judged at each event against the call's
+    metadata once that event is applied (`Event.meta`, set where the event was sequenced): a
+    call joins with the event that gives it matching metadata and leaves with the one that
+    takes it away, whichever node either came through."""
+
+    __slots__ = ("account", "call_id", "conn", "last_seq", "over", "parked", "types", "where")
+
+    def __init__(
+        self,
+        conn: Subscriber,
+        account: str,
+        call_id: str,
+        types: frozenset[str] | None,
+        where: Metadata | None = None,
+    ) -> None:
         self.conn = conn
         self.account = account
         self.call_id = call_id
         self.types = types
+        self.where = where
         self.parked: list[Event] | None = []  # None once live
         self.last_seq = 0  # highest seq sent; explicit calls only (a wildcard spans many calls)
         self.over = False  # the call ended: the hub no longer holds this subscription
 
     def offer(self, event: Event) -> None:
         if self.types is not None and event.type not in self.types:
+            return
+        if self.where is not None and not matches(self.where, event.meta):
             return
         if self.parked is not None:
             self.parked.append(event)

@@ -21,6 +21,7 @@ from callstream.events import (
     check_payload,
     is_valid_call_id,
 )
+from callstream.metadata import Metadata, MetadataError, check_where
 
 
 class ErrorCode(StrEnum):
@@ -85,6 +86,7 @@ class Subscribe:
     call_id: str
     since: int | None = None
     types: frozenset[str] | None = None
+    where: Metadata | None = None  # `*` only: the metadata a call must hold (`metadata.matches`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,17 @@ def _since_of(obj: dict[str, Any], call_id: str) -> int | None:
     return since
 
 
+def _where_of(obj: dict[str, Any], call_id: str) -> Metadata | None:
+    if obj.get("where") is None:
+        return None
+    if call_id != WILDCARD:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "where is only allowed with call_id '*'", call_id)
+    try:
+        return check_where(obj["where"])
+    except MetadataError as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc), call_id) from None
+
+
 def parse_client_message(raw: str | bytes) -> ClientMessage:
     """Parse one frame from an /v1/events client."""
     obj = decode_json(raw)
@@ -179,7 +192,7 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
     if kind == "control":
         return _control_of(obj)
     call_id = _call_id_of(obj, allow_wildcard=True)
-    return Subscribe(call_id, _since_of(obj, call_id), _types_of(obj, call_id))
+    return Subscribe(call_id, _since_of(obj, call_id), _types_of(obj, call_id), _where_of(obj, call_id))
 
 
 def _control_of(obj: dict[str, Any]) -> Control:

@@ -8,7 +8,8 @@ The live view keeps one panel per call, titled with its turns as the server meas
 last latency, the p90, how many turns and interruptions); each answer's latency is marked on the
 transcript, red past 1.5 s. A partial is shown dimmed until the final of the same
 utterance (``utterance_id``, else the same speaker) replaces it, because that is how a person
-reads speech being recognised. Named calls start with what the server holds of them (the
+reads speech being recognised. A call's metadata (agent, from → to, direction, campaign,
+customer) shows on its start line and in its panel's title. Named calls start with what the server holds of them (the
 call so far), then follow live; ``--all`` starts live. ``--json`` prints exactly the server's event messages, one per
 line, flushed as they arrive, so ``callstream tail --json … | jq`` works in real time.
 """
@@ -48,7 +49,7 @@ from callstream.client import (
 from callstream.errors import AuthError
 from callstream.quality import nearest_rank
 
-__all__ = ["CallView", "TailView", "TurnFigures", "describe", "tail_command"]
+__all__ = ["CallView", "TailView", "TurnFigures", "describe", "metadata_line", "tail_command"]
 
 SPEAKER_STYLES: Final = {"user": "bold cyan", "agent": "bold green"}
 STATE_STYLES: Final = {"listening": "cyan", "thinking": "yellow", "speaking": "green"}
@@ -77,8 +78,41 @@ def _sentiment(event: TranscriptFinal) -> Text:
     return Text(f"{mark}{score:+.2f} ", style=style)
 
 
+# The metadata keys the start line shows (docs/protocol.md, Call metadata), in this order.
+SHOWN_METADATA: Final = ("agent", "from", "to", "direction", "campaign", "customer")
+
+
+def metadata_of(event: Event) -> dict[str, Any] | None:
+    """The metadata patch an event carries (`data.metadata`), if any."""
+    patch = event.data.get("metadata")
+    return patch if isinstance(patch, dict) else None
+
+
+def metadata_line(metadata: dict[str, Any]) -> Text:
+    """`agent ada · +15550100 → +15550199 inbound · campaign spring · customer cus_42`."""
+    def shown(key: str) -> str | None:
+        value = metadata.get(key)
+        return None if value is None else _short(value)
+
+    parts: list[str] = []
+    if (agent := shown("agent")) is not None:
+        parts.append(f"agent {agent}")
+    route = " → ".join(v for v in (shown("from"), shown("to")) if v is not None)
+    if (direction := shown("direction")) is not None:
+        route = f"{route} {direction}".strip()
+    if route:
+        parts.append(route)
+    parts += [f"{key} {value}" for key in ("campaign", "customer") if (value := shown(key)) is not None]
+    return Text(" · ".join(parts), style="cyan")
+
+
 def describe(event: Event) -> Text | None:
     """One line for an event in the transcript, or None for events shown elsewhere (state)."""
+    if event.raw.get("type") in ("call.started", "call.metadata"):
+        patch = metadata_of(event) or {}
+        verb = "▶ call started" if event.raw.get("type") == "call.started" else "✎ metadata"
+        details = metadata_line(patch)
+        return Text.assemble((verb, "bold blue"), " · " if details else "", details)
     if isinstance(event, TranscriptFinal):
         # Sentiment before the text: a long sentence is cut at the panel's edge, the score is not.
         return Text.assemble(_speaker(event.speaker), _sentiment(event), event.text)
@@ -170,9 +204,12 @@ class CallView:
     ended: str | None = None
     last_activity: float = field(default_factory=time.monotonic)
     turns: TurnFigures = field(default_factory=TurnFigures)
+    metadata: dict[str, Any] = field(default_factory=dict)  # the patches seen, merged
 
     def apply(self, event: Event) -> None:
         self.last_activity = time.monotonic()
+        if (patch := metadata_of(event)) is not None:
+            self.metadata = {k: v for k, v in {**self.metadata, **patch}.items() if v is not None}
         if isinstance(event, TranscriptPartial | TranscriptFinal):
             key = event.utterance_id or f"speaker:{event.speaker}"
             self.partials.pop(key, None)
@@ -195,6 +232,9 @@ class CallView:
         for line in body:  # one row each, so the panels fit the height they were given
             line.no_wrap, line.overflow = True, "ellipsis"
         title = Text.assemble((self.call_id, "bold"), "  ", self._badge(), self.turns.badge())
+        if self.metadata and (details := metadata_line(self.metadata)):
+            title.append("  ")
+            title.append_text(details)
         return Panel(Group(*body), title=title, title_align="left", border_style="dim" if self.ended else "blue")
 
     def _badge(self) -> Text:

@@ -74,6 +74,10 @@ def test_a_log_row_carries_what_the_calls_row_needs_exactly_as_the_chunks_path_d
         event("acme", "c1", 7, "agent.state", marks=Marks(None, True, 2_000, 0), state="listening", interrupted=True),
         event("acme", "c2", 2, "agent.state", marks=Marks(1_900), state="speaking", latency_ms=1_900),
         event("beta", "c1", 10, "agent.state", state="speaking", latency_ms=700),  # rebuilt from its frame
+        # metadata: the last change of each call's commit is its row's
+        Event("acme", "c2", 3, 3_000, "agent.state", {"state": "thinking", "metadata": {"a": 1}}, meta={"a": 1}),
+        Event("acme", "c2", 4, 4_000, "agent.state", {"state": "thinking", "metadata": {"b": 2}}, meta={"a": 1, "b": 2}),
+        Event("acme", "c2", 5, 5_000, "agent.state", {"state": "listening"}, meta={"a": 1, "b": 2}),
     ]
     grouped = by_call(batch)
 
@@ -86,12 +90,19 @@ def test_a_log_row_carries_what_the_calls_row_needs_exactly_as_the_chunks_path_d
     assert calls == SqlStore._call_rows(grouped, found)
     assert sorted(minutes) == sorted(merged_minutes(found))
     assert sum(n for *_, n in minutes) == 4  # three turns (one rebuilt from its frame), an interruption
+    assert [(c["call_id"], c["metadata"], c["metadata_seq"]) for c in calls if c["account"] == "acme"] == [
+        ("c1", None, 0),
+        ("c2", '{"a":1,"b":2}', 4),
+    ]
 
 
 def sums(**given: Any) -> dict[str, Any]:
     """A calls row's sums: nothing measured but `given`."""
     nothing = {"sentiment_sum": 0.0, "sentiment_n": 0, "turns": 0, "latency_max": 0, "latencies": ""}
-    return {**nothing, "interruptions": 0, "agent_talk_ms": 0, "user_talk_ms": 0, **given}
+    return {
+        **nothing, "interruptions": 0, "agent_talk_ms": 0, "user_talk_ms": 0, "metadata": None, "metadata_seq": 0,
+        **given,
+    }
 
 
 def test_a_commit_that_ends_a_call_is_not_journaled() -> None:

@@ -25,10 +25,11 @@ def test_the_statement_gets_each_column_as_one_array() -> None:
     got = columns(chunk_rows(grouped), calls, merged_minutes(minutes), final_rows(grouped))
     assert got[:4] == [["acme", "acme"], ["c1", "c2"], [1, 4], [1, 4]]
     assert got[5:11] == [["acme", "acme"], ["c1", "c2"], [1_000, 4_000], [1, 4], [0.5, 0.0], [1, 0]]
-    # last_ts, turns, latency_max, latencies, interruptions, agent and user talk
+    # last_ts, turns, latency_max, latencies, interruptions, agent and user talk, metadata and its seq
     assert got[11:18] == [[1_000, 4_000], [0, 1], [0, 1_250], ["", "1250"], [0, 0], [0, 0], [0, 0]]
-    assert got[18:22] == [["acme"], [0], [latency_name(1_250)], [1]]
-    assert got[22:] == [["acme"], ["c1"], [1], ["user"], ["hello"]]  # the finals search indexes
+    assert got[18:20] == [[None, None], [0, 0]]
+    assert got[20:24] == [["acme"], [0], [latency_name(1_250)], [1]]
+    assert got[24:] == [["acme"], ["c1"], [1], ["user"], ["hello"]]  # the finals search indexes
     partials_only = by_call([event("acme", "c1", 2, "transcript.partial")])
     assert columns(chunk_rows(partials_only), SqlStore._call_rows(partials_only, []))[:5] == [[]] * 5
 

@@ -188,6 +188,7 @@ async def test_call_upsert_across_batches_and_end(store: SqlStore, account: str)
         "last_seq": 3,
         "sentiment": {"score": 0.5, "label": "positive", "n": 2},
         "metrics": {"turns": 0, "latency_ms": None, "interruptions": 0, "agent_talk_ms": 0, "user_talk_ms": 0},
+        "metadata": {},
     }
     # A late duplicate of an earlier batch (a retried write) never rewinds the call.
     await store.append([event(account, "c1", 2)])

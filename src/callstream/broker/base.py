@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from callstream.errors import UnavailableError
 from callstream.events import CallState, Event, NewEvent
+from callstream.metadata import Metadata, MetadataError, merge
 
 Deliver = Callable[[Sequence[Event]], None]  # a batch, in per-call seq order
 Relayed = Callable[[str, bytes], None]  # a control request for a producer socket of this node: (its id, frame)
@@ -122,6 +123,33 @@ class PendingControlsError(Exception):
         self.call_id = call_id
         self.index = index
         self.pending = pending
+
+
+class MetadataRefusedError(Exception):
+    """An event's `data.metadata` would take its call's metadata past a limit (`metadata.merge`);
+    nothing of the batch was applied."""
+
+    def __init__(self, call_id: str, index: int, reason: str) -> None:
+        super().__init__(f"event {index}: {reason}")
+        self.call_id = call_id
+        self.index = index
+        self.reason = reason
+
+
+def merged_metadata(events: Sequence[NewEvent], current: dict[str, Metadata | None]) -> list[Metadata | None]:
+    """Each event's call metadata once it is applied, from `current` (call id → what the call
+    holds): the patches (`data.metadata`) merged in order. Raises MetadataRefusedError, before
+    the broker applies anything, when a merge would pass a limit; `current` is left as it was."""
+    held = dict(current)
+    out: list[Metadata | None] = []
+    for index, new in enumerate(events):
+        if "metadata" in new.data:
+            try:
+                held[new.call_id] = merge(held[new.call_id], new.data["metadata"])
+            except MetadataError as exc:
+                raise MetadataRefusedError(new.call_id, index, str(exc)) from None
+        out.append(held[new.call_id])
+    return out
 
 
 class BrokerUnavailableError(UnavailableError):

@@ -38,20 +38,23 @@ from callstream.broker.base import (
     Quotas,
     RepairNeededError,
     Unstored,
+    merged_metadata,
 )
 from callstream.control import REQUESTED, RESULT, Holder
 from callstream.events import ENDED, CallState, Event, NewEvent
+from callstream.metadata import Metadata
 from callstream.turns import TurnTracker, role
 
 _SWEEP_INTERVAL_S = 30.0
 _ABSENT_MAX = 100_000  # call ids remembered as unknown to the store (subscribed to before they start)
 
 
-# One event of a call's replay log: (seq, ts, type, frame, supersede key). A plain tuple of str and
-# int, which the garbage collector stops tracking (it untracks exact tuples only, not NamedTuples):
+# One event of a call's replay log: (seq, ts, type, frame, supersede key, the call's metadata as
+# JSON after an event that changed it, else None: what a repair stores of it). A plain tuple of
+# str and int, which the garbage collector stops tracking (it untracks exact tuples only, not NamedTuples):
 # a log of Event objects would make every full collection walk every event of every live call,
 # a pause that grows with the log (bench/README.md, log-untracked).
-_Held = tuple[int, int, str, str, str | None]
+_Held = tuple[int, int, str, str, str | None, str | None]
 _seq_of = itemgetter(0)
 
 
@@ -65,6 +68,7 @@ class _Call:
         "last_seq",
         "latest",
         "log",
+        "metadata",
         "pending",
         "started_at",
         "status",
@@ -88,6 +92,7 @@ class _Call:
         self.holder: str | None = None  # the producer socket holding it (live control)
         self.pending: dict[str, str] | None = None  # control requests waiting: request_id → action
         self.turns = TurnTracker()
+        self.metadata: Metadata | None = state.metadata  # replaced on each change, never mutated
 
     def append(self, event: Event) -> None:
         key = event.key
@@ -97,7 +102,9 @@ class _Call:
                 self.superseded.add(older)
             if event.is_partial:
                 self.latest[key] = event.seq
-        self.log.append((event.seq, event.ts, event.type, event.frame, key))
+        meta = event.meta
+        changed = orjson.dumps(meta).decode() if meta is not None and "metadata" in event.data else None
+        self.log.append((event.seq, event.ts, event.type, event.frame, key, changed))
         if len(self.superseded) > 256 and len(self.superseded) * 2 > len(self.log):
             self.compact()
 
@@ -116,15 +123,18 @@ class _Call:
         start = bisect.bisect_right(self.log, since, key=_seq_of)
         return [
             Event(account, call_id, seq, ts, kind, orjson.loads(frame)["data"], frame, key=key)
-            for seq, ts, kind, frame, key in self.log[start:]
+            for seq, ts, kind, frame, key, _ in self.log[start:]
             if seq not in gone
         ]
 
     def unstored_events(self, account: str, call_id: str) -> list[Event]:
         wanted = self.unstored
         return [
-            Event(account, call_id, seq, ts, kind, orjson.loads(frame)["data"], frame, key=key)
-            for seq, ts, kind, frame, key in self.log
+            Event(
+                account, call_id, seq, ts, kind, orjson.loads(frame)["data"], frame, key=key,
+                meta=None if meta is None else orjson.loads(meta),
+            )
+            for seq, ts, kind, frame, key, meta in self.log
             if seq in wanted
         ]
 
@@ -193,10 +203,12 @@ class MemoryBroker(Broker):
                 self._check_control(calls[new.call_id], new, index, answered)
         if self._quotas.events_per_call or self._quotas.live_calls:
             self._check_quotas(account, events, calls, ended)
+        metas = merged_metadata(events, {cid: call.metadata for cid, call in calls.items()})
         ts = now_ms()
         out: list[Event] = []
-        for new in events:
+        for new, meta in zip(events, metas, strict=True):
             call = calls[new.call_id]
+            call.metadata = meta
             call.last_seq += 1
             if call.started_at is None:
                 call.started_at = ts
@@ -204,7 +216,7 @@ class MemoryBroker(Broker):
             marks = call.turns.step(part, ts) if part else None
             if marks is not None:
                 marks.write_into(new.data)
-            event = Event(account, new.call_id, call.last_seq, ts, new.type, new.data, marks=marks)
+            event = Event(account, new.call_id, call.last_seq, ts, new.type, new.data, marks=marks, meta=meta)
             call.append(event)
             if new.type == REQUESTED or new.type == RESULT:
                 self._keep_control(account, call, new)
@@ -401,7 +413,7 @@ class MemoryBroker(Broker):
     async def state(self, account: str, call_id: str) -> CallState:
         call = self._calls.get((account, call_id))
         if call is not None:
-            return CallState(call.status, call.last_seq, call.started_at)
+            return CallState(call.status, call.last_seq, call.started_at, call.metadata)
         return await self._load(account, call_id)
 
     def _remember_absent(self, key: tuple[str, str]) -> None:

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeVar
 
@@ -51,6 +52,7 @@ from callstream.broker.base import (
     CallEndedError,
     ControlResultError,
     HeldHistory,
+    MetadataRefusedError,
     PendingControlsError,
     Quotas,
     RepairNeededError,
@@ -61,6 +63,7 @@ from callstream.broker.redis_sockets import SocketCounter
 from callstream.broker.redis_unstored import UnstoredLedger
 from callstream.control import REQUESTED, RESULT, Holder
 from callstream.events import PARTIAL, CallState, Event, NewEvent
+from callstream.metadata import MAX_BYTES, MAX_KEYS
 from callstream.turns import Marks, role
 
 __all__ = ["RedisBroker"]
@@ -77,7 +80,8 @@ T = TypeVar("T")
 #       per call: its channel, its call_id as JSON (also its member in the live set), the tail
 #       of its deadline members (`"account","call_id","control hash"]`),
 #       per event: call index (1-based), type, type as JSON, data as JSON, request_id ('' if none),
-#       its turn role (`turns.role`).
+#       its turn role (`turns.role`), its metadata patch ('' if none, else a JSON array of
+#       [key as JSON, value as JSON or '' to remove]).
 # A call's member in the unstored index is the name of its state hash.
 # The live set scores each live call with its last event's ts: a member older than the live TTL
 # (its state key expired with it) no longer counts, so calls that never end decay.
@@ -91,23 +95,32 @@ T = TypeVar("T")
 # settle them in the same batch.
 # The call's turn tracker (`turns.TurnTracker`, the same steps) lives in its state hash: `spk`,
 # `fin`, `usr` (ts, absent when None) and `ovr` ('1' when true). The reply holds, per event, its
-# seq and what it measured: '' or 'latency,interrupted,agent_ms,user_ms' (latency '' if none).
+# seq, what it measured: '' or 'latency,interrupted,agent_ms,user_ms' (latency '' if none), and
+# the call's metadata after it when it patched it ('' if not).
+# The call's metadata (`metadata.py`) lives in its state hash too: `meta` (the merged object as
+# JSON) and one field `m:<key as JSON>` per key (its value as JSON). The script merges patches
+# on these fragments (it never decodes a value), refuses a batch whose merge would pass a limit
+# ('metadata', the event, why) before applying anything, and publishes each frame followed by
+# '\n' and the call's metadata when it has some: every node judges `where` subscriptions by it.
 _PUBLISH: Final = """
 local ncalls = tonumber(ARGV[1])
 local maxlen, live_ttl, ended_ttl, account_channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_events, max_live = tonumber(ARGV[6]), tonumber(ARGV[7])
 local unstored_after = tonumber(ARGV[8])
 local holder, control_ms = ARGV[9], tonumber(ARGV[10])
+local max_keys, max_bytes = tonumber(ARGV[11]), tonumber(ARGV[12])
 local live_set, index, deadlines = KEYS[4 * ncalls + 1], KEYS[4 * ncalls + 2], KEYS[4 * ncalls + 3]
-local ev = 11 + 3 * ncalls
-local nevents = (#ARGV - ev + 1) / 6
+local ev = 13 + 3 * ncalls
+local W = 7
+local nevents = (#ARGV - ev + 1) / W
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local ts = string.format('%d', now_ms)
 local ended, last, count, first, answered = {}, {}, {}, {}, {}
 local spk, fin, usr, ovr, was = {}, {}, {}, {}, {}
+local meta, mkeys, mvals, mgone, emeta = {}, {}, {}, {}, {}
 for c = 1, ncalls do
-  local state = redis.call('HMGET', KEYS[4 * c - 3], 'status', 'last_seq', 'spk', 'fin', 'usr', 'ovr')
+  local state = redis.call('HMGET', KEYS[4 * c - 3], 'status', 'last_seq', 'spk', 'fin', 'usr', 'ovr', 'meta')
   if not state[1] then return {'unknown', c} end
   local lowest = redis.call('ZRANGE', KEYS[4 * c - 1], 0, 0, 'WITHSCORES')
   if #lowest > 0 and tonumber(lowest[2]) < now_ms - unstored_after then return {'repair', c} end
@@ -116,10 +129,11 @@ for c = 1, ncalls do
   count[c] = 0
   spk[c], fin[c], usr[c], ovr[c] = tonumber(state[3]), tonumber(state[4]), tonumber(state[5]), state[6] == '1'
   was[c] = {state[3] or nil, state[4] or nil, state[5] or nil, state[6] or nil}
+  meta[c] = state[7] or ''
 end
 for j = 0, nevents - 1 do
-  local c = tonumber(ARGV[ev + 6 * j])
-  local kind, rid = ARGV[ev + 6 * j + 1], ARGV[ev + 6 * j + 4]
+  local c = tonumber(ARGV[ev + W * j])
+  local kind, rid = ARGV[ev + W * j + 1], ARGV[ev + W * j + 4]
   if ended[c] then return {'ended', j} end
   count[c] = count[c] + 1
   if max_events > 0 and last[c] + count[c] > max_events and kind ~= 'call.ended' and kind ~= 'control.result' then
@@ -141,6 +155,51 @@ for j = 0, nevents - 1 do
   end
   if not first[c] then first[c] = j end
   if kind == 'call.ended' then ended[c] = true end
+end
+-- The patches, merged in order on the calls' fragments: every limit checked before any write.
+for j = 0, nevents - 1 do
+  local c = tonumber(ARGV[ev + W * j])
+  local patch = ARGV[ev + W * j + 6]
+  if patch ~= '' then
+    if not mkeys[c] then
+      mkeys[c], mvals[c], mgone[c] = {}, {}, {}
+      local fields = redis.call('HGETALL', KEYS[4 * c - 3])
+      for i = 1, #fields, 2 do
+        if string.sub(fields[i], 1, 2) == 'm:' then
+          local k = string.sub(fields[i], 3)
+          mkeys[c][#mkeys[c] + 1] = k
+          mvals[c][k] = fields[i + 1]
+        end
+      end
+    end
+    for _, pair in ipairs(cjson.decode(patch)) do
+      local k, v = pair[1], pair[2]
+      if v == '' then
+        if mvals[c][k] then mgone[c][k] = true end
+        mvals[c][k] = nil
+      else
+        if not mvals[c][k] then mkeys[c][#mkeys[c] + 1] = k end
+        mvals[c][k] = v
+        mgone[c][k] = nil
+      end
+    end
+    local kept, parts = {}, {}
+    for _, k in ipairs(mkeys[c]) do
+      if mvals[c][k] then
+        kept[#kept + 1] = k
+        parts[#parts + 1] = k .. ':' .. mvals[c][k]
+      end
+    end
+    mkeys[c] = kept
+    meta[c] = '{' .. table.concat(parts, ',') .. '}'
+    if #kept > max_keys then
+      return {'metadata', j, "the call's metadata would hold " .. #kept .. ' keys; at most ' .. max_keys}
+    end
+    if #meta[c] > max_bytes then
+      return {'metadata', j, "the call's metadata would take " .. #meta[c] .. ' bytes as JSON; at most ' .. max_bytes}
+    end
+  end
+  emeta[j] = meta[c]
 end
 local function int(n) return string.format('%d', n) end
 -- One step of the call's turn tracker: what the event measured, and what its data gains.
@@ -182,7 +241,7 @@ if max_live > 0 then
   local cutoff = now_ms - tonumber(live_ttl) * 1000
   local n = -1
   for c = 1, ncalls do
-    local score = redis.call('ZSCORE', live_set, ARGV[9 + 3 * c])
+    local score = redis.call('ZSCORE', live_set, ARGV[11 + 3 * c])
     if not ended[c] and (not score or tonumber(score) < cutoff) then
       if n < 0 then
         redis.call('ZREMRANGEBYSCORE', live_set, '-inf', '(' .. string.format('%d', cutoff))
@@ -196,21 +255,28 @@ end
 local out = {'ok', ts}
 local unstored = {}
 for j = 0, nevents - 1 do
-  local c = tonumber(ARGV[ev + 6 * j])
-  local kind, rid = ARGV[ev + 6 * j + 1], ARGV[ev + 6 * j + 4]
+  local c = tonumber(ARGV[ev + W * j])
+  local kind, rid = ARGV[ev + W * j + 1], ARGV[ev + W * j + 4]
   local state, stream = KEYS[4 * c - 3], KEYS[4 * c - 2]
   local seq = string.format('%d', redis.call('HINCRBY', state, 'last_seq', 1))
   redis.call('HSETNX', state, 'started_at', ts)
-  local data, marks, more = ARGV[ev + 6 * j + 3], '', ''
-  if ARGV[ev + 6 * j + 5] ~= '' then
-    marks, more = step(c, ARGV[ev + 6 * j + 5], now_ms)
+  local data, marks, more = ARGV[ev + W * j + 3], '', ''
+  if ARGV[ev + W * j + 5] ~= '' then
+    marks, more = step(c, ARGV[ev + W * j + 5], now_ms)
     if more ~= '' then data = string.sub(data, 1, -2) .. more .. '}' end
   end
-  local frame = '{"type":' .. ARGV[ev + 6 * j + 2] .. ',"call_id":' .. ARGV[9 + 3 * c]
+  local frame = '{"type":' .. ARGV[ev + W * j + 2] .. ',"call_id":' .. ARGV[11 + 3 * c]
     .. ',"seq":' .. seq .. ',"ts":' .. ts .. ',"data":' .. data .. '}'
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
-  redis.call('PUBLISH', ARGV[8 + 3 * c], frame)
-  redis.call('PUBLISH', account_channel, frame)
+  local patched = ARGV[ev + W * j + 6] ~= ''
+  if patched then
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame, 'm', emeta[j])
+  else
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
+  end
+  local message = frame
+  if emeta[j] ~= '' then message = frame .. '\\n' .. emeta[j] end
+  redis.call('PUBLISH', ARGV[10 + 3 * c], message)
+  redis.call('PUBLISH', account_channel, message)
   if kind ~= 'transcript.partial' then
     redis.call('ZADD', KEYS[4 * c - 1], ts, seq)
     unstored[c] = true
@@ -222,13 +288,21 @@ for j = 0, nevents - 1 do
   end
   if kind == 'control.result' then
     redis.call('HDEL', KEYS[4 * c], rid)
-    redis.call('ZREM', deadlines, '["' .. rid .. '",' .. ARGV[10 + 3 * c])
+    redis.call('ZREM', deadlines, '["' .. rid .. '",' .. ARGV[12 + 3 * c])
   elseif kind == 'control.requested' then
-    redis.call('HSET', KEYS[4 * c], rid, cjson.decode(ARGV[ev + 6 * j + 3])['action'])
-    redis.call('ZADD', deadlines, string.format('%d', now_ms + control_ms), '["' .. rid .. '",' .. ARGV[10 + 3 * c])
+    redis.call('HSET', KEYS[4 * c], rid, cjson.decode(ARGV[ev + W * j + 3])['action'])
+    redis.call('ZADD', deadlines, string.format('%d', now_ms + control_ms), '["' .. rid .. '",' .. ARGV[12 + 3 * c])
   end
   out[#out + 1] = seq
   out[#out + 1] = marks
+  if patched then out[#out + 1] = emeta[j] else out[#out + 1] = '' end
+end
+for c = 1, ncalls do
+  if mkeys[c] then
+    for k in pairs(mgone[c]) do redis.call('HDEL', KEYS[4 * c - 3], 'm:' .. k) end
+    for _, k in ipairs(mkeys[c]) do redis.call('HSET', KEYS[4 * c - 3], 'm:' .. k, mvals[c][k]) end
+    redis.call('HSET', KEYS[4 * c - 3], 'meta', meta[c])
+  end
 end
 local names = {'spk', 'fin', 'usr', 'ovr'}
 for c = 1, ncalls do
@@ -253,9 +327,9 @@ for c = 1, ncalls do
   end
   if max_live > 0 then
     if ended[c] then
-      redis.call('ZREM', live_set, ARGV[9 + 3 * c])
+      redis.call('ZREM', live_set, ARGV[11 + 3 * c])
     else
-      redis.call('ZADD', live_set, ts, ARGV[9 + 3 * c])
+      redis.call('ZADD', live_set, ts, ARGV[11 + 3 * c])
     end
   end
 end
@@ -301,7 +375,8 @@ end
 return due
 """
 
-# KEYS: state hash, log stream. ARGV: status, last_seq, started_at ('' if none), live, ended ttl.
+# KEYS: state hash, log stream. ARGV: status, last_seq, started_at ('' if none), live, ended ttl,
+# metadata ('' if none, else as a patch: see _PUBLISH).
 # The log wins over the store when it holds a later seq (the store writes behind the broker).
 _SEED: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -313,6 +388,14 @@ if #tail > 0 then
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'last_seq', string.format('%d', last))
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
+if ARGV[6] ~= '' then
+  local parts = {}
+  for _, pair in ipairs(cjson.decode(ARGV[6])) do
+    redis.call('HSET', KEYS[1], 'm:' .. pair[1], pair[2])
+    parts[#parts + 1] = pair[1] .. ':' .. pair[2]
+  end
+  redis.call('HSET', KEYS[1], 'meta', '{' .. table.concat(parts, ',') .. '}')
+end
 local ttl = ARGV[4]
 if ARGV[1] == 'ended' then ttl = ARGV[5] end
 redis.call('EXPIRE', KEYS[1], ttl)
@@ -405,7 +488,7 @@ class RedisBroker(Broker):
             self._redis,
             prefix,
             self._call_key,
-            self._event,
+            self._logged,
             self._command,
             unstored_after_s=unstored_after_s,
         )
@@ -523,6 +606,8 @@ class RedisBroker(Broker):
             self._unstored.unstored_after_ms,
             holder or "",
             self._control_timeout_ms,
+            MAX_KEYS,
+            MAX_BYTES,
         ]
         call_json = {cid: orjson.dumps(cid).decode() for cid in call_ids}
         for cid in call_ids:
@@ -531,7 +616,10 @@ class RedisBroker(Broker):
         fragments = [(orjson.dumps(e.type).decode(), orjson.dumps(e.data).decode()) for e in events]
         for new, (type_json, data_json) in zip(events, fragments, strict=True):
             request_id = str(new.data.get("request_id", "")) if new.type in _CONTROL_TYPES else ""
-            args += [position[new.call_id], new.type, type_json, data_json, request_id, role(new.type, new.data)]
+            args += [
+                position[new.call_id], new.type, type_json, data_json, request_id, role(new.type, new.data),
+                _patch_arg(new.data["metadata"]) if "metadata" in new.data else "",
+            ]
         for _ in range(len(call_ids) + 2):
             reply = await self._command(self._publish_script(keys=keys, args=args))
             outcome = reply[0].decode()
@@ -544,13 +632,16 @@ class RedisBroker(Broker):
                 raise self._refusal(outcome, reply, events)
             ts = int(reply[1])
             out: list[Event] = []
-            for new, (tj, dj), seq, measured in zip(events, fragments, reply[2::2], reply[3::2], strict=True):
+            replies = zip(events, fragments, reply[2::3], reply[3::3], reply[4::3], strict=True)
+            for new, (tj, dj), seq, measured, meta in replies:
                 marks = _marks(measured) if measured else None
                 if marks is not None and (marks.latency_ms is not None or marks.interrupted):
                     marks.write_into(new.data)  # as the script appended them to the frame's data
                     dj = orjson.dumps(new.data).decode()
                 frame = f'{{"type":{tj},"call_id":{call_json[new.call_id]},"seq":{int(seq)},"ts":{ts},"data":{dj}}}'
-                out.append(Event(account, new.call_id, int(seq), ts, new.type, new.data, frame=frame, marks=marks))
+                event = Event(account, new.call_id, int(seq), ts, new.type, new.data, frame=frame, marks=marks)
+                event.meta = _metadata_of(meta) if meta else None  # what the store keeps of a patch
+                out.append(event)
             return out
         raise BrokerUnavailableError("Redis keeps losing the calls' state; is it evicting keys?")
 
@@ -564,6 +655,8 @@ class RedisBroker(Broker):
             return self._quotas.events_exceeded(call_id, index)
         if outcome == "live":
             return self._quotas.live_calls_exceeded(call_id, index)
+        if outcome == "metadata":
+            return MetadataRefusedError(call_id, index, reply[2].decode())
         if outcome == "claimed":
             return ControlResultError(call_id, index, str(events[index].data.get("request_id")))
         waiting = [item.decode() for item in reply[2:]]
@@ -575,7 +668,8 @@ class RedisBroker(Broker):
         state = await self._load_call(account, call_id) or CallState("pending", 0)
         keys = [self._call_key(account, call_id, "state"), self._call_key(account, call_id, "log")]
         started = "" if state.started_at is None else str(state.started_at)
-        args: list[str | int] = [state.status, state.last_seq, started, self._live_ttl, self._ended_ttl]
+        metadata = "" if state.metadata is None else _patch_arg(state.metadata)
+        args: list[str | int] = [state.status, state.last_seq, started, self._live_ttl, self._ended_ttl, metadata]
         await self._command(self._seed_script(keys=keys, args=args))
 
     # ---- unstored events (`redis_unstored`) ------------------------------------------------
@@ -673,14 +767,15 @@ class RedisBroker(Broker):
 
     async def state(self, account: str, call_id: str) -> CallState:
         key = self._call_key(account, call_id, "state")
-        status, last_seq, started = await self._command(
-            self._redis.hmget(key, ["status", "last_seq", "started_at"])
+        status, last_seq, started, meta = await self._command(
+            self._redis.hmget(key, ["status", "last_seq", "started_at", "meta"])
         )
         if status is None:
             assert self._load_call is not None
             return await self._load_call(account, call_id) or CallState("pending", 0)
         status = status.decode() if isinstance(status, bytes) else status
-        return CallState(status, int(last_seq or 0), None if started is None else int(started))
+        metadata = _metadata_of(meta) if meta else None
+        return CallState(status, int(last_seq or 0), None if started is None else int(started), metadata)
 
     async def history(self, account: str, call_id: str, since: int) -> HeldHistory:
         """The stream's entries after `since`, superseded partials left out, read atomically."""
@@ -708,6 +803,14 @@ class RedisBroker(Broker):
         return Event(
             account, body["call_id"], body["seq"], body["ts"], body["type"], body["data"], frame=frame
         )
+
+    @classmethod
+    def _logged(cls, account: str, fields: dict[bytes, bytes]) -> Event:
+        """An event of the call's log, with the metadata it left the call with when it patched it."""
+        event = cls._event(account, fields[b"f"].decode())
+        if b"m" in fields:
+            event.meta = _metadata_of(fields[b"m"])
+        return event
 
     # ---- fan-out -------------------------------------------------------------------------
 
@@ -885,17 +988,19 @@ class RedisBroker(Broker):
         else:
             watch.confirmed.set()
 
-    def _on_message(self, channel: str, frame: str, batch: list[Event]) -> None:
+    def _on_message(self, channel: str, message: str, batch: list[Event]) -> None:
         """Add each (account, call, seq) to the batch once: a node watching a call and its account
-        hears it on both channels, always back to back (the script publishes them together)."""
+        hears it on both channels, always back to back (the script publishes them together). A
+        message is the frame, then '\\n' and the call's metadata when it has some."""
         watch = self._watches.get(channel)
         if watch is None:
             if channel == self._node_channel and self.on_relay is not None:
-                conn_id, _, request = frame.partition("\n")
+                conn_id, _, request = message.partition("\n")
                 self.on_relay(conn_id, request.encode())
             elif channel == self._eraser.channel:
-                self._on_erased(frame)
+                self._on_erased(message)
             return
+        frame, _, meta = message.partition("\n")
         event = self._event(watch.account, frame)
         key = (event.account, event.call_id)
         last = self._last_seq.get(key)
@@ -905,6 +1010,8 @@ class RedisBroker(Broker):
         self._last_seq.move_to_end(key)
         if len(self._last_seq) > _DEDUPE_CALLS:
             self._last_seq.popitem(last=False)
+        if meta:
+            event.meta = _metadata_of(meta)
         batch.append(event)
 
     async def _ping_forever(self) -> None:
@@ -914,6 +1021,19 @@ class RedisBroker(Broker):
             with contextlib.suppress(BrokerUnavailableError):
                 await self._sockets.beat()
             await asyncio.sleep(self._ping_interval_s)
+
+
+def _patch_arg(patch: Mapping[str, Any]) -> str:
+    """A metadata patch as the scripts take it: [key as JSON, value as JSON or '' to remove]."""
+    pairs = [[orjson.dumps(k).decode(), "" if v is None else orjson.dumps(v).decode()] for k, v in patch.items()]
+    return orjson.dumps(pairs).decode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _metadata_of(text: str | bytes) -> dict[str, Any]:
+    """A call's metadata as the scripts keep it (JSON): decoded once for the many events of a
+    call that carry the same, and shared by them (an event's `meta` is never mutated)."""
+    return dict(orjson.loads(text))
 
 
 def _marks(measured: bytes) -> Marks:

@@ -69,7 +69,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', cutoff),
 """
 
 CallKey = Callable[[str, str, str], str]  # (account, call_id, suffix) → the call's key
-EventOf = Callable[[str, str], Event]  # (account, frame) → the event
+EventOf = Callable[[str, dict[bytes, bytes]], Event]  # (account, a log entry's fields) → the event
 
 
 def _unescape(account: str) -> str:
@@ -158,7 +158,7 @@ class UnstoredLedger:
             await self._command(self._redis.xrange(stream, min=f"{seqs[0]}-0", max=f"{seqs[-1]}-0")),
         )
         wanted = set(seqs)
-        events = [self._event_of(account, fields[b"f"].decode()) for _, fields in found]
+        events = [self._event_of(account, fields) for _, fields in found]
         return Unstored(seqs, [e for e in events if e.seq in wanted])
 
     async def overdue(self) -> list[tuple[str, str]]:

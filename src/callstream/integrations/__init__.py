@@ -103,6 +103,7 @@ class CallEvents:
         self.refused = 0
         self._utterances: dict[str, int] = {}
         self._open: dict[str, str] = {}  # speaker → the utterance id its partials so far carry
+        self._metadata: dict[str, Any] = {}  # a patch for the next event (`set_metadata`)
 
     @classmethod
     async def connect(
@@ -144,6 +145,18 @@ class CallEvents:
         return await cls.connect(url, key, call_id, controls)
 
     # -- what a call is made of ----------------------------------------------------------------
+
+    def start(self, metadata: Mapping[str, Any] | None = None) -> None:
+        """``call.started``, with the call's metadata (agent, from, to, direction, campaign,
+        customer, or the program's own keys: strings, numbers, booleans) and any patch
+        :meth:`set_metadata` left for the next event."""
+        self._metadata.update(metadata or {})
+        self.emit("call.started", {})
+
+    def set_metadata(self, patch: Mapping[str, Any]) -> None:
+        """Merge ``patch`` into the call's metadata (None removes a key): it rides on the next
+        event published (``data.metadata``), so it costs no event of its own."""
+        self._metadata.update(patch)
 
     def next_utterance(self, speaker: str) -> str:
         """A fresh utterance id for ``speaker`` (``user-1``, ``agent-3``, …)."""
@@ -217,6 +230,9 @@ class CallEvents:
         """Queue one event now (framework callbacks are often synchronous); never raises."""
         if self.ended:
             return
+        if self._metadata:
+            data = {**data, "metadata": {k: jsonable(v) for k, v in self._metadata.items()}}
+            self._metadata = {}
         try:
             future = self.publisher.send(self.call_id, type, data)
         except PublishError as exc:

@@ -51,6 +51,9 @@ adapter's own publisher (give ``url`` and ``key``), and a supervisor can then st
 ``end``                    the session shuts down after what it is saying (``session.shutdown()``)
 =========================  ========================================================================
 
+``attach(..., metadata={...})`` publishes ``call.started`` with the call's metadata, the LiveKit
+``room`` and caller ``participant`` identity filled in by default (:func:`room_metadata`).
+
 Tested with livekit-agents 1.8 (a real ``AgentSession`` run in-process with a scripted LLM; the
 voice path with a scripted STT).
 """
@@ -59,13 +62,14 @@ from __future__ import annotations
 
 import ast
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from callstream.integrations import CallEvents, framework, parse_json_text
 from callstream.integrations.controls import AgentControls, TransferHook
 
 with framework("LiveKit", "livekit-agents", "livekit"):
-    from livekit.agents import llm
+    from livekit.agents import get_job_context, llm
     from livekit.agents.llm.chat_context import Instructions
     from livekit.agents.voice.events import (
         AgentStateChangedEvent,
@@ -85,7 +89,7 @@ if TYPE_CHECKING:
 
     from callstream.publisher import Publisher
 
-__all__ = ["CallstreamSession", "sip_transfer"]
+__all__ = ["CallstreamSession", "room_metadata", "sip_transfer"]
 
 MAX_LITERAL_CHARS = 65_536
 HANDLERS = {
@@ -97,6 +101,23 @@ HANDLERS = {
     "close": "_on_close",
     "user_state_changed": "_on_user_state",
 }
+
+
+def room_metadata(session: AgentSession[Any]) -> dict[str, str]:
+    """The LiveKit ``room`` and the caller's ``participant`` identity, as far as they are known:
+    from the session's room once it started (its linked participant), else from the worker's job
+    (its room, and the participant it was dispatched for)."""
+    found: dict[str, str] = {}
+    room_io = getattr(session, "_room_io", None)  # `session.room_io` raises before start()
+    if room_io is not None:
+        found["room"] = room_io.room.name
+        if (linked := room_io.linked_participant) is not None:
+            found["participant"] = linked.identity
+    elif (ctx := get_job_context(required=False)) is not None:
+        found["room"] = ctx.job.room.name
+        if ctx.job.HasField("participant"):
+            found["participant"] = ctx.job.participant.identity
+    return {key: value for key, value in found.items() if value}
 
 
 def tool_output(text: str) -> Any:
@@ -174,6 +195,7 @@ class CallstreamSession(AgentControls):
         self._announced: set[str] = set()  # tool call ids already published as function.call
         self._closing: asyncio.Task[None] | None = None
         self._handlers: list[tuple[str, Any]] = []
+        self._metadata: dict[str, Any] = {}  # what the call's metadata holds from this adapter
 
     @classmethod
     async def attach(
@@ -186,6 +208,7 @@ class CallstreamSession(AgentControls):
         key: str | None = None,
         control: bool = False,
         transfer: TransferHook | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> CallstreamSession | None:
         """Start publishing ``session`` as ``call_id``; None (logged) if the key is refused.
 
@@ -193,7 +216,9 @@ class CallstreamSession(AgentControls):
         ``control=True`` lets a supervisor steer the session through the adapter's own publisher
         (``url`` and ``key``); ``transfer`` (``await transfer(to, reason)``) adds transfers. A
         shared ``publisher`` declares what its program gave it: route its requests to
-        :meth:`handle`.
+        :meth:`handle`. ``metadata`` (agent, from, to, campaign, customer, …) is published with
+        ``call.started``, with the LiveKit ``room`` and caller ``participant`` filled in by default
+        (:func:`room_metadata`; what ``metadata`` gives wins), the participant as soon as it joins.
         """
         if control and publisher is not None:
             raise ValueError("control=True needs the adapter's own publisher: give url and key")
@@ -203,6 +228,9 @@ class CallstreamSession(AgentControls):
         if calls is None:
             return None
         bridge.events = calls
+        bridge._metadata = {**room_metadata(session), **(metadata or {})}
+        if bridge._metadata:
+            calls.start(bridge._metadata)
         for event, method in HANDLERS.items():
             handler = getattr(bridge, method)
             session.on(event, handler)  # type: ignore[arg-type,unused-ignore]
@@ -268,7 +296,15 @@ class CallstreamSession(AgentControls):
 
     # -- session events → callstream events ---------------------------------------------------
 
+    def _fill_in(self) -> None:
+        """The room or participant learnt since the call started rides on the next event."""
+        found = {k: v for k, v in room_metadata(self.session).items() if k not in self._metadata}
+        if found:
+            self._metadata.update(found)
+            self.events.set_metadata(found)
+
     def _on_user_input(self, ev: UserInputTranscribedEvent) -> None:
+        self._fill_in()
         self._user_transcribed = self._user_transcribed or ev.is_final
         extra = {"speaker_id": ev.speaker_id, "language": ev.language}
         self.events.speech("user", ev.transcript, final=ev.is_final, **extra)
@@ -288,6 +324,7 @@ class CallstreamSession(AgentControls):
             self._user_transcribed = False
 
     def _on_state(self, ev: AgentStateChangedEvent) -> None:
+        self._fill_in()
         self.events.state(ev.new_state)
 
     def _on_tool_update(self, ev: ToolExecutionUpdatedEvent) -> None:

@@ -37,6 +37,9 @@ speaks                                         the words): the server counts the
 
 Pipecat reports metrics when the worker runs with ``PipelineParams(enable_metrics=True)``.
 
+``metadata={"agent": …, "from": …, "to": …, "campaign": …}`` is published with ``call.started`` as
+the pipeline starts (the ``StartFrame``): dashboards show it and ``where`` subscriptions filter on it.
+
 Live control (protocol §8): put a :class:`CallstreamControl` in the pipeline between the user
 context aggregator and the LLM, and give it to the observer; a supervisor can then steer the call::
 
@@ -63,6 +66,7 @@ Tested with pipecat-ai 1.14 (``PipelineWorker``; ``PipelineTask`` is its depreca
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from callstream.integrations import CallEvents, framework, require_target
@@ -182,6 +186,7 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
         agent_partials: bool = True,
         announce_start: bool = True,
         control: CallstreamControl | None = None,
+        metadata: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         require_target(publisher, url, key)
@@ -193,6 +198,7 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
         self._agent_text = agent_text
         self._agent_partials = agent_partials
         self._announce_start = announce_start
+        self._metadata = dict(metadata or {})  # published with `call.started` as the pipeline starts
         self._agent_speaking = False  # an agent utterance is open: its final is still owed
         self._agent_words = ""
         self._llm_active = False
@@ -238,6 +244,8 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
     def _on_frame(self, frame: Frame, calls: CallEvents) -> None:
         if isinstance(frame, StartFrame):
             calls.started = time.monotonic()  # duration_ms counts from the pipeline's start
+            if self._metadata:
+                calls.start(self._metadata)
             if self._announce_start:
                 calls.state("listening")
         elif isinstance(frame, InterimTranscriptionFrame | TranscriptionFrame):

@@ -330,7 +330,7 @@ class EventsConnection(SocketConnection):
             limit = self.runtime.settings.max_subscriptions
             self._error(p.ErrorCode.TOO_MANY_SUBSCRIPTIONS, f"at most {limit} subscriptions per connection", call_id)
             return
-        sub = Subscription(self, account, call_id, message.types)
+        sub = Subscription(self, account, call_id, message.types, message.where)
         previous = self.runtime.hub.add(sub)
         self.subs[call_id] = sub
         self._refresh_direct()

@@ -26,7 +26,13 @@ from callstream import metrics
 from callstream import protocol as p
 from callstream.acks import AckLine
 from callstream.auth import Principal
-from callstream.broker import BrokerUnavailableError, CallEndedError, ControlResultError, QuotaExceededError
+from callstream.broker import (
+    BrokerUnavailableError,
+    CallEndedError,
+    ControlResultError,
+    MetadataRefusedError,
+    QuotaExceededError,
+)
 from callstream.control import parse_actions
 from callstream.events import ENDED, EventInvalidError, NewEvent, text_frame
 from callstream.limits import IngestLimiter
@@ -158,7 +164,7 @@ class IngestConnection(SocketConnection):
     async def _publish(self, events: list[NewEvent]) -> None:
         try:
             sequenced, durable = await self.runtime.publish(self.account, events, self._holder)
-        except (CallEndedError, QuotaExceededError, ControlResultError) as exc:
+        except (CallEndedError, QuotaExceededError, ControlResultError, MetadataRefusedError) as exc:
             if len(events) > 1:  # apply the others one by one; only the offending ones are refused
                 for event in events:
                     await self._publish([event])
@@ -168,7 +174,9 @@ class IngestConnection(SocketConnection):
                 await self._send(p.error_message(p.ErrorCode.QUOTA_EXCEEDED, exc.reason, event.call_id, event.ref))
                 return
             message = f"call {event.call_id} has ended; no events are accepted after call.ended"
-            if isinstance(exc, ControlResultError):
+            if isinstance(exc, MetadataRefusedError):
+                message = f"not applied: {exc.reason}"
+            elif isinstance(exc, ControlResultError):
                 message = f"not applied: call {event.call_id} has no control request {exc.request_id} waiting for a result (unknown, answered already, or timed out)"
             await self._send(p.error_message(p.ErrorCode.INVALID_MESSAGE, message, event.call_id, event.ref))
             return

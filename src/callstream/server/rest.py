@@ -12,11 +12,18 @@ from starlette.responses import Response
 
 from callstream import protocol as p
 from callstream.auth import Principal
-from callstream.broker import BrokerUnavailableError, CallEndedError, ControlResultError, QuotaExceededError
+from callstream.broker import (
+    BrokerUnavailableError,
+    CallEndedError,
+    ControlResultError,
+    MetadataRefusedError,
+    QuotaExceededError,
+)
 from callstream.broker.base import LIVE_TTL_S
 from callstream.call_filters import FILTERS, parse_filters
 from callstream.control import ACTIONS
 from callstream.events import FINAL, MAX_INT64, PARTIAL, is_valid_call_id
+from callstream.metadata import query_filter
 from callstream.quality import WINDOWS, fleet_stats, window_start
 from callstream.server.control_desk import ControlRefusedError
 from callstream.server.deps import (
@@ -128,7 +135,7 @@ async def publish_events(call_id: str, request: Request, principal: Producer) ->
         await asyncio.wait_for(asyncio.shield(durable), timeout)
     except CallEndedError as exc:
         raise ApiError(422, "call_ended", str(exc), index=exc.index) from None
-    except ControlResultError as exc:  # its request was answered already, or never made
+    except (ControlResultError, MetadataRefusedError) as exc:  # e.g. its request was answered already
         raise ApiError(422, "invalid_message", str(exc), index=exc.index) from None
     except CallFailedError as exc:  # this call alone: its rows were refused
         raise ApiError(503, "internal", str(exc)) from None
@@ -252,7 +259,8 @@ async def list_calls(
     cursor: str | None = None,
 ) -> Response:
     """The account's calls, newest first, that pass every filter given (docs/protocol.md,
-    Listing and searching calls); with `q`, each carries the `snippet` of its first matching final."""
+    Listing and searching calls); `metadata.K=V` (repeatable) keeps the calls whose metadata holds V
+    at K (Call metadata); with `q`, each carries the `snippet` of its first matching final."""
     repeated = [name for name in FILTERS if len(request.query_params.getlist(name)) > 1]
     if repeated:
         raise ApiError(422, "invalid_request", f"{repeated[0]} may be given once")
@@ -262,11 +270,16 @@ async def list_calls(
     }
     try:
         filters = parse_filters({name: value for name, value in given.items() if value is not None})
-        # `metadata.K=V` filters: parsed from `params` here, into `filters`.
+        metadata = query_filter(request.query_params.multi_items())
         rows, next_cursor = await runtime_of(request).store.list_calls(
-            principal.account, filters=filters, limit=limit, cursor=cursor or None, call_ids=principal.calls
+            principal.account,
+            filters=filters,
+            limit=limit,
+            cursor=cursor or None,
+            call_ids=principal.calls,
+            metadata=metadata,
         )
-    except ValueError as exc:  # FilterError, or a cursor this server did not issue
+    except ValueError as exc:  # FilterError, MetadataError, or a cursor this server did not issue
         raise ApiError(422, "invalid_request", str(exc)) from None
     return json_response({"calls": [r.to_json() for r in rows], "next_cursor": next_cursor})
 

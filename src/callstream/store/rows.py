@@ -22,7 +22,7 @@ CHUNK_COLUMNS: Final = ("account", "call_id", "first_seq", "last_seq", "events")
 # every row has.
 SUM_COLUMNS: Final = (
     "sentiment_sum", "sentiment_n", "last_ts", "turns", "latency_max", "latencies", "interruptions", "agent_talk_ms",
-    "user_talk_ms",
+    "user_talk_ms", "metadata", "metadata_seq",
 )
 CALL_COLUMNS: Final = (
     "account", "call_id", "status", "started_at", "ended_at", "duration_ms", "end_status", "reason", "last_seq",
@@ -51,6 +51,9 @@ CALL_MERGE: Final = {
     "interruptions": "add",
     "agent_talk_ms": "add",
     "user_talk_ms": "add",
+    # The metadata of the row whose change has the higher seq (before `metadata_seq` moves on).
+    "metadata": "newest_metadata",
+    "metadata_seq": "max",
 }
 
 # A final transcript line, indexed for search (`tables.transcript_finals`); a journal row carries
@@ -67,7 +70,7 @@ def new_call_row(account: str, call_id: str, started_at: int, last_seq: int) -> 
         "account": account, "call_id": call_id, "status": "live", "started_at": started_at, "ended_at": None,
         "duration_ms": None, "end_status": None, "reason": None, "last_seq": last_seq, "sentiment_sum": 0.0,
         "sentiment_n": 0, "last_ts": started_at, "turns": 0, "latency_max": 0, "latencies": "", "interruptions": 0,
-        "agent_talk_ms": 0, "user_talk_ms": 0,
+        "agent_talk_ms": 0, "user_talk_ms": 0, "metadata": None, "metadata_seq": 0,
     }
 
 
@@ -92,6 +95,8 @@ def merge_call_row(old: dict[str, Any], new: dict[str, Any]) -> None:
             old[column] = a if b is None else b
         elif rule == "append":
             old[column] = append_latencies(a, b)
+        elif rule == "newest_metadata":
+            old[column] = b if new["metadata_seq"] > old["metadata_seq"] else a
         else:
             old[column] = a + b
 
@@ -116,6 +121,10 @@ def calls_update_sql(dialect: str, table: str = "calls") -> dict[str, str]:
         "append": (
             f"CASE WHEN excluded.{{c}} = '' OR length({table}.{{c}}) >= {LATENCIES_MAX_CHARS} THEN {table}.{{c}}"
             f" WHEN {table}.{{c}} = '' THEN excluded.{{c}} ELSE {table}.{{c}} || ' ' || excluded.{{c}} END"
+        ),
+        # SET expressions all read the row as it was: `metadata_seq` here is the old one.
+        "newest_metadata": (
+            f"CASE WHEN excluded.metadata_seq > {table}.metadata_seq THEN excluded.{{c}} ELSE {table}.{{c}} END"
         ),
     }
     return {column: templates[rule].format(c=column) for column, rule in CALL_MERGE.items()}

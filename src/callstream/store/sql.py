@@ -16,7 +16,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import chain
 from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack
 
@@ -53,6 +53,7 @@ from callstream.store.journal import (
     EventJournal,
     journal_rows,
 )
+from callstream.store.metadata_query import metadata_filters
 from callstream.store.pg_writer import PgEventWriter
 from callstream.store.rows import FINAL_COLUMNS, MINUTE_COLUMNS
 from callstream.store.sums import MinuteRow, call_sums, merged_minutes
@@ -173,6 +174,7 @@ class CallRecord:
     sentiment_n: int = 0  # how many finals had a score
     metrics: dict[str, Any] | None = None  # turns, latency, interruptions, talk (`quality.call_metrics`)
     hit: SearchHit | None = None  # a search's first matching final of the call
+    metadata: dict[str, Any] = field(default_factory=dict)  # the call's metadata (`metadata.merge`)
 
     def to_json(self) -> dict[str, Any]:
         """Every field, the sentiment as its score, label and count (None before any score); a
@@ -561,7 +563,10 @@ class SqlStore:
                             future.set_exception(unavailable(exc))
                             future.exception()  # retrieved: each waiter re-raises it
                     continue
-                found = {row.call_id: CallState(row.status, row.last_seq, row.started_at) for row in rows}
+                found = {
+                    row.call_id: CallState(row.status, row.last_seq, row.started_at, _metadata_of(row._mapping["metadata"]))
+                    for row in rows
+                }
                 for call_id in chunk:
                     future = wanted[(account, call_id)]
                     if not future.done():
@@ -570,7 +575,7 @@ class SqlStore:
     @functools.cached_property
     def _call_states(self) -> Any:
         c = t.calls.c
-        return sa.select(c.call_id, c.status, c.last_seq, c.started_at).where(
+        return sa.select(c.call_id, c.status, c.last_seq, c.started_at, c["metadata"]).where(
             c.account == sa.bindparam("account"), c.call_id.in_(sa.bindparam("ids", expanding=True))
         )
 
@@ -589,6 +594,7 @@ class SqlStore:
             sentiment,
             row.sentiment_n,
             call_metrics(row._mapping),
+            metadata=_metadata_of(row._mapping["metadata"]) or {},
         )
 
     @store_errors
@@ -642,14 +648,17 @@ class SqlStore:
         filters: CallFilter | None = None,
         status: str | None = None,
         call_ids: frozenset[str] | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> tuple[list[CallRecord], str | None]:
-        """The account's calls that pass `filters` (`status`: a shorthand for its status alone),
-        newest first (`search_sql`); with `q`, each carries its hit. The cursor is opaque to users
-        and names the last row returned."""
+        """The account's calls that pass `filters` (`status`: a shorthand for its status alone) and
+        hold every `metadata` key → text given (`metadata_filters`), newest first (`search_sql`); with
+        `q`, each carries its hit. The cursor is opaque to users and names the last row returned."""
         await self._fold_journal()
         filters = filters or CallFilter(status=status)
         c = t.calls.c
         query = sa.select(t.calls).where(*search_sql.conditions(account, filters, call_ids))
+        if metadata:
+            query = query.where(*metadata_filters(self.dialect, metadata))
         if cursor is not None:
             query = query.where(search_sql.before(*decode_cursor(cursor)))
         query = query.order_by(c.started_at.desc(), c.call_id.desc())
@@ -1067,6 +1076,10 @@ class SqlStore:
             index_elements=["account", "call_id"],
             set_={column: sa.literal_column(expr) for column, expr in update.items()},
         )
+
+
+def _metadata_of(text: str | None) -> dict[str, Any] | None:
+    return None if text is None else dict(orjson.loads(text))
 
 
 def encode_cursor(started_at: int, call_id: str) -> str:

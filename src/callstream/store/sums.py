@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from callstream.events import AGENT_STATE, FINAL, Event, sentiment_score
 from callstream.quality import INTERRUPTIONS, latency_name, minute_of
 from callstream.store.rows import merge_minute_rows
@@ -29,8 +31,11 @@ def call_sums(held: Sequence[Event], minutes: list[MinuteRow]) -> tuple[Any, ...
     score_sum, score_n = 0.0, 0
     turns = latency_max = interruptions = agent_ms = user_ms = 0
     latencies: list[str] = []
+    changed: Event | None = None  # the last event that changed the call's metadata
     for event in held:
         kind = event.type
+        if event.meta is not None and "metadata" in event.data:
+            changed = event
         if kind == FINAL and (score := sentiment_score(event.data)) is not None:
             score_sum += score
             score_n += 1
@@ -48,7 +53,11 @@ def call_sums(held: Sequence[Event], minutes: list[MinuteRow]) -> tuple[Any, ...
         agent_ms += marks.agent_ms
         user_ms += marks.user_ms
     last_ts = held[-1].ts
-    return score_sum, score_n, last_ts, turns, latency_max, " ".join(latencies), interruptions, agent_ms, user_ms
+    metadata, metadata_seq = (None, 0) if changed is None else (orjson.dumps(changed.meta).decode(), changed.seq)
+    return (
+        score_sum, score_n, last_ts, turns, latency_max, " ".join(latencies), interruptions, agent_ms, user_ms,
+        metadata, metadata_seq,
+    )
 
 
 def merged_minutes(minutes: list[MinuteRow]) -> list[MinuteRow]:

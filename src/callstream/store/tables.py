@@ -49,6 +49,10 @@ calls = sa.Table(
     sa.Column("interruptions", sa.Integer, nullable=False, server_default="0"),
     sa.Column("agent_talk_ms", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("user_talk_ms", sa.BigInteger, nullable=False, server_default="0"),
+    # Call metadata (metadata.py): the merged object as JSON text, and the seq of the event that
+    # last changed it (rows.CALL_MERGE keeps the newer of two rows').
+    sa.Column("metadata", sa.Text),
+    sa.Column("metadata_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_calls_account_started", "account", "started_at", "call_id"),
     # /v1/stats: the account's live calls, and its calls that ended since a moment.
     sa.Index("ix_calls_account_status_ended", "account", "status", "ended_at"),
@@ -79,7 +83,7 @@ event_chunks = sa.Table(
 
 # Every final transcript line, one row each, for search (`callstream.search`, store/search_sql.py).
 # Keyed by (account, call_id, seq): erasing a call is one DELETE here. The index over the text is
-# the migration's alone (0005_search.py), kept up to date by the database as rows come and go:
+# the migration's alone (0004_search.py), kept up to date by the database as rows come and go:
 # on SQLite the FTS5 table `transcript_fts` (triggers on this table), on PostgreSQL the column
 # `tsv` (generated from `text`) and its GIN index. Neither is declared here, and the
 # models-vs-migration test leaves them out (`INDEX_ONLY_IN_MIGRATION`).

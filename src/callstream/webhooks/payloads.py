@@ -3,7 +3,7 @@
 The body follows the Standard Webhooks shape `{"type", "timestamp", "data"}`. `call.ended`
 carries everything a CRM or QA workflow needs after the call in one request (status, timing,
 the full transcript, every function call paired with its result, the sentiment summary, the
-turn metrics), so
+turn metrics, the call's metadata), so
 a receiver does not have to call back into the REST API; `transcript.completed` carries the
 transcript alone for receivers that only archive text.
 """
@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
+
+import orjson
 
 from callstream.events import ENDED, FINAL
 from callstream.quality import call_metrics
@@ -24,6 +26,7 @@ __all__ = [
     "TRANSCRIPT_COMPLETED",
     "build_payload",
     "call_ended_data",
+    "call_metadata",
     "function_calls",
     "iso_ms",
     "sentiment_summary",
@@ -165,6 +168,7 @@ def call_ended_data(call: dict[str, Any], events: list[StoredEvent]) -> dict[str
         "function_calls": function_calls(events),
         "sentiment": sentiment_summary(lines),
         "metrics": call_metrics(call),
+        "metadata": call_metadata(call),
     }
 
 
@@ -175,6 +179,12 @@ def transcript_completed_data(call: dict[str, Any], events: list[StoredEvent]) -
         "ended_at": call.get("ended_at"),
         "transcript": transcript(events),
     }
+
+
+def call_metadata(call: dict[str, Any]) -> dict[str, Any]:
+    """The call's metadata as its row keeps it (JSON text, or None: `{}`)."""
+    text = call.get("metadata")
+    return dict(orjson.loads(text)) if isinstance(text, str) else {}
 
 
 def build_payload(

@@ -11,8 +11,8 @@ digits on both (`callstream.search`): PostgreSQL reads the text with its punctua
 The finals stored before this revision are copied from the event chunks, so search finds them
 too. Neither index is in `tables.py` (`tables.INDEX_ONLY_IN_MIGRATION`).
 
-Revision ID: 0005
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-06
 """
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
