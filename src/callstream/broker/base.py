@@ -190,7 +190,13 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def publish(self, account: str, events: Sequence[NewEvent], holder: str | None = None) -> list[Event]:
-        """Sequence a batch atomically (all or nothing).
+        """Sequence a batch atomically (all or nothing); one event returned per event given.
+
+        An event whose `id` its call holds (or an earlier event of the batch has) is a repeat
+        (`broker.ids`): it is not applied, and comes back with `repeat` set and the seq that id
+        got. A call remembers its ids for as long as the broker holds the call: while it is live
+        (up to the live TTL idle) and the history TTL after it ended; a call loaded again from the
+        store comes with the ids of its stored events (`CallState.ids`).
 
         Control requests are kept with their call here, in the same step: a `control.requested`
         makes its request wait for a result (timed out after the broker's control timeout), a

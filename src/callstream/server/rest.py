@@ -325,6 +325,8 @@ async def get_events(
     events, more = await store.events_page(principal.account, call_id, since, limit)
     body = [
         {"type": e.type, "call_id": call_id, "seq": e.seq, "ts": e.ts, "data": e.data}
+        if e.id is None
+        else {"type": e.type, "call_id": call_id, "seq": e.seq, "ts": e.ts, "id": e.id, "data": e.data}
         for e in events
         if e.type != PARTIAL
     ]

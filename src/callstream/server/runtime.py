@@ -68,7 +68,9 @@ class Closable(Protocol):
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = SqlStore(database_url(settings.database, settings.data_dir))
+        self.store = SqlStore(
+            database_url(settings.database, settings.data_dir), ids_after_end_s=settings.history_ttl_s
+        )
         quotas = Quotas(settings.quota_live_calls, settings.quota_events_per_call, settings.quota_sockets)
         self.broker: Broker = create_broker(
             settings.broker,
@@ -146,10 +148,14 @@ class Runtime:
         if self.history.broken:
             await self.history.repair_first(account, events)
         sequenced, added = await self._sequence(account, events, holder)
-        metrics.count_sequenced(sequenced)
-        durable = self.store.append(sequenced)
+        # Repeats (an id the call holds: `broker.ids`) answer their first seq; nothing else of
+        # them is stored or sent. Their future is the next commit's, which every earlier append
+        # of this node is part of (or before).
+        fresh = [e for e in sequenced if not e.repeat] if any(e.repeat for e in sequenced) else sequenced
+        metrics.count_sequenced(fresh)
+        durable = self.store.append(fresh)
         if not self.broker.fans_out_on_publish:
-            durable.add_done_callback(functools.partial(self._stored, sequenced))
+            durable.add_done_callback(functools.partial(self._stored, fresh))
         if added:
             sequenced = [e for i, e in enumerate(sequenced) if i not in added]
         return sequenced, durable
@@ -248,7 +254,7 @@ class Runtime:
             if not stored:
                 break
             since = stored[-1].seq
-            page = [Event(account, call_id, s.seq, s.ts, s.type, s.data) for s in stored]
+            page = [Event(account, call_id, s.seq, s.ts, s.type, s.data, id=s.id) for s in stored]
             del stored
             yield page
             del page  # before the next page is read: one page in memory at a time
