@@ -361,7 +361,7 @@ class Producer:
     TICK = 0.005
 
     def __init__(self, dialect: str, base: str, token: str, calls: list[str], conns: int, mix: str,
-                 batch: int = 0, window: int = 0, ref_every: bool = False) -> None:
+                 batch: int = 0, window: int = 0, ref_every: bool = False, ids: bool = False) -> None:
         self.dialect = dialect
         self.base = base
         self.token = token
@@ -371,6 +371,7 @@ class Producer:
         self.batch = batch
         self.window = window
         self.ref_every = ref_every
+        self.ids = ids  # an `id` on every event (idempotent publish), unique within its call
         self.rate = 0.0
         self.sockets: list[ProducerSocket] = []
         self.owner: list[int] = []  # call index → socket index
@@ -410,7 +411,10 @@ class Producer:
                 nonpartial += 1
             call = calls[c]
             per_call[call] = per_call.get(call, 0) + 1
-            groups[owner[c]].append({"call_id": call, "type": kind, "data": make_data(kind, i, sent_ns)})
+            event = {"call_id": call, "type": kind, "data": make_data(kind, i, sent_ns)}
+            if self.ids:
+                event["id"] = f"e{i}"
+            groups[owner[c]].append(event)
         return groups, nonpartial
 
     def send_group(self, k: int, events: list[dict[str, Any]]) -> None:
@@ -606,8 +610,8 @@ class Worker:
 
     async def start_producer(self, dialect: str, base: str, token: str, calls: list[str], conns: int = 10,
                              mix: str = "call", batch: int = 0, window: int = 0, ref_every: bool = False,
-                             rate: float = 0.0) -> dict[str, Any]:
-        self.producer = Producer(dialect, base, token, calls, conns, mix, batch, window, ref_every)
+                             rate: float = 0.0, ids: bool = False) -> dict[str, Any]:
+        self.producer = Producer(dialect, base, token, calls, conns, mix, batch, window, ref_every, ids)
         await self.producer.connect()
         self.producer.rate = rate
         self.producer.start()
