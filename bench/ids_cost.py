@@ -15,13 +15,12 @@ import asyncio
 import time
 from typing import Any
 
+from bench.loadgen import MIXES, make_data
 from callstream import protocol as p
 from callstream.broker.memory import MemoryBroker
 from callstream.events import CallState
 from callstream.store.chunks import by_call
 from callstream.store.journal import journal_rows
-
-from bench.loadgen import MIXES, make_data
 
 FRAME = 100
 CALLS = 100

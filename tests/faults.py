@@ -280,6 +280,7 @@ class ReplyCutter:
             redis_writer.close()
 
         async def replies() -> None:
+            nonlocal doomed
             while data := await redis_reader.read(65536):
                 if self._reply_marker is not None and self._reply_marker in data:
                     self._reply_marker, doomed = None, True

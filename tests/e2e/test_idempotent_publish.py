@@ -13,7 +13,18 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from callstream import Publisher
 from tests.faults import ReplyCutter
-from tests.helpers import ServerProcess, ended, final, history, key_of, open_events, publish, recv, recv_until, send
+from tests.helpers import (
+    ServerProcess,
+    ended,
+    final,
+    history,
+    key_of,
+    open_events,
+    publish,
+    recv,
+    recv_until,
+    send,
+)
 
 
 @pytest.fixture

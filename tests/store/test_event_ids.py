@@ -33,7 +33,9 @@ async def test_a_calls_state_comes_with_the_ids_of_its_stored_events(store: SqlS
     live = await store.call_state(account, "live")
     recent = await store.call_state(account, "recent")
     gone = await store.call_state(account, "old")
-    assert live is not None and recent is not None and gone is not None
+    assert live is not None
+    assert recent is not None
+    assert gone is not None
     assert live.ids == {"a": 1, "b": 4}
     assert recent.ids == {"x": 1, "end": 2}
     assert (gone.status, gone.ids) == ("ended", None)
