@@ -6,11 +6,13 @@ The route of an event. REST, the ingest socket (and therefore `Publisher`) all c
 1. validate: the producer's frame was parsed and checked at the edge (`protocol.parse_event`,
    `events.check_payload`); here a call the store refused takes no more events;
 2. enrich: sentiment on finals (pure functions, before anything is sequenced);
-3. sequence: `Broker.publish` gives each event its seq and ts, measures the call's turns at that
-   ts (`turns.TurnTracker`, which writes `latency_ms` and `interrupted` into the events: where
-   seq and ts are assigned, so every node and every replay carries the same figures) and keeps
-   it in the replay log, once the calls' earlier events that a commit failed to store are stored
-   (`HistoryRepair`: from the broker's log, when the store is back);
+3. sequence: `Broker.publish` answers an event whose `id` its call holds with the seq it got
+   the first time (a repeat: nothing more of it is done, `broker.ids`), gives each other event
+   its seq and ts, measures the call's turns at that ts (`turns.TurnTracker`, which writes
+   `latency_ms` and `interrupted` into the events: where seq and ts are assigned, so every node
+   and every replay carries the same figures) and keeps it in the replay log, once the calls'
+   earlier events that a commit failed to store are stored (`HistoryRepair`: from the broker's
+   log, when the store is back);
 4. append: `SqlStore.append` queues it for the next commit and returns a future, durable when
    it resolves; the store knows nothing of what follows (it tells `HistoryRepair` which events
    each commit stored or failed to store);
