@@ -105,7 +105,7 @@ def json_body(schema: dict[str, Any], **examples: Any) -> dict[str, Any]:
     response_model=PublishResponse,
     openapi_extra=json_body(
         {
-            "description": f"one event {{type, data}} or an array of at most {p.MAX_BATCH_EVENTS}",
+            "description": f"one event {{type, data, id?}} or an array of at most {p.MAX_BATCH_EVENTS}; an id its call holds answers its first seq",
             "oneOf": [
                 {"type": "object"},
                 {"type": "array", "items": {"type": "object"}, "maxItems": p.MAX_BATCH_EVENTS},
