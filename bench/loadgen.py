@@ -444,7 +444,7 @@ class Producer:
 
     def __init__(self, dialect: str, base: str, token: str, calls: list[str], conns: int, mix: str,
                  batch: int = 0, window: int = 0, ref_every: bool = False, texts: str = "plain",
-                 metadata: dict[str, Any] | None = None) -> None:
+                 metadata: dict[str, Any] | None = None, ids: bool = False) -> None:
         self.dialect = dialect
         self.texts = TEXTS[texts]
         self.metadata = metadata  # set on each call's first event (`data.metadata`)
@@ -456,6 +456,7 @@ class Producer:
         self.batch = batch
         self.window = window
         self.ref_every = ref_every
+        self.ids = ids  # an `id` on every event (idempotent publish), unique within its call
         self.rate = 0.0
         self.sockets: list[ProducerSocket] = []
         self.owner: list[int] = []  # call index → socket index
@@ -499,7 +500,10 @@ class Producer:
             data = make_data(kind, i, sent_ns, self.texts)
             if first and self.metadata is not None:
                 data["metadata"] = self.metadata
-            groups[owner[c]].append({"call_id": call, "type": kind, "data": data})
+            event = {"call_id": call, "type": kind, "data": data}
+            if self.ids:
+                event["id"] = f"e{i}"
+            groups[owner[c]].append(event)
         return groups, nonpartial
 
     def send_group(self, k: int, events: list[dict[str, Any]]) -> None:
@@ -704,8 +708,9 @@ class Worker:
     async def start_producer(self, dialect: str, base: str, token: str, calls: list[str], conns: int = 10,
                              mix: str = "call", batch: int = 0, window: int = 0, ref_every: bool = False,
                              rate: float = 0.0, texts: str = "plain",
-                             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        self.producer = Producer(dialect, base, token, calls, conns, mix, batch, window, ref_every, texts, metadata)
+                             metadata: dict[str, Any] | None = None, ids: bool = False) -> dict[str, Any]:
+        self.producer = Producer(dialect, base, token, calls, conns, mix, batch, window, ref_every, texts, metadata,
+                                 ids)
         await self.producer.connect()
         self.producer.rate = rate
         self.producer.start()

@@ -592,9 +592,13 @@ class Bench:
         # window / latency: with the store, an ack waits for its commit, and too small a window measures
         # that latency instead of the node. Each window is a row; the targets use each target's best.
         shapes = [(100, w) for w in self.args.ingest_window] + [(1, 64)]
+        if self.args.ingest_shapes:
+            shapes = self.args.ingest_shapes
+        # `--ingest-ids`: each row once without and once with an `id` on every event, back to back.
+        id_modes = [False, True] if self.args.ingest_ids else [False]
         # Targets interleaved (each shape on every target in turn, a fresh server each), so that a target and
         # its store-disabled reference are measured seconds apart, in the same phase of this machine's drift.
-        for cpus, (batch, win), name in itertools.product(pinnings, shapes, names):
+        for cpus, (batch, win), name, ids in itertools.product(pinnings, shapes, names, id_modes):
             log(f"start {name} (CPUs {cpus or 'any'})")
             target = make(name).start(cpus or None)
             load = Load(2, self.load_cpus)
@@ -603,7 +607,7 @@ class Bench:
                 load.each(idx, "start_producer", kws=[{
                     "dialect": target.dialect, "base": target.base, "token": target.token,
                     "calls": [f"in{self.run_tag}r{run}b{batch}w{k}c{c:03d}" for c in range(100)],
-                    "conns": 2, "mix": "call", "batch": batch, "window": win} for k in range(len(idx))])
+                    "conns": 2, "mix": "call", "batch": batch, "window": win, "ids": ids} for k in range(len(idx))])
                 time.sleep(2.0)
                 a0 = sum(c["acked_total"] for c in load.each(idx, "producer_counts"))
                 cpu0, wait0 = target.cpu_s(), target.runq_wait_s()
@@ -614,7 +618,7 @@ class Bench:
                 lcpu1 = sum(s["cpu_s"] for s in load.each(idx, "cpu"))
                 counts = load.each(idx, "producer_counts")
                 stats = merge(load.each(idx, "stats"))
-                row = {"target": target.name, "run": run, "batch": batch, "window_frames": win,
+                row = {"target": target.name + ("+ids" if ids else ""), "run": run, "batch": batch, "window_frames": win,
                        "node_cpus": cpus or "any",
                        "producer_sockets": 4, "acked_s": (a1 - a0) / window,
                        "cpu_pct": (cpu1 - cpu0) / window * 100, "runq_wait_pct": (wait1 - wait0) / window * 100,
@@ -622,7 +626,7 @@ class Bench:
                        "errors": sum(c["errors"] for c in counts) + stats["errors"],
                        "error_samples": stats["error_samples"]}
                 self.add("ingest", row)
-                log(f"{target.name} batch {batch} x{win}, CPUs {cpus or 'any'}: {row['acked_s']:,.0f} events/s acked, "
+                log(f"{row['target']} batch {batch} x{win}, CPUs {cpus or 'any'}: {row['acked_s']:,.0f} events/s acked, "
                     f"cpu {row['cpu_pct']:.0f}% (waited {row['runq_wait_pct']:.0f}%) load-cpu {row['load_cpu_pct']:.0f}%")
                 load.each(idx, "stop_producer")
             finally:
@@ -853,6 +857,17 @@ def frame_windows(text: str) -> list[int]:
     return windows
 
 
+def ingest_shapes(text: str) -> list[tuple[int, int]]:
+    """`--ingest-shapes`: a comma list of BATCHxWINDOW, each at least 1x1."""
+    try:
+        shapes = [(int(b), int(w)) for b, w in (part.split("x") for part in text.split(","))]
+    except ValueError:
+        shapes = []
+    if not shapes or min(min(s) for s in shapes) < 1:
+        raise argparse.ArgumentTypeError(f"expected BATCHxWINDOW separated by commas, like 100x64; got {text!r}")
+    return shapes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -883,6 +898,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="ingest: A/B of `serve --redact KINDS` (e.g. all) against no redaction, in rounds")
     parser.add_argument("--redact-rounds", type=int, default=5, help="ingest --redact: rounds of each server")
     parser.add_argument("--redact-texts", default="plain,pii", help="ingest --redact: loadgen texts, each every round")
+    parser.add_argument("--ingest-ids", action="store_true",
+                        help="ingest: measure every row without and with an id on every event (A/B, interleaved)")
+    parser.add_argument("--ingest-shapes", type=ingest_shapes, default=None,
+                        help="ingest: BATCHxWINDOW list (events per frame x frames in flight), e.g. 100x64")
     parser.add_argument("--control-rates", default="0,40000,100000",
                         help="control: background fan-out deliveries/s on one node, per step (0: idle)")
     parser.add_argument("--control-rates-two", default="0,20000",

@@ -10,8 +10,10 @@ down, and starts it again. `finish` stops the producers and reads back what a us
 (`Findings`): the answers by status, the events acked, stored (over REST, and the raw rows) and
 seen by subscribers, gaps, duplicates, acked events lost, seen events not stored as seen.
 
-Every text a producer sends is new (a retry sends a new one), so a text stored under two seqs is
-the server's duplicate, never the producer's.
+Each event carries an `id` (its text), and a producer retries an event that got no ack (an
+error, a 503, no answer) by sending it again, same text and same id, as a real producer does
+after a lost ack: a text stored under two seqs is then a resend the server stored twice, which
+idempotent publish promises never happens (`duplicates` must stay 0).
 
 Shared by tests/e2e/test_fault_drill.py (a short profile, in CI) and bench/faults.py (minutes).
 """
@@ -23,7 +25,7 @@ import contextlib
 import itertools
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -112,7 +114,8 @@ class Findings:
     stored: int = 0
     seen: int = 0  # distinct (call, seq) any subscriber received
     gaps: int = 0  # seqs missing from a call's stored history below its highest
-    duplicates: int = 0  # seqs in two stored rows, or texts stored under two seqs
+    duplicates: int = 0  # seqs in two stored rows, or texts (event ids) stored under two seqs
+    retried: int = 0  # events sent again (same id) after an error, a 503 or no answer
     lost: int = 0  # acked events not stored as acked
     unstored_seen: int = 0  # events a subscriber received that are not stored as received
     missed: int = 0  # stored events some subscriber never received
@@ -123,7 +126,7 @@ class Findings:
         """Sum `other` into this one (bench/faults.py adds up its rounds)."""
         self.outages += other.outages
         self.answers += other.answers
-        for name in ("acked", "stored", "seen", "gaps", "duplicates", "lost", "unstored_seen", "missed"):
+        for name in ("acked", "stored", "seen", "gaps", "duplicates", "retried", "lost", "unstored_seen", "missed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for phase, statuses in other.health.items():
             self.health.setdefault(phase, Counter()).update(statuses)
@@ -135,7 +138,7 @@ class Findings:
         return [
             f"outages injected: {dict(self.outages)}",
             f"answers: {answers}",
-            f"events acked {self.acked}, stored {self.stored}, seen live {self.seen}",
+            f"events acked {self.acked}, stored {self.stored}, seen live {self.seen}, resent {self.retried}",
             f"gaps {self.gaps}, duplicates {self.duplicates}, acked lost {self.lost}, "
             f"seen but not stored {self.unstored_seen}, stored but missed by a subscriber {self.missed}",
             f"healthz: {health}",
@@ -143,7 +146,8 @@ class Findings:
 
 
 def _final(text: str) -> dict[str, Any]:
-    return {"type": "transcript.final", "data": {"speaker": "user", "text": text}}
+    """A final whose text is also its id: a resend is the same event."""
+    return {"type": "transcript.final", "data": {"speaker": "user", "text": text}, "id": text}
 
 
 class Drill:
@@ -169,6 +173,8 @@ class Drill:
         self._clients: list[Client] = []
         self._down = False  # an outage is under way: health answers count as "during"
         self._turn = itertools.count()
+        self._resend: deque[str] = deque()  # ingest texts to send again (no ack came)
+        self._unlabelled: set[tuple[str, int]] = set()  # stored events without their id
 
     @property
     def _auth(self) -> dict[str, str]:
@@ -207,10 +213,13 @@ class Drill:
 
     async def _rest_producer(self) -> None:
         async with httpx.AsyncClient(timeout=15) as http:
-            for i in itertools.count():
-                if self._stopping:
-                    return
-                node, text = self._node(producing=True), f"r{i}"
+            numbers = itertools.count()
+            retry: str | None = None  # the text to send again, until it is answered 202
+            while not self._stopping:
+                node, text = self._node(producing=True), retry or f"r{next(numbers)}"
+                if retry is not None:
+                    self.findings.retried += 1
+                retry = text
                 try:
                     url = f"{node.url}/v1/calls/{self.rest_call}/events"
                     response = await http.post(url, content=orjson.dumps(_final(text)), headers=self._auth)
@@ -221,6 +230,7 @@ class Drill:
                 self._count(f"rest {response.status_code}")
                 if response.status_code == 202:
                     self.acked[self.rest_call][response.json()["seq"][0]] = text
+                    retry = None
                 await asyncio.sleep(self.interval_s)
 
     async def _ingest_producer(self) -> None:
@@ -242,8 +252,11 @@ class Drill:
         reader = asyncio.create_task(self._ingest_answers(ws, sent))
         try:
             while not self._stopping and not reader.done():
-                n = next(numbers)
-                ref = text = f"i{n}"
+                if self._resend:
+                    ref = text = self._resend.popleft()
+                    self.findings.retried += 1
+                else:
+                    ref = text = f"i{next(numbers)}"
                 sent[ref] = text
                 await ws.send(orjson.dumps({"call_id": self.ingest_call, **_final(text), "ref": ref}).decode())
                 await asyncio.sleep(self.interval_s)
@@ -258,6 +271,8 @@ class Drill:
                 await reader
             if sent:
                 self.findings.answers["ingest: unanswered"] += len(sent)
+                if not self._stopping:
+                    self._resend.extend(sent.values())
 
     async def _ingest_answers(self, ws: Any, sent: dict[str, str]) -> None:
         async for raw in ws:
@@ -269,6 +284,8 @@ class Drill:
                     self.acked[self.ingest_call][message["seq"]] = text
             else:
                 self._count(f"ingest error {message['data']['code']}")
+                if text is not None and not self._stopping:
+                    self._resend.append(text)
 
     async def _subscriber(self, index: int, client: Client) -> None:
         async for event in client.events(self.rest_call, self.ingest_call):
@@ -370,6 +387,7 @@ class Drill:
                 response.raise_for_status()
                 page = response.json()
                 events.update((e["seq"], e["data"]) for e in page["events"])
+                self._unlabelled.update((call_id, e["seq"]) for e in page["events"] if e.get("id") != e["data"]["text"])
                 since = page["next_since"]
         return events
 
@@ -434,6 +452,8 @@ class Drill:
         for name in ("gaps", "duplicates", "lost", "unstored_seen", "missed"):
             if count := getattr(f, name):
                 f.problems.append(f"{name}: {count}")
+        if self._unlabelled:
+            f.problems.append(f"stored without their id: {sorted(self._unlabelled)[:5]}")
         odd = [f"{k}: {n}" for k, n in f.answers.items() if k.startswith(ANSWERED) and k[-3:] not in ("202", "503")]
         if odd:
             f.problems.append(f"answers other than 202 and 503: {', '.join(odd)}")

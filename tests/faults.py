@@ -8,7 +8,8 @@
   its keys across `stop()`/`start()` (append-only file, fsync on every write), like a network
   outage of a Redis that stayed up.
 - `ReplyCutter`: a TCP proxy to the machine's Redis that loses the reply to a chosen command
-  after Redis ran it (the fixture `reply_cutter`, tests/broker/conftest.py).
+  after Redis ran it (the fixture `reply_cutter`, tests/broker/conftest.py); put in front of a
+  node, it loses the first answer that holds a marker (say, an ingest socket's ack).
 
 Both keep their port (and data directory) for their whole life, so a node started against
 `url` sees an outage when they stop and recovery when they start, without being restarted.
@@ -226,11 +227,14 @@ class ReplyCutter:
     before its reply reaches the client: the reply a real network loses.
 
     `cut_reply_to(marker)`: the next request whose bytes hold `marker` goes through; its
-    connection is aborted when the answer comes back, and `cut` is set."""
+    connection is aborted when the answer comes back, and `cut` is set. `cut_reply_holding(marker)`:
+    the next answer whose bytes hold `marker` is lost the same way (a client's WebSocket frames
+    are masked, a server's are not: this is the way to lose a server's answer)."""
 
     def __init__(self, host: str = REDIS_HOST, port: int = REDIS_PORT) -> None:
         self._upstream = (host, port)
         self._marker: bytes | None = None
+        self._reply_marker: bytes | None = None
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
         self.cut = asyncio.Event()
@@ -238,10 +242,20 @@ class ReplyCutter:
     async def start(self) -> str:
         """Listen on a spare port; the URL to give the client (database 0, as REDIS_URL)."""
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (once started)."""
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
 
     def cut_reply_to(self, marker: bytes) -> None:
         self._marker = marker
+        self.cut.clear()
+
+    def cut_reply_holding(self, marker: bytes) -> None:
+        self._reply_marker = marker
         self.cut.clear()
 
     async def stop(self) -> None:
@@ -266,7 +280,10 @@ class ReplyCutter:
             redis_writer.close()
 
         async def replies() -> None:
+            nonlocal doomed
             while data := await redis_reader.read(65536):
+                if self._reply_marker is not None and self._reply_marker in data:
+                    self._reply_marker, doomed = None, True
                 if doomed:  # Redis has run it: the client never hears so
                     client_writer.transport.abort()
                     redis_writer.transport.abort()

@@ -209,6 +209,23 @@ def test_invalid_ingest_event_carries_its_ref_and_call_id() -> None:
     assert "call_id" in caught.value.message
 
 
+def test_an_event_carries_its_producers_id() -> None:
+    event = p.parse_event({"call_id": "c1", "type": "agent.state", "data": {"state": "listening"}, "id": "ev-1.a:b_2"})
+    assert event.id == "ev-1.a:b_2"
+    assert p.parse_event({"type": "agent.state", "data": {"state": "listening"}}, "c1").id is None
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 129, "a b", "é", "a/b", 7, 1.5, True, ["a"], {"a": 1}])
+def test_an_invalid_id_is_refused_with_its_ref(bad: object) -> None:
+    with pytest.raises(p.ProtocolError) as caught:
+        p.parse_event({"call_id": "c1", "type": "agent.state", "data": {"state": "listening"}, "id": bad, "ref": 5})
+    assert (caught.value.code, caught.value.ref, caught.value.call_id) == ("invalid_message", 5, "c1")
+    assert caught.value.message.startswith("id must be 1-128 characters")
+    with pytest.raises(p.ProtocolError) as caught:
+        p.parse_event_batch([{"type": "agent.state", "data": {"state": "listening"}}, {"type": "agent.state", "data": {"state": "listening"}, "id": bad}], "c1")
+    assert caught.value.index == 1
+
+
 def test_batch_of_one_object_or_a_list() -> None:
     one = {"type": "agent.state", "data": {"state": "speaking"}}
     assert len(p.parse_event_batch(one, "c")) == 1

@@ -137,7 +137,7 @@ async def test_publish_returns_seq_and_authenticates_by_header(fake: FakeIngest)
     assert seqs == [1, 2, 3]
     assert fake.paths == ["/v1/ingest"]  # the key is never in the URL
     assert fake.headers[0]["Authorization"] == f"Bearer {KEY}"
-    assert [set(m) for m in fake.received] == [{"call_id", "type", "data", "ref"}] * 3
+    assert [set(m) for m in fake.received] == [{"call_id", "type", "data", "ref", "id"}] * 3
     refs = [m["ref"] for m in fake.received]
     assert refs == sorted(refs)
     assert len(set(refs)) == 3
@@ -184,6 +184,34 @@ async def test_reconnects_and_resends_unacked_in_order(fake: FakeIngest) -> None
     # Everything not acked on the first socket is re-sent first, in order, then the rest.
     assert second == list(range(second[0], 20))
     assert second[0] <= 4
+
+
+async def test_every_event_has_an_id_of_its_own_and_a_resend_keeps_it(fake: FakeIngest) -> None:
+    """The server stores a resend once because it carries the id of the event it repeats."""
+    fake.drop_at = 5
+    async with Publisher(fake.url, KEY, reconnect_max_delay=0.2) as pub:
+        for n in range(10):
+            pub.send("call_a", "agent.state", state(n))
+        await pub.flush()
+        await pub.publish("call_a", "agent.state", state(100), id="mine-1")
+    async with Publisher(fake.url, KEY) as other:
+        await other.publish("call_a", "agent.state", state(99))
+    first, second = fake.connections[0], fake.connections[1]
+    ids = {m["data"]["n"]: m["id"] for m in first}
+    assert len(set(ids.values())) == len(ids)
+    assert all(m["id"] == ids[m["data"]["n"]] for m in second if m["data"]["n"] in ids)  # resent as sent
+    assert [m["id"] for m in fake.received if m["data"]["n"] == 100] == ["mine-1"]
+    from_other = [m["id"] for m in fake.received if m["data"]["n"] == 99]
+    assert from_other
+    assert from_other[0] not in ids.values()
+
+
+async def test_an_invalid_id_is_refused_before_anything_is_sent(fake: FakeIngest) -> None:
+    async with Publisher(fake.url, KEY) as pub:
+        for bad in ("", "a b", "x" * 129):
+            with pytest.raises(ValueError, match="id must be"):
+                pub.send("call_a", "agent.state", state(0), id=bad)
+    assert fake.received == []
 
 
 async def test_unauthorized_handshake_fails_without_retrying(fake: FakeIngest) -> None:

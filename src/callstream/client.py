@@ -100,6 +100,12 @@ class Event:
         """True for the events of a call (they carry a ``seq``), False for control messages."""
         return self.seq is not None
 
+    @property
+    def id(self) -> str | None:
+        """The producer's ``id`` of a call event (idempotent publish), None when it gave none."""
+        value = self.raw.get("id")
+        return value if isinstance(value, str) else None
+
 
 class _Data(Generic[T]):
     """A read-only attribute of an event, read from its ``data``; it never raises.

@@ -67,6 +67,19 @@ def is_valid_call_id(value: object) -> bool:
     return isinstance(value, str) and CALL_ID_PATTERN.fullmatch(value) is not None
 
 
+def event_id_of(obj: dict[str, Any]) -> str | None:
+    """The producer's `id` of an event (idempotent publish), None when it has none.
+
+    Same alphabet and length as a call id, so it goes into a frame, a Redis hash and a log line
+    without escaping."""
+    value = obj.get("id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or CALL_ID_PATTERN.fullmatch(value) is None:
+        raise EventInvalidError("id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    return value
+
+
 def _require_str(data: dict[str, Any], name: str, allowed: frozenset[str] | None = None) -> None:
     value = data.get(name)
     if not isinstance(value, str):
@@ -245,21 +258,27 @@ class CallState:
     last_seq: int
     started_at: int | None = None
     metadata: dict[str, Any] | None = None  # the call's metadata (`metadata.merge`), None if none
+    # The ids of its events the call still remembers (idempotent publish): id → seq.
+    ids: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
 class NewEvent:
-    """A validated producer event, not sequenced yet."""
+    """A validated producer event, not sequenced yet; `id`: the producer's (idempotent publish)."""
 
     call_id: str
     type: str
     data: dict[str, Any]
     ref: Any = None
+    id: str | None = None
 
 
 @dataclass(slots=True)
 class Event:
-    """A sequenced event: its place in the call (`seq`), when it was accepted, and its wire frame."""
+    """A sequenced event: its place in the call (`seq`), when it was accepted, and its wire frame.
+
+    `repeat`: the producer's `id` was in the call already; `seq` is then the seq that event got
+    the first time, and nothing else of it is meant to be used (it is neither stored nor sent)."""
 
     account: str
     call_id: str
@@ -277,6 +296,8 @@ class Event:
     key: str | None = field(default=None, repr=False, compare=False)
     # What the turn tracker measured at this event (turns.py), for its call's row; None if nothing.
     marks: Marks | None = field(default=None, repr=False, compare=False)
+    id: str | None = None
+    repeat: bool = field(default=False, repr=False, compare=False)
     # The call's metadata once this event is applied (`metadata.merge`), as the broker that
     # sequenced it knows it: what a `where` subscription judges the event by, and what the store
     # keeps of an event that changed it. None: the call has none (or the event was rebuilt from
@@ -284,8 +305,8 @@ class Event:
     meta: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.frame:
-            self.frame = encode_event(self.type, self.call_id, self.seq, self.ts, self.data)
+        if not self.frame and not self.repeat:
+            self.frame = encode_event(self.type, self.call_id, self.seq, self.ts, self.data, self.id)
         if self.key is None:
             self.key = supersede_key(self.call_id, self.type, self.data)
 
@@ -319,7 +340,18 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, length) + payload
 
 
-def encode_event(event_type: str, call_id: str, seq: int, ts: int, data: dict[str, Any]) -> str:
-    """The wire frame, as text: browsers receive text frames as strings, binary ones as Blobs."""
-    body = {"type": event_type, "call_id": call_id, "seq": seq, "ts": ts, "data": data}
+def encode_event(
+    event_type: str, call_id: str, seq: int, ts: int, data: dict[str, Any], event_id: str | None = None
+) -> str:
+    """The wire frame, as text: browsers receive text frames as strings, binary ones as Blobs.
+    The producer's `id`, when it gave one, comes before `data` (where the Redis script puts it)."""
+    if event_id is None:
+        body: dict[str, Any] = {"type": event_type, "call_id": call_id, "seq": seq, "ts": ts, "data": data}
+    else:
+        body = {"type": event_type, "call_id": call_id, "seq": seq, "ts": ts, "id": event_id, "data": data}
     return orjson.dumps(body).decode()
+
+
+def repeat_of(new: NewEvent, account: str, seq: int) -> Event:
+    """What `Broker.publish` answers for an event whose id its call holds: the first seq."""
+    return Event(account, new.call_id, seq, 0, new.type, new.data, id=new.id, repeat=True)

@@ -19,6 +19,7 @@ from callstream.events import (
     EventInvalidError,
     NewEvent,
     check_payload,
+    event_id_of,
     is_valid_call_id,
 )
 from callstream.metadata import Metadata, MetadataError, check_where
@@ -255,12 +256,13 @@ def parse_event(obj: Any, call_id: str | None = None) -> NewEvent:
         data = obj.get("data")
         if not isinstance(data, dict):
             raise EventInvalidError("an event needs an object field 'data'")
+        event_id = event_id_of(obj)
         check_payload(event_type, data)
     except EventInvalidError as exc:
         cid = call_id if is_valid_call_id(call_id) else None
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc), cid, ref) from None
     assert call_id is not None
-    return NewEvent(call_id, event_type, data, ref)
+    return NewEvent(call_id, event_type, data, ref, event_id)
 
 
 def batch_items(obj: Any) -> list[Any]:

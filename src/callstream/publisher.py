@@ -6,11 +6,12 @@ with a ``ref``, and keeps each event until the server's cumulative ack says it i
 If the socket drops, it reconnects with capped exponential backoff and jitter and re-sends every
 event not acked yet, in the original order.
 
-Delivery is therefore **at least once**: an event the server stored just before the connection
-dropped, but whose ack was lost, is sent again and stored twice (with a new ``seq``). Consumers
-that need exactly-once can de-duplicate on a producer-chosen id in ``data`` (for example
-``utterance_id`` plus ``is_final``); a re-sent ``call.ended`` that was already stored is refused
-by the server, so its future fails even though the call did end.
+Every event carries an ``id`` (docs/protocol.md, Idempotent publish): the publisher's own,
+unique per event (a random prefix per publisher and the event's ref), or the one the caller
+gives. It is part of the frame, so a re-send carries the same id, and an event the server stored
+just before the connection dropped, but whose ack was lost, is not stored again: its ack carries
+the seq it got the first time. A re-sent ``call.ended`` resolves to its seq the same way, for as
+long as the server remembers the call's ids (the call's replay window).
 
 Backpressure is bounded (no unbounded buffers): at most ``max_in_flight`` events wait
 for an ack. :meth:`Publisher.send` raises ``PublishError("backpressure")`` beyond that;
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import urllib.parse
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
@@ -40,7 +42,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from callstream.control import RESULT, ControlHandler, ControlRequest, parse_actions, parse_relay, result_data
 from callstream.errors import PublishError
-from callstream.events import EventInvalidError
+from callstream.events import EventInvalidError, is_valid_call_id
 from callstream.protocol import CloseCode
 from callstream.wire import AUTH_STATUSES, DROPPED, Reconnecting, refusal_reason, socket_url
 
@@ -122,6 +124,7 @@ class Publisher(Reconnecting):
         self._key = key
         self._max_in_flight = max_in_flight
         self._next_ref = 1
+        self._id_prefix = f"p{secrets.token_hex(8)}-"  # this publisher's ids: the prefix and the ref
         self._pending: dict[int, _Pending] = {}  # insertion order == ref order
         self._outbox: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
@@ -146,14 +149,22 @@ class Publisher(Reconnecting):
         await self._launch()
         self._raise_if_failed()
 
-    def send(self, call_id: str, type: str, data: dict[str, Any]) -> asyncio.Future[int | None]:
+    def send(
+        self, call_id: str, type: str, data: dict[str, Any], *, id: str | None = None
+    ) -> asyncio.Future[int | None]:
         """Queue one event without waiting; the future resolves to its ``seq`` once stored.
 
-        Raises ``PublishError("backpressure")`` when ``max_in_flight`` events are waiting for an
-        ack (use :meth:`send_wait` to wait for room instead). The future fails with
-        ``PublishError`` when the server refuses the event. It resolves to ``None`` only if the
-        server's cumulative ack skipped this event's ref (callstream's server acks every ref).
+        ``id`` (1-128 characters of ``A-Z a-z 0-9 _ . : -``, unique within the call) makes the
+        event idempotent under the caller's own retries too; without one the publisher picks
+        one. Raises ``ValueError`` for an invalid ``id``, ``PublishError("backpressure")`` when
+        ``max_in_flight`` events are waiting for an ack (use :meth:`send_wait` to wait for room
+        instead). The future fails with ``PublishError`` when the server refuses the event. It
+        resolves to ``None`` only if the server's cumulative ack skipped this event's ref
+        (callstream's server acks every ref).
         """
+        if id is not None and not is_valid_call_id(id):  # the same alphabet and length
+            msg = "id must be 1-128 characters of A-Z a-z 0-9 _ . : -"
+            raise ValueError(msg)
         self._raise_if_failed()
         if self._task is None:
             msg = "start the publisher first: `async with Publisher(...)` or `await pub.start()`"
@@ -162,7 +173,8 @@ class Publisher(Reconnecting):
             msg = f"{len(self._pending)} events are waiting for an ack (max_in_flight)"
             raise PublishError("backpressure", msg)
         ref = self._next_ref
-        frame = orjson.dumps({"call_id": call_id, "type": type, "data": data, "ref": ref})
+        event_id = id if id is not None else f"{self._id_prefix}{ref}"
+        frame = orjson.dumps({"call_id": call_id, "type": type, "data": data, "ref": ref, "id": event_id})
         self._next_ref += 1
         pending = _Pending(ref, frame, asyncio.get_running_loop().create_future())
         self._pending[ref] = pending
@@ -174,10 +186,7 @@ class Publisher(Reconnecting):
         return pending.future
 
     async def send_wait(
-        self,
-        call_id: str,
-        type: str,
-        data: dict[str, Any],
+        self, call_id: str, type: str, data: dict[str, Any], *, id: str | None = None
     ) -> asyncio.Future[int | None]:
         """Like :meth:`send`, but wait for room instead of raising on backpressure.
 
@@ -187,11 +196,12 @@ class Publisher(Reconnecting):
         while len(self._pending) >= self._max_in_flight:
             self._raise_if_failed()
             await self._room.wait()
-        return self.send(call_id, type, data)
+        return self.send(call_id, type, data, id=id)
 
-    async def publish(self, call_id: str, type: str, data: dict[str, Any]) -> int | None:
-        """Send one event and wait until the server has durably stored it; return its ``seq``."""
-        return await (await self.send_wait(call_id, type, data))
+    async def publish(self, call_id: str, type: str, data: dict[str, Any], *, id: str | None = None) -> int | None:
+        """Send one event and wait until the server has durably stored it; return its ``seq``
+        (for an ``id`` the call holds already, the seq that event got)."""
+        return await (await self.send_wait(call_id, type, data, id=id))
 
     async def flush(self) -> None:
         """Wait until every event sent so far is acked (or refused).

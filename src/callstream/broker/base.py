@@ -136,13 +136,20 @@ class MetadataRefusedError(Exception):
         self.reason = reason
 
 
-def merged_metadata(events: Sequence[NewEvent], current: dict[str, Metadata | None]) -> list[Metadata | None]:
+def merged_metadata(
+    events: Sequence[NewEvent], current: dict[str, Metadata | None], repeats: Collection[int] = ()
+) -> list[Metadata | None]:
     """Each event's call metadata once it is applied, from `current` (call id → what the call
-    holds): the patches (`data.metadata`) merged in order. Raises MetadataRefusedError, before
-    the broker applies anything, when a merge would pass a limit; `current` is left as it was."""
+    holds): the patches (`data.metadata`) merged in order; None for the `repeats` (positions of
+    events already applied, idempotent publish), which change nothing. Raises
+    MetadataRefusedError, before the broker applies anything, when a merge would pass a limit;
+    `current` is left as it was."""
     held = dict(current)
     out: list[Metadata | None] = []
     for index, new in enumerate(events):
+        if index in repeats:
+            out.append(None)
+            continue
         if "metadata" in new.data:
             try:
                 held[new.call_id] = merge(held[new.call_id], new.data["metadata"])
@@ -222,7 +229,13 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def publish(self, account: str, events: Sequence[NewEvent], holder: str | None = None) -> list[Event]:
-        """Sequence a batch atomically (all or nothing).
+        """Sequence a batch atomically (all or nothing); one event returned per event given.
+
+        An event whose `id` its call holds (or an earlier event of the batch has) is a repeat
+        (`broker.ids`): it is not applied, and comes back with `repeat` set and the seq that id
+        got. A call remembers its ids for as long as the broker holds the call: while it is live
+        (up to the live TTL idle) and the history TTL after it ended; a call loaded again from the
+        store comes with the ids of its stored events (`CallState.ids`).
 
         Control requests are kept with their call here, in the same step: a `control.requested`
         makes its request wait for a result (timed out after the broker's control timeout), a

@@ -40,8 +40,9 @@ from callstream.broker.base import (
     Unstored,
     merged_metadata,
 )
+from callstream.broker.ids import Repeats, find_repeats, first_seq
 from callstream.control import REQUESTED, RESULT, Holder
-from callstream.events import ENDED, CallState, Event, NewEvent
+from callstream.events import ENDED, CallState, Event, NewEvent, repeat_of
 from callstream.metadata import Metadata
 from callstream.turns import TurnTracker, role
 
@@ -65,6 +66,7 @@ class _Call:
         "ended_at",
         "first_seq",
         "holder",
+        "ids",
         "last_seq",
         "latest",
         "log",
@@ -93,6 +95,8 @@ class _Call:
         self.pending: dict[str, str] | None = None  # control requests waiting: request_id → action
         self.turns = TurnTracker()
         self.metadata: Metadata | None = state.metadata  # replaced on each change, never mutated
+        # Its events' ids (idempotent publish): id → seq, kept as long as this broker holds the call.
+        self.ids: dict[str, int] | None = state.ids
 
     def append(self, event: Event) -> None:
         key = event.key
@@ -121,22 +125,21 @@ class _Call:
         reconnect storm) each ask for the last few events of what may be a long log."""
         gone = self.superseded
         start = bisect.bisect_right(self.log, since, key=_seq_of)
-        return [
-            Event(account, call_id, seq, ts, kind, orjson.loads(frame)["data"], frame, key=key)
-            for seq, ts, kind, frame, key, _ in self.log[start:]
-            if seq not in gone
-        ]
+        return [_event(account, call_id, held) for held in self.log[start:] if held[0] not in gone]
 
     def unstored_events(self, account: str, call_id: str) -> list[Event]:
         wanted = self.unstored
-        return [
-            Event(
-                account, call_id, seq, ts, kind, orjson.loads(frame)["data"], frame, key=key,
-                meta=None if meta is None else orjson.loads(meta),
-            )
-            for seq, ts, kind, frame, key, meta in self.log
-            if seq in wanted
-        ]
+        return [_event(account, call_id, held) for held in self.log if held[0] in wanted]
+
+
+def _event(account: str, call_id: str, held: _Held) -> Event:
+    """The event of a log entry, around its frame as it is (the producer's id is in it)."""
+    seq, ts, kind, frame, key, meta = held
+    body = orjson.loads(frame)
+    return Event(
+        account, call_id, seq, ts, kind, body["data"], frame, key=key, id=body.get("id"),
+        meta=None if meta is None else orjson.loads(meta),
+    )
 
 
 def now_ms() -> int:
@@ -193,20 +196,47 @@ class MemoryBroker(Broker):
         for cid, call in calls.items():
             if call.unstored:
                 raise RepairNeededError(account, cid)
+        repeats = find_repeats(events, lambda cid: calls[cid].ids)
         ended = {cid: call.status == "ended" for cid, call in calls.items()}
         answered: set[tuple[str, str]] = set()  # (call_id, request_id) of results in this batch
         for index, new in enumerate(events):
+            if repeats is not None and index in repeats:
+                continue
             if ended[new.call_id]:
                 raise CallEndedError(new.call_id, index)
             ended[new.call_id] = new.type == ENDED
             if new.type == RESULT or new.type == ENDED:
                 self._check_control(calls[new.call_id], new, index, answered)
         if self._quotas.events_per_call or self._quotas.live_calls:
-            self._check_quotas(account, events, calls, ended)
-        metas = merged_metadata(events, {cid: call.metadata for cid, call in calls.items()})
+            self._check_quotas(account, events, calls, ended, repeats)
+        metas = merged_metadata(events, {cid: call.metadata for cid, call in calls.items()}, repeats or ())
         ts = now_ms()
+        out = self._sequence(account, events, calls, repeats, ts, metas)
+        if repeats is not None:  # a call is active, and held, by the events it took
+            calls = {e.call_id: calls[e.call_id] for e in out if not e.repeat}
+        for call in calls.values():
+            call.active_ms = ts
+            if holder is not None:
+                call.holder = holder
+        if not self._deliver_after_store:
+            self.deliver_stored(out if repeats is None else [e for e in out if not e.repeat])
+        return out
+
+    def _sequence(
+        self,
+        account: str,
+        events: Sequence[NewEvent],
+        calls: dict[str, _Call],
+        repeats: Repeats | None,
+        ts: int,
+        metas: Sequence[Metadata | None],
+    ) -> list[Event]:
+        """Give each event (but repeats, answered with their first seq) its seq, in batch order."""
         out: list[Event] = []
-        for new, meta in zip(events, metas, strict=True):
+        for index, (new, meta) in enumerate(zip(events, metas, strict=True)):
+            if repeats is not None and index in repeats:
+                out.append(repeat_of(new, account, first_seq(repeats[index], out)))
+                continue
             call = calls[new.call_id]
             call.metadata = meta
             call.last_seq += 1
@@ -216,8 +246,14 @@ class MemoryBroker(Broker):
             marks = call.turns.step(part, ts) if part else None
             if marks is not None:
                 marks.write_into(new.data)
-            event = Event(account, new.call_id, call.last_seq, ts, new.type, new.data, marks=marks, meta=meta)
+            event = Event(
+                account, new.call_id, call.last_seq, ts, new.type, new.data, marks=marks, id=new.id, meta=meta
+            )
             call.append(event)
+            if new.id is not None:
+                if call.ids is None:
+                    call.ids = {}
+                call.ids[new.id] = event.seq
             if new.type == REQUESTED or new.type == RESULT:
                 self._keep_control(account, call, new)
             if new.type == ENDED:
@@ -231,12 +267,6 @@ class MemoryBroker(Broker):
                     call.counted = True
                     self._live[account] += 1
             out.append(event)
-        for call in calls.values():
-            call.active_ms = ts
-            if holder is not None:
-                call.holder = holder
-        if not self._deliver_after_store:
-            self.deliver_stored(out)
         return out
 
     @staticmethod
@@ -295,7 +325,12 @@ class MemoryBroker(Broker):
         return due
 
     def _check_quotas(
-        self, account: str, events: Sequence[NewEvent], calls: dict[str, _Call], ended: dict[str, bool]
+        self,
+        account: str,
+        events: Sequence[NewEvent],
+        calls: dict[str, _Call],
+        ended: dict[str, bool],
+        repeats: Repeats | None = None,
     ) -> None:
         """Raise QuotaExceededError if the batch would pass a quota; `ended`: after the batch.
 
@@ -309,16 +344,22 @@ class MemoryBroker(Broker):
                 near = True
             if live_limit and not call.counted and not ended[cid]:
                 fresh.append(cid)
+        if repeats is not None:  # a call that only repeats events does not start (nor count) again
+            fresh = [cid for cid in fresh if any(e.call_id == cid for i, e in enumerate(events) if i not in repeats)]
         if near:
-            self._check_events(events_limit, events, calls)
+            self._check_events(events_limit, events, calls, repeats)
         if fresh and self._live[account] + len(fresh) > live_limit:
             call_id = fresh[max(0, live_limit - self._live[account])]
             index = next(i for i, new in enumerate(events) if new.call_id == call_id)
             raise self._quotas.live_calls_exceeded(call_id, index)
 
-    def _check_events(self, limit: int, events: Sequence[NewEvent], calls: dict[str, _Call]) -> None:
+    def _check_events(
+        self, limit: int, events: Sequence[NewEvent], calls: dict[str, _Call], repeats: Repeats | None
+    ) -> None:
         counts = {cid: call.last_seq for cid, call in calls.items()}
         for index, new in enumerate(events):
+            if repeats is not None and index in repeats:
+                continue
             counts[new.call_id] += 1
             # A call can always end, and a control request always gets its result.
             if counts[new.call_id] > limit and new.type != ENDED and new.type != RESULT:

@@ -62,7 +62,7 @@ from callstream.broker.redis_erase import Eraser, erased_calls
 from callstream.broker.redis_sockets import SocketCounter
 from callstream.broker.redis_unstored import UnstoredLedger
 from callstream.control import REQUESTED, RESULT, Holder
-from callstream.events import PARTIAL, CallState, Event, NewEvent
+from callstream.events import PARTIAL, CallState, Event, NewEvent, repeat_of
 from callstream.metadata import MAX_BYTES, MAX_KEYS
 from callstream.turns import Marks, role
 
@@ -72,16 +72,16 @@ log = logging.getLogger("callstream.broker.redis")
 
 T = TypeVar("T")
 
-# KEYS: state hash, log stream, unstored set and control hash of each call of the batch, in fours;
-#       then the account's live set, the unstored index (`redis_unstored`) and the control
+# KEYS: state hash, log stream, unstored set, control hash and ids hash of each call of the batch,
+#       in fives; then the account's live set, the unstored index (`redis_unstored`) and the control
 #       deadlines' set.
 # ARGV: ncalls, maxlen, live ttl, ended ttl, account channel, events quota, live calls quota,
-#       unstored after (ms), holder ('' for none), control timeout (ms),
-#       per call: its channel, its call_id as JSON (also its member in the live set), the tail
-#       of its deadline members (`"account","call_id","control hash"]`),
+#       unstored after (ms), holder ('' for none), control timeout (ms), metadata's most keys and
+#       bytes, per call: its channel, its call_id as JSON (also its member in the live set), the
+#       tail of its deadline members (`"account","call_id","control hash"]`),
 #       per event: call index (1-based), type, type as JSON, data as JSON, request_id ('' if none),
 #       its turn role (`turns.role`), its metadata patch ('' if none, else a JSON array of
-#       [key as JSON, value as JSON or '' to remove]).
+#       [key as JSON, value as JSON or '' to remove]), its producer's id ('' if none).
 # A call's member in the unstored index is the name of its state hash.
 # The live set scores each live call with its last event's ts: a member older than the live TTL
 # (its state key expired with it) no longer counts, so calls that never end decay.
@@ -102,6 +102,11 @@ T = TypeVar("T")
 # on these fragments (it never decodes a value), refuses a batch whose merge would pass a limit
 # ('metadata', the event, why) before applying anything, and publishes each frame followed by
 # '\n' and the call's metadata when it has some: every node judges `where` subscriptions by it.
+# The ids hash maps each producer's id of the call's events to its seq (`broker.ids`, the same
+# rule): an event whose id the hash (or an earlier event of the batch) holds is a repeat, left
+# out of every check, merge and step, and answered with that seq and 'r' in place of what it
+# measured. Only calls that took an event have their keys' TTLs, holder and place in the live set
+# renewed.
 _PUBLISH: Final = """
 local ncalls = tonumber(ARGV[1])
 local maxlen, live_ttl, ended_ttl, account_channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -109,9 +114,9 @@ local max_events, max_live = tonumber(ARGV[6]), tonumber(ARGV[7])
 local unstored_after = tonumber(ARGV[8])
 local holder, control_ms = ARGV[9], tonumber(ARGV[10])
 local max_keys, max_bytes = tonumber(ARGV[11]), tonumber(ARGV[12])
-local live_set, index, deadlines = KEYS[4 * ncalls + 1], KEYS[4 * ncalls + 2], KEYS[4 * ncalls + 3]
+local live_set, index, deadlines = KEYS[5 * ncalls + 1], KEYS[5 * ncalls + 2], KEYS[5 * ncalls + 3]
 local ev = 13 + 3 * ncalls
-local W = 7
+local W = 8
 local nevents = (#ARGV - ev + 1) / W
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -120,9 +125,9 @@ local ended, last, count, first, answered = {}, {}, {}, {}, {}
 local spk, fin, usr, ovr, was = {}, {}, {}, {}, {}
 local meta, mkeys, mvals, mgone, emeta = {}, {}, {}, {}, {}
 for c = 1, ncalls do
-  local state = redis.call('HMGET', KEYS[4 * c - 3], 'status', 'last_seq', 'spk', 'fin', 'usr', 'ovr', 'meta')
+  local state = redis.call('HMGET', KEYS[5 * c - 4], 'status', 'last_seq', 'spk', 'fin', 'usr', 'ovr', 'meta')
   if not state[1] then return {'unknown', c} end
-  local lowest = redis.call('ZRANGE', KEYS[4 * c - 1], 0, 0, 'WITHSCORES')
+  local lowest = redis.call('ZRANGE', KEYS[5 * c - 2], 0, 0, 'WITHSCORES')
   if #lowest > 0 and tonumber(lowest[2]) < now_ms - unstored_after then return {'repair', c} end
   ended[c] = state[1] == 'ended'
   last[c] = tonumber(state[2] or '0')
@@ -131,39 +136,52 @@ for c = 1, ncalls do
   was[c] = {state[3] or nil, state[4] or nil, state[5] or nil, state[6] or nil}
   meta[c] = state[7] or ''
 end
+local repeats, firsts = {}, {}
 for j = 0, nevents - 1 do
   local c = tonumber(ARGV[ev + W * j])
-  local kind, rid = ARGV[ev + W * j + 1], ARGV[ev + W * j + 4]
-  if ended[c] then return {'ended', j} end
-  count[c] = count[c] + 1
-  if max_events > 0 and last[c] + count[c] > max_events and kind ~= 'call.ended' and kind ~= 'control.result' then
-    return {'events', j}
-  end
-  if kind == 'control.result' then
-    if answered[c .. '|' .. rid] or redis.call('HEXISTS', KEYS[4 * c], rid) == 0 then return {'claimed', j} end
-    answered[c .. '|' .. rid] = true
-  elseif kind == 'call.ended' then
-    local waiting = redis.call('HGETALL', KEYS[4 * c])
-    local out = {'pending', j}
-    for i = 1, #waiting, 2 do
-      if not answered[c .. '|' .. waiting[i]] then
-        out[#out + 1] = waiting[i]
-        out[#out + 1] = waiting[i + 1]
-      end
+  local kind, rid, eid = ARGV[ev + W * j + 1], ARGV[ev + W * j + 4], ARGV[ev + W * j + 7]
+  if eid ~= '' then
+    local twin = firsts[c .. '|' .. eid]
+    if twin then
+      repeats[j] = -1 - twin
+    else
+      local known = redis.call('HGET', KEYS[5 * c], eid)
+      if known then repeats[j] = tonumber(known) else firsts[c .. '|' .. eid] = j end
     end
-    if #out > 2 then return out end
   end
-  if not first[c] then first[c] = j end
-  if kind == 'call.ended' then ended[c] = true end
+  if not repeats[j] then
+    if ended[c] then return {'ended', j} end
+    count[c] = count[c] + 1
+    if max_events > 0 and last[c] + count[c] > max_events and kind ~= 'call.ended' and kind ~= 'control.result' then
+      return {'events', j}
+    end
+    if kind == 'control.result' then
+      if answered[c .. '|' .. rid] or redis.call('HEXISTS', KEYS[5 * c - 1], rid) == 0 then return {'claimed', j} end
+      answered[c .. '|' .. rid] = true
+    elseif kind == 'call.ended' then
+      local waiting = redis.call('HGETALL', KEYS[5 * c - 1])
+      local out = {'pending', j}
+      for i = 1, #waiting, 2 do
+        if not answered[c .. '|' .. waiting[i]] then
+          out[#out + 1] = waiting[i]
+          out[#out + 1] = waiting[i + 1]
+        end
+      end
+      if #out > 2 then return out end
+    end
+    if not first[c] then first[c] = j end
+    if kind == 'call.ended' then ended[c] = true end
+  end
 end
--- The patches, merged in order on the calls' fragments: every limit checked before any write.
+-- The patches (of events not repeated), merged in order on the calls' fragments: every limit
+-- checked before any write.
 for j = 0, nevents - 1 do
   local c = tonumber(ARGV[ev + W * j])
   local patch = ARGV[ev + W * j + 6]
-  if patch ~= '' then
+  if patch ~= '' and not repeats[j] then
     if not mkeys[c] then
       mkeys[c], mvals[c], mgone[c] = {}, {}, {}
-      local fields = redis.call('HGETALL', KEYS[4 * c - 3])
+      local fields = redis.call('HGETALL', KEYS[5 * c - 4])
       for i = 1, #fields, 2 do
         if string.sub(fields[i], 1, 2) == 'm:' then
           local k = string.sub(fields[i], 3)
@@ -242,7 +260,7 @@ if max_live > 0 then
   local n = -1
   for c = 1, ncalls do
     local score = redis.call('ZSCORE', live_set, ARGV[11 + 3 * c])
-    if not ended[c] and (not score or tonumber(score) < cutoff) then
+    if first[c] and not ended[c] and (not score or tonumber(score) < cutoff) then
       if n < 0 then
         redis.call('ZREMRANGEBYSCORE', live_set, '-inf', '(' .. string.format('%d', cutoff))
         n = redis.call('ZCARD', live_set)
@@ -253,55 +271,67 @@ if max_live > 0 then
   end
 end
 local out = {'ok', ts}
-local unstored = {}
+local unstored, seqs = {}, {}
 for j = 0, nevents - 1 do
   local c = tonumber(ARGV[ev + W * j])
-  local kind, rid = ARGV[ev + W * j + 1], ARGV[ev + W * j + 4]
-  local state, stream = KEYS[4 * c - 3], KEYS[4 * c - 2]
-  local seq = string.format('%d', redis.call('HINCRBY', state, 'last_seq', 1))
-  redis.call('HSETNX', state, 'started_at', ts)
-  local data, marks, more = ARGV[ev + W * j + 3], '', ''
-  if ARGV[ev + W * j + 5] ~= '' then
-    marks, more = step(c, ARGV[ev + W * j + 5], now_ms)
-    if more ~= '' then data = string.sub(data, 1, -2) .. more .. '}' end
-  end
-  local frame = '{"type":' .. ARGV[ev + W * j + 2] .. ',"call_id":' .. ARGV[11 + 3 * c]
-    .. ',"seq":' .. seq .. ',"ts":' .. ts .. ',"data":' .. data .. '}'
-  local patched = ARGV[ev + W * j + 6] ~= ''
-  if patched then
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame, 'm', emeta[j])
+  local kind, rid, eid = ARGV[ev + W * j + 1], ARGV[ev + W * j + 4], ARGV[ev + W * j + 7]
+  local state, stream = KEYS[5 * c - 4], KEYS[5 * c - 3]
+  local seq, marks, patched = '', 'r', ''
+  if repeats[j] then
+    if repeats[j] > 0 then seq = string.format('%d', repeats[j]) else seq = seqs[-1 - repeats[j]] end
   else
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
+    seq = string.format('%d', redis.call('HINCRBY', state, 'last_seq', 1))
+    redis.call('HSETNX', state, 'started_at', ts)
+    local data, more = ARGV[ev + W * j + 3], ''
+    marks = ''
+    if ARGV[ev + W * j + 5] ~= '' then
+      marks, more = step(c, ARGV[ev + W * j + 5], now_ms)
+      if more ~= '' then data = string.sub(data, 1, -2) .. more .. '}' end
+    end
+    local id_field = ''
+    if eid ~= '' then
+      id_field = ',"id":"' .. eid .. '"'
+      redis.call('HSET', KEYS[5 * c], eid, seq)
+    end
+    local frame = '{"type":' .. ARGV[ev + W * j + 2] .. ',"call_id":' .. ARGV[11 + 3 * c]
+      .. ',"seq":' .. seq .. ',"ts":' .. ts .. id_field .. ',"data":' .. data .. '}'
+    if ARGV[ev + W * j + 6] ~= '' then
+      patched = emeta[j]
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame, 'm', patched)
+    else
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
+    end
+    local message = frame
+    if emeta[j] ~= '' then message = frame .. '\\n' .. emeta[j] end
+    redis.call('PUBLISH', ARGV[10 + 3 * c], message)
+    redis.call('PUBLISH', account_channel, message)
+    if kind ~= 'transcript.partial' then
+      redis.call('ZADD', KEYS[5 * c - 2], ts, seq)
+      unstored[c] = true
+    end
+    if kind == 'call.ended' then
+      redis.call('HSET', state, 'status', 'ended')
+    else
+      redis.call('HSET', state, 'status', 'live')
+    end
+    if kind == 'control.result' then
+      redis.call('HDEL', KEYS[5 * c - 1], rid)
+      redis.call('ZREM', deadlines, '["' .. rid .. '",' .. ARGV[12 + 3 * c])
+    elseif kind == 'control.requested' then
+      redis.call('HSET', KEYS[5 * c - 1], rid, cjson.decode(ARGV[ev + W * j + 3])['action'])
+      redis.call('ZADD', deadlines, string.format('%d', now_ms + control_ms), '["' .. rid .. '",' .. ARGV[12 + 3 * c])
+    end
   end
-  local message = frame
-  if emeta[j] ~= '' then message = frame .. '\\n' .. emeta[j] end
-  redis.call('PUBLISH', ARGV[10 + 3 * c], message)
-  redis.call('PUBLISH', account_channel, message)
-  if kind ~= 'transcript.partial' then
-    redis.call('ZADD', KEYS[4 * c - 1], ts, seq)
-    unstored[c] = true
-  end
-  if kind == 'call.ended' then
-    redis.call('HSET', state, 'status', 'ended')
-  else
-    redis.call('HSET', state, 'status', 'live')
-  end
-  if kind == 'control.result' then
-    redis.call('HDEL', KEYS[4 * c], rid)
-    redis.call('ZREM', deadlines, '["' .. rid .. '",' .. ARGV[12 + 3 * c])
-  elseif kind == 'control.requested' then
-    redis.call('HSET', KEYS[4 * c], rid, cjson.decode(ARGV[ev + W * j + 3])['action'])
-    redis.call('ZADD', deadlines, string.format('%d', now_ms + control_ms), '["' .. rid .. '",' .. ARGV[12 + 3 * c])
-  end
+  seqs[j] = seq
   out[#out + 1] = seq
   out[#out + 1] = marks
-  if patched then out[#out + 1] = emeta[j] else out[#out + 1] = '' end
+  out[#out + 1] = patched
 end
 for c = 1, ncalls do
   if mkeys[c] then
-    for k in pairs(mgone[c]) do redis.call('HDEL', KEYS[4 * c - 3], 'm:' .. k) end
-    for _, k in ipairs(mkeys[c]) do redis.call('HSET', KEYS[4 * c - 3], 'm:' .. k, mvals[c][k]) end
-    redis.call('HSET', KEYS[4 * c - 3], 'meta', meta[c])
+    for k in pairs(mgone[c]) do redis.call('HDEL', KEYS[5 * c - 4], 'm:' .. k) end
+    for _, k in ipairs(mkeys[c]) do redis.call('HSET', KEYS[5 * c - 4], 'm:' .. k, mvals[c][k]) end
+    redis.call('HSET', KEYS[5 * c - 4], 'meta', meta[c])
   end
 end
 local names = {'spk', 'fin', 'usr', 'ovr'}
@@ -309,27 +339,30 @@ for c = 1, ncalls do
   local kept = {spk[c] and int(spk[c]), fin[c] and int(fin[c]), usr[c] and int(usr[c]), ovr[c] and '1' or nil}
   for i = 1, 4 do
     if kept[i] ~= was[c][i] then
-      if kept[i] then redis.call('HSET', KEYS[4 * c - 3], names[i], kept[i])
-      else redis.call('HDEL', KEYS[4 * c - 3], names[i]) end
+      if kept[i] then redis.call('HSET', KEYS[5 * c - 4], names[i], kept[i])
+      else redis.call('HDEL', KEYS[5 * c - 4], names[i]) end
     end
   end
 end
 for c = 1, ncalls do
-  local ttl = live_ttl
-  if ended[c] then ttl = ended_ttl end
-  if holder ~= '' then redis.call('HSET', KEYS[4 * c - 3], 'holder', holder) end
-  redis.call('EXPIRE', KEYS[4 * c - 3], ttl)
-  redis.call('EXPIRE', KEYS[4 * c - 2], ttl)
-  redis.call('EXPIRE', KEYS[4 * c], ttl)
-  if unstored[c] then
-    redis.call('EXPIRE', KEYS[4 * c - 1], ttl)
-    redis.call('ZADD', index, 'NX', ts, KEYS[4 * c - 3])
-  end
-  if max_live > 0 then
-    if ended[c] then
-      redis.call('ZREM', live_set, ARGV[11 + 3 * c])
-    else
-      redis.call('ZADD', live_set, ts, ARGV[11 + 3 * c])
+  if first[c] then
+    local ttl = live_ttl
+    if ended[c] then ttl = ended_ttl end
+    if holder ~= '' then redis.call('HSET', KEYS[5 * c - 4], 'holder', holder) end
+    redis.call('EXPIRE', KEYS[5 * c - 4], ttl)
+    redis.call('EXPIRE', KEYS[5 * c - 3], ttl)
+    redis.call('EXPIRE', KEYS[5 * c - 1], ttl)
+    redis.call('EXPIRE', KEYS[5 * c], ttl)
+    if unstored[c] then
+      redis.call('EXPIRE', KEYS[5 * c - 2], ttl)
+      redis.call('ZADD', index, 'NX', ts, KEYS[5 * c - 4])
+    end
+    if max_live > 0 then
+      if ended[c] then
+        redis.call('ZREM', live_set, ARGV[11 + 3 * c])
+      else
+        redis.call('ZADD', live_set, ts, ARGV[11 + 3 * c])
+      end
     end
   end
 end
@@ -375,11 +408,13 @@ end
 return due
 """
 
-# KEYS: state hash, log stream. ARGV: status, last_seq, started_at ('' if none), live, ended ttl,
-# metadata ('' if none, else as a patch: see _PUBLISH).
+# KEYS: state hash, log stream, ids hash. ARGV: status, last_seq, started_at ('' if none), live,
+# ended ttl, metadata ('' if none, else as a patch: see _PUBLISH), then the ids the store holds of
+# the call's events: id, seq, id, seq…
 # The log wins over the store when it holds a later seq (the store writes behind the broker).
 _SEED: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 local last = tonumber(ARGV[2])
 local tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #tail > 0 then
@@ -399,6 +434,7 @@ end
 local ttl = ARGV[4]
 if ARGV[1] == 'ended' then ttl = ARGV[5] end
 redis.call('EXPIRE', KEYS[1], ttl)
+if #ARGV > 6 then redis.call('EXPIRE', KEYS[3], ttl) end
 return 1
 """
 
@@ -592,7 +628,7 @@ class RedisBroker(Broker):
         keys = [
             self._call_key(account, cid, suffix)
             for cid in call_ids
-            for suffix in ("state", "log", "unstored", "ctl")
+            for suffix in ("state", "log", "unstored", "ctl", "ids")
         ]
         keys += [self._account_key(account, "live"), self._unstored.index_key, self._deadlines]
         args: list[str | int] = [
@@ -618,7 +654,7 @@ class RedisBroker(Broker):
             request_id = str(new.data.get("request_id", "")) if new.type in _CONTROL_TYPES else ""
             args += [
                 position[new.call_id], new.type, type_json, data_json, request_id, role(new.type, new.data),
-                _patch_arg(new.data["metadata"]) if "metadata" in new.data else "",
+                _patch_arg(new.data["metadata"]) if "metadata" in new.data else "", new.id or "",
             ]
         for _ in range(len(call_ids) + 2):
             reply = await self._command(self._publish_script(keys=keys, args=args))
@@ -634,12 +670,16 @@ class RedisBroker(Broker):
             out: list[Event] = []
             replies = zip(events, fragments, reply[2::3], reply[3::3], reply[4::3], strict=True)
             for new, (tj, dj), seq, measured, meta in replies:
+                if measured == b"r":  # its id was in the call: the seq it got the first time
+                    out.append(repeat_of(new, account, int(seq)))
+                    continue
                 marks = _marks(measured) if measured else None
                 if marks is not None and (marks.latency_ms is not None or marks.interrupted):
                     marks.write_into(new.data)  # as the script appended them to the frame's data
                     dj = orjson.dumps(new.data).decode()
-                frame = f'{{"type":{tj},"call_id":{call_json[new.call_id]},"seq":{int(seq)},"ts":{ts},"data":{dj}}}'
-                event = Event(account, new.call_id, int(seq), ts, new.type, new.data, frame=frame, marks=marks)
+                id_field = "" if new.id is None else f',"id":"{new.id}"'  # as the script writes it
+                frame = f'{{"type":{tj},"call_id":{call_json[new.call_id]},"seq":{int(seq)},"ts":{ts}{id_field},"data":{dj}}}'
+                event = Event(account, new.call_id, int(seq), ts, new.type, new.data, frame=frame, marks=marks, id=new.id)
                 event.meta = _metadata_of(meta) if meta else None  # what the store keeps of a patch
                 out.append(event)
             return out
@@ -666,10 +706,12 @@ class RedisBroker(Broker):
         """Give Redis the store's view of a call it does not know, unless another node just did."""
         assert self._load_call is not None
         state = await self._load_call(account, call_id) or CallState("pending", 0)
-        keys = [self._call_key(account, call_id, "state"), self._call_key(account, call_id, "log")]
+        keys = [self._call_key(account, call_id, suffix) for suffix in ("state", "log", "ids")]
         started = "" if state.started_at is None else str(state.started_at)
         metadata = "" if state.metadata is None else _patch_arg(state.metadata)
         args: list[str | int] = [state.status, state.last_seq, started, self._live_ttl, self._ended_ttl, metadata]
+        for event_id, seq in (state.ids or {}).items():
+            args += [event_id, seq]
         await self._command(self._seed_script(keys=keys, args=args))
 
     # ---- unstored events (`redis_unstored`) ------------------------------------------------
@@ -801,7 +843,7 @@ class RedisBroker(Broker):
         """Rebuild an Event around its frame, keeping the frame's bytes as they are."""
         body = orjson.loads(frame)
         return Event(
-            account, body["call_id"], body["seq"], body["ts"], body["type"], body["data"], frame=frame
+            account, body["call_id"], body["seq"], body["ts"], body["type"], body["data"], frame=frame, id=body.get("id")
         )
 
     @classmethod

@@ -24,20 +24,20 @@ from callstream.broker.redis_sockets import Runner
 __all__ = ["CALL_SUFFIXES", "Eraser", "erased_calls"]
 
 #: The suffixes of a call's keys (`RedisBroker._call_key`), in the order the script takes them.
-CALL_SUFFIXES: Final = ("state", "log", "unstored", "ctl", "repairing")
+CALL_SUFFIXES: Final = ("state", "log", "unstored", "ctl", "repairing", "ids")
 
-# KEYS: per call, its keys in the order of CALL_SUFFIXES (in fives); then the account's live set,
+# KEYS: per call, its keys in the order of CALL_SUFFIXES (in sixes); then the account's live set,
 #       the unstored index and the control deadlines' set.
 # ARGV: the erased channel, the message; then per call: its member in the live set (the call id
 #       as JSON) and the tail its deadline members end with (`redis._PUBLISH`).
 # A call's member in the unstored index is the name of its state hash. Its deadline members are
 # looked for only while its control hash exists (requests wait): an ended call has none.
 _ERASE: Final = """
-local n = (#KEYS - 3) / 5
+local n = (#KEYS - 3) / 6
 local live, index, deadlines = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
 local due = nil
 for c = 1, n do
-  if redis.call('EXISTS', KEYS[5 * c - 1]) == 1 then
+  if redis.call('EXISTS', KEYS[6 * c - 2]) == 1 then
     due = due or redis.call('ZRANGE', deadlines, 0, -1)
     local tail = ARGV[2 + 2 * c]
     for _, member in ipairs(due) do
@@ -45,8 +45,8 @@ for c = 1, n do
     end
   end
   redis.call('ZREM', live, ARGV[1 + 2 * c])
-  redis.call('ZREM', index, KEYS[5 * c - 4])
-  redis.call('DEL', KEYS[5 * c - 4], KEYS[5 * c - 3], KEYS[5 * c - 2], KEYS[5 * c - 1], KEYS[5 * c])
+  redis.call('ZREM', index, KEYS[6 * c - 5])
+  redis.call('DEL', KEYS[6 * c - 5], KEYS[6 * c - 4], KEYS[6 * c - 3], KEYS[6 * c - 2], KEYS[6 * c - 1], KEYS[6 * c])
 end
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return n

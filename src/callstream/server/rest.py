@@ -107,7 +107,7 @@ def json_body(schema: dict[str, Any], **examples: Any) -> dict[str, Any]:
     response_model=PublishResponse,
     openapi_extra=json_body(
         {
-            "description": f"one event {{type, data}} or an array of at most {p.MAX_BATCH_EVENTS}",
+            "description": f"one event {{type, data, id?}} or an array of at most {p.MAX_BATCH_EVENTS}; an id its call holds answers its first seq",
             "oneOf": [
                 {"type": "object"},
                 {"type": "array", "items": {"type": "object"}, "maxItems": p.MAX_BATCH_EVENTS},
@@ -347,6 +347,8 @@ async def get_events(
     events, more = await store.events_page(principal.account, call_id, since, limit)
     body = [
         {"type": e.type, "call_id": call_id, "seq": e.seq, "ts": e.ts, "data": e.data}
+        if e.id is None
+        else {"type": e.type, "call_id": call_id, "seq": e.seq, "ts": e.ts, "id": e.id, "data": e.data}
         for e in events
         if e.type != PARTIAL
     ]

@@ -7,11 +7,13 @@ The route of an event. REST, the ingest socket (and therefore `Publisher`) all c
    `events.check_payload`); here a call the store refused takes no more events;
 2. enrich: personal data redacted (`pii.redact_event`, when `--redact` names kinds: the original
    text goes no further), then sentiment on finals (pure functions, before anything is sequenced);
-3. sequence: `Broker.publish` gives each event its seq and ts, measures the call's turns at that
-   ts (`turns.TurnTracker`, which writes `latency_ms` and `interrupted` into the events: where
-   seq and ts are assigned, so every node and every replay carries the same figures) and keeps
-   it in the replay log, once the calls' earlier events that a commit failed to store are stored
-   (`HistoryRepair`: from the broker's log, when the store is back);
+3. sequence: `Broker.publish` answers an event whose `id` its call holds with the seq it got
+   the first time (a repeat: nothing more of it is done, `broker.ids`), gives each other event
+   its seq and ts, measures the call's turns at that ts (`turns.TurnTracker`, which writes
+   `latency_ms` and `interrupted` into the events: where seq and ts are assigned, so every node
+   and every replay carries the same figures) and keeps it in the replay log, once the calls'
+   earlier events that a commit failed to store are stored (`HistoryRepair`: from the broker's
+   log, when the store is back);
 4. append: `SqlStore.append` queues it for the next commit and returns a future, durable when
    it resolves; the store knows nothing of what follows (it tells `HistoryRepair` which events
    each commit stored or failed to store);
@@ -72,7 +74,9 @@ class Closable(Protocol):
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = SqlStore(database_url(settings.database, settings.data_dir))
+        self.store = SqlStore(
+            database_url(settings.database, settings.data_dir), ids_after_end_s=settings.history_ttl_s
+        )
         quotas = Quotas(settings.quota_live_calls, settings.quota_events_per_call, settings.quota_sockets)
         self.broker: Broker = create_broker(
             settings.broker,
@@ -161,10 +165,14 @@ class Runtime:
         if self.history.broken:
             await self.history.repair_first(account, events)
         sequenced, added = await self._sequence(account, events, holder)
-        metrics.count_sequenced(sequenced)
-        durable = self.store.append(sequenced)
+        # Repeats (an id the call holds: `broker.ids`) answer their first seq; nothing else of
+        # them is stored or sent. Their future is the next commit's, which every earlier append
+        # of this node is part of (or before).
+        fresh = [e for e in sequenced if not e.repeat] if any(e.repeat for e in sequenced) else sequenced
+        metrics.count_sequenced(fresh)
+        durable = self.store.append(fresh)
         if not self.broker.fans_out_on_publish:
-            durable.add_done_callback(functools.partial(self._stored, sequenced))
+            durable.add_done_callback(functools.partial(self._stored, fresh))
         if added:
             sequenced = [e for i, e in enumerate(sequenced) if i not in added]
         return sequenced, durable
@@ -263,7 +271,7 @@ class Runtime:
             if not stored:
                 break
             since = stored[-1].seq
-            page = [Event(account, call_id, s.seq, s.ts, s.type, s.data) for s in stored]
+            page = [Event(account, call_id, s.seq, s.ts, s.type, s.data, id=s.id) for s in stored]
             del stored
             yield page
             del page  # before the next page is read: one page in memory at a time

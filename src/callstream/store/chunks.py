@@ -24,7 +24,7 @@ from callstream.store.rows import CHUNK_COLUMNS, MAX_CHUNK_BYTES, MAX_CHUNK_EVEN
 
 __all__ = [
     "CHUNK_COLUMNS", "MAX_CHUNK_BYTES", "MAX_CHUNK_EVENTS", "CallEvents", "ChunkRow", "FinalRow", "StoredEvent",
-    "by_call", "chunk_rows", "events_in", "final_rows", "finals_of",
+    "by_call", "chunk_rows", "events_in", "final_rows", "finals_of", "ids_in",
 ]
 
 ChunkRow = tuple[str, str, int, int, str]  # CHUNK_COLUMNS
@@ -37,6 +37,7 @@ class StoredEvent:
     ts: int
     type: str
     data: dict[str, Any]
+    id: str | None = None  # the producer's (idempotent publish)
 
 
 _seq = attrgetter("seq")
@@ -122,5 +123,19 @@ def events_in(
                 continue
             if wanted is not None and frame["type"] not in wanted:
                 continue
-            found.setdefault(seq, StoredEvent(seq, frame["ts"], frame["type"], frame["data"]))
+            found.setdefault(seq, StoredEvent(seq, frame["ts"], frame["type"], frame["data"], frame.get("id")))
     return [found[seq] for seq in sorted(found)]
+
+
+def ids_in(chunks: Iterable[str]) -> dict[str, int]:
+    """The producers' ids of the events in `chunks` (id → seq): what a call remembers of its
+    ids once a node loads it again. A chunk none of whose frames has one is not decoded."""
+    ids: dict[str, int] = {}
+    for chunk in chunks:
+        if '"id":' not in chunk:
+            continue
+        for frame in orjson.loads(chunk):
+            event_id = frame.get("id")
+            if event_id is not None:
+                ids.setdefault(event_id, frame["seq"])
+    return ids

@@ -43,6 +43,7 @@ from callstream.store.chunks import (
     chunk_rows,
     events_in,
     final_rows,
+    ids_in,
 )
 from callstream.store.fold import Fold, FoldError, JournalFolder
 from callstream.store.journal import (
@@ -278,8 +279,11 @@ def hash_secret(secret: str) -> str:
 
 
 class SqlStore:
-    def __init__(self, url: str, *, batch_max: int = 5000) -> None:
+    def __init__(self, url: str, *, batch_max: int = 5000, ids_after_end_s: float = 3600.0) -> None:
+        """`ids_after_end_s`: how long after its end a call loaded again (`call_state`) still
+        comes with its events' ids (idempotent publish): the replay window of ended calls."""
         self.url = url
+        self._ids_after_end_ms = int(ids_after_end_s * 1000)
         self.dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
         self.engine: AsyncEngine = self._make_engine(url)
         self._pending: list[_Pending] = []
@@ -556,6 +560,13 @@ class SqlStore:
                 try:
                     async with self.engine.connect() as conn:
                         rows = (await conn.execute(self._call_states, {"account": account, "ids": chunk})).all()
+                        found = {
+                            row.call_id: CallState(
+                                row.status, row.last_seq, row.started_at, _metadata_of(row._mapping["metadata"])
+                            )
+                            for row in rows
+                        }
+                        await self._with_ids(conn, account, found, [r.call_id for r in rows if self._keeps_ids(r)])
                 except Exception as exc:
                     for call_id in chunk:
                         future = wanted[(account, call_id)]
@@ -563,10 +574,6 @@ class SqlStore:
                             future.set_exception(unavailable(exc))
                             future.exception()  # retrieved: each waiter re-raises it
                     continue
-                found = {
-                    row.call_id: CallState(row.status, row.last_seq, row.started_at, _metadata_of(row._mapping["metadata"]))
-                    for row in rows
-                }
                 for call_id in chunk:
                     future = wanted[(account, call_id)]
                     if not future.done():
@@ -575,7 +582,29 @@ class SqlStore:
     @functools.cached_property
     def _call_states(self) -> Any:
         c = t.calls.c
-        return sa.select(c.call_id, c.status, c.last_seq, c.started_at, c["metadata"]).where(
+        return sa.select(c.call_id, c.status, c.last_seq, c.started_at, c.ended_at, c["metadata"]).where(
+            c.account == sa.bindparam("account"), c.call_id.in_(sa.bindparam("ids", expanding=True))
+        )
+
+    def _keeps_ids(self, row: Any) -> bool:
+        """Whether a call loaded again still remembers its ids: live, or ended within the window."""
+        return row.status != "ended" or (row.ended_at or 0) >= now_ms() - self._ids_after_end_ms
+
+    async def _with_ids(self, conn: AsyncConnection, account: str, found: dict[str, CallState], call_ids: list[str]) -> None:
+        """Give the states of `call_ids` their events' ids, read from the calls' stored frames (one
+        query): so a node that restarted answers a resend with the seq it got before it died."""
+        if not call_ids:
+            return
+        chunks: dict[str, list[str]] = {call_id: [] for call_id in call_ids}
+        for row in await conn.execute(self._call_chunks, {"account": account, "ids": call_ids}):
+            chunks[row.call_id].append(row.events)
+        for call_id, held in chunks.items():
+            found[call_id].ids = ids_in(held) or None
+
+    @functools.cached_property
+    def _call_chunks(self) -> Any:
+        c = t.event_chunks.c
+        return sa.select(c.call_id, c.events).where(
             c.account == sa.bindparam("account"), c.call_id.in_(sa.bindparam("ids", expanding=True))
         )
 
