@@ -67,6 +67,7 @@ EndedHook = Callable[[AsyncConnection, Event], Awaitable[None]]
 # A page of stored events stops once its chunks hold this much (at least one event comes).
 PAGE_MAX_BYTES = 8 * 1024 * 1024
 _LOOK_UP_CHUNK = 500  # call ids per look-up query (SQLite allows 32,766 parameters; stay far below)
+_ID_CHUNKS_AT_ONCE = 16  # stored chunks decoded at a time for a call's ids (at most 1 MiB each)
 
 
 class StoreUnavailableError(UnavailableError):
@@ -592,20 +593,28 @@ class SqlStore:
 
     async def _with_ids(self, conn: AsyncConnection, account: str, found: dict[str, CallState], call_ids: list[str]) -> None:
         """Give the states of `call_ids` their events' ids, read from the calls' stored frames (one
-        query): so a node that restarted answers a resend with the seq it got before it died."""
+        query): so a node that restarted answers a resend with the seq it got before it died. Only
+        chunks that may hold an id are read, streamed a few at a time: a long call is never held
+        in memory whole (its ids are)."""
         if not call_ids:
             return
-        chunks: dict[str, list[str]] = {call_id: [] for call_id in call_ids}
-        for row in await conn.execute(self._call_chunks, {"account": account, "ids": call_ids}):
-            chunks[row.call_id].append(row.events)
-        for call_id, held in chunks.items():
-            found[call_id].ids = ids_in(held) or None
+        ids: dict[str, dict[str, int]] = {}
+        result = await conn.stream(self._call_chunks, {"account": account, "ids": call_ids})
+        async for partition in result.partitions(_ID_CHUNKS_AT_ONCE):
+            for row in partition:
+                held = ids.setdefault(row.call_id, {})
+                for event_id, seq in ids_in((row.events,)).items():
+                    held.setdefault(event_id, seq)
+        for call_id in call_ids:
+            found[call_id].ids = ids.get(call_id) or None
 
     @functools.cached_property
     def _call_chunks(self) -> Any:
         c = t.event_chunks.c
         return sa.select(c.call_id, c.events).where(
-            c.account == sa.bindparam("account"), c.call_id.in_(sa.bindparam("ids", expanding=True))
+            c.account == sa.bindparam("account"),
+            c.call_id.in_(sa.bindparam("ids", expanding=True)),
+            c.events.contains('"id":', autoescape=True),
         )
 
     @staticmethod
