@@ -21,7 +21,7 @@ test: $(STAMP)  ## the whole test suite: lint, types, the docs site, unit, end-t
 	$(BIN)/ruff check src tests tools
 	$(BIN)/mypy
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # not --quiet: it would hide the warnings that --strict fails on
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 4 --dist loadfile  # 4 workers, a test file each: most tests wait on servers
 
 docs: $(STAMP)  ## the documentation site, served at http://127.0.0.1:8000 while you edit docs/
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
