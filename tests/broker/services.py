@@ -22,7 +22,14 @@ from tests.helpers import run_async
 REDIS_URL = os.environ.get("CALLSTREAM_TEST_REDIS", "redis://127.0.0.1:6379/0")
 # Server processes have no key prefix of their own: theirs is a database apart from the broker
 # tests' prefixed keys (their tests keep apart by accounts and call ids of their own).
-NODES_REDIS_URL = os.environ.get("CALLSTREAM_TEST_NODES_REDIS", REDIS_URL.rsplit("/", 1)[0] + "/3")
+# A cluster is its nodes, one Redis database and one PostgreSQL database. Tests in parallel
+# workers (pytest-xdist) each get a Redis database of their own (3, 4, …): the control deadlines
+# and the live sets are a cluster's, and two clusters on one Redis database would time out each
+# other's requests.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+NODES_REDIS_URL = os.environ.get(
+    "CALLSTREAM_TEST_NODES_REDIS", REDIS_URL.rsplit("/", 1)[0] + f"/{3 + _WORKER}"
+)
 PG_ADMIN_URL = os.environ.get("CALLSTREAM_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 
 

@@ -1034,7 +1034,7 @@ function banner(text, kind = "warn", action = null, onAction = null) {
 
 function sessionExpired() {
   session.clear();
-  if (stream) stream.close();
+  if (stream) stream.expire(); // ended as the server would end it: token_expired, no reconnect
   showConn("token_expired");
 }
 

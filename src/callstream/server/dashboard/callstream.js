@@ -597,6 +597,15 @@ export class CallStream extends EventTarget {
     this._emit("token_expired", {});
   }
 
+  /**
+   * End the connection because the session ended (the page learned it first, say from a REST
+   * answer): as when the server closes with 4001, the state becomes `token_expired` and the
+   * client does not reconnect. Nothing happens if it has already ended so.
+   */
+  expire() {
+    if (this.state !== States.TOKEN_EXPIRED) this._tokenExpired();
+  }
+
   /** Reconnect now (e.g. the browser came back online), skipping the backoff wait. */
   reconnectNow() {
     if (this._stopped || this._isOpen()) return;
