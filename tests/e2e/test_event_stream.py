@@ -243,6 +243,7 @@ async def test_an_overflowing_stream_ends_with_slow_consumer_and_resumes_without
     assert delivered == list(range(1, len(delivered) + 1))
     assert len(delivered) < 400
     async with open_stream(fresh_server.url, calls(a), key, {"Last-Event-ID": str(cursor)}) as stream:
+        await asyncio.sleep(1.0)  # the replay fills what the kernel holds and then waits for the reader
         rest = await stream.until("subscribed", timeout=20)
     assert seqs(rest, a) == list(range(len(delivered) + 1, 401))
 

@@ -202,6 +202,7 @@ class SseConnection(EventsConnection):
                     chunk, count, self._held, self._held_count = self._held, self._held_count, b"", 0
                     await self._body(chunk)
                     metrics.EVENTS_DELIVERED.inc(count)
+                    self._made_room()  # a replay may be waiting for this write
                     continue
                 if not outbox.queued_bytes:
                     if self._idle:
