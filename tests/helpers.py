@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from callstream.simulate import REFERENCE_DAY, _plan
 from callstream.store import SqlStore
 
-ALL_SCOPES = "publish,subscribe,control,admin"
+ALL_SCOPES = "publish,subscribe,control,listen,admin"
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from callstream.events import is_valid_call_id
-from callstream.protocol import ErrorCode, ProtocolError
+from callstream.protocol import ErrorCode, ProtocolError, server_message
 
 __all__ = [
     "CODECS",
@@ -34,8 +34,10 @@ __all__ = [
     "AudioFrame",
     "check_payload",
     "encode_frame",
+    "listening_message",
     "parse_format",
     "parse_frame",
+    "unlistened_message",
 ]
 
 VERSION: Final = 1
@@ -160,3 +162,37 @@ def encode_frame(track: int, call_id: str, ms: int, payload: bytes) -> bytes:
         raise ValueError(f"a payload holds 1 to {MAX_PAYLOAD_BYTES} bytes")
     name = call_id.encode("ascii")
     return _HEAD.pack(VERSION, track, len(name)) + name + _MS.pack(ms) + payload
+
+
+# ---- server → listener messages --------------------------------------------------------------
+
+
+def listening_message(call_id: str, fmt: AudioFormat) -> bytes:
+    """`listening`: the call's audio follows, in `fmt` (sent again when the format changes)."""
+    return server_message("listening", call_id, fmt.data())
+
+
+def unlistened_message(call_id: str, reason: str | None = None) -> bytes:
+    """`unlistened`: no more audio of the call (after `unlisten`, or `reason: "ended"`)."""
+    data: dict[str, Any] = {"call_id": call_id}
+    if reason is not None:
+        data["reason"] = reason
+    return server_message("unlistened", call_id, data)
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented BINARY WebSocket frame (RFC 6455 §5.2) holding `payload`:
+    built once per audio frame, the same bytes for every listener."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x82, length)) + payload
+    if length < 65536:
+        return struct.pack("!BBH", 0x82, 126, length) + payload
+    return struct.pack("!BBQ", 0x82, 127, length) + payload
+
+
+def binary_payload(frame: bytes) -> bytes:
+    """The payload inside a frame built by `binary_frame` (for the plain-ASGI fallback)."""
+    marker = frame[1]
+    offset = 2 if marker < 126 else 4 if marker == 126 else 10
+    return frame[offset:]

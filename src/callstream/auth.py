@@ -25,9 +25,9 @@ import jwt
 
 from callstream.store.sql import KeyRecord, SqlStore, StoreUnavailableError
 
-SCOPES: Final = frozenset({"publish", "subscribe", "control", "admin"})
-# What a browser JWT may carry: `subscribe` always, `control` when its minting key has it.
-TOKEN_SCOPES: Final = frozenset({"subscribe", "control"})
+SCOPES: Final = frozenset({"publish", "subscribe", "control", "listen", "admin"})
+# What a browser JWT may carry: `subscribe` always, `control` and `listen` when its minting key has them.
+TOKEN_SCOPES: Final = frozenset({"subscribe", "control", "listen"})
 ALGORITHM: Final = "HS256"
 LEEWAY_S: Final = 5
 _CACHE_TTL_S: Final = 2.0
@@ -316,7 +316,8 @@ class Authenticator:
             raise AuthError("the key that minted this token was revoked")
         calls = claims.get("calls")
         session_end = claims.get("session_exp")
-        # `control` only while the minting key still has it: narrowing a key narrows its tokens.
+        # `control` and `listen` only while the minting key still has them: narrowing a key
+        # narrows its tokens.
         scopes = (token_scopes(claims) or frozenset()) & (minted_by.scopes | {"subscribe"})
         return Principal(
             claims["sub"],

@@ -133,7 +133,10 @@ class Limits:
         ingest_burst: int,
         control_rate: float = 5.0,
         control_burst: int = 10,
+        audio_rate: float = 0.0,
+        audio_burst: int = 1,
     ) -> None:
         self.connections = ConnectionLimiter(per_key, per_account)
         self.ingest = IngestLimiter(ingest_rate, ingest_burst)
         self.control = IngestLimiter(control_rate, control_burst, what="control requests")
+        self.audio = IngestLimiter(audio_rate, audio_burst, what="audio frames")

@@ -16,6 +16,11 @@ CALLS_ENDED = Counter("callstream_calls_ended", "Calls that ended (call.ended ac
 EVENTS_DELIVERED = Counter("callstream_events_delivered", "Event frames sent to subscribers")
 PARTIALS_DROPPED = Counter("callstream_partials_dropped", "Superseded partials dropped for slow consumers")
 SLOW_CONSUMERS = Counter("callstream_slow_consumers", "Connections closed as slow consumers")
+AUDIO_FRAMES_RECEIVED = Counter("callstream_audio_frames_received", "Audio frames accepted from producers on this node")
+AUDIO_FRAMES_SENT = Counter("callstream_audio_frames_sent", "Audio frames queued for listeners on this node")
+AUDIO_FRAMES_DROPPED = Counter(
+    "callstream_audio_frames_dropped", "Audio frames dropped, oldest first, for listeners that fell behind"
+)
 CONNECTIONS = Gauge("callstream_connections", "Open WebSocket connections", ["endpoint"])
 CLIENT_ERRORS = Counter("callstream_client_errors", "Errors sent to clients", ["code"])
 # Turns (turns.py) of the events this node sequenced: every node counts its own, so the cluster's

@@ -65,7 +65,7 @@ class CloseCode(IntEnum):
 MAX_BATCH_EVENTS: Final = 1000
 
 WILDCARD: Final = "*"
-CLIENT_TYPES: Final = frozenset({"subscribe", "unsubscribe", "auth", "ping", "control"})
+CLIENT_TYPES: Final = frozenset({"subscribe", "unsubscribe", "auth", "ping", "control", "listen", "unlisten"})
 
 
 class ProtocolError(Exception):
@@ -116,7 +116,19 @@ class Control:
     ref: Any = None
 
 
-ClientMessage = Subscribe | Unsubscribe | Auth | Ping | Control
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Hear a call's audio live (docs/protocol.md, Live audio); `listen` scope."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unlisten:
+    call_id: str
+
+
+ClientMessage = Subscribe | Unsubscribe | Auth | Ping | Control | Listen | Unlisten
 
 
 def decode_json(raw: str | bytes) -> Any:
@@ -192,6 +204,10 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
         return Unsubscribe(_call_id_of(obj, allow_wildcard=True))
     if kind == "control":
         return _control_of(obj)
+    if kind in ("listen", "unlisten"):
+        if obj.get("call_id") == WILDCARD:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{kind} takes one call id, not '*'", WILDCARD)
+        return (Listen if kind == "listen" else Unlisten)(_call_id_of(obj, allow_wildcard=False))
     call_id = _call_id_of(obj, allow_wildcard=True)
     return Subscribe(call_id, _since_of(obj, call_id), _types_of(obj, call_id), _where_of(obj, call_id))
 

@@ -98,6 +98,16 @@ class Settings(BaseSettings):
         10_000.0, ge=0, description="events per second per API key, REST and /v1/ingest together; 0: no limit"
     )
     ingest_burst: int = Field(20_000, ge=1, description="events a key may send at once above ingest_rate")
+    audio_rate: float = Field(
+        20_000.0, ge=0, description="audio frames per second per API key on /v1/ingest (apart from events); 0: no limit"
+    )
+    audio_burst: int = Field(40_000, ge=1, description="audio frames a key may send at once above audio_rate")
+    listen_buffer_bytes: int = Field(
+        256 * 1024,
+        ge=16 * 1024,
+        le=64 * 1024 * 1024,
+        description="audio buffered per listening socket: past it the oldest is dropped; losing as much again without catching up: slow_consumer",
+    )
     listen_backlog: int = Field(
         16_384,
         ge=1,

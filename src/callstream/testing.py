@@ -48,7 +48,7 @@ __all__ = [
     "transcript_partial",
 ]
 
-ALL_SCOPES = ("publish", "subscribe", "control", "admin")
+ALL_SCOPES = ("publish", "subscribe", "control", "listen", "admin")
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,7 +76,7 @@ def test_keys_create_json_list_and_revoke(tmp_path: Path) -> None:
     assert set(by_id) == {key["id"], default["id"]}
     assert by_id[key["id"]]["account"] == "acme"
     assert by_id[key["id"]]["scopes"] == ["subscribe"]
-    assert by_id[default["id"]]["scopes"] == ["admin", "control", "publish", "subscribe"]  # all of them by default
+    assert by_id[default["id"]]["scopes"] == ["admin", "control", "listen", "publish", "subscribe"]  # all of them by default
     assert by_id[key["id"]]["revoked_at"] is None
     assert key["key"] not in listed.stdout  # secrets are shown once
     assert default["key"] not in listed.stdout

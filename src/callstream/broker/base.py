@@ -19,6 +19,7 @@ from callstream.metadata import Metadata, MetadataError, merge
 Deliver = Callable[[Sequence[Event]], None]  # a batch, in per-call seq order
 Relayed = Callable[[str, bytes], None]  # a control request for a producer socket of this node: (its id, frame)
 Erased = Callable[[str, Sequence[str]], None]  # calls erased: (account, their ids)
+AudioHeard = Callable[[str, str, bytes], None]  # a node's audio message on a call's channel: (account, call_id, it)
 
 #: A live call idle this long is forgotten by the broker (and stops counting as live); the store
 #: still has it, and its next event brings it back.
@@ -211,6 +212,9 @@ class Broker(abc.ABC):
     #: Called on every node, this one included, once calls were erased (`erase`): the node drops
     #: whatever it still keeps of them.
     on_erased: Erased | None = None
+    #: Called with each audio message another node published on a call this node listens to
+    #: (`listen_audio`); live only, nothing of it is kept.
+    on_audio: AudioHeard | None = None
     _deliver: Deliver | None = None
     _load_call: CallLoader | None = None
 
@@ -346,6 +350,25 @@ class Broker(abc.ABC):
 
     async def unwatch(self, account: str, call_id: str) -> None:  # noqa: B027 - optional hook
         """The node's last subscriber for the call (or '*') left."""
+
+    # ---- live audio (docs/protocol.md, Live audio; server/audio_desk.py) -------------------
+
+    @property
+    def relays_audio(self) -> bool:
+        """True when audio must cross nodes (`publish_audio`); one process hears its own directly."""
+        return False
+
+    def publish_audio(  # noqa: B027 - optional hook
+        self, account: str, call_id: str, message: bytes, *, always: bool = False
+    ) -> None:
+        """Hand an audio message to the nodes listening to the call; never waits, may drop
+        (audio is live only: late is lost) unless `always` (a call's end)."""
+
+    async def listen_audio(self, account: str, call_id: str) -> None:  # noqa: B027 - optional hook
+        """This node has a listener of the call: hear what other nodes publish (`on_audio`)."""
+
+    async def unlisten_audio(self, account: str, call_id: str) -> None:  # noqa: B027 - optional hook
+        """This node's last listener of the call left."""
 
     @property
     def healthy(self) -> bool:

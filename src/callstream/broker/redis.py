@@ -58,6 +58,7 @@ from callstream.broker.base import (
     RepairNeededError,
     Unstored,
 )
+from callstream.broker.redis_audio import AudioChannels
 from callstream.broker.redis_erase import Eraser, erased_calls
 from callstream.broker.redis_sockets import SocketCounter
 from callstream.broker.redis_unstored import UnstoredLedger
@@ -536,6 +537,7 @@ class RedisBroker(Broker):
             lambda account: [self._account_key(account, "live"), self._unstored.index_key, self._deadlines],
             self._command,
         )
+        self._audio = AudioChannels(self._redis, lambda a, c: self._call_key(a, c, "au"), self._command)
         self._watches: dict[str, _Watch] = {}
         self._inflight: dict[str, int] = {}  # SUBSCRIBEs sent, confirmation not read yet
         self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -557,6 +559,7 @@ class RedisBroker(Broker):
         self._tasks = [
             asyncio.create_task(self._subscriber_forever(), name="redis-broker-subscriber"),
             asyncio.create_task(self._ping_forever(), name="redis-broker-ping"),
+            asyncio.create_task(self._audio.send_forever(), name="redis-broker-audio"),
         ]
         try:
             await asyncio.wait_for(self._connected.wait(), self._watch_timeout_s)
@@ -885,6 +888,35 @@ class RedisBroker(Broker):
             del self._watches[channel]
             await self._send_subscription("UNSUBSCRIBE", channel)
 
+    # ---- live audio (`redis_audio`) -----------------------------------------------------------
+
+    @property
+    def relays_audio(self) -> bool:
+        return True
+
+    def publish_audio(self, account: str, call_id: str, message: bytes, *, always: bool = False) -> None:
+        self._audio.publish(account, call_id, message, always=always)
+
+    async def listen_audio(self, account: str, call_id: str) -> None:
+        channel = self._audio.watch(account, call_id)
+        if channel is not None:
+            await self._send_raw("SUBSCRIBE", channel)
+
+    async def unlisten_audio(self, account: str, call_id: str) -> None:
+        channel = self._audio.unwatch(account, call_id)
+        if channel is not None:
+            await self._send_raw("UNSUBSCRIBE", channel)
+
+    async def _send_raw(self, command: str, channel: str) -> None:
+        """On the pub/sub connection if it is up (a reconnect subscribes what is listened)."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            await conn.send_command(command, channel, check_health=False)
+        except (RedisError, OSError):
+            log.warning("pub/sub %s failed; the reconnect will resubscribe", command)
+
     async def _send_subscription(self, command: str, channel: str) -> None:
         """Send on the pub/sub connection if it is up; a reconnect resubscribes what is watched."""
         conn = self._conn
@@ -930,7 +962,12 @@ class RedisBroker(Broker):
         for channel in channels:
             self._inflight[channel] = self._inflight.get(channel, 0) + 1
         await conn.send_command(
-            "SUBSCRIBE", self._node_channel, self._eraser.channel, *channels, check_health=False
+            "SUBSCRIBE",
+            self._node_channel,
+            self._eraser.channel,
+            *channels,
+            *self._audio.channels(),
+            check_health=False,
         )
         _still_cancelled()
         self._sub_ok = True
@@ -1013,6 +1050,10 @@ class RedisBroker(Broker):
         if not isinstance(reply, list) or not reply:
             return  # an error reply (a hiredis.ReplyError object): nothing to route
         kind = reply[0]
+        if len(reply) > 2 and AudioChannels.is_audio(reply[1]):  # binary: never decoded as text
+            if kind == b"message":
+                self._audio.heard(reply[1], reply[2], self.on_audio)
+            return
         if kind == b"message":
             self._on_message(reply[1].decode(), reply[2].decode(), batch)
         elif kind == b"subscribe":

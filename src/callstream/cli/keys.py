@@ -42,8 +42,8 @@ def create(
         str | None, typer.Option(help="the account (tenant) the key belongs to; with --url: the key's own")
     ] = None,
     scope: Annotated[
-        str, typer.Option(help="comma-separated: publish,subscribe,control,admin")
-    ] = "publish,subscribe,control,admin",
+        str, typer.Option(help="comma-separated: publish,subscribe,control,listen,admin")
+    ] = "publish,subscribe,control,listen,admin",
     name: Annotated[str | None, typer.Option(help="a label for humans")] = None,
     as_json: Annotated[bool, typer.Option("--json", help='print {"key","id","account"}')] = False,
     data_dir: DataDir = None,

@@ -120,7 +120,7 @@ def demo(
     async def ready(server: DrainingServer) -> None:
         base = f"http://{settings.host}:{bound_port(server)}"
         store = server.runtime.store
-        _, key = await store.create_key("demo", frozenset({"publish", "subscribe", "control", "admin"}), name="demo")
+        _, key = await store.create_key("demo", frozenset({"publish", "subscribe", "control", "listen", "admin"}), name="demo")
         code = await store.create_login_code("demo", ttl_s=24 * 3600, control=True)
         console.rule("[bold]callstream demo")
         console.print(f"dashboard (one-time login link): [bold cyan]{base}/?login={code}[/]")

@@ -18,9 +18,13 @@ def token(
     control: Annotated[
         bool, typer.Option("--control", help="the token may also control calls (the key must have control)")
     ] = False,
+    listen: Annotated[
+        bool, typer.Option("--listen", help="the token may also hear calls' live audio (the key must have listen)")
+    ] = False,
 ) -> None:
     """Mint a short-lived browser JWT from an API key (asks the server: it holds the secret)."""
-    body: dict[str, Any] = {"scope": ["subscribe", "control"]} if control else {}
+    scopes = ["subscribe"] + ["control"] * control + ["listen"] * listen
+    body: dict[str, Any] = {"scope": scopes} if len(scopes) > 1 else {}
     if ttl is not None:
         body["ttl_s"] = ttl
     if calls:

@@ -124,6 +124,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         ingest_burst=settings.ingest_burst,
         control_rate=settings.control_rate,
         control_burst=settings.control_burst,
+        audio_rate=settings.audio_rate,
+        audio_burst=settings.audio_burst,
     )
     app.include_router(rest.router, responses=ERROR_RESPONSES)
     app.include_router(erasure_api.router, responses=ERROR_RESPONSES)

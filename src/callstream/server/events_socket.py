@@ -3,6 +3,10 @@
 One reader loop handles client messages in order; one writer task drains the connection's
 outbox at the socket's pace. Fan-out never waits for this socket: it appends to the outbox,
 and the outbox's policy decides when the client is too slow to keep.
+
+Live audio (`listen`) waits in a buffer of its own (`ListenBuffer`): every write takes the
+events first and audio only once none is queued, so audio never holds an event back; a
+listener that falls behind loses its oldest audio, and one that keeps losing is a slow consumer.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from starlette.websockets import WebSocket
 
 from callstream import metrics
 from callstream import protocol as p
+from callstream.audio import AudioFormat, binary_payload, listening_message, unlistened_message
 from callstream.auth import AuthError, Principal
 from callstream.broker import BrokerUnavailableError
 from callstream.errors import UnavailableError
 from callstream.events import ENDED, Event, text_frame
 from callstream.hub import Subscription
 from callstream.limits import TokenBucket
+from callstream.listen_buffer import ListenBuffer
 from callstream.outbox import Outbox
 from callstream.server.control_desk import ControlRefusedError
 from callstream.server.runtime import Runtime
@@ -34,6 +40,7 @@ from callstream.store import StoreUnavailableError
 log = logging.getLogger("callstream.events")
 
 _WRITE_BATCH_BYTES = 256 * 1024  # bounds one write, so one busy socket cannot hog the loop
+MAX_LISTENS = 4  # calls one connection listens to at once (docs/protocol.md, Live audio)
 
 
 class _Flusher:
@@ -84,6 +91,8 @@ class EventsConnection(SocketConnection):
         self.bucket = TokenBucket(settings.client_rate, settings.client_burst)
         self._control_bucket: TokenBucket | None = None  # made on the first control message
         self.subs: dict[str, Subscription] = {}
+        self.listens: set[str] = set()  # calls whose audio this socket hears (`listen`)
+        self.audio = ListenBuffer(settings.listen_buffer_bytes, metrics.AUDIO_FRAMES_DROPPED.inc)
         self._cut_off = False
         # An idle subscriber holds no task and no Event of its own: fan-out writes its socket
         # directly (`flush_now`); a drain task exists only while the socket pushes back, and
@@ -129,6 +138,7 @@ class EventsConnection(SocketConnection):
             and not self._cut_off
             and len(self.subs) == 1
             and not self.outbox.queued_bytes
+            and not self.audio.queued_bytes
             and writer.frames_open
         )
         if not direct or writer is None:
@@ -178,7 +188,10 @@ class EventsConnection(SocketConnection):
             if not writer.write_frames(b"".join(batch)):
                 return sent
             sent += len(batch)
-        if self.outbox.queued_bytes:
+        while self.audio.queued_bytes and not self.outbox.queued_bytes and writer.writable.is_set():
+            if not writer.write_frames(b"".join(self.audio.pop_batch(_WRITE_BATCH_BYTES))):
+                return sent
+        if self.outbox.queued_bytes or self.audio.queued_bytes:
             self._drain_later()
         else:
             self._refresh_direct()
@@ -202,16 +215,14 @@ class EventsConnection(SocketConnection):
         else:
             self._too_slow()
 
-    def _too_slow(self) -> None:
+    def _too_slow(self, why: str = "outbound buffer full: resubscribe with since") -> None:
         # Called from inside the hub's fan-out loop: the hub's index must not change here. The
         # overflowed outbox refuses every later push, and `terminate` unsubscribes next tick.
         self.direct_write = None
         if not self.closed and not self._cut_off:
             self._cut_off = True
             metrics.SLOW_CONSUMERS.inc()
-            self.runtime.tasks.start(
-                self.terminate(p.CloseCode.POLICY, p.ErrorCode.SLOW_CONSUMER, "outbound buffer full: resubscribe with since")
-            )
+            self.runtime.tasks.start(self.terminate(p.CloseCode.POLICY, p.ErrorCode.SLOW_CONSUMER, why))
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -223,6 +234,7 @@ class EventsConnection(SocketConnection):
         if self._frame_writer is not None:
             self._frame_writer.on_change = None
         self._unsubscribe_all()
+        self._unlisten_all()
         self._cancel(self._expiry, self._drainer)
 
     async def _closing(self, code: int) -> None:
@@ -230,30 +242,41 @@ class EventsConnection(SocketConnection):
         if self._room is not None:
             self._room.set()  # release a replay waiting for room
         self._unsubscribe_all()
+        self._unlisten_all()
         self._cancel(self._drainer)
 
     async def _drain(self) -> None:
         """Empty the outbox at the socket's pace (a batch of pre-encoded frames per write), then end."""
         writer = self._frame_writer
         with contextlib.suppress(*SOCKET_GONE):
-            while self.outbox and not self.closed:
+            while (self.outbox or self.audio) and not self.closed:
                 if writer is None:  # another ASGI server: one message at a time
-                    batch = self.outbox.pop_batch(_WRITE_BATCH_BYTES)
-                    for frame in batch:
-                        await self.ws.send_text(frame_payload(frame))
-                    sent = len(batch)
-                else:
-                    if not writer.writable.is_set():
-                        await writer.writable.wait()  # the socket's own backpressure
-                    batch = self.outbox.pop_batch(_WRITE_BATCH_BYTES)
-                    if not batch:
-                        continue  # a direct flush emptied it meanwhile
-                    if not writer.write_frames(b"".join(batch)):
-                        return
-                    sent = len(batch)
-                metrics.EVENTS_DELIVERED.inc(sent)
-                self._made_room()
+                    await self._send_plain()
+                    continue
+                if not writer.writable.is_set():
+                    await writer.writable.wait()  # the socket's own backpressure
+                events = bool(self.outbox)  # events first: audio goes only once none waits
+                batch = (self.outbox if events else self.audio).pop_batch(_WRITE_BATCH_BYTES)
+                if not batch:
+                    continue  # a direct flush emptied it meanwhile
+                if not writer.write_frames(b"".join(batch)):
+                    return
+                if events:
+                    metrics.EVENTS_DELIVERED.inc(len(batch))
+                    self._made_room()
             self._refresh_direct()
+
+    async def _send_plain(self) -> None:
+        """One batch as ASGI messages, events first (a server without the frame writer)."""
+        if self.outbox:
+            batch = self.outbox.pop_batch(_WRITE_BATCH_BYTES)
+            for frame in batch:
+                await self.ws.send_text(frame_payload(frame))
+            metrics.EVENTS_DELIVERED.inc(len(batch))
+            self._made_room()
+            return
+        for frame in self.audio.pop_batch(_WRITE_BATCH_BYTES):
+            await self.ws.send_bytes(binary_payload(frame))
 
     async def _not_text(self) -> None:
         self._error(p.ErrorCode.INVALID_MESSAGE, "binary frames are not accepted: send JSON as text")
@@ -291,6 +314,11 @@ class EventsConnection(SocketConnection):
             self.send(p.unsubscribed_message(message.call_id))
         elif isinstance(message, p.Control):
             await self._control(message)
+        elif isinstance(message, p.Listen):
+            self._listen(message.call_id)
+        elif isinstance(message, p.Unlisten):
+            self._unlisten(message.call_id)
+            self.send(unlistened_message(message.call_id))
         else:
             await self._reauthenticate(message.token)
 
@@ -439,6 +467,57 @@ class EventsConnection(SocketConnection):
         if principal.calls is not None and p.WILDCARD in self.subs:
             await self._unsubscribe(p.WILDCARD)
             self._error(p.ErrorCode.FORBIDDEN, "the new token does not allow '*': unsubscribed", p.WILDCARD)
+        for call_id in [c for c in self.listens if not principal.may("listen") or not principal.may_see(c)]:
+            self._unlisten(call_id)
+            self._error(p.ErrorCode.FORBIDDEN, "the new credential may not listen to this call: unlistened", call_id)
+
+    # ---- live audio (docs/protocol.md, Live audio) ---------------------------------------------
+
+    def _listen(self, call_id: str) -> None:
+        """Hear the call's audio: `listening` now if its format is known here, else with its
+        first audio. Like a subscription, a call not started yet may be listened to, and a call
+        of another account is one that never plays: nothing tells them apart."""
+        if not self.principal.may("listen"):
+            self._error(p.ErrorCode.FORBIDDEN, "this credential lacks the listen scope", call_id)
+            return
+        if not self.principal.may_see(call_id):
+            self._error(p.ErrorCode.FORBIDDEN, "this token may not listen to that call", call_id)
+            return
+        if call_id not in self.listens and len(self.listens) >= MAX_LISTENS:
+            message = f"at most {MAX_LISTENS} calls listened per connection; unlisten one first"
+            self._error(p.ErrorCode.TOO_MANY_SUBSCRIPTIONS, message, call_id)
+            return
+        self.listens.add(call_id)  # again: `listening` comes again (when the format is known)
+        self.runtime.audio.listen(self, self.principal.account, call_id)
+
+    def _unlisten(self, call_id: str) -> None:
+        if call_id in self.listens:
+            self.listens.discard(call_id)
+            self.runtime.audio.unlisten(self, self.principal.account, call_id)
+
+    def _unlisten_all(self) -> None:
+        for call_id in list(self.listens):
+            self._unlisten(call_id)
+
+    def audio_listening(self, call_id: str, fmt: AudioFormat) -> None:
+        """`listening` goes with the events, ahead of any audio still queued: that audio, in the
+        format it replaces, is dropped rather than played in the wrong one."""
+        self.audio.clear()
+        self.send(listening_message(call_id, fmt))
+
+    def audio_ended(self, call_id: str) -> None:
+        if call_id in self.listens:
+            self.listens.discard(call_id)
+            self.send(unlistened_message(call_id, "ended"))
+
+    def audio_out(self, frame: bytes) -> None:
+        """One binary frame for this listener (the desk's fan-out: never blocks)."""
+        if self.closed or self._cut_off:
+            return
+        if self.audio.push(frame):
+            self._queued()
+        else:
+            self._too_slow("audio kept falling behind (its oldest was dropped): listen again, or resubscribe with since")
 
     def _arm_expiry(self) -> None:
         if self._expiry is not None:

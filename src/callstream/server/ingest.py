@@ -12,6 +12,11 @@ for each of them and waited on each one's future (a `wait_for`, a `shield`, a ti
 than the publish. When the socket cannot take frames straight away (its buffer is over the
 mark, another send is under way, or the server is not uvicorn with callstream's transport) the
 acks queue up behind whatever is being sent, and a task sends them in the same order.
+
+Live audio comes on the same socket: `audio.format` (text) declares a call's format on this
+socket, and binary frames (`callstream.audio`) follow. A frame is checked and handed to
+`Runtime.audio_frame` in the read loop itself, with no await and nothing stored: it takes no
+event's budget (frames have their own per-key rate, `CALLSTREAM_AUDIO_RATE`) and delays no event.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from typing import Any, Final
 
 from starlette.websockets import WebSocket
 
 from callstream import metrics
 from callstream import protocol as p
 from callstream.acks import AckLine
+from callstream.audio import AudioFormat, check_payload, parse_format, parse_frame
 from callstream.auth import Principal
 from callstream.broker import (
     BrokerUnavailableError,
@@ -44,6 +52,9 @@ from callstream.store import CallFailedError, StoreUnavailableError
 
 log = logging.getLogger("callstream.ingest")
 
+MAX_AUDIO_CALLS: Final = 10_000  # calls one socket has an audio format for at once
+_AUDIO_REFUSAL_EVERY_S: Final = 1.0  # at most one rate_limited error a second for refused frames
+
 
 class IngestConnection(SocketConnection):
     kind = "ingest"
@@ -58,6 +69,9 @@ class IngestConnection(SocketConnection):
         self._send_lock = asyncio.Lock()
         self._gone = False  # the socket is gone: nothing more can be sent
         self.limiter: IngestLimiter = limits_of(ws).ingest
+        self._audio_limiter: IngestLimiter = limits_of(ws).audio
+        self._formats: dict[str, AudioFormat] = {}  # live audio: each call's format on this socket
+        self._audio_refused_at = 0.0
         self._frame_writer: FrameWriter | None = ws.scope.get(FRAME_WRITER)  # set by the accept
         # Live control: what this producer declared it can do, and the calls it holds (those it
         # published an event of, until their end); `hello` may declare only before any event.
@@ -117,6 +131,9 @@ class IngestConnection(SocketConnection):
         first, self._first_seen = not self._first_seen, True
         if isinstance(obj, dict) and obj.get("type") == "hello":
             await self._hello(obj, first)
+            return
+        if isinstance(obj, dict) and obj.get("type") == "audio.format":
+            await self._audio_format(obj)
             return
         try:
             items = p.batch_items(obj)  # past the cap: one answer, not one error per item
@@ -211,8 +228,59 @@ class IngestConnection(SocketConnection):
         for event in events:
             if event.type == ENDED:
                 self._held.discard(event.call_id)
+                self._formats.pop(event.call_id, None)  # its audio is over
             else:
                 self._held.add(event.call_id)
+
+    # ---- live audio (docs/protocol.md, Live audio) -------------------------------------------
+
+    async def _audio_format(self, obj: dict[str, Any]) -> None:
+        """`audio.format`: the format of a call's frames on this socket, from now on."""
+        try:
+            call_id, fmt = parse_format(obj)
+        except p.ProtocolError as exc:
+            await self._send(p.error_from(exc))
+            return
+        if call_id not in self._formats and len(self._formats) >= MAX_AUDIO_CALLS:
+            message = f"audio.format: at most {MAX_AUDIO_CALLS} calls with audio per socket (a call's end frees one)"
+            await self._send(p.error_message(p.ErrorCode.INVALID_MESSAGE, message, call_id))
+            return
+        try:
+            state = await self.runtime.broker.state(self.account, call_id)
+        except (BrokerUnavailableError, StoreUnavailableError) as exc:
+            await self._send(p.error_message(p.ErrorCode.INTERNAL, f"audio.format not applied, retry: {exc}", call_id))
+            return
+        if state.status == "ended":
+            message = f"call {call_id} has ended; no audio is accepted after call.ended"
+            await self._send(p.error_message(p.ErrorCode.CALL_NOT_LIVE, message, call_id))
+            return
+        self._formats[call_id] = fmt
+        self.runtime.audio_format(self.account, call_id, fmt)
+
+    async def _binary(self, data: bytes) -> None:
+        """One audio frame: parsed, checked against its call's format and the key's audio rate,
+        then handed to the runtime (which never waits). A bad one gets an `error`; nothing else."""
+        try:
+            frame = parse_frame(data)
+            fmt = self._formats.get(frame.call_id)
+            if fmt is None:
+                message = f"no audio.format for call {frame.call_id} on this socket: send one before its frames"
+                raise p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, message, frame.call_id)
+            check_payload(fmt, frame)
+        except p.ProtocolError as exc:
+            await self._send(p.error_from(exc))
+            return
+        refusal = self._audio_limiter.take(self.key_id, 1)
+        if refusal is not None:
+            metrics.CLIENT_ERRORS.labels(p.ErrorCode.RATE_LIMITED).inc()
+            now = time.monotonic()
+            if now - self._audio_refused_at >= _AUDIO_REFUSAL_EVERY_S:  # not one error per frame
+                self._audio_refused_at = now
+                message = f"audio frames dropped: {refusal.message}"
+                await self._send(rate_limited_message(message, refusal.retry_after_s, None, frame.call_id))
+            return
+        metrics.AUDIO_FRAMES_RECEIVED.inc()
+        self.runtime.audio_frame(self.account, frame.call_id, fmt, frame)
 
     # ---- acks --------------------------------------------------------------------------------
 

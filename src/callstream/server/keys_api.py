@@ -23,7 +23,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 Admin = Annotated[Principal, Depends(require("admin"))]
-Scope = Literal["publish", "subscribe", "control", "admin"]
+Scope = Literal["publish", "subscribe", "control", "listen", "admin"]
 
 
 class KeyCreate(BaseModel):

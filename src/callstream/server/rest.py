@@ -64,8 +64,9 @@ class TokenRequest(BaseModel):
 
     ttl_s: int | None = Field(None, ge=1, le=86_400, description="lifetime; default 900")
     calls: list[CallId] | None = Field(None, description="call ids the token may see; absent: all")
-    scope: list[Literal["subscribe", "control"]] | None = Field(
-        None, description="default [subscribe]; control only when the minting key has it (never publish or admin)"
+    scope: list[Literal["subscribe", "control", "listen"]] | None = Field(
+        None,
+        description="default [subscribe]; control and listen only when the minting key has them (never publish or admin)",
     )
 
 
@@ -222,8 +223,8 @@ async def control_call(call_id: str, request: Request, principal: Controller) ->
     },
 )
 async def mint_token(request: Request, principal: Reader) -> dict[str, Any]:
-    """A short-lived browser JWT (subscribe, and control when asked for and the key has it),
-    minted with an API key.
+    """A short-lived browser JWT (subscribe, and control or listen when asked for and the key
+    has them), minted with an API key.
 
     The body is optional and read whatever its content type, so `fetch` without headers works.
     """
@@ -233,8 +234,9 @@ async def mint_token(request: Request, principal: Reader) -> dict[str, Any]:
     if body.calls is not None and not all(is_valid_call_id(c) for c in body.calls):
         raise ApiError(422, "invalid_request", "calls must be a list of valid call ids")
     scopes = frozenset(body.scope or ()) | {"subscribe"}
-    if "control" in scopes and not principal.may("control"):
-        raise ApiError(403, "forbidden", "a token gets control only from a key that has the control scope")
+    for scope in ("control", "listen"):
+        if scope in scopes and not principal.may(scope):
+            raise ApiError(403, "forbidden", f"a token gets {scope} only from a key that has the {scope} scope")
     signer = runtime_of(request).signer
     assert signer is not None
     try:

@@ -32,6 +32,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from callstream import metrics
+from callstream.audio import AudioFormat, AudioFrame
 from callstream.auth import Authenticator, TokenSigner, new_signing_secret
 from callstream.broker import (
     Broker,
@@ -48,6 +49,7 @@ from callstream.events import ENDED, FINAL, MAX_INT64, Event, NewEvent
 from callstream.hub import Hub
 from callstream.outages import OutageLog
 from callstream.pii import Redactor, redact_event
+from callstream.server.audio_desk import AudioDesk
 from callstream.server.control_desk import ControlDesk
 from callstream.server.erasure import Erasure
 from callstream.server.repair import HistoryRepair
@@ -96,6 +98,7 @@ class Runtime:
         self.draining = False
         self._workers = TaskSet()  # run for the node's life: cancelled by `stop`
         self.tasks = TaskSet()  # short ones (a socket's close, an unwatch): given a moment by `stop`
+        self.audio = AudioDesk(self.broker, self.tasks.start)  # live audio's listeners (never stored)
         self._sentiment_enabled = settings.sentiment
         self._redactor = Redactor(settings.redact, settings.redact_region) if settings.redact else None
         # Background workers (the webhook deliverer) that run for the node's life.
@@ -115,6 +118,7 @@ class Runtime:
         await self.broker.start(self._deliver, self.store.call_state)
         self.broker.on_reconnect = self._resync_subscribers
         self.broker.on_erased = self._erased
+        self.broker.on_audio = self.audio.relayed
         self._workers.start(self._watch_revocations(), name="revocations")
         self._workers.start(self.history.run_forever(), name="history-repair")
         self._workers.start(self.control.time_out_forever(), name="control-timeouts")
@@ -170,6 +174,9 @@ class Runtime:
         # of this node is part of (or before).
         fresh = [e for e in sequenced if not e.repeat] if any(e.repeat for e in sequenced) else sequenced
         metrics.count_sequenced(fresh)
+        for event in fresh:
+            if event.type == ENDED:
+                self.audio.ended(account, event.call_id)  # its listens are over, on every node
         durable = self.store.append(fresh)
         if not self.broker.fans_out_on_publish:
             durable.add_done_callback(functools.partial(self._stored, fresh))
@@ -255,6 +262,19 @@ class Runtime:
         for event in events:
             if event.type == FINAL and "sentiment" not in event.data:
                 event.data["sentiment"] = score_text(str(event.data.get("text", "")))
+
+    # ---- live audio (docs/protocol.md, Live audio) ---------------------------------------------
+
+    def audio_format(self, account: str, call_id: str, fmt: AudioFormat) -> None:
+        """A producer declared (or changed) a call's audio format: every format accepted on this
+        node comes through here. Never waits."""
+        self.audio.format(account, call_id, fmt)
+
+    def audio_frame(self, account: str, call_id: str, fmt: AudioFormat, frame: AudioFrame) -> None:
+        """An audio frame accepted from a producer (parsed, checked against `fmt`, within the
+        limits): every accepted frame comes through here, once. Relayed live to the call's
+        listeners, never stored in the replay log; never waits, so events are never delayed."""
+        self.audio.frame(account, call_id, fmt, frame)
 
     async def replay(self, account: str, call_id: str, since: int) -> AsyncGenerator[list[Event], None]:
         """Every held event with seq > since, in pages in seq order: the part older than the broker's

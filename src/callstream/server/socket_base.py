@@ -48,7 +48,7 @@ class SocketConnection:
     """One admitted socket: registered with the runtime and counted while its reader runs.
 
     Subclasses set `kind` (the connections gauge's label), handle each text message in
-    `_handle`, refuse what is not one in `_not_text` / `_too_large`, and let go of their
+    `_handle` (and binary ones in `_binary`), refuse what is not one in `_not_text` / `_too_large`, and let go of their
     resources in `_closing` (the server ends the connection) and `_ended` (the socket is gone).
     """
 
@@ -84,7 +84,8 @@ class SocketConnection:
                 return
             text = message.get("text")
             if text is None:
-                await self._not_text()
+                data = message.get("bytes")
+                await (self._not_text() if data is None else self._binary(data))
                 continue
             # A character is at most 4 bytes: only a frame past a quarter of the limit is measured.
             if len(text) > limit // 4 and len(text.encode()) > limit:
@@ -108,8 +109,12 @@ class SocketConnection:
         raise NotImplementedError
 
     async def _not_text(self) -> None:
-        """A binary message came (the sockets speak JSON text)."""
+        """A binary message came where only JSON text is spoken."""
         raise NotImplementedError
+
+    async def _binary(self, data: bytes) -> None:
+        """A binary message came (audio on /v1/ingest); elsewhere it is refused (`_not_text`)."""
+        await self._not_text()
 
     async def _too_large(self, limit: int) -> bool:
         """A message over `limit` bytes came; whether to go on reading."""
