@@ -6,6 +6,7 @@ audio while its events still arrive, then is cut off."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import uuid
 from typing import Any
@@ -33,8 +34,8 @@ def pcm(n: int, size: int = 640) -> bytes:
     return bytes((n + i) % 256 for i in range(size))
 
 
-async def ingest(server: ServerProcess, key: str) -> ClientConnection:
-    return await connect(f"{server.ws_url}/v1/ingest?token={key}")
+async def ingest(server: ServerProcess, key: str, **options: Any) -> ClientConnection:
+    return await connect(f"{server.ws_url}/v1/ingest?token={key}", **options)
 
 
 async def events(server: ServerProcess, key: str) -> ClientConnection:
@@ -243,7 +244,10 @@ class StalledListener:
     raw socket, so no library reads on its behalf."""
 
     def __init__(self, server: ServerProcess, key: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", server.port))
+        # A small receive buffer: the server's side fills after a few frames, not megabytes.
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        self.sock.connect(("127.0.0.1", server.port))
         self.protocol = ClientProtocol(parse_uri(f"{server.ws_url}/v1/events?token={key}"), max_size=None)
         self.protocol.send_request(self.protocol.connect())
         self.sock.sendall(b"".join(self.protocol.data_to_send()))
@@ -267,6 +271,7 @@ class StalledListener:
                 self.close_code = self.close_code or -1
             else:
                 self.protocol.receive_data(data)
+                self.sock.sendall(b"".join(self.protocol.data_to_send()))  # pongs: it is alive
             for frame in self.protocol.events_received():
                 if isinstance(frame, Frame) and frame.opcode == Opcode.TEXT:
                     self.texts.append(orjson.loads(frame.data))
@@ -275,6 +280,8 @@ class StalledListener:
                 elif isinstance(frame, Frame) and frame.opcode == Opcode.CLOSE:
                     close = self.protocol.close_rcvd
                     self.close_code = -1 if close is None else close.code
+        if self.close_code is not None:
+            self.sock.close()
 
 
 def metric(server: ServerProcess, name: str) -> float:
@@ -287,43 +294,45 @@ def metric(server: ServerProcess, name: str) -> float:
 async def test_a_slow_listener_loses_its_oldest_audio_while_its_events_arrive_then_is_cut_off(
     fresh_server: ServerProcess,
 ) -> None:
+    fresh_server.env["CALLSTREAM_LISTEN_BUFFER_BYTES"] = str(512 << 10)  # room to stop before the cut
     fresh_server.start()
     key, call_id = fresh_server.create_key("acme"), call()
     slow = StalledListener(fresh_server, key)
-    slow.send({"type": "subscribe", "call_id": call_id})
-    slow.send({"type": "listen", "call_id": call_id})
-    async with await ingest(fresh_server, key) as mouth:
-        await send(mouth, {**FORMAT, "sample_rate": 48000, "call_id": call_id})
-        # Frames of 100 ms until the server drops some for the stalled listener: its socket's
-        # buffers are full, then its own audio buffer is.
-        sent = 0
-        while metric(fresh_server, "callstream_audio_frames_dropped_total") == 0:
-            for _ in range(5):
-                await mouth.send(encode_frame(sent % 2, call_id, sent * 100, pcm(sent, 9600)))
-                sent += 1
-            assert sent < 20_000, "the server never dropped audio for a listener that does not read"
-        assert publish(fresh_server, key, call_id, final("an event still arrives")).status_code == 202
-        await mouth.send(marker := encode_frame(1, call_id, 99_999_999, pcm(7, 9600)))
+    with contextlib.closing(slow.sock):
+        slow.send({"type": "subscribe", "call_id": call_id})
+        slow.send({"type": "listen", "call_id": call_id})
+        async with await ingest(fresh_server, key, ping_interval=None) as mouth:
+            await send(mouth, {**FORMAT, "sample_rate": 48000, "call_id": call_id})
+            # Frames of 100 ms until the server drops some for the stalled listener: its socket's
+            # buffers are full, then its own audio buffer is.
+            sent = 0
+            while metric(fresh_server, "callstream_audio_frames_dropped_total") == 0:
+                for _ in range(10):
+                    await mouth.send(encode_frame(sent % 2, call_id, sent * 100, pcm(sent, 9600)))
+                    sent += 1
+                assert sent < 20_000, "the server never dropped audio for a listener that does not read"
+            assert publish(fresh_server, key, call_id, final("an event still arrives")).status_code == 202
+            await mouth.send(marker := encode_frame(1, call_id, 99_999_999, pcm(7, 9600)))
 
-        def caught_up(listener: StalledListener) -> bool:
-            return marker in listener.frames and any(m["type"] == "transcript.final" for m in listener.texts)
+            def caught_up(listener: StalledListener) -> bool:
+                return marker in listener.frames and any(m["type"] == "transcript.final" for m in listener.texts)
 
-        await asyncio.to_thread(slow.read_until, caught_up)
-        assert slow.close_code is None
-        assert [m["type"] for m in slow.texts] == ["subscribed", "listening", "transcript.final"]
-        heard = [parse_frame(f).ms for f in slow.frames]
-        assert heard == sorted(heard)  # in order, the oldest gone, the newest kept
-        assert len(heard) < sent + 1
-        assert heard[-1] == 99_999_999
+            await asyncio.to_thread(slow.read_until, caught_up)
+            assert slow.close_code is None
+            assert [m["type"] for m in slow.texts] == ["subscribed", "listening", "transcript.final"]
+            heard = [parse_frame(f).ms for f in slow.frames]
+            assert heard == sorted(heard)  # in order, the oldest gone, the newest kept
+            assert len(heard) < sent + 1
+            assert heard[-1] == 99_999_999
 
-        # A listener that keeps falling behind is cut off as a slow consumer.
-        while metric(fresh_server, "callstream_slow_consumers_total") == 0:
-            for _ in range(10):
-                await mouth.send(encode_frame(sent % 2, call_id, sent * 100, pcm(sent, 9600)))
-                sent += 1
-        await asyncio.to_thread(slow.read_until, lambda listener: False)
-    assert slow.close_code == 4008
-    assert slow.texts[-1]["data"]["code"] == "slow_consumer"
+            # A listener that keeps falling behind is cut off as a slow consumer.
+            while metric(fresh_server, "callstream_slow_consumers_total") == 0:
+                for _ in range(20):
+                    await mouth.send(encode_frame(sent % 2, call_id, sent * 100, pcm(sent, 9600)))
+                    sent += 1
+            await asyncio.to_thread(slow.read_until, lambda listener: False)
+        assert slow.close_code == 4008
+        assert slow.texts[-1]["data"]["code"] == "slow_consumer"
 
 
 async def test_a_listener_on_one_node_hears_a_producer_on_another(cluster: Cluster, account: str) -> None:

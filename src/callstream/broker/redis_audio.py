@@ -133,6 +133,8 @@ class AudioChannels:
             own = 1 if channel.encode() in self._watches else 0  # this node hears its own too
             if receivers - own <= 0:
                 self._muted[channel] = ends
+            else:  # heard after all (a mute set by an earlier batch is over)
+                self._muted.pop(channel, None)
         if len(self._muted) > _MUTES_MAX:
             now = time.monotonic()
             self._muted = {c: t for c, t in self._muted.items() if t > now}

@@ -78,7 +78,7 @@ def read_relay(message: bytes) -> tuple[int, AudioFormat, str, bytes] | None:
     start = _RELAY.size + node_len
     if codec >= len(_CODEC_NAMES) or len(message) < start or kind not in (FRAME, FORMAT, ENDED):
         return None
-    fmt = AudioFormat(_CODEC_NAMES[codec], rate)  # type: ignore[arg-type]  # a name of CODECS
+    fmt = AudioFormat(_CODEC_NAMES[codec], rate)
     return kind, fmt, message[_RELAY.size : start].decode(errors="replace"), message[start:]
 
 

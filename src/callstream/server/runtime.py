@@ -174,9 +174,9 @@ class Runtime:
         # of this node is part of (or before).
         fresh = [e for e in sequenced if not e.repeat] if any(e.repeat for e in sequenced) else sequenced
         metrics.count_sequenced(fresh)
-        for event in fresh:
-            if event.type == ENDED:
-                self.audio.ended(account, event.call_id)  # its listens are over, on every node
+        for accepted in fresh:
+            if accepted.type == ENDED:
+                self.audio.ended(account, accepted.call_id)  # its listens are over, on every node
         durable = self.store.append(fresh)
         if not self.broker.fans_out_on_publish:
             durable.add_done_callback(functools.partial(self._stored, fresh))
