@@ -19,94 +19,121 @@ bench/results/audio.md.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import contextlib
 import multiprocessing
 import os
 import queue as queue_module
+import re
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+import uvloop
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from bench.targets import make
-from callstream.audio import encode_frame, parse_frame
+from bench.targets import CALLSTREAM_BENCH_ENV, ROOT, Target
+from callstream.audio import encode_frame
 
 RESULTS = Path(__file__).parent / "results" / "audio.md"
 WARM_S = 3.0
 FRAME_MS = 20
 PAYLOAD = bytes(640)  # 20 ms of 16 kHz 16-bit mono
+_ID_LEN = struct.Struct(">H")
+_MS = struct.Struct(">I")
+_DIGITS = re.compile(rb"\d+")
+
+
+class WorkingTreeTarget(Target):
+    """The server of this working tree's `src/` (a plain target runs the installed package)."""
+
+    def _callstream(self, env: dict[str, str]) -> list[str]:
+        env["PYTHONPATH"] = str(ROOT / "src")
+        return super()._callstream(env)
 
 
 def now_ms() -> int:
     return int(time.time() * 1000) % 2**32
 
 
-async def producer(base: str, token: str, calls: list[str], until: float, audio: bool) -> None:
-    async with connect(f"{base}/v1/ingest?token={token}", compression=None, max_size=None) as ws:
+class Ear(WSListener):  # type: ignore[misc]
+    """A listening socket: four calls' audio and events; the latency of each on arrival."""
+
+    def __init__(self, calls: list[str], out: dict[str, array.array[int]], warm_until: float) -> None:
+        self.calls, self.out, self.warm_until = calls, out, warm_until
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        for call_id in self.calls:
+            transport.send(WSMsgType.TEXT, orjson.dumps({"type": "listen", "call_id": call_id}))
+            transport.send(WSMsgType.TEXT, orjson.dumps({"type": "subscribe", "call_id": call_id}))
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        arrived = now_ms()
+        if time.monotonic() < self.warm_until:
+            return
+        data = frame.get_payload_as_bytes()
+        if frame.msg_type is WSMsgType.BINARY:
+            (id_len,) = _ID_LEN.unpack_from(data, 2)
+            (sent,) = _MS.unpack_from(data, 4 + id_len)
+            self.out["audio"].append((arrived - sent) % 2**32)
+        elif frame.msg_type is WSMsgType.TEXT:
+            i = data.find(b'"t":')
+            if i >= 0:
+                self.out["events"].append(arrived - int(_DIGITS.match(data, i + 4).group()))  # type: ignore[union-attr]
+            elif b'"error"' in data[:20]:
+                self.out["errors"].append(1)
+
+
+class Mouth(WSListener):  # type: ignore[misc]
+    """A producer socket; it reads nothing it needs (no refs: no acks)."""
+
+
+async def produce(transport: WSTransport, calls: list[str], until: float, audio: bool) -> None:
+    if audio:
+        for call_id in calls:
+            fmt = {"type": "audio.format", "call_id": call_id, "codec": "pcm_s16le", "sample_rate": 16000}
+            transport.send(WSMsgType.TEXT, orjson.dumps(fmt))
+    tick = 0
+    start = time.monotonic()
+    while time.monotonic() < until:
         for call_id in calls:
             if audio:
-                fmt = {"type": "audio.format", "call_id": call_id, "codec": "pcm_s16le", "sample_rate": 16000}
-                await ws.send(orjson.dumps(fmt).decode())
-        tick = 0
-        start = time.monotonic()
-        reader = asyncio.create_task(_drain(ws))
-        while time.monotonic() < until:
-            for call_id in calls:
-                if audio:
-                    ms = now_ms()
-                    await ws.send(encode_frame(0, call_id, ms, PAYLOAD))
-                    await ws.send(encode_frame(1, call_id, ms, PAYLOAD))
-                if tick % 10 == 0:
-                    kind = "transcript.final" if tick % 100 == 0 else "transcript.partial"
-                    data = {"speaker": "user", "text": f"words {tick}", "t": now_ms()}
-                    await ws.send(orjson.dumps({"call_id": call_id, "type": kind, "data": data}).decode())
-            tick += 1
-            await asyncio.sleep(max(0.0, start + tick * FRAME_MS / 1000 - time.monotonic()))
-        reader.cancel()
-
-
-async def _drain(ws: ClientConnection) -> None:
-    async for _ in ws:
-        pass
-
-
-async def listener(base: str, token: str, calls: list[str], until: float, warm_until: float, out: dict[str, list[int]]) -> None:
-    async with connect(f"{base}/v1/events?token={token}", compression=None, max_size=None) as ws:
-        for call_id in calls:
-            await ws.send(orjson.dumps({"type": "listen", "call_id": call_id}).decode())
-            await ws.send(orjson.dumps({"type": "subscribe", "call_id": call_id}).decode())
-        while time.monotonic() < until:
-            try:
-                raw = await asyncio.wait_for(ws.recv(), max(0.01, until - time.monotonic()))
-            except TimeoutError:
-                break
-            arrived = now_ms()
-            if time.monotonic() < warm_until:
-                continue
-            if isinstance(raw, bytes):
-                out["audio"].append((arrived - parse_frame(raw).ms) % 2**32)
-                continue
-            message = orjson.loads(raw)
-            if message.get("type") == "error":
-                out["errors"].append(1)
-            elif "seq" in message and "t" in message.get("data", {}):
-                out["events"].append(arrived - int(message["data"]["t"]))
+                ms = now_ms()
+                transport.send(WSMsgType.BINARY, encode_frame(0, call_id, ms, PAYLOAD))
+                transport.send(WSMsgType.BINARY, encode_frame(1, call_id, ms, PAYLOAD))
+            if tick % 10 == 0:
+                kind = "transcript.final" if tick % 100 == 0 else "transcript.partial"
+                event = {"call_id": call_id, "type": kind, "data": {"speaker": "user", "text": f"words {tick}", "t": now_ms()}}
+                transport.send(WSMsgType.TEXT, orjson.dumps(event))
+        tick += 1
+        await asyncio.sleep(max(0.0, start + tick * FRAME_MS / 1000 - time.monotonic()))
 
 
 def worker(base: str, token: str, calls: list[str], listeners: int, seconds: float, audio: bool, queue: Any) -> None:
     async def main() -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {"audio": [], "events": [], "errors": []}
-        until = time.monotonic() + seconds
+        out: dict[str, array.array[int]] = {"audio": array.array("q"), "events": array.array("q"), "errors": array.array("q")}
         warm_until = time.monotonic() + WARM_S
-        groups = [calls[i : i + 4] for i in range(0, len(calls), 4)]
-        ears = [listener(base, token, g, until + 1, warm_until, out) for g in groups for _ in range(listeners)]
-        mouths = [producer(base, token, calls[i : i + 25], until, audio) for i in range(0, len(calls), 25)]
-        await asyncio.gather(*ears, *mouths)
-        return out
+        ears = []
+        for i in range(0, len(calls), 4):
+            for _ in range(listeners):
+                url = f"{base}/v1/events?token={token}"
+                ears.append(await ws_connect(lambda g=calls[i : i + 4]: Ear(g, out, warm_until), url, max_frame_size=1 << 24))
+        await asyncio.sleep(0.5)  # the listens are in
+        until = time.monotonic() + seconds
+        mouths = []
+        for i in range(0, len(calls), 25):
+            transport, _ = await ws_connect(Mouth, f"{base}/v1/ingest?token={token}", max_frame_size=1 << 24)
+            mouths.append(produce(transport, calls[i : i + 25], until, audio))
+        await asyncio.gather(*mouths)
+        await asyncio.sleep(1.0)  # the last deliveries
+        for transport, _ in ears:
+            transport.disconnect()
+        return {k: v.tolist() for k, v in out.items()}
 
+    uvloop.install()
     queue.put(asyncio.run(main()))
 
 
@@ -125,11 +152,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-audio", action="store_true")
     args = parser.parse_args()
-    target = make("callstream")
-    target.env["CALLSTREAM_AUDIO_RATE"] = "0"
+    env = {**CALLSTREAM_BENCH_ENV, "CALLSTREAM_AUDIO_RATE": "0"}
+    target = WorkingTreeTarget("callstream", "callstream", "callstream", env=env)
     target.start(None)
     try:
         rss_before = target.rss_kib()
+        cpu_before, wall_before = target.cpu_s(), time.monotonic()
         calls = [f"audio_{i}" for i in range(args.calls)]
         share = -(-len(calls) // args.workers)
         queue: Any = multiprocessing.get_context("spawn").Queue()
@@ -151,6 +179,7 @@ def main() -> None:
                 results.append(queue.get(timeout=0.5))
         for proc in procs:
             proc.join()
+        server_cores = (target.cpu_s() - cpu_before) / (time.monotonic() - wall_before)
         audio = [x for r in results for x in r["audio"]]
         events = [x for r in results for x in r["events"]]
         errors = sum(len(r["errors"]) for r in results)
@@ -164,7 +193,8 @@ def main() -> None:
             f"| audio frames | {len(audio)} | {percentile(audio, 0.5):.0f} | {percentile(audio, 0.99):.0f} | {max(audio, default=0)} |",
             f"| events | {len(events)} | {percentile(events, 0.5):.0f} | {percentile(events, 0.99):.0f} | {max(events, default=0)} |",
             "",
-            f"errors: {errors}; server RSS {rss_before // 1024} MiB before, {peak // 1024} MiB at peak",
+            f"errors: {errors}; server RSS {rss_before // 1024} MiB before, {peak // 1024} MiB at peak; "
+            f"server CPU {server_cores:.2f} cores",
             "",
         ]
         text = "\n".join(lines)
