@@ -12,11 +12,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTED = "export PATH=$PWD/.venv/bin:$PATH\n"
-SERVER = STARTED + (
-    "callstream serve --data-dir ./data > .snippets/server.log 2>&1 &\n"
-    "export KEY=$(callstream keys create --account acme --json --data-dir ./data | jq -r .key)\n"
-    "until curl -sf localhost:8080/healthz > /dev/null; do sleep 0.1; done\n"
-)
+
+
+def _server(key_options: str = "") -> str:
+    """A server of the reader's, with an API key of account acme exported as KEY."""
+    return STARTED + (
+        "callstream serve --data-dir ./data > .snippets/server.log 2>&1 &\n"
+        f"export KEY=$(callstream keys create --account acme{key_options} --json --data-dir ./data | jq -r .key)\n"
+        "until curl -sf localhost:8080/healthz > /dev/null; do sleep 0.1; done\n"
+    )
+
+
+SERVER = _server()
 
 
 def _publish(call_id: str, events: list[dict[str, object]]) -> str:
@@ -48,7 +55,9 @@ LATE_FEE = [
 ]
 SHORT = [_final("user", "Hello?"), ENDED]
 
-# control.md: a voice agent holds call_42 live and carries out say, transfer and end
+# control.md: a supervisor's key (named, as tail shows it), and a voice agent that holds call_42
+# live and carries out say, transfer and end
+SUPERVISOR = _server(" --name Dana")
 AGENT = (
     f"python {ROOT / 'tests/docs/control_agent.py'} > .snippets/agent.log 2>&1 &\n"
     "until grep -q holding .snippets/agent.log; do sleep 0.1; done\n"
@@ -60,7 +69,7 @@ PATHS: dict[str, tuple[list[str], str]] = {
     "quickstart": (["docs/quickstart.md"], ""),
     "readme": (["README.md"], ""),
     "client": (["docs/client.md"], SERVER + _publish("call_42", CALL_42)),
-    "control": (["docs/control.md"], SERVER + AGENT),
+    "control": (["docs/control.md"], SUPERVISOR + AGENT),
     "dashboard": (["docs/dashboard.md"], STARTED),  # login works on the store itself: no server
     "operations": (["docs/operations.md"], STARTED),
     "privacy": (["docs/privacy.md"], SERVER + _publish("call_42", SHORT) + _publish("call_43", SHORT)),
