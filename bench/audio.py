@@ -157,7 +157,7 @@ def main() -> None:
     target.start(None)
     try:
         rss_before = target.rss_kib()
-        cpu_before, wall_before = target.cpu_s(), time.monotonic()
+        cpu_before, wait_before, wall_before = target.cpu_s(), target.runq_wait_s(), time.monotonic()
         calls = [f"audio_{i}" for i in range(args.calls)]
         share = -(-len(calls) // args.workers)
         queue: Any = multiprocessing.get_context("spawn").Queue()
@@ -179,7 +179,9 @@ def main() -> None:
                 results.append(queue.get(timeout=0.5))
         for proc in procs:
             proc.join()
-        server_cores = (target.cpu_s() - cpu_before) / (time.monotonic() - wall_before)
+        wall = time.monotonic() - wall_before
+        server_cores = (target.cpu_s() - cpu_before) / wall
+        server_waiting = (target.runq_wait_s() - wait_before) / wall
         audio = [x for r in results for x in r["audio"]]
         events = [x for r in results for x in r["events"]]
         errors = sum(len(r["errors"]) for r in results)
@@ -194,7 +196,7 @@ def main() -> None:
             f"| events | {len(events)} | {percentile(events, 0.5):.0f} | {percentile(events, 0.99):.0f} | {max(events, default=0)} |",
             "",
             f"errors: {errors}; server RSS {rss_before // 1024} MiB before, {peak // 1024} MiB at peak; "
-            f"server CPU {server_cores:.2f} cores",
+            f"server CPU {server_cores:.2f} cores, waiting for a core {server_waiting:.2f} of the time",
             "",
         ]
         text = "\n".join(lines)
