@@ -57,6 +57,12 @@ def serve(
         str | None,
         typer.Option(help="require `Authorization: Bearer <it>` on /metrics [env CALLSTREAM_METRICS_TOKEN]"),
     ] = None,
+    record: Annotated[
+        bool | None, typer.Option("--record", help="keep each call's audio as a WAV [env CALLSTREAM_RECORD]")
+    ] = None,
+    recordings_dir: Annotated[
+        str | None, typer.Option(help="where recordings are kept [default DATA_DIR/recordings; shared by nodes]")
+    ] = None,
     dashboard_account: Annotated[
         str | None,
         typer.Option(
@@ -83,6 +89,8 @@ def serve(
         log_level=log_level,
         metrics_token=metrics_token,
         retention_days=retention_days,
+        record=record,
+        recordings_dir=recordings_dir,
     )
     configure_logging(settings.log_level)
 

@@ -29,6 +29,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from callstream import metrics
@@ -48,8 +49,10 @@ from callstream.events import ENDED, FINAL, MAX_INT64, Event, NewEvent
 from callstream.hub import Hub
 from callstream.outages import OutageLog
 from callstream.pii import Redactor, redact_event
+from callstream.recording import AudioFormatLike, AudioFrameLike
 from callstream.server.control_desk import ControlDesk
 from callstream.server.erasure import Erasure
+from callstream.server.recordings import Recordings
 from callstream.server.repair import HistoryRepair
 from callstream.server.retention import RetentionSweep
 from callstream.server.tasks import TaskSet
@@ -87,7 +90,10 @@ class Runtime:
         self.hub = Hub()
         self.history = HistoryRepair(self.store, self.broker, self._repaired)
         self.control = ControlDesk(self)
-        self.erasure = Erasure(self.store, self.broker)
+        self.recordings = Recordings(
+            Path(settings.recordings_dir or Path(settings.data_dir) / "recordings"), enabled=settings.record
+        )
+        self.erasure = Erasure(self.store, self.broker, self.recordings)
         self._stored_events: list[Event] = []  # durable, to fan out at the end of this iteration
         self._delivery_due = False
         self.connections: set[Closable] = set()
@@ -123,6 +129,8 @@ class Runtime:
                 self.store, self.erasure, self.settings.retention_days, every_s=self.settings.retention_sweep_s
             )
             self._workers.start(sweep.run_forever(), name="retention")
+        if self.settings.record:
+            self._workers.start(self.recordings.run_forever(), name="recordings")
         for start_hook in self.start_hooks:
             self._workers.start(start_hook(self), name="start-hook")
 
@@ -133,6 +141,7 @@ class Runtime:
         await self.store.flush()  # so the broker hears of the last commits
         await self.history.close()
         await self.broker.close()
+        await self.recordings.close()
         await self.store.close()
 
     async def drain(self, code: int = 1001) -> None:
@@ -170,6 +179,8 @@ class Runtime:
         # of this node is part of (or before).
         fresh = [e for e in sequenced if not e.repeat] if any(e.repeat for e in sequenced) else sequenced
         metrics.count_sequenced(fresh)
+        if self.settings.record:
+            self._end_recordings(fresh)
         durable = self.store.append(fresh)
         if not self.broker.fans_out_on_publish:
             durable.add_done_callback(functools.partial(self._stored, fresh))
@@ -207,6 +218,17 @@ class Runtime:
             return await self.broker.publish(account, events, holder)
         except RepairNeededError as exc:
             return await self.history.sequence_after(exc, events, holder)
+
+    def record_audio(self, account: str, call_id: str, fmt: AudioFormatLike, frame: AudioFrameLike) -> None:
+        """An accepted audio frame of a live call: into its recording (`--record`; else nothing)."""
+        self.recordings.frame(account, call_id, fmt, frame)
+
+    def _end_recordings(self, events: Sequence[Event]) -> None:
+        """A call that ends here has its recording closed before `call.ended` is stored, so the
+        file is complete (or nearly: the writer thread finishes it) when the webhook goes out."""
+        for event in events:
+            if event.type == ENDED:
+                self.recordings.end(event.account, event.call_id)
 
     def _stored(self, events: list[Event], durable: asyncio.Future[None]) -> None:
         """An append settled: fan out what it stored. The appends one commit settles call this
@@ -285,7 +307,10 @@ class Runtime:
         if written:
             metrics.EVENTS_DELIVERED.inc(written)  # the rest is counted as its socket is written
         for event in events:
-            if event.type == ENDED and (over := self.hub.end_call(event.account, event.call_id)):
+            if event.type != ENDED:
+                continue
+            self.recordings.end(event.account, event.call_id)  # one a producer on this node recorded
+            if over := self.hub.end_call(event.account, event.call_id):
                 self.tasks.start(self._unwatch(event.account, event.call_id, len(over)))
 
     async def _unwatch(self, account: str, call_id: str, times: int) -> None:
@@ -297,6 +322,7 @@ class Runtime:
         """Calls were erased (by any node): this node keeps nothing of them either."""
         self.store.forget_calls(account, call_ids)
         self.history.forget(account, call_ids)
+        self.recordings.forget(account, list(call_ids))
 
     async def _resync_subscribers(self) -> None:
         """The broker's pub/sub link was down for a while: frames published meanwhile never
