@@ -19,9 +19,10 @@ Where a frame goes (`Limits` holds each figure):
   now, from the frames' ms against the times they arrived (the latest any frame came, relative
   to its ms, sets it). A track sent faster than real time (a TTS burst) is ahead of it and
   waits for the other; a track that went quiet holds nothing back, since its next frames come
-  at the live time. Never more than `max_held_ms` is held, so memory per call is bounded by
-  that much audio plus one frame (a burst further ahead than that has the other track's
-  stretch written as it is, silent where it had nothing yet);
+  at the live time. It leaves in pieces of `WRITE_MS` or more, and never more than
+  `max_held_ms` is held, so memory per call is bounded by that much audio plus one frame and a
+  piece (a burst further ahead than that has the other track's stretch written as it is,
+  silent where it had nothing yet);
 - hostile timestamps: a frame more than `max_gap_ms` beyond the call's furthest audio is moved
   back to `max_gap_ms` after it, and every later frame of the call with it (a jump never makes
   more than `max_gap_ms` of silence); nothing is recorded past `max_duration_ms`;
@@ -41,6 +42,7 @@ __all__ = [
     "FRAME_BYTES",
     "HEADER_BYTES",
     "RATES",
+    "WRITE_MS",
     "Assembler",
     "AudioFormatLike",
     "AudioFrameLike",
@@ -57,6 +59,7 @@ RATES: Final = (8000, 16000, 24000, 48000)
 CHANNELS: Final = 2
 FRAME_BYTES: Final = 4  # one stereo sample: two 16-bit channels
 HEADER_BYTES: Final = 44
+WRITE_MS: Final = 100  # audio is returned in pieces of at least this much (but at `finish`)
 MAX_DATA_BYTES: Final = 0xFFFFFFFF - 36  # a RIFF size is 32 bits
 
 Chunk = bytes | int  # audio to append, or a count of zero bytes (silence) to append
@@ -183,6 +186,8 @@ class Assembler:
         self._tracks = (_Track(), _Track())
         self._shift = 0  # samples taken off every timestamp since a capped jump
         self._origin: int | None = None  # the most any frame's arrival trailed its position
+        self._end = 0  # the sample after the furthest frame of either track
+        self._batch = WRITE_MS * per_ms
         self.written = start
         self.dropped_frames = 0  # wholly before what was written out, past the end, or another rate
 
@@ -202,8 +207,7 @@ class Assembler:
         n = min(len(samples) // 2, self._max - pos)
         now = arrived_ms * self._per_ms
         self._origin = now - pos if self._origin is None else max(self._origin, now - pos)
-        furthest = max(pos + n, *(t.end or 0 for t in self._tracks))
-        final = max(now - self._origin - self._reorder, furthest - self._max_held)  # what no frame may change
+        final = max(now - self._origin - self._reorder, max(pos + n, self._end) - self._max_held)
         out = self._write_out(min(pos, final))  # a gap before the frame leaves as a count, not zeros
         cut = max(0, self.written - pos)
         if n - cut <= 0:
@@ -214,11 +218,11 @@ class Assembler:
 
     def finish(self) -> list[Chunk]:
         """Everything still held, as the end of the file."""
-        return self._write_out(max(t.end or 0 for t in self._tracks))
+        return self._write_out(self._end, batch=1)
 
     def _position(self, track: _Track, ms: int, samples: int) -> int:
         pos = ms * self._per_ms - self._shift
-        furthest = max(self.written, *(t.end or 0 for t in self._tracks))
+        furthest = max(self.written, self._end)
         if pos > furthest + self._max_gap:
             self._shift += pos - (furthest + self._max_gap)
             pos = furthest + self._max_gap
@@ -231,12 +235,16 @@ class Assembler:
         if len(track.held) < offset:
             track.held.extend(bytes(offset - len(track.held)))
         track.held[offset : offset + len(samples)] = samples
-        track.end = max(track.end or 0, pos + len(samples) // 2)
+        end = pos + len(samples) // 2
+        if track.end is None or end > track.end:
+            track.end = end
+            self._end = max(self._end, end)
 
-    def _write_out(self, upto: int) -> list[Chunk]:
-        """Return samples up to `upto` (stereo, silence where a track has none) and forget them."""
+    def _write_out(self, upto: int, batch: int | None = None) -> list[Chunk]:
+        """Return samples up to `upto` (stereo, silence where a track has none) and forget them;
+        nothing until that is at least `batch` samples (default `WRITE_MS`): fewer, larger pieces."""
         count = min(upto, self._max) - self.written
-        if count <= 0:
+        if count < (self._batch if batch is None else max(batch, 1)):
             return []
         left, right = (_take(t.held, count) for t in self._tracks)
         self.written += count
@@ -256,7 +264,8 @@ def _take(held: bytearray, count: int) -> bytes:
 def _interleave(left: bytes, right: bytes) -> bytes:
     """Two mono 16-bit LE channels as one stereo stream (the shorter padded with silence)."""
     size = max(len(left), len(right))
-    left, right = left.ljust(size, b"\0"), right.ljust(size, b"\0")
+    if len(left) != len(right):
+        left, right = left.ljust(size, b"\0"), right.ljust(size, b"\0")
     out = bytearray(2 * size)
     out[0::4], out[1::4] = left[0::2], left[1::2]
     out[2::4], out[3::4] = right[0::2], right[1::2]
