@@ -246,24 +246,27 @@ class CallEnded(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ControlRequested(Event):
+class _Control(Event):
+    request_id = _text("request_id")
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRequested(_Control):
     """``control.requested``: a supervisor asked the call's producer to act (docs/control.md);
     ``by`` is who asked (``key_id``, and ``name`` when the key has one)."""
 
     type: ClassVar[str] = "control.requested"
-    request_id = _text("request_id")
     action = _text("action")
     args = _object("args")
     by = _object("by")
 
 
 @dataclass(frozen=True, slots=True)
-class ControlResult(Event):
+class ControlResult(_Control):
     """``control.result``: the one outcome of a control request; ``error`` when not ``ok``
     (``timeout`` when its producer never answered)."""
 
     type: ClassVar[str] = "control.result"
-    request_id = _text("request_id")
     ok = _typed("ok", bool, False)
     error = _typed("error", str, None)
 

@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     latency_warn_ms: int = Field(
         1500, ge=1, le=600_000, description="a turn slower than this is flagged (dashboard, /v1/stats)"
     )
-    log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="the log's least level")
+    log_level: str = Field(
+        "info", pattern="^(critical|error|warning|info|debug)$", description="the least level logged: critical|error|warning|info|debug"
+    )
     webhooks_allow_private: bool = Field(False, description="allow webhook URLs on private networks (SSRF guard off)")
     webhook_retry_schedule: str = Field(
         "5s,30s,2m,10m,30m,1h", description="delays after the 1st, 2nd, … failed webhook attempt"

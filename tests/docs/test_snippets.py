@@ -2,8 +2,8 @@
 
 Each page (or path of pages, read in one terminal) runs in a fresh folder laid out like a checkout
 (its `.venv`, `Makefile`, `examples/` are the repository's own), against servers it starts itself
-on a port of its own; the paths are read side by side. A page that is not a path from nothing (client.md) gets a prelude: what its
-reader has already done, here a server, an exported `KEY` and the quickstart's `call_42`.
+on a port of its own; the paths are read side by side. A page that is not a path from nothing
+gets a prelude: what its reader has already done (tests/docs/pages.py).
 """
 
 from __future__ import annotations
@@ -16,42 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
+from unittest import SkipTest
 
 import pytest
-from sybil import Sybil
-from sybil.parsers.markdown import SkipParser
 
+from tests.docs.pages import PATHS, ROOT
 from tests.docs.shell import Shell
-from tests.docs.snippets import Page, parse_blocks
+from tests.docs.snippets import SYBIL, Page
 from tests.helpers import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = (".venv", "Makefile", "pyproject.toml", "src", "examples")
-STARTED = "export PATH=$PWD/.venv/bin:$PATH\n"
-
-CALL_42 = (
-    '[{"type":"transcript.final","data":{"speaker":"user","text":"Hi, I need to move my appointment."}},'
-    '{"type":"agent.state","data":{"state":"thinking"}},'
-    '{"type":"function.call","data":{"name":"find_booking","args":{"phone":"+15550100"},"tool_call_id":"t1"}},'
-    '{"type":"function.result","data":{"name":"find_booking","result":{"id":"B-7"},"tool_call_id":"t1"}},'
-    '{"type":"transcript.final","data":{"speaker":"agent","text":"Sure, I found your booking for Friday. What day works better?"}},'
-    '{"type":"call.ended","data":{"status":"completed","duration_ms":41000}}]'
-)
-SERVER_WITH_CALL_42 = STARTED + (
-    "callstream serve --data-dir ./data > .snippets/server.log 2>&1 &\n"
-    "export KEY=$(callstream keys create --account acme --json --data-dir ./data | jq -r .key)\n"
-    "until curl -sf localhost:8080/healthz > /dev/null; do sleep 0.1; done\n"
-    f"curl -sf -X POST localhost:8080/v1/calls/call_42/events -H \"Authorization: Bearer $KEY\" -d '{CALL_42}'\n"
-)
-
-# name: (the pages, read in this order in one terminal; what the reader did before)
-PATHS: dict[str, tuple[list[str], str]] = {
-    "getting-started": (["docs/getting-started/run.md", "docs/getting-started/watch.md", "docs/getting-started/publish.md"], ""),
-    "quickstart": (["docs/quickstart.md"], ""),
-    "readme": (["README.md"], ""),
-    "client": (["docs/client.md"], SERVER_WITH_CALL_42),
-}
-SYBIL = Sybil(parsers=[parse_blocks, SkipParser()])
 
 
 TOOLS = ("bash", "curl", "jq", "timeout", "node")
@@ -94,6 +68,8 @@ def _read(path: str, folder: Path) -> None:
             for example in document:
                 try:
                     example.evaluate()
+                except SkipTest:  # a block marked `<!-- skip: next "why" -->`
+                    continue
                 except Exception as exc:
                     raise AssertionError(f"{name}, line {example.line}: {exc}") from exc
 
@@ -110,6 +86,9 @@ def _terminal(folder: Path) -> Iterator[Page]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLSTREAM_", "VIRTUAL_ENV"))}
     env |= {"CALLSTREAM_PORT": str(port), "CALLSTREAM_URL": f"http://127.0.0.1:{port}"}
+    # curl draws no progress meter when its output is a terminal, as the reader's is; here it is a file
+    (folder / ".curlrc").write_text("no-progress-meter\n")
+    env["CURL_HOME"] = str(folder)
     if _node_major() < 22:  # the pages' reader has Node ≥ 22, or this (as they say); quietly
         env["NODE_OPTIONS"] = "--experimental-websocket --no-warnings"
     shell = Shell(folder, env)

@@ -171,6 +171,16 @@ def test_serve_with_invalid_config_exits_naming_option_and_variable(
     assert port_is_closed(port)
 
 
+@pytest.mark.parametrize(
+    "shown",
+    ["(env CALLSTREAM_HOST; 127.0.0.1)", "(env CALLSTREAM_LATENCY_WARN_MS; 1500)", "(env CALLSTREAM_SENTIMENT)"],
+)
+def test_serve_help_names_the_variable_and_default_of_each_setting(shown: str) -> None:
+    result = cli("serve", "--help")
+    assert result.returncode == 0, result.stderr
+    assert shown in flat(result.stdout), result.stdout
+
+
 # ---- token ----------------------------------------------------------------------------------------
 
 

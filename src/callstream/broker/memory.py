@@ -25,6 +25,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Collection, Sequence
 from operator import itemgetter
+from typing import NamedTuple
 
 import orjson
 
@@ -142,6 +143,16 @@ def _event(account: str, call_id: str, held: _Held) -> Event:
     )
 
 
+class _Batch(NamedTuple):
+    """One publish being checked and sequenced: its events, their calls by id (loaded once), and
+    the events that repeat ones their calls hold (`ids.find_repeats`), answered but not applied."""
+
+    account: str
+    events: Sequence[NewEvent]
+    calls: dict[str, _Call]
+    repeats: Repeats | None
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -197,6 +208,7 @@ class MemoryBroker(Broker):
             if call.unstored:
                 raise RepairNeededError(account, cid)
         repeats = find_repeats(events, lambda cid: calls[cid].ids)
+        batch = _Batch(account, events, calls, repeats)
         ended = {cid: call.status == "ended" for cid, call in calls.items()}
         answered: set[tuple[str, str]] = set()  # (call_id, request_id) of results in this batch
         for index, new in enumerate(events):
@@ -208,10 +220,10 @@ class MemoryBroker(Broker):
             if new.type == RESULT or new.type == ENDED:
                 self._check_control(calls[new.call_id], new, index, answered)
         if self._quotas.events_per_call or self._quotas.live_calls:
-            self._check_quotas(account, events, calls, ended, repeats)
+            self._check_quotas(batch, ended)
         metas = merged_metadata(events, {cid: call.metadata for cid, call in calls.items()}, repeats or ())
         ts = now_ms()
-        out = self._sequence(account, events, calls, repeats, ts, metas)
+        out = self._sequence(batch, ts, metas)
         if repeats is not None:  # a call is active, and held, by the events it took
             calls = {e.call_id: calls[e.call_id] for e in out if not e.repeat}
         for call in calls.values():
@@ -222,16 +234,9 @@ class MemoryBroker(Broker):
             self.deliver_stored(out if repeats is None else [e for e in out if not e.repeat])
         return out
 
-    def _sequence(
-        self,
-        account: str,
-        events: Sequence[NewEvent],
-        calls: dict[str, _Call],
-        repeats: Repeats | None,
-        ts: int,
-        metas: Sequence[Metadata | None],
-    ) -> list[Event]:
+    def _sequence(self, batch: _Batch, ts: int, metas: Sequence[Metadata | None]) -> list[Event]:
         """Give each event (but repeats, answered with their first seq) its seq, in batch order."""
+        account, events, calls, repeats = batch
         out: list[Event] = []
         for index, (new, meta) in enumerate(zip(events, metas, strict=True)):
             if repeats is not None and index in repeats:
@@ -324,18 +329,12 @@ class MemoryBroker(Broker):
                 due.append((account, call_id, request_id))
         return due
 
-    def _check_quotas(
-        self,
-        account: str,
-        events: Sequence[NewEvent],
-        calls: dict[str, _Call],
-        ended: dict[str, bool],
-        repeats: Repeats | None = None,
-    ) -> None:
+    def _check_quotas(self, batch: _Batch, ended: dict[str, bool]) -> None:
         """Raise QuotaExceededError if the batch would pass a quota; `ended`: after the batch.
 
         This runs on every publish: one pass over the batch's calls with an integer compare and
         a flag each, and the exact count only for a batch that may pass a quota."""
+        account, events, calls, repeats = batch
         events_limit, live_limit, size = self._quotas.events_per_call, self._quotas.live_calls, len(events)
         fresh: list[str] = []
         near = False
@@ -347,15 +346,14 @@ class MemoryBroker(Broker):
         if repeats is not None:  # a call that only repeats events does not start (nor count) again
             fresh = [cid for cid in fresh if any(e.call_id == cid for i, e in enumerate(events) if i not in repeats)]
         if near:
-            self._check_events(events_limit, events, calls, repeats)
+            self._check_events(events_limit, batch)
         if fresh and self._live[account] + len(fresh) > live_limit:
             call_id = fresh[max(0, live_limit - self._live[account])]
             index = next(i for i, new in enumerate(events) if new.call_id == call_id)
             raise self._quotas.live_calls_exceeded(call_id, index)
 
-    def _check_events(
-        self, limit: int, events: Sequence[NewEvent], calls: dict[str, _Call], repeats: Repeats | None
-    ) -> None:
+    def _check_events(self, limit: int, batch: _Batch) -> None:
+        _, events, calls, repeats = batch
         counts = {cid: call.last_seq for cid, call in calls.items()}
         for index, new in enumerate(events):
             if repeats is not None and index in repeats:

@@ -22,14 +22,14 @@ err = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
-Host = Annotated[str | None, typer.Option(help="interface to bind [env CALLSTREAM_HOST; 127.0.0.1]")]
-Port = Annotated[int | None, typer.Option(help="port [env CALLSTREAM_PORT; 8080; 0 = any free]")]
+Host = Annotated[str | None, typer.Option(help="interface to bind (env CALLSTREAM_HOST; 127.0.0.1)")]
+Port = Annotated[int | None, typer.Option(help="port (env CALLSTREAM_PORT; 8080; 0 = any free)")]
 DataDir = Annotated[
-    str | None, typer.Option(help="where the embedded SQLite store lives [env CALLSTREAM_DATA_DIR]")
+    str | None, typer.Option(help="where the embedded SQLite store lives (env CALLSTREAM_DATA_DIR)")
 ]
-BrokerUrl = Annotated[str | None, typer.Option("--broker", help="redis://… [env CALLSTREAM_BROKER]")]
+BrokerUrl = Annotated[str | None, typer.Option("--broker", help="redis://… (env CALLSTREAM_BROKER)")]
 DatabaseUrl = Annotated[
-    str | None, typer.Option("--database", help="postgresql://… [env CALLSTREAM_DATABASE]")
+    str | None, typer.Option("--database", help="postgresql://… (env CALLSTREAM_DATABASE)")
 ]
 Url = Annotated[str, typer.Option(envvar="CALLSTREAM_URL", help="the server's base URL")]
 Key = Annotated[str, typer.Option(envvar="CALLSTREAM_KEY", help="an API key", show_default=False)]
@@ -37,6 +37,15 @@ AdminKey = Annotated[
     str, typer.Option(envvar="CALLSTREAM_KEY", help="an API key (admin)", show_default=False)
 ]
 Json = Annotated[bool, typer.Option("--json", help="print the API's JSON answer")]
+
+
+def setting(name: str, *flags: str) -> Any:
+    """The option that sets `Settings.<name>`. Its help is the setting's description followed by
+    its variable and default, so a flag and its `CALLSTREAM_*` variable are described once."""
+    field = Settings.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    shown = "" if default in (None, "", []) or isinstance(default, bool) else f"; {default}"
+    return typer.Option(*flags, help=f"{field.description} (env CALLSTREAM_{name.upper()}{shown})")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 import urllib.parse
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -27,13 +28,67 @@ AdminKey = Annotated[
 ]
 
 
-def _server(url: str | None, key: str | None) -> tuple[str, str] | None:
-    """The server and key to use, or None for the store."""
+@dataclass(frozen=True)
+class _Server:
+    """The keys of the `--key`'s own account, over the server's REST API."""
+
+    url: str
+    key: str
+
+    def create_key(self, account: str | None, scopes: frozenset[str], name: str | None) -> tuple[str, str, str]:
+        created = call_api("POST", self.url, self.key, "/v1/keys", {"scopes": sorted(scopes), "name": name})
+        if account is not None and created["account"] != account:
+            fail(f"the key was made for account {created['account']}: --url acts on the --key's account", 1)
+        return created["id"], created["key"], created["account"]
+
+    def list_keys(self, account: str | None) -> list[dict[str, Any]]:
+        return [r for r in call_api("GET", self.url, self.key, "/v1/keys")["keys"] if account in (None, r["account"])]
+
+    def revoke_key(self, key_id: str) -> bool:
+        call_api("DELETE", self.url, self.key, f"/v1/keys/{urllib.parse.quote(key_id, safe='')}")
+        return True  # an unknown or revoked key is the API's 404, which `call_api` reports
+
+
+@dataclass(frozen=True)
+class _Store:
+    """The keys of any account, in the store itself."""
+
+    data_dir: str | None
+    database: str | None
+
+    def create_key(self, account: str | None, scopes: frozenset[str], name: str | None) -> tuple[str, str, str]:
+        from callstream.events import is_valid_call_id
+
+        if account is None or not is_valid_call_id(account):
+            fail("--account must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+        made, secret = with_store(self.data_dir, self.database, lambda s: s.create_key(account, scopes, name))
+        return made.id, secret, account
+
+    def list_keys(self, account: str | None) -> list[dict[str, Any]]:
+        records = with_store(self.data_dir, self.database, lambda s: s.list_keys(account))
+        return [
+            {
+                "id": r.id,
+                "account": r.account,
+                "name": r.name,
+                "scopes": sorted(r.scopes),
+                "created_at": r.created_at,
+                "revoked_at": r.revoked_at,
+            }
+            for r in records
+        ]
+
+    def revoke_key(self, key_id: str) -> bool:
+        return with_store(self.data_dir, self.database, lambda s: s.revoke_key(key_id))
+
+
+def _keys(data_dir: str | None, database: str | None, url: str | None, key: str | None) -> _Server | _Store:
+    """Where the command acts: the server at `--url` (which needs `--key`), else the store."""
     if url is None:
-        return None
+        return _Store(data_dir, database)
     if not key:
         fail("--url needs --key (an API key with the admin scope)")
-    return url, key
+    return _Server(url, key)
 
 
 @app.command("create")
@@ -53,22 +108,12 @@ def create(
 ) -> None:
     """Create an API key; its secret is printed once and only stored hashed."""
     from callstream.auth import parse_scopes
-    from callstream.events import is_valid_call_id
 
     try:
         scopes = parse_scopes(scope)
     except ValueError as exc:
         fail(f"--scope: {exc}")
-    if (server := _server(url, key)) is not None:
-        created = call_api("POST", server[0], server[1], "/v1/keys", {"scopes": sorted(scopes), "name": name})
-        if account is not None and created["account"] != account:
-            fail(f"the key was made for account {created['account']}: --url acts on the --key's account", 1)
-        key_id, secret, account = created["id"], created["key"], created["account"]
-    else:
-        if account is None or not is_valid_call_id(account):
-            fail("--account must be 1-128 characters of A-Z a-z 0-9 _ . : -")
-        made, secret = with_store(data_dir, database, lambda s: s.create_key(account, scopes, name))
-        key_id = made.id
+    key_id, secret, account = _keys(data_dir, database, url, key).create_key(account, scopes, name)
     if as_json:
         sys.stdout.write(orjson.dumps({"key": secret, "id": key_id, "account": account}).decode() + "\n")
         return
@@ -86,21 +131,7 @@ def list_(
     key: AdminKey = None,
 ) -> None:
     """List keys (never their secrets)."""
-    if (server := _server(url, key)) is not None:
-        rows = [r for r in call_api("GET", server[0], server[1], "/v1/keys")["keys"] if account in (None, r["account"])]
-    else:
-        records = with_store(data_dir, database, lambda s: s.list_keys(account))
-        rows = [
-            {
-                "id": r.id,
-                "account": r.account,
-                "name": r.name,
-                "scopes": sorted(r.scopes),
-                "created_at": r.created_at,
-                "revoked_at": r.revoked_at,
-            }
-            for r in records
-        ]
+    rows = _keys(data_dir, database, url, key).list_keys(account)
     if as_json:
         sys.stdout.write(orjson.dumps(rows).decode() + "\n")
         return
@@ -120,9 +151,7 @@ def revoke(
     key: AdminKey = None,
 ) -> None:
     """Revoke a key; every node ends its open sockets and streams within seconds."""
-    if (server := _server(url, key)) is not None:
-        call_api("DELETE", server[0], server[1], f"/v1/keys/{urllib.parse.quote(key_id, safe='')}")
-    elif not with_store(data_dir, database, lambda s: s.revoke_key(key_id)):
+    if not _keys(data_dir, database, url, key).revoke_key(key_id):
         fail(f"no active key {key_id}", 1)
     console.print(f"revoked {key_id}")
 

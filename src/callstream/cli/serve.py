@@ -18,6 +18,7 @@ from callstream.cli.common import (
     Port,
     console,
     load_settings,
+    setting,
     with_store,
 )
 
@@ -31,38 +32,19 @@ def serve(
     data_dir: DataDir = None,
     broker: BrokerUrl = None,
     database: DatabaseUrl = None,
-    allowed_origins: Annotated[
-        str | None, typer.Option(help="comma-separated Origin allow-list for /v1/events")
-    ] = None,
+    allowed_origins: Annotated[str | None, setting("allowed_origins")] = None,
     webhooks_allow_private: Annotated[
-        bool | None, typer.Option("--webhooks-allow-private", help="allow webhook URLs on private networks")
+        bool | None, setting("webhooks_allow_private", "--webhooks-allow-private")
     ] = None,
-    sentiment: Annotated[bool | None, typer.Option("--sentiment/--no-sentiment")] = None,
-    redact: Annotated[
-        str | None,
-        typer.Option(help="replace personal data before it is stored or sent: card,ssn,email,phone,iban or all"),
-    ] = None,
-    redact_region: Annotated[
-        str | None, typer.Option(help="country of phone numbers written without +code [default US]")
-    ] = None,
-    latency_warn_ms: Annotated[
-        int | None, typer.Option(help="flag turns slower than this on the dashboard [default 1500]")
-    ] = None,
-    log_level: Annotated[str | None, typer.Option(help="critical|error|warning|info|debug")] = None,
-    retention_days: Annotated[
-        int | None,
-        typer.Option(help="erase ended calls N days after they ended [env CALLSTREAM_RETENTION_DAYS; 0 = keep]"),
-    ] = None,
-    metrics_token: Annotated[
-        str | None,
-        typer.Option(help="require `Authorization: Bearer <it>` on /metrics [env CALLSTREAM_METRICS_TOKEN]"),
-    ] = None,
-    record: Annotated[
-        bool | None, typer.Option("--record", help="keep each call's audio as a WAV [env CALLSTREAM_RECORD]")
-    ] = None,
-    recordings_dir: Annotated[
-        str | None, typer.Option(help="where recordings are kept [default DATA_DIR/recordings; shared by nodes]")
-    ] = None,
+    sentiment: Annotated[bool | None, setting("sentiment", "--sentiment/--no-sentiment")] = None,
+    redact: Annotated[str | None, setting("redact")] = None,
+    redact_region: Annotated[str | None, setting("redact_region")] = None,
+    latency_warn_ms: Annotated[int | None, setting("latency_warn_ms")] = None,
+    log_level: Annotated[str | None, setting("log_level")] = None,
+    retention_days: Annotated[int | None, setting("retention_days")] = None,
+    metrics_token: Annotated[str | None, setting("metrics_token")] = None,
+    record: Annotated[bool | None, setting("record", "--record")] = None,
+    recordings_dir: Annotated[str | None, setting("recordings_dir")] = None,
     dashboard_account: Annotated[
         str | None,
         typer.Option(

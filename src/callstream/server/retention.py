@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 from callstream.errors import UnavailableError
 from callstream.outages import OutageLog
@@ -28,28 +29,19 @@ BATCH = 500  # calls erased in one transaction
 PAUSE_S = 0.2  # between two batches: room for the writer's commits
 
 
+@dataclass(slots=True)
 class RetentionSweep:
     """Erases the calls that ended more than `days` ago, every `every_s` seconds."""
 
-    def __init__(
-        self,
-        store: SqlStore,
-        erasure: Erasure,
-        days: int,
-        *,
-        every_s: float,
-        batch: int = BATCH,
-        pause_s: float = PAUSE_S,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._store = store
-        self._erasure = erasure
-        self._days = days
-        self._every_s = every_s
-        self._batch = batch
-        self._pause_s = pause_s
-        self._clock = clock
-        self._outage = OutageLog(log, "the retention sweep")
+    store: SqlStore
+    erasure: Erasure
+    days: int
+    _: KW_ONLY
+    every_s: float
+    batch: int = BATCH
+    pause_s: float = PAUSE_S
+    clock: Callable[[], float] = time.time
+    _outage: OutageLog = field(init=False, default_factory=lambda: OutageLog(log, "the retention sweep"))
 
     async def run_forever(self) -> None:
         """Sweep now, then every `every_s`; a sweep the store or the broker fails is tried again
@@ -61,25 +53,25 @@ class RetentionSweep:
                 self._outage.failed(exc)
             else:
                 self._outage.recovered()
-                log.info("retention sweep: %d ended call(s) erased (retention: %d day(s))", erased, self._days)
-            await asyncio.sleep(self._every_s)
+                log.info("retention sweep: %d ended call(s) erased (retention: %d day(s))", erased, self.days)
+            await asyncio.sleep(self.every_s)
 
     async def sweep(self) -> int:
         """One sweep over every account; how many calls it erased."""
-        cutoff = int(self._clock() * 1000) - self._days * DAY_MS
+        cutoff = int(self.clock() * 1000) - self.days * DAY_MS
         erased = 0
-        for account in await self._store.accounts():
+        for account in await self.store.accounts():
             erased += await self._sweep_account(account, cutoff)
         return erased
 
     async def _sweep_account(self, account: str, cutoff: int) -> int:
         erased = 0
         while True:
-            call_ids = await self._store.calls_ended_before(account, cutoff, self._batch)
+            call_ids = await self.store.calls_ended_before(account, cutoff, self.batch)
             if not call_ids:
                 return erased
-            done = await self._erasure.erase_ended(account, call_ids)
+            done = await self.erasure.erase_ended(account, call_ids)
             erased += done
-            if len(call_ids) < self._batch or not done:  # the rest wait for their commits: next sweep
+            if len(call_ids) < self.batch or not done:  # the rest wait for their commits: next sweep
                 return erased
-            await asyncio.sleep(self._pause_s)
+            await asyncio.sleep(self.pause_s)

@@ -10,7 +10,7 @@ import base64
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import orjson
@@ -109,7 +109,8 @@ class ClaimedMessage:
 
 @dataclass(slots=True)
 class Attempt:
-    """One try, as recorded: what happened and what comes next."""
+    """One try, as recorded: what happened and what comes next. Its fields are columns of
+    `webhook_attempts`, stored and shown under their names."""
 
     attempted_at: int
     status_code: int | None
@@ -117,6 +118,10 @@ class Attempt:
     error: str | None
     result: str  # succeeded | retry | failed | gone
     next_attempt_at: int | None
+
+
+#: What the delivery log shows of an attempt: its number, then the fields of `Attempt`.
+_ATTEMPT_JSON = ("attempt", *(f.name for f in fields(Attempt)))
 
 
 def _endpoint(row: Any) -> Endpoint:
@@ -394,12 +399,7 @@ class WebhookRepo:
                     message_id=message.id,
                     endpoint_id=message.endpoint_id,
                     attempt=message.attempts + 1,
-                    attempted_at=attempt.attempted_at,
-                    status_code=attempt.status_code,
-                    latency_ms=attempt.latency_ms,
-                    error=attempt.error,
-                    result=attempt.result,
-                    next_attempt_at=attempt.next_attempt_at,
+                    **asdict(attempt),
                 )
             )
             updated = await conn.execute(
@@ -478,17 +478,7 @@ class WebhookRepo:
             ).all()
         by_message: dict[str, list[dict[str, Any]]] = {}
         for a in attempts:
-            by_message.setdefault(a.message_id, []).append(
-                {
-                    "attempt": a.attempt,
-                    "attempted_at": a.attempted_at,
-                    "status_code": a.status_code,
-                    "latency_ms": a.latency_ms,
-                    "error": a.error,
-                    "result": a.result,
-                    "next_attempt_at": a.next_attempt_at,
-                }
-            )
+            by_message.setdefault(a.message_id, []).append({k: a._mapping[k] for k in _ATTEMPT_JSON})
         return [_message_json(m, by_message.get(m.id, [])) for m in messages]
 
     @store_errors
