@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     retention_days: int = Field(
         0, ge=0, le=36_500, description="erase ended calls this many days after they ended; 0: keep them"
     )
+    record: bool = Field(False, description="keep each call's audio as a 2-channel WAV (docs/recordings.md)")
+    recordings_dir: str | None = Field(
+        None, description="where recordings are kept; unset: data_dir/recordings. Several nodes: one shared directory"
+    )
     retention_sweep_s: float = Field(
         3600.0, gt=0, le=86_400, description="how often each node looks for calls past the retention"
     )

@@ -43,6 +43,8 @@ def serve(
     log_level: Annotated[str | None, setting("log_level")] = None,
     retention_days: Annotated[int | None, setting("retention_days")] = None,
     metrics_token: Annotated[str | None, setting("metrics_token")] = None,
+    record: Annotated[bool | None, setting("record", "--record")] = None,
+    recordings_dir: Annotated[str | None, setting("recordings_dir")] = None,
     dashboard_account: Annotated[
         str | None,
         typer.Option(
@@ -69,6 +71,8 @@ def serve(
         log_level=log_level,
         metrics_token=metrics_token,
         retention_days=retention_days,
+        record=record,
+        recordings_dir=recordings_dir,
     )
     configure_logging(settings.log_level)
 

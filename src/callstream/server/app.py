@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 from callstream import __version__
 from callstream.errors import UnavailableError
 from callstream.limits import Limits
-from callstream.server import erasure_api, event_stream, keys_api, metadata_api, rest
+from callstream.server import erasure_api, event_stream, keys_api, metadata_api, recording_api, rest
 from callstream.server.bodylimit import BodyLimit
 from callstream.server.dashboard_files import DashboardFiles
 from callstream.server.deps import ApiError, bearer_of, runtime_of, unavailable
@@ -129,6 +129,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.include_router(rest.router, responses=ERROR_RESPONSES)
     app.include_router(erasure_api.router, responses=ERROR_RESPONSES)
+    app.include_router(recording_api.router, responses=ERROR_RESPONSES)
     app.include_router(keys_api.router, responses=ERROR_RESPONSES)
     app.add_api_route(event_stream.PATH, event_stream.described, methods=["GET"], **event_stream.OPENAPI)
     app.include_router(metadata_api.router, responses=ERROR_RESPONSES)

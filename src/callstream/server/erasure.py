@@ -1,5 +1,5 @@
-"""Erasing ended calls (docs/privacy.md): the store's rows first, then the broker's state and
-replay log, on every node.
+"""Erasing ended calls (docs/privacy.md): their recordings, the store's rows, then the broker's
+state and replay log, on every node.
 
 The order is what keeps a call id reusable. Once the store's rows are gone, a publish of the id
 that reaches the broker before the broker forgets the call is still refused (the broker holds it
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from callstream.broker import Broker, BrokerUnavailableError
 from callstream.errors import UnavailableError
+from callstream.server.recordings import Recordings
 from callstream.store import SqlStore
 
 __all__ = ["CallLiveError", "CallNotFoundError", "CallSettlingError", "Erasure"]
@@ -43,9 +44,10 @@ class CallSettlingError(UnavailableError):
 class Erasure:
     """Erases one node's view of calls, and through the broker every node's."""
 
-    def __init__(self, store: SqlStore, broker: Broker) -> None:
+    def __init__(self, store: SqlStore, broker: Broker, recordings: Recordings | None = None) -> None:
         self._store = store
         self._broker = broker
+        self._recordings = recordings
 
     async def erase_call(self, account: str, call_id: str) -> None:
         """Erase one ended call of the account, or raise why not (nothing is erased then)."""
@@ -73,6 +75,9 @@ class Erasure:
         return len(await self._erase(account, [c for c in call_ids if c not in unsettled]))
 
     async def _erase(self, account: str, call_ids: Sequence[str]) -> list[str]:
+        if self._recordings is not None and call_ids:
+            # First: a disk that refuses fails the erasure while the call is still there to retry.
+            await self._recordings.erase(account, list(call_ids))
         erased = await self._store.erase_calls(account, call_ids)
         try:
             await self._broker.erase(account, erased)

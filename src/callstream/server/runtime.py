@@ -29,6 +29,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from callstream import metrics
@@ -52,6 +53,7 @@ from callstream.pii import Redactor, redact_event
 from callstream.server.audio_desk import AudioDesk
 from callstream.server.control_desk import ControlDesk
 from callstream.server.erasure import Erasure
+from callstream.server.recordings import Recordings
 from callstream.server.repair import HistoryRepair
 from callstream.server.retention import RetentionSweep
 from callstream.server.tasks import TaskSet
@@ -89,7 +91,10 @@ class Runtime:
         self.hub = Hub()
         self.history = HistoryRepair(self.store, self.broker, self._repaired)
         self.control = ControlDesk(self)
-        self.erasure = Erasure(self.store, self.broker)
+        self.recordings = Recordings(
+            Path(settings.recordings_dir or Path(settings.data_dir) / "recordings"), enabled=settings.record
+        )
+        self.erasure = Erasure(self.store, self.broker, self.recordings)
         self._stored_events: list[Event] = []  # durable, to fan out at the end of this iteration
         self._delivery_due = False
         self.connections: set[Closable] = set()
@@ -127,6 +132,8 @@ class Runtime:
                 self.store, self.erasure, self.settings.retention_days, every_s=self.settings.retention_sweep_s
             )
             self._workers.start(sweep.run_forever(), name="retention")
+        if self.settings.record:
+            self._workers.start(self.recordings.run_forever(), name="recordings")
         for start_hook in self.start_hooks:
             self._workers.start(start_hook(self), name="start-hook")
 
@@ -137,6 +144,7 @@ class Runtime:
         await self.store.flush()  # so the broker hears of the last commits
         await self.history.close()
         await self.broker.close()
+        await self.recordings.close()
         await self.store.close()
 
     async def drain(self, code: int = 1001) -> None:
@@ -177,6 +185,7 @@ class Runtime:
         for accepted in fresh:
             if accepted.type == ENDED:
                 self.audio.ended(account, accepted.call_id)  # its listens are over, on every node
+                self.recordings.end(account, accepted.call_id)  # closed before the webhook is built
         durable = self.store.append(fresh)
         if not self.broker.fans_out_on_publish:
             durable.add_done_callback(functools.partial(self._stored, fresh))
@@ -273,8 +282,10 @@ class Runtime:
     def audio_frame(self, account: str, call_id: str, fmt: AudioFormat, frame: AudioFrame) -> None:
         """An audio frame accepted from a producer (parsed, checked against `fmt`, within the
         limits): every accepted frame comes through here, once. Relayed live to the call's
-        listeners, never stored in the replay log; never waits, so events are never delayed."""
+        listeners, never stored in the replay log, and into its recording (`--record`); never
+        waits, so events are never delayed."""
         self.audio.frame(account, call_id, fmt, frame)
+        self.recordings.frame(account, call_id, fmt, frame)
 
     async def replay(self, account: str, call_id: str, since: int) -> AsyncGenerator[list[Event], None]:
         """Every held event with seq > since, in pages in seq order: the part older than the broker's
@@ -305,7 +316,10 @@ class Runtime:
         if written:
             metrics.EVENTS_DELIVERED.inc(written)  # the rest is counted as its socket is written
         for event in events:
-            if event.type == ENDED and (over := self.hub.end_call(event.account, event.call_id)):
+            if event.type != ENDED:
+                continue
+            self.recordings.end(event.account, event.call_id)  # one a producer on this node recorded
+            if over := self.hub.end_call(event.account, event.call_id):
                 self.tasks.start(self._unwatch(event.account, event.call_id, len(over)))
 
     async def _unwatch(self, account: str, call_id: str, times: int) -> None:
@@ -317,6 +331,7 @@ class Runtime:
         """Calls were erased (by any node): this node keeps nothing of them either."""
         self.store.forget_calls(account, call_ids)
         self.history.forget(account, call_ids)
+        self.recordings.forget(account, list(call_ids))
 
     async def _resync_subscribers(self) -> None:
         """The broker's pub/sub link was down for a while: frames published meanwhile never

@@ -14,13 +14,22 @@ from callstream.webhooks.worker import WebhookWorker
 if TYPE_CHECKING:
     from callstream.server.runtime import Runtime
 
-__all__ = ["install", "repo_of"]
+__all__ = ["install", "recording_url", "repo_of"]
 
 
 def repo_of(runtime: Runtime) -> WebhookRepo:
     """The node's repo (created by `install`); the API uses it."""
     repo: WebhookRepo = runtime.webhooks  # type: ignore[attr-defined]
     return repo
+
+
+async def recording_url(runtime: Runtime, event: Event) -> str | None:
+    """Where the ended call's recording is served (`--public-url` in front, when set), or None
+    when it has none. Only a recording node looks: its recordings are on a disk it shares."""
+    recordings = runtime.recordings
+    if not recordings.enabled or not await recordings.has_recording(event.account, event.call_id):
+        return None
+    return f"{(runtime.settings.public_url or '').rstrip('/')}/v1/calls/{event.call_id}/recording"
 
 
 def install(runtime: Runtime) -> WebhookWorker:
@@ -34,7 +43,7 @@ def install(runtime: Runtime) -> WebhookWorker:
     runtime.webhooks = repo  # type: ignore[attr-defined]
 
     async def on_call_ended(conn: AsyncConnection, event: Event) -> None:
-        if await repo.enqueue_for_call(conn, event):
+        if await repo.enqueue_for_call(conn, event, await recording_url(runtime, event)):
             worker.wake_soon()
 
     async def run_worker(_runtime: Runtime) -> None:

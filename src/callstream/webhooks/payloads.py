@@ -3,8 +3,8 @@
 The body follows the Standard Webhooks shape `{"type", "timestamp", "data"}`. `call.ended`
 carries everything a CRM or QA workflow needs after the call in one request (status, timing,
 the full transcript, every function call paired with its result, the sentiment summary, the
-turn metrics, the call's metadata), so
-a receiver does not have to call back into the REST API; `transcript.completed` carries the
+turn metrics, the call's metadata, the URL of its recording), so a receiver does not have to
+call back into the REST API for anything but the audio; `transcript.completed` carries the
 transcript alone for receivers that only archive text.
 """
 
@@ -147,8 +147,11 @@ def sentiment_summary(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def call_ended_data(call: dict[str, Any], events: list[StoredEvent]) -> dict[str, Any]:
-    """`call` holds the call row's fields (call_id, started_at, ended_at, duration_ms, …)."""
+def call_ended_data(
+    call: dict[str, Any], events: list[StoredEvent], recording_url: str | None = None
+) -> dict[str, Any]:
+    """`call` holds the call row's fields (call_id, started_at, ended_at, duration_ms, …);
+    `recording_url` is where its recording is served (null: it has none)."""
     ended = next((e for e in reversed(events) if e.type == ENDED), None)
     ended_data = ended.data if ended is not None else {}
     end_status = ended_data.get("status", call.get("end_status"))
@@ -169,6 +172,7 @@ def call_ended_data(call: dict[str, Any], events: list[StoredEvent]) -> dict[str
         "sentiment": sentiment_summary(lines),
         "metrics": call_metrics(call),
         "metadata": call_metadata(call),
+        "recording_url": recording_url,
     }
 
 
@@ -188,11 +192,11 @@ def call_metadata(call: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_payload(
-    event_type: str, call: dict[str, Any], events: list[StoredEvent], ts_ms: int
+    event_type: str, call: dict[str, Any], events: list[StoredEvent], ts_ms: int, recording_url: str | None = None
 ) -> dict[str, Any]:
     """The whole body for one event type; `ts_ms` (when the call ended) becomes `timestamp`."""
     if event_type == CALL_ENDED:
-        data = call_ended_data(call, events)
+        data = call_ended_data(call, events, recording_url)
     elif event_type == TRANSCRIPT_COMPLETED:
         data = transcript_completed_data(call, events)
     else:

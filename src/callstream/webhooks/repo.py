@@ -217,8 +217,11 @@ class WebhookRepo:
 
     # ---- the outbox: written in the store's transaction --------------------------------
 
-    async def enqueue_for_call(self, conn: AsyncConnection, event: Event) -> int:
-        """Queue one message per (endpoint, wanted type) for the call `event` ended.
+    async def enqueue_for_call(
+        self, conn: AsyncConnection, event: Event, recording_url: str | None = None
+    ) -> int:
+        """Queue one message per (endpoint, wanted type) for the call `event` ended
+        (`recording_url`: where its recording is served, for `call.ended`).
 
         Runs inside the transaction that stores `call.ended`, so the call's events are already
         there and the messages commit (or roll back) with them. Returns how many were queued.
@@ -236,7 +239,7 @@ class WebhookRepo:
         call = await self._call_row(conn, event)
         events = await self._call_events(conn, event)
         bodies = {
-            t: orjson.dumps(build_payload(t, call, events, event.ts)).decode() for t in {t for _, t in wanted}
+            t: orjson.dumps(build_payload(t, call, events, event.ts, recording_url)).decode() for t in {t for _, t in wanted}
         }
         at = now_ms()
         rows = [

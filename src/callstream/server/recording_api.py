@@ -1,0 +1,44 @@
+"""`GET /v1/calls/{call_id}/recording` (docs/recordings.md): a call's WAV, with range requests.
+
+Scope `listen`: a recording holds what the transcript's redaction took out (a card number said
+aloud), so a credential that may only read transcripts (`subscribe`) does not get it.
+Starlette's `FileResponse` answers `Range` (one range → 206, several → multipart/byteranges, one
+past the end → 416 with `Content-Range: bytes */size`) and `If-Range`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import FileResponse, Response
+
+from callstream.auth import Principal
+from callstream.events import is_valid_call_id
+from callstream.server.deps import not_found, require, runtime_of
+
+router = APIRouter()
+Listener = Annotated[Principal, Depends(require("listen"))]
+
+WAV_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"audio/wav": {}}, "description": "the whole WAV (2 channels: caller left, agent right)"},
+    206: {"content": {"audio/wav": {}}, "description": "the range asked for (`Range: bytes=…`)"},
+    416: {"description": "a range past the end (`Content-Range: bytes */size`)"},
+}
+
+
+@router.get("/v1/calls/{call_id}/recording", tags=["calls"], response_class=FileResponse, responses=WAV_RESPONSE)
+async def get_recording(call_id: str, request: Request, principal: Listener) -> Response:
+    """The call's recording, once its file is closed (a moment after `call.ended`). 404, the
+    same answer, for a call with no recording, a missing call and another account's call."""
+    visible = is_valid_call_id(call_id) and principal.may_see(call_id)
+    paths = runtime_of(request).recordings.paths(principal.account, call_id) if visible else None
+    if paths is None:
+        raise not_found("recording")
+    try:
+        stat = await anyio.to_thread.run_sync(os.stat, paths.finished)
+    except FileNotFoundError:
+        raise not_found("recording") from None
+    return FileResponse(paths.finished, media_type="audio/wav", stat_result=stat)

@@ -1,0 +1,264 @@
+"""The node's recordings (`--record`, docs/recordings.md): each call's audio into its WAV file.
+
+The event loop never touches a file. Frames go through the call's `recording.Assembler` (pure,
+bounded), and what it returns is queued per call and handed, 64 KiB or a second at a time, to
+one writer thread (`recording_files`). One thread means the jobs of a call (open, appends,
+close, erase) run in the order they were asked for, without a lock.
+
+A call's file is closed, and renamed from `.part` to `.wav`, when `call.ended` passes through
+this node (its publish path or its fan-out), when no frame came for `IDLE_S` (a producer that
+went quiet, or moved to another node: the next frame opens the file again and goes on where it
+stopped), and when the node stops. The writer's backlog is bounded: past `MAX_QUEUED_BYTES`
+audio is written as silence of the same length, so the file stays aligned while the disk catches
+up. Serving and erasing files works whether or not this node records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from callstream.recording import FRAME_BYTES, RATES, Assembler, AudioFormatLike, AudioFrameLike, Chunk, Limits
+from callstream.server import recording_files as files
+from callstream.server.recording_files import OpenFile, RecordingPaths
+
+__all__ = ["IDLE_S", "Recordings"]
+
+log = logging.getLogger("callstream.recordings")
+
+IDLE_S = 10.0  # a call with no frame this long has its file closed (the next frame reopens it)
+TICK_S = 1.0  # queued samples are written at least this often
+FLUSH_BYTES = 64 * 1024  # a call's queued samples are handed to the writer at this size
+MAX_QUEUED_BYTES = 64 * 1024 * 1024  # the writer's backlog; past it audio is written as silence
+MAX_WAITING = 256  # frames held while the call's file is being opened
+ENDED_KEPT = 10_000  # ended calls remembered, so a late frame does not reopen their file
+
+_Key = tuple[str, str]
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    """A frame held while its call's file opens (the payload copied: the caller's may be reused)."""
+
+    track: int
+    ms: int
+    payload: bytes
+    arrived_ms: int
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    paths: RecordingPaths
+    sample_rate: int
+    last_frame: float
+    assembler: Assembler | None = None  # None while the file opens
+    file: OpenFile | None = None
+    waiting: list[tuple[AudioFormatLike, _Frame]] = field(default_factory=list)
+    queued: list[Chunk] = field(default_factory=list)
+    queued_bytes: int = 0
+    ending: bool = False  # closed as soon as the file is open
+    dead: bool = False  # the file could not be opened: frames are dropped
+
+
+class Recordings:
+    """Records calls under `root` (when `enabled`), serves and erases their files."""
+
+    def __init__(self, root: Path, *, enabled: bool, limits: Limits | None = None, idle_s: float = IDLE_S) -> None:
+        self.root = root
+        self.enabled = enabled
+        self._limits = limits or Limits()
+        self._idle_s = idle_s
+        self._calls: dict[_Key, _Call] = {}
+        self._ended: OrderedDict[_Key, None] = OrderedDict()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recordings")
+        self._backlog = 0  # bytes handed to the writer and not written yet
+        self._jobs = 0  # handed to the writer so far
+
+    # ---- what the node asks ------------------------------------------------------------------
+
+    def frame(self, account: str, call_id: str, fmt: AudioFormatLike, frame: AudioFrameLike) -> None:
+        """Record one accepted frame of a live call (nothing when recording is off)."""
+        if not self.enabled:
+            return
+        key = (account, call_id)
+        call = self._calls.get(key)
+        if call is None:
+            if key in self._ended or fmt.sample_rate not in RATES or (paths := self.paths(*key)) is None:
+                return
+            call = self._open(key, paths, fmt.sample_rate)
+        call.last_frame = now = time.monotonic()
+        if call.assembler is not None:
+            self._queue(call, call.assembler.feed(fmt, frame, int(now * 1000)))
+        elif not call.dead and len(call.waiting) < MAX_WAITING:
+            call.waiting.append((fmt, _Frame(frame.track, frame.ms, bytes(frame.payload), int(now * 1000))))
+
+    def end(self, account: str, call_id: str) -> None:
+        """The call ended: close its file (a later frame of it is not recorded)."""
+        if not self.enabled:
+            return
+        key = (account, call_id)
+        self._ended[key] = None
+        if len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
+        if (call := self._calls.get(key)) is not None:
+            self._close(key, call)
+
+    def forget(self, account: str, call_ids: list[str] | tuple[str, ...]) -> asyncio.Future[None]:
+        """The calls were erased: drop what this node holds of them and delete their files."""
+        doomed = []
+        for call_id in call_ids:
+            key = (account, call_id)
+            self._ended.pop(key, None)
+            call = self._calls.pop(key, None)
+            if call is not None and call.file is not None:
+                self._submit(files.discard, call.file)
+            if (paths := self.paths(account, call_id)) is not None:
+                doomed.append(paths)
+        erasing = self._submit(files.erase, doomed)
+        erasing.add_done_callback(_log_failure)
+        return erasing
+
+    async def erase(self, account: str, call_ids: list[str]) -> None:
+        """`forget`, returning once the files are gone (an erasure answers after that)."""
+        await self.forget(account, call_ids)
+
+    def paths(self, account: str, call_id: str) -> RecordingPaths | None:
+        """The call's file names; None for an id no call can have."""
+        try:
+            return files.paths_for(self.root, account, call_id)
+        except ValueError:
+            return None
+
+    async def has_recording(self, account: str, call_id: str) -> bool:
+        """Whether the call has a recording, finished or being written (on any node)."""
+        call = self._calls.get((account, call_id))
+        if call is not None and not call.dead:
+            return True
+        paths = self.paths(account, call_id)
+        return paths is not None and await asyncio.to_thread(files.exists, paths)
+
+    async def run_forever(self) -> None:
+        """Every `TICK_S`: hand queued samples to the writer; close the files of idle calls."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.tick(time.monotonic())
+
+    def tick(self, now: float) -> None:
+        for key, call in list(self._calls.items()):
+            if now - call.last_frame >= self._idle_s and (call.assembler is not None or call.dead):
+                self._close(key, call)
+            else:
+                self._flush(call)
+
+    async def written(self) -> None:
+        """Return once the writer has done everything asked of it so far, and what that asked
+        for in turn (a file that opened has its waiting frames written, and its close)."""
+        while True:
+            before = self._jobs
+            await self._submit(_nothing)
+            if self._jobs == before + 1:
+                return
+
+    async def close(self) -> None:
+        """Close every open file (the node stops), and wait for the writer to finish."""
+        for key, call in list(self._calls.items()):
+            self._close(key, call)
+        await self.written()
+        self._writer.shutdown(wait=False)
+
+    # ---- the calls' life ---------------------------------------------------------------------
+
+    def _open(self, key: _Key, paths: RecordingPaths, sample_rate: int) -> _Call:
+        call = self._calls[key] = _Call(paths, sample_rate, time.monotonic())
+        opening = self._submit(files.open_for, paths, sample_rate)
+        opening.add_done_callback(functools.partial(self._opened, key, call))
+        return call
+
+    def _opened(self, key: _Key, call: _Call, opening: asyncio.Future[OpenFile]) -> None:
+        error = None if opening.cancelled() else opening.exception()
+        if opening.cancelled() or error is not None:
+            log.warning("call %s is not recorded on this node: %s", key[1], error or "the node stopped")
+            call.dead, call.waiting = True, []
+            if call.ending and self._calls.get(key) is call:
+                del self._calls[key]
+            return
+        file = opening.result()
+        if self._calls.get(key) is not call:  # erased meanwhile: `forget` queued the unlink
+            self._submit(files.discard, file)
+            return
+        call.file = file
+        call.assembler = Assembler(call.sample_rate, limits=self._limits, start=file.data_bytes // FRAME_BYTES)
+        for fmt, frame in call.waiting:
+            self._queue(call, call.assembler.feed(fmt, frame, frame.arrived_ms))
+        call.waiting = []
+        if call.ending:
+            self._close(key, call)
+
+    def _close(self, key: _Key, call: _Call) -> None:
+        if call.assembler is None or call.file is None:
+            call.ending = True  # still opening: closed once open (or dropped if it cannot be)
+            if call.dead:
+                del self._calls[key]
+            return
+        del self._calls[key]
+        self._queue(call, call.assembler.finish(), flush=False)
+        self._write(call, files.close)
+
+    def _queue(self, call: _Call, chunks: list[Chunk], *, flush: bool = True) -> None:
+        if not chunks:
+            return
+        call.queued += chunks
+        call.queued_bytes += sum(len(c) for c in chunks if isinstance(c, bytes))
+        if flush and call.queued_bytes >= FLUSH_BYTES:
+            self._flush(call)
+
+    def _flush(self, call: _Call) -> None:
+        if call.queued and call.file is not None:
+            self._write(call, files.append)
+
+    def _write(self, call: _Call, job: Callable[[OpenFile, list[Chunk]], None]) -> None:
+        """Hand the call's queued samples to the writer (as silence while its backlog is full)."""
+        assert call.file is not None
+        chunks, size = call.queued, call.queued_bytes
+        call.queued, call.queued_bytes = [], 0
+        if self._backlog + size > MAX_QUEUED_BYTES:
+            chunks, size = [sum(len(c) if isinstance(c, bytes) else c for c in chunks)], 0
+        self._backlog += size
+        done = self._submit(_guarded, job, call.file, chunks)
+        done.add_done_callback(functools.partial(self._written, size))
+
+    def _written(self, size: int, _: asyncio.Future[None]) -> None:
+        self._backlog -= size
+
+    def _submit(self, job: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        self._jobs += 1
+        return asyncio.get_running_loop().run_in_executor(self._writer, job, *args)
+
+
+def _guarded(job: Callable[[OpenFile, list[Chunk]], None], file: OpenFile, chunks: list[Chunk]) -> None:
+    """Run a write on the writer thread; a failing disk stops this file's recording (logged once)."""
+    try:
+        job(file, chunks)
+    except OSError:
+        if not file.failed:
+            log.exception("recording file %s: writing failed; its recording stops here", file.paths.writing.name)
+        file.failed = True
+
+
+def _nothing() -> None:
+    """A job that marks a point in the writer's queue."""
+
+
+def _log_failure(done: asyncio.Future[None]) -> None:
+    """A deletion nobody awaits (another node's erasure) still says when it failed."""
+    if not done.cancelled() and (error := done.exception()) is not None:
+        log.error("recordings could not be deleted: %s", error)

@@ -1,0 +1,144 @@
+"""Recordings on real servers (docs/recordings.md): a producer's audio on /v1/ingest comes back
+from `GET /v1/calls/{id}/recording` as a WAV equal, sample by sample, to what was sent; ranges;
+erasure; and two nodes on Redis sharing the recordings directory."""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import time
+import uuid
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from callstream.recording import ulaw_to_linear
+from tests.helpers import Cluster, ServerProcess, ended, key_of, recv, send
+
+encode_frame = pytest.importorskip("callstream.audio").encode_frame  # the live path feeding the recorder
+RECORDING = {"CALLSTREAM_RECORD": "1"}
+
+
+@pytest.fixture(scope="module")
+def recorder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path_factory.mktemp("recorder"), "--record").start()
+    yield server
+    server.stop()
+
+
+def new_call() -> str:
+    return f"rec_{uuid.uuid4().hex[:10]}"
+
+
+def tone(n: int, freq: float, rate: int) -> list[int]:
+    return [round(9000 * math.sin(2 * math.pi * freq * i / rate)) for i in range(n)]
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def produce(server: ServerProcess, key: str, call_id: str, tracks: dict[int, bytes], *, codec: str, rate: int) -> None:
+    """Send both tracks in 20 ms frames, interleaved in time as a live producer does, then end
+    the call and wait for its ack."""
+    width = 2 if codec == "pcm_s16le" else 1
+    per = rate // 50 * width
+    async with connect(f"{server.ws_url}/v1/ingest?token={key}") as mouth:
+        await send(mouth, {"type": "audio.format", "call_id": call_id, "codec": codec, "sample_rate": rate})
+        for offset in range(0, max(len(t) for t in tracks.values()), per):
+            for track, audio in tracks.items():
+                if offset < len(audio):
+                    await mouth.send(encode_frame(track, call_id, offset // per * 20, audio[offset : offset + per]))
+        await send(mouth, {**ended(), "call_id": call_id, "ref": 1})
+        assert (await recv(mouth))["type"] == "ack"
+
+
+def fetch(server: ServerProcess, key: str, call_id: str, within: float = 20.0, **headers: str) -> httpx.Response:
+    """The recording, once the node closed its file (a moment after call.ended)."""
+    deadline = time.monotonic() + within
+    while True:
+        answer = httpx.get(f"{server.url}/v1/calls/{call_id}/recording", headers={**auth(key), **headers}, timeout=10)
+        if answer.status_code != 404 or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.1)
+
+
+def channels(data: bytes) -> tuple[list[int], list[int], int]:
+    with wave.open(io.BytesIO(data)) as wav:
+        both = struct.unpack(f"<{wav.getnframes() * 2}h", wav.readframes(wav.getnframes()))
+        return list(both[0::2]), list(both[1::2]), wav.getframerate()
+
+
+def recordings_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and p.suffix in (".wav", ".part")]
+
+
+async def test_the_recording_is_the_pcm_sent_on_both_tracks_sample_for_sample(recorder: ServerProcess) -> None:
+    key, call_id = key_of(recorder), new_call()
+    caller, agent = tone(16000, 440, 16000), tone(8000, 660, 16000)
+    await produce(
+        recorder, key, call_id,
+        {0: struct.pack(f"<{len(caller)}h", *caller), 1: struct.pack(f"<{len(agent)}h", *agent)},
+        codec="pcm_s16le", rate=16000,
+    )  # fmt: skip
+
+    answer = fetch(recorder, key, call_id)
+
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "audio/wav"
+    left, right, rate = channels(answer.content)
+    assert rate == 16000
+    assert left == caller
+    assert right == agent + [0] * (len(caller) - len(agent))
+
+
+async def test_mulaw_is_recorded_as_its_decoded_samples(recorder: ServerProcess) -> None:
+    key, call_id = key_of(recorder), new_call()
+    codes = bytes(range(256)) * 10
+    await produce(recorder, key, call_id, {1: codes}, codec="mulaw", rate=8000)
+    left, right, rate = channels(fetch(recorder, key, call_id).content)
+    assert rate == 8000
+    assert right == [ulaw_to_linear(c) for c in codes]
+    assert left == [0] * len(codes)
+
+
+async def test_ranges_and_erasure(recorder: ServerProcess) -> None:
+    key, call_id = key_of(recorder), new_call()
+    audio = struct.pack("<8000h", *tone(8000, 300, 16000))
+    await produce(recorder, key, call_id, {0: audio}, codec="pcm_s16le", rate=16000)
+    whole = fetch(recorder, key, call_id).content
+
+    head = fetch(recorder, key, call_id, Range="bytes=0-43")
+    assert (head.status_code, head.content) == (206, whole[:44])
+    assert head.headers["content-range"] == f"bytes 0-43/{len(whole)}"
+    past = fetch(recorder, key, call_id, Range=f"bytes={len(whole)}-")
+    assert (past.status_code, past.headers["content-range"]) == (416, f"bytes */{len(whole)}")
+
+    assert recordings_under(Path(recorder.data_dir) / "recordings")
+    erased = httpx.delete(f"{recorder.url}/v1/calls/{call_id}", headers=auth(key), timeout=30)
+    assert erased.status_code == 204, erased.text
+    gone = httpx.get(f"{recorder.url}/v1/calls/{call_id}/recording", headers=auth(key), timeout=10)
+    assert gone.json() == {"error": {"code": "not_found", "message": "no such recording"}}
+
+
+async def test_a_recording_made_on_one_node_is_served_and_erased_by_another(
+    cluster: Cluster, account: str, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared-recordings"
+    near, far = cluster.start(2, env={**RECORDING, "CALLSTREAM_RECORDINGS_DIR": str(shared)})
+    key, call_id = cluster.key(account), new_call()
+    audio = struct.pack("<16000h", *tone(16000, 500, 16000))
+    await produce(near, key, call_id, {0: audio}, codec="pcm_s16le", rate=16000)
+
+    answer = fetch(far, key, call_id)
+    assert answer.status_code == 200, answer.text
+    left, _, _ = channels(answer.content)
+    assert left == list(struct.unpack("<16000h", audio))
+
+    assert httpx.delete(f"{far.url}/v1/calls/{call_id}", headers=auth(key), timeout=30).status_code == 204
+    assert recordings_under(shared) == []

@@ -1,0 +1,312 @@
+"""Recordings on the embedded node (docs/recordings.md): frames handed to the runtime as the
+ingest socket hands them, the WAV served by `GET /v1/calls/{id}/recording` (in process, over
+the real app), erased with its call, and named in the `call.ended` webhook."""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import time
+import wave
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from callstream.events import NewEvent
+from callstream.server.app import create_app
+from callstream.server.retention import DAY_MS, RetentionSweep
+from callstream.server.runtime import Runtime
+from callstream.settings import Settings
+from callstream.webhooks import tables as wt
+from callstream.webhooks.hooks import repo_of
+
+A, B = "acme", "globex"
+RATE = 16000
+
+
+@dataclass(frozen=True)
+class Fmt:
+    codec: str = "pcm_s16le"
+    sample_rate: int = RATE
+
+
+@dataclass(frozen=True)
+class Frame:
+    track: int
+    ms: int
+    payload: bytes
+
+
+@dataclass
+class Node:
+    runtime: Runtime
+    http: httpx.AsyncClient
+    keys: dict[str, str]
+    data_dir: Path
+
+    def auth(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[who]}"}
+
+    async def get(self, call_id: str, who: str = "listener", **headers: str) -> httpx.Response:
+        return await self.http.get(f"/v1/calls/{call_id}/recording", headers={**self.auth(who), **headers})
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    runtime = Runtime(Settings(data_dir=str(tmp_path), sentiment=False, record=True))
+    app = create_app(runtime.settings, runtime)
+    await runtime.start()
+    keys = {}
+    for who, account, scopes in (
+        ("listener", A, {"listen"}),
+        ("reader", A, {"subscribe"}),
+        ("admin", A, {"admin"}),
+        ("other", B, {"listen"}),
+    ):
+        _, keys[who] = await runtime.store.create_key(account, frozenset(scopes))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node") as http:
+        yield Node(runtime, http, keys, tmp_path)
+    await runtime.stop()
+
+
+def tone(n: int, freq: float) -> list[int]:
+    return [round(10000 * math.sin(2 * math.pi * freq * i / RATE)) for i in range(n)]
+
+
+CALLER, AGENT = tone(RATE, 440), tone(RATE // 2, 660)  # 1 s of caller, the agent's first 0.5 s
+
+
+async def recorded_call(node: Node, call_id: str, account: str = A, *, end: bool = True) -> None:
+    """A call whose caller speaks 1 s and agent 0.5 s, in 20 ms frames as a live producer sends."""
+    runtime = node.runtime
+    _, durable = await runtime.publish(account, [NewEvent(call_id, "transcript.final", {"speaker": "user", "text": "hi"})])
+    await durable
+    for i in range(0, RATE, 320):
+        runtime.recordings.frame(account, call_id, Fmt(), Frame(0, i // 16, struct.pack("<320h", *CALLER[i : i + 320])))
+        if i < len(AGENT):
+            runtime.recordings.frame(account, call_id, Fmt(), Frame(1, i // 16, struct.pack("<320h", *AGENT[i : i + 320])))
+    if end:
+        _, durable = await runtime.publish(account, [NewEvent(call_id, "call.ended", {"status": "completed", "duration_ms": 1000})])
+        await durable
+    await runtime.recordings.written()
+
+
+def channels(wav_bytes: bytes) -> tuple[list[int], list[int], int]:
+    with wave.open(io.BytesIO(wav_bytes)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth()) == (2, 2)
+        both = struct.unpack(f"<{wav.getnframes() * 2}h", wav.readframes(wav.getnframes()))
+        return list(both[0::2]), list(both[1::2]), wav.getframerate()
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+# ---- the WAV and its ranges -----------------------------------------------------------------
+
+
+async def test_an_ended_call_s_recording_is_served_as_the_wav_of_what_was_sent(node: Node) -> None:
+    await recorded_call(node, "call_1")
+
+    answer = await node.get("call_1")
+
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "audio/wav"
+    assert answer.headers["accept-ranges"] == "bytes"
+    left, right, rate = channels(answer.content)
+    assert rate == RATE
+    assert left == CALLER
+    assert right == AGENT + [0] * (RATE - len(AGENT))
+
+
+async def test_ranges_answer_206_with_the_bytes_asked_and_416_past_the_end(node: Node) -> None:
+    await recorded_call(node, "call_1")
+    whole = (await node.get("call_1")).content
+    size = len(whole)
+
+    head = await node.get("call_1", Range="bytes=0-43")
+    assert head.status_code == 206
+    assert head.headers["content-range"] == f"bytes 0-43/{size}"
+    assert head.content == whole[:44]
+
+    tail = await node.get("call_1", Range="bytes=-100")
+    assert tail.status_code == 206
+    assert tail.content == whole[-100:]
+    assert tail.headers["content-range"] == f"bytes {size - 100}-{size - 1}/{size}"
+
+    middle = await node.get("call_1", Range="bytes=1000-")
+    assert (middle.status_code, middle.content) == (206, whole[1000:])
+
+    past = await node.get("call_1", Range=f"bytes={size}-{size + 10}")
+    assert past.status_code == 416
+    assert past.headers["content-range"] == f"bytes */{size}"
+
+
+async def test_missing_other_accounts_and_unrecorded_calls_answer_the_same_404(node: Node) -> None:
+    await recorded_call(node, "call_1")
+    _, durable = await node.runtime.publish(A, [NewEvent("unrecorded", "call.ended", {"status": "completed", "duration_ms": 1000})])
+    await durable
+
+    answers = [
+        await node.get("never_was"),
+        await node.get("call_1", who="other"),  # B's key, A's call
+        await node.get("unrecorded"),
+        await node.get("not*valid"),
+    ]
+
+    assert [a.status_code for a in answers] == [404] * 4
+    assert len({a.content for a in answers}) == 1
+    assert answers[0].json() == {"error": {"code": "not_found", "message": "no such recording"}}
+
+
+async def test_a_credential_without_listen_is_refused(node: Node) -> None:
+    await recorded_call(node, "call_1")
+    answer = await node.get("call_1", who="reader")
+    assert answer.status_code == 403
+    assert answer.json()["error"]["code"] == "forbidden"
+
+
+async def test_a_live_call_s_recording_is_served_once_it_ended(node: Node) -> None:
+    await recorded_call(node, "call_1", end=False)
+    assert (await node.get("call_1")).status_code == 404  # still being written
+
+    _, durable = await node.runtime.publish(A, [NewEvent("call_1", "call.ended", {"status": "completed", "duration_ms": 1000})])
+    await durable
+    await node.runtime.recordings.written()
+
+    left, _, _ = channels((await node.get("call_1")).content)
+    assert left == CALLER
+
+
+async def test_recordings_of_two_accounts_with_one_call_id_are_kept_apart(node: Node) -> None:
+    await recorded_call(node, "same_id", A)
+    await recorded_call(node, "same_id", B)
+    assert len(files_under(node.data_dir / "recordings")) == 2
+    assert (await node.get("same_id")).status_code == 200
+    assert (await node.get("same_id", who="other")).status_code == 200
+
+
+async def test_a_file_name_holds_nothing_of_the_call_id(node: Node) -> None:
+    await recorded_call(node, "..:..")
+    (path,) = files_under(node.data_dir / "recordings")
+    assert path.parent.parent == node.data_dir / "recordings"
+    assert ".." not in path.name
+    assert ":" not in str(path.relative_to(node.data_dir))
+
+
+async def test_stopping_the_node_finishes_a_live_call_s_file(tmp_path: Path) -> None:
+    runtime = Runtime(Settings(data_dir=str(tmp_path), sentiment=False, record=True))
+    await runtime.start()
+    for i in range(0, RATE, 320):
+        runtime.recordings.frame(A, "live", Fmt(), Frame(0, i // 16, struct.pack("<320h", *CALLER[i : i + 320])))
+    await runtime.stop()
+
+    (path,) = files_under(tmp_path / "recordings")
+    assert path.suffix == ".wav"
+    left, _, _ = channels(path.read_bytes())
+    assert left == CALLER
+
+
+async def test_without_record_nothing_is_written(tmp_path: Path) -> None:
+    runtime = Runtime(Settings(data_dir=str(tmp_path), sentiment=False))
+    await runtime.start()
+    runtime.recordings.frame(A, "c", Fmt(), Frame(0, 0, bytes(640)))
+    await runtime.stop()
+    assert not (tmp_path / "recordings").exists()
+
+
+# ---- erasure, retention, webhooks ------------------------------------------------------------
+
+
+async def test_erasing_a_call_deletes_its_recording(node: Node) -> None:
+    await recorded_call(node, "call_1")
+    await recorded_call(node, "kept")
+
+    answer = await node.http.delete("/v1/calls/call_1", headers=node.auth("admin"))
+
+    assert answer.status_code == 204
+    assert (await node.get("call_1")).status_code == 404
+    assert (await node.get("kept")).status_code == 200
+    assert len(files_under(node.data_dir / "recordings")) == 1
+
+
+async def test_the_retention_sweep_deletes_the_recordings_of_the_calls_it_erases(node: Node) -> None:
+    await recorded_call(node, "old")
+    runtime = node.runtime
+    ahead = 2 * DAY_MS / 1000
+    sweep = RetentionSweep(runtime.store, runtime.erasure, 1, every_s=60, pause_s=0, clock=lambda: time.time() + ahead)
+
+    assert await sweep.sweep() == 1
+
+    assert (await node.get("old")).status_code == 404
+    assert files_under(node.data_dir / "recordings") == []
+
+
+async def test_the_call_ended_webhook_carries_the_recording_s_url(node: Node) -> None:
+    await repo_of(node.runtime).create_endpoint(A, "https://hooks.example.com/h", ["call.ended"])
+    await recorded_call(node, "call_1")
+    _, durable = await node.runtime.publish(A, [NewEvent("silent", "call.ended", {"status": "completed", "duration_ms": 1000})])
+    await durable
+
+    payloads = await webhook_payloads(node.runtime)
+
+    assert payloads["call_1"]["data"]["recording_url"] == "/v1/calls/call_1/recording"
+    assert payloads["silent"]["data"]["recording_url"] is None
+
+
+async def webhook_payloads(runtime: Runtime) -> dict[str, dict[str, object]]:
+    async with runtime.store.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(wt.webhook_messages.c.call_id, wt.webhook_messages.c.payload))).all()
+    return {row.call_id: orjson.loads(row.payload) for row in rows}
+
+
+# ---- a recording that stops and goes on ------------------------------------------------------
+
+
+def caller_frames(runtime: Runtime, call_id: str, first_ms: int, samples: list[int]) -> None:
+    for i in range(0, len(samples), 320):
+        runtime.recordings.frame(A, call_id, Fmt(), Frame(0, first_ms + i // 16, struct.pack("<320h", *samples[i : i + 320])))
+
+
+async def test_a_call_quiet_for_a_while_has_its_file_closed_and_reopened_when_it_speaks_again(node: Node) -> None:
+    runtime = node.runtime
+    caller_frames(runtime, "call_1", 0, CALLER)
+    await runtime.recordings.written()
+    assert (await node.get("call_1")).status_code == 404  # being written
+
+    runtime.recordings.tick(time.monotonic() + 60)  # long quiet: closed
+    await runtime.recordings.written()
+    left, _, _ = channels((await node.get("call_1")).content)
+    assert left == CALLER
+
+    caller_frames(runtime, "call_1", 2000, CALLER)  # speaks again a second later
+    _, durable = await runtime.publish(A, [NewEvent("call_1", "call.ended", {"status": "completed", "duration_ms": 1000})])
+    await durable
+    await runtime.recordings.written()
+    left, _, _ = channels((await node.get("call_1")).content)
+    assert left == CALLER + [0] * RATE + CALLER
+
+
+async def test_a_node_started_again_goes_on_with_the_file_of_a_call_still_live(tmp_path: Path) -> None:
+    settings = Settings(data_dir=str(tmp_path), sentiment=False, record=True)
+    first = Runtime(settings)
+    await first.start()
+    caller_frames(first, "live", 0, CALLER)
+    await first.stop()
+
+    second = Runtime(settings)
+    await second.start()
+    caller_frames(second, "live", 1500, CALLER)
+    second.recordings.end(A, "live")
+    await second.stop()
+
+    (path,) = files_under(tmp_path / "recordings")
+    left, right, _ = channels(path.read_bytes())
+    assert left == CALLER + [0] * (RATE // 2) + CALLER
+    assert right == [0] * len(left)
