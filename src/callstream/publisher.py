@@ -21,6 +21,12 @@ Live control (docs/control.md): ``controls`` declares what the producer can do o
 the server relays a supervisor's requests for the calls this publisher holds (those it published
 an event of). Each goes to its action's handler, whose outcome is published as the request's one
 ``control.result``, or, for an action declared without a handler, to :meth:`control_requests`.
+
+Live audio (docs/protocol.md, Live audio): :meth:`Publisher.send_audio` streams a call's PCM beside
+its events on the same socket. Audio is live or nothing: it is never acked, never re-sent, and
+never delays an event (the writer sends every queued event before the next audio frame). While
+the socket is down it is dropped, not buffered, and at most :data:`MAX_AUDIO_FRAMES` frames wait
+for a slow socket, the oldest dropped first.
 """
 
 from __future__ import annotations
@@ -40,9 +46,10 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from callstream.audio_send import AudioCall, track_number
 from callstream.control import RESULT, ControlHandler, ControlRequest, parse_actions, parse_relay, result_data
 from callstream.errors import PublishError
-from callstream.events import EventInvalidError, is_valid_call_id
+from callstream.events import ENDED, EventInvalidError, is_valid_call_id
 from callstream.protocol import CloseCode
 from callstream.wire import AUTH_STATUSES, DROPPED, Reconnecting, refusal_reason, socket_url
 
@@ -53,6 +60,8 @@ logger = logging.getLogger("callstream.publisher")
 INITIAL_DELAY: Final = 0.1
 MAX_WAITING_REQUESTS: Final = 1_000  # control requests queued for control_requests(), unread
 _ANSWERED_WINDOW: Final = 10_000  # request ids remembered as answered
+MAX_AUDIO_FRAMES: Final = 500  # audio frames waiting for the socket (10 s of one 20 ms track)
+MAX_AUDIO_CALLS: Final = 10_000  # calls whose audio format and track positions are remembered
 
 
 def ingest_url(base_url: str) -> str:
@@ -74,6 +83,14 @@ class _Pending:
 
 
 @dataclass(frozen=True, slots=True)
+class _AudioOut:
+    """An audio frame waiting for the socket, with its call (whose format goes first)."""
+
+    call: AudioCall
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PublisherStats:
     """A snapshot of the publisher's queues, for live views and health checks."""
 
@@ -83,6 +100,8 @@ class PublisherStats:
     connections: int  # successful handshakes so far (reconnects = connections - 1)
     acked: int
     errors: int
+    audio_sent: int = 0  # audio frames written to the socket
+    audio_dropped: int = 0  # audio frames dropped: sent while disconnected, or the oldest of a full queue
 
 
 class Publisher(Reconnecting):
@@ -135,6 +154,10 @@ class Publisher(Reconnecting):
         self._failure: PublishError | None = None
         self._acked = 0
         self._errors = 0
+        self._audio_calls: OrderedDict[str, AudioCall] = OrderedDict()
+        self._audio_out: deque[_AudioOut] = deque()
+        self._audio_sent = 0
+        self._audio_dropped = 0
 
     async def start(self) -> None:
         """Connect in the background and wait for the first handshake's outcome.
@@ -176,6 +199,8 @@ class Publisher(Reconnecting):
         event_id = id if id is not None else f"{self._id_prefix}{ref}"
         frame = orjson.dumps({"call_id": call_id, "type": type, "data": data, "ref": ref, "id": event_id})
         self._next_ref += 1
+        if type == ENDED:
+            self._forget_audio(call_id)
         pending = _Pending(ref, frame, asyncio.get_running_loop().create_future())
         self._pending[ref] = pending
         self._outbox.append(pending)
@@ -184,6 +209,67 @@ class Publisher(Reconnecting):
             self._room.clear()
         self._wakeup.set()
         return pending.future
+
+    def send_audio(
+        self,
+        call_id: str,
+        track: str | int,
+        pcm: bytes | bytearray | memoryview,
+        *,
+        sample_rate: int = 16_000,
+        codec: str = "pcm_s16le",
+    ) -> bool:
+        """Stream a chunk of a call's live audio; True when it was queued, False when dropped.
+
+        ``track`` is ``"caller"`` (or 0) or ``"agent"`` (or 1); ``pcm`` is mono audio in
+        ``codec`` (``"pcm_s16le"``: 16-bit little-endian samples, or ``"mulaw"``) at
+        ``sample_rate`` (8000, 16000, 24000 or 48000 Hz), any length: it is cut into frames of
+        at most 20 ms. The call's first chunk fixes its format (the publisher sends the
+        ``audio.format`` message for you, again after a reconnect); a later chunk in another
+        format is refused. Frames are stamped so that both tracks line up: see
+        :mod:`callstream.audio_send`.
+
+        Never blocks and never delays an event: audio goes out after the events queued before
+        it. While the socket is down the chunk is dropped (False), and a socket too slow for
+        the audio loses its oldest frames first (``statistics().audio_dropped``). After the
+        call's ``call.ended`` is sent, a chunk starts the call's audio anew.
+
+        Raises ``ValueError`` for an unknown track, codec or rate, an invalid call id, a partial
+        sample (an odd byte count of 16-bit audio), or a format change; nothing is sent then.
+        """
+        number = track_number(track)
+        self._raise_if_failed()
+        if self._task is None:
+            msg = "start the publisher first: `async with Publisher(...)` or `await pub.start()`"
+            raise RuntimeError(msg)
+        now = asyncio.get_running_loop().time()
+        call = self._audio_calls.get(call_id)
+        if call is None:
+            call = AudioCall(call_id, codec, sample_rate, now)
+        else:
+            call.check(codec, sample_rate)
+        frames = call.frames(number, pcm, now)
+        self._audio_calls[call_id] = call
+        self._audio_calls.move_to_end(call_id)
+        if len(self._audio_calls) > MAX_AUDIO_CALLS:  # the call heard from least recently goes
+            self._audio_calls.popitem(last=False)
+        if self._ws is None:
+            self._audio_dropped += len(frames)
+            return False
+        self._audio_out.extend(_AudioOut(call, frame) for frame in frames)
+        while len(self._audio_out) > MAX_AUDIO_FRAMES:  # the socket is behind: the oldest audio goes
+            self._audio_out.popleft()
+            self._audio_dropped += 1
+        self._wakeup.set()
+        return True
+
+    def _forget_audio(self, call_id: str) -> None:
+        """The call ended: its audio state goes, and its frames not sent yet are dropped."""
+        call = self._audio_calls.pop(call_id, None)
+        if call is not None and self._audio_out:
+            kept = [out for out in self._audio_out if out.call is not call]
+            self._audio_dropped += len(self._audio_out) - len(kept)
+            self._audio_out = deque(kept)
 
     async def send_wait(
         self, call_id: str, type: str, data: dict[str, Any], *, id: str | None = None
@@ -309,6 +395,8 @@ class Publisher(Reconnecting):
             connections=self._connections,
             acked=self._acked,
             errors=self._errors,
+            audio_sent=self._audio_sent,
+            audio_dropped=self._audio_dropped,
         )
 
     async def _settle(self) -> None:
@@ -359,23 +447,36 @@ class Publisher(Reconnecting):
         """Re-send what is unacked, then read acks while a writer task sends new events."""
         self._outbox = deque(self._pending.values())
         self._wakeup.set()
-        writer = asyncio.create_task(self._write(ws))
+        writer = asyncio.create_task(self._write(ws, self._connections))
         try:
             async for raw in ws:
                 self._on_message(raw)
         finally:
             writer.cancel()
             await asyncio.wait([writer])
+            self._audio_dropped += len(self._audio_out)  # live or nothing: not sent on the next socket
+            self._audio_out.clear()
         if not writer.cancelled() and (error := writer.exception()) is not None:
             raise error
 
-    async def _write(self, ws: ClientConnection) -> None:
+    async def _write(self, ws: ClientConnection, connection: int) -> None:
+        """Send the queued events, then audio one frame at a time: an event queued meanwhile
+        goes before the next frame. A call's ``audio.format`` precedes its first frame on each
+        socket."""
         try:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                while self._outbox:
-                    await ws.send(self._outbox.popleft().frame, text=True)
+                while self._outbox or self._audio_out:
+                    if self._outbox:
+                        await ws.send(self._outbox.popleft().frame, text=True)
+                        continue
+                    out = self._audio_out.popleft()
+                    if out.call.announced != connection:
+                        out.call.announced = connection
+                        await ws.send(out.call.format_message, text=True)
+                    await ws.send(out.frame)
+                    self._audio_sent += 1
         except ConnectionClosed:
             return  # the reader sees the close too and ends the connection
         except Exception:

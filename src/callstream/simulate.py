@@ -33,6 +33,7 @@ from callstream.errors import PublishError
 from callstream.publisher import Publisher
 from callstream.sim_campaign import SHAPE_SALT, arrival_gap, check_options, draw_call
 from callstream.sim_scripts import SCRIPTS, Facts, Say, Tool, Turn, agent, user
+from callstream.sim_voice import Voices
 
 __all__ = [
     "END_WEIGHTS",
@@ -82,6 +83,7 @@ class _Timeline:
         self.utterances = 0
         self.elapsed = 0.0  # since the call's first event, in (scaled) seconds
         self.started = False
+        self.saying: Say | None = None  # the utterance being played (its voice speaks it)
 
     def wait(self, low: float, high: float) -> float:
         delay = self.rng.uniform(low, high) / self.speed
@@ -101,6 +103,7 @@ class _Timeline:
         else:
             yield from self.set_state("thinking", 0.2, 0.5)
             yield from self.answer()
+        self.saying = say
         self.utterances += 1
         base = {"speaker": say.speaker, "utterance_id": f"utt_{self.utterances}"}
         words = say.text.split()
@@ -425,6 +428,8 @@ class _LiveCall:
         if self.metadata is not None:
             data, self.metadata = {**data, "metadata": self.metadata}, None
         self.sim.emit(await self.sim.pub.send_wait(self.call_id, kind, data), self.call_id, kind, data)
+        if self.sim.voices is not None:
+            self.sim.voices.follow(self.call_id, kind, data, self.line.saying)
 
 
 # -- playing many calls against a server ---------------------------------------------------------
@@ -465,8 +470,10 @@ class _Simulation:
     """The calls of one :func:`run_simulation`, sharing a publisher and a stats object."""
 
     def __init__(self, pub: Publisher, speed: float, seed: int | None,
-                 on_progress: ProgressCallback | None, mean_length: float | None = None) -> None:
+                 on_progress: ProgressCallback | None, mean_length: float | None = None,
+                 voices: Voices | None = None) -> None:
         self.pub = pub
+        self.voices = voices
         self.speed = speed
         self.mean_length = mean_length
         self.rng = random.Random(seed)
@@ -504,6 +511,8 @@ class _Simulation:
                 self.fatal.set_result(exc)
         finally:
             del self.live[call_id]
+            if self.voices is not None:
+                self.voices.forget(call_id)
             if not call.ended:  # stopped mid-call: don't leave it live on the server forever
                 self.end_now(call_id, call.elapsed_ms)
             self.stats.calls_ended += 1
@@ -586,6 +595,7 @@ async def run_simulation(
     arrival_rate: float | None = None,
     mean_length: float | None = None,
     stagger: bool = False,
+    audio: bool = False,
 ) -> SimulationStats:
     """Keep ``calls`` simulated calls going against the server at ``url``.
 
@@ -602,15 +612,20 @@ async def run_simulation(
     join at random points of their scripts, so none speak in lockstep. ``mean_length``
     (seconds) is the median of each call's drawn length cap. Every call's first event carries
     its metadata (``data.metadata``, PROTOCOL.md §9).
+
+    ``audio``: the calls speak their transcripts on the caller and agent tracks
+    (:mod:`callstream.sim_voice`: espeak-ng when installed, else tones).
     """
     if calls < 1 or (rate is not None and rate <= 0) or speed <= 0:
         msg = "calls, rate and speed must be positive"
         raise ValueError(msg)
     check_options(arrival_rate, rate, mean_length)
     async with Publisher(url, key, controls=dict.fromkeys(CONTROLS)) as pub:
-        sim = _Simulation(pub, speed, seed, on_progress, mean_length)
+        voices = Voices(pub, speed) if audio else None
+        sim = _Simulation(pub, speed, seed, on_progress, mean_length, voices)
         keeper = asyncio.create_task(sim.keep_going(calls, rate, arrival_rate, stagger=stagger))
         steering = asyncio.create_task(sim.steer())
+        speaking = asyncio.create_task(voices.run() if voices is not None else asyncio.sleep(0))
         try:
             watched: list[asyncio.Future[Any]] = [keeper, sim.fatal]
             await asyncio.wait(watched, timeout=duration,
@@ -618,7 +633,8 @@ async def run_simulation(
         finally:
             keeper.cancel()
             steering.cancel()
-            await asyncio.wait([keeper, steering])
+            speaking.cancel()
+            await asyncio.wait([keeper, steering, speaking])
             await sim.stop()
         if sim.fatal.done():
             raise sim.fatal.result()
@@ -686,6 +702,7 @@ def simulate_command(
     arrival_rate: float | None = None,
     mean_length: float | None = None,
     stagger: bool = True,
+    audio: bool = False,
 ) -> None:
     """Run :func:`run_simulation` with a live view; Ctrl-C ends the calls and exits cleanly."""
     console = Console(stderr=True)
@@ -698,7 +715,7 @@ def simulate_command(
     async def main() -> SimulationStats:
         task = asyncio.create_task(run_simulation(
             url, key, calls=calls, rate=rate, speed=speed, duration=duration, seed=seed,
-            on_progress=grab, arrival_rate=arrival_rate, mean_length=mean_length, stagger=stagger,
+            on_progress=grab, arrival_rate=arrival_rate, mean_length=mean_length, stagger=stagger, audio=audio,
         ))
         try:
             if not quiet:

@@ -27,12 +27,16 @@ def simulate(
     stagger: Annotated[
         bool, typer.Option(help="steady state: the first calls join at random points of their scripts")
     ] = True,
+    audio: Annotated[
+        bool, typer.Option("--audio", help="speak the transcripts on the calls' audio tracks (espeak-ng, else tones)")
+    ] = False,
 ) -> None:
     """Drive realistic simulated calls into a server.
 
     Without --rate or --arrival-rate it holds a steady state: --calls calls live, a new one
     starting as one ends; the first ones join at random points of their scripts (--no-stagger:
-    all from their first word).
+    all from their first word). --audio streams each call's live audio too (listen-in): the
+    transcripts spoken with espeak-ng when it is installed, else as tones.
     """
     from callstream.sim_campaign import check_options
     from callstream.simulate import simulate_command
@@ -41,7 +45,7 @@ def simulate(
         check_options(arrival_rate, rate, mean_length)
     except ValueError as exc:
         fail(str(exc))
-    simulate_command(url, key, calls, rate, speed, duration, seed, quiet, arrival_rate, mean_length, stagger)
+    simulate_command(url, key, calls, rate, speed, duration, seed, quiet, arrival_rate, mean_length, stagger, audio)
 
 
 def tail(

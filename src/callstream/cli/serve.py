@@ -95,6 +95,7 @@ def demo(
     data_dir: DataDir = None,
     calls: Annotated[int, typer.Option(min=1, max=5_000, help="simulated calls kept live")] = 12,
     speed: Annotated[float, typer.Option(help="speaking pace; 2 = twice as fast")] = 1.0,
+    audio: Annotated[bool, typer.Option("--audio", help="the calls speak: listen in from the dashboard")] = False,
 ) -> None:
     """`serve` plus a demo account, simulated live calls, and the dashboard's URL."""
     from callstream.server.serve import DrainingServer, bound_port, configure_logging, run_forever
@@ -122,7 +123,7 @@ def demo(
             asyncio.create_task(
                 run_simulation(
                     base, key, calls=calls, rate=None, speed=speed, duration=None, seed=None, on_progress=None,
-                    stagger=True,
+                    stagger=True, audio=audio,
                 )
             )
         )

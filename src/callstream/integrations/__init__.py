@@ -101,6 +101,7 @@ class CallEvents:
         self.published = 0
         self.dropped = 0
         self.refused = 0
+        self.audio_dropped = 0  # chunks of audio the publisher did not take
         self._utterances: dict[str, int] = {}
         self._open: dict[str, str] = {}  # speaker → the utterance id its partials so far carry
         self._metadata: dict[str, Any] = {}  # a patch for the next event (`set_metadata`)
@@ -223,6 +224,20 @@ class CallEvents:
             data["reason"] = reason[:500]
         self.emit("call.ended", data)
         self.ended = True
+
+    def audio(self, track: str, pcm: bytes, sample_rate: int) -> None:
+        """Stream a chunk of the call's mono 16-bit audio on ``track`` (``caller`` or ``agent``);
+        never raises: a chunk the publisher drops (disconnected) or refuses is counted, and the
+        first refusal logged."""
+        if self.ended or not pcm:
+            return
+        try:
+            if self.publisher.send_audio(self.call_id, track, pcm, sample_rate=sample_rate):
+                return
+        except (PublishError, ValueError) as exc:
+            if not self.audio_dropped:
+                logger.warning("callstream: audio of call %s not sent: %s", self.call_id, exc)
+        self.audio_dropped += 1
 
     # -- publishing --------------------------------------------------------------------------------
 

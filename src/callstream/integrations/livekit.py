@@ -54,6 +54,15 @@ adapter's own publisher (give ``url`` and ``key``), and a supervisor can then st
 ``attach(..., metadata={...})`` publishes ``call.started`` with the call's metadata, the LiveKit
 ``room`` and caller ``participant`` identity filled in by default (:func:`room_metadata`).
 
+Live audio (protocol §13), with ``attach(..., audio=True)``: the caller's audio on the
+``caller`` track, taken from the session's audio input as the session reads it, and the agent's
+speech on the ``agent`` track, taken from its audio output as the session hands it over for
+playback (a TTS may deliver faster than real time; an interruption stops it). Both are tapped by
+pass-through links put into the session's own I/O chains (``io.AudioInput`` ``source``,
+``io.AudioOutput`` ``next_in_chain``, as LiveKit's own recorder does) once the session has
+started, down-mixed to mono and resampled with ``rtc.AudioResampler`` to ``audio_sample_rate``
+(16 kHz by default).
+
 Tested with livekit-agents 1.8 (a real ``AgentSession`` run in-process with a scripted LLM; the
 voice path with a scripted STT).
 """
@@ -69,8 +78,10 @@ from callstream.integrations import CallEvents, framework, parse_json_text
 from callstream.integrations.controls import AgentControls, TransferHook
 
 with framework("LiveKit", "livekit-agents", "livekit"):
+    from livekit import rtc
     from livekit.agents import get_job_context, llm
     from livekit.agents.llm.chat_context import Instructions
+    from livekit.agents.voice import io
     from livekit.agents.voice.events import (
         AgentStateChangedEvent,
         CloseEvent,
@@ -83,13 +94,15 @@ with framework("LiveKit", "livekit-agents", "livekit"):
         UserStateChangedEvent,
     )
 
+    from callstream.integrations.audio import DEFAULT_SAMPLE_RATE, audio_rate, mono_s16
+
 if TYPE_CHECKING:
     from livekit.agents import AgentSession
     from livekit.agents.voice.turn import TurnDetectionMode
 
     from callstream.publisher import Publisher
 
-__all__ = ["CallstreamSession", "room_metadata", "sip_transfer"]
+__all__ = ["CallstreamSession", "SessionAudio", "room_metadata", "sip_transfer"]
 
 MAX_LITERAL_CHARS = 65_536
 HANDLERS = {
@@ -172,6 +185,88 @@ def sip_transfer(
     return transfer
 
 
+class SessionAudio:
+    """The session's audio on callstream's tracks: mono, resampled to ``sample_rate``.
+
+    :meth:`install` links a tap into the session's audio input and output; the links pass every
+    frame on untouched (and stop sending once the call ended), so the session runs as without.
+    """
+
+    def __init__(self, calls: CallEvents, sample_rate: int) -> None:
+        self.calls = calls
+        self.sample_rate = sample_rate
+        self._resamplers: dict[tuple[str, int], rtc.AudioResampler] = {}  # one stream per track and rate
+
+    def install(self, session: AgentSession[Any]) -> None:
+        """Tap the session's current audio input and output, unless they are tapped already."""
+        source = session.input.audio
+        if source is not None and not _tapped(source):
+            session.input.audio = _TapInput(source, self)
+        sink = session.output.audio
+        if sink is not None and not _tapped(sink):
+            session.output.audio = _TapOutput(sink, self)
+
+    def send(self, track: str, frame: rtc.AudioFrame) -> None:
+        if self.calls.ended:
+            return
+        pcm = mono_s16(bytes(frame.data), frame.num_channels)
+        if frame.sample_rate != self.sample_rate:
+            key = (track, frame.sample_rate)
+            if (resampler := self._resamplers.get(key)) is None:
+                resampler = self._resamplers[key] = rtc.AudioResampler(frame.sample_rate, self.sample_rate)
+            pcm = b"".join(bytes(out.data) for out in resampler.push(bytearray(pcm)))
+        self.calls.audio(track, pcm, self.sample_rate)
+
+
+def _tapped(link: io.AudioInput | io.AudioOutput | None) -> bool:
+    """Whether a chain (an input's sources, an output's next links) holds a tap already."""
+    while link is not None:
+        if isinstance(link, _TapInput | _TapOutput):
+            return True
+        link = link.source if isinstance(link, io.AudioInput) else link.next_in_chain
+    return False
+
+
+class _TapInput(io.AudioInput):
+    """The caller's audio, as the session reads it from its input."""
+
+    def __init__(self, source: io.AudioInput, audio: SessionAudio) -> None:
+        super().__init__(label="callstream", source=source)
+        self._audio = audio
+
+    async def __anext__(self) -> rtc.AudioFrame:
+        frame = await super().__anext__()
+        self._audio.send("caller", frame)
+        return frame
+
+
+class _TapOutput(io.AudioOutput):
+    """The agent's speech, as the session hands it to its output for playback."""
+
+    def __init__(self, sink: io.AudioOutput, audio: SessionAudio) -> None:
+        super().__init__(label="callstream", next_in_chain=sink, capabilities=io.AudioOutputCapabilities(pause=True))
+        self._audio = audio
+
+    @property
+    def sample_rate(self) -> int | None:
+        return self.next_in_chain.sample_rate if self.next_in_chain is not None else None
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        if self.next_in_chain is not None:
+            await self.next_in_chain.capture_frame(frame)
+        await super().capture_frame(frame)
+        self._audio.send("agent", frame)
+
+    def flush(self) -> None:
+        super().flush()
+        if self.next_in_chain is not None:
+            self.next_in_chain.flush()
+
+    def clear_buffer(self) -> None:
+        if self.next_in_chain is not None:
+            self.next_in_chain.clear_buffer()
+
+
 class CallstreamSession(AgentControls):
     """Publishes one LiveKit ``AgentSession`` as one callstream call.
 
@@ -196,6 +291,7 @@ class CallstreamSession(AgentControls):
         self._closing: asyncio.Task[None] | None = None
         self._handlers: list[tuple[str, Any]] = []
         self._metadata: dict[str, Any] = {}  # what the call's metadata holds from this adapter
+        self.audio: SessionAudio | None = None
 
     @classmethod
     async def attach(
@@ -209,6 +305,8 @@ class CallstreamSession(AgentControls):
         control: bool = False,
         transfer: TransferHook | None = None,
         metadata: Mapping[str, Any] | None = None,
+        audio: bool = False,
+        audio_sample_rate: int = DEFAULT_SAMPLE_RATE,
     ) -> CallstreamSession | None:
         """Start publishing ``session`` as ``call_id``; None (logged) if the key is refused.
 
@@ -219,15 +317,22 @@ class CallstreamSession(AgentControls):
         :meth:`handle`. ``metadata`` (agent, from, to, campaign, customer, …) is published with
         ``call.started``, with the LiveKit ``room`` and caller ``participant`` filled in by default
         (:func:`room_metadata`; what ``metadata`` gives wins), the participant as soon as it joins.
+        ``audio=True`` streams the session's live audio too (:class:`SessionAudio`), at
+        ``audio_sample_rate`` Hz, from when the session has started.
         """
         if control and publisher is not None:
             raise ValueError("control=True needs the adapter's own publisher: give url and key")
+        rate = audio_rate(audio, audio_sample_rate)
         bridge = cls(session, transfer=transfer)
         controls = bridge.handlers if control else None
         calls = await CallEvents.open(call_id, publisher=publisher, url=url, key=key, controls=controls)
         if calls is None:
             return None
         bridge.events = calls
+        if rate is not None:
+            bridge.audio = SessionAudio(calls, rate)
+            if getattr(session, "_started", False):  # attached late: the I/O is in place already
+                bridge.audio.install(session)
         bridge._metadata = {**room_metadata(session), **(metadata or {})}
         if bridge._metadata:
             calls.start(bridge._metadata)
@@ -324,6 +429,10 @@ class CallstreamSession(AgentControls):
             self._user_transcribed = False
 
     def _on_state(self, ev: AgentStateChangedEvent) -> None:
+        if self.audio is not None and ev.old_state == "initializing":
+            # start() set the session's I/O up (its room's, a recorder's) and announces itself
+            # with this change before the session reads any audio: the taps go in now
+            self.audio.install(self.session)
         self._fill_in()
         self.events.state(ev.new_state)
 

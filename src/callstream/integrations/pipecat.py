@@ -37,6 +37,13 @@ speaks                                         the words): the server counts the
 
 Pipecat reports metrics when the worker runs with ``PipelineParams(enable_metrics=True)``.
 
+Live audio (protocol §13), with ``audio=True``: the caller's ``InputAudioRawFrame`` (and
+``UserAudioRawFrame``) as the input transport pushes them go on the ``caller`` track; the bot's
+audio on the ``agent`` track: what the output transport played (the ``OutputAudioRawFrame`` it
+pushes on after writing it, so speech cut off by an interruption is cut off here too), or in a
+pipeline without an output transport, the TTS's ``TTSAudioRawFrame``. Both are down-mixed to mono
+and resampled with Pipecat's stream resampler (soxr) to ``audio_sample_rate`` (16 kHz by default).
+
 ``metadata={"agent": …, "from": …, "to": …, "campaign": …}`` is published with ``call.started`` as
 the pipeline starts (the ``StartFrame``): dashboards show it and ``where`` subscriptions filter on it.
 
@@ -73,6 +80,7 @@ from callstream.integrations import CallEvents, framework, require_target
 from callstream.integrations.controls import AgentControls, TransferHook
 
 with framework("Pipecat", "pipecat-ai", "pipecat"):
+    from pipecat.audio.utils import create_stream_resampler
     from pipecat.frames.frames import (
         BotStartedSpeakingFrame,
         BotStoppedSpeakingFrame,
@@ -84,6 +92,7 @@ with framework("Pipecat", "pipecat-ai", "pipecat"):
         FunctionCallInProgressFrame,
         FunctionCallResultFrame,
         FunctionCallsStartedFrame,
+        InputAudioRawFrame,
         InterimTranscriptionFrame,
         InterruptionFrame,
         LLMContextFrame,
@@ -92,6 +101,8 @@ with framework("Pipecat", "pipecat-ai", "pipecat"):
         LLMMessagesAppendFrame,
         LLMTextFrame,
         MetricsFrame,
+        OutputAudioRawFrame,
+        OutputTransportReadyFrame,
         StartFrame,
         TextFrame,
         TranscriptionFrame,
@@ -104,16 +115,21 @@ with framework("Pipecat", "pipecat-ai", "pipecat"):
     from pipecat.metrics.metrics import ProcessingMetricsData, TTFBMetricsData
     from pipecat.observers.base_observer import BaseObserver, FramePushed
     from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+    from pipecat.transports.base_output import BaseOutputTransport
+
+    from callstream.integrations.audio import DEFAULT_SAMPLE_RATE, audio_rate, mono_s16
 
 if TYPE_CHECKING:
+    from pipecat.audio.resamplers.base_audio_resampler import BaseAudioResampler
     from pipecat.processors.aggregators.llm_context import LLMContextMessage
     from pipecat.utils.asyncio.task_manager import BaseTaskManager
 
     from callstream.publisher import Publisher
 
-__all__ = ["CallstreamControl", "CallstreamObserver", "stage_of"]
+__all__ = ["CallstreamControl", "CallstreamObserver", "PipelineAudio", "stage_of"]
 
 AgentText = Literal["tts", "llm", "none"]
+AUDIO_FRAMES = (InputAudioRawFrame, OutputAudioRawFrame, OutputTransportReadyFrame)
 
 
 class CallstreamControl(FrameProcessor, AgentControls):  # type: ignore[misc,unused-ignore]
@@ -166,13 +182,53 @@ class CallstreamControl(FrameProcessor, AgentControls):  # type: ignore[misc,unu
         await self.push_frame(EndWorkerFrame(reason=reason), FrameDirection.UPSTREAM)
 
 
+class PipelineAudio:
+    """The call's audio as a pipeline carries it, on callstream's tracks: mono, at ``sample_rate``.
+
+    An output transport announces itself as the pipeline starts (``OutputTransportReadyFrame``);
+    from then on the bot's audio is what it pushes on after playing it, else what the TTS made.
+    """
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.output_transport = False
+        self._resamplers: dict[tuple[str, int], BaseAudioResampler] = {}  # one stream per track and input rate
+
+    def track_of(self, data: FramePushed) -> str | None:
+        """``caller``, ``agent``, or None for audio that is not the call's (another destination,
+        or the TTS's when the transport's played audio follows)."""
+        frame = data.frame
+        if isinstance(frame, InputAudioRawFrame):
+            return "caller"
+        if not isinstance(frame, OutputAudioRawFrame) or frame.transport_destination is not None:
+            return None
+        played = isinstance(data.source, BaseOutputTransport)
+        return "agent" if played or not self.output_transport else None
+
+    async def tap(self, data: FramePushed, calls: CallEvents) -> None:
+        if isinstance(data.frame, OutputTransportReadyFrame):
+            self.output_transport = True
+            return
+        track, frame = self.track_of(data), data.frame
+        if track is None or not isinstance(frame, InputAudioRawFrame | OutputAudioRawFrame):
+            return
+        pcm = mono_s16(frame.audio, frame.num_channels)
+        if frame.sample_rate != self.sample_rate:
+            key = (track, frame.sample_rate)
+            if (resampler := self._resamplers.get(key)) is None:
+                resampler = self._resamplers[key] = create_stream_resampler()
+            pcm = await resampler.resample(pcm, frame.sample_rate, self.sample_rate)
+        calls.audio(track, pcm, self.sample_rate)
+
+
 class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
     """A Pipecat observer that publishes one pipeline's call to callstream.
 
     Give it either a started :class:`~callstream.Publisher` (shared by many calls) or ``url`` and
     ``key`` (it then runs a publisher of its own for the pipeline's life). ``agent_text`` picks
     where the agent's words come from: ``"tts"`` (what was actually spoken, the default),
-    ``"llm"`` (what the LLM wrote: for text-only pipelines) or ``"none"``.
+    ``"llm"`` (what the LLM wrote: for text-only pipelines) or ``"none"``. ``audio=True``
+    streams the call's live audio too (:class:`PipelineAudio`), at ``audio_sample_rate`` Hz.
     """
 
     def __init__(
@@ -187,10 +243,14 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
         announce_start: bool = True,
         control: CallstreamControl | None = None,
         metadata: Mapping[str, Any] | None = None,
+        audio: bool = False,
+        audio_sample_rate: int = DEFAULT_SAMPLE_RATE,
         **kwargs: Any,
     ) -> None:
         require_target(publisher, url, key)
+        rate = audio_rate(audio, audio_sample_rate)
         super().__init__(observe_every_push=False, **kwargs)
+        self.audio = PipelineAudio(rate) if rate is not None else None
         self.call_id = call_id
         self.control = control
         self._url, self._key = url, key
@@ -232,6 +292,10 @@ class CallstreamObserver(BaseObserver):  # type: ignore[misc,unused-ignore]
         await self._calls.aclose()
 
     async def on_push_frame(self, data: FramePushed) -> None:
+        if isinstance(data.frame, AUDIO_FRAMES):
+            if self.audio is not None and self._calls is not None:
+                await self.audio.tap(data, self._calls)
+            return
         # Broadcast frames (bot speaking, function calls) come as an upstream and a downstream
         # twin: read the downstream one only, as Pipecat's own observers do.
         if data.frame.broadcast_sibling_id is not None and data.direction != FrameDirection.DOWNSTREAM:
