@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import search_ab
 from callstream.call_filters import CallFilter
 from callstream.search import parse_query
 from callstream.sim_scripts import SCRIPTS, Facts, Say
@@ -89,7 +90,8 @@ def corpus_rows(finals: int, codes: list[str]) -> Iterator[tuple[tuple[Any, ...]
 
 
 def build_sqlite(path: Path, finals: int) -> list[str]:
-    """The corpus into a migrated SQLite file (the triggers index each final); some codes said once."""
+    """The corpus into a migrated SQLite file (the triggers index each final, each batch's merge
+    step merges the index); some codes said once."""
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")
     calls_sql = f"INSERT INTO calls ({', '.join(rows.CALL_COLUMNS)}) VALUES ({', '.join('?' * len(rows.CALL_COLUMNS))})"  # noqa: S608 - the spec's own names
@@ -102,6 +104,7 @@ def build_sqlite(path: Path, finals: int) -> list[str]:
         db.execute("BEGIN")
         db.executemany(calls_sql, batch_calls)
         db.executemany(finals_sql, batch_finals)
+        db.execute(*rows.fts_merge(len(batch_finals)))  # as the store's commits do (migration 0005)
         db.execute("COMMIT")
         batch_calls.clear()
         batch_finals.clear()
@@ -209,6 +212,18 @@ def table(backend: str, finals: int, took: dict[str, list[float]]) -> str:
 
 
 async def run_backend(backend: str, args: argparse.Namespace) -> str:
+    url, codes = await corpus_of(backend, args)
+    store = SqlStore(url)
+    await store.start(writer=False)
+    try:
+        took = await measure(store, queries(codes), args.rounds)
+    finally:
+        await store.close()
+    return table(backend, args.finals, took)
+
+
+async def corpus_of(backend: str, args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The store URL of the backend's corpus (built first if it is not there) and its codes."""
     if backend == "sqlite":
         args.dir.mkdir(parents=True, exist_ok=True)
         path = args.dir / "callstream.db"
@@ -226,13 +241,7 @@ async def run_backend(backend: str, args: argparse.Namespace) -> str:
     else:
         url = args.database.replace("postgresql://", "postgresql+asyncpg://", 1)
         codes = await _pg_corpus(url, args)
-    store = SqlStore(url)
-    await store.start(writer=False)
-    try:
-        took = await measure(store, queries(codes), args.rounds)
-    finally:
-        await store.close()
-    return table(backend, args.finals, took)
+    return url, codes
 
 
 async def _migrate(url: str) -> None:
@@ -285,7 +294,16 @@ async def main() -> None:
     parser.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/callstream_bench_search")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--ab", metavar="REF", help="A/B in one run: REF's src/ (the base) against this one's")
+    parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        await search_ab.serve(args.worker)
+        return
+    if args.ab:
+        out = [await search_ab.run(backend, args, await corpus_of(backend, args)) for backend in args.backend.split(",")]
+        print("\n".join(out))
+        return
     out = [await run_backend(backend, args) for backend in args.backend.split(",")]
     text = "## Search latency (`bench/search.py`)\n\n" + "\n".join(out)
     print(text)

@@ -21,24 +21,34 @@ dense batches until the fold moved to the writer process), for comparison.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import pickle
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from callstream.events import Event
-from callstream.store import SqlStore, tables
+from callstream.store import SqlStore
 from callstream.store.chunks import by_call, chunk_rows
 from callstream.store.fold import Fold
 from callstream.store.fold_process import fold as fold_files
 from callstream.store.fold_process import open_db, row_statements, run_transaction
 from callstream.store.journal import EventJournal, journal_rows
+from callstream.store.migrate import upgrade
 
 DATA = {"speaker": "user", "text": "I would like to move my booking to next Tuesday, please", "is_final": True,
         "sent_ns": 1_795_644_460_123_456_789, "sentiment": {"score": 0.318, "label": "positive"}}
+
+
+async def _migrate(path: Path) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
 
 
 def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int, force: str | None
@@ -46,9 +56,7 @@ def one_run(path: Path, batches: int, calls: int, per_call: int, fold_every: int
     """µs per stored event: the event loop's share (a journal append, or building and pickling the
     chunks' statements), then the writer process's (the fold, or the chunks' transaction), here in
     one process."""
-    engine = sa.create_engine(f"sqlite:///{path}")
-    tables.metadata.create_all(engine)
-    engine.dispose()
+    asyncio.run(_migrate(path))  # the store's schema, search index and its settings included
     db = open_db(str(path))
     seqs = dict.fromkeys(range(calls), 0)
     encode = write = 0.0

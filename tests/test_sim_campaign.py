@@ -4,20 +4,32 @@ no campaign."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import statistics
 from collections import Counter
+from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from callstream.cli import app
 from callstream.sim_campaign import CAMPAIGNS, arrival_gap, check_options, draw_call
 from callstream.simulate import run_simulation
+from tests.helpers import ServerProcess, key_of
 from tests.test_simulate import Ingest, ingest  # noqa: F401 - the fixture
 
 META_KEYS = {"agent", "from", "to", "direction", "campaign", "customer"}
+
+
+def get(server: ServerProcess, key: str, path: str, **params: Any) -> Any:
+    response = httpx.get(
+        f"{server.url}{path}", params=params, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def test_arrival_gaps_are_exponential() -> None:
@@ -84,13 +96,22 @@ def test_the_command_refuses_them_with_a_clear_error(args: list[str], message: s
     assert message in " ".join(result.output.split())
 
 
-async def test_every_simulated_call_carries_its_metadata_on_its_first_event(ingest: Ingest) -> None:  # noqa: F811
-    await run_simulation(ingest.url, "k", calls=6, speed=300, duration=0.6, seed=8, stagger=True)
-    assert ingest.calls
-    for msgs in ingest.calls.values():
-        first, *rest = msgs
-        assert set(first["data"]["metadata"]) == META_KEYS
-        assert all("metadata" not in m["data"] for m in rest), "sent once, not with every event"
+async def test_every_simulated_call_starts_with_its_metadata(server: ServerProcess) -> None:
+    """What a user of the server sees: each call's metadata on `GET /v1/calls/{id}`, set by its
+    first event, `call.started {metadata}` (PROTOCOL.md §9), and by no other."""
+    key = key_of(server)
+    stats = await run_simulation(server.url, key, calls=6, speed=300, duration=0.6, seed=8, stagger=True)
+    listed = (await asyncio.to_thread(get, server, key, "/v1/calls", limit=500))["calls"]
+    assert len(listed) == stats.calls_started > 0
+    for call in listed:
+        shown = await asyncio.to_thread(get, server, key, f"/v1/calls/{call['call_id']}")
+        assert set(shown["metadata"]) == META_KEYS
+        assert shown["metadata"]["campaign"] in {name for name, _, _ in CAMPAIGNS.values()}
+        first, *rest = (await asyncio.to_thread(get, server, key, f"/v1/calls/{call['call_id']}/events"))[
+            "events"
+        ]
+        assert (first["type"], first["data"]["metadata"]) == ("call.started", shown["metadata"])
+        assert all("metadata" not in e["data"] for e in rest), "sent once, not with every event"
 
 
 async def test_poisson_arrivals_start_calls_over_time(ingest: Ingest) -> None:  # noqa: F811

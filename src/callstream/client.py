@@ -40,6 +40,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from callstream.client_stream import READ_TIMEOUT_S, StreamPlan, read_stream
 from callstream.control_waits import ControlOutcome, ControlWaits
 from callstream.errors import AuthError, ClientError, ControlError
+from callstream.metadata import Metadata, check_where
 from callstream.protocol import CloseCode
 from callstream.wire import AUTH_STATUSES, DROPPED, Reconnecting, bearer, refusal_reason, rest_url, socket_url
 
@@ -353,6 +354,7 @@ def parse_message(message: dict[str, Any]) -> Event:
 class _Subscription:
     types: list[str] | None
     pending_since: int | None = None  # a replay asked for and not yet confirmed by `subscribed`
+    where: Metadata | None = None  # `*` only: the metadata a call must hold, as the server judges it
 
 
 @dataclass(slots=True)
@@ -387,6 +389,21 @@ class ClientStats:
     queued: int  # events received and not yet read by events()
     duplicates: int  # events dropped because they had already been yielded
     fetched: int  # events fetched over REST after history_unavailable
+
+
+def _where_of(call_id: str, where: dict[str, Any] | None, transport: str) -> Metadata | None:
+    """A subscription's ``where``, checked as the server checks it (``metadata.check_where``):
+    ``ValueError`` for a call id other than ``*``, for the SSE transport (its stream takes no
+    ``where``), and for a filter the server would refuse."""
+    if where is None:
+        return None
+    if call_id != WILDCARD:
+        msg = 'where is only allowed with "*"'
+        raise ValueError(msg)
+    if transport != "websocket":
+        msg = "where needs the websocket transport: the SSE stream takes no where"
+        raise ValueError(msg)
+    return dict(check_where(where))  # MetadataError is a ValueError
 
 
 def events_url(base_url: str) -> str:
@@ -522,19 +539,27 @@ class Client(Reconnecting):
     # -- subscriptions ---------------------------------------------------------------------------
 
     async def subscribe(
-        self, call_id: str, since: int | None = None, types: Iterable[str] | None = None
+        self,
+        call_id: str,
+        since: int | None = None,
+        types: Iterable[str] | None = None,
+        where: dict[str, Any] | None = None,
     ) -> None:
         """Subscribe to a call (or ``"*"``), now or whenever the socket opens.
 
         ``since``: first replay every event the server holds with a greater ``seq`` (0 = all).
         Without it, a call this client has already seen resumes from its last ``seq``.
-        ``types``: only these event types. Subscribing again replaces the earlier subscription.
+        ``types``: only these event types. ``where`` (``"*"`` only): ``{"metadata": {K: V, …}}``,
+        only the calls whose metadata holds every pair, judged by the server at each event, so a
+        call joins when its metadata comes to match; checked here as the server checks it
+        (:class:`ValueError`), since a subscription the server refuses would be refused again at
+        every reconnect. Subscribing again replaces the earlier subscription.
         Returns once the request is sent; a :class:`Subscribed` event follows in ``events()``.
         """
         if call_id == WILDCARD and since is not None:
             msg = '"*" does not take since: subscribe to a call id to replay it'
             raise ValueError(msg)
-        sub = _Subscription(list(types) if types else None, since)
+        sub = _Subscription(list(types) if types else None, since, _where_of(call_id, where, self._transport))
         self._subs[call_id] = sub
         self._catch_ups.pop(call_id, None)
         track = self._calls.get(call_id)
@@ -872,6 +897,8 @@ class Client(Reconnecting):
             sub.pending_since = sub.pending_since if sub.pending_since is not None else since
         if sub.types:
             message["types"] = sub.types
+        if sub.where is not None:
+            message["where"] = {"metadata": sub.where}
         await self._send(message)
 
     async def _send_catch_up(self, call_id: str, since: int) -> None:
@@ -1109,8 +1136,14 @@ class SyncClient:
                 self._call(self._client.close())
         self._stop_loop()
 
-    def subscribe(self, call_id: str, since: int | None = None, types: Iterable[str] | None = None) -> None:
-        self._call(self._running().subscribe(call_id, since, types))
+    def subscribe(
+        self,
+        call_id: str,
+        since: int | None = None,
+        types: Iterable[str] | None = None,
+        where: dict[str, Any] | None = None,
+    ) -> None:
+        self._call(self._running().subscribe(call_id, since, types, where))
 
     def unsubscribe(self, call_id: str) -> None:
         self._call(self._running().unsubscribe(call_id))

@@ -258,9 +258,10 @@ class _LiveCall:
     ``transfer`` ends the call ``transferred``; ``end`` ends it. Each request's
     ``control.result`` is published before what it causes, so it precedes a ``call.ended``.
 
-    Its campaign shape (:mod:`callstream.sim_campaign`) gives its first event ``data.metadata``
-    (PROTOCOL.md §9), may cap its length (it then ends ``completed`` at the next turn), and for
-    a call ``joining`` a running campaign, skips the turns already behind it.
+    Its campaign shape (:mod:`callstream.sim_campaign`) gives its metadata, sent as its first
+    event, ``call.started {metadata}`` (PROTOCOL.md §9), may cap its length (it then ends
+    ``completed`` at the next turn), and for a call ``joining`` a running campaign, skips the
+    turns already behind it.
     """
 
     def __init__(self, sim: _Simulation, call_id: str, rng: random.Random, shape_rng: random.Random, *,
@@ -272,7 +273,6 @@ class _LiveCall:
         # From a random.Random of its own: a seed plays the same conversations with or without it.
         self.shape = draw_call(shape_rng, self.plan.script, len(self.plan.turns),
                                mean_length=sim.mean_length, joining=joining)
-        self.metadata: dict[str, str] | None = self.shape.metadata  # sent once, with the first event
         self.requests: asyncio.Queue[ControlRequest] = asyncio.Queue()
         self.queued: deque[Say] = deque()  # lines the supervisor asked for, said after the turn
         self.instruction: str | None = None
@@ -282,6 +282,7 @@ class _LiveCall:
         self.tool: dict[str, Any] | None = None  # the function call waiting for its result
         self.loop = asyncio.get_running_loop()
         self.started = self.due = self.loop.time()
+        self.announced = False  # its `call.started` is out
         self.ended = False
 
     @property
@@ -293,6 +294,7 @@ class _LiveCall:
         if self.shape.delay_s:
             await asyncio.sleep(self.shape.delay_s / self.sim.speed)
             self.started = self.due = self.loop.time()
+        await self.send("call.started", {"metadata": self.shape.metadata})
         with contextlib.suppress(_HungUp):
             if self.plan.answered:
                 await self.send("agent.state", {"state": "listening"})
@@ -425,9 +427,8 @@ class _LiveCall:
             self.tool = {k: data[k] for k in ("name", "tool_call_id")} if kind == "function.call" else None
         elif kind == "agent.state":
             self.line.state = data["state"]
-        if self.metadata is not None:
-            data, self.metadata = {**data, "metadata": self.metadata}, None
         self.sim.emit(await self.sim.pub.send_wait(self.call_id, kind, data), self.call_id, kind, data)
+        self.announced = True
         if self.sim.voices is not None:
             self.sim.voices.follow(self.call_id, kind, data, self.line.saying)
 
@@ -514,7 +515,7 @@ class _Simulation:
             if self.voices is not None:
                 self.voices.forget(call_id)
             if not call.ended:  # stopped mid-call: don't leave it live on the server forever
-                self.end_now(call_id, call.elapsed_ms)
+                self.end_now(call_id, call.elapsed_ms, None if call.announced else call.shape.metadata)
             self.stats.calls_ended += 1
             slots.release()
 
@@ -542,10 +543,14 @@ class _Simulation:
         if self.on_progress is not None:
             self.on_progress(self.stats)
 
-    def end_now(self, call_id: str, duration_ms: int) -> None:
-        data = {"status": "canceled", "duration_ms": duration_ms, "reason": "simulation stopped"}
+    def end_now(self, call_id: str, duration_ms: int, metadata: dict[str, str] | None) -> None:
+        """End a call stopped mid-way; one stopped before it started (`metadata` given) starts
+        first, so every simulated call opens with its `call.started`."""
+        data: dict[str, Any] = {"status": "canceled", "duration_ms": duration_ms, "reason": "simulation stopped"}
+        events: list[tuple[str, dict[str, Any]]] = [("call.started", {"metadata": metadata})] if metadata else []
         with contextlib.suppress(PublishError):  # backpressure/closed: nothing more to do
-            self.emit(self.pub.send(call_id, "call.ended", data), call_id, "call.ended", data)
+            for kind, body in [*events, ("call.ended", data)]:
+                self.emit(self.pub.send(call_id, kind, body), call_id, kind, body)
 
     async def keep_going(self, calls: int, rate: float | None, arrival_rate: float | None = None, *,
                          stagger: bool = False) -> None:
@@ -610,8 +615,8 @@ async def run_simulation(
     A campaign (:mod:`callstream.sim_campaign`): ``arrival_rate`` starts calls as a Poisson
     process instead (not with ``rate``); without either, ``stagger`` has the first ``calls``
     join at random points of their scripts, so none speak in lockstep. ``mean_length``
-    (seconds) is the median of each call's drawn length cap. Every call's first event carries
-    its metadata (``data.metadata``, PROTOCOL.md §9).
+    (seconds) is the median of each call's drawn length cap. Every call starts with
+    ``call.started {metadata}`` (docs/protocol.md, Metadata).
 
     ``audio``: the calls speak their transcripts on the caller and agent tracks
     (:mod:`callstream.sim_voice`: espeak-ng when installed, else tones).

@@ -205,13 +205,15 @@ def row_statements(
     finals: Sequence[Sequence[Any]] = (),
 ) -> list[Statement]:
     """Chunks inserted, calls rows merged into `calls`, minutes added into `quality_minutes` and
-    finals inserted into `transcript_finals` (its triggers index them for search)."""
+    finals inserted into `transcript_finals` (its triggers index them for search), then the
+    index's bounded merge step (`rows.fts_merge`)."""
     merged = [tuple(c[k] for k in CALL_COLUMNS) for c in calls]
     return (
         _statements(_INSERT_CHUNKS, CHUNK_COLUMNS, chunks)
         + _statements(_UPSERT_CALLS, CALL_COLUMNS, merged)
         + _statements(_UPSERT_MINUTES, rows.MINUTE_COLUMNS, minutes)
         + _statements(_INSERT_FINALS, rows.FINAL_COLUMNS, finals)
+        + ([rows.fts_merge(len(finals))] if finals else [])
     )
 
 

@@ -60,6 +60,22 @@ CALL_MERGE: Final = {
 # its call's as [seq, speaker, text] each.
 FINAL_COLUMNS: Final = ("account", "call_id", "seq", "speaker", "text")
 
+# SQLite's search index is merged as finals are stored, a bounded step a commit (migration 0005
+# turns FTS5's own automerge off): `fts_merge` after each commit that inserted finals merges up to
+# that many pages of the index's segments, two of a level into one of the next, so the index keeps
+# about one segment a level (a query opens each segment) and no commit waits for a merge larger
+# than what it wrote calls for. FTS5's crisis merge (16 segments on a level) stays the backstop.
+FTS_MERGE_SQL: Final = "INSERT INTO transcript_fts (transcript_fts, rank) VALUES ('merge', ?)"
+FTS_MERGE_PAGES_MIN: Final = 16  # a commit of a few lines: about 64 KiB of merging
+FTS_MERGE_FINALS_PER_PAGE: Final = 4  # a page of index holds some 40 lines; merging touches each level
+
+
+def fts_merge(finals: int) -> tuple[str, list[Any]]:
+    """The bounded merge step after a commit that inserted `finals` lines (SQLite): pages in
+    proportion to what was written, as FTS5's automerge would do in one lump every 64 pages."""
+    return FTS_MERGE_SQL, [max(FTS_MERGE_PAGES_MIN, finals // FTS_MERGE_FINALS_PER_PAGE)]
+
+
 # Per account and minute, what /v1/stats sums (`store.sums.call_sums`).
 MINUTE_COLUMNS: Final = ("account", "minute", "name", "n")
 

@@ -12,13 +12,17 @@ their calls would read them all; instead `search` reads the account's calls newe
 at a time, and asks the index once a batch which of them have a match (`hits`, one query for the
 batch: an index query costs most in opening the word's lists, so one a call would cost more than
 the rest), stopping as soon as the page is full: the first batch fills it. A rare word (an order
-number) would have the walk read every call; so when `few_match` counts at most `CANDIDATES_MAX`
-matches in the index (before the first batch on SQLite, after it on PostgreSQL: `_count_now`),
-the rest come from the matches themselves, looked up by key and sorted (`matching_any`). A walk that finds few matches among many calls (a common word
-and filters that keep few calls) also gives way to `matching_any` after `WALK_CALLS_MAX` calls:
-its cost then grows with the matches, never with a scan of the whole account call by call.
+number) would have the walk read every call; so `match_count` counts the matches in the index (up
+to `CANDIDATES_MAX`; before the first batch on SQLite, after it on PostgreSQL: `_count_now`), and
+when they are few, the rest come from the matches themselves, looked up by key and sorted
+(`matching_any`): at once on PostgreSQL; on SQLite once reading them costs less than the walk
+still would (`_read_now`: a word in a few % of the calls fills its page from a short walk, where
+reading its thousands of matches would cost more). A walk that finds few matches among many
+calls (a common word and filters that keep few calls) also gives way to `matching_any` after
+`WALK_CALLS_MAX` calls: its cost then grows with the matches, never with a scan of the whole
+account call by call.
 
-The index per dialect (migration 0005): SQLite's FTS5 table `transcript_fts` indexes each final's
+The index per dialect (migration 0004): SQLite's FTS5 table `transcript_fts` indexes each final's
 `text`, and in its `keys` column a token of its own for its account (`account_token`), so a query
 keeps to one account inside the index; a batch of calls is asked within the rowids its lines span.
 PostgreSQL's `transcript_finals.tsv` is the text's `tsvector`, with a GIN index for a word's
@@ -37,7 +41,7 @@ from callstream.search import Query
 from callstream.store import tables as t
 
 __all__ = [
-    "CANDIDATES_MAX", "account_token", "before", "conditions", "few_match", "hits", "matching_any", "search",
+    "CANDIDATES_MAX", "account_token", "before", "conditions", "hits", "match_count", "matching_any", "search",
 ]
 
 # Up to this many matching finals, the calls they belong to are looked up and sorted; past it, the
@@ -70,11 +74,25 @@ def conditions(account: str, filters: CallFilter, call_ids: frozenset[str] | Non
     return where
 
 
-def _matching_finals(dialect: str, account: str, query: Query) -> tuple[str, dict[str, Any]]:
-    """SQL of the call ids of the account's finals that match (one row a final), and its parameters."""
+def _matching_finals(dialect: str, account: str, query: Query, *, few: bool) -> tuple[str, dict[str, Any]]:
+    """SQL of the call ids of the account's finals that match (one row a final), and its parameters.
+
+    On SQLite, `few` (every account's matches counted at most `CANDIDATES_MAX`, `match_count`)
+    reads the word's matches alone and keeps the account's by their rows, which are read anyway
+    for the call id: the account's token ANDed in would seek the token's list (every final of the
+    account) once per match, in every segment, which costs more than the matches themselves. Past
+    a walk (many matches, maybe of other accounts) the token keeps the matches to the account's
+    inside the index. CROSS JOIN keeps SQLite's planner from reading the account's every final and
+    asking the index about each."""
     if dialect == "sqlite":
+        if few:
+            sql = (
+                "SELECT f.call_id FROM transcript_fts CROSS JOIN transcript_finals AS f ON f.rowid = transcript_fts.rowid"
+                " WHERE transcript_fts MATCH :match AND f.account = :account"
+            )
+            return sql, {"match": f"text : ({query.fts5()})", "account": account}
         sql = (
-            "SELECT f.call_id FROM transcript_fts JOIN transcript_finals AS f ON f.rowid = transcript_fts.rowid"
+            "SELECT f.call_id FROM transcript_fts CROSS JOIN transcript_finals AS f ON f.rowid = transcript_fts.rowid"
             " WHERE transcript_fts MATCH :match"
         )
         return sql, {"match": _fts_match(account_token(account), query)}
@@ -82,20 +100,26 @@ def _matching_finals(dialect: str, account: str, query: Query) -> tuple[str, dic
     return sql, {"account": account, "tsquery": query.tsquery()}
 
 
-async def few_match(conn: AsyncConnection, dialect: str, account: str, query: Query) -> bool:
-    """Whether at most `CANDIDATES_MAX` of the account's finals match (counted up to one more,
-    in the index alone): then reading every match is the faster way, else walking the calls."""
-    sql, params = _matching_finals(dialect, account, query)
+async def match_count(conn: AsyncConnection, dialect: str, account: str, query: Query) -> int:
+    """How many finals match, counted up to `CANDIDATES_MAX` + 1 (more is "many").
+
+    SQLite counts in the FTS5 index alone, every account's matches: an upper bound of the
+    account's, and the cheapest count there is (no row read, no seek in the account token's
+    list). PostgreSQL counts the account's (its GIN index knows no account: each match's row is
+    read)."""
+    if dialect == "sqlite":
+        sql, params = "SELECT rowid FROM transcript_fts WHERE transcript_fts MATCH :match", {"match": f"text : ({query.fts5()})"}
+    else:
+        sql, params = _matching_finals(dialect, account, query, few=True)
     counted = sa.text(f"SELECT count(*) FROM ({sql} LIMIT :n) AS matched")  # noqa: S608 - this module's own SQL
-    found = await conn.scalar(counted, {**params, "n": CANDIDATES_MAX + 1})
-    return int(found or 0) <= CANDIDATES_MAX
+    return int(await conn.scalar(counted, {**params, "n": CANDIDATES_MAX + 1}) or 0)
 
 
-def matching_any(dialect: str, account: str, query: Query) -> Any:
+def matching_any(dialect: str, account: str, query: Query, *, few: bool = False) -> Any:
     """A condition on a calls row: a final of it matches (every match read once, then each call
-    looked up in them): how few matches are read, and what a walk falls back on once it has
-    walked `WALK_CALLS_MAX` calls."""
-    sql, params = _matching_finals(dialect, account, query)
+    looked up in them): how few matches are read (`few`), and what a walk falls back on once it
+    has walked `WALK_CALLS_MAX` calls."""
+    sql, params = _matching_finals(dialect, account, query, few=few)
     return t.calls.c.call_id.in_(sa.text(sql).bindparams(**params).columns(call_id=sa.String()))
 
 
@@ -110,8 +134,9 @@ def before(started_at: int, call_id: str) -> Any:
 # status, where a few matches are a few look-ups by key.
 BY_KEY: Final = "sqlite_autoindex_calls_1"  # the primary key's, as SQLite names it
 # `search` reads calls in batches, newest first, and asks the index once a batch which of them
-# match (`hits`): the first batch holds this many calls, each next one twice as many, until
-# `WALK_CALLS_MAX` calls are walked; what is left is then asked of every match at once.
+# match (`hits`): the first batch holds this many calls, each next one up to twice as many (as
+# many as the page still seems to need), until `WALK_CALLS_MAX` calls are walked; what is left is
+# then asked of every match at once.
 WALK_FIRST: Final = 200
 WALK_CALLS_MAX: Final = 1400
 FEW_HITS: Final = 5
@@ -127,15 +152,19 @@ async def search(
 
     Calls are walked in batches, newest first, each batch's matches asked of the index at once,
     until `n` match: a common word fills the page from the first batch. When few finals match
-    (`few_match`, asked once: `_count_now`) the rest are read from every match at once, and so
-    they are after `WALK_CALLS_MAX` calls walked (`matching_any`)."""
+    (`match_count`, asked once: `_count_now`) the rest are read from every match at once, as
+    soon as that reads fewer rows than the walk still would (`_read_now`); a walk past
+    `WALK_CALLS_MAX` calls with many matches does the same (`matching_any`)."""
     kept: list[Any] = []
     found: dict[str, Hit] = {}
     walked, batch, rest = 0, WALK_FIRST, calls
+    matches: int | None = None  # counted once, up to CANDIDATES_MAX + 1
     while len(kept) < n:
-        few = _count_now(dialect, walked, len(kept)) and await few_match(conn, dialect, account, query)
-        if few or walked >= WALK_CALLS_MAX:
-            every = rest.where(matching_any(dialect, account, query)).limit(n - len(kept))
+        if _count_now(dialect, walked, len(kept)):
+            matches = await match_count(conn, dialect, account, query)
+        few = matches is not None and matches <= CANDIDATES_MAX
+        if (few and _read_now(dialect, matches or 0, walked, len(kept), n)) or (not few and walked >= WALK_CALLS_MAX):
+            every = rest.where(matching_any(dialect, account, query, few=few)).limit(n - len(kept))
             rows = await _by_key(conn, every) if few and dialect == "sqlite" else list((await conn.execute(every)).all())
             found |= await hits(conn, dialect, account, [row.call_id for row in rows], query)
             kept += rows
@@ -146,9 +175,31 @@ async def search(
         found |= matched
         if len(rows) < batch:
             break
-        walked, batch = walked + len(rows), batch * 2
+        walked += len(rows)
+        batch = max(WALK_FIRST, min(2 * batch, -(-5 * _still_to_walk(walked, len(kept), n) // 4)))
         rest = calls.where(before(rows[-1].started_at, rows[-1].call_id))
     return kept, {row.call_id: found[row.call_id] for row in kept}
+
+
+def _still_to_walk(walked: int, kept: int, n: int) -> int:
+    """The calls a walk seems to need still to fill the page, at the rate it found hits so far
+    (at least one hit in what it walked)."""
+    return (n - kept) * walked // max(kept, 1)
+
+
+def _read_now(dialect: str, matches: int, walked: int, kept: int, n: int) -> bool:
+    """Whether `search`, with few matches, reads them all now rather than walk on. PostgreSQL
+    does as soon as it knows they are few. On SQLite a match read costs about what a call walked
+    costs (a row looked up by key, against a calls row and its lines' span), so the matches are
+    read once they are fewer than the calls still to walk: before the first batch, than the
+    batch; then, than the walk's estimate, or than the calls walked already (a walk whose last
+    hits are far apart never costs more than twice the read). A word in a few % of the calls thus
+    fills its page from a short walk, and a rarer one from its few matches."""
+    if dialect != "sqlite":
+        return True
+    if walked == 0:
+        return matches <= WALK_FIRST
+    return matches <= _still_to_walk(walked, kept, n) or walked >= matches
 
 
 async def _by_key(conn: AsyncConnection, select: sa.Select[Any]) -> list[Any]:
@@ -161,7 +212,7 @@ async def _by_key(conn: AsyncConnection, select: sa.Select[Any]) -> list[Any]:
 
 
 def _count_now(dialect: str, walked: int, kept: int) -> bool:
-    """Whether `search` asks `few_match` before its next batch. SQLite counts in the FTS5 index
+    """Whether `search` asks `match_count` before its next batch. SQLite counts in the FTS5 index
     alone, cheaply, so it asks before the first batch. PostgreSQL's count reads each match's row
     (GIN knows no account), which for a common word costs more than a batch: it asks after the
     first batch, and only if that batch found fewer than `FEW_HITS` (the word is rare lately)."""

@@ -56,7 +56,7 @@ from callstream.store.journal import (
 )
 from callstream.store.metadata_query import metadata_filters
 from callstream.store.pg_writer import PgEventWriter
-from callstream.store.rows import FINAL_COLUMNS, MINUTE_COLUMNS
+from callstream.store.rows import FINAL_COLUMNS, MINUTE_COLUMNS, fts_merge
 from callstream.store.sums import MinuteRow, call_sums, merged_minutes
 
 log = logging.getLogger("callstream.store")
@@ -1060,6 +1060,9 @@ class SqlStore:
                 await conn.execute(self._events_insert, rows)
             if finals:
                 await conn.execute(self._finals_insert, [dict(zip(FINAL_COLUMNS, f, strict=True)) for f in finals])
+                if self.dialect == "sqlite":
+                    merge, pages = fts_merge(len(finals))
+                    await conn.exec_driver_sql(merge, tuple(pages))
             await conn.execute(self._calls_upsert, calls)
             if minutes:
                 await conn.execute(self._minutes_upsert, [dict(zip(MINUTE_COLUMNS, m, strict=True)) for m in minutes])
