@@ -40,7 +40,7 @@ INFO = re.compile(r'(?P<language>[\w-]+)(?: +title="(?P<title>[^"]*)")?[ \t]*\Z'
 RUN_LANGUAGES = {"sh", "python", "js"}
 CTRL_C = re.compile(r"^(?P<command>.*?)\s+#[^\n]*Ctrl-C[^\n]*\n?\Z", re.MULTILINE)
 EXITS = re.compile(r"^(?P<command>.*?)\s+#[^\n]*\bexits (?P<status>\d+)\b[^\n]*\n?\Z", re.MULTILINE)
-BACKGROUND_WAIT_S = 20.0
+BACKGROUND_WAIT_S = 60.0
 SETTLE_S = 1.0  # with nothing to wait for, how long a reader watches the first lines
 STOPPED = (0, 130)  # exit statuses of a command stopped with Ctrl-C: by its handler, or by the signal
 VOLATILE = [
