@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from callstream.events import is_valid_call_id
+from callstream.events import BINARY_OPCODE, is_valid_call_id, server_frame
 from callstream.protocol import ErrorCode, ProtocolError, server_message
 
 __all__ = [
@@ -183,12 +183,7 @@ def unlistened_message(call_id: str, reason: str | None = None) -> bytes:
 def binary_frame(payload: bytes) -> bytes:
     """One unmasked, unfragmented BINARY WebSocket frame (RFC 6455 §5.2) holding `payload`:
     built once per audio frame, the same bytes for every listener."""
-    length = len(payload)
-    if length < 126:
-        return bytes((0x82, length)) + payload
-    if length < 65536:
-        return struct.pack("!BBH", 0x82, 126, length) + payload
-    return struct.pack("!BBQ", 0x82, 127, length) + payload
+    return server_frame(payload, BINARY_OPCODE)
 
 
 def binary_payload(frame: bytes) -> bytes:

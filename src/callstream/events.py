@@ -330,14 +330,24 @@ class Event:
         return self.type == PARTIAL
 
 
-def text_frame(payload: bytes) -> bytes:
-    """One unmasked, unfragmented TEXT frame (RFC 6455 §5.2): what a server sends."""
+TEXT_OPCODE: Final = 0x81  # FIN + text
+BINARY_OPCODE: Final = 0x82  # FIN + binary
+
+
+def server_frame(payload: bytes, head: int = TEXT_OPCODE) -> bytes:
+    """One unmasked, unfragmented frame (RFC 6455 §5.2) holding `payload`, as a server sends
+    it: TEXT by default, BINARY with `head=BINARY_OPCODE`."""
     length = len(payload)
     if length < 126:
-        return bytes((0x81, length)) + payload
+        return bytes((head, length)) + payload
     if length < 65536:
-        return struct.pack("!BBH", 0x81, 126, length) + payload
-    return struct.pack("!BBQ", 0x81, 127, length) + payload
+        return struct.pack("!BBH", head, 126, length) + payload
+    return struct.pack("!BBQ", head, 127, length) + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One TEXT frame: what the server sends of JSON."""
+    return server_frame(payload)
 
 
 def encode_event(
