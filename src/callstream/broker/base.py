@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
+from callstream.control import WaitingRequest
 from callstream.errors import UnavailableError
 from callstream.events import CallState, Event, NewEvent
 from callstream.metadata import Metadata, MetadataError, merge
@@ -285,6 +286,18 @@ class Broker(abc.ABC):
     async def due_controls(self) -> list[tuple[str, str, str]]:
         """(account, call_id, request_id) of requests still waiting past their deadline; the
         caller publishes their timeout result (whichever node's publish comes first wins)."""
+
+    @property
+    def forgets_controls(self) -> bool:
+        """True when the requests waiting for a result live in this process alone (the embedded
+        broker): the node that restarts gives them back (`resume_controls`) from the store. On
+        Redis they outlive the node, deadlines included, and any node times them out."""
+        return False
+
+    async def resume_controls(self, waiting: Sequence[WaitingRequest]) -> None:  # noqa: B027 - optional hook
+        """Requests the store's history shows waiting (a restart forgot them): they wait again,
+        each until its deadline (its `control.requested`'s ts plus the control timeout), and
+        are timed out at once when that has passed."""
 
     @property
     def fans_out_on_publish(self) -> bool:

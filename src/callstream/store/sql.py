@@ -27,13 +27,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from callstream.call_filters import CallFilter
+from callstream.control import WaitingRequest
 from callstream.errors import UnavailableError
 from callstream.events import ENDED, CallState, Event
 from callstream.outages import OutageLog
 from callstream.quality import call_metrics
 from callstream.search import Snippet
 from callstream.sentiment import NEGATIVE_THRESHOLD, POSITIVE_THRESHOLD, label_for
-from callstream.store import erasure, fold_process, rows, search_sql
+from callstream.store import controls, erasure, fold_process, rows, search_sql
 from callstream.store import tables as t
 from callstream.store.chunks import (
     CHUNK_COLUMNS,
@@ -754,6 +755,15 @@ class SqlStore:
         for call_id in call_ids:
             self.failed_calls.pop((account, call_id), None)
             self.unsettled.discard((account, call_id))
+
+    @store_errors
+    async def waiting_controls(self) -> list[WaitingRequest]:
+        """Control requests of live calls that wait for their result (`store.controls`): what a
+        node whose broker kept them in memory answers once it restarts."""
+        await self._fold_journal()
+        accounts = await self.accounts()
+        async with self.engine.connect() as conn:
+            return await controls.waiting_requests(conn, accounts)
 
     @store_errors
     async def accounts(self) -> list[str]:
