@@ -18,9 +18,14 @@ def token(
     control: Annotated[
         bool, typer.Option("--control", help="the token may also control calls (the key must have control)")
     ] = False,
+    name: Annotated[
+        str | None, typer.Option(help="the session's own name, shown as who asked in its control requests (default: the key's)")
+    ] = None,
 ) -> None:
     """Mint a short-lived browser JWT from an API key (asks the server: it holds the secret)."""
     body: dict[str, Any] = {"scope": ["subscribe", "control"]} if control else {}
+    if name is not None:
+        body["name"] = name  # checked by the server, whose answer says what is wrong
     if ttl is not None:
         body["ttl_s"] = ttl
     if calls:

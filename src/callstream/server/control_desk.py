@@ -155,8 +155,8 @@ class ControlDesk:
         history does not hold. On the embedded broker that is once it is stored (its subscribers
         see it then too); on Redis once it is sequenced (the broker's log holds it)."""
         by: dict[str, Any] = {"key_id": principal.key_id}
-        if principal.name:
-            by["name"] = principal.name
+        if name := principal.shown_as:
+            by["name"] = name
         data = {"request_id": request.request_id, "action": request.action, "args": request.args, "by": by}
         timeout = self.runtime.settings.store_timeout_s
         try:
