@@ -274,6 +274,13 @@ class Broker(abc.ABC):
         """The encoded `control.Holder` of the call, or None: nobody published on a socket that is
         still open, on a node that is still alive."""
 
+    async def control_target(self, account: str, call_id: str) -> tuple[str, str | None]:
+        """What a control request is checked against, read together: the call's status
+        (`CallState.status`) and, while it is live, its `holder` (else None). A broker that
+        keeps them elsewhere reads both in one round trip."""
+        status = (await self.state(account, call_id)).status
+        return status, await self.holder(account, call_id) if status == "live" else None
+
     @abc.abstractmethod
     async def release(self, account: str, call_ids: Collection[str], holder: str) -> None:
         """A producer socket closed: it stops holding those of `call_ids` it still holds."""
