@@ -779,32 +779,48 @@ class Bench:
 
     def control(self, run: int) -> None:
         """The control round trip (bench/control_probe.py) while the node fans out a background load:
-        one node pinned like fan-out's, at each `--control-rates` step (0: idle); then two nodes on
-        Redis + PostgreSQL (not pinned, as twonode), the supervisors on node 0 and the producer
-        holding the call on node 1, so every request and result crosses Redis."""
+        one node pinned like fan-out's, at each `--control-rates` step (0: idle; none: no one-node
+        ladder); then two nodes on Redis + PostgreSQL (not pinned, as twonode), the supervisors on
+        node 0 and the producer holding the call on node 1, so every request and result crosses
+        Redis. `--control-targets` with several targets (a patch: `callstream+NAME`) runs each
+        ladder for each of them in turn, an A/B in one run; each run starts with another target."""
         warm, window = (1.0, 4.0) if self.quick else (1.5, 8.0)
-        one = [int(x) for x in self.args.control_rates.split(",")]
-        target = self.start(make("callstream"))
+        targets = [t.strip() for t in self.args.control_targets.split(",") if t.strip()]
+        shift = run % len(targets)
+        targets = targets[shift:] + targets[:shift]
+        one = [int(x) for x in self.args.control_rates.split(",") if x.strip()]
+        two = [int(x) for x in self.args.control_rates_two.split(",") if x.strip()]
+        for name in targets:
+            if one:
+                self.control_one_node(name, one, warm, window, run)
+        for name in targets:
+            if two:
+                self.control_two_nodes(name, two, warm, window, run)
+
+    def control_one_node(self, name: str, rates: list[int], warm: float, window: float, run: int) -> None:
+        target = self.start(make(name))
         load = Load(self.args.sub_procs + 2, self.load_cpus)
         try:
-            self.control_ladder([target], load, one, warm, window, run, "callstream ×1")
+            self.control_ladder([target], load, rates, warm, window, run, f"{name} ×1")
         finally:
             load.close()
             target.stop()
-        db = f"bench_{self.run_tag}_{run}_ctl"
+
+    def control_two_nodes(self, name: str, rates: list[int], warm: float, window: float, run: int) -> None:
+        label = f"{name} ×2 (redis+postgres)"
+        db = f"bench_{self.run_tag}_{run}_ctl_{name.replace('+', '_').replace('-', '_')}"
         made = psql(f"CREATE DATABASE {db}")
         if made.returncode:
-            self.add("control", {"target": "callstream ×2 (redis+postgres)", "status": f"pending: {made.stderr[:200]}"})
+            self.add("control", {"target": label, "status": f"pending: {made.stderr[:200]}"})
             return
-        nodes = [make("callstream"), make("callstream")]
+        nodes = [make(name), make(name)]
         load = Load(self.args.sub_procs + 2, self.load_cpus)
         try:
             for node in nodes:
                 node.args = ["--broker", self.args.redis, "--database", f"{self.args.postgres.rstrip('/')}/{db}"]
                 node.start(None)
             nodes[1].token = nodes[0].token
-            two = [int(x) for x in self.args.control_rates_two.split(",")]
-            self.control_ladder(nodes, load, two, warm, window, run, "callstream ×2 (redis+postgres)")
+            self.control_ladder(nodes, load, rates, warm, window, run, label)
         finally:
             load.close()
             for node in nodes:
@@ -903,9 +919,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingest-shapes", type=ingest_shapes, default=None,
                         help="ingest: BATCHxWINDOW list (events per frame x frames in flight), e.g. 100x64")
     parser.add_argument("--control-rates", default="0,40000,100000",
-                        help="control: background fan-out deliveries/s on one node, per step (0: idle)")
+                        help="control: background fan-out deliveries/s on one node, per step (0: idle; empty: no one-node ladder)")
     parser.add_argument("--control-rates-two", default="0,20000",
                         help="control: background fan-out deliveries/s on two nodes, per step (0: idle)")
+    parser.add_argument("--control-targets", default="callstream",
+                        help="control: the servers measured, in turn (callstream+NAME applies a patch: an A/B)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--out", default=None, help="results subfolder name (default: bench/results)")

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import jwt
 
+from callstream.session_names import check_session_name
 from callstream.store.sql import KeyRecord, SqlStore, StoreUnavailableError
 
 SCOPES: Final = frozenset({"publish", "subscribe", "control", "listen", "admin"})
@@ -54,7 +55,13 @@ class Principal:
     calls: frozenset[str] | None = None  # None: every call of the account
     expires_at: float | None = None  # unix seconds, JWTs only
     session_end: int | None = None  # unix seconds, dashboard session JWTs only (`session_exp`)
-    name: str | None = None  # the key's name (a JWT's: its minting key's), shown in audit events
+    name: str | None = None  # the key's name (a JWT's: its minting key's)
+    session_name: str | None = None  # a JWT's own `name` claim (`session_names`)
+
+    @property
+    def shown_as(self) -> str | None:
+        """Who asked, in audit events: the session's own name, else the key's."""
+        return self.session_name or self.name
 
     def may(self, scope: str) -> bool:
         return scope in self.scopes
@@ -118,9 +125,10 @@ class TokenSigner:
         calls: list[str] | None = None,
         scopes: frozenset[str] = frozenset({"subscribe"}),
         extra: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> tuple[str, int]:
         """A JWT for `account`, minted by `key_id`; `scopes` within TOKEN_SCOPES (the caller
-        checks that the minting key holds them)."""
+        checks that the minting key holds them); `name`: the session's own (`session_names`)."""
         ttl = self.default_ttl_s if ttl_s is None else ttl_s
         if not 1 <= ttl <= self.max_ttl_s:
             raise ValueError(f"ttl_s must be between 1 and {self.max_ttl_s}")
@@ -137,6 +145,8 @@ class TokenSigner:
         }
         if calls is not None:
             claims["calls"] = calls
+        if name is not None:
+            claims["name"] = check_session_name(name)
         claims.update(extra or {})
         token = jwt.encode(claims, self._secret, algorithm=ALGORITHM, headers={"kid": self.kid})
         return token, now + ttl
@@ -181,6 +191,11 @@ class TokenSigner:
             raise AuthError("invalid token: wrong scope or subject")
         if calls is not None and not (isinstance(calls, list) and all(isinstance(c, str) for c in calls)):
             raise AuthError("invalid token: calls must be a list of call ids")
+        if "name" in claims:
+            try:
+                check_session_name(claims["name"])
+            except ValueError as exc:
+                raise AuthError(f"invalid token: {exc}") from None
         return claims
 
 
@@ -328,6 +343,7 @@ class Authenticator:
             float(claims["exp"]),
             session_end if isinstance(session_end, int) else None,
             minted_by.name,
+            claims.get("name"),
         )
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "ControlHandler",
     "ControlRequest",
     "Holder",
+    "WaitingRequest",
     "check_args",
     "check_result",
     "parse_actions",
@@ -60,6 +61,18 @@ class ControlRequest:
     request_id: str
     action: str
     args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingRequest:
+    """A request whose call's stored history holds its `control.requested` and no result yet:
+    what a node that restarted must still answer (a timeout once its deadline falls due)."""
+
+    account: str
+    call_id: str
+    request_id: str
+    action: str
+    requested_at: int  # ms since the epoch: the `ts` of its `control.requested`
 
 
 ControlHandler = Callable[[ControlRequest], Awaitable[None]]

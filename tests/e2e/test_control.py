@@ -380,3 +380,69 @@ async def test_a_control_login_makes_a_session_that_may_control(node: ServerProc
     for token, code in ((watching, "forbidden"), (controlling, "call_not_live"), (refreshed.json()["token"], "call_not_live")):
         async with await open_events(node, token) as ws:
             assert (await control(ws, call_id, "pause"))["data"]["code"] == code
+
+
+# ---- who asked: a session's own name (JWT `name`, `login --name`) -----------------------------
+
+
+def mint(node: ServerProcess, key: str, **body: Any) -> httpx.Response:
+    return httpx.post(f"{node.url}/v1/tokens", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+
+async def asked_by(node: ServerProcess, credential: str, call_id: str) -> dict[str, Any]:
+    """`by` of a request made with `credential`, as a subscriber sees it live and on replay (the
+    same event), once its producer answered it."""
+    async with await open_events(node, credential) as ws:
+        await send(ws, {"type": "subscribe", "call_id": call_id})
+        await recv_until(ws, "subscribed")
+        await send(ws, {"type": "control", "call_id": call_id, "action": "say", "args": {"text": "Hi"}, "ref": 1})
+        seen = await recv_until(ws, "control.result")  # the producer has acted on it by then
+        live = next(m for m in seen if m["type"] == "control.requested")
+    async with await open_events(node, credential) as ws:
+        await send(ws, {"type": "subscribe", "call_id": call_id, "since": live["seq"] - 1})
+        replayed = (await recv_until(ws, "control.requested"))[-1]
+    assert replayed == live
+    by: dict[str, Any] = live["data"]["by"]
+    return by
+
+
+async def test_a_token_with_a_name_asks_under_that_name_live_and_on_replay(
+    node: ServerProcess, call_id: str, saying_agent: list[str]
+) -> None:
+    created = node.cli("keys", "create", "--account", "ctl", "--name", "backend", "--json", *node.database_args())
+    key_id, backend = orjson.loads(created.stdout)["id"], orjson.loads(created.stdout)["key"]
+    named = mint(node, backend, scope=["subscribe", "control"], name="Dana Ortiz (supervisor) ✓")
+    assert named.status_code == 200, named.text
+    assert await asked_by(node, named.json()["token"], call_id) == {"key_id": key_id, "name": "Dana Ortiz (supervisor) ✓"}
+    unnamed = mint(node, backend, scope=["subscribe", "control"]).json()["token"]
+    assert await asked_by(node, unnamed, call_id) == {"key_id": key_id, "name": "backend"}  # the key's
+    minted = await asyncio.to_thread(node.cli, "token", "--key", backend, "--url", node.url, "--control", "--name", "Sam")
+    assert (await asked_by(node, minted.stdout.strip(), call_id))["name"] == "Sam"
+    assert saying_agent == ["Hi", "Hi", "Hi"]  # the producer got the requests, never who asked
+
+
+async def test_a_login_link_with_a_name_makes_sessions_of_that_name(
+    node: ServerProcess, call_id: str, saying_agent: list[str]
+) -> None:
+    link = node.cli("login", "--account", "ctl", "--control", "--name", "Dana", "--url", node.url, *node.database_args())
+    code = link.stdout.strip().rsplit("login=", 1)[1]
+    forged = code.rsplit(".", 1)[0] + ".TWFsbG9yeQ"  # another name ("Mallory") in the same code
+    assert httpx.post(f"{node.url}/v1/login", json={"code": forged}).status_code == 401
+    token = httpx.post(f"{node.url}/v1/login", json={"code": code}).json()["token"]
+    assert (await asked_by(node, token, call_id))["name"] == "Dana"
+    refreshed = httpx.post(f"{node.url}/v1/login/refresh", headers={"Authorization": f"Bearer {token}"}).json()["token"]
+    assert (await asked_by(node, refreshed, call_id))["name"] == "Dana"  # a refresh keeps the name
+
+
+@pytest.mark.parametrize("name", ["", "x" * 65, "Dana\nOrtiz", "tab\there", "   ", 5, ["Dana"]])
+def test_a_session_name_that_is_not_1_to_64_printable_characters_is_refused(
+    node: ServerProcess, key: str, name: Any
+) -> None:
+    refused = mint(node, key, name=name)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (422, "invalid_request")
+    assert "name" in refused.json()["error"]["message"]
+    if isinstance(name, str):
+        login = node.cli("login", "--account", "ctl", "--name", name, *node.database_args(), check=False)
+        assert (login.returncode, "--name: a session name must" in login.stderr) == (2, True), login.stderr
+        token = node.cli("token", "--key", key, "--url", node.url, "--name", name, check=False)
+        assert (token.returncode, "a session name must" in token.stderr) == (1, True), token.stderr

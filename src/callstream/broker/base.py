@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
+from callstream.control import WaitingRequest
 from callstream.errors import UnavailableError
 from callstream.events import CallState, Event, NewEvent
 from callstream.metadata import Metadata, MetadataError, merge
@@ -277,6 +278,13 @@ class Broker(abc.ABC):
         """The encoded `control.Holder` of the call, or None: nobody published on a socket that is
         still open, on a node that is still alive."""
 
+    async def control_target(self, account: str, call_id: str) -> tuple[str, str | None]:
+        """What a control request is checked against, read together: the call's status
+        (`CallState.status`) and, while it is live, its `holder` (else None). A broker that
+        keeps them elsewhere reads both in one round trip."""
+        status = (await self.state(account, call_id)).status
+        return status, await self.holder(account, call_id) if status == "live" else None
+
     @abc.abstractmethod
     async def release(self, account: str, call_ids: Collection[str], holder: str) -> None:
         """A producer socket closed: it stops holding those of `call_ids` it still holds."""
@@ -289,6 +297,18 @@ class Broker(abc.ABC):
     async def due_controls(self) -> list[tuple[str, str, str]]:
         """(account, call_id, request_id) of requests still waiting past their deadline; the
         caller publishes their timeout result (whichever node's publish comes first wins)."""
+
+    @property
+    def forgets_controls(self) -> bool:
+        """True when the requests waiting for a result live in this process alone (the embedded
+        broker): the node that restarts gives them back (`resume_controls`) from the store. On
+        Redis they outlive the node, deadlines included, and any node times them out."""
+        return False
+
+    async def resume_controls(self, waiting: Sequence[WaitingRequest]) -> None:  # noqa: B027 - optional hook
+        """Requests the store's history shows waiting (a restart forgot them): they wait again,
+        each until its deadline (its `control.requested`'s ts plus the control timeout), and
+        are timed out at once when that has passed."""
 
     @property
     def fans_out_on_publish(self) -> bool:

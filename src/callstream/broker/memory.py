@@ -42,7 +42,7 @@ from callstream.broker.base import (
     merged_metadata,
 )
 from callstream.broker.ids import Repeats, find_repeats, first_seq
-from callstream.control import REQUESTED, RESULT, Holder
+from callstream.control import REQUESTED, RESULT, Holder, WaitingRequest
 from callstream.events import ENDED, CallState, Event, NewEvent, repeat_of
 from callstream.metadata import Metadata
 from callstream.turns import TurnTracker, role
@@ -294,11 +294,15 @@ class MemoryBroker(Broker):
             if call.pending is not None:
                 call.pending.pop(request_id, None)
             return
+        deadline = time.monotonic() + self._control_timeout_s
+        self._wait(account, new.call_id, call, request_id, str(new.data["action"]), deadline)
+
+    def _wait(self, account: str, call_id: str, call: _Call, request_id: str, action: str, deadline: float) -> None:
+        """The request waits for its result until `deadline` (monotonic s), then times out."""
         if call.pending is None:
             call.pending = {}
-        call.pending[request_id] = str(new.data["action"])
-        deadline = time.monotonic() + self._control_timeout_s
-        heapq.heappush(self._deadlines, (deadline, account, new.call_id, request_id))
+        call.pending[request_id] = action
+        heapq.heappush(self._deadlines, (deadline, account, call_id, request_id))
 
     # ---- live control: one node, so holders and relays stay in this process -------------
 
@@ -319,6 +323,21 @@ class MemoryBroker(Broker):
     async def relay(self, holder: str, frame: bytes) -> None:
         if self.on_relay is not None:
             self.on_relay(Holder.decode(holder).conn, frame)
+
+    @property
+    def forgets_controls(self) -> bool:
+        return True
+
+    async def resume_controls(self, waiting: Sequence[WaitingRequest]) -> None:
+        keys = list(dict.fromkeys((w.account, w.call_id) for w in waiting))
+        calls = dict(zip(keys, await asyncio.gather(*(self._call(*key) for key in keys)), strict=True))
+        now, now_s = time.monotonic(), time.time()
+        for request in waiting:
+            call = calls[(request.account, request.call_id)]
+            if call.status == "ended" or request.request_id in (call.pending or {}):
+                continue
+            left = request.requested_at / 1000 + self._control_timeout_s - now_s
+            self._wait(request.account, request.call_id, call, request.request_id, request.action, now + max(0.0, left))
 
     async def due_controls(self) -> list[tuple[str, str, str]]:
         now, due = time.monotonic(), []

@@ -371,16 +371,19 @@ if max_live > 0 then redis.call('EXPIRE', live_set, live_ttl) end
 return out
 """
 
-# KEYS: the call's state hash, the nodes' set. ARGV: dead after (ms). The call's holder while
-# its node beats (`SocketCounter`), else nothing: a dead node's sockets hold no call.
-_HOLDER: Final = """
-local holder = redis.call('HGET', KEYS[1], 'holder')
-if not holder then return false end
+# KEYS: the call's state hash, the nodes' set. ARGV: dead after (ms). What a control request is
+# checked against, in one round trip: {} when Redis does not know the call, else {status} and,
+# while its node beats (`SocketCounter`), its holder: a dead node's sockets hold no call.
+_CONTROL_TARGET: Final = """
+local state = redis.call('HMGET', KEYS[1], 'status', 'holder')
+if not state[1] then return {} end
+local holder = state[2]
+if not holder then return {state[1]} end
 local beat = redis.call('ZSCORE', KEYS[2], string.match(holder, '^[^|]*'))
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if not beat or tonumber(beat) < now_ms - tonumber(ARGV[1]) then return false end
-return holder
+if not beat or tonumber(beat) < now_ms - tonumber(ARGV[1]) then return {state[1]} end
+return {state[1], holder}
 """
 
 # KEYS: state hashes of the calls a closed socket held. ARGV: its holder.
@@ -508,7 +511,7 @@ class RedisBroker(Broker):
         self._watch_timeout_s = watch_timeout_s
         self._publish_script = self._redis.register_script(_PUBLISH)
         self._seed_script = self._redis.register_script(_SEED)
-        self._holder_script = self._redis.register_script(_HOLDER)
+        self._target_script = self._redis.register_script(_CONTROL_TARGET)
         self._release_script = self._redis.register_script(_RELEASE)
         self._due_script = self._redis.register_script(_DUE)
         self._control_timeout_ms = int(control_timeout_s * 1000)
@@ -769,9 +772,20 @@ class RedisBroker(Broker):
         return self._sockets.node
 
     async def holder(self, account: str, call_id: str) -> str | None:
+        found = await self._control_target(account, call_id)
+        return found[1].decode() if len(found) > 1 else None
+
+    async def control_target(self, account: str, call_id: str) -> tuple[str, str | None]:
+        found = await self._control_target(account, call_id)
+        if not found:  # unknown to Redis, so held by nobody: the store says whether it is live
+            assert self._load_call is not None
+            return (await self._load_call(account, call_id) or CallState("pending", 0)).status, None
+        return found[0].decode(), found[1].decode() if len(found) > 1 else None
+
+    async def _control_target(self, account: str, call_id: str) -> list[bytes]:
         keys = [self._call_key(account, call_id, "state"), self._sockets.nodes_key]
-        found = await self._command(self._holder_script(keys=keys, args=[self._sockets.dead_after_ms]))
-        return found.decode() if isinstance(found, bytes) else None
+        found: list[bytes] = await self._command(self._target_script(keys=keys, args=[self._sockets.dead_after_ms]))
+        return found
 
     async def release(self, account: str, call_ids: Collection[str], holder: str) -> None:
         keys = [self._call_key(account, call_id, "state") for call_id in call_ids]

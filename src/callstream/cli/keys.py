@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from callstream.cli.common import DEFAULT_URL, DatabaseUrl, DataDir, Url, call_api, console, fail, with_store
+from callstream.session_names import check_session_name
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 ServerUrl = Annotated[
@@ -162,9 +163,17 @@ def login(
     control: Annotated[
         bool, typer.Option("--control", help="the session may also act on live calls (say, end, …)")
     ] = False,
+    name: Annotated[
+        str | None, typer.Option(help="the session's own name, shown as who asked in its control requests (default: the key's)")
+    ] = None,
     data_dir: DataDir = None,
     database: DatabaseUrl = None,
 ) -> None:
     """Print a one-time dashboard login link (valid 10 minutes)."""
-    code = with_store(data_dir, database, lambda s: s.create_login_code(account, control=control))
+    if name is not None:
+        try:
+            check_session_name(name)
+        except ValueError as exc:
+            fail(f"--name: {exc}")
+    code = with_store(data_dir, database, lambda s: s.create_login_code(account, control=control, name=name))
     console.print(f"{url.rstrip('/')}/?login={code}")

@@ -21,10 +21,15 @@ def token(
     listen: Annotated[
         bool, typer.Option("--listen", help="the token may also hear calls' live audio (the key must have listen)")
     ] = False,
+    name: Annotated[
+        str | None, typer.Option(help="the session's own name, shown as who asked in its control requests (default: the key's)")
+    ] = None,
 ) -> None:
     """Mint a short-lived browser JWT from an API key (asks the server: it holds the secret)."""
     scopes = ["subscribe"] + ["control"] * control + ["listen"] * listen
     body: dict[str, Any] = {"scope": scopes} if len(scopes) > 1 else {}
+    if name is not None:
+        body["name"] = name  # checked by the server, whose answer says what is wrong
     if ttl is not None:
         body["ttl_s"] = ttl
     if calls:

@@ -71,7 +71,8 @@ class ControlRefusedError(Exception):
 class ProducerSocket(Protocol):
     """What the desk needs of an ingest connection: a way to hand it a request."""
 
-    async def send_control(self, frame: bytes) -> None: ...
+    def send_control(self, frame: bytes) -> None:
+        """Write the request now if the socket takes it, else queue it (never waits)."""
 
 
 class ControlDesk:
@@ -104,7 +105,7 @@ class ControlDesk:
     def _relayed(self, conn_id: str, frame: bytes) -> None:
         conn = self._producers.get(conn_id)
         if conn is not None:  # gone meanwhile: the request times out
-            self.runtime.tasks.start(conn.send_control(frame), name="control-relay")
+            conn.send_control(frame)
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -124,11 +125,11 @@ class ControlDesk:
         account, broker = principal.account, self.runtime.broker
         if not principal.may("control") or not principal.may_see(call_id):
             raise ControlRefusedError(p.ErrorCode.FORBIDDEN, "this credential may not control that call")
-        state = await broker.state(account, call_id)  # an outage raises UnavailableError: 503 / internal
-        if state.status != "live":
-            why = "has ended" if state.status == "ended" else "has not started (or does not exist)"
+        # One read (one round trip on Redis); an outage raises UnavailableError: 503 / internal.
+        status, encoded = await broker.control_target(account, call_id)
+        if status != "live":
+            why = "has ended" if status == "ended" else "has not started (or does not exist)"
             raise ControlRefusedError(p.ErrorCode.CALL_NOT_LIVE, f"call {call_id} {why}")
-        encoded = await broker.holder(account, call_id)
         if encoded is None:
             message = f"no producer socket holds call {call_id}: its producer is not connected (or has not published since it reconnected)"
             raise ControlRefusedError(p.ErrorCode.NO_PRODUCER, message)
@@ -155,8 +156,8 @@ class ControlDesk:
         history does not hold. On the embedded broker that is once it is stored (its subscribers
         see it then too); on Redis once it is sequenced (the broker's log holds it)."""
         by: dict[str, Any] = {"key_id": principal.key_id}
-        if principal.name:
-            by["name"] = principal.name
+        if name := principal.shown_as:
+            by["name"] = name
         data = {"request_id": request.request_id, "action": request.action, "args": request.args, "by": by}
         timeout = self.runtime.settings.store_timeout_s
         try:

@@ -96,9 +96,12 @@ class IngestConnection(SocketConnection):
         held, self._held = self._held, set()
         self.runtime.tasks.start(self.runtime.control.producer_gone(self._conn_id, self.account, held, self._holder))
 
-    async def send_control(self, frame: bytes) -> None:
-        """A control request for a call this socket holds (relayed from any node)."""
-        await self._send_quietly(frame)
+    def send_control(self, frame: bytes) -> None:
+        """A control request for a call this socket holds (relayed from any node): written at
+        once, in the callback that received it, when the socket takes it; else it queues with
+        the acks that wait for the socket."""
+        if not self._gone:
+            self._write_or_queue([frame])
 
     async def _send_quietly(self, frame: bytes) -> None:
         if not self._gone:
@@ -291,8 +294,11 @@ class IngestConnection(SocketConnection):
         if self._gone:
             return
         messages = self._acks.due()
-        if not messages:
-            return
+        if messages:
+            self._write_or_queue(messages)
+
+    def _write_or_queue(self, messages: list[bytes]) -> None:
+        """Write `messages` now if the socket takes them at once, else after what waits already."""
         writer = self._frame_writer
         if (
             writer is not None

@@ -39,6 +39,7 @@ from callstream.server.deps import (
     unavailable,
 )
 from callstream.server.deps import visible_call_id as _checked_call_id
+from callstream.session_names import name_in_code
 from callstream.store import CallFailedError, KeyRecord, StoreUnavailableError
 from callstream.store.sql import CONTROL_LOGIN_PREFIX
 
@@ -68,6 +69,11 @@ class TokenRequest(BaseModel):
         None,
         description="default [subscribe]; control and listen only when the minting key has them (never publish or admin)",
     )
+    name: str | None = Field(
+        None,
+        description="the session's own name (1-64 printable characters): who asked, in the control requests it makes; default: the key's",
+        examples=["Dana (supervisor)"],
+    )
 
 
 class TokenResponse(BaseModel):
@@ -78,7 +84,7 @@ class TokenResponse(BaseModel):
 class LoginRequest(BaseModel):
     model_config = ConfigDict(strict=True)
 
-    code: str = Field(min_length=1, max_length=200)
+    code: str = Field(min_length=1, max_length=400)  # with the session's name in it (`session_names`)
 
 
 class PublishResponse(BaseModel):
@@ -241,7 +247,7 @@ async def mint_token(request: Request, principal: Reader) -> dict[str, Any]:
     assert signer is not None
     try:
         token, expires_at = signer.mint(
-            principal.account, principal.key_id, ttl_s=body.ttl_s, calls=body.calls, scopes=scopes
+            principal.account, principal.key_id, ttl_s=body.ttl_s, calls=body.calls, scopes=scopes, name=body.name
         )
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
@@ -370,7 +376,8 @@ async def login(request: Request, body: LoginRequest) -> dict[str, Any]:
         raise ApiError(401, "unauthorized", "this login link is unknown, used or expired")
     scopes = _CONTROL_SESSION if body.code.startswith(CONTROL_LOGIN_PREFIX) else _WATCH_SESSION
     key_id = await _dashboard_key(request, account, scopes)
-    return _session_token(request, account, key_id, int(time.time()) + _SESSION_S, scopes)
+    session_end = int(time.time()) + _SESSION_S
+    return _session_token(request, account, key_id, session_end, scopes, name_in_code(body.code))
 
 
 @router.post("/v1/login/refresh", response_model=TokenResponse, tags=["auth"])
@@ -384,7 +391,9 @@ async def refresh_login(request: Request) -> dict[str, Any]:
     if principal.kind != "jwt" or principal.session_end is None:
         raise ApiError(401, "unauthorized", "only dashboard sessions refresh this way")
     scopes = principal.scopes & _CONTROL_SESSION
-    return _session_token(request, principal.account, principal.key_id, principal.session_end, scopes)
+    return _session_token(
+        request, principal.account, principal.key_id, principal.session_end, scopes, principal.session_name
+    )
 
 
 async def _dashboard_key(request: Request, account: str, scopes: frozenset[str]) -> str:
@@ -411,12 +420,14 @@ async def _live_dashboard_keys(request: Request, account: str, name: str) -> lis
 
 
 def _session_token(
-    request: Request, account: str, key_id: str, session_end: int, scopes: frozenset[str]
+    request: Request, account: str, key_id: str, session_end: int, scopes: frozenset[str], name: str | None
 ) -> dict[str, Any]:
     signer = runtime_of(request).signer
     assert signer is not None
     ttl = min(signer.default_ttl_s, session_end - int(time.time()))
     if ttl <= 0:
         raise ApiError(401, "unauthorized", "the dashboard session ended; open a new login link")
-    token, expires_at = signer.mint(account, key_id, ttl_s=ttl, scopes=scopes, extra={"session_exp": session_end})
+    token, expires_at = signer.mint(
+        account, key_id, ttl_s=ttl, scopes=scopes, extra={"session_exp": session_end}, name=name
+    )
     return {"token": token, "expires_at": expires_at}

@@ -121,6 +121,8 @@ class Runtime:
         )
         self.auth = Authenticator(self.store, self.signer, outage_grace_s=self.settings.key_outage_grace_s)
         await self.broker.start(self._deliver, self.store.call_state)
+        if self.broker.forgets_controls:  # before any socket: each request keeps its one result
+            await self.broker.resume_controls(await self.store.waiting_controls())
         self.broker.on_reconnect = self._resync_subscribers
         self.broker.on_erased = self._erased
         self.broker.on_audio = self.audio.relayed

@@ -27,13 +27,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from callstream.call_filters import CallFilter
+from callstream.control import WaitingRequest
 from callstream.errors import UnavailableError
 from callstream.events import ENDED, CallState, Event
 from callstream.outages import OutageLog
 from callstream.quality import call_metrics
 from callstream.search import Snippet
 from callstream.sentiment import NEGATIVE_THRESHOLD, POSITIVE_THRESHOLD, label_for
-from callstream.store import erasure, fold_process, rows, search_sql
+from callstream.session_names import code_with_name
+from callstream.store import controls, erasure, fold_process, rows, search_sql
 from callstream.store import tables as t
 from callstream.store.chunks import (
     CHUNK_COLUMNS,
@@ -487,11 +489,14 @@ class SqlStore:
             return [r[0] for r in await conn.execute(query)]
 
     @store_errors
-    async def create_login_code(self, account: str, ttl_s: int = 600, control: bool = False) -> str:
+    async def create_login_code(
+        self, account: str, ttl_s: int = 600, control: bool = False, name: str | None = None
+    ) -> str:
         """A one-time dashboard login code; `control` makes its session carry the control scope
         (the code then starts with `CONTROL_LOGIN_PREFIX`, which is part of what is hashed: it
-        can be neither added to a plain code nor stripped from a control one)."""
-        code = (CONTROL_LOGIN_PREFIX if control else "") + secrets.token_urlsafe(24)
+        can be neither added to a plain code nor stripped from a control one), and `name` gives
+        the session a name of its own, carried in the code the same way (`session_names`)."""
+        code = code_with_name((CONTROL_LOGIN_PREFIX if control else "") + secrets.token_urlsafe(24), name)
         async with self.engine.begin() as conn:
             await conn.execute(
                 t.login_codes.insert().values(
@@ -754,6 +759,15 @@ class SqlStore:
         for call_id in call_ids:
             self.failed_calls.pop((account, call_id), None)
             self.unsettled.discard((account, call_id))
+
+    @store_errors
+    async def waiting_controls(self) -> list[WaitingRequest]:
+        """Control requests of live calls that wait for their result (`store.controls`): what a
+        node whose broker kept them in memory answers once it restarts."""
+        await self._fold_journal()
+        accounts = await self.accounts()
+        async with self.engine.connect() as conn:
+            return await controls.waiting_requests(conn, accounts)
 
     @store_errors
     async def accounts(self) -> list[str]:
