@@ -167,6 +167,8 @@ class Target:
                 path = ROOT / "bench/patches" / patch
                 subprocess.run(["git", "apply", "--unsafe-paths", str(path)], cwd=self.workdir, check=True)
             env["PYTHONPATH"] = str(src)
+        else:  # this tree's src, not whichever tree the venv's editable install points at
+            env["PYTHONPATH"] = str(ROOT / "src")
         data = self.workdir / "data"
         db = ["--database", self.args[self.args.index("--database") + 1]] if "--database" in self.args else []
         created = subprocess.run(
@@ -229,14 +231,14 @@ PROPOSED: list[str] = []  # in the order they apply; empty: everything proposed 
 
 
 def make(name: str) -> Target:
-    """`callstream`, `callstream-sse`, `callstream+<patch>[+<patch>…]` (bench/patches/<patch>.diff;
+    """`callstream`, `callstream-sse`, `callstream[-sse]+<patch>[+<patch>…]` (bench/patches/<patch>.diff;
     `proposed` = PROPOSED), `bare`, `socketio`, `nchan`, `picows`."""
-    if name == "callstream-sse":  # the same server, its subscribers on Server-Sent Events
-        return Target(name, "sse", "callstream", env=dict(CALLSTREAM_BENCH_ENV))
     if name.startswith("callstream"):
+        # `callstream-sse[+<patch>…]`: the same server, its subscribers on Server-Sent Events
+        dialect = "sse" if name.split("+")[0] == "callstream-sse" else "callstream"
         names = [q for p in name.split("+")[1:] for q in (PROPOSED if p == "proposed" else [p])]
         patches = [p + ".diff" for p in names]
-        return Target(name, "callstream", "callstream", patches=patches, env=dict(CALLSTREAM_BENCH_ENV))
+        return Target(name, dialect, "callstream", patches=patches, env=dict(CALLSTREAM_BENCH_ENV))
     if name == "bare":
         return Target("bare-websockets", "bare", "bare")
     if name == "socketio":

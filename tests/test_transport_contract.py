@@ -283,3 +283,86 @@ def test_an_http_send_waits_before_it_writes_so_a_send_closed_at_its_wait_wrote_
     assert awaits, f"{UVICORN}: RequestResponseCycle.send has no wait, {RELIES}"
     assert writes, f"{UVICORN}: RequestResponseCycle.send has no write, {RELIES}"
     assert max(awaits) < min(writes), f"{UVICORN}: RequestResponseCycle.send writes before it waits, {RELIES}"
+
+
+# ---- event streams: chunks written straight to uvicorn's httptools response (chunked_body) --------
+
+
+class StreamServer:
+    """uvicorn on uvloop with `http`, as `callstream serve` runs it: each request gets a chunked
+    response, part of it written through `send` and part through `chunked_body`."""
+
+    def __init__(self, http: str) -> None:
+        self.found: list[bool] = []  # per request: whether chunked_body found the writer
+        self.closed_after: list[bool] = []  # per request: `open` was False once the response ended
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, http=http, lifespan="off", log_config=None, interface="asgi3"
+        )
+        self.uvicorn = uvicorn.Server(config)
+
+    async def app(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        from callstream.server.chunked_body import chunk, chunked_body
+
+        if scope["type"] != "http":
+            return
+        assert chunked_body(send) is None, "a response not started yet has no body writer"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        body = chunked_body(send)
+        self.found.append(body is not None)
+        if body is None:
+            for part in (b"one\n", b"two\n", b"three\n"):
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        assert body.open
+        body.write(chunk(b"one\n"))
+        await send({"type": "http.response.body", "body": b"two\n", "more_body": True})
+        body.write(chunk(b"three\n"))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.closed_after.append(not body.open)
+
+
+async def _stream(http: str) -> StreamServer:
+    import httpx
+
+    server = StreamServer(http)
+    serving = asyncio.create_task(server.uvicorn.serve())
+    while not server.uvicorn.started:
+        assert not serving.done(), "the test server did not start"
+        await asyncio.sleep(0.01)
+    try:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{bound_port(server.uvicorn)}/")
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert response.content == b"one\ntwo\nthree\n"
+    finally:
+        server.uvicorn.should_exit = True
+        await serving
+    return server
+
+
+def test_chunks_written_beside_uvicorns_httptools_send_make_one_well_formed_chunked_body() -> None:
+    """`event_stream.SseConnection` writes a one-call stream's events with `chunked_body`, between
+    messages `send` writes: that needs the cycle behind uvicorn's httptools `send` (its transport,
+    flow control and response state) and uvicorn's own chunk framing."""
+    server = StreamServer("httptools")
+
+    async def check() -> None:
+        nonlocal server
+        server = await _stream("httptools")
+
+    run_forever(check())
+    relies = "which callstream.server.chunked_body relies on"
+    assert server.found == [True], f"{UVICORN}'s httptools send no longer leads to its RequestResponseCycle, {relies}"
+    assert server.closed_after == [True], f"{UVICORN}'s cycle no longer shows a complete response, {relies}"
+
+
+def test_another_http_implementation_gets_no_body_writer_and_streams_through_send() -> None:
+    server = StreamServer("h11")
+
+    async def check() -> None:
+        nonlocal server
+        server = await _stream("h11")
+
+    run_forever(check())
+    assert server.found == [False]

@@ -292,6 +292,9 @@ class Event:
     # Its SSE message on a stream of this call alone (`server.event_stream` builds it once): the
     # same bytes for every such stream, as `wire` is for every socket.
     sse_alone: bytes | None = field(default=None, repr=False, compare=False)
+    # Its fan-out group's messages on such streams as one HTTP chunk, with the group's size and
+    # last seq (`server.event_stream._alone_chunk`): built once for every stream of the call.
+    sse_block: tuple[int, int, bytes] | None = field(default=None, repr=False, compare=False)
     # The supersede key, computed once here rather than once per subscriber on the fan-out path.
     key: str | None = field(default=None, repr=False, compare=False)
     # What the turn tracker measured at this event (turns.py), for its call's row; None if nothing.

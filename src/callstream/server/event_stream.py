@@ -8,6 +8,10 @@ into the HTTP response at once while the response takes it without waiting, and 
 drains it at the client's pace otherwise. The message `id` is the stream's cursor
 (`callstream.sse`).
 
+A stream of one call, with nothing queued, takes a fan-out's events of its call as one HTTP chunk
+built once for every such stream (`_alone_chunk`), written straight to the response's transport
+(`chunked_body`) while uvicorn's own `send` would not wait: the socket's direct write, for SSE.
+
 The endpoint is reached before the app's middleware, as the sockets are (`app.CallstreamApp`):
 a stream lives for hours, and its writes should not pass through layers made for short requests.
 It answers CORS itself (`Access-Control-Allow-Origin`) from the same allow-list.
@@ -31,6 +35,7 @@ from callstream import metrics, sse
 from callstream import protocol as p
 from callstream.auth import Principal
 from callstream.events import ENDED, Event
+from callstream.server.chunked_body import ChunkedBody, chunk, chunked_body
 from callstream.server.deps import runtime_of
 from callstream.server.events_socket import EventsConnection
 from callstream.server.runtime import Runtime
@@ -67,6 +72,11 @@ class SseConnection(EventsConnection):
         self._sending = False  # the writer task is inside a send: nothing else may write
         self._held = b""  # messages taken from the outbox that a flush could not write
         self._held_count = 0
+        # A one-call stream's direct write (once the `retry` field is out; None on servers
+        # without one), and the last seq it sent of that call: its cursor, read when a message
+        # other than an event needs it (`send`) rather than written out per event.
+        self._direct: ChunkedBody | None = None
+        self._sent_seq = 0
 
     # ---- the hub's side: never blocks ------------------------------------------------------
 
@@ -90,16 +100,32 @@ class SseConnection(EventsConnection):
     def enqueue_block(self, block: bytes, events: Sequence[Event]) -> int:
         """One call's events of a fan-out. On a stream of that call alone each message is the same
         for every such stream (`sse.alone_message`, built once per event); the hub has already
-        dropped what this stream sent (`Subscription.last_seq`)."""
+        dropped what this stream sent (`Subscription.last_seq`). With nothing queued ahead and a
+        response that takes them without waiting, they are written at once as one chunk (the
+        same for every such stream); returns how many were written so."""
         if not self._alone:
             return super().enqueue_block(block, events)
+        direct = self._direct
+        if (
+            direct is not None
+            and not (self._sending or self._held or self.closed or self.outbox.queued_bytes)
+            and direct.open
+        ):
+            try:
+                direct.write(_alone_chunk(events))
+            except RuntimeError:  # the transport is gone under us: its end is on its way
+                self._direct = None
+            else:
+                self._sent_seq = events[-1].seq
+                self._wrote = True
+                return len(events)
         push = self.outbox.push
         for event in events:
             message = event.sse_alone or sse.alone_message(event)
             if not push(message, event.key, event.is_partial):
                 self._too_slow()
                 return 0
-        self._cursor.advance(events[-1].call_id, events[-1].seq)
+        self._sent_seq = events[-1].seq
         self._queued()
         return 0
 
@@ -108,6 +134,8 @@ class SseConnection(EventsConnection):
         payload = message if isinstance(message, bytes) else message.encode()
         body: dict[str, Any] = orjson.loads(payload)
         kind, call_id = str(body.get("type")), body.get("call_id")
+        if self._alone and self._sent_seq:
+            self._cursor.advance(self._stream.call_ids[0], self._sent_seq)
         if kind == "subscribed" and isinstance(call_id, str) and call_id != p.WILDCARD:
             self._cursor.advance(call_id, int(body["data"]["seq"]))
         if self.outbox.push(sse.message(kind, payload, self._cursor.text())):
@@ -197,6 +225,8 @@ class SseConnection(EventsConnection):
         send, outbox = self._send, self.outbox
         with contextlib.suppress(OSError):
             await self._body(sse.retry_field(RECONNECT_MS))
+            if self._alone:
+                self._direct = chunked_body(send)
             while not self.closed:
                 if self._held:
                     chunk, count, self._held, self._held_count = self._held, self._held_count, b"", 0
@@ -250,6 +280,23 @@ class SseConnection(EventsConnection):
 
     async def _too_large(self, limit: int) -> bool:
         return False
+
+
+def _alone_chunk(events: Sequence[Event]) -> bytes:
+    """One call's events of a fan-out as the chunk every stream of that call alone writes: built
+    once, kept on the first event with the group's size and last seq (the hub hands every
+    subscriber of the call the same group)."""
+    first, last_seq = events[0], events[-1].seq
+    kept = first.sse_block
+    if kept is not None and kept[0] == len(events) and kept[1] == last_seq:
+        return kept[2]
+    if len(events) == 1:
+        body = first.sse_alone or sse.alone_message(first)
+    else:
+        body = b"".join([e.sse_alone or sse.alone_message(e) for e in events])
+    data = chunk(body)
+    first.sse_block = (len(events), last_seq, data)
+    return data
 
 
 async def stream_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
