@@ -254,7 +254,7 @@ class _Control(Event):
 @dataclass(frozen=True, slots=True)
 class ControlRequested(_Control):
     """``control.requested``: a supervisor asked the call's producer to act (docs/control.md);
-    ``by`` is who asked (``key_id``, and ``name`` when the key has one)."""
+    ``by`` is who asked (``key_id``, and ``name``: the session's own, else the key's)."""
 
     type: ClassVar[str] = "control.requested"
     action = _text("action")

@@ -106,6 +106,16 @@ class Shell:
             time.sleep(0.05)
         for pgid in self._jobs:
             _signal_group(pgid, signal.SIGKILL)
+        # A block that timed out never reported the jobs it started: end whatever is left of
+        # the shell's session (it leads its own), so no server outlives the page.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            left_over = _session_members(self._proc.pid)
+            for pid in left_over:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 5
+            while left_over and _session_members(self._proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
         if self._proc.stdin is not None:
             self._proc.stdin.close()
         try:
@@ -131,3 +141,19 @@ def _alive(pgid: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def _session_members(sid: int) -> list[int]:
+    """The processes of session `sid` but its leader (Linux: field 6 of /proc/PID/stat)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == sid:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if int(fields[3]) == sid:
+            members.append(int(entry.name))
+    return members

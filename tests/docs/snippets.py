@@ -47,7 +47,7 @@ VOLATILE = [
     (re.compile(r"cs_[A-Za-z0-9_-]{20,}"), "cs_<secret>"),
     (re.compile(r"key_[0-9a-f]{16}"), "key_<id>"),
     (re.compile(r"ctl_[0-9a-f]{20}"), "ctl_<id>"),
-    (re.compile(r"login=[A-Za-z0-9_-]+"), "login=<code>"),
+    (re.compile(r"login=[A-Za-z0-9_.-]+"), "login=<code>"),
     (re.compile(r"eyJ[\w-]*\.[\w-]*\.[\w-]*"), "<jwt>"),
     (re.compile(r'"ts":\d{13}'), '"ts":<ms>'),
     (re.compile(r'"id":"p[0-9a-f]{16}-'), '"id":"p<publisher>-'),  # a Publisher's event ids
