@@ -17,10 +17,10 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from callstream.audio import encode_frame
 from callstream.recording import ulaw_to_linear
 from tests.helpers import Cluster, ServerProcess, ended, key_of, recv, send
 
-encode_frame = pytest.importorskip("callstream.audio").encode_frame  # the live path feeding the recorder
 RECORDING = {"CALLSTREAM_RECORD": "1"}
 
 

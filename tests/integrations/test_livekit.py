@@ -16,9 +16,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-
-pytest.importorskip("livekit.agents")
-
 from aiohttp import web
 from livekit import api as lkapi
 from livekit.agents import Agent, AgentSession, function_tool, llm

@@ -16,9 +16,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-
-pytest.importorskip("livekit.agents")
-
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, tts
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions

@@ -7,10 +7,6 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-pytest.importorskip("livekit.agents")
-
 from livekit import rtc
 from livekit.agents import AgentSession
 from livekit.agents.job import (

@@ -11,12 +11,9 @@ import asyncio
 import warnings
 from typing import Any
 
-import pytest
-
 # pipecat imports the deprecated `audioop` module; the suite turns warnings into errors.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    pytest.importorskip("pipecat")
     from pipecat.frames.frames import (
         BotStartedSpeakingFrame,
         BotStoppedSpeakingFrame,

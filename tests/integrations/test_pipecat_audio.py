@@ -15,7 +15,6 @@ import pytest
 
 with warnings.catch_warnings():  # pipecat imports the deprecated `audioop` module
     warnings.simplefilter("ignore", DeprecationWarning)
-    pytest.importorskip("pipecat")
     from pipecat.frames.frames import (
         Frame,
         InputAudioRawFrame,

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import warnings
 
-import pytest
-
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    pytest.importorskip("pipecat")
     from pipecat.frames.frames import TranscriptionFrame
 
     from callstream.integrations.pipecat import CallstreamObserver
