@@ -4,8 +4,10 @@ the real app), erased with its call, and named in the `call.ended` webhook."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
+import os
 import struct
 import time
 import wave
@@ -20,6 +22,7 @@ import sqlalchemy as sa
 
 from callstream.events import NewEvent
 from callstream.server.app import create_app
+from callstream.server.recordings import Recordings
 from callstream.server.retention import DAY_MS, RetentionSweep
 from callstream.server.runtime import Runtime
 from callstream.settings import Settings
@@ -310,3 +313,49 @@ async def test_a_node_started_again_goes_on_with_the_file_of_a_call_still_live(t
     left, right, _ = channels(path.read_bytes())
     assert left == CALLER + [0] * (RATE // 2) + CALLER
     assert right == [0] * len(left)
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_an_account_sending_audio_for_endless_calls_holds_a_bounded_number_of_files(tmp_path: Path) -> None:
+    recordings = Recordings(tmp_path, enabled=True, max_open=20, max_open_per_account=10)
+    frame = struct.pack("<320h", *CALLER[:320])
+    before = open_descriptors()
+    try:
+        for flooders, account in enumerate(("flood_1", "flood_2"), 1):  # calls never started nor ended
+            for n in range(2_000):
+                recordings.frame(account, f"call_{n}", Fmt(), Frame(0, 0, frame))
+                if n % 100 == 0:
+                    await asyncio.sleep(0)  # the writer opens files meanwhile
+            await recordings.written()
+            assert open_descriptors() - before <= 10 * flooders
+
+        for i in range(0, RATE, 320):  # another account's call is recorded whole meanwhile
+            recordings.frame(A, "victim", Fmt(), Frame(0, i // 16, struct.pack("<320h", *CALLER[i : i + 320])))
+        recordings.end(A, "victim")
+        await recordings.written()
+        left, _, _ = channels(recordings.paths(A, "victim").finished.read_bytes())  # type: ignore[union-attr]
+        assert left == CALLER
+    finally:
+        await recordings.close()
+    assert open_descriptors() <= before
+
+
+async def test_at_the_node_s_bound_the_call_quiet_longest_gives_its_file_to_a_new_one(tmp_path: Path) -> None:
+    recordings = Recordings(tmp_path, enabled=True, max_open=2, max_open_per_account=2)
+    frame = struct.pack("<320h", *CALLER[:320])
+    try:
+        recordings.frame("flood_1", "quiet", Fmt(), Frame(0, 0, frame))
+        recordings.frame("flood_2", "loud", Fmt(), Frame(0, 0, frame))
+        await recordings.written()
+        recordings.frame("flood_2", "loud", Fmt(), Frame(0, 20, frame))
+        recordings.frame(A, "new", Fmt(), Frame(0, 0, frame))  # closes "quiet", keeps "loud"
+        await recordings.written()
+        assert {p.suffix for p in files_under(tmp_path)} == {".wav", ".part"}
+        assert recordings.paths("flood_1", "quiet").finished.exists()  # type: ignore[union-attr]
+        assert recordings.paths("flood_2", "loud").writing.exists()  # type: ignore[union-attr]
+        assert recordings.paths(A, "new").writing.exists()  # type: ignore[union-attr]
+    finally:
+        await recordings.close()

@@ -11,6 +11,12 @@ went quiet, or moved to another node: the next frame opens the file again and go
 stopped), and when the node stops. The writer's backlog is bounded: past `MAX_QUEUED_BYTES`
 audio is written as silence of the same length, so the file stays aligned while the disk catches
 up. Serving and erasing files works whether or not this node records.
+
+Open files are bounded, per account and per node (`MAX_OPEN_PER_ACCOUNT`, `MAX_OPEN`): a producer
+may send audio for any number of calls, and each would hold a descriptor until it goes quiet. At a
+bound the least recently fed call is closed (it reopens where it stopped when it speaks again);
+while no file can be closed yet, a new call's frames are not recorded. So one account's calls
+never take the descriptors the node needs for other accounts' files and sockets.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +46,8 @@ FLUSH_BYTES = 64 * 1024  # a call's queued samples are handed to the writer at t
 MAX_QUEUED_BYTES = 64 * 1024 * 1024  # the writer's backlog; past it audio is written as silence
 MAX_WAITING = 256  # frames held while the call's file is being opened
 ENDED_KEPT = 10_000  # ended calls remembered, so a late frame does not reopen their file
+MAX_OPEN = 4_000  # recording files open (or opening) on the node
+MAX_OPEN_PER_ACCOUNT = 1_000  # of them, one account's
 
 _Key = tuple[str, str]
 _T = TypeVar("_T")
@@ -67,17 +75,33 @@ class _Call:
     queued_bytes: int = 0
     ending: bool = False  # closed as soon as the file is open
     dead: bool = False  # the file could not be opened: frames are dropped
+    holds_file: bool = True  # counted among the open files until its close is handed to the writer
 
 
 class Recordings:
     """Records calls under `root` (when `enabled`), serves and erases their files."""
 
-    def __init__(self, root: Path, *, enabled: bool, limits: Limits | None = None, idle_s: float = IDLE_S) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        enabled: bool,
+        limits: Limits | None = None,
+        idle_s: float = IDLE_S,
+        max_open: int = MAX_OPEN,
+        max_open_per_account: int = MAX_OPEN_PER_ACCOUNT,
+    ) -> None:
         self.root = root
         self.enabled = enabled
         self._limits = limits or Limits()
         self._idle_s = idle_s
+        self._max_open = max_open
+        self._max_open_per_account = max_open_per_account
         self._calls: dict[_Key, _Call] = {}
+        self._recent: OrderedDict[_Key, _Call] = OrderedDict()  # calls that may be closed, least recently fed first
+        self._recent_of: dict[str, OrderedDict[_Key, _Call]] = {}  # the same, per account
+        self._open_files = 0
+        self._open_files_of: Counter[str] = Counter()
         self._ended: OrderedDict[_Key, None] = OrderedDict()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recordings")
         self._backlog = 0  # bytes handed to the writer and not written yet
@@ -94,7 +118,12 @@ class Recordings:
         if call is None:
             if key in self._ended or fmt.sample_rate not in RATES or (paths := self.paths(*key)) is None:
                 return
+            if not self._room_for(account):
+                return
             call = self._open(key, paths, fmt.sample_rate)
+        elif key in self._recent:
+            self._recent.move_to_end(key)
+            self._recent_of[account].move_to_end(key)
         call.last_frame = now = time.monotonic()
         if call.assembler is not None:
             self._queue(call, call.assembler.feed(fmt, frame, int(now * 1000)))
@@ -119,7 +148,10 @@ class Recordings:
             key = (account, call_id)
             self._ended.pop(key, None)
             call = self._calls.pop(key, None)
+            if call is not None:
+                self._unlist(key)
             if call is not None and call.file is not None:
+                self._release(key, call)
                 self._submit(files.discard, call.file)
             if (paths := self.paths(account, call_id)) is not None:
                 doomed.append(paths)
@@ -177,8 +209,38 @@ class Recordings:
 
     # ---- the calls' life ---------------------------------------------------------------------
 
+    def _room_for(self, account: str) -> bool:
+        """Whether a new call of `account` may open a file, after closing the least recently fed
+        call (the account's at its bound, the node's at its own) where that frees one."""
+        if self._open_files_of[account] >= self._max_open_per_account and (mine := self._recent_of.get(account)):
+            self._close(*next(iter(mine.items())))
+        if self._open_files >= self._max_open and self._recent:
+            self._close(*next(iter(self._recent.items())))
+        return self._open_files < self._max_open and self._open_files_of[account] < self._max_open_per_account
+
+    def _unlist(self, key: _Key) -> None:
+        """The call can no longer be closed to make room (it is closing, or has no file)."""
+        if self._recent.pop(key, None) is not None:
+            mine = self._recent_of[key[0]]
+            del mine[key]
+            if not mine:
+                del self._recent_of[key[0]]
+
+    def _release(self, key: _Key, call: _Call) -> None:
+        """The call's file is closed or was never opened: it no longer counts against the bounds."""
+        if call.holds_file:
+            call.holds_file = False
+            self._open_files -= 1
+            self._open_files_of[key[0]] -= 1
+            if not self._open_files_of[key[0]]:
+                del self._open_files_of[key[0]]
+
     def _open(self, key: _Key, paths: RecordingPaths, sample_rate: int) -> _Call:
         call = self._calls[key] = _Call(paths, sample_rate, time.monotonic())
+        self._recent[key] = call
+        self._recent_of.setdefault(key[0], OrderedDict())[key] = call
+        self._open_files += 1
+        self._open_files_of[key[0]] += 1
         opening = self._submit(files.open_for, paths, sample_rate)
         opening.add_done_callback(functools.partial(self._opened, key, call))
         return call
@@ -188,11 +250,15 @@ class Recordings:
         if opening.cancelled() or error is not None:
             log.warning("call %s is not recorded on this node: %s", key[1], error or "the node stopped")
             call.dead, call.waiting = True, []
+            self._release(key, call)
+            if self._calls.get(key) is call:
+                self._unlist(key)
             if call.ending and self._calls.get(key) is call:
                 del self._calls[key]
             return
         file = opening.result()
         if self._calls.get(key) is not call:  # erased meanwhile: `forget` queued the unlink
+            self._release(key, call)
             self._submit(files.discard, file)
             return
         call.file = file
@@ -204,12 +270,14 @@ class Recordings:
             self._close(key, call)
 
     def _close(self, key: _Key, call: _Call) -> None:
+        self._unlist(key)
         if call.assembler is None or call.file is None:
             call.ending = True  # still opening: closed once open (or dropped if it cannot be)
             if call.dead:
                 del self._calls[key]
             return
         del self._calls[key]
+        self._release(key, call)
         self._queue(call, call.assembler.finish(), flush=False)
         self._write(call, files.close)
 
