@@ -61,7 +61,7 @@ FAILURES: Final = (
     "TTS provider returned HTTP 500",
 )
 
-CONTROLS: Final = ACTIONS  # a simulated call obeys every action (protocol §8)
+CONTROLS: Final = ACTIONS  # a simulated call obeys every action (docs/control.md)
 
 Event = tuple[float, str, dict[str, Any]]
 # What the simulated pipeline's `metrics` events name (made-up services, real shapes).
@@ -250,7 +250,7 @@ class _LiveCall:
     """One simulated call played in real time, steered by the control requests sent to it.
 
     It plays its plan turn by turn at speaking pace; whenever it waits for its next event it
-    takes the requests that came (protocol §8): ``say`` makes the agent speak the text after the
+    takes the requests that came (docs/control.md): ``say`` makes the agent speak the text after the
     turn in progress, or at once when ``interrupt`` (an agent's turn in progress is cut short; a
     caller is let finish); ``instruct`` changes the agent's next scripted reply (having no model,
     it says the instruction first); ``pause`` cuts the agent off and holds the script until
@@ -259,7 +259,7 @@ class _LiveCall:
     ``control.result`` is published before what it causes, so it precedes a ``call.ended``.
 
     Its campaign shape (:mod:`callstream.sim_campaign`) gives its metadata, sent as its first
-    event, ``call.started {metadata}`` (PROTOCOL.md §9), may cap its length (it then ends
+    event, ``call.started {metadata}`` (docs/protocol.md, Call metadata), may cap its length (it then ends
     ``completed`` at the next turn), and for a call ``joining`` a running campaign, skips the
     turns already behind it.
     """
@@ -415,7 +415,7 @@ class _LiveCall:
             await self.send("function.result", {**self.tool, "result": None, "cancelled": True})
 
     async def end(self, status: str, reason: str) -> None:
-        """``call.ended``: the server settles the requests still waiting (protocol §8)."""
+        """``call.ended``: the server settles the requests still waiting (docs/control.md)."""
         await self.send("call.ended", {"status": status, "duration_ms": self.elapsed_ms, "reason": reason[:500]})
         self.ended = True
 
