@@ -39,7 +39,9 @@ AdminKey = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="print the API's JSON answer")]
 SessionName = Annotated[
     str | None,
-    typer.Option(help="the session's own name, shown as who asked in its control requests (default: the key's)"),
+    typer.Option(
+        help="the session's own name, shown as who asked in its control requests (default: the key's)"
+    ),
 ]
 
 
