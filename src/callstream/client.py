@@ -1060,7 +1060,9 @@ class Client(Reconnecting):
 # -- the sync wrapper ----------------------------------------------------------------------------
 
 
-def _blocking(method: Callable[Concatenate[Client, P], Awaitable[T]]) -> Callable[Concatenate[SyncClient, P], T]:
+def _blocking(
+    method: Callable[Concatenate[Client, P], Awaitable[T]],
+) -> Callable[Concatenate[SyncClient, P], T]:
     """The blocking form of a :class:`Client` method, for :class:`SyncClient`: the same
     signature, run on the client's loop thread."""
 
