@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -30,7 +31,7 @@ import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Final, Generic, Literal, Self, TypeVar, overload
+from typing import Any, ClassVar, Concatenate, Final, Generic, Literal, ParamSpec, Self, TypeVar, overload
 
 import httpx
 import orjson
@@ -75,6 +76,7 @@ SEEN_WINDOW: Final = 2048  # seqs remembered per call to drop replay overlaps
 STABLE_AFTER_S: Final = 5.0  # a connection that lived this long resets the backoff
 TokenProvider = Callable[[], Awaitable[str]]
 T = TypeVar("T")
+P = ParamSpec("P")
 D = TypeVar("D")
 
 
@@ -157,6 +159,23 @@ def _as_sent(key: str) -> _Data[Any]:
     return _Data(lambda data: data.get(key))
 
 
+EVENT_CLASSES: Final[dict[str, type[Event]]] = {}  # wire type → its class; filled by @_event
+E = TypeVar("E", bound=Event)
+
+
+def _event(type_: str) -> Callable[[type[E]], type[E]]:
+    """Make a class the typed event of the wire type ``type_``: a frozen, slotted dataclass that
+    :func:`parse_message` builds for every message of that type."""
+
+    def make(cls: type[E]) -> type[E]:
+        cls.type = type_
+        made = dataclass(frozen=True, slots=True)(cls)
+        EVENT_CLASSES[type_] = made
+        return made
+
+    return make
+
+
 @dataclass(frozen=True, slots=True)
 class _Transcript(Event):
     speaker = _text("speaker")
@@ -164,22 +183,19 @@ class _Transcript(Event):
     utterance_id = _typed("utterance_id", str, None)
 
 
-@dataclass(frozen=True, slots=True)
+@_event("transcript.partial")
 class TranscriptPartial(_Transcript):
     """``transcript.partial``: words heard so far; a later partial or final replaces it."""
 
-    type: ClassVar[str] = "transcript.partial"
 
-
-@dataclass(frozen=True, slots=True)
+@_event("transcript.final")
 class TranscriptFinal(_Transcript):
     """``transcript.final``: a completed sentence; ``sentiment`` is set by the server if enabled."""
 
-    type: ClassVar[str] = "transcript.final"
     sentiment = _typed("sentiment", dict, None)
 
 
-@dataclass(frozen=True, slots=True)
+@_event("agent.state")
 class AgentState(Event):
     """``agent.state``: the agent is ``listening``, ``thinking`` or ``speaking``.
 
@@ -188,7 +204,6 @@ class AgentState(Event):
     speech when the user spoke over it.
     """
 
-    type: ClassVar[str] = "agent.state"
     state = _text("state")
     latency_ms = _typed("latency_ms", int, None)
     interrupted = _Data(lambda data: data.get("interrupted") is True)
@@ -200,19 +215,17 @@ class _Tool(Event):
     tool_call_id = _typed("tool_call_id", str, None)
 
 
-@dataclass(frozen=True, slots=True)
+@_event("function.call")
 class FunctionCall(_Tool):
     """``function.call``: the agent invoked a tool; ``tool_call_id`` pairs it with its result."""
 
-    type: ClassVar[str] = "function.call"
     args = _as_sent("args")
 
 
-@dataclass(frozen=True, slots=True)
+@_event("function.result")
 class FunctionResult(_Tool):
     """``function.result``: a tool returned."""
 
-    type: ClassVar[str] = "function.result"
     result = _as_sent("result")
 
 
@@ -226,21 +239,19 @@ def _ms(key: str) -> _Data[float | None]:
     return _Data(read)
 
 
-@dataclass(frozen=True, slots=True)
+@_event("metrics")
 class Metrics(Event):
     """``metrics``: a producer's own measurement of one stage (``stt``, ``llm``, ``tts``, ``eou``, …)."""
 
-    type: ClassVar[str] = "metrics"
     stage = _text("stage")
     ttfb_ms = _ms("ttfb_ms")
     duration_ms = _ms("duration_ms")
 
 
-@dataclass(frozen=True, slots=True)
+@_event("call.ended")
 class CallEnded(Event):
     """``call.ended``: the last event of a call."""
 
-    type: ClassVar[str] = "call.ended"
     status = _text("status")
     duration_ms = _typed("duration_ms", int, None)
     reason = _typed("reason", str, None)
@@ -251,48 +262,43 @@ class _Control(Event):
     request_id = _text("request_id")
 
 
-@dataclass(frozen=True, slots=True)
+@_event("control.requested")
 class ControlRequested(_Control):
     """``control.requested``: a supervisor asked the call's producer to act (docs/control.md);
     ``by`` is who asked (``key_id``, and ``name``: the session's own, else the key's)."""
 
-    type: ClassVar[str] = "control.requested"
     action = _text("action")
     args = _object("args")
     by = _object("by")
 
 
-@dataclass(frozen=True, slots=True)
+@_event("control.result")
 class ControlResult(_Control):
     """``control.result``: the one outcome of a control request; ``error`` when not ``ok``
     (``timeout`` when its producer never answered)."""
 
-    type: ClassVar[str] = "control.result"
     ok = _typed("ok", bool, False)
     error = _typed("error", str, None)
 
 
-@dataclass(frozen=True, slots=True)
+@_event("subscribed")
 class Subscribed(Event):
     """``subscribed``: the replay asked for (if any) is done; live events follow.
 
     Sent again after every reconnect, for each resubscribed call and for ``*``.
     """
 
-    type: ClassVar[str] = "subscribed"
     status = _text("status", "``live``, ``ended`` or ``pending`` (no event yet).")
     last_seq = _typed("seq", int, 0)
     replayed = _typed("replayed", int, 0)
 
 
-@dataclass(frozen=True, slots=True)
+@_event("unsubscribed")
 class Unsubscribed(Event):
     """``unsubscribed``: the answer to :meth:`Client.unsubscribe`."""
 
-    type: ClassVar[str] = "unsubscribed"
 
-
-@dataclass(frozen=True, slots=True)
+@_event("error")
 class ErrorEvent(Event):
     """``error``: a stream-level error. ``call_id`` is ``""`` when it concerns no call.
 
@@ -300,7 +306,6 @@ class ErrorEvent(Event):
     ``token_expired`` (reconnect); they are yielded so a program can see what happened.
     """
 
-    type: ClassVar[str] = "error"
     code = _text("code")
     message = _text("message")
 
@@ -310,25 +315,6 @@ class UnknownEvent(Event):
     """A message type this client version does not know; ``raw["type"]`` names it."""
 
     type: ClassVar[str] = "unknown"
-
-
-EVENT_CLASSES: Final[dict[str, type[Event]]] = {
-    cls.type: cls
-    for cls in (
-        TranscriptPartial,
-        TranscriptFinal,
-        AgentState,
-        FunctionCall,
-        FunctionResult,
-        Metrics,
-        CallEnded,
-        ControlRequested,
-        ControlResult,
-        Subscribed,
-        Unsubscribed,
-        ErrorEvent,
-    )
-}
 
 
 def parse_message(message: dict[str, Any]) -> Event:
@@ -1074,6 +1060,20 @@ class Client(Reconnecting):
 # -- the sync wrapper ----------------------------------------------------------------------------
 
 
+def _blocking(
+    method: Callable[Concatenate[Client, P], Awaitable[T]],
+) -> Callable[Concatenate[SyncClient, P], T]:
+    """The blocking form of a :class:`Client` method, for :class:`SyncClient`: the same
+    signature, run on the client's loop thread."""
+
+    @functools.wraps(method)
+    def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        result: T = self._call(method(self._running(), *args, **kwargs))
+        return result
+
+    return call
+
+
 class SyncClient:
     """:class:`Client` for scripts without asyncio: the event loop runs in a background thread.
 
@@ -1136,17 +1136,8 @@ class SyncClient:
                 self._call(self._client.close())
         self._stop_loop()
 
-    def subscribe(
-        self,
-        call_id: str,
-        since: int | None = None,
-        types: Iterable[str] | None = None,
-        where: dict[str, Any] | None = None,
-    ) -> None:
-        self._call(self._running().subscribe(call_id, since, types, where))
-
-    def unsubscribe(self, call_id: str) -> None:
-        self._call(self._running().unsubscribe(call_id))
+    subscribe = _blocking(Client.subscribe)
+    unsubscribe = _blocking(Client.unsubscribe)
 
     def last_seq(self, call_id: str) -> int:
         return self._running().last_seq(call_id)

@@ -91,8 +91,25 @@ class Subscribe:
 
 
 @dataclass(frozen=True, slots=True)
-class Unsubscribe:
+class _OneCall:
+    """A message that names one call and nothing more."""
+
     call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe(_OneCall):
+    """Stop a subscription (a call's or `*`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listen(_OneCall):
+    """Hear a call's audio live (docs/protocol.md, Live audio); `listen` scope."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unlisten(_OneCall):
+    """Stop hearing a call's audio."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,18 +131,6 @@ class Control:
     action: str
     args: object
     ref: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class Listen:
-    """Hear a call's audio live (docs/protocol.md, Live audio); `listen` scope."""
-
-    call_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Unlisten:
-    call_id: str
 
 
 ClientMessage = Subscribe | Unsubscribe | Auth | Ping | Control | Listen | Unlisten

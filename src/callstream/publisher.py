@@ -83,14 +83,6 @@ class _Pending:
 
 
 @dataclass(frozen=True, slots=True)
-class _AudioOut:
-    """An audio frame waiting for the socket, with its call (whose format goes first)."""
-
-    call: AudioCall
-    frame: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class PublisherStats:
     """A snapshot of the publisher's queues, for live views and health checks."""
 
@@ -155,7 +147,8 @@ class Publisher(Reconnecting):
         self._acked = 0
         self._errors = 0
         self._audio_calls: OrderedDict[str, AudioCall] = OrderedDict()
-        self._audio_out: deque[_AudioOut] = deque()
+        # Audio frames waiting for the socket, each with its call (whose format goes first).
+        self._audio_out: deque[tuple[AudioCall, bytes]] = deque()
         self._audio_sent = 0
         self._audio_dropped = 0
 
@@ -256,7 +249,7 @@ class Publisher(Reconnecting):
         if self._ws is None:
             self._audio_dropped += len(frames)
             return False
-        self._audio_out.extend(_AudioOut(call, frame) for frame in frames)
+        self._audio_out.extend((call, frame) for frame in frames)
         while len(self._audio_out) > MAX_AUDIO_FRAMES:  # the socket is behind: the oldest audio goes
             self._audio_out.popleft()
             self._audio_dropped += 1
@@ -267,7 +260,7 @@ class Publisher(Reconnecting):
         """The call ended: its audio state goes, and its frames not sent yet are dropped."""
         call = self._audio_calls.pop(call_id, None)
         if call is not None and self._audio_out:
-            kept = [out for out in self._audio_out if out.call is not call]
+            kept = [out for out in self._audio_out if out[0] is not call]
             self._audio_dropped += len(self._audio_out) - len(kept)
             self._audio_out = deque(kept)
 
@@ -471,11 +464,11 @@ class Publisher(Reconnecting):
                     if self._outbox:
                         await ws.send(self._outbox.popleft().frame, text=True)
                         continue
-                    out = self._audio_out.popleft()
-                    if out.call.announced != connection:
-                        out.call.announced = connection
-                        await ws.send(out.call.format_message, text=True)
-                    await ws.send(out.frame)
+                    call, frame = self._audio_out.popleft()
+                    if call.announced != connection:
+                        call.announced = connection
+                        await ws.send(call.format_message, text=True)
+                    await ws.send(frame)
                     self._audio_sent += 1
         except ConnectionClosed:
             return  # the reader sees the close too and ends the connection

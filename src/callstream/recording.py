@@ -1,6 +1,6 @@
 """A call's recording, without I/O: audio frames in, the bytes of a 2-channel WAV out.
 
-`Assembler` takes a call's frames (PROTOCOL.md §13: track 0 caller / 1 agent, the ms since the
+`Assembler` takes a call's frames (docs/protocol.md, Live audio: track 0 caller / 1 agent, the ms since the
 call's first audio, a payload in the call's codec) in the order they arrive, each with the time
 it arrived, and returns what to append to the file: 16-bit little-endian PCM, caller left, agent right, at the rate of the
 first frame it recorded. `wav_header` gives the 44 bytes in front, written again with the

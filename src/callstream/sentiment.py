@@ -33,7 +33,7 @@ Label = Literal["positive", "neutral", "negative"]
 #: The thresholds VADER's authors recommend for the compound score.
 POSITIVE_THRESHOLD = 0.05
 NEGATIVE_THRESHOLD = -0.05
-#: How much of a final is scored: far more than a spoken sentence, and a few ms at worst.
+#: How much of a final is scored: far more than a spoken sentence (`score_text` says why a bound).
 MAX_SCORED_CHARS = 1000
 
 

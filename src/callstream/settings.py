@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Annotated
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "ValidationError", "describe_errors"]
@@ -15,7 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLSTREAM_", extra="forbid", validate_default=True)
 
     host: str = Field("127.0.0.1", description="the interface to listen on; 0.0.0.0 for every one")
-    port: int = Field(8080, ge=0, le=65535, description="0: any free port (printed at start)")
+    port: NonNegativeInt = Field(8080, le=65535, description="0: any free port (printed at start)")
     data_dir: str = Field("./callstream-data", description="the embedded store's folder (SQLite, its journal)")
     broker: str | None = Field(None, description="redis://… for several nodes; unset: in-process")
     database: str | None = Field(None, description="postgresql://…; unset: SQLite under data_dir")
@@ -40,20 +48,20 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="largest REST request body; over it: 413"
     )
     max_subscriptions: int = Field(10_000, ge=1, description="subscriptions one socket may hold")
-    client_rate: float = Field(50.0, gt=0, description="client messages per second per connection")
+    client_rate: PositiveFloat = Field(50.0, description="client messages per second per connection")
     client_burst: int = Field(100, ge=1, description="client messages a connection may send at once above client_rate")
-    control_rate: float = Field(5.0, gt=0, description="control requests per second per connection (per key on REST)")
+    control_rate: PositiveFloat = Field(5.0, description="control requests per second per connection (per key on REST)")
     control_burst: int = Field(10, ge=1, description="control requests at once above control_rate")
     outbox_high_water: int = Field(1024 * 1024, ge=4096, description="bytes buffered per connection")
     history_ttl_s: float = Field(3600.0, ge=3600.0, description="replay log kept after a call ends")
     token_ttl_s: int = Field(900, ge=10, le=86_400, description="a browser JWT's lifetime when none is asked for")
     token_max_ttl_s: int = Field(86_400, ge=10, le=86_400, description="the longest lifetime a JWT may ask for")
-    sse_keepalive_s: float = Field(
-        15.0, gt=0, le=300.0, description="a comment on an idle event stream this often, so proxies keep it open"
+    sse_keepalive_s: PositiveFloat = Field(
+        15.0, le=300.0, description="a comment on an idle event stream this often, so proxies keep it open"
     )
-    revocation_poll_s: float = Field(1.0, gt=0, le=4.0, description="how often a node looks for revoked keys")
-    key_outage_grace_s: float = Field(
-        300.0, ge=0, le=300.0, description="a key the store confirmed this recently keeps working while it is down"
+    revocation_poll_s: PositiveFloat = Field(1.0, le=4.0, description="how often a node looks for revoked keys")
+    key_outage_grace_s: NonNegativeFloat = Field(
+        300.0, le=300.0, description="a key the store confirmed this recently keeps working while it is down"
     )
     sentiment: bool = Field(True, description="score each transcript.final (VADER)")
     redact: Annotated[list[str], NoDecode] = Field(
@@ -73,35 +81,35 @@ class Settings(BaseSettings):
     webhook_retry_schedule: str = Field(
         "5s,30s,2m,10m,30m,1h", description="delays after the 1st, 2nd, … failed webhook attempt"
     )
-    webhook_retry_repeat_s: float = Field(10_800.0, gt=0, description="retry delay once the schedule is exhausted")
-    webhook_retry_jitter: float = Field(0.2, ge=0, lt=1, description="± fraction applied to each retry delay")
-    webhook_give_up_s: float = Field(86_400.0, gt=0, description="fail a webhook message this long after queued")
-    webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="per webhook attempt")
+    webhook_retry_repeat_s: PositiveFloat = Field(10_800.0, description="retry delay once the schedule is exhausted")
+    webhook_retry_jitter: NonNegativeFloat = Field(0.2, lt=1, description="± fraction applied to each retry delay")
+    webhook_give_up_s: PositiveFloat = Field(86_400.0, description="fail a webhook message this long after queued")
+    webhook_timeout_s: PositiveFloat = Field(10.0, le=120, description="per webhook attempt")
     webhook_concurrency: int = Field(16, ge=1, le=1000, description="webhook attempts in flight per node")
     webhook_concurrency_per_account: int = Field(
         4, ge=1, le=1000, description="webhook attempts one account may have in flight per node"
     )
-    webhook_poll_s: float = Field(1.0, gt=0, le=60, description="how often the webhook worker looks for due deliveries")
+    webhook_poll_s: PositiveFloat = Field(1.0, le=60, description="how often the webhook worker looks for due deliveries")
     webhook_max_endpoints: int = Field(20, ge=1, description="webhook endpoints per account")
-    webhook_secret_overlap_s: float = Field(86_400.0, ge=0, description="a rotated-out secret keeps signing")
+    webhook_secret_overlap_s: NonNegativeFloat = Field(86_400.0, description="a rotated-out secret keeps signing")
 
     # ---- abuse limits and key rotation (docs/security.md) ----------------------------------
     previous_secrets: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated earlier JWT signing secrets: their tokens stay valid until they expire",
     )
-    max_connections_per_key: int = Field(
-        10_000, ge=0, description="open /v1/events + /v1/ingest sockets per API key on this node; 0: no limit"
+    max_connections_per_key: NonNegativeInt = Field(
+        10_000, description="open /v1/events + /v1/ingest sockets per API key on this node; 0: no limit"
     )
-    max_connections_per_account: int = Field(
-        0, ge=0, description="open sockets per account on this node (quota_sockets counts all nodes); 0: no limit"
+    max_connections_per_account: NonNegativeInt = Field(
+        0, description="open sockets per account on this node (quota_sockets counts all nodes); 0: no limit"
     )
-    ingest_rate: float = Field(
-        10_000.0, ge=0, description="events per second per API key, REST and /v1/ingest together; 0: no limit"
+    ingest_rate: NonNegativeFloat = Field(
+        10_000.0, description="events per second per API key, REST and /v1/ingest together; 0: no limit"
     )
     ingest_burst: int = Field(20_000, ge=1, description="events a key may send at once above ingest_rate")
-    audio_rate: float = Field(
-        20_000.0, ge=0, description="audio frames per second per API key on /v1/ingest (apart from events); 0: no limit"
+    audio_rate: NonNegativeFloat = Field(
+        20_000.0, description="audio frames per second per API key on /v1/ingest (apart from events); 0: no limit"
     )
     audio_burst: int = Field(40_000, ge=1, description="audio frames a key may send at once above audio_rate")
     listen_buffer_bytes: int = Field(
@@ -117,27 +125,27 @@ class Settings(BaseSettings):
         description="connections the kernel queues before accept(); capped by net.core.somaxconn",
     )
     # ---- quotas per account (docs/protocol.md, Quotas; cluster-wide on the Redis broker) ---
-    quota_live_calls: int = Field(10_000, ge=0, description="live calls per account; 0: no quota")
-    quota_events_per_call: int = Field(100_000, ge=0, description="events per call, partials included; 0: no quota")
-    quota_sockets: int = Field(
-        25_000, ge=0, description="open /v1/events + /v1/ingest sockets per account; 0: no quota"
+    quota_live_calls: NonNegativeInt = Field(10_000, description="live calls per account; 0: no quota")
+    quota_events_per_call: NonNegativeInt = Field(100_000, description="events per call, partials included; 0: no quota")
+    quota_sockets: NonNegativeInt = Field(
+        25_000, description="open /v1/events + /v1/ingest sockets per account; 0: no quota"
     )
-    control_timeout_s: float = Field(
-        10.0, gt=0, le=300, description="a control request without a producer's result gets a timeout result after this"
+    control_timeout_s: PositiveFloat = Field(
+        10.0, le=300, description="a control request without a producer's result gets a timeout result after this"
     )
-    store_timeout_s: float = Field(
-        10.0, gt=0, le=300, description="how long a publish waits for the store's commit before an error"
+    store_timeout_s: PositiveFloat = Field(
+        10.0, le=300, description="how long a publish waits for the store's commit before an error"
     )
     # ---- records and privacy (docs/privacy.md) ---------------------------------------------
-    retention_days: int = Field(
-        0, ge=0, le=36_500, description="erase ended calls this many days after they ended; 0: keep them"
+    retention_days: NonNegativeInt = Field(
+        0, le=36_500, description="erase ended calls this many days after they ended; 0: keep them"
     )
     record: bool = Field(False, description="keep each call's audio as a 2-channel WAV (docs/recordings.md)")
     recordings_dir: str | None = Field(
         None, description="where recordings are kept; unset: data_dir/recordings. Several nodes: one shared directory"
     )
-    retention_sweep_s: float = Field(
-        3600.0, gt=0, le=86_400, description="how often each node looks for calls past the retention"
+    retention_sweep_s: PositiveFloat = Field(
+        3600.0, le=86_400, description="how often each node looks for calls past the retention"
     )
 
     @field_validator("webhook_retry_schedule")

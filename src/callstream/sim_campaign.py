@@ -4,7 +4,7 @@ calls arrive, how long they last and where each one is when the simulation picks
 Pure and seeded (no I/O, no clock): :mod:`callstream.simulate` draws from it for every call it
 starts, so tests check the distributions without a server.
 
-- **Metadata** (PROTOCOL.md §9, the keys the dashboard shows): the voice agent, the caller's and
+- **Metadata** (docs/protocol.md, Call metadata; the keys the dashboard shows): the voice agent, the caller's and
   the callee's numbers, the direction, the campaign (one per kind of script, so a campaign's
   calls sound alike) and the customer.
 - **Arrivals**: a Poisson process (exponential gaps), as independent callers arrive.

@@ -61,7 +61,7 @@ FAILURES: Final = (
     "TTS provider returned HTTP 500",
 )
 
-CONTROLS: Final = ACTIONS  # a simulated call obeys every action (protocol §8)
+CONTROLS: Final = ACTIONS  # a simulated call obeys every action (docs/control.md)
 
 Event = tuple[float, str, dict[str, Any]]
 # What the simulated pipeline's `metrics` events name (made-up services, real shapes).
@@ -250,7 +250,7 @@ class _LiveCall:
     """One simulated call played in real time, steered by the control requests sent to it.
 
     It plays its plan turn by turn at speaking pace; whenever it waits for its next event it
-    takes the requests that came (protocol §8): ``say`` makes the agent speak the text after the
+    takes the requests that came (docs/control.md): ``say`` makes the agent speak the text after the
     turn in progress, or at once when ``interrupt`` (an agent's turn in progress is cut short; a
     caller is let finish); ``instruct`` changes the agent's next scripted reply (having no model,
     it says the instruction first); ``pause`` cuts the agent off and holds the script until
@@ -259,7 +259,7 @@ class _LiveCall:
     ``control.result`` is published before what it causes, so it precedes a ``call.ended``.
 
     Its campaign shape (:mod:`callstream.sim_campaign`) gives its metadata, sent as its first
-    event, ``call.started {metadata}`` (PROTOCOL.md §9), may cap its length (it then ends
+    event, ``call.started {metadata}`` (docs/protocol.md, Call metadata), may cap its length (it then ends
     ``completed`` at the next turn), and for a call ``joining`` a running campaign, skips the
     turns already behind it.
     """
@@ -415,7 +415,7 @@ class _LiveCall:
             await self.send("function.result", {**self.tool, "result": None, "cancelled": True})
 
     async def end(self, status: str, reason: str) -> None:
-        """``call.ended``: the server settles the requests still waiting (protocol §8)."""
+        """``call.ended``: the server settles the requests still waiting (docs/control.md)."""
         await self.send("call.ended", {"status": status, "duration_ms": self.elapsed_ms, "reason": reason[:500]})
         self.ended = True
 
@@ -467,25 +467,25 @@ class SimulationStats:
 ProgressCallback = Callable[[SimulationStats], None]
 
 
+@dataclass(eq=False)
 class _Simulation:
     """The calls of one :func:`run_simulation`, sharing a publisher and a stats object."""
 
-    def __init__(self, pub: Publisher, speed: float, seed: int | None,
-                 on_progress: ProgressCallback | None, mean_length: float | None = None,
-                 voices: Voices | None = None) -> None:
-        self.pub = pub
-        self.voices = voices
-        self.speed = speed
-        self.mean_length = mean_length
-        self.rng = random.Random(seed)
-        self.on_progress = on_progress
-        self.stats = SimulationStats()
-        self.ids: set[str] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.live: dict[str, _LiveCall] = {}
-        self.today = dt.datetime.now(dt.UTC).date()
-        # Set when the publisher fails for good (unauthorized, closed): the run stops with it.
-        self.fatal: asyncio.Future[PublishError] = asyncio.get_running_loop().create_future()
+    pub: Publisher
+    speed: float
+    rng: random.Random
+    on_progress: ProgressCallback | None
+    mean_length: float | None
+    voices: Voices | None
+    stats: SimulationStats = field(init=False, default_factory=SimulationStats)
+    ids: set[str] = field(init=False, default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
+    live: dict[str, _LiveCall] = field(init=False, default_factory=dict)
+    today: dt.date = field(init=False, default_factory=lambda: dt.datetime.now(dt.UTC).date())
+    # Set when the publisher fails for good (unauthorized, closed): the run stops with it.
+    fatal: asyncio.Future[PublishError] = field(
+        init=False, default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
     def new_call_id(self) -> str:
         """Fresh ids even under a seed: a rerun must not publish into calls that already ended."""
@@ -627,7 +627,7 @@ async def run_simulation(
     check_options(arrival_rate, rate, mean_length)
     async with Publisher(url, key, controls=dict.fromkeys(CONTROLS)) as pub:
         voices = Voices(pub, speed) if audio else None
-        sim = _Simulation(pub, speed, seed, on_progress, mean_length, voices)
+        sim = _Simulation(pub, speed, random.Random(seed), on_progress, mean_length, voices)
         keeper = asyncio.create_task(sim.keep_going(calls, rate, arrival_rate, stagger=stagger))
         steering = asyncio.create_task(sim.steer())
         speaking = asyncio.create_task(voices.run() if voices is not None else asyncio.sleep(0))

@@ -45,11 +45,15 @@ def _default(field: FieldInfo) -> str:
 
 
 def _bounds(field: FieldInfo) -> str:
-    found = []
+    """Lower bounds before upper ones, whether a bound comes from the type (`PositiveFloat`) or
+    from `Field`."""
+    found = [
+        f"{sign} {getattr(constraint, attribute):,}"
+        for kind, attribute, sign in _BOUNDS
+        for constraint in field.metadata
+        if isinstance(constraint, kind)
+    ]
     for constraint in field.metadata:
-        for kind, attribute, sign in _BOUNDS:
-            if isinstance(constraint, kind):
-                found.append(f"{sign} {getattr(constraint, attribute):,}")
         pattern = getattr(constraint, "pattern", None)
         if pattern:
             found.append(f"matches `{pattern}`")

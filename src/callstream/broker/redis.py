@@ -44,20 +44,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from callstream.broker.base import (
-    LIVE_TTL_S,
-    UNSTORED_AFTER_S,
-    Broker,
-    BrokerUnavailableError,
-    CallEndedError,
-    ControlResultError,
-    HeldHistory,
-    MetadataRefusedError,
-    PendingControlsError,
-    Quotas,
-    RepairNeededError,
-    Unstored,
-)
+from callstream.broker import base
 from callstream.broker.redis_audio import AudioChannels
 from callstream.broker.redis_erase import Eraser, erased_calls
 from callstream.broker.redis_sockets import SocketCounter
@@ -469,7 +456,7 @@ def _escape(account: str) -> str:
     return account.replace("%", "%25").replace(":", "%3A")
 
 
-class RedisBroker(Broker):
+class RedisBroker(base.Broker):
     """Sequencer on Lua scripts, replay log on streams, fan-out on pub/sub. One per node.
 
     `on_reconnect`, when set, is awaited (in a task) every time the pub/sub connection comes
@@ -484,12 +471,12 @@ class RedisBroker(Broker):
         history_ttl_s: float,
         prefix: str = "cs:",
         maxlen: int = 100_000,
-        live_ttl_s: float = LIVE_TTL_S,
-        quotas: Quotas | None = None,
+        live_ttl_s: float = base.LIVE_TTL_S,
+        quotas: base.Quotas | None = None,
         ping_interval_s: float = 1.0,
         ping_timeout_s: float = 3.0,
         watch_timeout_s: float = 5.0,
-        unstored_after_s: float = UNSTORED_AFTER_S,
+        unstored_after_s: float = base.UNSTORED_AFTER_S,
         control_timeout_s: float = 10.0,
     ) -> None:
         no_retry = Retry(NoBackoff(), 0)  # a retried EVALSHA could apply a batch twice
@@ -516,7 +503,7 @@ class RedisBroker(Broker):
         self._due_script = self._redis.register_script(_DUE)
         self._control_timeout_ms = int(control_timeout_s * 1000)
         self._deadlines = f"{prefix}control:due"
-        self._quotas = quotas or Quotas()
+        self._quotas = quotas or base.Quotas()
         self._sockets = SocketCounter(
             self._redis,
             prefix,
@@ -568,10 +555,10 @@ class RedisBroker(Broker):
             await asyncio.wait_for(self._connected.wait(), self._watch_timeout_s)
         except TimeoutError as exc:
             await self.close()
-            raise BrokerUnavailableError(f"cannot subscribe on Redis at {self._safe_url()}") from exc
+            raise base.BrokerUnavailableError(f"cannot subscribe on Redis at {self._safe_url()}") from exc
 
     async def close(self) -> None:
-        with contextlib.suppress(BrokerUnavailableError):
+        with contextlib.suppress(base.BrokerUnavailableError):
             await self._sockets.leave()  # its sockets stop counting and holding calls at once
         for task in self._tasks:
             task.cancel()
@@ -619,7 +606,7 @@ class RedisBroker(Broker):
         except (RedisError, OSError) as exc:
             _still_cancelled()
             self._cmd_ok = False
-            raise BrokerUnavailableError(f"Redis failed: {exc.__class__.__name__}") from exc
+            raise base.BrokerUnavailableError(f"Redis failed: {exc.__class__.__name__}") from exc
         _still_cancelled()
         self._cmd_ok = True
         return result
@@ -669,7 +656,7 @@ class RedisBroker(Broker):
                 await self._seed(account, call_ids[int(reply[1]) - 1])
                 continue
             if outcome == "repair":
-                raise RepairNeededError(account, call_ids[int(reply[1]) - 1])
+                raise base.RepairNeededError(account, call_ids[int(reply[1]) - 1])
             if outcome != "ok":
                 raise self._refusal(outcome, reply, events)
             ts = int(reply[1])
@@ -689,24 +676,24 @@ class RedisBroker(Broker):
                 event.meta = _metadata_of(meta) if meta else None  # what the store keeps of a patch
                 out.append(event)
             return out
-        raise BrokerUnavailableError("Redis keeps losing the calls' state; is it evicting keys?")
+        raise base.BrokerUnavailableError("Redis keeps losing the calls' state; is it evicting keys?")
 
     def _refusal(self, outcome: str, reply: list[Any], events: Sequence[NewEvent]) -> Exception:
         """The error of a batch the publish script refused (nothing of it was applied)."""
         index = int(reply[1])
         call_id = events[index].call_id
         if outcome == "ended":
-            return CallEndedError(call_id, index)
+            return base.CallEndedError(call_id, index)
         if outcome == "events":
             return self._quotas.events_exceeded(call_id, index)
         if outcome == "live":
             return self._quotas.live_calls_exceeded(call_id, index)
         if outcome == "metadata":
-            return MetadataRefusedError(call_id, index, reply[2].decode())
+            return base.MetadataRefusedError(call_id, index, reply[2].decode())
         if outcome == "claimed":
-            return ControlResultError(call_id, index, str(events[index].data.get("request_id")))
+            return base.ControlResultError(call_id, index, str(events[index].data.get("request_id")))
         waiting = [item.decode() for item in reply[2:]]
-        return PendingControlsError(call_id, index, dict(zip(waiting[::2], waiting[1::2], strict=True)))
+        return base.PendingControlsError(call_id, index, dict(zip(waiting[::2], waiting[1::2], strict=True)))
 
     async def _seed(self, account: str, call_id: str) -> None:
         """Give Redis the store's view of a call it does not know, unless another node just did."""
@@ -732,10 +719,10 @@ class RedisBroker(Broker):
     async def mark_unstored(self, events: Sequence[Event]) -> None:
         await self._unstored.failed(events)
 
-    def repairing(self, account: str, call_id: str) -> AbstractAsyncContextManager[Unstored]:
+    def repairing(self, account: str, call_id: str) -> AbstractAsyncContextManager[base.Unstored]:
         return self._unstored.repairing(account, call_id)
 
-    async def repaired(self, account: str, call_id: str, work: Unstored) -> None:
+    async def repaired(self, account: str, call_id: str, work: base.Unstored) -> None:
         await self._unstored.repaired(account, call_id, work)
 
     async def overdue(self) -> list[tuple[str, str]]:
@@ -836,7 +823,7 @@ class RedisBroker(Broker):
         metadata = _metadata_of(meta) if meta else None
         return CallState(status, int(last_seq or 0), None if started is None else int(started), metadata)
 
-    async def history(self, account: str, call_id: str, since: int) -> HeldHistory:
+    async def history(self, account: str, call_id: str, since: int) -> base.HeldHistory:
         """The stream's entries after `since`, superseded partials left out, read atomically."""
         stream = self._call_key(account, call_id, "log")
         pipe = self._redis.pipeline(transaction=True)
@@ -853,7 +840,7 @@ class RedisBroker(Broker):
             stored = await self._load_call(account, call_id)
             first_seq = (stored.last_seq if stored else 0) + 1
         events = [self._event(account, fields[b"f"].decode()) for _, fields in entries]
-        return HeldHistory(_drop_superseded(events), first_seq)
+        return base.HeldHistory(_drop_superseded(events), first_seq)
 
     @staticmethod
     def _event(account: str, frame: str) -> Event:
@@ -890,7 +877,7 @@ class RedisBroker(Broker):
         try:
             await asyncio.wait_for(watch.confirmed.wait(), self._watch_timeout_s)
         except TimeoutError as exc:
-            raise BrokerUnavailableError("Redis did not confirm the subscription in time") from exc
+            raise base.BrokerUnavailableError("Redis did not confirm the subscription in time") from exc
 
     async def unwatch(self, account: str, call_id: str) -> None:
         channel = self._channel(account, call_id)
@@ -1115,7 +1102,7 @@ class RedisBroker(Broker):
         """The node's heartbeat, which also checks the command connection (so `healthy` turns
         false without traffic): the nodes that stop beating hold no sockets' quota and no calls."""
         while True:
-            with contextlib.suppress(BrokerUnavailableError):
+            with contextlib.suppress(base.BrokerUnavailableError):
                 await self._sockets.beat()
             await asyncio.sleep(self._ping_interval_s)
 

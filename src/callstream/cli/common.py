@@ -37,6 +37,12 @@ AdminKey = Annotated[
     str, typer.Option(envvar="CALLSTREAM_KEY", help="an API key (admin)", show_default=False)
 ]
 Json = Annotated[bool, typer.Option("--json", help="print the API's JSON answer")]
+SessionName = Annotated[
+    str | None,
+    typer.Option(
+        help="the session's own name, shown as who asked in its control requests (default: the key's)"
+    ),
+]
 
 
 def setting(name: str, *flags: str) -> Any:

@@ -16,7 +16,17 @@ import orjson
 import typer
 from rich.table import Table
 
-from callstream.cli.common import DEFAULT_URL, DatabaseUrl, DataDir, Url, call_api, console, fail, with_store
+from callstream.cli.common import (
+    DEFAULT_URL,
+    DatabaseUrl,
+    DataDir,
+    SessionName,
+    Url,
+    call_api,
+    console,
+    fail,
+    with_store,
+)
 from callstream.session_names import check_session_name
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -163,9 +173,7 @@ def login(
     control: Annotated[
         bool, typer.Option("--control", help="the session may also act on live calls (say, end, …)")
     ] = False,
-    name: Annotated[
-        str | None, typer.Option(help="the session's own name, shown as who asked in its control requests (default: the key's)")
-    ] = None,
+    name: SessionName = None,
     data_dir: DataDir = None,
     database: DatabaseUrl = None,
 ) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from callstream.cli.common import DEFAULT_URL, Key, Url, call_api
+from callstream.cli.common import DEFAULT_URL, Key, SessionName, Url, call_api
 
 
 def token(
@@ -21,9 +21,7 @@ def token(
     listen: Annotated[
         bool, typer.Option("--listen", help="the token may also hear calls' live audio (the key must have listen)")
     ] = False,
-    name: Annotated[
-        str | None, typer.Option(help="the session's own name, shown as who asked in its control requests (default: the key's)")
-    ] = None,
+    name: SessionName = None,
 ) -> None:
     """Mint a short-lived browser JWT from an API key (asks the server: it holds the secret)."""
     scopes = ["subscribe"] + ["control"] * control + ["listen"] * listen

@@ -1,4 +1,4 @@
-"""A supervisor's requests (protocol §8, docs/control.md) as a framework adapter carries them out.
+"""A supervisor's requests (docs/control.md) as a framework adapter carries them out.
 
 Framework-free: :class:`AgentControls` is what both adapters share. It declares what the adapter
 can do (every action, ``transfer`` only with a hook from the program: handing a call over is

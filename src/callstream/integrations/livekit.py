@@ -34,7 +34,7 @@ TTS, end to end), with its                  transcription and end-of-turn delays
 The per-turn figures come from ``ChatMessage.metrics``: LiveKit Agents 1.8 deprecates the
 session's ``metrics_collected`` event in their favour (and logs a warning on every handler).
 
-Live control (protocol §8): ``attach(..., control=True)`` declares the actions below on the
+Live control (docs/control.md): ``attach(..., control=True)`` declares the actions below on the
 adapter's own publisher (give ``url`` and ``key``), and a supervisor can then steer the session:
 
 =========================  ========================================================================
@@ -54,7 +54,7 @@ adapter's own publisher (give ``url`` and ``key``), and a supervisor can then st
 ``attach(..., metadata={...})`` publishes ``call.started`` with the call's metadata, the LiveKit
 ``room`` and caller ``participant`` identity filled in by default (:func:`room_metadata`).
 
-Live audio (protocol §13), with ``attach(..., audio=True)``: the caller's audio on the
+Live audio (docs/protocol.md, Live audio), with ``attach(..., audio=True)``: the caller's audio on the
 ``caller`` track, taken from the session's audio input as the session reads it, and the agent's
 speech on the ``agent`` track, taken from its audio output as the session hands it over for
 playback (a TTS may deliver faster than real time; an interruption stops it). Both are tapped by

@@ -37,7 +37,7 @@ speaks                                         the words): the server counts the
 
 Pipecat reports metrics when the worker runs with ``PipelineParams(enable_metrics=True)``.
 
-Live audio (protocol §13), with ``audio=True``: the caller's ``InputAudioRawFrame`` (and
+Live audio (docs/protocol.md, Live audio), with ``audio=True``: the caller's ``InputAudioRawFrame`` (and
 ``UserAudioRawFrame``) as the input transport pushes them go on the ``caller`` track; the bot's
 audio on the ``agent`` track: what the output transport played (the ``OutputAudioRawFrame`` it
 pushes on after writing it, so speech cut off by an interruption is cut off here too), or in a
@@ -47,7 +47,7 @@ and resampled with Pipecat's stream resampler (soxr) to ``audio_sample_rate`` (1
 ``metadata={"agent": …, "from": …, "to": …, "campaign": …}`` is published with ``call.started`` as
 the pipeline starts (the ``StartFrame``): dashboards show it and ``where`` subscriptions filter on it.
 
-Live control (protocol §8): put a :class:`CallstreamControl` in the pipeline between the user
+Live control (docs/control.md): put a :class:`CallstreamControl` in the pipeline between the user
 context aggregator and the LLM, and give it to the observer; a supervisor can then steer the call::
 
     control = CallstreamControl(transfer=my_transfer)  # transfer= is optional

@@ -47,9 +47,9 @@ class _Flusher:
     """Writes every socket a fan-out touched, once, right after that fan-out.
 
     Waking one writer task per socket per fan-out (an asyncio.Event.set, a task switch, an
-    Event.wait) cost more than the write itself: about a quarter of the node's CPU at 30k
-    deliveries/s. A connection starts a drain task only for what needs waiting: a socket that
-    pushes back, or a server without the frame writer.
+    Event.wait) costs more than the write itself (bench/README.md, direct-flush). A connection
+    starts a drain task only for what needs waiting: a socket that pushes back, or a server
+    without the frame writer.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -18,7 +18,7 @@ import { setupSearch } from "./search.js";
 const SESSION_KEY = "callstream.session";
 // The campaign subscription ("*") carries what the list and the sparklines
 // need; partials and function calls come with the per-call listen-in subscription.
-// call.started carries a call's metadata (PROTOCOL.md §9); a server that does not know the
+// call.started carries a call's metadata (docs/protocol.md, Call metadata); a server that does not know the
 // type refuses the subscription, and the page subscribes again without it.
 const WILDCARD_TYPES = ["call.started", "transcript.final", "agent.state", "call.ended"];
 let wildcardTypes = WILDCARD_TYPES;

@@ -2,7 +2,7 @@
 // list's order, and which calls need a human (the count in the page title). Pure functions over
 // the app's call objects (no DOM), so a frame's ordering costs a sort of cached numbers.
 
-/** The metadata keys the dashboard shows (PROTOCOL.md §9), in the order it shows them. */
+/** The metadata keys the dashboard shows (docs/protocol.md, Call metadata), in the order it shows them. */
 export const META_KEYS = ["agent", "customer", "campaign", "direction", "from", "to"];
 
 /** How the campaign view orders its calls; the first is the default. */
