@@ -9,13 +9,15 @@ what each kind of block does when a page is read in order, in one `Shell`:
     ```output               what the block before it printed, compared line by line
     ```python title="fragment: …"   a part of a program: not run (nor is data: text, json, ini …)
 
-A page names the server as the reader's would be, `127.0.0.1:8080`; the test's own server has a
-port of its own, so the port is replaced in every block, shown outputs included. A command whose
-comment says `Ctrl-C` (the last of its block) runs until the reader would press it: once it has
-printed what the page shows after it (or, when the page shows nothing, once it has printed
-something), it gets a SIGINT, and that stop is a success. A command whose comment says `exits N`
-(the last of its block) is shown failing: its exit status must be N. In an output, what differs
-on every run (key secrets and ids, control request ids, login codes, JWTs, `ts`, a Publisher's event ids) is compared by shape.
+A page names the server as the reader's would be, `127.0.0.1:8080`, and a webhook receiver of the
+reader's `127.0.0.1:9000`; the test's own server and receiver have ports of their own, so the
+ports are replaced in every block, shown outputs included. A command whose comment says `Ctrl-C`
+(the last of its block) runs until the reader would press it: once it has printed what the page
+shows after it (or, when the page shows nothing, once it has printed something), it gets a SIGINT,
+and that stop is a success. A command whose comment says `exits N` (the last of its block) is
+shown failing: its exit status must be N. In an output, what differs on every run (key secrets and
+ids, control request ids, login codes, JWTs, `ts`, a Publisher's event ids, webhook endpoint ids,
+secrets and message ids) is compared by shape.
 
 A block that cannot run here (it installs packages, needs a machine of its own or a service's
 account) follows a `<!-- skip: next "why" -->` comment; a part of a program is titled
@@ -51,6 +53,9 @@ VOLATILE = [
     (re.compile(r"eyJ[\w-]*\.[\w-]*\.[\w-]*"), "<jwt>"),
     (re.compile(r'"ts":\d{13}'), '"ts":<ms>'),
     (re.compile(r'"id":"p[0-9a-f]{16}-'), '"id":"p<publisher>-'),  # a Publisher's event ids
+    (re.compile(r"\bwh_[0-9a-f]{20}\b"), "wh_<id>"),
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/]{43}="), "whsec_<secret>"),
+    (re.compile(r"\bmsg_[0-9a-f]{24}\b"), "msg_<id>"),
 ]
 
 
@@ -79,14 +84,15 @@ class Block:
 class Page:
     """What the evaluators share while one page runs: its shell, its port, the last block's output."""
 
-    def __init__(self, shell: Shell, port: int) -> None:
+    def __init__(self, shell: Shell, port: int, receiver_port: int) -> None:
         self.shell = shell
         self.port = port
+        self.receiver_port = receiver_port
         self.last: Ran | None = None
         self.count = 0
 
     def localize(self, text: str) -> str:
-        return text.replace(":8080", f":{self.port}")
+        return text.replace(":8080", f":{self.port}").replace(":9000", f":{self.receiver_port}")
 
 
 def fenced_blocks(document: Document) -> list[Block]:
