@@ -17,7 +17,7 @@ shows after it (or, when the page shows nothing, once it has printed something),
 and that stop is a success. A command whose comment says `exits N` (the last of its block) is
 shown failing: its exit status must be N. In an output, what differs on every run (key secrets and
 ids, control request ids, login codes, JWTs, `ts`, a Publisher's event ids, webhook endpoint ids,
-secrets and message ids) is compared by shape.
+secrets and message ids, the demo's folder) is compared by shape.
 
 A block that cannot run here (it installs packages, needs a machine of its own or a service's
 account) follows a `<!-- skip: next "why" -->` comment; a part of a program is titled
@@ -56,6 +56,7 @@ VOLATILE = [
     (re.compile(r"\bwh_[0-9a-f]{20}\b"), "wh_<id>"),
     (re.compile(r"\bwhsec_[A-Za-z0-9+/]{43}="), "whsec_<secret>"),
     (re.compile(r"\bmsg_[0-9a-f]{24}\b"), "msg_<id>"),
+    (re.compile(r"callstream-demo-\w+"), "callstream-demo-<dir>"),  # `callstream demo`'s own folder
 ]
 
 
