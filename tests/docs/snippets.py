@@ -14,9 +14,10 @@ reader's `127.0.0.1:9000`; the test's own server and receiver have ports of thei
 ports are replaced in every block, shown outputs included. A command whose comment says `Ctrl-C`
 (the last of its block) runs until the reader would press it: once it has printed what the page
 shows after it (or, when the page shows nothing, once it has printed something), it gets a SIGINT,
-and that stop is a success. A command whose comment says `exits N` (the last of its block) is
-shown failing: its exit status must be N. In an output, what differs on every run (key secrets and
-ids, control request ids, login codes, JWTs, `ts`, a Publisher's event ids, webhook endpoint ids,
+and that stop is a success (log lines it printed after the page's lines, as the reader pressed
+Ctrl-C, are not compared). A command whose comment says `exits N` (the last of its block) is shown
+failing: its exit status must be N. In an output, what differs on every run (key secrets and ids,
+control request ids, login codes, JWTs, `ts`, a Publisher's event ids, webhook endpoint ids,
 secrets and message ids, the demo's folder) is compared by shape.
 
 A block that cannot run here (it installs packages, needs a machine of its own or a service's
@@ -44,6 +45,7 @@ CTRL_C = re.compile(r"^(?P<command>.*?)\s+#[^\n]*Ctrl-C[^\n]*\n?\Z", re.MULTILIN
 EXITS = re.compile(r"^(?P<command>.*?)\s+#[^\n]*\bexits (?P<status>\d+)\b[^\n]*\n?\Z", re.MULTILINE)
 BACKGROUND_WAIT_S = 60.0
 SETTLE_S = 1.0  # with nothing to wait for, how long a reader watches the first lines
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+ ")  # a server's log (configure_logging)
 STOPPED = (0, 130)  # exit statuses of a command stopped with Ctrl-C: by its handler, or by the signal
 VOLATILE = [
     (re.compile(r"cs_[A-Za-z0-9_-]{20,}"), "cs_<secret>"),
@@ -156,7 +158,7 @@ def _run_until_stopped(page: Page, before: str, command: str, shows: str | None)
     _watch(ran, shows)
     status = page.shell.interrupt(ran.last_job)
     assert status in STOPPED, f"exit status {status} after Ctrl-C; it printed:\n{ran.output()}"
-    page.last = Ran(0, ran.output_path, started_jobs=False)
+    page.last = Ran(0, ran.output_path, started_jobs=False, stopped=True)
 
 
 def _run_failing(page: Page, before: str, command: str, expected: int) -> None:
@@ -185,13 +187,16 @@ def _watch(ran: Ran, shows: str | None) -> None:
 
 
 def compare(page: Page, shown: str) -> None:
-    """The shown output against what the last block printed: exactly, or, when that block left
-    jobs running (a server's lines go on), as lines that appear in order within a deadline."""
+    """The shown output against what the last block printed: exactly (but for the log lines of a
+    command stopped with Ctrl-C, after the shown ones), or, when that block left jobs running (a
+    server's lines go on), as lines that appear in order within a deadline."""
     ran = page.last
     assert ran is not None, "an output block with no command before it"
     expected = normalized(shown)
     if not ran.started_jobs:
         actual = normalized(ran.output())
+        if ran.stopped:  # what a server logged after the page's lines, as the reader pressed Ctrl-C
+            actual = actual[: len(expected)] + [line for line in actual[len(expected) :] if not LOG_LINE.match(line)]
         assert actual == expected, _difference(expected, actual)
         return
     deadline = time.monotonic() + BACKGROUND_WAIT_S
