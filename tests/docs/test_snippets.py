@@ -32,7 +32,9 @@ TOOLS = ("bash", "curl", "jq", "timeout", "node")
 
 
 @pytest.fixture(scope="module")
-def readings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, BaseException | None]:
+def readings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, BaseException | None]:
     """Every path the session selected (`-k webhooks` reads one) read at once, each by a reader
     of its own (its own folder, terminal and server): most of a reading is waiting for servers
     and calls, so side by side they take about as long as the longest one. What went wrong in
@@ -59,7 +61,11 @@ def test_every_snippet_of_the_page_runs_and_prints_what_it_shows(
 
 def _reads_a_path(item: pytest.Item) -> bool:
     """A test of this file's that reads a path: the session selected that path."""
-    return isinstance(item, pytest.Function) and item.module.__name__ == __name__ and "path" in item.callspec.params
+    return (
+        isinstance(item, pytest.Function)
+        and item.module.__name__ == __name__
+        and "path" in item.callspec.params
+    )
 
 
 def _read(path: str, folder: Path) -> None:
