@@ -24,6 +24,11 @@ def _server(key_options: str = "") -> str:
 
 
 SERVER = _server()
+# a reader with a key, whose page starts the server it needs (webhooks.md: one that may deliver
+# to this machine; recordings.md: one that records)
+KEY_ONLY = (
+    STARTED + "export KEY=$(callstream keys create --account acme --json --data-dir ./data | jq -r .key)\n"
+)
 
 
 def _publish(call_id: str, events: list[dict[str, object]]) -> str:
@@ -75,4 +80,7 @@ PATHS: dict[str, tuple[list[str], str]] = {
     "privacy": (["docs/privacy.md"], SERVER + _publish("call_42", SHORT) + _publish("call_43", SHORT)),
     "protocol": (["docs/protocol.md"], STARTED),
     "search": (["docs/search.md"], SERVER + _publish("call_42", LATE_FEE)),
+    "webhooks": (["docs/webhooks.md"], KEY_ONLY),
+    "audio": (["docs/audio.md"], SERVER),
+    "recordings": (["docs/recordings.md"], KEY_ONLY),
 }

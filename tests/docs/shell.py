@@ -29,6 +29,7 @@ class Ran:
     output_path: Path
     started_jobs: bool
     last_job: int | None = None  # `$!`: the last command it sent to the background
+    stopped: bool = False  # its last command ran until the reader pressed Ctrl-C
 
     def output(self) -> str:
         return self.output_path.read_text(errors="replace")

@@ -9,13 +9,16 @@ what each kind of block does when a page is read in order, in one `Shell`:
     ```output               what the block before it printed, compared line by line
     ```python title="fragment: …"   a part of a program: not run (nor is data: text, json, ini …)
 
-A page names the server as the reader's would be, `127.0.0.1:8080`; the test's own server has a
-port of its own, so the port is replaced in every block, shown outputs included. A command whose
-comment says `Ctrl-C` (the last of its block) runs until the reader would press it: once it has
-printed what the page shows after it (or, when the page shows nothing, once it has printed
-something), it gets a SIGINT, and that stop is a success. A command whose comment says `exits N`
-(the last of its block) is shown failing: its exit status must be N. In an output, what differs
-on every run (key secrets and ids, control request ids, login codes, JWTs, `ts`, a Publisher's event ids) is compared by shape.
+A page names the server as the reader's would be, `127.0.0.1:8080`, and a webhook receiver of the
+reader's `127.0.0.1:9000`; the test's own server and receiver have ports of their own, so the
+ports are replaced in every block, shown outputs included. A command whose comment says `Ctrl-C`
+(the last of its block) runs until the reader would press it: once it has printed what the page
+shows after it (or, when the page shows nothing, once it has printed something), it gets a SIGINT,
+and that stop is a success (log lines it printed after the page's lines, as the reader pressed
+Ctrl-C, are not compared). A command whose comment says `exits N` (the last of its block) is shown
+failing: its exit status must be N. In an output, what differs on every run (key secrets and ids,
+control request ids, login codes, JWTs, `ts`, a Publisher's event ids, webhook endpoint ids,
+secrets and message ids, the demo's folder) is compared by shape.
 
 A block that cannot run here (it installs packages, needs a machine of its own or a service's
 account) follows a `<!-- skip: next "why" -->` comment; a part of a program is titled
@@ -42,6 +45,7 @@ CTRL_C = re.compile(r"^(?P<command>.*?)\s+#[^\n]*Ctrl-C[^\n]*\n?\Z", re.MULTILIN
 EXITS = re.compile(r"^(?P<command>.*?)\s+#[^\n]*\bexits (?P<status>\d+)\b[^\n]*\n?\Z", re.MULTILINE)
 BACKGROUND_WAIT_S = 60.0
 SETTLE_S = 1.0  # with nothing to wait for, how long a reader watches the first lines
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+ ")  # a server's log (configure_logging)
 STOPPED = (0, 130)  # exit statuses of a command stopped with Ctrl-C: by its handler, or by the signal
 VOLATILE = [
     (re.compile(r"cs_[A-Za-z0-9_-]{20,}"), "cs_<secret>"),
@@ -51,6 +55,10 @@ VOLATILE = [
     (re.compile(r"eyJ[\w-]*\.[\w-]*\.[\w-]*"), "<jwt>"),
     (re.compile(r'"ts":\d{13}'), '"ts":<ms>'),
     (re.compile(r'"id":"p[0-9a-f]{16}-'), '"id":"p<publisher>-'),  # a Publisher's event ids
+    (re.compile(r"\bwh_[0-9a-f]{20}\b"), "wh_<id>"),
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/]{43}="), "whsec_<secret>"),
+    (re.compile(r"\bmsg_[0-9a-f]{24}\b"), "msg_<id>"),
+    (re.compile(r"callstream-demo-\w+"), "callstream-demo-<dir>"),  # `callstream demo`'s own folder
 ]
 
 
@@ -79,14 +87,15 @@ class Block:
 class Page:
     """What the evaluators share while one page runs: its shell, its port, the last block's output."""
 
-    def __init__(self, shell: Shell, port: int) -> None:
+    def __init__(self, shell: Shell, port: int, receiver_port: int) -> None:
         self.shell = shell
         self.port = port
+        self.receiver_port = receiver_port
         self.last: Ran | None = None
         self.count = 0
 
     def localize(self, text: str) -> str:
-        return text.replace(":8080", f":{self.port}")
+        return text.replace(":8080", f":{self.port}").replace(":9000", f":{self.receiver_port}")
 
 
 def fenced_blocks(document: Document) -> list[Block]:
@@ -149,7 +158,7 @@ def _run_until_stopped(page: Page, before: str, command: str, shows: str | None)
     _watch(ran, shows)
     status = page.shell.interrupt(ran.last_job)
     assert status in STOPPED, f"exit status {status} after Ctrl-C; it printed:\n{ran.output()}"
-    page.last = Ran(0, ran.output_path, started_jobs=False)
+    page.last = Ran(0, ran.output_path, started_jobs=False, stopped=True)
 
 
 def _run_failing(page: Page, before: str, command: str, expected: int) -> None:
@@ -178,13 +187,16 @@ def _watch(ran: Ran, shows: str | None) -> None:
 
 
 def compare(page: Page, shown: str) -> None:
-    """The shown output against what the last block printed: exactly, or, when that block left
-    jobs running (a server's lines go on), as lines that appear in order within a deadline."""
+    """The shown output against what the last block printed: exactly (but for the log lines of a
+    command stopped with Ctrl-C, after the shown ones), or, when that block left jobs running (a
+    server's lines go on), as lines that appear in order within a deadline."""
     ran = page.last
     assert ran is not None, "an output block with no command before it"
     expected = normalized(shown)
     if not ran.started_jobs:
         actual = normalized(ran.output())
+        if ran.stopped:  # what a server logged after the page's lines, as the reader pressed Ctrl-C
+            actual = actual[: len(expected)] + [line for line in actual[len(expected) :] if not LOG_LINE.match(line)]
         assert actual == expected, _difference(expected, actual)
         return
     deadline = time.monotonic() + BACKGROUND_WAIT_S

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+import yaml
 from sybil import Example
 
 from tests.docs.pages import PATHS, ROOT
@@ -58,3 +60,27 @@ def _skip_comments(examples: Iterable[Example]) -> list[int]:
 def test_every_code_block_is_run_or_marked_as_not_run() -> None:
     run = {page for files, _ in PATHS.values() for page in files}
     assert unmarked(ROOT, run) == []
+
+
+class _NavLoader(yaml.SafeLoader):
+    """mkdocs.yml as data: its `!!python/…` tags (the slugify function) read as nothing."""
+
+
+_NavLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
+
+
+def getting_started() -> list[str]:
+    """README and the pages of the site's Getting started section, as mkdocs.yml lists them."""
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=_NavLoader)  # noqa: S506 (a SafeLoader)
+    section: list[dict[str, Any]] = next(entry["Getting started"] for entry in config["nav"] if "Getting started" in entry)
+    return ["README.md", *(f"docs/{page}" for entry in section for page in entry.values())]
+
+
+def test_the_getting_started_path_has_no_fragment_and_no_skipped_block() -> None:
+    """A newcomer's first pages are run whole: every block on them is one a test runs."""
+    found = []
+    for name in getting_started():
+        document = SYBIL.parse(ROOT / name)
+        found += [f"{name}: a skip comment" for _ in _skip_comments(document.examples())]
+        found += [f"{name}: {block.title}" for block in fenced_blocks(document) if block.fragment]
+    assert found == []

@@ -32,17 +32,21 @@ TOOLS = ("bash", "curl", "jq", "timeout", "node")
 
 
 @pytest.fixture(scope="module")
-def readings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BaseException | None]:
-    """Every path read at once, each by a reader of its own (its own folder, terminal and
-    server): most of a reading is waiting for servers and calls, so side by side they take
-    about as long as the longest one. What went wrong in each, or None."""
+def readings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, BaseException | None]:
+    """Every path the session selected (`-k webhooks` reads one) read at once, each by a reader
+    of its own (its own folder, terminal and server): most of a reading is waiting for servers
+    and calls, so side by side they take about as long as the longest one. What went wrong in
+    each, or None."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         _missing(f"the pages' readers have {', '.join(missing)}; this machine does not")
     if subprocess.run(["make", "-q", ".venv/.installed"], cwd=ROOT, check=False).returncode != 0:
         pytest.fail("`.venv` is not installed from the current pyproject.toml: run `make .venv/.installed`")
-    with ThreadPoolExecutor(len(PATHS)) as pool:
-        futures = {name: pool.submit(_read, name, tmp_path_factory.mktemp(name)) for name in PATHS}
+    selected = {item.callspec.params["path"] for item in request.session.items if _reads_a_path(item)}
+    with ThreadPoolExecutor(len(selected)) as pool:
+        futures = {name: pool.submit(_read, name, tmp_path_factory.mktemp(name)) for name in sorted(selected)}
     return {name: future.exception() for name, future in futures.items()}
 
 
@@ -53,6 +57,15 @@ def test_every_snippet_of_the_page_runs_and_prints_what_it_shows(
     failure = readings[path]
     if failure is not None:
         raise failure
+
+
+def _reads_a_path(item: pytest.Item) -> bool:
+    """A test of this file's that reads a path: the session selected that path."""
+    return (
+        isinstance(item, pytest.Function)
+        and item.module.__name__ == __name__
+        and "path" in item.callspec.params
+    )
 
 
 def _read(path: str, folder: Path) -> None:
@@ -93,7 +106,7 @@ def _terminal(folder: Path) -> Iterator[Page]:
         env["NODE_OPTIONS"] = "--experimental-websocket --no-warnings"
     shell = Shell(folder, env)
     try:
-        yield Page(shell, port)
+        yield Page(shell, port, free_port())
     finally:
         shell.close()
 
