@@ -183,7 +183,6 @@ def test_listen_plays_both_tracks_mutes_one_and_then_plays_the_recording(
         "no token in its URL"
     )
     expect(listen).to_be_hidden()
-    screenshot(page, "listen-recording.png")
 
 
 def test_a_session_without_listen_cannot_listen(recorder: ServerProcess, page: Any) -> None:
