@@ -709,7 +709,7 @@ export class CallStream extends EventTarget {
     if (buf.byteLength < 8) return;
     const view = new DataView(buf);
     const idLen = view.getUint16(2);
-    if (view.getUint8(0) !== 1 || buf.byteLength < 8 + idLen) return;
+    if (view.getUint8(0) !== 1 || idLen > 128 || buf.byteLength < 8 + idLen) return;
     const callId = String.fromCharCode(...new Uint8Array(buf, 4, idLen));
     if (!this.listens.has(callId)) return;
     const payload = new Uint8Array(buf, 8 + idLen);
