@@ -136,8 +136,8 @@ class ServerProcess:
     def revoke_key(self, key_id: str) -> None:
         self.cli("keys", "revoke", key_id, *self.database_args())
 
-    def login_url(self, account: str, *, control: bool = False) -> str:
-        flags = ["--control"] if control else []
+    def login_url(self, account: str, *, control: bool = False, listen: bool = False) -> str:
+        flags = (["--control"] if control else []) + (["--listen"] if listen else [])
         out = self.cli("login", "--account", account, "--url", self.url, *flags, *self.database_args())
         return out.stdout.strip()
 

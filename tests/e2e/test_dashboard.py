@@ -58,8 +58,9 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+@contextlib.contextmanager
+def checked_page(browser: Any) -> Iterator[Any]:
+    """A page in a context of its own; the test fails if a JavaScript error was thrown on it."""
     context = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme="light")
     pg = context.new_page()
     errors: list[str] = []
@@ -67,6 +68,12 @@ def page(browser: Any) -> Iterator[Any]:
     yield pg
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    with checked_page(browser) as pg:
+        yield pg
 
 
 def account() -> str:

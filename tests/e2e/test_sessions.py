@@ -115,3 +115,34 @@ async def test_a_token_living_longer_than_the_maximum_ttl_is_refused(fresh_serve
         forged = jwt.encode({**claims, "exp": claims["iat"] + lifetime}, SECRET, algorithm="HS256", headers=headers)
         assert_unauthorized(list_calls(fresh_server, forged))
         assert await handshake_status(fresh_server, forged) == 401
+
+
+def test_a_listen_login_makes_a_session_that_may_listen_and_only_it(server: ServerProcess) -> None:
+    """`callstream login --listen` (with or without `--control`) gives the session `listen`, kept
+    through a refresh; a plain link does not, and the prefix cannot be added to a plain code."""
+    account = f"sess_{uuid.uuid4().hex[:8]}"
+
+    def code(**flags: bool) -> str:
+        return server.login_url(account, **flags).split("?login=")[1]
+
+    def session(login_code: str) -> httpx.Response:
+        return httpx.post(f"{server.url}/v1/login", json={"code": login_code}, timeout=10)
+
+    def scopes(token: str) -> set[str]:
+        return set(jwt.decode(token, options={"verify_signature": False})["scope"].split())
+
+    def recording(token: str) -> int:
+        url = f"{server.url}/v1/calls/no_such_call/recording"
+        return httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code
+
+    plain, listening, both = (
+        session(code(**f)).json()["token"] for f in ({}, {"listen": True}, {"listen": True, "control": True})
+    )
+    assert scopes(plain) == {"subscribe"}
+    assert scopes(listening) == {"subscribe", "listen"}
+    assert scopes(both) == {"subscribe", "control", "listen"}
+    assert scopes(refresh(server, listening).json()["token"]) == {"subscribe", "listen"}
+    assert recording(plain) == 403  # a recording needs `listen`
+    assert recording(listening) == 404  # allowed: there is just no such recording
+    assert minted_by(listening) != minted_by(plain) != minted_by(both)  # a dashboard key per kind
+    assert session("lsn-" + code()).status_code == 401

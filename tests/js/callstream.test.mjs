@@ -564,3 +564,56 @@ test("a server that is down keeps the WebSocket: no fallback when plain HTTP fai
   assert.equal(stream.state, States.RECONNECTING);
   stream.close();
 });
+
+// A binary audio frame as the server relays it: version | track | id length | id | ms | payload.
+function audioFrame(callId, track, ms, bytes, version = 1) {
+  const id = Buffer.from(callId, "ascii");
+  const buf = new ArrayBuffer(8 + id.length + bytes.length);
+  const view = new DataView(buf);
+  view.setUint8(0, version);
+  view.setUint8(1, track);
+  view.setUint16(2, id.length);
+  new Uint8Array(buf, 4, id.length).set(id);
+  view.setUint32(4 + id.length, ms);
+  new Uint8Array(buf, 8 + id.length).set(bytes);
+  return buf;
+}
+
+test("listen() asks for a call's audio, hands its binary frames on as audio events, and asks again after a reconnect", async () => {
+  const { stream, clock, sock } = setup();
+  const heard = [];
+  stream.on("audio", (f) => heard.push([f.call_id, f.track, f.ms, [...f.payload]]));
+  stream.connect();
+  await flush();
+  sock().accept();
+  sock().take();
+  stream.listen("call_a");
+  assert.deepEqual(sock().take(), [{ type: "listen", call_id: "call_a" }]);
+  sock().onmessage({ data: audioFrame("call_a", 1, 40, [1, 2, 3, 4]) });
+  sock().onmessage({ data: audioFrame("call_b", 0, 0, [9, 9]) }); // not listened to
+  sock().onmessage({ data: audioFrame("call_a", 0, 0, [5, 6], 2) }); // an unknown version
+  sock().onmessage({ data: new ArrayBuffer(3) }); // truncated
+  assert.deepEqual(heard, [["call_a", 1, 40, [1, 2, 3, 4]]]);
+
+  sock().drop();
+  await clock.advance(60_000);
+  sock().accept();
+  assert.ok(sock().take().some((m) => m.type === "listen" && m.call_id === "call_a"), "listened again");
+  stream.unlisten("call_a");
+  assert.deepEqual(sock().take(), [{ type: "unlisten", call_id: "call_a" }]);
+  sock().onmessage({ data: audioFrame("call_a", 1, 60, [7]) });
+  assert.equal(heard.length, 1, "no audio after unlisten");
+});
+
+test("a call's end ends its listen: it is not asked for again after a reconnect", async () => {
+  const { stream, clock, sock } = setup();
+  stream.listen("call_a").connect();
+  await flush();
+  sock().accept();
+  assert.deepEqual(sock().take(), [{ type: "listen", call_id: "call_a" }]);
+  sock().push({ type: "unlistened", call_id: "call_a", data: { call_id: "call_a", reason: "ended" } });
+  sock().drop();
+  await clock.advance(60_000);
+  sock().accept();
+  assert.deepEqual(sock().take().filter((m) => m.type === "listen"), []);
+});

@@ -173,6 +173,9 @@ def login(
     control: Annotated[
         bool, typer.Option("--control", help="the session may also act on live calls (say, end, …)")
     ] = False,
+    listen: Annotated[
+        bool, typer.Option("--listen", help="the session may also hear live calls and play their recordings")
+    ] = False,
     name: SessionName = None,
     data_dir: DataDir = None,
     database: DatabaseUrl = None,
@@ -183,5 +186,7 @@ def login(
             check_session_name(name)
         except ValueError as exc:
             fail(f"--name: {exc}")
-    code = with_store(data_dir, database, lambda s: s.create_login_code(account, control=control, name=name))
+    code = with_store(
+        data_dir, database, lambda s: s.create_login_code(account, control=control, name=name, listen=listen)
+    )
     console.print(f"{url.rstrip('/')}/?login={code}")

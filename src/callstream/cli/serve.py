@@ -96,6 +96,7 @@ def demo(
     calls: Annotated[int, typer.Option(min=1, max=5_000, help="simulated calls kept live")] = 12,
     speed: Annotated[float, typer.Option(help="speaking pace; 2 = twice as fast")] = 1.0,
     audio: Annotated[bool, typer.Option("--audio", help="the calls speak: listen in from the dashboard")] = False,
+    record: Annotated[bool, typer.Option("--record", help="keep each call's audio: ended calls play in the dashboard")] = False,
 ) -> None:
     """`serve` plus a demo account, simulated live calls, and the dashboard's URL."""
     from callstream.server.serve import DrainingServer, bound_port, configure_logging, run_forever
@@ -105,14 +106,14 @@ def demo(
     data_dir = (
         data_dir or os.environ.get("CALLSTREAM_DATA_DIR") or tempfile.mkdtemp(prefix="callstream-demo-")
     )
-    settings = load_settings(host=host, port=port, data_dir=data_dir, webhooks_allow_private=True)
+    settings = load_settings(host=host, port=port, data_dir=data_dir, webhooks_allow_private=True, record=record or None)
     configure_logging("warning")
 
     async def ready(server: DrainingServer) -> None:
         base = f"http://{settings.host}:{bound_port(server)}"
         store = server.runtime.store
         _, key = await store.create_key("demo", frozenset({"publish", "subscribe", "control", "listen", "admin"}), name="demo")
-        code = await store.create_login_code("demo", ttl_s=24 * 3600, control=True)
+        code = await store.create_login_code("demo", ttl_s=24 * 3600, control=True, listen=True)
         console.rule("[bold]callstream demo")
         console.print(f"dashboard (one-time login link): [bold cyan]{base}/?login={code}[/]")
         console.print(f"API docs: {base}/docs    data: {data_dir}")

@@ -41,16 +41,20 @@ from callstream.server.deps import (
 from callstream.server.deps import visible_call_id as _checked_call_id
 from callstream.session_names import name_in_code
 from callstream.store import CallFailedError, KeyRecord, StoreUnavailableError
-from callstream.store.sql import CONTROL_LOGIN_PREFIX
+from callstream.store.sql import login_code_scopes
 
 router = APIRouter()
 Reader = Annotated[Principal, Depends(require("subscribe", "admin"))]
 Producer = Annotated[Principal, Depends(require("publish"))]
 Controller = Annotated[Principal, Depends(require("control"))]
 _SESSION_S = 12 * 3600  # a dashboard login lasts this long, renewed in short JWTs
-_WATCH_SESSION = frozenset({"subscribe"})
-_CONTROL_SESSION = frozenset({"subscribe", "control"})  # `callstream login --control`
-_DASHBOARD_KEYS = {_WATCH_SESSION: "dashboard", _CONTROL_SESSION: "dashboard-control"}
+_SESSION_SCOPES = frozenset({"subscribe", "control", "listen"})  # `callstream login [--control] [--listen]`
+_DASHBOARD_KEYS = {  # one key per kind of session: revoking it ends every session of that kind
+    frozenset({"subscribe"}): "dashboard",
+    frozenset({"subscribe", "control"}): "dashboard-control",
+    frozenset({"subscribe", "listen"}): "dashboard-listen",
+    _SESSION_SCOPES: "dashboard-control-listen",
+}
 
 
 DEFAULT_EVENTS_PAGE = 1_000  # events per page of GET /v1/calls/{id}/events when no limit is given
@@ -374,7 +378,7 @@ async def login(request: Request, body: LoginRequest) -> dict[str, Any]:
     account = await runtime.store.use_login_code(body.code)
     if account is None:
         raise ApiError(401, "unauthorized", "this login link is unknown, used or expired")
-    scopes = _CONTROL_SESSION if body.code.startswith(CONTROL_LOGIN_PREFIX) else _WATCH_SESSION
+    scopes = login_code_scopes(body.code)
     key_id = await _dashboard_key(request, account, scopes)
     session_end = int(time.time()) + _SESSION_S
     return _session_token(request, account, key_id, session_end, scopes, name_in_code(body.code))
@@ -390,15 +394,16 @@ async def refresh_login(request: Request) -> dict[str, Any]:
     principal = await authenticate(request)
     if principal.kind != "jwt" or principal.session_end is None:
         raise ApiError(401, "unauthorized", "only dashboard sessions refresh this way")
-    scopes = principal.scopes & _CONTROL_SESSION
+    scopes = principal.scopes & _SESSION_SCOPES
     return _session_token(
         request, principal.account, principal.key_id, principal.session_end, scopes, principal.session_name
     )
 
 
 async def _dashboard_key(request: Request, account: str, scopes: frozenset[str]) -> str:
-    """The id of the account's oldest live dashboard key of `scopes` (`dashboard`, or
-    `dashboard-control` for sessions that may control calls), made if there is none.
+    """The id of the account's oldest live dashboard key of `scopes` (`dashboard`;
+    `dashboard-control`, `dashboard-listen` or `dashboard-control-listen` for sessions that may
+    also control calls or listen to them), made if there is none.
 
     The oldest, read after making one: two first logins at once still share one key, so
     revoking "the dashboard key" ends every session of the account it minted.

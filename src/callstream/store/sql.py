@@ -144,6 +144,29 @@ STALLED_AFTER_S = 5.0
 
 
 CONTROL_LOGIN_PREFIX = "ctl-"  # a login code whose session may control calls
+LISTEN_LOGIN_PREFIX = "lsn-"  # …may listen to calls' audio (after CONTROL_LOGIN_PREFIX when both)
+
+
+def login_code_scopes(code: str) -> frozenset[str]:
+    """The scopes of the session a login code opens: `subscribe`, plus `control` and `listen`
+    when the code starts with their prefixes (in that order). The prefixes are part of what is
+    hashed, so they can be neither added to a code nor stripped from one."""
+    scopes = {"subscribe"}
+    if code.startswith(CONTROL_LOGIN_PREFIX):
+        scopes.add("control")
+        code = code[len(CONTROL_LOGIN_PREFIX) :]
+    if code.startswith(LISTEN_LOGIN_PREFIX):
+        scopes.add("listen")
+    return frozenset(scopes)
+
+
+def _login_secret() -> str:
+    """A code's random part; never one that starts like a prefix, so a plain code cannot read
+    as one that grants more."""
+    while True:
+        secret = secrets.token_urlsafe(24)
+        if not secret.startswith((CONTROL_LOGIN_PREFIX, LISTEN_LOGIN_PREFIX)):
+            return secret
 
 
 @dataclass(slots=True)
@@ -490,13 +513,18 @@ class SqlStore:
 
     @store_errors
     async def create_login_code(
-        self, account: str, ttl_s: int = 600, control: bool = False, name: str | None = None
+        self,
+        account: str,
+        ttl_s: int = 600,
+        control: bool = False,
+        name: str | None = None,
+        listen: bool = False,
     ) -> str:
-        """A one-time dashboard login code; `control` makes its session carry the control scope
-        (the code then starts with `CONTROL_LOGIN_PREFIX`, which is part of what is hashed: it
-        can be neither added to a plain code nor stripped from a control one), and `name` gives
+        """A one-time dashboard login code; `control` and `listen` make its session carry those
+        scopes (the code then starts with their prefixes, `login_code_scopes`), and `name` gives
         the session a name of its own, carried in the code the same way (`session_names`)."""
-        code = code_with_name((CONTROL_LOGIN_PREFIX if control else "") + secrets.token_urlsafe(24), name)
+        prefix = (CONTROL_LOGIN_PREFIX if control else "") + (LISTEN_LOGIN_PREFIX if listen else "")
+        code = code_with_name(prefix + _login_secret(), name)
         async with self.engine.begin() as conn:
             await conn.execute(
                 t.login_codes.insert().values(

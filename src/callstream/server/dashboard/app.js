@@ -14,6 +14,7 @@ import { renderControls, requestText, resultText, setupControls, tokenScopes } f
 import { SORTS, attentionCount, derive, matches, ordered } from "./triage.js";
 import { Windowed } from "./virtual.js";
 import { setupSearch } from "./search.js";
+import { setupListen } from "./listen.js";
 
 const SESSION_KEY = "callstream.session";
 // The campaign subscription ("*") carries what the list and the sparklines
@@ -118,8 +119,8 @@ function refreshToken() {
   return refreshing;
 }
 
-/** GET a JSON API path with the JWT; one refresh-and-retry on 401. */
-async function api(path) {
+/** GET an API path with the JWT in the Authorization header; one refresh-and-retry on 401. */
+async function apiFetch(path) {
   for (let attempt = 0; ; attempt += 1) {
     const r = await fetch(path, { headers: { Authorization: `Bearer ${session.token}` } });
     if (r.status === 401 && attempt === 0) {
@@ -131,9 +132,15 @@ async function api(path) {
       }
       continue;
     }
-    if (!r.ok) throw Object.assign(new Error(`${path}: ${r.status}`), { status: r.status });
-    return r.json();
+    return r;
   }
+}
+
+/** GET a JSON API path with the JWT. */
+async function api(path) {
+  const r = await apiFetch(path);
+  if (!r.ok) throw Object.assign(new Error(`${path}: ${r.status}`), { status: r.status });
+  return r.json();
 }
 
 // ---- model -----------------------------------------------------------------
@@ -688,7 +695,7 @@ function renderListen() {
   const id = ui.selected;
   $("listen-empty").hidden = !!id;
   $("listen-body").hidden = !id;
-  if (!id) return;
+  if (!id) return audio?.render(null);
   const c = getCall(id);
   const tr = $("transcript");
   if (renderedCall !== id) {
@@ -706,6 +713,7 @@ function renderListen() {
   $("listen-duration").dataset.dur = c.id;
   agentEl($("listen-agent"), c.agentState);
   renderControls($("controls"), c, canControl());
+  audio?.render(c);
   const sent = sentimentOf(c);
   $("listen-sentiment").replaceChildren(chip(sent), sparkline(sent, 96, 26));
 
@@ -980,6 +988,12 @@ document.addEventListener("keydown", (ev) => {
   }
 });
 
+// hearing the call (listen.js): only for a session whose token carries `listen`
+let audio = null;
+function canListen() {
+  return tokenScopes(session.token).has("listen");
+}
+
 // supervisor actions: only for a session whose token carries `control`
 function canControl() {
   return tokenScopes(session.token).has("control");
@@ -1126,6 +1140,7 @@ async function main() {
     backoff: { initialMs: 400, maxMs: 8000 },
   });
   window.callstream = stream; // handy from the console, and for the browser tests
+  audio = setupListen({ stream, bar: $("audio"), canListen, fetchAuthed: apiFetch });
   stream.on("state", ({ state }) => showConn(navigator.onLine === false && state === States.RECONNECTING ? "offline" : state));
   stream.on("event", onEvent);
   stream.on("history_unavailable", fillFromRest);

@@ -45,6 +45,8 @@
 //   "history_unavailable"  {call_id, since, message}
 //   "token_refreshed"      {expiresAt}       "token_error" {error}
 //   "transport"            {transport: "sse"} when it falls back from the WebSocket
+//   "audio"                {call_id, track, ms, payload: Uint8Array} a binary frame of a
+//                          listened call (listen(callId); "listening" gives its format)
 // It is also an EventTarget: addEventListener(type, (e) => e.detail).
 
 export const States = Object.freeze({
@@ -229,6 +231,7 @@ export class CallStream extends EventTarget {
     this.subscriptions = new Map(); // call_id | "*" → {types, pendingSince}
     this.calls = new Map(); // call_id → {lastSeq, seen:Set, floor, ended}
     this._catchUps = new Map(); // call_id → since, temporary subscriptions
+    this.listens = new Set(); // calls whose audio is wanted (listen), asked again on reconnect
     this._reconnectTimer = null;
     this._refreshTimer = null;
     this._pingTimer = null;
@@ -307,6 +310,24 @@ export class CallStream extends EventTarget {
       if (this._sse) this._restreamSoon();
       else this._send({ type: "unsubscribe", call_id: callId });
     }
+    return this;
+  }
+
+  /**
+   * Hear a call's audio (scope `listen`, WebSocket only): `listening` {codec, sample_rate}, then
+   * "audio" events; asked again after a reconnect. `unlistened` ends it (reason "ended" when the
+   * call ends); an `error` naming the call says why it was refused.
+   */
+  listen(callId) {
+    this.listens.add(callId);
+    if (this._isOpen() && !this._sse) this._send({ type: "listen", call_id: callId });
+    return this;
+  }
+
+  /** Stop hearing a call's audio. */
+  unlisten(callId) {
+    if (!this.listens.delete(callId)) return this;
+    if (this._isOpen() && !this._sse) this._send({ type: "unlisten", call_id: callId });
     return this;
   }
 
@@ -440,6 +461,7 @@ export class CallStream extends EventTarget {
       this._lastRx = this._now();
     };
     ws.onopen = () => this._onOpen(ws);
+    if ("binaryType" in ws) ws.binaryType = "arraybuffer"; // audio frames (listen)
     ws.onmessage = (ev) => this._onMessage(ws, ev);
     ws.onclose = (ev) => this._onClose(ws, ev);
     ws.onerror = () => {}; // a close always follows; handled there
@@ -644,6 +666,7 @@ export class CallStream extends EventTarget {
     for (const [callId, since] of this._catchUps) this._sendCatchUp(callId, since);
     const all = this.subscriptions.get("*");
     if (all) this._sendSubscribe("*", all, undefined);
+    for (const callId of this.listens) this._send({ type: "listen", call_id: callId });
   }
 
   _sendSubscribe(callId, sub, since) {
@@ -668,6 +691,7 @@ export class CallStream extends EventTarget {
   _onMessage(ws, ev) {
     if (ws !== this.ws) return;
     this._lastRx = this._now();
+    if (ev.data instanceof ArrayBuffer) return this._onAudio(ev.data);
     let msg;
     try {
       msg = JSON.parse(ev.data);
@@ -677,6 +701,19 @@ export class CallStream extends EventTarget {
     if (!msg || typeof msg !== "object") return;
     this._authFailures = 0;
     this._handle(msg);
+  }
+
+  /** A binary frame (docs/protocol.md, Live audio): u8 version | u8 track | u16 id length | id
+   * | u32 ms | payload, big-endian. Dropped unless well formed and for a call listened to. */
+  _onAudio(buf) {
+    if (buf.byteLength < 8) return;
+    const view = new DataView(buf);
+    const idLen = view.getUint16(2);
+    if (view.getUint8(0) !== 1 || idLen > 128 || buf.byteLength < 8 + idLen) return;
+    const callId = String.fromCharCode(...new Uint8Array(buf, 4, idLen));
+    if (!this.listens.has(callId)) return;
+    const payload = new Uint8Array(buf, 8 + idLen);
+    this._emit("audio", { call_id: callId, track: view.getUint8(1), ms: view.getUint32(4 + idLen), payload });
   }
 
   _handle(msg) {
@@ -689,6 +726,7 @@ export class CallStream extends EventTarget {
       this._emit("event", msg);
       return;
     }
+    if (type === "unlistened" && data.reason === "ended") this.listens.delete(callId ?? data.call_id);
     if (type === "subscribed") this._onSubscribed(data.call_id ?? callId, data);
     else if (type === "error") return this._onError(msg);
     this._emit(type, msg);

@@ -1,0 +1,230 @@
+// Hear a call from the listen-in panel (docs/audio.md): the Listen button, both tracks played
+// live through Web Audio (listen-worklet.js holds a jitter buffer per track), a level meter and
+// a mute per track, and the recording player of an ended call. Only a session whose token
+// carries the `listen` scope may press it. Nothing here runs until Listen is pressed: no audio
+// context, no worklet, no listeners on the socket; stopping closes them all.
+//
+// For tests and the curious, `window.callstreamListen` reads (never writes) the player's
+// figures: {call_id, frames: [caller, agent] received, samples: [caller, agent] taken by the
+// worklet, levels, buffered_ms, underruns, dropped}, refreshed ten times a second while listening.
+
+const TRACKS = ["caller", "agent"];
+const RECORDING_TRIES = 12; // the file is closed a moment after call.ended: look again, 1 s apart
+
+let mulawTable = null;
+/** G.711 µ-law byte → sample in [-1, 1). */
+function mulaw() {
+  if (mulawTable) return mulawTable;
+  mulawTable = new Float32Array(256);
+  for (let i = 0; i < 256; i += 1) {
+    const u = ~i & 0xff;
+    const t = (((u & 0x0f) << 3) + 0x84) << ((u & 0x70) >> 4);
+    mulawTable[i] = ((u & 0x80) ? 0x84 - t : t - 0x84) / 32768;
+  }
+  return mulawTable;
+}
+
+/** A frame's payload in the call's codec → float samples. */
+export function decode(payload, codec) {
+  if (codec === "mulaw") {
+    const table = mulaw();
+    const out = new Float32Array(payload.length);
+    for (let i = 0; i < payload.length; i += 1) out[i] = table[payload[i]];
+    return out;
+  }
+  const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const out = new Float32Array(payload.byteLength >> 1);
+  for (let i = 0; i < out.length; i += 1) out[i] = view.getInt16(i * 2, true) / 32768;
+  return out;
+}
+
+const REFUSED = {
+  forbidden: "The server refused: this session may not listen to this call.",
+  too_many_subscriptions: "The server refused: this connection already listens to four calls.",
+};
+
+/**
+ * Wire the audio bar. `stream`: the page's CallStream; `canListen()`: whether the session's
+ * token has `listen`; `fetchAuthed(path)`: a GET with the session's credential (a Response).
+ */
+export function setupListen({ stream, bar, canListen, fetchAuthed }) {
+  const $ = (sel) => bar.querySelector(sel);
+  const button = $("#listen-btn");
+  const tracksEl = $("#audio-tracks");
+  const status = $("#audio-status");
+  const player = $("#recording");
+  const meters = TRACKS.map((t) => $(`#meter-${t}`));
+  const mutes = TRACKS.map((_, i) => $(`.mute[data-track="${i}"]`));
+  let shownKey = null;
+  let live = null; // {callId, fmt, ctx, node, off: [unsubscribe…], frames, muted}
+  let recording = { callId: null, url: null, gen: 0 };
+  let figures = null;
+  Object.defineProperty(window, "callstreamListen", { get: () => figures, configurable: true });
+
+  function say(text, kind = "info") {
+    status.textContent = text;
+    status.dataset.kind = kind;
+  }
+
+  async function start(callId) {
+    const muted = [false, false];
+    const state = { callId, fmt: null, ctx: null, node: null, off: [], frames: [0, 0], muted, pending: [] };
+    live = state;
+    button.textContent = "Stop";
+    button.setAttribute("aria-pressed", "true");
+    tracksEl.hidden = false;
+    for (let i = 0; i < 2; i += 1) showMute(i, false);
+    say("Waiting for the call's audio…");
+    const mine = (msg) => (msg.call_id ?? msg.data?.call_id) === callId;
+    state.off.push(
+      stream.on("listening", (msg) => {
+        if (!mine(msg)) return;
+        state.fmt = msg.data;
+        say(`Listening · ${msg.data.codec === "mulaw" ? "µ-law" : "PCM"} ${msg.data.sample_rate / 1000} kHz`);
+      }),
+      stream.on("audio", (f) => {
+        if (f.call_id !== callId || !state.fmt || f.track > 1) return;
+        state.frames[f.track] += 1;
+        const samples = decode(f.payload, state.fmt.codec);
+        const m = { type: "audio", track: f.track, rate: state.fmt.sample_rate, samples };
+        if (state.node) state.node.port.postMessage(m, [samples.buffer]);
+        else if (state.pending.length < 50) state.pending.push(m);
+      }),
+      stream.on("unlistened", (msg) => {
+        if (mine(msg) && msg.data?.reason === "ended") stop("The call ended.");
+      }),
+      stream.on("error", (msg) => {
+        const d = msg.data || {};
+        if (!mine(msg) || !/listen/.test(d.message || "")) return;
+        stop(REFUSED[d.code] || `The server refused: ${d.message}`, "error");
+      }),
+    );
+    stream.listen(callId);
+    try {
+      // Created on the button's press (a user gesture), so the browser lets it play.
+      const ctx = new AudioContext({ latencyHint: "interactive" });
+      state.ctx = ctx;
+      await ctx.audioWorklet.addModule(new URL("listen-worklet.js", import.meta.url));
+      if (live !== state) return;
+      const node = new AudioWorkletNode(ctx, "callstream-listen", { numberOfInputs: 0, outputChannelCount: [2] });
+      node.port.onmessage = (ev) => { if (live === state) showStats(state, ev.data); };
+      node.connect(ctx.destination);
+      state.node = node;
+      for (let i = 0; i < 2; i += 1) if (muted[i]) node.port.postMessage({ type: "mute", track: i, muted: true });
+      for (const m of state.pending) node.port.postMessage(m, [m.samples.buffer]);
+      state.pending = [];
+      if (ctx.state === "suspended") await ctx.resume();
+    } catch (err) {
+      if (live === state) stop(`This browser cannot play the audio: ${err.message || err}`, "error");
+    }
+  }
+
+  function stop(text = "", kind = "info") {
+    const state = live;
+    if (!state) return;
+    live = null;
+    for (const off of state.off) off();
+    stream.unlisten(state.callId);
+    state.node?.disconnect();
+    state.ctx?.close().catch(() => {});
+    figures = null;
+    button.textContent = "Listen";
+    button.setAttribute("aria-pressed", "false");
+    tracksEl.hidden = true;
+    for (const m of meters) m.value = 0;
+    say(text, kind);
+  }
+
+  function showStats(state, s) {
+    figures = Object.freeze({
+      call_id: state.callId, frames: [...state.frames], samples: s.samples, levels: s.levels,
+      buffered_ms: s.buffered_ms, underruns: s.underruns, dropped: s.dropped,
+    });
+    for (let i = 0; i < 2; i += 1) meters[i].value = Math.min(1, s.levels[i] * 3);
+  }
+
+  function showMute(i, on) {
+    mutes[i].setAttribute("aria-pressed", String(on));
+    mutes[i].textContent = on ? "Unmute" : "Mute";
+  }
+
+  button.addEventListener("click", () => {
+    if (button.disabled) return;
+    if (live) stop();
+    else if (shownKey) start(shownKey.split("\n")[0]);
+  });
+  for (const [i, btn] of mutes.entries()) {
+    btn.addEventListener("click", () => {
+      if (!live) return;
+      live.muted[i] = !live.muted[i];
+      showMute(i, live.muted[i]);
+      live.node?.port.postMessage({ type: "mute", track: i, muted: live.muted[i] });
+    });
+  }
+
+  function dropRecording() {
+    if (recording.url) URL.revokeObjectURL(recording.url);
+    recording = { callId: null, url: null, gen: recording.gen + 1 };
+    player.removeAttribute("src");
+    player.hidden = true;
+  }
+
+  /** The ended call's WAV, fetched with the session's credential into a Blob URL (never a
+   * token in a URL). 404 while the node closes the file: look again, then "No recording". */
+  async function loadRecording(callId) {
+    dropRecording();
+    const gen = recording.gen;
+    recording.callId = callId;
+    say("Looking for the recording…");
+    for (let tries = 0; tries < RECORDING_TRIES; tries += 1) {
+      let r;
+      try {
+        r = await fetchAuthed(`/v1/calls/${encodeURIComponent(callId)}/recording`);
+      } catch {
+        r = null;
+      }
+      if (gen !== recording.gen) return;
+      if (r && r.ok) {
+        recording.url = URL.createObjectURL(await r.blob());
+        if (gen !== recording.gen) return URL.revokeObjectURL(recording.url);
+        player.src = recording.url;
+        player.hidden = false;
+        say("Recording");
+        return;
+      }
+      if (r && r.status !== 404) return say(`Could not load the recording (${r.status}).`, "error");
+      await new Promise((done) => setTimeout(done, 1000));
+      if (gen !== recording.gen) return;
+    }
+    say("No recording of this call.");
+  }
+
+  /** Bring the bar up to date with the call on screen (cheap when nothing changed). */
+  function render(c) {
+    const allowed = canListen();
+    const ended = !!c && c.status === "ended";
+    const key = c ? `${c.id}\n${ended}\n${allowed}` : null;
+    if (key === shownKey) return;
+    const previous = shownKey;
+    shownKey = key;
+    if (live && (!c || live.callId !== c.id)) stop();
+    if (!c) return dropRecording();
+    bar.hidden = false;
+    button.hidden = ended;
+    button.disabled = !allowed;
+    button.title = allowed ? "Hear the call live" : "This session may not listen (callstream login --listen)";
+    if (!ended) {
+      dropRecording();
+      if (!live) say(allowed ? "" : "This session may not listen: open a link from `callstream login --listen`.");
+      return;
+    }
+    if (live) stop();
+    if (!allowed) {
+      dropRecording();
+      return say("This session may not play recordings: open a link from `callstream login --listen`.");
+    }
+    if (recording.callId !== c.id || !previous) loadRecording(c.id);
+  }
+
+  return { render, stop };
+}

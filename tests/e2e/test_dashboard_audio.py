@@ -1,0 +1,210 @@
+"""Hearing a call from the dashboard (docs/dashboard.md, Hear a call), in headless Chromium
+against a real server with `--record`: a producer streams two tones on the call's tracks, the
+page presses Listen and plays them through its AudioWorklet, mute silences one meter, and once
+the call ends its recording plays in the page. A session without `listen` cannot listen.
+
+Debian's chromium driven by Playwright, set up as in test_dashboard.py (which skips without
+it); with no sound card, Chromium's fake audio output renders the AudioWorklet as a real one would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import re
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from callstream.audio import TRACK_AGENT, TRACK_CALLER, encode_frame
+from tests.e2e.test_dashboard import ARGS, CHROMIUM, checked_page, screenshot, sync_api
+from tests.helpers import ServerProcess, ended, final, publish, recv, send
+
+expect = sync_api.expect
+
+pytestmark = pytest.mark.browser
+
+RATE = 16_000
+FRAME_MS = 20
+
+
+@pytest.fixture(scope="module")
+def recorder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path_factory.mktemp("listen"), "--record").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM, args=[*ARGS, "--autoplay-policy=no-user-gesture-required"]
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    with checked_page(browser) as pg:
+        yield pg
+
+
+def tone(freq: float, start: int, n: int) -> bytes:
+    return struct.pack(
+        f"<{n}h", *(round(8000 * math.sin(2 * math.pi * freq * (start + i) / RATE)) for i in range(n))
+    )
+
+
+@contextlib.contextmanager
+def producing(server: ServerProcess, key: str, call_id: str) -> Iterator[Callable[[], None]]:
+    """Stream a 220 Hz caller and a 440 Hz agent in real time, 20 ms frames, on /v1/ingest;
+    the function yielded ends the call (call.ended, acknowledged) and waits for it."""
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    async def run() -> None:
+        per = RATE * FRAME_MS // 1000
+        async with connect(f"{server.ws_url}/v1/ingest?token={key}") as mouth:
+            await send(
+                mouth, {"type": "audio.format", "call_id": call_id, "codec": "pcm_s16le", "sample_rate": RATE}
+            )
+            t0 = time.monotonic()
+            ms = 0
+            while not stop.is_set():
+                start = ms * RATE // 1000
+                await mouth.send(encode_frame(TRACK_CALLER, call_id, ms, tone(220, start, per)))
+                await mouth.send(encode_frame(TRACK_AGENT, call_id, ms, tone(440, start, per)))
+                ms += FRAME_MS
+                await asyncio.sleep(max(0.0, t0 + ms / 1000 - time.monotonic()))
+            await send(mouth, {**ended(duration_ms=ms), "call_id": call_id, "ref": 1})
+            while (await recv(mouth, 10))["type"] != "ack":
+                pass
+
+    def main() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # surfaced by end()
+            failure.append(exc)
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+
+    def end() -> None:
+        stop.set()
+        thread.join(20)
+        assert not failure, failure
+
+    try:
+        yield end
+    finally:
+        stop.set()
+        thread.join(20)
+
+
+def a_call(server: ServerProcess, prefix: str) -> tuple[str, str, str]:
+    """A new account's (name, key) and a call of it that has begun (a first final)."""
+    acct = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    key = server.create_key(acct)
+    call_id = f"call_{uuid.uuid4().hex[:10]}"
+    assert publish(server, key, call_id, final("hello, can you hear me?")).status_code == 202
+    return acct, key, call_id
+
+
+def open_call(pg: Any, server: ServerProcess, acct: str, call_id: str, *, listen: bool) -> None:
+    pg.goto(server.login_url(acct, listen=listen))
+    expect(pg.locator("#conn")).to_have_attribute("data-state", "open", timeout=15_000)
+    row = pg.locator(f'#call-list .call-row[data-call-id="{call_id}"]')
+    expect(row).to_be_visible(timeout=15_000)
+    row.click()
+    expect(pg.locator("#listen-call-id")).to_have_text(call_id)
+
+
+def figures(pg: Any) -> dict[str, Any]:
+    got: dict[str, Any] | None = pg.evaluate("window.callstreamListen")
+    assert got is not None, "the player publishes its figures while listening"
+    return got
+
+
+def test_listen_plays_both_tracks_mutes_one_and_then_plays_the_recording(
+    recorder: ServerProcess, page: Any
+) -> None:
+    acct, key, call_id = a_call(recorder, "hear")
+    with producing(recorder, key, call_id) as end_call:
+        open_call(page, recorder, acct, call_id, listen=True)
+        listen = page.locator("#listen-btn")
+        expect(listen).to_be_enabled()
+        listen.click()
+        expect(listen).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#audio-status")).to_contain_text("Listening", timeout=10_000)
+        # Frames arrive on the socket, the worklet takes their samples, and both meters move.
+        page.wait_for_function(
+            "() => { const f = window.callstreamListen; return f && f.frames[0] > 10 && f.frames[1] > 10"
+            " && f.samples[0] > 3200 && f.samples[1] > 3200 && f.levels[0] > 0.01 && f.levels[1] > 0.01; }",
+            timeout=15_000,
+        )
+        assert float(page.locator("#meter-caller").evaluate("m => m.value")) > 0
+        before = figures(page)
+        screenshot(page, "listen-audio.png")
+
+        # Mute the agent: its meter falls to zero while the caller's goes on.
+        page.locator('.mute[data-track="1"]').click()
+        expect(page.locator('.mute[data-track="1"]')).to_have_attribute("aria-pressed", "true")
+        page.wait_for_function("() => window.callstreamListen.levels[1] < 0.001", timeout=5_000)
+        page.wait_for_timeout(300)
+        muted = figures(page)
+        assert muted["levels"][1] < 0.001
+        assert muted["levels"][0] > 0.01, "the caller still plays"
+        assert muted["samples"][1] > before["samples"][1], "a muted track is still received, only not heard"
+        assert float(page.locator("#meter-agent").evaluate("m => m.value")) == 0
+
+        # A second press stops: no more frames are taken.
+        listen.click()
+        expect(listen).to_have_attribute("aria-pressed", "false")
+        assert page.evaluate("window.callstreamListen") is None
+        assert page.evaluate(f"window.callstream.listens.has({call_id!r})") is False
+
+        end_call()
+
+    # The call ended: its recording plays in the page.
+    expect(page.locator("#listen-status")).to_have_text(re.compile("completed", re.I), timeout=10_000)
+    player = page.locator("#recording")
+    expect(player).to_be_visible(timeout=20_000)
+    page.wait_for_function("() => document.getElementById('recording').duration > 0", timeout=10_000)
+    assert page.evaluate("document.getElementById('recording').src").startswith("blob:"), (
+        "no token in its URL"
+    )
+    expect(listen).to_be_hidden()
+
+
+def test_a_session_without_listen_cannot_listen(recorder: ServerProcess, page: Any) -> None:
+    acct, key, call_id = a_call(recorder, "deaf")
+    with producing(recorder, key, call_id) as end_call:
+        open_call(page, recorder, acct, call_id, listen=False)
+        expect(page.locator("#listen-btn")).to_be_disabled()
+        expect(page.locator("#audio-status")).to_contain_text("may not listen")
+        expect(page.locator("#audio-status")).to_contain_text("callstream login --listen")
+        # Asked anyway (from the console), the server refuses and no audio comes.
+        page.evaluate(
+            """(id) => { window.__refused = null; window.__frames = 0;
+                 window.callstream.on('error', (m) => { if (m.call_id === id) window.__refused = m.data.code; });
+                 window.callstream.on('audio', () => { window.__frames += 1; });
+                 window.callstream.listen(id); }""",
+            call_id,
+        )
+        page.wait_for_function("() => window.__refused !== null", timeout=10_000)
+        assert page.evaluate("window.__refused") == "forbidden"
+        page.wait_for_timeout(500)
+        assert page.evaluate("window.__frames") == 0
+        end_call()
+    # Its recording is not for this session either.
+    expect(page.locator("#audio-status")).to_contain_text("may not play recordings", timeout=10_000)
+    expect(page.locator("#recording")).to_be_hidden()
