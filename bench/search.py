@@ -104,7 +104,7 @@ def build_sqlite(path: Path, finals: int) -> list[str]:
         db.execute("BEGIN")
         db.executemany(calls_sql, batch_calls)
         db.executemany(finals_sql, batch_finals)
-        db.execute(*rows.fts_merge(len(batch_finals)))  # as the store's commits do (migration 0005)
+        db.execute(*rows.fts_merge(len(batch_finals)))  # as the store's commits do (`rows.fts_merge`)
         db.execute("COMMIT")
         batch_calls.clear()
         batch_finals.clear()

@@ -4,6 +4,8 @@ nodes may run them at once."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from callstream.store import migrate
+from callstream.store import SqlStore, migrate
 from callstream.store.tables import INDEX_ONLY_IN_MIGRATION, metadata
 from callstream.webhooks import tables as _webhook_tables  # noqa: F401 - the full schema
 from tests.broker.services import PG_HOST, PG_PORT, create_database, database_name, drop_database, require
@@ -99,3 +101,52 @@ async def test_the_one_revision_goes_down_and_up_again(empty_url: str) -> None:
             assert await conn.run_sync(_diff) == []
     finally:
         await engine.dispose()
+
+
+async def _made_by_an_earlier_build(url: str, revision: str) -> None:
+    """The tables of today's schema, stamped at `revision` as a development build's chain left them."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            await conn.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
+            await conn.execute(sa.text("INSERT INTO alembic_version VALUES (:r)"), {"r": revision})
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("revision", ["0005", "0001"])  # the chain's last head, and the first squash's
+async def test_a_database_of_an_earlier_development_build_is_refused_with_what_to_do(
+    empty_url: str, revision: str
+) -> None:
+    """Revisions 0001..0005 each named more than one schema in the project's history: the store
+    refuses such a database, saying what to do, and leaves it as it was."""
+    await _made_by_an_earlier_build(empty_url, revision)
+    store = SqlStore(empty_url)
+    try:
+        with pytest.raises(migrate.UnknownSchemaError) as refused:
+            await store.start()
+    finally:
+        await store.close()
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"schema revision {revision}, which this version of callstream cannot upgrade" in message
+    assert ("remove the data dir" if empty_url.startswith("sqlite") else "start on a new database") in message
+    engine = create_async_engine(empty_url)
+    try:
+        assert await migrate.current_revision(engine) == revision
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["serve", "--port", "0"]])
+def test_the_commands_refuse_an_earlier_builds_data_dir_in_one_line(tmp_path: Path, command: list[str]) -> None:
+    asyncio.run(_made_by_an_earlier_build(f"sqlite+aiosqlite:///{tmp_path / 'callstream.db'}", "0005"))
+    argv = [sys.executable, "-m", "callstream", *command, "--data-dir", str(tmp_path)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]  # after the log's lines, for `serve`
+    assert last.startswith("error: ")
+    assert f"remove the data dir ({tmp_path})" in last

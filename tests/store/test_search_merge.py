@@ -1,8 +1,8 @@
-"""SQLite's search index is merged as finals are stored (migration 0005, `rows.fts_merge`): after
-many small commits, on the journal's path and on the path of commits that end calls, each level
-of the FTS5 index holds at most two segments (one, and a merge's output in progress), where FTS5's
-own automerge lets a level fill to three or more before it merges; and every call is still found,
-and an erased one no longer is."""
+"""SQLite's search index is merged as finals are stored (`rows.fts_merge`; the migration turns
+FTS5's automerge off): after many small commits, on the journal's path and on the path of commits
+that end calls, each level of the FTS5 index holds at most two segments (one, and a merge's output
+in progress), where FTS5's own automerge lets a level fill to three or more before it merges; and
+every call is still found, and an erased one no longer is."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from callstream.settings import Settings, ValidationError, describe_errors
 
@@ -70,19 +71,27 @@ def load_settings(**given: Any) -> Settings:
 
 def with_store(data_dir: str | None, database: str | None, work: Callable[[SqlStore], Awaitable[T]]) -> T:
     """Run `work` on the store the flags name (no writer: another process may be serving it)."""
-    from callstream.store import SqlStore, database_url
+    return on_store(load_settings(data_dir=data_dir, database=database), work)
 
-    settings = load_settings(data_dir=data_dir, database=database)
+
+def on_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]]) -> T:
+    """Run `work` on the store `settings` name, its schema brought up to date first (no writer).
+    A database this version cannot upgrade ends the command with the store's one-line reason."""
+    from callstream.store import SqlStore, database_url
+    from callstream.store.migrate import UnknownSchemaError
 
     async def main() -> T:
         store = SqlStore(database_url(settings.database, settings.data_dir))
-        await store.start(writer=False)
         try:
+            await store.start(writer=False)
             return await work(store)
         finally:
             await store.close()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except UnknownSchemaError as exc:
+        fail(escape(str(exc)), 1)
 
 
 def call_api(method: str, url: str, key: str, path: str, body: Any = None, **params: Any) -> Any:

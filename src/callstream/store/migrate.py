@@ -5,10 +5,15 @@ first takes a transaction-level advisory lock, so nodes starting together migrat
 the other (the later ones find nothing left to do), and a failed migration leaves nothing
 half-applied: PostgreSQL's DDL is transactional. On SQLite, `BEGIN IMMEDIATE` (the file's
 write lock) does the same job.
+
+A database at a revision this code does not ship (one of a development build before the schema
+was squashed into one revision, or of a newer version) is refused with `UnknownSchemaError`, a
+one-line message saying what to do, before Alembic looks for a way from it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -19,7 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["current_revision", "head_revision", "upgrade"]
+__all__ = ["UnknownSchemaError", "current_revision", "head_revision", "upgrade"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # pg_advisory_xact_lock key: "callstream" in ASCII, so other apps' locks do not collide.
@@ -34,6 +39,10 @@ def _config(connection: Connection | None = None) -> Config:
     return config
 
 
+class UnknownSchemaError(Exception):
+    """The database's schema is at a revision this code does not know: it cannot be upgraded."""
+
+
 def head_revision() -> str | None:
     """The newest revision this code ships."""
     return ScriptDirectory.from_config(_config()).get_current_head()
@@ -46,7 +55,26 @@ def _upgrade(connection: Connection) -> None:
         # The driver begins transactions lazily (DDL runs outside one); take the write lock
         # now so nodes sharing the file migrate one after the other.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
-    command.upgrade(_config(connection), "head")
+    config = _config(connection)
+    _known(connection, ScriptDirectory.from_config(config))
+    command.upgrade(config, "head")
+
+
+def _known(connection: Connection, scripts: ScriptDirectory) -> None:
+    """Raise `UnknownSchemaError` if the database is at a revision none of `scripts` is."""
+    current = MigrationContext.configure(connection).get_current_heads()
+    unknown = sorted(r for r in current if r not in {s.revision for s in scripts.walk_revisions()})
+    if not unknown:
+        return
+    if connection.dialect.name == "sqlite":
+        path = connection.engine.url.database or ""
+        where, remedy = path, f"remove the data dir ({os.path.dirname(os.path.abspath(path))}) or use another"
+    else:
+        where, remedy = "the database", "start on a new database"
+    raise UnknownSchemaError(
+        f"{where} is at schema revision {', '.join(unknown)}, which this version of callstream cannot"
+        f" upgrade (an unreleased development build or a newer version made it): {remedy}"
+    )
 
 
 async def upgrade(engine: AsyncEngine) -> None:

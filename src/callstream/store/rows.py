@@ -60,7 +60,7 @@ CALL_MERGE: Final = {
 # its call's as [seq, speaker, text] each.
 FINAL_COLUMNS: Final = ("account", "call_id", "seq", "speaker", "text")
 
-# SQLite's search index is merged as finals are stored, a bounded step a commit (migration 0005
+# SQLite's search index is merged as finals are stored, a bounded step a commit (the migration
 # turns FTS5's own automerge off): `fts_merge` after each commit that inserted finals merges up to
 # that many pages of the index's segments, two of a level into one of the next, so the index keeps
 # about one segment a level (a query opens each segment) and no commit waits for a merge larger

@@ -22,11 +22,11 @@ calls (a common word and filters that keep few calls) also gives way to `matchin
 `WALK_CALLS_MAX` calls: its cost then grows with the matches, never with a scan of the whole
 account call by call.
 
-The index per dialect (migration 0004): SQLite's FTS5 table `transcript_fts` indexes each final's
-`text`, and in its `keys` column a token of its own for its account (`account_token`), so a query
-keeps to one account inside the index; a batch of calls is asked within the rowids its lines span.
-PostgreSQL's `transcript_finals.tsv` is the text's `tsvector`, with a GIN index for a word's
-finals and the primary key for a call's.
+The index per dialect (the migration's, versions/0001_initial.py): SQLite's FTS5 table
+`transcript_fts` indexes each final's `text`, and in its `keys` column a token of its own for its
+account (`account_token`), so a query keeps to one account inside the index; a batch of calls is
+asked within the rowids its lines span. PostgreSQL's `transcript_finals.tsv` is the text's
+`tsvector`, with a GIN index for a word's finals and the primary key for a call's.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ event_chunks = sa.Table(
 
 # Every final transcript line, one row each, for search (`callstream.search`, store/search_sql.py).
 # Keyed by (account, call_id, seq): erasing a call is one DELETE here. The index over the text is
-# the migration's alone (0004_search.py), kept up to date by the database as rows come and go:
+# the migration's alone (versions/0001_initial.py), kept up to date by the database as rows come and go:
 # on SQLite the FTS5 table `transcript_fts` (triggers on this table), on PostgreSQL the column
 # `tsv` (generated from `text`) and its GIN index. Neither is declared here, and the
 # models-vs-migration test leaves them out (`INDEX_ONLY_IN_MIGRATION`).

@@ -1,10 +1,24 @@
-"""The schema: accounts, API keys, calls, their events in chunks, meta, login codes, webhooks.
+"""The schema: accounts, API keys, calls, their events in chunks, live quality's minutes, the
+final transcript lines and their search index, meta, login codes, webhooks.
 
 One initial revision: the project has not been released, so its history of schema changes lives
-in git, not here. `if_not_exists` everywhere: databases created by `create_all` (tests, tools)
-already hold these tables, and adopting them must not fail.
+in git, not here. Its id is one no earlier revision carried, so a database of an earlier
+development build is refused with a one-line error (`migrate.upgrade`), not taken as current.
+`if_not_exists` everywhere: a database created by `create_all` already holds the tables, and
+adopting it must not fail.
 
-Revision ID: 0001
+The search index over `transcript_finals` is declared here alone (`tables.INDEX_ONLY_IN_MIGRATION`).
+SQLite: an FTS5 table `transcript_fts` (contentless: the text stays in `transcript_finals` alone)
+over each line's `text` and its `keys` (its account's token, `store.search_sql`), filled and
+emptied by triggers on `transcript_finals`, so every write path and an erasure (one DELETE of a
+call's rows) keep it right without knowing of it. FTS5's own automerge is off and `usermerge` 2:
+the store merges the index by a bounded step after each commit that stores finals
+(`rows.fts_merge`), where automerge merges in lumps of megabytes and lets a level fill to three
+segments. PostgreSQL: a generated `tsvector` column `tsv` with a GIN index. Words are runs of
+letters and digits on both (`callstream.search`): PostgreSQL reads the text with its punctuation
+made spaces.
+
+Revision ID: 0001_initial
 Revises:
 Create Date: 2026-12-06
 """
@@ -14,10 +28,33 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0001"
+revision = "0001_initial"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+_KEYS = "'a' || hex({row}.account)"  # search_sql.account_token (FTS5 folds hex's capitals)
+_FTS_CONFIG = "INSERT INTO transcript_fts (transcript_fts, rank) VALUES ('{name}', {value})"
+_SQLITE_SEARCH = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS transcript_fts USING fts5("
+    "keys, text, content='', columnsize=0, tokenize='unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER IF NOT EXISTS transcript_finals_indexed AFTER INSERT ON transcript_finals BEGIN"  # noqa: S608
+    f" INSERT INTO transcript_fts (rowid, keys, text) VALUES (new.rowid, {_KEYS.format(row='new')}, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS transcript_finals_unindexed AFTER DELETE ON transcript_finals BEGIN"  # noqa: S608
+    " INSERT INTO transcript_fts (transcript_fts, rowid, keys, text)"
+    f" VALUES ('delete', old.rowid, {_KEYS.format(row='old')}, old.text); END",
+    _FTS_CONFIG.format(name="automerge", value=0),
+    _FTS_CONFIG.format(name="usermerge", value=2),
+)
+# ASCII punctuation, and the typographic marks transcripts carry, become spaces: PostgreSQL's own
+# parser would keep `3.5`, `e-mail` or `+1555…` whole, where a word is letters and digits only.
+_TSV = (
+    "to_tsvector('simple'::regconfig, regexp_replace(text, '[[:punct:][:space:]\u2018\u2019\u201c\u201d\u2026\u2013\u2014]+', ' ', 'g'))"
+)
+_POSTGRESQL_SEARCH = (
+    f"ALTER TABLE transcript_finals ADD COLUMN IF NOT EXISTS tsv tsvector GENERATED ALWAYS AS ({_TSV}) STORED",
+    "CREATE INDEX IF NOT EXISTS ix_transcript_finals_tsv ON transcript_finals USING gin (tsv)",
+)
 
 
 def upgrade() -> None:
@@ -56,6 +93,15 @@ def upgrade() -> None:
         sa.Column("last_seq", sa.BigInteger(), nullable=False),
         sa.Column("sentiment_sum", sa.Float(), server_default="0", nullable=False),
         sa.Column("sentiment_n", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("last_ts", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("turns", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("latency_max", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("latencies", sa.Text(), server_default="", nullable=False),
+        sa.Column("interruptions", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("agent_talk_ms", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("user_talk_ms", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("metadata", sa.Text(), nullable=True),
+        sa.Column("metadata_seq", sa.BigInteger(), server_default="0", nullable=False),
         sa.PrimaryKeyConstraint("account", "call_id"),
         if_not_exists=True,
     )
@@ -64,6 +110,22 @@ def upgrade() -> None:
         "calls",
         ["account", "started_at", "call_id"],
         unique=False,
+        if_not_exists=True,
+    )
+    op.create_index(
+        "ix_calls_account_status_ended",
+        "calls",
+        ["account", "status", "ended_at"],
+        unique=False,
+        if_not_exists=True,
+    )
+    op.create_table(
+        "quality_minutes",
+        sa.Column("account", sa.String(length=128), nullable=False),
+        sa.Column("minute", sa.BigInteger(), nullable=False),
+        sa.Column("name", sa.String(length=8), nullable=False),
+        sa.Column("n", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("account", "minute", "name"),
         if_not_exists=True,
     )
     op.create_table(
@@ -76,6 +138,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("account", "call_id", "last_seq"),
         if_not_exists=True,
     )
+    op.create_table(
+        "transcript_finals",
+        sa.Column("account", sa.String(length=128), nullable=False),
+        sa.Column("call_id", sa.String(length=128), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("speaker", sa.String(length=16), nullable=False),
+        sa.Column("text", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("account", "call_id", "seq"),
+        if_not_exists=True,
+    )
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    for statement in _SQLITE_SEARCH if sqlite else _POSTGRESQL_SEARCH:
+        op.execute(statement)
     op.create_table(
         "login_codes",
         sa.Column("code_hash", sa.String(length=64), nullable=False),
@@ -182,12 +257,18 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("DROP TRIGGER IF EXISTS transcript_finals_unindexed")
+        op.execute("DROP TRIGGER IF EXISTS transcript_finals_indexed")
+        op.execute("DROP TABLE IF EXISTS transcript_fts")
+    op.drop_table("transcript_finals", if_exists=True)  # with its tsv column and GIN index
     op.drop_index("ix_webhook_messages_turns", table_name="webhook_messages", if_exists=True)
     op.drop_index("ix_webhook_messages_endpoint", table_name="webhook_messages", if_exists=True)
     op.drop_index("ix_webhook_messages_due", table_name="webhook_messages", if_exists=True)
     op.drop_index("ix_webhook_messages_account", table_name="webhook_messages", if_exists=True)
     op.drop_index("ix_webhook_endpoints_account", table_name="webhook_endpoints", if_exists=True)
     op.drop_index("ix_webhook_attempts_message_id", table_name="webhook_attempts", if_exists=True)
+    op.drop_index("ix_calls_account_status_ended", table_name="calls", if_exists=True)
     op.drop_index("ix_calls_account_started", table_name="calls", if_exists=True)
     op.drop_index("ix_api_keys_revoked_at", table_name="api_keys", if_exists=True)
     op.drop_index("ix_api_keys_account", table_name="api_keys", if_exists=True)
@@ -197,6 +278,7 @@ def downgrade() -> None:
     op.drop_table("meta", if_exists=True)
     op.drop_table("login_codes", if_exists=True)
     op.drop_table("event_chunks", if_exists=True)
+    op.drop_table("quality_minutes", if_exists=True)
     op.drop_table("calls", if_exists=True)
     op.drop_table("api_keys", if_exists=True)
     op.drop_table("accounts", if_exists=True)
