@@ -383,3 +383,23 @@ def test_serve_with_several_accounts_says_how_to_get_a_link(fresh_server: Server
         time.sleep(0.1)
     assert "callstream login --account" in fresh_server.log()
     assert "?login=" not in fresh_server.log()
+
+
+UNREACHABLE = ["--database", "postgresql://user:hunter2@127.0.0.1:1/nothing"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve", "--port", "0", *UNREACHABLE],
+        ["keys", "list", *UNREACHABLE],
+        ["migrate", *UNREACHABLE],
+        ["keys", "list", "--data-dir", "/proc/no-such-dir"],
+    ],
+)
+def test_an_unreachable_database_ends_the_command_in_one_line(command: list[str]) -> None:
+    result = cli(*command, timeout=30)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "cannot open the database" in flat(result.stderr)
+    assert "hunter2" not in result.stderr + result.stdout

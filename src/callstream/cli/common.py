@@ -76,14 +76,23 @@ def with_store(data_dir: str | None, database: str | None, work: Callable[[SqlSt
 
 def on_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]]) -> T:
     """Run `work` on the store `settings` name, its schema brought up to date first (no writer).
-    A database this version cannot upgrade ends the command with the store's one-line reason."""
-    from callstream.store import SqlStore, database_url
+    A database this version cannot upgrade, or cannot open at all, ends the command in one line."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from callstream.store import SqlStore, StoreUnavailableError, database_url
     from callstream.store.migrate import UnknownSchemaError
 
     async def main() -> T:
-        store = SqlStore(database_url(settings.database, settings.data_dir))
         try:
-            await store.start(writer=False)
+            store = SqlStore(database_url(settings.database, settings.data_dir))
+        except OSError as exc:  # the data dir cannot be made
+            raise _CannotOpenError(exc) from exc
+        try:
+            try:
+                await store.start(writer=False)
+            except (OSError, SQLAlchemyError, StoreUnavailableError) as exc:
+                raise _CannotOpenError(exc) from exc
             return await work(store)
         finally:
             await store.close()
@@ -92,6 +101,19 @@ def on_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except UnknownSchemaError as exc:
         fail(escape(str(exc)), 1)
+    except _CannotOpenError as exc:
+        reason = str(getattr(exc.cause, "orig", None) or exc.cause).splitlines()[0]
+        if settings.database and (password := make_url(settings.database).password):
+            reason = reason.replace(str(password), "***")
+        fail(escape(f"cannot open the database: {type(exc.cause).__name__}: {reason}"), 1)
+
+
+class _CannotOpenError(Exception):
+    """The store could not start: its database is unreachable, refused us, or is not one."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def call_api(method: str, url: str, key: str, path: str, body: Any = None, **params: Any) -> Any:
