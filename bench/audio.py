@@ -2,7 +2,7 @@
 p99, event p99 unchanged beyond noise, RSS growth bounded by the listeners' buffers).
 
     .venv/bin/python -m bench.audio [--calls 200] [--listeners 2] [--seconds 20] [--workers 2]
-                                    [--no-audio]
+                                    [--no-audio] [--targets callstream,callstream+PATCH] [--runs 3]
 
 `--calls` calls each send 16 kHz `pcm_s16le` on both tracks in 20 ms frames (100 frames/s a
 call) on their producer's `/v1/ingest` socket, and their events beside it: a
@@ -14,6 +14,15 @@ arrival. The load runs in `--workers` processes (a slice of the calls each, prod
 listeners), so the client is not what saturates. `--no-audio` sends the events alone: the
 reference for "event p99 unchanged". The first 3 s are warm-up. Results go to stdout and
 bench/results/audio.md.
+
+Each event's latency is split at the `ts` the server gave it when it sequenced it (wall clock,
+same machine): sent → sequenced, sequenced → arrived. Each worker also measures its own loop's
+lag (a 5 ms timer), which every latency it measures includes. `--targets` runs several servers
+in turn, `--runs` times over (the order flipped each round), for an A/B in one run: this tree's
+`src/` as `callstream`, with patches of bench/patches as `callstream+<patch>`;
+`callstream+diag-audio-stages` adds the server's own timings of each event from the read of its
+text frame (sequenced, committed, fanned out, written) and of each audio frame (written), and
+its loop's lag.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ import multiprocessing
 import os
 import queue as queue_module
 import re
+import shutil
 import struct
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +56,10 @@ PAYLOAD = bytes(640)  # 20 ms of 16 kHz 16-bit mono
 _ID_LEN = struct.Struct(">H")
 _MS = struct.Struct(">I")
 _DIGITS = re.compile(rb"\d+")
+LAG_PROBE_S = 0.005
+# What each worker measures: latencies (ms) of audio frames and events, each event's split at the
+# server's own `ts` (producer → sequenced, sequenced → listener), the workers' loop lag (µs).
+OUTPUTS = ("audio", "events", "to_server", "from_server", "loop_lag_us", "errors")
 
 
 class WorkingTreeTarget(Target):
@@ -82,7 +97,13 @@ class Ear(WSListener):  # type: ignore[misc]
         elif frame.msg_type is WSMsgType.TEXT:
             i = data.find(b'"t":')
             if i >= 0:
-                self.out["events"].append(arrived - int(_DIGITS.match(data, i + 4).group()))  # type: ignore[union-attr]
+                sent = int(_DIGITS.match(data, i + 4).group())  # type: ignore[union-attr]
+                self.out["events"].append(arrived - sent)
+                j = data.find(b'"ts":')
+                if j >= 0:  # the server's own time of the event (ms, when it sequenced it)
+                    ts = int(_DIGITS.match(data, j + 5).group()) % 2**32  # type: ignore[union-attr]
+                    self.out["to_server"].append(ts - sent)
+                    self.out["from_server"].append(arrived - ts)
             elif b'"error"' in data[:20]:
                 self.out["errors"].append(1)
 
@@ -112,9 +133,18 @@ async def produce(transport: WSTransport, calls: list[str], until: float, audio:
         await asyncio.sleep(max(0.0, start + tick * FRAME_MS / 1000 - time.monotonic()))
 
 
+async def loop_lag(out: array.array[int], warm_until: float, until: float) -> None:
+    """How late this process's loop runs a timer (µs): what its own work adds to every latency."""
+    while time.monotonic() < until:
+        due = time.monotonic() + LAG_PROBE_S
+        await asyncio.sleep(LAG_PROBE_S)
+        if due > warm_until:
+            out.append(int((time.monotonic() - due) * 1e6))
+
+
 def worker(base: str, token: str, calls: list[str], listeners: int, seconds: float, audio: bool, queue: Any) -> None:
     async def main() -> dict[str, list[int]]:
-        out: dict[str, array.array[int]] = {"audio": array.array("q"), "events": array.array("q"), "errors": array.array("q")}
+        out: dict[str, array.array[int]] = {k: array.array("q") for k in OUTPUTS}
         warm_until = time.monotonic() + WARM_S
         ears = []
         for i in range(0, len(calls), 4):
@@ -127,7 +157,7 @@ def worker(base: str, token: str, calls: list[str], listeners: int, seconds: flo
         for i in range(0, len(calls), 25):
             transport, _ = await ws_connect(Mouth, f"{base}/v1/ingest?token={token}", max_frame_size=1 << 24)
             mouths.append(produce(transport, calls[i : i + 25], until, audio))
-        await asyncio.gather(*mouths)
+        await asyncio.gather(loop_lag(out["loop_lag_us"], warm_until, until), *mouths)
         await asyncio.sleep(1.0)  # the last deliveries
         for transport, _ in ears:
             transport.disconnect()
@@ -137,23 +167,27 @@ def worker(base: str, token: str, calls: list[str], listeners: int, seconds: flo
     queue.put(asyncio.run(main()))
 
 
-def percentile(values: list[int], q: float) -> float:
+def percentile(values: list[int] | list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--listeners", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--no-audio", action="store_true")
-    args = parser.parse_args()
-    env = {**CALLSTREAM_BENCH_ENV, "CALLSTREAM_AUDIO_RATE": "0"}
-    target = WorkingTreeTarget("callstream", "callstream", "callstream", env=env)
+def make_target(name: str, stages: Path) -> WorkingTreeTarget:
+    """`callstream` (this tree's `src/`) or `callstream+<patch>[+<patch>…]` (bench/patches), limits
+    lifted; `diag-audio-stages` writes the server's own stage timings to `stages`."""
+    env = {**CALLSTREAM_BENCH_ENV, "CALLSTREAM_AUDIO_RATE": "0", "CALLSTREAM_DIAG_STAGES": str(stages)}
+    kind, *patches = name.split("+")
+    if kind != "callstream":
+        raise SystemExit(f"--targets: {name}: only callstream[+<patch>…] is measured here")
+    return WorkingTreeTarget(name, "callstream", "callstream", patches=[f"{p}.diff" for p in patches], env=env)
+
+
+def run_once(name: str, args: argparse.Namespace) -> str:
+    """One measurement of target `name`: its table (Markdown)."""
+    stages = Path(tempfile.mkdtemp(prefix="bench-audio-")) / "stages.json"
+    target = make_target(name, stages)
     target.start(None)
     try:
         rss_before = target.rss_kib()
@@ -182,29 +216,59 @@ def main() -> None:
         wall = time.monotonic() - wall_before
         server_cores = (target.cpu_s() - cpu_before) / wall
         server_waiting = (target.runq_wait_s() - wait_before) / wall
-        audio = [x for r in results for x in r["audio"]]
-        events = [x for r in results for x in r["events"]]
-        errors = sum(len(r["errors"]) for r in results)
-        load = os.getloadavg()
-        lines = [
-            f"#### {args.calls} calls × 2 tracks of 16 kHz PCM{' (no audio)' if args.no_audio else ''}, "
-            f"{args.listeners} listeners each, {args.seconds:g} s (load average {load[0]:.1f} on {os.cpu_count()} cores)",
-            "",
-            "| what | count | p50 ms | p99 ms | max ms |",
-            "|---|---:|---:|---:|---:|",
-            f"| audio frames | {len(audio)} | {percentile(audio, 0.5):.0f} | {percentile(audio, 0.99):.0f} | {max(audio, default=0)} |",
-            f"| events | {len(events)} | {percentile(events, 0.5):.0f} | {percentile(events, 0.99):.0f} | {max(events, default=0)} |",
-            "",
-            f"errors: {errors}; server RSS {rss_before // 1024} MiB before, {peak // 1024} MiB at peak; "
-            f"server CPU {server_cores:.2f} cores, waiting for a core {server_waiting:.2f} of the time",
-            "",
-        ]
-        text = "\n".join(lines)
-        print(text)
-        with RESULTS.open("a") as out:
-            out.write(text + "\n")
     finally:
         target.stop()
+    audio = [x for r in results for x in r["audio"]]
+    events = [x for r in results for x in r["events"]]
+    to_server = [x for r in results for x in r["to_server"]]
+    from_server = [x for r in results for x in r["from_server"]]
+    lag = [x / 1000 for r in results for x in r["loop_lag_us"]]
+    errors = sum(len(r["errors"]) for r in results)
+    load = os.getloadavg()
+    lines = [
+        f"#### {name}: {args.calls} calls × 2 tracks of 16 kHz PCM{' (no audio)' if args.no_audio else ''}, "
+        f"{args.listeners} listeners each, {args.seconds:g} s, {args.workers} client workers "
+        f"(load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores at the end)",
+        "",
+        "| what | count | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|",
+        f"| audio frames | {len(audio)} | {percentile(audio, 0.5):.0f} | {percentile(audio, 0.99):.0f} | {max(audio, default=0)} |",
+        f"| events | {len(events)} | {percentile(events, 0.5):.0f} | {percentile(events, 0.99):.0f} | {max(events, default=0)} |",
+        f"| events: sent → sequenced (`ts`) | {len(to_server)} | {percentile(to_server, 0.5):.0f} | {percentile(to_server, 0.99):.0f} | {max(to_server, default=0)} |",
+        f"| events: sequenced → arrived | {len(from_server)} | {percentile(from_server, 0.5):.0f} | {percentile(from_server, 0.99):.0f} | {max(from_server, default=0)} |",
+        f"| load generator's loop lag (a {LAG_PROBE_S * 1000:g} ms timer) | {len(lag)} | {percentile(lag, 0.5):.1f} | {percentile(lag, 0.99):.1f} | {max(lag, default=0):.1f} |",
+    ]
+    if stages.exists():  # the server's own stages (diag-audio-stages), from its text frame's read
+        for stage, row in orjson.loads(stages.read_bytes()).items():
+            what = "server: its loop's lag (a 5 ms timer)" if stage == "loop_lag" else f"server: read → {stage.replace('_', ' ')}"
+            lines.append(f"| {what} | {row['n']} | {row['p50']:.1f} | {row['p99']:.1f} | {row['max']:.1f} |")
+        shutil.rmtree(stages.parent, ignore_errors=True)
+    lines += [
+        "",
+        f"errors: {errors}; server RSS {rss_before // 1024} MiB before, {peak // 1024} MiB at peak; "
+        f"server CPU {server_cores:.2f} cores, waiting for a core {server_waiting:.2f} of the time",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--listeners", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-audio", action="store_true")
+    parser.add_argument("--targets", default="callstream", help="comma-separated: callstream[+<patch>…]")
+    parser.add_argument("--runs", type=int, default=1, help="rounds over the targets, the order flipped each round")
+    args = parser.parse_args()
+    names = args.targets.split(",")
+    for round_ in range(args.runs):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            text = run_once(name, args)
+            print(text, flush=True)
+            with RESULTS.open("a") as out:
+                out.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from websockets.uri import parse_uri
 
 from callstream.audio import encode_frame, parse_frame
 from tests.helpers import Cluster, ServerProcess, ended, final, key_of, publish, recv, send
+from tests.rawws import BINARY, TEXT, RawWebSocket, encode
 
 FORMAT = {"type": "audio.format", "codec": "pcm_s16le", "sample_rate": 16000}
 
@@ -234,6 +235,34 @@ async def test_the_calls_end_ends_its_listens_and_its_audio(server: ServerProces
         await send(mouth, {**FORMAT, "call_id": call_id})
         error = await recv(mouth)
         assert (error["data"]["code"], error["call_id"]) == ("call_not_live", call_id)
+
+
+
+async def test_an_event_reaches_a_listener_ahead_of_the_audio_sent_after_it(server: ServerProcess) -> None:
+    """An event's way (sequenced, committed, fanned out) is longer than a frame's (fanned out at
+    once), but it must not make the event wait behind audio: on a node with its embedded store, one
+    the producer sent before a burst of frames comes to the listener before them."""
+    key, call_id = key_of(server), call()
+    async with await events(server, key) as ear:
+        await send(ear, {"type": "subscribe", "call_id": call_id})
+        await send(ear, {"type": "listen", "call_id": call_id})
+        assert (await recv(ear))["type"] == "subscribed"
+        mouth = RawWebSocket(server.port, f"/v1/ingest?token={key}")
+        with contextlib.closing(mouth.sock):
+            assert mouth.status == 101
+            # The call is live and its format known, so nothing below waits on the store's reads.
+            mouth.send(encode(TEXT, orjson.dumps({**FORMAT, "call_id": call_id})))
+            mouth.send(encode(TEXT, orjson.dumps({**final("started"), "call_id": call_id})))
+            assert [(await recv(ear))["type"] for _ in range(2)] == ["listening", "transcript.final"]
+            # The event, then 20 frames, in one write: the server reads them in one go.
+            burst = [encode_frame(n % 2, call_id, n * 20, pcm(n)) for n in range(20)]
+            event = encode(TEXT, orjson.dumps({**final("before the burst"), "call_id": call_id}))
+            mouth.send(event + b"".join(encode(BINARY, frame) for frame in burst))
+            first = await asyncio.wait_for(ear.recv(), 5.0)
+            assert isinstance(first, str), "an audio frame sent after the event reached the listener first"
+            assert orjson.loads(first)["data"]["text"] == "before the burst"
+            heard, _ = await read_both(ear, len(burst), texts=0)
+            assert heard == burst
 
 
 # ---- a slow listener ------------------------------------------------------------------------------

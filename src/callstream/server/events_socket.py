@@ -49,7 +49,10 @@ class _Flusher:
     Waking one writer task per socket per fan-out (an asyncio.Event.set, a task switch, an
     Event.wait) costs more than the write itself (bench/README.md, direct-flush). A connection
     starts a drain task only for what needs waiting: a socket that pushes back, or a server
-    without the frame writer.
+    without the frame writer. The runtime calls `flush` at the end of each fan-out of events
+    (`Runtime.after_fan_out`), so they leave in that loop iteration, with what their sockets
+    queued before them (audio after the events); what queues otherwise (audio, control
+    messages) is written in the next iteration.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -58,10 +61,10 @@ class _Flusher:
 
     def add(self, conn: EventsConnection) -> None:
         if not self._dirty:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._dirty.append(conn)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         dirty, self._dirty = self._dirty, []
         sent = 0
         for conn in dirty:
@@ -103,6 +106,8 @@ class EventsConnection(SocketConnection):
         self._frame_writer: FrameWriter | None = ws.scope.get(FRAME_WRITER)
         self._dirty = False
         self._flusher = _flusher()
+        if self._flusher.flush not in runtime.after_fan_out:
+            runtime.after_fan_out.append(self._flusher.flush)
         # A write on the socket's descriptor (its transport.write under TLS) while a block may go
         # straight out (one live subscription, nothing queued here or in the transport, the socket
         # open and writable), else None: the hub calls it directly.

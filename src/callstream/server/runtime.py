@@ -17,9 +17,12 @@ The route of an event. REST, the ingest socket (and therefore `Publisher`) all c
 4. append: `SqlStore.append` queues it for the next commit and returns a future, durable when
    it resolves; the store knows nothing of what follows (it tells `HistoryRepair` which events
    each commit stored or failed to store);
-5. fan out: on the embedded broker once the append is durable (`_stored` gathers every append
-   one commit settled and hands them to `Broker.deliver_stored` in one call); on Redis as the
-   broker delivers them to every node. The hub then writes each subscriber's socket.
+5. fan out: on the embedded broker once the append is durable, in the store's writer task
+   right after the commit (`_stored` gathers every append one commit settled, and the store's
+   `on_settled` hands them to `Broker.deliver_stored` in one call: no loop iteration between the
+   commit and the fan-out, so a loop busy with audio frames does not hold events back once per
+   step); on Redis as the broker delivers them to every node. The hub then writes each
+   subscriber's socket.
 """
 
 from __future__ import annotations
@@ -95,8 +98,11 @@ class Runtime:
             Path(settings.recordings_dir or Path(settings.data_dir) / "recordings"), enabled=settings.record
         )
         self.erasure = Erasure(self.store, self.broker, self.recordings)
-        self._stored_events: list[Event] = []  # durable, to fan out at the end of this iteration
-        self._delivery_due = False
+        self._stored_events: list[Event] = []  # durable, to fan out once the commit's appends settled
+        self.store.on_settled = self._deliver_stored
+        # What writes the sockets a fan-out queued frames for, at its end rather than a loop
+        # iteration later (the events sockets' flusher: `events_socket._Flusher`).
+        self.after_fan_out: list[Callable[[], None]] = []
         self.connections: set[Closable] = set()
         self.signer: TokenSigner | None = None
         self.auth: Authenticator | None = None
@@ -188,9 +194,8 @@ class Runtime:
             if accepted.type == ENDED:
                 self.audio.ended(account, accepted.call_id)  # its listens are over, on every node
                 self.recordings.end(account, accepted.call_id)  # closed before the webhook is built
-        durable = self.store.append(fresh)
-        if not self.broker.fans_out_on_publish:
-            durable.add_done_callback(functools.partial(self._stored, fresh))
+        stored = None if self.broker.fans_out_on_publish else functools.partial(self._stored, fresh)
+        durable = self.store.append(fresh, then=stored)
         if added:
             sequenced = [e for i, e in enumerate(sequenced) if i not in added]
         return sequenced, durable
@@ -227,9 +232,9 @@ class Runtime:
             return await self.history.sequence_after(exc, events, holder)
 
     def _stored(self, events: list[Event], durable: asyncio.Future[None]) -> None:
-        """An append settled: fan out what it stored. The appends one commit settles call this
-        one after the other in one loop iteration, so they fan out together, in append order
-        (a subscriber's events of several producers' frames leave in one write)."""
+        """An append settled: what it stored fans out. The appends one commit settles call this
+        one after the other in the store's writer, then `_deliver_stored` fans them out together,
+        in append order (a subscriber's events of several producers' frames leave in one write)."""
         if durable.cancelled():
             return
         error = durable.exception()
@@ -239,9 +244,6 @@ class Runtime:
             for account, call_id in error.calls:
                 self.broker.forget_history(account, call_id)  # replay then asks the store
             events = [e for e in events if (e.account, e.call_id) not in error.calls]
-        if not self._delivery_due:
-            self._delivery_due = True
-            asyncio.get_running_loop().call_soon(self._deliver_stored)
         self._stored_events.extend(events)
 
     def _repaired(self, events: list[Event]) -> None:
@@ -251,7 +253,7 @@ class Runtime:
             self.broker.deliver_stored(events)
 
     def _deliver_stored(self) -> None:
-        events, self._stored_events, self._delivery_due = self._stored_events, [], False
+        events, self._stored_events = self._stored_events, []
         if not events:
             return
         try:
@@ -323,6 +325,8 @@ class Runtime:
             self.recordings.end(event.account, event.call_id)  # one a producer on this node recorded
             if over := self.hub.end_call(event.account, event.call_id):
                 self.tasks.start(self._unwatch(event.account, event.call_id, len(over)))
+        for flush in self.after_fan_out:
+            flush()
 
     async def _unwatch(self, account: str, call_id: str, times: int) -> None:
         """Balance the broker's watches of subscriptions the hub ended (one per subscription)."""

@@ -169,12 +169,16 @@ def _login_secret() -> str:
             return secret
 
 
+Settled = Callable[[asyncio.Future[None]], None]
+
+
 @dataclass(slots=True)
 class _Pending:
     events: list[Event]
     future: asyncio.Future[None]
     at: float  # the event loop's clock when appended
     again: bool = False  # events a failed commit did not store, appended again (`append`)
+    then: Settled | None = None  # run by the writer as it settles `future` (`append`)
 
 
 @dataclass(slots=True)
@@ -317,6 +321,7 @@ class SqlStore:
         self._writer: asyncio.Task[None] | None = None
         self._batch_max = batch_max
         self.ended_hooks: list[EndedHook] = []
+        self.on_settled: Callable[[], None] | None = None  # after each commit's appends (`append`)
         self.healthy = True
         self.commits = 0
         # Calls whose rows the database refused (not an outage: other calls' rows were taken).
@@ -811,8 +816,13 @@ class SqlStore:
 
     # ---- the batching writer -------------------------------------------------------------
 
-    def append(self, events: list[Event], *, again: bool = False) -> asyncio.Future[None]:
+    def append(self, events: list[Event], *, again: bool = False, then: Settled | None = None) -> asyncio.Future[None]:
         """Queue events for the next commit; the future resolves once they are durable.
+
+        `then(future)` runs in the writer's own task as soon as the commit settled the future (a
+        done callback would run a loop iteration later), and `on_settled` once every append of
+        that commit had its `then`: what follows a commit (the embedded broker's fan-out) waits
+        no loop iteration more, however busy the loop is with other sockets' reads.
 
         It fails with `CallFailedError` (naming the calls) when the database refused some of its
         calls' rows, or with `StoreUnavailableError` when the commit failed whole, or when a call
@@ -822,7 +832,7 @@ class SqlStore:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._pending.append(_Pending(events, future, loop.time(), again))
+        self._pending.append(_Pending(events, future, loop.time(), again, then))
         if self._waiting_since is None:
             self._waiting_since = self._pending[0].at
         self._wakeup.set()
@@ -848,6 +858,8 @@ class SqlStore:
                 elif self.on_commit is not None:
                     self.on_commit(list(chain.from_iterable(item.events for item in batch)))
                 self._settle(batch, errors)
+                if self.on_settled is not None:
+                    self._run_hook(self.on_settled)
 
     def settle(self, account: str, call_id: str) -> None:
         """The call's events a failed commit left out are stored again: it takes appends again."""
@@ -1051,10 +1063,9 @@ class SqlStore:
             if self._fold_needed():
                 self._fold_soon()
 
-    @staticmethod
-    def _settle(batch: list[_Pending], errors: dict[tuple[str, str], StoreUnavailableError]) -> None:
+    def _settle(self, batch: list[_Pending], errors: dict[tuple[str, str], StoreUnavailableError]) -> None:
         """Resolve each append's future, in append order: failed with the error of its first
-        call that failed, else done."""
+        call that failed, else done; each append's `then` right after its future."""
         for item in batch:
             if item.future.done():
                 continue
@@ -1064,6 +1075,16 @@ class SqlStore:
             else:
                 item.future.set_exception(error)
                 item.future.exception()  # a producer that went away must not warn
+            if item.then is not None:
+                self._run_hook(functools.partial(item.then, item.future))
+
+    @staticmethod
+    def _run_hook(hook: Callable[[], None]) -> None:
+        """A caller's hook, in the writer's task: its failure must not stop later commits."""
+        try:
+            hook()
+        except Exception:  # whatever the hook does wrong is its own; the writer goes on
+            log.exception("a hook after a commit failed")
 
     def _take_batch(self) -> list[_Pending]:
         taken, count = 0, 0
