@@ -403,3 +403,19 @@ def test_an_unreachable_database_ends_the_command_in_one_line(command: list[str]
     assert "Traceback" not in result.stderr + result.stdout
     assert "cannot open the database" in flat(result.stderr)
     assert "hunter2" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://user:hunter2@127.0.0.1:no-port/nothing",  # not a port
+        "postgresql://user:hunter2@127.0.0.1:5432/nothing?sslmode=require",  # libpq's option, not asyncpg's
+        "postgresql+psycopg2://user:hunter2@127.0.0.1:1/nothing",  # a driver callstream does not use
+    ],
+)
+def test_a_database_url_that_cannot_be_used_ends_the_command_in_one_line(url: str) -> None:
+    result = cli("migrate", "--database", url, timeout=30)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "cannot open the database" in flat(result.stderr)
+    assert "hunter2" not in result.stderr + result.stdout

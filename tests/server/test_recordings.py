@@ -359,3 +359,21 @@ async def test_at_the_node_s_bound_the_call_quiet_longest_gives_its_file_to_a_ne
         assert recordings.paths(A, "new").writing.exists()  # type: ignore[union-attr]
     finally:
         await recordings.close()
+
+
+async def test_an_account_at_its_bound_never_closes_another_account_s_file(tmp_path: Path) -> None:
+    """An account whose own quiet-longest call is still opening cannot make room for itself:
+    its new call goes unrecorded, and no other account's call is closed for it."""
+    recordings = Recordings(tmp_path, enabled=True, max_open=2, max_open_per_account=1)
+    frame = struct.pack("<320h", *CALLER[:320])
+    try:
+        recordings.frame(B, "theirs", Fmt(), Frame(0, 0, frame))
+        await recordings.written()
+        recordings.frame("flood_1", "call_1", Fmt(), Frame(0, 0, frame))  # opening: nothing to close yet
+        recordings.frame("flood_1", "call_2", Fmt(), Frame(0, 0, frame))
+        await recordings.written()
+        assert recordings.paths(B, "theirs").writing.exists()  # type: ignore[union-attr]
+        assert not recordings.paths(B, "theirs").finished.exists()  # type: ignore[union-attr]
+        assert not recordings.paths("flood_1", "call_2").writing.exists()  # type: ignore[union-attr]
+    finally:
+        await recordings.close()

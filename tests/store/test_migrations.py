@@ -131,7 +131,7 @@ async def test_a_database_of_an_earlier_development_build_is_refused_with_what_t
     message = str(refused.value)
     assert "\n" not in message
     assert f"schema revision {revision}, which this version of callstream cannot upgrade" in message
-    assert ("remove the data dir" if empty_url.startswith("sqlite") else "start on a new database") in message
+    assert ("remove the database file" if empty_url.startswith("sqlite") else "start on a new database") in message
     engine = create_async_engine(empty_url)
     try:
         assert await migrate.current_revision(engine) == revision
@@ -150,3 +150,18 @@ def test_the_commands_refuse_an_earlier_builds_data_dir_in_one_line(tmp_path: Pa
     last = result.stderr.splitlines()[-1]  # after the log's lines, for `serve`
     assert last.startswith("error: ")
     assert f"remove the data dir ({tmp_path})" in last
+
+
+def test_a_database_file_of_the_user_s_own_is_not_answered_with_removing_its_folder(tmp_path: Path) -> None:
+    """`--database sqlite:///…/app.db` may sit in a folder of other files: the refusal names the
+    file to remove, never the folder it is in."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("not callstream's")
+    asyncio.run(_made_by_an_earlier_build(f"sqlite+aiosqlite:///{home / 'app.db'}", "0005"))
+    argv = [sys.executable, "-m", "callstream", "migrate", "--database", f"sqlite:///{home / 'app.db'}"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert "remove the data dir" not in last
+    assert f"remove the database file ({home / 'app.db'}) and the app.db-* files beside it" in last

@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from callstream.events import Event
-from callstream.store import SqlStore
+from callstream.store import SqlStore, sql
 from callstream.store.chunks import MAX_CHUNK_EVENTS
-from callstream.store.sql import PAGE_MAX_BYTES, decode_cursor
+from callstream.store.sql import PAGE_MAX_BYTES, decode_cursor, login_code_scopes
 from callstream.turns import Marks
 
 FULL = frozenset({"publish", "subscribe", "admin"})
@@ -57,6 +57,19 @@ async def test_login_codes_are_single_use(store: SqlStore, account: str) -> None
     assert await store.use_login_code("never-issued") is None
     expired = await store.create_login_code(account, ttl_s=-1)
     assert await store.use_login_code(expired) is None
+
+
+async def test_a_code_s_random_part_never_reads_as_a_prefix_granting_more(
+    store: SqlStore, account: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A random part drawn as `lsn-…` or `ctl-…` is drawn again: a plain link never opens a
+    session that may listen or control, nor a control link one that may also listen."""
+    for flags, scopes in (({}, {"subscribe"}), ({"control": True}, {"subscribe", "control"})):
+        draws = iter(["lsn-" + "a" * 28, "ctl-" + "b" * 28, "c" * 32])
+        monkeypatch.setattr(sql.secrets, "token_urlsafe", lambda _n, draws=draws: next(draws))
+        code = await store.create_login_code(account, **flags)
+        assert login_code_scopes(code) == scopes
+        assert await store.use_login_code(code) == account
 
 
 async def test_meta_value_is_created_once(store: SqlStore) -> None:

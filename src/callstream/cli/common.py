@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -77,7 +79,6 @@ def with_store(data_dir: str | None, database: str | None, work: Callable[[SqlSt
 def on_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]]) -> T:
     """Run `work` on the store `settings` name, its schema brought up to date first (no writer).
     A database this version cannot upgrade, or cannot open at all, ends the command in one line."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from callstream.store import SqlStore, StoreUnavailableError, database_url
@@ -86,12 +87,13 @@ def on_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]]) -> T:
     async def main() -> T:
         try:
             store = SqlStore(database_url(settings.database, settings.data_dir))
-        except OSError as exc:  # the data dir cannot be made
+        except (OSError, ValueError, SQLAlchemyError) as exc:  # no data dir; a URL that is not one
             raise _CannotOpenError(exc) from exc
         try:
             try:
                 await store.start(writer=False)
-            except (OSError, SQLAlchemyError, StoreUnavailableError) as exc:
+            except (OSError, ValueError, TypeError, SQLAlchemyError, StoreUnavailableError) as exc:
+                # TypeError: the driver refused the URL's options (libpq's `sslmode`, say)
                 raise _CannotOpenError(exc) from exc
             return await work(store)
         finally:
@@ -102,10 +104,21 @@ def on_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]]) -> T:
     except UnknownSchemaError as exc:
         fail(escape(str(exc)), 1)
     except _CannotOpenError as exc:
-        reason = str(getattr(exc.cause, "orig", None) or exc.cause).splitlines()[0]
-        if settings.database and (password := make_url(settings.database).password):
-            reason = reason.replace(str(password), "***")
+        reason = _masked(str(getattr(exc.cause, "orig", None) or exc.cause).splitlines()[0], settings.database)
         fail(escape(f"cannot open the database: {type(exc.cause).__name__}: {reason}"), 1)
+
+
+def _masked(text: str, url: str | None) -> str:
+    """`text` without the password of `url` (as written in it, and decoded)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    if url is not None:
+        with contextlib.suppress(ArgumentError, ValueError):
+            if password := make_url(url).password:
+                text = text.replace(str(password), "***")
+    return text
 
 
 class _CannotOpenError(Exception):

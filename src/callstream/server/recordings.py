@@ -211,9 +211,13 @@ class Recordings:
 
     def _room_for(self, account: str) -> bool:
         """Whether a new call of `account` may open a file, after closing the least recently fed
-        call (the account's at its bound, the node's at its own) where that frees one."""
-        if self._open_files_of[account] >= self._max_open_per_account and (mine := self._recent_of.get(account)):
-            self._close(*next(iter(mine.items())))
+        call (the account's at its bound, the node's at its own) where that frees one. An
+        account that could not make room among its own calls closes no other account's."""
+        if self._open_files_of[account] >= self._max_open_per_account:
+            if mine := self._recent_of.get(account):
+                self._close(*next(iter(mine.items())))
+            if self._open_files_of[account] >= self._max_open_per_account:
+                return False
         if self._open_files >= self._max_open and self._recent:
             self._close(*next(iter(self._recent.items())))
         return self._open_files < self._max_open and self._open_files_of[account] < self._max_open_per_account

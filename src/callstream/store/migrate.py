@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 __all__ = ["UnknownSchemaError", "current_revision", "head_revision", "upgrade"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+DATA_DIR_FILE = "callstream.db"  # the embedded store's file in the data dir (`sql.database_url` names it)
 # pg_advisory_xact_lock key: "callstream" in ASCII, so other apps' locks do not collide.
 _LOCK_KEY = 0x63616C6C73747265
 
@@ -68,7 +69,11 @@ def _known(connection: Connection, scripts: ScriptDirectory) -> None:
         return
     if connection.dialect.name == "sqlite":
         path = connection.engine.url.database or ""
-        where, remedy = path, f"remove the data dir ({os.path.dirname(os.path.abspath(path))}) or use another"
+        if os.path.basename(path) == DATA_DIR_FILE:  # the data dir's own: it holds nothing else
+            where, remedy = path, f"remove the data dir ({os.path.dirname(os.path.abspath(path))}) or use another"
+        else:  # a file the user named, perhaps beside files of their own
+            name = os.path.basename(path)
+            where, remedy = path, f"remove the database file ({path}) and the {name}-* files beside it, or use another"
     else:
         where, remedy = "the database", "start on a new database"
     raise UnknownSchemaError(

@@ -121,7 +121,9 @@ def database_url(url: str | None, data_dir: str) -> str:
     """Map the user's URL to the async driver SQLAlchemy needs; the default is SQLite in data_dir."""
     if not url:
         os.makedirs(data_dir, exist_ok=True)
-        return f"sqlite+aiosqlite:///{os.path.join(data_dir, 'callstream.db')}"
+        from callstream.store.migrate import DATA_DIR_FILE
+
+        return f"sqlite+aiosqlite:///{os.path.join(data_dir, DATA_DIR_FILE)}"
     for prefix, driver in (
         ("postgresql+asyncpg://", "postgresql+asyncpg://"),
         ("postgresql://", "postgresql+asyncpg://"),
