@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from callstream.events import NewEvent
+from callstream.server import recording_files as files
 from callstream.server.app import create_app
 from callstream.server.recordings import Recordings
 from callstream.server.retention import DAY_MS, RetentionSweep
@@ -320,7 +321,7 @@ def open_descriptors() -> int:
 
 
 async def test_an_account_sending_audio_for_endless_calls_holds_a_bounded_number_of_files(tmp_path: Path) -> None:
-    recordings = Recordings(tmp_path, enabled=True, max_open=20, max_open_per_account=10)
+    recordings = Recordings(tmp_path, enabled=True, max_open=20, max_open_per_account=10, quiet_s=0.05)
     frame = struct.pack("<320h", *CALLER[:320])
     before = open_descriptors()
     try:
@@ -332,6 +333,7 @@ async def test_an_account_sending_audio_for_endless_calls_holds_a_bounded_number
             await recordings.written()
             assert open_descriptors() - before <= 10 * flooders
 
+        await asyncio.sleep(0.1)  # the flood's calls went quiet: they give their files to new ones
         for i in range(0, RATE, 320):  # another account's call is recorded whole meanwhile
             recordings.frame(A, "victim", Fmt(), Frame(0, i // 16, struct.pack("<320h", *CALLER[i : i + 320])))
         recordings.end(A, "victim")
@@ -344,12 +346,13 @@ async def test_an_account_sending_audio_for_endless_calls_holds_a_bounded_number
 
 
 async def test_at_the_node_s_bound_the_call_quiet_longest_gives_its_file_to_a_new_one(tmp_path: Path) -> None:
-    recordings = Recordings(tmp_path, enabled=True, max_open=2, max_open_per_account=2)
+    recordings = Recordings(tmp_path, enabled=True, max_open=2, max_open_per_account=2, quiet_s=0.05)
     frame = struct.pack("<320h", *CALLER[:320])
     try:
         recordings.frame("flood_1", "quiet", Fmt(), Frame(0, 0, frame))
         recordings.frame("flood_2", "loud", Fmt(), Frame(0, 0, frame))
         await recordings.written()
+        await asyncio.sleep(0.1)
         recordings.frame("flood_2", "loud", Fmt(), Frame(0, 20, frame))
         recordings.frame(A, "new", Fmt(), Frame(0, 0, frame))  # closes "quiet", keeps "loud"
         await recordings.written()
@@ -375,5 +378,31 @@ async def test_an_account_at_its_bound_never_closes_another_account_s_file(tmp_p
         assert recordings.paths(B, "theirs").writing.exists()  # type: ignore[union-attr]
         assert not recordings.paths(B, "theirs").finished.exists()  # type: ignore[union-attr]
         assert not recordings.paths("flood_1", "call_2").writing.exists()  # type: ignore[union-attr]
+    finally:
+        await recordings.close()
+
+
+async def test_calls_speaking_at_the_bound_keep_their_files_and_a_new_one_waits_for_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing a call fed 20 ms ago only to reopen it 20 ms later frees nothing: only a call quiet
+    for a while gives its file to a new one."""
+    opened: list[str] = []
+    real_open = files.open_for
+    monkeypatch.setattr(files, "open_for", lambda paths, rate: opened.append(paths.writing.name) or real_open(paths, rate))
+    recordings = Recordings(tmp_path, enabled=True, max_open=10, max_open_per_account=2)
+    try:
+        for i in range(0, RATE, 320):  # three calls speak at once, 20 ms frames in turn
+            for call_id in ("c1", "c2", "c3"):
+                recordings.frame(A, call_id, Fmt(), Frame(0, i // 16, struct.pack("<320h", *CALLER[i : i + 320])))
+            await recordings.written()
+        assert len(opened) == 2  # c1 and c2, once each
+        for call_id in ("c1", "c2"):
+            recordings.end(A, call_id)
+        await recordings.written()
+        for call_id in ("c1", "c2"):
+            left, _, _ = channels(recordings.paths(A, call_id).finished.read_bytes())  # type: ignore[union-attr]
+            assert left == CALLER
+        assert not recordings.paths(A, "c3").finished.exists()  # type: ignore[union-attr]
     finally:
         await recordings.close()

@@ -12,11 +12,13 @@ stopped), and when the node stops. The writer's backlog is bounded: past `MAX_QU
 audio is written as silence of the same length, so the file stays aligned while the disk catches
 up. Serving and erasing files works whether or not this node records.
 
-Open files are bounded, per account and per node (`MAX_OPEN_PER_ACCOUNT`, `MAX_OPEN`): a producer
-may send audio for any number of calls, and each would hold a descriptor until it goes quiet. At a
-bound the least recently fed call is closed (it reopens where it stopped when it speaks again);
-while no file can be closed yet, a new call's frames are not recorded. So one account's calls
-never take the descriptors the node needs for other accounts' files and sockets.
+Open files are bounded, per account and per node (`MAX_OPEN_PER_ACCOUNT`, `MAX_OPEN`, and at most
+a quarter of the process's descriptor limit): a producer may send audio for any number of calls,
+and each would hold a descriptor until it goes quiet. At a bound the call fed least recently is
+closed if it has been quiet for `QUIET_S` (it reopens where it stopped when it speaks again);
+otherwise the new call's frames are not recorded until one is. So one account's calls never take
+the descriptors the node needs for other accounts' files and sockets, and calls that speak keep
+their files.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import resource
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -48,6 +51,7 @@ MAX_WAITING = 256  # frames held while the call's file is being opened
 ENDED_KEPT = 10_000  # ended calls remembered, so a late frame does not reopen their file
 MAX_OPEN = 4_000  # recording files open (or opening) on the node
 MAX_OPEN_PER_ACCOUNT = 1_000  # of them, one account's
+QUIET_S = 1.0  # at a bound, a call quiet this long gives its file to a new one
 
 _Key = tuple[str, str]
 _T = TypeVar("_T")
@@ -90,13 +94,15 @@ class Recordings:
         idle_s: float = IDLE_S,
         max_open: int = MAX_OPEN,
         max_open_per_account: int = MAX_OPEN_PER_ACCOUNT,
+        quiet_s: float = QUIET_S,
     ) -> None:
         self.root = root
         self.enabled = enabled
         self._limits = limits or Limits()
         self._idle_s = idle_s
-        self._max_open = max_open
-        self._max_open_per_account = max_open_per_account
+        self._max_open = min(max_open, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
+        self._max_open_per_account = min(max_open_per_account, self._max_open)
+        self._quiet_s = quiet_s
         self._calls: dict[_Key, _Call] = {}
         self._recent: OrderedDict[_Key, _Call] = OrderedDict()  # calls that may be closed, least recently fed first
         self._recent_of: dict[str, OrderedDict[_Key, _Call]] = {}  # the same, per account
@@ -214,13 +220,21 @@ class Recordings:
         call (the account's at its bound, the node's at its own) where that frees one. An
         account that could not make room among its own calls closes no other account's."""
         if self._open_files_of[account] >= self._max_open_per_account:
-            if mine := self._recent_of.get(account):
-                self._close(*next(iter(mine.items())))
+            self._close_quiet(self._recent_of.get(account))
             if self._open_files_of[account] >= self._max_open_per_account:
                 return False
-        if self._open_files >= self._max_open and self._recent:
-            self._close(*next(iter(self._recent.items())))
-        return self._open_files < self._max_open and self._open_files_of[account] < self._max_open_per_account
+        if self._open_files >= self._max_open:
+            self._close_quiet(self._recent)
+        return self._open_files < self._max_open
+
+    def _close_quiet(self, recent: OrderedDict[_Key, _Call] | None) -> None:
+        """Close the least recently fed of `recent` if its file is open and it has been quiet for
+        `quiet_s`: closing a call that speaks would only have it reopened a frame later."""
+        if not recent:
+            return
+        key, call = next(iter(recent.items()))
+        if call.file is not None and time.monotonic() - call.last_frame >= self._quiet_s:
+            self._close(key, call)
 
     def _unlist(self, key: _Key) -> None:
         """The call can no longer be closed to make room (it is closing, or has no file)."""
