@@ -45,7 +45,9 @@ CTRL_C = re.compile(r"^(?P<command>.*?)\s+#[^\n]*Ctrl-C[^\n]*\n?\Z", re.MULTILIN
 EXITS = re.compile(r"^(?P<command>.*?)\s+#[^\n]*\bexits (?P<status>\d+)\b[^\n]*\n?\Z", re.MULTILINE)
 BACKGROUND_WAIT_S = 60.0
 SETTLE_S = 1.0  # with nothing to wait for, how long a reader watches the first lines
-LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+ ")  # a server's log (configure_logging)
+# A server's log line (configure_logging) it may write after the page's lines as it stops: never
+# an error (those are compared).
+STOPPING_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING) \S+ ")
 STOPPED = (0, 130)  # exit statuses of a command stopped with Ctrl-C: by its handler, or by the signal
 VOLATILE = [
     (re.compile(r"cs_[A-Za-z0-9_-]{20,}"), "cs_<secret>"),
@@ -196,7 +198,8 @@ def compare(page: Page, shown: str) -> None:
     if not ran.started_jobs:
         actual = normalized(ran.output())
         if ran.stopped:  # what a server logged after the page's lines, as the reader pressed Ctrl-C
-            actual = actual[: len(expected)] + [line for line in actual[len(expected) :] if not LOG_LINE.match(line)]
+            late = actual[len(expected) :]
+            actual = actual[: len(expected)] + [line for line in late if not STOPPING_LOG_LINE.match(line)]
         assert actual == expected, _difference(expected, actual)
         return
     deadline = time.monotonic() + BACKGROUND_WAIT_S

@@ -24,6 +24,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from callstream.audio import TRACK_AGENT, TRACK_CALLER, encode_frame
+from tests.e2e.test_browser_sse import BLOCK_WEBSOCKET
 from tests.e2e.test_dashboard import ARGS, CHROMIUM, checked_page, screenshot, sync_api
 from tests.helpers import ServerProcess, ended, final, publish, recv, send
 
@@ -208,3 +209,16 @@ def test_a_session_without_listen_cannot_listen(recorder: ServerProcess, page: A
     # Its recording is not for this session either.
     expect(page.locator("#audio-status")).to_contain_text("may not play recordings", timeout=10_000)
     expect(page.locator("#recording")).to_be_hidden()
+
+
+def test_listen_over_server_sent_events_says_it_needs_the_websocket(recorder: ServerProcess, page: Any) -> None:
+    """Server-Sent Events carry no audio: a page that fell back to them says so at once instead of
+    waiting for audio that cannot come."""
+    page.add_init_script(BLOCK_WEBSOCKET)
+    acct, key, call_id = a_call(recorder, "sse")
+    with producing(recorder, key, call_id) as end_call:
+        open_call(page, recorder, acct, call_id, listen=True)
+        assert page.evaluate("window.callstream._sse") is True
+        page.locator("#listen-btn").click()
+        expect(page.locator("#audio-status")).to_contain_text("needs the WebSocket", timeout=5_000)
+        end_call()

@@ -144,5 +144,5 @@ def test_a_listen_login_makes_a_session_that_may_listen_and_only_it(server: Serv
     assert scopes(refresh(server, listening).json()["token"]) == {"subscribe", "listen"}
     assert recording(plain) == 403  # a recording needs `listen`
     assert recording(listening) == 404  # allowed: there is just no such recording
-    assert minted_by(listening) != minted_by(plain) != minted_by(both)  # a dashboard key per kind
+    assert len({minted_by(plain), minted_by(listening), minted_by(both)}) == 3  # a dashboard key per kind
     assert session("lsn-" + code()).status_code == 401

@@ -67,6 +67,11 @@ export function setupListen({ stream, bar, canListen, fetchAuthed }) {
   }
 
   async function start(callId) {
+    if (stream._sse) {
+      // Server-Sent Events carry text only: no audio can come over them.
+      say("Listening needs the WebSocket; this page fell back to Server-Sent Events (a proxy without WebSocket?).", "error");
+      return;
+    }
     const muted = [false, false];
     const state = { callId, fmt: null, ctx: null, node: null, off: [], frames: [0, 0], muted, pending: [] };
     live = state;
@@ -185,7 +190,15 @@ export function setupListen({ stream, bar, canListen, fetchAuthed }) {
       }
       if (gen !== recording.gen) return;
       if (r && r.ok) {
-        recording.url = URL.createObjectURL(await r.blob());
+        let blob;
+        try {
+          blob = await r.blob();
+        } catch {
+          if (gen === recording.gen) say("Could not load the recording (the connection dropped).", "error");
+          return;
+        }
+        if (gen !== recording.gen) return;
+        recording.url = URL.createObjectURL(blob);
         if (gen !== recording.gen) return URL.revokeObjectURL(recording.url);
         player.src = recording.url;
         player.hidden = false;
