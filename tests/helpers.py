@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,12 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from callstream.auth import parse_scopes
+from callstream.cli.common import with_store
+from callstream.events import is_valid_call_id
 from callstream.simulate import REFERENCE_DAY, _plan
 from callstream.store import SqlStore
+from callstream.store.sql import KeyRecord
 
 ALL_SCOPES = "publish,subscribe,control,listen,admin"
 
@@ -128,10 +133,21 @@ class ServerProcess:
         return self.create_key_with_id(account, scopes)[1]
 
     def create_key_with_id(self, account: str, scopes: str = ALL_SCOPES) -> tuple[str, str]:
-        """A new key's (id, secret)."""
-        out = self.cli("keys", "create", "--account", account, "--scope", scopes, "--json", *self.database_args())
-        created = orjson.loads(out.stdout)
-        return str(created["id"]), str(created["key"])
+        """A new key's (id, secret), made in the server's store by the code `callstream keys create`
+        runs, but in this process: a CLI process a key would import the whole package again, and
+        most tests make keys (the command itself is tested in tests/e2e/test_cli.py)."""
+        if not is_valid_call_id(account):
+            raise ValueError(f"not an account: {account!r}")
+        where = self.database_args()
+        data_dir, database = (None, where[1]) if where[0] == "--database" else (where[1], None)
+        scope_set = parse_scopes(scopes)
+
+        async def create(store: SqlStore) -> tuple[KeyRecord, str]:
+            return await store.create_key(account, scope_set, None)
+
+        with ThreadPoolExecutor(1) as pool:  # with_store runs an event loop of its own; a test may be in one
+            made, secret = pool.submit(with_store, data_dir, database, create).result()
+        return made.id, secret
 
     def revoke_key(self, key_id: str) -> None:
         self.cli("keys", "revoke", key_id, *self.database_args())
