@@ -14,15 +14,23 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from callstream.auth import parse_scopes
+from callstream.cli.common import with_store
+from callstream.events import is_valid_call_id
 from callstream.simulate import REFERENCE_DAY, _plan
 from callstream.store import SqlStore
+from callstream.store.sql import KeyRecord
+
+T = TypeVar("T")
 
 ALL_SCOPES = "publish,subscribe,control,listen,admin"
 
@@ -128,18 +136,36 @@ class ServerProcess:
         return self.create_key_with_id(account, scopes)[1]
 
     def create_key_with_id(self, account: str, scopes: str = ALL_SCOPES) -> tuple[str, str]:
-        """A new key's (id, secret)."""
-        out = self.cli("keys", "create", "--account", account, "--scope", scopes, "--json", *self.database_args())
-        created = orjson.loads(out.stdout)
-        return str(created["id"]), str(created["key"])
+        """A new key's (id, secret), made as `callstream keys create` makes it (tests/e2e/test_cli.py)."""
+        if not is_valid_call_id(account):
+            raise ValueError(f"not an account: {account!r}")
+        scope_set = parse_scopes(scopes)
+
+        async def create(store: SqlStore) -> tuple[KeyRecord, str]:
+            return await store.create_key(account, scope_set, None)
+
+        made, secret = self.in_store(create)
+        return made.id, secret
+
+    def in_store(self, work: Callable[[SqlStore], Awaitable[T]]) -> T:
+        """`work` done on the server's store by the code the CLI's keys and login commands run, but
+        in this process: a CLI process would import the whole package again, and most tests make
+        keys or links (the commands themselves are tested in tests/e2e/test_cli.py and test_control.py)."""
+        where = self.database_args()
+        data_dir, database = (None, where[1]) if where[0] == "--database" else (where[1], None)
+        with ThreadPoolExecutor(1) as pool:  # with_store runs an event loop of its own; a test may be in one
+            return pool.submit(with_store, data_dir, database, work).result()
 
     def revoke_key(self, key_id: str) -> None:
         self.cli("keys", "revoke", key_id, *self.database_args())
 
     def login_url(self, account: str, *, control: bool = False, listen: bool = False) -> str:
-        flags = (["--control"] if control else []) + (["--listen"] if listen else [])
-        out = self.cli("login", "--account", account, "--url", self.url, *flags, *self.database_args())
-        return out.stdout.strip()
+        """A one-time dashboard link, as `callstream login` prints it."""
+
+        async def code(store: SqlStore) -> str:
+            return await store.create_login_code(account, control=control, name=None, listen=listen)
+
+        return f"{self.url}/?login={self.in_store(code)}"
 
 
 class Cluster:
