@@ -97,7 +97,9 @@ def _checkout(folder: Path) -> Path:
 @contextmanager
 def _terminal(folder: Path) -> Iterator[Page]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLSTREAM_", "VIRTUAL_ENV"))}
+    # A reader's shell: none of the suite's own settings, nor those of the `make test` it may run in
+    # (make would announce "Entering directory" for a `make` a page runs).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLSTREAM_", "VIRTUAL_ENV", "MAKE", "MFLAGS"))}
     env |= {"CALLSTREAM_PORT": str(port), "CALLSTREAM_URL": f"http://127.0.0.1:{port}"}
     # curl draws no progress meter when its output is a terminal, as the reader's is; here it is a file
     (folder / ".curlrc").write_text("no-progress-meter\n")
