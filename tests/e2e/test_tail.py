@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,12 +36,21 @@ from tests.helpers import (
 )
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C reaches the command as it does from a terminal, whatever this worker's own signal
+    state (a process started in the background, or with SIGINT blocked, would pass that on)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 class Tail:
     """A running `callstream tail` whose stdout lines are read on a thread (for timeouts)."""
 
     def __init__(self, server: ServerProcess, key: str, *args: str) -> None:
         command = [sys.executable, "-m", "callstream", "tail", "--url", server.url, "--key", key, *args]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_terminal
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         stdout = self.proc.stdout
         assert stdout is not None
@@ -150,7 +160,11 @@ def test_tail_sigint_exits_0_quietly(server: ServerProcess, other_key: str, call
     tails.append(tail)
     tail.wait_until_printing(server, other_key, call_id)
     tail.proc.send_signal(signal.SIGINT)
-    assert tail.proc.wait(10) == 0
+    try:
+        assert tail.proc.wait(10) == 0
+    except subprocess.TimeoutExpired:
+        status = Path(f"/proc/{tail.proc.pid}/status").read_text().splitlines()
+        pytest.fail(f"tail still runs 10 s after Ctrl-C: {[line for line in status if line.startswith('Sig')]}")
     assert tail.proc.stderr is not None
     assert "Traceback" not in tail.proc.stderr.read()
 
