@@ -121,8 +121,25 @@ async def serve(
             return
         await asyncio.sleep(0.02)
     freeze_startup_heap()
-    await on_ready(server)
+    if server.should_exit:  # told to stop while it started (Ctrl-C): uvicorn is stopping already
+        await serving
+        return
+    # A companion, so that a stop while it runs cancels it (a node that no longer listens has no
+    # use for the demo's account or link); if it fails, the node stops and the error is raised.
+    async def ready() -> None:
+        await on_ready(server)
+
+    readying = asyncio.create_task(ready())
+    server.companions.append(readying)
+    readying.add_done_callback(lambda done: _stop_if_failed(server, done))
     await serving
+    if readying.done() and not readying.cancelled() and (error := readying.exception()) is not None:
+        raise error
+
+
+def _stop_if_failed(server: DrainingServer, done: asyncio.Task[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        server.should_exit = True
 
 
 async def _nothing(_: DrainingServer) -> None:
