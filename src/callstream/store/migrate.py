@@ -6,9 +6,9 @@ the other (the later ones find nothing left to do), and a failed migration leave
 half-applied: PostgreSQL's DDL is transactional. On SQLite, `BEGIN IMMEDIATE` (the file's
 write lock) does the same job.
 
-A database at a revision this code does not ship (one of a development build before the schema
-was squashed into one revision, or of a newer version) is refused with `UnknownSchemaError`, a
-one-line message saying what to do, before Alembic looks for a way from it.
+A database at a revision this code does not ship (an unreleased development build's, or a newer
+version's) is refused with `UnknownSchemaError`, a one-line message saying what to do, before
+Alembic looks for a way from it.
 """
 
 from __future__ import annotations

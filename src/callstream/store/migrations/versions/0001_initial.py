@@ -2,8 +2,8 @@
 final transcript lines and their search index, meta, login codes, webhooks.
 
 One initial revision: the project has not been released, so its history of schema changes lives
-in git, not here. Its id is one no earlier revision carried, so a database of an earlier
-development build is refused with a one-line error (`migrate.upgrade`), not taken as current.
+in git, not here. Its id, `0001_initial`, is one no development build's database carries, so such
+a database is refused with a one-line error (`migrate.upgrade`), not taken as current.
 `if_not_exists` everywhere: a database created by `create_all` already holds the tables, and
 adopting it must not fail.
 
