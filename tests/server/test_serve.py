@@ -1,4 +1,6 @@
-"""`serve` (server/serve.py): what the node does around uvicorn's own start and stop."""
+"""`serve` (server/serve.py): what the node does around uvicorn's own start and stop. In this
+process, so the collector settings a node takes at start (tested in tests/test_serve_gc.py) are
+left out: they would hold for every later test of this worker."""
 
 from __future__ import annotations
 
@@ -9,6 +11,11 @@ import pytest
 
 from callstream.server import serve as node
 from callstream.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _collector_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node, "freeze_startup_heap", lambda: False)
 
 
 async def test_a_node_told_to_stop_while_it_starts_stops_without_running_what_waits_for_it(
