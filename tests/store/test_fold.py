@@ -22,8 +22,11 @@ def writer_processes() -> list[int]:
     """This test process's children that run the store's writer script."""
     pids: list[int] = []
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as fh:
-            pids += [int(pid) for pid in fh.read().split()]
+        try:
+            with open(f"/proc/self/task/{task}/children") as fh:
+                pids += [int(pid) for pid in fh.read().split()]
+        except FileNotFoundError:  # the thread ended after the listing; its children moved to another
+            continue
     found = []
     for pid in pids:
         try:
