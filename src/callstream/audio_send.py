@@ -9,11 +9,12 @@ tracks aligned, so they follow two rules:
   one ended (the samples sent so far), so the jitter of the loop that delivers audio never
   shows as gaps or overlaps. A text-to-speech engine that delivers faster than real time keeps
   its audio contiguous too.
-- **The clock places a track that starts or resumes.** The call's first audio is ``ms`` 0;
-  a track's first chunk, or its first after a silence (the track fell more than
-  :data:`RESYNC_MS` behind the clock: nothing was sent for it meanwhile), starts at the time
-  since then, so an agent answering two seconds after the caller spoke is heard two seconds
-  later.
+- **The clock places a track that starts or resumes.** The call's first audio is ``ms`` 0,
+  and a track counts as sent from there. A track's chunk that finds it more than
+  :data:`RESYNC_MS` behind the clock (its first, coming that late, or its first after a
+  silence) starts at the time since the call's first audio, so an agent answering two seconds
+  after the caller spoke is heard two seconds later; two tracks first sent within
+  :data:`RESYNC_MS` of each other both start at 0, however the sender's loop was delayed.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ class AudioCall:
             return []
         rate = self.sample_rate
         clock = round((now - self._started) * rate)
-        cursor = self._cursor.get(track)
-        if cursor is None or clock - cursor > RESYNC_MS * rate // 1000:
+        cursor = self._cursor.get(track, 0)  # a new track counts as sent from ms 0 on
+        if clock - cursor > RESYNC_MS * rate // 1000:
             cursor = max(clock, 0)
         step = FRAME_MS * rate // 1000 * width
         out: list[bytes] = []
