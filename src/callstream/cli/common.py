@@ -40,6 +40,12 @@ AdminKey = Annotated[
     str, typer.Option(envvar="CALLSTREAM_KEY", help="an API key (admin)", show_default=False)
 ]
 Json = Annotated[bool, typer.Option("--json", help="print the API's JSON answer")]
+ControlScope = Annotated[
+    bool, typer.Option("--control", help="it may also act on live calls: say, end, … (a token: if its key may)")
+]
+ListenScope = Annotated[
+    bool, typer.Option("--listen", help="it may also hear live calls and play recordings (a token: if its key may)")
+]
 SessionName = Annotated[
     str | None,
     typer.Option(

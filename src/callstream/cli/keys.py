@@ -18,8 +18,10 @@ from rich.table import Table
 
 from callstream.cli.common import (
     DEFAULT_URL,
+    ControlScope,
     DatabaseUrl,
     DataDir,
+    ListenScope,
     SessionName,
     Url,
     call_api,
@@ -170,12 +172,8 @@ def revoke(
 def login(
     account: Annotated[str, typer.Option(help="the account whose dashboard to open")],
     url: Url = DEFAULT_URL,
-    control: Annotated[
-        bool, typer.Option("--control", help="the session may also act on live calls (say, end, …)")
-    ] = False,
-    listen: Annotated[
-        bool, typer.Option("--listen", help="the session may also hear live calls and play their recordings")
-    ] = False,
+    control: ControlScope = False,
+    listen: ListenScope = False,
     name: SessionName = None,
     data_dir: DataDir = None,
     database: DatabaseUrl = None,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from callstream.cli.common import DEFAULT_URL, Key, SessionName, Url, call_api
+from callstream.cli.common import DEFAULT_URL, ControlScope, Key, ListenScope, SessionName, Url, call_api
 
 
 def token(
@@ -15,12 +15,8 @@ def token(
     url: Url = DEFAULT_URL,
     ttl: Annotated[int | None, typer.Option(help="lifetime in seconds (max 86400)")] = None,
     calls: Annotated[str | None, typer.Option(help="comma-separated call ids it may see")] = None,
-    control: Annotated[
-        bool, typer.Option("--control", help="the token may also control calls (the key must have control)")
-    ] = False,
-    listen: Annotated[
-        bool, typer.Option("--listen", help="the token may also hear calls' live audio (the key must have listen)")
-    ] = False,
+    control: ControlScope = False,
+    listen: ListenScope = False,
     name: SessionName = None,
 ) -> None:
     """Mint a short-lived browser JWT from an API key (asks the server: it holds the secret)."""
