@@ -314,3 +314,15 @@ def test_without_a_service_worker_the_recording_is_fetched_into_a_blob(recorder:
     assert page.evaluate("document.getElementById('recording').src").startswith("blob:")
     fetched = recording_requests(seen, call_id, by_worker=False)
     assert [r.all_headers().get("range") for r in fetched] == [None], "one request, for the whole file"
+
+
+def test_an_ended_call_without_a_recording_says_so(recorder: ServerProcess, page: Any) -> None:
+    """The page looks for the file for a while (it is closed a moment after the call's end), then
+    says there is none and shows no player."""
+    acct, key, call_id = a_call(recorder, "mute")
+    open_call(page, recorder, acct, call_id, listen=True)
+    assert publish(recorder, key, call_id, ended()).status_code == 202
+    expect(page.locator("#audio-status")).to_have_text("Looking for the recording…", timeout=10_000)
+    expect(page.locator("#audio-status")).to_have_text("No recording of this call.", timeout=20_000)
+    expect(page.locator("#recording")).to_be_hidden()
+    assert page.evaluate("document.getElementById('recording').getAttribute('src')") is None
