@@ -1,7 +1,8 @@
 """Hearing a call from the dashboard (docs/dashboard.md, Hear a call), in headless Chromium
 against a real server with `--record`: a producer streams two tones on the call's tracks, the
 page presses Listen and plays them through its AudioWorklet, mute silences one meter, and once
-the call ends its recording plays in the page. A session without `listen` cannot listen.
+the call ends its recording plays in the page, streamed with range requests through the page's
+Service Worker (a Blob where the page has none). A session without `listen` cannot listen.
 
 Debian's chromium driven by Playwright, set up as in test_dashboard.py (which skips without
 it); with no sound card, Chromium's fake audio output renders the AudioWorklet as a real one would.
@@ -17,6 +18,7 @@ import struct
 import threading
 import time
 import uuid
+import wave
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +26,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from callstream.audio import TRACK_AGENT, TRACK_CALLER, encode_frame
+from callstream.server.recording_files import paths_for
 from tests.e2e.test_browser_sse import BLOCK_WEBSOCKET
 from tests.e2e.test_dashboard import ARGS, CHROMIUM, checked_page, screenshot, sync_api
 from tests.helpers import ServerProcess, ended, final, publish, recv, send
@@ -180,9 +183,9 @@ def test_listen_plays_both_tracks_mutes_one_and_then_plays_the_recording(
     player = page.locator("#recording")
     expect(player).to_be_visible(timeout=20_000)
     page.wait_for_function("() => document.getElementById('recording').duration > 0", timeout=10_000)
-    assert page.evaluate("document.getElementById('recording').src").startswith("blob:"), (
-        "no token in its URL"
-    )
+    assert page.evaluate("document.getElementById('recording').src") == (
+        f"{recorder.url}/v1/calls/{call_id}/recording"
+    ), "streamed through the page's Service Worker, no token in its URL"
     expect(listen).to_be_hidden()
 
 
@@ -222,3 +225,104 @@ def test_listen_over_server_sent_events_says_it_needs_the_websocket(recorder: Se
         page.locator("#listen-btn").click()
         expect(page.locator("#audio-status")).to_contain_text("needs the WebSocket", timeout=5_000)
         end_call()
+
+
+def long_recording(server: ServerProcess, acct: str, call_id: str, seconds: int) -> int:
+    """The call's recording as the node leaves it once closed: `seconds` of the two tones, 16 kHz
+    stereo (64 kB a second), written straight into the recordings folder (a real call that long
+    would take as long to record). Its size in bytes."""
+    path = paths_for(server.data_dir / "recordings", acct, call_id).finished
+    path.parent.mkdir(parents=True, exist_ok=True)
+    caller, agent = struct.unpack(f"<{RATE}h", tone(220, 0, RATE)), struct.unpack(f"<{RATE}h", tone(440, 0, RATE))
+    second = struct.pack(f"<{2 * RATE}h", *(s for pair in zip(caller, agent, strict=True) for s in pair))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(second * seconds)
+    return path.stat().st_size
+
+
+def recording_requests(seen: list[Any], call_id: str, *, by_worker: bool) -> list[Any]:
+    """The requests for the call's recording that the recording player's Service Worker made
+    (what the server got for the player), or those the page made itself."""
+    path = f"/v1/calls/{call_id}/recording"
+    return [r for r in seen if r.url.endswith(path) and (r.service_worker is not None) == by_worker]
+
+
+def test_a_recording_streams_and_seeks_with_range_requests_and_no_token_in_a_url(
+    recorder: ServerProcess, page: Any
+) -> None:
+    """Three minutes of recording (11.5 MB): the player can play once the start has come, without
+    the rest, and a seek to the end asks the server for the end only. The page's credential goes
+    in headers, never in a URL."""
+    acct, key, call_id = a_call(recorder, "seek")
+    seen: list[Any] = []
+    finished: list[Any] = []
+    page.context.on("request", lambda r: seen.append(r))
+    page.context.on("requestfinished", lambda r: finished.append(r))
+    open_call(page, recorder, acct, call_id, listen=True)
+    size = long_recording(recorder, acct, call_id, 180)
+    assert publish(recorder, key, call_id, ended(duration_ms=180_000)).status_code == 202
+
+    expect(page.locator("#recording")).to_be_visible(timeout=20_000)
+    page.wait_for_function("() => document.getElementById('recording').readyState >= 1", timeout=10_000)
+    served = recording_requests(seen, call_id, by_worker=True)
+    assert served, "the player's requests go through the worker"
+    assert [r.all_headers().get("range") for r in served[:1]] == ["bytes=0-"]
+    assert served[0].response().status == 206
+    assert all(r.all_headers().get("authorization", "").startswith("Bearer ") for r in served)
+    assert not [r for r in served if r in finished], "playable before the whole file came"
+    assert page.evaluate("document.getElementById('recording').duration") == pytest.approx(180)
+    assert page.evaluate("document.getElementById('recording').buffered.end(0)") < 90
+
+    # A seek to the end asks for the end, and plays it; through a worker the browser stopped
+    # meanwhile (idle workers are), which holds no token and asks the page again.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("ServiceWorker.enable")
+    cdp.send("ServiceWorker.stopAllWorkers")
+    page.evaluate("(() => { const p = document.getElementById('recording'); p.currentTime = 178; return p.play(); })()")
+    page.wait_for_function("() => document.getElementById('recording').ended", timeout=15_000)
+    served = recording_requests(seen, call_id, by_worker=True)
+    ranges = [re.fullmatch(r"bytes=(\d+)-\d*", r.all_headers().get("range", "")) for r in served]
+    assert all(ranges), [r.all_headers().get("range") for r in served]
+    assert max(int(m.group(1)) for m in ranges if m) > size * 0.9, "a range request from near the end"
+
+    token = page.evaluate("JSON.parse(sessionStorage.getItem('callstream.session')).token")
+    assert len(token) > 20
+    assert not [r.url for r in seen if token in r.url or "token=" in r.url], "no credential in a URL"
+    assert page.evaluate("document.getElementById('recording').src") == f"{recorder.url}/v1/calls/{call_id}/recording"
+
+
+NO_SERVICE_WORKER = "delete Navigator.prototype.serviceWorker;"
+
+
+def test_without_a_service_worker_the_recording_is_fetched_into_a_blob(recorder: ServerProcess, page: Any) -> None:
+    """A page that cannot have a Service Worker (plain http from another host than localhost is
+    not a secure context) fetches the whole file with its credential and plays it from a Blob."""
+    page.add_init_script(NO_SERVICE_WORKER)
+    acct, key, call_id = a_call(recorder, "blob")
+    seen: list[Any] = []
+    page.context.on("request", lambda r: seen.append(r))
+    open_call(page, recorder, acct, call_id, listen=True)
+    assert page.evaluate("'serviceWorker' in navigator") is False
+    long_recording(recorder, acct, call_id, 5)
+    assert publish(recorder, key, call_id, ended(duration_ms=5000)).status_code == 202
+    expect(page.locator("#recording")).to_be_visible(timeout=20_000)
+    page.wait_for_function("() => document.getElementById('recording').duration > 0", timeout=10_000)
+    assert page.evaluate("document.getElementById('recording').duration") == pytest.approx(5)
+    assert page.evaluate("document.getElementById('recording').src").startswith("blob:")
+    fetched = recording_requests(seen, call_id, by_worker=False)
+    assert [r.all_headers().get("range") for r in fetched] == [None], "one request, for the whole file"
+
+
+def test_an_ended_call_without_a_recording_says_so(recorder: ServerProcess, page: Any) -> None:
+    """The page looks for the file for a while (it is closed a moment after the call's end), then
+    says there is none and shows no player."""
+    acct, key, call_id = a_call(recorder, "mute")
+    open_call(page, recorder, acct, call_id, listen=True)
+    assert publish(recorder, key, call_id, ended()).status_code == 202
+    expect(page.locator("#audio-status")).to_have_text("Looking for the recording…", timeout=10_000)
+    expect(page.locator("#audio-status")).to_have_text("No recording of this call.", timeout=20_000)
+    expect(page.locator("#recording")).to_be_hidden()
+    assert page.evaluate("document.getElementById('recording').getAttribute('src')") is None

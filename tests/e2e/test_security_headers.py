@@ -16,6 +16,7 @@ ASSETS = {
     "/index.html": "text/html",
     "/app.js": "text/javascript",
     "/callstream.js": "text/javascript",
+    "/recording-sw.js": "text/javascript",  # a Service Worker must come as JavaScript
     "/style.css": "text/css",
 }
 
@@ -37,6 +38,8 @@ def test_dashboard_files_carry_the_security_headers(server: ServerProcess, path:
     assert policy["script-src"] == "'self'"  # no 'unsafe-inline', no 'unsafe-eval'
     assert policy["style-src"] == "'self'"
     assert policy["connect-src"] == "'self'"  # REST and the events socket, same origin only
+    assert policy["worker-src"] == "'self'"  # the recording player's Service Worker
+    assert policy["media-src"] == "'self' blob:"  # a recording: streamed from the origin, or a Blob
     assert policy["frame-ancestors"] == "'none'"
     assert policy["base-uri"] == "'none'"
 

@@ -3,8 +3,9 @@
 The page is the one place a browser holds a callstream credential, so a script injected into it
 (a call id or a transcript rendered as markup by mistake) must not run, and a foreign site must
 not frame it to trick a user into clicks. The policy allows exactly what index.html and its
-modules use: their own scripts (and the listen-in AudioWorklet) and styles, the data: favicon,
-recordings played from Blob URLs, and fetch/WebSocket to the page's own origin (CSP 3 `'self'` covers `ws:`/`wss:` to the same host). No inline script, no inline
+modules use: their own scripts (and the listen-in AudioWorklet and the recording player's Service
+Worker) and styles, the data: favicon, recordings played from the page's own origin (through that
+worker, which adds the credential) or from Blob URLs, and fetch/WebSocket to the page's own origin (CSP 3 `'self'` covers `ws:`/`wss:` to the same host). No inline script, no inline
 style attribute, no eval.
 """
 
@@ -23,7 +24,8 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "style-src 'self'",
         "img-src 'self' data:",
         "connect-src 'self'",
-        "media-src blob:",  # an ended call's recording, fetched with the JWT into a Blob URL
+        "media-src 'self' blob:",  # a recording: streamed through recording-sw.js, or a Blob URL
+        "worker-src 'self'",  # recording-sw.js, the recording player's Service Worker
         "base-uri 'none'",
         "form-action 'none'",
         "frame-ancestors 'none'",

@@ -120,9 +120,9 @@ function refreshToken() {
 }
 
 /** GET an API path with the JWT in the Authorization header; one refresh-and-retry on 401. */
-async function apiFetch(path) {
+async function apiFetch(path, headers = {}) {
   for (let attempt = 0; ; attempt += 1) {
-    const r = await fetch(path, { headers: { Authorization: `Bearer ${session.token}` } });
+    const r = await fetch(path, { headers: { ...headers, Authorization: `Bearer ${session.token}` } });
     if (r.status === 401 && attempt === 0) {
       try {
         await refreshToken();
@@ -133,6 +133,17 @@ async function apiFetch(path) {
       continue;
     }
     return r;
+  }
+}
+
+/** The session's JWT, refreshed first with `fresh` (the recording player's worker got a 401). */
+async function currentToken(fresh) {
+  if (!fresh) return session.token;
+  try {
+    return await refreshToken();
+  } catch (err) {
+    if (err.expired) sessionExpired();
+    throw err;
   }
 }
 
@@ -1140,7 +1151,7 @@ async function main() {
     backoff: { initialMs: 400, maxMs: 8000 },
   });
   window.callstream = stream; // handy from the console, and for the browser tests
-  audio = setupListen({ stream, bar: $("audio"), canListen, fetchAuthed: apiFetch });
+  audio = setupListen({ stream, bar: $("audio"), canListen, fetchAuthed: apiFetch, token: currentToken });
   stream.on("state", ({ state }) => showConn(navigator.onLine === false && state === States.RECONNECTING ? "offline" : state));
   stream.on("event", onEvent);
   stream.on("history_unavailable", fillFromRest);

@@ -10,6 +10,8 @@
 
 const TRACKS = ["caller", "agent"];
 const RECORDING_TRIES = 12; // the file is closed a moment after call.ended: look again, 1 s apart
+const WORKER_URL = new URL("recording-sw.js", import.meta.url);
+const WORKER_WAIT_MS = 4000; // a worker not in control by then: the recording comes as a Blob
 
 let mulawTable = null;
 /** G.711 µ-law byte → sample in [-1, 1). */
@@ -43,11 +45,40 @@ const REFUSED = {
   too_many_subscriptions: "The server refused: this connection already listens to four calls.",
 };
 
+/** `promise`, or undefined once `ms` have passed. */
+function within(promise, ms) {
+  return Promise.race([promise, new Promise((done) => setTimeout(done, ms))]);
+}
+
+let worker = null;
+/** Whether recording-sw.js controls this page (registered on the first recording shown). */
+function recordingWorker() {
+  worker ??= (async () => {
+    const container = navigator.serviceWorker;
+    if (!container) return false; // not a secure context (plain http from another host)
+    try {
+      await container.register(WORKER_URL);
+      if (!container.controller) {
+        const claimed = new Promise((done) => container.addEventListener("controllerchange", done, { once: true }));
+        const ready = await within(container.ready, WORKER_WAIT_MS);
+        ready?.active?.postMessage({ type: "callstream.claim" }); // a page loaded with a hard reload
+        await within(claimed, WORKER_WAIT_MS);
+      }
+    } catch {
+      return false; // service workers turned off, storage refused
+    }
+    return container.controller?.scriptURL === WORKER_URL.href;
+  })();
+  return worker;
+}
+
 /**
  * Wire the audio bar. `stream`: the page's CallStream; `canListen()`: whether the session's
- * token has `listen`; `fetchAuthed(path)`: a GET with the session's credential (a Response).
+ * token has `listen`; `fetchAuthed(path, headers)`: a GET with the session's credential (a
+ * Response); `token(fresh)`: the session's token, refreshed first with `fresh` (null if none),
+ * handed to recording-sw.js for the recording player's requests.
  */
-export function setupListen({ stream, bar, canListen, fetchAuthed }) {
+export function setupListen({ stream, bar, canListen, fetchAuthed, token }) {
   const $ = (sel) => bar.querySelector(sel);
   const button = $("#listen-btn");
   const tracksEl = $("#audio-tracks");
@@ -60,6 +91,15 @@ export function setupListen({ stream, bar, canListen, fetchAuthed }) {
   let recording = { callId: null, url: null, gen: 0 };
   let figures = null;
   Object.defineProperty(window, "callstreamListen", { get: () => figures, configurable: true });
+  navigator.serviceWorker?.addEventListener("message", async (ev) => {
+    if (ev.data?.type !== "callstream.token" || !ev.ports[0] || ev.source?.scriptURL !== WORKER_URL.href) return;
+    let t = null;
+    try {
+      t = await token(!!ev.data.fresh);
+    } catch { /* an expired session: the request goes without, and fails */ }
+    ev.ports[0].postMessage({ token: t });
+  });
+  navigator.serviceWorker?.startMessages();
 
   function say(text, kind = "info") {
     status.textContent = text;
@@ -171,36 +211,53 @@ export function setupListen({ stream, bar, canListen, fetchAuthed }) {
     if (recording.url) URL.revokeObjectURL(recording.url);
     recording = { callId: null, url: null, gen: recording.gen + 1 };
     player.removeAttribute("src");
+    player.load(); // ends a stream still open for the previous call
     player.hidden = true;
   }
 
-  /** The ended call's WAV, fetched with the session's credential into a Blob URL (never a
-   * token in a URL). 404 while the node closes the file: look again, then "No recording". */
+  player.addEventListener("error", () => {
+    if (recording.callId && player.getAttribute("src")) say("Could not play the recording.", "error");
+  });
+
+  /** An ended call's WAV. Streamed where the page has its Service Worker (recording-sw.js):
+   * the player gets the plain URL, plays as soon as the start arrives and seeks with range
+   * requests, and the worker adds the session's credential to each. Elsewhere (no Service
+   * Worker: a page over plain http from another host than localhost) the whole file is fetched
+   * with the credential into a Blob URL. Never a token in a URL. 404 while the node closes the
+   * file: look again, then "No recording". */
   async function loadRecording(callId) {
     dropRecording();
     const gen = recording.gen;
     recording.callId = callId;
     say("Looking for the recording…");
+    const path = `/v1/calls/${encodeURIComponent(callId)}/recording`;
+    const streamed = await recordingWorker();
+    if (gen !== recording.gen) return;
     for (let tries = 0; tries < RECORDING_TRIES; tries += 1) {
       let r;
       try {
-        r = await fetchAuthed(`/v1/calls/${encodeURIComponent(callId)}/recording`);
+        // Streamed, only the WAV's 44-byte header is asked for: is the file there yet?
+        r = await fetchAuthed(path, streamed ? { Range: "bytes=0-43" } : {});
       } catch {
         r = null;
       }
-      if (gen !== recording.gen) return;
+      if (gen !== recording.gen) return r?.body?.cancel().catch(() => {});
       if (r && r.ok) {
-        let blob;
-        try {
-          blob = await r.blob();
-        } catch {
-          if (gen === recording.gen) say("Could not load the recording (the connection dropped).", "error");
-          return;
+        if (streamed) {
+          r.body?.cancel().catch(() => {});
+          recording.url = null;
+        } else {
+          let blob;
+          try {
+            blob = await r.blob();
+          } catch {
+            if (gen === recording.gen) say("Could not load the recording (the connection dropped).", "error");
+            return;
+          }
+          if (gen !== recording.gen) return;
+          recording.url = URL.createObjectURL(blob);
         }
-        if (gen !== recording.gen) return;
-        recording.url = URL.createObjectURL(blob);
-        if (gen !== recording.gen) return URL.revokeObjectURL(recording.url);
-        player.src = recording.url;
+        player.src = recording.url ?? path;
         player.hidden = false;
         say("Recording");
         return;
