@@ -139,8 +139,9 @@ async def test_on_postgresql_a_lone_call_the_database_refuses_fails_and_takes_no
         await store.close()
 
 
+@pytest.mark.parametrize("kind", ["agent.state", "call.ended"])  # the one-statement writer; a transaction
 async def test_on_postgresql_a_call_whose_commits_lose_their_connection_is_not_failed(
-    pg_url: str, account: str
+    pg_url: str, account: str, kind: str
 ) -> None:
     """A PostgreSQL that is shutting down ends its sessions (57P01) while a probe on another
     connection may still get through: the commit and the call's own retry both lose their
@@ -152,12 +153,11 @@ async def test_on_postgresql_a_call_whose_commits_lose_their_connection_is_not_f
     try:
         async with account_trigger(store, account, "PERFORM pg_terminate_backend(pg_backend_pid())"):
             with pytest.raises(StoreUnavailableError) as caught:
-                await store.append([event(account, "c1", 1)])
+                await store.append([event(account, "c1", 1), event(account, "c1", 2, kind)])
         assert not isinstance(caught.value, CallFailedError)
         assert not store.call_failed(account, "c1")
-        await store.append([event(account, "c1", 1)], again=True)
+        await store.append([event(account, "c1", 1), event(account, "c1", 2, kind)], again=True)
         store.settle(account, "c1")
-        await store.append([event(account, "c1", 2)])
         assert [e.seq for e in await store.events(account, "c1")] == [1, 2]
     finally:
         await store.close()
