@@ -33,6 +33,13 @@ from callstream.store.sql import KeyRecord
 T = TypeVar("T")
 
 ALL_SCOPES = "publish,subscribe,control,listen,admin"
+# How long a server may take to answer /healthz 200 once started, and each /healthz at most. Most
+# of a start is the interpreter importing the package (about 2 s alone); with CI's 4 test workers
+# starting servers at once on 2 cores, a SQLite node took up to 26 s before its first log line and
+# 29.4 s to its first 200, and its first /healthz, right after it listened, over 1 s. Well under
+# pytest-timeout's 120 s, which a module's fixture shares with the module's first test.
+START_TIMEOUT_S = 60.0
+HEALTH_REQUEST_S = 5.0
 
 
 def free_port() -> int:
@@ -84,23 +91,26 @@ class ServerProcess:
             return ["--database", self.args[i + 1]]
         return ["--data-dir", str(self.data_dir)]
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
         env = {**os.environ, "CALLSTREAM_LOG_LEVEL": "info", **self.env}
         command = [sys.executable, "-m", "callstream", "serve", "--port", str(self.port)]
         command += ["--data-dir", str(self.data_dir), "--webhooks-allow-private", *self.args]
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
+        last = "none"  # what /healthz answered last: a node that answers 503 is not a slow start
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                answer = httpx.get(self.url + "/healthz", timeout=HEALTH_REQUEST_S)
+                if answer.status_code == 200:
                     return self
-            except httpx.HTTPError:
-                pass
+                last = f"{answer.status_code} {answer.text}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
             time.sleep(0.1)
-        raise RuntimeError(f"server did not become healthy: {self.log()}")
+        raise RuntimeError(f"server did not become healthy within {timeout:g} s (last /healthz: {last}): {self.log()}")
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM: graceful shutdown (sockets closed with 1001)."""

@@ -9,13 +9,15 @@ size the database enforces would: nothing in the store is mocked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
 import sqlalchemy as sa
 
-from callstream.store import CallFailedError, SqlStore
+from callstream.store import CallFailedError, SqlStore, StoreUnavailableError
 from callstream.store.fold_process import quarantine_path
 from tests.store.test_store_contract import event
 
@@ -36,6 +38,27 @@ async def refuse_call_poison(store: SqlStore) -> None:
     async with store.engine.begin() as conn:
         for statement in (SQLITE_TRIGGER,) if store.dialect == "sqlite" else PG_TRIGGER:
             await conn.execute(sa.text(statement))
+
+
+@contextlib.asynccontextmanager
+async def account_trigger(store: SqlStore, account: str, action: str) -> AsyncIterator[None]:
+    """PostgreSQL runs `action` (PL/pgSQL) for each event_chunks row of `account` about to be
+    inserted, until the block ends; the session's other tests share the database."""
+    name = f"on_{account}"
+    async with store.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            f"CREATE FUNCTION {name}() RETURNS trigger AS $$ BEGIN IF NEW.account = '{account}'"
+            f" THEN {action}; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        await conn.exec_driver_sql(
+            f"CREATE TRIGGER {name} BEFORE INSERT ON event_chunks FOR EACH ROW EXECUTE FUNCTION {name}()"
+        )
+    try:
+        yield
+    finally:
+        async with store.engine.begin() as conn:
+            await conn.exec_driver_sql(f"DROP TRIGGER {name} ON event_chunks")
+            await conn.exec_driver_sql(f"DROP FUNCTION {name}()")
 
 
 @pytest.fixture
@@ -112,5 +135,29 @@ async def test_on_postgresql_a_lone_call_the_database_refuses_fails_and_takes_no
             await store.append([event(account, "poison", 2), event(account, "fine", 1)])
         assert [e.seq for e in await store.events(account, "poison")] == []
         assert [e.seq for e in await store.events(account, "fine")] == [1]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("kind", ["agent.state", "call.ended"])  # the one-statement writer; a transaction
+async def test_on_postgresql_a_call_whose_commits_lose_their_connection_is_not_failed(
+    pg_url: str, account: str, kind: str
+) -> None:
+    """A PostgreSQL that is shutting down ends its sessions (57P01) while a probe on another
+    connection may still get through: the commit and the call's own retry both lose their
+    connection. That is an outage, not the database refusing the call's rows: the call is not
+    failed for good, and its events are stored once it is appended again (as a repair does):
+    failed, the events its subscribers received live would never be stored."""
+    store = SqlStore(pg_url)
+    await store.start()
+    try:
+        async with account_trigger(store, account, "PERFORM pg_terminate_backend(pg_backend_pid())"):
+            with pytest.raises(StoreUnavailableError) as caught:
+                await store.append([event(account, "c1", 1), event(account, "c1", 2, kind)])
+        assert not isinstance(caught.value, CallFailedError)
+        assert not store.call_failed(account, "c1")
+        await store.append([event(account, "c1", 1), event(account, "c1", 2, kind)], again=True)
+        store.settle(account, "c1")
+        assert [e.seq for e in await store.events(account, "c1")] == [1, 2]
     finally:
         await store.close()

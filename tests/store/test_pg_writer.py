@@ -12,6 +12,7 @@ from callstream.store.chunks import by_call, chunk_rows, final_rows
 from callstream.store.pg_writer import columns
 from callstream.store.sums import MinuteRow, merged_minutes
 from callstream.turns import Marks
+from tests.store.test_call_failure import account_trigger
 from tests.store.test_store_contract import event
 
 
@@ -42,15 +43,7 @@ def store_url(pg_url: str) -> str:
 
 async def test_a_refused_statement_changes_nothing_and_the_writer_keeps_serving(store: SqlStore, account: str) -> None:
     await store.append([event(account, "c1", 1)])
-    async with store.engine.begin() as conn:
-        await conn.exec_driver_sql(
-            f"CREATE FUNCTION refuse_{account}() RETURNS trigger AS $$ BEGIN IF NEW.account = '{account}'"
-            " THEN RAISE EXCEPTION 'disk says no'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
-        )
-        await conn.exec_driver_sql(
-            f"CREATE TRIGGER refuse_{account} BEFORE INSERT ON event_chunks FOR EACH ROW EXECUTE FUNCTION refuse_{account}()"
-        )
-    try:
+    async with account_trigger(store, account, "RAISE EXCEPTION 'disk says no'"):
         with pytest.raises(StoreUnavailableError):
             await store.append([event(account, "c1", 2), event(account, "c2", 1)])
         assert [e.seq for e in await store.events(account, "c1")] == [1]
@@ -58,10 +51,6 @@ async def test_a_refused_statement_changes_nothing_and_the_writer_keeps_serving(
         call = await store.get_call(account, "c1")
         assert call is not None
         assert call.last_seq == 1
-    finally:
-        async with store.engine.begin() as conn:
-            await conn.exec_driver_sql(f"DROP TRIGGER refuse_{account} ON event_chunks")
-            await conn.exec_driver_sql(f"DROP FUNCTION refuse_{account}()")
     # The calls the database refused failed (their history would have a hole): they take no more
     # events; the account's other calls, and the writer, go on.
     with pytest.raises(CallFailedError):

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
@@ -101,6 +102,31 @@ def unavailable(exc: BaseException) -> BaseException:
         error.__cause__ = exc
         return error
     return exc
+
+
+# SQLSTATE classes that say the connection or the server failed, not the statement: a connection
+# exception, a transaction rolled back (a deadlock), insufficient resources (a full disk), operator
+# intervention (a shutdown ending the sessions, a cancel), a system error, an internal error.
+_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58", "XX"})
+_SQLITE_REFUSALS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.NotSupportedError)
+
+
+def refused_rows(exc: BaseException) -> bool:
+    """Whether `exc` is the database refusing a statement (a constraint, a type, a size, a
+    trigger), as opposed to a lost connection, a shutdown or a driver's fault. Only a refusal
+    fails a call for good (`SqlStore.failed_calls`); anything else is an outage, after which
+    the call's events are stored again (`server/repair.py`)."""
+    error: BaseException | None = exc
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, sqlite3.Error):
+            return isinstance(error, _SQLITE_REFUSALS)
+        state = getattr(error, "sqlstate", None)
+        if isinstance(state, str) and state:
+            return state[:2] not in _OUTAGE_SQLSTATE_CLASSES
+        error = getattr(error, "orig", None) or error.__cause__
+    return False
 
 
 def store_errors(method: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
@@ -891,7 +917,8 @@ class SqlStore:
         Events of a call that already failed are not stored (its history must not go on past
         the hole). When a commit fails on the database and a probe write succeeds, the database
         is fine and some call's rows are at fault: each call is then committed alone, and only
-        the calls that fail again are failed (`failed_calls`). When the probe fails too, or the
+        the calls the database refuses again are failed (`failed_calls`; a call whose commit loses
+        its connection, as when the database shuts down, is in an outage). When the probe fails too, or the
         failure was the node's (a file the disk refused, a fold that failed), it is an outage and
         every call of the batch fails (the node is unhealthy until a write succeeds).
         """
@@ -920,8 +947,13 @@ class SqlStore:
         for key, held in grouped.items():
             try:
                 await self._commit(held)
-            except Exception as exc:  # this call's rows alone
-                errors[key] = self._fail_call(key, f"{exc.__class__.__name__}: {exc}")
+            except Exception as exc:  # this call's rows alone, or the connection failed meanwhile
+                if refused_rows(exc):
+                    errors[key] = self._fail_call(key, f"{exc.__class__.__name__}: {exc}")
+                    continue
+                self._write_outage.failed(exc)
+                self.healthy = False
+                errors[key] = StoreUnavailableError(f"the store could not commit: {exc.__class__.__name__}")
         return errors
 
     def _batch_events(self, batch: list[_Pending], errors: dict[tuple[str, str], StoreUnavailableError]) -> list[Event]:
