@@ -110,6 +110,7 @@ class ServerProcess:
             except httpx.HTTPError as exc:
                 last = repr(exc)
             time.sleep(0.1)
+        self.kill()  # no fixture teardown runs for a start that raised: left running, it leaks
         raise RuntimeError(f"server did not become healthy within {timeout:g} s (last /healthz: {last}): {self.log()}")
 
     def stop(self, timeout: float = 20.0) -> int | None:
