@@ -155,6 +155,15 @@ async def test_the_writer_outlives_the_signals_that_drain_the_node(store: SqlSto
     assert [e.seq for e in await store.events("acme", "c1")] == seqs_of(1, 2)
 
 
+async def test_the_terminals_ctrl_c_never_reaches_the_writer(store: SqlStore) -> None:
+    """The writer runs in a process group of its own: Ctrl-C, sent to the terminal's foreground
+    group, reaches the node alone, even while the writer's interpreter is still starting (before
+    it can ignore SIGINT, a Ctrl-C then printed "Fatal Python error: init_import_site")."""
+    await store.append(block("c1", 1))
+    pid = await started_writer(store)
+    assert os.getpgid(pid) != os.getpgrp()
+
+
 async def test_the_database_file_itself_holds_the_events_within_seconds(store: SqlStore, db_path: Path) -> None:
     """Checkpoints run beside the writer (not inside a commit), and often: a copy of the database
     file alone, without its write-ahead log, soon has what was committed."""
