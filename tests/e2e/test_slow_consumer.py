@@ -165,8 +165,16 @@ async def test_a_reader_that_pauses_gets_every_frame_intact_and_in_order(
             time.sleep(0.0005)
         return finals
 
+    # One kept-alive HTTP client for the 600 publishes: a client each (a TLS context, a connection)
+    # made the paused half last long enough on a loaded CI for the server's keepalive ping to go
+    # unanswered (20 s, then 20 s more) and end the reader's socket.
+    http = httpx.AsyncClient(
+        base_url=fresh_server.url, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    )
+
     async def publish_one(j: int) -> None:  # one fan-out each
-        response = await asyncio.to_thread(publish, fresh_server, key, call_id, final(f"{j} " + "x" * 20_000))
+        body = orjson.dumps(final(f"{j} " + "x" * 20_000))
+        response = await http.post(f"/v1/calls/{call_id}/events", content=body, timeout=10)
         assert response.status_code == 202, response.text
 
     try:
@@ -178,5 +186,6 @@ async def test_a_reader_that_pauses_gets_every_frame_intact_and_in_order(
         finals = await reader
     finally:
         slow.sock.close()
+        await http.aclose()
     assert [m["seq"] for m in finals] == list(range(1, count + 1))
     assert [str(m["data"]["text"]).split()[0] for m in finals] == [str(j) for j in range(count)]  # type: ignore[index]

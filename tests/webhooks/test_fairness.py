@@ -131,14 +131,16 @@ async def test_the_cap_does_not_throttle_an_account_to_one_claim_per_poll(
     receiver: MakeReceiver, webhooks: MakeWebhooks
 ) -> None:
     """An account at its cap with more due is claimed again as soon as one of its attempts ends,
-    not at the next poll: alone on the node, a fast endpoint gets its backlog at full speed."""
+    not at the next poll: alone on the node, a fast endpoint gets its backlog at full speed.
+    Throttled to a claim per poll, its 20 would take ten polls (45 s or more); the bound leaves a
+    loaded CI machine room and still tells the two apart."""
     rx = await receiver()
     wh = webhooks(poll_s=5.0, concurrency=8, concurrency_per_account=2)
     await wh.repo.create_endpoint("acme", rx.url, ["call.ended"])
     await _queue(wh, "acme", 20)
     started = time.monotonic()
     async with wh.running():
-        await wait_until(lambda: len(rx.requests) == 20, within=4.0)
+        await wait_until(lambda: len(rx.requests) == 20, within=20.0)
     elapsed = time.monotonic() - started
     assert rx.peak <= 2
-    assert elapsed < 4.0, f"20 deliveries took {elapsed:.2f} s"
+    assert elapsed < 20.0, f"20 deliveries took {elapsed:.2f} s"
