@@ -83,11 +83,12 @@ class JournalFolder:
         process = self._process
         if process is None or process.returncode is not None:
             # A plain script with -I (isolated): the standard library only, none of the node's
-            # environment. Its own process group: a terminal's Ctrl-C is the node's to act on,
-            # and would kill an interpreter still starting, before it can ignore SIGINT.
+            # environment. A session of its own (so a process group of its own: uvloop takes no
+            # `process_group`): a terminal's Ctrl-C is the node's to act on, and would kill an
+            # interpreter still starting, before it can ignore SIGINT.
             process = self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-I", "-B", fold_process.__file__, self.path,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, process_group=0,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True,
             )
         assert process.stdin is not None
         assert process.stdout is not None
