@@ -468,3 +468,37 @@ def test_serve_prints_only_its_own_lines_as_it_starts(fresh_server: ServerProces
         f"callstream listening on {fresh_server.url}  (docs: {fresh_server.url}/docs)",
         f"dashboard: {fresh_server.url}/ (a login link: callstream login --account A)",
     ]
+
+
+# ---- tail and simulate: a bad argument is a usage error; a tail says why it waits, ends when refused
+
+
+@pytest.mark.parametrize("command", [["tail", "--all"], ["simulate", "--calls", "1", "--quiet"]])
+def test_a_url_that_is_not_one_is_a_usage_error(command: list[str]) -> None:
+    result = cli(*command, "--key", "cs_whatever", "--url", "notaurl", timeout=30)
+    assert_one_line_error(result, 2, "expected an http(s):// or ws(s):// URL, got 'notaurl'")
+
+
+def test_tail_of_an_invalid_call_id_is_a_usage_error(server: ServerProcess, api_key: str) -> None:
+    result = cli("tail", "--url", server.url, "--key", api_key, "bad id!", timeout=30)
+    assert_one_line_error(result, 2, "invalid call id 'bad id!'")
+
+
+@pytest.mark.parametrize("output", [[], ["--json"]])
+def test_tail_of_calls_the_credential_may_not_see_ends_with_the_refusal(
+    server: ServerProcess, api_key: str, call_id: str, output: list[str]
+) -> None:
+    token = cli("token", "--key", api_key, "--url", server.url, "--calls", call_id).stdout.strip()
+    result = cli("tail", *output, "--url", server.url, "--key", token, call_id + "_other", timeout=30)
+    assert_one_line_error(result, 1, "forbidden")
+
+
+def test_tail_that_cannot_reach_the_server_says_why_on_stderr() -> None:
+    """Piped (not a terminal), a tail has no header to show its state: stderr says why it waits."""
+    port = free_port()  # nothing listens there
+    command = [sys.executable, "-m", "callstream", "tail", "--key", "cs_x", "--url", f"http://127.0.0.1:{port}", "--all"]
+    with pytest.raises(subprocess.TimeoutExpired) as waited:  # it keeps trying: stopped after 8 s
+        subprocess.run(command, capture_output=True, text=True, timeout=8)
+    stderr = waited.value.stderr
+    said = (stderr.decode() if isinstance(stderr, bytes) else stderr or "").splitlines()
+    assert said[:1] == [f"reconnecting… (cannot reach 127.0.0.1:{port}: connection refused)"], said
