@@ -424,3 +424,16 @@ async def test_a_listener_on_one_node_hears_a_producer_on_another(cluster: Clust
             "call_id": call_id,
             "data": {"call_id": call_id, "reason": "ended"},
         }
+
+
+async def test_listening_on_one_node_to_a_call_ended_on_another_answers_unlistened(cluster: Cluster, account: str) -> None:
+    near, far = cluster.start(2)
+    key, call_id = cluster.key(account), call()
+    assert publish(near, key, call_id, [final("hello"), ended()]).status_code == 202
+    async with await events(far, key) as ear:
+        await send(ear, {"type": "listen", "call_id": call_id})
+        assert await recv(ear) == {
+            "type": "unlistened",
+            "call_id": call_id,
+            "data": {"call_id": call_id, "reason": "ended"},
+        }
