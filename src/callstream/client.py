@@ -43,7 +43,16 @@ from callstream.control_waits import ControlOutcome, ControlWaits
 from callstream.errors import AuthError, ClientError, ControlError
 from callstream.metadata import Metadata, check_where
 from callstream.protocol import CloseCode
-from callstream.wire import AUTH_STATUSES, DROPPED, Reconnecting, bearer, refusal_reason, rest_url, socket_url
+from callstream.wire import (
+    AUTH_STATUSES,
+    DROPPED,
+    Reconnecting,
+    bearer,
+    failure_reason,
+    refusal_reason,
+    rest_url,
+    socket_url,
+)
 
 __all__ = [
     "AgentState",
@@ -506,6 +515,13 @@ class Client(Reconnecting):
     def connected(self) -> bool:
         return self._ws is not None or self._streaming
 
+    @property
+    def down_reason(self) -> str | None:
+        """Why the client is not connected, in a few words (``cannot reach host:8080: connection
+        refused``, ``the server closed the socket (1001 going away)``); None while connected or
+        before the first attempt ends."""
+        return None if self.connected else self._down_reason
+
     def statistics(self) -> ClientStats:
         """Counters and queue sizes (trio's ``statistics()`` habit)."""
         return ClientStats(
@@ -692,6 +708,7 @@ class Client(Reconnecting):
         except InvalidStatus as exc:
             self._on_refused(exc.response.status_code, exc.response.body)
         except DROPPED as exc:
+            self._down_reason = failure_reason(self._url, exc)
             logger.info("events connection lost (%s); reconnecting", exc)
 
     async def _credential(self) -> str:
@@ -731,6 +748,7 @@ class Client(Reconnecting):
     def _on_closed(self, code: int | None, reason: str | None) -> None:
         """A server close: 4001 means get a fresh credential first; everything else resumes."""
         logger.info("events socket closed by the server (%s %s); reconnecting", code, reason or "")
+        self._down_reason = f"the server closed the socket ({code}{': ' + reason if reason else ''})"
         if code != CloseCode.AUTH:
             return
         self._auth_failures += 1
@@ -745,6 +763,7 @@ class Client(Reconnecting):
     def _on_refused(self, status: int, body: bytes | bytearray | None) -> None:
         """An HTTP answer instead of an upgrade: 401/403 end it unless a fresh token may help."""
         reason = refusal_reason(status, body)
+        self._down_reason = f"the server refused the connection: HTTP {status} ({reason})"
         if status not in AUTH_STATUSES:
             logger.warning("events handshake refused with HTTP %d (%s); retrying", status, reason)
             return
@@ -763,6 +782,7 @@ class Client(Reconnecting):
             else:
                 await self._await_subscriptions(token)
         except httpx.HTTPError as exc:
+            self._down_reason = failure_reason(self._url, exc.__cause__ or exc)
             logger.info("event stream could not open (%r); reconnecting", exc)
 
     async def _await_subscriptions(self, token: str) -> None:
@@ -790,6 +810,7 @@ class Client(Reconnecting):
                 self._on_refused(response.status_code, await response.aread())
                 return
             self._streaming = True
+            self._down_reason = None
             self._connections += 1
             self._first_attempt.set()
             reader = asyncio.create_task(read_stream(response, self._on_message))

@@ -22,13 +22,14 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final
 
 import orjson
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
@@ -57,6 +58,7 @@ END_STYLES: Final = {"completed": "green", "failed": "red", "canceled": "yellow"
 SENTIMENT_STYLES: Final = {"positive": ("▲", "green"), "negative": ("▼", "red"), "neutral": ("·", "dim")}
 MAX_LINES: Final = 200  # per call: a tail shows the recent conversation, not the whole call
 SHOWN_CHARS: Final = 160
+REFUSALS: Final = frozenset({"invalid_message", "forbidden"})  # a subscription the server will never serve
 LATENCY_WARN_MS: Final = 1500  # a turn slower than this shows red (the dashboard's default too)
 
 
@@ -281,15 +283,52 @@ class TailView:
         live = sum(1 for c in self.calls.values() if not c.ended)
         link = "waiting for events"
         if self.client is not None:
-            link = "connected" if self.client.connected else "reconnecting…"
+            link = "connected" if self.client.connected else reconnecting_line(self.client)
         return Text.assemble(
             ("callstream tail", "bold"), f"  {live} live / {len(self.calls)} calls  ", (link, "dim")
         )
 
 
+def reconnecting_line(client: Client) -> str:
+    """`reconnecting… (why)`: what a tail that lost its server says."""
+    why = client.down_reason
+    return f"reconnecting… ({why})" if why else "reconnecting…"
+
+
+async def report_link(client: Client, err: Console, every_s: float = 0.2) -> None:
+    """Say on stderr why the server cannot be reached, once per reason, and when it is back: a
+    tail whose output goes to a pipe shows no header, and would otherwise wait in silence."""
+    said: str | None = None
+    while True:
+        why = None if client.connected else client.down_reason
+        if why != said:
+            if why is not None:
+                err.print(reconnecting_line(client), highlight=False)
+            elif said is not None:
+                err.print("connected", highlight=False)
+            said = why
+        await asyncio.sleep(every_s)
+
+
+class TailRefusedError(Exception):
+    """The server refused every call the tail names (an invalid id, one the key may not see):
+    nothing would ever come."""
+
+
+async def _followed(client: Client, named: set[str]) -> AsyncIterator[Event]:
+    """The client's events; ends the tail once the server has refused every named call (the last
+    refusal is the command's error, not a line of its output)."""
+    async for event in client.events():
+        if isinstance(event, ErrorEvent) and event.code in REFUSALS and named:
+            named.discard(event.call_id or "")
+            if not named:
+                raise TailRefusedError(f"{event.code}: {event.message}")
+        yield event
+
+
 async def follow_json(client: Client, call_ids: Iterable[str], out: BinaryIO, err: Console) -> None:
     """Print each call event as one JSON line, flushed, exactly as the server sent it."""
-    async for event in client.events(*call_ids):
+    async for event in _followed(client, set(call_ids)):
         if event.seq is not None:
             out.write(orjson.dumps(event.raw) + b"\n")
             out.flush()
@@ -301,12 +340,12 @@ async def follow_live(client: Client, call_ids: Iterable[str], console: Console)
     """The rich live view, or plain lines when stdout is not a terminal."""
     view = TailView(client)
     if not console.is_terminal:
-        async for event in client.events(*call_ids):
+        async for event in _followed(client, set(call_ids)):
             if (line := describe(event)) is not None:
                 console.print(Text.assemble((f"{event.call_id} ", "bold"), line), soft_wrap=True)
         return
     with Live(view, console=console, refresh_per_second=8, vertical_overflow="crop"):
-        async for event in client.events(*call_ids):
+        async for event in _followed(client, set(call_ids)):
             view.apply(event)
 
 
@@ -314,13 +353,21 @@ async def follow(url: str, key: str, call_ids: list[str], as_json: bool) -> None
     """Named calls start from what the server holds of them (the call so far), then go live:
     ``tail call_42`` on a call in progress shows what was already said. ``*`` starts live."""
     err = Console(stderr=True, soft_wrap=True)
+    named = [c for c in call_ids if c != "*"]
     async with Client(url, key) as client:
         for call_id in call_ids:
             await client.subscribe(call_id, since=None if call_id == "*" else 0)
-        if as_json:
-            await follow_json(client, (), sys.stdout.buffer, err)
-        else:
-            await follow_live(client, (), Console(soft_wrap=False))
+        console = Console(soft_wrap=False)
+        # The live view's header says why it reconnects; plain lines and JSON say it on stderr.
+        reporter = None if console.is_terminal and not as_json else asyncio.create_task(report_link(client, err))
+        try:
+            if as_json:
+                await follow_json(client, named, sys.stdout.buffer, err)
+            else:
+                await follow_live(client, named, console)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
 
 
 def tail_command(url: str, key: str, call_ids: list[str], as_json: bool) -> None:
@@ -329,8 +376,8 @@ def tail_command(url: str, key: str, call_ids: list[str], as_json: bool) -> None
         asyncio.run(follow(url, key, call_ids, as_json))
     except KeyboardInterrupt:
         return
-    except AuthError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+    except (AuthError, TailRefusedError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise SystemExit(1) from None
     except BrokenPipeError:
         # `tail --json | head`: the reader left. Point stdout at /dev/null so the interpreter's

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import socket
 import urllib.parse
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -24,7 +25,16 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from callstream import __version__
 
-__all__ = ["AUTH_STATUSES", "DROPPED", "Reconnecting", "bearer", "refusal_reason", "rest_url", "socket_url"]
+__all__ = [
+    "AUTH_STATUSES",
+    "DROPPED",
+    "Reconnecting",
+    "bearer",
+    "failure_reason",
+    "refusal_reason",
+    "rest_url",
+    "socket_url",
+]
 
 AUTH_STATUSES: Final = frozenset({401, 403})
 # A connection that failed or ended for a reason a reconnect may cure (InvalidStatus, a refusal,
@@ -69,6 +79,25 @@ def refusal_reason(status: int, body: bytes | bytearray | None) -> str:
     return message if isinstance(message, str) and message else f"HTTP {status} at the handshake"
 
 
+def failure_reason(url: str, exc: BaseException) -> str:
+    """Why a connection to ``url`` failed or ended, in a few words for a person:
+    ``cannot reach 127.0.0.1:1: connection refused``."""
+    where = urllib.parse.urlsplit(url).netloc or url
+    if isinstance(exc, ConnectionClosed):
+        return f"connection to {where} lost ({exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        why = "connection refused"
+    elif isinstance(exc, TimeoutError):
+        why = "timed out"
+    elif isinstance(exc, socket.gaierror):
+        why = exc.strerror or str(exc)  # "Name or service not known": a host that is not one
+    elif isinstance(exc, OSError):
+        why = exc.strerror.lower() if exc.strerror else str(exc)
+    else:
+        why = str(exc) or type(exc).__name__
+    return f"cannot reach {where}: {why}"
+
+
 class Reconnecting(abc.ABC):
     """One background task that connects, serves and reconnects with backoff until closed.
 
@@ -89,6 +118,7 @@ class Reconnecting(abc.ABC):
         self._closed = False
         self._attempts = 0
         self._connections = 0
+        self._down_reason: str | None = None  # why the last attempt failed; None while connected
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -152,11 +182,18 @@ class Reconnecting(abc.ABC):
         ) as ws:
             self._ws = ws
             self._connections += 1
+            self._down_reason = None
             self._first_attempt.set()
             try:
                 yield ws
             finally:
                 self._ws = None
+
+    @property
+    def down_reason(self) -> str | None:
+        """Why the client is not connected (the last attempt's failure, or the lost socket), in a
+        few words (``cannot reach host:8080: connection refused``); None while connected."""
+        return None if self._ws is not None else self._down_reason
 
     def _backoff(self) -> float:
         """The next delay's cap, exponential in the attempts since the reset, at most ``max_delay``.

@@ -238,6 +238,26 @@ async def test_the_calls_end_ends_its_listens_and_its_audio(server: ServerProces
 
 
 
+async def test_listening_to_a_call_that_has_ended_answers_unlistened_at_once(server: ServerProcess) -> None:
+    """As a subscription to it answers `subscribed` with status `ended`: nothing can follow, so
+    the listener is told rather than left waiting. Another account's call of that id is one that
+    never played: nothing tells it apart from a call not started yet."""
+    ours, theirs, call_id = key_of(server), key_of(server), call()
+    assert publish(server, ours, call_id, [final("hello"), ended()]).status_code == 202
+    async with await events(server, ours) as ear, await events(server, theirs) as other:
+        await send(ear, {"type": "listen", "call_id": call_id})
+        assert await recv(ear) == {
+            "type": "unlistened",
+            "call_id": call_id,
+            "data": {"call_id": call_id, "reason": "ended"},
+        }
+        for _ in range(4):  # the ended call holds none of the socket's four listens
+            await send(ear, {"type": "listen", "call_id": call()})
+        await quiet(ear)
+        await send(other, {"type": "listen", "call_id": call_id})
+        await quiet(other)
+
+
 async def test_an_event_reaches_a_listener_ahead_of_the_audio_sent_after_it(server: ServerProcess) -> None:
     """An event's way (sequenced, committed, fanned out) is longer than a frame's (fanned out at
     once), but it must not make the event wait behind audio: on a node with its embedded store, one
@@ -400,6 +420,19 @@ async def test_a_listener_on_one_node_hears_a_producer_on_another(cluster: Clust
         # The call ends on the near node: the far node's listens end with it.
         await send(mouth, {**ended(), "call_id": call_id})
         assert await next_text(ear) == {
+            "type": "unlistened",
+            "call_id": call_id,
+            "data": {"call_id": call_id, "reason": "ended"},
+        }
+
+
+async def test_listening_on_one_node_to_a_call_ended_on_another_answers_unlistened(cluster: Cluster, account: str) -> None:
+    near, far = cluster.start(2)
+    key, call_id = cluster.key(account), call()
+    assert publish(near, key, call_id, [final("hello"), ended()]).status_code == 202
+    async with await events(far, key) as ear:
+        await send(ear, {"type": "listen", "call_id": call_id})
+        assert await recv(ear) == {
             "type": "unlistened",
             "call_id": call_id,
             "data": {"call_id": call_id, "reason": "ended"},

@@ -419,3 +419,86 @@ def test_a_database_url_that_cannot_be_used_ends_the_command_in_one_line(url: st
     assert "Traceback" not in result.stderr + result.stdout
     assert "cannot open the database" in flat(result.stderr)
     assert "hunter2" not in result.stderr + result.stdout
+
+
+# ---- serve: a failed start is one line, never a traceback; the start prints callstream's lines
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, says: str) -> None:
+    printed = result.stdout + result.stderr
+    assert result.returncode == code, printed
+    assert "Traceback" not in printed, printed
+    assert "never retrieved" not in printed, printed
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert says in errors[0], result.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("serve", "--port", str(port), "--data-dir", str(tmp_path), timeout=60)
+    assert_one_line_error(result, 1, f"cannot listen on 127.0.0.1:{port}: address already in use")
+
+
+def test_serve_on_a_host_that_is_not_one_says_so_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    result = cli("serve", "--host", "999.1.1.1", "--port", str(port), "--data-dir", str(tmp_path), timeout=60)
+    assert_one_line_error(result, 1, f"cannot listen on 999.1.1.1:{port}:")
+
+
+def test_serve_with_a_broker_that_does_not_answer_says_so_in_one_line(tmp_path: Path) -> None:
+    args = ["--port", str(free_port()), "--data-dir", str(tmp_path), "--broker", "redis://127.0.0.1:1"]
+    result = cli("serve", *args, timeout=60)
+    assert_one_line_error(result, 1, "cannot reach the broker")
+    assert "127.0.0.1:1" in result.stderr
+
+
+def test_serve_prints_only_its_own_lines_as_it_starts(fresh_server: ServerProcess) -> None:
+    """What the docs show `serve` printing (getting-started/run.md): no line per alembic plugin or
+    migration context, no uvicorn start-up lines repeating where it listens."""
+    fresh_server.start()
+    deadline = time.monotonic() + 10
+    while "dashboard:" not in fresh_server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = [line for line in fresh_server.log().splitlines() if "uvicorn.access" not in line]
+    assert lines == [
+        f"callstream listening on {fresh_server.url}  (docs: {fresh_server.url}/docs)",
+        f"dashboard: {fresh_server.url}/ (a login link: callstream login --account A)",
+    ]
+
+
+# ---- tail and simulate: a bad argument is a usage error; a tail says why it waits, ends when refused
+
+
+@pytest.mark.parametrize("command", [["tail", "--all"], ["simulate", "--calls", "1", "--quiet"]])
+def test_a_url_that_is_not_one_is_a_usage_error(command: list[str]) -> None:
+    result = cli(*command, "--key", "cs_whatever", "--url", "notaurl", timeout=30)
+    assert_one_line_error(result, 2, "expected an http(s):// or ws(s):// URL, got 'notaurl'")
+
+
+def test_tail_of_an_invalid_call_id_is_a_usage_error(server: ServerProcess, api_key: str) -> None:
+    result = cli("tail", "--url", server.url, "--key", api_key, "bad id!", timeout=30)
+    assert_one_line_error(result, 2, "invalid call id 'bad id!'")
+
+
+@pytest.mark.parametrize("output", [[], ["--json"]])
+def test_tail_of_calls_the_credential_may_not_see_ends_with_the_refusal(
+    server: ServerProcess, api_key: str, call_id: str, output: list[str]
+) -> None:
+    token = cli("token", "--key", api_key, "--url", server.url, "--calls", call_id).stdout.strip()
+    result = cli("tail", *output, "--url", server.url, "--key", token, call_id + "_other", timeout=30)
+    assert_one_line_error(result, 1, "forbidden")
+
+
+def test_tail_that_cannot_reach_the_server_says_why_on_stderr() -> None:
+    """Piped (not a terminal), a tail has no header to show its state: stderr says why it waits."""
+    port = free_port()  # nothing listens there
+    command = [sys.executable, "-m", "callstream", "tail", "--key", "cs_x", "--url", f"http://127.0.0.1:{port}", "--all"]
+    with pytest.raises(subprocess.TimeoutExpired) as waited:  # it keeps trying: stopped after 8 s
+        subprocess.run(command, capture_output=True, text=True, timeout=8)
+    stderr = waited.value.stderr
+    said = (stderr.decode() if isinstance(stderr, bytes) else stderr or "").splitlines()
+    assert said[:1] == [f"reconnecting… (cannot reach 127.0.0.1:{port}: connection refused)"], said

@@ -21,12 +21,13 @@ import orjson
 import pytest
 from rich.console import Console
 
-from callstream.client import parse_message
+from callstream.client import Client, parse_message
 from callstream.tail import TailView
 from tests.helpers import (
     ServerProcess,
     ended,
     final,
+    free_port,
     open_events,
     partial,
     publish,
@@ -241,3 +242,12 @@ def test_live_view_marks_each_turns_latency_and_sums_the_calls_turns() -> None:
     assert "✂ interrupted by the user" in screen
     assert "⏱ 2.3 s" in screen
     assert "· 2.3 s p90 2.3 s · 2 turns · 1 ✂" in screen  # the last, the p90, the count
+
+
+async def test_the_live_view_says_why_it_is_reconnecting() -> None:
+    port = free_port()  # nothing listens there
+    async with Client(f"http://127.0.0.1:{port}", "cs_whatever") as client:
+        console = Console(width=200, record=True)
+        console.print(TailView(client))
+    header = console.export_text().splitlines()[0]
+    assert header.endswith(f"reconnecting… (cannot reach 127.0.0.1:{port}: connection refused)"), header

@@ -69,6 +69,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def check_url(url: str) -> str:
+    """`url` if it is a server's base URL (http(s):// or ws(s)://), else a one-line usage error."""
+    from callstream.wire import rest_url
+
+    try:
+        rest_url(url)
+    except ValueError as exc:
+        fail(escape(str(exc)))
+    return url
+
+
 def load_settings(**given: Any) -> Settings:
     """Settings from the flags given, then CALLSTREAM_* variables, then defaults; clear errors."""
     try:

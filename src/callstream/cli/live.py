@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from callstream.cli.common import DEFAULT_URL, Key, Url, fail
+from callstream.cli.common import DEFAULT_URL, Key, Url, check_url, fail
 
 
 def simulate(
@@ -45,7 +45,7 @@ def simulate(
         check_options(arrival_rate, rate, mean_length)
     except ValueError as exc:
         fail(str(exc))
-    simulate_command(url, key, calls, rate, speed, duration, seed, quiet, arrival_rate, mean_length, stagger, audio)
+    simulate_command(check_url(url), key, calls, rate, speed, duration, seed, quiet, arrival_rate, mean_length, stagger, audio)
 
 
 def tail(
@@ -56,8 +56,12 @@ def tail(
     as_json: Annotated[bool, typer.Option("--json", help="NDJSON, one event a line")] = False,
 ) -> None:
     """Live transcript in the terminal."""
+    from callstream.events import is_valid_call_id
     from callstream.tail import tail_command
 
     if not call_ids and not all_calls:
         fail("name call ids or pass --all")
-    tail_command(url, key, ["*"] if all_calls else list(call_ids or []), as_json)
+    for call_id in call_ids or []:
+        if not is_valid_call_id(call_id):
+            fail(f"invalid call id {call_id!r}: 1-128 characters of A-Z a-z 0-9 _ . : -")
+    tail_command(check_url(url), key, ["*"] if all_calls else list(call_ids or []), as_json)

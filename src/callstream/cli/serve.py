@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import os
 import tempfile
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from callstream.cli.common import (
     BrokerUrl,
@@ -17,6 +19,7 @@ from callstream.cli.common import (
     Host,
     Port,
     console,
+    fail,
     load_settings,
     on_store,
     setting,
@@ -24,6 +27,8 @@ from callstream.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from callstream.server.serve import DrainingServer
+    from callstream.settings import Settings
     from callstream.store import SqlStore
 
 
@@ -54,8 +59,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the service (embedded default: in-process broker + SQLite under --data-dir)."""
-    from callstream.server.serve import DrainingServer, bound_port, configure_logging, run_forever
-    from callstream.server.serve import serve as run
+    from callstream.server.serve import bound_port, configure_logging
 
     settings = load_settings(
         host=host,
@@ -77,6 +81,7 @@ def serve(
     )
     configure_logging(settings.log_level)
     on_store(settings, _nothing)  # a database this version cannot upgrade: one line, no traceback
+    _check_broker(settings.broker)
 
     async def ready(server: DrainingServer) -> None:
         base = settings.public_url or f"http://{settings.host}:{bound_port(server)}"
@@ -88,7 +93,7 @@ def serve(
         else:
             console.print(f"dashboard: {base}/ (a login link: callstream login --account A)", soft_wrap=True)
 
-    run_forever(run(settings, ready))
+    _run(settings, ready)
 
 
 def demo(
@@ -101,8 +106,7 @@ def demo(
     record: Annotated[bool, typer.Option("--record", help="keep each call's audio: ended calls play in the dashboard")] = False,
 ) -> None:
     """`serve` plus a demo account, simulated live calls, and the dashboard's URL."""
-    from callstream.server.serve import DrainingServer, bound_port, configure_logging, run_forever
-    from callstream.server.serve import serve as run
+    from callstream.server.serve import bound_port, configure_logging
     from callstream.simulate import run_simulation
 
     data_dir = (
@@ -133,13 +137,45 @@ def demo(
         )
 
     with contextlib.suppress(KeyboardInterrupt):
-        run_forever(run(settings, ready))
+        _run(settings, ready)
 
 
 def migrate(data_dir: DataDir = None, database: DatabaseUrl = None) -> None:
     """Bring the database schema up to date (also done on start)."""
     with_store(data_dir, database, _nothing)
     console.print("schema is up to date")
+
+
+def _run(settings: Settings, ready: Callable[[DrainingServer], Awaitable[None]]) -> None:
+    """Serve until stopped; a start that fails (a port in use, a host that is not one) ends the
+    command in one line, exit status 1."""
+    from callstream.server.serve import StartupError, run_forever, serve
+
+    try:
+        run_forever(serve(settings, ready))
+    except StartupError as exc:
+        fail(escape(str(exc)), 1)
+
+
+def _check_broker(url: str | None) -> None:
+    """A Redis broker that does not answer ends `serve` in one line before it starts, rather than
+    with the app's failed start-up (a traceback in the log)."""
+    if not url or not url.startswith(("redis://", "rediss://", "unix://")):
+        return
+    from redis import asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    async def ping() -> None:
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=3.0, socket_timeout=5.0)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(ping())
+    except (RedisError, OSError, ValueError) as exc:
+        fail(escape(f"cannot reach the broker: {exc}"), 1)
 
 
 async def _nothing(_store: SqlStore) -> None:

@@ -320,7 +320,7 @@ class EventsConnection(SocketConnection):
         elif isinstance(message, p.Control):
             await self._control(message)
         elif isinstance(message, p.Listen):
-            self._listen(message.call_id)
+            await self._listen(message.call_id)
         elif isinstance(message, p.Unlisten):
             self._unlisten(message.call_id)
             self.send(unlistened_message(message.call_id))
@@ -478,10 +478,12 @@ class EventsConnection(SocketConnection):
 
     # ---- live audio (docs/protocol.md, Live audio) ---------------------------------------------
 
-    def _listen(self, call_id: str) -> None:
+    async def _listen(self, call_id: str) -> None:
         """Hear the call's audio: `listening` now if its format is known here, else with its
         first audio. Like a subscription, a call not started yet may be listened to, and a call
-        of another account is one that never plays: nothing tells them apart."""
+        of another account is one that never plays: nothing tells them apart. A call of this
+        account that has ended answers `unlistened` (reason `ended`) at once, as a subscription
+        to it answers `subscribed` with status `ended`: nothing can follow."""
         if not self.principal.may("listen"):
             self._error(p.ErrorCode.FORBIDDEN, "this credential lacks the listen scope", call_id)
             return
@@ -492,8 +494,19 @@ class EventsConnection(SocketConnection):
             message = f"at most {MAX_LISTENS} calls listened per connection; unlisten one first"
             self._error(p.ErrorCode.TOO_MANY_SUBSCRIPTIONS, message, call_id)
             return
+        account = self.principal.account
         self.listens.add(call_id)  # again: `listening` comes again (when the format is known)
-        self.runtime.audio.listen(self, self.principal.account, call_id)
+        self.runtime.audio.listen(self, account, call_id)
+        try:  # after the desk has the listen: an end from now on is told either way, once
+            state = await self.runtime.broker.state(account, call_id)
+        except (StoreUnavailableError, BrokerUnavailableError) as exc:
+            log.warning("listen to %s failed: %s", call_id, exc)
+            self._unlisten(call_id)
+            self._error(p.ErrorCode.INTERNAL, "the listen could not be set up; try again", call_id)
+            return
+        if state.status == "ended" and call_id in self.listens:
+            self.audio_ended(call_id)
+            self.runtime.audio.unlisten(self, account, call_id)
 
     def _unlisten(self, call_id: str) -> None:
         if call_id in self.listens:

@@ -40,8 +40,31 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+# Libraries whose INFO lines at start say nothing an operator acts on (alembic: a line per plugin
+# and per migration context); their warnings and errors still show.
+QUIET_LOGGERS = ("alembic",)
+# uvicorn's start lines: `callstream listening on …` says the same, once it really serves.
+_UVICORN_START = (
+    "Started server process",
+    "Waiting for application startup.",
+    "Application startup complete.",
+    "Uvicorn running on",
+)
+
+
+class _WithoutStartLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno != logging.INFO or not str(record.msg).startswith(_UVICORN_START)
+
+
 def configure_logging(level: str) -> None:
+    """Log lines on stderr at `level`, credentials redacted. Below debug, the start prints only
+    callstream's own lines: libraries' start-up chatter is left out (warnings and errors stay)."""
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("uvicorn.error").addFilter(_WithoutStartLines())
     for handler in logging.getLogger().handlers:  # every logger's lines (httpx logs URLs too)
         handler.addFilter(RedactCredentials())
     logging.getLogger("uvicorn.access").addFilter(RedactCredentials())
@@ -114,7 +137,7 @@ async def serve(
     server = build_server(settings)
     if on_ready is None:
         on_ready = _nothing
-    serving = asyncio.create_task(server.serve())
+    serving = asyncio.create_task(_serve_or_explain(server))
     while not server.started:
         if serving.done():
             await serving
@@ -135,6 +158,25 @@ async def serve(
     await serving
     if readying.done() and not readying.cancelled() and (error := readying.exception()) is not None:
         raise error
+
+
+class StartupError(Exception):
+    """The server did not start: its address cannot be bound, or the app failed to start (uvicorn
+    has logged why). The message is one line for the command to print."""
+
+
+async def _serve_or_explain(server: DrainingServer) -> None:
+    """`server.serve()`, with uvicorn's exit at a failed start (SystemExit, which would escape the
+    event loop as a traceback) turned into a `StartupError` that says why."""
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        cause = exc.__context__
+        if isinstance(cause, OSError):  # the bind: address in use, no such interface or host name
+            reason = (cause.strerror or str(cause)).rsplit(": ", 1)[-1]
+            where = f"{server.config.host}:{server.config.port}"
+            raise StartupError(f"cannot listen on {where}: {reason}") from None
+        raise StartupError(f"the server could not start (exit status {exc.code}): see the log above") from None
 
 
 def _stop_if_failed(server: DrainingServer, done: asyncio.Task[None]) -> None:
