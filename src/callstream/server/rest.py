@@ -57,6 +57,12 @@ _DASHBOARD_KEYS = {  # one key per kind of session: revoking it ends every sessi
 }
 
 
+def _since_schema(schema: dict[str, Any]) -> None:
+    """`since` is read as text (`since_in_query`, the event stream's rule) and described as what it takes."""
+    schema.clear()
+    schema.update(type="integer", minimum=0, maximum=MAX_INT64, description="the events after this seq (default 0)")
+
+
 DEFAULT_EVENTS_PAGE = 1_000  # events per page of GET /v1/calls/{id}/events when no limit is given
 MAX_EVENTS_PAGE = 10_000
 
@@ -344,7 +350,7 @@ async def get_events(
     call_id: str,
     request: Request,
     principal: Reader,
-    since: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
+    since: Annotated[str | None, Query(json_schema_extra=_since_schema)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_EVENTS_PAGE)] = DEFAULT_EVENTS_PAGE,
 ) -> Response:
     """A page of the call's stored events (every type but partials) with seq > since, in seq order.
@@ -352,11 +358,15 @@ async def get_events(
     `next_since` is the seq to ask from for the next page, null once there is no more: a long call
     is read page by page, never whole into one answer.
     """
+    try:
+        after = 0 if since is None else p.since_in_query(since)  # the event stream's rule and words
+    except p.ProtocolError as exc:
+        raise ApiError(422, "invalid_request", exc.message) from None
     store = runtime_of(request).store
     call_id = _checked_call_id(principal, call_id)
     if await store.get_call(principal.account, call_id) is None:
         raise not_found()
-    events, more = await store.events_page(principal.account, call_id, since, limit)
+    events, more = await store.events_page(principal.account, call_id, after, limit)
     body = [
         {"type": e.type, "call_id": call_id, "seq": e.seq, "ts": e.ts, "data": e.data}
         if e.id is None
