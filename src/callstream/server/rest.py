@@ -7,7 +7,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from callstream import protocol as p
@@ -30,6 +30,9 @@ from callstream.server.deps import (
     UNAVAILABLE_RETRY_S,
     ApiError,
     authenticate,
+    body_of,
+    body_schema,
+    json_of,
     json_response,
     limits_of,
     not_found,
@@ -102,27 +105,14 @@ class PublishResponse(BaseModel):
     seq: list[int]
 
 
-async def _model_from(request: Request, model: type[TokenRequest]) -> TokenRequest:
-    raw = await request.body()
-    try:
-        return model.model_validate(p.decode_json(raw) if raw else {})
-    except p.ProtocolError as exc:
-        raise ApiError(422, "invalid_request", exc.message) from None
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ApiError(422, "invalid_request", problems) from None
-
-
-def json_body(schema: dict[str, Any], **examples: Any) -> dict[str, Any]:
-    """The OpenAPI page's description of a JSON body read by hand (not by a pydantic model)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema, **examples}}}}
+Json = Annotated[Any, Depends(json_of)]
 
 
 @router.post(
     "/v1/calls/{call_id}/events",
     status_code=202,
     response_model=PublishResponse,
-    openapi_extra=json_body(
+    openapi_extra=body_schema(
         {
             "description": f"one event {{type, data, id?}} or an array of at most {p.MAX_BATCH_EVENTS}; an id its call holds answers its first seq",
             "oneOf": [
@@ -134,13 +124,12 @@ def json_body(schema: dict[str, Any], **examples: Any) -> dict[str, Any]:
     ),
     tags=["produce"],
 )
-async def publish_events(call_id: str, request: Request, principal: Producer) -> Response:
+async def publish_events(call_id: str, request: Request, principal: Producer, body: Json) -> Response:
     runtime = runtime_of(request)
     if not is_valid_call_id(call_id):
         raise ApiError(422, "invalid_message", "call_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
-    body = await request.body()  # at most max_body_bytes (BodyLimit)
     try:
-        events = p.parse_event_batch(p.decode_json(body), call_id)
+        events = p.parse_event_batch(body, call_id)
     except p.ProtocolError as exc:
         raise ApiError(422, exc.code, exc.message, index=exc.index or 0) from None
     refusal = limits_of(request).ingest.take(principal.key_id, len(events))
@@ -187,7 +176,7 @@ class ControlAck(BaseModel):
     status_code=202,
     response_model=ControlAck,
     tags=["control"],
-    openapi_extra=json_body(
+    openapi_extra=body_schema(
         {
             "type": "object",
             "required": ["action"],
@@ -199,7 +188,7 @@ class ControlAck(BaseModel):
         examples=CONTROL_EXAMPLES,
     ),
 )
-async def control_call(call_id: str, request: Request, principal: Controller) -> Response:
+async def control_call(call_id: str, request: Request, principal: Controller, body: Json) -> Response:
     """Ask the producer holding a live call to act: say, instruct, pause, resume, transfer, end.
 
     The request is appended to the call as `control.requested` (with who asked), relayed to the
@@ -210,10 +199,6 @@ async def control_call(call_id: str, request: Request, principal: Controller) ->
     runtime = runtime_of(request)
     if not is_valid_call_id(call_id):
         raise ApiError(422, "invalid_message", "call_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
-    try:
-        body = p.decode_json(await request.body())
-    except p.ProtocolError as exc:
-        raise ApiError(422, exc.code, exc.message) from None
     action = body.get("action") if isinstance(body, dict) else None
     if not isinstance(action, str) or action not in ACTIONS:
         raise ApiError(422, "invalid_message", f"the body is {{action, args}}; action one of {', '.join(ACTIONS)}")
@@ -231,20 +216,16 @@ async def control_call(call_id: str, request: Request, principal: Controller) ->
     "/v1/tokens",
     response_model=TokenResponse,
     tags=["auth"],
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "content": {"application/json": {"schema": TokenRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=body_schema(TokenRequest.model_json_schema(), required=False),
 )
-async def mint_token(request: Request, principal: Reader) -> dict[str, Any]:
+async def mint_token(
+    request: Request, principal: Reader, body: Annotated[TokenRequest, Depends(body_of(TokenRequest, optional=True))]
+) -> dict[str, Any]:
     """A short-lived browser JWT (subscribe, and control or listen when asked for and the key
     has them), minted with an API key.
 
-    The body is optional and read whatever its content type, so `fetch` without headers works.
+    The body is optional: an empty one asks for the defaults.
     """
-    body = await _model_from(request, TokenRequest)
     if principal.kind != "key":
         raise ApiError(403, "forbidden", "tokens are minted with an API key, not with a token")
     if body.calls is not None and not all(is_valid_call_id(c) for c in body.calls):
@@ -377,8 +358,10 @@ async def get_events(
     return json_response({"call_id": call_id, "events": body, "next_since": events[-1].seq if more else None})
 
 
-@router.post("/v1/login", response_model=TokenResponse, tags=["auth"])
-async def login(request: Request, body: LoginRequest) -> dict[str, Any]:
+@router.post(
+    "/v1/login", response_model=TokenResponse, tags=["auth"], openapi_extra=body_schema(LoginRequest.model_json_schema())
+)
+async def login(request: Request, body: Annotated[LoginRequest, Depends(body_of(LoginRequest))]) -> dict[str, Any]:
     """Exchange a one-time dashboard login code (printed by `serve`/`demo`) for a JWT.
 
     The session (12 h from here) hangs off the account's subscribe-only `dashboard` key, made at
