@@ -166,6 +166,9 @@ CONTROL_EXAMPLES = {
 }
 
 
+_CONTROL_FIELDS = frozenset({"action", "args"})
+
+
 class ControlAck(BaseModel):
     request_id: str = Field(description="names the request in control.requested and its control.result")
     seq: int = Field(description="the seq of the request's control.requested event")
@@ -184,6 +187,7 @@ class ControlAck(BaseModel):
                 "action": {"type": "string", "enum": list(ACTIONS)},
                 "args": {"type": "object", "description": "the action's arguments (docs/control.md)"},
             },
+            "additionalProperties": False,
         },
         examples=CONTROL_EXAMPLES,
     ),
@@ -202,6 +206,8 @@ async def control_call(call_id: str, request: Request, principal: Controller, bo
     action = body.get("action") if isinstance(body, dict) else None
     if not isinstance(action, str) or action not in ACTIONS:
         raise ApiError(422, "invalid_message", f"the body is {{action, args}}; action one of {', '.join(ACTIONS)}")
+    if unknown := sorted(set(body) - _CONTROL_FIELDS):
+        raise ApiError(422, "invalid_message", f"unknown field {unknown[0]!r}: the body is {{action, args}}")
     refusal = limits_of(request).control.take(principal.key_id, 1)
     if refusal is not None:
         raise rate_limited(refusal)
