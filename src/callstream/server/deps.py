@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import Request
+from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
@@ -135,6 +135,9 @@ async def json_of(request: Request) -> Any:
         return p.decode_json(await request.body())  # at most max_body_bytes (BodyLimit)
     except p.ProtocolError as exc:
         raise ApiError(422, exc.code, exc.message) from None
+
+
+JsonBody = Annotated[Any, Depends(json_of)]  # a route's body, read by hand (events, control, metadata)
 
 
 def body_of(model: type[M], *, optional: bool = False) -> Callable[[Request], Awaitable[M]]:

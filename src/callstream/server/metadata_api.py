@@ -56,7 +56,7 @@ def _patch_of(obj: Any) -> Patch:
 
 @router.patch("/v1/calls/{call_id}", tags=["calls"], openapi_extra=_BODY)
 async def patch_call(
-    call_id: str, request: Request, principal: Patcher, body: Annotated[Any, Depends(deps.json_of)]
+    call_id: str, request: Request, principal: Patcher, body: deps.JsonBody
 ) -> Response:
     """Merge `metadata` into a live call's: keys set, null removes one. Answers the call as
     `GET /v1/calls/{call_id}` does once the change is stored. Refusals: 404 (no such call, or

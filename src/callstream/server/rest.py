@@ -29,10 +29,10 @@ from callstream.server.control_desk import ControlRefusedError
 from callstream.server.deps import (
     UNAVAILABLE_RETRY_S,
     ApiError,
+    JsonBody,
     authenticate,
     body_of,
     body_schema,
-    json_of,
     json_response,
     limits_of,
     not_found,
@@ -105,9 +105,6 @@ class PublishResponse(BaseModel):
     seq: list[int]
 
 
-Json = Annotated[Any, Depends(json_of)]
-
-
 @router.post(
     "/v1/calls/{call_id}/events",
     status_code=202,
@@ -124,7 +121,7 @@ Json = Annotated[Any, Depends(json_of)]
     ),
     tags=["produce"],
 )
-async def publish_events(call_id: str, request: Request, principal: Producer, body: Json) -> Response:
+async def publish_events(call_id: str, request: Request, principal: Producer, body: JsonBody) -> Response:
     runtime = runtime_of(request)
     if not is_valid_call_id(call_id):
         raise ApiError(422, "invalid_message", "call_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
@@ -192,7 +189,7 @@ class ControlAck(BaseModel):
         examples=CONTROL_EXAMPLES,
     ),
 )
-async def control_call(call_id: str, request: Request, principal: Controller, body: Json) -> Response:
+async def control_call(call_id: str, request: Request, principal: Controller, body: JsonBody) -> Response:
     """Ask the producer holding a live call to act: say, instruct, pause, resume, transfer, end.
 
     The request is appended to the call as `control.requested` (with who asked), relayed to the
