@@ -84,3 +84,14 @@ def test_the_checker_sees_what_a_reader_would_click() -> None:
     assert "operations.md" in {urlsplit(h).path for h in links(page)}
     assert "quotas-per-account" in anchors(page)
     assert "server--client" in anchors(page)  # "Server → client": the arrow goes, both spaces stay
+
+
+def test_the_readmes_table_of_pages_names_each_page_of_docs_once() -> None:
+    """README's "Documentation" table: one row a page, and every page of docs/ (the site's own
+    index and the Getting started and internals sections, linked above it, aside)."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Documentation", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| [docs/")]
+    named = [re.match(r"\| \[(docs/[^\]]*)\]", row)[1] for row in rows]  # type: ignore[index]
+    assert len(named) == len(set(named)), sorted(n for n in named if named.count(n) > 1)
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")} - {"docs/index.md"}
+    assert pages <= set(named), sorted(pages - set(named))

@@ -80,7 +80,7 @@ def test_filters_are_checked_and_name_the_parameter() -> None:
         {"status": "ended", "started_after": "10", "started_before": "20", "sentiment_below": "-0.25", "q": "refund"}
     )
     assert filters == CallFilter("ended", 10, 20, -0.25, parse_query("refund"))
-    assert parse_filters({"q": "   "}) == CallFilter()  # an empty box searches for nothing: the plain list
+    assert parse_filters({}) == CallFilter()  # no filter: the plain list
 
 
 @pytest.mark.parametrize(
@@ -95,6 +95,8 @@ def test_filters_are_checked_and_name_the_parameter() -> None:
         ({"sentiment_below": "2"}, "sentiment_below"),
         ({"sentiment_below": "low"}, "sentiment_below"),
         ({"q": "!!!"}, "q holds no word"),
+        ({"q": ""}, "q holds no word"),  # an empty search is a mistake to say, not "every call"
+        ({"q": "   "}, "q holds no word"),
     ],
 )
 def test_a_bad_filter_is_refused_with_its_name(params: dict[str, str], name: str) -> None:

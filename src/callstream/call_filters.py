@@ -56,7 +56,7 @@ def parse_filters(params: Mapping[str, str]) -> CallFilter:
         raise FilterError("status must be live or ended")
     q = params.get("q")
     try:
-        query = parse_query(q) if q is not None and q.strip() else None
+        query = parse_query(q) if q is not None else None  # `q=` searches for nothing: refused
     except QueryError as exc:
         raise FilterError(str(exc)) from None
     return CallFilter(

@@ -16,6 +16,7 @@ import orjson
 from callstream.control import ACTIONS, check_args, parse_actions
 from callstream.events import (
     EVENT_TYPES,
+    MAX_INT64,
     EventInvalidError,
     NewEvent,
     check_payload,
@@ -170,9 +171,21 @@ def _since_of(obj: dict[str, Any], call_id: str) -> int | None:
     since = obj["since"]
     if call_id == WILDCARD:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "since is not allowed with call_id '*'", call_id)
-    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "since must be a non-negative integer", call_id)
-    return since
+    return since_of(since, call_id)
+
+
+def since_of(value: object, call_id: str | None = None) -> int:
+    """A `since`: a seq, 0 to 2^63-1, the one rule (and message) of the socket's `subscribe`, the
+    event stream and `GET /v1/calls/{id}/events`. ProtocolError `invalid_message` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT64:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"since must be an integer from 0 to {MAX_INT64}", call_id)
+    return value
+
+
+def since_in_query(text: str) -> int:
+    """`since_of` for a query string's value: its digits, nothing else (no sign, no spaces)."""
+    digits = text.isascii() and text.isdigit() and len(text) <= len(str(MAX_INT64))
+    return since_of(int(text) if digits else None)
 
 
 def _where_of(obj: dict[str, Any], call_id: str) -> Metadata | None:

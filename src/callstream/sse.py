@@ -127,10 +127,7 @@ def _since(since: list[str], calls: tuple[str, ...]) -> dict[str, int]:
         raise p.ProtocolError(
             p.ErrorCode.INVALID_MESSAGE, "since is for a stream of one call (resume several with Last-Event-ID)"
         )
-    value = since[0]
-    if not value.isascii() or not value.isdigit() or int(value) > MAX_INT64:
-        raise p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, "since must be a non-negative integer")
-    return {calls[0]: int(value)}
+    return {calls[0]: p.since_in_query(since[0])}
 
 
 def parse_cursor(text: str, max_calls: int) -> dict[str, int]:

@@ -181,6 +181,19 @@ def test_serve_help_names_the_variable_and_default_of_each_setting(shown: str) -
     assert shown in flat(result.stdout), result.stdout
 
 
+@pytest.mark.parametrize("group", [[], ["calls"], ["keys"], ["webhooks"]], ids=["callstream", "calls", "keys", "webhooks"])
+def test_each_command_is_summed_up_in_one_line_of_its_groups_help(group: list[str]) -> None:
+    """A wide terminal shows each command's summary on its own row: a summary that goes on to a
+    second line was cut mid-sentence (rich keeps the docstring's own line breaks there)."""
+    result = cli(*group, "--help")
+    assert result.returncode == 0, result.stderr
+    panel = result.stdout.split("Commands")[1].splitlines()[1:]
+    rows = [line.strip("│ ") for line in panel if line.startswith("│")]
+    assert rows
+    continued = [row for row in rows if not re.match(r"[a-z-]+ {2,}\S", row)]
+    assert not continued, result.stdout
+
+
 # ---- token ----------------------------------------------------------------------------------------
 
 

@@ -265,6 +265,9 @@ async def test_rest_answers_202_and_the_codes_as_statuses(node: ServerProcess, k
         invalid = post(key, {"action": "say", "args": {"text": ""}})
         assert (invalid.status_code, invalid.json()["error"]["code"]) == (422, "invalid_message")
         assert post(key, {"nope": 1}).status_code == 422
+        extra = post(key, {"action": "pause", "args": {}, "bogus": 1})
+        assert (extra.status_code, extra.json()["error"]["code"]) == (422, "invalid_message")
+        assert "bogus" in extra.json()["error"]["message"]
         accepted = post(key, {"action": "pause"})
         assert accepted.status_code == 202
         assert (await recv(agent))["request_id"] == accepted.json()["request_id"]

@@ -148,6 +148,30 @@ async def test_a_bad_query_or_cursor_is_refused_with_a_clear_error(
     assert stream.response.json()["error"]["code"] == code
 
 
+@pytest.mark.parametrize("since", ["99999999999999999999999", "9223372036854775808", "-1", "x"])
+async def test_a_since_out_of_range_is_refused_alike_by_the_stream_and_the_events_page(
+    server: ServerProcess, api_key: str, since: str
+) -> None:
+    """One rule for `since` everywhere: a seq from 0 to 2^63-1, and a message that says so."""
+    call_id = new_call()
+    publish(server, api_key, call_id, final("hello"))
+    async with open_stream(server.url, [*calls(call_id), ("since", since)], api_key) as stream:
+        await stream.response.aread()
+    page = httpx.get(
+        f"{server.url}/v1/calls/{call_id}/events", params={"since": since},
+        headers={"Authorization": f"Bearer {api_key}"}, timeout=10,
+    )  # fmt: skip
+    assert (stream.response.status_code, page.status_code) == (422, 422)
+    message = stream.response.json()["error"]["message"]
+    assert message == page.json()["error"]["message"]
+    assert "9223372036854775807" in message
+    largest = httpx.get(
+        f"{server.url}/v1/calls/{call_id}/events", params={"since": 2**63 - 1},
+        headers={"Authorization": f"Bearer {api_key}"}, timeout=10,
+    )  # fmt: skip
+    assert (largest.status_code, largest.json()["events"]) == (200, [])
+
+
 async def test_no_credential_is_401_and_another_accounts_call_stays_invisible(
     server: ServerProcess, api_key: str, other_key: str
 ) -> None:

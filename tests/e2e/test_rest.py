@@ -541,3 +541,58 @@ def test_docs_and_openapi_are_served(server: ServerProcess) -> None:
 
 def test_unknown_path_is_a_json_404(server: ServerProcess, api_key: str) -> None:
     assert_error(get(server, "/v1/nothing-here", api_key), 404)
+
+
+# ---- JSON bodies, whatever their Content-Type --------------------------------------------------
+
+CURL_FORM = "application/x-www-form-urlencoded"  # what `curl -d '{...}'` sends without `-H`
+
+
+def json_routes(server: ServerProcess, key: str, call_id: str) -> dict[tuple[str, str], tuple[str, Any, int]]:
+    """Every route the OpenAPI page gives a body: (method, path) → (URL path, a valid body, its status)."""
+    assert publish(server, key, call_id, final("hello")).status_code == 202
+    return {
+        ("POST", "/v1/calls/{call_id}/events"): (f"/v1/calls/{call_id}/events", final("again"), 202),
+        ("PATCH", "/v1/calls/{call_id}"): (f"/v1/calls/{call_id}", {"metadata": {"campaign": "spring"}}, 200),
+        ("POST", "/v1/calls/{call_id}/control"): (f"/v1/calls/{call_id}/control", {"action": "pause"}, 409),
+        ("POST", "/v1/tokens"): ("/v1/tokens", {"ttl_s": 60}, 200),
+        ("POST", "/v1/keys"): ("/v1/keys", {"scopes": ["subscribe"]}, 201),
+        ("POST", "/v1/webhooks"): ("/v1/webhooks", {"url": "http://127.0.0.1:9/hook"}, 201),
+        ("POST", "/v1/webhooks/replay"): ("/v1/webhooks/replay", {"since": 0}, 202),
+        ("POST", "/v1/login"): ("/v1/login", {"code": "no-such-code"}, 401),
+    }
+
+
+def test_every_json_body_is_read_whatever_its_content_type(server: ServerProcess, call_id: str) -> None:
+    """`curl -d '{…}'` without `-H 'Content-Type: application/json'` works on every route with a
+    body (a 409 or a 401 here is the route's answer to what the body asked)."""
+    key = new_account_key(server, "publish,subscribe,control,admin")
+    routes = json_routes(server, key, call_id)
+    spec = httpx.get(server.url + "/openapi.json").json()
+    with_body = {(m.upper(), path) for path, ops in spec["paths"].items() for m, op in ops.items() if "requestBody" in op}
+    assert with_body == set(routes)
+    for path, body, status in routes.values():
+        method = "PATCH" if path == f"/v1/calls/{call_id}" else "POST"
+        response = httpx.request(
+            method, server.url + path, content=orjson.dumps(body),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": CURL_FORM}, timeout=10,
+        )  # fmt: skip
+        assert response.status_code == status, (path, response.text)
+
+
+@pytest.mark.parametrize("content_type", [CURL_FORM, "application/json"])
+def test_a_body_that_is_not_json_gets_the_same_422_on_every_route(
+    server: ServerProcess, call_id: str, content_type: str
+) -> None:
+    key = new_account_key(server, "publish,subscribe,control,admin")
+    answers = []
+    for path, _, _ in json_routes(server, key, call_id).values():
+        method = "PATCH" if path == f"/v1/calls/{call_id}" else "POST"
+        response = httpx.request(
+            method, server.url + path, content=b"scopes=subscribe",
+            headers={"Authorization": f"Bearer {key}", "Content-Type": content_type}, timeout=10,
+        )  # fmt: skip
+        error = assert_error(response, 422, "invalid_message")
+        assert error["message"].startswith("not valid JSON"), (path, error)
+        answers.append(response.json())
+    assert all(answer == answers[0] for answer in answers), answers

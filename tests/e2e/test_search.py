@@ -63,6 +63,8 @@ def test_filters_combine_and_bad_values_are_422_with_a_reason(any_store: ServerP
         ({"started_after": "yesterday"}, "started_after"),
         ({"sentiment_below": "5"}, "sentiment_below"),
         ({"q": "!!!"}, "no word"),
+        ({"q": ""}, "no word"),
+        ({"q": " "}, "no word"),
         ({"q": "x" * 300}, "longer"),
     ]:
         response = calls(any_store, key, **params)
@@ -134,6 +136,11 @@ def test_the_command_line_searches_and_lists(any_store: ServerProcess) -> None:
     refused = any_store.cli("calls", "search", "!!!", env=env, check=False)
     assert refused.returncode == 1
     assert "no word" in refused.stderr
+    for blank in ("", " "):
+        nothing = any_store.cli("calls", "search", blank, env=env, check=False)
+        assert nothing.returncode == 1, nothing.stdout
+        assert len(nothing.stderr.strip().splitlines()) == 1
+        assert "no word" in nothing.stderr
     bad = any_store.cli("calls", "search", "x", "--metadata", "novalue", env=env, check=False)
     assert bad.returncode == 2
     assert "K=V" in bad.stderr

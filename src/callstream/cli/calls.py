@@ -17,7 +17,7 @@ from rich.text import Text
 from callstream.cli.common import DEFAULT_URL, AdminKey, Json, Key, Url, call_api, console, fail
 from callstream.events import is_valid_call_id
 
-app = typer.Typer(help="list, search and erase the account's calls", no_args_is_help=True)
+app = typer.Typer(help="List, search and erase the account's calls.", no_args_is_help=True)
 
 Status = Annotated[str | None, typer.Option(help="live | ended")]
 Limit = Annotated[int, typer.Option(min=1, max=500, help="calls a page")]
@@ -40,7 +40,9 @@ def list_calls(
 @app.command("search")
 def search(
     key: Key,
-    q: Annotated[str | None, typer.Argument(help='words the transcript holds: refund, "late fee", appoint*')] = None,
+    q: Annotated[
+        str | None, typer.Argument(metavar="Q", help='words the transcript holds: refund, "late fee", appoint*')
+    ] = None,
     url: Url = DEFAULT_URL,
     status: Status = None,
     metadata: Annotated[
@@ -53,8 +55,10 @@ def search(
     cursor: Cursor = None,
     as_json: Json = False,
 ) -> None:
-    """Calls whose final transcript matches Q and that pass every filter given, newest first, each
-    with the line that matched."""
+    """Calls whose final transcripts match Q, newest first, each with the line that matched.
+
+    Every filter given must hold too. Without Q, the calls that pass the filters; a Q with no letter
+    or digit is refused."""
     params: dict[str, Any] = {
         "q": q, "status": status, "started_after": started_after, "started_before": started_before,
         "sentiment_below": sentiment_below, "limit": limit, "cursor": cursor,
@@ -114,8 +118,9 @@ def delete(
     key: AdminKey,
     url: Url = DEFAULT_URL,
 ) -> None:
-    """Erase an ended call everywhere: events, transcript, metadata, replay history, pending
-    webhooks. Exits 1 when the server refuses (a live call, no such call) or cannot be reached."""
+    """Erase an ended call everywhere: events, transcript, metadata, replay history, pending webhooks.
+
+    Exits 1 when the server refuses (a live call, no such call) or cannot be reached."""
     if not is_valid_call_id(call_id):
         fail("CALL_ID must be 1-128 characters of A-Z a-z 0-9 _ . : -")
     call_api("DELETE", url, key, f"/v1/calls/{call_id}")

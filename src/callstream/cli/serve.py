@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import signal
 import tempfile
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.markup import escape
@@ -99,19 +101,51 @@ def serve(
 def demo(
     host: Host = None,
     port: Port = None,
-    data_dir: DataDir = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(help="keep the demo's data in this folder (env CALLSTREAM_DATA_DIR); default: a temporary one"),
+    ] = None,
     calls: Annotated[int, typer.Option(min=1, max=5_000, help="simulated calls kept live")] = 12,
     speed: Annotated[float, typer.Option(help="speaking pace; 2 = twice as fast")] = 1.0,
     audio: Annotated[bool, typer.Option("--audio", help="the calls speak: listen in from the dashboard")] = False,
     record: Annotated[bool, typer.Option("--record", help="keep each call's audio: ended calls play in the dashboard")] = False,
 ) -> None:
-    """`serve` plus a demo account, simulated live calls, and the dashboard's URL."""
+    """`serve` plus a demo account, simulated live calls, and the dashboard's URL.
+
+    Without --data-dir (or CALLSTREAM_DATA_DIR) its data, recordings included, lives in a
+    temporary folder that is removed when the demo stops."""
+    with _demo_data(data_dir or os.environ.get("CALLSTREAM_DATA_DIR")) as folder:
+        _demo(folder, host, port, calls, speed, audio, record)
+
+
+@contextlib.contextmanager
+def _demo_data(given: str | None) -> Iterator[str]:
+    """The folder given, kept; else a temporary one, removed however the demo stops (Ctrl-C,
+    SIGTERM, an error), so runs do not pile up folders in /tmp."""
+    if given is not None:
+        yield given
+        return
+    scratch = tempfile.mkdtemp(prefix="callstream-demo-")
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield scratch
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _stop(signum: int, _frame: object) -> NoReturn:
+    """SIGTERM ends the demo through its clean-up, as Ctrl-C does. (The server hands the signal
+    back once it has drained, and by default SIGTERM would then kill the process outright.)"""
+    raise SystemExit(128 + signum)
+
+
+def _demo(
+    data_dir: str, host: str | None, port: int | None, calls: int, speed: float, audio: bool, record: bool
+) -> None:
     from callstream.server.serve import bound_port, configure_logging
     from callstream.simulate import run_simulation
 
-    data_dir = (
-        data_dir or os.environ.get("CALLSTREAM_DATA_DIR") or tempfile.mkdtemp(prefix="callstream-demo-")
-    )
     settings = load_settings(host=host, port=port, data_dir=data_dir, webhooks_allow_private=True, record=record or None)
     configure_logging("warning")
     on_store(settings, _nothing)

@@ -1,15 +1,17 @@
-"""Request plumbing shared by the REST routes: the error shape, credentials, scopes."""
+"""Request plumbing shared by the REST routes: the error shape, credentials, scopes, JSON bodies."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import Request
+from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
+from callstream import protocol as p
 from callstream.auth import AuthError, Principal
 from callstream.events import is_valid_call_id
 from callstream.limits import Limits, Refusal
@@ -119,3 +121,43 @@ def require(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
 def json_response(body: Any, status: int = 200) -> Response:
     """JSON encoded with orjson (the same encoder as the sockets)."""
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def json_of(request: Request) -> Any:
+    """The request's body as JSON, whatever its `Content-Type` says: `curl -d` sends
+    `application/x-www-form-urlencoded` and `fetch` without headers `text/plain`. Every route with
+    a JSON body reads it here, so all take the same requests and refuse a body that is not JSON
+    with the same `422 invalid_message`."""
+    try:
+        return p.decode_json(await request.body())  # at most max_body_bytes (BodyLimit)
+    except p.ProtocolError as exc:
+        raise ApiError(422, exc.code, exc.message) from None
+
+
+JsonBody = Annotated[Any, Depends(json_of)]  # a route's body, read by hand (events, control, metadata)
+
+
+def body_of(model: type[M], *, optional: bool = False) -> Callable[[Request], Awaitable[M]]:
+    """A dependency: the body (`json_of`) as `model`; `optional`: an empty body is `{}`.
+
+    A value the model refuses is `422 invalid_request` naming each field as `body.<field>`."""
+
+    async def dependency(request: Request) -> M:
+        value = {} if optional and not await request.body() else await json_of(request)
+        try:
+            return model.model_validate(value)
+        except ValidationError as exc:
+            problems = "; ".join(".".join(map(str, ("body", *e["loc"]))) + f": {e['msg']}" for e in exc.errors())
+            raise ApiError(422, "invalid_request", problems) from None
+
+    return dependency
+
+
+def body_schema(schema: dict[str, Any], *, required: bool = True, **examples: Any) -> dict[str, Any]:
+    """The OpenAPI page's description of a JSON body (`openapi_extra`) read by `json_of`, which
+    FastAPI does not see: a pydantic model's `model_json_schema()`, or a schema by hand."""
+    content = {"application/json": {"schema": schema, **examples}}
+    return {"requestBody": {"required": required, "content": content}}

@@ -34,7 +34,7 @@ from starlette.websockets import WebSocket
 from callstream import metrics, sse
 from callstream import protocol as p
 from callstream.auth import Principal
-from callstream.events import ENDED, Event
+from callstream.events import ENDED, MAX_INT64, Event
 from callstream.server.chunked_body import ChunkedBody, chunk, chunked_body
 from callstream.server.deps import runtime_of
 from callstream.server.events_socket import EventsConnection
@@ -402,7 +402,7 @@ OPENAPI: dict[str, Any] = {
 async def described(
     call_id: list[str] = Query(..., description="a call id (repeatable), or `*` for every call of the account"),  # noqa: B008
     types: list[str] | None = Query(None, description="only these event types (repeatable or comma-separated)"),  # noqa: B008
-    since: int | None = Query(None, ge=0, description="one call only: replay what follows this seq, then go live"),
+    since: int | None = Query(None, ge=0, le=MAX_INT64, description="one call only: replay what follows this seq, then go live"),
     token: str | None = Query(None, description="the credential, for EventSource (else `Authorization: Bearer`)"),
     last_event_id: str | None = Query(
         None, description="a cursor (the `id` of the last message) when the `Last-Event-ID` header cannot be set"

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from callstream.auth import Principal
-from callstream.server.deps import ApiError, not_found, require, runtime_of
+from callstream.server.deps import ApiError, body_of, body_schema, not_found, require, runtime_of
 from callstream.store import KeyRecord
 
 __all__ = ["router"]
@@ -73,8 +73,10 @@ def _info(record: KeyRecord) -> KeyInfo:
     )
 
 
-@router.post("", status_code=201, response_model=KeyCreated)
-async def create_key(body: KeyCreate, request: Request, principal: Admin) -> KeyCreated:
+@router.post("", status_code=201, response_model=KeyCreated, openapi_extra=body_schema(KeyCreate.model_json_schema()))
+async def create_key(
+    request: Request, principal: Admin, body: Annotated[KeyCreate, Depends(body_of(KeyCreate))]
+) -> KeyCreated:
     """Create a key of the caller's account; its secret is in this answer and nowhere else."""
     _only_keys(principal)
     scopes = frozenset(body.scopes)

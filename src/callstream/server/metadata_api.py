@@ -10,7 +10,7 @@ ended call's history is closed, so its metadata is too: 409 `call_ended`.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
@@ -27,35 +27,25 @@ from callstream.store import CallFailedError, StoreUnavailableError
 router = APIRouter()
 Patcher = Annotated[Principal, Depends(deps.require("publish", "admin"))]
 
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["metadata"],
-                    "properties": {
-                        "metadata": {
-                            "type": "object",
-                            "maxProperties": MAX_KEYS,
-                            "description": f"merged into the call's; null removes a key; {MAX_KEYS} keys and "
-                            f"{MAX_BYTES} bytes of JSON at most once merged",
-                        }
-                    },
-                },
-                "example": {"metadata": {"campaign": "spring", "customer": "cus_42", "vip": True}},
+_BODY = deps.body_schema(
+    {
+        "type": "object",
+        "required": ["metadata"],
+        "properties": {
+            "metadata": {
+                "type": "object",
+                "maxProperties": MAX_KEYS,
+                "description": f"merged into the call's; null removes a key; {MAX_KEYS} keys and "
+                f"{MAX_BYTES} bytes of JSON at most once merged",
             }
         },
-    }
-}
+        "additionalProperties": False,
+    },
+    example={"metadata": {"campaign": "spring", "customer": "cus_42", "vip": True}},
+)
 
 
-def _patch_of(body: bytes) -> Patch:
-    try:
-        obj = p.decode_json(body)
-    except p.ProtocolError as exc:
-        raise ApiError(422, exc.code, exc.message) from None
+def _patch_of(obj: Any) -> Patch:
     if not isinstance(obj, dict) or set(obj) != {"metadata"}:
         raise ApiError(422, "invalid_message", 'the body is {"metadata": {key: value, ...}}')
     try:
@@ -65,14 +55,16 @@ def _patch_of(body: bytes) -> Patch:
 
 
 @router.patch("/v1/calls/{call_id}", tags=["calls"], openapi_extra=_BODY)
-async def patch_call(call_id: str, request: Request, principal: Patcher) -> Response:
+async def patch_call(
+    call_id: str, request: Request, principal: Patcher, body: deps.JsonBody
+) -> Response:
     """Merge `metadata` into a live call's: keys set, null removes one. Answers the call as
     `GET /v1/calls/{call_id}` does once the change is stored. Refusals: 404 (no such call, or
     not this credential's), 409 `call_ended`, 422 `invalid_message` (the merged metadata would
     pass a limit: nothing changed), 429 `quota_exceeded`, 503 `unavailable`."""
     if not is_valid_call_id(call_id) or not principal.may_see(call_id):
         raise not_found()
-    patch = _patch_of(await request.body())
+    patch = _patch_of(body)
     runtime = deps.runtime_of(request)
     account = principal.account
     timeout = runtime.settings.store_timeout_s

@@ -7,7 +7,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from callstream import protocol as p
@@ -29,7 +29,10 @@ from callstream.server.control_desk import ControlRefusedError
 from callstream.server.deps import (
     UNAVAILABLE_RETRY_S,
     ApiError,
+    JsonBody,
     authenticate,
+    body_of,
+    body_schema,
     json_response,
     limits_of,
     not_found,
@@ -55,6 +58,12 @@ _DASHBOARD_KEYS = {  # one key per kind of session: revoking it ends every sessi
     frozenset({"subscribe", "listen"}): "dashboard-listen",
     _SESSION_SCOPES: "dashboard-control-listen",
 }
+
+
+def _since_schema(schema: dict[str, Any]) -> None:
+    """`since` is read as text (`since_in_query`, the event stream's rule) and described as what it takes."""
+    schema.clear()
+    schema.update(type="integer", minimum=0, maximum=MAX_INT64, description="the events after this seq (default 0)")
 
 
 DEFAULT_EVENTS_PAGE = 1_000  # events per page of GET /v1/calls/{id}/events when no limit is given
@@ -96,27 +105,11 @@ class PublishResponse(BaseModel):
     seq: list[int]
 
 
-async def _model_from(request: Request, model: type[TokenRequest]) -> TokenRequest:
-    raw = await request.body()
-    try:
-        return model.model_validate(p.decode_json(raw) if raw else {})
-    except p.ProtocolError as exc:
-        raise ApiError(422, "invalid_request", exc.message) from None
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ApiError(422, "invalid_request", problems) from None
-
-
-def json_body(schema: dict[str, Any], **examples: Any) -> dict[str, Any]:
-    """The OpenAPI page's description of a JSON body read by hand (not by a pydantic model)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema, **examples}}}}
-
-
 @router.post(
     "/v1/calls/{call_id}/events",
     status_code=202,
     response_model=PublishResponse,
-    openapi_extra=json_body(
+    openapi_extra=body_schema(
         {
             "description": f"one event {{type, data, id?}} or an array of at most {p.MAX_BATCH_EVENTS}; an id its call holds answers its first seq",
             "oneOf": [
@@ -128,13 +121,12 @@ def json_body(schema: dict[str, Any], **examples: Any) -> dict[str, Any]:
     ),
     tags=["produce"],
 )
-async def publish_events(call_id: str, request: Request, principal: Producer) -> Response:
+async def publish_events(call_id: str, request: Request, principal: Producer, body: JsonBody) -> Response:
     runtime = runtime_of(request)
     if not is_valid_call_id(call_id):
         raise ApiError(422, "invalid_message", "call_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
-    body = await request.body()  # at most max_body_bytes (BodyLimit)
     try:
-        events = p.parse_event_batch(p.decode_json(body), call_id)
+        events = p.parse_event_batch(body, call_id)
     except p.ProtocolError as exc:
         raise ApiError(422, exc.code, exc.message, index=exc.index or 0) from None
     refusal = limits_of(request).ingest.take(principal.key_id, len(events))
@@ -171,6 +163,9 @@ CONTROL_EXAMPLES = {
 }
 
 
+_CONTROL_FIELDS = frozenset({"action", "args"})
+
+
 class ControlAck(BaseModel):
     request_id: str = Field(description="names the request in control.requested and its control.result")
     seq: int = Field(description="the seq of the request's control.requested event")
@@ -181,7 +176,7 @@ class ControlAck(BaseModel):
     status_code=202,
     response_model=ControlAck,
     tags=["control"],
-    openapi_extra=json_body(
+    openapi_extra=body_schema(
         {
             "type": "object",
             "required": ["action"],
@@ -189,11 +184,12 @@ class ControlAck(BaseModel):
                 "action": {"type": "string", "enum": list(ACTIONS)},
                 "args": {"type": "object", "description": "the action's arguments (docs/control.md)"},
             },
+            "additionalProperties": False,
         },
         examples=CONTROL_EXAMPLES,
     ),
 )
-async def control_call(call_id: str, request: Request, principal: Controller) -> Response:
+async def control_call(call_id: str, request: Request, principal: Controller, body: JsonBody) -> Response:
     """Ask the producer holding a live call to act: say, instruct, pause, resume, transfer, end.
 
     The request is appended to the call as `control.requested` (with who asked), relayed to the
@@ -204,13 +200,11 @@ async def control_call(call_id: str, request: Request, principal: Controller) ->
     runtime = runtime_of(request)
     if not is_valid_call_id(call_id):
         raise ApiError(422, "invalid_message", "call_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
-    try:
-        body = p.decode_json(await request.body())
-    except p.ProtocolError as exc:
-        raise ApiError(422, exc.code, exc.message) from None
     action = body.get("action") if isinstance(body, dict) else None
     if not isinstance(action, str) or action not in ACTIONS:
         raise ApiError(422, "invalid_message", f"the body is {{action, args}}; action one of {', '.join(ACTIONS)}")
+    if unknown := sorted(set(body) - _CONTROL_FIELDS):
+        raise ApiError(422, "invalid_message", f"unknown field {unknown[0]!r}: the body is {{action, args}}")
     refusal = limits_of(request).control.take(principal.key_id, 1)
     if refusal is not None:
         raise rate_limited(refusal)
@@ -225,20 +219,16 @@ async def control_call(call_id: str, request: Request, principal: Controller) ->
     "/v1/tokens",
     response_model=TokenResponse,
     tags=["auth"],
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "content": {"application/json": {"schema": TokenRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=body_schema(TokenRequest.model_json_schema(), required=False),
 )
-async def mint_token(request: Request, principal: Reader) -> dict[str, Any]:
+async def mint_token(
+    request: Request, principal: Reader, body: Annotated[TokenRequest, Depends(body_of(TokenRequest, optional=True))]
+) -> dict[str, Any]:
     """A short-lived browser JWT (subscribe, and control or listen when asked for and the key
     has them), minted with an API key.
 
-    The body is optional and read whatever its content type, so `fetch` without headers works.
+    The body is optional: an empty one asks for the defaults.
     """
-    body = await _model_from(request, TokenRequest)
     if principal.kind != "key":
         raise ApiError(403, "forbidden", "tokens are minted with an API key, not with a token")
     if body.calls is not None and not all(is_valid_call_id(c) for c in body.calls):
@@ -344,7 +334,7 @@ async def get_events(
     call_id: str,
     request: Request,
     principal: Reader,
-    since: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
+    since: Annotated[str | None, Query(json_schema_extra=_since_schema)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_EVENTS_PAGE)] = DEFAULT_EVENTS_PAGE,
 ) -> Response:
     """A page of the call's stored events (every type but partials) with seq > since, in seq order.
@@ -352,11 +342,15 @@ async def get_events(
     `next_since` is the seq to ask from for the next page, null once there is no more: a long call
     is read page by page, never whole into one answer.
     """
+    try:
+        after = 0 if since is None else p.since_in_query(since)  # the event stream's rule and words
+    except p.ProtocolError as exc:
+        raise ApiError(422, "invalid_request", exc.message) from None
     store = runtime_of(request).store
     call_id = _checked_call_id(principal, call_id)
     if await store.get_call(principal.account, call_id) is None:
         raise not_found()
-    events, more = await store.events_page(principal.account, call_id, since, limit)
+    events, more = await store.events_page(principal.account, call_id, after, limit)
     body = [
         {"type": e.type, "call_id": call_id, "seq": e.seq, "ts": e.ts, "data": e.data}
         if e.id is None
@@ -367,8 +361,10 @@ async def get_events(
     return json_response({"call_id": call_id, "events": body, "next_since": events[-1].seq if more else None})
 
 
-@router.post("/v1/login", response_model=TokenResponse, tags=["auth"])
-async def login(request: Request, body: LoginRequest) -> dict[str, Any]:
+@router.post(
+    "/v1/login", response_model=TokenResponse, tags=["auth"], openapi_extra=body_schema(LoginRequest.model_json_schema())
+)
+async def login(request: Request, body: Annotated[LoginRequest, Depends(body_of(LoginRequest))]) -> dict[str, Any]:
     """Exchange a one-time dashboard login code (printed by `serve`/`demo`) for a JWT.
 
     The session (12 h from here) hangs off the account's subscribe-only `dashboard` key, made at

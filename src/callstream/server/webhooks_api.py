@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from callstream.auth import Principal
 from callstream.events import MAX_INT64
-from callstream.server.deps import ApiError, not_found, require, runtime_of
+from callstream.server.deps import ApiError, body_of, body_schema, not_found, require, runtime_of
 from callstream.webhooks.hooks import repo_of
 from callstream.webhooks.payloads import EVENT_TYPES
 from callstream.webhooks.repo import EndpointLimitError, ReplayError, WebhookRepo
@@ -120,8 +120,10 @@ def _since_ms(value: str | int) -> int:
     return int(moment.timestamp() * 1000)
 
 
-@router.post("", status_code=201, response_model=WebhookCreated)
-async def create_webhook(body: WebhookCreate, request: Request, principal: Admin) -> dict[str, Any]:
+@router.post("", status_code=201, response_model=WebhookCreated, openapi_extra=body_schema(WebhookCreate.model_json_schema()))
+async def create_webhook(
+    request: Request, principal: Admin, body: Annotated[WebhookCreate, Depends(body_of(WebhookCreate))]
+) -> dict[str, Any]:
     """Register an endpoint. The URL must resolve to public addresses (the SSRF rule)."""
     repo = _repo(request)
     try:
@@ -201,8 +203,12 @@ async def replay_delivery(message_id: str, request: Request, principal: Admin) -
     return message
 
 
-@router.post("/replay", status_code=202, response_model=ReplayResult)
-async def replay_failed(body: ReplayRequest, request: Request, principal: Admin) -> dict[str, Any]:
+@router.post(
+    "/replay", status_code=202, response_model=ReplayResult, openapi_extra=body_schema(ReplayRequest.model_json_schema())
+)
+async def replay_failed(
+    request: Request, principal: Admin, body: Annotated[ReplayRequest, Depends(body_of(ReplayRequest))]
+) -> dict[str, Any]:
     """Re-queue every message that failed since a time (endpoints still enabled)."""
     ids = await _repo(request).replay_failed(principal.account, _since_ms(body.since), body.endpoint_id)
     return {"replayed": len(ids), "message_ids": ids}
