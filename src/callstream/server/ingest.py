@@ -282,7 +282,7 @@ class IngestConnection(SocketConnection):
                 message = f"audio frames dropped: {refusal.message}"
                 await self._send(rate_limited_message(message, refusal.retry_after_s, None, frame.call_id))
             return
-        metrics.AUDIO_FRAMES_RECEIVED.inc()
+        metrics.AUDIO_FRAMES_RECEIVED.n += 1
         self.runtime.audio_frame(self.account, frame.call_id, fmt, frame)
 
     # ---- acks --------------------------------------------------------------------------------
