@@ -283,6 +283,26 @@ async def test_an_event_reaches_a_listener_ahead_of_the_audio_sent_after_it(serv
             assert heard == burst
 
 
+async def test_frames_written_right_behind_their_format_wait_for_it_and_all_reach_the_listener(
+    server: ServerProcess,
+) -> None:
+    """A frame the node reads behind other messages waits its turn behind them (it may skip the
+    read loop only when nothing came before it): the format sent just before applies first."""
+    key, call_id = key_of(server), call()
+    async with await events(server, key) as ear:
+        await send(ear, {"type": "listen", "call_id": call_id})
+        await quiet(ear)
+        mouth = RawWebSocket(server.port, f"/v1/ingest?token={key}")
+        with contextlib.closing(mouth.sock):
+            assert mouth.status == 101
+            burst = [encode_frame(n % 2, call_id, n * 20, pcm(n)) for n in range(20)]
+            form = encode(TEXT, orjson.dumps({**FORMAT, "call_id": call_id}))
+            mouth.send(form + b"".join(encode(BINARY, frame) for frame in burst))
+            assert (await recv(ear))["type"] == "listening"
+            heard, _ = await read_both(ear, len(burst), texts=0)
+            assert heard == burst
+
+
 # ---- a slow listener ------------------------------------------------------------------------------
 
 
