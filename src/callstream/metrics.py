@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Gauge, Histogram
 
 from callstream.events import ENDED, Event
 
@@ -19,37 +16,11 @@ CALLS_ENDED = Counter("callstream_calls_ended", "Calls that ended (call.ended ac
 EVENTS_DELIVERED = Counter("callstream_events_delivered", "Event frames sent to subscribers")
 PARTIALS_DROPPED = Counter("callstream_partials_dropped", "Superseded partials dropped for slow consumers")
 SLOW_CONSUMERS = Counter("callstream_slow_consumers", "Connections closed as slow consumers")
+AUDIO_FRAMES_RECEIVED = Counter("callstream_audio_frames_received", "Audio frames accepted from producers on this node")
+AUDIO_FRAMES_SENT = Counter("callstream_audio_frames_sent", "Audio frames queued for listeners on this node")
 AUDIO_FRAMES_DROPPED = Counter(
     "callstream_audio_frames_dropped", "Audio frames dropped, oldest first, for listeners that fell behind"
 )
-
-
-class Tally:
-    """A counter bumped once per live audio frame (20,000 frames a second in and more out on a
-    busy node): a plain int the event loop adds to (`tally.n += k`), exposed as a Prometheus
-    counter at scrape time. A `Counter.inc` takes a lock and checks its arguments on every call
-    (0.3-0.4 µs, twice a frame: bench/README.md, audio-tallies)."""
-
-    __slots__ = ("created", "documentation", "n", "name")
-
-    def __init__(self, name: str, documentation: str) -> None:
-        self.name, self.documentation = name, documentation
-        self.created = time.time()
-        self.n = 0
-
-
-class _Tallies(Collector):
-    def __init__(self, *tallies: Tally) -> None:
-        self._tallies = tallies
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        for tally in self._tallies:
-            yield CounterMetricFamily(tally.name, tally.documentation, value=tally.n, created=tally.created)
-
-
-AUDIO_FRAMES_RECEIVED = Tally("callstream_audio_frames_received", "Audio frames accepted from producers on this node")
-AUDIO_FRAMES_SENT = Tally("callstream_audio_frames_sent", "Audio frames queued for listeners on this node")
-REGISTRY.register(_Tallies(AUDIO_FRAMES_RECEIVED, AUDIO_FRAMES_SENT))
 CONNECTIONS = Gauge("callstream_connections", "Open WebSocket connections", ["endpoint"])
 CLIENT_ERRORS = Counter("callstream_client_errors", "Errors sent to clients", ["code"])
 # Turns (turns.py) of the events this node sequenced: every node counts its own, so the cluster's

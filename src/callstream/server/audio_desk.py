@@ -195,7 +195,7 @@ class AudioDesk:
                 listeners[listener] = fmt
                 listener.audio_listening(call_id, fmt)
             listener.audio_out(frame)
-        metrics.AUDIO_FRAMES_SENT.n += len(listeners)
+        metrics.AUDIO_FRAMES_SENT.inc(len(listeners))
 
     def _end(self, account: str, call_id: str) -> None:
         key = (account, call_id)

@@ -304,7 +304,7 @@ class IngestConnection(SocketConnection):
                 message = f"audio frames dropped: {refusal.message}"
                 return rate_limited_message(message, refusal.retry_after_s, None, frame.call_id)
             return None
-        metrics.AUDIO_FRAMES_RECEIVED.n += 1
+        metrics.AUDIO_FRAMES_RECEIVED.inc()
         self.runtime.audio_frame(self.account, frame.call_id, fmt, frame)
         return None
 
