@@ -49,6 +49,7 @@ HOOKS: dict[str, list[str]] = {
     "send": ["self", "message"],
     "data_received": ["self", "data"],
     "send_keepalive_ping": ["self"],
+    "handle_bytes": ["self", "event"],
 }
 # What CallstreamWebSocketProtocol adds: uvicorn must not define (and so start calling) these.
 OWN = {
@@ -250,6 +251,18 @@ async def _live() -> None:
             frame = text_frame(b'{"n":3}')
             assert send_now(frame) == len(frame)
             assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(3)] == ['{"n":1}', '{"n":2}', '{"n":3}']
+
+            # A binary message read while the app waits in `receive` goes to the sink, whole.
+            sunk: list[bytes] = []
+            writer.binary_sink = lambda data: sunk.append(data) is None
+            await ws.send(b"\x01" * 300)
+            for _ in range(500):
+                if sunk:
+                    break
+                await asyncio.sleep(0.01)
+            assert sunk == [b"\x01" * 300], (
+                f"{UVICORN} no longer hands a binary frame's websockets Frame to handle_bytes, {RELIES}"
+            )
         for _ in range(500):
             if Probe.seen:
                 break

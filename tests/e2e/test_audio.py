@@ -129,6 +129,24 @@ HOSTILE: list[tuple[bytes, str, str]] = [
 ]
 
 
+async def test_metrics_count_the_frames_a_node_took_and_queued_for_its_listeners(server: ServerProcess) -> None:
+    key, call_id = key_of(server), call()
+    received, sent = (metric(server, f"callstream_audio_frames_{what}_total") for what in ("received", "sent"))
+    async with await events(server, key) as ear, await events(server, key) as other, await ingest(server, key) as mouth:
+        for ws in (ear, other):
+            await send(ws, {"type": "listen", "call_id": call_id})
+            await quiet(ws)
+        await send(mouth, {**FORMAT, "call_id": call_id})
+        frames = [encode_frame(n % 2, call_id, n * 20, pcm(n)) for n in range(10)]
+        for frame in frames:
+            await mouth.send(frame)
+        for ws in (ear, other):
+            assert (await recv(ws))["type"] == "listening"
+            assert [await next_binary(ws) for _ in frames] == frames
+    assert metric(server, "callstream_audio_frames_received_total") == received + 10
+    assert metric(server, "callstream_audio_frames_sent_total") == sent + 20
+
+
 async def test_every_malformed_frame_gets_its_error_and_the_socket_goes_on(server: ServerProcess) -> None:
     key, call_id = key_of(server), call()
     async with await events(server, key) as ear, await ingest(server, key) as mouth:
@@ -281,6 +299,26 @@ async def test_an_event_reaches_a_listener_ahead_of_the_audio_sent_after_it(serv
             first = await asyncio.wait_for(ear.recv(), 5.0)
             assert isinstance(first, str), "an audio frame sent after the event reached the listener first"
             assert orjson.loads(first)["data"]["text"] == "before the burst"
+            heard, _ = await read_both(ear, len(burst), texts=0)
+            assert heard == burst
+
+
+async def test_frames_written_right_behind_their_format_wait_for_it_and_all_reach_the_listener(
+    server: ServerProcess,
+) -> None:
+    """A frame the node reads behind other messages waits its turn behind them (it may skip the
+    read loop only when nothing came before it): the format sent just before applies first."""
+    key, call_id = key_of(server), call()
+    async with await events(server, key) as ear:
+        await send(ear, {"type": "listen", "call_id": call_id})
+        await quiet(ear)
+        mouth = RawWebSocket(server.port, f"/v1/ingest?token={key}")
+        with contextlib.closing(mouth.sock):
+            assert mouth.status == 101
+            burst = [encode_frame(n % 2, call_id, n * 20, pcm(n)) for n in range(20)]
+            form = encode(TEXT, orjson.dumps({**FORMAT, "call_id": call_id}))
+            mouth.send(form + b"".join(encode(BINARY, frame) for frame in burst))
+            assert (await recv(ear))["type"] == "listening"
             heard, _ = await read_both(ear, len(burst), texts=0)
             assert heard == burst
 

@@ -15,8 +15,11 @@ acks queue up behind whatever is being sent, and a task sends them in the same o
 
 Live audio comes on the same socket: `audio.format` (text) declares a call's format on this
 socket, and binary frames (`callstream.audio`) follow. A frame is checked and handed to
-`Runtime.audio_frame` in the read loop itself, with no await and nothing stored: it takes no
-event's budget (frames have their own per-key rate, `CALLSTREAM_AUDIO_RATE`) and delays no event.
+`Runtime.audio_frame` with no await and nothing stored: it takes no event's budget (frames have
+their own per-key rate, `CALLSTREAM_AUDIO_RATE`) and delays no event. A frame read while the
+read loop waits for a message is handled in the protocol's read callback (`binary_sink`, see
+server/transport.py), without a trip through the receive queue; one read behind other messages
+waits its turn in the read loop.
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ class IngestConnection(SocketConnection):
         self._formats: dict[str, AudioFormat] = {}  # live audio: each call's format on this socket
         self._audio_refused_at = 0.0
         self._frame_writer: FrameWriter | None = ws.scope.get(FRAME_WRITER)  # set by the accept
+        if self._frame_writer is not None:
+            self._frame_writer.binary_sink = self._audio_now
         # Live control: what this producer declared it can do, and the calls it holds (those it
         # published an event of, until their end); `hello` may declare only before any event.
         self._conn_id = runtime.control.register(self)
@@ -92,6 +97,8 @@ class IngestConnection(SocketConnection):
 
     def _ended(self) -> None:
         self._gone = True
+        if self._frame_writer is not None:
+            self._frame_writer.binary_sink = None
         self._cancel(self._ack_timer, self._unsent_sender)
         held, self._held = self._held, set()
         self.runtime.tasks.start(self.runtime.control.producer_gone(self._conn_id, self.account, held, self._holder))
@@ -261,8 +268,24 @@ class IngestConnection(SocketConnection):
         self.runtime.audio_format(self.account, call_id, fmt)
 
     async def _binary(self, data: bytes) -> None:
+        """An audio frame read behind other messages, in the read loop."""
+        error = self._audio(data)
+        if error is not None:
+            await self._send(error)
+
+    def _audio_now(self, data: bytes) -> bool:
+        """An audio frame read while the read loop waits (the protocol's `binary_sink`): handled
+        at once; an error it earns is written, or queued behind what the socket still owes."""
+        if self.closed or self._gone:
+            return False
+        error = self._audio(data)
+        if error is not None:
+            self._write_or_queue([error])
+        return True
+
+    def _audio(self, data: bytes) -> bytes | None:
         """One audio frame: parsed, checked against its call's format and the key's audio rate,
-        then handed to the runtime (which never waits). A bad one gets an `error`; nothing else."""
+        then handed to the runtime (which never waits). A bad one: the `error` it gets."""
         try:
             frame = parse_frame(data)
             fmt = self._formats.get(frame.call_id)
@@ -271,8 +294,7 @@ class IngestConnection(SocketConnection):
                 raise p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, message, frame.call_id)
             check_payload(fmt, frame)
         except p.ProtocolError as exc:
-            await self._send(p.error_from(exc))
-            return
+            return p.error_from(exc)
         refusal = self._audio_limiter.take(self.key_id, 1)
         if refusal is not None:
             metrics.CLIENT_ERRORS.labels(p.ErrorCode.RATE_LIMITED).inc()
@@ -280,10 +302,11 @@ class IngestConnection(SocketConnection):
             if now - self._audio_refused_at >= _AUDIO_REFUSAL_EVERY_S:  # not one error per frame
                 self._audio_refused_at = now
                 message = f"audio frames dropped: {refusal.message}"
-                await self._send(rate_limited_message(message, refusal.retry_after_s, None, frame.call_id))
-            return
+                return rate_limited_message(message, refusal.retry_after_s, None, frame.call_id)
+            return None
         metrics.AUDIO_FRAMES_RECEIVED.inc()
         self.runtime.audio_frame(self.account, frame.call_id, fmt, frame)
+        return None
 
     # ---- acks --------------------------------------------------------------------------------
 

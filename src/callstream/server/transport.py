@@ -1,4 +1,4 @@
-"""uvicorn's sans-I/O WebSocket protocol, with six additions for a fan-out server.
+"""uvicorn's sans-I/O WebSocket protocol, with seven additions for a fan-out server.
 
 1. Urgent frames skip the write wait. uvicorn makes every `send` wait while the socket's write
    buffer is over its high-water mark, which is right for data and wrong for the last words to a
@@ -42,6 +42,15 @@
    a fault. Here the refusal is logged once, at INFO, with the answer's error code and message,
    and the handshake counts as complete once the answer is written, as for an accepted socket.
 
+7. Binary frames straight to the app. uvicorn hands every message to the app through its receive
+   queue: a dict, a wake-up of the app's task, Starlette's checks, one loop iteration each. A
+   producer's live audio is 100 binary frames a second a call, each handled in a few µs that
+   never wait, so the ingest socket offers a `binary_sink`, and the protocol calls it with each
+   whole binary message it reads while the app waits for one with nothing queued: the frame is
+   handled in the read callback, in order, since nothing came before it that the app has not
+   handled. Otherwise (a message queued or being handled) it queues as before
+   (bench/README.md, audio-sink).
+
 None of uvicorn's protocol state is its public API: tests/test_transport_contract.py checks every
 part of it used here, on the installed uvicorn, websockets and uvloop, and names what changed.
 """
@@ -58,6 +67,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import orjson
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 from websockets.protocol import State
 
 URGENT = "callstream.urgent"
@@ -74,6 +84,7 @@ class FrameWriter(Protocol):
     transport: asyncio.Transport
     on_change: Callable[[], None] | None
     send_now: Callable[[bytes], int] | None
+    binary_sink: Callable[[bytes], bool] | None
 
     def write_frames(self, data: bytes) -> bool: ...
 
@@ -123,6 +134,11 @@ class _ReceiveQueue(Generic[T]):
     def empty(self) -> bool:
         return not self._items
 
+    @property
+    def waiting(self) -> bool:
+        """The consumer waits in `get` and nothing is queued: it has handled every message."""
+        return self._waiter is not None and not self._items
+
     async def get(self) -> T:
         while not self._items:
             waiter = self._waiter = asyncio.get_running_loop().create_future()
@@ -151,9 +167,13 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
         # socket asks for it (`open_send_now`); None under TLS, where bytes must go through the
         # transport, and from `connection_lost` on. Only used while the transport holds nothing.
         self.send_now: Callable[[bytes], int] | None = None
+        # The app's handler of a whole binary message (7.): True when it took it, False to have
+        # it queued for the app's receive instead.
+        self.binary_sink: Callable[[bytes], bool] | None = None
         self._close_sent = False
         super().__init__(*args, **kwargs)
-        self.queue = _ReceiveQueue()  # type: ignore[assignment]
+        self._received: _ReceiveQueue[Any] = _ReceiveQueue()
+        self.queue = self._received  # type: ignore[assignment]
 
     # ---- word of changes to `frames_open` (4.) ---------------------------------------------------
 
@@ -217,6 +237,12 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
         self.send_now = functools.partial(os.write, raw.fileno())
 
     # ---- frames ------------------------------------------------------------------------------
+
+    def handle_bytes(self, event: Frame) -> None:
+        sink = self.binary_sink
+        if sink is not None and event.fin and not self._close_sent and self._received.waiting and sink(bytes(event.data)):
+            return
+        super().handle_bytes(event)
 
     async def send(self, message: Any) -> None:
         kind = message["type"]
