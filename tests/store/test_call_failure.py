@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,8 +18,10 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from callstream.events import Event
 from callstream.store import CallFailedError, SqlStore, StoreUnavailableError
 from callstream.store.fold_process import quarantine_path
+from callstream.store.sql import refused_rows
 from tests.store.test_store_contract import event
 
 SQLITE_TRIGGER = (
@@ -161,3 +164,44 @@ async def test_on_postgresql_a_call_whose_commits_lose_their_connection_is_not_f
         assert [e.seq for e in await store.events(account, "c1")] == [1, 2]
     finally:
         await store.close()
+
+
+def test_errors_are_told_apart_by_what_they_say() -> None:
+    """A statement the database refuses fails its call; a connection or a server that failed is
+    an outage; an error that says neither (no SQLSTATE) is left to a probe of the database."""
+
+    class DriverError(Exception):
+        def __init__(self, sqlstate: str) -> None:
+            self.sqlstate = sqlstate
+
+    assert refused_rows(DriverError("23505")) is True  # a unique key
+    assert refused_rows(DriverError("P0001")) is True  # a trigger's RAISE
+    assert refused_rows(DriverError("57P01")) is False  # the server shutting down
+    assert refused_rows(DriverError("25P03")) is False  # a session ended for idling in its transaction
+    assert refused_rows(DriverError("55P03")) is False  # a lock not had
+    assert refused_rows(sqlite3.IntegrityError("x")) is True
+    assert refused_rows(sqlite3.OperationalError("database is locked")) is False
+    assert refused_rows(OverflowError("Python int too large to convert to SQLite INTEGER")) is None
+
+
+async def test_a_call_whose_rows_fail_with_an_error_that_says_nothing_fails_alone(
+    store: SqlStore, account: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error without a SQLSTATE (a driver's own check of a value, a value Python could not
+    bind) while the database writes fine is the call's, not an outage: the call fails once, the
+    store stays healthy and takes the other calls' events (before, the store reported itself
+    down and the call was stored again, and failed again, at every repair)."""
+    commit = store._commit
+
+    async def commit_refusing_poison(events: list[Event]) -> None:
+        if any(e.call_id == "poison" for e in events):
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        await commit(events)
+
+    monkeypatch.setattr(store, "_commit", commit_refusing_poison)
+    with contextlib.suppress(CallFailedError):
+        await store.append([event(account, "poison", 1), event(account, "good", 1)])
+    assert store.call_failed(account, "poison")
+    assert store.healthy
+    await store.append([event(account, "good", 2)])
+    assert [e.seq for e in await store.events(account, "good")] == [1, 2]

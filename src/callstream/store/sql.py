@@ -106,16 +106,21 @@ def unavailable(exc: BaseException) -> BaseException:
 
 # SQLSTATE classes that say the connection or the server failed, not the statement: a connection
 # exception, a transaction rolled back (a deadlock), insufficient resources (a full disk), operator
-# intervention (a shutdown ending the sessions, a cancel), a system error, an internal error.
+# intervention (a shutdown ending the sessions, a cancel), a system error, an internal error; and
+# two codes of other classes that say the same (a session the server ended for idling in its
+# transaction, a lock that could not be had).
 _OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58", "XX"})
+_OUTAGE_SQLSTATES = frozenset({"25P03", "55P03"})
 _SQLITE_REFUSALS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.NotSupportedError)
 
 
-def refused_rows(exc: BaseException) -> bool:
+def refused_rows(exc: BaseException) -> bool | None:
     """Whether `exc` is the database refusing a statement (a constraint, a type, a size, a
-    trigger), as opposed to a lost connection, a shutdown or a driver's fault. Only a refusal
-    fails a call for good (`SqlStore.failed_calls`); anything else is an outage, after which
-    the call's events are stored again (`server/repair.py`)."""
+    trigger: True) or a lost connection, a shutdown or the server's fault (False); None when the
+    error does not say (no SQLSTATE: a driver's own check, a value Python could not bind), and the
+    database must be asked (`SqlStore.probe_write`). Only a refusal fails a call for good
+    (`SqlStore.failed_calls`); after an outage the call's events are stored again
+    (`server/repair.py`)."""
     error: BaseException | None = exc
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
@@ -124,9 +129,9 @@ def refused_rows(exc: BaseException) -> bool:
             return isinstance(error, _SQLITE_REFUSALS)
         state = getattr(error, "sqlstate", None)
         if isinstance(state, str) and state:
-            return state[:2] not in _OUTAGE_SQLSTATE_CLASSES
+            return state[:2] not in _OUTAGE_SQLSTATE_CLASSES and state not in _OUTAGE_SQLSTATES
         error = getattr(error, "orig", None) or error.__cause__
-    return False
+    return None
 
 
 def store_errors(method: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
@@ -948,7 +953,10 @@ class SqlStore:
             try:
                 await self._commit(held)
             except Exception as exc:  # this call's rows alone, or the connection failed meanwhile
-                if refused_rows(exc):
+                refused = refused_rows(exc)
+                if refused is None:  # the error does not say: a database that still writes refused it
+                    refused = await self.probe_write()
+                if refused:
                     errors[key] = self._fail_call(key, f"{exc.__class__.__name__}: {exc}")
                     continue
                 self._write_outage.failed(exc)
