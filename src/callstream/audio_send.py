@@ -9,12 +9,13 @@ tracks aligned, so they follow two rules:
   one ended (the samples sent so far), so the jitter of the loop that delivers audio never
   shows as gaps or overlaps. A text-to-speech engine that delivers faster than real time keeps
   its audio contiguous too.
-- **The clock places a track that starts or resumes.** The call's first audio is ``ms`` 0,
-  and a track counts as sent from there. A track's chunk that finds it more than
-  :data:`RESYNC_MS` behind the clock (its first, coming that late, or its first after a
-  silence) starts at the time since the call's first audio, so an agent answering two seconds
-  after the caller spoke is heard two seconds later; two tracks first sent within
-  :data:`RESYNC_MS` of each other both start at 0, however the sender's loop was delayed.
+- **The clock places a track that starts or resumes.** The call's first audio is ``ms`` 0;
+  a track's first chunk, or its first after a silence (the track fell more than
+  :data:`RESYNC_MS` behind the clock: nothing was sent for it meanwhile), starts at the time
+  since then, so an agent answering two seconds after the caller spoke is heard two seconds
+  later. A track first sent within :data:`START_MS` of the call's first audio starts at 0
+  with it: two tracks sent together stay aligned however the sender's loop was delayed between
+  them, and a track placed that early still has most of :data:`RESYNC_MS` for its jitter.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import orjson
 from callstream.audio import CODECS, MAX_MS, SAMPLE_RATES, TRACK_AGENT, TRACK_CALLER, encode_frame
 from callstream.events import is_valid_call_id
 
-__all__ = ["FRAME_MS", "RESYNC_MS", "TRACKS", "AudioCall", "check_format", "track_number"]
+__all__ = ["FRAME_MS", "RESYNC_MS", "START_MS", "TRACKS", "AudioCall", "check_format", "track_number"]
 
 FRAME_MS: Final = 20  # a frame's longest duration: what telephony and WebRTC send
 RESYNC_MS: Final = 200  # a track further behind the clock than this was silent: it jumps ahead
+START_MS: Final = 100  # a track first sent this soon after the call's first audio starts at 0
 TRACKS: Final[dict[str, int]] = {"caller": TRACK_CALLER, "agent": TRACK_AGENT}
 
 
@@ -91,8 +93,10 @@ class AudioCall:
             return []
         rate = self.sample_rate
         clock = round((now - self._started) * rate)
-        cursor = self._cursor.get(track, 0)  # a new track counts as sent from ms 0 on
-        if clock - cursor > RESYNC_MS * rate // 1000:
+        cursor = self._cursor.get(track)
+        if cursor is None:  # the track's first chunk: with the call's first audio, or when it came
+            cursor = 0 if clock <= START_MS * rate // 1000 else clock
+        elif clock - cursor > RESYNC_MS * rate // 1000:
             cursor = max(clock, 0)
         step = FRAME_MS * rate // 1000 * width
         out: list[bytes] = []
