@@ -40,6 +40,7 @@ from callstream.client import (
     token_expiry,
 )
 from callstream.testing import metrics, server_event
+from callstream.wire import failure_reason
 from tests.helpers import ServerProcess, ended, final, partial, publish
 
 
@@ -505,3 +506,10 @@ async def test_testing_run_server_publish_and_server_event(tmp_path: Any) -> Non
     event = testing.server_event(testing.transcript_final("hi", "agent"), "c9", 4)
     assert isinstance(event, TranscriptFinal)
     assert (event.call_id, event.seq, event.speaker, event.data["is_final"]) == ("c9", 4, "agent", True)
+
+
+def test_why_a_connection_failed_names_the_host_never_its_password() -> None:
+    """`tail` prints this reason on its header and on stderr, which CI logs keep."""
+    reason = failure_reason("ws://user:s3cret@127.0.0.1:1/v1/events", ConnectionRefusedError())
+    assert reason == "cannot reach 127.0.0.1:1: connection refused"
+    assert "s3cret" not in failure_reason("wss://u:s3cret@example.com/v1/events", TimeoutError())

@@ -82,7 +82,8 @@ def refusal_reason(status: int, body: bytes | bytearray | None) -> str:
 def failure_reason(url: str, exc: BaseException) -> str:
     """Why a connection to ``url`` failed or ended, in a few words for a person:
     ``cannot reach 127.0.0.1:1: connection refused``."""
-    where = urllib.parse.urlsplit(url).netloc or url
+    parts = urllib.parse.urlsplit(url)
+    where = (f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname) if parts.hostname else url  # no password
     if isinstance(exc, ConnectionClosed):
         return f"connection to {where} lost ({exc})"
     if isinstance(exc, ConnectionRefusedError):

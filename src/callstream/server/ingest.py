@@ -71,6 +71,7 @@ class IngestConnection(SocketConnection):
         self._ack_timer: asyncio.TimerHandle | None = None
         self._send_lock = asyncio.Lock()
         self._gone = False  # the socket is gone: nothing more can be sent
+        self._sink_failure: Exception | None = None  # what `_audio_now` hit: the read loop raises it (1011)
         self.limiter: IngestLimiter = limits_of(ws).ingest
         self._audio_limiter: IngestLimiter = limits_of(ws).audio
         self._formats: dict[str, AudioFormat] = {}  # live audio: each call's format on this socket
@@ -268,7 +269,10 @@ class IngestConnection(SocketConnection):
         self.runtime.audio_format(self.account, call_id, fmt)
 
     async def _binary(self, data: bytes) -> None:
-        """An audio frame read behind other messages, in the read loop."""
+        """An audio frame read behind other messages, in the read loop (or one `_audio_now` failed
+        on, whose error ends the socket here, as any of the loop's: 1011)."""
+        if self._sink_failure is not None:
+            raise self._sink_failure
         error = self._audio(data)
         if error is not None:
             await self._send(error)
@@ -276,9 +280,13 @@ class IngestConnection(SocketConnection):
     def _audio_now(self, data: bytes) -> bool:
         """An audio frame read while the read loop waits (the protocol's `binary_sink`): handled
         at once; an error it earns is written, or queued behind what the socket still owes."""
-        if self.closed or self._gone:
+        if self.closed or self._gone or self._sink_failure is not None:
             return False
-        error = self._audio(data)
+        try:
+            error = self._audio(data)
+        except Exception as exc:  # not inside uvloop's read callback: the read loop raises it
+            self._sink_failure = exc
+            return False
         if error is not None:
             self._write_or_queue([error])
         return True
