@@ -97,10 +97,7 @@ def parse_format(obj: dict[str, Any]) -> tuple[str, AudioFormat]:
 
 class AudioFrame(NamedTuple):
     """One parsed frame. `raw` is the whole frame as it came: relayed to listeners unchanged.
-
-    A named tuple, not a frozen dataclass: one is built for every frame a node takes (20,000 a
-    second on a busy node), and a frozen dataclass's `__init__` costs about three times as much
-    (bench/README.md, audio-frame-tuple)."""
+    A named tuple: one is built for every frame a node takes (bench/README.md, audio-frame-tuple)."""
 
     version: int
     track: int
