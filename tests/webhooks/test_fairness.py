@@ -73,8 +73,11 @@ async def test_the_next_free_slot_goes_to_the_account_waiting_its_turn(
     async with wh.running():
         await wait_until(lambda: acme.open + initech.open == 4)
         assert acme.open == initech.open == 2  # round-robin claims share the node out
-        latency = await _latency_of_next_delivery(wh, "globex", good, within=0.1 + 2.0 + MARGIN_S)
-    assert latency < 0.1 + 2.0 + MARGIN_S, f"globex's delivery took {latency:.2f} s"
+        # The first slot frees within the 2 s timeout; a globex behind one more round of the
+        # hanging backlogs would wait past 4.1 s: a margin under 2 s still tells them apart.
+        bound = 0.1 + 2.0 + 1.75
+        latency = await _latency_of_next_delivery(wh, "globex", good, within=bound)
+    assert latency < bound, f"globex's delivery took {latency:.2f} s"
 
 
 async def test_the_hanging_account_still_gets_every_attempt(
