@@ -121,11 +121,11 @@ def on_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]]) -> T:
     except UnknownSchemaError as exc:
         fail(escape(str(exc)), 1)
     except _CannotOpenError as exc:
-        reason = _masked(str(getattr(exc.cause, "orig", None) or exc.cause).splitlines()[0], settings.database)
+        reason = masked(str(getattr(exc.cause, "orig", None) or exc.cause).splitlines()[0], settings.database)
         fail(escape(f"cannot open the database: {type(exc.cause).__name__}: {reason}"), 1)
 
 
-def _masked(text: str, url: str | None) -> str:
+def masked(text: str, url: str | None) -> str:
     """`text` without the password of `url` (as written in it, and decoded)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError

@@ -23,6 +23,7 @@ from callstream.cli.common import (
     console,
     fail,
     load_settings,
+    masked,
     on_store,
     setting,
     with_store,
@@ -209,7 +210,7 @@ def _check_broker(url: str | None) -> None:
     try:
         asyncio.run(ping())
     except (RedisError, OSError, ValueError) as exc:
-        fail(escape(f"cannot reach the broker: {exc}"), 1)
+        fail(escape(f"cannot reach the broker: {masked(str(exc), url)}"), 1)  # as the database's errors
 
 
 async def _nothing(_store: SqlStore) -> None:
