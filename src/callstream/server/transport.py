@@ -44,8 +44,8 @@
 
 7. Binary frames straight to the app. uvicorn hands every message to the app through its receive
    queue: a dict, a wake-up of the app's task, Starlette's checks, one loop iteration each. A
-   producer's live audio is 100 binary frames a second a call, each handled in a few µs that
-   never wait, so the ingest socket offers a `binary_sink`, and the protocol calls it with each
+   producer's live audio is a binary frame every 20 ms a track, each handled without waiting,
+   so the ingest socket offers a `binary_sink`, and the protocol calls it with each
    whole binary message it reads while the app waits for one with nothing queued: the frame is
    handled in the read callback, in order, since nothing came before it that the app has not
    handled. Otherwise (a message queued or being handled) it queues as before
