@@ -229,3 +229,19 @@ async def test_the_fold_process_yields_the_core_to_the_node(store: SqlStore) -> 
     stat = Path(f"/proc/{pid}/stat").read_text()  # noqa: ASYNC240 - procfs, never blocks
     child_nice = int(stat.rsplit(")", 1)[1].split()[16])
     assert child_nice == os.nice(0) + fold_process.NICENESS
+    # With autogroup scheduling the kernel shares a core between sessions first, and a process's
+    # nice counts only inside its session's group: the fold's group (a session of its own) must
+    # be as low as the fold itself.
+    node_group, fold_group = scheduling_group("self"), scheduling_group(str(pid))
+    if node_group is not None and fold_group is not None and fold_group[0] != node_group[0]:
+        assert fold_group[1] >= min(19, node_group[1] + fold_process.NICENESS)
+
+
+def scheduling_group(pid: str) -> tuple[str, int] | None:
+    """A process's autogroup and its nice, or None where Linux does not group by session."""
+    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    group = Path(f"/proc/{pid}/autogroup")
+    if not enabled.exists() or enabled.read_text().strip() != "1" or not group.exists():
+        return None
+    name, nice = group.read_text().split(" nice ")
+    return name, int(nice)
