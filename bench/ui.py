@@ -10,9 +10,10 @@ partials, a final) while Debian's Chromium (Playwright, headless, as tests/e2e/t
 launches it) shows the dashboard. Each view (the calls list, the campaign grid) is measured for
 ``--seconds`` after a warm-up: frames per second (requestAnimationFrame), long tasks (count, total,
 longest: the ``longtask`` entries of the page), the JS heap in use (CDP ``Runtime.getHeapUsage``),
-the DOM's element count and the bytes per second the page's socket received (CDP WebSocket
-frames). Writes ``results/ui.md`` (a row per checkout, N and view, earlier rows of other labels
-kept) and ``results/ui.json``, and a screenshot of the campaign view at the largest N
+the DOM's element count, the bytes per second the page's socket received (CDP WebSocket
+frames) and the live calls the page counted (a page that took fewer than N measured less work).
+Writes ``results/ui.md`` (a row per checkout, N and view, earlier rows of other labels kept) and
+``results/ui.json``, and a screenshot of the campaign view at the largest N
 (``results/ui-campaign-<N>.png``, 1280×800).
 
 Older checkouts work too: the page is driven only through its login link, the tab ids and the
@@ -203,7 +204,8 @@ def measure_view(page: Any, cdp: Any, received: list[int], seconds: float) -> di
     t0 = time.monotonic()
     page.wait_for_timeout(seconds * 1000)
     probe = page.evaluate("() => ({ frames: window.__bench.frames, long: window.__bench.long,"
-                          " nodes: document.getElementsByTagName('*').length, title: document.title })")
+                          " nodes: document.getElementsByTagName('*').length, title: document.title,"
+                          " shown: document.getElementById('live-count')?.textContent ?? '' })")
     elapsed = time.monotonic() - t0
     heap = cdp.send("Runtime.getHeapUsage")
     long = probe["long"]
@@ -216,6 +218,8 @@ def measure_view(page: Any, cdp: Any, received: list[int], seconds: float) -> di
         "kib_per_s": round(sum(received) / 1024 / elapsed, 1),
         "dom_elements": probe["nodes"],
         "title": probe["title"],
+        # the live calls the page counts (its list's header): fewer than N means it measured less work
+        "shown": int(digits) if (digits := "".join(ch for ch in probe["shown"] if ch.isdigit())) else None,
     }
 
 
@@ -259,13 +263,19 @@ def run_n(b: Any, checkout: Path, n: int, seconds: float, warmup: float, per_cal
         server.stop()
 
 
+def shown(row: dict[str, Any]) -> str:
+    """The live calls the page counted, or – (unresponsive, or a row measured before it was kept)."""
+    count = row.get("shown")
+    return "–" if count is None else f"{count:,}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| checkout | calls | view | fps | long tasks | long total | longest | JS heap | received | DOM elements "
-            "| load |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = ("| checkout | calls | shown | view | fps | long tasks | long total | longest | JS heap | received "
+            "| DOM elements | load |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     body = "".join(
-        f"| {r['label']} | {r['n']:,} | {r['view']} | unresponsive: a click waited over {UNRESPONSIVE_S} s "
+        f"| {r['label']} | {r['n']:,} | {shown(r)} | {r['view']} | unresponsive: a click waited over {UNRESPONSIVE_S} s "
         "| | | | | | | |\n" if r.get("unresponsive") else
-        f"| {r['label']} | {r['n']:,} | {r['view']} | {r['fps']} | {r['long_tasks']} | {r['long_total_ms']:,} ms "
+        f"| {r['label']} | {r['n']:,} | {shown(r)} | {r['view']} | {r['fps']} | {r['long_tasks']} | {r['long_total_ms']:,} ms "
         f"| {r['longest_ms']} ms | {r['heap_mb']} MB | {r['kib_per_s']} KiB/s | {r['dom_elements']:,} "
         f"| {r.get('load', '–')} |\n"
         for r in rows)
@@ -288,6 +298,8 @@ def write(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         f"Targets: {TARGETS}. Each view measured {meta['seconds']} s after {meta['warmup']} s of warm-up, "
         f"the producer at {meta['per_call']} events/s per call; last run {meta['when']} "
         f"(load average then {meta['load']}).\n"
+        "Shown: the live calls the page counted at the end of the view (– where not recorded); fewer than "
+        "the calls means the page measured less work. "
         "Long tasks: the page's `longtask` entries (over 50 ms each). Received: the socket's frames. "
         "Load: the machine's 1-minute load average at the end of the view (2 cores: above 2, the browser "
         "waited for a core).\n\n"

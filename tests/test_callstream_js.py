@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.helpers import missing
 
 ROOT = Path(__file__).resolve().parent.parent
 JS_TEST = ROOT / "tests" / "js" / "callstream.test.mjs"
@@ -15,7 +15,7 @@ JS_TEST = ROOT / "tests" / "js" / "callstream.test.mjs"
 def test_callstream_js_unit_tests() -> None:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed")
+        missing("node is not installed")
     proc = subprocess.run(
         [node, "--test", str(JS_TEST)],
         cwd=ROOT,

@@ -22,7 +22,7 @@ import jwt
 import pytest
 
 from callstream.simulate import run_simulation
-from tests.helpers import ServerProcess, ended, final, partial, publish, steady_seed
+from tests.helpers import ServerProcess, ended, final, missing, partial, publish, steady_seed
 
 pytestmark = pytest.mark.browser
 
@@ -41,9 +41,11 @@ SHOTS = ROOT / "docs" / "screenshots"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 if not Path(CHROMIUM).exists():
-    pytest.skip("needs Debian chromium (apt-get install chromium)", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
+    missing(f"needs Debian chromium at {CHROMIUM} (apt-get install chromium)")
+try:
+    from playwright import sync_api
+except ImportError:
+    missing("needs playwright (pip install -e '.[dev]')")
 expect = sync_api.expect
 
 

@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 
 from callstream.publisher import Publisher
-from tests.e2e.test_dashboard import account, browser, new_call, open_dashboard, page  # noqa: F401 - fixtures
+from tests.e2e.test_dashboard import account, browser, new_call, open_dashboard, page, sync_api  # noqa: F401 - fixtures
 from tests.helpers import ServerProcess, ended, final, partial, publish
 
 pytestmark = pytest.mark.browser
-sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 
 BASE_TITLE = "callstream · live calls"

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, ended, final, partial, publish
+from tests.helpers import ServerProcess, ended, final, missing, partial, publish
 
 SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "events-api.txt"
 HOST = "wss://api.call2me.app"
@@ -200,7 +200,7 @@ class NodeClient:
 @pytest.fixture
 def run_node(tmp_path: Path) -> Iterator[Callable[..., NodeClient]]:
     if shutil.which("node") is None and not Path("/usr/bin/node").exists():
-        pytest.skip("node is not installed")
+        missing("node is not installed")
     clients: list[NodeClient] = []
 
     def start(script: str, credential: str, subscriptions: list[str] | None = None) -> NodeClient:
