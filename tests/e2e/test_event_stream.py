@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
 
-from tests.helpers import Cluster, ServerProcess, ended, final, partial, publish
+from tests.helpers import Cluster, ServerProcess, ended, final, open_events, partial, publish
 from tests.sse_reader import SseMessage, open_stream
 
 
@@ -201,6 +202,44 @@ async def test_keepalive_comments_and_origin_check(fresh_server: ServerProcess) 
         with pytest.raises(TimeoutError):
             await stream.next(1.5)
     assert stream.comments.count("keepalive") >= 2
+
+
+async def refusal(server: ServerProcess, key: str) -> httpx.Response:
+    """The answer to a stream that must not start (it fails the test at once if it does)."""
+    async with open_stream(server.url, calls("c1"), key) as stream:
+        assert stream.response.status_code != 200, "the stream was let in"
+        await stream.response.aread()
+    return stream.response
+
+
+async def test_a_stream_holds_a_connection_slot_of_its_key_and_account_like_a_socket(
+    fresh_server: ServerProcess,
+) -> None:
+    fresh_server.env = {"CALLSTREAM_MAX_CONNECTIONS_PER_KEY": "1", "CALLSTREAM_QUOTA_SOCKETS": "2"}
+    await asyncio.to_thread(fresh_server.start)
+    k1, k2, k3 = [await asyncio.to_thread(fresh_server.create_key, "acme") for _ in range(3)]
+    async with open_stream(fresh_server.url, calls("c1"), k1) as held:
+        assert (await held.next()).event == "subscribed"
+        second = await refusal(fresh_server, k1)
+        with pytest.raises(InvalidStatus) as socket:  # streams and sockets count together
+            await open_events(fresh_server, k1)
+        async with open_stream(fresh_server.url, calls("c1"), k2) as other_key:
+            assert (await other_key.next()).event == "subscribed"
+            third = await refusal(fresh_server, k3)  # the account's 3rd
+    for refused, code in ((second, "rate_limited"), (third, "quota_exceeded")):
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == code
+        assert int(refused.headers["Retry-After"]) >= 1
+    assert socket.value.response.status_code == 429
+    deadline = time.monotonic() + 5  # a stream's end frees its slot
+    while True:
+        async with open_stream(fresh_server.url, calls("c1"), k1) as again:
+            if again.response.status_code == 200:
+                assert (await again.next()).event == "subscribed"
+                break
+            await again.response.aread()
+        assert time.monotonic() < deadline, again.response.text
+        await asyncio.sleep(0.1)
 
 
 async def test_revoking_the_key_over_rest_ends_its_stream_within_5_s(server: ServerProcess) -> None:
