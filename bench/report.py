@@ -558,6 +558,9 @@ def targets_section(results: dict[str, Any], best: dict[str, float]) -> str:
                 text, ok = against(rate, socket, 0.7)
                 lines.append(f"| SSE fan-out ≥ 0.7× the WebSocket's ({socket}) at p99 ≤ 25 ms ({name}) | {text} | "
                              f"{'met' if ok else 'not met'} |")
+            else:
+                lines.append(f"| SSE fan-out ≥ 0.7× the WebSocket's ({socket}) at p99 ≤ 25 ms ({name}) | "
+                             f"not measured: the run has no {socket} target to compare | not met |")
             continue
         if ref is not None:
             text, ok = against(rate, "bare-websockets", 1.2)

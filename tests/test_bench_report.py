@@ -41,3 +41,11 @@ def test_sse_fanout_under_0_7_of_the_websocket_is_not_met_and_a_patch_meets_its_
     lines = targets_of(rows)
     assert [line.rsplit("|", 2)[1].strip() for line in lines if "SSE fan-out" in line] == ["not met", "met"]
     assert any("(callstream+p) at p99 ≤ 25 ms (callstream-sse+p) | 30,000 vs 30,000/s = 1.00×" in line for line in lines)
+
+
+def test_an_sse_target_without_its_websocket_says_it_was_not_measured() -> None:
+    lines = targets_of([*ladder("callstream-sse", 30_000), *ladder("bare-websockets", 30_000)])
+    assert [line for line in lines if "SSE fan-out" in line] == [
+        "| SSE fan-out ≥ 0.7× the WebSocket's (callstream) at p99 ≤ 25 ms (callstream-sse) "
+        "| not measured: the run has no callstream target to compare | not met |"
+    ]

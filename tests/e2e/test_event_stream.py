@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 
@@ -231,6 +232,7 @@ async def test_a_stream_holds_a_connection_slot_of_its_key_and_account_like_a_so
         assert refused.json()["error"]["code"] == code
         assert int(refused.headers["Retry-After"]) >= 1
     assert socket.value.response.status_code == 429
+    assert orjson.loads(socket.value.response.body or b"{}")["error"]["code"] == "rate_limited"
     deadline = time.monotonic() + 5  # a stream's end frees its slot
     while True:
         async with open_stream(fresh_server.url, calls("c1"), k1) as again:
