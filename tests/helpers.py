@@ -37,9 +37,10 @@ ALL_SCOPES = "publish,subscribe,control,listen,admin"
 # How long a server may take to answer /healthz 200 once started, and each /healthz at most. Most
 # of a start is the interpreter importing the package (about 2 s alone); with CI's 4 test workers
 # starting servers at once on 2 cores, a SQLite node took up to 26 s before its first log line and
-# 29.4 s to its first 200, and its first /healthz, right after it listened, over 1 s. Well under
-# pytest-timeout's 120 s, which a module's fixture shares with the module's first test.
-START_TIMEOUT_S = 60.0
+# 29.4 s to its first 200, and its first /healthz, right after it listened, over 1 s; on a slower
+# day a PostgreSQL node printed nothing in 60 s. Under pytest-timeout's 120 s, which a module's
+# fixture shares with the module's first test.
+START_TIMEOUT_S = 90.0
 HEALTH_REQUEST_S = 5.0
 
 

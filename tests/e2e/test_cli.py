@@ -157,7 +157,7 @@ def test_serve_with_invalid_config_exits_naming_option_and_variable(
     port = free_port()
     data_dir = tmp_path / "data"
     argv = [a.replace("{port}", str(port)) for a in args]
-    result = cli("serve", "--data-dir", str(data_dir), *argv, env=env, timeout=30)
+    result = cli("serve", "--data-dir", str(data_dir), *argv, env=env)
     assert result.returncode != 0
     message = flat(result.stderr + result.stdout)
     assert variable in message, message
@@ -411,7 +411,7 @@ UNREACHABLE = ["--database", "postgresql://user:hunter2@127.0.0.1:1/nothing"]
     ],
 )
 def test_an_unreachable_database_ends_the_command_in_one_line(command: list[str]) -> None:
-    result = cli(*command, timeout=30)
+    result = cli(*command)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     assert "cannot open the database" in flat(result.stderr)
@@ -427,7 +427,7 @@ def test_an_unreachable_database_ends_the_command_in_one_line(command: list[str]
     ],
 )
 def test_a_database_url_that_cannot_be_used_ends_the_command_in_one_line(url: str) -> None:
-    result = cli("migrate", "--database", url, timeout=30)
+    result = cli("migrate", "--database", url)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     assert "cannot open the database" in flat(result.stderr)
@@ -488,12 +488,12 @@ def test_serve_prints_only_its_own_lines_as_it_starts(fresh_server: ServerProces
 
 @pytest.mark.parametrize("command", [["tail", "--all"], ["simulate", "--calls", "1", "--quiet"]])
 def test_a_url_that_is_not_one_is_a_usage_error(command: list[str]) -> None:
-    result = cli(*command, "--key", "cs_whatever", "--url", "notaurl", timeout=30)
+    result = cli(*command, "--key", "cs_whatever", "--url", "notaurl")
     assert_one_line_error(result, 2, "expected an http(s):// or ws(s):// URL, got 'notaurl'")
 
 
 def test_tail_of_an_invalid_call_id_is_a_usage_error(server: ServerProcess, api_key: str) -> None:
-    result = cli("tail", "--url", server.url, "--key", api_key, "bad id!", timeout=30)
+    result = cli("tail", "--url", server.url, "--key", api_key, "bad id!")
     assert_one_line_error(result, 2, "invalid call id 'bad id!'")
 
 
@@ -502,7 +502,7 @@ def test_tail_of_calls_the_credential_may_not_see_ends_with_the_refusal(
     server: ServerProcess, api_key: str, call_id: str, output: list[str]
 ) -> None:
     token = cli("token", "--key", api_key, "--url", server.url, "--calls", call_id).stdout.strip()
-    result = cli("tail", *output, "--url", server.url, "--key", token, call_id + "_other", timeout=30)
+    result = cli("tail", *output, "--url", server.url, "--key", token, call_id + "_other")
     assert_one_line_error(result, 1, "forbidden")
 
 
