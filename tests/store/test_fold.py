@@ -229,34 +229,3 @@ async def test_the_fold_process_yields_the_core_to_the_node(store: SqlStore) -> 
     stat = Path(f"/proc/{pid}/stat").read_text()  # noqa: ASYNC240 - procfs, never blocks
     child_nice = int(stat.rsplit(")", 1)[1].split()[16])
     assert child_nice == os.nice(0) + fold_process.NICENESS
-
-
-async def test_the_fold_process_scheduling_group_yields_the_core_to_the_node(store: SqlStore) -> None:
-    """Where Linux groups by session (autogroup) a core is shared between groups first, whatever
-    the nice of the processes in them: the fold process's group (a session of its own) must be
-    NICENESS below the node's, or a fold's burst takes half the node's core."""
-    node_group = scheduling_group("self")
-    if node_group is None:
-        pytest.skip("this kernel does not group processes by session (autogroup)")
-    await store.append(block("c1", 1))
-    pid = await started_writer(store)
-    wanted = min(19, node_group[1] + fold_process.NICENESS)
-    fold_group = scheduling_group(str(pid))
-    for _ in range(50):  # the fold process changes its group from a thread of its own
-        if fold_group is not None and fold_group[1] >= wanted:
-            break
-        await asyncio.sleep(0.1)
-        fold_group = scheduling_group(str(pid))
-    assert fold_group is not None
-    assert fold_group[0] != node_group[0]
-    assert fold_group[1] == wanted
-
-
-def scheduling_group(pid: str) -> tuple[str, int] | None:
-    """A process's autogroup and its nice, or None where Linux does not group by session."""
-    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
-    group = Path(f"/proc/{pid}/autogroup")
-    if not enabled.exists() or enabled.read_text().strip() != "1" or not group.exists():
-        return None
-    name, nice = group.read_text().split(" nice ")
-    return name, int(nice)

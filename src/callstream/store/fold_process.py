@@ -24,13 +24,11 @@ import contextlib
 import functools
 import os
 import pickle
-import random
 import signal
 import sqlite3
 import struct
 import sys
 import threading
-import time
 import zlib
 from collections.abc import Callable, Sequence
 from itertools import chain
@@ -106,9 +104,6 @@ _STATEMENT_ROWS = (256, 16, 1)
 # the event loop for the burst's length, and every delivery due meanwhile waits; at a lower priority
 # the loop keeps the core and the fold uses what the loop leaves (bench/README.md, `fold-nice`).
 NICENESS = 10
-# Unprivileged processes share one autogroup change a tenth of a second, machine-wide: a fold
-# process started beside others (a test run's, several nodes') waits its turn this long.
-_GROUP_CHANGE_WAIT_S = 3.0
 
 
 def read_records(path: str, size: int | None = None) -> list[list[Any]]:
@@ -365,52 +360,13 @@ def serve(path: str, requests: BinaryIO, replies: BinaryIO) -> None:
         db.close()
 
 
-def lower_priority() -> None:
-    """Nice this process by NICENESS, and its session's scheduling group by as much against the
-    node's group where Linux groups by session (autogroup): the node starts it in a session of
-    its own, and a group's share of a core follows the group's nice, not its processes'. The
-    group changes from a thread, which may have to wait its turn, while folds already run."""
-    os.nice(NICENESS)
-    threading.Thread(target=_lower_group, name="lower-group", daemon=True).start()
-
-
-def _lower_group() -> None:
-    try:
-        node_group = read_group_nice(os.getppid())
-    except (OSError, ValueError, IndexError):  # no autogroup here: the process's own nice is all there is
-        return
-    wanted = str(min(19, node_group + NICENESS)).encode()
-    deadline = time.monotonic() + _GROUP_CHANGE_WAIT_S
-    while True:
-        try:
-            group = os.open("/proc/self/autogroup", os.O_WRONLY)
-            try:
-                os.write(group, wanted)
-            finally:
-                os.close(group)
-            return
-        except BlockingIOError:  # EAGAIN: one group change a tenth of a second, machine-wide
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.1 + random.random() * 0.05)
-        except OSError:  # read-only /proc, or a security module says no
-            break
-    print("callstream fold: could not lower this process's scheduling group", file=sys.stderr)
-
-
-def read_group_nice(pid: int) -> int:
-    """The nice of a process's autogroup (`/proc/PID/autogroup` reads `/autogroup-N nice K`)."""
-    with open(f"/proc/{pid}/autogroup") as group:
-        return int(group.read().rsplit(" nice ", 1)[1])
-
-
 def main() -> None:
     # The node decides when this process ends (it closes the pipe after its last commit). Ctrl-C
     # reaches the terminal's whole process group, and a service manager's SIGTERM may reach the
     # whole service: either would kill the writer while the node drains into it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    lower_priority()
+    os.nice(NICENESS)
     with contextlib.suppress(BrokenPipeError):  # the node was killed before reading the last reply
         serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer)
 
