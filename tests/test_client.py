@@ -513,3 +513,18 @@ def test_why_a_connection_failed_names_the_host_never_its_password() -> None:
     reason = failure_reason("ws://user:s3cret@127.0.0.1:1/v1/events", ConnectionRefusedError())
     assert reason == "cannot reach 127.0.0.1:1: connection refused"
     assert "s3cret" not in failure_reason("wss://u:s3cret@example.com/v1/events", TimeoutError())
+
+
+def test_why_a_connection_failed_writes_an_ipv6_host_as_a_url_would() -> None:
+    assert failure_reason("ws://[::1]:8080/v1/events", ConnectionRefusedError()) == (
+        "cannot reach [::1]:8080: connection refused"
+    )
+    assert failure_reason("ws://[::1]/v1/events", TimeoutError()) == "cannot reach [::1]: timed out"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "ws://h:0", "http://h:port", "http://[::1"])
+def test_a_url_whose_port_or_host_is_not_one_is_refused_before_connecting(url: str) -> None:
+    with pytest.raises(ValueError, match="port|host"):
+        events_url(url)
+    with pytest.raises(ValueError, match="port|host"):
+        Client(url, "k")

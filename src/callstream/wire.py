@@ -55,9 +55,20 @@ def rest_url(base_url: str) -> str:
 
 
 def _with_scheme(base_url: str, path: str, schemes: dict[str, str]) -> str:
-    parts = urllib.parse.urlsplit(base_url)
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+    except ValueError:  # "Invalid IPv6 URL": an unclosed `[`
+        msg = f"invalid host in {base_url!r}"
+        raise ValueError(msg) from None
     if parts.scheme not in schemes or not parts.netloc:
         msg = f"expected an http(s):// or ws(s):// URL, got {base_url!r}"
+        raise ValueError(msg)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    if port == 0:
+        msg = f"invalid port in {base_url!r} (expected 1-65535)"
         raise ValueError(msg)
     path = parts.path.rstrip("/") + path
     return urllib.parse.urlunsplit((schemes[parts.scheme], parts.netloc, path, "", ""))
@@ -83,7 +94,8 @@ def failure_reason(url: str, exc: BaseException) -> str:
     """Why a connection to ``url`` failed or ended, in a few words for a person:
     ``cannot reach 127.0.0.1:1: connection refused``."""
     parts = urllib.parse.urlsplit(url)
-    where = (f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname) if parts.hostname else url  # no password
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname  # IPv6
+    where = (f"{host}:{parts.port}" if parts.port else host) if host else url  # no password
     if isinstance(exc, ConnectionClosed):
         return f"connection to {where} lost ({exc})"
     if isinstance(exc, ConnectionRefusedError):

@@ -492,6 +492,12 @@ def test_a_url_that_is_not_one_is_a_usage_error(command: list[str]) -> None:
     assert_one_line_error(result, 2, "expected an http(s):// or ws(s):// URL, got 'notaurl'")
 
 
+@pytest.mark.parametrize("command", [["tail", "--all"], ["simulate", "--calls", "1", "--quiet"]])
+def test_a_url_with_a_port_out_of_range_is_a_usage_error(command: list[str]) -> None:
+    result = cli(*command, "--key", "cs_whatever", "--url", "http://127.0.0.1:99999")
+    assert_one_line_error(result, 2, "invalid port in 'http://127.0.0.1:99999' (expected 1-65535)")
+
+
 def test_tail_of_an_invalid_call_id_is_a_usage_error(server: ServerProcess, api_key: str) -> None:
     result = cli("tail", "--url", server.url, "--key", api_key, "bad id!")
     assert_one_line_error(result, 2, "invalid call id 'bad id!'")
