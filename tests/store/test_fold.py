@@ -156,22 +156,27 @@ async def test_the_writer_outlives_the_signals_that_drain_the_node(store: SqlSto
     assert [e.seq for e in await store.events("acme", "c1")] == seqs_of(1, 2)
 
 
-def test_the_terminals_ctrl_c_never_reaches_the_writer(db_path: Path) -> None:
+def test_the_terminals_ctrl_c_never_reaches_the_writer_which_stays_in_the_nodes_session(db_path: Path) -> None:
     """The writer runs in a process group of its own: Ctrl-C, sent to the terminal's foreground
     group, reaches the node alone, even while the writer's interpreter is still starting (before
-    it can ignore SIGINT, a Ctrl-C then printed "Fatal Python error: init_import_site"). On
-    uvloop, the node's own loop, whose subprocesses take fewer options than asyncio's."""
+    it can ignore SIGINT, a Ctrl-C then printed "Fatal Python error: init_import_site"). It stays
+    in the node's session: where Linux schedules by session (autogroup), a session of its own
+    would take an equal share of a core with the node whatever its nice. On uvloop, the node's
+    own loop, whose subprocesses take fewer options than asyncio's."""
 
-    async def writer_group() -> int:
+    async def writer_group_and_session() -> tuple[int, int]:
         store = SqlStore(f"sqlite+aiosqlite:///{db_path}")
         await store.start()
         try:
             await store.append(block("c1", 1))
-            return os.getpgid(await started_writer(store))
+            pid = await started_writer(store)
+            return os.getpgid(pid), os.getsid(pid)
         finally:
             await store.close()
 
-    assert uvloop.run(writer_group()) != os.getpgrp()
+    group, session = uvloop.run(writer_group_and_session())
+    assert group != os.getpgrp()
+    assert session == os.getsid(0)
 
 
 async def test_the_database_file_itself_holds_the_events_within_seconds(store: SqlStore, db_path: Path) -> None:

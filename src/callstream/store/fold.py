@@ -10,6 +10,7 @@ store contract tests run both.
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import sys
 from collections.abc import Sequence
@@ -83,12 +84,14 @@ class JournalFolder:
         process = self._process
         if process is None or process.returncode is not None:
             # A plain script with -I (isolated): the standard library only, none of the node's
-            # environment. A session of its own (so a process group of its own: uvloop takes no
+            # environment. A process group of its own (`os.setpgrp`: uvloop takes no
             # `process_group`): a terminal's Ctrl-C is the node's to act on, and would kill an
-            # interpreter still starting, before it can ignore SIGINT.
+            # interpreter still starting, before it can ignore SIGINT. Not a session of its own:
+            # where Linux schedules by session (autogroup), that would give the fold an equal
+            # share of a core with the node, whatever its nice (bench/README.md, `fold-session`).
             process = self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-I", "-B", fold_process.__file__, self.path,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=os.setpgrp,
             )
         assert process.stdin is not None
         assert process.stdout is not None
