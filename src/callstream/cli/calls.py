@@ -22,6 +22,9 @@ app = typer.Typer(help="List, search and erase the account's calls.", no_args_is
 Status = Annotated[str | None, typer.Option(help="live | ended")]
 Limit = Annotated[int, typer.Option(min=1, max=500, help="calls a page")]
 Cursor = Annotated[str | None, typer.Option(help="the page after this one (a previous answer's next_cursor)")]
+Words = Annotated[
+    str | None, typer.Argument(metavar="Q", help='words the transcript holds: refund, "late fee", appoint*')
+]
 
 
 @app.command("list")
@@ -40,9 +43,7 @@ def list_calls(
 @app.command("search")
 def search(
     key: Key,
-    q: Annotated[
-        str | None, typer.Argument(metavar="Q", help='words the transcript holds: refund, "late fee", appoint*')
-    ] = None,
+    q: Words = None,
     url: Url = DEFAULT_URL,
     status: Status = None,
     metadata: Annotated[

@@ -39,6 +39,7 @@ AdminKey = Annotated[
     str | None,
     typer.Option("--key", envvar="CALLSTREAM_KEY", help="an admin API key, with --url", show_default=False),
 ]
+LoginAccount = Annotated[str, typer.Option(help="the account whose dashboard to open")]
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def revoke(
 
 
 def login(
-    account: Annotated[str, typer.Option(help="the account whose dashboard to open")],
+    account: LoginAccount,
     url: Url = DEFAULT_URL,
     control: ControlScope = False,
     listen: ListenScope = False,
