@@ -524,7 +524,7 @@ def test_why_a_connection_failed_writes_an_ipv6_host_as_a_url_would() -> None:
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "ws://h:0", "http://h:port", "http://[::1"])
 def test_a_url_whose_port_or_host_is_not_one_is_refused_before_connecting(url: str) -> None:
-    with pytest.raises(ValueError, match="port|host"):
+    with pytest.raises(ValueError, match=r"port|host"):
         events_url(url)
-    with pytest.raises(ValueError, match="port|host"):
+    with pytest.raises(ValueError, match=r"port|host"):
         Client(url, "k")
