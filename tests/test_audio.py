@@ -194,6 +194,18 @@ def test_a_buffer_that_runs_empty_starts_counting_its_losses_again() -> None:
         assert buffer.push(b"x" * 100)
 
 
+def test_a_buffer_never_pushed_to_is_empty_and_clears_without_counting_a_drop() -> None:
+    dropped: list[int] = []
+    buffer = ListenBuffer(300, dropped.append)
+    assert len(buffer) == 0
+    assert buffer.pop_batch(10_000) == []
+    buffer.clear()
+    assert (dropped, buffer.dropped, buffer.queued_bytes) == ([], 0, 0)
+    assert buffer.push(b"x" * 100)
+    buffer.clear()
+    assert (dropped, buffer.dropped, len(buffer)) == ([1], 1, 0)
+
+
 # ---- between nodes ------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -522,9 +523,36 @@ def test_why_a_connection_failed_writes_an_ipv6_host_as_a_url_would() -> None:
     assert failure_reason("ws://[::1]/v1/events", TimeoutError()) == "cannot reach [::1]: timed out"
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "ws://h:0", "http://h:port", "http://[::1"])
-def test_a_url_whose_port_or_host_is_not_one_is_refused_before_connecting(url: str) -> None:
-    with pytest.raises(ValueError, match=r"port|host"):
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://127.0.0.1:99999", "invalid port in 'http://127.0.0.1:99999' (expected 1-65535)"),
+        ("ws://h:0", "invalid port in 'ws://h:0' (expected 1-65535)"),
+        ("http://h:port", "invalid port in 'http://h:port' (expected 1-65535)"),
+        ("http://[::1", "invalid host in 'http://[::1'"),
+        ("http://:8080", "invalid host in 'http://:8080'"),
+        ("http://u@/", "invalid host in 'http://u@/'"),
+    ],
+)
+def test_a_url_whose_port_or_host_is_not_one_is_refused_before_connecting(url: str, says: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(says)}$"):
         events_url(url)
-    with pytest.raises(ValueError, match=r"port|host"):
+    with pytest.raises(ValueError, match=f"^{re.escape(says)}$"):
         Client(url, "k")
+
+
+@pytest.mark.parametrize(
+    ("url", "events"),
+    [
+        ("http://[::1]:8080", "ws://[::1]:8080/v1/events"),
+        ("ws://h:65535", "ws://h:65535/v1/events"),
+        ("https://u:p@h:8443/base", "wss://u:p@h:8443/base/v1/events"),
+        ("http://h:", "ws://h:/v1/events"),  # an empty port is the scheme's
+    ],
+)
+def test_a_url_with_any_port_a_url_may_have_is_taken(url: str, events: str) -> None:
+    assert events_url(url) == events
+
+
+def test_why_a_connection_failed_never_raises_on_a_url_it_cannot_read() -> None:
+    assert failure_reason("ws://h:99999/v1/events", TimeoutError()) == "cannot reach the server: timed out"

@@ -63,11 +63,14 @@ def _with_scheme(base_url: str, path: str, schemes: dict[str, str]) -> str:
     if parts.scheme not in schemes or not parts.netloc:
         msg = f"expected an http(s):// or ws(s):// URL, got {base_url!r}"
         raise ValueError(msg)
+    if not parts.hostname:
+        msg = f"invalid host in {base_url!r}"
+        raise ValueError(msg)
     try:
         port = parts.port
     except ValueError:  # not a number, or out of range
         port = 0
-    if port == 0:
+    if port == 0:  # an empty port (`http://h:`) is the scheme's own, as URLs have it
         msg = f"invalid port in {base_url!r} (expected 1-65535)"
         raise ValueError(msg)
     path = parts.path.rstrip("/") + path
@@ -93,9 +96,12 @@ def refusal_reason(status: int, body: bytes | bytearray | None) -> str:
 def failure_reason(url: str, exc: BaseException) -> str:
     """Why a connection to ``url`` failed or ended, in a few words for a person:
     ``cannot reach 127.0.0.1:1: connection refused``."""
-    parts = urllib.parse.urlsplit(url)
-    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname  # IPv6
-    where = (f"{host}:{parts.port}" if parts.port else host) if host else url  # no password
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname  # IPv6
+        where = (f"{host}:{parts.port}" if parts.port else host) if host else "the server"  # no password
+    except ValueError:  # a URL `socket_url` would have refused: still say why, never raise
+        where = "the server"
     if isinstance(exc, ConnectionClosed):
         return f"connection to {where} lost ({exc})"
     if isinstance(exc, ConnectionRefusedError):

@@ -9,7 +9,9 @@ import os
 import shutil
 import signal
 import sqlite3
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
@@ -52,6 +54,11 @@ def block(call_id: str, k: int) -> list[Event]:
 
 def seqs_of(*ks: int) -> list[int]:
     return [e.seq for k in ks for e in block("c", k)]
+
+
+def process_state(pid: int) -> str:
+    """`R`, `S`, `T` (stopped) …: the state /proc gives for `pid`."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 async def started_writer(store: SqlStore) -> int:
@@ -146,36 +153,46 @@ async def test_the_writer_process_ends_with_the_store(db_path: Path) -> None:
 
 async def test_the_writer_outlives_the_signals_that_drain_the_node(store: SqlStore) -> None:
     """Ctrl-C (the terminal's process group) or a service manager's SIGTERM must not kill the
-    writer while the node drains into it: it ends when the node closes its pipe."""
+    writer while the node drains into it: it ends when the node closes its pipe. Nor may the
+    terminal stop it (SIGTTOU: a background group writing to a terminal set to `tostop`)."""
     await store.append(block("c1", 1))
     pid = await started_writer(store)
     os.kill(pid, signal.SIGINT)
     os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGTTOU)
+    await asyncio.sleep(0.2)
+    state = process_state(pid)
+    if state == "T":
+        os.kill(pid, signal.SIGCONT)
+    assert state != "T", "SIGTTOU stopped the writer"
     await store.append(block("c1", 2))
     assert writer_processes() == [pid]
     assert [e.seq for e in await store.events("acme", "c1")] == seqs_of(1, 2)
 
 
-def test_the_terminals_ctrl_c_never_reaches_the_writer_which_stays_in_the_nodes_session(db_path: Path) -> None:
+@pytest.mark.parametrize("run", [uvloop.run, asyncio.run], ids=["uvloop", "asyncio"])
+def test_the_terminals_ctrl_c_never_reaches_the_writer_which_stays_in_the_nodes_session(
+    db_path: Path, run: Callable[[Coroutine[Any, Any, tuple[int, int, int]]], tuple[int, int, int]]
+) -> None:
     """The writer runs in a process group of its own: Ctrl-C, sent to the terminal's foreground
     group, reaches the node alone, even while the writer's interpreter is still starting (before
     it can ignore SIGINT, a Ctrl-C then printed "Fatal Python error: init_import_site"). It stays
     in the node's session: where Linux schedules by session (autogroup), a session of its own
     would take an equal share of a core with the node whatever its nice. On uvloop, the node's
-    own loop, whose subprocesses take fewer options than asyncio's."""
+    own loop, whose subprocesses take fewer options than asyncio's, and on asyncio's."""
 
-    async def writer_group_and_session() -> tuple[int, int]:
+    async def writer_group_and_session() -> tuple[int, int, int]:
         store = SqlStore(f"sqlite+aiosqlite:///{db_path}")
         await store.start()
         try:
             await store.append(block("c1", 1))
             pid = await started_writer(store)
-            return os.getpgid(pid), os.getsid(pid)
+            return os.getpgid(pid), os.getsid(pid), pid
         finally:
             await store.close()
 
-    group, session = uvloop.run(writer_group_and_session())
-    assert group != os.getpgrp()
+    group, session, pid = run(writer_group_and_session())
+    assert group == pid  # it leads a group of its own
     assert session == os.getsid(0)
 
 

@@ -22,7 +22,7 @@ app = typer.Typer(help="List, search and erase the account's calls.", no_args_is
 Status = Annotated[str | None, typer.Option(help="live | ended")]
 Limit = Annotated[int, typer.Option(min=1, max=500, help="calls a page")]
 Cursor = Annotated[str | None, typer.Option(help="the page after this one (a previous answer's next_cursor)")]
-Words = Annotated[
+Query = Annotated[
     str | None, typer.Argument(metavar="Q", help='words the transcript holds: refund, "late fee", appoint*')
 ]
 
@@ -43,7 +43,7 @@ def list_calls(
 @app.command("search")
 def search(
     key: Key,
-    q: Words = None,
+    q: Query = None,
     url: Url = DEFAULT_URL,
     status: Status = None,
     metadata: Annotated[

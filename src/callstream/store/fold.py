@@ -15,6 +15,7 @@ import pickle
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -84,14 +85,14 @@ class JournalFolder:
         process = self._process
         if process is None or process.returncode is not None:
             # A plain script with -I (isolated): the standard library only, none of the node's
-            # environment. A process group of its own (`os.setpgrp`: uvloop takes no
-            # `process_group`): a terminal's Ctrl-C is the node's to act on, and would kill an
-            # interpreter still starting, before it can ignore SIGINT. Not a session of its own:
-            # where Linux schedules by session (autogroup), that would give the fold an equal
-            # share of a core with the node, whatever its nice (bench/README.md, `fold-session`).
+            # environment. A process group of its own: a terminal's Ctrl-C is the node's to act
+            # on, and would kill an interpreter still starting, before it can ignore SIGINT. Not
+            # a session of its own: where Linux schedules by session (autogroup), that would give
+            # the fold an equal share of a core with the node, whatever its nice (bench/README.md,
+            # `fold-session`).
             process = self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-I", "-B", fold_process.__file__, self.path,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=os.setpgrp,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, **_own_group(),
             )
         assert process.stdin is not None
         assert process.stdout is not None
@@ -127,3 +128,12 @@ class JournalFolder:
         """Let the fold process finish what it was sent: it exits when its pipe closes."""
         async with self._lock:
             await self._stop(grace_s=10)
+
+
+def _own_group() -> dict[str, Any]:
+    """The subprocess option that starts a child in a process group of its own: asyncio's loops
+    take `process_group` (no Python runs in the child); uvloop, the node's loop, does not, and
+    runs `os.setpgrp` in the child instead."""
+    if isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
+        return {"process_group": 0}
+    return {"preexec_fn": os.setpgrp}

@@ -366,6 +366,7 @@ def main() -> None:
     # whole service: either would kill the writer while the node drains into it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group's write to the terminal
     os.nice(NICENESS)
     with contextlib.suppress(BrokenPipeError):  # the node was killed before reading the last reply
         serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer)
