@@ -20,8 +20,8 @@ class ListenBuffer:
     __slots__ = ("_frames", "_max_bytes", "_on_drop", "dropped", "dropped_since_empty", "queued_bytes")
 
     def __init__(self, max_bytes: int, on_drop: Callable[[int], None] | None = None) -> None:
-        # Made by the first push: every socket of a node has a buffer, few ever listen, and an
-        # empty deque is 760 bytes (15,000 idle sockets: 11 MB).
+        # Made by the first push: every socket has a buffer and few ever listen, so an idle
+        # socket holds no deque (bench/README.md, `lazy-listen`).
         self._frames: deque[bytes] | None = None
         self._max_bytes = max_bytes
         self._on_drop = on_drop  # told how many frames each push dropped
@@ -56,8 +56,6 @@ class ListenBuffer:
         frames = self._frames
         batch: list[bytes] = []
         size = 0
-        if frames is None:
-            return batch
         while frames and size < max_bytes:
             frame = frames.popleft()
             size += len(frame)

@@ -94,8 +94,8 @@ class EventsConnection(SocketConnection):
         self.bucket = TokenBucket(settings.client_rate, settings.client_burst)
         self._control_bucket: TokenBucket | None = None  # made on the first control message
         self.subs: dict[str, Subscription] = {}
-        # Calls whose audio this socket hears (`listen`), as the keys of a dict: an empty dict
-        # holds no table (64 bytes, an empty set 216), and few sockets listen.
+        # Calls whose audio this socket hears (`listen`), as the keys of a dict: few sockets
+        # listen, and an empty dict, unlike an empty set, holds no table (`lazy-listen`).
         self.listens: dict[str, None] = {}
         self.audio = ListenBuffer(settings.listen_buffer_bytes, metrics.AUDIO_FRAMES_DROPPED.inc)
         self._cut_off = False
@@ -512,7 +512,7 @@ class EventsConnection(SocketConnection):
 
     def _unlisten(self, call_id: str) -> None:
         if call_id in self.listens:
-            self.listens.pop(call_id, None)
+            del self.listens[call_id]
             self.runtime.audio.unlisten(self, self.principal.account, call_id)
 
     def _unlisten_all(self) -> None:
@@ -527,7 +527,7 @@ class EventsConnection(SocketConnection):
 
     def audio_ended(self, call_id: str) -> None:
         if call_id in self.listens:
-            self.listens.pop(call_id, None)
+            del self.listens[call_id]
             self.send(unlistened_message(call_id, "ended"))
 
     def audio_out(self, frame: bytes) -> None:
