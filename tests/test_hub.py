@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
 from callstream.events import Event
 from callstream.hub import Hub, Subscription
 
@@ -212,3 +214,30 @@ def test_what_a_socket_does_not_take_at_once_is_handed_on_from_where_it_stopped(
     assert blocked.rests == [block]
     assert full.rests == []
     assert partial.seqs == blocked.seqs == []  # nothing went through the outbox twice
+
+
+def test_a_socket_whose_send_fails_misses_the_block_and_nobody_else_does() -> None:
+    hub, broken, other = Hub(), Recorder(), Recorder()
+
+    def peer_gone(block: bytes) -> int:
+        raise BrokenPipeError(32, "Broken pipe")  # what a send on a socket the peer closed raises
+
+    broken.direct_write = peer_gone  # type: ignore[assignment]
+    live(hub, broken, "c1")
+    live(hub, other, "c1")
+    assert hub.deliver([ev("c1", 1)]) == 1
+    assert other.seqs == [("c1", 1)]
+    assert broken.direct_write is None
+
+
+def test_a_bug_in_a_write_is_not_taken_for_a_closed_socket() -> None:
+    hub, conn = Hub(), Recorder()
+
+    def buggy(block: bytes) -> int:
+        raise TypeError("a bug, not the socket")
+
+    conn.direct_write = buggy  # type: ignore[assignment]
+    live(hub, conn, "c1")
+    with pytest.raises(TypeError, match="a bug, not the socket"):
+        hub.deliver([ev("c1", 1)])  # up to the runtime's guard, which logs it
+    assert conn.direct_write is buggy

@@ -147,7 +147,9 @@ def _fan_out(subs: Iterable[Subscription], group: Sequence[Event]) -> int:
                 sent = write(block)
             except BlockingIOError:  # the socket takes nothing more just now
                 sent = 0
-            except Exception:  # closed under us (its end is on its way): the others still get theirs
+            except (OSError, RuntimeError):
+                # closed under us (its end is on its way): the others still get theirs; any
+                # other error is a bug, left to the runtime's guard, which logs it
                 conn.direct_write = None
                 continue
             if sent is not None and sent != size:
