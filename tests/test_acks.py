@@ -1,4 +1,4 @@
-"""The ingest socket's ack line (PROTOCOL.md §4: acks in order, each once its event is durable),
+"""The ingest socket's ack line (docs/protocol.md, Producing: acks in order, each once its event is durable),
 driven without sockets: futures stand for the store's commits, a list for the clock."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Publisher against a small ingest server speaking the wire protocol of PROTOCOL.md §4.
+"""Publisher against a small ingest server speaking the wire protocol of docs/protocol.md, Producing.
 
 The fake server is a real WebSocket server on loopback, not a mock of the Publisher's internals:
 these tests pin the client's side of the protocol (refs, cumulative acks, errors, reconnects,

@@ -98,7 +98,7 @@ def test_the_command_refuses_them_with_a_clear_error(args: list[str], message: s
 
 async def test_every_simulated_call_starts_with_its_metadata(server: ServerProcess) -> None:
     """What a user of the server sees: each call's metadata on `GET /v1/calls/{id}`, set by its
-    first event, `call.started {metadata}` (PROTOCOL.md §9), and by no other."""
+    first event, `call.started {metadata}` (docs/protocol.md, Call metadata), and by no other."""
     key = key_of(server)
     stats = await run_simulation(server.url, key, calls=6, speed=300, duration=0.6, seed=8, stagger=True)
     listed = (await asyncio.to_thread(get, server, key, "/v1/calls", limit=500))["calls"]

@@ -41,7 +41,7 @@ def events(seed: int, speed: float = 1.0) -> list[Event]:
 
 
 def check_shape(evs: list[Event]) -> None:
-    """Every convention PROTOCOL.md §3 gives producers, checked on one simulated call."""
+    """Every convention docs/protocol.md ("Producing") gives producers, checked on one simulated call."""
     assert evs, "a call has at least its call.ended"
     types = [kind for _, kind, _ in evs]
     assert types.count("call.ended") == 1

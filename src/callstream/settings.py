@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="connections the kernel queues before accept(); capped by net.core.somaxconn",
     )
-    # ---- quotas per account (docs/protocol.md, Quotas; cluster-wide on the Redis broker) ---
+    # ---- quotas per account (docs/protocol.md, Quotas per account; cluster-wide on the Redis broker) ---
     quota_live_calls: NonNegativeInt = Field(10_000, description="live calls per account; 0: no quota")
     quota_events_per_call: NonNegativeInt = Field(100_000, description="events per call, partials included; 0: no quota")
     quota_sockets: NonNegativeInt = Field(

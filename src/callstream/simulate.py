@@ -616,7 +616,7 @@ async def run_simulation(
     process instead (not with ``rate``); without either, ``stagger`` has the first ``calls``
     join at random points of their scripts, so none speak in lockstep. ``mean_length``
     (seconds) is the median of each call's drawn length cap. Every call starts with
-    ``call.started {metadata}`` (docs/protocol.md, Metadata).
+    ``call.started {metadata}`` (docs/protocol.md, Call metadata).
 
     ``audio``: the calls speak their transcripts on the caller and agent tracks
     (:mod:`callstream.sim_voice`: espeak-ng when installed, else tones).

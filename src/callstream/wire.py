@@ -5,7 +5,7 @@ talk to the same server the same way, so it is written once here. Users configur
 for REST and sockets alike (``http://host:8080``): the scheme mapping lives here so nobody
 hand-writes ``ws://`` URLs. The credential travels in the ``Authorization`` header, never in the
 URL, because URLs get logged. The server refuses a handshake with a JSON body (docs/protocol.md,
-Errors); its message is what the user sees.
+Connecting); its message is what the user sees.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §4 "Bodies" against a real server: every REST body is capped at 1 MiB, whether it is
+"""docs/protocol.md, REST "Bodies" against a real server: every REST body is capped at 1 MiB, whether it is
 sent with Content-Length or chunked; past the cap the answer is 413 at once, nothing is applied,
 the connection is closed rather than read to its end, and the node's memory does not grow."""
 

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §7: the `callstream` command, run as a user runs it (subprocesses)."""
+"""docs/protocol.md, Command line: the `callstream` command, run as a user runs it (subprocesses)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Erasure (PROTOCOL.md §11, docs/privacy.md) through real server processes: on SQLite and
+"""Erasure (docs/protocol.md, Retention and erasure; docs/privacy.md) through real server processes: on SQLite and
 PostgreSQL, and across two nodes on Redis. An erased call answers like one that never existed,
 everywhere, and its id starts a new call at seq 1."""
 

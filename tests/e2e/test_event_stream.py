@@ -1,4 +1,4 @@
-"""PROTOCOL.md §12, Server-Sent Events, over plain HTTP against real server processes."""
+"""docs/protocol.md, Server-Sent Events, over plain HTTP against real server processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §3 over real sockets against a real server process."""
+"""docs/protocol.md, the events socket (Connecting, Client → server, Server → client) over real sockets against a real server process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The WebSocket opening handshake, byte for byte on a raw socket: what RFC 6455 and PROTOCOL.md §3
+"""The WebSocket opening handshake, byte for byte on a raw socket: what RFC 6455 and docs/protocol.md (Connecting)
 promise a client before the first frame."""
 
 from __future__ import annotations

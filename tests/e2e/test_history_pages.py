@@ -1,4 +1,4 @@
-"""Long histories, page by page (PROTOCOL.md §3 `since`, §5 `GET /v1/calls/{id}/events`), against
+"""Long histories, page by page (docs/protocol.md: `since` under Order, replay and what can be lost; `GET /v1/calls/{id}/events` under REST), against
 real server processes on SQLite and PostgreSQL."""
 
 from __future__ import annotations

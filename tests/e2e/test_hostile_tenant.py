@@ -1,4 +1,4 @@
-"""A hostile tenant never breaks another: PROTOCOL.md §4 "Values" and "Isolation", as a property.
+"""A hostile tenant never breaks another: docs/protocol.md, Values and isolation, as a property.
 
 Hypothesis generates account A's worst (tests/hostile_strategies.py) and sends it as raw bytes over
 REST and /v1/ingest to a real server on SQLite and on PostgreSQL; after every example account B's

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §4, Idempotent publish, against real server processes on SQLite and PostgreSQL:
+"""docs/protocol.md, Idempotent publish, against real server processes on SQLite and PostgreSQL:
 an event whose `id` its call holds is not stored again, and its answer carries its first seq."""
 
 from __future__ import annotations

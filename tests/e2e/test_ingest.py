@@ -1,4 +1,4 @@
-"""PROTOCOL.md §4: the /v1/ingest socket and callstream.Publisher against a real server process."""
+"""docs/protocol.md, Producing: the /v1/ingest socket and callstream.Publisher against a real server process."""
 
 from __future__ import annotations
 

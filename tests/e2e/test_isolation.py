@@ -1,4 +1,4 @@
-"""One account's values never break another's: PROTOCOL.md §4 "Values" and "Isolation", on real servers.
+"""One account's values never break another's: docs/protocol.md, Values and isolation, on real servers.
 
 Account A sends what a hostile or buggy producer would; account B's canary call must keep publishing,
 replaying and reading over REST, and the node must stay healthy, on SQLite and on PostgreSQL.

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §14, keys over REST, and `callstream keys --url --key`, against a real server."""
+"""docs/protocol.md, REST (keys), and `callstream keys --url --key`, against a real server."""
 
 from __future__ import annotations
 

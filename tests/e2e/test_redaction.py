@@ -1,4 +1,4 @@
-"""PROTOCOL.md §11, redaction, through real server processes: with `--redact`, REST, the ingest
+"""docs/protocol.md, Privacy: redaction, through real server processes: with `--redact`, REST, the ingest
 socket, live delivery, replay, REST history and the webhook payload carry only redacted text, and
 the original is in no file the server wrote; without it nothing changes; a bad kind stops `serve`."""
 

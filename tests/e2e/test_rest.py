@@ -1,4 +1,4 @@
-"""PROTOCOL.md §4–§5 over HTTP against a real server process: publish, calls, tokens, operations."""
+"""docs/protocol.md, Producing and REST, over HTTP against a real server process: publish, calls, tokens, operations."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The retention sweep (PROTOCOL.md §11, docs/privacy.md) in a real server process, on SQLite and
+"""The retention sweep (docs/protocol.md, Retention and erasure; docs/privacy.md) in a real server process, on SQLite and
 PostgreSQL: calls the test ages in the database by two days are erased by a node that keeps one."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Browser sessions end with the key that minted them, on every use of their JWT (PROTOCOL.md §2)."""
+"""Browser sessions end with the key that minted them, on every use of their JWT (docs/protocol.md, Credentials)."""
 
 from __future__ import annotations
 

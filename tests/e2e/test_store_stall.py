@@ -1,4 +1,4 @@
-"""/healthz tells the truth about commits (PROTOCOL.md §4 "Isolation"): 503 while the node cannot
+"""/healthz tells the truth about commits (docs/protocol.md, Values and isolation): 503 while the node cannot
 commit at all (writes waiting, no commit for 5 s), and 200 again once it can, on PostgreSQL and
 SQLite alike. A ping that answers is not enough: a locked table answers pings.
 """

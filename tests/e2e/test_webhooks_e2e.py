@@ -1,4 +1,4 @@
-"""Webhooks through a real server process (PROTOCOL.md §6): REST, delivery, SIGKILL, the CLI.
+"""Webhooks through a real server process (docs/protocol.md, Webhooks): REST, delivery, SIGKILL, the CLI.
 
 The receivers are real HTTP servers on loopback (the server runs with
 --webhooks-allow-private, as ServerProcess always starts it).

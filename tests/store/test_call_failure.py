@@ -1,4 +1,4 @@
-"""A call whose rows the database refuses fails alone (PROTOCOL.md §4 "Isolation"), on SQLite and
+"""A call whose rows the database refuses fails alone (docs/protocol.md, Values and isolation), on SQLite and
 PostgreSQL: the other calls of the same commit or fold are stored, the failed call takes no more
 events, and the store neither stalls nor reports itself down.
 

@@ -1,6 +1,6 @@
 """Delivery end to end inside one process: real store (SQLite and PostgreSQL), real HTTP receivers.
 
-What the contract promises (PROTOCOL.md §6) and how each test pins it: signatures verify with
+What the contract promises (docs/protocol.md, Webhooks) and how each test pins it: signatures verify with
 `standardwebhooks`; one `webhook-id` across retries, every attempt logged; the timeout; 410
 disables; giving up; a crash mid-delivery is redelivered after the lease; rotation signs with
 both secrets; several workers never deliver one message twice.

@@ -1,4 +1,4 @@
-"""The retry schedule of PROTOCOL.md §6, as pure arithmetic."""
+"""The retry schedule of docs/protocol.md, Webhooks, as pure arithmetic."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`callstream keys …` and `login`: credentials made in the database, or over the API with `--url`.
 
 With `--url` and `--key` (an `admin` key) the keys commands use the server's REST API (docs/protocol.md,
-Keys over REST) and act on that key's account; without, they open the store directly (a shell on
+REST) and act on that key's account; without, they open the store directly (a shell on
 the server), for any account. `login` always opens the store.
 """
 

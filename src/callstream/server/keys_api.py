@@ -1,4 +1,4 @@
-"""Keys over REST (docs/protocol.md, Keys over REST): create, list and revoke the account's API keys.
+"""Keys over REST (docs/protocol.md, REST): create, list and revoke the account's API keys.
 
 Every route needs an API key with the `admin` scope and acts on that key's account only:
 another account's key id answers 404, exactly like one that does not exist. A new key gets at

@@ -1,4 +1,4 @@
-"""REST (docs/protocol.md, Producing and REST): publish over HTTP, tokens, calls, transcripts, events, login."""
+"""REST (docs/protocol.md, Producing; REST): publish over HTTP, tokens, calls, transcripts, events, login."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What the two WebSocket endpoints share: the handshake, the connection's life, its close.
 
-The handshake decides before the upgrade (docs/protocol.md, The events socket): the Origin
+The handshake decides before the upgrade (docs/protocol.md, Connecting): the Origin
 allow-list, a draining node, the credential and its scope, the key's and the account's
 connection slots; a refusal is an HTTP answer with the error shape and no upgrade. A socket
 that is let in holds its slots until it ends, registers with the runtime (so revocation and
