@@ -301,11 +301,39 @@ def test_an_http_send_waits_before_it_writes_so_a_send_closed_at_its_wait_wrote_
 # ---- event streams: chunks written straight to uvicorn's httptools response (chunked_body) --------
 
 
+# What chunked_body reads of uvicorn's httptools `RequestResponseCycle` once a response started
+# (name: the type it must have; `flow.write_paused` is read on the cycle's `flow`).
+CYCLE_STATE: dict[str, type | tuple[type, ...]] = {
+    "response_started": bool,
+    "response_complete": bool,
+    "disconnected": bool,
+    "chunked_encoding": (bool, type(None)),
+    "scope": dict,
+}
+
+
+def cycle_changes(send: Send) -> list[str]:
+    """What chunked_body reads of the cycle behind `send` and no longer finds as it expects."""
+    cycle = getattr(send, "__self__", None)
+    changed = [
+        f"RequestResponseCycle.{name}"
+        for name, kind in CYCLE_STATE.items()
+        if not isinstance(getattr(cycle, name, None), kind)
+    ]
+    if not callable(getattr(getattr(cycle, "transport", None), "write", None)):
+        changed.append("RequestResponseCycle.transport.write")
+    if not isinstance(getattr(getattr(cycle, "flow", None), "write_paused", None), bool):
+        changed.append("RequestResponseCycle.flow.write_paused")
+    return changed
+
+
 class StreamServer:
     """uvicorn on uvloop with `http`, as `callstream serve` runs it: each request gets a chunked
     response, part of it written through `send` and part through `chunked_body`."""
 
     def __init__(self, http: str) -> None:
+        self.http = http
+        self.changed: list[str] = []  # what chunked_body reads of the cycle and did not find (httptools)
         self.found: list[bool] = []  # per request: whether chunked_body found the writer
         self.closed_after: list[bool] = []  # per request: `open` was False once the response ended
         config = uvicorn.Config(
@@ -320,6 +348,8 @@ class StreamServer:
             return
         assert chunked_body(send) is None, "a response not started yet has no body writer"
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        if self.http == "httptools":  # before chunked_body reads any of it
+            self.changed = cycle_changes(send)
         body = chunked_body(send)
         self.found.append(body is not None)
         if body is None:
@@ -366,6 +396,7 @@ def test_chunks_written_beside_uvicorns_httptools_send_make_one_well_formed_chun
 
     run_forever(check())
     relies = "which callstream.server.chunked_body relies on"
+    assert server.changed == [], f"{UVICORN} changed {', '.join(server.changed)}, {relies}"
     assert server.found == [True], f"{UVICORN}'s httptools send no longer leads to its RequestResponseCycle, {relies}"
     assert server.closed_after == [True], f"{UVICORN}'s cycle no longer shows a complete response, {relies}"
 
