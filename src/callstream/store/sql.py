@@ -344,11 +344,16 @@ def hash_secret(secret: str) -> str:
 class SqlStore:
     def __init__(self, url: str, *, batch_max: int = 5000, ids_after_end_s: float = 3600.0) -> None:
         """`ids_after_end_s`: how long after its end a call loaded again (`call_state`) still
-        comes with its events' ids (idempotent publish): the replay window of ended calls."""
+        comes with its events' ids (idempotent publish): the replay window of ended calls.
+        A URL the driver cannot use raises `StoreUnavailableError`, as an unreachable database
+        does in `start`."""
         self.url = url
         self._ids_after_end_ms = int(ids_after_end_s * 1000)
         self.dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
-        self.engine: AsyncEngine = self._make_engine(url)
+        try:
+            self.engine: AsyncEngine = self._make_engine(url)
+        except DRIVER_ERRORS as exc:
+            raise unavailable(exc) from exc
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -405,7 +410,11 @@ class SqlStore:
 
     # ---- life cycle ----------------------------------------------------------------------
 
+    @store_errors
     async def start(self, *, writer: bool = True) -> None:
+        """Bring the schema up to date and, for a node's `writer`, open its journal and start the
+        writer and the folder. A database that cannot be reached or opened raises
+        `StoreUnavailableError` (the driver's error its cause), so callers need not know the driver."""
         from callstream.store.migrate import upgrade
 
         await upgrade(self.engine)
