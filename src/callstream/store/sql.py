@@ -1209,27 +1209,29 @@ class SqlStore:
     # Built once: SQLAlchemy memoizes a statement's cache key on the statement object, so a
     # statement rebuilt for every commit would pay for its cache key (and the Python around it)
     # every time.
+    # Each table's conflict key and what a row does to the one it meets come from the one spec of
+    # the rows (`rows.py`), as the fold's and PostgreSQL's one-statement commit's do.
     @functools.cached_property
     def _events_insert(self) -> Any:
-        return self._insert_ignore(t.event_chunks, ["account", "call_id", "last_seq"])
+        return self._insert_ignore(t.event_chunks, list(rows.CHUNK_KEY))
 
     @functools.cached_property
     def _finals_insert(self) -> Any:
-        return self._insert_ignore(t.transcript_finals, ["account", "call_id", "seq"])
+        return self._insert_ignore(t.transcript_finals, list(rows.FINAL_KEY))
 
     @functools.cached_property
     def _minutes_upsert(self) -> Any:
-        insert = self._insert(t.quality_minutes)
-        return insert.on_conflict_do_update(
-            index_elements=list(MINUTE_COLUMNS[:3]), set_={"n": t.quality_minutes.c.n + insert.excluded.n}
-        )
+        return self._upsert(t.quality_minutes, rows.MINUTE_KEY, rows.minutes_update_sql())
 
     @functools.cached_property
     def _calls_upsert(self) -> Any:
-        update = rows.calls_update_sql(self.dialect)
-        return self._insert(t.calls).on_conflict_do_update(
-            index_elements=["account", "call_id"],
-            set_={column: sa.literal_column(expr) for column, expr in update.items()},
+        return self._upsert(t.calls, rows.CALL_KEY, rows.calls_update_sql(self.dialect))
+
+    def _upsert(self, table: sa.Table, key: Sequence[str], update: dict[str, str]) -> Any:
+        """An insert into `table` that updates the row it meets at `key` by `update` (SET
+        expressions in SQL)."""
+        return self._insert(table).on_conflict_do_update(
+            index_elements=list(key), set_={column: sa.literal_column(expr) for column, expr in update.items()}
         )
 
 
