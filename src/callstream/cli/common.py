@@ -95,22 +95,23 @@ def with_store(data_dir: str | None, database: str | None, work: Callable[[SqlSt
 
 def on_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]]) -> T:
     """Run `work` on the store `settings` name, its schema brought up to date first (no writer).
-    A database this version cannot upgrade, or cannot open at all, ends the command in one line."""
-    from sqlalchemy.exc import SQLAlchemyError
-
+    A database this version cannot upgrade, or cannot open at all, ends the command in one line;
+    the store raises `StoreUnavailableError` for what its driver could not open, and the line
+    names the driver's error it carries (a refused connection, a missing database)."""
     from callstream.store import SqlStore, StoreUnavailableError, database_url
     from callstream.store.migrate import UnknownSchemaError
 
     async def main() -> T:
         try:
             store = SqlStore(database_url(settings.database, settings.data_dir))
-        except (OSError, ValueError, SQLAlchemyError) as exc:  # no data dir; a URL that is not one
+        except (OSError, ValueError, StoreUnavailableError) as exc:  # no data dir; a URL that is not one
             raise _CannotOpenError(exc) from exc
         try:
             try:
                 await store.start(writer=False)
-            except (OSError, ValueError, TypeError, SQLAlchemyError, StoreUnavailableError) as exc:
-                # TypeError: the driver refused the URL's options (libpq's `sslmode`, say)
+            except (ValueError, TypeError, StoreUnavailableError) as exc:
+                # ValueError, TypeError: the driver refused the URL (a port that is not a number,
+                # libpq's `sslmode`)
                 raise _CannotOpenError(exc) from exc
             return await work(store)
         finally:
@@ -121,8 +122,11 @@ def on_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]]) -> T:
     except UnknownSchemaError as exc:
         fail(escape(str(exc)), 1)
     except _CannotOpenError as exc:
-        reason = masked(str(getattr(exc.cause, "orig", None) or exc.cause).splitlines()[0], settings.database)
-        fail(escape(f"cannot open the database: {type(exc.cause).__name__}: {reason}"), 1)
+        cause: BaseException = exc.cause
+        if isinstance(cause, StoreUnavailableError) and cause.__cause__ is not None:
+            cause = cause.__cause__  # what the driver said
+        reason = masked(str(getattr(cause, "orig", None) or cause).splitlines()[0], settings.database)
+        fail(escape(f"cannot open the database: {type(cause).__name__}: {reason}"), 1)
 
 
 def masked(text: str, url: str | None) -> str:

@@ -90,9 +90,7 @@ def checkpoint_forever(path: str, stop: threading.Event) -> None:
 # A journal record: the body's length and CRC-32, then the body (the rows as a JSON array of arrays).
 RECORD: Final = struct.Struct("!II")
 
-_INSERT_CHUNKS = (
-    "INSERT INTO event_chunks ({columns}) VALUES {rows} ON CONFLICT (account, call_id, last_seq) DO NOTHING"
-)
+_INSERT_CHUNKS = rows.chunks_insert_sql("INSERT INTO event_chunks ({columns}) VALUES {rows}")
 _UPSERT_CALLS = rows.calls_upsert_sql("sqlite", "INSERT INTO calls ({columns}) VALUES {rows}")
 _UPSERT_MINUTES = rows.minutes_upsert_sql("INSERT INTO quality_minutes ({columns}) VALUES {rows}")
 _INSERT_FINALS = rows.finals_insert_sql("INSERT INTO transcript_finals ({columns}) VALUES {rows}")

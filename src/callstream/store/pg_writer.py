@@ -5,8 +5,9 @@ calls upsert, COMMIT) to a server that may share the node's cores. Here one stat
 writes (the chunks, the calls, the minutes and the finals search indexes: a data-modifying CTE; a single statement is atomic, so no BEGIN … COMMIT is needed) with
 each column sent as an array (`unnest`), on a connection the writer keeps for itself. Only the
 hot path uses it (batches that end no call); the batches whose `call.ended` hooks write the
-webhook outbox keep the SQLAlchemy transaction in `sql.py`. Its calls and minutes upserts come
-from the one spec of the rows (`rows.calls_upsert_sql`, `rows.minutes_upsert_sql`), as the other
+webhook outbox keep the SQLAlchemy transaction in `sql.py`. Its chunks and finals inserts and
+its calls and minutes upserts come from the one spec of the rows (`rows.chunks_insert_sql`,
+`rows.finals_insert_sql`, `rows.calls_upsert_sql`, `rows.minutes_upsert_sql`), as the other
 write paths' do.
 """
 
@@ -20,7 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from callstream.store import tables as t
 from callstream.store.chunks import ChunkRow, FinalRow
-from callstream.store.rows import SUM_COLUMNS, calls_upsert_sql, finals_insert_sql, minutes_upsert_sql
+from callstream.store.rows import (
+    SUM_COLUMNS,
+    calls_upsert_sql,
+    chunks_insert_sql,
+    finals_insert_sql,
+    minutes_upsert_sql,
+)
 
 # The calls columns a live batch sets (those only an end sets stay out), each sent as an array of
 # its column's type.
@@ -39,6 +46,10 @@ _finals = finals_insert_sql(
     f"${_FINALS_FROM}::varchar[], ${_FINALS_FROM + 1}::varchar[], ${_FINALS_FROM + 2}::bigint[], "
     f"${_FINALS_FROM + 3}::varchar[], ${_FINALS_FROM + 4}::text[])"
 )
+_chunks = chunks_insert_sql(
+    "INSERT INTO event_chunks (account, call_id, first_seq, last_seq, events)"
+    " SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::bigint[], $4::bigint[], $5::text[])"
+)
 _minutes = minutes_upsert_sql(
     "INSERT INTO quality_minutes (account, minute, name, n) SELECT * FROM unnest("  # noqa: S608
     f"${_MINUTES_FROM}::varchar[], ${_MINUTES_FROM + 1}::bigint[], ${_MINUTES_FROM + 2}::varchar[], "
@@ -48,9 +59,7 @@ _COMMIT = calls_upsert_sql(
     "postgresql",
     f"""
 WITH chunks AS (
-    INSERT INTO event_chunks (account, call_id, first_seq, last_seq, events)
-    SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::bigint[], $4::bigint[], $5::text[])
-    ON CONFLICT (account, call_id, last_seq) DO NOTHING
+    {_chunks}
 ), minutes AS (
     {_minutes}
 ), finals AS (

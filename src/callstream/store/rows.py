@@ -3,9 +3,13 @@ per-minute quality rows and the final transcript lines search reads.
 
 Every write path uses it: the SQLAlchemy commit (`sql.py`), PostgreSQL's one-statement commit
 (`pg_writer.py`) and the journal's fold (`fold_process.py`, a plain script beside this module:
-hence the standard library only here). A calls row of a batch merges into the stored one by the
-rules of `CALL_MERGE`, in SQL (`calls_update_sql`) and in Python (`merge_call_row`) alike, so a
-call's summary never depends on which path its events took.
+hence the standard library only here). Each table's conflict key (`*_KEY`) and what a row does
+to the one it meets there are said here once: the SQL text writers take the whole clause
+(`chunks_insert_sql`, `calls_upsert_sql`, `minutes_upsert_sql`, `finals_insert_sql`), the
+SQLAlchemy commit the keys and the SET expressions (`calls_update_sql`, `minutes_update_sql`).
+A calls row of a batch merges into the stored one by the rules of `CALL_MERGE`, in SQL
+(`calls_update_sql`) and in Python (`merge_call_row`) alike, so a call's summary never depends on
+which path its events took.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from typing import Any, Final
 MAX_CHUNK_EVENTS: Final = 256
 MAX_CHUNK_BYTES: Final = 1024 * 1024
 CHUNK_COLUMNS: Final = ("account", "call_id", "first_seq", "last_seq", "events")
+# A chunk is met again by its call and last seq: a fold run again after a crash, or a batch stored
+# again after an outage, files the same chunks, and the one held is kept.
+CHUNK_KEY: Final = ("account", "call_id", "last_seq")
 # What a commit's events of one call add to its row (`store.sums.call_sums`), after the columns
 # every row has.
 SUM_COLUMNS: Final = (
@@ -28,6 +35,7 @@ CALL_COLUMNS: Final = (
     "account", "call_id", "status", "started_at", "ended_at", "duration_ms", "end_status", "reason", "last_seq",
     *SUM_COLUMNS,
 )
+CALL_KEY: Final = ("account", "call_id")  # one row a call, merged by `CALL_MERGE`
 # A call's row keeps the latencies of its turns (for its p50 and p90) until the list is this long.
 LATENCIES_MAX_CHARS: Final = 8000
 
@@ -59,6 +67,7 @@ CALL_MERGE: Final = {
 # A final transcript line, indexed for search (`tables.transcript_finals`); a journal row carries
 # its call's as [seq, speaker, text] each.
 FINAL_COLUMNS: Final = ("account", "call_id", "seq", "speaker", "text")
+FINAL_KEY: Final = ("account", "call_id", "seq")  # one line an event; the one held is kept
 
 # SQLite's search index is merged as finals are stored, a bounded step a commit (the migration
 # turns FTS5's own automerge off): `fts_merge` after each commit that inserted finals merges up to
@@ -78,6 +87,7 @@ def fts_merge(finals: int) -> tuple[str, list[Any]]:
 
 # Per account and minute, what /v1/stats sums (`store.sums.call_sums`).
 MINUTE_COLUMNS: Final = ("account", "minute", "name", "n")
+MINUTE_KEY: Final = ("account", "minute", "name")  # a row met there has its `n` added to
 
 
 def new_call_row(account: str, call_id: str, started_at: int, last_seq: int) -> dict[str, Any]:
@@ -146,18 +156,36 @@ def calls_update_sql(dialect: str, table: str = "calls") -> dict[str, str]:
     return {column: templates[rule].format(c=column) for column, rule in CALL_MERGE.items()}
 
 
+def _on_conflict(key: Sequence[str], updates: dict[str, str] | None = None) -> str:
+    """The ON CONFLICT clause at `key`: the row held kept, or updated by `updates` (SET expressions)."""
+    if updates is None:
+        return f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
+    assignments = ", ".join(f"{column} = {expr}" for column, expr in updates.items())
+    return f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {assignments}"
+
+
 def calls_upsert_sql(dialect: str, insert: str) -> str:
     """`insert` (an `INSERT INTO calls …` of `CALL_COLUMNS`) merged by `CALL_MERGE` on conflict."""
-    assignments = ", ".join(f"{column} = {expr}" for column, expr in calls_update_sql(dialect).items())
-    return f"{insert} ON CONFLICT (account, call_id) DO UPDATE SET {assignments}"
+    return f"{insert} {_on_conflict(CALL_KEY, calls_update_sql(dialect))}"
+
+
+def chunks_insert_sql(insert: str) -> str:
+    """`insert` (an `INSERT INTO event_chunks …` of `CHUNK_COLUMNS`), chunks already held kept
+    (`CHUNK_KEY`); the same text for SQLite and PostgreSQL."""
+    return f"{insert} {_on_conflict(CHUNK_KEY)}"
 
 
 def finals_insert_sql(insert: str) -> str:
     """`insert` (an `INSERT INTO transcript_finals …` of `FINAL_COLUMNS`), rows already held kept
     (a fold run again after a crash files the same lines)."""
-    return f"{insert} ON CONFLICT (account, call_id, seq) DO NOTHING"
+    return f"{insert} {_on_conflict(FINAL_KEY)}"
+
+
+def minutes_update_sql(table: str = "quality_minutes") -> dict[str, str]:
+    """What a `quality_minutes` row does to the one it meets at `MINUTE_KEY`: its `n` is added."""
+    return {"n": f"{table}.n + excluded.n"}
 
 
 def minutes_upsert_sql(insert: str, table: str = "quality_minutes") -> str:
     """`insert` (an `INSERT INTO quality_minutes …` of `MINUTE_COLUMNS`), added to rows it meets."""
-    return f"{insert} ON CONFLICT (account, minute, name) DO UPDATE SET n = {table}.n + excluded.n"
+    return f"{insert} {_on_conflict(MINUTE_KEY, minutes_update_sql(table))}"

@@ -344,11 +344,16 @@ def hash_secret(secret: str) -> str:
 class SqlStore:
     def __init__(self, url: str, *, batch_max: int = 5000, ids_after_end_s: float = 3600.0) -> None:
         """`ids_after_end_s`: how long after its end a call loaded again (`call_state`) still
-        comes with its events' ids (idempotent publish): the replay window of ended calls."""
+        comes with its events' ids (idempotent publish): the replay window of ended calls.
+        A URL the driver cannot use raises `StoreUnavailableError`, as an unreachable database
+        does in `start`."""
         self.url = url
         self._ids_after_end_ms = int(ids_after_end_s * 1000)
         self.dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
-        self.engine: AsyncEngine = self._make_engine(url)
+        try:
+            self.engine: AsyncEngine = self._make_engine(url)
+        except DRIVER_ERRORS as exc:
+            raise unavailable(exc) from exc
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -405,7 +410,11 @@ class SqlStore:
 
     # ---- life cycle ----------------------------------------------------------------------
 
+    @store_errors
     async def start(self, *, writer: bool = True) -> None:
+        """Bring the schema up to date and, for a node's `writer`, open its journal and start the
+        writer and the folder. A database that cannot be reached or opened raises
+        `StoreUnavailableError` (the driver's error its cause), so callers need not know the driver."""
         from callstream.store.migrate import upgrade
 
         await upgrade(self.engine)
@@ -1200,27 +1209,29 @@ class SqlStore:
     # Built once: SQLAlchemy memoizes a statement's cache key on the statement object, so a
     # statement rebuilt for every commit would pay for its cache key (and the Python around it)
     # every time.
+    # Each table's conflict key and what a row does to the one it meets come from the one spec of
+    # the rows (`rows.py`), as the fold's and PostgreSQL's one-statement commit's do.
     @functools.cached_property
     def _events_insert(self) -> Any:
-        return self._insert_ignore(t.event_chunks, ["account", "call_id", "last_seq"])
+        return self._insert_ignore(t.event_chunks, list(rows.CHUNK_KEY))
 
     @functools.cached_property
     def _finals_insert(self) -> Any:
-        return self._insert_ignore(t.transcript_finals, ["account", "call_id", "seq"])
+        return self._insert_ignore(t.transcript_finals, list(rows.FINAL_KEY))
 
     @functools.cached_property
     def _minutes_upsert(self) -> Any:
-        insert = self._insert(t.quality_minutes)
-        return insert.on_conflict_do_update(
-            index_elements=list(MINUTE_COLUMNS[:3]), set_={"n": t.quality_minutes.c.n + insert.excluded.n}
-        )
+        return self._upsert(t.quality_minutes, rows.MINUTE_KEY, rows.minutes_update_sql())
 
     @functools.cached_property
     def _calls_upsert(self) -> Any:
-        update = rows.calls_update_sql(self.dialect)
-        return self._insert(t.calls).on_conflict_do_update(
-            index_elements=["account", "call_id"],
-            set_={column: sa.literal_column(expr) for column, expr in update.items()},
+        return self._upsert(t.calls, rows.CALL_KEY, rows.calls_update_sql(self.dialect))
+
+    def _upsert(self, table: sa.Table, key: Sequence[str], update: dict[str, str]) -> Any:
+        """An insert into `table` that updates the row it meets at `key` by `update` (SET
+        expressions in SQL)."""
+        return self._insert(table).on_conflict_do_update(
+            index_elements=list(key), set_={column: sa.literal_column(expr) for column, expr in update.items()}
         )
 
 
