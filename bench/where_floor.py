@@ -30,8 +30,6 @@ class Counter:
     def __init__(self) -> None:
         self.n = 0
 
-    def write_rest(self, block: bytes, sent: int) -> None: ...
-
     def enqueue_event(self, event: Event) -> None:
         self.n += 1
 

@@ -7,10 +7,11 @@ the kernel. This measures it with no server around: one process holds N loopback
 uvloop (pinned to one core; the reading side is another process on the other core) and writes a
 frame to each in turn, by each path, in interleaved rounds (medians over rounds):
 
-- `transport.write`: uvloop's transport, what callstream used before `send_now`;
-- `os.write`: a write on the transport's own descriptor, what `send_now` does (server/transport.py);
-- `socket.send`: a send on a duplicate of the descriptor (the first version of `send_now`, which
-  halved the sockets a descriptor limit allows).
+- `transport.write`: uvloop's transport, what callstream's fan-out writes with;
+- `os.write`: a write on the transport's own descriptor (`send_now`, tried and removed: bench/README,
+  `nosendnow`);
+- `socket.send`: a send on a duplicate of the descriptor (which would halve the sockets a
+  descriptor limit allows).
 
     .venv/bin/python -m bench.write_floor [--sockets 1000] [--size 300] [--rounds 7]
 """

@@ -19,10 +19,6 @@ class Recorder:
         self.seqs: list[tuple[str, int]] = []
         self.blocks: list[bytes] = []
         self.over: list[Subscription] = []
-        self.rests: list[bytes] = []  # what a direct write left to the transport
-
-    def write_rest(self, block: bytes, sent: int) -> None:
-        self.rests.append(block[sent:])
 
     def enqueue_event(self, event: Event) -> None:
         self.seqs.append((event.call_id, event.seq))
@@ -188,46 +184,6 @@ def test_a_socket_that_fails_its_write_misses_the_block_and_nobody_else_does() -
     assert hub.deliver([ev("c1", 1)]) == 1
     assert other.seqs == [("c1", 1)]
     assert broken.direct_write is None  # its connection is ending; the fan-out stops offering it
-
-
-def test_what_a_socket_does_not_take_at_once_is_handed_on_from_where_it_stopped() -> None:
-    hub, partial, full, blocked = Hub(), Recorder(), Recorder(), Recorder()
-    sent: list[bytes] = []
-
-    def takes_ten(block: bytes) -> int:  # a socket whose buffer has room for 10 bytes
-        sent.append(block[:10])
-        return 10
-
-    def takes_nothing(block: bytes) -> int:
-        raise BlockingIOError  # what a non-blocking send raises on a full buffer
-
-    partial.direct_write = takes_ten  # type: ignore[assignment]
-    full.direct_write = len  # type: ignore[assignment]  # takes every byte
-    blocked.direct_write = takes_nothing  # type: ignore[assignment]
-    for conn in (partial, full, blocked):
-        live(hub, conn, "c1")
-    batch = [ev("c1", 1), ev("c1", 2)]
-    block = batch[0].wire + batch[1].wire
-    assert hub.deliver(batch) == 6  # every delivery is on its way: on the wire or in the transport
-    assert sent == [block[:10]]
-    assert partial.rests == [block[10:]]
-    assert blocked.rests == [block]
-    assert full.rests == []
-    assert partial.seqs == blocked.seqs == []  # nothing went through the outbox twice
-
-
-def test_a_socket_whose_send_fails_misses_the_block_and_nobody_else_does() -> None:
-    hub, broken, other = Hub(), Recorder(), Recorder()
-
-    def peer_gone(block: bytes) -> int:
-        raise BrokenPipeError(32, "Broken pipe")  # what a send on a socket the peer closed raises
-
-    broken.direct_write = peer_gone  # type: ignore[assignment]
-    live(hub, broken, "c1")
-    live(hub, other, "c1")
-    assert hub.deliver([ev("c1", 1)]) == 1
-    assert other.seqs == [("c1", 1)]
-    assert broken.direct_write is None
 
 
 def test_a_bug_in_a_write_is_not_taken_for_a_closed_socket() -> None:

@@ -26,16 +26,11 @@ from callstream.protocol import WILDCARD
 
 class Subscriber(Protocol):
     """What the hub needs of a connection: non-blocking appends, and word that a subscription
-    is over (its call ended). `direct_write`, when not None, takes a block as is: a write on the
-    socket's descriptor (which returns how many bytes it took; `write_rest` gets the others) or its
-    transport's `write` (which takes all and returns None), offered only while nothing may come
-    before it (`EventsConnection._refresh_direct`)."""
+    is over (its call ended). `direct_write`, when not None, takes a block as is (its socket's
+    transport's `write`), offered only while nothing may come before it
+    (`EventsConnection._refresh_direct`)."""
 
-    direct_write: Callable[[bytes], int | None] | None
-
-    def write_rest(self, block: bytes, sent: int) -> None:
-        """`direct_write` took only `sent` bytes of `block` (it returns None when it took all)."""
-        ...
+    direct_write: Callable[[bytes], None] | None
 
     def enqueue_event(self, event: Event) -> None: ...
 
@@ -130,30 +125,24 @@ def _fan_out(subs: Iterable[Subscription], group: Sequence[Event]) -> int:
     """
     first, last = group[0].seq, group[-1].seq
     block: bytes | None = None
-    size = 0
     written = 0
     for sub in subs:
         if sub.parked is None and sub.types is None and first > sub.last_seq:
             sub.last_seq = last
             if block is None:
                 block = group[0].wire if len(group) == 1 else b"".join([e.wire for e in group])
-                size = len(block)
             conn = sub.conn
             write = conn.direct_write
             if write is None:
                 written += conn.enqueue_block(block, group)
                 continue
             try:
-                sent = write(block)
-            except BlockingIOError:  # the socket takes nothing more just now
-                sent = 0
+                write(block)
             except (OSError, RuntimeError):
                 # closed under us (its end is on its way): the others still get theirs; any
                 # other error is a bug, left to the runtime's guard, which logs it
                 conn.direct_write = None
                 continue
-            if sent is not None and sent != size:
-                conn.write_rest(block, sent)
             written += len(group)
         else:
             for event in group:

@@ -110,13 +110,11 @@ class EventsConnection(SocketConnection):
         self._flusher = _flusher()
         if self._flusher.flush not in runtime.after_fan_out:
             runtime.after_fan_out.append(self._flusher.flush)
-        # A write on the socket's descriptor (its transport.write under TLS) while a block may go
-        # straight out (one live subscription, nothing queued here or in the transport, the socket
-        # open and writable), else None: the hub calls it directly.
-        self.direct_write: Callable[[bytes], int | None] | None = None
+        # The socket's `transport.write` while a block may go straight out (one live subscription,
+        # nothing queued here, the socket open and writable), else None: the hub calls it directly.
+        self.direct_write: Callable[[bytes], None] | None = None
         if self._frame_writer is not None:
             self._frame_writer.on_change = self._refresh_direct
-            self._frame_writer.open_send_now()
 
     # ---- the hub's side: never blocks ------------------------------------------------------
 
@@ -148,24 +146,7 @@ class EventsConnection(SocketConnection):
             and not self.audio.queued_bytes
             and writer.frames_open
         )
-        if not direct or writer is None:
-            self.direct_write = None
-        elif writer.send_now is not None:
-            self.direct_write = writer.send_now if writer.transport_empty else None
-        else:
-            self.direct_write = writer.transport.write
-
-    def write_rest(self, block: bytes, sent: int) -> None:
-        """The socket took only `sent` bytes of a direct send: the transport takes the rest (and
-        buffers it), and frames go through the outbox until a flush finds it empty again."""
-        self.direct_write = None
-        writer = self._frame_writer
-        if writer is None:
-            return
-        try:
-            writer.transport.write(block[sent:])
-        except RuntimeError:  # closed under us: part of a frame is out, so nothing more may follow
-            writer.transport.abort()
+        self.direct_write = writer.transport.write if direct and writer is not None else None
 
     def _queued(self) -> None:
         self.direct_write = None  # queued frames go first

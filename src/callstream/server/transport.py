@@ -1,4 +1,4 @@
-"""uvicorn's sans-I/O WebSocket protocol, with seven additions for a fan-out server.
+"""uvicorn's sans-I/O WebSocket protocol, with six additions for a fan-out server.
 
 1. Urgent frames skip the write wait. uvicorn makes every `send` wait while the socket's write
    buffer is over its high-water mark, which is right for data and wrong for the last words to a
@@ -25,24 +25,13 @@
    hand for the hub while that holds (`EventsConnection.direct_write`) and drops it at once when
    it stops holding, so fan-out writes a live single-call subscriber with no Python call between.
 
-5. The socket's own descriptor. While the transport holds no bytes of its own, the hub writes
-   a plain TCP (or Unix) socket with `os.write` on its descriptor (`send_now`): one system call
-   and nothing else, cheaper per write than uvloop's `transport.write` (bench/README.md,
-   send-now and nosendnow, holds the A/B that keeps it). Whatever the socket does not take at
-   once goes to the transport, which then holds bytes, so frames go through it until it is
-   empty again: nothing can overtake. Under TLS there is no `send_now` (the bytes must be
-   encrypted by the transport). The descriptor is the transport's own, not a duplicate (which
-   would halve the sockets a descriptor limit allows): uvloop and asyncio close it only after
-   `connection_lost` returns, and `connection_lost` drops `send_now` first, so it never writes
-   to a number the kernel has handed to another connection.
-
-6. A refused handshake is one INFO line. The app refuses a handshake with an HTTP answer (401,
+5. A refused handshake is one INFO line. The app refuses a handshake with an HTTP answer (401,
    403, 429, 503: socket_base.denial). uvicorn logs that status without its reason, then, once
    the app returns, an ERROR ("returned without completing handshake") that an operator reads as
    a fault. Here the refusal is logged once, at INFO, with the answer's error code and message,
    and the handshake counts as complete once the answer is written, as for an accepted socket.
 
-7. Binary frames straight to the app. uvicorn hands every message to the app through its receive
+6. Binary frames straight to the app. uvicorn hands every message to the app through its receive
    queue: a dict, a wake-up of the app's task, Starlette's checks, one loop iteration each. A
    producer's live audio is a binary frame every 20 ms a track, each handled without waiting,
    so the ingest socket offers a `binary_sink`, and the protocol calls it with each
@@ -60,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -83,18 +71,12 @@ class FrameWriter(Protocol):
     writable: asyncio.Event
     transport: asyncio.Transport
     on_change: Callable[[], None] | None
-    send_now: Callable[[bytes], int] | None
     binary_sink: Callable[[bytes], bool] | None
 
     def write_frames(self, data: bytes) -> bool: ...
 
-    def open_send_now(self) -> None: ...
-
     @property
     def frames_open(self) -> bool: ...
-
-    @property
-    def transport_empty(self) -> bool: ...
 
 
 def frame_payload(frame: bytes) -> str:
@@ -163,11 +145,7 @@ def _then(method: Callable[..., None], after: Callable[[Any], None]) -> Callable
 class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.on_change: Callable[[], None] | None = None
-        # `os.write` on the socket's descriptor, for plain TCP or Unix sockets once the events
-        # socket asks for it (`open_send_now`); None under TLS, where bytes must go through the
-        # transport, and from `connection_lost` on. Only used while the transport holds nothing.
-        self.send_now: Callable[[bytes], int] | None = None
-        # The app's handler of a whole binary message (7.): True when it took it, False to have
+        # The app's handler of a whole binary message (6.): True when it took it, False to have
         # it queued for the app's receive instead.
         self.binary_sink: Callable[[bytes], bool] | None = None
         self._close_sent = False
@@ -196,11 +174,6 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
             and self.writable.is_set()
         )
 
-    @property
-    def transport_empty(self) -> bool:
-        """Nothing waits in the transport: a `send_now` cannot overtake earlier bytes."""
-        return not self.transport.get_write_buffer_size()
-
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
@@ -211,30 +184,8 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
     shutdown = _then(WebSocketsSansIOProtocol.shutdown, _changed)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.send_now = None  # the descriptor is closed once this returns (and `_changed` drops it)
         super().connection_lost(exc)
         self._changed()
-
-    # uvicorn writes to the transport itself on these paths (a pong, a keepalive ping, a close,
-    # an ASGI send): should the socket not take it all, direct sends stop until it is out.
-
-    def _after_transport_write(self) -> None:
-        if self.send_now is not None and self.transport.get_write_buffer_size():
-            self._changed()
-
-    data_received = _then(WebSocketsSansIOProtocol.data_received, _after_transport_write)
-    send_keepalive_ping = _then(WebSocketsSansIOProtocol.send_keepalive_ping, _after_transport_write)
-
-    def open_send_now(self) -> None:
-        """Offer `send_now` from here on (over TLS there is none to offer)."""
-        if self.send_now is not None or self.transport.is_closing():
-            return
-        if self.transport.get_extra_info("sslcontext") is not None:
-            return
-        raw = self.transport.get_extra_info("socket")
-        if raw is None:
-            return
-        self.send_now = functools.partial(os.write, raw.fileno())
 
     # ---- frames ------------------------------------------------------------------------------
 
@@ -260,13 +211,12 @@ class CallstreamWebSocketProtocol(WebSocketsSansIOProtocol):
                 await super().send(message)
             finally:
                 self.writable.clear()
-        self._after_transport_write()
         if kind == "websocket.accept" and self.handshake_complete:
             self.scope[FRAME_WRITER] = self  # type: ignore[literal-required]
         elif message.get(URGENT) and kind == "websocket.close":
             self.loop.call_later(ABORT_AFTER_CLOSE_S, self._abort_if_open)
 
-    # ---- refused handshakes (6.) ---------------------------------------------------------------
+    # ---- refused handshakes (5.) ---------------------------------------------------------------
 
     def _refusing(self) -> bool:
         """No handshake answer has started yet: an HTTP answer now is a refusal."""
