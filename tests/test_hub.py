@@ -189,7 +189,7 @@ def test_a_socket_that_fails_its_write_misses_the_block_and_nobody_else_does() -
 def test_a_bug_in_a_write_is_not_taken_for_a_closed_socket() -> None:
     hub, conn = Hub(), Recorder()
 
-    def buggy(block: bytes) -> int:
+    def buggy(block: bytes) -> None:
         raise TypeError("a bug, not the socket")
 
     conn.direct_write = buggy  # type: ignore[assignment]

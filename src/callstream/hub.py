@@ -139,8 +139,9 @@ def _fan_out(subs: Iterable[Subscription], group: Sequence[Event]) -> int:
             try:
                 write(block)
             except (OSError, RuntimeError):
-                # closed under us (its end is on its way): the others still get theirs; any
-                # other error is a bug, left to the runtime's guard, which logs it
+                # closed under us (its end is on its way; uvloop raises RuntimeError once the
+                # connection is lost, OSError is for other transports): the others still get
+                # theirs. Any other error is a bug, left to the runtime's guard, which logs it
                 conn.direct_write = None
                 continue
             written += len(group)

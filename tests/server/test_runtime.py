@@ -73,3 +73,17 @@ async def test_events_whose_commit_failed_fan_out_once_a_repair_stored_them_befo
     await runtime.history.sweep()  # c2 got no new event: the node's sweep stores it
     assert [e.seq for e in await runtime.store.events("acme", "c2")] == [1]
     assert hub.batches[-1] == [("c2", 1)]
+
+
+async def test_a_fan_out_bug_after_a_repair_is_logged_not_raised_to_the_publisher(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenHub(Hub):
+        def deliver(self, events: Sequence[Event]) -> int:
+            raise TypeError("a bug in the fan-out")
+
+    runtime.hub = BrokenHub()
+    sequenced, durable = await runtime.publish("acme", [state("c1")])
+    await durable
+    runtime._repaired(sequenced)  # what HistoryRepair calls once it stored a call's missing events
+    assert "delivery after a repair failed" in caplog.text

@@ -250,16 +250,20 @@ class Runtime:
         """A repair stored these (in seq order): the embedded broker fans them out now (on Redis
         they went out when they were sequenced)."""
         if not self.broker.fans_out_on_publish:
-            self.broker.deliver_stored(events)
+            self._deliver_logging(events, "delivery after a repair failed")
 
     def _deliver_stored(self) -> None:
         events, self._stored_events = self._stored_events, []
-        if not events:
-            return
+        if events:
+            self._deliver_logging(events, "delivery after commit failed")
+
+    def _deliver_logging(self, events: list[Event], failure: str) -> None:
+        """Fan out stored events; a fan-out bug is logged, so it neither leaves later commits
+        undelivered nor fails the publish or the repair that stored them."""
         try:
             self.broker.deliver_stored(events)
-        except Exception:  # a fan-out bug must not leave later commits undelivered
-            log.exception("delivery after commit failed")
+        except Exception:
+            log.exception(failure)
 
     def _refuse_failed_calls(self, account: str, events: Sequence[NewEvent]) -> None:
         """A call whose rows the store refused takes no more events: its history would have a hole."""
