@@ -70,6 +70,8 @@ def test_the_list_and_the_grid_draw_only_the_calls_in_view(server: ServerProcess
 
     page.click("#tab-campaign")
     expect(page.locator("#campaign-count")).to_have_text("Showing all 200 calls")
+    # The count is written before the grid's next frame draws the cards in view: wait for that.
+    expect(page.locator("#campaign-grid > li").nth(3)).to_be_attached()
     cards = row_count(page, "#campaign-grid > li")
     assert 4 <= cards <= 40, f"{cards} cards drawn for 200 calls"
     page.fill("#filter-text", f"customer {first[5][-6:]}")
