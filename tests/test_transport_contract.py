@@ -175,17 +175,13 @@ async def _app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """An app that does nothing: constructing a protocol only needs one to load."""
 
 
-class Probe(CallstreamWebSocketProtocol):
-    """Callstream's protocol, as the test server's `ws` (what `callstream serve` installs)."""
-
-
 class Server:
-    """uvicorn on a free port with the probe protocol; `accepted` gets each socket's scope."""
+    """uvicorn on a free port with callstream's protocol (as `callstream serve` installs it); `accepted` gets each socket's scope."""
 
     def __init__(self) -> None:
         self.accepted: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, ws=Probe, ws_per_message_deflate=False,
+            self.app, host="127.0.0.1", port=0, ws=CallstreamWebSocketProtocol, ws_per_message_deflate=False,
             lifespan="off", log_config=None, interface="asgi3",
         )
         self.uvicorn = uvicorn.Server(config)
@@ -210,7 +206,7 @@ async def _live() -> None:
         async with connect(f"ws://127.0.0.1:{bound_port(server.uvicorn)}/") as ws:
             scope = await asyncio.wait_for(server.accepted.get(), 5)
             writer = scope.get(FRAME_WRITER)
-            assert isinstance(writer, Probe), "the accept no longer reaches callstream's send"
+            assert isinstance(writer, CallstreamWebSocketProtocol), "the accept no longer reaches callstream's send"
             assert writer.scope is scope, f"{UVICORN} no longer keeps the ASGI scope as .scope, {RELIES}"
             for method in TRANSPORT_METHODS:
                 assert callable(getattr(writer.transport, method, None)), (
