@@ -41,7 +41,14 @@ def start_calls(server: ServerProcess, key: str, ids: list[str]) -> None:
     thread.join(60)
 
 
+# Resolves after the page's next two animation frames: the counts and the rows are drawn in
+# separate frames, so a count read at once may see the rows of the frame before.
+_AFTER_DRAW = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+
+
 def row_count(pg: Any, selector: str) -> int:
+    """How many `selector` elements the page holds once its pending frames are drawn."""
+    pg.evaluate(_AFTER_DRAW)
     n: int = pg.locator(selector).count()
     return n
 
