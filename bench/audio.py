@@ -2,17 +2,23 @@
 p99, event p99 unchanged beyond noise, RSS growth bounded by the listeners' buffers).
 
     .venv/bin/python -m bench.audio [--calls 200] [--listeners 2] [--seconds 20] [--workers 2]
-                                    [--no-audio] [--targets callstream,callstream+PATCH] [--runs 3]
+                                    [--no-audio] [--aligned] [--server-cpus 0] [--load-cpus 1]
+                                    [--targets callstream,callstream+PATCH] [--runs 3]
 
 `--calls` calls each send 16 kHz `pcm_s16le` on both tracks in 20 ms frames (100 frames/s a
 call) on their producer's `/v1/ingest` socket, and their events beside it: a
 `transcript.partial` every 200 ms and a `transcript.final` every 2 s. Each call has
 `--listeners` listeners on `/v1/events` that listen to it and subscribe to its events, four calls
-to a socket (the most a socket may listen to). Frames carry their send time (wall clock, ms, in
-the frame's `ms`), events theirs in `data.t`, so a listener measures each one's latency on
+to a socket (the most a socket may listen to). Calls are written 25 to a producer socket, and
+each socket keeps its own 20 ms clock, spread over the 20 ms as independent calls' are; each
+call's events fall on the tick its index picks. `--aligned` is the worst case instead: every
+socket on one tick and every call's event on the same tick, so the node reads the whole step's
+audio in one burst with the events among it. Frames carry their send time (wall clock, ms, in
+the frame's `ms`), events theirs in `data.t` (µs), so a listener measures each one's latency on
 arrival. The load runs in `--workers` processes (a slice of the calls each, producers and
-listeners), so the client is not what saturates. `--no-audio` sends the events alone: the
-reference for "event p99 unchanged". The first 3 s are warm-up. Results go to stdout and
+listeners), so the client is not what saturates; the server runs on `--server-cpus` (core 0)
+and the load on `--load-cpus` (core 1), as in bench.run. `--no-audio` sends the events alone:
+the reference for "event p99 unchanged". The first 3 s are warm-up. Results go to stdout and
 bench/results/audio.md.
 
 Each event's latency is split at the `ts` the server gave it when it sequenced it (wall clock,
@@ -53,13 +59,15 @@ RESULTS = Path(__file__).parent / "results" / "audio.md"
 WARM_S = 3.0
 FRAME_MS = 20
 PAYLOAD = bytes(640)  # 20 ms of 16 kHz 16-bit mono
+CALLS_A_PRODUCER = 25  # calls written on one /v1/ingest socket
 _ID_LEN = struct.Struct(">H")
 _MS = struct.Struct(">I")
 _DIGITS = re.compile(rb"\d+")
 LAG_PROBE_S = 0.005
-# What each worker measures: latencies (ms) of audio frames and events, each event's split at the
-# server's own `ts` (producer → sequenced, sequenced → listener), the workers' loop lag (µs).
-OUTPUTS = ("audio", "events", "to_server", "from_server", "loop_lag_us", "errors")
+# What each worker measures: latencies of audio frames (ms: a frame's `ms`) and events (µs), each
+# event's split at the server's own `ts` (ms: producer → sequenced, sequenced → listener), the
+# workers' loop lag (µs).
+OUTPUTS = ("audio", "events_us", "to_server", "from_server", "loop_lag_us", "errors")
 
 
 class WorkingTreeTarget(Target):
@@ -74,6 +82,10 @@ def now_ms() -> int:
     return int(time.time() * 1000) % 2**32
 
 
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
 class Ear(WSListener):  # type: ignore[misc]
     """A listening socket: four calls' audio and events; the latency of each on arrival."""
 
@@ -86,7 +98,8 @@ class Ear(WSListener):  # type: ignore[misc]
             transport.send(WSMsgType.TEXT, orjson.dumps({"type": "subscribe", "call_id": call_id}))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        arrived = now_ms()
+        arrived_us = now_us()
+        arrived = arrived_us // 1000 % 2**32
         if time.monotonic() < self.warm_until:
             return
         data = frame.get_payload_as_bytes()
@@ -97,13 +110,13 @@ class Ear(WSListener):  # type: ignore[misc]
         elif frame.msg_type is WSMsgType.TEXT:
             i = data.find(b'"t":')
             if i >= 0:
-                sent = int(_DIGITS.match(data, i + 4).group())  # type: ignore[union-attr]
-                self.out["events"].append(arrived - sent)
+                sent_us = int(_DIGITS.match(data, i + 4).group())  # type: ignore[union-attr]
+                self.out["events_us"].append(arrived_us - sent_us)
                 j = data.find(b'"ts":')
                 if j >= 0:  # the server's own time of the event (ms, when it sequenced it)
-                    ts = int(_DIGITS.match(data, j + 5).group()) % 2**32  # type: ignore[union-attr]
-                    self.out["to_server"].append(ts - sent)
-                    self.out["from_server"].append(arrived - ts)
+                    ts = int(_DIGITS.match(data, j + 5).group())  # type: ignore[union-attr]
+                    self.out["to_server"].append(ts - sent_us // 1000)
+                    self.out["from_server"].append(arrived_us // 1000 - ts)
             elif b'"error"' in data[:20]:
                 self.out["errors"].append(1)
 
@@ -112,22 +125,26 @@ class Mouth(WSListener):  # type: ignore[misc]
     """A producer socket; it reads nothing it needs (no refs: no acks)."""
 
 
-async def produce(transport: WSTransport, calls: list[str], until: float, audio: bool) -> None:
+async def produce(transport: WSTransport, calls: list[str], until: float, audio: bool, offset_s: float, aligned: bool) -> None:
+    """Write `calls`' frames every 20 ms from `offset_s` on, and each call's events every 10th tick:
+    the same tick for every call when `aligned`, else the tick the call's index picks."""
     if audio:
         for call_id in calls:
             fmt = {"type": "audio.format", "call_id": call_id, "codec": "pcm_s16le", "sample_rate": 16000}
             transport.send(WSMsgType.TEXT, orjson.dumps(fmt))
+    await asyncio.sleep(offset_s)
     tick = 0
     start = time.monotonic()
     while time.monotonic() < until:
-        for call_id in calls:
+        for index, call_id in enumerate(calls):
             if audio:
                 ms = now_ms()
                 transport.send(WSMsgType.BINARY, encode_frame(0, call_id, ms, PAYLOAD))
                 transport.send(WSMsgType.BINARY, encode_frame(1, call_id, ms, PAYLOAD))
-            if tick % 10 == 0:
-                kind = "transcript.final" if tick % 100 == 0 else "transcript.partial"
-                event = {"call_id": call_id, "type": kind, "data": {"speaker": "user", "text": f"words {tick}", "t": now_ms()}}
+            turn = tick if aligned else tick + index
+            if turn % 10 == 0:
+                kind = "transcript.final" if turn % 100 == 0 else "transcript.partial"
+                event = {"call_id": call_id, "type": kind, "data": {"speaker": "user", "text": f"words {tick}", "t": now_us()}}
                 transport.send(WSMsgType.TEXT, orjson.dumps(event))
         tick += 1
         await asyncio.sleep(max(0.0, start + tick * FRAME_MS / 1000 - time.monotonic()))
@@ -142,7 +159,13 @@ async def loop_lag(out: array.array[int], warm_until: float, until: float) -> No
             out.append(int((time.monotonic() - due) * 1e6))
 
 
-def worker(base: str, token: str, calls: list[str], listeners: int, seconds: float, audio: bool, queue: Any) -> None:
+def worker(
+    base: str, token: str, calls: list[str], listeners: int, seconds: float, audio: bool,
+    phase: tuple[int, int] | None, cpus: str, queue: Any,
+) -> None:
+    """One load process: `calls`' listeners and producers. `phase` is (this worker's index, the
+    number of workers) to spread the producer sockets' ticks over the 20 ms, or None to align them;
+    `cpus` the cores it runs on ('' = any)."""
     async def main() -> dict[str, list[int]]:
         out: dict[str, array.array[int]] = {k: array.array("q") for k in OUTPUTS}
         warm_until = time.monotonic() + WARM_S
@@ -154,15 +177,19 @@ def worker(base: str, token: str, calls: list[str], listeners: int, seconds: flo
         await asyncio.sleep(0.5)  # the listens are in
         until = time.monotonic() + seconds
         mouths = []
-        for i in range(0, len(calls), 25):
+        sockets = range(0, len(calls), CALLS_A_PRODUCER)
+        for j, i in enumerate(sockets):
             transport, _ = await ws_connect(Mouth, f"{base}/v1/ingest?token={token}", max_frame_size=1 << 24)
-            mouths.append(produce(transport, calls[i : i + 25], until, audio))
+            slot = 0.0 if phase is None else (j * phase[1] + phase[0]) / (len(sockets) * phase[1])
+            mouths.append(produce(transport, calls[i : i + CALLS_A_PRODUCER], until, audio, slot * FRAME_MS / 1000, phase is None))
         await asyncio.gather(loop_lag(out["loop_lag_us"], warm_until, until), *mouths)
         await asyncio.sleep(1.0)  # the last deliveries
         for transport, _ in ears:
             transport.disconnect()
         return {k: v.tolist() for k, v in out.items()}
 
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
     uvloop.install()
     queue.put(asyncio.run(main()))
 
@@ -188,7 +215,7 @@ def run_once(name: str, args: argparse.Namespace) -> str:
     """One measurement of target `name`: its table (Markdown)."""
     stages = Path(tempfile.mkdtemp(prefix="bench-audio-")) / "stages.json"
     target = make_target(name, stages)
-    target.start(None)
+    target.start(args.server_cpus or None)
     try:
         rss_before = target.rss_kib()
         cpu_before, wait_before, wall_before = target.cpu_s(), target.runq_wait_s(), time.monotonic()
@@ -199,9 +226,12 @@ def run_once(name: str, args: argparse.Namespace) -> str:
         procs = [
             multiprocessing.get_context("spawn").Process(
                 target=worker,
-                args=(base, target.token, calls[i : i + share], args.listeners, args.seconds, not args.no_audio, queue),
+                args=(
+                    base, target.token, calls[i : i + share], args.listeners, args.seconds, not args.no_audio,
+                    None if args.aligned else (w, args.workers), args.load_cpus, queue,
+                ),
             )
-            for i in range(0, len(calls), share)
+            for w, i in enumerate(range(0, len(calls), share))
         ]
         for proc in procs:
             proc.start()
@@ -219,7 +249,7 @@ def run_once(name: str, args: argparse.Namespace) -> str:
     finally:
         target.stop()
     audio = [x for r in results for x in r["audio"]]
-    events = [x for r in results for x in r["events"]]
+    events = [x / 1000 for r in results for x in r["events_us"]]
     to_server = [x for r in results for x in r["to_server"]]
     from_server = [x for r in results for x in r["from_server"]]
     lag = [x / 1000 for r in results for x in r["loop_lag_us"]]
@@ -227,13 +257,15 @@ def run_once(name: str, args: argparse.Namespace) -> str:
     load = os.getloadavg()
     lines = [
         f"#### {name}: {args.calls} calls × 2 tracks of 16 kHz PCM{' (no audio)' if args.no_audio else ''}, "
-        f"{args.listeners} listeners each, {args.seconds:g} s, {args.workers} client workers "
+        f"{args.listeners} listeners each, {args.seconds:g} s, {args.workers} client workers, "
+        f"{'every call on one tick (--aligned)' if args.aligned else 'calls phased over the 20 ms'}, "
+        f"server on core {args.server_cpus or 'any'}, load on core {args.load_cpus or 'any'} "
         f"(load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores at the end)",
         "",
         "| what | count | p50 ms | p99 ms | max ms |",
         "|---|---:|---:|---:|---:|",
         f"| audio frames | {len(audio)} | {percentile(audio, 0.5):.0f} | {percentile(audio, 0.99):.0f} | {max(audio, default=0)} |",
-        f"| events | {len(events)} | {percentile(events, 0.5):.0f} | {percentile(events, 0.99):.0f} | {max(events, default=0)} |",
+        f"| events | {len(events)} | {percentile(events, 0.5):.1f} | {percentile(events, 0.99):.1f} | {max(events, default=0):.1f} |",
         f"| events: sent → sequenced (`ts`) | {len(to_server)} | {percentile(to_server, 0.5):.0f} | {percentile(to_server, 0.99):.0f} | {max(to_server, default=0)} |",
         f"| events: sequenced → arrived | {len(from_server)} | {percentile(from_server, 0.5):.0f} | {percentile(from_server, 0.99):.0f} | {max(from_server, default=0)} |",
         f"| load generator's loop lag (a {LAG_PROBE_S * 1000:g} ms timer) | {len(lag)} | {percentile(lag, 0.5):.1f} | {percentile(lag, 0.99):.1f} | {max(lag, default=0):.1f} |",
@@ -259,6 +291,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-audio", action="store_true")
+    parser.add_argument("--aligned", action="store_true", help="every call's frames on one tick, and its events too: the worst case")
+    parser.add_argument("--server-cpus", default="0", help="taskset list for the server ('' = not pinned)")
+    parser.add_argument("--load-cpus", default="1", help="cores for the load processes ('' = not pinned)")
     parser.add_argument("--targets", default="callstream", help="comma-separated: callstream[+<patch>…]")
     parser.add_argument("--runs", type=int, default=1, help="rounds over the targets, the order flipped each round")
     args = parser.parse_args()
