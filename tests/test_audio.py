@@ -148,6 +148,7 @@ def test_audio_format_gives_the_call_and_its_format() -> None:
         ({"sample_rate": "16000"}, "sample_rate"),
         ({"sample_rate": True}, "sample_rate"),
         ({"sample_rate": 16000.5}, "sample_rate"),
+        ({"sample_rate": 16000.0}, "sample_rate"),
     ],
 )
 def test_a_bad_audio_format_is_refused(change: dict[str, Any], words: str) -> None:

@@ -88,10 +88,10 @@ def parse_format(obj: dict[str, Any]) -> tuple[str, AudioFormat]:
     if not isinstance(codec, str) or codec not in CODECS:
         raise _invalid(f"audio.format: codec must be one of {', '.join(CODECS)}", call_id)
     rate = obj.get("sample_rate")
-    if isinstance(rate, bool) or rate not in SAMPLE_RATES:
+    # An integer: 16000.0 equals 16000 but would reach listeners, and the relay's packing, as a float.
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate not in SAMPLE_RATES:
         rates = ", ".join(map(str, SAMPLE_RATES))
         raise _invalid(f"audio.format: sample_rate must be one of {rates}", call_id)
-    assert isinstance(rate, int)
     return call_id, AudioFormat(codec, rate)  # type: ignore[arg-type]  # checked against CODECS
 
 

@@ -161,7 +161,7 @@ async def test_every_malformed_frame_gets_its_error_and_the_socket_goes_on(serve
         error = await recv(mouth)
         assert (error["data"]["code"], error["call_id"]) == ("invalid_message", call_id)
         assert "no audio.format" in error["data"]["message"]
-        for bad in ({"codec": "opus"}, {"sample_rate": 44100}, {"call_id": "no spaces"}):
+        for bad in ({"codec": "opus"}, {"sample_rate": 44100}, {"sample_rate": 16000.0}, {"call_id": "no spaces"}):
             await send(mouth, {**FORMAT, "call_id": call_id, **bad})
             assert (await recv(mouth))["data"]["code"] == "invalid_message"
 
