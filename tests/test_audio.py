@@ -259,11 +259,14 @@ def test_a_listener_before_the_format_hears_it_with_the_first_audio_then_each_ch
     assert ear.said == [("listening", PCM16), ("frame", ws_binary(data)), ("frame", ws_binary(data)), ("listening", mulaw)]
 
 
-def test_a_listener_after_the_format_hears_it_at_once_and_no_other_accounts_call() -> None:
+def test_a_listener_after_the_format_hears_it_when_announced_once_and_no_other_accounts_call() -> None:
     node, ear, other = desk(), Heard(), Heard()
     node.format("acme", "c1", PCM16)
     node.listen(ear, "acme", "c1")
     node.listen(other, "globex", "c1")
+    assert ear.said == []  # not before the socket knows the call has not ended
+    for listener, account in ((ear, "acme"), (ear, "acme"), (other, "globex")):
+        node.announce(listener, account, "c1")
     node.frame("acme", "c1", PCM16, parse_frame(frame()))
     assert [what for what, _ in ear.said] == ["listening", "frame"]
     assert other.said == []

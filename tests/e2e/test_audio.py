@@ -465,9 +465,16 @@ async def test_a_listener_on_one_node_hears_a_producer_on_another(cluster: Clust
 
 
 async def test_listening_on_one_node_to_a_call_ended_on_another_answers_unlistened(cluster: Cluster, account: str) -> None:
+    """The far node knows the call's format (its producer declared it there) but not its end,
+    which another node sequenced while nobody here listened: the listen still answers only
+    `unlistened`, never a `listening` in the format it remembers."""
     near, far = cluster.start(2)
     key, call_id = cluster.key(account), call()
-    assert publish(near, key, call_id, [final("hello"), ended()]).status_code == 202
+    async with await ingest(far, key) as mouth:
+        await send(mouth, {**FORMAT, "call_id": call_id})
+        await send(mouth, {**final("hello"), "call_id": call_id, "ref": 1})
+        assert (await recv(mouth))["type"] == "ack"  # the format before it was taken
+    assert publish(near, key, call_id, ended()).status_code == 202
     async with await events(far, key) as ear:
         await send(ear, {"type": "listen", "call_id": call_id})
         assert await recv(ear) == {

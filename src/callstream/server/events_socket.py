@@ -462,11 +462,12 @@ class EventsConnection(SocketConnection):
     # ---- live audio (docs/protocol.md, Live audio) ---------------------------------------------
 
     async def _listen(self, call_id: str) -> None:
-        """Hear the call's audio: `listening` now if its format is known here, else with its
-        first audio. Like a subscription, a call not started yet may be listened to, and a call
-        of another account is one that never plays: nothing tells them apart. A call of this
-        account that has ended answers `unlistened` (reason `ended`) at once, as a subscription
-        to it answers `subscribed` with status `ended`: nothing can follow."""
+        """Hear the call's audio: `listening` as soon as the call is known not to have ended if
+        its format is known here, else with its first audio. Like a subscription, a call not
+        started yet may be listened to, and a call of another account is one that never plays:
+        nothing tells them apart. A call of this account that has ended answers only
+        `unlistened` (reason `ended`), as a subscription to it answers `subscribed` with status
+        `ended`: nothing can follow."""
         if not self.principal.may("listen"):
             self._error(p.ErrorCode.FORBIDDEN, "this credential lacks the listen scope", call_id)
             return
@@ -487,9 +488,13 @@ class EventsConnection(SocketConnection):
             self._unlisten(call_id)
             self._error(p.ErrorCode.INTERNAL, "the listen could not be set up; try again", call_id)
             return
-        if state.status == "ended" and call_id in self.listens:
+        if call_id not in self.listens:
+            return  # the call ended meanwhile (told already), or the socket closed
+        if state.status == "ended":
             self.audio_ended(call_id)
             self.runtime.audio.unlisten(self, account, call_id)
+        else:
+            self.runtime.audio.announce(self, account, call_id)
 
     def _unlisten(self, call_id: str) -> None:
         if call_id in self.listens:
