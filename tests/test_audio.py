@@ -14,6 +14,8 @@ from callstream import protocol as p
 from callstream.audio import (
     MAX_PAYLOAD_BYTES,
     AudioFormat,
+    binary_call_id,
+    binary_frame,
     check_payload,
     encode_frame,
     parse_format,
@@ -205,6 +207,18 @@ def test_a_buffer_never_pushed_to_is_empty_and_clears_without_counting_a_drop() 
     assert buffer.push(b"x" * 100)
     buffer.clear()
     assert (dropped, buffer.dropped, len(buffer)) == ([1], 1, 0)
+
+
+def test_a_listening_drops_only_its_own_calls_queued_audio() -> None:
+    dropped: list[int] = []
+    buffer = ListenBuffer(1 << 20, dropped.append)
+    frames = [binary_frame(frame(call_id=c)) for c in ("c1", "c2", "c1")]
+    frames.append(binary_frame(frame(call_id="c2", payload=bytes(MAX_PAYLOAD_BYTES))))  # a longer length
+    for data in frames:
+        assert buffer.push(data)
+    buffer.drop_where(lambda data: binary_call_id(data) == b"c1")
+    assert (dropped, buffer.dropped, buffer.queued_bytes) == ([2], 2, len(frames[1]) + len(frames[3]))
+    assert buffer.pop_batch(1 << 20) == [frames[1], frames[3]]
 
 
 # ---- between nodes ------------------------------------------------------------------------------

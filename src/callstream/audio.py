@@ -186,8 +186,20 @@ def binary_frame(payload: bytes) -> bytes:
     return server_frame(payload, BINARY_OPCODE)
 
 
+def _payload_offset(frame: bytes) -> int:
+    """Where the payload starts in a frame built by `binary_frame` (after its length)."""
+    marker = frame[1]
+    return 2 if marker < 126 else 4 if marker == 126 else 10
+
+
 def binary_payload(frame: bytes) -> bytes:
     """The payload inside a frame built by `binary_frame` (for the plain-ASGI fallback)."""
-    marker = frame[1]
-    offset = 2 if marker < 126 else 4 if marker == 126 else 10
-    return frame[offset:]
+    return frame[_payload_offset(frame) :]
+
+
+def binary_call_id(frame: bytes) -> bytes:
+    """The call id (ASCII) of the audio frame inside a frame built by `binary_frame`: which call
+    a listener's queued audio is of, read without copying the payload."""
+    offset = _payload_offset(frame) + _HEAD.size
+    (length,) = struct.unpack_from(">H", frame, offset - 2)
+    return frame[offset : offset + length]

@@ -482,3 +482,32 @@ async def test_listening_on_one_node_to_a_call_ended_on_another_answers_unlisten
             "call_id": call_id,
             "data": {"call_id": call_id, "reason": "ended"},
         }
+
+
+async def test_a_listening_for_one_call_drops_no_queued_audio_of_another(fresh_server: ServerProcess) -> None:
+    """Audio still queued when a `listening` goes out is dropped because it would be played in
+    the format that `listening` replaces: that is only the audio of the call it names."""
+    fresh_server.env["CALLSTREAM_LISTEN_BUFFER_BYTES"] = str(64 << 20)  # nothing overflows here
+    fresh_server.start()
+    key, playing, joining = fresh_server.create_key("acme"), call(), call()
+    slow = StalledListener(fresh_server, key)
+    with contextlib.closing(slow.sock):
+        slow.send({"type": "listen", "call_id": playing})
+        async with await ingest(fresh_server, key, ping_interval=None) as mouth:
+            for call_id in (playing, joining):
+                await send(mouth, {**FORMAT, "sample_rate": 48000, "call_id": call_id})
+            sent = [encode_frame(n % 2, playing, n * 100, pcm(n, 9600)) for n in range(1000)]
+            for frame in sent:  # far more than the socket's buffers: most waits in the listener's
+                await mouth.send(frame)
+            await send(mouth, {**final("sent"), "call_id": playing, "ref": 1})
+            assert (await recv(mouth))["type"] == "ack"  # every frame before it was taken
+            slow.send({"type": "listen", "call_id": joining})  # its format is known: `listening` now
+
+            def heard_all(listener: StalledListener) -> bool:
+                return len(listener.frames) == len(sent) and len(listener.texts) == 2
+
+            with contextlib.suppress(TimeoutError):  # a lost frame never comes
+                await asyncio.to_thread(slow.read_until, heard_all, 5.0)
+    assert [m["type"] for m in slow.texts] == ["listening", "listening"]
+    assert (len(slow.frames), metric(fresh_server, "callstream_audio_frames_dropped_total")) == (len(sent), 0)
+    assert slow.frames == sent

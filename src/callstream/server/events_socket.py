@@ -22,7 +22,13 @@ from starlette.websockets import WebSocket
 
 from callstream import metrics
 from callstream import protocol as p
-from callstream.audio import AudioFormat, binary_payload, listening_message, unlistened_message
+from callstream.audio import (
+    AudioFormat,
+    binary_call_id,
+    binary_payload,
+    listening_message,
+    unlistened_message,
+)
 from callstream.auth import AuthError, Principal
 from callstream.broker import BrokerUnavailableError
 from callstream.errors import UnavailableError
@@ -506,9 +512,11 @@ class EventsConnection(SocketConnection):
             self._unlisten(call_id)
 
     def audio_listening(self, call_id: str, fmt: AudioFormat) -> None:
-        """`listening` goes with the events, ahead of any audio still queued: that audio, in the
-        format it replaces, is dropped rather than played in the wrong one."""
-        self.audio.clear()
+        """`listening` goes with the events, ahead of any audio still queued: the call's, in the
+        format it replaces, is dropped rather than played in the wrong one; the other calls'
+        stays."""
+        name = call_id.encode()
+        self.audio.drop_where(lambda frame: binary_call_id(frame) == name)
         self.send(listening_message(call_id, fmt))
 
     def audio_ended(self, call_id: str) -> None:
