@@ -14,6 +14,8 @@ from callstream import protocol as p
 from callstream.audio import (
     MAX_PAYLOAD_BYTES,
     AudioFormat,
+    binary_call_id,
+    binary_frame,
     check_payload,
     encode_frame,
     parse_format,
@@ -148,6 +150,7 @@ def test_audio_format_gives_the_call_and_its_format() -> None:
         ({"sample_rate": "16000"}, "sample_rate"),
         ({"sample_rate": True}, "sample_rate"),
         ({"sample_rate": 16000.5}, "sample_rate"),
+        ({"sample_rate": 16000.0}, "sample_rate"),
     ],
 )
 def test_a_bad_audio_format_is_refused(change: dict[str, Any], words: str) -> None:
@@ -206,6 +209,18 @@ def test_a_buffer_never_pushed_to_is_empty_and_clears_without_counting_a_drop() 
     assert (dropped, buffer.dropped, len(buffer)) == ([1], 1, 0)
 
 
+def test_a_listening_drops_only_its_own_calls_queued_audio() -> None:
+    dropped: list[int] = []
+    buffer = ListenBuffer(1 << 20, dropped.append)
+    frames = [binary_frame(frame(call_id=c)) for c in ("c1", "c2", "c1")]
+    frames.append(binary_frame(frame(call_id="c2", payload=bytes(MAX_PAYLOAD_BYTES))))  # a longer length
+    for data in frames:
+        assert buffer.push(data)
+    buffer.drop_where(lambda data: binary_call_id(data) == b"c1")
+    assert (dropped, buffer.dropped, buffer.queued_bytes) == ([2], 2, len(frames[1]) + len(frames[3]))
+    assert buffer.pop_batch(1 << 20) == [frames[1], frames[3]]
+
+
 # ---- between nodes ------------------------------------------------------------------------------
 
 
@@ -258,11 +273,14 @@ def test_a_listener_before_the_format_hears_it_with_the_first_audio_then_each_ch
     assert ear.said == [("listening", PCM16), ("frame", ws_binary(data)), ("frame", ws_binary(data)), ("listening", mulaw)]
 
 
-def test_a_listener_after_the_format_hears_it_at_once_and_no_other_accounts_call() -> None:
+def test_a_listener_after_the_format_hears_it_when_announced_once_and_no_other_accounts_call() -> None:
     node, ear, other = desk(), Heard(), Heard()
     node.format("acme", "c1", PCM16)
     node.listen(ear, "acme", "c1")
     node.listen(other, "globex", "c1")
+    assert ear.said == []  # not before the socket knows the call has not ended
+    for listener, account in ((ear, "acme"), (ear, "acme"), (other, "globex")):
+        node.announce(listener, account, "c1")
     node.frame("acme", "c1", PCM16, parse_frame(frame()))
     assert [what for what, _ in ear.said] == ["listening", "frame"]
     assert other.said == []

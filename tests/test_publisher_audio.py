@@ -89,6 +89,7 @@ async def test_bad_audio_is_refused_and_sends_nothing() -> None:
             (True, bytes(640), {}),
             ("caller", bytes(641), {}),  # half a 16-bit sample
             ("caller", bytes(640), {"sample_rate": 44100}),
+            ("caller", bytes(640), {"sample_rate": 16000.0}),
             ("caller", bytes(640), {"codec": "opus"}),
         ]
         for track, pcm, options in refused:

@@ -88,10 +88,10 @@ def parse_format(obj: dict[str, Any]) -> tuple[str, AudioFormat]:
     if not isinstance(codec, str) or codec not in CODECS:
         raise _invalid(f"audio.format: codec must be one of {', '.join(CODECS)}", call_id)
     rate = obj.get("sample_rate")
-    if isinstance(rate, bool) or rate not in SAMPLE_RATES:
+    # An integer: 16000.0 equals 16000 but would reach listeners, and the relay's packing, as a float.
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate not in SAMPLE_RATES:
         rates = ", ".join(map(str, SAMPLE_RATES))
         raise _invalid(f"audio.format: sample_rate must be one of {rates}", call_id)
-    assert isinstance(rate, int)
     return call_id, AudioFormat(codec, rate)  # type: ignore[arg-type]  # checked against CODECS
 
 
@@ -186,8 +186,20 @@ def binary_frame(payload: bytes) -> bytes:
     return server_frame(payload, BINARY_OPCODE)
 
 
+def _payload_offset(frame: bytes) -> int:
+    """Where the payload starts in a frame built by `binary_frame` (after its length)."""
+    marker = frame[1]
+    return 2 if marker < 126 else 4 if marker == 126 else 10
+
+
 def binary_payload(frame: bytes) -> bytes:
     """The payload inside a frame built by `binary_frame` (for the plain-ASGI fallback)."""
-    marker = frame[1]
-    offset = 2 if marker < 126 else 4 if marker == 126 else 10
-    return frame[offset:]
+    return frame[_payload_offset(frame) :]
+
+
+def binary_call_id(frame: bytes) -> bytes:
+    """The call id (ASCII) of the audio frame inside a frame built by `binary_frame`: which call
+    a listener's queued audio is of, read without copying the payload."""
+    offset = _payload_offset(frame) + _HEAD.size
+    (length,) = struct.unpack_from(">H", frame, offset - 2)
+    return frame[offset : offset + length]

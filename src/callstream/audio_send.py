@@ -50,7 +50,7 @@ def check_format(codec: str, sample_rate: int) -> None:
     if codec not in CODECS:
         msg = f"codec must be one of {', '.join(sorted(CODECS))}, got {codec!r}"
         raise ValueError(msg)
-    if isinstance(sample_rate, bool) or sample_rate not in SAMPLE_RATES:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate not in SAMPLE_RATES:
         msg = f"sample_rate must be one of {', '.join(map(str, sorted(SAMPLE_RATES)))}, got {sample_rate!r}"
         raise ValueError(msg)
 

@@ -65,6 +65,24 @@ class ListenBuffer:
             self.dropped_since_empty = 0
         return batch
 
+    def drop_where(self, doomed: Callable[[bytes], bool]) -> None:
+        """Drop the frames queued that `doomed` picks, say one call's of a socket listening to
+        several (counted as dropped, not as falling behind)."""
+        frames = self._frames
+        if not frames:
+            return
+        kept = deque(frame for frame in frames if not doomed(frame))
+        dropped = len(frames) - len(kept)
+        if not dropped:
+            return
+        self._frames = kept
+        self.queued_bytes = sum(map(len, kept))
+        self.dropped += dropped
+        if self._on_drop is not None:
+            self._on_drop(dropped)
+        if not kept:
+            self.dropped_since_empty = 0
+
     def clear(self) -> None:
         """Drop every frame queued (counted as dropped, not as falling behind)."""
         queued = len(self)

@@ -161,7 +161,7 @@ async def test_every_malformed_frame_gets_its_error_and_the_socket_goes_on(serve
         error = await recv(mouth)
         assert (error["data"]["code"], error["call_id"]) == ("invalid_message", call_id)
         assert "no audio.format" in error["data"]["message"]
-        for bad in ({"codec": "opus"}, {"sample_rate": 44100}, {"call_id": "no spaces"}):
+        for bad in ({"codec": "opus"}, {"sample_rate": 44100}, {"sample_rate": 16000.0}, {"call_id": "no spaces"}):
             await send(mouth, {**FORMAT, "call_id": call_id, **bad})
             assert (await recv(mouth))["data"]["code"] == "invalid_message"
 
@@ -465,9 +465,16 @@ async def test_a_listener_on_one_node_hears_a_producer_on_another(cluster: Clust
 
 
 async def test_listening_on_one_node_to_a_call_ended_on_another_answers_unlistened(cluster: Cluster, account: str) -> None:
+    """The far node knows the call's format (its producer declared it there) but not its end,
+    which another node sequenced while nobody here listened: the listen still answers only
+    `unlistened`, never a `listening` in the format it remembers."""
     near, far = cluster.start(2)
     key, call_id = cluster.key(account), call()
-    assert publish(near, key, call_id, [final("hello"), ended()]).status_code == 202
+    async with await ingest(far, key) as mouth:
+        await send(mouth, {**FORMAT, "call_id": call_id})
+        await send(mouth, {**final("hello"), "call_id": call_id, "ref": 1})
+        assert (await recv(mouth))["type"] == "ack"  # the format before it was taken
+    assert publish(near, key, call_id, ended()).status_code == 202
     async with await events(far, key) as ear:
         await send(ear, {"type": "listen", "call_id": call_id})
         assert await recv(ear) == {
@@ -475,3 +482,32 @@ async def test_listening_on_one_node_to_a_call_ended_on_another_answers_unlisten
             "call_id": call_id,
             "data": {"call_id": call_id, "reason": "ended"},
         }
+
+
+async def test_a_listening_for_one_call_drops_no_queued_audio_of_another(fresh_server: ServerProcess) -> None:
+    """Audio still queued when a `listening` goes out is dropped because it would be played in
+    the format that `listening` replaces: that is only the audio of the call it names."""
+    fresh_server.env["CALLSTREAM_LISTEN_BUFFER_BYTES"] = str(64 << 20)  # nothing overflows here
+    fresh_server.start()
+    key, playing, joining = fresh_server.create_key("acme"), call(), call()
+    slow = StalledListener(fresh_server, key)
+    with contextlib.closing(slow.sock):
+        slow.send({"type": "listen", "call_id": playing})
+        async with await ingest(fresh_server, key, ping_interval=None) as mouth:
+            for call_id in (playing, joining):
+                await send(mouth, {**FORMAT, "sample_rate": 48000, "call_id": call_id})
+            sent = [encode_frame(n % 2, playing, n * 100, pcm(n, 9600)) for n in range(1000)]
+            for frame in sent:  # far more than the socket's buffers: most waits in the listener's
+                await mouth.send(frame)
+            await send(mouth, {**final("sent"), "call_id": playing, "ref": 1})
+            assert (await recv(mouth))["type"] == "ack"  # every frame before it was taken
+            slow.send({"type": "listen", "call_id": joining})  # its format is known: `listening` now
+
+            def heard_all(listener: StalledListener) -> bool:
+                return len(listener.frames) == len(sent) and len(listener.texts) == 2
+
+            with contextlib.suppress(TimeoutError):  # a lost frame never comes
+                await asyncio.to_thread(slow.read_until, heard_all, 5.0)
+    assert [m["type"] for m in slow.texts] == ["listening", "listening"]
+    assert (len(slow.frames), metric(fresh_server, "callstream_audio_frames_dropped_total")) == (len(sent), 0)
+    assert slow.frames == sent

@@ -97,6 +97,8 @@ class AudioDesk:
         self._formats: OrderedDict[Key, AudioFormat] = OrderedDict()
 
     def listen(self, listener: Listener, account: str, call_id: str) -> None:
+        """Add the listen (again: its `listening` comes again). The listener hears the call's
+        format with its first audio, or from `announce`."""
         key = (account, call_id)
         listeners = self._listeners.get(key)
         if listeners is None:
@@ -104,10 +106,18 @@ class AudioDesk:
             if self._relay.relays_audio:
                 self._spawn(self._relay.listen_audio(account, call_id))
         listeners[listener] = None
+
+    def announce(self, listener: Listener, account: str, call_id: str) -> None:
+        """Send `listening` now if this node knows the call's format and has not told it to the
+        listener since its `listen`. Apart from `listen` so that the socket first makes sure the
+        call has not ended: a node may remember the format of a call that ended elsewhere."""
+        key = (account, call_id)
+        listeners = self._listeners.get(key)
         fmt = self._formats.get(key)
-        if fmt is not None:
-            listeners[listener] = fmt
-            listener.audio_listening(call_id, fmt)
+        if fmt is None or listeners is None or listener not in listeners or listeners[listener] is not None:
+            return
+        listeners[listener] = fmt
+        listener.audio_listening(call_id, fmt)
 
     def unlisten(self, listener: Listener, account: str, call_id: str) -> None:
         key = (account, call_id)

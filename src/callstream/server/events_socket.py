@@ -22,7 +22,13 @@ from starlette.websockets import WebSocket
 
 from callstream import metrics
 from callstream import protocol as p
-from callstream.audio import AudioFormat, binary_payload, listening_message, unlistened_message
+from callstream.audio import (
+    AudioFormat,
+    binary_call_id,
+    binary_payload,
+    listening_message,
+    unlistened_message,
+)
 from callstream.auth import AuthError, Principal
 from callstream.broker import BrokerUnavailableError
 from callstream.errors import UnavailableError
@@ -462,11 +468,12 @@ class EventsConnection(SocketConnection):
     # ---- live audio (docs/protocol.md, Live audio) ---------------------------------------------
 
     async def _listen(self, call_id: str) -> None:
-        """Hear the call's audio: `listening` now if its format is known here, else with its
-        first audio. Like a subscription, a call not started yet may be listened to, and a call
-        of another account is one that never plays: nothing tells them apart. A call of this
-        account that has ended answers `unlistened` (reason `ended`) at once, as a subscription
-        to it answers `subscribed` with status `ended`: nothing can follow."""
+        """Hear the call's audio: `listening` as soon as the call is known not to have ended if
+        its format is known here, else with its first audio. Like a subscription, a call not
+        started yet may be listened to, and a call of another account is one that never plays:
+        nothing tells them apart. A call of this account that has ended answers only
+        `unlistened` (reason `ended`), as a subscription to it answers `subscribed` with status
+        `ended`: nothing can follow."""
         if not self.principal.may("listen"):
             self._error(p.ErrorCode.FORBIDDEN, "this credential lacks the listen scope", call_id)
             return
@@ -487,9 +494,13 @@ class EventsConnection(SocketConnection):
             self._unlisten(call_id)
             self._error(p.ErrorCode.INTERNAL, "the listen could not be set up; try again", call_id)
             return
-        if state.status == "ended" and call_id in self.listens:
+        if call_id not in self.listens:
+            return  # the call ended meanwhile (told already), or the socket closed
+        if state.status == "ended":
             self.audio_ended(call_id)
             self.runtime.audio.unlisten(self, account, call_id)
+        else:
+            self.runtime.audio.announce(self, account, call_id)
 
     def _unlisten(self, call_id: str) -> None:
         if call_id in self.listens:
@@ -501,9 +512,11 @@ class EventsConnection(SocketConnection):
             self._unlisten(call_id)
 
     def audio_listening(self, call_id: str, fmt: AudioFormat) -> None:
-        """`listening` goes with the events, ahead of any audio still queued: that audio, in the
-        format it replaces, is dropped rather than played in the wrong one."""
-        self.audio.clear()
+        """`listening` goes with the events, ahead of any audio still queued: the call's, in the
+        format it replaces, is dropped rather than played in the wrong one; the other calls'
+        stays."""
+        name = call_id.encode()
+        self.audio.drop_where(lambda frame: binary_call_id(frame) == name)
         self.send(listening_message(call_id, fmt))
 
     def audio_ended(self, call_id: str) -> None:
