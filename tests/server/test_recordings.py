@@ -434,3 +434,27 @@ async def test_a_file_left_open_by_a_node_that_died_is_taken_over_while_the_call
     assert paths.finished.exists(), "the call's recording was never taken over"
     left, _, _ = channels(paths.finished.read_bytes())
     assert left[-320:] == CALLER[:320]  # the call's last frame is in it
+
+
+async def test_a_file_that_cannot_be_started_leaves_no_descriptor_and_no_part_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk refuses the new file's header: the call is not recorded, and nothing of the
+    attempt stays (a held descriptor per call, an empty `.part` that counts as a recording)."""
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    recordings = Recordings(tmp_path, enabled=True)
+    before = open_descriptors()
+    monkeypatch.setattr(os, "pwrite", full)
+    try:
+        recordings.frame(A, "call_1", Fmt(), Frame(0, 0, struct.pack("<320h", *CALLER[:320])))
+        await recordings.written()
+    finally:
+        monkeypatch.undo()
+        await recordings.close()
+
+    assert open_descriptors() <= before
+    assert files_under(tmp_path) == []
+    assert not await recordings.has_recording(A, "call_1")
