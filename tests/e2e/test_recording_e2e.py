@@ -142,3 +142,18 @@ async def test_a_recording_made_on_one_node_is_served_and_erased_by_another(
 
     assert httpx.delete(f"{far.url}/v1/calls/{call_id}", headers=auth(key), timeout=30).status_code == 204
     assert recordings_under(shared) == []
+
+
+async def test_a_range_header_the_server_cannot_read_is_ignored(recorder: ServerProcess) -> None:
+    """RFC 9110 §14.2: a Range in a unit the server does not know MUST be ignored, and an invalid
+    one may be; either way the answer is the whole file, not a plain-text 400 (every REST error
+    is JSON)."""
+    key, call_id = key_of(recorder), new_call()
+    audio = struct.pack("<1600h", *tone(1600, 300, 16000))
+    await produce(recorder, key, call_id, {0: audio}, codec="pcm_s16le", rate=16000)
+    whole = fetch(recorder, key, call_id).content
+
+    for header in ("items=0-9", "bytes=abc", "bytes=9-3"):
+        answer = fetch(recorder, key, call_id, Range=header)
+        assert (answer.status_code, answer.headers["content-type"]) == (200, "audio/wav"), header
+        assert answer.content == whole
