@@ -4,6 +4,7 @@ erasure; and two nodes on Redis sharing the recordings directory."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import struct
@@ -18,7 +19,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from callstream.audio import encode_frame
-from callstream.recording import ulaw_to_linear
+from callstream.recording import ulaw_to_linear, wav_header
+from callstream.server.recording_files import paths_for
 from tests.helpers import Cluster, ServerProcess, ended, key_of, recv, send
 
 RECORDING = {"CALLSTREAM_RECORD": "1"}
@@ -142,3 +144,49 @@ async def test_a_recording_made_on_one_node_is_served_and_erased_by_another(
 
     assert httpx.delete(f"{far.url}/v1/calls/{call_id}", headers=auth(key), timeout=30).status_code == 204
     assert recordings_under(shared) == []
+
+
+async def test_a_range_header_the_server_cannot_read_is_ignored(recorder: ServerProcess) -> None:
+    """RFC 9110 §14.2: a Range in a unit the server does not know MUST be ignored, and an invalid
+    one may be; either way the answer is the whole file, not a plain-text 400 (every REST error
+    is JSON)."""
+    key, call_id = key_of(recorder), new_call()
+    audio = struct.pack("<1600h", *tone(1600, 300, 16000))
+    await produce(recorder, key, call_id, {0: audio}, codec="pcm_s16le", rate=16000)
+    whole = fetch(recorder, key, call_id).content
+
+    for header in ("items=0-9", "bytes=abc", "bytes=9-3"):
+        answer = fetch(recorder, key, call_id, Range=header)
+        assert (answer.status_code, answer.headers["content-type"]) == (200, "audio/wav"), header
+        assert answer.content == whole
+
+
+async def test_a_download_under_way_when_the_call_speaks_again_gets_the_file_it_was_promised(
+    recorder: ServerProcess,
+) -> None:
+    """A call quiet for a while has its file closed and served; when it speaks again the node
+    goes on writing that very file. A download begun before gets the bytes its Content-Length
+    said, not a connection broken by the bytes appended since."""
+    account, call_id = f"acct_{uuid.uuid4().hex[:10]}", new_call()
+    key = recorder.create_key(account)
+    paths = paths_for(Path(recorder.data_dir) / "recordings", account, call_id)
+    paths.finished.parent.mkdir(parents=True, exist_ok=True)
+    data_bytes = 16 * 1024 * 1024  # more than the sockets' buffers hold: the download waits on the reader
+    paths.finished.write_bytes(wav_header(16000, data_bytes) + bytes(data_bytes))  # closed after a quiet spell
+
+    url = f"{recorder.url}/v1/calls/{call_id}/recording"
+    async with httpx.AsyncClient(timeout=30) as http, http.stream("GET", url, headers=auth(key)) as answer:
+        chunks = answer.aiter_raw(64 * 1024)
+        received = len(await anext(chunks))
+        async with connect(f"{recorder.ws_url}/v1/ingest?token={key}") as mouth:  # the call speaks again
+            await send(mouth, {"type": "audio.format", "call_id": call_id, "codec": "pcm_s16le", "sample_rate": 16000})
+            for i in range(100):
+                await mouth.send(encode_frame(0, call_id, 600_000 + 20 * i, bytes(640)))
+            deadline = time.monotonic() + 10
+            while not (paths.writing.exists() and paths.writing.stat().st_size > 44 + data_bytes):
+                assert time.monotonic() < deadline, "the call's file was not taken up again"
+                await asyncio.sleep(0.05)
+        async for chunk in chunks:
+            received += len(chunk)
+
+    assert received == 44 + data_bytes == int(answer.headers["content-length"])

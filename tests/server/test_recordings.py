@@ -406,3 +406,55 @@ async def test_calls_speaking_at_the_bound_keep_their_files_and_a_new_one_waits_
         assert not recordings.paths(A, "c3").finished.exists()  # type: ignore[union-attr]
     finally:
         await recordings.close()
+
+
+async def test_a_file_left_open_by_a_node_that_died_is_taken_over_while_the_call_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A producer back on a node within `STALE_S` of the crash finds the call's `.part` still
+    fresh: that node tries again while the audio goes on, and takes the file over once stale."""
+    monkeypatch.setattr(files, "STALE_S", 0.3)
+    paths = files.paths_for(tmp_path, A, "live")
+    crashed = files.open_for(paths, RATE)
+    files.append(crashed, [struct.pack("<320h", *CALLER[:320])])
+    files.discard(crashed)  # the node died: its `.part` is never closed
+    recordings = Recordings(tmp_path, enabled=True, idle_s=0.5)
+    frame = struct.pack("<320h", *CALLER[:320])
+    try:
+        started = time.monotonic()
+        for i in range(75):  # 1.5 s of audio, in real time
+            recordings.frame(A, "live", Fmt(), Frame(0, 20 * i, frame))
+            recordings.tick(time.monotonic())
+            await asyncio.sleep(max(0.0, started + 0.02 * (i + 1) - time.monotonic()))
+        recordings.end(A, "live")
+        await recordings.written()
+    finally:
+        await recordings.close()
+
+    assert paths.finished.exists(), "the call's recording was never taken over"
+    left, _, _ = channels(paths.finished.read_bytes())
+    assert left[-320:] == CALLER[:320]  # the call's last frame is in it
+
+
+async def test_a_file_that_cannot_be_started_leaves_no_descriptor_and_no_part_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk refuses the new file's header: the call is not recorded, and nothing of the
+    attempt stays (a held descriptor per call, an empty `.part` that counts as a recording)."""
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    recordings = Recordings(tmp_path, enabled=True)
+    before = open_descriptors()
+    monkeypatch.setattr(os, "pwrite", full)
+    try:
+        recordings.frame(A, "call_1", Fmt(), Frame(0, 0, struct.pack("<320h", *CALLER[:320])))
+        await recordings.written()
+    finally:
+        monkeypatch.undo()
+        await recordings.close()
+
+    assert open_descriptors() <= before
+    assert files_under(tmp_path) == []
+    assert not await recordings.has_recording(A, "call_1")

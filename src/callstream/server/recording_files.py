@@ -92,8 +92,20 @@ def open_for(paths: RecordingPaths, sample_rate: int) -> OpenFile:
         fd = os.open(paths.writing, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return _resume(paths, sample_rate, stale_only=True)
-    os.pwrite(fd, wav_header(sample_rate, 0), 0)
+    try:
+        os.pwrite(fd, wav_header(sample_rate, 0), 0)
+    except OSError:
+        _abandon(fd, paths.writing)
+        raise
     return OpenFile(paths, fd, sample_rate, 0)
+
+
+def _abandon(fd: int, created: Path) -> None:
+    """Undo a `.part` just created whose header could not be written (a full disk): kept, its
+    descriptor would leak with each such call, and the empty file would count as a recording
+    and block the call's file for good (no header to resume from)."""
+    os.close(fd)
+    created.unlink(missing_ok=True)
 
 
 def _check_rate(path: Path, sample_rate: int) -> None:

@@ -78,7 +78,8 @@ class _Call:
     queued: list[Chunk] = field(default_factory=list)
     queued_bytes: int = 0
     ending: bool = False  # closed as soon as the file is open
-    dead: bool = False  # the file could not be opened: frames are dropped
+    dead: bool = False  # the file could not be opened: frames are dropped until `tick` lets it go
+    dead_since: float = 0.0  # when the opening failed
     holds_file: bool = True  # counted among the open files until its close is handed to the writer
 
 
@@ -192,10 +193,18 @@ class Recordings:
 
     def tick(self, now: float) -> None:
         for key, call in list(self._calls.items()):
-            if now - call.last_frame >= self._idle_s and (call.assembler is not None or call.dead):
+            if self._lapsed(call, now):
                 self._close(key, call)
             else:
                 self._flush(call)
+
+    def _lapsed(self, call: _Call, now: float) -> bool:
+        """Whether the call's entry goes: its file open and no frame for `idle_s` (the next frame
+        reopens it), or its file not opened for `idle_s`, frames or not: its next frame tries
+        again, so a `.part` a node that died left is taken over once stale while the call goes on."""
+        if call.dead:
+            return now - call.dead_since >= self._idle_s
+        return call.assembler is not None and now - call.last_frame >= self._idle_s
 
     async def written(self) -> None:
         """Return once the writer has done everything asked of it so far, and what that asked
@@ -267,7 +276,7 @@ class Recordings:
         error = None if opening.cancelled() else opening.exception()
         if opening.cancelled() or error is not None:
             log.warning("call %s is not recorded on this node: %s", key[1], error or "the node stopped")
-            call.dead, call.waiting = True, []
+            call.dead, call.dead_since, call.waiting = True, time.monotonic(), []
             self._release(key, call)
             if self._calls.get(key) is call:
                 self._unlist(key)
