@@ -167,6 +167,21 @@ async def test_audio_rate_and_attaching_to_a_running_session() -> None:
     assert abs(dominant_hz(ingest.pcm(CALL, "agent"), 8000) - 880) < 5
 
 
+async def test_a_server_slow_to_answer_never_holds_the_session_up() -> None:
+    """callstream answering its handshake 3 s late (overloaded, far away): attach returns at once,
+    so the agent answers its caller on time, and the events go out once the server answers."""
+    async with audio_ingest() as ingest:
+        ingest.slow = 3.0
+        began = time.monotonic()
+        bridge = await CallstreamSession.attach(AgentSession(), CALL, url=ingest.url, key="k", audio=True,
+                                                metadata={"agent": "support"})
+        took = time.monotonic() - began
+        assert bridge is not None
+        await bridge.aclose()
+    assert took < 1.5  # not the 10 s handshake timeout
+    assert [e["type"] for e in ingest.events()] == ["call.started", "call.ended"]
+
+
 async def test_an_unlisted_rate_is_refused() -> None:
     session: AgentSession[Any] = AgentSession()
     with pytest.raises(ValueError, match="sample_rate"):
