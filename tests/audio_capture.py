@@ -32,6 +32,7 @@ class AudioIngest:
     url: str = ""
     connections: list[list[dict[str, Any] | AudioFrame]] = field(default_factory=list)
     refuse: bool = False  # answer handshakes with HTTP 503 (the server is down)
+    slow: float = 0.0  # seconds each handshake waits for its answer (a server overloaded or far away)
     more: asyncio.Event = field(default_factory=asyncio.Event)  # set on every message
     live: list[ServerConnection] = field(default_factory=list)
 
@@ -63,7 +64,8 @@ class AudioIngest:
                 self.more.clear()
                 await self.more.wait()
 
-    def process_request(self, connection: ServerConnection, request: Any) -> Any:
+    async def process_request(self, connection: ServerConnection, request: Any) -> Any:
+        await asyncio.sleep(self.slow)
         if self.refuse:
             return connection.respond(503, "down for the test")
         return None

@@ -96,11 +96,11 @@ class Loudspeaker(io.AudioOutput):
 
 
 @contextlib.asynccontextmanager
-async def voice_session(url: str, key: str, call_id: str, **options: Any) -> AsyncIterator[
-    tuple[AgentSession[Any], ScriptedSTT, Loudspeaker]
-]:
+async def voice_session(
+    url: str, key: str, call_id: str, speaker: Loudspeaker | None = None, **options: Any
+) -> AsyncIterator[tuple[AgentSession[Any], ScriptedSTT, Loudspeaker]]:
     """A started voice session attached with audio, until the block ends."""
-    ears, speaker = ScriptedSTT(), Loudspeaker()
+    ears, speaker = ScriptedSTT(), speaker or Loudspeaker()
     session: AgentSession[Any] = AgentSession(
         llm=ContextLLM(), stt=ears, tts=ToneTTS(), turn_handling={"turn_detection": "stt"}
     )
@@ -167,6 +167,21 @@ async def test_audio_rate_and_attaching_to_a_running_session() -> None:
     assert abs(dominant_hz(ingest.pcm(CALL, "agent"), 8000) - 880) < 5
 
 
+async def test_a_server_slow_to_answer_never_holds_the_session_up() -> None:
+    """callstream answering its handshake 3 s late (overloaded, far away): attach returns at once,
+    so the agent answers its caller on time, and the events go out once the server answers."""
+    async with audio_ingest() as ingest:
+        ingest.slow = 3.0
+        began = time.monotonic()
+        bridge = await CallstreamSession.attach(AgentSession(), CALL, url=ingest.url, key="k", audio=True,
+                                                metadata={"agent": "support"})
+        took = time.monotonic() - began
+        assert bridge is not None
+        await bridge.aclose()
+    assert took < 1.5  # not the 10 s handshake timeout
+    assert [e["type"] for e in ingest.events()] == ["call.started", "call.ended"]
+
+
 async def test_an_unlisted_rate_is_refused() -> None:
     session: AgentSession[Any] = AgentSession()
     with pytest.raises(ValueError, match="sample_rate"):
@@ -187,3 +202,57 @@ async def test_a_listener_of_the_real_server_hears_the_session(
     assert listener.formats[0] == {"codec": "pcm_s16le", "sample_rate": 16000}
     assert abs(dominant_hz(listener.pcm("caller"), 16000) - 440) < 10
     assert abs(dominant_hz(listener.pcm("agent"), 16000) - 880) < 10
+
+
+async def test_the_agents_speech_is_sent_as_it_is_heard() -> None:
+    """The TTS hands its second of speech over at once, and LiveKit's room output queues it for
+    playback; the agent track goes out as it plays (docs/protocol.md: a producer sends audio as it
+    is heard), or a listener's jitter buffer, which plays what arrives, drops most of it."""
+    async with audio_ingest() as ingest, voice_session(ingest.url, "k", CALL) as (_, ears, _speaker):
+        await ears.says("Hello?")
+        await ingest.until(lambda: bool(ingest.frames(CALL, "agent")))
+        first = time.monotonic()
+        await ingest.until(lambda: seconds(ingest.pcm(CALL, "agent")) >= 0.95)
+        spread = time.monotonic() - first
+    assert spread >= 0.8  # a second of speech took about a second to arrive, not a burst
+
+
+class RoomSpeaker(Loudspeaker):
+    """Plays in real time, as a room's output does: a segment is over once its audio has played,
+    and `clear_buffer` (an interruption) cuts it off where it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._began = 0.0
+        self._done: asyncio.TimerHandle | None = None
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        if not self._pushed:
+            self._began = time.monotonic()
+        await super().capture_frame(frame)
+
+    def flush(self) -> None:
+        io.AudioOutput.flush(self)
+        left = self._began + self._pushed - time.monotonic()
+        self._done = asyncio.get_running_loop().call_later(max(left, 0), lambda: self._finish(interrupted=False))
+
+    def clear_buffer(self) -> None:
+        if self._done is not None:
+            self._done.cancel()
+        self._pushed = min(self._pushed, time.monotonic() - self._began)
+        self._finish(interrupted=True)
+
+
+async def test_speech_cut_off_by_an_interruption_is_not_sent() -> None:
+    """The caller heard a fifth of the agent's second of speech before it was interrupted: the
+    agent track has no more of it than that either."""
+    async with (
+        audio_ingest() as ingest,
+        voice_session(ingest.url, "k", CALL, speaker=RoomSpeaker()) as (session, ears, speaker),
+    ):
+        await ears.says("Hello?")
+        await ingest.until(lambda: seconds(ingest.pcm(CALL, "agent")) >= 0.2)
+        await session.interrupt(force=True)
+        await asyncio.sleep(1.0)
+    assert speaker.played < 0.5
+    assert 0.2 <= seconds(ingest.pcm(CALL, "agent")) < 0.5

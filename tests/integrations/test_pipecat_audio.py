@@ -9,6 +9,7 @@ rate has the wrong pitch.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import pytest
@@ -23,6 +24,7 @@ with warnings.catch_warnings():  # pipecat imports the deprecated `audioop` modu
         TTSAudioRawFrame,
     )
     from pipecat.processors.filters.identity_filter import IdentityFilter
+    from pipecat.processors.frame_processor import FrameDirection
     from pipecat.transports.base_output import BaseOutputTransport
     from pipecat.transports.base_transport import TransportParams
 
@@ -100,6 +102,35 @@ async def test_with_an_output_transport_the_bot_is_heard_once_as_played() -> Non
     assert abs(dominant_hz(agent, 8000) - 880) < 5
     assert ingest.formats()[0]["sample_rate"] == 8000
     assert not ingest.frames(CALL, "caller")
+
+
+class StartClock(IdentityFilter):  # type: ignore[misc]
+    """Notes when the pipeline's StartFrame reaches it: when the pipeline began to run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: float | None = None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, StartFrame) and self.started is None:
+            self.started = time.monotonic()
+        await super().process_frame(frame, direction)
+
+
+async def test_a_server_slow_to_answer_never_holds_the_pipeline_up() -> None:
+    """callstream answering its handshake 3 s late (overloaded, far away): the pipeline runs at
+    once, the audio heard meanwhile is dropped, and the events go out once it answers."""
+    clock = StartClock()
+    async with audio_ingest() as ingest:
+        ingest.slow = 3.0
+        observer = CallstreamObserver(CALL, url=ingest.url, key="k", audio=True)
+        began = time.monotonic()
+        await run_pipeline(observer, caller_frames(0.2), services=[clock])
+    assert clock.started is not None
+    assert clock.started - began < 1.5  # not the 10 s handshake timeout
+    assert observer.events is not None
+    assert observer.events.audio_dropped > 0  # live only: not held back
+    assert ingest.events()[-1]["type"] == "call.ended"
 
 
 def test_an_unlisted_rate_fails_at_construction() -> None:

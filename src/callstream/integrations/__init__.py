@@ -39,6 +39,7 @@ AGENT_STATES: Final = frozenset({"listening", "thinking", "speaking"})
 MAX_STAGE_CHARS: Final = 64
 USER_SPEAKING: Final = "…"  # the text of a user partial before any word was recognised
 NO_TARGET: Final = "give a started Publisher, or url and key"
+CONNECT_WITHIN: Final = 1.0  # s a call's start waits for the server's first answer (a refused key)
 
 
 @contextlib.contextmanager
@@ -113,11 +114,16 @@ class CallEvents:
         """A :class:`CallEvents` with a publisher of its own, or None if the key is refused.
 
         ``controls`` are the live-control handlers the publisher declares and runs for the call.
-        An unreachable server is not an error: the publisher buffers and retries.
+        An unreachable server is not an error: the publisher buffers and retries. A server slow
+        to answer is not waited for past :data:`CONNECT_WITHIN` (the agent's start waits on this,
+        and the caller would hear the wait): the publisher goes on connecting in the background,
+        and a key refused then fails the events instead (logged, counted).
         """
         publisher = Publisher(url, key, controls=controls)
         try:
-            await publisher.start()
+            await asyncio.wait_for(publisher.start(), CONNECT_WITHIN)  # the connection loop outlives it
+        except TimeoutError:
+            logger.warning("callstream: the server has not answered yet; call %s is published once it does", call_id)
         except PublishError as exc:
             logger.error("callstream: not publishing call %s: %s", call_id, exc)
             await publisher.close()

@@ -61,7 +61,8 @@ playback (a TTS may deliver faster than real time; an interruption stops it). Bo
 pass-through links put into the session's own I/O chains (``io.AudioInput`` ``source``,
 ``io.AudioOutput`` ``next_in_chain``, as LiveKit's own recorder does) once the session has
 started, down-mixed to mono and resampled with ``rtc.AudioResampler`` to ``audio_sample_rate``
-(16 kHz by default).
+(16 kHz by default). The agent's speech is sent at the pace it plays, not as fast as the TTS
+makes it, and what an interruption cuts off is not sent.
 
 Tested with livekit-agents 1.8 (a real ``AgentSession`` run in-process with a scripted LLM; the
 voice path with a scripted STT).
@@ -71,9 +72,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from callstream.audio_send import FRAME_MS
 from callstream.integrations import CallEvents, framework, parse_json_text
 from callstream.integrations.controls import AgentControls, TransferHook
 
@@ -196,6 +199,7 @@ class SessionAudio:
         self.calls = calls
         self.sample_rate = sample_rate
         self._resamplers: dict[tuple[str, int], rtc.AudioResampler] = {}  # one stream per track and rate
+        self._agent = _Pacer(lambda pcm: calls.audio("agent", pcm, sample_rate), sample_rate)
 
     def install(self, session: AgentSession[Any]) -> None:
         """Tap the session's current audio input and output, unless they are tapped already."""
@@ -215,7 +219,59 @@ class SessionAudio:
             if (resampler := self._resamplers.get(key)) is None:
                 resampler = self._resamplers[key] = rtc.AudioResampler(frame.sample_rate, self.sample_rate)
             pcm = b"".join(bytes(out.data) for out in resampler.push(bytearray(pcm)))
-        self.calls.audio(track, pcm, self.sample_rate)
+        if track == "agent":
+            self._agent.push(pcm)
+        else:
+            self.calls.audio(track, pcm, self.sample_rate)
+
+    def interrupted(self) -> None:
+        """The agent's playback was cut off: what it had not played yet is not sent."""
+        self._agent.clear()
+
+    def close(self) -> None:
+        """The call is over: nothing more is sent."""
+        self._agent.close()
+
+
+class _Pacer:
+    """Mono 16-bit audio handed to ``send`` at the pace it plays, in frames of ``FRAME_MS``.
+
+    The session hands the agent's speech to its output as fast as the TTS makes it, and LiveKit's
+    room output queues it for playback; a listener plays audio as it arrives (docs/protocol.md:
+    a producer sends audio as it is heard), so a burst would overflow its jitter buffer and most
+    of the utterance would be lost.
+    """
+
+    def __init__(self, send: Callable[[bytes], None], sample_rate: int) -> None:
+        self._send = send
+        self._bytes_per_s = 2 * sample_rate
+        self._step = FRAME_MS * self._bytes_per_s // 1000
+        self._queued: deque[bytes] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def push(self, pcm: bytes) -> None:
+        self._queued.extend(pcm[i : i + self._step] for i in range(0, len(pcm), self._step))
+        if self._queued and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def clear(self) -> None:
+        self._queued.clear()
+
+    def close(self) -> None:
+        self.clear()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        """Send a frame, wait for it to play, until nothing is queued: never more than a frame
+        ahead of the playback, however early the next utterance comes."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while self._queued:
+            chunk = self._queued.popleft()
+            self._send(chunk)
+            due += len(chunk) / self._bytes_per_s
+            await asyncio.sleep(max(due - loop.time(), 0))
 
 
 def _tapped(link: io.AudioInput | io.AudioOutput | None) -> bool:
@@ -265,6 +321,7 @@ class _TapOutput(io.AudioOutput):
     def clear_buffer(self) -> None:
         if self.next_in_chain is not None:
             self.next_in_chain.clear_buffer()
+        self._audio.interrupted()
 
 
 class CallstreamSession(AgentControls):
@@ -357,6 +414,8 @@ class CallstreamSession(AgentControls):
         """End the call now if the session did not (``call.ended``), flush, and detach."""
         self.events.end(status, reason)
         self.detach()
+        if self.audio is not None:
+            self.audio.close()
         if self._closing is None:
             self._closing = asyncio.create_task(self.events.aclose())
         await self._closing
@@ -491,5 +550,7 @@ class CallstreamSession(AgentControls):
             status, reason = self.ending
         self.events.end(status, reason)
         self.detach()
+        if self.audio is not None:
+            self.audio.close()
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(self.events.aclose())
