@@ -152,6 +152,21 @@ async def test_ranges_answer_206_with_the_bytes_asked_and_416_past_the_end(node:
     assert past.headers["content-range"] == f"bytes */{size}"
 
 
+async def test_head_answers_what_get_would_without_the_body(node: Node) -> None:
+    await recorded_call(node, "call_1")
+    whole = await node.get("call_1")
+
+    head = await node.http.head("/v1/calls/call_1/recording", headers=node.auth("listener"))
+
+    assert head.status_code == 200
+    assert head.content == b""
+    for name in ("content-type", "content-length", "accept-ranges", "etag"):
+        assert head.headers[name] == whole.headers[name], name
+    missing = await node.http.head("/v1/calls/never_was/recording", headers=node.auth("listener"))
+    other = await node.http.head("/v1/calls/call_1/recording", headers=node.auth("other"))
+    assert (missing.status_code, other.status_code) == (404, 404)
+
+
 async def test_missing_other_accounts_and_unrecorded_calls_answer_the_same_404(node: Node) -> None:
     await recorded_call(node, "call_1")
     _, durable = await node.runtime.publish(A, [NewEvent("unrecorded", "call.ended", {"status": "completed", "duration_ms": 1000})])

@@ -76,3 +76,10 @@ async def get_recording(call_id: str, request: Request, principal: Listener) -> 
     except FileNotFoundError:
         raise not_found("recording") from None
     return WavResponse(paths.finished, media_type="audio/wav", stat_result=stat)
+
+
+# HEAD answers what GET would, without the body (download managers and `curl -I` ask it first);
+# kept out of the OpenAPI document, where it would repeat GET's operation.
+router.add_api_route(
+    "/v1/calls/{call_id}/recording", get_recording, methods=["HEAD"], include_in_schema=False, tags=["calls"]
+)
