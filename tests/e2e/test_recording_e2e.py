@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import os
 import struct
 import time
 import uuid
@@ -21,7 +22,7 @@ from websockets.asyncio.client import connect
 from callstream.audio import encode_frame
 from callstream.recording import ulaw_to_linear, wav_header
 from callstream.server.recording_files import paths_for
-from tests.helpers import Cluster, ServerProcess, ended, key_of, recv, send
+from tests.helpers import Cluster, ServerProcess, ended, key_of, publish, recv, send
 
 RECORDING = {"CALLSTREAM_RECORD": "1"}
 
@@ -190,3 +191,49 @@ async def test_a_download_under_way_when_the_call_speaks_again_gets_the_file_it_
             received += len(chunk)
 
     assert received == 44 + data_bytes == int(answer.headers["content-length"])
+
+
+async def test_a_file_left_open_by_a_node_that_died_is_served_once_stale_after_the_call_ends_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """A node killed mid-call leaves the call's `.part`, a playable WAV of what it had written.
+    The call then ends over REST with no more audio, so no node ever reopens that file: once
+    nobody has written it for `STALE_S` it is served (what was sent before the kill, sample for
+    sample); while it is fresh it is not."""
+    server = ServerProcess(tmp_path, "--record").start()
+    account, call_id = f"acct_{uuid.uuid4().hex[:10]}", new_call()
+    key = server.create_key(account)
+    paths = paths_for(Path(server.data_dir) / "recordings", account, call_id)
+    caller = tone(16000, 440, 16000)
+    sent = struct.pack(f"<{len(caller)}h", *caller)
+    try:
+        async with connect(f"{server.ws_url}/v1/ingest?token={key}") as mouth:
+            await send(mouth, {"type": "audio.format", "call_id": call_id, "codec": "pcm_s16le", "sample_rate": 16000})
+            started = time.monotonic()
+            for i in range(50):  # one second, in real time
+                await mouth.send(encode_frame(0, call_id, 20 * i, sent[640 * i : 640 * (i + 1)]))
+                await asyncio.sleep(max(0.0, started + 0.02 * (i + 1) - time.monotonic()))
+            deadline = time.monotonic() + 10
+            while not (paths.writing.exists() and paths.writing.stat().st_size >= 44 + 4 * len(caller) // 2):
+                assert time.monotonic() < deadline, "the node did not write the call's audio"
+                await asyncio.sleep(0.05)
+            server.kill()  # mid-call: the `.part` is never closed
+        written = (paths.writing.stat().st_size - 44) // 4  # the last 200 ms were still in memory
+        server.start()
+        assert publish(server, key, call_id, ended()).status_code < 300  # the call ends, no audio after
+
+        fresh = fetch(server, key, call_id, within=1.5)
+        assert fresh.status_code == 404, "a .part written moments ago is served as finished"
+
+        left_at = time.time() - 61  # nobody has written it for longer than the takeover window
+        os.utime(paths.writing, (left_at, left_at))
+        answer = fetch(server, key, call_id, within=5)
+
+        assert answer.status_code == 200, answer.text
+        left, right, rate = channels(answer.content)
+        assert (rate, left, right) == (16000, caller[:written], [0] * written)
+        assert not paths.writing.exists()
+        assert httpx.delete(f"{server.url}/v1/calls/{call_id}", headers=auth(key), timeout=30).status_code == 204
+        assert recordings_under(Path(server.data_dir) / "recordings") == []
+    finally:
+        server.stop()

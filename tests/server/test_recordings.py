@@ -451,6 +451,38 @@ async def test_a_file_left_open_by_a_node_that_died_is_taken_over_while_the_call
     assert left[-320:] == CALLER[:320]  # the call's last frame is in it
 
 
+def test_a_part_is_stale_once_nobody_has_written_it_for_the_takeover_window() -> None:
+    now = 1_000_000.0
+    assert not files.is_stale(now - files.STALE_S + 1, now)
+    assert files.is_stale(now - files.STALE_S, now)
+
+
+async def test_a_file_left_open_by_a_node_that_died_is_served_once_stale_without_another_frame(node: Node) -> None:
+    """The call ended where no frame of it came again: its `.part` is closed as it is once nobody
+    has written it for `STALE_S`, and served; not before (a node may still be writing it). One
+    with no header (killed before writing it) is not a recording to serve."""
+    root = node.runtime.recordings.root
+    paths, empty = files.paths_for(root, A, "left"), files.paths_for(root, A, "empty")
+    crashed = files.open_for(paths, RATE)
+    files.append(crashed, [struct.pack(f"<{2 * len(CALLER)}h", *(sample for c in CALLER for sample in (c, 0)))])
+    files.discard(crashed)  # the node died: its `.part` is never closed
+    empty.writing.touch()
+
+    assert (await node.get("left")).status_code == 404
+    left_at = time.time() - files.STALE_S - 1
+    for part in (paths.writing, empty.writing):
+        os.utime(part, (left_at, left_at))
+    assert (await node.http.head("/v1/calls/left/recording", headers=node.auth("listener"))).status_code == 200
+    answer = await node.get("left")
+
+    assert answer.status_code == 200, answer.text
+    left, right, _ = channels(answer.content)
+    assert (left, right) == (CALLER, [0] * len(CALLER))
+    assert not paths.writing.exists()
+    assert (await node.get("empty")).status_code == 404
+    assert empty.writing.exists()
+
+
 async def test_a_file_that_cannot_be_started_leaves_no_descriptor_and_no_part_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

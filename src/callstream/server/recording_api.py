@@ -9,10 +9,8 @@ gets the whole file, and the whole file is what its `Content-Length` said (`WavR
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import FileResponse, MalformedRangeHeader, Response
 from starlette.types import Send
@@ -65,16 +63,14 @@ class WavResponse(FileResponse):
 
 @router.get("/v1/calls/{call_id}/recording", tags=["calls"], response_class=FileResponse, responses=WAV_RESPONSE)
 async def get_recording(call_id: str, request: Request, principal: Listener) -> Response:
-    """The call's recording, once its file is closed (a moment after `call.ended`). 404, the
-    same answer, for a call with no recording, a missing call and another account's call."""
+    """The call's recording, once its file is closed (a moment after `call.ended`, or once its
+    node died and nobody wrote it for a minute). 404, the same answer, for a call with no
+    recording, a missing call and another account's call."""
     visible = is_valid_call_id(call_id) and principal.may_see(call_id)
-    paths = runtime_of(request).recordings.paths(principal.account, call_id) if visible else None
-    if paths is None:
+    recordings = runtime_of(request).recordings
+    paths = recordings.paths(principal.account, call_id) if visible else None
+    if paths is None or (stat := await recordings.finished(paths)) is None:
         raise not_found("recording")
-    try:
-        stat = await anyio.to_thread.run_sync(os.stat, paths.finished)
-    except FileNotFoundError:
-        raise not_found("recording") from None
     return WavResponse(paths.finished, media_type="audio/wav", stat_result=stat)
 
 

@@ -12,7 +12,8 @@ the finished `.wav` to `.part` to go on writing it (a producer back after a rest
 another node): exclusive create and link are atomic, also on a shared directory, so two nodes
 do not write one file. A `.part` untouched for `STALE_S` was left by a node that stopped without
 closing it (the recorder writes to its open files, or closes them, every few seconds): it is
-taken over.
+taken over, by the next frame of its call, or by a request for the recording, which closes it
+as it is (`close_left_open`).
 """
 
 from __future__ import annotations
@@ -34,11 +35,15 @@ __all__ = [
     "RecordingPaths",
     "append",
     "close",
+    "close_left_open",
     "discard",
     "erase",
     "exists",
+    "is_stale",
+    "left_open",
     "open_for",
     "paths_for",
+    "stat_finished",
 ]
 
 STALE_S = 60.0
@@ -109,16 +114,25 @@ def _abandon(fd: int, created: Path) -> None:
 
 
 def _check_rate(path: Path, sample_rate: int) -> None:
-    with path.open("rb") as file:
-        rate = read_header(file.read(HEADER_BYTES))
-    if rate != sample_rate:
+    if (rate := _rate_of(path)) != sample_rate:
         raise BusyError(f"the call's recording is at {rate} Hz, not {sample_rate} Hz")
+
+
+def _rate_of(path: Path) -> int | None:
+    """The sample rate in the file's header; None for a header `wav_header` did not write."""
+    with path.open("rb") as file:
+        return read_header(file.read(HEADER_BYTES))
+
+
+def is_stale(mtime: float, now: float) -> bool:
+    """Whether a `.part` last written at `mtime` was left by a node that stopped without closing it."""
+    return now - mtime >= STALE_S
 
 
 def _resume(paths: RecordingPaths, sample_rate: int, *, stale_only: bool) -> OpenFile:
     """Open `.part` to append to it (a half-written sample at its end is cut off)."""
     try:
-        if stale_only and time.time() - paths.writing.stat().st_mtime < STALE_S:
+        if stale_only and not is_stale(paths.writing.stat().st_mtime, time.time()):
             raise BusyError("another writer has this call's recording open")
         fd = os.open(paths.writing, os.O_RDWR)
     except FileNotFoundError:
@@ -163,6 +177,28 @@ def close(file: OpenFile, chunks: list[Chunk]) -> None:
         file.paths.writing.rename(file.paths.finished)
 
 
+def left_open(paths: RecordingPaths) -> bool:
+    """Whether the call's `.part` is stale: a cheap look before asking the writer to close it."""
+    try:
+        return is_stale(paths.writing.stat().st_mtime, time.time())
+    except FileNotFoundError:
+        return False
+
+
+def close_left_open(paths: RecordingPaths) -> None:
+    """Close a stale `.part` as it is, taken over as `open_for` takes it: its header already says
+    what it holds. A fresh one, one another node took first, or one without a header of ours
+    (a node killed before writing it) stays as it is."""
+    try:
+        if (rate := _rate_of(paths.writing)) is None:
+            return
+        file = _resume(paths, rate, stale_only=True)
+    except (BusyError, FileNotFoundError):
+        return
+    with contextlib.suppress(FileNotFoundError):  # another node closed it, or it was erased
+        close(file, [])
+
+
 def discard(file: OpenFile) -> None:
     """Close the file without finishing it (erased: `erase` unlinks its names). Once only: a
     closed descriptor's number may already name another file."""
@@ -173,9 +209,21 @@ def discard(file: OpenFile) -> None:
 
 
 def erase(paths: list[RecordingPaths]) -> None:
+    """Delete the calls' files. `.part` first, then `.wav`, then `.part` again: a `.part` renamed
+    to `.wav` (closed on another node), or a `.wav` linked to `.part` (reopened), meanwhile
+    leaves nothing behind."""
     for each in paths:
+        each.writing.unlink(missing_ok=True)
         each.finished.unlink(missing_ok=True)
         each.writing.unlink(missing_ok=True)
+
+
+def stat_finished(paths: RecordingPaths) -> os.stat_result | None:
+    """The call's closed file's `stat`; None when it has none."""
+    try:
+        return os.stat(paths.finished)
+    except FileNotFoundError:
+        return None
 
 
 def exists(paths: RecordingPaths) -> bool:

@@ -8,7 +8,8 @@ close, erase) run in the order they were asked for, without a lock.
 A call's file is closed, and renamed from `.part` to `.wav`, when `call.ended` passes through
 this node (its publish path or its fan-out), when no frame came for `IDLE_S` (a producer that
 went quiet, or moved to another node: the next frame opens the file again and goes on where it
-stopped), and when the node stops. The writer's backlog is bounded: past `MAX_QUEUED_BYTES`
+stopped), and when the node stops; a `.part` a node that died left is closed when its recording
+is asked for, once stale (`finished`). The writer's backlog is bounded: past `MAX_QUEUED_BYTES`
 audio is written as silence of the same length, so the file stays aligned while the disk catches
 up. Serving and erasing files works whether or not this node records.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import resource
 import time
 from collections import Counter, OrderedDict
@@ -184,6 +186,21 @@ class Recordings:
             return True
         paths = self.paths(account, call_id)
         return paths is not None and await asyncio.to_thread(files.exists, paths)
+
+    async def finished(self, paths: RecordingPaths) -> os.stat_result | None:
+        """The `stat` of the call's closed file, to serve; None while it is being written. A
+        `.part` nobody has written for `STALE_S` (its node died) is closed first, on the writer
+        thread: in order with this node's erasures, and taken over as a frame would take it."""
+        if (stat := await asyncio.to_thread(files.stat_finished, paths)) is not None:
+            return stat
+        if not await asyncio.to_thread(files.left_open, paths):
+            return None
+        try:
+            await self._submit(files.close_left_open, paths)
+        except OSError as error:  # a read-only mount, a failing disk: it stays as it is
+            log.warning("recording file %s left open could not be closed: %s", paths.writing.name, error)
+            return None
+        return await asyncio.to_thread(files.stat_finished, paths)
 
     async def run_forever(self) -> None:
         """Every `TICK_S`: hand queued samples to the writer; close the files of idle calls."""
