@@ -10,10 +10,11 @@ call) on their producer's `/v1/ingest` socket, and their events beside it: a
 `transcript.partial` every 200 ms and a `transcript.final` every 2 s. Each call has
 `--listeners` listeners on `/v1/events` that listen to it and subscribe to its events, four calls
 to a socket (the most a socket may listen to). Calls are written 25 to a producer socket, and
-each socket keeps its own 20 ms clock, spread over the 20 ms as independent calls' are; each
+each socket keeps its own 20 ms clock, spread over the 20 ms as independent calls' are (a
+worker's sockets at even slots; each worker's clock starts where its start-up put it); each
 call's events fall on the tick its index picks. `--aligned` is the worst case instead: every
-socket on one tick and every call's event on the same tick, so the node reads the whole step's
-audio in one burst with the events among it. Frames carry their send time (wall clock, ms, in
+socket of a worker on one tick and every call's event on the same tick, so the node reads the
+worker's whole step of audio in one burst with the events among it. Frames carry their send time (wall clock, ms, in
 the frame's `ms`), events theirs in `data.t` (µs), so a listener measures each one's latency on
 arrival. The load runs in `--workers` processes (a slice of the calls each, producers and
 listeners), so the client is not what saturates; the server runs on `--server-cpus` (core 0)
