@@ -511,3 +511,34 @@ async def test_a_listening_for_one_call_drops_no_queued_audio_of_another(fresh_s
     assert [m["type"] for m in slow.texts] == ["listening", "listening"]
     assert (len(slow.frames), metric(fresh_server, "callstream_audio_frames_dropped_total")) == (len(sent), 0)
     assert slow.frames == sent
+
+
+async def test_a_new_format_drops_the_calls_audio_queued_in_the_old_one(fresh_server: ServerProcess) -> None:
+    """The other side of the test above: the audio of the call `listening` names, queued in the
+    format it replaces, is dropped (and counted) rather than played in the wrong one."""
+    fresh_server.env["CALLSTREAM_LISTEN_BUFFER_BYTES"] = str(64 << 20)  # nothing overflows here
+    fresh_server.start()
+    key, playing = fresh_server.create_key("acme"), call()
+    slow = StalledListener(fresh_server, key)
+    with contextlib.closing(slow.sock):
+        slow.send({"type": "listen", "call_id": playing})
+        async with await ingest(fresh_server, key, ping_interval=None) as mouth:
+            await send(mouth, {**FORMAT, "sample_rate": 48000, "call_id": playing})
+            sent = [encode_frame(n % 2, playing, n * 100, pcm(n, 9600)) for n in range(1000)]
+            for frame in sent:  # far more than the socket's buffers: most waits in the listener's
+                await mouth.send(frame)
+            await send(mouth, {**FORMAT, "sample_rate": 16000, "call_id": playing})
+            await send(mouth, {**final("sent"), "call_id": playing, "ref": 1})
+            assert (await recv(mouth))["type"] == "ack"  # every frame and the format before it were taken
+
+            def told_twice(listener: StalledListener) -> bool:
+                return len(listener.texts) == 2
+
+            await asyncio.to_thread(slow.read_until, told_twice, 5.0)
+            with contextlib.suppress(TimeoutError):  # the dropped frames never come
+                await asyncio.to_thread(slow.read_until, lambda listener: len(listener.frames) == len(sent), 1.0)
+    assert [(m["type"], m["data"]["sample_rate"]) for m in slow.texts] == [("listening", 48000), ("listening", 16000)]
+    dropped = metric(fresh_server, "callstream_audio_frames_dropped_total")
+    assert 0 < len(slow.frames) < len(sent)
+    assert dropped == len(sent) - len(slow.frames)
+    assert slow.frames == sent[: len(slow.frames)]
