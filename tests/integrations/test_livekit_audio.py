@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, tts
+from livekit.agents import Agent, AgentSession, stt, tts
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.voice import io
 
-from callstream.integrations.livekit import CallstreamSession
+from callstream.integrations.livekit import CallstreamSession, _Pacer
 from tests.audio_capture import AudioIngest, audio_ingest, dominant_hz, listening, sine
 from tests.helpers import ServerProcess
 from tests.integrations.livekit_agent import ContextLLM, ScriptedSTT
@@ -97,12 +97,16 @@ class Loudspeaker(io.AudioOutput):
 
 @contextlib.asynccontextmanager
 async def voice_session(
-    url: str, key: str, call_id: str, speaker: Loudspeaker | None = None, **options: Any
+    url: str, key: str, call_id: str, speaker: Loudspeaker | None = None, *,
+    interruptible: bool = False, **options: Any,
 ) -> AsyncIterator[tuple[AgentSession[Any], ScriptedSTT, Loudspeaker]]:
-    """A started voice session attached with audio, until the block ends."""
+    """A started voice session attached with audio, until the block ends. `interruptible`: the
+    words the STT hears interrupt the agent at once (no VAD, whose bundled silero hears no speech
+    in a tone, and no AEC warmup, which ignores the caller for the agent's first 3 s)."""
     ears, speaker = ScriptedSTT(), speaker or Loudspeaker()
+    voice: dict[str, Any] = {"vad": None, "aec_warmup_duration": None} if interruptible else {}
     session: AgentSession[Any] = AgentSession(
-        llm=ContextLLM(), stt=ears, tts=ToneTTS(), turn_handling={"turn_detection": "stt"}
+        llm=ContextLLM(), stt=ears, tts=ToneTTS(), turn_handling={"turn_detection": "stt"}, **voice
     )
     bridge = await CallstreamSession.attach(session, call_id, url=url, key=key, audio=True, **options)
     assert bridge is not None
@@ -219,28 +223,53 @@ async def test_the_agents_speech_is_sent_as_it_is_heard() -> None:
 
 class RoomSpeaker(Loudspeaker):
     """Plays in real time, as a room's output does: a segment is over once its audio has played,
-    and `clear_buffer` (an interruption) cuts it off where it is."""
+    `pause` holds it where it is until `resume`, and `clear_buffer` (an interruption) cuts it off
+    where it is. `pauses` keeps when each pause began and ended (monotonic)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._began = 0.0
+        self._flushed = False
         self._done: asyncio.TimerHandle | None = None
+        self._paused_at: float | None = None
+        self.pauses: list[list[float]] = []
 
     async def capture_frame(self, frame: rtc.AudioFrame) -> None:
         if not self._pushed:
-            self._began = time.monotonic()
+            self._began, self._flushed = time.monotonic(), False
         await super().capture_frame(frame)
 
     def flush(self) -> None:
         io.AudioOutput.flush(self)
-        left = self._began + self._pushed - time.monotonic()
-        self._done = asyncio.get_running_loop().call_later(max(left, 0), lambda: self._finish(interrupted=False))
+        self._flushed = True
+        self._finish_later()
+
+    def pause(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = time.monotonic()
+            self.pauses.append([self._paused_at])
+            if self._done is not None:
+                self._done.cancel()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            now = time.monotonic()
+            self._began += now - self._paused_at
+            self._paused_at = None
+            self.pauses[-1].append(now)
+            self._finish_later()
 
     def clear_buffer(self) -> None:
         if self._done is not None:
             self._done.cancel()
-        self._pushed = min(self._pushed, time.monotonic() - self._began)
+        now = self._paused_at if self._paused_at is not None else time.monotonic()
+        self._pushed = min(self._pushed, now - self._began)
         self._finish(interrupted=True)
+
+    def _finish_later(self) -> None:
+        if self._flushed and self._pushed and self._paused_at is None:
+            left = self._began + self._pushed - time.monotonic()
+            self._done = asyncio.get_running_loop().call_later(max(left, 0), lambda: self._finish(interrupted=False))
 
 
 async def test_speech_cut_off_by_an_interruption_is_not_sent() -> None:
@@ -256,3 +285,85 @@ async def test_speech_cut_off_by_an_interruption_is_not_sent() -> None:
         await asyncio.sleep(1.0)
     assert speaker.played < 0.5
     assert 0.2 <= seconds(ingest.pcm(CALL, "agent")) < 0.5
+
+
+def hear(ears: ScriptedSTT, kind: stt.SpeechEventType, text: str = "") -> None:
+    """The STT reports one event of the caller's: speech starting or ending, or words heard."""
+    heard = [stt.SpeechData(language="en", text=text)] if text else []
+    ears.streams[-1]._event_ch.send_nowait(stt.SpeechEvent(type=kind, alternatives=heard))
+
+
+async def caller_breaks_in(ingest: AudioIngest, ears: ScriptedSTT, speaker: RoomSpeaker) -> float:
+    """A fifth of a second into the agent's speech the caller starts talking: LiveKit pauses the
+    playback (the interruption is not confirmed yet). Returns the agent track's seconds by then."""
+    await ears.says("Hello?")
+    await ingest.until(lambda: seconds(ingest.pcm(CALL, "agent")) >= 0.2)
+    hear(ears, stt.SpeechEventType.START_OF_SPEECH)
+    hear(ears, stt.SpeechEventType.INTERIM_TRANSCRIPT, "wait")
+    async with asyncio.timeout(1):
+        while not speaker.pauses:
+            await asyncio.sleep(0.005)
+    return seconds(ingest.pcm(CALL, "agent"))
+
+
+async def test_nothing_is_sent_while_the_playback_is_paused() -> None:
+    """The caller talks over the agent and stops without a word more: LiveKit pauses the playback,
+    and resumes it once the false interruption times out (2 s by default). The agent track holds
+    still for the pause and goes on at the pace of the playback after it."""
+    async with (
+        audio_ingest() as ingest,
+        voice_session(ingest.url, "k", CALL, speaker=RoomSpeaker(), interruptible=True) as (_, ears, speaker),
+    ):
+        at_pause = await caller_breaks_in(ingest, ears, speaker)
+        hear(ears, stt.SpeechEventType.END_OF_SPEECH)
+        async with asyncio.timeout(5):
+            while len(speaker.pauses[0]) < 2:
+                await asyncio.sleep(0.005)
+        at_resume = seconds(ingest.pcm(CALL, "agent"))
+        await ingest.until(lambda: seconds(ingest.pcm(CALL, "agent")) >= 0.95)
+        rest = time.monotonic() - speaker.pauses[0][1]
+        await asyncio.sleep(0.3)
+    paused = speaker.pauses[0][1] - speaker.pauses[0][0]
+    assert paused >= 1.5  # LiveKit held the playback (its 2 s timeout from the caller's silence)
+    assert at_resume - at_pause <= 0.04  # at most the frame on its way when the pause came
+    assert rest >= (1.0 - at_resume) - 0.15  # the rest went at the pace it played
+    assert seconds(ingest.pcm(CALL, "agent")) <= 1.0
+    assert speaker.played == pytest.approx(1.0, abs=0.05)
+
+
+async def test_speech_paused_then_cut_off_is_not_sent() -> None:
+    """The caller talks over the agent, and their words confirm the interruption a second later:
+    LiveKit paused the playback first, then clears it (and answers them). The agent track stops
+    at the pause: none of the rest of the cut-off answer is sent."""
+    async with (
+        audio_ingest() as ingest,
+        voice_session(ingest.url, "k", CALL, speaker=RoomSpeaker(), interruptible=True) as (_, ears, speaker),
+    ):
+        at_pause = await caller_breaks_in(ingest, ears, speaker)
+        await asyncio.sleep(1.0)
+        at_words = seconds(ingest.pcm(CALL, "agent"))
+        hear(ears, stt.SpeechEventType.FINAL_TRANSCRIPT, "wait a moment")
+        hear(ears, stt.SpeechEventType.END_OF_SPEECH)
+        async with asyncio.timeout(1):
+            while not speaker.played:
+                await asyncio.sleep(0.005)
+        heard = speaker.played
+        await asyncio.sleep(0.2)  # the next answer comes after the endpointing delay (0.5 s)
+        at_clear = seconds(ingest.pcm(CALL, "agent"))
+    assert heard < 0.3  # the caller heard the fifth of a second before the pause
+    assert at_words - at_pause <= 0.04  # nothing while paused
+    assert at_clear - at_pause <= 0.04  # nor of the rest once cleared
+
+
+async def test_a_closed_pacer_sends_nothing_more() -> None:
+    """Once the call's audio is closed the tap stays in the session's output chain: speech it
+    hands over later is dropped, not paced out by a new task."""
+    sent: list[bytes] = []
+    pacer = _Pacer(sent.append, 16000)
+    pacer.push(bytes(640))
+    await asyncio.sleep(0)  # its frame goes out
+    pacer.close()
+    await asyncio.sleep(0.03)
+    pacer.push(bytes(6400))
+    await asyncio.sleep(0.05)
+    assert sent == [bytes(640)]

@@ -62,7 +62,8 @@ pass-through links put into the session's own I/O chains (``io.AudioInput`` ``so
 ``io.AudioOutput`` ``next_in_chain``, as LiveKit's own recorder does) once the session has
 started, down-mixed to mono and resampled with ``rtc.AudioResampler`` to ``audio_sample_rate``
 (16 kHz by default). The agent's speech is sent at the pace it plays, not as fast as the TTS
-makes it, and what an interruption cuts off is not sent.
+makes it, held while the playback is paused (LiveKit pauses it as the caller starts talking, until
+the interruption is confirmed or found false), and what an interruption cuts off is not sent.
 
 Tested with livekit-agents 1.8 (a real ``AgentSession`` run in-process with a scripted LLM; the
 voice path with a scripted STT).
@@ -224,6 +225,13 @@ class SessionAudio:
         else:
             self.calls.audio(track, pcm, self.sample_rate)
 
+    def paused(self, paused: bool) -> None:
+        """The agent's playback was paused (the caller talks over it) or goes on again."""
+        if paused:
+            self._agent.pause()
+        else:
+            self._agent.resume()
+
     def interrupted(self) -> None:
         """The agent's playback was cut off: what it had not played yet is not sent."""
         self._agent.clear()
@@ -239,7 +247,7 @@ class _Pacer:
     The session hands the agent's speech to its output as fast as the TTS makes it, and LiveKit's
     room output queues it for playback; a listener plays audio as it arrives (docs/protocol.md:
     a producer sends audio as it is heard), so a burst would overflow its jitter buffer and most
-    of the utterance would be lost.
+    of the utterance would be lost. While the playback is paused nothing is sent either.
     """
 
     def __init__(self, send: Callable[[bytes], None], sample_rate: int) -> None:
@@ -248,19 +256,43 @@ class _Pacer:
         self._step = FRAME_MS * self._bytes_per_s // 1000
         self._queued: deque[bytes] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._paused = False
+        self._closed = False
 
     def push(self, pcm: bytes) -> None:
+        """Queue ``pcm`` behind what is still to play; a closed pacer drops it."""
+        if self._closed:
+            return
         self._queued.extend(pcm[i : i + self._step] for i in range(0, len(pcm), self._step))
-        if self._queued and (self._task is None or self._task.done()):
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._start()
 
     def clear(self) -> None:
         self._queued.clear()
 
+    def pause(self) -> None:
+        """The playback holds where it is: what is queued waits for :meth:`resume`."""
+        self._paused = True
+        self._stop()
+
+    def resume(self) -> None:
+        """The playback goes on: pacing starts afresh from now, not from before the pause."""
+        self._paused = False
+        self._start()
+
     def close(self) -> None:
+        """Nothing more is sent, though the tap stays in the session's output chain."""
+        self._closed = True
         self.clear()
+        self._stop()
+
+    def _start(self) -> None:
+        if self._queued and not self._paused and not self._closed and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+            self._task = None
 
     async def _run(self) -> None:
         """Send a frame, wait for it to play, until nothing is queued: never more than a frame
@@ -322,6 +354,16 @@ class _TapOutput(io.AudioOutput):
         if self.next_in_chain is not None:
             self.next_in_chain.clear_buffer()
         self._audio.interrupted()
+
+    def pause(self) -> None:
+        """LiveKit pauses the playback as the caller starts talking, and clears it only once the
+        interruption is confirmed: the agent track holds still meanwhile."""
+        super().pause()
+        self._audio.paused(True)
+
+    def resume(self) -> None:
+        super().resume()
+        self._audio.paused(False)
 
 
 class CallstreamSession(AgentControls):
