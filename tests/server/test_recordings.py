@@ -451,6 +451,31 @@ async def test_a_file_left_open_by_a_node_that_died_is_taken_over_while_the_call
     assert left[-320:] == CALLER[:320]  # the call's last frame is in it
 
 
+async def test_a_call_that_cannot_be_recorded_is_logged_once_however_often_it_tries(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its file is held by a node that still writes it: every retry fails, and a full disk would
+    fail every call's the same way, so the log says it once a call, not once a retry."""
+    paths = files.paths_for(tmp_path, A, "held")
+    holder = files.open_for(paths, RATE)  # another node writes it: fresh, never stale here
+    recordings = Recordings(tmp_path, enabled=True, idle_s=0.05)
+    frame = struct.pack("<320h", *CALLER[:320])
+    caplog.set_level("DEBUG", logger="callstream.recordings")
+    try:
+        for i in range(30):  # 0.6 s of audio: a retry every 50 ms
+            recordings.frame(A, "held", Fmt(), Frame(0, 20 * i, frame))
+            recordings.tick(time.monotonic())
+            await recordings.written()
+            await asyncio.sleep(0.02)
+    finally:
+        await recordings.close()
+        files.discard(holder)
+
+    tries = [r for r in caplog.records if "is not recorded on this node" in r.getMessage()]
+    assert len(tries) >= 3, "the call was not tried again"
+    assert [r.levelname for r in tries].count("WARNING") == 1
+
+
 def test_a_part_is_stale_once_nobody_has_written_it_for_the_takeover_window() -> None:
     now = 1_000_000.0
     assert not files.is_stale(now - files.STALE_S + 1, now)

@@ -112,6 +112,7 @@ class Recordings:
         self._open_files = 0
         self._open_files_of: Counter[str] = Counter()
         self._ended: OrderedDict[_Key, None] = OrderedDict()
+        self._not_recorded: OrderedDict[_Key, None] = OrderedDict()  # told in the log, once a call
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recordings")
         self._backlog = 0  # bytes handed to the writer and not written yet
         self._jobs = 0  # handed to the writer so far
@@ -144,6 +145,7 @@ class Recordings:
         if not self.enabled:
             return
         key = (account, call_id)
+        self._not_recorded.pop(key, None)
         self._ended[key] = None
         if len(self._ended) > ENDED_KEPT:
             self._ended.popitem(last=False)
@@ -156,6 +158,7 @@ class Recordings:
         for call_id in call_ids:
             key = (account, call_id)
             self._ended.pop(key, None)
+            self._not_recorded.pop(key, None)
             call = self._calls.pop(key, None)
             if call is not None:
                 self._unlist(key)
@@ -292,7 +295,7 @@ class Recordings:
     def _opened(self, key: _Key, call: _Call, opening: asyncio.Future[OpenFile]) -> None:
         error = None if opening.cancelled() else opening.exception()
         if opening.cancelled() or error is not None:
-            log.warning("call %s is not recorded on this node: %s", key[1], error or "the node stopped")
+            self._log_not_recorded(key, error)
             call.dead, call.dead_since, call.waiting = True, time.monotonic(), []
             self._release(key, call)
             if self._calls.get(key) is call:
@@ -301,6 +304,7 @@ class Recordings:
                 del self._calls[key]
             return
         file = opening.result()
+        self._not_recorded.pop(key, None)
         if self._calls.get(key) is not call:  # erased meanwhile: `forget` queued the unlink
             self._release(key, call)
             self._submit(files.discard, file)
@@ -312,6 +316,15 @@ class Recordings:
         call.waiting = []
         if call.ending:
             self._close(key, call)
+
+    def _log_not_recorded(self, key: _Key, error: BaseException | None) -> None:
+        """A warning the first time a call's file cannot be opened, a debug line at each retry
+        after: a full disk fails every call's file, every `idle_s`."""
+        level = logging.DEBUG if key in self._not_recorded else logging.WARNING
+        log.log(level, "call %s is not recorded on this node: %s", key[1], error or "the node stopped")
+        self._not_recorded[key] = None
+        if len(self._not_recorded) > ENDED_KEPT:
+            self._not_recorded.popitem(last=False)
 
     def _close(self, key: _Key, call: _Call) -> None:
         self._unlist(key)
