@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 import httpx
 import orjson
+import psutil
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -76,6 +77,10 @@ def run_async(coro: Any) -> Any:
     return result.get("value")
 
 
+class _PortTakenError(RuntimeError):
+    """The server exited: another process listens on its port."""
+
+
 class ServerProcess:
     """A real server process on a loopback port; the tests talk to it only over the network."""
 
@@ -83,6 +88,7 @@ class ServerProcess:
         self.data_dir = data_dir
         self.args = list(args)
         self.port = port or free_port()
+        self._own_port = port is None  # a free port of its own: another one if a server holds it
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"server-{self.port}.log"
@@ -102,6 +108,30 @@ class ServerProcess:
         return ["--data-dir", str(self.data_dir)]
 
     def start(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
+        """Start, and wait until this process (not another test's server: nothing holds a
+        `free_port` while a node starts, so another worker can be handed it too) answers
+        /healthz 200. A node of `free_port` whose port another server took starts again on a
+        new one."""
+        for _ in range(3):
+            try:
+                return self._start(timeout)
+            except _PortTakenError:
+                if not self._own_port:
+                    raise
+                self.port = free_port()
+                self.log_path = self.data_dir / f"server-{self.port}.log"
+        return self._start(timeout)
+
+    def _listens(self) -> bool:
+        """Whether this process, not another, listens on the port (so answered the /healthz)."""
+        assert self.proc is not None
+        try:
+            connections = psutil.Process(self.proc.pid).net_connections("tcp")
+        except psutil.Error:
+            return False
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port for c in connections)
+
+    def _start(self, timeout: float) -> ServerProcess:
         env = {**os.environ, "CALLSTREAM_LOG_LEVEL": "info", **self.env}
         command = [sys.executable, "-m", "callstream", "serve", "--port", str(self.port)]
         command += ["--data-dir", str(self.data_dir), "--webhooks-allow-private", *self.args]
@@ -111,12 +141,16 @@ class ServerProcess:
         last = "none"  # what /healthz answered last: a node that answers 503 is not a slow start
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
+                log = self.log()
+                error = _PortTakenError if f"cannot listen on 127.0.0.1:{self.port}" in log else RuntimeError
+                raise error(f"server exited with {self.proc.returncode}: {log}")
             try:
                 answer = httpx.get(self.url + "/healthz", timeout=HEALTH_REQUEST_S)
-                if answer.status_code == 200:
+                if answer.status_code == 200 and self._listens():
                     return self
                 last = f"{answer.status_code} {answer.text}"
+                if answer.status_code == 200:  # not from this process
+                    last += " from another process on the port"
             except httpx.HTTPError as exc:
                 last = repr(exc)
             time.sleep(0.1)
