@@ -221,6 +221,13 @@ def test_a_listening_drops_only_its_own_calls_queued_audio() -> None:
     assert buffer.pop_batch(1 << 20) == [frames[1], frames[3]]
 
 
+def test_a_frame_too_short_to_hold_a_call_id_is_of_no_call() -> None:
+    """A frame relayed by another node is not parsed again: a truncated one must not raise in
+    the middle of a fan-out to this node's listeners."""
+    for body in (b"", b"\x01", b"\x01\x00\x00"):
+        assert binary_call_id(binary_frame(body)) == b""
+
+
 # ---- between nodes ------------------------------------------------------------------------------
 
 

@@ -199,7 +199,10 @@ def binary_payload(frame: bytes) -> bytes:
 
 def binary_call_id(frame: bytes) -> bytes:
     """The call id (ASCII) of the audio frame inside a frame built by `binary_frame`: which call
-    a listener's queued audio is of, read without copying the payload."""
+    a listener's queued audio is of, read without copying the payload; `b""` for a frame too
+    short to hold one (relayed frames are not parsed again)."""
     offset = _payload_offset(frame) + _HEAD.size
+    if len(frame) < offset:
+        return b""
     (length,) = struct.unpack_from(">H", frame, offset - 2)
     return frame[offset : offset + length]
